@@ -1,0 +1,242 @@
+"""Multi-head relational attention as a PyG message-passing layer."""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch_geometric import is_compiling
+from torch_geometric.nn import Linear
+from torch_geometric.nn.conv import MessagePassing
+from torch_geometric.typing import OptTensor, PairTensor
+
+from .._checks import check_edge_index, check_node_range
+from .functional import BACKENDS, SoftmaxBackend, segment_softmax
+
+
+class RelationalAttention(MessagePassing):
+    r"""Multi-head relational attention (Diao & Loynd, ICLR 2023) over any edge
+    set, with edge-augmented queries, keys and values:
+
+    .. math::
+        \mathbf{q}_{ij} &= \mathbf{W}_q \mathbf{x}_i + \mathbf{W}_{qe} \mathbf{e}_{ij}, \quad
+        \mathbf{k}_{ij} = \mathbf{W}_k \mathbf{x}_j + \mathbf{W}_{ke} \mathbf{e}_{ij}, \quad
+        \mathbf{v}_{ij} = \mathbf{W}_v \mathbf{x}_j + \mathbf{W}_{ve} \mathbf{e}_{ij}
+
+        \alpha^h_{ij} &= \operatorname{softmax}_{j \in \mathcal{N}(i)}
+            \left( \frac{\mathbf{q}^h_{ij} \cdot \mathbf{k}^h_{ij}}{\sqrt{C}} \right)
+
+        \mathbf{x}'_i &= \mathbf{W}_o \, \big\Vert_{h=1}^{H}
+            \sum_{j \in \mathcal{N}(i)} \alpha^h_{ij} \mathbf{v}^h_{ij}
+
+    where :math:`\mathcal{N}(i)` are the sources of the edges into :math:`i`,
+    :math:`h` indexes heads and :math:`C` is ``head_channels``. Without edge
+    features and with the edge set :func:`graphformer.patterns.full` (or
+    ``causal``, ...) this is exactly :class:`torch.nn.MultiheadAttention` with
+    the matching mask (see :meth:`from_torch`). A node with no incoming edges
+    gets a zero attention sum (so its output is ``lin_out``'s bias), never NaN.
+
+    Args:
+        in_channels (int or tuple): input size; ``-1`` for lazy initialisation;
+            a pair ``(src, dst)`` for bipartite input (cross-attention).
+        out_channels (int): output size.
+        heads (int): number of heads :math:`H`.
+        head_channels (int, optional): channels per head :math:`C`
+            (default: ``out_channels // heads``).
+        edge_dim (int, optional): edge feature size; enables
+            ``lin_edge_q``, ``lin_edge_k``, ``lin_edge_v``.
+        dropout (float): dropout on the attention weights (training only).
+        bias (bool): biases in ``lin_q``, ``lin_k``, ``lin_v`` and ``lin_out``.
+        softmax_backend (str): ``"auto"``, ``"native"`` or ``"scatter"``
+            (see :func:`graphformer.nn.functional.segment_softmax`).
+
+    Shapes:
+        - **input:** ``x`` :math:`(N, F)` or a pair :math:`((N_s, F_s), (N_t, F_t))`;
+          ``edge_index`` :math:`(2, E)` (row 0 source, row 1 target);
+          ``edge_attr`` :math:`(E, D)` (optional); ``head_mask`` :math:`(E, H)`
+          bool (optional: edge ``e`` is seen by head ``h`` only where True).
+        - **output:** :math:`(N_t, \text{out\_channels})`, and with
+          ``return_attention_weights=True`` also :math:`\alpha` :math:`(E, H)`
+          (before dropout; each target's weights sum to 1 per head).
+    """
+
+    def __init__(
+        self,
+        in_channels: Union[int, Tuple[int, int]],
+        out_channels: int,
+        heads: int = 1,
+        head_channels: Optional[int] = None,
+        edge_dim: Optional[int] = None,
+        dropout: float = 0.0,
+        bias: bool = True,
+        softmax_backend: SoftmaxBackend = "auto",
+        **kwargs,
+    ) -> None:
+        kwargs.setdefault("aggr", "add")
+        super().__init__(node_dim=0, **kwargs)
+        if heads < 1:
+            raise ValueError(f"'heads' must be >= 1, got {heads}")
+        if out_channels < 1:
+            raise ValueError(f"'out_channels' must be >= 1, got {out_channels}")
+        if head_channels is None:
+            if out_channels % heads != 0:
+                raise ValueError(f"'out_channels' ({out_channels}) is not divisible by "
+                                 f"'heads' ({heads}); pass 'head_channels' explicitly")
+            head_channels = out_channels // heads
+        if head_channels < 1:
+            raise ValueError(f"'head_channels' must be >= 1, got {head_channels}")
+        if edge_dim is not None and edge_dim < 1:
+            raise ValueError(f"'edge_dim' must be >= 1 or None, got {edge_dim}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"'dropout' must be in [0, 1), got {dropout}")
+        if softmax_backend not in BACKENDS:
+            raise ValueError(f"unknown softmax backend {softmax_backend!r}; "
+                             f"choose one of {BACKENDS}")
+
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.heads = heads
+        self.head_channels = head_channels
+        self.edge_dim = edge_dim
+        self.dropout = dropout
+        self.softmax_backend = softmax_backend
+
+        src_ch, dst_ch = (in_channels, in_channels) if isinstance(in_channels, int) else in_channels
+        inner = heads * head_channels
+        self.lin_q = Linear(dst_ch, inner, bias=bias, weight_initializer="glorot")
+        self.lin_k = Linear(src_ch, inner, bias=bias, weight_initializer="glorot")
+        self.lin_v = Linear(src_ch, inner, bias=bias, weight_initializer="glorot")
+        if edge_dim is not None:
+            self.lin_edge_q = Linear(edge_dim, inner, bias=False, weight_initializer="glorot")
+            self.lin_edge_k = Linear(edge_dim, inner, bias=False, weight_initializer="glorot")
+            self.lin_edge_v = Linear(edge_dim, inner, bias=False, weight_initializer="glorot")
+        else:
+            self.register_module("lin_edge_q", None)
+            self.register_module("lin_edge_k", None)
+            self.register_module("lin_edge_v", None)
+        self.lin_out = Linear(inner, out_channels, bias=bias, weight_initializer="glorot")
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        for lin in (self.lin_q, self.lin_k, self.lin_v, self.lin_edge_q, self.lin_edge_k,
+                    self.lin_edge_v, self.lin_out):
+            if lin is not None:
+                lin.reset_parameters()
+
+    def forward(
+        self,
+        x: Union[Tensor, PairTensor],
+        edge_index: Tensor,
+        edge_attr: OptTensor = None,
+        head_mask: OptTensor = None,
+        return_attention_weights: bool = False,
+    ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+        x_src, x_dst = (x, x) if isinstance(x, Tensor) else x
+        if not is_compiling():
+            self._check_inputs(x_src, x_dst, edge_index, edge_attr, head_mask)
+        H, C = self.heads, self.head_channels
+        size = (x_src.size(0), x_dst.size(0))
+        q = self.lin_q(x_dst).view(-1, H, C)
+        k = self.lin_k(x_src).view(-1, H, C)
+        v = self.lin_v(x_src).view(-1, H, C)
+
+        eq = ek = ev = None
+        if edge_attr is not None and self.lin_edge_q is not None:
+            eq = self.lin_edge_q(edge_attr).view(-1, H, C)
+            ek = self.lin_edge_k(edge_attr).view(-1, H, C)
+            ev = self.lin_edge_v(edge_attr).view(-1, H, C)
+
+        # edge_updater_type: (q: Tensor, k: Tensor, eq: OptTensor, ek: OptTensor, head_mask: OptTensor)
+        alpha = self.edge_updater(edge_index, q=q, k=k, eq=eq, ek=ek, head_mask=head_mask,
+                                  size=size)
+        weights = F.dropout(alpha, p=self.dropout, training=self.training)
+        # propagate_type: (v: Tensor, ev: OptTensor, weights: Tensor)
+        out = self.propagate(edge_index, v=v, ev=ev, weights=weights, size=size)
+        out = self.lin_out(out.view(-1, H * C))
+        if return_attention_weights:
+            return out, alpha
+        return out
+
+    def edge_update(self, q_i: Tensor, k_j: Tensor, eq: OptTensor, ek: OptTensor,
+                    head_mask: OptTensor, index: Tensor, dim_size: Optional[int]) -> Tensor:
+        if eq is not None:
+            q_i = q_i + eq
+        if ek is not None:
+            k_j = k_j + ek
+        score = (q_i * k_j).sum(dim=-1) / math.sqrt(self.head_channels)
+        if head_mask is not None:
+            score = score.masked_fill(~head_mask, float("-inf"))
+        return segment_softmax(score, index, dim_size, backend=self.softmax_backend)
+
+    def message(self, v_j: Tensor, ev: OptTensor, weights: Tensor) -> Tensor:
+        if ev is not None:
+            v_j = v_j + ev
+        return weights.unsqueeze(-1) * v_j
+
+    def _check_inputs(self, x_src: Tensor, x_dst: Tensor, edge_index: Tensor,
+                      edge_attr: OptTensor, head_mask: OptTensor) -> None:
+        check_edge_index(edge_index)
+        check_node_range(edge_index, x_src.size(0), x_dst.size(0))
+        num_edges = edge_index.size(1)
+        if edge_attr is not None:
+            if self.edge_dim is None:
+                raise ValueError("'edge_attr' was given but the layer was built with "
+                                 "edge_dim=None; pass edge_dim to use edge features")
+            if edge_attr.dim() != 2 or edge_attr.size(1) != self.edge_dim:
+                raise ValueError(f"'edge_attr' must have shape [E, {self.edge_dim}], got "
+                                 f"{list(edge_attr.shape)}")
+            if edge_attr.size(0) != num_edges:
+                raise ValueError(f"'edge_attr' has {edge_attr.size(0)} rows but 'edge_index' "
+                                 f"has {num_edges} edges")
+        if head_mask is not None:
+            if head_mask.dtype != torch.bool:
+                raise TypeError(f"'head_mask' must be a bool tensor, got {head_mask.dtype}")
+            if tuple(head_mask.shape) != (num_edges, self.heads):
+                raise ValueError(f"'head_mask' must have shape [E, H] = [{num_edges}, "
+                                 f"{self.heads}], got {list(head_mask.shape)}")
+
+    @classmethod
+    def from_torch(cls, mha: torch.nn.MultiheadAttention,
+                   softmax_backend: SoftmaxBackend = "auto") -> "RelationalAttention":
+        """The layer with the weights of a :class:`torch.nn.MultiheadAttention`.
+
+        Batch-first or not, the weights are the same. ``add_bias_kv`` and
+        ``add_zero_attn`` have no edge-set meaning and are refused. The result
+        is on the device and of the dtype of ``mha``.
+        """
+        if mha.bias_k is not None or mha.bias_v is not None:
+            raise ValueError("MultiheadAttention with add_bias_kv=True is not supported")
+        if mha.add_zero_attn:
+            raise ValueError("MultiheadAttention with add_zero_attn=True is not supported")
+        embed, heads = mha.embed_dim, mha.num_heads
+        if mha._qkv_same_embed_dim:
+            in_channels: Union[int, Tuple[int, int]] = embed
+            wq, wk, wv = mha.in_proj_weight.chunk(3)
+        else:
+            if mha.kdim != mha.vdim:
+                raise ValueError(f"keys and values of different sizes (kdim={mha.kdim}, "
+                                 f"vdim={mha.vdim}) are not supported")
+            in_channels = (mha.kdim, embed)
+            wq, wk, wv = mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight
+        bias = mha.in_proj_bias is not None
+        layer = cls(in_channels, embed, heads=heads, dropout=mha.dropout, bias=bias,
+                    softmax_backend=softmax_backend)
+        layer = layer.to(device=mha.out_proj.weight.device, dtype=mha.out_proj.weight.dtype)
+        with torch.no_grad():
+            for lin, w in ((layer.lin_q, wq), (layer.lin_k, wk), (layer.lin_v, wv)):
+                lin.weight.copy_(w)
+            layer.lin_out.weight.copy_(mha.out_proj.weight)
+            if bias:
+                for lin, b in zip((layer.lin_q, layer.lin_k, layer.lin_v),
+                                  mha.in_proj_bias.chunk(3)):
+                    lin.bias.copy_(b)
+                layer.lin_out.bias.copy_(mha.out_proj.bias)
+        return layer
+
+    def __repr__(self) -> str:
+        return (f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}, "
+                f"heads={self.heads}, head_channels={self.head_channels}, "
+                f"edge_dim={self.edge_dim}, dropout={self.dropout})")

@@ -1,0 +1,92 @@
+r"""Functional building blocks of attention over edge sets.
+
+:func:`segment_softmax` normalises edge scores over each target node's incoming
+edges:
+
+.. math::
+    \alpha_{e} = \frac{\exp(s_e - m_{i})}{\sum_{e' \to i} \exp(s_{e'} - m_{i})},
+    \qquad m_i = \max_{e' \to i} s_{e'}
+
+for every edge :math:`e = (j \to i)`. Two backends compute it, with identical
+results: ``"native"`` (PyTorch's own ``scatter_reduce`` / ``index_add``) and
+``"scatter"`` (the optional ``torch-scatter`` package). ``"auto"`` picks
+``torch-scatter`` when it is installed.
+"""
+from __future__ import annotations
+
+import importlib.util
+from typing import Literal, Optional
+
+import torch
+from torch import Tensor
+
+SoftmaxBackend = Literal["auto", "native", "scatter"]
+BACKENDS = ("auto", "native", "scatter")
+
+HAS_TORCH_SCATTER = importlib.util.find_spec("torch_scatter") is not None
+
+
+def resolve_backend(backend: str) -> str:
+    """Turn ``"auto"`` into a concrete backend and check the name."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown softmax backend {backend!r}; choose one of {BACKENDS}")
+    if backend == "auto":
+        return "scatter" if HAS_TORCH_SCATTER else "native"
+    if backend == "scatter" and not HAS_TORCH_SCATTER:
+        raise ImportError("softmax backend 'scatter' needs torch-scatter: "
+                          "pip install --no-build-isolation torch-scatter "
+                          "(or use backend='native')")
+    return backend
+
+
+def _reduce_native(src: Tensor, index: Tensor, num_nodes: int, reduce: str) -> Tensor:
+    shape = (num_nodes,) + tuple(src.shape[1:])
+    idx = index.view(-1, *([1] * (src.dim() - 1))).expand_as(src)
+    if reduce == "max":
+        out = src.new_full(shape, float("-inf"))
+        return out.scatter_reduce(0, idx, src, reduce="amax", include_self=True)
+    return src.new_zeros(shape).index_add(0, index, src)
+
+
+def _reduce_scatter(src: Tensor, index: Tensor, num_nodes: int, reduce: str) -> Tensor:
+    import torch_scatter
+
+    if reduce == "max":
+        # torch-scatter fills empty segments with 0; those rows are never read.
+        return torch_scatter.scatter_max(src, index, dim=0, dim_size=num_nodes)[0]
+    return torch_scatter.scatter_add(src, index, dim=0, dim_size=num_nodes)
+
+
+def segment_softmax(src: Tensor, index: Tensor, num_nodes: Optional[int] = None,
+                    backend: SoftmaxBackend = "auto") -> Tensor:
+    r"""Softmax of edge scores over the incoming edges of each target node.
+
+    Args:
+        src (Tensor [E, *]): scores, e.g. ``[E, H]`` for H heads. Entries equal to
+            ``-inf`` are masked out (weight 0).
+        index (LongTensor [E]): target node of each edge.
+        num_nodes (int, optional): number of target nodes (default:
+            ``index.max() + 1``).
+        backend (str): ``"auto"``, ``"native"`` or ``"scatter"``.
+
+    Returns:
+        Tensor [E, *] of the dtype of ``src``: for every target node and trailing
+        index the weights of its edges sum to 1, or are all 0 when every one of
+        its scores is ``-inf``. Never NaN for finite or ``-inf`` input.
+
+    The maximum is subtracted before ``exp`` and the sums accumulate in
+    float32 for float16 / bfloat16 input, so large logits neither overflow
+    nor lose the normaliser's precision.
+    """
+    backend = resolve_backend(backend)
+    if num_nodes is None:
+        num_nodes = int(index.max()) + 1 if index.numel() > 0 else 0
+    reduce = _reduce_scatter if backend == "scatter" else _reduce_native
+    x = src.float() if src.dtype in (torch.float16, torch.bfloat16) else src
+    with torch.no_grad():  # softmax is invariant to the shift: no gradient needed
+        shift = reduce(x.detach(), index, num_nodes, "max")
+        shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+    e = (x - shift.index_select(0, index)).exp()
+    denom = reduce(e, index, num_nodes, "sum").index_select(0, index)
+    out = e / torch.where(denom > 0, denom, torch.ones_like(denom))
+    return out.to(src.dtype)

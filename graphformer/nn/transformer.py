@@ -1,0 +1,205 @@
+"""The transformer encoder block over an edge set."""
+from __future__ import annotations
+
+from typing import Literal, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn import LayerNorm, Linear
+from torch_geometric.nn.conv import MessagePassing
+from torch_geometric.typing import OptTensor
+
+from .attention import RelationalAttention
+from .functional import SoftmaxBackend
+
+_ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
+
+
+class TransformerLayer(MessagePassing):
+    r"""A transformer encoder block whose self-attention runs over an edge set.
+
+    Post-norm (``norm_first=False``, as in :class:`torch.nn.TransformerEncoderLayer`):
+
+    .. math::
+        \mathbf{x} &\leftarrow \mathrm{LN}_1\big(\mathbf{x} +
+            \mathrm{Dropout}(\mathrm{Attn}(\mathbf{x}, \mathcal{E}, \mathbf{e}))\big)
+
+        \mathbf{x} &\leftarrow \mathrm{LN}_2\big(\mathbf{x} + \mathrm{FF}(\mathbf{x})\big),
+        \qquad \mathrm{FF}(\mathbf{x}) = \mathrm{Dropout}(\mathbf{W}_2\,
+            \mathrm{Dropout}(\sigma(\mathbf{W}_1 \mathbf{x})))
+
+    and pre-norm (``norm_first=True``):
+    :math:`\mathbf{x} \leftarrow \mathbf{x} + \mathrm{Dropout}(\mathrm{Attn}(\mathrm{LN}_1(\mathbf{x})))`,
+    :math:`\mathbf{x} \leftarrow \mathbf{x} + \mathrm{FF}(\mathrm{LN}_2(\mathbf{x}))`.
+    Attn is :class:`RelationalAttention`.
+
+    With ``edge_update=True`` the edge states are updated afterwards as in the
+    Relational Transformer, from the new node states:
+
+    .. math::
+        \mathbf{e}_{ij} &\leftarrow \mathrm{LN}_{e1}\big(\mathbf{e}_{ij} + \mathrm{Dropout}(
+            \mathrm{MLP}([\mathbf{e}_{ij} \Vert \mathbf{x}_i \Vert \mathbf{x}_j]))\big)
+
+        \mathbf{e}_{ij} &\leftarrow \mathrm{LN}_{e2}\big(\mathbf{e}_{ij} +
+            \mathrm{FF}_e(\mathbf{e}_{ij})\big)
+
+    (pre-norm: the layer norms move onto the branch inputs, as for nodes).
+
+    Args:
+        channels (int): node feature size (input = output).
+        heads (int): attention heads :math:`H` (``channels`` divisible by it).
+        ff_channels (int, optional): hidden size of the feed-forward
+            network (default: ``4 * channels``).
+        dropout (float): dropout on attention weights, branch outputs and the
+            feed-forward hidden layer.
+        activation (str): ``"relu"`` or ``"gelu"``.
+        norm_first (bool): pre-norm instead of post-norm.
+        edge_dim (int, optional): edge feature size :math:`D`.
+        edge_update (bool): update edge states (needs ``edge_dim``).
+        edge_ff_channels (int, optional): hidden size of the edge MLPs
+            (default: ``2 * edge_dim``).
+        layer_norm_eps (float): epsilon of the layer norms.
+        bias (bool): biases in linear layers and layer norms.
+        softmax_backend (str): see :class:`RelationalAttention`.
+
+    Shapes:
+        - **input:** ``x`` :math:`(N, \text{channels})`, ``edge_index``
+          :math:`(2, E)`, ``edge_attr`` :math:`(E, D)`, ``head_mask``
+          :math:`(E, H)` (optional).
+        - **output:** ``x`` :math:`(N, \text{channels})`; with ``edge_update``
+          the pair ``(x, edge_attr)``; with ``return_attention_weights=True``
+          the attention weights :math:`(E, H)` are appended to that.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        heads: int = 1,
+        ff_channels: Optional[int] = None,
+        dropout: float = 0.1,
+        activation: Literal["relu", "gelu"] = "relu",
+        norm_first: bool = False,
+        edge_dim: Optional[int] = None,
+        edge_update: bool = False,
+        edge_ff_channels: Optional[int] = None,
+        layer_norm_eps: float = 1e-5,
+        bias: bool = True,
+        softmax_backend: SoftmaxBackend = "auto",
+    ) -> None:
+        super().__init__(node_dim=0)
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"'activation' must be one of {sorted(_ACTIVATIONS)}, "
+                             f"got {activation!r}")
+        if edge_update and edge_dim is None:
+            raise ValueError("'edge_update=True' needs 'edge_dim'")
+        ff_channels = 4 * channels if ff_channels is None else ff_channels
+        self.channels = channels
+        self.heads = heads
+        self.ff_channels = ff_channels
+        self.dropout = dropout
+        self.activation = activation
+        self.norm_first = norm_first
+        self.edge_dim = edge_dim
+        self.edge_update_enabled = edge_update
+
+        self.attn = RelationalAttention(channels, channels, heads=heads, edge_dim=edge_dim,
+                                        dropout=dropout, bias=bias,
+                                        softmax_backend=softmax_backend)
+        self.linear1 = Linear(channels, ff_channels, bias=bias)
+        self.linear2 = Linear(ff_channels, channels, bias=bias)
+        self.norm1 = LayerNorm(channels, eps=layer_norm_eps, bias=bias)
+        self.norm2 = LayerNorm(channels, eps=layer_norm_eps, bias=bias)
+        if edge_update:
+            assert edge_dim is not None
+            hidden = 2 * edge_dim if edge_ff_channels is None else edge_ff_channels
+            self.edge_linear1 = Linear(edge_dim + 2 * channels, hidden, bias=bias)
+            self.edge_linear2 = Linear(hidden, edge_dim, bias=bias)
+            self.edge_ff1 = Linear(edge_dim, hidden, bias=bias)
+            self.edge_ff2 = Linear(hidden, edge_dim, bias=bias)
+            self.edge_norm1 = LayerNorm(edge_dim, eps=layer_norm_eps, bias=bias)
+            self.edge_norm2 = LayerNorm(edge_dim, eps=layer_norm_eps, bias=bias)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        for module in self.children():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+
+    def _mlp(self, x: Tensor, lin1: Linear, lin2: Linear) -> Tensor:
+        act = _ACTIVATIONS[self.activation]
+        h = F.dropout(act(lin1(x)), p=self.dropout, training=self.training)
+        return F.dropout(lin2(h), p=self.dropout, training=self.training)
+
+    def _attend(self, x: Tensor, edge_index: Tensor, edge_attr: OptTensor,
+                head_mask: OptTensor) -> Tuple[Tensor, Tensor]:
+        h, alpha = self.attn(x, edge_index, edge_attr, head_mask, return_attention_weights=True)
+        return F.dropout(h, p=self.dropout, training=self.training), alpha
+
+    def forward(
+        self,
+        x: Tensor,
+        edge_index: Tensor,
+        edge_attr: OptTensor = None,
+        head_mask: OptTensor = None,
+        return_attention_weights: bool = False,
+    ) -> Union[Tensor, Tuple[Tensor, ...]]:
+        if self.edge_update_enabled and edge_attr is None:
+            raise ValueError("this layer updates edge states (edge_update=True): "
+                             "'edge_attr' is required")
+        if self.norm_first:
+            h, alpha = self._attend(self.norm1(x), edge_index, edge_attr, head_mask)
+            x = x + h
+            x = x + self._mlp(self.norm2(x), self.linear1, self.linear2)
+        else:
+            h, alpha = self._attend(x, edge_index, edge_attr, head_mask)
+            x = self.norm1(x + h)
+            x = self.norm2(x + self._mlp(x, self.linear1, self.linear2))
+
+        outputs: Tuple[Tensor, ...] = (x,)
+        if self.edge_update_enabled:
+            assert edge_attr is not None
+            # edge_updater_type: (x: Tensor, edge_attr: Tensor)
+            edge_attr = self.edge_updater(edge_index, x=x, edge_attr=edge_attr)
+            outputs = outputs + (edge_attr,)
+        if return_attention_weights:
+            outputs = outputs + (alpha,)
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    def edge_update(self, x_i: Tensor, x_j: Tensor, edge_attr: Tensor) -> Tensor:
+        e = edge_attr
+        if self.norm_first:
+            e = e + self._mlp(torch.cat([self.edge_norm1(e), x_i, x_j], dim=-1),
+                              self.edge_linear1, self.edge_linear2)
+            return e + self._mlp(self.edge_norm2(e), self.edge_ff1, self.edge_ff2)
+        e = self.edge_norm1(e + self._mlp(torch.cat([e, x_i, x_j], dim=-1),
+                                          self.edge_linear1, self.edge_linear2))
+        return self.edge_norm2(e + self._mlp(e, self.edge_ff1, self.edge_ff2))
+
+    @classmethod
+    def from_torch(cls, layer: torch.nn.TransformerEncoderLayer,
+                   softmax_backend: SoftmaxBackend = "auto") -> "TransformerLayer":
+        """The block with the weights of a :class:`torch.nn.TransformerEncoderLayer`
+        (post- or pre-norm, relu or gelu)."""
+        kind = getattr(layer, "activation_relu_or_gelu", 0)
+        if kind not in (1, 2):
+            raise ValueError("only relu and gelu activations can be converted, got "
+                             f"{layer.activation!r}")
+        mha = layer.self_attn
+        new = cls(
+            mha.embed_dim, heads=mha.num_heads, ff_channels=layer.linear1.out_features,
+            dropout=layer.dropout.p, activation="relu" if kind == 1 else "gelu",
+            norm_first=layer.norm_first, layer_norm_eps=layer.norm1.eps,
+            bias=layer.linear1.bias is not None, softmax_backend=softmax_backend,
+        )
+        new.attn = RelationalAttention.from_torch(mha, softmax_backend=softmax_backend)
+        for name in ("linear1", "linear2", "norm1", "norm2"):
+            getattr(new, name).load_state_dict(getattr(layer, name).state_dict())
+        return new.to(device=layer.linear1.weight.device, dtype=layer.linear1.weight.dtype)
+
+    def __repr__(self) -> str:
+        return (f"{self.__class__.__name__}({self.channels}, heads={self.heads}, "
+                f"ff_channels={self.ff_channels}, dropout={self.dropout}, "
+                f"activation={self.activation!r}, norm_first={self.norm_first}, "
+                f"edge_dim={self.edge_dim}, edge_update={self.edge_update_enabled})")

@@ -1,0 +1,36 @@
+"""Dense references and batch helpers shared by the tests."""
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+
+def ptr_of(sizes: Sequence[int]) -> Tensor:
+    return torch.tensor([0, *sizes], dtype=torch.long).cumsum(0)
+
+
+def edge_list(edge_index: Tensor) -> list:
+    """``[(src, dst), ...]`` in the tensor's own order."""
+    return [tuple(e) for e in edge_index.t().tolist()]
+
+
+def assert_coalesced_equal(edge_index: Tensor, expected: set) -> None:
+    """The edge set equals ``expected`` and is in the documented order: no
+    duplicates, sorted by target then source."""
+    assert edge_index.dtype == torch.long and edge_index.dim() == 2 and edge_index.size(0) == 2
+    got = edge_list(edge_index)
+    assert len(got) == len(set(got)), "duplicate edges"
+    assert got == sorted(got, key=lambda e: (e[1], e[0])), "not sorted by (target, source)"
+    assert set(got) == expected
+
+
+def pairs(sizes: Sequence[int], pred) -> set:
+    """The reference edge set ``{(ptr_b + j, ptr_b + i) : pred(i, j, n_b)}``."""
+    out, start = set(), 0
+    for n in sizes:
+        for i in range(n):
+            for j in range(n):
+                if pred(i, j, n):
+                    out.add((start + j, start + i))
+        start += n
+    return out
