@@ -166,10 +166,16 @@ class RelationalAttention(MessagePassing):
             q_i = q_i + eq
         if ek is not None:
             k_j = k_j + ek
+        dtype = q_i.dtype
+        if dtype in (torch.float16, torch.bfloat16):
+            # Products of large half-precision entries overflow before the
+            # softmax can subtract its maximum: score in float32.
+            q_i, k_j = q_i.float(), k_j.float()
         score = (q_i * k_j).sum(dim=-1) / math.sqrt(self.head_channels)
         if head_mask is not None:
             score = score.masked_fill(~head_mask, float("-inf"))
-        return segment_softmax(score, index, dim_size, backend=self.softmax_backend)
+        alpha = segment_softmax(score, index, dim_size, backend=self.softmax_backend)
+        return alpha.to(dtype)
 
     def message(self, v_j: Tensor, ev: OptTensor, weights: Tensor) -> Tensor:
         if ev is not None:

@@ -1,0 +1,103 @@
+"""RelationalAttention inside ordinary PyG models."""
+import pytest
+import torch
+from torch_geometric.data import HeteroData
+from torch_geometric.nn import GPSConv, Sequential, to_hetero
+
+from graphformer import patterns as P
+from graphformer.nn import RelationalAttention, TransformerLayer
+from tests.nn.test_attention import batch_of
+
+
+def test_inside_pyg_sequential(backend):
+    model = Sequential("x, edge_index", [
+        (RelationalAttention(8, 16, heads=2, softmax_backend=backend), "x, edge_index -> x"),
+        torch.nn.ReLU(),
+        (RelationalAttention(16, 4, softmax_backend=backend), "x, edge_index -> x"),
+    ])
+    x, ei = torch.randn(6, 8), P.causal(torch.tensor([0, 4, 6]))
+    expected = model[2](torch.relu(model[0](x, ei)), ei)
+    torch.testing.assert_close(model(x, ei), expected)
+
+
+def test_as_the_local_conv_of_gps(backend):
+    # GPSConv (norm=None, dropout 0) computes
+    #   s = (conv(x) + x) + (MHA(x) + x);  out = s + mlp(s).
+    # With our layer as `conv`, and MHA re-expressed as our layer on the full
+    # edge set, the whole block is reproduced from graphformer parts.
+    ptr, batch = batch_of([5, 3, 6])
+    bonds = P.window(ptr, 1, causal=False)
+    conv = RelationalAttention(16, 16, heads=2, edge_dim=4, softmax_backend=backend)
+    gps = GPSConv(16, conv, heads=4, norm=None, dropout=0.0).eval()
+    x = torch.randn(int(ptr[-1]), 16)
+    e = torch.randn(bonds.size(1), 4)
+    out = gps(x, bonds, batch=batch, edge_attr=e)
+    global_attn = RelationalAttention.from_torch(gps.attn, softmax_backend=backend)
+    s = (conv(x, bonds, e) + x) + (global_attn(x, P.full(ptr)) + x)
+    torch.testing.assert_close(out, s + gps.mlp(s), atol=1e-5, rtol=1e-5)
+
+
+class Net(torch.nn.Module):
+    def __init__(self, backend):
+        super().__init__()
+        self.conv1 = RelationalAttention(-1, 16, heads=2, softmax_backend=backend)
+        self.conv2 = RelationalAttention(-1, 8, heads=2, softmax_backend=backend)
+
+    def forward(self, x, edge_index):
+        return self.conv2(self.conv1(x, edge_index).relu(), edge_index)
+
+
+def test_through_to_hetero(backend):
+    data = HeteroData()
+    data["paper"].x = torch.randn(6, 5)
+    data["author"].x = torch.randn(4, 3)
+    data["author", "writes", "paper"].edge_index = torch.tensor([[0, 1, 2, 3, 3], [0, 0, 2, 4, 5]])
+    data["paper", "rev_writes", "author"].edge_index = torch.tensor([[0, 0, 2, 4, 5],
+                                                                     [0, 1, 2, 3, 3]])
+    data["paper", "cites", "paper"].edge_index = P.window(6, 1)
+    model = to_hetero(Net(backend), data.metadata(), aggr="sum")
+    out = model(data.x_dict, data.edge_index_dict)
+    assert out["paper"].shape == (6, 8) and out["author"].shape == (4, 8)
+
+    # By hand: every edge type has its own bipartite copy; per target type the
+    # results are summed.
+    def layer(name, key):
+        return getattr(model, name)["__".join(key)]
+
+    def step(name, xs, act):
+        res = {}
+        for key, ei in data.edge_index_dict.items():
+            src, _, dst = key
+            h = layer(name, key)((xs[src], xs[dst]), ei)
+            res[dst] = res.get(dst, 0) + h
+        return {k: v.relu() if act else v for k, v in res.items()}
+
+    expected = step("conv2", step("conv1", data.x_dict, True), False)
+    for node_type in ("paper", "author"):
+        torch.testing.assert_close(out[node_type], expected[node_type])
+
+
+def test_torch_compile_has_no_graph_breaks():
+    ptr = torch.tensor([0, 5, 9])
+    ei, member = P.union(P.causal(ptr), P.window(ptr, 1, causal=False))
+    e = torch.randn(ei.size(1), 3)
+    layer = RelationalAttention(8, 8, heads=2, edge_dim=3, softmax_backend="native")
+    x = torch.randn(9, 8)
+    explanation = torch._dynamo.explain(layer)(x, ei, e, member)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x, ei, e, member), layer(x, ei, e, member))
+
+
+def test_transformer_layer_compiles_whole():
+    ptr = torch.tensor([0, 5, 9])
+    ei = P.causal(ptr)
+    layer = TransformerLayer(8, heads=2, edge_dim=3, edge_update=True, dropout=0.0,
+                             softmax_backend="native")
+    x, e = torch.randn(9, 8), torch.randn(ei.size(1), 3)
+    explanation = torch._dynamo.explain(layer)(x, ei, e)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    for ours, ref in zip(compiled(x, ei, e), layer(x, ei, e)):
+        torch.testing.assert_close(ours, ref)

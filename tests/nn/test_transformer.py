@@ -1,0 +1,99 @@
+import pytest
+import torch
+from torch_geometric.utils import to_dense_batch
+
+from graphformer import patterns as P
+from graphformer.nn import TransformerLayer
+from tests.helpers import ptr_of
+from tests.nn.test_attention import batch_of, mha_mask
+
+SIZES = [5, 1, 8, 3]
+D, H = 16, 4
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+@pytest.mark.parametrize("pattern", ["full", "causal"])
+def test_equals_transformer_encoder_layer(backend, norm_first, activation, pattern):
+    ptr, batch = batch_of(SIZES)
+    ref_layer = torch.nn.TransformerEncoderLayer(
+        D, H, dim_feedforward=24, dropout=0.0, activation=activation, norm_first=norm_first,
+        batch_first=True)
+    layer = TransformerLayer.from_torch(ref_layer, softmax_backend=backend)
+    x = torch.randn(int(ptr[-1]), D, requires_grad=True)
+    xd, real = to_dense_batch(x, batch)
+    if pattern == "full":
+        ei = P.full(ptr)
+        ref = ref_layer(xd, src_key_padding_mask=~real)
+    else:
+        ei = P.causal(ptr)
+        ref = ref_layer(xd, src_mask=mha_mask(P.to_mask(ei, ptr), H))
+    out = layer(x, ei)
+    torch.testing.assert_close(out, ref[real], atol=1e-5, rtol=1e-5)
+
+    g = torch.randn_like(out)
+    grad_ref = torch.autograd.grad((ref[real] * g).sum(), [x, ref_layer.linear1.weight,
+                                                           ref_layer.self_attn.out_proj.weight])
+    grad = torch.autograd.grad((out * g).sum(), [x, layer.linear1.weight,
+                                                 layer.attn.lin_out.weight])
+    for ours, theirs in zip(grad, grad_ref):
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+def test_eval_mode_fast_path_too():
+    # In eval mode PyTorch may take its fused "fast path"; the result is the same.
+    ptr, batch = batch_of(SIZES)
+    ref_layer = torch.nn.TransformerEncoderLayer(D, H, dim_feedforward=24, batch_first=True).eval()
+    layer = TransformerLayer.from_torch(ref_layer).eval()
+    x = torch.randn(int(ptr[-1]), D)
+    xd, real = to_dense_batch(x, batch)
+    with torch.no_grad():
+        ref = ref_layer(xd, src_key_padding_mask=~real)
+        torch.testing.assert_close(layer(x, P.full(ptr)), ref[real], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_edge_update_follows_the_relational_transformer(backend, norm_first):
+    ptr = ptr_of([4, 3])
+    ei, member = P.union(P.causal(ptr), P.window(ptr, 1, causal=False))
+    e = torch.cat([member.float(), torch.randn(ei.size(1), 3)], dim=1)  # edge_dim 5
+    layer = TransformerLayer(8, heads=2, dropout=0.0, edge_dim=5, edge_update=True,
+                             norm_first=norm_first, softmax_backend=backend)
+    x = torch.randn(7, 8, requires_grad=True)
+    x_new, e_new, alpha = layer(x, ei, e, return_attention_weights=True)
+
+    # The node update does not depend on edge_update; the edge update is the
+    # equation of the docstring, written out.
+    plain = TransformerLayer(8, heads=2, dropout=0.0, edge_dim=5, norm_first=norm_first,
+                             softmax_backend=backend)
+    plain.load_state_dict(layer.state_dict(), strict=False)
+    x_plain, alpha_plain = plain(x, ei, e, return_attention_weights=True)
+    torch.testing.assert_close(x_new, x_plain)
+    torch.testing.assert_close(alpha, alpha_plain)
+
+    relu = torch.relu
+    src, dst = ei
+    if norm_first:
+        h = torch.cat([layer.edge_norm1(e), x_new[dst], x_new[src]], dim=1)
+        ref = e + layer.edge_linear2(relu(layer.edge_linear1(h)))
+        ref = ref + layer.edge_ff2(relu(layer.edge_ff1(layer.edge_norm2(ref))))
+    else:
+        h = torch.cat([e, x_new[dst], x_new[src]], dim=1)
+        ref = layer.edge_norm1(e + layer.edge_linear2(relu(layer.edge_linear1(h))))
+        ref = layer.edge_norm2(ref + layer.edge_ff2(relu(layer.edge_ff1(ref))))
+    torch.testing.assert_close(e_new, ref)
+    assert e_new.shape == e.shape
+    grad, = torch.autograd.grad(e_new.sum(), x)
+    assert grad.abs().sum() > 0
+
+
+def test_stacked_layers_and_repr():
+    layer = TransformerLayer(8, heads=2, edge_dim=3, edge_update=True)
+    assert repr(layer) == ("TransformerLayer(8, heads=2, ff_channels=32, dropout=0.1, "
+                           "activation='relu', norm_first=False, edge_dim=3, edge_update=True)")
+    with pytest.raises(ValueError, match="'edge_attr' is required"):
+        layer(torch.randn(3, 8), P.full(3))
+    with pytest.raises(ValueError, match="needs 'edge_dim'"):
+        TransformerLayer(8, edge_update=True)
+    with pytest.raises(ValueError, match="'activation' must be one of"):
+        TransformerLayer(8, activation="swish")
