@@ -10,7 +10,8 @@ edges:
 for every edge :math:`e = (j \to i)`. Two backends compute it, with identical
 results: ``"native"`` (PyTorch's own ``scatter_reduce`` / ``index_add``) and
 ``"scatter"`` (the optional ``torch-scatter`` package). ``"auto"`` picks
-``torch-scatter`` when it is installed.
+``torch-scatter`` when it is installed, except under :func:`torch.compile`,
+which cannot trace torch-scatter's custom ops: there it picks ``"native"``.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from typing import Literal, Optional
 
 import torch
 from torch import Tensor
+from torch.compiler import is_compiling
 
 SoftmaxBackend = Literal["auto", "native", "scatter"]
 BACKENDS = ("auto", "native", "scatter")
@@ -31,7 +33,9 @@ def resolve_backend(backend: str) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"unknown softmax backend {backend!r}; choose one of {BACKENDS}")
     if backend == "auto":
-        return "scatter" if HAS_TORCH_SCATTER else "native"
+        # torch-scatter's custom ops have no fake kernels, so torch.compile
+        # cannot trace them: compiled code uses the native backend.
+        return "scatter" if HAS_TORCH_SCATTER and not is_compiling() else "native"
     if backend == "scatter" and not HAS_TORCH_SCATTER:
         raise ImportError("softmax backend 'scatter' needs torch-scatter: "
                           "pip install --no-build-isolation torch-scatter "
