@@ -1,0 +1,85 @@
+"""Molecules (SMILES) become graphs with OGB's atom and bond features."""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+from ogb.utils.features import atom_to_feature_vector, bond_to_feature_vector
+from rdkit import Chem, rdBase
+from torch_geometric.data import Data
+
+NUM_ATOM_FEATURES = 9
+NUM_BOND_FEATURES = 3
+
+Target = Union[float, Sequence[float], torch.Tensor, None]
+
+
+def parse_smiles(smiles: str, where: str = "") -> Chem.Mol:
+    """RDKit molecule of ``smiles``, or a ``ValueError`` that quotes it.
+
+    Args:
+        smiles: the SMILES string.
+        where: where it came from (``"file.csv, row 7"``), added to the error.
+    """
+    suffix = f" ({where})" if where else ""
+    if not isinstance(smiles, str):
+        raise ValueError(f"SMILES must be a string, got {type(smiles).__name__} "
+                         f"{smiles!r}{suffix}")
+    if not smiles.strip():
+        raise ValueError(f"empty SMILES {smiles!r}{suffix}")
+    # RDKit stops at a NUL and reads text after a space as the molecule's
+    # name: either would silently parse a shorter molecule than was written.
+    bad = next((c for c in smiles.strip() if c.isspace() or ord(c) < 32 or ord(c) == 127),
+               None)
+    if bad is not None:
+        raise ValueError(f"SMILES {smiles!r} contains the character {bad!r}{suffix}")
+    with rdBase.BlockLogs():  # RDKit would print its own complaint to stderr
+        try:
+            mol = Chem.MolFromSmiles(smiles.strip())
+        except Exception as err:  # Boost argument errors, embedded NULs, ...
+            raise ValueError(f"cannot parse SMILES {smiles!r}{suffix}: {err}") from err
+    if mol is None:
+        raise ValueError(f"cannot parse SMILES {smiles!r}{suffix}")
+    if mol.GetNumAtoms() == 0:
+        raise ValueError(f"SMILES {smiles!r} has no atoms{suffix}")
+    return mol
+
+
+def from_mol(mol: Chem.Mol) -> Data:
+    """An RDKit molecule -> ``Data`` with OGB's features (see :func:`from_smiles`)."""
+    x = np.asarray([atom_to_feature_vector(a) for a in mol.GetAtoms()], dtype=np.int64)
+    bonds = list(mol.GetBonds())
+    src = np.empty(2 * len(bonds), dtype=np.int64)
+    dst = np.empty(2 * len(bonds), dtype=np.int64)
+    edge_attr = np.empty((2 * len(bonds), NUM_BOND_FEATURES), dtype=np.int64)
+    for k, bond in enumerate(bonds):
+        i, j = bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()
+        feat = bond_to_feature_vector(bond)
+        src[2 * k], dst[2 * k] = i, j  # both directions, as OGB
+        src[2 * k + 1], dst[2 * k + 1] = j, i
+        edge_attr[2 * k] = edge_attr[2 * k + 1] = feat
+    return Data(x=torch.from_numpy(x.reshape(-1, NUM_ATOM_FEATURES)),
+                edge_index=torch.from_numpy(np.stack([src, dst])),
+                edge_attr=torch.from_numpy(edge_attr))
+
+
+def from_smiles(smiles: str, y: Target = None, where: str = "") -> Data:
+    """A molecule as a graph, identical to ``ogb.utils.smiles2graph``.
+
+    Returns:
+        ``Data`` with ``x`` (``LongTensor [n, 9]``: OGB's atom features),
+        ``edge_index`` (``[2, E]``, every bond in both directions, in OGB's
+        order), ``edge_attr`` (``LongTensor [E, 3]``: bond type, stereo,
+        conjugation), ``smiles``, and ``y`` (``FloatTensor [1, T]``, NaN for
+        a missing target) when given.
+
+    Raises:
+        ValueError: the SMILES does not parse (the message quotes it, and
+            ``where`` — e.g. the file and row — when given).
+    """
+    data = from_mol(parse_smiles(smiles, where))
+    data.smiles = smiles
+    if y is not None:
+        data.y = torch.as_tensor(y, dtype=torch.float).view(1, -1)
+    return data

@@ -1,0 +1,178 @@
+"""Molecule data sets from SMILES CSV files, and the bundled MoleculeNet sets."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, List, Literal, Optional, Sequence, Union
+
+import pandas as pd
+import torch
+from torch_geometric.data import Data, InMemoryDataset
+from tqdm.auto import tqdm
+
+from ..data.molecule import from_smiles
+
+Task = Literal["regression", "classification"]
+_FORMAT_VERSION = 1  # bump when the processed format changes
+
+
+def default_root() -> Path:
+    """Where processed data sets are cached: ``$XDG_CACHE_HOME/graphformer``
+    (``~/.cache/graphformer``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "graphformer"
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class MoleculeCSVDataset(InMemoryDataset):
+    """A molecular property data set from a CSV file of SMILES and targets.
+
+    Each row becomes :func:`graphformer.data.from_smiles` of its SMILES, with
+    ``y`` ``[1, T]`` (float; NaN where a target is missing, to be masked out
+    of losses and metrics). The processed graphs are cached under ``root``
+    in a file named after the CSV's SHA-256 and the column choice, so an
+    edited source file or other columns are processed anew.
+
+    Args:
+        path: the CSV file.
+        smiles_column: name of the SMILES column.
+        target_columns: names of the target columns (one or more).
+        task: ``"regression"`` or ``"classification"`` (targets 0/1).
+        root: cache directory (default: :func:`default_root` / ``csv/<stem>``).
+        transform, pre_transform: as in PyG datasets.
+        log: show progress while processing.
+
+    Raises:
+        ValueError: a missing column, an unparsable SMILES or a non-numeric
+            (or, for classification, non-0/1) target, naming the file, the
+            column and the row (1-based data row; line = row + 1).
+    """
+
+    def __init__(self, path: Union[str, Path], smiles_column: str = "smiles",
+                 target_columns: Sequence[str] = (), task: Task = "regression",
+                 root: Optional[Union[str, Path]] = None,
+                 transform: Optional[Callable] = None, pre_transform: Optional[Callable] = None,
+                 log: bool = True) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"no CSV file at {self.path}")
+        if isinstance(target_columns, str):
+            target_columns = [target_columns]
+        if task not in ("regression", "classification"):
+            raise ValueError(f"'task' must be 'regression' or 'classification', got {task!r}")
+        self.smiles_column = smiles_column
+        self.target_columns: List[str] = list(target_columns)
+        self.task = task
+        key = json.dumps([_file_digest(self.path), smiles_column, self.target_columns, task,
+                          _FORMAT_VERSION])
+        self._fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
+        root = Path(root) if root is not None else default_root() / "csv" / self.path.stem
+        super().__init__(str(root), transform, pre_transform, log=log)
+        self.load(self.processed_paths[0])
+
+    @property
+    def raw_file_names(self) -> List[str]:
+        return []
+
+    @property
+    def processed_file_names(self) -> List[str]:
+        return [f"{self.path.stem}-{self._fingerprint}.pt"]
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.target_columns)
+
+    def download(self) -> None:  # the CSV is local
+        pass
+
+    def process(self) -> None:
+        frame = pd.read_csv(self.path, dtype=str, keep_default_na=False)
+        missing = [c for c in [self.smiles_column, *self.target_columns] if c not in frame.columns]
+        if missing:
+            raise ValueError(f"{self.path}: no column {missing[0]!r}; the columns are "
+                             f"{list(frame.columns)}")
+        targets = [self._targets(frame[c], c) for c in self.target_columns]
+        data_list: List[Data] = []
+        rows = tqdm(frame[self.smiles_column], desc=f"Processing {self.path.name}",
+                    disable=not self.log, unit="mol")
+        for row, smiles in enumerate(rows):
+            y = [t[row] for t in targets] if targets else None
+            data = from_smiles(smiles, y=y, where=f"{self.path}, row {row + 1}")
+            if self.pre_transform is not None:
+                data = self.pre_transform(data)
+            data_list.append(data)
+        self.save(data_list, self.processed_paths[0])
+
+    def _targets(self, column: pd.Series, name: str) -> List[float]:
+        values = []
+        for row, text in enumerate(column):
+            text = text.strip()
+            if text == "" or text.lower() in ("nan", "na", "none"):
+                values.append(math.nan)
+                continue
+            try:
+                value = float(text)
+            except ValueError:
+                raise ValueError(f"{self.path}, row {row + 1}, column {name!r}: target "
+                                 f"{text!r} is not a number") from None
+            if self.task == "classification" and value not in (0.0, 1.0):
+                raise ValueError(f"{self.path}, row {row + 1}, column {name!r}: a "
+                                 f"classification target must be 0 or 1, got {text!r}")
+            values.append(value)
+        return values
+
+    def __repr__(self) -> str:
+        return (f"{self.__class__.__name__}({self.path.name}, {len(self)} molecules, "
+                f"targets={self.target_columns}, task={self.task!r})")
+
+
+@dataclass(frozen=True)
+class BundledSet:
+    """A data set shipped in the repository's ``datasets/`` folder."""
+    file: str
+    target_column: str
+    unit: str
+    smiles_column: str = "smiles"
+    task: Task = "regression"
+
+
+BUNDLED = {
+    "esol": BundledSet("ESOL.csv", "measured log solubility in mols per litre",
+                       "log10(mol/L)"),
+    "freesolv": BundledSet("FreeSolv.csv", "expt", "kcal/mol"),
+    "lipophilicity": BundledSet("Lipophilicity.csv", "exp", "logD"),
+}
+
+
+def bundled_dir() -> Path:
+    """The folder of the bundled MoleculeNet CSV files (with PROVENANCE.md)."""
+    here = Path(__file__).resolve()
+    for candidate in (here.parents[2] / "datasets" / "moleculenet",
+                      here.parents[1] / "bundled" / "moleculenet"):
+        if (candidate / "ESOL.csv").is_file():
+            return candidate
+    raise FileNotFoundError(
+        "the bundled data sets are missing: expected ESOL.csv, FreeSolv.csv and "
+        f"Lipophilicity.csv in {here.parents[2] / 'datasets' / 'moleculenet'}")
+
+
+def load_bundled(name: str, root: Optional[Union[str, Path]] = None,
+                 **kwargs) -> MoleculeCSVDataset:
+    """One of the bundled sets: ``"esol"``, ``"freesolv"``, ``"lipophilicity"``."""
+    spec = BUNDLED.get(name.lower())
+    if spec is None:
+        raise ValueError(f"no bundled data set {name!r}; choose one of {sorted(BUNDLED)}")
+    root = Path(root) / name.lower() if root is not None else default_root() / name.lower()
+    return MoleculeCSVDataset(bundled_dir() / spec.file, spec.smiles_column,
+                              [spec.target_column], spec.task, root=root, **kwargs)

@@ -1,0 +1,135 @@
+"""Train / validation / test splits: random, scaffold, from a column, from files.
+
+Every split is a dict ``{"train": LongTensor, "valid": LongTensor, "test":
+LongTensor}`` of row indices, the shape of OGB's ``get_idx_split()``.
+"""
+from __future__ import annotations
+
+import gzip
+from collections import defaultdict
+from pathlib import Path
+from typing import Dict, Optional, Sequence, Tuple, Union
+
+import torch
+from rdkit import rdBase
+from rdkit.Chem.Scaffolds import MurckoScaffold
+from torch import Tensor
+
+from ..data.molecule import parse_smiles
+
+Split = Dict[str, Tensor]
+Fractions = Tuple[float, float, float]
+PARTS = ("train", "valid", "test")
+
+
+def _check_fractions(fractions: Sequence[float]) -> Fractions:
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
+        raise ValueError(f"'fractions' must be three non-negative numbers summing to 1 "
+                         f"(train, valid, test), got {tuple(fractions)}")
+    return tuple(float(f) for f in fractions)  # type: ignore[return-value]
+
+
+def _as_split(train, valid, test) -> Split:
+    return {name: torch.as_tensor(sorted(idx), dtype=torch.long)
+            for name, idx in zip(PARTS, (train, valid, test))}
+
+
+def random_split(num: int, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0) -> Split:
+    """A seeded random split of ``num`` rows (sizes rounded down for valid and
+    test; train takes the rest)."""
+    f = _check_fractions(fractions)
+    perm = torch.randperm(num, generator=torch.Generator().manual_seed(seed)).tolist()
+    n_valid, n_test = int(f[1] * num), int(f[2] * num)
+    n_train = num - n_valid - n_test
+    return _as_split(perm[:n_train], perm[n_train:n_train + n_valid], perm[n_train + n_valid:])
+
+
+def scaffold(smiles: str, include_chirality: bool = False) -> str:
+    """The Bemis-Murcko scaffold SMILES of a molecule ('' for acyclic ones)."""
+    mol = parse_smiles(smiles)
+    with rdBase.BlockLogs():
+        return MurckoScaffold.MurckoScaffoldSmiles(mol=mol, includeChirality=include_chirality)
+
+
+def scaffold_split(smiles: Sequence[str], fractions: Sequence[float] = (0.8, 0.1, 0.1)) -> Split:
+    """Deterministic Bemis-Murcko scaffold split, as OGB and chemprop build it.
+
+    Molecules are grouped by scaffold; groups are sorted largest first (equal
+    sizes: larger first index first, exactly OGB's
+    ``sorted(key=(len(group), group[0]), reverse=True)``) and go to train
+    until it would exceed its share, then to valid, then to test. A
+    scaffold never straddles two parts, so test molecules have scaffolds
+    unseen in training.
+    """
+    f = _check_fractions(fractions)
+    groups: Dict[str, list] = defaultdict(list)
+    for idx, smi in enumerate(smiles):
+        try:
+            groups[scaffold(smi)].append(idx)
+        except ValueError as err:
+            raise ValueError(f"molecule {idx}: {err}") from None
+    ordered = sorted(groups.values(), key=lambda g: (len(g), g[0]), reverse=True)
+    n = len(smiles)
+    train_cut, valid_cut = f[0] * n, (f[0] + f[1]) * n
+    train, valid, test = [], [], []
+    for group in ordered:
+        if len(train) + len(group) > train_cut:
+            if len(train) + len(valid) + len(group) > valid_cut:
+                test += group
+            else:
+                valid += group
+        else:
+            train += group
+    return _as_split(train, valid, test)
+
+
+_COLUMN_NAMES = {"train": "train", "training": "train", "val": "valid", "valid": "valid",
+                 "validation": "valid", "test": "test"}
+
+
+def column_split(values: Sequence[str], where: str = "split column") -> Split:
+    """A split given per row (``train`` / ``val`` or ``valid`` / ``test``,
+    case-insensitive). An unknown value is an error naming its row."""
+    parts: Dict[str, list] = {p: [] for p in PARTS}
+    for row, value in enumerate(values):
+        part = _COLUMN_NAMES.get(str(value).strip().lower())
+        if part is None:
+            raise ValueError(f"{where}, row {row}: unknown split {value!r} "
+                             f"(expected train, val/valid or test)")
+        parts[part].append(row)
+    return _as_split(parts["train"], parts["valid"], parts["test"])
+
+
+def _read_indices(path: Union[str, Path]) -> list:
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    out = []
+    with opener(path, "rt") as fh:
+        for line_no, line in enumerate(fh, start=1):
+            text = line.strip().split(",")[0].strip()
+            if not text:
+                continue
+            try:
+                out.append(int(text))
+            except ValueError:
+                raise ValueError(f"{path}, line {line_no}: {text!r} is not a row index") from None
+    return out
+
+
+def index_split(train: Union[str, Path], valid: Union[str, Path], test: Union[str, Path],
+                num: Optional[int] = None) -> Split:
+    """A split from three index files (one row index per line; ``.gz`` allowed;
+    OGB's ``split/<name>/{train,valid,test}.csv.gz`` are such files).
+
+    The parts must be disjoint and, with ``num``, inside ``range(num)``.
+    """
+    parts = {name: _read_indices(p) for name, p in zip(PARTS, (train, valid, test))}
+    seen: Dict[int, str] = {}
+    for name, idx in parts.items():
+        for i in idx:
+            if num is not None and not 0 <= i < num:
+                raise ValueError(f"{name} index {i} is out of range for {num} rows")
+            if i in seen:
+                raise ValueError(f"row {i} is in both {seen[i]} and {name}")
+            seen[i] = name
+    return _as_split(parts["train"], parts["valid"], parts["test"])

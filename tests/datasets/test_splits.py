@@ -1,0 +1,78 @@
+import gzip
+
+import pytest
+import torch
+
+from graphformer.datasets.molecules import load_bundled
+from graphformer.datasets.splits import (column_split, index_split, random_split, scaffold,
+                                         scaffold_split)
+
+
+def as_sets(split):
+    return {k: set(v.tolist()) for k, v in split.items()}
+
+
+def check_partition(split, n):
+    parts = as_sets(split)
+    assert set().union(*parts.values()) == set(range(n))
+    assert sum(len(p) for p in parts.values()) == n
+
+
+def test_random_split_is_seeded_partition():
+    a, b, c = random_split(100, seed=1), random_split(100, seed=1), random_split(100, seed=2)
+    check_partition(a, 100)
+    assert [len(a[k]) for k in ("train", "valid", "test")] == [80, 10, 10]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["test"], c["test"])
+    with pytest.raises(ValueError, match="summing to 1"):
+        random_split(10, (0.5, 0.5, 0.5))
+
+
+def test_scaffold_of_known_molecules():
+    assert scaffold("c1ccccc1CCO") == "c1ccccc1"
+    assert scaffold("CCO") == ""
+    assert scaffold("OC(=O)c1ccc(cc1)C1CC1") == "c1ccc(C2CC2)cc1"
+
+
+def test_scaffold_split_groups_and_orders_like_ogb():
+    # 5 benzenes, 3 cyclohexanes, 1 pyridine, 1 acyclic: groups of 5, 3, 1, 1.
+    smiles = ["c1ccccc1C", "CCO", "c1ccccc1O", "C1CCCCC1C", "c1ccccc1N", "c1ccncc1",
+              "C1CCCCC1O", "c1ccccc1Cl", "C1CCCCC1N", "c1ccccc1F"]
+    split = scaffold_split(smiles, (0.8, 0.1, 0.1))
+    assert split["train"].tolist() == [0, 2, 3, 4, 6, 7, 8, 9]
+    # Two singleton groups: OGB's order puts the larger first index first.
+    assert split["valid"].tolist() == [5] and split["test"].tolist() == [1]
+
+
+def test_scaffold_split_on_esol_matches_ogb_sizes_and_never_shares_scaffolds(tmp_path):
+    ds = load_bundled("esol", root=tmp_path, log=False)
+    smiles = [d.smiles for d in ds]
+    split = scaffold_split(smiles)
+    check_partition(split, len(ds))
+    # ogbg-molesol's official scaffold split has 902 / 113 / 113 molecules.
+    assert [len(split[k]) for k in ("train", "valid", "test")] == [902, 113, 113]
+    scaf = {k: {scaffold(smiles[i]) for i in v.tolist()} for k, v in split.items()}
+    assert not (scaf["train"] & scaf["test"]) and not (scaf["train"] & scaf["valid"])
+    assert all(torch.equal(split[k], scaffold_split(smiles)[k]) for k in split)
+
+
+def test_column_split():
+    split = column_split(["train", "VAL", "test", "valid", "Train"])
+    assert as_sets(split) == {"train": {0, 4}, "valid": {1, 3}, "test": {2}}
+    with pytest.raises(ValueError, match=r"row 2: unknown split 'dev'"):
+        column_split(["train", "test", "dev"])
+
+
+def test_index_split_from_ogb_style_files(tmp_path):
+    for name, idx in (("train", [0, 3, 4]), ("valid", [1]), ("test", [2])):
+        with gzip.open(tmp_path / f"{name}.csv.gz", "wt") as fh:
+            fh.write("\n".join(map(str, idx)) + "\n")
+    split = index_split(*(tmp_path / f"{n}.csv.gz" for n in ("train", "valid", "test")), num=5)
+    assert as_sets(split) == {"train": {0, 3, 4}, "valid": {1}, "test": {2}}
+    (tmp_path / "bad.txt").write_text("1\nx\n")
+    with pytest.raises(ValueError, match=r"bad.txt, line 2: 'x' is not a row index"):
+        index_split(tmp_path / "bad.txt", tmp_path / "valid.csv.gz", tmp_path / "test.csv.gz")
+    with pytest.raises(ValueError, match="row 1 is in both train and valid"):
+        index_split(tmp_path / "valid.csv.gz", tmp_path / "valid.csv.gz", tmp_path / "test.csv.gz")
+    with pytest.raises(ValueError, match="train index 3 is out of range for 3 rows"):
+        index_split(*(tmp_path / f"{n}.csv.gz" for n in ("train", "valid", "test")), num=3)
