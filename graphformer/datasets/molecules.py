@@ -35,14 +35,27 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def _describe(transform: Optional[Callable]) -> Optional[str]:
+    """A stable description of a pre-transform for the cache key (its repr and
+    its attributes, so ``AddRandomWalkPE(8)`` and ``AddRandomWalkPE(16)`` differ)."""
+    if transform is None:
+        return None
+    parts = [repr(transform)]
+    for t in getattr(transform, "transforms", [transform]):
+        parts.append(type(t).__name__ + json.dumps(
+            {k: v for k, v in sorted(vars(t).items()) if isinstance(v, (int, float, str, bool))}))
+    return "|".join(parts)
+
+
 class MoleculeCSVDataset(InMemoryDataset):
     """A molecular property data set from a CSV file of SMILES and targets.
 
     Each row becomes :func:`graphformer.data.from_smiles` of its SMILES, with
     ``y`` ``[1, T]`` (float; NaN where a target is missing, to be masked out
     of losses and metrics). The processed graphs are cached under ``root``
-    in a file named after the CSV's SHA-256 and the column choice, so an
-    edited source file or other columns are processed anew.
+    in a file named after the CSV's SHA-256, the column choice and the
+    pre-transform, so an edited source file, other columns or other encodings
+    are processed anew.
 
     Args:
         path: the CSV file.
@@ -75,7 +88,7 @@ class MoleculeCSVDataset(InMemoryDataset):
         self.target_columns: List[str] = list(target_columns)
         self.task = task
         key = json.dumps([_file_digest(self.path), smiles_column, self.target_columns, task,
-                          _FORMAT_VERSION])
+                          _FORMAT_VERSION, _describe(pre_transform)])
         self._fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
         root = Path(root) if root is not None else default_root() / "csv" / self.path.stem
         super().__init__(str(root), transform, pre_transform, log=log)
@@ -86,8 +99,14 @@ class MoleculeCSVDataset(InMemoryDataset):
         return []
 
     @property
+    def processed_dir(self) -> str:
+        # One folder per fingerprint, so PyG's own pre-transform bookkeeping
+        # (processed/pre_transform.pt) never compares two different set-ups.
+        return os.path.join(self.root, "processed", self._fingerprint)
+
+    @property
     def processed_file_names(self) -> List[str]:
-        return [f"{self.path.stem}-{self._fingerprint}.pt"]
+        return [f"{self.path.stem}.pt"]
 
     @property
     def num_tasks(self) -> int:

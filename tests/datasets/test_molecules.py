@@ -71,7 +71,7 @@ def test_bad_rows_are_named(tmp_path, text, match):
 def test_cache_is_reused_and_refreshed_when_the_source_changes(tmp_path):
     csv = write(tmp_path / "m.csv", "smiles,y\nCCO,1\nCCC,2\n")
     first = MoleculeCSVDataset(csv, target_columns=["y"], root=tmp_path / "cache", log=False)
-    processed = list((tmp_path / "cache" / "processed").glob("m-*.pt"))
+    processed = list((tmp_path / "cache" / "processed").glob("*/m.pt"))
     assert len(processed) == 1
     stamp = processed[0].stat().st_mtime_ns
     again = MoleculeCSVDataset(csv, target_columns=["y"], root=tmp_path / "cache", log=False)
@@ -79,6 +79,12 @@ def test_cache_is_reused_and_refreshed_when_the_source_changes(tmp_path):
     write(csv, "smiles,y\nCCO,1\nCCC,2\nCCCC,3\n")
     changed = MoleculeCSVDataset(csv, target_columns=["y"], root=tmp_path / "cache", log=False)
     assert len(changed) == 3 and changed.y.view(-1).tolist() == [1, 2, 3]
+    # Other encodings are another cache entry, not a stale hit.
+    from torch_geometric.transforms import AddRandomWalkPE
+    for steps in (4, 8):
+        enc = MoleculeCSVDataset(csv, target_columns=["y"], root=tmp_path / "cache", log=False,
+                                 pre_transform=AddRandomWalkPE(steps, attr_name="rwse"))
+        assert enc[0].rwse.shape == (3, steps)
 
 
 def test_missing_file(tmp_path):
