@@ -1,0 +1,103 @@
+"""``graphformer train``: train a graph transformer on a molecular data set."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict
+
+from ..train import RunConfig, read_config_file, train
+
+# flag -> (section, key)
+_FLAGS = {
+    "dataset": ("data", "dataset"), "smiles_column": ("data", "smiles_column"),
+    "target_columns": ("data", "target_columns"), "task": ("data", "task"),
+    "split": ("data", "split"), "root": ("data", "root"),
+    "hidden": ("model", "hidden"), "layers": ("model", "layers"), "heads": ("model", "heads"),
+    "dropout": ("model", "dropout"), "patterns": ("model", "patterns"), "k": ("model", "k"),
+    "pooling": ("model", "pooling"), "edge_update": ("model", "edge_update"),
+    "norm_first": ("model", "norm_first"), "rwse_steps": ("model", "rwse_steps"),
+    "lap_pe": ("model", "lap_pe"),
+    "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
+    "weight_decay": ("train", "weight_decay"), "warmup_epochs": ("train", "warmup_epochs"),
+    "grad_clip": ("train", "grad_clip"), "seed": ("train", "seed"),
+    "device": ("train", "device"), "threads": ("train", "threads"),
+}
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train on a data set (default: bundled ESOL)",
+                       description="Train a graph transformer. Settings come from the "
+                       "defaults, then --config FILE (YAML or JSON with sections data, model, "
+                       "train), then the flags given.")
+    p.add_argument("--config", type=Path, help="YAML or JSON config file")
+    p.add_argument("--run-dir", type=Path, help="where to write the run (default: "
+                   "runs/<dataset>-<time>)")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR from its last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
+    d = p.add_argument_group("data")
+    d.add_argument("--dataset", help="esol | freesolv | lipophilicity | ogbg-mol* | zinc | "
+                   "zinc-full | pcqm4mv2 | path/to/file.csv")
+    d.add_argument("--smiles-column")
+    d.add_argument("--target-columns", nargs="+")
+    d.add_argument("--task", choices=["regression", "classification"])
+    d.add_argument("--split", help="scaffold | random | official | column:NAME")
+    d.add_argument("--root", help="data cache directory")
+    m = p.add_argument_group("model")
+    m.add_argument("--hidden", type=int)
+    m.add_argument("--layers", type=int)
+    m.add_argument("--heads", type=int)
+    m.add_argument("--dropout", type=float)
+    m.add_argument("--patterns", nargs="+", choices=["bonds", "k_hop", "full"])
+    m.add_argument("--k", type=int, help="k of the k_hop pattern")
+    m.add_argument("--pooling", choices=["mean", "sum", "virtual"])
+    m.add_argument("--edge-update", action=argparse.BooleanOptionalAction, default=None)
+    m.add_argument("--norm-first", action=argparse.BooleanOptionalAction, default=None)
+    m.add_argument("--rwse-steps", type=int)
+    m.add_argument("--lap-pe", type=int)
+    t = p.add_argument_group("training")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--weight-decay", type=float)
+    t.add_argument("--warmup-epochs", type=int)
+    t.add_argument("--grad-clip", type=float)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    t.add_argument("--threads", type=int)
+    p.set_defaults(run=run)
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """Defaults, then the config file, then the flags that were given."""
+    values: Dict[str, Dict[str, Any]] = {"data": {}, "model": {}, "train": {}}
+    if args.config is not None:
+        for section, content in read_config_file(args.config).items():
+            values.setdefault(section, {}).update(content or {})
+    for flag, (section, key) in _FLAGS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            values[section][key] = value
+    return RunConfig.from_dict(values)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.resume is not None:
+        summary = train(RunConfig(), args.resume, resume=True, progress=not args.quiet)
+        run_dir = args.resume
+    else:
+        cfg = config_from_args(args)
+        name = Path(cfg.data.dataset).stem.lower()
+        run_dir = args.run_dir or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        summary = train(cfg, run_dir, progress=not args.quiet)
+    metric = summary["metric"]
+    final = summary["final"]
+    if final:
+        print(f"test {metric}: {final[f'test_{metric}']:.4f} (final epoch {final['epoch']}); "
+              f"at the best validation epoch {summary['best_epoch']}: "
+              f"{summary[f'test_{metric}_at_best']:.4f}")
+    print(f"run directory: {run_dir}")
+    return 0

@@ -1,0 +1,258 @@
+"""A graph transformer for molecules: OGB encoders, relational attention over
+a chosen edge set, a pooling readout and a prediction head."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, Literal, Tuple
+
+import torch
+import torch.nn.functional as F
+from ogb.graphproppred.mol_encoder import AtomEncoder, BondEncoder
+from torch import Tensor
+from torch_geometric.data import Batch
+from torch_geometric.utils import scatter
+
+from .. import patterns
+from ..nn import TransformerLayer
+from ..patterns._core import edge_keys
+
+PATTERNS = ("bonds", "k_hop", "full")
+Pooling = Literal["mean", "sum", "virtual"]
+Features = Literal["ogb", "zinc"]
+ZINC_ATOM_TYPES, ZINC_BOND_TYPES = 28, 4
+Task = Literal["regression", "classification"]
+
+
+@dataclass
+class GraphTransformerConfig:
+    """Hyper-parameters of :class:`GraphTransformer` (checked on creation).
+
+    Attributes:
+        num_tasks: outputs per graph.
+        task: ``"regression"`` or ``"classification"`` (multi-label, logits).
+        hidden: node (and edge) state size.
+        layers: number of :class:`~graphformer.nn.TransformerLayer` blocks.
+        heads: attention heads (``hidden`` divisible by it).
+        dropout: dropout in the blocks and the head.
+        patterns: the attention edge set, a union of ``"bonds"`` (the
+            molecule's bonds), ``"k_hop"`` (pairs within ``k`` bonds) and
+            ``"full"`` (all pairs in the molecule). With more than one, each
+            edge's membership is an extra edge feature, so bonds and long-range
+            pairs are told apart.
+        k: the ``k`` of ``"k_hop"``.
+        self_loops: add ``i -> i`` to the edge set (implied by ``"full"``).
+        edge_update: update edge states in every block (Relational Transformer).
+        norm_first: pre-norm blocks.
+        pooling: ``"mean"``, ``"sum"``, or ``"virtual"`` (a virtual token per
+            graph attends to and is attended by every atom; its state is the
+            readout).
+        rwse_steps: width of ``data.rwse`` (random-walk SE) to embed, 0 = off.
+        lap_pe: width of ``data.lap_pe`` (Laplacian PE) to embed, 0 = off.
+        features: ``"ogb"`` (OGB's 9 atom and 3 bond features, through
+            ``ogb``'s ``AtomEncoder`` / ``BondEncoder``) or ``"zinc"`` (ZINC's
+            atom type ``x [N, 1]`` and bond type ``edge_attr [E]``).
+    """
+    num_tasks: int = 1
+    task: Task = "regression"
+    hidden: int = 64
+    layers: int = 4
+    heads: int = 4
+    dropout: float = 0.1
+    patterns: Tuple[str, ...] = ("bonds", "full")
+    k: int = 3
+    self_loops: bool = True
+    edge_update: bool = False
+    norm_first: bool = True
+    pooling: Pooling = "mean"
+    rwse_steps: int = 16
+    lap_pe: int = 0
+    features: Features = "ogb"
+
+    def __post_init__(self) -> None:
+        self.patterns = tuple(self.patterns)
+        if self.num_tasks < 1:
+            raise ValueError(f"'num_tasks' must be >= 1, got {self.num_tasks}")
+        if self.task not in ("regression", "classification"):
+            raise ValueError(f"'task' must be 'regression' or 'classification', got {self.task!r}")
+        if self.hidden < 1 or self.layers < 0 or self.heads < 1:
+            raise ValueError("'hidden' and 'heads' must be >= 1 and 'layers' >= 0, got "
+                             f"{self.hidden}, {self.heads}, {self.layers}")
+        if self.hidden % self.heads:
+            raise ValueError(f"'hidden' ({self.hidden}) must be divisible by 'heads' ({self.heads})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"'dropout' must be in [0, 1), got {self.dropout}")
+        unknown = [p for p in self.patterns if p not in PATTERNS]
+        if unknown or not self.patterns or len(set(self.patterns)) != len(self.patterns):
+            raise ValueError(f"'patterns' must be distinct names from {PATTERNS}, "
+                             f"got {self.patterns}")
+        if self.k < 1:
+            raise ValueError(f"'k' must be >= 1, got {self.k}")
+        if self.pooling not in ("mean", "sum", "virtual"):
+            raise ValueError(f"'pooling' must be 'mean', 'sum' or 'virtual', got {self.pooling!r}")
+        if self.rwse_steps < 0 or self.lap_pe < 0:
+            raise ValueError("'rwse_steps' and 'lap_pe' must be >= 0")
+        if self.features not in ("ogb", "zinc"):
+            raise ValueError(f"'features' must be 'ogb' or 'zinc', got {self.features!r}")
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d["patterns"] = list(self.patterns)
+        return d
+
+
+class GraphTransformer(torch.nn.Module):
+    r"""Graph transformer for graph-level prediction on molecules.
+
+    .. math::
+        \mathbf{h}^0_i = \mathrm{AtomEnc}(\mathbf{a}_i) + \mathbf{W}_r \mathbf{rwse}_i
+            + \mathbf{W}_l \mathbf{pe}_i, \qquad
+        \mathbf{e}_{ij} = \mathrm{BondEnc}(\mathbf{b}_{ij})\,[j \sim i]
+            + \mathbf{W}_m \mathbf{m}_{ij}
+
+        \mathbf{h}^{l+1}, \mathbf{e} = \mathrm{TransformerLayer}_l(\mathbf{h}^l,
+            \mathcal{E}, \mathbf{e}), \qquad
+        \hat{y} = \mathrm{MLP}(\mathrm{pool}_{i \in G} \mathbf{h}^L_i)
+
+    where :math:`\mathcal{E}` is the union of the configured patterns,
+    :math:`\mathbf{m}_{ij}` the membership of edge :math:`j \to i` in each of
+    them, and :math:`[j \sim i]` is 1 for bonds.
+
+    Shapes: a PyG ``Batch`` of B molecules with N atoms in all (``x``
+    ``[N, 9]`` and ``edge_attr`` ``[E_b, 3]`` as from
+    :func:`graphformer.data.from_smiles`) gives ``[B, num_tasks]``.
+    """
+
+    def __init__(self, config: GraphTransformerConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        if c.features == "ogb":
+            self.atom_encoder = AtomEncoder(c.hidden)
+            self.bond_encoder = BondEncoder(c.hidden)
+        else:
+            self.atom_encoder = _FirstColumnEmbedding(ZINC_ATOM_TYPES, c.hidden)
+            self.bond_encoder = _FirstColumnEmbedding(ZINC_BOND_TYPES, c.hidden)
+        self.rwse = torch.nn.Linear(c.rwse_steps, c.hidden) if c.rwse_steps else None
+        self.lap = torch.nn.Linear(c.lap_pe, c.hidden) if c.lap_pe else None
+        num_sets = len(self._set_names())
+        self.membership = torch.nn.Linear(num_sets, c.hidden, bias=False) if num_sets > 1 else None
+        self.virtual = torch.nn.Parameter(torch.zeros(1, c.hidden)) if c.pooling == "virtual" else None
+        self.blocks = torch.nn.ModuleList([
+            TransformerLayer(c.hidden, heads=c.heads, dropout=c.dropout, activation="gelu",
+                             norm_first=c.norm_first, edge_dim=c.hidden,
+                             edge_update=c.edge_update)
+            for _ in range(c.layers)
+        ])
+        self.final_norm = torch.nn.LayerNorm(c.hidden) if c.norm_first else torch.nn.Identity()
+        self.head = torch.nn.Sequential(
+            torch.nn.Linear(c.hidden, c.hidden), torch.nn.GELU(), torch.nn.Dropout(c.dropout),
+            torch.nn.Linear(c.hidden, c.num_tasks))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for module in self.modules():
+            if isinstance(module, torch.nn.Embedding):  # as ogb's encoders initialise
+                torch.nn.init.xavier_uniform_(module.weight)
+            elif module is not self and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+        if self.virtual is not None:
+            torch.nn.init.normal_(self.virtual, std=0.02)
+
+    def _set_names(self) -> Tuple[str, ...]:
+        names = tuple(self.config.patterns)
+        if self.config.self_loops and "full" not in names:
+            names += ("self",)
+        if self.config.pooling == "virtual":
+            names += ("virtual",)
+        return names
+
+    def attention_edges(self, bonds: Tensor, ptr: Tensor, num_nodes: int,
+                        virtual: Tensor) -> Tuple[Tensor, Tensor]:
+        """The attention edge set of a batch and each edge's membership."""
+        sets = {
+            "bonds": lambda: bonds,
+            "k_hop": lambda: patterns.k_hop(bonds, self.config.k, num_nodes=num_nodes),
+            "full": lambda: patterns.full(ptr),
+            "self": lambda: torch.arange(num_nodes, device=ptr.device).expand(2, -1),
+            "virtual": lambda: patterns.global_tokens(ptr, virtual),
+        }
+        return patterns.union(*(sets[name]() for name in self._set_names()),
+                              num_nodes=num_nodes)
+
+    def forward(self, batch: Batch, return_attention_weights: bool = False):
+        c = self.config
+        x = self.atom_encoder(batch.x)
+        if self.rwse is not None:
+            x = x + self.rwse(batch.rwse)
+        if self.lap is not None:
+            pe = batch.lap_pe
+            if self.training:  # eigenvector signs are arbitrary: flip at random
+                sign = torch.randint(0, 2, (1, pe.size(1)), device=pe.device) * 2 - 1
+                pe = pe * sign
+            x = x + self.lap(pe)
+        ptr, bonds, graph = batch.ptr, batch.edge_index, batch.batch
+        num_graphs = ptr.numel() - 1
+        virtual = ptr.new_zeros(0)
+        if self.virtual is not None:  # prepend one virtual node to every graph
+            new_index = torch.arange(x.size(0), device=x.device) + graph + 1
+            ptr = ptr + torch.arange(num_graphs + 1, device=ptr.device)
+            virtual = ptr[:-1]
+            h = x.new_empty(x.size(0) + num_graphs, x.size(1))
+            h[new_index] = x
+            h[virtual] = self.virtual.to(x.dtype).expand(num_graphs, -1)
+            x, bonds = h, new_index[bonds]
+        num_nodes = x.size(0)
+        edge_index, member = self.attention_edges(bonds, ptr, num_nodes, virtual)
+
+        keys = edge_keys(edge_index, num_nodes)  # sorted: where does each bond sit?
+        bond_pos = torch.searchsorted(keys, edge_keys(bonds, num_nodes))
+        e = x.new_zeros(edge_index.size(1), c.hidden)
+        e[bond_pos] = self.bond_encoder(batch.edge_attr)
+        if self.membership is not None:
+            e = e + self.membership(member.to(x.dtype))
+
+        weights = []
+        for block in self.blocks:
+            out = block(x, edge_index, e, return_attention_weights=return_attention_weights)
+            if isinstance(out, Tensor):
+                x = out
+            else:
+                x = out[0]
+                if c.edge_update:
+                    e = out[1]
+                if return_attention_weights:
+                    weights.append(out[-1])
+        x = self.final_norm(x)
+        if c.pooling == "virtual":
+            g = x[virtual]
+        else:
+            g = scatter(x, graph, dim=0, dim_size=num_graphs, reduce=c.pooling)
+        y = self.head(g)
+        if return_attention_weights:
+            return y, (edge_index, member, weights)
+        return y
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"{self.__class__.__name__}(hidden={c.hidden}, layers={c.layers}, "
+                f"heads={c.heads}, patterns={list(c.patterns)}, pooling={c.pooling!r}, "
+                f"edge_update={c.edge_update}, tasks={c.num_tasks} {c.task})")
+
+
+class _FirstColumnEmbedding(torch.nn.Embedding):
+    """An embedding of a type index given as ``[N]`` or ``[N, 1]``."""
+
+    def forward(self, index: Tensor) -> Tensor:
+        return super().forward(index.view(-1).long())
+
+
+def masked_loss(pred: Tensor, target: Tensor, task: Task) -> Tensor:
+    """Mean loss over the labelled entries only (NaN targets are missing):
+    MSE for regression, binary cross-entropy with logits for classification."""
+    target = target.view(pred.shape).to(pred.dtype)
+    mask = ~torch.isnan(target)
+    if not mask.any():
+        return pred.sum() * 0.0
+    if task == "classification":
+        return F.binary_cross_entropy_with_logits(pred[mask], target[mask])
+    return F.mse_loss(pred[mask], target[mask])

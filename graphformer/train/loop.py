@@ -1,0 +1,336 @@
+"""Training and evaluation of a :class:`~graphformer.models.GraphTransformer`.
+
+One function, :func:`train`, runs a whole training job into a run directory:
+
+- ``config.json``: the run's configuration;
+- ``metrics.csv`` / ``metrics.json``: one row per epoch, written as it ends;
+- ``last.pt`` (every epoch) and ``best.pt`` (best validation metric):
+  checkpoints written atomically; ``train(..., resume=True)`` continues from
+  ``last.pt`` and ends with exactly the metrics of an uninterrupted run;
+- ``learning_curve.png`` at the end, and TensorBoard logs when installed.
+
+Under ``torchrun`` (``torch.distributed`` initialised) the model is wrapped in
+``DistributedDataParallel``, each process reads its share of every epoch
+through a ``DistributedSampler``, and only rank 0 writes files or prints.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch.utils.data import DistributedSampler, Subset
+from torch_geometric.loader import DataLoader
+from tqdm.auto import tqdm
+
+from ..data.encodings import encodings
+from ..datasets import Benchmark, load_dataset, make_split
+from ..models import GraphTransformer, GraphTransformerConfig, masked_loss
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import RunConfig
+from .metrics import compute_metrics, is_better
+
+
+@dataclass
+class Prepared:
+    """Data ready for training: the benchmark, its split, and the regression
+    target normalisation (train mean and std per task)."""
+    bench: Benchmark
+    split: Dict[str, Tensor]
+    y_mean: Tensor
+    y_std: Tensor
+
+    def subset(self, part: str) -> Subset:
+        return Subset(self.bench.dataset, self.split[part].tolist())
+
+
+def prepare(cfg: RunConfig, log: bool = True) -> Prepared:
+    """Load the data set of ``cfg.data`` with the encodings ``cfg.model`` uses."""
+    d = cfg.data
+    bench = load_dataset(d.dataset, d.root, smiles_column=d.smiles_column,
+                         target_columns=d.target_columns, task=d.task,
+                         pre_transform=encodings(cfg.model.rwse_steps, cfg.model.lap_pe),
+                         log=log)
+    split = make_split(bench, d.split, seed=cfg.train.seed)
+    y = torch.stack([bench.dataset[i].y.view(-1).float() for i in split["train"].tolist()])
+    if bench.task == "regression":
+        mean = torch.nanmean(y, dim=0)
+        centred = torch.where(torch.isnan(y), torch.zeros_like(y), y - mean)
+        count = (~torch.isnan(y)).sum(0).clamp_min(1)
+        std = (centred.pow(2).sum(0) / count).sqrt().clamp_min(1e-6)
+    else:
+        mean, std = torch.zeros(y.size(1)), torch.ones(y.size(1))
+    return Prepared(bench, split, mean, std)
+
+
+def model_config_for(cfg: RunConfig, bench: Benchmark) -> GraphTransformerConfig:
+    """The model config with the data set's task, task count and features."""
+    return replace(cfg.model, num_tasks=bench.num_tasks, task=bench.task,  # type: ignore[arg-type]
+                   features=bench.features)  # type: ignore[arg-type]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for but CUDA is not available")
+    if name == "cuda" and dist.is_initialized():
+        return torch.device("cuda", dist.get_rank() % torch.cuda.device_count())
+    return torch.device(name)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@torch.no_grad()
+def predict(model: GraphTransformer, loader: DataLoader, y_mean: Tensor, y_std: Tensor,
+            device: torch.device) -> Tensor:
+    """Predictions in target units (regression) or logits (classification)."""
+    model.eval()
+    out = []
+    for batch in loader:
+        out.append(model(batch.to(device)).cpu())
+    if not out:
+        return torch.zeros(0, y_mean.numel())
+    pred = torch.cat(out)
+    return pred * y_std + y_mean if model.config.task == "regression" else pred
+
+
+def evaluate_split(model: GraphTransformer, prepared: Prepared, part: str, batch_size: int,
+                   device: torch.device) -> Dict[str, float]:
+    """Metrics of ``model`` on one part of the split (ogb's Evaluator for OGB sets)."""
+    subset = prepared.subset(part)
+    loader = DataLoader(subset, batch_size=batch_size, shuffle=False)
+    pred = predict(model, loader, prepared.y_mean, prepared.y_std, device)
+    y = torch.stack([subset[k].y.view(-1).float() for k in range(len(subset))]) \
+        if len(subset) else torch.zeros(0, pred.size(1))
+    return compute_metrics(y.numpy(), pred.numpy(), prepared.bench.task,
+                           ogb_name=prepared.bench.ogb_name)
+
+
+class _RunFiles:
+    """What rank 0 writes into the run directory."""
+
+    def __init__(self, run_dir: Path, enabled: bool) -> None:
+        self.dir, self.enabled = run_dir, enabled
+        self.tb = None
+        if enabled:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+            except Exception:  # tensorboard is optional
+                self.tb = None
+
+    def config(self, cfg: Dict[str, Any]) -> None:
+        if self.enabled:
+            (self.dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+
+    def metrics(self, history: List[Dict[str, float]]) -> None:
+        if not self.enabled or not history:
+            return
+        (self.dir / "metrics.json").write_text(json.dumps(history, indent=2) + "\n")
+        keys = list(history[0])
+        with open(self.dir / "metrics.csv", "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(history)
+        if self.tb is not None:
+            row = history[-1]
+            for k, v in row.items():
+                if k != "epoch":
+                    self.tb.add_scalar(k.replace("_", "/", 1), v, int(row["epoch"]))
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def plot_learning_curve(history: List[Dict[str, float]], metric: str, path: Path) -> None:
+    """Training loss and validation / test ``metric`` per epoch, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [row["epoch"] for row in history]
+    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [row["train_loss"] for row in history], label="train loss")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("loss (normalised targets)")
+    ax_loss.set_yscale("log")
+    ax_loss.legend()
+    for part in ("valid", "test"):
+        ax_metric.plot(epochs, [row[f"{part}_{metric}"] for row in history], label=part)
+    ax_metric.set_xlabel("epoch")
+    ax_metric.set_ylabel(metric)
+    ax_metric.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _lr_factor(step: int, warmup: int, total: int) -> float:
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def train(cfg: RunConfig, run_dir: Union[str, Path], resume: bool = False,
+          progress: bool = True, prepared: Optional[Prepared] = None,
+          model: Optional[torch.nn.Module] = None) -> Dict[str, Any]:
+    """Train a model as ``cfg`` says, writing everything into ``run_dir``.
+
+    Args:
+        cfg: the run configuration (ignored in favour of the saved one when
+            resuming).
+        run_dir: the run directory.
+        resume: continue from ``run_dir/last.pt``.
+        progress: show progress bars and per-epoch lines (rank 0 only).
+        prepared: already prepared data (to share it between runs).
+        model: train this model instead of the ``GraphTransformer`` of
+            ``cfg.model`` (a baseline, say); it must take a PyG ``Batch`` and
+            return ``[B, num_tasks]``, and carry a ``config`` with ``task``.
+
+    Returns:
+        The summary also written to ``run_dir/summary.json``: best epoch, its
+        validation and test metrics, and the final epoch's metrics.
+    """
+    run_dir = Path(run_dir)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    state: Optional[Dict[str, Any]] = None
+    if resume:
+        state = load_checkpoint(run_dir / "last.pt")
+        cfg = RunConfig.from_dict(state["config"])
+    is_main = rank == 0
+    show = progress and is_main
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    _seed_everything(cfg.train.seed)
+    device = resolve_device(cfg.train.device)
+    prepared = prepared or prepare(cfg, log=show)
+    bench = prepared.bench
+    model_cfg = model_config_for(cfg, bench)
+    model = (model if model is not None else GraphTransformer(model_cfg)).to(device)
+    net: torch.nn.Module = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    train_set = prepared.subset("train")
+    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True,
+                                 seed=cfg.train.seed)
+    loader = DataLoader(train_set, batch_size=cfg.train.batch_size, sampler=sampler)
+    steps_per_epoch = max(1, len(loader))
+    total_steps = cfg.train.epochs * steps_per_epoch
+    warmup = cfg.train.warmup_epochs * steps_per_epoch
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr,
+                                  weight_decay=cfg.train.weight_decay, foreach=True)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: _lr_factor(step, warmup, total_steps))
+
+    metric = bench.metric
+    history: List[Dict[str, float]] = []
+    best: Dict[str, Any] = {"epoch": None, "valid": None}
+    start_epoch = 1
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history, best = state["history"], state["best"]
+        start_epoch = int(state["epoch"]) + 1
+
+    files = _RunFiles(run_dir, is_main)
+    full_cfg = RunConfig(cfg.data, model_cfg, cfg.train).to_dict()
+    files.config(full_cfg)
+    if show and start_epoch == 1:
+        print(f"{bench.name}: {len(bench.dataset)} graphs, split "
+              f"{ {k: len(v) for k, v in prepared.split.items()} }, task {bench.task}, "
+              f"metric {metric}; {sum(p.numel() for p in model.parameters()):,} parameters; "
+              f"device {device}, {world} process(es)", file=sys.stderr)
+
+    def checkpoint(epoch: int) -> Dict[str, Any]:
+        return {"config": full_cfg, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "epoch": epoch, "history": history, "best": best,
+                "y_mean": prepared.y_mean, "y_std": prepared.y_std,
+                "dataset": bench.name, "metric": metric, "task": bench.task}
+
+    for epoch in range(start_epoch, cfg.train.epochs + 1):
+        # Reseeding per epoch makes dropout and shuffling a function of
+        # (seed, epoch) alone: a resumed run repeats the uninterrupted one.
+        torch.manual_seed(cfg.train.seed * 1_000_003 + epoch)
+        sampler.set_epoch(epoch)
+        net.train()
+        started, total_loss, seen = time.perf_counter(), 0.0, 0
+        bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.train.epochs}", unit="batch",
+                   disable=not show, leave=False, file=sys.stderr)
+        for batch in bar:
+            batch = batch.to(device)
+            target = (batch.y.view(-1, model_cfg.num_tasks).float() - prepared.y_mean.to(device)) \
+                / prepared.y_std.to(device)
+            loss = masked_loss(net(batch), target, model_cfg.task)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.train.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            total_loss += loss.item() * batch.num_graphs
+            seen += batch.num_graphs
+            bar.set_postfix(loss=f"{loss.item():.4f}",
+                            mol_s=f"{seen / (time.perf_counter() - started):.0f}")
+        bar.close()
+        train_loss = total_loss / max(seen, 1)
+        if world > 1:  # the mean training loss over all processes
+            t = torch.tensor([total_loss, seen], dtype=torch.float64, device=device)
+            dist.all_reduce(t)
+            train_loss = float(t[0] / t[1].clamp_min(1))
+        row: Dict[str, float] = {"epoch": epoch, "train_loss": train_loss,
+                                 "lr": optimizer.param_groups[0]["lr"]}
+        for part in ("valid", "test"):
+            for k, v in evaluate_split(model, prepared, part, cfg.train.batch_size, device).items():
+                row[f"{part}_{k}"] = v
+        row["seconds"] = time.perf_counter() - started
+        history.append(row)
+        improved = is_better(row[f"valid_{metric}"], best["valid"], metric)
+        if improved:
+            best = {"epoch": epoch, "valid": row[f"valid_{metric}"],
+                    "test": row[f"test_{metric}"]}
+        if is_main:
+            files.metrics(history)
+            state_now = checkpoint(epoch)
+            if improved:
+                save_checkpoint(state_now, run_dir / "best.pt")
+            save_checkpoint(state_now, run_dir / "last.pt")
+        if show:
+            print(f"epoch {epoch:3d}/{cfg.train.epochs}  loss {train_loss:.4f}  "
+                  f"valid {metric} {row[f'valid_{metric}']:.4f}  "
+                  f"test {metric} {row[f'test_{metric}']:.4f}"
+                  f"{'  *best' if improved else ''}  ({row['seconds']:.1f}s)", file=sys.stderr)
+
+    summary = {"dataset": bench.name, "metric": metric, "best_epoch": best["epoch"],
+               f"best_valid_{metric}": best["valid"], f"test_{metric}_at_best": best["test"],
+               "final": history[-1] if history else {}}
+    if is_main:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if history:
+            plot_learning_curve(history, metric, run_dir / "learning_curve.png")
+    files.close()
+    return summary

@@ -1,0 +1,83 @@
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from graphformer.cli import main
+from tests.train.conftest import tiny_csv  # noqa: F401  (fixture)
+
+TINY = ["--hidden", "16", "--layers", "1", "--heads", "2", "--rwse-steps", "4",
+        "--batch-size", "16", "--threads", "1", "--split", "random"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_csv):  # noqa: F811
+    tmp = tmp_path_factory.mktemp("cli")
+    code = main(["train", "--dataset", str(tiny_csv), "--target-columns", "y", "--epochs", "2",
+                 "--root", str(tmp / "cache"), "--run-dir", str(tmp / "run"), "--quiet", *TINY])
+    assert code == 0
+    return tmp
+
+
+def test_train_prints_the_test_metric(trained, capsys):
+    summary = json.loads((trained / "run" / "summary.json").read_text())
+    assert summary["metric"] == "rmse" and summary["final"]["epoch"] == 2
+
+
+def test_config_file_then_flags(tmp_path, tiny_csv, capsys):  # noqa: F811
+    config = tmp_path / "c.yaml"
+    config.write_text(f"data:\n  dataset: {tiny_csv}\n  target_columns: [y]\n  split: random\n"
+                      f"  root: {tmp_path / 'cache'}\nmodel:\n  hidden: 8\n  layers: 1\n"
+                      f"  heads: 2\n  rwse_steps: 0\ntrain:\n  epochs: 3\n  threads: 1\n")
+    assert main(["train", "--config", str(config), "--epochs", "1", "--heads", "4",
+                 "--run-dir", str(tmp_path / "run"), "--quiet"]) == 0
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["train"]["epochs"] == 1 and saved["model"]["heads"] == 4
+    assert saved["model"]["hidden"] == 8 and saved["model"]["rwse_steps"] == 0
+    out = capsys.readouterr().out
+    assert "test rmse: " in out and f"run directory: {tmp_path / 'run'}" in out
+
+
+def test_bad_config_key_is_named(tmp_path, capsys):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"model": {"hiden": 8}}))
+    assert main(["train", "--config", str(config)]) == 2
+    assert "unknown key(s) ['hiden'] in config section 'model'" in capsys.readouterr().err
+
+
+def test_evaluate_prints_json_metrics(trained, capsys):
+    assert main(["evaluate", str(trained / "run" / "best.pt")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    rows = json.loads((trained / "run" / "metrics.json").read_text())
+    best = rows[result["epoch"] - 1]
+    assert result["test"]["rmse"] == pytest.approx(best["test_rmse"], rel=1e-6)
+    assert result["valid"]["mae"] == pytest.approx(best["valid_mae"], rel=1e-6)
+
+
+def test_predict_reports_invalid_rows_and_skips_only_when_asked(trained, tmp_path, capsys):
+    src = tmp_path / "in.csv"
+    src.write_text("smiles,name\nCCO,ethanol\nC1CC,broken\nc1ccccc1,benzene\n")
+    out = tmp_path / "out.csv"
+    assert main(["predict", str(trained / "run" / "best.pt"), str(src), "-o", str(out)]) == 2
+    assert "cannot parse SMILES 'C1CC'" in capsys.readouterr().err and not out.exists()
+    assert main(["predict", str(trained / "run" / "best.pt"), str(src), "-o", str(out),
+                 "--skip-invalid"]) == 0
+    assert "row 2" in capsys.readouterr().err
+    pred = pd.read_csv(out)
+    assert pred["row"].tolist() == [1, 3] and pred["smiles"].tolist() == ["CCO", "c1ccccc1"]
+    assert pred["y"].notna().all()
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    assert main(["evaluate", str(bad)]) == 2
+    assert "bad.pt is not a readable checkpoint" in capsys.readouterr().err
+
+
+def test_python_dash_m_and_help():
+    result = subprocess.run([sys.executable, "-m", "graphformer", "--help"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "{train,evaluate,predict}" in result.stdout

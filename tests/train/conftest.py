@@ -1,0 +1,27 @@
+import pandas as pd
+import pytest
+
+from graphformer.datasets.molecules import bundled_dir
+from graphformer.train import RunConfig
+from graphformer.train.config import DataConfig, TrainConfig
+from graphformer.models import GraphTransformerConfig
+
+
+@pytest.fixture(scope="session")
+def tiny_csv(tmp_path_factory):
+    """The first 60 ESOL molecules as a SMILES CSV (column y)."""
+    frame = pd.read_csv(bundled_dir() / "ESOL.csv").head(60)
+    path = tmp_path_factory.mktemp("data") / "tiny.csv"
+    pd.DataFrame({"smiles": frame["smiles"],
+                  "y": frame["measured log solubility in mols per litre"]}).to_csv(path, index=False)
+    return path
+
+
+def tiny_config(csv, root, **train):
+    """A model and run small enough for a unit test (random split 48/6/6)."""
+    return RunConfig(
+        data=DataConfig(dataset=str(csv), target_columns=["y"], split="random", root=str(root)),
+        model=GraphTransformerConfig(hidden=16, layers=1, heads=2, rwse_steps=4, dropout=0.1),
+        train=TrainConfig(**{"epochs": 3, "batch_size": 16, "warmup_epochs": 1, "threads": 1,
+                             **train}),
+    )

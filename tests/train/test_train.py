@@ -1,0 +1,118 @@
+import json
+
+import matplotlib.image
+import pytest
+import torch
+
+import graphformer.train.loop as loop
+from graphformer.cli.evaluate import load_model
+from graphformer.train import (CheckpointError, evaluate_split, load_checkpoint, prepare,
+                               save_checkpoint, train)
+from tests.train.conftest import tiny_config
+
+
+def history(run_dir):
+    rows = json.loads((run_dir / "metrics.json").read_text())
+    for row in rows:
+        row.pop("seconds")
+    return rows
+
+
+def test_a_run_writes_metrics_curves_checkpoints_and_config(tmp_path, tiny_csv):
+    cfg = tiny_config(tiny_csv, tmp_path / "cache")
+    summary = train(cfg, tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    rows = history(run)
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert (run / "metrics.csv").read_text().splitlines()[0].startswith("epoch,train_loss,lr,")
+    assert len((run / "metrics.csv").read_text().splitlines()) == 4
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["train"]["epochs"] == 3 and saved["model"]["hidden"] == 16
+    image = matplotlib.image.imread(run / "learning_curve.png")
+    assert image.shape[:2] == (400, 1000) and image.std() > 0.01  # drawn, not blank
+
+    best = summary["best_epoch"]
+    assert summary["test_rmse_at_best"] == rows[best - 1]["test_rmse"]
+    # The best checkpoint reproduces the metrics logged for its epoch.
+    state = load_checkpoint(run / "best.pt")
+    assert state["epoch"] == best
+    prepared = prepare(cfg, log=False)
+    again = evaluate_split(load_model(state), prepared, "test", 16, torch.device("cpu"))
+    assert again["rmse"] == pytest.approx(rows[best - 1]["test_rmse"], rel=1e-6)
+
+
+def test_same_seed_same_run_other_seed_other_run(tmp_path, tiny_csv):
+    cfg = tiny_config(tiny_csv, tmp_path / "cache", epochs=2)
+    train(cfg, tmp_path / "a", progress=False)
+    train(cfg, tmp_path / "b", progress=False)
+    assert history(tmp_path / "a") == history(tmp_path / "b")
+    other = tiny_config(tiny_csv, tmp_path / "cache", epochs=2, seed=1)
+    train(other, tmp_path / "c", progress=False)
+    assert history(tmp_path / "a") != history(tmp_path / "c")
+
+
+def test_resume_after_a_crash_gives_the_uninterrupted_metrics(tmp_path, tiny_csv, monkeypatch):
+    cfg = tiny_config(tiny_csv, tmp_path / "cache", epochs=4)
+    train(cfg, tmp_path / "straight", progress=False)
+
+    calls = {"n": 0}
+    real = loop.evaluate_split
+
+    def crash_in_epoch_3(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:  # two evaluations per epoch: the first of epoch 3
+            raise KeyboardInterrupt("simulated crash")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "evaluate_split", crash_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "crashed", progress=False)
+    assert load_checkpoint(tmp_path / "crashed" / "last.pt")["epoch"] == 2
+    monkeypatch.setattr(loop, "evaluate_split", real)
+    train(cfg, tmp_path / "crashed", resume=True, progress=False)
+
+    assert history(tmp_path / "crashed") == history(tmp_path / "straight")
+    a = load_checkpoint(tmp_path / "crashed" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "straight" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"epoch": 1, "w": torch.ones(3)}, path)
+
+    def broken_save(obj, fh):
+        fh.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint({"epoch": 2, "w": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    state = load_checkpoint(path)
+    assert state["epoch"] == 1 and torch.equal(state["w"], torch.ones(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temp file left
+
+
+class NotData:
+    pass
+
+
+def test_corrupt_truncated_or_foreign_checkpoints_are_refused(tmp_path):
+    good = tmp_path / "good.pt"
+    save_checkpoint({"epoch": 1, "w": torch.randn(100)}, good)
+    data = good.read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
+    (tmp_path / "noise.pt").write_bytes(b"\x00garbage" * 50)
+    torch.save({"weights": torch.ones(2)}, tmp_path / "foreign.pt")
+    torch.save({"format": "graphformer-checkpoint", "version": 1, "obj": NotData()},
+               tmp_path / "code.pt")
+    for name in ("truncated", "noise"):
+        with pytest.raises(CheckpointError, match=rf"{name}.pt is not a readable checkpoint"):
+            load_checkpoint(tmp_path / f"{name}.pt")
+    with pytest.raises(CheckpointError, match="not a graphformer checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="code.pt is not a readable checkpoint"):
+        load_checkpoint(tmp_path / "code.pt")  # weights_only: no arbitrary objects
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        load_checkpoint(tmp_path / "missing.pt")
