@@ -80,28 +80,40 @@ def load_dataset(name: Union[str, Path], root: Optional[Union[str, Path]] = None
         from .ogb import canonical_name, load_ogb
 
         lower = canonical_name(lower)  # "molhiv" -> "ogbg-molhiv", "pcqm4m-v2" -> "pcqm4mv2"
-        ds = load_ogb(lower, root_path / "ogb", pre_transform=pre_transform)
-        split = {k: torch.as_tensor(v) for k, v in ds.get_idx_split().items()}
+        source = load_ogb(lower, root_path / "ogb")
+        split = {k: torch.as_tensor(v) for k, v in source.get_idx_split().items()}
+        ds = _encoded(source, pre_transform, root_path, lower, log)
         if lower == "pcqm4mv2":  # test-dev / challenge labels are hidden: test on valid
             split = {"train": split["train"], "valid": split["valid"], "test": split["valid"]}
             return Benchmark(lower, ds, "regression", 1, "mae", official_split=split)
-        task_type = ds.task_type
-        task_kind = "classification" if "classification" in task_type else "regression"
-        return Benchmark(lower, ds, task_kind, ds.num_tasks, ds.eval_metric,
+        task_kind = "classification" if "classification" in source.task_type else "regression"
+        return Benchmark(lower, ds, task_kind, source.num_tasks, source.eval_metric,
                          official_split=split, ogb_name=lower)
     if lower in ("zinc", "zinc-full"):
         from .zinc import load_zinc
 
-        parts = [load_zinc(root_path / "zinc", subset=lower == "zinc", split=s,
-                           pre_transform=pre_transform) for s in ("train", "val", "test")]
+        parts = [load_zinc(root_path / "zinc", subset=lower == "zinc", split=s)
+                 for s in ("train", "val", "test")]
         sizes = [len(p) for p in parts]
         starts = [0, sizes[0], sizes[0] + sizes[1]]
         split = {k: torch.arange(s, s + n) for k, s, n in zip(("train", "valid", "test"),
                                                                starts, sizes)}
-        return Benchmark(lower, ConcatDataset(parts), "regression", 1, "mae", features="zinc",
+        ds = _encoded(ConcatDataset(parts), pre_transform, root_path, lower, log)
+        return Benchmark(lower, ds, "regression", 1, "mae", features="zinc",
                          official_split=split)
     raise ValueError(f"unknown data set {key!r}: use one of {sorted(BUNDLED)}, an 'ogbg-mol*' "
                      f"name, 'pcqm4mv2', 'zinc', 'zinc-full', or a path ending in .csv")
+
+
+def _encoded(source: Dataset, transform: Optional[Callable], root: Path, name: str,
+             log: bool) -> Dataset:
+    """``source`` with the encodings applied and cached per transform (OGB's
+    and PyG's own caches cannot tell two pre-transforms apart)."""
+    if transform is None:
+        return source
+    from .encoded import EncodedDataset
+
+    return EncodedDataset(source, transform, root, name, log=log)
 
 
 def make_split(bench: Benchmark, kind: Optional[str] = None, seed: int = 0,

@@ -35,7 +35,7 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def _describe(transform: Optional[Callable]) -> Optional[str]:
+def describe_transform(transform: Optional[Callable]) -> Optional[str]:
     """A stable description of a pre-transform for the cache key (its repr and
     its attributes, so ``AddRandomWalkPE(8)`` and ``AddRandomWalkPE(16)`` differ)."""
     if transform is None:
@@ -88,7 +88,7 @@ class MoleculeCSVDataset(InMemoryDataset):
         self.target_columns: List[str] = list(target_columns)
         self.task = task
         key = json.dumps([_file_digest(self.path), smiles_column, self.target_columns, task,
-                          _FORMAT_VERSION, _describe(pre_transform)])
+                          _FORMAT_VERSION, describe_transform(pre_transform)])
         self._fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
         root = Path(root) if root is not None else default_root() / "csv" / self.path.stem
         super().__init__(str(root), transform, pre_transform, log=log)

@@ -81,3 +81,16 @@ def test_python_dash_m_and_help():
     result = subprocess.run([sys.executable, "-m", "graphformer", "--help"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "{train,evaluate,predict}" in result.stdout
+
+
+def test_every_shipped_config_is_valid():
+    from pathlib import Path
+
+    from graphformer.train import RunConfig, read_config_file
+
+    configs = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+    assert {p.stem for p in configs} >= {"esol", "ogbg-molhiv", "ogbg-molpcba", "zinc",
+                                         "pcqm4mv2"}
+    for path in configs:
+        cfg = RunConfig.from_dict(read_config_file(path))
+        assert cfg.data.dataset == path.stem
