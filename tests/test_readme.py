@@ -1,4 +1,5 @@
 """The README stays true: its commands and its quick start run."""
+import os
 import re
 import subprocess
 import sys
@@ -27,11 +28,23 @@ def test_ci_runs_the_readme_test_command_steps_in_order():
     assert ci_lines[-1] == steps[-1], "CI must end with the README's test command"
 
 
-def test_main_job_runs():
+def test_main_job_runs_with_a_tiny_epoch_budget(tmp_path):
     main_job, _ = setup_commands()
     command = main_job.split("&&")[-1].strip()
-    assert command == "python scripts/attention_example.py"
-    result = subprocess.run([sys.executable, *command.split()[1:]], cwd=ROOT,
+    assert command == "graphformer train"
+    # The same command, with one epoch and its files kept in tmp_path.
+    result = subprocess.run(
+        [sys.executable, "-m", "graphformer", *command.split()[1:], "--epochs", "1",
+         "--root", str(tmp_path / "cache"), "--run-dir", str(tmp_path / "run")],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^test rmse: \d+\.\d{4} \(final epoch 1\)", result.stdout, re.M)
+    assert "esol: 1128 graphs, split {'train': 902, 'valid': 113, 'test': 113}" in result.stderr
+    assert (tmp_path / "run" / "learning_curve.png").is_file()
+
+
+def test_attention_example_runs():
+    result = subprocess.run([sys.executable, "scripts/attention_example.py"], cwd=ROOT,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "3 sequences, 17 tokens, 65 causal edges" in result.stdout
@@ -39,9 +52,22 @@ def test_main_job_runs():
 
 
 def test_quick_start_runs():
-    snippet, = code_blocks("python")
+    snippet = code_blocks("python")[0]
     result = subprocess.run([sys.executable, "-c", snippet], cwd=ROOT,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     # window(2): 12 + 6 edges; global tokens: 9 + 5; they share 3 + 3.
     assert result.stdout.strip() == "torch.Size([8, 64]) torch.Size([26, 4])"
+
+
+def test_data_snippet_runs(tmp_path):
+    snippet = code_blocks("python")[1]
+    (tmp_path / "edges.txt").write_text("# a triangle and a tail\n1 2\n2 3\n3 1\n3 40\n")
+    (tmp_path / "labels.csv").write_text("node,label\n1,a\n2,a\n3,b\n40,b\n")
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    result = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    # 11 atoms; 3 + 2 tokens, causal: 6 + 3 edges, 9 one-hot offsets; 4 nodes; 1128 molecules.
+    assert result.stdout.strip().splitlines()[-1] == (
+        "torch.Size([11, 9]) torch.Size([9, 9]) 4 1128")
