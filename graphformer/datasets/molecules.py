@@ -47,7 +47,37 @@ def describe_transform(transform: Optional[Callable]) -> Optional[str]:
     return "|".join(parts)
 
 
-class MoleculeCSVDataset(InMemoryDataset):
+class KeyedDataset(InMemoryDataset):
+    """An in-memory data set built from local input and cached under
+    ``root/processed/<key>/``: one folder per key (a hash of everything the
+    processed graphs depend on), so another set-up is processed anew instead
+    of meeting a stale cache, and PyG's own pre-transform bookkeeping never
+    compares two different set-ups. Subclasses set ``self._key`` before
+    ``super().__init__`` and implement ``process``."""
+
+    _key: str
+
+    @staticmethod
+    def make_key(*parts: object) -> str:
+        return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
+
+    @property
+    def raw_file_names(self) -> List[str]:
+        return []
+
+    @property
+    def processed_dir(self) -> str:
+        return os.path.join(self.root, "processed", self._key)
+
+    @property
+    def processed_file_names(self) -> List[str]:
+        return ["data.pt"]
+
+    def download(self) -> None:  # the input is local
+        pass
+
+
+class MoleculeCSVDataset(KeyedDataset):
     """A molecular property data set from a CSV file of SMILES and targets.
 
     Each row becomes :func:`graphformer.data.from_smiles` of its SMILES, with
@@ -87,22 +117,11 @@ class MoleculeCSVDataset(InMemoryDataset):
         self.smiles_column = smiles_column
         self.target_columns: List[str] = list(target_columns)
         self.task = task
-        key = json.dumps([_file_digest(self.path), smiles_column, self.target_columns, task,
-                          _FORMAT_VERSION, describe_transform(pre_transform)])
-        self._fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
+        self._key = self.make_key(_file_digest(self.path), smiles_column, self.target_columns,
+                                  task, _FORMAT_VERSION, describe_transform(pre_transform))
         root = Path(root) if root is not None else default_root() / "csv" / self.path.stem
         super().__init__(str(root), transform, pre_transform, log=log)
         self.load(self.processed_paths[0])
-
-    @property
-    def raw_file_names(self) -> List[str]:
-        return []
-
-    @property
-    def processed_dir(self) -> str:
-        # One folder per fingerprint, so PyG's own pre-transform bookkeeping
-        # (processed/pre_transform.pt) never compares two different set-ups.
-        return os.path.join(self.root, "processed", self._fingerprint)
 
     @property
     def processed_file_names(self) -> List[str]:
@@ -111,9 +130,6 @@ class MoleculeCSVDataset(InMemoryDataset):
     @property
     def num_tasks(self) -> int:
         return len(self.target_columns)
-
-    def download(self) -> None:  # the CSV is local
-        pass
 
     def process(self) -> None:
         frame = pd.read_csv(self.path, dtype=str, keep_default_na=False)
