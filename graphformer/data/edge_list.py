@@ -669,6 +669,19 @@ def _check_options(comment: Optional[str], extra_nodes: str, dtype: torch.dtype,
             raise TypeError(f"{name} must be True, False or None, got {flag!r}")
 
 
+DELIMITER_NAMES = {"tab": "\t", "\\t": "\t", "space": " ", "whitespace": " ", "comma": ","}
+
+
+def delimiter_from_name(text: str) -> str:
+    """A delimiter as a user types it on a command line: one character, or
+    ``tab`` / ``space`` (whitespace, SNAP style) / ``comma`` (also ``\\t``)."""
+    value = DELIMITER_NAMES.get(text.lower(), text)
+    if len(value) != 1:
+        raise ValueError(f"a delimiter is one character or one of {sorted(DELIMITER_NAMES)}, "
+                         f"got {text!r}")
+    return value
+
+
 def read_edge_list(path: PathLike, *, delimiter: Optional[str] = None,
                    header: Optional[bool] = None, source: Column = 0, target: Column = 1,
                    weight: Optional[Column] = None,

@@ -1,4 +1,6 @@
 """Models built from graphformer layers."""
 from .graph_transformer import GraphTransformer, GraphTransformerConfig, masked_loss
+from .node_transformer import NodeTransformer, NodeTransformerConfig
 
-__all__ = ["GraphTransformer", "GraphTransformerConfig", "masked_loss"]
+__all__ = ["GraphTransformer", "GraphTransformerConfig", "masked_loss",
+           "NodeTransformer", "NodeTransformerConfig"]

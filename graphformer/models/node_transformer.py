@@ -1,0 +1,228 @@
+"""A small transformer for node classification on one graph: attention runs
+over a union of edge sets (the graph, its k-hop closure, random keys) and
+every edge carries its membership in each set as an edge feature."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .. import patterns
+from .._checks import check_edge_index, check_node_range
+from ..nn import TransformerLayer
+
+NODE_PATTERNS = ("graph", "k_hop", "random")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass
+class NodeTransformerConfig:
+    """Hyper-parameters of :class:`NodeTransformer` (checked on creation).
+
+    Attributes:
+        in_channels: width of the node features ``x``.
+        num_classes: number of classes (width of the output logits).
+        hidden: node state size (divisible by ``heads``).
+        layers: number of :class:`~graphformer.nn.TransformerLayer` blocks (>= 0).
+        heads: attention heads.
+        dropout: dropout in the blocks, in ``[0, 1)``.
+        patterns: the attention edge set is the union of these distinct names:
+            ``"graph"`` (the graph's edges ``j -> i``), ``"k_hop"`` (pairs
+            ``j != i`` joined by a path of 1..``k`` edges) and ``"random"``
+            (``random_keys`` keys per query, drawn uniformly from the graph).
+        k: the ``k`` of ``"k_hop"`` (>= 1).
+        random_keys: keys per query of ``"random"`` (>= 1).
+        undirected: symmetrise the graph's edges (add ``i -> j`` for every
+            ``j -> i``) before building the sets, so information flows both ways.
+        self_loops: add the set ``{i -> i}`` (every node attends to itself).
+        seed: seed of the ``"random"`` set when :meth:`NodeTransformer.edge_set`
+            gets no generator.
+    """
+    in_channels: int
+    num_classes: int
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 4
+    dropout: float = 0.1
+    patterns: Tuple[str, ...] = ("graph",)
+    k: int = 2
+    random_keys: int = 4
+    undirected: bool = True
+    self_loops: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.patterns, str):
+            raise TypeError(f"'patterns' must be a tuple of names from {NODE_PATTERNS}, "
+                            f"got the string {self.patterns!r}")
+        self.patterns = tuple(self.patterns)
+        for name, minimum in (("in_channels", 1), ("num_classes", 1), ("hidden", 1),
+                              ("layers", 0), ("heads", 1), ("k", 1), ("random_keys", 1)):
+            value = getattr(self, name)
+            if not _is_int(value):
+                raise TypeError(f"'{name}' must be an int, got {type(value).__name__} ({value!r})")
+            if value < minimum:
+                raise ValueError(f"'{name}' must be >= {minimum}, got {value}")
+        if self.hidden % self.heads:
+            raise ValueError(f"'hidden' ({self.hidden}) must be divisible by 'heads' ({self.heads})")
+        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"'dropout' must be in [0, 1), got {self.dropout!r}")
+        if not self.patterns:
+            raise ValueError(f"'patterns' must name at least one of {NODE_PATTERNS}")
+        for name in self.patterns:
+            if name not in NODE_PATTERNS:
+                raise ValueError(f"unknown pattern {name!r} in 'patterns' {self.patterns}; "
+                                 f"choose from {NODE_PATTERNS}")
+        if len(set(self.patterns)) != len(self.patterns):
+            raise ValueError(f"'patterns' has a repeated name: {self.patterns}")
+        for name in ("undirected", "self_loops"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"'{name}' must be a bool, got {getattr(self, name)!r}")
+        if not _is_int(self.seed):
+            raise TypeError(f"'seed' must be an int, got {type(self.seed).__name__}")
+
+    @property
+    def set_names(self) -> Tuple[str, ...]:
+        """The edge sets in membership-column order: ``patterns``, then
+        ``"self"`` when ``self_loops``."""
+        return self.patterns + (("self",) if self.self_loops else ())
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d["patterns"] = list(self.patterns)
+        return d
+
+
+class NodeTransformer(torch.nn.Module):
+    r"""Node classification with attention over a union of edge sets.
+
+    .. math::
+        \mathbf{h}^0_i = \mathbf{W}_{in} \mathbf{x}_i + \mathbf{b}_{in}, \qquad
+        \mathbf{e}_{ij} = \mathbf{W}_m \mathbf{m}_{ij} + \mathbf{b}_m
+
+        \mathbf{h}^{l+1} = \mathrm{TransformerLayer}_l(\mathbf{h}^l, \mathcal{E},
+            \mathbf{e}), \qquad
+        \hat{\mathbf{y}}_i = \mathbf{W}_{out} \mathbf{h}^L_i + \mathbf{b}_{out}
+
+    where :math:`\mathcal{E} = \bigcup_s \mathcal{E}_s` is the union of the
+    configured sets (``config.set_names``) and
+    :math:`\mathbf{m}_{ij} \in \{0, 1\}^S` says which sets contain
+    :math:`j \to i`, so the attention can tell graph edges from long-range
+    (k-hop, random) ones. Each block is a post-norm
+    :class:`~graphformer.nn.TransformerLayer` whose queries, keys and values
+    see :math:`\mathbf{e}_{ij}` (relational attention).
+
+    The edge set depends on the graph only (and the seed of ``"random"``):
+    build it once with :meth:`edge_set` and pass it to every :meth:`forward`.
+
+    Shapes:
+        - :meth:`edge_set`: ``edge_index`` :math:`(2, E_g)` ->
+          ``(edge_index`` :math:`(2, E)`, ``membership`` :math:`(E, S)` bool).
+        - :meth:`forward`: ``x`` :math:`(N, \text{in\_channels})`, ``edge_index``
+          :math:`(2, E)`, ``membership`` :math:`(E, S)` -> logits
+          :math:`(N, \text{num\_classes})`.
+    """
+
+    def __init__(self, config: NodeTransformerConfig) -> None:
+        super().__init__()
+        if not isinstance(config, NodeTransformerConfig):
+            raise TypeError(f"'config' must be a NodeTransformerConfig, got {type(config).__name__}")
+        self.config = config
+        c = config
+        self.num_sets = len(c.set_names)
+        self.lin_in = torch.nn.Linear(c.in_channels, c.hidden)
+        self.edge_encoder = torch.nn.Linear(self.num_sets, c.hidden)
+        self.blocks = torch.nn.ModuleList([
+            TransformerLayer(c.hidden, heads=c.heads, dropout=c.dropout, edge_dim=c.hidden)
+            for _ in range(c.layers)
+        ])
+        self.lin_out = torch.nn.Linear(c.hidden, c.num_classes)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.lin_in.reset_parameters()
+        self.edge_encoder.reset_parameters()
+        for block in self.blocks:
+            block.reset_parameters()
+        self.lin_out.reset_parameters()
+
+    def edge_set(self, edge_index: Tensor, num_nodes: int,
+                 generator: Optional[torch.Generator] = None) -> Tuple[Tensor, Tensor]:
+        """The attention edge set of one graph and each edge's membership.
+
+        Args:
+            edge_index (LongTensor [2, E_g]): the graph's edges ``j -> i``.
+            num_nodes (int): number of nodes ``N`` (isolated nodes included).
+            generator (torch.Generator, optional): a CPU generator for the
+                ``"random"`` set; default: one seeded with ``config.seed``, so
+                the set is the same on every call.
+
+        Returns:
+            ``(edge_index [2, E], membership [E, S] bool)`` as
+            :func:`graphformer.patterns.union` of the sets ``config.set_names``,
+            on the device of ``edge_index``.
+        """
+        c = self.config
+        if not _is_int(num_nodes) or num_nodes < 0:
+            raise ValueError(f"'num_nodes' must be an int >= 0, got {num_nodes!r}")
+        check_edge_index(edge_index)
+        check_node_range(edge_index, num_nodes, num_nodes)
+        edge_index = edge_index.long()
+        device = edge_index.device
+        if c.undirected:
+            edge_index = torch.cat([edge_index, edge_index.flip(0)], dim=1)
+        base = patterns.graph(edge_index, num_nodes=num_nodes)
+        sets = []
+        for name in c.set_names:
+            if name == "graph":
+                sets.append(base)
+            elif name == "k_hop":
+                sets.append(patterns.k_hop(base, c.k, num_nodes=num_nodes))
+            elif name == "random":
+                if generator is None:
+                    generator = torch.Generator().manual_seed(c.seed)
+                ptr = torch.tensor([0, num_nodes], device=generator.device)
+                sets.append(patterns.random(ptr, c.random_keys, generator=generator).to(device))
+            else:  # "self"
+                sets.append(torch.arange(num_nodes, device=device).expand(2, -1))
+        return patterns.union(*sets, num_nodes=num_nodes)
+
+    def forward(self, x: Tensor, edge_index: Tensor, membership: Tensor) -> Tensor:
+        """Logits ``[N, num_classes]`` (the edge set from :meth:`edge_set`)."""
+        c = self.config
+        if not isinstance(x, Tensor) or x.dim() != 2 or x.size(1) != c.in_channels:
+            shape = list(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"'x' must have shape [N, in_channels={c.in_channels}], got {shape}")
+        check_edge_index(edge_index)
+        check_node_range(edge_index, x.size(0), x.size(0))
+        if (not isinstance(membership, Tensor) or membership.dim() != 2
+                or membership.size(1) != self.num_sets):
+            shape = list(membership.shape) if isinstance(membership, Tensor) else type(membership).__name__
+            raise ValueError(f"'membership' must have shape [E, {self.num_sets}] (one column per "
+                             f"set {c.set_names}), got {shape}")
+        if membership.size(0) != edge_index.size(1):
+            raise ValueError(f"'membership' has {membership.size(0)} rows but 'edge_index' has "
+                             f"{edge_index.size(1)} edges")
+        h = self.lin_in(x)
+        e = self.edge_encoder(membership.to(h.dtype))
+        for block in self.blocks:
+            h = block(h, edge_index, e)
+        return self.lin_out(h)
+
+    def __repr__(self) -> str:
+        c = self.config
+        extra = []
+        if "k_hop" in c.patterns:
+            extra.append(f"k={c.k}")
+        if "random" in c.patterns:
+            extra.append(f"random_keys={c.random_keys}, seed={c.seed}")
+        return (f"{self.__class__.__name__}({c.in_channels} -> {c.num_classes}, "
+                f"hidden={c.hidden}, layers={c.layers}, heads={c.heads}, "
+                f"dropout={c.dropout}, sets={list(c.set_names)}"
+                + "".join(f", {t}" for t in extra)
+                + f", undirected={c.undirected})")
