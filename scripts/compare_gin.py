@@ -55,6 +55,8 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=["esol", "freesolv", "lipophilicity"])
     parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads per run (0 = torch's default)")
     parser.add_argument("--out", type=Path, help="write the JSON summary here too")
     args = parser.parse_args()
 
@@ -63,7 +65,8 @@ def main() -> None:
         rows = {"graphformer": [], "gin": []}
         for seed in args.seeds:
             cfg = RunConfig(data=DataConfig(dataset=name, split="scaffold"),
-                            train=TrainConfig(epochs=args.epochs, seed=seed))
+                            train=TrainConfig(epochs=args.epochs, seed=seed,
+                                              threads=args.threads))
             prepared = prepare(cfg, log=False)
             for kind in ("graphformer", "gin"):
                 torch.manual_seed(seed)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ..models import GraphTransformer, GraphTransformerConfig
+from ..models import GraphTransformer
 from ..train import RunConfig, evaluate_split, load_checkpoint, prepare
 
 
@@ -22,8 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def load_model(state) -> GraphTransformer:
     """The trained model of a checkpoint's state (in eval mode)."""
-    cfg = RunConfig.from_dict(state["config"])
-    model = GraphTransformer(GraphTransformerConfig(**{**cfg.model.to_dict()}))
+    model = GraphTransformer(RunConfig.from_dict(state["config"]).model)
     model.load_state_dict(state["model"])
     return model.eval()
 

@@ -1,7 +1,7 @@
 """Molecules (SMILES) become graphs with OGB's atom and bond features."""
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Sequence, Union
 
 import numpy as np
 import torch

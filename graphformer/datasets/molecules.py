@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Callable, List, Literal, Optional, Sequence, Union
 
 import pandas as pd
-import torch
 from torch_geometric.data import Data, InMemoryDataset
 from tqdm.auto import tqdm
 
