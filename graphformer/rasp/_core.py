@@ -27,7 +27,7 @@ as ids first (e.g. with :func:`graphformer.data.from_token_batch`'s vocab).
 from __future__ import annotations
 
 import enum
-from typing import (Any, Callable, Dict, List, Optional, Sequence, Tuple, Union)
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor

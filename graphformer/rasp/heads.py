@@ -102,7 +102,7 @@ def attention_match(alpha: Tensor, edge_index: Tensor,
     out = alpha.new_ones(heads, dtype=torch.float64)
     for h, s in enumerate(sels):
         inside = torch.isin(keys, edge_keys(s.edge_index, n))
-        a = alpha[:, h].double()
+        a = alpha[:, h].detach().double()
         total = a.sum()
         if float(total) > 0:
             out[h] = a[inside].sum() / total

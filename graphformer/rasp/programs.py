@@ -4,19 +4,19 @@ Every ``make_*`` takes s-ops of one batch (usually ``tokens(batch)``) and
 returns the output s-op; run ``program_shape`` on it for its size. Tokens are
 integer ids (map strings to ids with a vocabulary first).
 
-==================  ==========================================  =============
-program             output at position ``i``                    layers, heads
-==================  ==========================================  =============
-``make_length``     sequence length ``T``                       1, 1
-``make_reverse``    ``x[T - 1 - i]``                            2, 1
-``make_hist``       number of ``j`` with ``x[j] == x[i]``       1, 1
-``make_sort_unique`` ``vals`` sorted by (unique) ``keys``       2, 1
-``make_sort``       stable sort by ``keys`` (duplicates ok)     2, 1
-``make_most_freq``  distinct tokens by decreasing frequency     3, 2
-``make_hist2``      distinct tokens with the count of ``x[i]``  2, 2
-``make_dyck1``      Dyck-1 prefix label (F / P / T)             2, 1
-``make_dyck2``      Dyck-2 prefix label (F / P / T)             4, 1
-==================  ==========================================  =============
+======================  ==========================================  =============
+program                 output at position ``i``                    layers, heads
+======================  ==========================================  =============
+``make_length``         sequence length ``T``                       1, 1
+``make_reverse``        ``x[T - 1 - i]``                            2, 1
+``make_hist``           number of ``j`` with ``x[j] == x[i]``       1, 1
+``make_sort_unique``    ``vals`` sorted by (distinct) ``keys``      2, 1
+``make_sort``           stable sort by ``keys`` (duplicates ok)     2, 1
+``make_most_freq``      distinct tokens by decreasing frequency     3, 2
+``make_hist2``          distinct tokens with the count of ``x[i]``  2, 2
+``make_dyck1``          Dyck-1 prefix label (F / P / T)             2, 1
+``make_dyck2``          Dyck-2 prefix label (F / P / T)             4, 1
+======================  ==========================================  =============
 
 The counts follow :mod:`graphformer.rasp.shape` and agree with Table 1 of the
 paper except Dyck-2: the paper reports 3 layers assuming a selection primitive
@@ -28,8 +28,8 @@ from __future__ import annotations
 
 from typing import Sequence, Tuple
 
-from ._core import (EQ, LEQ, LT, NUMERICAL, Selector, SOp, aggregate,
-                    indices, length, numerical, select, selector_width, sequence_map)
+from ._core import (EQ, LEQ, LT, NUMERICAL, Selector, SOp, aggregate, indices, length,
+                    numerical, select, selector_width, sequence_map)
 from ._core import map as sop_map
 
 #: Dyck labels (the paper's "PTF" output): the prefix up to ``i`` ...
@@ -127,7 +127,7 @@ def make_hist2(sop: SOp) -> SOp:
 def _prefix_count(up_to_self: Selector, flag: SOp, idx: SOp) -> SOp:
     """``(i + 1) * mean_{j <= i} flag[j]``, rounded back to an int."""
     frac = aggregate(up_to_self, numerical(flag))
-    return sop_map(lambda x: int(round(x)), (idx + 1) * frac)
+    return sop_map(round, (idx + 1) * frac)
 
 
 def make_dyck1(sop: SOp, open: int = 0, close: int = 1) -> SOp:
@@ -175,7 +175,9 @@ def make_dyck(sop: SOp, pairs: Sequence[Tuple[int, int]]) -> SOp:
     closes = sop_map(lambda t: int(t in closers), sop)
     depth = _prefix_count(up, opens, idx) - _prefix_count(up, closes, idx)
     level = depth + closes  # an opener's level after opening = its closer's before closing
-    rank = selector_width(select(level, level, EQ) & up)
+    bracket = sequence_map(lambda o, c: o + c, opens, closes)
+    # rank among the brackets of the same level up to i (other tokens skipped)
+    rank = selector_width(select(level, level, EQ) & up & select(bracket, 1, EQ))
     opener_of = select(opens, 1, EQ) & select(level, level, EQ) & select(rank, rank - 1, EQ)
     matched = aggregate(opener_of, sop, default=-1, on_conflict="default")
     mismatch = sequence_map(lambda m, t: t in closers and (m, t) not in pair_set, matched, sop)
