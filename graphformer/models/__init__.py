@@ -1,6 +1,8 @@
 """Models built from graphformer layers."""
+from .decomposable import DecomposableAttention, DecomposableAttentionConfig
 from .graph_transformer import GraphTransformer, GraphTransformerConfig, masked_loss
 from .node_transformer import NodeTransformer, NodeTransformerConfig
 
 __all__ = ["GraphTransformer", "GraphTransformerConfig", "masked_loss",
-           "NodeTransformer", "NodeTransformerConfig"]
+           "NodeTransformer", "NodeTransformerConfig",
+           "DecomposableAttention", "DecomposableAttentionConfig"]
