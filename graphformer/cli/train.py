@@ -82,15 +82,46 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     return RunConfig.from_dict(values)
 
 
+def _init_distributed(device: str) -> bool:
+    """Join the process group when started by ``torchrun`` (``WORLD_SIZE`` > 1):
+    NCCL on CUDA, gloo on CPU. Returns whether this call initialised it."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return False
+    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
+    import torch.distributed as dist
+
+    started = _init_distributed(args.device or "auto")
+    try:
+        return _run(args)
+    finally:
+        if started:
+            dist.destroy_process_group()
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.resume is not None:
         summary = train(RunConfig(), args.resume, resume=True, progress=not args.quiet)
         run_dir = args.resume
     else:
         cfg = config_from_args(args)
         name = Path(cfg.data.dataset).stem.lower()
+        # Only rank 0 writes files, so the ranks need not agree on this name.
         run_dir = args.run_dir or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
         summary = train(cfg, run_dir, progress=not args.quiet)
+    import torch.distributed as dist
+
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return 0
     metric = summary["metric"]
     final = summary["final"]
     if final:

@@ -94,3 +94,20 @@ def test_every_shipped_config_is_valid():
     for path in configs:
         cfg = RunConfig.from_dict(read_config_file(path))
         assert cfg.data.dataset == path.stem
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes(tmp_path, tiny_csv):  # noqa: F811
+    # The README's `torchrun --nproc-per-node 2 -m graphformer train ...`, on CPU (gloo).
+    import os
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+         "--master-port", "29533", "-m", "graphformer", "train", "--dataset", str(tiny_csv),
+         "--target-columns", "y", "--epochs", "1", "--root", str(tmp_path / "cache"),
+         "--run-dir", str(tmp_path / "run"), "--quiet", *TINY],
+        capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("test rmse: ") == 1  # rank 0 alone reports
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["final"]["epoch"] == 1
