@@ -5,7 +5,7 @@ import argparse
 import sys
 from typing import List, Optional
 
-from . import evaluate, predict, train
+from . import evaluate, explain, predict, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -13,7 +13,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="graphformer", description="Transformers as graph neural networks: train, "
         "evaluate and use graph transformers on molecules.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (train, evaluate, predict):
+    for module in (train, evaluate, predict, explain):
         module.add_parser(sub)
     return parser
 

@@ -80,7 +80,7 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path, capsys):
 def test_python_dash_m_and_help():
     result = subprocess.run([sys.executable, "-m", "graphformer", "--help"],
                             capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0 and "{train,evaluate,predict}" in result.stdout
+    assert result.returncode == 0 and "{train,evaluate,predict,explain}" in result.stdout
 
 
 def test_every_shipped_config_is_valid():
@@ -104,7 +104,7 @@ def test_torchrun_two_processes(tmp_path, tiny_csv):  # noqa: F811
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-         "--master-port", "29533", "-m", "graphformer", "train", "--dataset", str(tiny_csv),
+         "--standalone", "-m", "graphformer", "train", "--dataset", str(tiny_csv),
          "--target-columns", "y", "--epochs", "1", "--root", str(tmp_path / "cache"),
          "--run-dir", str(tmp_path / "run"), "--quiet", *TINY],
         capture_output=True, text=True, timeout=300, env=env)

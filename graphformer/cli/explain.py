@@ -1,0 +1,71 @@
+"""``graphformer explain CHECKPOINT --smiles S -o OUT.png``: a molecule coloured
+by the attention of a trained model."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from torch_geometric.data import Batch
+
+from ..data import from_smiles
+from ..data.encodings import encodings
+from ..train import RunConfig, load_checkpoint, predict
+from ..viz import molecule_attention
+from .evaluate import load_model
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("explain", help="draw a molecule coloured by the model's attention")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--smiles", required=True, help="the molecule")
+    p.add_argument("-o", "--output", type=Path, required=True, help="PNG file to write")
+    p.add_argument("--layer", type=int, default=-1,
+                   help="attention layer (default: the last; negative counts from the end)")
+    p.add_argument("--head", type=int, default=None,
+                   help="attention head (default: the mean over heads)")
+    p.add_argument("--pattern", default=None,
+                   help="only the attention edges of this pattern (e.g. bonds, full)")
+    p.add_argument("--size", type=int, nargs=2, default=(500, 400), metavar=("W", "H"))
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    state = load_checkpoint(args.checkpoint)
+    cfg = RunConfig.from_dict(state["config"])
+    data = from_smiles(args.smiles, where="--smiles")  # ValueError quoting it -> exit 2
+    transform = encodings(cfg.model.rwse_steps, cfg.model.lap_pe)
+    data = transform(data) if transform is not None else data
+    model = load_model(state)
+    names = model._set_names()
+    pattern = None
+    if args.pattern is not None:
+        if args.pattern not in names:
+            raise ValueError(f"pattern {args.pattern!r} is not one of this model's {list(names)}")
+        pattern = names.index(args.pattern)
+    layers = cfg.model.layers
+    if not -layers <= args.layer < layers:
+        raise ValueError(f"layer {args.layer} out of range: the model has {layers} layers")
+    if args.head is not None and not 0 <= args.head < cfg.model.heads:
+        raise ValueError(f"head {args.head} out of range: the model has {cfg.model.heads} heads")
+
+    batch = Batch.from_data_list([data])
+    pred = predict(model, [batch], state["y_mean"], state["y_std"], torch.device("cpu"))[0]
+    with torch.no_grad():
+        _, (edge_index, member, weights) = model(batch, return_attention_weights=True)
+    layer = args.layer % layers
+    head = "mean over heads" if args.head is None else f"head {args.head}"
+    legend = f"layer {layer}, {head}" + (f", {args.pattern} edges" if args.pattern else "")
+    molecule_attention(args.smiles, edge_index, weights[layer], member=member, head=args.head,
+                       pattern=pattern, path=args.output, size=tuple(args.size),
+                       offset=1 if cfg.model.pooling == "virtual" else 0, legend=legend)
+
+    target_names = cfg.data.target_columns or [f"{state['dataset']}_target"]
+    if len(target_names) != pred.numel():
+        target_names = [f"target_{k}" for k in range(pred.numel())]
+    for name, value in zip(target_names, pred.tolist()):
+        if cfg.model.task == "classification":
+            value = float(torch.sigmoid(torch.tensor(value)))
+        print(f"prediction {name}: {value!r}")
+    print(f"wrote the attention picture ({legend}) to {args.output}")
+    return 0
