@@ -224,7 +224,18 @@ def train(cfg: RunConfig, run_dir: Union[str, Path], resume: bool = False,
         torch.set_num_threads(cfg.train.threads)
     _seed_everything(cfg.train.seed)
     device = resolve_device(cfg.train.device)
-    prepared = prepared or prepare(cfg, log=show)
+    if prepared is None:
+        if world > 1:
+            # Rank 0 processes and caches the data set first; the others then
+            # read the finished cache instead of racing to write the same files.
+            if rank == 0:
+                prepared = prepare(cfg, log=show)
+            dist.barrier()
+            if rank != 0:
+                prepared = prepare(cfg, log=False)
+        else:
+            prepared = prepare(cfg, log=show)
+    assert prepared is not None
     bench = prepared.bench
     model_cfg = model_config_for(cfg, bench)
     model = (model if model is not None else GraphTransformer(model_cfg)).to(device)
