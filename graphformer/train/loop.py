@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -96,27 +96,38 @@ def _seed_everything(seed: int) -> None:
 
 
 @torch.no_grad()
+def _run(model: GraphTransformer, loader: DataLoader, y_mean: Tensor, y_std: Tensor,
+         device: torch.device, with_targets: bool) -> Tuple[Tensor, Optional[Tensor]]:
+    """One pass over ``loader``: predictions in target units (regression) or
+    logits (classification), and the batches' targets when asked for."""
+    model.eval()
+    out, ys = [], []
+    for batch in loader:
+        batch = batch.to(device)
+        pred = model(batch).cpu()
+        out.append(pred)
+        if with_targets:
+            ys.append(batch.y.view(pred.shape).float().cpu())
+    pred = torch.cat(out) if out else torch.zeros(0, y_mean.numel())
+    if model.config.task == "regression":
+        pred = pred * y_std + y_mean
+    y = (torch.cat(ys) if ys else torch.zeros_like(pred)) if with_targets else None
+    return pred, y
+
+
 def predict(model: GraphTransformer, loader: DataLoader, y_mean: Tensor, y_std: Tensor,
             device: torch.device) -> Tensor:
     """Predictions in target units (regression) or logits (classification)."""
-    model.eval()
-    out = []
-    for batch in loader:
-        out.append(model(batch.to(device)).cpu())
-    if not out:
-        return torch.zeros(0, y_mean.numel())
-    pred = torch.cat(out)
-    return pred * y_std + y_mean if model.config.task == "regression" else pred
+    return _run(model, loader, y_mean, y_std, device, with_targets=False)[0]
 
 
 def evaluate_split(model: GraphTransformer, prepared: Prepared, part: str, batch_size: int,
                    device: torch.device) -> Dict[str, float]:
-    """Metrics of ``model`` on one part of the split (ogb's Evaluator for OGB sets)."""
-    subset = prepared.subset(part)
-    loader = DataLoader(subset, batch_size=batch_size, shuffle=False)
-    pred = predict(model, loader, prepared.y_mean, prepared.y_std, device)
-    y = torch.stack([subset[k].y.view(-1).float() for k in range(len(subset))]) \
-        if len(subset) else torch.zeros(0, pred.size(1))
+    """Metrics of ``model`` on one part of the split (ogb's Evaluator for OGB sets).
+    Predictions and targets come from the same single pass over the data."""
+    loader = DataLoader(prepared.subset(part), batch_size=batch_size, shuffle=False)
+    pred, y = _run(model, loader, prepared.y_mean, prepared.y_std, device, with_targets=True)
+    assert y is not None
     return compute_metrics(y.numpy(), pred.numpy(), prepared.bench.task,
                            ogb_name=prepared.bench.ogb_name)
 
