@@ -1,5 +1,14 @@
+import os
+
 import pytest
 import torch
+from hypothesis import settings
+
+# In CI (CI=true) hypothesis draws the same examples on every run, so a CI
+# result is reproducible; locally each run explores new examples.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 from graphformer.nn.functional import HAS_TORCH_SCATTER
 
