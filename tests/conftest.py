@@ -2,6 +2,11 @@ import os
 
 import pytest
 import torch
+
+# The fused Triton kernels run on CPU tensors through Triton's interpreter in
+# tests (slow but exact); on a CUDA machine they compile for the GPU.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 from hypothesis import settings
 
 # In CI (CI=true) hypothesis draws the same examples on every run, so a CI

@@ -17,7 +17,7 @@ _FLAGS = {
     "dropout": ("model", "dropout"), "patterns": ("model", "patterns"), "k": ("model", "k"),
     "pooling": ("model", "pooling"), "edge_update": ("model", "edge_update"),
     "norm_first": ("model", "norm_first"), "rwse_steps": ("model", "rwse_steps"),
-    "lap_pe": ("model", "lap_pe"),
+    "lap_pe": ("model", "lap_pe"), "attention_backend": ("model", "attention_backend"),
     "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
     "weight_decay": ("train", "weight_decay"), "warmup_epochs": ("train", "warmup_epochs"),
     "grad_clip": ("train", "grad_clip"), "seed": ("train", "seed"),
@@ -56,6 +56,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--norm-first", action=argparse.BooleanOptionalAction, default=None)
     m.add_argument("--rwse-steps", type=int)
     m.add_argument("--lap-pe", type=int)
+    m.add_argument("--attention-backend",
+                   choices=["auto", "sparse", "dense", "fused", "propagate"],
+                   help="how attention is computed (default auto: by a cost model)")
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", type=int)

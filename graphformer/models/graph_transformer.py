@@ -14,6 +14,7 @@ from torch_geometric.utils import scatter
 
 from .. import patterns
 from ..nn import TransformerLayer
+from ..nn.backend import ATTENTION_BACKENDS
 from ..patterns._core import edge_keys
 
 PATTERNS = ("bonds", "k_hop", "full")
@@ -51,6 +52,10 @@ class GraphTransformerConfig:
         features: ``"ogb"`` (OGB's 9 atom and 3 bond features, through
             ``ogb``'s ``AtomEncoder`` / ``BondEncoder``) or ``"zinc"`` (ZINC's
             atom type ``x [N, 1]`` and bond type ``edge_attr [E]``).
+        attention_backend: how attention is computed (``"auto"``, ``"sparse"``,
+            ``"dense"``, ``"fused"``, ``"propagate"``; see
+            :mod:`graphformer.nn.backend`). Changes speed and memory, not
+            results (beyond float rounding).
     """
     num_tasks: int = 1
     task: Task = "regression"
@@ -67,6 +72,7 @@ class GraphTransformerConfig:
     rwse_steps: int = 16
     lap_pe: int = 0
     features: Features = "ogb"
+    attention_backend: str = "auto"
 
     def __post_init__(self) -> None:
         self.patterns = tuple(self.patterns)
@@ -93,6 +99,9 @@ class GraphTransformerConfig:
             raise ValueError("'rwse_steps' and 'lap_pe' must be >= 0")
         if self.features not in ("ogb", "zinc"):
             raise ValueError(f"'features' must be 'ogb' or 'zinc', got {self.features!r}")
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise ValueError(f"'attention_backend' must be one of {ATTENTION_BACKENDS}, "
+                             f"got {self.attention_backend!r}")
 
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
@@ -140,7 +149,7 @@ class GraphTransformer(torch.nn.Module):
         self.blocks = torch.nn.ModuleList([
             TransformerLayer(c.hidden, heads=c.heads, dropout=c.dropout, activation="gelu",
                              norm_first=c.norm_first, edge_dim=c.hidden,
-                             edge_update=c.edge_update)
+                             edge_update=c.edge_update, backend=c.attention_backend)
             for _ in range(c.layers)
         ])
         self.final_norm = torch.nn.LayerNorm(c.hidden) if c.norm_first else torch.nn.Identity()
@@ -211,9 +220,13 @@ class GraphTransformer(torch.nn.Module):
         if self.membership is not None:
             e = e + self.membership(member.to(x.dtype))
 
+        # graph of every node (virtual nodes included), for per-graph padding
+        node_graph = torch.repeat_interleave(torch.arange(num_graphs, device=x.device),
+                                             ptr.diff(), output_size=num_nodes)
         weights = []
         for block in self.blocks:
-            out = block(x, edge_index, e, return_attention_weights=return_attention_weights)
+            out = block(x, edge_index, e, return_attention_weights=return_attention_weights,
+                        batch=node_graph)
             if isinstance(out, Tensor):
                 x = out
             else:

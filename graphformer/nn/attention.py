@@ -13,7 +13,11 @@ from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.typing import OptTensor, PairTensor
 
 from .._checks import check_edge_index, check_node_range
+from . import fused as fused_mod
+from .backend import ATTENTION_BACKENDS, AttentionBackend, choose_backend
+from .dense import DenseLayout, dense_attention
 from .functional import BACKENDS, SoftmaxBackend, segment_softmax
+from .sparse import EdgeCSR, sparse_attention
 
 
 class RelationalAttention(MessagePassing):
@@ -51,12 +55,18 @@ class RelationalAttention(MessagePassing):
         bias (bool): biases in ``lin_q``, ``lin_k``, ``lin_v`` and ``lin_out``.
         softmax_backend (str): ``"auto"``, ``"native"`` or ``"scatter"``
             (see :func:`graphformer.nn.functional.segment_softmax`).
+        backend (str): how attention is computed: ``"auto"`` (default: by the
+            cost model of :mod:`graphformer.nn.backend`), ``"sparse"``,
+            ``"dense"``, ``"fused"`` or ``"propagate"``. All give the same
+            result to float tolerance, forward and backward.
 
     Shapes:
         - **input:** ``x`` :math:`(N, F)` or a pair :math:`((N_s, F_s), (N_t, F_t))`;
           ``edge_index`` :math:`(2, E)` (row 0 source, row 1 target);
           ``edge_attr`` :math:`(E, D)` (optional); ``head_mask`` :math:`(E, H)`
-          bool (optional: edge ``e`` is seen by head ``h`` only where True).
+          bool (optional: edge ``e`` is seen by head ``h`` only where True);
+          ``batch`` :math:`(N,)` (optional, sorted graph index of each node,
+          lets the dense backend pad per graph).
         - **output:** :math:`(N_t, \text{out\_channels})`, and with
           ``return_attention_weights=True`` also :math:`\alpha` :math:`(E, H)`
           (before dropout; each target's weights sum to 1 per head).
@@ -72,6 +82,7 @@ class RelationalAttention(MessagePassing):
         dropout: float = 0.0,
         bias: bool = True,
         softmax_backend: SoftmaxBackend = "auto",
+        backend: AttentionBackend = "auto",
         **kwargs,
     ) -> None:
         kwargs.setdefault("aggr", "add")
@@ -94,6 +105,9 @@ class RelationalAttention(MessagePassing):
         if softmax_backend not in BACKENDS:
             raise ValueError(f"unknown softmax backend {softmax_backend!r}; "
                              f"choose one of {BACKENDS}")
+        if backend not in ATTENTION_BACKENDS:
+            raise ValueError(f"unknown attention backend {backend!r}; "
+                             f"choose one of {ATTENTION_BACKENDS}")
 
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -102,6 +116,7 @@ class RelationalAttention(MessagePassing):
         self.edge_dim = edge_dim
         self.dropout = dropout
         self.softmax_backend = softmax_backend
+        self.backend = backend
 
         src_ch, dst_ch = (in_channels, in_channels) if isinstance(in_channels, int) else in_channels
         inner = heads * head_channels
@@ -133,18 +148,103 @@ class RelationalAttention(MessagePassing):
         edge_attr: OptTensor = None,
         head_mask: OptTensor = None,
         return_attention_weights: bool = False,
+        batch: OptTensor = None,
     ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
         x_src, x_dst = (x, x) if isinstance(x, Tensor) else x
         if not is_compiling():
-            self._check_inputs(x_src, x_dst, edge_index, edge_attr, head_mask)
+            self._check_inputs(x_src, x_dst, edge_index, edge_attr, head_mask, batch)
         H, C = self.heads, self.head_channels
-        size = (x_src.size(0), x_dst.size(0))
         q = self.lin_q(x_dst).view(-1, H, C)
         k = self.lin_k(x_src).view(-1, H, C)
         v = self.lin_v(x_src).view(-1, H, C)
+        if edge_attr is not None and self.lin_edge_q is None:
+            edge_attr = None
+        backend = self.backend
+        if backend == "auto" and (is_compiling() or self._explain):
+            backend = "propagate"
+        if backend == "propagate":
+            out, alpha = self._propagate(q, k, v, edge_index, edge_attr, head_mask,
+                                         (x_src.size(0), x_dst.size(0)))
+        else:
+            out, alpha = self._attend(backend, q, k, v, isinstance(x, Tensor), edge_index,
+                                      edge_attr, head_mask, batch, return_attention_weights)
+        out = self.lin_out(out.reshape(-1, H * C))
+        if return_attention_weights:
+            return out, alpha
+        return out
+
+    def _attend(self, backend: str, q: Tensor, k: Tensor, v: Tensor, self_attention: bool,
+                edge_index: Tensor, edge_attr: OptTensor, head_mask: OptTensor,
+                batch: OptTensor, need_weights: bool) -> Tuple[Tensor, Optional[Tensor]]:
+        """The sparse, dense and fused backends: edges grouped by target first."""
+        N_s, N_t = k.size(0), q.size(0)
+        src, dst = edge_index[0], edge_index[1]
+        E = src.numel()
+        perm = None
+        if E > 1 and not bool((dst[1:] >= dst[:-1]).all()):
+            perm = torch.sort(dst, stable=True)[1]
+            src, dst = src[perm], dst[perm]
+            edge_attr = edge_attr[perm] if edge_attr is not None else None
+            head_mask = head_mask[perm] if head_mask is not None else None
+        csr = EdgeCSR.from_sorted(dst, src, N_t, N_s)
+        weights = None
+        if edge_attr is not None:
+            weights = (self.lin_edge_q.weight, self.lin_edge_k.weight, self.lin_edge_v.weight)
+        dropout_active = self.training and self.dropout > 0
+
+        ptr = None
+        if backend in ("auto", "dense") and self_attention:
+            ptr = _graph_ptr(batch, N_t, q.device)
+        if backend == "auto":
+            dense_ok = ptr is not None
+            if dense_ok and edge_attr is not None and E > 1:
+                # duplicate edges are only representable without edge features
+                key = dst * N_s + src
+                dense_ok = bool((key[1:] > key[:-1]).all())
+            if dense_ok:
+                sizes = ptr.diff()
+                B, T = sizes.numel(), int(sizes.max())
+                if batch is not None:
+                    same = batch.index_select(0, src) == batch.index_select(0, dst)
+                    dense_ok = bool(same.all())
+            else:
+                B, T = 1, N_t
+            backend = choose_backend(
+                num_edges=E, num_graphs=B, max_nodes=T, heads=self.heads, device=q.device,
+                dense_ok=dense_ok, fused_ok=fused_mod.fused_available(q.device),
+                dropout_active=dropout_active)
+        if backend == "dense":
+            if ptr is None:
+                raise ValueError("the dense backend needs self-attention within graphs whose "
+                                 "nodes are contiguous ('batch' sorted); got bipartite input "
+                                 "or an unsorted 'batch'")
+            out, alpha = dense_attention(q, k, v, csr, DenseLayout(ptr, csr), edge_attr,
+                                         *(weights or (None, None, None)), head_mask=head_mask,
+                                         dropout=self.dropout, training=self.training,
+                                         need_weights=need_weights)
+        elif backend == "fused":
+            if dropout_active:
+                raise ValueError("the fused backend has no attention dropout; use "
+                                 "backend='sparse' or 'dense' to train with dropout > 0")
+            out, alpha = _fused(q, k, v, csr, edge_attr, weights, head_mask, need_weights)
+        else:
+            out, alpha = sparse_attention(q, k, v, csr, edge_attr,
+                                          *(weights or (None, None, None)),
+                                          head_mask=head_mask, dropout=self.dropout,
+                                          training=self.training,
+                                          softmax_backend=self.softmax_backend)
+        if alpha is not None and perm is not None:
+            alpha = torch.empty_like(alpha).index_copy_(0, perm, alpha)
+        return out, alpha
+
+    def _propagate(self, q: Tensor, k: Tensor, v: Tensor, edge_index: Tensor,
+                   edge_attr: OptTensor, head_mask: OptTensor,
+                   size: Tuple[int, int]) -> Tuple[Tensor, Tensor]:
+        """The ``"propagate"`` backend: PyG message passing with per-edge messages."""
+        H, C = self.heads, self.head_channels
 
         eq = ek = ev = None
-        if edge_attr is not None and self.lin_edge_q is not None:
+        if edge_attr is not None:
             eq = self.lin_edge_q(edge_attr).view(-1, H, C)
             ek = self.lin_edge_k(edge_attr).view(-1, H, C)
             ev = self.lin_edge_v(edge_attr).view(-1, H, C)
@@ -155,10 +255,7 @@ class RelationalAttention(MessagePassing):
         weights = F.dropout(alpha, p=self.dropout, training=self.training)
         # propagate_type: (v: Tensor, ev: OptTensor, weights: Tensor)
         out = self.propagate(edge_index, v=v, ev=ev, weights=weights, size=size)
-        out = self.lin_out(out.view(-1, H * C))
-        if return_attention_weights:
-            return out, alpha
-        return out
+        return out.view(-1, H, C), alpha
 
     def edge_update(self, q_i: Tensor, k_j: Tensor, eq: OptTensor, ek: OptTensor,
                     head_mask: OptTensor, index: Tensor, dim_size: Optional[int]) -> Tensor:
@@ -183,7 +280,7 @@ class RelationalAttention(MessagePassing):
         return weights.unsqueeze(-1) * v_j
 
     def _check_inputs(self, x_src: Tensor, x_dst: Tensor, edge_index: Tensor,
-                      edge_attr: OptTensor, head_mask: OptTensor) -> None:
+                      edge_attr: OptTensor, head_mask: OptTensor, batch: OptTensor) -> None:
         check_edge_index(edge_index)
         check_node_range(edge_index, x_src.size(0), x_dst.size(0))
         num_edges = edge_index.size(1)
@@ -203,10 +300,14 @@ class RelationalAttention(MessagePassing):
             if tuple(head_mask.shape) != (num_edges, self.heads):
                 raise ValueError(f"'head_mask' must have shape [E, H] = [{num_edges}, "
                                  f"{self.heads}], got {list(head_mask.shape)}")
+        if batch is not None and (batch.dim() != 1 or batch.numel() != x_dst.size(0)):
+            raise ValueError(f"'batch' must have shape [N] = [{x_dst.size(0)}], got "
+                             f"{list(batch.shape)}")
 
     @classmethod
     def from_torch(cls, mha: torch.nn.MultiheadAttention,
-                   softmax_backend: SoftmaxBackend = "auto") -> "RelationalAttention":
+                   softmax_backend: SoftmaxBackend = "auto",
+                   backend: AttentionBackend = "auto") -> "RelationalAttention":
         """The layer with the weights of a :class:`torch.nn.MultiheadAttention`.
 
         Batch-first or not, the weights are the same. ``add_bias_kv`` and
@@ -229,7 +330,7 @@ class RelationalAttention(MessagePassing):
             wq, wk, wv = mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight
         bias = mha.in_proj_bias is not None
         layer = cls(in_channels, embed, heads=heads, dropout=mha.dropout, bias=bias,
-                    softmax_backend=softmax_backend)
+                    softmax_backend=softmax_backend, backend=backend)
         layer = layer.to(device=mha.out_proj.weight.device, dtype=mha.out_proj.weight.dtype)
         with torch.no_grad():
             for lin, w in ((layer.lin_q, wq), (layer.lin_k, wk), (layer.lin_v, wv)):
@@ -245,4 +346,52 @@ class RelationalAttention(MessagePassing):
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}, "
                 f"heads={self.heads}, head_channels={self.head_channels}, "
-                f"edge_dim={self.edge_dim}, dropout={self.dropout})")
+                f"edge_dim={self.edge_dim}, dropout={self.dropout}, "
+                f"backend={self.backend!r})")
+
+
+def _graph_ptr(batch: OptTensor, num_nodes: int, device: torch.device) -> Optional[Tensor]:
+    """Node offsets of the graphs in a sorted ``batch`` (one graph when None);
+    None when ``batch`` is not sorted (graphs not contiguous)."""
+    if batch is None:
+        return torch.tensor([0, num_nodes], device=device)
+    if batch.numel() > 1 and not bool((batch[1:] >= batch[:-1]).all()):
+        return None
+    counts = torch.bincount(batch) if batch.numel() > 0 else batch.new_zeros(1)
+    ptr = counts.new_zeros(counts.numel() + 1)
+    torch.cumsum(counts, 0, out=ptr[1:])
+    return ptr
+
+
+def _fused(q: Tensor, k: Tensor, v: Tensor, csr: EdgeCSR, edge_attr: OptTensor,
+           weights: Optional[Tuple[Tensor, Tensor, Tensor]], head_mask: OptTensor,
+           need_weights: bool) -> Tuple[Tensor, Optional[Tensor]]:
+    """The ``"fused"`` backend: edge score terms as a per-edge bias, edge values
+    streamed by the kernel and projected afterwards."""
+    from .sparse import edge_scores
+
+    H, C = q.size(1), q.size(2)
+    scale = 1.0 / math.sqrt(C)
+    bias = None
+    if edge_attr is not None:
+        # sparse products have no half-precision CPU kernels: score in float32
+        f32 = [t.float() for t in (q, k, edge_attr, weights[0], weights[1])]
+        bias = edge_scores(*f32[:3], *f32[3:], csr) * scale
+    if head_mask is not None:
+        bias = (bias if bias is not None else q.new_zeros(csr.num_edges, H))
+        bias = bias.masked_fill(~head_mask, float("-inf"))
+    out, lse, edge_out = fused_mod.fused_attention(
+        q, k, v, csr.ptr, csr.col, bias=bias,
+        edge_values=edge_attr if edge_attr is not None else None, scale=scale)
+    if edge_out is not None:
+        D = edge_attr.size(1)
+        out = out + torch.einsum("nhd,hcd->nhc", edge_out, weights[2].view(H, C, D))
+    alpha = None
+    if need_weights:
+        with torch.no_grad():
+            from .sparse import SDDMM
+            s = SDDMM.apply(q.float().transpose(0, 1), k.float().transpose(0, 1), csr).t() * scale
+            if bias is not None:
+                s = s + bias
+            alpha = (s - lse.index_select(0, csr.row)).exp().nan_to_num(0.0).to(q.dtype)
+    return out, alpha

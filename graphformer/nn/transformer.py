@@ -11,6 +11,7 @@ from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.typing import OptTensor
 
 from .attention import RelationalAttention
+from .backend import AttentionBackend
 from .functional import SoftmaxBackend
 
 _ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
@@ -62,11 +63,13 @@ class TransformerLayer(MessagePassing):
         layer_norm_eps (float): epsilon of the layer norms.
         bias (bool): biases in linear layers and layer norms.
         softmax_backend (str): see :class:`RelationalAttention`.
+        backend (str): attention backend, see :class:`RelationalAttention`.
 
     Shapes:
         - **input:** ``x`` :math:`(N, \text{channels})`, ``edge_index``
           :math:`(2, E)`, ``edge_attr`` :math:`(E, D)`, ``head_mask``
-          :math:`(E, H)` (optional).
+          :math:`(E, H)` (optional), ``batch`` :math:`(N,)` (optional, sorted
+          graph index of each node, used by the dense attention backend).
         - **output:** ``x`` :math:`(N, \text{channels})`; with ``edge_update``
           the pair ``(x, edge_attr)``; with ``return_attention_weights=True``
           the attention weights :math:`(E, H)` are appended to that.
@@ -86,6 +89,7 @@ class TransformerLayer(MessagePassing):
         layer_norm_eps: float = 1e-5,
         bias: bool = True,
         softmax_backend: SoftmaxBackend = "auto",
+        backend: AttentionBackend = "auto",
     ) -> None:
         super().__init__(node_dim=0)
         if activation not in _ACTIVATIONS:
@@ -105,7 +109,7 @@ class TransformerLayer(MessagePassing):
 
         self.attn = RelationalAttention(channels, channels, heads=heads, edge_dim=edge_dim,
                                         dropout=dropout, bias=bias,
-                                        softmax_backend=softmax_backend)
+                                        softmax_backend=softmax_backend, backend=backend)
         self.linear1 = Linear(channels, ff_channels, bias=bias)
         self.linear2 = Linear(ff_channels, channels, bias=bias)
         self.norm1 = LayerNorm(channels, eps=layer_norm_eps, bias=bias)
@@ -133,8 +137,14 @@ class TransformerLayer(MessagePassing):
         return F.dropout(lin2(h), p=self.dropout, training=self.training)
 
     def _attend(self, x: Tensor, edge_index: Tensor, edge_attr: OptTensor,
-                head_mask: OptTensor) -> Tuple[Tensor, Tensor]:
-        h, alpha = self.attn(x, edge_index, edge_attr, head_mask, return_attention_weights=True)
+                head_mask: OptTensor, batch: OptTensor,
+                need_weights: bool) -> Tuple[Tensor, OptTensor]:
+        alpha = None
+        if need_weights:
+            h, alpha = self.attn(x, edge_index, edge_attr, head_mask,
+                                 return_attention_weights=True, batch=batch)
+        else:
+            h = self.attn(x, edge_index, edge_attr, head_mask, batch=batch)
         return F.dropout(h, p=self.dropout, training=self.training), alpha
 
     def forward(
@@ -144,16 +154,19 @@ class TransformerLayer(MessagePassing):
         edge_attr: OptTensor = None,
         head_mask: OptTensor = None,
         return_attention_weights: bool = False,
+        batch: OptTensor = None,
     ) -> Union[Tensor, Tuple[Tensor, ...]]:
         if self.edge_update_enabled and edge_attr is None:
             raise ValueError("this layer updates edge states (edge_update=True): "
                              "'edge_attr' is required")
         if self.norm_first:
-            h, alpha = self._attend(self.norm1(x), edge_index, edge_attr, head_mask)
+            h, alpha = self._attend(self.norm1(x), edge_index, edge_attr, head_mask, batch,
+                                    return_attention_weights)
             x = x + h
             x = x + self._mlp(self.norm2(x), self.linear1, self.linear2)
         else:
-            h, alpha = self._attend(x, edge_index, edge_attr, head_mask)
+            h, alpha = self._attend(x, edge_index, edge_attr, head_mask, batch,
+                                    return_attention_weights)
             x = self.norm1(x + h)
             x = self.norm2(x + self._mlp(x, self.linear1, self.linear2))
 
@@ -164,6 +177,7 @@ class TransformerLayer(MessagePassing):
             edge_attr = self.edge_updater(edge_index, x=x, edge_attr=edge_attr)
             outputs = outputs + (edge_attr,)
         if return_attention_weights:
+            assert alpha is not None
             outputs = outputs + (alpha,)
         return outputs[0] if len(outputs) == 1 else outputs
 
@@ -179,7 +193,8 @@ class TransformerLayer(MessagePassing):
 
     @classmethod
     def from_torch(cls, layer: torch.nn.TransformerEncoderLayer,
-                   softmax_backend: SoftmaxBackend = "auto") -> "TransformerLayer":
+                   softmax_backend: SoftmaxBackend = "auto",
+                   backend: AttentionBackend = "auto") -> "TransformerLayer":
         """The block with the weights of a :class:`torch.nn.TransformerEncoderLayer`
         (post- or pre-norm, relu or gelu)."""
         kind = getattr(layer, "activation_relu_or_gelu", 0)
@@ -192,8 +207,10 @@ class TransformerLayer(MessagePassing):
             dropout=layer.dropout.p, activation="relu" if kind == 1 else "gelu",
             norm_first=layer.norm_first, layer_norm_eps=layer.norm1.eps,
             bias=layer.linear1.bias is not None, softmax_backend=softmax_backend,
+            backend=backend,
         )
-        new.attn = RelationalAttention.from_torch(mha, softmax_backend=softmax_backend)
+        new.attn = RelationalAttention.from_torch(mha, softmax_backend=softmax_backend,
+                                                  backend=backend)
         for name in ("linear1", "linear2", "norm1", "norm2"):
             getattr(new, name).load_state_dict(getattr(layer, name).state_dict())
         return new.to(device=layer.linear1.weight.device, dtype=layer.linear1.weight.dtype)

@@ -8,7 +8,25 @@ from torch_geometric.utils import to_dense_batch
 
 from graphformer import patterns as P
 from graphformer.nn import RelationalAttention
+from graphformer.nn.functional import HAS_TORCH_SCATTER
+from graphformer.nn.fused import fused_available
 from tests.helpers import ptr_of
+
+# Every test taking ``backend`` runs once per way of computing attention:
+# PyG message passing and the sparse backend with each softmax backend, the
+# dense backend and the fused Triton kernel (interpreted on CPU).
+IMPLS = [("propagate", "native"), ("propagate", "scatter"), ("sparse", "native"),
+         ("sparse", "scatter"), ("dense", "auto"), ("fused", "auto")]
+
+
+@pytest.fixture(params=IMPLS, ids=[f"{a}-{s}" for a, s in IMPLS])
+def backend(request):
+    attention, softmax = request.param
+    if softmax == "scatter" and not HAS_TORCH_SCATTER:
+        pytest.skip("torch-scatter is not installed")
+    if attention == "fused" and not fused_available(torch.device("cpu")):
+        pytest.skip("triton is not installed (or TRITON_INTERPRET is not set)")
+    return {"backend": attention, "softmax_backend": softmax}
 
 SIZES = [5, 1, 8, 3]  # uneven lengths, a one-token sequence included
 EMBED, HEADS = 16, 4
@@ -70,7 +88,7 @@ PATTERNS = {
 def test_full_equals_multihead_attention(backend, batch_first):
     ptr, batch = batch_of(SIZES)
     mha = torch.nn.MultiheadAttention(EMBED, HEADS, batch_first=batch_first)
-    layer = RelationalAttention.from_torch(mha, softmax_backend=backend)
+    layer = RelationalAttention.from_torch(mha, **backend)
     x = torch.randn(int(ptr[-1]), EMBED, requires_grad=True)
     xd, real = to_dense_batch(x, batch)
     xd_in = xd if batch_first else xd.transpose(0, 1)
@@ -96,7 +114,7 @@ def test_full_equals_multihead_attention(backend, batch_first):
 def test_masked_patterns_equal_multihead_attention(backend, name):
     ptr, batch = batch_of(SIZES)
     mha = torch.nn.MultiheadAttention(EMBED, HEADS, batch_first=True)
-    layer = RelationalAttention.from_torch(mha, softmax_backend=backend)
+    layer = RelationalAttention.from_torch(mha, **backend)
     x = torch.randn(int(ptr[-1]), EMBED, requires_grad=True)
     xd, real = to_dense_batch(x, batch)
     ei = PATTERNS[name](ptr)
@@ -125,7 +143,7 @@ def test_head_mask_gives_heads_their_own_patterns(backend):
     ei, member = P.union(P.window(ptr, 1), P.strided(ptr, 2))
     head_mask = member[:, [0, 0, 1, 1]]
     mha = torch.nn.MultiheadAttention(EMBED, HEADS, batch_first=True)
-    layer = RelationalAttention.from_torch(mha, softmax_backend=backend)
+    layer = RelationalAttention.from_torch(mha, **backend)
     x = torch.randn(int(ptr[-1]), EMBED)
     xd, real = to_dense_batch(x, batch)
     local = mha_mask(P.to_mask(P.window(ptr, 1), ptr), 1)
@@ -143,10 +161,14 @@ def test_cross_attention_equals_multihead_attention(backend):
     ptr_k, batch_k = batch_of(k_sizes)
     kdim = 10
     mha = torch.nn.MultiheadAttention(EMBED, HEADS, kdim=kdim, vdim=kdim, batch_first=True)
-    layer = RelationalAttention.from_torch(mha, softmax_backend=backend)
+    layer = RelationalAttention.from_torch(mha, **backend)
     assert layer.in_channels == (kdim, EMBED)
     xq = torch.randn(int(ptr_q[-1]), EMBED)
     xk = torch.randn(int(ptr_k[-1]), kdim, requires_grad=True)
+    if backend["backend"] == "dense":  # dense is self-attention within graphs only
+        with pytest.raises(ValueError, match="bipartite"):
+            layer((xk, xq), P.cross(ptr_k, ptr_q))
+        return
     dq, real_q = to_dense_batch(xq, batch_q)
     dk, real_k = to_dense_batch(xk, batch_k)
     ref, _ = mha(dq, dk, dk, key_padding_mask=~real_k)
@@ -184,7 +206,7 @@ def test_edge_features_equal_dense_equations(backend, name):
     ptr, batch = batch_of(SIZES)
     ei = P.full(ptr) if name == "full" else PATTERNS[name](ptr)
     edge_dim = 6
-    layer = RelationalAttention(EMBED, 12, heads=3, edge_dim=edge_dim, softmax_backend=backend)
+    layer = RelationalAttention(EMBED, 12, heads=3, edge_dim=edge_dim, **backend)
     x = torch.randn(int(ptr[-1]), EMBED, requires_grad=True)
     e = torch.randn(ei.size(1), edge_dim, requires_grad=True)
     out, alpha = layer(x, ei, e, return_attention_weights=True)
@@ -201,7 +223,7 @@ def test_edge_features_equal_dense_equations(backend, name):
 def test_weights_sum_to_one_per_target(backend):
     ptr = ptr_of([7, 4])
     ei = P.union(P.window(ptr, 2), P.random(ptr, 2, generator=torch.Generator().manual_seed(0)))[0]
-    layer = RelationalAttention(8, 8, heads=2, softmax_backend=backend)
+    layer = RelationalAttention(8, 8, heads=2, **backend)
     _, alpha = layer(torch.randn(11, 8), ei, return_attention_weights=True)
     sums = torch.zeros(11, 2).index_add(0, ei[1], alpha)
     torch.testing.assert_close(sums, torch.ones(11, 2))
@@ -211,7 +233,7 @@ def test_permuting_nodes_permutes_outputs_and_edge_order_is_irrelevant(backend):
     ptr = ptr_of([6, 5])
     ei = P.union(P.causal(ptr), P.global_tokens(ptr, torch.tensor([6])))[0]
     e = torch.randn(ei.size(1), 3)
-    layer = RelationalAttention(8, 8, heads=2, edge_dim=3, softmax_backend=backend)
+    layer = RelationalAttention(8, 8, heads=2, edge_dim=3, **backend)
     x = torch.randn(11, 8)
     out = layer(x, ei, e)
 
@@ -229,7 +251,7 @@ def test_permuting_nodes_permutes_outputs_and_edge_order_is_irrelevant(backend):
 
 
 def test_node_without_incoming_edges_gets_bias_not_nan(backend):
-    layer = RelationalAttention(4, 4, heads=2, softmax_backend=backend)
+    layer = RelationalAttention(4, 4, heads=2, **backend)
     ei = torch.tensor([[0, 1], [1, 1]])  # nodes 0 and 2 receive nothing
     out = layer(torch.randn(3, 4), ei)
     assert torch.isfinite(out).all()
@@ -238,7 +260,7 @@ def test_node_without_incoming_edges_gets_bias_not_nan(backend):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_large_logits(backend, dtype):
-    layer = RelationalAttention(8, 8, heads=2, edge_dim=2, softmax_backend=backend)
+    layer = RelationalAttention(8, 8, heads=2, edge_dim=2, **backend)
     with torch.no_grad():
         layer.lin_q.weight.mul_(30.0)
         layer.lin_k.weight.mul_(30.0)
@@ -275,7 +297,7 @@ def test_public_parameters_and_repr():
     assert layer.lin_edge_v.weight.shape == (10, 3) and layer.lin_edge_v.bias is None
     assert layer.lin_out.weight.shape == (8, 10)
     assert repr(layer) == ("RelationalAttention(16, 8, heads=2, head_channels=5, edge_dim=3, "
-                           "dropout=0.0)")
+                           "dropout=0.0, backend='auto')")
     assert RelationalAttention(4, 4).lin_edge_q is None
 
 

@@ -1,0 +1,158 @@
+r"""Choosing an attention backend, and what it will cost.
+
+Four backends compute the same attention (to float tolerance, forward and
+backward):
+
+- ``"sparse"`` (:mod:`graphformer.nn.sparse`): edges grouped by target, SDDMM
+  and SpMM; time and memory linear in E. Any edge set, any device.
+- ``"dense"`` (:mod:`graphformer.nn.dense`): graphs padded to T nodes, the
+  edge set a mask; time :math:`O(B H T^2 C)` whatever E. Self-attention within
+  graphs (``batch`` given, or one graph).
+- ``"fused"`` (:mod:`graphformer.nn.fused`): a Triton kernel streaming each
+  target's edges with an online softmax; CUDA only (or the Triton interpreter
+  for testing); no attention dropout.
+- ``"propagate"``: PyG's ``MessagePassing.propagate`` with per-edge messages
+  (E×H×C tensors). Slowest; used under :func:`torch.compile` and PyG's
+  explain mode, which hook into message passing.
+
+The cost model of ``"auto"`` (:func:`choose_backend`), in order:
+
+1. under :func:`torch.compile` or PyG explain mode: ``"propagate"``;
+2. on CUDA with Triton, without attention dropout in training: ``"fused"``;
+3. ``"dense"`` when it is applicable (self-attention, graphs contiguous in
+   ``batch``, no duplicate edges when edge features are used), the padded
+   density :math:`\rho = E / (B T^2)` is at least the measured crossover of the
+   device (:data:`DENSE_CROSSOVER`: below it the sparse backend is faster, see
+   ``scripts/bench_attention.py``), and the dense score tensor stays under
+   :data:`DENSE_MAX_SCORES` entries;
+4. otherwise ``"sparse"``.
+
+:func:`estimate` predicts FLOPs and peak memory of one layer call for a batch
+and backend; ``scripts/bench_attention.py`` checks it against measurements.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional, Sequence
+
+import torch
+
+AttentionBackend = Literal["auto", "sparse", "dense", "fused", "propagate"]
+ATTENTION_BACKENDS = ("auto", "sparse", "dense", "fused", "propagate")
+
+#: Padded edge density E / (B T^2) above which the dense backend is faster
+#: than the sparse one (measured with ``scripts/bench_attention.py``; see the
+#: README's benchmark table).
+DENSE_CROSSOVER = {"cpu": 0.25, "cuda": 0.05}
+
+#: The dense backend is not chosen automatically when its [B, H, T, T] score
+#: tensor would have more entries than this (2^27: 512 MiB in float32).
+DENSE_MAX_SCORES = 1 << 27
+
+
+def padded_density(num_edges: int, num_graphs: int, max_nodes: int) -> float:
+    """E / (B T^2): the share of the padded score tensor that holds edges."""
+    cells = num_graphs * max_nodes * max_nodes
+    return num_edges / cells if cells > 0 else 0.0
+
+
+def choose_backend(*, num_edges: int, num_graphs: int, max_nodes: int, heads: int,
+                   device: torch.device, dense_ok: bool, fused_ok: bool,
+                   dropout_active: bool) -> str:
+    """The backend ``"auto"`` picks (see the module documentation)."""
+    if fused_ok and device.type == "cuda" and not dropout_active:
+        return "fused"
+    if dense_ok:
+        crossover = DENSE_CROSSOVER.get(device.type, DENSE_CROSSOVER["cuda"])
+        scores = num_graphs * heads * max_nodes * max_nodes
+        if (scores <= DENSE_MAX_SCORES
+                and padded_density(num_edges, num_graphs, max_nodes) >= crossover):
+            return "dense"
+    return "sparse"
+
+
+@dataclass(frozen=True)
+class AttentionCost:
+    """What one call of an attention layer will need.
+
+    Attributes:
+        backend (str): the backend the estimate is for.
+        flops (int): floating-point operations (a multiply-add counts 2),
+            forward, plus backward when ``training``.
+        peak_bytes (int): memory allocated at the peak beyond the inputs
+            and parameters (activations kept for backward, the largest
+            transient, and gradients of the inputs).
+    """
+
+    backend: str
+    flops: int
+    peak_bytes: int
+
+
+def estimate(layer: torch.nn.Module, *, num_nodes: int, num_edges: int,
+             graph_sizes: Optional[Sequence[int]] = None, backend: str = "auto",
+             training: bool = True, device: str = "cpu",
+             dtype: torch.dtype = torch.float32) -> AttentionCost:
+    r"""FLOPs and peak memory of one call of ``layer`` (a
+    :class:`~graphformer.nn.RelationalAttention`) on a batch, before running it.
+
+    Args:
+        layer: the layer (its channels, heads, edge_dim are read).
+        num_nodes (int): N. num_edges (int): E.
+        graph_sizes (sequence of int, optional): nodes per graph (default: one
+            graph of N nodes); the dense backend pads to the largest.
+        backend (str): ``"sparse"``, ``"dense"``, ``"fused"``, ``"propagate"``
+            or ``"auto"`` (the choice of :func:`choose_backend` for this shape,
+            without torch.compile).
+        training (bool): forward and backward (True) or forward only.
+
+    The model counts the matrix products of the projections and of the
+    attention, and the tensors each backend keeps: sparse keeps E×H scores and
+    node-sized tensors; dense keeps B×H×T×T scores; propagate keeps several
+    E×H×C messages. Index tensors (int64 / int32) are included.
+    """
+    H, C = layer.heads, layer.head_channels
+    D = layer.edge_dim if layer.lin_edge_q is not None else 0
+    in_ch = layer.in_channels if isinstance(layer.in_channels, int) else layer.in_channels[0]
+    in_ch = max(int(in_ch), 1) if in_ch != -1 else H * C
+    out_ch = layer.out_channels
+    N, E = int(num_nodes), int(num_edges)
+    sizes = list(graph_sizes) if graph_sizes is not None else [N]
+    B, T = len(sizes), max(sizes) if sizes else 0
+    s = torch.finfo(dtype).bits // 8
+    HC = H * C
+    if backend == "auto":
+        backend = choose_backend(num_edges=E, num_graphs=B, max_nodes=T, heads=H,
+                                 device=torch.device(device), dense_ok=True,
+                                 fused_ok=(device != "cpu"), dropout_active=False)
+    mult = 3 if training else 1         # backward costs about twice the forward
+    proj_flops = 2 * N * in_ch * 3 * HC + 2 * N * HC * out_ch
+    edge_flops = 0
+    if D:
+        # W_ke^T q and W_qe^T k (node level), the bilinear term (two E×D×HC
+        # products, recomputed in backward), the regrouped value sum.
+        edge_flops = 2 * 2 * N * HC * D + 2 * 2 * E * D * HC + 2 * 3 * E * H * D \
+            + 2 * N * HC * D
+    node_act = N * HC * s                                 # one [N, H, C] tensor
+    if backend == "dense":
+        cells = B * H * T * T
+        attn_flops = 2 * 2 * cells * C
+        keep = 3 * B * H * T * C * s + 3 * cells * s + cells   # padded q,k,v; scores; mask
+        transient = 2 * cells * s
+    elif backend == "propagate":
+        attn_flops = 2 * 2 * E * HC
+        keep = 5 * E * HC * s + 4 * E * H * s
+        transient = 2 * E * HC * s
+    else:                                                 # sparse, fused
+        attn_flops = 2 * 2 * E * HC
+        keep = (6 if backend == "sparse" else 2) * E * H * s
+        transient = 3 * N * HC * s
+    index_bytes = 3 * E * 8 + (2 * H * E * 4 if backend == "sparse" else 0)
+    if D and backend != "propagate":
+        chunk = min(E, (1 << 23) // max(2 * HC, 1))
+        transient += 3 * chunk * HC * s + 3 * H * N * D * s
+    keep += 6 * node_act + N * out_ch * s
+    grads = (3 * node_act + (E * D * s if D else 0)) if training else 0
+    flops = mult * (proj_flops + attn_flops + edge_flops)
+    peak = keep + transient + grads + index_bytes
+    return AttentionCost(backend=backend, flops=int(flops), peak_bytes=int(peak))

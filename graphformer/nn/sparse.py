@@ -1,0 +1,387 @@
+r"""The ``"sparse"`` attention backend: edges grouped by target (CSR), computed
+with sampled dense-dense products (SDDMM) and sparse-dense products (SpMM).
+
+For every head :math:`h` and edge :math:`e = (j \to i)` (N nodes, E edges,
+H heads, C channels per head, D edge features):
+
+.. math::
+    s^h_e = \tfrac{1}{\sqrt{C}}\, \mathbf{q}^h_{ij} \cdot \mathbf{k}^h_{ij}, \qquad
+    \alpha^h_e = \operatorname{softmax}_{e \to i}(s^h_e), \qquad
+    \mathbf{o}^h_i = \sum_{e = (j \to i)} \alpha^h_e \, \mathbf{v}^h_{ij}
+
+Without edge features the scores are one SDDMM (:math:`\mathbf{q}\mathbf{k}^\top`
+sampled at the edges) and the output one SpMM (:math:`\boldsymbol\alpha\mathbf{v}`),
+for all heads at once as a block-diagonal CSR matrix; backward is two more
+SpMMs and one SDDMM. Nothing of size E×H×C is ever built: autograd keeps the
+node tensors and E×H scores only.
+
+With edge features the terms are regrouped so that only node-sized or E×H
+tensors live across the forward pass:
+
+.. math::
+    \mathbf{q}_{ij}\cdot\mathbf{k}_{ij} =
+        \mathbf{q}_i\cdot\mathbf{k}_j
+        + \underbrace{(\mathbf{W}_{ke}^\top\mathbf{q}_i + \mathbf{W}_{qe}^\top\mathbf{k}_j)}_{D}
+          \cdot \mathbf{e}_{ij}
+        + (\mathbf{W}_{qe}\mathbf{e}_{ij}) \cdot (\mathbf{W}_{ke}\mathbf{e}_{ij}),
+    \qquad
+    \sum_j \alpha_{ij}\mathbf{W}_{ve}\mathbf{e}_{ij}
+        = \mathbf{W}_{ve} \sum_j \alpha_{ij}\mathbf{e}_{ij}
+
+The edge terms are computed in chunks of edges under activation
+checkpointing: the per-edge projections (E×H×C) exist one chunk at a time and
+are recomputed in backward.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+from .functional import segment_softmax
+
+#: Edges per chunk are chosen so that one chunk's E_c×H×max(C, D) float
+#: tensors stay near this many elements (about 32 MB in float32).
+CHUNK_ELEMENTS = 1 << 23
+
+
+def _csr_matrix(crow: Tensor, col: Tensor, values: Tensor, shape: Tuple[int, int]) -> Tensor:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
+        return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
+
+
+class EdgeCSR:
+    r"""An edge set grouped by target, with its transpose (grouped by source)
+    built on first use, and block-diagonal copies for H heads.
+
+    Args:
+        ptr (LongTensor [R + 1]): row pointer: the edges into target ``i`` are
+            positions ``ptr[i]:ptr[i + 1]``.
+        col (LongTensor [E]): source of each edge, in that order.
+        num_cols (int): number of source nodes S.
+    """
+
+    def __init__(self, ptr: Tensor, col: Tensor, num_cols: int) -> None:
+        self.ptr = ptr
+        self.col = col
+        self.num_rows = ptr.numel() - 1
+        self.num_cols = num_cols
+        self.num_edges = col.numel()
+        self._transposed: Optional[Tuple["EdgeCSR", Tensor]] = None
+        self._blocks: dict = {}
+
+    @classmethod
+    def from_sorted(cls, row: Tensor, col: Tensor, num_rows: int, num_cols: int) -> "EdgeCSR":
+        """From edges already sorted by ``row`` (target)."""
+        counts = torch.bincount(row, minlength=num_rows)
+        ptr = torch.zeros(num_rows + 1, dtype=torch.long, device=row.device)
+        torch.cumsum(counts, 0, out=ptr[1:])
+        out = cls(ptr, col, num_cols)
+        out._row = row
+        return out
+
+    @property
+    def row(self) -> Tensor:
+        if not hasattr(self, "_row"):
+            counts = self.ptr.diff()
+            self._row = torch.repeat_interleave(
+                torch.arange(self.num_rows, device=self.ptr.device), counts,
+                output_size=self.num_edges)
+        return self._row
+
+    def transpose(self) -> Tuple["EdgeCSR", Tensor]:
+        """``(csr_t, perm)``: the edge set grouped by source; value ``p`` of the
+        transpose is value ``perm[p]`` of this matrix."""
+        if self._transposed is None:
+            perm = torch.sort(self.col, stable=True)[1]
+            t = EdgeCSR.from_sorted(self.col[perm], self.row[perm], self.num_cols, self.num_rows)
+            self._transposed = (t, perm)
+        return self._transposed
+
+    def blocks(self, heads: int) -> Tuple[Tensor, Tensor]:
+        """Row pointer and columns of H diagonal copies of this pattern (rows
+        ``h * R + i``, columns ``h * S + j``), in int32 when they fit."""
+        if heads not in self._blocks:
+            E, S = self.num_edges, self.num_cols
+            dtype = torch.int32 if max(heads * E, heads * S) < 2**31 - 1 else torch.long
+            dev = self.ptr.device
+            hs = torch.arange(heads, device=dev)
+            crow = (self.ptr[:-1].unsqueeze(0) + (hs * E).unsqueeze(1)).reshape(-1)
+            crow = torch.cat([crow, crow.new_full((1,), heads * E)]).to(dtype)
+            col = (self.col.unsqueeze(0) + (hs * S).unsqueeze(1)).reshape(-1).to(dtype)
+            self._blocks[heads] = (crow, col)
+        return self._blocks[heads]
+
+    def matrix(self, values: Tensor) -> Tensor:
+        """Block-diagonal sparse matrix [H·R, H·S] with head-major ``values`` [H, E]."""
+        H = values.size(0)
+        crow, col = self.blocks(H)
+        return _csr_matrix(crow, col, values.reshape(-1), (H * self.num_rows, H * self.num_cols))
+
+
+def _sddmm(csr: EdgeCSR, a: Tensor, b: Tensor) -> Tensor:
+    """``s[h, e] = a[h, row_e] · b[h, col_e]`` for a [H, R, K] and b [H, S, K]."""
+    H, R, K = a.shape
+    pattern = csr.matrix(a.new_zeros(H, csr.num_edges))
+    out = torch.sparse.sampled_addmm(pattern, a.reshape(H * R, K), b.reshape(-1, K).t(),
+                                     beta=0.0)
+    return out.values().view(H, csr.num_edges)
+
+
+def _spmm(csr: EdgeCSR, w: Tensor, b: Tensor) -> Tensor:
+    """``o[h, i] = Σ_{e into i} w[h, e] · b[h, col_e]`` for w [H, E] and b [H, S, K]."""
+    H, S, K = b.shape
+    return (csr.matrix(w) @ b.reshape(H * S, K)).view(H, csr.num_rows, K)
+
+
+class SDDMM(torch.autograd.Function):
+    """Edge scores ``s[h, e] = a[h, target] · b[h, source]`` (differentiable)."""
+
+    @staticmethod
+    def forward(ctx, a: Tensor, b: Tensor, csr: EdgeCSR) -> Tensor:
+        ctx.save_for_backward(a, b)
+        ctx.csr = csr
+        return _sddmm(csr, a.contiguous(), b.contiguous())
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        a, b = ctx.saved_tensors
+        csr: EdgeCSR = ctx.csr
+        grad = grad.contiguous()
+        da = db = None
+        if ctx.needs_input_grad[0]:
+            da = _spmm(csr, grad, b.contiguous())
+        if ctx.needs_input_grad[1]:
+            t, perm = csr.transpose()
+            db = _spmm(t, grad[:, perm], a.contiguous())
+        return da, db, None
+
+
+class SpMM(torch.autograd.Function):
+    """Weighted sums over incoming edges ``o[h, i] = Σ_e w[h, e] b[h, source_e]``."""
+
+    @staticmethod
+    def forward(ctx, w: Tensor, b: Tensor, csr: EdgeCSR) -> Tensor:
+        ctx.save_for_backward(w, b)
+        ctx.csr = csr
+        return _spmm(csr, w.contiguous(), b.contiguous())
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        w, b = ctx.saved_tensors
+        csr: EdgeCSR = ctx.csr
+        grad = grad.contiguous()
+        dw = db = None
+        if ctx.needs_input_grad[0]:
+            dw = _sddmm(csr, grad, b.contiguous())
+        if ctx.needs_input_grad[1]:
+            t, perm = csr.transpose()
+            db = _spmm(t, w.contiguous()[:, perm], grad)
+        return dw, db, None
+
+
+class Grouping:
+    """Edges grouped by one endpoint: ``index`` [E] (the endpoint of each edge,
+    among ``num_nodes``), ``ptr`` [num_nodes + 1] and ``members`` [E] (edge ids
+    in group order; None when the edges are already in that order)."""
+
+    def __init__(self, index: Tensor, num_nodes: int, ptr: Tensor,
+                 members: Optional[Tensor]) -> None:
+        self.index, self.num_nodes, self.ptr, self.members = index, num_nodes, ptr, members
+        self._cache: dict = {}
+
+    @classmethod
+    def targets(cls, csr: EdgeCSR) -> "Grouping":
+        return cls(csr.row, csr.num_rows, csr.ptr, None)
+
+    @classmethod
+    def sources(cls, csr: EdgeCSR) -> "Grouping":
+        t, perm = csr.transpose()
+        return cls(csr.col, csr.num_cols, t.ptr, perm)
+
+    def _index_dtype(self, heads: int) -> torch.dtype:
+        E = self.index.numel()
+        return torch.int32 if heads * max(E, self.num_nodes) < 2**31 - 1 else torch.long
+
+    def by_edge(self, values: Tensor) -> Tensor:
+        """Sparse [E, H·n]: row e holds ``values[e, h]`` at column ``h·n + index_e``."""
+        E, H = values.shape
+        key = ("edge", H)
+        if key not in self._cache:
+            dt = self._index_dtype(H)
+            dev = self.index.device
+            crow = (torch.arange(E + 1, device=dev) * H).to(dt)
+            col = (self.index.unsqueeze(1)
+                   + torch.arange(H, device=dev) * self.num_nodes).reshape(-1).to(dt)
+            self._cache[key] = (crow, col)
+        crow, col = self._cache[key]
+        return _csr_matrix(crow, col, values.reshape(-1), (E, H * self.num_nodes))
+
+    def by_node(self, values: Tensor) -> Tensor:
+        """Sparse [H·n, E]: row ``h·n + i`` holds ``values[h, e]`` for the edges of i."""
+        H, E = values.shape
+        key = ("node", H)
+        if key not in self._cache:
+            dt = self._index_dtype(H)
+            dev = self.index.device
+            hs = torch.arange(H, device=dev)
+            crow = (self.ptr[:-1].unsqueeze(0) + (hs * E).unsqueeze(1)).reshape(-1)
+            crow = torch.cat([crow, crow.new_full((1,), H * E)]).to(dt)
+            members = self.members if self.members is not None else torch.arange(E, device=dev)
+            col = members.to(dt).repeat(H)
+            self._cache[key] = (crow, col)
+        crow, col = self._cache[key]
+        if self.members is not None:
+            values = values[:, self.members]
+        return _csr_matrix(crow, col, values.reshape(-1), (H * self.num_nodes, E))
+
+
+def _gather_dot(group: Grouping, mat: Tensor, edge_attr: Tensor) -> Tensor:
+    """``out[e, h] = mat[h, index_e] · edge_attr[e]``, [E, H]."""
+    H, n, D = mat.shape
+    pattern = group.by_edge(edge_attr.new_zeros(edge_attr.size(0), H))
+    out = torch.sparse.sampled_addmm(pattern, edge_attr, mat.reshape(H * n, D).t(), beta=0.0)
+    return out.values().view(-1, H)
+
+
+def _gather_sum(group: Grouping, w: Tensor, mat: Tensor) -> Tensor:
+    """``out[e] = Σ_h w[e, h] mat[h, index_e]``, [E, D]."""
+    H, n, D = mat.shape
+    return group.by_edge(w) @ mat.reshape(H * n, D)
+
+
+def _scatter_sum(group: Grouping, w: Tensor, edge_attr: Tensor) -> Tensor:
+    """``out[h, i] = Σ_{e: index_e = i} w[h, e] edge_attr[e]``, [H, n, D]."""
+    H = w.size(0)
+    return (group.by_node(w) @ edge_attr).view(H, group.num_nodes, -1)
+
+
+class GatherDot(torch.autograd.Function):
+    """Differentiable :func:`_gather_dot` (mat [H, n, D], edge_attr [E, D] -> [E, H])."""
+
+    @staticmethod
+    def forward(ctx, mat: Tensor, edge_attr: Tensor, group: Grouping) -> Tensor:
+        ctx.save_for_backward(mat, edge_attr)
+        ctx.group = group
+        return _gather_dot(group, mat.contiguous(), edge_attr.contiguous())
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        mat, edge_attr = ctx.saved_tensors
+        grad = grad.contiguous()
+        dmat = dea = None
+        if ctx.needs_input_grad[0]:
+            dmat = _scatter_sum(ctx.group, grad.t().contiguous(), edge_attr.contiguous())
+        if ctx.needs_input_grad[1]:
+            dea = _gather_sum(ctx.group, grad, mat.contiguous())
+        return dmat, dea, None
+
+
+class ScatterSum(torch.autograd.Function):
+    """Differentiable :func:`_scatter_sum` (w [H, E], edge_attr [E, D] -> [H, n, D])."""
+
+    @staticmethod
+    def forward(ctx, w: Tensor, edge_attr: Tensor, group: Grouping) -> Tensor:
+        ctx.save_for_backward(w, edge_attr)
+        ctx.group = group
+        return _scatter_sum(group, w.contiguous(), edge_attr.contiguous())
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        w, edge_attr = ctx.saved_tensors
+        grad = grad.contiguous()
+        dw = dea = None
+        if ctx.needs_input_grad[0]:
+            dw = _gather_dot(ctx.group, grad, edge_attr.contiguous()).t()
+        if ctx.needs_input_grad[1]:
+            dea = _gather_sum(ctx.group, w.t().contiguous(), grad)
+        return dw, dea, None
+
+
+def _chunk_size(num_edges: int, width: int) -> int:
+    return max(1024, min(num_edges, CHUNK_ELEMENTS // max(width, 1)))
+
+
+def _bilinear(edge_attr: Tensor, w_q: Tensor, w_k: Tensor, heads: int) -> Tensor:
+    """``(W_qe e)·(W_ke e)`` per head for a chunk of edges, [E_c, H]."""
+    eq = (edge_attr @ w_q.t()).view(edge_attr.size(0), heads, -1)
+    ek = (edge_attr @ w_k.t()).view(edge_attr.size(0), heads, -1)
+    return (eq * ek).sum(-1)
+
+
+def edge_scores(q: Tensor, k: Tensor, edge_attr: Tensor, w_eq: Optional[Tensor],
+                w_ek: Optional[Tensor], csr: EdgeCSR) -> Tensor:
+    r"""The edge-feature part of :math:`\mathbf{q}_{ij}\cdot\mathbf{k}_{ij}`,
+    [E, H] (unscaled), regrouped: node-sized projections meet the edge features
+    through sparse products, and the bilinear term is computed in checkpointed
+    chunks. ``q`` [N_t, H, C], ``k`` [N_s, H, C] in head-minor layout."""
+    H, C = q.size(1), q.size(2)
+    D = edge_attr.size(1)
+    out = None
+    if w_ek is not None:     # q_i · (W_ke e) = (W_ke^T q_i) · e
+        qd = torch.einsum("nhc,hcd->hnd", q, w_ek.view(H, C, D))
+        out = GatherDot.apply(qd, edge_attr, Grouping.targets(csr))
+    if w_eq is not None:     # (W_qe e) · k_j = (W_qe^T k_j) · e
+        kd = torch.einsum("nhc,hcd->hnd", k, w_eq.view(H, C, D))
+        part = GatherDot.apply(kd, edge_attr, Grouping.sources(csr))
+        out = part if out is None else out + part
+    if w_eq is not None and w_ek is not None:
+        step = _chunk_size(csr.num_edges, 2 * H * C)
+        parts = [checkpoint(_bilinear, edge_attr[s:s + step], w_eq, w_ek, H,
+                            use_reentrant=False)
+                 for s in range(0, csr.num_edges, step)]
+        if parts:
+            out = out + torch.cat(parts)
+    return out
+
+
+def sparse_attention(
+    q: Tensor, k: Tensor, v: Tensor, csr: EdgeCSR,
+    edge_attr: Optional[Tensor] = None,
+    w_eq: Optional[Tensor] = None, w_ek: Optional[Tensor] = None, w_ev: Optional[Tensor] = None,
+    head_mask: Optional[Tensor] = None, dropout: float = 0.0, training: bool = False,
+    softmax_backend: str = "auto",
+) -> Tuple[Tensor, Tensor]:
+    r"""Attention over an edge set grouped by target.
+
+    Args:
+        q (Tensor [N_t, H, C]), k, v (Tensor [N_s, H, C]): projected nodes.
+        csr (EdgeCSR): the edges, grouped by target; ``edge_attr`` and
+            ``head_mask`` are in this order.
+        edge_attr (Tensor [E, D], optional) with ``w_eq``, ``w_ek``, ``w_ev``
+            (Tensor [H·C, D] or None): edge features and their projections.
+        head_mask (BoolTensor [E, H], optional): edge ``e`` seen by head ``h``.
+
+    Returns:
+        ``(out [N_t, H, C], alpha [E, H])``, alpha before dropout, in the dtype
+        of ``q``. Half-precision inputs are computed in float32 (scores of
+        large fp16 entries overflow, and sparse CPU kernels have no fp16).
+    """
+    dtype = q.dtype
+    if dtype in (torch.float16, torch.bfloat16):
+        up = [t.float() if t is not None else None for t in (q, k, v, edge_attr, w_eq, w_ek, w_ev)]
+        out, alpha = sparse_attention(*up[:3], csr, *up[3:], head_mask=head_mask,
+                                      dropout=dropout, training=training,
+                                      softmax_backend=softmax_backend)
+        return out.to(dtype), alpha.to(dtype)
+    N_t, H, C = q.shape
+    dst = csr.row
+    score = SDDMM.apply(q.transpose(0, 1), k.transpose(0, 1), csr).t()     # [E, H]
+    if edge_attr is not None and (w_eq is not None or w_ek is not None):
+        score = score + edge_scores(q, k, edge_attr, w_eq, w_ek, csr)
+    score = score * (1.0 / math.sqrt(C))
+    if head_mask is not None:
+        score = score.masked_fill(~head_mask, float("-inf"))
+    alpha = segment_softmax(score, dst, N_t, backend=softmax_backend)       # [E, H]
+    weights = torch.nn.functional.dropout(alpha, p=dropout, training=training).t()
+    out = SpMM.apply(weights, v.transpose(0, 1), csr)                      # [H, N_t, C]
+    if edge_attr is not None and w_ev is not None:
+        D = edge_attr.size(1)
+        agg = ScatterSum.apply(weights, edge_attr, Grouping.targets(csr))   # [H, N_t, D]
+        out = out + torch.einsum("hnd,hcd->hnc", agg, w_ev.view(H, C, D))
+    return out.transpose(0, 1), alpha

@@ -1,0 +1,285 @@
+"""Every attention backend computes the same thing: values and gradients on
+every pattern, with and without edge features and head masks, against the
+``propagate`` backend (PyG message passing, itself checked against
+MultiheadAttention and the dense equations in test_attention.py) and against
+a dense float64 evaluation of the equations. Plus the cost model, the
+estimate and the memory shape of the sparse backend."""
+import math
+
+import pytest
+import torch
+
+from graphformer import patterns as P
+from graphformer.nn import RelationalAttention, estimate
+from graphformer.nn.backend import DENSE_MAX_SCORES, choose_backend, padded_density
+from graphformer.nn.fused import fused_available
+from tests.helpers import ptr_of
+
+SIZES = [6, 1, 9, 4, 0, 7]   # uneven, a one-node and an empty graph
+IN, OUT, H = 10, 12, 3
+
+PATTERNS = {
+    "full": lambda ptr: P.full(ptr),
+    "causal": lambda ptr: P.causal(ptr),
+    "window": lambda ptr: P.window(ptr, 2),
+    "window_two_sided": lambda ptr: P.window(ptr, 1, causal=False),
+    "strided": lambda ptr: P.strided(ptr, 3),
+    "block": lambda ptr: P.block(ptr, 3),
+    "global": lambda ptr: P.global_tokens(ptr, ptr[:-1][ptr.diff() > 0]),
+    "random": lambda ptr: P.random(ptr, 3, generator=torch.Generator().manual_seed(1)),
+    "graph": lambda ptr: P.graph(_ring(ptr)),
+    "k_hop": lambda ptr: P.k_hop(_ring(ptr), 2, num_nodes=int(ptr[-1])),
+    "union": lambda ptr: P.union(P.window(ptr, 1), P.strided(ptr, 2))[0],
+}
+BACKENDS = ["sparse", "dense", "fused"]
+
+
+def _ring(ptr):
+    """A directed ring inside every graph (a bond-like sparse graph)."""
+    src, dst = [], []
+    for b in range(ptr.numel() - 1):
+        lo, hi = int(ptr[b]), int(ptr[b + 1])
+        for i in range(lo, hi):
+            if hi - lo > 1:
+                src.append(i)
+                dst.append(lo + (i - lo + 1) % (hi - lo))
+    return torch.tensor([src, dst], dtype=torch.long).view(2, -1)
+
+
+def _skip_unavailable(backend):
+    if backend == "fused" and not fused_available(torch.device("cpu")):
+        pytest.skip("triton is not installed (or TRITON_INTERPRET is not set)")
+
+
+def _inputs(pattern, edge_dim, head_mask, dtype=torch.float64):
+    ptr = ptr_of(SIZES)
+    batch = torch.repeat_interleave(torch.arange(len(SIZES)), ptr.diff())
+    ei = PATTERNS[pattern](ptr)
+    E = ei.size(1)
+    x = torch.randn(int(ptr[-1]), IN, dtype=dtype, requires_grad=True)
+    e = torch.randn(E, edge_dim, dtype=dtype, requires_grad=True) if edge_dim else None
+    hm = None
+    if head_mask:
+        hm = torch.rand(E, H) > 0.3
+    return ptr, batch, ei, x, e, hm
+
+
+def _run(layer, x, ei, e, hm, batch, g):
+    out, alpha = layer(x, ei, e, head_mask=hm, batch=batch, return_attention_weights=True)
+    params = [p for p in layer.parameters()]
+    inputs = [x] + ([e] if e is not None else [])
+    grads = torch.autograd.grad((out * g).sum(), inputs + params, allow_unused=True)
+    return out, alpha, grads
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("pattern", sorted(PATTERNS))
+@pytest.mark.parametrize("edge_dim,head_mask", [(None, False), (4, False), (4, True)],
+                         ids=["plain", "edges", "edges-heads"])
+def test_backends_agree_forward_and_backward(backend, pattern, edge_dim, head_mask):
+    _skip_unavailable(backend)
+    dtype = torch.float32 if backend == "fused" else torch.float64
+    ptr, batch, ei, x, e, hm = _inputs(pattern, edge_dim, head_mask, dtype)
+    ref_layer = RelationalAttention(IN, OUT, heads=H, edge_dim=edge_dim,
+                                    backend="propagate").to(dtype)
+    layer = RelationalAttention(IN, OUT, heads=H, edge_dim=edge_dim, backend=backend).to(dtype)
+    layer.load_state_dict(ref_layer.state_dict())
+    g = torch.randn(x.size(0), OUT, dtype=dtype)
+    out_ref, alpha_ref, grads_ref = _run(ref_layer, x, ei, e, hm, batch, g)
+    out, alpha, grads = _run(layer, x, ei, e, hm, batch, g)
+    tol = dict(atol=1e-5, rtol=1e-4) if dtype == torch.float32 else dict(atol=1e-10, rtol=1e-8)
+    torch.testing.assert_close(out, out_ref, **tol)
+    torch.testing.assert_close(alpha, alpha_ref, **tol)
+    for ours, theirs in zip(grads, grads_ref):
+        if theirs is None:
+            assert ours is None or ours.abs().max() == 0
+            continue
+        torch.testing.assert_close(ours, theirs, **tol)
+    assert grads[0].abs().sum() > 0
+
+
+def dense_equations(layer, x, e, ei, hm):
+    """The layer's equations on a dense [N, N] layout (float64), one graph."""
+    N, Hh, C = x.size(0), layer.heads, layer.head_channels
+    src, dst = ei
+    q = layer.lin_q(x).view(N, 1, Hh, C).expand(N, N, Hh, C).clone()
+    k = layer.lin_k(x).view(1, N, Hh, C).expand(N, N, Hh, C).clone()
+    v = layer.lin_v(x).view(1, N, Hh, C).expand(N, N, Hh, C).clone()
+    if e is not None:
+        q[dst, src] = q[dst, src] + layer.lin_edge_q(e).view(-1, Hh, C)
+        k[dst, src] = k[dst, src] + layer.lin_edge_k(e).view(-1, Hh, C)
+        v[dst, src] = v[dst, src] + layer.lin_edge_v(e).view(-1, Hh, C)
+    allowed = torch.zeros(N, N, Hh, dtype=torch.bool)
+    allowed[dst, src] = hm if hm is not None else True
+    score = (q * k).sum(-1) / math.sqrt(C)
+    a = torch.softmax(score.masked_fill(~allowed, float("-inf")), dim=1).nan_to_num(0.0)
+    out = (a.unsqueeze(-1) * v).sum(1).reshape(N, Hh * C)
+    return layer.lin_out(out)
+
+
+@pytest.mark.parametrize("backend", ["propagate"] + BACKENDS)
+def test_each_backend_equals_the_dense_equations(backend):
+    _skip_unavailable(backend)
+    dtype = torch.float32 if backend == "fused" else torch.float64
+    ptr, batch, ei, x, e, hm = _inputs("union", 4, True, dtype)
+    layer = RelationalAttention(IN, OUT, heads=H, edge_dim=4, backend=backend).to(dtype)
+    out = layer(x, ei, e, head_mask=hm, batch=batch)
+    ref = dense_equations(layer, x, e, ei, hm)
+    torch.testing.assert_close(out, ref, atol=1e-5 if dtype == torch.float32 else 1e-10,
+                               rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["sparse", "dense"])
+def test_duplicate_edges_count_twice(backend):
+    """A duplicated edge has twice the weight, in every backend; the dense
+    backend reproduces it with log(count) and refuses it with edge features."""
+    ei = torch.tensor([[0, 1, 1, 2, 0], [1, 1, 1, 1, 2]])
+    x = torch.randn(3, IN, dtype=torch.float64)
+    ref = RelationalAttention(IN, OUT, heads=H, backend="propagate").double()
+    layer = RelationalAttention(IN, OUT, heads=H, backend=backend).double()
+    layer.load_state_dict(ref.state_dict())
+    out, alpha = layer(x, ei, return_attention_weights=True)
+    out_ref, alpha_ref = ref(x, ei, return_attention_weights=True)
+    torch.testing.assert_close(out, out_ref)
+    torch.testing.assert_close(alpha, alpha_ref)
+    torch.testing.assert_close(alpha[1], alpha[2])
+    if backend == "dense":
+        layer_e = RelationalAttention(IN, OUT, heads=H, edge_dim=2, backend="dense").double()
+        with pytest.raises(ValueError, match="duplicate edges"):
+            layer_e(x, ei, torch.randn(5, 2, dtype=torch.float64))
+
+
+def test_dense_refuses_edges_between_graphs():
+    layer = RelationalAttention(IN, OUT, heads=H, backend="dense")
+    batch = torch.tensor([0, 0, 1, 1])
+    ei = torch.tensor([[0, 1], [1, 2]])
+    with pytest.raises(ValueError, match=r"edge 1 \(1 -> 2\) joins two graphs"):
+        layer(torch.randn(4, IN), ei, batch=batch)
+
+
+def test_fused_refuses_dropout_in_training():
+    _skip_unavailable("fused")
+    layer = RelationalAttention(IN, OUT, heads=H, dropout=0.2, backend="fused")
+    with pytest.raises(ValueError, match="no attention dropout"):
+        layer(torch.randn(4, IN), P.full(4))
+    layer.eval()
+    assert torch.isfinite(layer(torch.randn(4, IN), P.full(4))).all()
+
+
+@pytest.mark.parametrize("backend", ["sparse", "dense"])
+def test_dropout_drops_and_rescales(backend):
+    torch.manual_seed(0)
+    layer = RelationalAttention(IN, OUT, heads=H, dropout=0.5, backend=backend)
+    ei = P.full(8)
+    x = torch.randn(8, IN)
+    layer.eval()
+    clean = layer(x, ei)
+    layer.train()
+    noisy = torch.stack([layer(x, ei) for _ in range(400)])
+    assert not torch.allclose(noisy[0], clean)
+    # inverted dropout keeps the expectation
+    torch.testing.assert_close(noisy.mean(0), clean, atol=0.05, rtol=0.1)
+
+
+def test_sparse_backend_keeps_no_edge_by_channel_tensor_for_backward():
+    """Memory shape: every tensor autograd saves is node-sized, E×H, or the
+    inputs — nothing of E×H×C (the ``propagate`` backend saves several)."""
+    ptr = ptr_of([40, 40])
+    ei = P.full(ptr)                               # E = 3200
+    E, heads, C = ei.size(1), 4, 16
+    x = torch.randn(80, 32, requires_grad=True)
+    e = torch.randn(E, 2, requires_grad=True)
+
+    def largest_saved(backend):
+        layer = RelationalAttention(32, heads * C, heads=heads, edge_dim=2, backend=backend)
+        sizes = []
+
+        def pack(t):
+            sizes.append(t.numel())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            layer(x, ei, e).sum()
+        return max(sizes)
+
+    assert largest_saved("propagate") >= E * heads * C
+    assert largest_saved("sparse") <= max(E * heads, 80 * 32 * 4, E * 2) < E * heads * C
+
+
+def test_auto_follows_the_cost_model():
+    cpu = torch.device("cpu")
+    kw = dict(heads=8, device=cpu, fused_ok=False, dropout_active=False)
+    # molecules with all-pairs attention: dense; bonds only: sparse
+    assert choose_backend(num_edges=128 * 25 * 25, num_graphs=128, max_nodes=25,
+                          dense_ok=True, **kw) == "dense"
+    assert choose_backend(num_edges=128 * 55, num_graphs=128, max_nodes=25,
+                          dense_ok=True, **kw) == "sparse"
+    # a long sequence with a narrow window: sparse
+    assert choose_backend(num_edges=8192 * 64, num_graphs=1, max_nodes=8192,
+                          dense_ok=True, **kw) == "sparse"
+    # not applicable / too large for dense
+    assert choose_backend(num_edges=100, num_graphs=1, max_nodes=10, dense_ok=False,
+                          **kw) == "sparse"
+    T = int(math.sqrt(DENSE_MAX_SCORES / 8)) + 1
+    assert choose_backend(num_edges=T * T, num_graphs=1, max_nodes=T, dense_ok=True,
+                          **kw) == "sparse"
+    # the GPU kernel, unless dropout is active
+    gpu = dict(kw, device=torch.device("cuda"), fused_ok=True)
+    assert choose_backend(num_edges=10, num_graphs=1, max_nodes=5, dense_ok=True,
+                          **gpu) == "fused"
+    gpu["dropout_active"] = True
+    assert choose_backend(num_edges=25, num_graphs=1, max_nodes=5, dense_ok=True,
+                          **gpu) == "dense"
+    assert padded_density(10, 2, 5) == pytest.approx(0.2)
+
+
+def test_auto_picks_dense_for_full_molecules_and_sparse_for_bonds(monkeypatch):
+    """The layer calls the backend the cost model names."""
+    import graphformer.nn.attention as A
+
+    seen = []
+    for name in ("sparse_attention", "dense_attention"):
+        real = getattr(A, name)
+
+        def spy(*args, _real=real, _name=name, **kwargs):
+            seen.append(_name)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(A, name, spy)
+    ptr = ptr_of([25] * 8)
+    batch = torch.repeat_interleave(torch.arange(8), 25)
+    layer = RelationalAttention(IN, OUT, heads=H)
+    x = torch.randn(200, IN)
+    layer(x, P.full(ptr), batch=batch)
+    layer(x, P.graph(_ring(ptr)), batch=batch)
+    layer((x, x), P.full(ptr))                     # bipartite: dense does not apply
+    assert seen == ["dense_attention", "sparse_attention", "sparse_attention"]
+
+
+def test_estimate_is_consistent():
+    layer = RelationalAttention(256, 256, heads=8, edge_dim=64)
+    sparse = estimate(layer, num_nodes=50_000, num_edges=1_000_000, backend="sparse")
+    prop = estimate(layer, num_nodes=50_000, num_edges=1_000_000, backend="propagate")
+    assert prop.peak_bytes > 4 * sparse.peak_bytes          # E×H×C messages dominate
+    fwd = estimate(layer, num_nodes=50_000, num_edges=1_000_000, backend="sparse",
+                   training=False)
+    assert fwd.flops * 3 == sparse.flops and fwd.peak_bytes < sparse.peak_bytes
+    # without edge features dense grows with the padded size, not with E
+    plain = RelationalAttention(256, 256, heads=8)
+    d1 = estimate(plain, num_nodes=3200, num_edges=7000, graph_sizes=[25] * 128,
+                  backend="dense")
+    d2 = estimate(plain, num_nodes=3200, num_edges=80000, graph_sizes=[25] * 128,
+                  backend="dense")
+    assert d2.flops == d1.flops
+    auto = estimate(layer, num_nodes=3200, num_edges=128 * 625, graph_sizes=[25] * 128)
+    assert auto.backend == "dense"
+    # the attention products are counted exactly: 2 products of E×H×C multiply-adds
+    no_proj = RelationalAttention(8, 8, heads=1)
+    a = estimate(no_proj, num_nodes=10, num_edges=100, backend="sparse", training=False)
+    b = estimate(no_proj, num_nodes=10, num_edges=200, backend="sparse", training=False)
+    assert b.flops - a.flops == 2 * 2 * 100 * 8
+
+
+def test_bad_backend_name():
+    with pytest.raises(ValueError, match="unknown attention backend 'flash'"):
+        RelationalAttention(4, 4, backend="flash")
