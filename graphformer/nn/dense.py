@@ -64,12 +64,16 @@ class DenseLayout:
                              f"the dense backend needs every edge inside one graph "
                              f"(use backend='sparse')")
         T = self.max_nodes
+        # every graph full size and in order: padding is a reshape
+        self.uniform = N == self.num_graphs * T
         self.edge_flat = (b * T + self.pos.index_select(0, dst)) * T + self.pos.index_select(0, src)
         self.edge_graph = b
 
     def to_dense(self, x: Tensor) -> Tensor:
         """[N, H, C] -> [B, H, T, C] (zeros at padding)."""
         N, H, C = x.shape
+        if self.uniform:
+            return x.view(self.num_graphs, self.max_nodes, H, C).transpose(1, 2)
         out = x.new_zeros(self.num_graphs * self.max_nodes, H, C)
         out = out.index_copy(0, self.batch * self.max_nodes + self.pos, x)
         return out.view(self.num_graphs, self.max_nodes, H, C).transpose(1, 2)
@@ -78,6 +82,8 @@ class DenseLayout:
         """[B, H, T, C] -> [N, H, C]."""
         B, H, T, C = x.shape
         flat = x.transpose(1, 2).reshape(B * T, H, C)
+        if self.uniform:
+            return flat
         return flat.index_select(0, self.batch * T + self.pos)
 
     def edge_index_bhtt(self, heads: int) -> Tensor:
@@ -115,11 +121,14 @@ def dense_attention(
     has_edge_scores = edge_attr is not None and (w_eq is not None or w_ek is not None)
     has_edge_values = edge_attr is not None and w_ev is not None
 
-    # Number of edges (per head) at every [B, H, T, T] position.
-    idx = layout.edge_index_bhtt(H)                                         # [E, H]
-    live = head_mask if head_mask is not None else None
-    flat = idx[live] if live is not None else idx.reshape(-1)
-    count = torch.bincount(flat, minlength=B * H * T * T).view(B, H, T, T)
+    # Number of edges at every [B, H or 1, T, T] position (per head only when
+    # heads see different edges).
+    if head_mask is not None:
+        idx = layout.edge_index_bhtt(H)                                     # [E, H]
+        count = torch.bincount(idx[head_mask], minlength=B * H * T * T).view(B, H, T, T)
+    else:
+        idx = None
+        count = torch.bincount(layout.edge_flat, minlength=B * T * T).view(B, 1, T, T)
     duplicates = bool((count > 1).any()) if E > 0 else False
     if duplicates and (has_edge_scores or has_edge_values):
         raise ValueError("the dense backend cannot represent duplicate edges with edge "
@@ -128,7 +137,7 @@ def dense_attention(
     allowed = count > 0
     # A row without edges attends to nothing: let it see its own diagonal so
     # that softmax stays finite, and zero its output afterwards.
-    empty = ~allowed.any(-1, keepdim=True)                                  # [B, H, T, 1]
+    empty = ~allowed.any(-1, keepdim=True)                                  # [B, H|1, T, 1]
     eye = torch.eye(T, dtype=torch.bool, device=q.device)
     allowed = allowed | (empty & eye)
 
@@ -145,6 +154,8 @@ def dense_attention(
         od = od.masked_fill(empty, 0.0)
         return layout.from_dense(od), None
 
+    if idx is None:
+        idx = layout.edge_index_bhtt(H)
     score = (qd @ kd.transpose(-1, -2))                                     # [B, H, T, T]
     if has_edge_scores:
         bias = edge_scores(q, k, edge_attr, w_eq, w_ek, csr)                # [E, H]
@@ -154,7 +165,7 @@ def dense_attention(
         score = score.view(B, H, T, T)
     score = score * scale
     if duplicates:
-        score = score + count.clamp(min=1).to(score.dtype).log()
+        score = score + count.clamp(min=1).to(score.dtype).log()  # broadcasts over heads
     score = score.masked_fill(~allowed, float("-inf"))
     attn = torch.softmax(score, dim=-1)
     attn = attn.masked_fill(empty, 0.0)
@@ -162,7 +173,8 @@ def dense_attention(
     if need_weights:
         per_edge = attn.reshape(-1).index_select(0, idx.reshape(-1)).view(E, H)
         if duplicates:
-            per_edge = per_edge / count.reshape(-1).index_select(0, idx.reshape(-1)).view(E, H)
+            per_edge = per_edge / count.expand(B, H, T, T).reshape(-1).index_select(
+                0, idx.reshape(-1)).view(E, H)
         if head_mask is not None:
             per_edge = per_edge.masked_fill(~head_mask, 0.0)
         alpha = per_edge

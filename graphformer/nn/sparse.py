@@ -28,9 +28,8 @@ tensors live across the forward pass:
     \sum_j \alpha_{ij}\mathbf{W}_{ve}\mathbf{e}_{ij}
         = \mathbf{W}_{ve} \sum_j \alpha_{ij}\mathbf{e}_{ij}
 
-The edge terms are computed in chunks of edges under activation
-checkpointing: the per-edge projections (E×H×C) exist one chunk at a time and
-are recomputed in backward.
+The per-edge projections of the bilinear term (E×H×C) exist one chunk of
+edges at a time and are recomputed in backward (:class:`EdgeTerms`).
 """
 from __future__ import annotations
 
@@ -40,7 +39,6 @@ from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 from .functional import segment_softmax
 
@@ -307,37 +305,95 @@ def _chunk_size(num_edges: int, width: int) -> int:
     return max(1024, min(num_edges, CHUNK_ELEMENTS // max(width, 1)))
 
 
-def _bilinear(edge_attr: Tensor, w_q: Tensor, w_k: Tensor, heads: int) -> Tensor:
-    """``(W_qe e)·(W_ke e)`` per head for a chunk of edges, [E_c, H]."""
-    eq = (edge_attr @ w_q.t()).view(edge_attr.size(0), heads, -1)
-    ek = (edge_attr @ w_k.t()).view(edge_attr.size(0), heads, -1)
-    return (eq * ek).sum(-1)
+#: Below this many elements of per-edge projections (E × 2HC) the edge terms
+#: are kept for backward instead of recomputed: recomputing costs a product.
+RECOMPUTE_ABOVE = 1 << 24
+
+
+class EdgeTerms(torch.autograd.Function):
+    """Edge-feature score terms ``q_i·(W_ke e) + (W_qe e)·(k_j + W_ke e)``, [E, H],
+    computed in chunks of edges. Backward recomputes each chunk's projections
+    (unless they are small enough to keep) and accumulates the gradients of
+    ``q``, ``k``, ``edge_attr`` and ``W`` in place: no full-size temporary per
+    chunk."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, edge_attr: Tensor, w_qk: Tensor, src: Tensor,
+                dst: Tensor) -> Tensor:
+        H, C = q.size(1), q.size(2)
+        E = edge_attr.size(0)
+        keep = E * 2 * H * C <= RECOMPUTE_ABOVE
+        step = E if keep else _chunk_size(E, 4 * H * C)
+        out = q.new_empty(E, H)
+        kept = None
+        for s in range(0, E, max(step, 1)):
+            sl = slice(s, s + step)
+            eqk = (edge_attr[sl] @ w_qk.t()).view(-1, 2, H, C)
+            eq, ek = eqk[:, 0], eqk[:, 1]
+            out[sl] = ((q.index_select(0, dst[sl]) * ek).sum(-1)
+                       + (eq * (k.index_select(0, src[sl]) + ek)).sum(-1))
+            if keep:
+                kept = eqk
+        ctx.step = step
+        ctx.save_for_backward(q, k, edge_attr, w_qk, src, dst,
+                              kept if kept is not None else q.new_empty(0))
+        ctx.kept = kept is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        q, k, edge_attr, w_qk, src, dst, kept = ctx.saved_tensors
+        H, C = q.size(1), q.size(2)
+        E, step = edge_attr.size(0), ctx.step
+        need_q, need_k, need_e, need_w = ctx.needs_input_grad[:4]
+        dq = torch.zeros_like(q) if need_q else None
+        dk = torch.zeros_like(k) if need_k else None
+        de = torch.empty_like(edge_attr) if need_e else None
+        dw = torch.zeros_like(w_qk) if need_w else None
+        for s in range(0, E, max(step, 1)):
+            sl = slice(s, s + step)
+            e_c, d_c, s_c = edge_attr[sl], dst[sl], src[sl]
+            g = grad[sl].unsqueeze(-1)                                     # [E_c, H, 1]
+            eqk = kept if ctx.kept else (e_c @ w_qk.t()).view(-1, 2, H, C)
+            eq, ek = eqk[:, 0], eqk[:, 1]
+            q_i, k_j = q.index_select(0, d_c), k.index_select(0, s_c)
+            if need_q:
+                dq.index_add_(0, d_c, g * ek)
+            if need_k:
+                dk.index_add_(0, s_c, g * eq)
+            if need_e or need_w:
+                deqk = torch.stack([g * (k_j + ek), g * (q_i + eq)], 1).view(-1, 2 * H * C)
+                if need_e:
+                    de[sl] = deqk @ w_qk
+                if need_w:
+                    dw.addmm_(deqk.t(), e_c)
+        return dq, dk, de, dw, None, None
 
 
 def edge_scores(q: Tensor, k: Tensor, edge_attr: Tensor, w_eq: Optional[Tensor],
                 w_ek: Optional[Tensor], csr: EdgeCSR) -> Tensor:
     r"""The edge-feature part of :math:`\mathbf{q}_{ij}\cdot\mathbf{k}_{ij}`,
-    [E, H] (unscaled), regrouped: node-sized projections meet the edge features
-    through sparse products, and the bilinear term is computed in checkpointed
-    chunks. ``q`` [N_t, H, C], ``k`` [N_s, H, C] in head-minor layout."""
+    [E, H] (unscaled); ``q`` [N_t, H, C], ``k`` [N_s, H, C].
+
+    With both projections the per-edge terms :math:`\mathbf{W}_{qe}\mathbf{e}`,
+    :math:`\mathbf{W}_{ke}\mathbf{e}` are needed anyway (their product has no
+    cheaper form), so all terms are computed together in chunks of edges
+    (:class:`EdgeTerms`); above :data:`RECOMPUTE_ABOVE` elements only the
+    [E, H] result is kept and backward recomputes the chunks. With one projection the
+    term is regrouped, :math:`\mathbf{q}_i\cdot\mathbf{W}_{ke}\mathbf{e} =
+    (\mathbf{W}_{ke}^\top\mathbf{q}_i)\cdot\mathbf{e}`, and meets the edges
+    through a sampled product (no per-edge projection at all)."""
     H, C = q.size(1), q.size(2)
     D = edge_attr.size(1)
-    out = None
+    if w_eq is not None and w_ek is not None:
+        w_qk = torch.cat([w_eq, w_ek], dim=0)
+        return EdgeTerms.apply(q, k, edge_attr, w_qk, csr.col, csr.row)
     if w_ek is not None:     # q_i · (W_ke e) = (W_ke^T q_i) · e
         qd = torch.einsum("nhc,hcd->hnd", q, w_ek.view(H, C, D))
-        out = GatherDot.apply(qd, edge_attr, Grouping.targets(csr))
-    if w_eq is not None:     # (W_qe e) · k_j = (W_qe^T k_j) · e
-        kd = torch.einsum("nhc,hcd->hnd", k, w_eq.view(H, C, D))
-        part = GatherDot.apply(kd, edge_attr, Grouping.sources(csr))
-        out = part if out is None else out + part
-    if w_eq is not None and w_ek is not None:
-        step = _chunk_size(csr.num_edges, 2 * H * C)
-        parts = [checkpoint(_bilinear, edge_attr[s:s + step], w_eq, w_ek, H,
-                            use_reentrant=False)
-                 for s in range(0, csr.num_edges, step)]
-        if parts:
-            out = out + torch.cat(parts)
-    return out
+        return GatherDot.apply(qd, edge_attr, Grouping.targets(csr))
+    assert w_eq is not None  # (W_qe e) · k_j = (W_qe^T k_j) · e
+    kd = torch.einsum("nhc,hcd->hnd", k, w_eq.view(H, C, D))
+    return GatherDot.apply(kd, edge_attr, Grouping.sources(csr))
 
 
 def sparse_attention(

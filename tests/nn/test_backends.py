@@ -181,9 +181,14 @@ def test_dropout_drops_and_rescales(backend):
     torch.testing.assert_close(noisy.mean(0), clean, atol=0.05, rtol=0.1)
 
 
-def test_sparse_backend_keeps_no_edge_by_channel_tensor_for_backward():
+def test_sparse_backend_keeps_no_edge_by_channel_tensor_for_backward(monkeypatch):
     """Memory shape: every tensor autograd saves is node-sized, E×H, or the
-    inputs — nothing of E×H×C (the ``propagate`` backend saves several)."""
+    inputs — nothing of E×H×C (the ``propagate`` backend saves several).
+    Per-edge projections are recomputed in backward above RECOMPUTE_ABOVE
+    elements; here that threshold is lowered to 0 to test the large regime."""
+    import graphformer.nn.sparse as S
+
+    monkeypatch.setattr(S, "RECOMPUTE_ABOVE", 0)
     ptr = ptr_of([40, 40])
     ei = P.full(ptr)                               # E = 3200
     E, heads, C = ei.size(1), 4, 16
@@ -283,3 +288,26 @@ def test_estimate_is_consistent():
 def test_bad_backend_name():
     with pytest.raises(ValueError, match="unknown attention backend 'flash'"):
         RelationalAttention(4, 4, backend="flash")
+
+
+def test_edge_terms_in_many_recomputed_chunks_equal_propagate(monkeypatch):
+    """Large edge sets take the chunked, recomputing path of the edge terms:
+    force it on a small one (chunks of 1024 edges, nothing kept)."""
+    import graphformer.nn.sparse as S
+
+    monkeypatch.setattr(S, "RECOMPUTE_ABOVE", 0)
+    monkeypatch.setattr(S, "CHUNK_ELEMENTS", 1)
+    ptr = ptr_of([40, 30])
+    ei = P.full(ptr)                                # 2500 edges: 3 chunks
+    x = torch.randn(70, IN, dtype=torch.float64, requires_grad=True)
+    e = torch.randn(ei.size(1), 4, dtype=torch.float64, requires_grad=True)
+    ref = RelationalAttention(IN, OUT, heads=H, edge_dim=4, backend="propagate").double()
+    layer = RelationalAttention(IN, OUT, heads=H, edge_dim=4, backend="sparse").double()
+    layer.load_state_dict(ref.state_dict())
+    g = torch.randn(70, OUT, dtype=torch.float64)
+    out_ref, alpha_ref, grads_ref = _run(ref, x, ei, e, None, None, g)
+    out, alpha, grads = _run(layer, x, ei, e, None, None, g)
+    torch.testing.assert_close(out, out_ref)
+    torch.testing.assert_close(alpha, alpha_ref)
+    for ours, theirs in zip(grads, grads_ref):
+        torch.testing.assert_close(ours, theirs)

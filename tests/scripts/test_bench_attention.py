@@ -1,0 +1,144 @@
+"""scripts/bench_attention.py --quick runs end to end and its JSON is
+self-consistent: every case, positive finite times, ratios that follow from
+the times, estimates beside the graphformer rows, the sweep's crossover.
+No assertion on timings: they depend on the machine."""
+import itertools
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "scripts" / "bench_attention.py"
+CASES = ("molecules", "large", "tokens", "long")
+TIME_FIELDS = ("fwd_ms", "fwd_ms_min", "fwd_bwd_ms", "fwd_bwd_ms_min")
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    env.pop("TRITON_INTERPRET", None)   # set by tests/conftest.py for the fused tests
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--threads", "1",
+                           "--repeats", "1", "--json", str(out)],
+                          cwd=ROOT, env=env, text=True, capture_output=True, timeout=300,
+                          check=False)
+    assert proc.returncode == 0, f"bench_attention.py failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout, json.loads(out.read_text())
+
+
+def _groups(result):
+    for case in CASES:
+        for group in result["cases"][case]["groups"]:
+            yield case, group
+
+
+def _positive(value):
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def test_every_case_and_machine_line(run):
+    stdout, result = run
+    assert set(result["cases"]) == set(CASES)
+    for case in CASES:
+        assert result["cases"][case]["groups"], case
+    assert re.search(r"^machine: CPU .+ \| \d+ cores \| torch \S+ \| threads 1 \| device cpu",
+                     stdout, re.MULTILINE), stdout
+    assert result["machine"]["threads"] == 1
+
+
+def test_rows_have_positive_finite_times(run):
+    _, result = run
+    for case, group in _groups(result):
+        roles = [row["role"] for row in group["rows"]]
+        assert "graphformer" in roles and "peer" in roles, (case, group["name"])
+        assert sum(row["auto"] for row in group["rows"]) == 1, group["name"]
+        for row in group["rows"]:
+            for name in TIME_FIELDS:
+                assert _positive(row[name]), (group["name"], row["method"], name, row[name])
+            assert row["fwd_ms_min"] <= row["fwd_ms"]
+            assert row["fwd_bwd_ms_min"] <= row["fwd_bwd_ms"]
+            assert len(row["fwd_ms_all"]) == len(row["fwd_bwd_ms_all"]) == 1  # --repeats 1
+            assert row["peak_bytes"] is None or row["peak_bytes"] >= 0
+
+
+def test_ratios_follow_from_the_times(run):
+    _, result = run
+    for _, group in _groups(result):
+        peers = {row["method"]: row for row in group["rows"] if row["role"] == "peer"}
+        for row in group["rows"]:
+            if row["role"] != "graphformer":
+                assert row["vs"] == {}
+                continue
+            assert set(row["vs"]) == set(peers), group["name"]
+            for name, peer in peers.items():
+                vs = row["vs"][name]
+                assert vs["speedup_fwd"] == pytest.approx(peer["fwd_ms"] / row["fwd_ms"])
+                assert vs["speedup_fwd_bwd"] == pytest.approx(
+                    peer["fwd_bwd_ms"] / row["fwd_bwd_ms"])
+                if row["peak_bytes"] is None or not peer["peak_bytes"]:
+                    assert vs["memory_ratio"] is None
+                else:
+                    assert vs["memory_ratio"] == pytest.approx(
+                        row["peak_bytes"] / peer["peak_bytes"])
+
+
+def test_estimates_beside_graphformer_rows(run):
+    _, result = run
+    for _, group in _groups(result):
+        for row in group["rows"]:
+            for name in ("estimate_peak_bytes", "estimate_flops", "estimate_over_measured"):
+                assert name in row
+            if row["role"] != "graphformer":
+                assert row["estimate_peak_bytes"] is None
+                continue
+            assert _positive(row["estimate_peak_bytes"]) and _positive(row["estimate_flops"])
+            if row["peak_bytes"]:
+                assert row["estimate_over_measured"] == pytest.approx(
+                    row["estimate_peak_bytes"] / row["peak_bytes"])
+
+
+def test_same_function_peers_were_checked(run):
+    _, result = run
+    for case, group in _groups(result):
+        peers = {row["method"] for row in group["rows"] if row["role"] == "peer"}
+        if "dense masked SDPA" in peers:
+            assert group["check"]["against"] == "dense masked SDPA"
+            assert group["check"]["max_abs_diff"] <= group["check"]["atol"] <= 1e-4
+        if case in ("tokens", "long"):
+            assert group["check"] is not None, group["name"]
+
+
+def test_sweep_and_crossover(run):
+    _, result = run
+    sweep = result["cases"]["long"]["sweep"]
+    assert "crossover_density" in sweep
+    points = sorted(sweep["points"], key=lambda p: p["density"])
+    assert len(points) >= 2
+    for p in points:
+        assert _positive(p["graphformer_sparse_fwd_bwd_ms"]) and _positive(p["sdpa_fwd_bwd_ms"])
+        assert p["speedup_fwd_bwd"] == pytest.approx(
+            p["sdpa_fwd_bwd_ms"] / p["graphformer_sparse_fwd_bwd_ms"])
+        assert p["density"] == pytest.approx(p["num_edges"] / sweep["seq_len"] ** 2)
+    # log(sparse / SDPA) linear in log(density) between the first bracketing pair
+    expected = None
+    logs = [(math.log(p["density"]), -math.log(p["speedup_fwd_bwd"])) for p in points]
+    for (d0, r0), (d1, r1) in itertools.pairwise(logs):
+        if r0 == 0:
+            expected = math.exp(d0)
+            break
+        if r0 * r1 < 0:
+            expected = math.exp(d0 - r0 * (d1 - d0) / (r1 - r0))
+            break
+    if expected is None:
+        assert sweep["crossover_density"] is None
+    else:
+        assert sweep["crossover_density"] == pytest.approx(expected)
