@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import copy
 import gc
 import itertools
 import json
@@ -356,6 +357,26 @@ def transformer_conv_row(work: Workload, edge_dim: Optional[int],
     return Method("TransformerConv", "-", "peer", conv, call)
 
 
+class Projections(nn.Module):
+    """The four node projections of an attention layer (q, k, v, out) and
+    nothing else: a floor that graphformer and TransformerConv (q, k, v, skip)
+    both pay, whatever their attention costs."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.q, self.k, self.v, self.out = (copy.deepcopy(m) for m in
+                                            (layer.lin_q, layer.lin_k, layer.lin_v,
+                                             layer.lin_out))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(self.q(x) + self.k(x) + self.v(x))
+
+
+def projections_row(work: Workload, device: torch.device) -> Method:
+    floor = Projections(graphformer_layer(None, "auto")).to(device)
+    return Method("projections only (floor)", "-", "peer", floor, lambda: floor(work.x))
+
+
 def sdpa_row(work: Workload, device: torch.device, use_batch: bool) -> Method:
     peer = DensePeer(graphformer_layer(None, "auto"), sdpa_attend(work.mask)).to(device)
     B, T = work.mask.size(0), work.mask.size(-1)
@@ -586,6 +607,7 @@ def case_molecules(s: Sizes, device: torch.device, timing: Timing) -> Dict[str, 
             f"({bonds.size(1) / n:.2f} per atom), {EDGE_DIM} edge features")
     methods = graphformer_rows(work, ["sparse", "dense"], EDGE_DIM, device, use_batch=True)
     methods.append(transformer_conv_row(work, EDGE_DIM, device))
+    methods.append(projections_row(work, device))
     groups = [run_group("molecules/bonds", desc, work, methods, timing)]
     del work, methods
     gc.collect()
@@ -615,6 +637,7 @@ def case_large(s: Sizes, device: torch.device, timing: Timing) -> Dict[str, Any]
         desc = f"one graph, {n} nodes, {s.large_edges} random coalesced edges, {features}"
         methods = graphformer_rows(work, ["sparse"], edge_dim, device, use_batch=False)
         methods.append(transformer_conv_row(work, edge_dim, device))
+        methods.append(projections_row(work, device))
         tag = "large/edge-features" if edge_dim else "large/no-edge-features"
         groups.append(run_group(tag, desc, work, methods, timing))
         del work, methods, attr

@@ -41,9 +41,11 @@ AttentionBackend = Literal["auto", "sparse", "dense", "fused", "propagate"]
 ATTENTION_BACKENDS = ("auto", "sparse", "dense", "fused", "propagate")
 
 #: Padded edge density E / (B T^2) above which the dense backend is faster
-#: than the sparse one (measured with ``scripts/bench_attention.py``; see the
-#: README's benchmark table).
-DENSE_CROSSOVER = {"cpu": 0.25, "cuda": 0.05}
+#: than the sparse one. CPU: measured with ``scripts/bench_attention.py`` on
+#: 2 cores (crossover 0.055 at T = 8192, 0.085 at T = 1024; molecules of 25
+#: atoms with edge features at density 0.088: sparse slightly faster). CUDA:
+#: a guess, not yet measured (no GPU was available).
+DENSE_CROSSOVER = {"cpu": 0.08, "cuda": 0.05}
 
 #: The dense backend is not chosen automatically when its [B, H, T, T] score
 #: tensor would have more entries than this (2^27: 512 MiB in float32).
@@ -134,23 +136,35 @@ def estimate(layer: torch.nn.Module, *, num_nodes: int, num_edges: int,
         edge_flops = 2 * 2 * N * HC * D + 2 * 2 * E * D * HC + 2 * 3 * E * H * D \
             + 2 * N * HC * D
     node_act = N * HC * s                                 # one [N, H, C] tensor
+    index_bytes = 3 * E * 8                               # CSR of the edge set
     if backend == "dense":
         cells = B * H * T * T
+        padded = B * H * T * C * s                        # one padded [B, H, T, C]
         attn_flops = 2 * 2 * cells * C
-        keep = 3 * B * H * T * C * s + 3 * cells * s + cells   # padded q,k,v; scores; mask
-        transient = 2 * cells * s
+        if D:   # explicit softmax: scores, weights and their gradients kept
+            keep = 3 * padded + 3 * cells * s + B * T * T
+            transient = 2 * cells * s
+        else:   # scaled_dot_product_attention keeps only a log-sum-exp per row
+            keep = 4 * padded + B * T * T
+            transient = 8 * B * T * T + 2 * padded        # edge counts, SDPA blocks
     elif backend == "propagate":
         attn_flops = 2 * 2 * E * HC
         keep = 5 * E * HC * s + 4 * E * H * s
         transient = 2 * E * HC * s
     else:                                                 # sparse, fused
         attn_flops = 2 * 2 * E * HC
-        keep = (6 if backend == "sparse" else 2) * E * H * s
+        if backend == "sparse":   # scores, softmax terms; transposed CSR, head blocks
+            keep = 10 * E * H * s
+            index_bytes += 2 * E * 8 + 4 * H * E * 4
+        else:
+            keep = 2 * E * H * s
         transient = 3 * N * HC * s
-    index_bytes = 3 * E * 8 + (2 * H * E * 4 if backend == "sparse" else 0)
     if D and backend != "propagate":
-        chunk = min(E, (1 << 23) // max(2 * HC, 1))
-        transient += 3 * chunk * HC * s + 3 * H * N * D * s
+        # per-edge projections of the bilinear term: kept whole when small,
+        # else one chunk at a time (graphformer.nn.sparse.EdgeTerms)
+        whole = E * 2 * HC
+        chunk = whole if whole <= (1 << 24) else min(E, (1 << 23) // max(4 * HC, 1)) * 2 * HC
+        transient += 2 * chunk * s + 3 * H * N * D * s
     keep += 6 * node_act + N * out_ch * s
     grads = (3 * node_act + (E * D * s if D else 0)) if training else 0
     flops = mult * (proj_flops + attn_flops + edge_flops)
