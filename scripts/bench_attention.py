@@ -888,6 +888,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         help="window sizes of the crossover sweep (default 16 64 256 1024 "
                              "2048; 16 64 256 with --quick)")
     parser.add_argument("--json", metavar="PATH", help="write every result to PATH")
+    parser.add_argument("--markdown-from", metavar="JSON",
+                        help="print the README table of a --json result and exit")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: CUDA is not available")
@@ -939,8 +941,45 @@ def run(args: argparse.Namespace, device: torch.device, threads: int) -> None:
         say(f"wrote {args.json}")
 
 
+def markdown(results: Dict[str, Any]) -> str:
+    """The README's table: every row of every group, ratios against the
+    group's first peer, then the sweep's crossover."""
+    m = results["machine"]
+    out = [f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, "
+           f"{m['threads']} threads, device {m['device_name']}.", "",
+           "| case | method | backend | fwd ms | fwd+bwd ms | peak MB | speed-up fwd+bwd "
+           "| memory vs peer |",
+           "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    crossover = None
+    for case in results["cases"].values():
+        for group in case.get("groups", []):
+            peer = next(r["method"] for r in group["rows"] if r["role"] == "peer")
+            for r in group["rows"]:
+                vs = r.get("vs", {}).get(peer) if r["role"] == "graphformer" else None
+                peak = r["peak_bytes"] / 2**20 if r["peak_bytes"] is not None else None
+                out.append("| {} | {} | {}{} | {:.1f} | {:.1f} | {} | {} | {} |".format(
+                    group["name"], r["method"], r["backend"], " (auto)" if r["auto"] else "",
+                    r["fwd_ms"], r["fwd_bwd_ms"], fmt(peak, ".0f"),
+                    fmt(vs and vs["speedup_fwd_bwd"], ".2f", "×") if vs else "",
+                    fmt(vs and vs["memory_ratio"], ".2f") if vs else ""))
+        if case.get("sweep"):
+            crossover = case["sweep"]
+    if crossover is not None:
+        pts = ", ".join(f"{p['density']:.4f}: {p['speedup_fwd_bwd']:.2f}×"
+                        for p in crossover["points"])
+        cd = crossover["crossover_density"]
+        out += ["", f"Sparse vs dense masked SDPA, T = {crossover['seq_len']}, speed-up by "
+                f"density E/T²: {pts}; crossover at density "
+                f"{'none in range' if cd is None else format(cd, '.3f')}."]
+    return "\n".join(out) + "\n"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
+    if args.markdown_from:
+        with open(args.markdown_from) as f:
+            print(markdown(json.load(f)), end="")
+        return
     device = torch.device(args.device)
     threads = args.threads or available_cores()
     torch.set_num_threads(threads)

@@ -32,7 +32,10 @@ def run(tmp_path_factory):
                           cwd=ROOT, env=env, text=True, capture_output=True, timeout=300,
                           check=False)
     assert proc.returncode == 0, f"bench_attention.py failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout, json.loads(out.read_text())
+    table = subprocess.run([sys.executable, str(SCRIPT), "--markdown-from", str(out)],
+                           cwd=ROOT, env=env, text=True, capture_output=True, timeout=120)
+    assert table.returncode == 0, table.stderr
+    return proc.stdout, json.loads(out.read_text()), table.stdout
 
 
 def _groups(result):
@@ -46,7 +49,7 @@ def _positive(value):
 
 
 def test_every_case_and_machine_line(run):
-    stdout, result = run
+    stdout, result, _ = run
     assert set(result["cases"]) == set(CASES)
     for case in CASES:
         assert result["cases"][case]["groups"], case
@@ -56,7 +59,7 @@ def test_every_case_and_machine_line(run):
 
 
 def test_rows_have_positive_finite_times(run):
-    _, result = run
+    _, result, _ = run
     for case, group in _groups(result):
         roles = [row["role"] for row in group["rows"]]
         assert "graphformer" in roles and "peer" in roles, (case, group["name"])
@@ -71,7 +74,7 @@ def test_rows_have_positive_finite_times(run):
 
 
 def test_ratios_follow_from_the_times(run):
-    _, result = run
+    _, result, _ = run
     for _, group in _groups(result):
         peers = {row["method"]: row for row in group["rows"] if row["role"] == "peer"}
         for row in group["rows"]:
@@ -92,7 +95,7 @@ def test_ratios_follow_from_the_times(run):
 
 
 def test_estimates_beside_graphformer_rows(run):
-    _, result = run
+    _, result, _ = run
     for _, group in _groups(result):
         for row in group["rows"]:
             for name in ("estimate_peak_bytes", "estimate_flops", "estimate_over_measured"):
@@ -107,7 +110,7 @@ def test_estimates_beside_graphformer_rows(run):
 
 
 def test_same_function_peers_were_checked(run):
-    _, result = run
+    _, result, _ = run
     for case, group in _groups(result):
         peers = {row["method"] for row in group["rows"] if row["role"] == "peer"}
         if "dense masked SDPA" in peers:
@@ -118,7 +121,7 @@ def test_same_function_peers_were_checked(run):
 
 
 def test_sweep_and_crossover(run):
-    _, result = run
+    _, result, _ = run
     sweep = result["cases"]["long"]["sweep"]
     assert "crossover_density" in sweep
     points = sorted(sweep["points"], key=lambda p: p["density"])
@@ -142,3 +145,15 @@ def test_sweep_and_crossover(run):
         assert sweep["crossover_density"] is None
     else:
         assert sweep["crossover_density"] == pytest.approx(expected)
+
+
+def test_markdown_table_has_every_row(run):
+    _, result, table = run
+    lines = [line for line in table.splitlines() if line.startswith("| ")]
+    rows = [r for _, g in _groups(result) for r in g["rows"]]
+    assert len(lines) == 2 + len(rows)           # header, separator, one line per row
+    for _, group in _groups(result):
+        for r in group["rows"]:
+            assert any(line.startswith(f"| {group['name']} | {r['method']} | {r['backend']}")
+                       for line in lines)
+    assert "crossover at density" in table
