@@ -315,7 +315,9 @@ def auto_backend(work: Workload, device: torch.device, one_graph: bool) -> str:
     sizes = [work.num_nodes] if one_graph else work.graph_sizes
     return choose_backend(num_edges=work.num_edges, num_graphs=len(sizes),
                           max_nodes=max(sizes), heads=HEADS, device=device, dense_ok=True,
-                          fused_ok=fused_available(device), dropout_active=False)
+                          fused_ok=fused_available(device), dropout_active=False,
+                          edge_features=work.edge_attr is not None,
+                          channels=HEADS * HEAD_CHANNELS)
 
 
 def graphformer_rows(work: Workload, backends: Sequence[str], edge_dim: Optional[int],

@@ -14,7 +14,7 @@ from torch_geometric.typing import OptTensor, PairTensor
 
 from .._checks import check_edge_index, check_node_range
 from . import fused as fused_mod
-from .backend import ATTENTION_BACKENDS, AttentionBackend, choose_backend
+from .backend import ATTENTION_BACKENDS, AttentionBackend, choose_backend, prefers_propagate
 from .dense import DenseLayout, dense_attention
 from .functional import BACKENDS, SoftmaxBackend, segment_softmax
 from .sparse import EdgeCSR, sparse_attention
@@ -160,7 +160,9 @@ class RelationalAttention(MessagePassing):
         if edge_attr is not None and self.lin_edge_q is None:
             edge_attr = None
         backend = self.backend
-        if backend == "auto" and (is_compiling() or self._explain):
+        if backend == "auto" and (is_compiling() or self._explain or prefers_propagate(
+                num_edges=edge_index.size(1), channels=H * C, device=q.device,
+                edge_features=edge_attr is not None)):
             backend = "propagate"
         if backend == "propagate":
             out, alpha = self._propagate(q, k, v, edge_index, edge_attr, head_mask,
@@ -212,7 +214,8 @@ class RelationalAttention(MessagePassing):
             backend = choose_backend(
                 num_edges=E, num_graphs=B, max_nodes=T, heads=self.heads, device=q.device,
                 dense_ok=dense_ok, fused_ok=fused_mod.fused_available(q.device),
-                dropout_active=dropout_active)
+                dropout_active=dropout_active, edge_features=edge_attr is not None,
+                channels=self.heads * self.head_channels)
         if backend == "dense":
             if ptr is None:
                 raise ValueError("the dense backend needs self-attention within graphs whose "

@@ -11,7 +11,8 @@ import torch
 
 from graphformer import patterns as P
 from graphformer.nn import RelationalAttention, estimate
-from graphformer.nn.backend import DENSE_MAX_SCORES, choose_backend, padded_density
+from graphformer.nn.backend import (DENSE_MAX_SCORES, PROPAGATE_BELOW, choose_backend,
+                                     padded_density)
 from graphformer.nn.fused import fused_available
 from tests.helpers import ptr_of
 
@@ -217,7 +218,7 @@ def test_auto_follows_the_cost_model():
     # molecules with all-pairs attention: dense; bonds only: sparse
     assert choose_backend(num_edges=128 * 25 * 25, num_graphs=128, max_nodes=25,
                           dense_ok=True, **kw) == "dense"
-    assert choose_backend(num_edges=128 * 55, num_graphs=128, max_nodes=25,
+    assert choose_backend(num_edges=128 * 40, num_graphs=128, max_nodes=25,
                           dense_ok=True, **kw) == "sparse"
     # a long sequence with a narrow window: sparse
     assert choose_backend(num_edges=8192 * 64, num_graphs=1, max_nodes=8192,
@@ -236,6 +237,15 @@ def test_auto_follows_the_cost_model():
     assert choose_backend(num_edges=25, num_graphs=1, max_nodes=5, dense_ok=True,
                           **gpu) == "dense"
     assert padded_density(10, 2, 5) == pytest.approx(0.2)
+    # with edge features, small per-edge messages: PyG message passing (CPU)
+    edges = dict(kw, edge_features=True, channels=256)
+    assert choose_backend(num_edges=7040, num_graphs=128, max_nodes=25, dense_ok=True,
+                          **edges) == "propagate"
+    assert choose_backend(num_edges=PROPAGATE_BELOW // 256 + 1, num_graphs=1,
+                          max_nodes=100_000, dense_ok=True, **edges) == "sparse"
+    assert choose_backend(num_edges=7040, num_graphs=128, max_nodes=25, dense_ok=True,
+                          **dict(gpu, dropout_active=False, edge_features=True,
+                                 channels=256)) == "fused"
 
 
 def test_auto_picks_dense_for_full_molecules_and_sparse_for_bonds(monkeypatch):
@@ -276,8 +286,9 @@ def test_estimate_is_consistent():
     d2 = estimate(plain, num_nodes=3200, num_edges=80000, graph_sizes=[25] * 128,
                   backend="dense")
     assert d2.flops == d1.flops
-    auto = estimate(layer, num_nodes=3200, num_edges=128 * 625, graph_sizes=[25] * 128)
+    auto = estimate(plain, num_nodes=3200, num_edges=128 * 625, graph_sizes=[25] * 128)
     assert auto.backend == "dense"
+    assert estimate(layer, num_nodes=3200, num_edges=7040).backend == "propagate"
     # the attention products are counted exactly: 2 products of E×H×C multiply-adds
     no_proj = RelationalAttention(8, 8, heads=1)
     a = estimate(no_proj, num_nodes=10, num_edges=100, backend="sparse", training=False)
