@@ -17,7 +17,7 @@ from . import fused as fused_mod
 from .backend import ATTENTION_BACKENDS, AttentionBackend, choose_backend, prefers_propagate
 from .dense import DenseLayout, dense_attention
 from .functional import BACKENDS, SoftmaxBackend, segment_softmax
-from .sparse import EdgeCSR, sparse_attention
+from .sparse import SDDMM, EdgeCSR, edge_scores, sparse_attention
 
 
 class RelationalAttention(MessagePassing):
@@ -69,7 +69,9 @@ class RelationalAttention(MessagePassing):
           lets the dense backend pad per graph).
         - **output:** :math:`(N_t, \text{out\_channels})`, and with
           ``return_attention_weights=True`` also :math:`\alpha` :math:`(E, H)`
-          (before dropout; each target's weights sum to 1 per head).
+          (before dropout; each target's weights sum to 1 per head; with the
+          ``"fused"`` backend they are recomputed from the kernel's
+          log-sum-exp and carry no gradient).
     """
 
     def __init__(
@@ -371,8 +373,6 @@ def _fused(q: Tensor, k: Tensor, v: Tensor, csr: EdgeCSR, edge_attr: OptTensor,
            need_weights: bool) -> Tuple[Tensor, Optional[Tensor]]:
     """The ``"fused"`` backend: edge score terms as a per-edge bias, edge values
     streamed by the kernel and projected afterwards."""
-    from .sparse import edge_scores
-
     H, C = q.size(1), q.size(2)
     scale = 1.0 / math.sqrt(C)
     bias = None
@@ -392,7 +392,6 @@ def _fused(q: Tensor, k: Tensor, v: Tensor, csr: EdgeCSR, edge_attr: OptTensor,
     alpha = None
     if need_weights:
         with torch.no_grad():
-            from .sparse import SDDMM
             s = SDDMM.apply(q.float().transpose(0, 1), k.float().transpose(0, 1), csr).t() * scale
             if bias is not None:
                 s = s + bias

@@ -82,7 +82,7 @@ class DenseLayout:
         """[B, H, T, C] -> [N, H, C]."""
         B, H, T, C = x.shape
         flat = x.transpose(1, 2).reshape(B * T, H, C)
-        if self.uniform:
+        if self.uniform:            # no padding rows to drop
             return flat
         return flat.index_select(0, self.batch * T + self.pos)
 

@@ -15,21 +15,19 @@ for all heads at once as a block-diagonal CSR matrix; backward is two more
 SpMMs and one SDDMM. Nothing of size E×H×C is ever built: autograd keeps the
 node tensors and E×H scores only.
 
-With edge features the terms are regrouped so that only node-sized or E×H
-tensors live across the forward pass:
+With edge features, the value term is regrouped so that no E×H×C tensor
+is built (:class:`ScatterSum`), and so is a lone query or key edge term:
 
 .. math::
-    \mathbf{q}_{ij}\cdot\mathbf{k}_{ij} =
-        \mathbf{q}_i\cdot\mathbf{k}_j
-        + \underbrace{(\mathbf{W}_{ke}^\top\mathbf{q}_i + \mathbf{W}_{qe}^\top\mathbf{k}_j)}_{D}
-          \cdot \mathbf{e}_{ij}
-        + (\mathbf{W}_{qe}\mathbf{e}_{ij}) \cdot (\mathbf{W}_{ke}\mathbf{e}_{ij}),
-    \qquad
     \sum_j \alpha_{ij}\mathbf{W}_{ve}\mathbf{e}_{ij}
-        = \mathbf{W}_{ve} \sum_j \alpha_{ij}\mathbf{e}_{ij}
+        = \mathbf{W}_{ve} \sum_j \alpha_{ij}\mathbf{e}_{ij}, \qquad
+    \mathbf{q}_i\cdot\mathbf{W}_{ke}\mathbf{e}_{ij}
+        = (\mathbf{W}_{ke}^\top\mathbf{q}_i)\cdot\mathbf{e}_{ij}
 
-The per-edge projections of the bilinear term (E×H×C) exist one chunk of
-edges at a time and are recomputed in backward (:class:`EdgeTerms`).
+With both query and key edge projections the bilinear term
+:math:`(\mathbf{W}_{qe}\mathbf{e})\cdot(\mathbf{W}_{ke}\mathbf{e})` needs the
+per-edge projections anyway; all edge score terms are then computed together
+one chunk of edges at a time and recomputed in backward (:class:`EdgeTerms`).
 """
 from __future__ import annotations
 
@@ -64,12 +62,14 @@ class EdgeCSR:
         num_cols (int): number of source nodes S.
     """
 
-    def __init__(self, ptr: Tensor, col: Tensor, num_cols: int) -> None:
+    def __init__(self, ptr: Tensor, col: Tensor, num_cols: int,
+                 row: Optional[Tensor] = None) -> None:
         self.ptr = ptr
         self.col = col
         self.num_rows = ptr.numel() - 1
         self.num_cols = num_cols
         self.num_edges = col.numel()
+        self._row = row
         self._transposed: Optional[Tuple["EdgeCSR", Tensor]] = None
         self._blocks: dict = {}
 
@@ -79,16 +79,14 @@ class EdgeCSR:
         counts = torch.bincount(row, minlength=num_rows)
         ptr = torch.zeros(num_rows + 1, dtype=torch.long, device=row.device)
         torch.cumsum(counts, 0, out=ptr[1:])
-        out = cls(ptr, col, num_cols)
-        out._row = row
-        return out
+        return cls(ptr, col, num_cols, row=row)
 
     @property
     def row(self) -> Tensor:
-        if not hasattr(self, "_row"):
-            counts = self.ptr.diff()
+        """The target of each edge, [E] (expanded from ``ptr`` on first use)."""
+        if self._row is None:
             self._row = torch.repeat_interleave(
-                torch.arange(self.num_rows, device=self.ptr.device), counts,
+                torch.arange(self.num_rows, device=self.ptr.device), self.ptr.diff(),
                 output_size=self.num_edges)
         return self._row
 
