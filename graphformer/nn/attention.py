@@ -11,6 +11,7 @@ from torch_geometric import is_compiling
 from torch_geometric.nn import Linear
 from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.typing import OptTensor, PairTensor
+from torch_geometric.utils.sparse import index2ptr
 
 from .._checks import check_edge_index, check_node_range
 from . import fused as fused_mod
@@ -196,48 +197,52 @@ class RelationalAttention(MessagePassing):
             weights = (self.lin_edge_q.weight, self.lin_edge_k.weight, self.lin_edge_v.weight)
         dropout_active = self.training and self.dropout > 0
 
-        ptr = None
+        layout = None
         if backend in ("auto", "dense") and self_attention:
             ptr = _graph_ptr(batch, N_t, q.device)
+            layout = DenseLayout(ptr, csr) if ptr is not None else None
         if backend == "auto":
-            dense_ok = ptr is not None
+            dense_ok = layout is not None and layout.crossing is None
             if dense_ok and edge_attr is not None and E > 1:
                 # duplicate edges are only representable without edge features
                 key = dst * N_s + src
                 dense_ok = bool((key[1:] > key[:-1]).all())
-            if dense_ok:
-                sizes = ptr.diff()
-                B, T = sizes.numel(), int(sizes.max())
-                if batch is not None:
-                    same = batch.index_select(0, src) == batch.index_select(0, dst)
-                    dense_ok = bool(same.all())
-            else:
-                B, T = 1, N_t
+            B, T = (layout.num_graphs, layout.max_nodes) if dense_ok else (1, N_t)
             backend = choose_backend(
                 num_edges=E, num_graphs=B, max_nodes=T, heads=self.heads, device=q.device,
                 dense_ok=dense_ok, fused_ok=fused_mod.fused_available(q.device),
                 dropout_active=dropout_active, edge_features=edge_attr is not None,
                 channels=self.heads * self.head_channels)
-        if backend == "dense":
-            if ptr is None:
-                raise ValueError("the dense backend needs self-attention within graphs whose "
-                                 "nodes are contiguous ('batch' sorted); got bipartite input "
-                                 "or an unsorted 'batch'")
-            out, alpha = dense_attention(q, k, v, csr, DenseLayout(ptr, csr), edge_attr,
-                                         *(weights or (None, None, None)), head_mask=head_mask,
-                                         dropout=self.dropout, training=self.training,
-                                         need_weights=need_weights)
-        elif backend == "fused":
+        if backend == "fused":
             if dropout_active:
                 raise ValueError("the fused backend has no attention dropout; use "
                                  "backend='sparse' or 'dense' to train with dropout > 0")
             out, alpha = _fused(q, k, v, csr, edge_attr, weights, head_mask, need_weights)
         else:
-            out, alpha = sparse_attention(q, k, v, csr, edge_attr,
-                                          *(weights or (None, None, None)),
-                                          head_mask=head_mask, dropout=self.dropout,
-                                          training=self.training,
-                                          softmax_backend=self.softmax_backend)
+            # sparse CPU kernels have no half precision, and scores of large
+            # fp16 entries overflow: compute in float32, return in q's dtype
+            dtype = q.dtype
+            if dtype in (torch.float16, torch.bfloat16):
+                q, k, v = q.float(), k.float(), v.float()
+                edge_attr = edge_attr.float() if edge_attr is not None else None
+                weights = tuple(w.float() for w in weights) if weights is not None else None
+            if backend == "dense":
+                if layout is None:
+                    raise ValueError("the dense backend needs self-attention within graphs "
+                                     "whose nodes are contiguous ('batch' sorted); got "
+                                     "bipartite input or an unsorted 'batch'")
+                out, alpha = dense_attention(q, k, v, csr, layout, edge_attr,
+                                             *(weights or (None, None, None)),
+                                             head_mask=head_mask, dropout=self.dropout,
+                                             training=self.training, need_weights=need_weights)
+            else:
+                out, alpha = sparse_attention(q, k, v, csr, edge_attr,
+                                              *(weights or (None, None, None)),
+                                              head_mask=head_mask, dropout=self.dropout,
+                                              training=self.training,
+                                              softmax_backend=self.softmax_backend)
+            out = out.to(dtype)
+            alpha = alpha.to(dtype) if alpha is not None else None
         if alpha is not None and perm is not None:
             alpha = torch.empty_like(alpha).index_copy_(0, perm, alpha)
         return out, alpha
@@ -362,10 +367,8 @@ def _graph_ptr(batch: OptTensor, num_nodes: int, device: torch.device) -> Option
         return torch.tensor([0, num_nodes], device=device)
     if batch.numel() > 1 and not bool((batch[1:] >= batch[:-1]).all()):
         return None
-    counts = torch.bincount(batch) if batch.numel() > 0 else batch.new_zeros(1)
-    ptr = counts.new_zeros(counts.numel() + 1)
-    torch.cumsum(counts, 0, out=ptr[1:])
-    return ptr
+    num_graphs = int(batch[-1]) + 1 if batch.numel() > 0 else 1
+    return index2ptr(batch, num_graphs)
 
 
 def _fused(q: Tensor, k: Tensor, v: Tensor, csr: EdgeCSR, edge_attr: OptTensor,

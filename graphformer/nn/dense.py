@@ -28,6 +28,7 @@ number of edges: fastest when the edge set is dense within each graph
 from __future__ import annotations
 
 import math
+from functools import cached_property
 from typing import Optional, Tuple
 
 import torch
@@ -38,7 +39,9 @@ from .sparse import EdgeCSR, Grouping, ScatterSum, edge_scores
 
 
 class DenseLayout:
-    """Where each node and edge sits in the padded [B, T] / [B, T, T] layout.
+    """Where each node and edge sits in the padded [B, T] / [B, T, T] layout
+    (``crossing`` names an edge that joins two graphs, if any: then the
+    layout does not apply).
 
     Args:
         ptr (LongTensor [B + 1]): node offsets of the graphs (graphs are
@@ -58,16 +61,20 @@ class DenseLayout:
         dst, src = csr.row, csr.col
         b = self.batch.index_select(0, dst)
         bad = (self.batch.index_select(0, src) != b).nonzero()
-        if bad.numel() > 0:
-            e = int(bad[0, 0])
-            raise ValueError(f"edge {e} ({int(src[e])} -> {int(dst[e])}) joins two graphs; "
-                             f"the dense backend needs every edge inside one graph "
-                             f"(use backend='sparse')")
-        T = self.max_nodes
+        #: the first edge (in CSR order) that joins two graphs, or None
+        self.crossing: Optional[int] = int(bad[0, 0]) if bad.numel() > 0 else None
         # every graph full size and in order: padding is a reshape
-        self.uniform = N == self.num_graphs * T
-        self.edge_flat = (b * T + self.pos.index_select(0, dst)) * T + self.pos.index_select(0, src)
+        self.uniform = N == self.num_graphs * self.max_nodes
         self.edge_graph = b
+        self._csr = csr
+
+    @cached_property
+    def edge_flat(self) -> Tensor:
+        """Index of every edge in a [B, T, T] tensor, [E] (built when the dense
+        backend runs, not when ``auto`` only inspects the layout)."""
+        T, csr = self.max_nodes, self._csr
+        i, j = self.pos.index_select(0, csr.row), self.pos.index_select(0, csr.col)
+        return (self.edge_graph * T + i) * T + j
 
     def to_dense(self, x: Tensor) -> Tensor:
         """[N, H, C] -> [B, H, T, C] (zeros at padding)."""
@@ -105,15 +112,13 @@ def dense_attention(
 
     Same arguments and results as :func:`graphformer.nn.sparse.sparse_attention`
     (plus the :class:`DenseLayout`); ``alpha`` is None unless ``need_weights``.
-    Half-precision inputs are computed in float32, like the sparse backend.
+    Raises ValueError when an edge joins two graphs (``layout.crossing``).
     """
-    dtype = q.dtype
-    if dtype in (torch.float16, torch.bfloat16):
-        up = [t.float() if t is not None else None for t in (q, k, v, edge_attr, w_eq, w_ek, w_ev)]
-        out, alpha = dense_attention(*up[:3], csr, layout, *up[3:], head_mask=head_mask,
-                                     dropout=dropout, training=training,
-                                     need_weights=need_weights)
-        return out.to(dtype), alpha.to(dtype) if alpha is not None else None
+    if layout.crossing is not None:
+        e = layout.crossing
+        raise ValueError(f"edge {e} ({int(csr.col[e])} -> {int(csr.row[e])}) joins two graphs; "
+                         f"the dense backend needs every edge inside one graph "
+                         f"(use backend='sparse')")
     N, H, C = q.shape
     B, T = layout.num_graphs, layout.max_nodes
     E = csr.num_edges

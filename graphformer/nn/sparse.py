@@ -37,12 +37,21 @@ from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
+from torch_geometric.utils.sparse import index2ptr
 
 from .functional import segment_softmax
 
 #: Edges per chunk are chosen so that one chunk's E_c×H×max(C, D) float
 #: tensors stay near this many elements (about 32 MB in float32).
 CHUNK_ELEMENTS = 1 << 23
+
+
+def _block_crow(ptr: Tensor, heads: int, num_edges: int, dtype: torch.dtype) -> Tensor:
+    """Row pointer of ``heads`` stacked copies of a CSR pattern with row
+    pointer ``ptr`` over ``num_edges`` entries (copy h's entries follow h - 1's)."""
+    hs = torch.arange(heads, device=ptr.device)
+    crow = (ptr[:-1].unsqueeze(0) + (hs * num_edges).unsqueeze(1)).reshape(-1)
+    return torch.cat([crow, crow.new_full((1,), heads * num_edges)]).to(dtype)
 
 
 def _csr_matrix(crow: Tensor, col: Tensor, values: Tensor, shape: Tuple[int, int]) -> Tensor:
@@ -76,10 +85,7 @@ class EdgeCSR:
     @classmethod
     def from_sorted(cls, row: Tensor, col: Tensor, num_rows: int, num_cols: int) -> "EdgeCSR":
         """From edges already sorted by ``row`` (target)."""
-        counts = torch.bincount(row, minlength=num_rows)
-        ptr = torch.zeros(num_rows + 1, dtype=torch.long, device=row.device)
-        torch.cumsum(counts, 0, out=ptr[1:])
-        return cls(ptr, col, num_cols, row=row)
+        return cls(index2ptr(row, num_rows), col, num_cols, row=row)
 
     @property
     def row(self) -> Tensor:
@@ -105,10 +111,8 @@ class EdgeCSR:
         if heads not in self._blocks:
             E, S = self.num_edges, self.num_cols
             dtype = torch.int32 if max(heads * E, heads * S) < 2**31 - 1 else torch.long
-            dev = self.ptr.device
-            hs = torch.arange(heads, device=dev)
-            crow = (self.ptr[:-1].unsqueeze(0) + (hs * E).unsqueeze(1)).reshape(-1)
-            crow = torch.cat([crow, crow.new_full((1,), heads * E)]).to(dtype)
+            crow = _block_crow(self.ptr, heads, E, dtype)
+            hs = torch.arange(heads, device=self.ptr.device)
             col = (self.col.unsqueeze(0) + (hs * S).unsqueeze(1)).reshape(-1).to(dtype)
             self._blocks[heads] = (crow, col)
         return self._blocks[heads]
@@ -225,9 +229,7 @@ class Grouping:
         if key not in self._cache:
             dt = self._index_dtype(H)
             dev = self.index.device
-            hs = torch.arange(H, device=dev)
-            crow = (self.ptr[:-1].unsqueeze(0) + (hs * E).unsqueeze(1)).reshape(-1)
-            crow = torch.cat([crow, crow.new_full((1,), H * E)]).to(dt)
+            crow = _block_crow(self.ptr, H, E, dt)
             members = self.members if self.members is not None else torch.arange(E, device=dev)
             col = members.to(dt).repeat(H)
             self._cache[key] = (crow, col)
@@ -418,17 +420,11 @@ def sparse_attention(
         head_mask (BoolTensor [E, H], optional): edge ``e`` seen by head ``h``.
 
     Returns:
-        ``(out [N_t, H, C], alpha [E, H])``, alpha before dropout, in the dtype
-        of ``q``. Half-precision inputs are computed in float32 (scores of
-        large fp16 entries overflow, and sparse CPU kernels have no fp16).
+        ``(out [N_t, H, C], alpha [E, H])``, alpha before dropout. Inputs are
+        float32 or float64 (sparse CPU kernels have no half precision;
+        :class:`~graphformer.nn.RelationalAttention` computes half-precision
+        input in float32).
     """
-    dtype = q.dtype
-    if dtype in (torch.float16, torch.bfloat16):
-        up = [t.float() if t is not None else None for t in (q, k, v, edge_attr, w_eq, w_ek, w_ev)]
-        out, alpha = sparse_attention(*up[:3], csr, *up[3:], head_mask=head_mask,
-                                      dropout=dropout, training=training,
-                                      softmax_backend=softmax_backend)
-        return out.to(dtype), alpha.to(dtype)
     N_t, H, C = q.shape
     dst = csr.row
     score = SDDMM.apply(q.transpose(0, 1), k.transpose(0, 1), csr).t()     # [E, H]
