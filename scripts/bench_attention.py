@@ -53,6 +53,17 @@ include the gradients the run leaves behind. ``est MB`` is
 Ratios in the tables: speed-up = peer time / graphformer time (above 1:
 graphformer is faster), memory = graphformer peak / peer peak (below 1:
 graphformer needs less).
+
+The memory allocator moves CPU times a lot, the peer's most: with glibc's
+defaults every tensor over 32 MB is a fresh ``mmap`` whose pages fault in on
+first touch, and ``TransformerConv`` on ``large`` allocates gigabytes of them
+per step. The machine line names the allocator; to time without those
+faults, keep freed memory in the process:
+
+    MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=68719476736 \
+        python scripts/bench_attention.py --cases large
+
+(or preload jemalloc / tcmalloc with ``LD_PRELOAD``).
 """
 from __future__ import annotations
 
@@ -853,16 +864,34 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+#: glibc settings that decide whether freed memory returns to the system
+MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
+
+
+def allocator() -> str:
+    """The CPU allocator in use, as far as the environment says: a preloaded
+    jemalloc / tcmalloc / mimalloc, else the C library with any of its
+    malloc settings."""
+    for lib in os.environ.get("LD_PRELOAD", "").split():
+        name = os.path.basename(lib)
+        if any(k in name for k in ("jemalloc", "tcmalloc", "mimalloc")):
+            return name
+    libc = "glibc" if platform.libc_ver()[0] == "glibc" else (platform.libc_ver()[0] or "libc")
+    settings = [f"{k}={os.environ[k]}" for k in MALLOC_ENV if k in os.environ]
+    return f"{libc} ({', '.join(settings)})" if settings else f"{libc} defaults"
+
+
 def machine_info(device: torch.device, threads: int) -> Dict[str, Any]:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
             "threads": threads, "device": device.type, "device_name": name,
-            "python": platform.python_version()}
+            "python": platform.python_version(), "allocator": allocator()}
 
 
 def machine_line(info: Dict[str, Any]) -> str:
     return (f"machine: CPU {info['cpu']} | {info['cores']} cores | torch {info['torch']} | "
-            f"threads {info['threads']} | device {info['device']} ({info['device_name']})")
+            f"threads {info['threads']} | device {info['device']} ({info['device_name']}) | "
+            f"allocator {info.get('allocator', 'not recorded')}")
 
 
 # --------------------------------------------------------------------------
@@ -948,7 +977,8 @@ def markdown(results: Dict[str, Any]) -> str:
     group's first peer, then the sweep's crossover."""
     m = results["machine"]
     out = [f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, "
-           f"{m['threads']} threads, device {m['device_name']}.", "",
+           f"{m['threads']} threads, device {m['device_name']}, allocator "
+           f"{m.get('allocator', 'not recorded')}.", "",
            "| case | method | backend | fwd ms | fwd+bwd ms | peak MB | speed-up fwd+bwd "
            "| memory vs peer |",
            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]

@@ -54,8 +54,10 @@ class RelationalAttention(MessagePassing):
             ``lin_edge_q``, ``lin_edge_k``, ``lin_edge_v``.
         dropout (float): dropout on the attention weights (training only).
         bias (bool): biases in ``lin_q``, ``lin_k``, ``lin_v`` and ``lin_out``.
-        softmax_backend (str): ``"auto"``, ``"native"`` or ``"scatter"``
-            (see :func:`graphformer.nn.functional.segment_softmax`).
+        softmax_backend (str): ``"auto"``, ``"native"`` or ``"scatter"``: the
+            segment softmax of the ``"propagate"`` backend (see
+            :func:`graphformer.nn.functional.segment_softmax`; the sparse
+            backend uses :func:`~graphformer.nn.functional.csr_softmax`).
         backend (str): how attention is computed: ``"auto"`` (default: by the
             cost model of :mod:`graphformer.nn.backend`), ``"sparse"``,
             ``"dense"``, ``"fused"`` or ``"propagate"``. All give the same
@@ -239,8 +241,7 @@ class RelationalAttention(MessagePassing):
                 out, alpha = sparse_attention(q, k, v, csr, edge_attr,
                                               *(weights or (None, None, None)),
                                               head_mask=head_mask, dropout=self.dropout,
-                                              training=self.training,
-                                              softmax_backend=self.softmax_backend)
+                                              training=self.training)
             out = out.to(dtype)
             alpha = alpha.to(dtype) if alpha is not None else None
         if alpha is not None and perm is not None:

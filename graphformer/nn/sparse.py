@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 from torch_geometric.utils.sparse import index2ptr
 
-from .functional import segment_softmax
+from .functional import csr_softmax
 
 #: Edges per chunk are chosen so that one chunk's E_c×H×max(C, D) float
 #: tensors stay near this many elements (about 32 MB in float32).
@@ -124,12 +124,12 @@ class EdgeCSR:
         return _csr_matrix(crow, col, values.reshape(-1), (H * self.num_rows, H * self.num_cols))
 
 
-def _sddmm(csr: EdgeCSR, a: Tensor, b: Tensor) -> Tensor:
-    """``s[h, e] = a[h, row_e] · b[h, col_e]`` for a [H, R, K] and b [H, S, K]."""
+def _sddmm(csr: EdgeCSR, a: Tensor, b: Tensor, scale: float = 1.0) -> Tensor:
+    """``s[h, e] = scale · a[h, row_e] · b[h, col_e]`` for a [H, R, K] and b [H, S, K]."""
     H, R, K = a.shape
     pattern = csr.matrix(a.new_zeros(H, csr.num_edges))
     out = torch.sparse.sampled_addmm(pattern, a.reshape(H * R, K), b.reshape(-1, K).t(),
-                                     beta=0.0)
+                                     beta=0.0, alpha=scale)
     return out.values().view(H, csr.num_edges)
 
 
@@ -140,13 +140,13 @@ def _spmm(csr: EdgeCSR, w: Tensor, b: Tensor) -> Tensor:
 
 
 class SDDMM(torch.autograd.Function):
-    """Edge scores ``s[h, e] = a[h, target] · b[h, source]`` (differentiable)."""
+    """Edge scores ``s[h, e] = scale · a[h, target] · b[h, source]`` (differentiable)."""
 
     @staticmethod
-    def forward(ctx, a: Tensor, b: Tensor, csr: EdgeCSR) -> Tensor:
+    def forward(ctx, a: Tensor, b: Tensor, csr: EdgeCSR, scale: float = 1.0) -> Tensor:
         ctx.save_for_backward(a, b)
-        ctx.csr = csr
-        return _sddmm(csr, a.contiguous(), b.contiguous())
+        ctx.csr, ctx.scale = csr, scale
+        return _sddmm(csr, a.contiguous(), b.contiguous(), scale)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -156,10 +156,14 @@ class SDDMM(torch.autograd.Function):
         da = db = None
         if ctx.needs_input_grad[0]:
             da = _spmm(csr, grad, b.contiguous())
+            if ctx.scale != 1.0:
+                da.mul_(ctx.scale)
         if ctx.needs_input_grad[1]:
             t, perm = csr.transpose()
-            db = _spmm(t, grad[:, perm], a.contiguous())
-        return da, db, None
+            db = _spmm(t, grad.index_select(1, perm), a.contiguous())
+            if ctx.scale != 1.0:
+                db.mul_(ctx.scale)
+        return da, db, None, None
 
 
 class SpMM(torch.autograd.Function):
@@ -181,7 +185,7 @@ class SpMM(torch.autograd.Function):
             dw = _sddmm(csr, grad, b.contiguous())
         if ctx.needs_input_grad[1]:
             t, perm = csr.transpose()
-            db = _spmm(t, w.contiguous()[:, perm], grad)
+            db = _spmm(t, w.index_select(1, perm), grad)
         return dw, db, None
 
 
@@ -235,7 +239,7 @@ class Grouping:
             self._cache[key] = (crow, col)
         crow, col = self._cache[key]
         if self.members is not None:
-            values = values[:, self.members]
+            values = values.index_select(1, self.members)
         return _csr_matrix(crow, col, values.reshape(-1), (H * self.num_nodes, E))
 
 
@@ -407,7 +411,6 @@ def sparse_attention(
     edge_attr: Optional[Tensor] = None,
     w_eq: Optional[Tensor] = None, w_ek: Optional[Tensor] = None, w_ev: Optional[Tensor] = None,
     head_mask: Optional[Tensor] = None, dropout: float = 0.0, training: bool = False,
-    softmax_backend: str = "auto",
 ) -> Tuple[Tensor, Tensor]:
     r"""Attention over an edge set grouped by target.
 
@@ -426,18 +429,20 @@ def sparse_attention(
         input in float32).
     """
     N_t, H, C = q.shape
-    dst = csr.row
-    score = SDDMM.apply(q.transpose(0, 1), k.transpose(0, 1), csr).t()     # [E, H]
+    # scores and weights are head-major [H, E] throughout: the layout of the
+    # block-diagonal sparse products, so that nothing is transposed per edge
+    scale = 1.0 / math.sqrt(C)
+    score = SDDMM.apply(q.transpose(0, 1), k.transpose(0, 1), csr, scale)    # [H, E]
     if edge_attr is not None and (w_eq is not None or w_ek is not None):
-        score = score + edge_scores(q, k, edge_attr, w_eq, w_ek, csr)
-    score = score * (1.0 / math.sqrt(C))
+        score = torch.add(score, edge_scores(q, k, edge_attr, w_eq, w_ek, csr).t(),
+                          alpha=scale)
     if head_mask is not None:
-        score = score.masked_fill(~head_mask, float("-inf"))
-    alpha = segment_softmax(score, dst, N_t, backend=softmax_backend)       # [E, H]
-    weights = torch.nn.functional.dropout(alpha, p=dropout, training=training).t()
-    out = SpMM.apply(weights, v.transpose(0, 1), csr)                      # [H, N_t, C]
+        score = score.masked_fill(~head_mask.t(), float("-inf"))
+    alpha = csr_softmax(score, csr.ptr, csr.row)                             # [H, E]
+    weights = torch.nn.functional.dropout(alpha, p=dropout, training=training)
+    out = SpMM.apply(weights, v.transpose(0, 1), csr)                       # [H, N_t, C]
     if edge_attr is not None and w_ev is not None:
         D = edge_attr.size(1)
         agg = ScatterSum.apply(weights, edge_attr, Grouping.targets(csr))   # [H, N_t, D]
         out = out + torch.einsum("hnd,hcd->hnc", agg, w_ev.view(H, C, D))
-    return out.transpose(0, 1), alpha
+    return out.transpose(0, 1), alpha.t()

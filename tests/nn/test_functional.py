@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from graphformer.nn.functional import resolve_backend, segment_softmax
+from graphformer.nn.functional import csr_softmax, resolve_backend, segment_softmax
 
 
 def dense_reference(src, index, num_nodes):
@@ -52,3 +52,38 @@ def test_backend_names():
     assert resolve_backend("auto") in ("native", "scatter")
     with pytest.raises(ValueError, match="unknown softmax backend 'fast'"):
         resolve_backend("fast")
+
+
+def _sorted_case(dtype=torch.float64):
+    # targets 0..5: 1 and 4 have no edges, 3 has every score masked in head 0
+    row = torch.tensor([0, 0, 2, 2, 2, 3, 3, 5])
+    ptr = torch.tensor([0, 2, 2, 5, 7, 7, 8])
+    scores = torch.randn(3, row.numel(), dtype=dtype)
+    scores[0, 5:7] = float("-inf")
+    scores[1, 2] = float("-inf")
+    return scores, ptr, row
+
+
+def test_csr_softmax_equals_segment_softmax_forward_and_backward():
+    scores, ptr, row = _sorted_case()
+    a = scores.clone().requires_grad_()
+    b = scores.t().clone().requires_grad_()
+    out = csr_softmax(a, ptr, row)
+    ref = segment_softmax(b, row, 6, backend="native")
+    torch.testing.assert_close(out, ref.t())
+    dense = dense_reference(scores.t(), row, 6).t().nan_to_num(0.0)   # all -inf: 0
+    torch.testing.assert_close(out, dense)
+    assert torch.equal(out[0, 5:7], torch.zeros(2, dtype=out.dtype))   # all masked: 0, no NaN
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    ref.backward(grad.t())
+    torch.testing.assert_close(a.grad, b.grad.t())
+
+
+def test_csr_softmax_gradcheck_and_leaves_its_input_alone():
+    scores, ptr, row = _sorted_case()
+    scores = scores.clamp(min=-10).requires_grad_()   # gradcheck needs finite input
+    before = scores.detach().clone()
+    assert torch.autograd.gradcheck(lambda s: csr_softmax(s, ptr, row), scores)
+    csr_softmax(scores, ptr, row)
+    assert torch.equal(scores.detach(), before)

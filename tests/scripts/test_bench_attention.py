@@ -56,6 +56,32 @@ def test_every_case_and_machine_line(run):
     assert re.search(r"^machine: CPU .+ \| \d+ cores \| torch \S+ \| threads 1 \| device cpu",
                      stdout, re.MULTILINE), stdout
     assert result["machine"]["threads"] == 1
+    assert f"| allocator {result['machine']['allocator']}" in stdout
+    assert result["machine"]["allocator"].startswith(("glibc", "libc", "jemalloc", "tcmalloc",
+                                                      "mimalloc", "musl"))
+
+
+def _bench_module(monkeypatch):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_attention", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)   # dataclasses look it up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc settings")
+def test_allocator_names_the_settings_that_move_cpu_times(monkeypatch):
+    bench = _bench_module(monkeypatch)
+    for key in ("LD_PRELOAD",) + bench.MALLOC_ENV:
+        monkeypatch.delenv(key, raising=False)
+    assert bench.allocator().endswith(" defaults")
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "4294967296")
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "68719476736")
+    assert bench.allocator().endswith(
+        "(MALLOC_MMAP_THRESHOLD_=4294967296, MALLOC_TRIM_THRESHOLD_=68719476736)")
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
+    assert bench.allocator() == "libjemalloc.so.2"
 
 
 def test_rows_have_positive_finite_times(run):
