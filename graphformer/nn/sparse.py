@@ -41,9 +41,12 @@ from torch_geometric.utils.sparse import index2ptr
 
 from .functional import csr_softmax
 
-#: Edges per chunk are chosen so that one chunk's E_c×H×max(C, D) float
-#: tensors stay near this many elements (about 32 MB in float32).
-CHUNK_ELEMENTS = 1 << 23
+#: Edges per chunk are chosen so that one chunk's per-edge projections stay
+#: near this many elements (4 MB in float32: 1024 edges of 8 heads × 32
+#: channels × 4 terms), small enough to stay in cache between the product
+#: that makes them and the passes that read them (measured faster than 8192
+#: edges per chunk on the large case of scripts/bench_attention.py).
+CHUNK_ELEMENTS = 1 << 20
 
 
 def _block_crow(ptr: Tensor, heads: int, num_edges: int, dtype: torch.dtype) -> Tensor:
@@ -335,9 +338,9 @@ class EdgeTerms(torch.autograd.Function):
             n = min(step, E - s)
             eqk = torch.mm(edge_attr[s:s + n], w_t, out=buf[:n]).view(n, 2, H, C)
             eq, ek = eqk[:, 0], eqk[:, 1]
-            score = (q.index_select(0, dst[s:s + n]) * ek).sum(-1)
-            score += (eq * (k.index_select(0, src[s:s + n]) + ek)).sum(-1)
-            out[s:s + n] = score
+            # vecdot: the sums of products without the products as tensors
+            torch.linalg.vecdot(q.index_select(0, dst[s:s + n]), ek, out=out[s:s + n])
+            out[s:s + n] += torch.linalg.vecdot(eq, k.index_select(0, src[s:s + n]).add_(ek))
         ctx.step, ctx.kept = step, keep
         ctx.save_for_backward(q, k, edge_attr, w_qk, src, dst, buf if keep else buf.new_empty(0))
         return out
