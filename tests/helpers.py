@@ -1,8 +1,24 @@
 """Dense references and batch helpers shared by the tests."""
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
 from typing import Sequence
 
 import torch
 from torch import Tensor
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def load_script(name: str) -> ModuleType:
+    """``scripts/<name>.py`` imported as a module (registered in
+    ``sys.modules``, which its dataclasses look up)."""
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def ptr_of(sizes: Sequence[int]) -> Tensor:

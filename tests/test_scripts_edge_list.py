@@ -2,7 +2,6 @@
 in real files: Zachary's karate club (bundled with PyG, no download) written
 as a SNAP edge list, a node-feature CSV and a node-label CSV with
 non-contiguous node ids and string community names."""
-import importlib.util
 import os
 import re
 import subprocess
@@ -16,6 +15,7 @@ from torch_geometric.data import Data
 from torch_geometric.datasets import KarateClub
 
 from graphformer.data.edge_list import read_edge_list, write_edge_list
+from tests.helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 N, E = 34, 156
@@ -129,15 +129,8 @@ def test_the_files_hold_karate(files, karate):
     assert torch.equal(data.y, karate.y[original])
 
 
-def _script(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_node_classification_without_features_and_all_patterns(files, capsys, one_thread):
-    script = _script("node_classification")
+    script = load_script("node_classification")
     assert script.main(["--edges", str(files / "edges.txt"), "--node-labels",
                         str(files / "labels.csv"), "--patterns", "graph", "k_hop", "random",
                         "--k", "2", "--random-keys", "4", "--epochs", "5", "--hidden", "16",
@@ -153,7 +146,7 @@ def test_node_classification_without_features_and_all_patterns(files, capsys, on
 
 
 def test_stratified_split(karate):
-    script = _script("node_classification")
+    script = load_script("node_classification")
     train, val, test = script.stratified_split(karate.y, 0.6, 0.2, seed=0)
     assert not bool((train & val).any() | (train & test).any() | (val & test).any())
     assert bool((train | val | test).all())
@@ -171,7 +164,7 @@ def test_stratified_split(karate):
 def test_graph_stats_undirected_small_graph(tmp_path, capsys):
     """Two components, a self-loop-only node, a duplicate edge, a one-way edge."""
     (tmp_path / "g.csv").write_text("src,dst\na,b\nb,c\na,b\nc,a\nx,y\nz,z\n")
-    script = _script("graph_stats")
+    script = load_script("graph_stats")
     assert script.main(["--edges", str(tmp_path / "g.csv"), "--header", "--undirected", "--k", "1",
                         "--random-keys", "2", "--heads", "2", "--head-channels", "4"]) == 0
     out = capsys.readouterr().out

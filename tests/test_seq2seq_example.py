@@ -1,18 +1,13 @@
 """The encoder-decoder example trains and decodes well above chance on a tiny budget."""
-import importlib.util
 import re
-from pathlib import Path
 
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "seq2seq_example.py"
+from tests.helpers import load_script
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("seq2seq_example", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("seq2seq_example")
 
 
 def test_cross_attention_stays_inside_each_pair():

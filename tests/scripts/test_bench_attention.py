@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import load_script
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "bench_attention.py"
 CASES = ("molecules", "large", "tokens", "long")
@@ -61,18 +63,9 @@ def test_every_case_and_machine_line(run):
                                                       "mimalloc", "musl"))
 
 
-def _bench_module(monkeypatch):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("bench_attention", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)   # dataclasses look it up
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc settings")
 def test_allocator_names_the_settings_that_move_cpu_times(monkeypatch):
-    bench = _bench_module(monkeypatch)
+    bench = load_script("bench_attention")
     for key in ("LD_PRELOAD",) + bench.MALLOC_ENV:
         monkeypatch.delenv(key, raising=False)
     assert bench.allocator().endswith(" defaults")
