@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple, Union
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -11,14 +11,16 @@ from torch_geometric import is_compiling
 from torch_geometric.nn import Linear
 from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.typing import OptTensor, PairTensor
-from torch_geometric.utils.sparse import index2ptr
 
 from .._checks import check_edge_index, check_node_range
 from . import fused as fused_mod
-from .backend import ATTENTION_BACKENDS, AttentionBackend, choose_backend, prefers_propagate
-from .dense import DenseLayout, dense_attention
+from .backend import ATTENTION_BACKENDS, AttentionBackend, AttentionCall, resolve_backend
+from .csr import SDDMM
+from .dense import dense_attention
+from .edge_set import EdgeSet
+from .edge_terms import PerEdgeTerms, TypedEdgeTerms
 from .functional import BACKENDS, SoftmaxBackend, segment_softmax
-from .sparse import SDDMM, EdgeCSR, edge_scores, sparse_attention
+from .sparse import sparse_attention
 
 
 class RelationalAttention(MessagePassing):
@@ -63,10 +65,26 @@ class RelationalAttention(MessagePassing):
             ``"dense"``, ``"fused"`` or ``"propagate"``. All give the same
             result to float tolerance, forward and backward.
 
+    Typed edges (bond types, relation ids, pattern membership): pass
+    ``edge_type`` :math:`(E)` and the features of each type as ``edge_attr``
+    :math:`(R, D)`, as PyG's ``RGCNConv`` takes ``edge_type``. The result is
+    the same as with ``edge_attr[edge_type]`` per edge, but the edge
+    projections are taken of the R types only and the edge terms become
+    node-by-type tables (:mod:`graphformer.nn.edge_terms`): no per-edge
+    product. To share one edge set between layers, pass an
+    :class:`~graphformer.nn.EdgeSet` in place of ``edge_index`` (built once:
+    sorted, indexed and laid out per graph once for all layers)::
+
+        edges = EdgeSet(edge_index, num_nodes, batch=batch, edge_type=bond_type)
+        for layer in layers:
+            x = x + layer(x, edges, type_features)
+
     Shapes:
         - **input:** ``x`` :math:`(N, F)` or a pair :math:`((N_s, F_s), (N_t, F_t))`;
-          ``edge_index`` :math:`(2, E)` (row 0 source, row 1 target);
-          ``edge_attr`` :math:`(E, D)` (optional); ``head_mask`` :math:`(E, H)`
+          ``edge_index`` :math:`(2, E)` (row 0 source, row 1 target) or an
+          :class:`~graphformer.nn.EdgeSet`;
+          ``edge_attr`` :math:`(E, D)`, or :math:`(R, D)` with ``edge_type``
+          :math:`(E)` (optional); ``head_mask`` :math:`(E, H)`
           bool (optional: edge ``e`` is seen by head ``h`` only where True);
           ``batch`` :math:`(N,)` (optional, sorted graph index of each node,
           lets the dense backend pad per graph).
@@ -149,123 +167,100 @@ class RelationalAttention(MessagePassing):
     def forward(
         self,
         x: Union[Tensor, PairTensor],
-        edge_index: Tensor,
+        edge_index: Union[Tensor, EdgeSet],
         edge_attr: OptTensor = None,
         head_mask: OptTensor = None,
         return_attention_weights: bool = False,
         batch: OptTensor = None,
+        edge_type: OptTensor = None,
     ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
         x_src, x_dst = (x, x) if isinstance(x, Tensor) else x
+        traced = is_compiling() or self._explain
+        edges = edge_index if isinstance(edge_index, EdgeSet) else None
         if not is_compiling():
-            self._check_inputs(x_src, x_dst, edge_index, edge_attr, head_mask, batch)
+            self._check_inputs(x_src, x_dst, edge_index, edge_attr, head_mask, batch, edge_type,
+                               bipartite=not isinstance(x, Tensor))
+        if edges is None and not traced:
+            sizes = x_src.size(0) if isinstance(x, Tensor) else (x_src.size(0), x_dst.size(0))
+            edges = EdgeSet(edge_index, sizes, batch=batch, edge_type=edge_type)
+        if edges is not None:
+            edge_type = edges.edge_type          # in target order
+        if self.lin_edge_q is None:
+            edge_attr = None
         H, C = self.heads, self.head_channels
         q = self.lin_q(x_dst).view(-1, H, C)
         k = self.lin_k(x_src).view(-1, H, C)
         v = self.lin_v(x_src).view(-1, H, C)
-        if edge_attr is not None and self.lin_edge_q is None:
-            edge_attr = None
-        backend = self.backend
-        if backend == "auto" and (is_compiling() or self._explain or prefers_propagate(
-                num_edges=edge_index.size(1), channels=H * C, device=q.device,
-                edge_features=edge_attr is not None)):
-            backend = "propagate"
-        if backend == "propagate":
-            out, alpha = self._propagate(q, k, v, edge_index, edge_attr, head_mask,
-                                         (x_src.size(0), x_dst.size(0)))
+        dropout_active = self.training and self.dropout > 0
+        backend = resolve_backend(
+            self.backend, edges, heads=H, channels=H * C, device=q.device,
+            per_edge_features=edge_attr is not None and edge_type is None,
+            has_terms=edge_attr is not None, dropout_active=dropout_active, traced=traced,
+            fused_ok=not traced and fused_mod.fused_available(q.device))
+
+        dtype = q.dtype
+        if backend != "fused" and dtype in (torch.float16, torch.bfloat16):
+            # sparse CPU kernels have no half precision, and scores of large
+            # half-precision entries overflow: compute in float32, return in q's dtype
+            q, k, v = q.float(), k.float(), v.float()
+        if edges is not None:
+            ei = torch.stack([edges.csr.col, edges.csr.row])
+            if edge_type is None:
+                edge_attr = edges.to_sorted(edge_attr)
+            head_mask = edges.to_sorted(head_mask)
         else:
-            out, alpha = self._attend(backend, q, k, v, isinstance(x, Tensor), edge_index,
-                                      edge_attr, head_mask, batch, return_attention_weights)
-        out = self.lin_out(out.reshape(-1, H * C))
+            ei = edge_index
+        call = AttentionCall(q, k, v, ei, edges, self._edge_terms(edge_attr, edge_type, edges, q),
+                             head_mask, self.dropout, self.training, return_attention_weights)
+        out, alpha = self._backends[backend](call)
+        if alpha is not None:
+            alpha = alpha.to(dtype)
+            if edges is not None:
+                alpha = edges.from_sorted(alpha)
+        out = self.lin_out(out.to(dtype).reshape(-1, H * C))
         if return_attention_weights:
             return out, alpha
         return out
 
-    def _attend(self, backend: str, q: Tensor, k: Tensor, v: Tensor, self_attention: bool,
-                edge_index: Tensor, edge_attr: OptTensor, head_mask: OptTensor,
-                batch: OptTensor, need_weights: bool) -> Tuple[Tensor, Optional[Tensor]]:
-        """The sparse, dense and fused backends: edges grouped by target first."""
-        N_s, N_t = k.size(0), q.size(0)
-        src, dst = edge_index[0], edge_index[1]
-        E = src.numel()
-        perm = None
-        if E > 1 and not bool((dst[1:] >= dst[:-1]).all()):
-            perm = torch.sort(dst, stable=True)[1]
-            src, dst = src[perm], dst[perm]
-            edge_attr = edge_attr[perm] if edge_attr is not None else None
-            head_mask = head_mask[perm] if head_mask is not None else None
-        csr = EdgeCSR.from_sorted(dst, src, N_t, N_s)
-        weights = None
-        if edge_attr is not None:
-            weights = (self.lin_edge_q.weight, self.lin_edge_k.weight, self.lin_edge_v.weight)
-        dropout_active = self.training and self.dropout > 0
+    @property
+    def _backends(self) -> Dict[str, Callable[[AttentionCall], Tuple[Tensor, OptTensor]]]:
+        """The backends by name; all take one :class:`AttentionCall`."""
+        return {"sparse": sparse_attention, "dense": dense_attention, "fused": _fused,
+                "propagate": self._propagate}
 
-        layout = None
-        if backend in ("auto", "dense") and self_attention:
-            ptr = _graph_ptr(batch, N_t, q.device)
-            layout = DenseLayout(ptr, csr) if ptr is not None else None
-        if backend == "auto":
-            dense_ok = layout is not None and layout.crossing is None
-            if dense_ok and edge_attr is not None and E > 1:
-                # duplicate edges are only representable without edge features
-                key = dst * N_s + src
-                dense_ok = bool((key[1:] > key[:-1]).all())
-            B, T = (layout.num_graphs, layout.max_nodes) if dense_ok else (1, N_t)
-            backend = choose_backend(
-                num_edges=E, num_graphs=B, max_nodes=T, heads=self.heads, device=q.device,
-                dense_ok=dense_ok, fused_ok=fused_mod.fused_available(q.device),
-                dropout_active=dropout_active, edge_features=edge_attr is not None,
-                channels=self.heads * self.head_channels)
-        if backend == "fused":
-            if dropout_active:
-                raise ValueError("the fused backend has no attention dropout; use "
-                                 "backend='sparse' or 'dense' to train with dropout > 0")
-            out, alpha = _fused(q, k, v, csr, edge_attr, weights, head_mask, need_weights)
-        else:
-            # sparse CPU kernels have no half precision, and scores of large
-            # fp16 entries overflow: compute in float32, return in q's dtype
-            dtype = q.dtype
-            if dtype in (torch.float16, torch.bfloat16):
-                q, k, v = q.float(), k.float(), v.float()
-                edge_attr = edge_attr.float() if edge_attr is not None else None
-                weights = tuple(w.float() for w in weights) if weights is not None else None
-            if backend == "dense":
-                if layout is None:
-                    raise ValueError("the dense backend needs self-attention within graphs "
-                                     "whose nodes are contiguous ('batch' sorted); got "
-                                     "bipartite input or an unsorted 'batch'")
-                out, alpha = dense_attention(q, k, v, csr, layout, edge_attr,
-                                             *(weights or (None, None, None)),
-                                             head_mask=head_mask, dropout=self.dropout,
-                                             training=self.training, need_weights=need_weights)
-            else:
-                out, alpha = sparse_attention(q, k, v, csr, edge_attr,
-                                              *(weights or (None, None, None)),
-                                              head_mask=head_mask, dropout=self.dropout,
-                                              training=self.training)
-            out = out.to(dtype)
-            alpha = alpha.to(dtype) if alpha is not None else None
-        if alpha is not None and perm is not None:
-            alpha = torch.empty_like(alpha).index_copy_(0, perm, alpha)
-        return out, alpha
+    def _edge_terms(self, edge_attr: OptTensor, edge_type: OptTensor, edges: Optional[EdgeSet],
+                    q: Tensor) -> Optional[Union[PerEdgeTerms, TypedEdgeTerms]]:
+        """The edge-feature terms (in float32 for half-precision input), per
+        edge or per type."""
+        if edge_attr is None:
+            return None
+        dtype = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+        weights = [lin.weight.to(dtype) for lin in (self.lin_edge_q, self.lin_edge_k,
+                                                     self.lin_edge_v)]
+        edge_attr = edge_attr.to(dtype)
+        csr = edges.csr if edges is not None else None
+        if edge_type is not None:
+            return TypedEdgeTerms(edge_attr, edge_type, *weights, csr, self.heads)
+        return PerEdgeTerms(edge_attr, *weights, csr)
 
-    def _propagate(self, q: Tensor, k: Tensor, v: Tensor, edge_index: Tensor,
-                   edge_attr: OptTensor, head_mask: OptTensor,
-                   size: Tuple[int, int]) -> Tuple[Tensor, Tensor]:
+    def _propagate(self, call: AttentionCall) -> Tuple[Tensor, Tensor]:
         """The ``"propagate"`` backend: PyG message passing with per-edge messages."""
         H, C = self.heads, self.head_channels
-
+        q, k, v = call.q, call.k, call.v
         eq = ek = ev = None
-        if edge_attr is not None:
-            eq = self.lin_edge_q(edge_attr).view(-1, H, C)
-            ek = self.lin_edge_k(edge_attr).view(-1, H, C)
-            ev = self.lin_edge_v(edge_attr).view(-1, H, C)
-
+        if call.terms is not None:
+            e = call.terms.per_edge()
+            w_eq, w_ek, w_ev = call.terms.w_eq, call.terms.w_ek, call.terms.w_ev
+            eq = (e @ w_eq.t()).view(-1, H, C)
+            ek = (e @ w_ek.t()).view(-1, H, C)
+            ev = (e @ w_ev.t()).view(-1, H, C)
+        size = (k.size(0), q.size(0))
         # edge_updater_type: (q: Tensor, k: Tensor, eq: OptTensor, ek: OptTensor, head_mask: OptTensor)
-        alpha = self.edge_updater(edge_index, q=q, k=k, eq=eq, ek=ek, head_mask=head_mask,
-                                  size=size)
-        weights = F.dropout(alpha, p=self.dropout, training=self.training)
+        alpha = self.edge_updater(call.edge_index, q=q, k=k, eq=eq, ek=ek,
+                                  head_mask=call.head_mask, size=size)
+        weights = F.dropout(alpha, p=call.dropout, training=call.training)
         # propagate_type: (v: Tensor, ev: OptTensor, weights: Tensor)
-        out = self.propagate(edge_index, v=v, ev=ev, weights=weights, size=size)
+        out = self.propagate(call.edge_index, v=v, ev=ev, weights=weights, size=size)
         return out.view(-1, H, C), alpha
 
     def edge_update(self, q_i: Tensor, k_j: Tensor, eq: OptTensor, ek: OptTensor,
@@ -290,21 +285,63 @@ class RelationalAttention(MessagePassing):
             v_j = v_j + ev
         return weights.unsqueeze(-1) * v_j
 
-    def _check_inputs(self, x_src: Tensor, x_dst: Tensor, edge_index: Tensor,
-                      edge_attr: OptTensor, head_mask: OptTensor, batch: OptTensor) -> None:
-        check_edge_index(edge_index)
-        check_node_range(edge_index, x_src.size(0), x_dst.size(0))
-        num_edges = edge_index.size(1)
+    def _check_inputs(self, x_src: Tensor, x_dst: Tensor, edge_index: Union[Tensor, EdgeSet],
+                      edge_attr: OptTensor, head_mask: OptTensor, batch: OptTensor,
+                      edge_type: OptTensor, bipartite: bool) -> None:
+        for name, t in (("x", x_src), ("x_dst", x_dst)):
+            if not isinstance(t, Tensor):
+                raise TypeError(f"'{name}' must be a torch.Tensor, got {type(t).__name__}")
+            if t.dim() != 2:
+                raise ValueError(f"'{name}' must have shape [N, F] (one row per node), got "
+                                 f"{list(t.shape)}; a single node's features are "
+                                 f"x.unsqueeze(0)")
+            if not t.is_floating_point():
+                raise TypeError(f"'{name}' must be a floating-point tensor, got {t.dtype}")
+        if isinstance(edge_index, EdgeSet):
+            edges = edge_index
+            if (edges.num_src, edges.num_dst) != (x_src.size(0), x_dst.size(0)):
+                raise ValueError(f"the EdgeSet is over {edges.num_src} source and "
+                                 f"{edges.num_dst} target nodes but 'x' has "
+                                 f"{x_src.size(0)} and {x_dst.size(0)} rows")
+            if edge_type is not None:
+                raise ValueError("'edge_type' is given with an EdgeSet: build the EdgeSet "
+                                 "with it instead (EdgeSet(..., edge_type=...))")
+            num_edges, typed, num_types = edges.num_edges, edges.typed, edges.num_types
+        else:
+            check_edge_index(edge_index)
+            check_node_range(edge_index, x_src.size(0), x_dst.size(0))
+            num_edges, typed = edge_index.size(1), edge_type is not None
+            num_types = None
+            if typed:
+                if edge_type.dim() != 1 or edge_type.numel() != num_edges:
+                    raise ValueError(f"'edge_type' must have shape [E] = [{num_edges}], got "
+                                     f"{list(edge_type.shape)}")
+        if typed and edge_attr is None:
+            raise ValueError("typed edges need their features: 'edge_attr' [R, D], one row "
+                             "per edge type")
         if edge_attr is not None:
             if self.edge_dim is None:
                 raise ValueError("'edge_attr' was given but the layer was built with "
                                  "edge_dim=None; pass edge_dim to use edge features")
+            if not isinstance(edge_attr, Tensor) or not edge_attr.is_floating_point():
+                raise TypeError("'edge_attr' must be a floating-point tensor")
+            rows = "R" if typed else "E"
             if edge_attr.dim() != 2 or edge_attr.size(1) != self.edge_dim:
-                raise ValueError(f"'edge_attr' must have shape [E, {self.edge_dim}], got "
+                raise ValueError(f"'edge_attr' must have shape [{rows}, {self.edge_dim}], got "
                                  f"{list(edge_attr.shape)}")
-            if edge_attr.size(0) != num_edges:
+            if not typed and edge_attr.size(0) != num_edges:
                 raise ValueError(f"'edge_attr' has {edge_attr.size(0)} rows but 'edge_index' "
                                  f"has {num_edges} edges")
+            if typed and num_types is not None and edge_attr.size(0) < num_types:
+                raise ValueError(f"'edge_attr' has {edge_attr.size(0)} rows (one per edge "
+                                 f"type) but the edge set has {num_types} types")
+            if typed and num_types is None and num_edges > 0 and not is_compiling():
+                top = int(edge_type.max())
+                if top >= edge_attr.size(0) or int(edge_type.min()) < 0:
+                    bad = int(((edge_type < 0) | (edge_type >= edge_attr.size(0))).nonzero()[0])
+                    raise IndexError(f"'edge_type' is out of range: edge_type[{bad}] = "
+                                     f"{int(edge_type[bad])} but 'edge_attr' has "
+                                     f"{edge_attr.size(0)} rows (one per type)")
         if head_mask is not None:
             if head_mask.dtype != torch.bool:
                 raise TypeError(f"'head_mask' must be a bool tensor, got {head_mask.dtype}")
@@ -361,40 +398,33 @@ class RelationalAttention(MessagePassing):
                 f"backend={self.backend!r})")
 
 
-def _graph_ptr(batch: OptTensor, num_nodes: int, device: torch.device) -> Optional[Tensor]:
-    """Node offsets of the graphs in a sorted ``batch`` (one graph when None);
-    None when ``batch`` is not sorted (graphs not contiguous)."""
-    if batch is None:
-        return torch.tensor([0, num_nodes], device=device)
-    if batch.numel() > 1 and not bool((batch[1:] >= batch[:-1]).all()):
-        return None
-    num_graphs = int(batch[-1]) + 1 if batch.numel() > 0 else 1
-    return index2ptr(batch, num_graphs)
-
-
-def _fused(q: Tensor, k: Tensor, v: Tensor, csr: EdgeCSR, edge_attr: OptTensor,
-           weights: Optional[Tuple[Tensor, Tensor, Tensor]], head_mask: OptTensor,
-           need_weights: bool) -> Tuple[Tensor, Optional[Tensor]]:
+def _fused(call: AttentionCall) -> Tuple[Tensor, Optional[Tensor]]:
     """The ``"fused"`` backend: edge score terms as a per-edge bias, edge values
     streamed by the kernel and projected afterwards."""
+    if call.training and call.dropout > 0:
+        raise ValueError("the fused backend has no attention dropout; use "
+                         "backend='sparse' or 'dense' to train with dropout > 0")
+    q, k, v, csr, terms = call.q, call.k, call.v, call.edges.csr, call.terms
     H, C = q.size(1), q.size(2)
     scale = 1.0 / math.sqrt(C)
-    bias = None
-    if edge_attr is not None:
+    bias = edge_values = None
+    if terms is not None:
         # sparse products have no half-precision CPU kernels: score in float32
-        f32 = [t.float() for t in (q, k, edge_attr, weights[0], weights[1])]
-        bias = edge_scores(*f32[:3], *f32[3:], csr) * scale
-    if head_mask is not None:
-        bias = (bias if bias is not None else q.new_zeros(csr.num_edges, H))
-        bias = bias.masked_fill(~head_mask, float("-inf"))
+        bias = terms.scores(q.float(), k.float())
+        bias = bias.t() * scale if bias is not None else None
+        edge_values = terms.per_edge() if terms.w_ev is not None else None
+    if call.head_mask is not None:
+        bias = (bias if bias is not None else q.new_zeros(csr.num_edges, H, dtype=torch.float))
+        bias = bias.masked_fill(~call.head_mask, float("-inf"))
     out, lse, edge_out = fused_mod.fused_attention(
         q, k, v, csr.ptr, csr.col, bias=bias,
-        edge_values=edge_attr if edge_attr is not None else None, scale=scale)
+        edge_values=edge_values.to(q.dtype) if edge_values is not None else None, scale=scale)
     if edge_out is not None:
-        D = edge_attr.size(1)
-        out = out + torch.einsum("nhd,hcd->nhc", edge_out, weights[2].view(H, C, D))
+        D = edge_values.size(1)
+        out = out + torch.einsum("nhd,hcd->nhc", edge_out,
+                                 terms.w_ev.to(edge_out.dtype).view(H, C, D))
     alpha = None
-    if need_weights:
+    if call.need_weights:
         with torch.no_grad():
             s = SDDMM.apply(q.float().transpose(0, 1), k.float().transpose(0, 1), csr).t() * scale
             if bias is not None:

@@ -15,11 +15,17 @@ backward):
   (E×H×C tensors). Slowest; used under :func:`torch.compile` and PyG's
   explain mode, which hook into message passing.
 
-The cost model of ``"auto"`` (:func:`choose_backend`), in order:
+Every backend has one signature: it takes an :class:`AttentionCall` (the
+projected queries, keys and values, the :class:`~graphformer.nn.EdgeSet`, its
+edge terms, head mask and dropout) and returns ``(out [N_t, H, C], alpha
+[E, H] or None)``. :func:`resolve_backend` is the one place where a layer's
+``backend`` setting becomes a backend name; ``"auto"`` follows this cost
+model (:func:`choose_backend`), in order:
 
 1. under :func:`torch.compile` or PyG explain mode: ``"propagate"``;
 2. on CUDA with Triton, without attention dropout in training: ``"fused"``;
-3. with edge features on CPU, when the per-edge messages are small
+3. with per-edge features (not typed edges: their terms cost no per-edge
+   projection) on CPU, when the per-edge messages are small
    (E·H·C ≤ :data:`PROPAGATE_BELOW`): ``"propagate"`` — at that size the
    sparse and dense backends' extra steps cost more than the E×H×C tensors
    they avoid (measured: 106 ms vs 133 ms sparse for 128 molecules of 25
@@ -38,9 +44,14 @@ and backend; ``scripts/bench_attention.py`` checks it against measurements.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional, Sequence
+from typing import TYPE_CHECKING, Literal, Optional, Sequence, Union
 
 import torch
+from torch import Tensor
+
+if TYPE_CHECKING:  # imported for annotations only (they import this module)
+    from .edge_set import EdgeSet
+    from .edge_terms import PerEdgeTerms, TypedEdgeTerms
 
 AttentionBackend = Literal["auto", "sparse", "dense", "fused", "propagate"]
 ATTENTION_BACKENDS = ("auto", "sparse", "dense", "fused", "propagate")
@@ -59,6 +70,33 @@ PROPAGATE_BELOW = 1 << 22
 #: The dense backend is not chosen automatically when its [B, H, T, T] score
 #: tensor would have more entries than this (2^27: 512 MiB in float32).
 DENSE_MAX_SCORES = 1 << 27
+
+
+@dataclass
+class AttentionCall:
+    """What every attention backend takes.
+
+    Attributes:
+        q (Tensor [N_t, H, C]), k, v (Tensor [N_s, H, C]): projected nodes.
+        edge_index (LongTensor [2, E]): the edges in the order of the per-edge
+            tensors below (grouped by target when ``edges`` is given).
+        edges (EdgeSet or None): the prepared edge set (None only for the
+            ``"propagate"`` backend under :func:`torch.compile`).
+        terms (PerEdgeTerms or TypedEdgeTerms or None): the edge-feature terms.
+        head_mask (BoolTensor [E, H] or None): edge ``e`` seen by head ``h``.
+        dropout (float), training (bool): attention dropout.
+        need_weights (bool): return the attention weights [E, H].
+    """
+    q: Tensor
+    k: Tensor
+    v: Tensor
+    edge_index: Tensor
+    edges: Optional["EdgeSet"]
+    terms: Optional[Union["PerEdgeTerms", "TypedEdgeTerms"]]
+    head_mask: Optional[Tensor]
+    dropout: float
+    training: bool
+    need_weights: bool
 
 
 def padded_density(num_edges: int, num_graphs: int, max_nodes: int) -> float:
@@ -91,6 +129,26 @@ def choose_backend(*, num_edges: int, num_graphs: int, max_nodes: int, heads: in
                 and padded_density(num_edges, num_graphs, max_nodes) >= crossover):
             return "dense"
     return "sparse"
+
+
+def resolve_backend(requested: str, edges: Optional["EdgeSet"], *, heads: int, channels: int,
+                    device: torch.device, per_edge_features: bool, has_terms: bool,
+                    dropout_active: bool, traced: bool, fused_ok: bool) -> str:
+    """The backend a layer call runs: ``requested`` unless it is ``"auto"``,
+    then the cost model's choice (:func:`choose_backend`). ``traced`` is true
+    under :func:`torch.compile` and PyG's explain mode, which hook into message
+    passing; ``edges`` may be None only then."""
+    if requested != "auto":
+        return requested
+    if traced or edges is None:
+        return "propagate"
+    layout = edges.layout
+    dense_ok = layout is not None and (edges.coalesced or not has_terms)
+    B, T = (layout.num_graphs, layout.max_nodes) if dense_ok else (1, edges.num_dst)
+    return choose_backend(num_edges=edges.num_edges, num_graphs=B, max_nodes=T, heads=heads,
+                          device=device, dense_ok=dense_ok, fused_ok=fused_ok,
+                          dropout_active=dropout_active, edge_features=per_edge_features,
+                          channels=channels)
 
 
 @dataclass(frozen=True)
@@ -182,7 +240,7 @@ def estimate(layer: torch.nn.Module, *, num_nodes: int, num_edges: int,
         transient = 3 * N * HC * s
     if D and backend != "propagate":
         # per-edge projections of the bilinear term: kept whole when small,
-        # else one chunk at a time (graphformer.nn.sparse.EdgeTerms)
+        # else one chunk at a time (graphformer.nn.edge_terms.ChunkedEdgeScores)
         whole = E * 2 * HC
         chunk = whole if whole <= (1 << 24) else min(E, (1 << 23) // max(4 * HC, 1)) * 2 * HC
         transient += 2 * chunk * s + 3 * H * N * D * s

@@ -10,11 +10,11 @@ head, D edge features), with :math:`\mathbf{M}^h_{ij} = 0` for an edge
         \frac{\mathbf{Q}^h {\mathbf{K}^h}^\top + \mathbf{B}^h}{\sqrt{C}}
         + \mathbf{M}^h \right), \qquad
     \mathbf{O}^h = \mathbf{A}^h \mathbf{V}^h
-        + \mathbf{W}^h_{ve} \textstyle\sum_j \mathbf{A}^h_{ij} \mathbf{e}_{ij}
+        + \textstyle\sum_j \mathbf{A}^h_{ij} \mathbf{W}^h_{ve}\mathbf{e}_{ij}
 
 where :math:`\mathbf{B}^h_{ij}` are the edge-feature score terms of
-:mod:`graphformer.nn.sparse` (computed per edge and scattered into the
-[B, H, T, T] bias). Without edge features, attention weights or head masks
+:mod:`graphformer.nn.edge_terms` (computed per edge or per type and
+scattered into the [B, H, T, T] bias). Without edge features, attention weights or head masks
 this is one call of :func:`torch.nn.functional.scaled_dot_product_attention`
 with a boolean mask. Duplicate edges (the same pair twice) count twice in the
 sparse softmax; without edge features the dense path reproduces that exactly
@@ -28,103 +28,39 @@ number of edges: fastest when the edge set is dense within each graph
 from __future__ import annotations
 
 import math
-from functools import cached_property
 from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .sparse import EdgeCSR, Grouping, ScatterSum, edge_scores
+from .backend import AttentionCall
 
 
-class DenseLayout:
-    """Where each node and edge sits in the padded [B, T] / [B, T, T] layout
-    (``crossing`` names an edge that joins two graphs, if any: then the
-    layout does not apply).
+def dense_attention(call: AttentionCall) -> Tuple[Tensor, Optional[Tensor]]:
+    """Attention over an edge set on padded per-graph blocks (the ``"dense"``
+    backend).
 
-    Args:
-        ptr (LongTensor [B + 1]): node offsets of the graphs (graphs are
-            contiguous blocks of nodes).
-        csr (EdgeCSR): the edges (grouped by target).
+    Same argument and results as :func:`graphformer.nn.sparse.sparse_attention`;
+    ``alpha`` is None unless ``call.need_weights``. Raises ValueError when the
+    edge set has no per-graph layout (bipartite, unsorted ``batch``, an edge
+    joining two graphs) or has duplicate edges with edge features.
     """
-
-    def __init__(self, ptr: Tensor, csr: EdgeCSR) -> None:
-        dev = ptr.device
-        sizes = ptr.diff()
-        self.num_graphs = sizes.numel()
-        self.max_nodes = int(sizes.max()) if self.num_graphs > 0 else 0
-        N = int(ptr[-1])
-        self.batch = torch.repeat_interleave(torch.arange(self.num_graphs, device=dev), sizes,
-                                             output_size=N)
-        self.pos = torch.arange(N, device=dev) - ptr[:-1].index_select(0, self.batch)
-        dst, src = csr.row, csr.col
-        b = self.batch.index_select(0, dst)
-        bad = (self.batch.index_select(0, src) != b).nonzero()
-        #: the first edge (in CSR order) that joins two graphs, or None
-        self.crossing: Optional[int] = int(bad[0, 0]) if bad.numel() > 0 else None
-        # every graph full size and in order: padding is a reshape
-        self.uniform = N == self.num_graphs * self.max_nodes
-        self.edge_graph = b
-        self._csr = csr
-
-    @cached_property
-    def edge_flat(self) -> Tensor:
-        """Index of every edge in a [B, T, T] tensor, [E] (built when the dense
-        backend runs, not when ``auto`` only inspects the layout)."""
-        T, csr = self.max_nodes, self._csr
-        i, j = self.pos.index_select(0, csr.row), self.pos.index_select(0, csr.col)
-        return (self.edge_graph * T + i) * T + j
-
-    def to_dense(self, x: Tensor) -> Tensor:
-        """[N, H, C] -> [B, H, T, C] (zeros at padding)."""
-        N, H, C = x.shape
-        if self.uniform:
-            return x.view(self.num_graphs, self.max_nodes, H, C).transpose(1, 2)
-        out = x.new_zeros(self.num_graphs * self.max_nodes, H, C)
-        out = out.index_copy(0, self.batch * self.max_nodes + self.pos, x)
-        return out.view(self.num_graphs, self.max_nodes, H, C).transpose(1, 2)
-
-    def from_dense(self, x: Tensor) -> Tensor:
-        """[B, H, T, C] -> [N, H, C]."""
-        B, H, T, C = x.shape
-        flat = x.transpose(1, 2).reshape(B * T, H, C)
-        if self.uniform:            # no padding rows to drop
-            return flat
-        return flat.index_select(0, self.batch * T + self.pos)
-
-    def edge_index_bhtt(self, heads: int) -> Tensor:
-        """Flat index of every (edge, head) in a [B, H, T, T] tensor, [E, H]."""
-        T2 = self.max_nodes * self.max_nodes
-        within = self.edge_flat - self.edge_graph * T2
-        hs = torch.arange(heads, device=within.device)
-        return ((self.edge_graph * heads).unsqueeze(1) + hs) * T2 + within.unsqueeze(1)
-
-
-def dense_attention(
-    q: Tensor, k: Tensor, v: Tensor, csr: EdgeCSR, layout: DenseLayout,
-    edge_attr: Optional[Tensor] = None,
-    w_eq: Optional[Tensor] = None, w_ek: Optional[Tensor] = None, w_ev: Optional[Tensor] = None,
-    head_mask: Optional[Tensor] = None, dropout: float = 0.0, training: bool = False,
-    need_weights: bool = False,
-) -> Tuple[Tensor, Optional[Tensor]]:
-    """Attention over an edge set on padded per-graph blocks.
-
-    Same arguments and results as :func:`graphformer.nn.sparse.sparse_attention`
-    (plus the :class:`DenseLayout`); ``alpha`` is None unless ``need_weights``.
-    Raises ValueError when an edge joins two graphs (``layout.crossing``).
-    """
-    if layout.crossing is not None:
-        e = layout.crossing
-        raise ValueError(f"edge {e} ({int(csr.col[e])} -> {int(csr.row[e])}) joins two graphs; "
-                         f"the dense backend needs every edge inside one graph "
-                         f"(use backend='sparse')")
+    edges, head_mask = call.edges, call.head_mask
+    layout = edges.layout
+    if layout is None:
+        raise ValueError("the dense backend needs self-attention within graphs whose nodes "
+                         "are contiguous ('batch' sorted, no edge joining two graphs); "
+                         f"{edges.why_not_dense()}; use backend='sparse'")
+    q, k, v, terms = call.q, call.k, call.v, call.terms
     N, H, C = q.shape
     B, T = layout.num_graphs, layout.max_nodes
-    E = csr.num_edges
+    E = edges.num_edges
     scale = 1.0 / math.sqrt(C)
-    has_edge_scores = edge_attr is not None and (w_eq is not None or w_ek is not None)
-    has_edge_values = edge_attr is not None and w_ev is not None
+    if terms is not None and not edges.coalesced:
+        raise ValueError("the dense backend cannot represent duplicate edges with edge "
+                         "features (each copy has its own features); coalesce the edges "
+                         "or use backend='sparse'")
 
     # Number of edges at every [B, H or 1, T, T] position (per head only when
     # heads see different edges).
@@ -133,12 +69,8 @@ def dense_attention(
         count = torch.bincount(idx[head_mask], minlength=B * H * T * T).view(B, H, T, T)
     else:
         idx = None
-        count = torch.bincount(layout.edge_flat, minlength=B * T * T).view(B, 1, T, T)
-    duplicates = bool((count > 1).any()) if E > 0 else False
-    if duplicates and (has_edge_scores or has_edge_values):
-        raise ValueError("the dense backend cannot represent duplicate edges with edge "
-                         "features (each copy has its own features); coalesce the edges "
-                         "or use backend='sparse'")
+        count = layout.edge_counts()                                        # [B, 1, T, T]
+    duplicates = not edges.coalesced
     allowed = count > 0
     # A row without edges attends to nothing: let it see its own diagonal so
     # that softmax stays finite, and zero its output afterwards.
@@ -147,7 +79,7 @@ def dense_attention(
     allowed = allowed | (empty & eye)
 
     qd, kd, vd = layout.to_dense(q), layout.to_dense(k), layout.to_dense(v)
-    explicit = has_edge_scores or has_edge_values or need_weights
+    explicit = terms is not None or call.need_weights
     if not explicit:
         if duplicates:
             mask = torch.where(allowed, count.clamp(min=1).to(q.dtype).log(),
@@ -155,15 +87,16 @@ def dense_attention(
         else:
             mask = allowed
         od = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=mask,
-                                            dropout_p=dropout if training else 0.0)
+                                            dropout_p=call.dropout if call.training else 0.0)
         od = od.masked_fill(empty, 0.0)
         return layout.from_dense(od), None
 
     if idx is None:
         idx = layout.edge_index_bhtt(H)
     score = (qd @ kd.transpose(-1, -2))                                     # [B, H, T, T]
-    if has_edge_scores:
-        bias = edge_scores(q, k, edge_attr, w_eq, w_ek, csr)                # [E, H]
+    bias = terms.scores(q, k) if terms is not None else None               # [H, E]
+    if bias is not None:
+        bias = bias.t()
         if head_mask is not None:
             bias = bias.masked_fill(~head_mask, 0.0)
         score = score.reshape(-1).index_add(0, idx.reshape(-1), bias.reshape(-1))
@@ -175,7 +108,7 @@ def dense_attention(
     attn = torch.softmax(score, dim=-1)
     attn = attn.masked_fill(empty, 0.0)
     alpha = None
-    if need_weights:
+    if call.need_weights:
         per_edge = attn.reshape(-1).index_select(0, idx.reshape(-1)).view(E, H)
         if duplicates:
             per_edge = per_edge / count.expand(B, H, T, T).reshape(-1).index_select(
@@ -183,13 +116,13 @@ def dense_attention(
         if head_mask is not None:
             per_edge = per_edge.masked_fill(~head_mask, 0.0)
         alpha = per_edge
-    weights = F.dropout(attn, p=dropout, training=training)
+    weights = F.dropout(attn, p=call.dropout, training=call.training)
     out = layout.from_dense(weights @ vd)                                   # [N, H, C]
-    if has_edge_values:
-        D = edge_attr.size(1)
+    if terms is not None:
         w_edge = weights.reshape(-1).index_select(0, idx.reshape(-1)).view(E, H)
         if head_mask is not None:
             w_edge = w_edge.masked_fill(~head_mask, 0.0)
-        agg = ScatterSum.apply(w_edge.t(), edge_attr, Grouping.targets(csr))  # [H, N, D]
-        out = out + torch.einsum("hnd,hcd->nhc", agg, w_ev.view(H, C, D))
+        edge_values = terms.values(w_edge.t())
+        if edge_values is not None:
+            out = out + edge_values
     return out, alpha

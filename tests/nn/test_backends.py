@@ -187,7 +187,7 @@ def test_sparse_backend_keeps_no_edge_by_channel_tensor_for_backward(monkeypatch
     inputs — nothing of E×H×C (the ``propagate`` backend saves several).
     Per-edge projections are recomputed in backward above RECOMPUTE_ABOVE
     elements; here that threshold is lowered to 0 to test the large regime."""
-    import graphformer.nn.sparse as S
+    import graphformer.nn.edge_terms as S
 
     monkeypatch.setattr(S, "RECOMPUTE_ABOVE", 0)
     ptr = ptr_of([40, 40])
@@ -304,7 +304,7 @@ def test_bad_backend_name():
 def test_edge_terms_in_many_recomputed_chunks_equal_propagate(monkeypatch):
     """Large edge sets take the chunked, recomputing path of the edge terms:
     force it on a small one (chunks of 1024 edges, nothing kept)."""
-    import graphformer.nn.sparse as S
+    import graphformer.nn.edge_terms as S
 
     monkeypatch.setattr(S, "RECOMPUTE_ABOVE", 0)
     monkeypatch.setattr(S, "CHUNK_ELEMENTS", 1)

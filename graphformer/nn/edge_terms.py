@@ -1,0 +1,254 @@
+r"""Edge-feature terms of relational attention, per edge or per edge type.
+
+With edge features, the score of edge :math:`e = (j \to i)` and head
+:math:`h` gains the terms
+
+.. math::
+    b^h_e = \mathbf{q}^h_i \cdot \mathbf{W}^h_{ke}\mathbf{e}_{ij}
+        + \mathbf{W}^h_{qe}\mathbf{e}_{ij} \cdot \mathbf{k}^h_j
+        + \mathbf{W}^h_{qe}\mathbf{e}_{ij} \cdot \mathbf{W}^h_{ke}\mathbf{e}_{ij}
+
+and the output of node :math:`i` gains
+:math:`\mathbf{W}^h_{ve} \sum_j \alpha^h_{ij} \mathbf{e}_{ij}`. Every backend
+asks an edge-term object for these two things: :meth:`scores` (``[H, E]``,
+unscaled, edges grouped by target) and :meth:`values` (``[N_t, H, C]`` from the
+weights ``[H, E]``).
+
+- :class:`PerEdgeTerms`: features per edge ``edge_attr [E, D]``; the value
+  term is regrouped through a sparse product, the score terms computed in
+  chunks of edges (:class:`ChunkedEdgeScores`).
+- :class:`TypedEdgeTerms`: features per edge type, ``table [R, D]`` and
+  ``edge_type [E]`` (bond types, relation ids, pattern membership). The
+  projections are taken of the R rows only, the query and key terms are
+  node-by-type tables gathered per edge, and the value term sums the weights
+  per (target, type):
+
+  .. math::
+      b^h_e = \underbrace{\mathbf{q}^h_i \cdot \mathbf{K}^h_{t_e}}_{[N_t, R]}
+          + \underbrace{\mathbf{Q}^h_{t_e} \cdot \mathbf{k}^h_j}_{[N_s, R]}
+          + \mathbf{Q}^h_{t_e} \cdot \mathbf{K}^h_{t_e}, \qquad
+      \sum_j \alpha^h_{ij}\mathbf{V}^h_{t_{ij}} = \sum_{r} \Big(\sum_{j:\,t_{ij}=r}
+          \alpha^h_{ij}\Big) \mathbf{V}^h_r
+
+  with :math:`\mathbf{Q} = \mathbf{W}_{qe}\mathbf{E}`, :math:`\mathbf{K}`,
+  :math:`\mathbf{V}` likewise for the table :math:`\mathbf{E}`: O((N_s + N_t)·R·H·C
+  + E·H) instead of O(E·D·H·C). It computes the same function as the
+  per-edge terms with ``edge_attr = table[edge_type]`` (tested in float64,
+  values and gradients).
+
+Shapes: N_t target and N_s source nodes, E edges, H heads, C channels per
+head, D edge features, R edge types.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .csr import EdgeCSR, GatherDot, Grouping, ScatterSum
+
+#: Edges per chunk are chosen so that one chunk's per-edge projections stay
+#: near this many elements (4 MB in float32: 1024 edges of 8 heads × 32
+#: channels × 4 terms), small enough to stay in cache between the product
+#: that makes them and the passes that read them (the forward chunk loop at
+#: the shapes of scripts/bench_attention.py's large case measured 1.4-1.8 s
+#: per million edges in chunks of 1024, 2.1-3.5 s in chunks of 8192).
+CHUNK_ELEMENTS = 1 << 20
+
+def _chunk_size(num_edges: int, width: int) -> int:
+    return max(1024, min(num_edges, CHUNK_ELEMENTS // max(width, 1)))
+
+
+#: Below this many elements of per-edge projections (E × 2HC) the edge terms
+#: are kept for backward instead of recomputed: recomputing costs a product.
+RECOMPUTE_ABOVE = 1 << 24
+
+
+class ChunkedEdgeScores(torch.autograd.Function):
+    """Edge-feature score terms ``q_i·(W_ke e) + (W_qe e)·(k_j + W_ke e)``, [E, H],
+    computed in chunks of edges. Backward recomputes each chunk's projections
+    (unless they are small enough to keep) and accumulates the gradients of
+    ``q``, ``k``, ``edge_attr`` and ``W`` in place; per-chunk buffers are
+    reused (fresh large allocations cost page faults)."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, edge_attr: Tensor, w_qk: Tensor, src: Tensor,
+                dst: Tensor) -> Tensor:
+        H, C = q.size(1), q.size(2)
+        E = edge_attr.size(0)
+        keep = E * 2 * H * C <= RECOMPUTE_ABOVE
+        step = max(E if keep else _chunk_size(E, 4 * H * C), 1)
+        out = q.new_empty(E, H)
+        w_t = w_qk.t().contiguous()
+        buf = q.new_empty(min(step, E), 2 * H * C)
+        for s in range(0, E, step):
+            n = min(step, E - s)
+            eqk = torch.mm(edge_attr[s:s + n], w_t, out=buf[:n]).view(n, 2, H, C)
+            eq, ek = eqk[:, 0], eqk[:, 1]
+            # vecdot: the sums of products without the products as tensors
+            torch.linalg.vecdot(q.index_select(0, dst[s:s + n]), ek, out=out[s:s + n])
+            out[s:s + n] += torch.linalg.vecdot(eq, k.index_select(0, src[s:s + n]).add_(ek))
+        ctx.step, ctx.kept = step, keep
+        ctx.save_for_backward(q, k, edge_attr, w_qk, src, dst, buf if keep else buf.new_empty(0))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        q, k, edge_attr, w_qk, src, dst, kept = ctx.saved_tensors
+        H, C = q.size(1), q.size(2)
+        E, step = edge_attr.size(0), ctx.step
+        need_q, need_k, need_e, need_w = ctx.needs_input_grad[:4]
+        dq = torch.zeros_like(q) if need_q else None
+        dk = torch.zeros_like(k) if need_k else None
+        de = torch.empty_like(edge_attr) if need_e else None
+        dw = torch.zeros_like(w_qk) if need_w else None
+        w_t = w_qk.t().contiguous()
+        buf = None if ctx.kept else q.new_empty(min(step, E), 2 * H * C)
+        dbuf = q.new_empty(min(step, E), 2, H, C) if (need_e or need_w) else None
+        for s in range(0, E, step):
+            n = min(step, E - s)
+            e_c, d_c, s_c = edge_attr[s:s + n], dst[s:s + n], src[s:s + n]
+            g = grad[s:s + n].unsqueeze(-1)                                # [n, H, 1]
+            eqk = kept if ctx.kept else torch.mm(e_c, w_t, out=buf[:n])
+            eqk = eqk.view(n, 2, H, C)
+            eq, ek = eqk[:, 0], eqk[:, 1]
+            if need_q:
+                dq.index_add_(0, d_c, g * ek)
+            if need_k:
+                dk.index_add_(0, s_c, g * eq)
+            if need_e or need_w:
+                deqk = dbuf[:n]
+                torch.mul(k.index_select(0, s_c).add_(ek), g, out=deqk[:, 0])
+                torch.mul(q.index_select(0, d_c).add_(eq), g, out=deqk[:, 1])
+                deqk = deqk.view(n, 2 * H * C)
+                if need_e:
+                    torch.mm(deqk, w_qk, out=de[s:s + n])
+                if need_w:
+                    dw.addmm_(deqk.t(), e_c)
+        return dq, dk, de, dw, None, None
+
+
+def edge_scores(q: Tensor, k: Tensor, edge_attr: Tensor, w_eq: Optional[Tensor],
+                w_ek: Optional[Tensor], csr: EdgeCSR) -> Tensor:
+    r"""The edge-feature part of :math:`\mathbf{q}_{ij}\cdot\mathbf{k}_{ij}`,
+    [E, H] (unscaled); ``q`` [N_t, H, C], ``k`` [N_s, H, C].
+
+    With both projections the per-edge terms :math:`\mathbf{W}_{qe}\mathbf{e}`,
+    :math:`\mathbf{W}_{ke}\mathbf{e}` are needed anyway (their product has no
+    cheaper form), so all terms are computed together in chunks of edges
+    (:class:`ChunkedEdgeScores`); above :data:`RECOMPUTE_ABOVE` elements only the
+    [E, H] result is kept and backward recomputes the chunks. With one projection the
+    term is regrouped, :math:`\mathbf{q}_i\cdot\mathbf{W}_{ke}\mathbf{e} =
+    (\mathbf{W}_{ke}^\top\mathbf{q}_i)\cdot\mathbf{e}`, and meets the edges
+    through a sampled product (no per-edge projection at all)."""
+    H, C = q.size(1), q.size(2)
+    D = edge_attr.size(1)
+    if w_eq is not None and w_ek is not None:
+        # Measured (scripts/bench_attention.py shapes): regrouping the cross
+        # terms here too is slower, at 2.2 and at 6 edges per node.
+        w_qk = torch.cat([w_eq, w_ek], dim=0)
+        return ChunkedEdgeScores.apply(q, k, edge_attr, w_qk, csr.col, csr.row)
+    if w_ek is not None:     # q_i · (W_ke e) = (W_ke^T q_i) · e
+        qd = torch.einsum("nhc,hcd->hnd", q, w_ek.view(H, C, D))
+        return GatherDot.apply(qd, edge_attr, Grouping.targets(csr))
+    assert w_eq is not None  # (W_qe e) · k_j = (W_qe^T k_j) · e
+    kd = torch.einsum("nhc,hcd->hnd", k, w_eq.view(H, C, D))
+    return GatherDot.apply(kd, edge_attr, Grouping.sources(csr))
+
+
+class PerEdgeTerms:
+    """Edge terms from features per edge.
+
+    Args:
+        edge_attr (Tensor [E, D]): edge features, grouped by target.
+        w_eq, w_ek, w_ev (Tensor [H·C, D] or None): the edge projections.
+        csr (EdgeCSR): the edges.
+    """
+
+    def __init__(self, edge_attr: Tensor, w_eq: Optional[Tensor], w_ek: Optional[Tensor],
+                 w_ev: Optional[Tensor], csr: EdgeCSR) -> None:
+        self.edge_attr, self.csr = edge_attr, csr
+        self.w_eq, self.w_ek, self.w_ev = w_eq, w_ek, w_ev
+
+    def scores(self, q: Tensor, k: Tensor) -> Optional[Tensor]:
+        """The edge score terms [H, E] (unscaled), or None."""
+        if self.w_eq is None and self.w_ek is None:
+            return None
+        return edge_scores(q, k, self.edge_attr, self.w_eq, self.w_ek, self.csr).t()
+
+    def values(self, weights: Tensor) -> Optional[Tensor]:
+        """The edge value term [N_t, H, C] of the weights [H, E], or None."""
+        if self.w_ev is None:
+            return None
+        H = weights.size(0)
+        D = self.edge_attr.size(1)
+        agg = ScatterSum.apply(weights, self.edge_attr, Grouping.targets(self.csr))  # [H, N, D]
+        return torch.einsum("hnd,hcd->nhc", agg, self.w_ev.view(H, -1, D))
+
+    def per_edge(self) -> Tensor:
+        """The features of every edge, [E, D]."""
+        return self.edge_attr
+
+
+class TypedEdgeTerms:
+    """Edge terms from features per edge type (see the module documentation).
+
+    Args:
+        table (Tensor [R, D]): the features of every type.
+        edge_type (LongTensor [E]): the type of every edge, grouped by target.
+        w_eq, w_ek, w_ev (Tensor [H·C, D] or None): the edge projections.
+        csr (EdgeCSR): the edges.
+        heads (int): H.
+    """
+
+    def __init__(self, table: Tensor, edge_type: Tensor, w_eq: Optional[Tensor],
+                 w_ek: Optional[Tensor], w_ev: Optional[Tensor], csr: EdgeCSR,
+                 heads: int) -> None:
+        self.table, self.edge_type, self.csr, self.heads = table, edge_type, csr, heads
+        R = table.size(0)
+
+        def project(w: Optional[Tensor]) -> Optional[Tensor]:   # [R, H, C]
+            return None if w is None else (table @ w.t()).view(R, heads, -1)
+
+        self.w_eq, self.w_ek, self.w_ev = w_eq, w_ek, w_ev
+        self.q_type, self.k_type, self.v_type = project(w_eq), project(w_ek), project(w_ev)
+
+    @staticmethod
+    def _by_node_and_type(x: Tensor, per_type: Tensor, node: Tensor, edge_type: Tensor) -> Tensor:
+        """``out[h, e] = x[node_e, h] · per_type[type_e, h]``, [H, E], through the
+        [H, N, R] table of all node-type products."""
+        R = per_type.size(0)
+        table = torch.bmm(x.transpose(0, 1), per_type.permute(1, 2, 0))      # [H, N, R]
+        return table.reshape(table.size(0), -1).index_select(1, node * R + edge_type)
+
+    def scores(self, q: Tensor, k: Tensor) -> Optional[Tensor]:
+        """The edge score terms [H, E] (unscaled), or None."""
+        t, csr = self.edge_type, self.csr
+        out = None
+        if self.k_type is not None:          # q_i · K_t
+            out = self._by_node_and_type(q, self.k_type, csr.row, t)
+        if self.q_type is not None:          # Q_t · k_j
+            term = self._by_node_and_type(k, self.q_type, csr.col, t)
+            out = term if out is None else out + term
+        if self.q_type is not None and self.k_type is not None:   # Q_t · K_t
+            both = (self.q_type * self.k_type).sum(-1).t()                     # [H, R]
+            out = out + both.index_select(1, t)
+        return out
+
+    def values(self, weights: Tensor) -> Optional[Tensor]:
+        """The edge value term [N_t, H, C] of the weights [H, E], or None."""
+        if self.v_type is None:
+            return None
+        H, R, N = weights.size(0), self.table.size(0), self.csr.num_rows
+        slot = self.csr.row * R + self.edge_type
+        per_type = weights.new_zeros(H, N * R).index_add(1, slot, weights)     # [H, N·R]
+        out = torch.bmm(per_type.view(H, N, R), self.v_type.transpose(0, 1))  # [H, N, C]
+        return out.transpose(0, 1)
+
+    def per_edge(self) -> Tensor:
+        """The features of every edge, [E, D] (``table[edge_type]``)."""
+        return self.table.index_select(0, self.edge_type)
+
+
+
