@@ -18,36 +18,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from ogb.graphproppred.mol_encoder import AtomEncoder
-from torch_geometric.nn import global_mean_pool
-from torch_geometric.nn.models import GIN
 
-from graphformer.models import GraphTransformerConfig
+from graphformer.models import GINBaseline
 from graphformer.train import RunConfig, prepare, train
 from graphformer.train.config import DataConfig, TrainConfig
 from graphformer.train.loop import model_config_for
-
-
-class GINBaseline(torch.nn.Module):
-    """AtomEncoder (+ RWSE) -> PyG GIN -> mean pool -> MLP head."""
-
-    def __init__(self, config: GraphTransformerConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.atom_encoder = AtomEncoder(config.hidden)
-        self.rwse = torch.nn.Linear(config.rwse_steps, config.hidden) if config.rwse_steps else None
-        self.gin = GIN(config.hidden, config.hidden, num_layers=config.layers,
-                       dropout=config.dropout, norm="batch_norm")
-        self.head = torch.nn.Sequential(
-            torch.nn.Linear(config.hidden, config.hidden), torch.nn.GELU(),
-            torch.nn.Dropout(config.dropout), torch.nn.Linear(config.hidden, config.num_tasks))
-
-    def forward(self, batch):
-        x = self.atom_encoder(batch.x)
-        if self.rwse is not None:
-            x = x + self.rwse(batch.rwse)
-        x = self.gin(x, batch.edge_index)
-        return self.head(global_mean_pool(x, batch.batch, size=batch.num_graphs))
 
 
 def main() -> None:

@@ -1,8 +1,9 @@
 """Models built from graphformer layers."""
+from .baselines import GINBaseline
 from .decomposable import DecomposableAttention, DecomposableAttentionConfig
 from .graph_transformer import GraphTransformer, GraphTransformerConfig, masked_loss
 from .node_transformer import NodeTransformer, NodeTransformerConfig
 
 __all__ = ["GraphTransformer", "GraphTransformerConfig", "masked_loss",
            "NodeTransformer", "NodeTransformerConfig",
-           "DecomposableAttention", "DecomposableAttentionConfig"]
+           "DecomposableAttention", "DecomposableAttentionConfig", "GINBaseline"]

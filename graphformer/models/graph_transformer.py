@@ -8,14 +8,15 @@ from typing import Any, Dict, Literal, Tuple
 import torch
 import torch.nn.functional as F
 from ogb.graphproppred.mol_encoder import AtomEncoder, BondEncoder
+from ogb.utils.features import get_bond_feature_dims
 from torch import Tensor
 from torch_geometric.data import Batch
 from torch_geometric.utils import scatter
+from torch_geometric.utils.sparse import ptr2index
 
 from .. import patterns
-from ..nn import TransformerLayer
+from ..nn import Dropout, EdgeSet, TransformerLayer
 from ..nn.backend import ATTENTION_BACKENDS
-from ..patterns._core import edge_keys
 
 PATTERNS = ("bonds", "k_hop", "full")
 Pooling = Literal["mean", "sum", "virtual"]
@@ -153,8 +154,10 @@ class GraphTransformer(torch.nn.Module):
             for _ in range(c.layers)
         ])
         self.final_norm = torch.nn.LayerNorm(c.hidden) if c.norm_first else torch.nn.Identity()
+        self._bond_dims = tuple(get_bond_feature_dims()) if c.features == "ogb" \
+            else (ZINC_BOND_TYPES,)
         self.head = torch.nn.Sequential(
-            torch.nn.Linear(c.hidden, c.hidden), torch.nn.GELU(), torch.nn.Dropout(c.dropout),
+            torch.nn.Linear(c.hidden, c.hidden), torch.nn.GELU(), Dropout(c.dropout),
             torch.nn.Linear(c.hidden, c.num_tasks))
         self.reset_parameters()
 
@@ -178,6 +181,22 @@ class GraphTransformer(torch.nn.Module):
     def attention_edges(self, bonds: Tensor, ptr: Tensor, num_nodes: int,
                         virtual: Tensor) -> Tuple[Tensor, Tensor]:
         """The attention edge set of a batch and each edge's membership."""
+        return self._attention_edges(bonds, ptr, num_nodes, virtual)[:2]
+
+    def _attention_edges(self, bonds: Tensor, ptr: Tensor, num_nodes: int,
+                         virtual: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """The attention edge set (grouped by target), each edge's membership
+        [E, sets], and the position of every bond in it [E_b]."""
+        names = self._set_names()
+        if names == ("bonds", "full"):
+            # every bond and self loop is a pair: the union is the full set,
+            # and a bond's place in it has a closed form (no sort, no search)
+            edge_index = patterns.full(ptr)
+            pos = _full_positions(ptr, bonds)
+            member = edge_index.new_zeros(edge_index.size(1), 2, dtype=torch.bool)
+            member[:, 1] = True
+            member[pos, 0] = True
+            return edge_index, member, pos
         sets = {
             "bonds": lambda: bonds,
             "k_hop": lambda: patterns.k_hop(bonds, self.config.k, num_nodes=num_nodes),
@@ -185,8 +204,53 @@ class GraphTransformer(torch.nn.Module):
             "self": lambda: torch.arange(num_nodes, device=ptr.device).expand(2, -1),
             "virtual": lambda: patterns.global_tokens(ptr, virtual),
         }
-        return patterns.union(*(sets[name]() for name in self._set_names()),
-                              num_nodes=num_nodes)
+        edge_index, member = patterns.union(*(sets[name]() for name in names),
+                                            num_nodes=num_nodes)
+        keys = patterns.edge_keys(edge_index, num_nodes)  # sorted: where does each bond sit?
+        pos = torch.searchsorted(keys, patterns.edge_keys(bonds, num_nodes))
+        return edge_index, member, pos
+
+    def _bond_codes(self, edge_attr: Tensor) -> Tensor:
+        """One integer per bond for its features (mixed radix), from 1; 0 is
+        kept for "not a bond"."""
+        edge_attr = edge_attr.view(edge_attr.size(0), len(self._bond_dims))  # ZINC: [E]
+        code = torch.zeros(edge_attr.size(0), dtype=torch.long, device=edge_attr.device)
+        for column, size in enumerate(self._bond_dims):
+            code = code * size + edge_attr[:, column].long()
+        return code + 1
+
+    def _bond_features(self, code: Tensor) -> Tensor:
+        """The bond features of codes from :meth:`_bond_codes` (code >= 1)."""
+        rest = code - 1
+        columns = []
+        for size in reversed(self._bond_dims):
+            columns.append(rest % size)
+            rest = rest // size
+        return torch.stack(columns[::-1], dim=1)
+
+    def edge_types(self, edge_attr: Tensor, member: Tensor, bond_pos: Tensor,
+                   dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
+        r"""The edges as types: ``(edge_type [E], table [R, hidden])`` with
+        ``table[edge_type]`` equal to the edge features
+        :math:`\mathrm{BondEnc}(\mathbf{b}_{ij})[j \sim i] + \mathbf{W}_m \mathbf{m}_{ij}`;
+        a type is one combination of bond features and memberships present
+        in the batch (a few dozen at most in molecules)."""
+        E = member.size(0)
+        bond_code = member.new_zeros(E, dtype=torch.long)
+        bond_code[bond_pos] = self._bond_codes(edge_attr)
+        bits = torch.arange(member.size(1), device=member.device)
+        member_code = (member.long() << bits).sum(1)
+        radix = int(torch.tensor(self._bond_dims).prod()) + 1
+        types, edge_type = torch.unique(member_code * radix + bond_code, return_inverse=True)
+        type_bond, type_member = types % radix, types // radix
+        table = self.membership(((type_member.unsqueeze(1) >> bits) & 1).to(dtype)) \
+            if self.membership is not None else None
+        is_bond = type_bond > 0
+        bond_rows = type_bond.new_zeros(types.numel(), len(self._bond_dims))
+        bond_rows[is_bond] = self._bond_features(type_bond[is_bond])
+        bond = self.bond_encoder(bond_rows) * is_bond.unsqueeze(1).to(dtype)
+        table = bond if table is None else table + bond
+        return edge_type, table
 
     def forward(self, batch: Batch, return_attention_weights: bool = False):
         c = self.config
@@ -211,22 +275,20 @@ class GraphTransformer(torch.nn.Module):
             h[virtual] = self.virtual.to(x.dtype).expand(num_graphs, -1)
             x, bonds = h, new_index[bonds]
         num_nodes = x.size(0)
-        edge_index, member = self.attention_edges(bonds, ptr, num_nodes, virtual)
-
-        keys = edge_keys(edge_index, num_nodes)  # sorted: where does each bond sit?
-        bond_pos = torch.searchsorted(keys, edge_keys(bonds, num_nodes))
-        e = x.new_zeros(edge_index.size(1), c.hidden)
-        e[bond_pos] = self.bond_encoder(batch.edge_attr)
-        if self.membership is not None:
-            e = e + self.membership(member.to(x.dtype))
-
+        edge_index, member, bond_pos = self._attention_edges(bonds, ptr, num_nodes, virtual)
+        edge_type, table = self.edge_types(batch.edge_attr, member, bond_pos, x.dtype)
         # graph of every node (virtual nodes included), for per-graph padding
-        node_graph = torch.repeat_interleave(torch.arange(num_graphs, device=x.device),
-                                             ptr.diff(), output_size=num_nodes)
+        node_graph = ptr2index(ptr, num_nodes)
+        if c.edge_update:   # edge states per edge, updated by every block
+            edges = EdgeSet(edge_index, num_nodes, batch=node_graph)
+            e, edge_type = table.index_select(0, edge_type), None
+        else:               # typed edges: one sorted edge set, edge terms per type
+            edges = EdgeSet(edge_index, num_nodes, batch=node_graph, edge_type=edge_type,
+                            num_types=table.size(0))
+            e = table
         weights = []
         for block in self.blocks:
-            out = block(x, edge_index, e, return_attention_weights=return_attention_weights,
-                        batch=node_graph)
+            out = block(x, edges, e, return_attention_weights=return_attention_weights)
             if isinstance(out, Tensor):
                 x = out
             else:
@@ -257,6 +319,18 @@ class _FirstColumnEmbedding(torch.nn.Embedding):
 
     def forward(self, index: Tensor) -> Tensor:
         return super().forward(index.view(-1).long())
+
+
+def _full_positions(ptr: Tensor, edge_index: Tensor) -> Tensor:
+    """Position of every edge ``j -> i`` (inside one graph) in
+    :func:`graphformer.patterns.full` of ``ptr``: graph g's pairs start after
+    the squares of the sizes before it, in target-major order."""
+    sizes = ptr.diff()
+    start = torch.cumsum(sizes * sizes, 0) - sizes * sizes
+    src, dst = edge_index[0], edge_index[1]
+    g = torch.searchsorted(ptr, dst, right=True) - 1
+    n, offset = sizes.index_select(0, g), ptr.index_select(0, g)
+    return start.index_select(0, g) + (dst - offset) * n + (src - offset)
 
 
 def masked_loss(pred: Tensor, target: Tensor, task: Task) -> Tensor:

@@ -4,7 +4,7 @@ from . import functional
 from .attention import RelationalAttention
 from .backend import ATTENTION_BACKENDS, AttentionCost, estimate
 from .edge_set import EdgeSet
-from .transformer import TransformerLayer
+from .transformer import Dropout, TransformerLayer
 
-__all__ = ["functional", "RelationalAttention", "TransformerLayer", "EdgeSet", "ATTENTION_BACKENDS",
+__all__ = ["functional", "RelationalAttention", "TransformerLayer", "Dropout", "EdgeSet", "ATTENTION_BACKENDS",
            "AttentionCost", "estimate"]

@@ -19,7 +19,7 @@ from .csr import SDDMM
 from .dense import dense_attention
 from .edge_set import EdgeSet
 from .edge_terms import PerEdgeTerms, TypedEdgeTerms
-from .functional import BACKENDS, SoftmaxBackend, segment_softmax
+from .functional import BACKENDS, SoftmaxBackend, dropout, segment_softmax
 from .sparse import sparse_attention
 
 
@@ -258,7 +258,7 @@ class RelationalAttention(MessagePassing):
         # edge_updater_type: (q: Tensor, k: Tensor, eq: OptTensor, ek: OptTensor, head_mask: OptTensor)
         alpha = self.edge_updater(call.edge_index, q=q, k=k, eq=eq, ek=ek,
                                   head_mask=call.head_mask, size=size)
-        weights = F.dropout(alpha, p=call.dropout, training=call.training)
+        weights = dropout(alpha, p=call.dropout, training=call.training)
         # propagate_type: (v: Tensor, ev: OptTensor, weights: Tensor)
         out = self.propagate(call.edge_index, v=v, ev=ev, weights=weights, size=size)
         return out.view(-1, H, C), alpha

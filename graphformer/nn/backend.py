@@ -30,13 +30,18 @@ model (:func:`choose_backend`), in order:
    sparse and dense backends' extra steps cost more than the E×H×C tensors
    they avoid (measured: 106 ms vs 133 ms sparse for 128 molecules of 25
    atoms, E·H·C = 1.7M; 239 ms sparse vs 283 ms at E·H·C = 7.4M);
-4. ``"dense"`` when it is applicable (self-attention, graphs contiguous in
+4. with typed edges on CPU: ``"sparse"`` — their edge terms are [E, H]
+   gathers, and the dense backend's explicit softmax over padded blocks is
+   slower (measured with ``scripts/bench_training.py``: the default molecule
+   model's training step on Lipophilicity batches ran at 396 molecules/s
+   with sparse, 232 with dense, 1 thread);
+5. ``"dense"`` when it is applicable (self-attention, graphs contiguous in
    ``batch``, no duplicate edges when edge features are used), the padded
    density :math:`\rho = E / (B T^2)` is at least the measured crossover of the
    device (:data:`DENSE_CROSSOVER`: below it the sparse backend is faster, see
    ``scripts/bench_attention.py``), and the dense score tensor stays under
    :data:`DENSE_MAX_SCORES` entries;
-5. otherwise ``"sparse"``.
+6. otherwise ``"sparse"``.
 
 :func:`estimate` predicts FLOPs and peak memory of one layer call for a batch
 and backend; ``scripts/bench_attention.py`` checks it against measurements.
@@ -114,14 +119,17 @@ def prefers_propagate(*, num_edges: int, channels: int, device: torch.device,
 def choose_backend(*, num_edges: int, num_graphs: int, max_nodes: int, heads: int,
                    device: torch.device, dense_ok: bool, fused_ok: bool,
                    dropout_active: bool, edge_features: bool = False,
-                   channels: int = 0) -> str:
+                   channels: int = 0, typed_edges: bool = False) -> str:
     """The backend ``"auto"`` picks (see the module documentation);
-    ``channels`` is H·C."""
+    ``channels`` is H·C, ``edge_features`` means features per edge,
+    ``typed_edges`` features per edge type."""
     if fused_ok and device.type == "cuda" and not dropout_active:
         return "fused"
     if prefers_propagate(num_edges=num_edges, channels=channels, device=device,
                          edge_features=edge_features):
         return "propagate"
+    if typed_edges and device.type == "cpu":
+        return "sparse"
     if dense_ok:
         crossover = DENSE_CROSSOVER.get(device.type, DENSE_CROSSOVER["cuda"])
         scores = num_graphs * heads * max_nodes * max_nodes
@@ -148,7 +156,7 @@ def resolve_backend(requested: str, edges: Optional["EdgeSet"], *, heads: int, c
     return choose_backend(num_edges=edges.num_edges, num_graphs=B, max_nodes=T, heads=heads,
                           device=device, dense_ok=dense_ok, fused_ok=fused_ok,
                           dropout_active=dropout_active, edge_features=per_edge_features,
-                          channels=channels)
+                          channels=channels, typed_edges=has_terms and not per_edge_features)
 
 
 @dataclass(frozen=True)

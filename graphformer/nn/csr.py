@@ -87,6 +87,15 @@ class EdgeCSR:
             self._blocks[heads] = (crow, col)
         return self._blocks[heads]
 
+    def pattern(self, heads: int, dtype: torch.dtype) -> Tensor:
+        """The block-diagonal matrix of :meth:`matrix` with zero values: the
+        sampling pattern of an SDDMM (built once per heads and dtype)."""
+        key = ("pattern", heads, dtype)
+        if key not in self._blocks:
+            zeros = torch.zeros(heads, self.num_edges, dtype=dtype, device=self.ptr.device)
+            self._blocks[key] = self.matrix(zeros)
+        return self._blocks[key]
+
     def matrix(self, values: Tensor) -> Tensor:
         """Block-diagonal sparse matrix [H·R, H·S] with head-major ``values`` [H, E]."""
         H = values.size(0)
@@ -97,7 +106,7 @@ class EdgeCSR:
 def _sddmm(csr: EdgeCSR, a: Tensor, b: Tensor, scale: float = 1.0) -> Tensor:
     """``s[h, e] = scale · a[h, row_e] · b[h, col_e]`` for a [H, R, K] and b [H, S, K]."""
     H, R, K = a.shape
-    pattern = csr.matrix(a.new_zeros(H, csr.num_edges))
+    pattern = csr.pattern(H, a.dtype)
     out = torch.sparse.sampled_addmm(pattern, a.reshape(H * R, K), b.reshape(-1, K).t(),
                                      beta=0.0, alpha=scale)
     return out.values().view(H, csr.num_edges)

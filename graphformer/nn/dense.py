@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .backend import AttentionCall
+from .functional import dropout
 
 
 def dense_attention(call: AttentionCall) -> Tuple[Tensor, Optional[Tensor]]:
@@ -116,7 +117,7 @@ def dense_attention(call: AttentionCall) -> Tuple[Tensor, Optional[Tensor]]:
         if head_mask is not None:
             per_edge = per_edge.masked_fill(~head_mask, 0.0)
         alpha = per_edge
-    weights = F.dropout(attn, p=call.dropout, training=call.training)
+    weights = dropout(attn, p=call.dropout, training=call.training)
     out = layout.from_dense(weights @ vd)                                   # [N, H, C]
     if terms is not None:
         w_edge = weights.reshape(-1).index_select(0, idx.reshape(-1)).view(E, H)

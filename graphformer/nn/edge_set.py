@@ -114,6 +114,11 @@ class EdgeSet:
     def typed(self) -> bool:
         return self.edge_type is not None
 
+    @property
+    def edge_type_given(self) -> Optional[Tensor]:
+        """The type of every edge in the given order (None if untyped)."""
+        return self.from_sorted(self.edge_type)
+
     def to_sorted(self, t: Optional[Tensor]) -> Optional[Tensor]:
         """A per-edge tensor (dim 0) from the given order into target order."""
         if t is None or self.perm is None:

@@ -40,7 +40,7 @@ from torch import Tensor
 
 from .backend import AttentionCall
 from .csr import SDDMM, SpMM
-from .functional import csr_softmax
+from .functional import csr_softmax, dropout
 
 
 def sparse_attention(call: AttentionCall) -> Tuple[Tensor, Optional[Tensor]]:
@@ -65,7 +65,7 @@ def sparse_attention(call: AttentionCall) -> Tuple[Tensor, Optional[Tensor]]:
     if call.head_mask is not None:
         score = score.masked_fill(~call.head_mask.t(), float("-inf"))
     alpha = csr_softmax(score, csr.ptr, csr.row)                             # [H, E]
-    weights = torch.nn.functional.dropout(alpha, p=call.dropout, training=call.training)
+    weights = dropout(alpha, p=call.dropout, training=call.training)
     out = SpMM.apply(weights, v.transpose(0, 1), csr).transpose(0, 1)       # [N_t, H, C]
     edge_values = call.terms.values(weights) if call.terms is not None else None
     if edge_values is not None:

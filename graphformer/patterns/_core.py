@@ -106,6 +106,7 @@ def edge_keys(edge_index: Tensor, num_nodes: int) -> Tensor:
 
 
 def keys_to_edges(keys: Tensor, num_nodes: int) -> Tensor:
+    """The edges ``[2, E]`` of sort keys from :func:`edge_keys` (its inverse)."""
     n = max(num_nodes, 1)
     return torch.stack([keys % n, torch.div(keys, n, rounding_mode="floor")])
 

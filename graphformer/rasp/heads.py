@@ -17,7 +17,7 @@ from torch import Tensor
 from .. import patterns
 from .._checks import check_edge_index
 from ..nn.attention import RelationalAttention
-from ..patterns._core import edge_keys
+from ..patterns import edge_keys
 from ._core import Selector, _common_context
 
 

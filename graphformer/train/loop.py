@@ -195,6 +195,22 @@ def plot_learning_curve(history: List[Dict[str, float]], metric: str, path: Path
     plt.close(fig)
 
 
+def train_step(net: torch.nn.Module, batch: Any, optimizer: torch.optim.Optimizer,
+               y_mean: Tensor, y_std: Tensor, task: str, grad_clip: float = 0.0) -> Tensor:
+    """One optimisation step on one batch: forward, the masked loss on
+    normalised targets, backward, gradient clipping, optimiser step. Returns
+    the loss (a 0-dim tensor)."""
+    num_tasks = y_mean.numel()
+    target = (batch.y.view(-1, num_tasks).float() - y_mean) / y_std
+    loss = masked_loss(net(batch), target, task)  # type: ignore[arg-type]
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+    optimizer.step()
+    return loss.detach()
+
+
 def _lr_factor(step: int, warmup: int, total: int) -> float:
     if warmup and step < warmup:
         return (step + 1) / warmup
@@ -303,16 +319,11 @@ def train(cfg: RunConfig, run_dir: Union[str, Path], resume: bool = False,
         started, total_loss, seen = time.perf_counter(), 0.0, 0
         bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.train.epochs}", unit="batch",
                    disable=not show, leave=False, file=sys.stderr)
+        y_mean, y_std = prepared.y_mean.to(device), prepared.y_std.to(device)
         for batch in bar:
             batch = batch.to(device)
-            target = (batch.y.view(-1, model_cfg.num_tasks).float() - prepared.y_mean.to(device)) \
-                / prepared.y_std.to(device)
-            loss = masked_loss(net(batch), target, model_cfg.task)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.train.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-            optimizer.step()
+            loss = train_step(net, batch, optimizer, y_mean, y_std, model_cfg.task,
+                              cfg.train.grad_clip)
             scheduler.step()
             total_loss += loss.item() * batch.num_graphs
             seen += batch.num_graphs

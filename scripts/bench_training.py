@@ -1,0 +1,269 @@
+"""Training speed on molecules: graphformer's default model against PyG's GIN
+(and chemprop, when installed), in one run, on the bundled data.
+
+Measured, for each data set (bundled ESOL and Lipophilicity, scaffold split,
+the batches `graphformer train` draws):
+
+- molecules per second of a full training step (forward, backward, AdamW),
+  through graphformer's own `train_step`, for the default GraphTransformer
+  (one row per attention backend asked for) and for GINBaseline (PyG's GIN
+  with the same encoders and head);
+- molecules per second of evaluation (forward only, no gradients);
+- with --cli: the wall time of `graphformer train` with its defaults (and of
+  `--dataset lipophilicity` with --cli-lipophilicity), as a new user runs it;
+- with --chemprop (chemprop installed as a benchmark peer, never a
+  dependency): the wall time of `chemprop train` with its defaults on the
+  same split, and its molecules per second of training.
+
+The timings interleave the models and repeat them (--repeats); each figure is
+the median. Run on an otherwise idle machine: on 2 cores any second busy
+process ruins the numbers.
+
+    python scripts/bench_training.py                       # step and eval rates
+    python scripts/bench_training.py --cli --chemprop --json bench_training.json
+    python scripts/bench_training.py --markdown-from bench_training.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+from torch_geometric.loader import DataLoader
+
+from graphformer.models import GINBaseline, GraphTransformer
+from graphformer.train import RunConfig, prepare
+from graphformer.train.config import DataConfig, TrainConfig
+from graphformer.train.loop import model_config_for, train_step
+
+
+def machine_line(threads: int) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (f"{cpu}, {cores} cores, torch {torch.__version__}, {threads} threads, "
+            f"Python {platform.python_version()}")
+
+
+def _median_rate(fn: Callable[[], int], repeats: int) -> float:
+    """Molecules per second: the median over ``repeats`` timed calls of ``fn``
+    (which returns the number of molecules it processed)."""
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        n = fn()
+        rates.append(n / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def _models(cfg: RunConfig, prepared, backends: List[str]) -> Dict[str, torch.nn.Module]:
+    model_cfg = model_config_for(cfg, prepared.bench)
+    models: Dict[str, torch.nn.Module] = {}
+    for backend in backends:
+        torch.manual_seed(0)
+        models[f"graphformer ({backend})"] = GraphTransformer(
+            replace(model_cfg, attention_backend=backend))
+    torch.manual_seed(0)
+    models["GIN"] = GINBaseline(model_cfg)
+    return models
+
+
+def bench_steps(name: str, args: argparse.Namespace) -> List[Dict[str, Any]]:
+    """Training-step and evaluation rates of every model on ``name``'s batches."""
+    cfg = RunConfig(data=DataConfig(dataset=name, split="scaffold"),
+                    train=TrainConfig(seed=0))
+    prepared = prepare(cfg, log=False)
+    torch.manual_seed(0)
+    loader = DataLoader(prepared.subset("train"), batch_size=cfg.train.batch_size, shuffle=True)
+    batches = [b for _, b in zip(range(args.batches), loader)]
+    eval_batches = list(DataLoader(prepared.subset("valid"), batch_size=cfg.train.batch_size))
+    models = _models(cfg, prepared, args.backends)
+    optims = {k: torch.optim.AdamW(m.parameters(), lr=1e-4, foreach=True)
+              for k, m in models.items()}
+    task = prepared.bench.task
+
+    def steps(key: str) -> Callable[[], int]:
+        def run() -> int:
+            model = models[key].train()
+            for b in batches:
+                train_step(model, b, optims[key], prepared.y_mean, prepared.y_std, task,
+                           cfg.train.grad_clip)
+            return sum(b.num_graphs for b in batches)
+        return run
+
+    def evals(key: str) -> Callable[[], int]:
+        @torch.no_grad()
+        def run() -> int:
+            model = models[key].eval()
+            for b in eval_batches:
+                model(b)
+            return sum(b.num_graphs for b in eval_batches)
+        return run
+
+    for key in models:            # warm-up: first calls allocate and dispatch
+        steps(key)()
+        evals(key)()
+    train_rates: Dict[str, List[float]] = {k: [] for k in models}
+    eval_rates: Dict[str, List[float]] = {k: [] for k in models}
+    for _ in range(args.repeats):  # interleaved: drift hits every model alike
+        for key in models:
+            train_rates[key].append(_median_rate(steps(key), 1))
+            eval_rates[key].append(_median_rate(evals(key), 1))
+    nodes = sum(b.num_nodes for b in batches) / len(batches)
+    rows = []
+    for key in models:
+        rows.append({"dataset": name, "model": key,
+                     "train_mol_s": statistics.median(train_rates[key]),
+                     "eval_mol_s": statistics.median(eval_rates[key]),
+                     "atoms_per_batch": nodes, "batch_size": cfg.train.batch_size})
+        print(f"{name:14s} {key:26s} train {rows[-1]['train_mol_s']:7.0f} mol/s   "
+              f"eval {rows[-1]['eval_mol_s']:7.0f} mol/s", flush=True)
+    return rows
+
+
+def _timed(cmd: List[str], cwd: Path) -> Dict[str, Any]:
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return {"command": " ".join(cmd), "seconds": seconds, "stdout": proc.stdout[-2000:]}
+
+
+def bench_cli(extra: List[str]) -> Dict[str, Any]:
+    """Wall time of ``graphformer train`` (its data cache warm, as after a
+    first run; the first run's processing is timed separately)."""
+    exe = shutil.which("graphformer") or ""
+    cmd = ([exe] if exe else [sys.executable, "-m", "graphformer"]) + ["train", "--quiet"] + extra
+    with tempfile.TemporaryDirectory() as tmp:
+        result = _timed(cmd + ["--run-dir", str(Path(tmp) / "run")], Path(tmp))
+        summary = json.loads((Path(tmp) / "run" / "summary.json").read_text())
+    result["test_at_best"] = summary[f"test_{summary['metric']}_at_best"]
+    result["metric"] = summary["metric"]
+    print(f"{' '.join(cmd[1:])}: {result['seconds']:.1f} s, test {result['metric']} "
+          f"{result['test_at_best']:.4f}", flush=True)
+    return result
+
+
+def bench_chemprop(name: str, epochs: Optional[int]) -> Optional[Dict[str, Any]]:
+    """chemprop's defaults on the same scaffold split (train/valid/test files
+    written from graphformer's split), timed as a whole run."""
+    exe = shutil.which("chemprop")
+    if exe is None:
+        print("chemprop is not installed: skipped (pip install chemprop)", flush=True)
+        return None
+    cfg = RunConfig(data=DataConfig(dataset=name, split="scaffold"), train=TrainConfig(seed=0))
+    prepared = prepare(cfg, log=False)
+    bench = prepared.bench
+    smiles = bench.dataset.smiles if hasattr(bench.dataset, "smiles") else None
+    if smiles is None:
+        print(f"chemprop: {name} has no SMILES list: skipped", flush=True)
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        paths = {}
+        for part in ("train", "valid", "test"):
+            idx = prepared.split[part].tolist()
+            rows = ["smiles,y"] + [f"{smiles[i]},{float(bench.dataset[i].y.view(-1)[0])}"
+                                   for i in idx]
+            paths[part] = tmp_path / f"{part}.csv"
+            paths[part].write_text("\n".join(rows) + "\n")
+        cmd = [exe, "train", "--data-path", str(paths["train"]), str(paths["valid"]),
+               str(paths["test"]), "--task-type", "regression", "--output-dir",
+               str(tmp_path / "out"), "--num-workers", "0"]
+        if epochs:
+            cmd += ["--epochs", str(epochs)]
+        result = _timed(cmd, tmp_path)
+        n_train = len(prepared.split["train"])
+        result["epochs"] = epochs or 50
+        result["train_molecules"] = n_train
+    print(f"chemprop {name}: {result['seconds']:.1f} s for {result['epochs']} epochs", flush=True)
+    return result
+
+
+def markdown(results: Dict[str, Any]) -> str:
+    lines = [f"Machine: {results['machine']}.", "",
+             "| data set | model | training step, mol/s | evaluation, mol/s | vs GIN (train) |",
+             "| --- | --- | ---: | ---: | ---: |"]
+    for name in results["datasets"]:
+        rows = [r for r in results["steps"] if r["dataset"] == name]
+        gin = next(r for r in rows if r["model"] == "GIN")
+        for r in rows:
+            ratio = r["train_mol_s"] / gin["train_mol_s"]
+            lines.append(f"| {name} | {r['model']} | {r['train_mol_s']:.0f} | "
+                         f"{r['eval_mol_s']:.0f} | {ratio:.2f}× |")
+    runs = results.get("cli", []) + [c for c in results.get("chemprop", []) if c]
+    if runs:
+        lines += ["", "| command | wall time | test metric at best validation epoch |",
+                  "| --- | ---: | ---: |"]
+        for r in results.get("cli", []):
+            lines.append(f"| `{r['command'].split('/')[-1]}` | {r['seconds']:.0f} s | "
+                         f"{r['metric']} {r['test_at_best']:.3f} |")
+        for r in results.get("chemprop", []):
+            if r:
+                lines.append(f"| chemprop defaults ({r['epochs']} epochs) | {r['seconds']:.0f} s "
+                             f"| |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", default=["esol", "lipophilicity"])
+    parser.add_argument("--backends", nargs="+", default=["auto"],
+                        help="attention backends of graphformer to time (auto = the default)")
+    parser.add_argument("--batches", type=int, default=8, help="training batches per timing")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0, help="0 = torch's default")
+    parser.add_argument("--cli", action="store_true", help="time `graphformer train`")
+    parser.add_argument("--cli-lipophilicity", action="store_true",
+                        help="also time `graphformer train --dataset lipophilicity`")
+    parser.add_argument("--chemprop", action="store_true",
+                        help="time chemprop's defaults on the same split, if installed")
+    parser.add_argument("--chemprop-epochs", type=int, default=None)
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--markdown-from", type=Path, help="print the README table of a --json")
+    args = parser.parse_args(argv)
+    if args.markdown_from:
+        print(markdown(json.loads(args.markdown_from.read_text())))
+        return 0
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    results: Dict[str, Any] = {"machine": machine_line(threads), "datasets": args.datasets,
+                               "steps": [], "cli": [], "chemprop": []}
+    print(results["machine"], flush=True)
+    for name in args.datasets:
+        results["steps"] += bench_steps(name, args)
+    if args.cli:
+        results["cli"].append(bench_cli([]))
+    if args.cli_lipophilicity:
+        results["cli"].append(bench_cli(["--dataset", "lipophilicity"]))
+    if args.chemprop:
+        for name in args.datasets:
+            results["chemprop"].append(bench_chemprop(name, args.chemprop_epochs))
+    print()
+    print(markdown(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
