@@ -81,7 +81,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+    flag = "--" + name.replace("_", "-")
+    return f"{flag}/--no-{flag[2:]}" if name in ("edge_update", "norm_first") else flag
 
 
 def _given(args: argparse.Namespace, names) -> List[str]:
@@ -158,7 +159,7 @@ def _resume_config(args: argparse.Namespace) -> Optional[RunConfig]:
                  getattr(args, f, None) is not None]
     conflicts += ["--config"] if args.config is not None else []
     conflicts += ["--overwrite"] if args.overwrite else []
-    if args.run_dir is not None and Path(args.run_dir) != Path(args.resume):
+    if args.run_dir is not None and Path(args.run_dir).resolve() != Path(args.resume).resolve():
         conflicts.append("--run-dir")
     if conflicts:
         raise UsageError(f"--resume {args.resume} continues the run with its saved settings; "
