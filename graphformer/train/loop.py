@@ -103,10 +103,10 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
+        why = "built without CUDA" if torch.version.cuda is None else "no GPU visible"
         raise UsageError(f"device 'cuda' (--device cuda, train.device) was asked for but CUDA "
-                         f"is not available (torch {torch.__version__}, "
-                         f"{'built without CUDA' if torch.version.cuda is None else 'no GPU visible'}"
-                         f"); use --device cpu or auto")
+                         f"is not available (torch {torch.__version__}, {why}); use --device "
+                         f"cpu or auto")
     if name == "cuda" and dist.is_initialized():
         return torch.device("cuda", dist.get_rank() % torch.cuda.device_count())
     return torch.device(name)

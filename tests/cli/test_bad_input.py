@@ -37,9 +37,9 @@ SMILES = list(pd.read_csv(bundled_dir() / "ESOL.csv")["smiles"].head(12))
 BAD_SMILES = ["C1CC", "xyz", "C(", "c1cccc1X", "C" * 300 + "("]
 TINY = ["--epochs", "1", "--hidden", "8", "--layers", "1", "--heads", "2", "--rwse-steps", "0",
         "--threads", "1", "--batch-size", "8", "--quiet"]
-FEW = settings(max_examples=12, deadline=None,
-               suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                      HealthCheck.too_slow])
+FIXTURE = [HealthCheck.function_scoped_fixture]  # tmp_path is fine: each example writes anew
+FEW = settings(max_examples=12, deadline=None, suppress_health_check=[*FIXTURE,
+                                                                      HealthCheck.too_slow])
 
 
 def cli(*argv):
@@ -193,7 +193,7 @@ def test_any_parsed_document_is_a_config_or_a_usage_error(doc):
 
 
 @given(content=st.binary(max_size=60), suffix=st.sampled_from([".yaml", ".json", ".yml"]))
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, suppress_health_check=FIXTURE)
 def test_any_config_file_reads_or_is_a_usage_error_naming_it(tmp_path, content, suffix):
     path = tmp_path / f"c{suffix}"
     path.write_bytes(content)
@@ -225,7 +225,7 @@ FLAG_BAD = {
 
 
 @given(flag_value=st.sampled_from([(f, v) for f, vs in FLAG_BAD.items() for v in vs]))
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, suppress_health_check=FIXTURE)
 def test_a_flag_out_of_range_exits_2_naming_it(work, data, flag_value):
     flag, value = flag_value
     run_dir = work / "never"
@@ -257,8 +257,8 @@ cell = st.sampled_from(["1.5", "-0.25", "3", "", "nan", "inf", "-inf", "1e999", 
 @given(rows=st.lists(st.tuples(st.one_of(st.sampled_from(SMILES), st.sampled_from(BAD_SMILES)),
                                cell, st.booleans()), min_size=0, max_size=8),
        valid_bias=st.booleans())
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                  HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[*FIXTURE, HealthCheck.too_slow])
 def test_a_generated_csv_trains_or_names_its_first_bad_row(tmp_path_factory, rows, valid_bias):
     if valid_bias:  # half the examples are mostly clean, so that some of them train
         rows = [(SMILES[k % len(SMILES)], "1.5" if v in ("inf", "-inf", "1e999", "abc") else v,
@@ -304,7 +304,7 @@ def test_a_generated_csv_trains_or_names_its_first_bad_row(tmp_path_factory, row
 @given(values=st.lists(st.tuples(st.sampled_from(["train", "valid", "val", "Test", "TRAIN",
                                                   "dev", "", "?"]), st.booleans()),
                        min_size=1, max_size=10))
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, suppress_health_check=FIXTURE)
 def test_split_column_rows_are_csv_rows_and_blank_lines_do_not_shift_them(
         tmp_path_factory, values):
     tmp = tmp_path_factory.mktemp("split")
@@ -345,7 +345,7 @@ def test_smiles_rows_and_split_rows_agree_after_a_blank_line(tmp_path):
 @given(content=st.one_of(st.binary(max_size=80),
                          st.text(alphabet=st.sampled_from('smiles,y"\n\r\t C1()=;\x00'),
                                  max_size=60)))
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=80, deadline=None, suppress_health_check=FIXTURE)
 def test_any_file_reads_as_csv_or_is_a_data_error_naming_it(tmp_path, content):
     path = tmp_path / "x.csv"
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
@@ -458,7 +458,7 @@ CONFLICTS = {"--epochs": "5", "--lr": "0.5", "--hidden": "16", "--seed": "4",
 
 
 @given(flags=st.lists(st.sampled_from(sorted(CONFLICTS)), min_size=1, max_size=4, unique=True))
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, deadline=None, suppress_health_check=FIXTURE)
 def test_resume_with_flags_that_change_the_run_is_refused_naming_them(run, flags):
     argv = ["train", "--resume", run]
     for flag in flags:
@@ -571,7 +571,7 @@ MUTATIONS = ["drop_field", "wrong_type", "drop_weight", "reshape_weight", "other
 
 @given(mutation=st.sampled_from(MUTATIONS), field=st.sampled_from(
     ["config", "model", "epoch", "y_mean", "y_std", "dataset", "metric", "history", "best"]))
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=30, deadline=None, suppress_health_check=FIXTURE)
 def test_a_damaged_checkpoint_is_a_data_error_naming_the_file(run, tmp_path_factory, mutation,
                                                                field):
     state = torch.load(run / "best.pt", weights_only=True)
