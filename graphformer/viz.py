@@ -4,7 +4,7 @@ All matplotlib figures are made with :class:`matplotlib.figure.Figure` on the
 Agg canvas, never through ``pyplot``: nothing global (backend, style, open
 figures) is touched. Every function returns what it drew (a ``Figure``, or the
 PNG bytes for the RDKit molecule picture) and, when ``path`` is given, also
-writes a PNG there.
+writes a PNG there (atomically: a temporary name, then a rename).
 
 Conventions (those of :class:`~graphformer.models.GraphTransformer` with
 ``return_attention_weights=True``): ``edge_index[0]`` is the source / key
@@ -23,6 +23,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Colormap
 from matplotlib.figure import Figure
 import matplotlib
+
+from ._files import atomic_write
 
 Tensor = torch.Tensor
 PathLike = Union[str, Path]
@@ -45,7 +47,8 @@ def _save(fig: Figure, path: Optional[PathLike]) -> None:
     if path is not None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, format="png")
+        with atomic_write(path, "wb") as fh:
+            fig.savefig(fh, format="png")
 
 
 def _as_2d(weights: Tensor) -> Tensor:
@@ -263,7 +266,8 @@ def molecule_attention(smiles: str, edge_index: Tensor, weights: Tensor,
     if path is not None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(png)
+        with atomic_write(path, "wb") as fh:
+            fh.write(png)
     return png
 
 

@@ -10,9 +10,11 @@ from torch_geometric.data import Batch
 
 from ..data import from_smiles
 from ..data.encodings import encodings
-from ..train import RunConfig, load_checkpoint, predict
+from ..errors import UsageError
+from ..train import predict
+from ..train.checkpoint import load_run
 from ..viz import molecule_attention
-from .evaluate import load_model
+from ._args import output_path, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -26,28 +28,33 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="attention head (default: the mean over heads)")
     p.add_argument("--pattern", default=None,
                    help="only the attention edges of this pattern (e.g. bonds, full)")
-    p.add_argument("--size", type=int, nargs=2, default=(500, 400), metavar=("W", "H"))
+    p.add_argument("--size", type=positive_int, nargs=2, default=(500, 400), metavar=("W", "H"))
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    state = load_checkpoint(args.checkpoint)
-    cfg = RunConfig.from_dict(state["config"])
-    data = from_smiles(args.smiles, where="--smiles")  # ValueError quoting it -> exit 2
+    output_path(args.output, {"the checkpoint": args.checkpoint}, "attention.png")
+    state, cfg, model = load_run(args.checkpoint)
+    try:
+        data = from_smiles(args.smiles, where="--smiles")
+    except ValueError as err:  # the SMILES is an argument: a usage error
+        raise UsageError(str(err)) from None
     transform = encodings(cfg.model.rwse_steps, cfg.model.lap_pe)
     data = transform(data) if transform is not None else data
-    model = load_model(state)
     names = model._set_names()
     pattern = None
     if args.pattern is not None:
         if args.pattern not in names:
-            raise ValueError(f"pattern {args.pattern!r} is not one of this model's {list(names)}")
+            raise UsageError(f"--pattern {args.pattern!r} is not one of this model's "
+                             f"{list(names)}")
         pattern = names.index(args.pattern)
     layers = cfg.model.layers
     if not -layers <= args.layer < layers:
-        raise ValueError(f"layer {args.layer} out of range: the model has {layers} layers")
+        raise UsageError(f"--layer {args.layer} out of range: the model has {layers} layers "
+                         f"(0..{layers - 1}, or negative from the end)")
     if args.head is not None and not 0 <= args.head < cfg.model.heads:
-        raise ValueError(f"head {args.head} out of range: the model has {cfg.model.heads} heads")
+        raise UsageError(f"--head {args.head} out of range: the model has {cfg.model.heads} "
+                         f"heads (0..{cfg.model.heads - 1})")
 
     batch = Batch.from_data_list([data])
     pred = predict(model, [batch], state["y_mean"], state["y_std"], torch.device("cpu"))[0]

@@ -10,35 +10,40 @@ import pandas as pd
 import torch
 from torch_geometric.loader import DataLoader
 
+from .._files import atomic_write, remove_stale_temporaries
 from ..data import from_smiles
 from ..data.encodings import encodings
-from ..train import RunConfig, load_checkpoint, predict
-from .evaluate import load_model
+from ..datasets.molecules import check_columns, read_csv
+from ..errors import DataError
+from ..train import predict
+from ..train.checkpoint import load_run
+from ._args import output_path, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="predict properties for the SMILES of a CSV file")
     p.add_argument("checkpoint", type=Path)
     p.add_argument("input", type=Path, help="CSV file with a SMILES column")
-    p.add_argument("-o", "--output", type=Path, required=True, help="CSV file to write")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="CSV file to write (written atomically; never the input file)")
     p.add_argument("--smiles-column", default="smiles")
     p.add_argument("--skip-invalid", action="store_true",
                    help="skip unparsable SMILES (reported by row) instead of failing")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=positive_int, default=128)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    state = load_checkpoint(args.checkpoint)
-    cfg = RunConfig.from_dict(state["config"])
-    frame = pd.read_csv(args.input, dtype=str, keep_default_na=False)
-    if args.smiles_column not in frame.columns:
-        print(f"error: {args.input} has no column {args.smiles_column!r}; its columns are "
-              f"{list(frame.columns)}", file=sys.stderr)
-        return 2
+    output = output_path(args.output, {"the input file": args.input,
+                                       "the checkpoint": args.checkpoint}, "predictions.csv")
+    state, cfg, model = load_run(args.checkpoint)
+    frame = read_csv(args.input)
+    check_columns(frame, args.input, [args.smiles_column])
+    if len(frame) == 0:
+        raise DataError(f"{args.input} has a header but no rows")
     transform = encodings(cfg.model.rwse_steps, cfg.model.lap_pe)
     graphs, rows, invalid = [], [], []
-    for row, smiles in enumerate(frame[args.smiles_column], start=1):
+    for row, smiles in frame[args.smiles_column].items():
         try:
             data = from_smiles(smiles, where=f"{args.input}, row {row}")
         except ValueError as err:
@@ -47,14 +52,14 @@ def run(args: argparse.Namespace) -> int:
         graphs.append(transform(data) if transform is not None else data)
         rows.append(row)
     if invalid and not args.skip_invalid:
-        print(f"error: {len(invalid)} invalid SMILES (use --skip-invalid to skip them):",
-              file=sys.stderr)
-        for line in invalid[:20]:
-            print(f"  {line}", file=sys.stderr)
-        return 2
+        shown = "\n".join(f"  {line}" for line in invalid[:20])
+        more = f"\n  ... and {len(invalid) - 20} more" if len(invalid) > 20 else ""
+        raise DataError(f"{len(invalid)} invalid SMILES in {args.input} (use --skip-invalid "
+                        f"to skip them):\n{shown}{more}")
     for line in invalid:
         print(f"skipped: {line}", file=sys.stderr)
-    model = load_model(state)
+    if not graphs:
+        raise DataError(f"no valid SMILES in {args.input}: nothing to predict")
     loader = DataLoader(graphs, batch_size=args.batch_size, shuffle=False)
     pred = predict(model, loader, state["y_mean"], state["y_std"], torch.device("cpu"))
     names = cfg.data.target_columns or [f"{state['dataset']}_target"]
@@ -63,10 +68,13 @@ def run(args: argparse.Namespace) -> int:
     out = pd.DataFrame({"row": rows, args.smiles_column: [g.smiles for g in graphs]})
     for k, name in enumerate(names):
         col = pred[:, k]
+        name = name if name not in out.columns else f"predicted_{name}"  # never "row"
         out[name] = torch.sigmoid(col).numpy() if cfg.model.task == "classification" \
             else col.numpy()
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    out.to_csv(args.output, index=False)
-    print(f"wrote {len(out)} predictions to {args.output}"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(output.parent, [output.name])
+    with atomic_write(output, newline="") as fh:
+        out.to_csv(fh, index=False)
+    print(f"wrote {len(out)} predictions to {output}"
           + (f" ({len(invalid)} invalid rows skipped)" if invalid else ""))
     return 0

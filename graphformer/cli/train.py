@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List, Optional
 
+from ..errors import ConfigError, UsageError
 from ..train import RunConfig, read_config_file, train
+from ..train.checkpoint import load_checkpoint, run_config
 
 # flag -> (section, key)
 _FLAGS = {
@@ -23,6 +26,8 @@ _FLAGS = {
     "grad_clip": ("train", "grad_clip"), "seed": ("train", "seed"),
     "device": ("train", "device"), "threads": ("train", "threads"),
 }
+# Flags a resumed run accepts: where it runs, not what it computes.
+_RUNTIME_FLAGS = ("device", "threads", "root")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -34,7 +39,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-dir", type=Path, help="where to write the run (default: "
                    "runs/<dataset>-<time>)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR",
-                   help="continue the run in RUN_DIR from its last checkpoint")
+                   help="continue the run in RUN_DIR from its last checkpoint, with its saved "
+                   "settings (only --device, --threads and --root may be given with it)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --run-dir (its files are removed first)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
     d = p.add_argument_group("data")
     d.add_argument("--dataset", help="esol | freesolv | lipophilicity | ogbg-mol* | zinc | "
@@ -72,17 +80,48 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """Defaults, then the config file, then the flags that were given."""
+def _flag(name: str) -> str:
+    flag = "--" + name.replace("_", "-")
+    return f"{flag}/--no-{flag[2:]}" if name in ("edge_update", "norm_first") else flag
+
+
+def _given(args: argparse.Namespace, names) -> List[str]:
+    return [name for name in names if getattr(args, name, None) is not None]
+
+
+def config_from_args(args: argparse.Namespace,
+                     base: Optional[Dict[str, Dict[str, Any]]] = None) -> RunConfig:
+    """``base`` (default: the defaults, then the config file), then the flags
+    that were given. A bad value is named by its flag when it came from one,
+    else by its config file and key."""
     values: Dict[str, Dict[str, Any]] = {"data": {}, "model": {}, "train": {}}
+    for section, content in (base or {}).items():
+        values.setdefault(section, {}).update(content)
     if args.config is not None:
         for section, content in read_config_file(args.config).items():
+            if content is not None and not isinstance(content, dict):
+                raise UsageError(f"{args.config}: config section {section!r} must map keys "
+                                 f"to values, got {content!r}")
             values.setdefault(section, {}).update(content or {})
+    flags = {}
     for flag, (section, key) in _FLAGS.items():
         value = getattr(args, flag, None)
         if value is not None:
             values[section][key] = value
-    return RunConfig.from_dict(values)
+            flags[(section, key)] = flag
+    try:
+        return RunConfig.from_dict(values)
+    except ConfigError as err:
+        flag = flags.get((err.section, err.key))
+        if flag is not None:
+            raise UsageError(f"argument {_flag(flag)}: {err.reason}") from None
+        if args.config is not None:
+            raise UsageError(f"{args.config}: {err}") from None
+        raise
+    except UsageError as err:
+        if args.config is not None:
+            raise UsageError(f"{err} (settings from {args.config} and the flags given)") from None
+        raise
 
 
 def _init_distributed(device: str) -> bool:
@@ -111,16 +150,48 @@ def run(args: argparse.Namespace) -> int:
             dist.destroy_process_group()
 
 
+def _resume_config(args: argparse.Namespace) -> Optional[RunConfig]:
+    """The config to resume ``args.resume`` with: ``None`` (the saved one)
+    unless runtime flags are given. Flags that would change what the run
+    computes are refused by name: the resumed run must end with exactly the
+    metrics of an uninterrupted one."""
+    conflicts = [_flag(f) for f in _FLAGS if f not in _RUNTIME_FLAGS and
+                 getattr(args, f, None) is not None]
+    conflicts += ["--config"] if args.config is not None else []
+    conflicts += ["--overwrite"] if args.overwrite else []
+    if args.run_dir is not None and Path(args.run_dir).resolve() != Path(args.resume).resolve():
+        conflicts.append("--run-dir")
+    if conflicts:
+        raise UsageError(f"--resume {args.resume} continues the run with its saved settings; "
+                         f"these flags would change it: {', '.join(conflicts)} (drop them, or "
+                         f"start a new run with another --run-dir)")
+    if not _given(args, _RUNTIME_FLAGS):
+        return None
+    last = Path(args.resume) / "last.pt"
+    if not last.is_file():
+        return None  # train() names the problem
+    saved = run_config(load_checkpoint(last), last).to_dict()
+    return config_from_args(args, base=saved)
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.resume is not None:
-        summary = train(RunConfig(), args.resume, resume=True, progress=not args.quiet)
         run_dir = args.resume
+        try:
+            summary = train(_resume_config(args), run_dir, resume=True, progress=not args.quiet)
+        except KeyboardInterrupt:
+            _interrupted(run_dir)
+            raise
     else:
         cfg = config_from_args(args)
         name = Path(cfg.data.dataset).stem.lower()
         # Only rank 0 writes files, so the ranks need not agree on this name.
         run_dir = args.run_dir or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        summary = train(cfg, run_dir, progress=not args.quiet)
+        try:
+            summary = train(cfg, run_dir, progress=not args.quiet, overwrite=args.overwrite)
+        except KeyboardInterrupt:
+            _interrupted(run_dir)
+            raise
     import torch.distributed as dist
 
     if dist.is_initialized() and dist.get_rank() != 0:
@@ -133,3 +204,9 @@ def _run(args: argparse.Namespace) -> int:
               f"{summary[f'test_{metric}_at_best']:.4f}")
     print(f"run directory: {run_dir}")
     return 0
+
+
+def _interrupted(run_dir: Path) -> None:
+    if (Path(run_dir) / "last.pt").is_file():
+        print(f"graphformer: the run in {run_dir} can continue with: graphformer train "
+              f"--resume {run_dir}", file=sys.stderr)

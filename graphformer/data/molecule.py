@@ -9,6 +9,8 @@ from ogb.utils.features import atom_to_feature_vector, bond_to_feature_vector
 from rdkit import Chem, rdBase
 from torch_geometric.data import Data
 
+from ..errors import DataError
+
 NUM_ATOM_FEATURES = 9
 NUM_BOND_FEATURES = 3
 
@@ -16,33 +18,36 @@ Target = Union[float, Sequence[float], torch.Tensor, None]
 
 
 def parse_smiles(smiles: str, where: str = "") -> Chem.Mol:
-    """RDKit molecule of ``smiles``, or a ``ValueError`` that quotes it.
+    """RDKit molecule of ``smiles``, or a :class:`~graphformer.errors.DataError`
+    (a ``ValueError``) that quotes it.
 
     Args:
         smiles: the SMILES string.
         where: where it came from (``"file.csv, row 7"``), added to the error.
     """
     suffix = f" ({where})" if where else ""
+    shown = repr(smiles) if not isinstance(smiles, str) or len(smiles) <= 200 else \
+        f"{smiles[:60]!r}... ({len(smiles)} characters)"
     if not isinstance(smiles, str):
-        raise ValueError(f"SMILES must be a string, got {type(smiles).__name__} "
-                         f"{smiles!r}{suffix}")
+        raise DataError(f"SMILES must be a string, got {type(smiles).__name__} "
+                        f"{shown}{suffix}")
     if not smiles.strip():
-        raise ValueError(f"empty SMILES {smiles!r}{suffix}")
+        raise DataError(f"empty SMILES {shown}{suffix}")
     # RDKit stops at a NUL and reads text after a space as the molecule's
     # name: either would silently parse a shorter molecule than was written.
     bad = next((c for c in smiles.strip() if c.isspace() or ord(c) < 32 or ord(c) == 127),
                None)
     if bad is not None:
-        raise ValueError(f"SMILES {smiles!r} contains the character {bad!r}{suffix}")
+        raise DataError(f"SMILES {shown} contains the character {bad!r}{suffix}")
     with rdBase.BlockLogs():  # RDKit would print its own complaint to stderr
         try:
             mol = Chem.MolFromSmiles(smiles.strip())
         except Exception as err:  # Boost argument errors, embedded NULs, ...
-            raise ValueError(f"cannot parse SMILES {smiles!r}{suffix}: {err}") from err
+            raise DataError(f"cannot parse SMILES {shown}{suffix}: {err}") from err
     if mol is None:
-        raise ValueError(f"cannot parse SMILES {smiles!r}{suffix}")
+        raise DataError(f"cannot parse SMILES {shown}{suffix}")
     if mol.GetNumAtoms() == 0:
-        raise ValueError(f"SMILES {smiles!r} has no atoms{suffix}")
+        raise DataError(f"SMILES {shown} has no atoms{suffix}")
     return mol
 
 

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import ConcatDataset, Dataset
 
+from ..errors import UsageError
 from .molecules import BUNDLED, MoleculeCSVDataset, bundled_dir, default_root, load_bundled
 from .splits import column_split, index_split, random_split, scaffold, scaffold_split
 
@@ -69,7 +70,7 @@ def load_dataset(name: Union[str, Path], root: Optional[Union[str, Path]] = None
         return Benchmark(lower, ds, "regression", 1, "rmse", smiles=[d.smiles for d in ds])
     if lower.endswith(".csv"):
         if not target_columns:
-            raise ValueError(f"{key}: a CSV data set needs target_columns")
+            raise UsageError(f"{key}: a CSV data set needs target_columns")
         ds = MoleculeCSVDataset(key, smiles_column, list(target_columns), task,  # type: ignore[arg-type]
                                 root=root_path / "csv" / Path(key).stem,
                                 pre_transform=pre_transform, log=log)
@@ -101,7 +102,7 @@ def load_dataset(name: Union[str, Path], root: Optional[Union[str, Path]] = None
         ds = _encoded(ConcatDataset(parts), pre_transform, root_path, lower, log)
         return Benchmark(lower, ds, "regression", 1, "mae", features="zinc",
                          official_split=split)
-    raise ValueError(f"unknown data set {key!r}: use one of {sorted(BUNDLED)}, an 'ogbg-mol*' "
+    raise UsageError(f"unknown data set {key!r}: use one of {sorted(BUNDLED)}, an 'ogbg-mol*' "
                      f"name, 'pcqm4mv2', 'zinc', 'zinc-full', or a path ending in .csv")
 
 
@@ -125,23 +126,25 @@ def make_split(bench: Benchmark, kind: Optional[str] = None, seed: int = 0,
         kind = "official" if bench.official_split is not None else "scaffold"
     if kind == "official":
         if bench.official_split is None:
-            raise ValueError(f"{bench.name} has no official split: use 'scaffold' or 'random'")
+            raise UsageError(f"{bench.name} has no official split: use 'scaffold' or 'random'")
         return bench.official_split
     if kind == "random":
         return random_split(len(bench.dataset), fractions, seed)
     if kind == "scaffold":
         if bench.smiles is None:
-            raise ValueError(f"{bench.name}: a scaffold split needs SMILES; use 'official'")
+            raise UsageError(f"{bench.name}: a scaffold split needs SMILES; use 'official'")
         return scaffold_split(bench.smiles, fractions)
     if kind.startswith("column:"):
         column = kind.split(":", 1)[1]
         path = getattr(bench.dataset, "path", None)
         if path is None:
-            raise ValueError(f"{bench.name}: a column split needs a CSV data set")
-        import pandas as pd
+            raise UsageError(f"{bench.name}: a column split needs a CSV data set")
+        from .molecules import read_csv
 
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        frame = read_csv(path)
         if column not in frame.columns:
-            raise ValueError(f"{path}: no split column {column!r}")
-        return column_split(list(frame[column]), where=f"{path}, column {column!r}")
-    raise ValueError(f"unknown split {kind!r}")
+            raise UsageError(f"{path}: no split column {column!r}; the columns are "
+                             f"{list(frame.columns)}")
+        return column_split(list(frame[column]), where=f"{path}, column {column!r}",
+                            rows=list(frame.index))
+    raise UsageError(f"unknown split {kind!r}")

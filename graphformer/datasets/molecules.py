@@ -14,6 +14,7 @@ from torch_geometric.data import Data, InMemoryDataset
 from tqdm.auto import tqdm
 
 from ..data.molecule import from_smiles
+from ..errors import DataError, UsageError
 
 Task = Literal["regression", "classification"]
 _FORMAT_VERSION = 1  # bump when the processed format changes
@@ -44,6 +45,58 @@ def describe_transform(transform: Optional[Callable]) -> Optional[str]:
         parts.append(type(t).__name__ + json.dumps(
             {k: v for k, v in sorted(vars(t).items()) if isinstance(v, (int, float, str, bool))}))
     return "|".join(parts)
+
+
+def _row_numbers(path: Path, count: int) -> List[int]:
+    """The row number of each of the ``count`` records pandas read from
+    ``path``: the line number minus one (row N is on line N + 1 when the header
+    is line 1), so a blank line, which pandas skips, does not shift the rows
+    after it. Files whose records span lines (quoted line breaks) are numbered
+    by record instead (1, 2, ...)."""
+    with open(path, "rb") as fh:
+        lines = [n for n, line in enumerate(fh, start=1) if line.strip()]
+    if len(lines) == count + 1:  # the header, then one line per record
+        return [n - 1 for n in lines[1:]]
+    return list(range(1, count + 1))
+
+
+def read_csv(path: Union[str, Path]) -> pd.DataFrame:
+    """A CSV file with every cell as a string (no NaN guessing: an empty cell
+    is ``""``), indexed by row number (see :func:`_row_numbers`: row N is on
+    line N + 1; blank lines are skipped but counted). Every reader of molecule
+    CSV files uses it, so all messages number rows alike.
+
+    Raises:
+        FileNotFoundError / UsageError: no file at ``path``, or a directory.
+        DataError: an empty file (no header), or one pandas cannot parse (the
+            message names the file and pandas' reason, which names the line).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{path} is a directory, not a CSV file")
+    if not path.is_file():
+        raise FileNotFoundError(f"no CSV file at {path}")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path} is empty: a CSV file needs a header line naming its "
+                        f"columns, then one row per molecule") from None
+    except pd.errors.ParserError as err:
+        raise DataError(f"{path} is not a valid CSV file: {str(err).strip()}") from None
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path} is not a UTF-8 text file ({err.reason} at byte "
+                        f"{err.start})") from None
+    frame.index = pd.Index(_row_numbers(path, len(frame)), name="row")
+    return frame
+
+
+def check_columns(frame: pd.DataFrame, path: Path, columns: Sequence[str]) -> None:
+    """A :class:`UsageError` naming the first of ``columns`` that ``frame``
+    lacks, and the columns it has."""
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise UsageError(f"{path}: no column {missing[0]!r}; the columns are "
+                         f"{list(frame.columns)}")
 
 
 class KeyedDataset(InMemoryDataset):
@@ -96,9 +149,12 @@ class MoleculeCSVDataset(KeyedDataset):
         log: show progress while processing.
 
     Raises:
-        ValueError: a missing column, an unparsable SMILES or a non-numeric
-            (or, for classification, non-0/1) target, naming the file, the
-            column and the row (1-based data row; line = row + 1).
+        UsageError: a missing column (naming the columns there are).
+        DataError: an empty or header-only file, an unparsable SMILES, or a
+            non-numeric, infinite (or, for classification, non-0/1) target,
+            naming the file, the column and the row (row N is on line N + 1;
+            blank lines are skipped but counted, see :func:`read_csv`).
+        Both subclass ``ValueError``.
     """
 
     def __init__(self, path: Union[str, Path], smiles_column: str = "smiles",
@@ -107,6 +163,8 @@ class MoleculeCSVDataset(KeyedDataset):
                  transform: Optional[Callable] = None, pre_transform: Optional[Callable] = None,
                  log: bool = True) -> None:
         self.path = Path(path)
+        if self.path.is_dir():
+            raise UsageError(f"{self.path} is a directory, not a CSV file")
         if not self.path.is_file():
             raise FileNotFoundError(f"no CSV file at {self.path}")
         if isinstance(target_columns, str):
@@ -131,18 +189,17 @@ class MoleculeCSVDataset(KeyedDataset):
         return len(self.target_columns)
 
     def process(self) -> None:
-        frame = pd.read_csv(self.path, dtype=str, keep_default_na=False)
-        missing = [c for c in [self.smiles_column, *self.target_columns] if c not in frame.columns]
-        if missing:
-            raise ValueError(f"{self.path}: no column {missing[0]!r}; the columns are "
-                             f"{list(frame.columns)}")
+        frame = read_csv(self.path)
+        check_columns(frame, self.path, [self.smiles_column, *self.target_columns])
+        if len(frame) == 0:
+            raise DataError(f"{self.path} has a header but no molecules")
         targets = [self._targets(frame[c], c) for c in self.target_columns]
         data_list: List[Data] = []
-        rows = tqdm(frame[self.smiles_column], desc=f"Processing {self.path.name}",
-                    disable=not self.log, unit="mol")
-        for row, smiles in enumerate(rows):
-            y = [t[row] for t in targets] if targets else None
-            data = from_smiles(smiles, y=y, where=f"{self.path}, row {row + 1}")
+        rows = tqdm(frame[self.smiles_column].items(), desc=f"Processing {self.path.name}",
+                    disable=not self.log, unit="mol", total=len(frame))
+        for k, (row, smiles) in enumerate(rows):
+            y = [t[k] for t in targets] if targets else None
+            data = from_smiles(smiles, y=y, where=f"{self.path}, row {row}")
             if self.pre_transform is not None:
                 data = self.pre_transform(data)
             data_list.append(data)
@@ -150,7 +207,7 @@ class MoleculeCSVDataset(KeyedDataset):
 
     def _targets(self, column: pd.Series, name: str) -> List[float]:
         values = []
-        for row, text in enumerate(column):
+        for row, text in column.items():
             text = text.strip()
             if text == "" or text.lower() in ("nan", "na", "none"):
                 values.append(math.nan)
@@ -158,11 +215,14 @@ class MoleculeCSVDataset(KeyedDataset):
             try:
                 value = float(text)
             except ValueError:
-                raise ValueError(f"{self.path}, row {row + 1}, column {name!r}: target "
-                                 f"{text!r} is not a number") from None
+                raise DataError(f"{self.path}, row {row}, column {name!r}: target "
+                                f"{text!r} is not a number") from None
+            if not math.isfinite(value):
+                raise DataError(f"{self.path}, row {row}, column {name!r}: target {text!r} "
+                                f"is not finite (leave the cell empty for a missing value)")
             if self.task == "classification" and value not in (0.0, 1.0):
-                raise ValueError(f"{self.path}, row {row + 1}, column {name!r}: a "
-                                 f"classification target must be 0 or 1, got {text!r}")
+                raise DataError(f"{self.path}, row {row}, column {name!r}: a "
+                                f"classification target must be 0 or 1, got {text!r}")
             values.append(value)
         return values
 

@@ -16,6 +16,7 @@ from rdkit.Chem.Scaffolds import MurckoScaffold
 from torch import Tensor
 
 from ..data.molecule import parse_smiles
+from ..errors import DataError
 
 Split = Dict[str, Tensor]
 Fractions = Tuple[float, float, float]
@@ -36,10 +37,14 @@ def _as_split(train, valid, test) -> Split:
 
 def random_split(num: int, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0) -> Split:
     """A seeded random split of ``num`` rows (sizes rounded down for valid and
-    test; train takes the rest)."""
+    test, but at least one row each when their fraction is not 0 and there
+    are 3 rows or more; train takes the rest)."""
     f = _check_fractions(fractions)
     perm = torch.randperm(num, generator=torch.Generator().manual_seed(seed)).tolist()
-    n_valid, n_test = int(f[1] * num), int(f[2] * num)
+    n_valid, n_test = (max(int(frac * num), 1 if frac > 0 and num >= 3 else 0)
+                       for frac in f[1:])
+    n_valid = min(n_valid, num)
+    n_test = min(n_test, num - n_valid)
     n_train = num - n_valid - n_test
     return _as_split(perm[:n_train], perm[n_train:n_train + n_valid], perm[n_train + n_valid:])
 
@@ -67,7 +72,7 @@ def scaffold_split(smiles: Sequence[str], fractions: Sequence[float] = (0.8, 0.1
         try:
             groups[scaffold(smi)].append(idx)
         except ValueError as err:
-            raise ValueError(f"molecule {idx}: {err}") from None
+            raise DataError(f"molecule {idx}: {err}") from None
     ordered = sorted(groups.values(), key=lambda g: (len(g), g[0]), reverse=True)
     n = len(smiles)
     train_cut, valid_cut = f[0] * n, (f[0] + f[1]) * n
@@ -87,16 +92,21 @@ _COLUMN_NAMES = {"train": "train", "training": "train", "val": "valid", "valid":
                  "validation": "valid", "test": "test"}
 
 
-def column_split(values: Sequence[str], where: str = "split column") -> Split:
+def column_split(values: Sequence[str], where: str = "split column",
+                 rows: Optional[Sequence[int]] = None) -> Split:
     """A split given per row (``train`` / ``val`` or ``valid`` / ``test``,
-    case-insensitive). An unknown value is an error naming its row."""
+    case-insensitive). An unknown value is a ``DataError`` naming its row:
+    ``rows[k]`` for the k-th value (the CSV row numbers of
+    :func:`~graphformer.datasets.molecules.read_csv`), 1-based ``k + 1``
+    without ``rows``, as every message numbers rows."""
     parts: Dict[str, list] = {p: [] for p in PARTS}
-    for row, value in enumerate(values):
+    for k, value in enumerate(values):
         part = _COLUMN_NAMES.get(str(value).strip().lower())
         if part is None:
-            raise ValueError(f"{where}, row {row}: unknown split {value!r} "
-                             f"(expected train, val/valid or test)")
-        parts[part].append(row)
+            row = rows[k] if rows is not None else k + 1
+            raise DataError(f"{where}, row {row}: unknown split {value!r} "
+                            f"(expected train, val/valid or test)")
+        parts[part].append(k)
     return _as_split(parts["train"], parts["valid"], parts["test"])
 
 
@@ -112,7 +122,7 @@ def _read_indices(path: Union[str, Path]) -> list:
             try:
                 out.append(int(text))
             except ValueError:
-                raise ValueError(f"{path}, line {line_no}: {text!r} is not a row index") from None
+                raise DataError(f"{path}, line {line_no}: {text!r} is not a row index") from None
     return out
 
 
@@ -128,8 +138,8 @@ def index_split(train: Union[str, Path], valid: Union[str, Path], test: Union[st
     for name, idx in parts.items():
         for i in idx:
             if num is not None and not 0 <= i < num:
-                raise ValueError(f"{name} index {i} is out of range for {num} rows")
+                raise DataError(f"{name} index {i} is out of range for {num} rows")
             if i in seen:
-                raise ValueError(f"row {i} is in both {seen[i]} and {name}")
+                raise DataError(f"row {i} is in both {seen[i]} and {name}")
             seen[i] = name
     return _as_split(parts["train"], parts["valid"], parts["test"])

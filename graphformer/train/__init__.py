@@ -1,5 +1,5 @@
 """Training: run configuration, the training loop, metrics and checkpoints."""
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, load_run, save_checkpoint
 from .config import DataConfig, RunConfig, TrainConfig, read_config_file
 from .loop import Prepared, evaluate_split, predict, prepare, train
 from .metrics import compute_metrics
@@ -7,5 +7,5 @@ from .metrics import compute_metrics
 __all__ = [
     "RunConfig", "DataConfig", "TrainConfig", "read_config_file",
     "train", "prepare", "Prepared", "predict", "evaluate_split",
-    "compute_metrics", "save_checkpoint", "load_checkpoint", "CheckpointError",
+    "compute_metrics", "save_checkpoint", "load_checkpoint", "load_run", "CheckpointError",
 ]

@@ -6,39 +6,35 @@ the target normalisation. Nothing in it is code, so loading it cannot run any.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
-from typing import Any, Dict, Union
+from typing import Any, Dict, Sequence, Tuple, Union
 
 import torch
+
+from .._files import atomic_write
+from ..errors import DataError
+from ..models import GraphTransformer
+from .config import RunConfig
 
 FORMAT = "graphformer-checkpoint"
 VERSION = 1
 
 
-class CheckpointError(ValueError):
-    """A file that is not a readable graphformer checkpoint."""
+class CheckpointError(DataError):
+    """A file that is not a readable graphformer checkpoint, or one that lacks
+    what it is used for (exit code 1 on the command line)."""
 
 
 def save_checkpoint(state: Dict[str, Any], path: Union[str, Path]) -> None:
     """Write ``state`` to ``path`` atomically: a temporary file in the same
     folder, flushed to disk, then renamed over ``path``. A crash leaves either
-    the old checkpoint or the new one, never half of one."""
+    the old checkpoint or the new one, never half of one. The file gets the
+    mode of any other new file (``0o666`` minus the umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "version": VERSION, **state}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, "wb") as fh:
+        torch.save(payload, fh)
 
 
 def load_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
@@ -64,3 +60,72 @@ def load_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
         raise CheckpointError(f"{path} has checkpoint format version {state.get('version')}; "
                               f"this graphformer reads version {VERSION}")
     return state
+
+
+# What a checkpoint written by ``train`` holds, and the types that are checked.
+RUN_FIELDS = {"config": dict, "model": dict, "epoch": int, "history": list, "best": dict,
+              "y_mean": torch.Tensor, "y_std": torch.Tensor, "dataset": str, "metric": str,
+              "task": str}
+RESUME_FIELDS = {"optimizer": dict, "scheduler": dict}
+
+
+def check_fields(state: Dict[str, Any], path: Union[str, Path],
+                 fields: Sequence[Dict[str, type]] = (RUN_FIELDS,)) -> None:
+    """Check that a loaded checkpoint has every field ``train`` writes (and, for
+    resuming, ``RESUME_FIELDS``), of the right type; the error names the file
+    and the missing or wrong fields."""
+    wanted = {k: t for group in fields for k, t in group.items()}
+    missing = [k for k in wanted if k not in state]
+    if missing:
+        raise CheckpointError(f"{path} is a graphformer checkpoint but lacks the field(s) "
+                              f"{missing}: it was not written by 'graphformer train' or was "
+                              f"edited")
+    wrong = [f"{k} ({type(state[k]).__name__}, expected {t.__name__})"
+             for k, t in wanted.items()
+             if not isinstance(state[k], t) or (t is int and isinstance(state[k], bool))]
+    if wrong:
+        raise CheckpointError(f"{path} has field(s) of the wrong type: {', '.join(wrong)}")
+
+
+def run_config(state: Dict[str, Any], path: Union[str, Path]) -> RunConfig:
+    """The run config stored in a checkpoint; an invalid one is a
+    :class:`CheckpointError` naming the file and the key."""
+    try:
+        return RunConfig.from_dict(state["config"])
+    except ValueError as err:
+        raise CheckpointError(f"{path} holds an invalid run config: {err}") from None
+
+
+def model_from_checkpoint(state: Dict[str, Any], path: Union[str, Path] = "checkpoint"
+                          ) -> GraphTransformer:
+    """The trained model of a checked checkpoint (in eval mode); weights that
+    do not fit its config, or a normalisation of the wrong size, are a
+    :class:`CheckpointError` naming the file and the first mismatches."""
+    cfg = run_config(state, path)
+    model = GraphTransformer(cfg.model)
+    try:
+        model.load_state_dict(state["model"])
+    except Exception as err:  # missing / unexpected keys, size mismatches, non-tensors
+        lines = [line.strip() for line in str(err).splitlines()[1:] if line.strip()] \
+            or [f"{type(err).__name__}: {err}"]
+        detail = "; ".join(lines)
+        raise CheckpointError(f"{path}: its weights do not fit its model config "
+                              f"({detail[:400]}{'...' if len(detail) > 400 else ''})") from None
+    tasks = cfg.model.num_tasks
+    for key in ("y_mean", "y_std"):
+        value = state[key]
+        if value.numel() != tasks or not torch.isfinite(value).all() or \
+                (key == "y_std" and not (value > 0).all()):
+            raise CheckpointError(f"{path}: '{key}' must hold {tasks} finite value(s), one per "
+                                  f"task{', all > 0' if key == 'y_std' else ''}, got "
+                                  f"{value.tolist()}")
+    return model.eval()
+
+
+def load_run(path: Union[str, Path]) -> Tuple[Dict[str, Any], RunConfig, GraphTransformer]:
+    """A checkpoint written by ``train``, checked: its state, its run config
+    and its trained model (eval mode). Every problem is a
+    :class:`CheckpointError` (or ``FileNotFoundError``) naming the file."""
+    state = load_checkpoint(path)
+    check_fields(state, path)
+    return state, run_config(state, path), model_from_checkpoint(state, path)

@@ -2,13 +2,97 @@
 every run and checkpoint as plain data (JSON/YAML)."""
 from __future__ import annotations
 
+import math
+import re
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
+from ..errors import ConfigError, UsageError
 from ..models import GraphTransformerConfig
 
 SPLITS = ("scaffold", "random", "official")
+MAX_SEED = 2**32
+MAX_INT = 2**63  # what a torch int64 holds
+
+_INT_TEXT = re.compile(r"[+-]?\d+")
+
+
+def _kind(value: Any) -> str:
+    """A value as an error message shows it: its repr (cut at 60 characters)
+    and its type."""
+    text = repr(value)
+    return f"{text if len(text) <= 60 else text[:57] + '...'} ({type(value).__name__})"
+
+
+def coerce(section: str, key: str, value: Any, hint: Any) -> Any:
+    """``value`` as the type ``hint`` of config key ``section.key``, by one rule:
+
+    - ``int``: an int, a float with no fractional part, or a string of digits;
+    - ``float``: a finite int, float or numeric string (YAML 1.1 reads
+      ``1e-3`` as a string);
+    - ``bool``: ``true`` / ``false`` only;
+    - ``str`` and ``Literal``: a string;
+    - ``List[str]`` / ``Tuple[str, ...]``: a list of strings, or one string as
+      a one-element list;
+    - ``Optional[X]``: ``None`` or an ``X``.
+
+    Anything else is a :class:`~graphformer.errors.ConfigError` naming the key,
+    the value and what would be accepted.
+    """
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Union:
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return coerce(section, key, value, inner)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(section, key, f"must be true or false, got {_kind(value)}")
+    if hint is int:
+        whole: Optional[int] = None
+        if isinstance(value, int) and not isinstance(value, bool):
+            whole = value
+        elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            whole = int(value)
+        elif isinstance(value, str) and _INT_TEXT.fullmatch(value.strip()) \
+                and len(value.strip()) <= 20:
+            whole = int(value)
+        if whole is None or not -MAX_INT <= whole < MAX_INT:
+            raise ConfigError(section, key, f"must be a whole number (int) of magnitude "
+                              f"below 2**63, got {_kind(value)}")
+        return whole
+    if hint is float:
+        number: Optional[float] = None
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            try:
+                number = float(value)
+            except (ValueError, OverflowError):
+                number = None
+        if number is None or not math.isfinite(number):
+            raise ConfigError(section, key, f"must be a finite number (float), got "
+                              f"{_kind(value)}")
+        return number
+    if hint is str or origin is typing.Literal:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(section, key, f"must be a string, got {_kind(value)}")
+    if origin in (list, tuple):
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) for v in items):
+            raise ConfigError(section, key, f"must be a list of strings (or one string), got "
+                              f"{_kind(value)}")
+        return origin(items)
+    raise TypeError(f"no coercion rule for config key '{section}.{key}' of type {hint}")
+
+
+def coerce_fields(obj: Any, section: str) -> None:
+    """Apply :func:`coerce` to every field of the dataclass ``obj`` in place."""
+    hints = typing.get_type_hints(type(obj))
+    for f in fields(obj):
+        setattr(obj, f.name, coerce(section, f.name, getattr(obj, f.name), hints[f.name]))
 
 
 @dataclass
@@ -33,15 +117,19 @@ class DataConfig:
     root: Optional[str] = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.target_columns, str):
-            self.target_columns = [self.target_columns]
+        coerce_fields(self, "data")
         if self.task not in ("regression", "classification"):
-            raise ValueError(f"'task' must be 'regression' or 'classification', got {self.task!r}")
-        if self.split is not None and self.split not in SPLITS and not self.split.startswith("column:"):
-            raise ValueError(f"'split' must be one of {SPLITS} or 'column:NAME', got {self.split!r}")
+            raise ConfigError("data", "task", f"must be 'regression' or 'classification', "
+                              f"got {self.task!r}")
+        if self.split is not None and self.split not in SPLITS and not (
+                self.split.startswith("column:") and len(self.split) > len("column:")):
+            raise ConfigError("data", "split", f"must be one of {SPLITS} or 'column:NAME', "
+                              f"got {self.split!r}")
+        if not self.dataset.strip():
+            raise ConfigError("data", "dataset", "must name a data set or a .csv file, got ''")
         if self.dataset.lower().endswith(".csv") and not self.target_columns:
-            raise ValueError(f"a CSV data set needs 'target_columns' (--target-columns) for "
-                             f"{self.dataset}")
+            raise ConfigError("data", "target_columns", f"must name the target column(s) of "
+                              f"the CSV data set {self.dataset} (--target-columns)")
 
 
 @dataclass
@@ -55,9 +143,13 @@ class TrainConfig:
         weight_decay: AdamW weight decay.
         warmup_epochs: epochs of linear warm-up.
         grad_clip: gradient-norm clip (0 = off).
-        seed: seed of everything random (initialisation, shuffling, dropout).
+        seed: seed of everything random (initialisation, shuffling, dropout),
+            in ``[0, 2**32)``.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         threads: torch CPU threads (0 = torch's default).
+
+    Values are converted by :func:`coerce` (a numeric string is a number), and
+    every range error names its key.
     """
     epochs: int = 60
     batch_size: int = 32
@@ -70,14 +162,20 @@ class TrainConfig:
     threads: int = 0
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"'epochs' and 'batch_size' must be >= 1, got {self.epochs}, "
-                             f"{self.batch_size}")
-        if self.lr <= 0 or self.weight_decay < 0 or self.warmup_epochs < 0 or self.grad_clip < 0:
-            raise ValueError("'lr' must be > 0 and 'weight_decay', 'warmup_epochs', "
-                             "'grad_clip' >= 0")
+        coerce_fields(self, "train")
+        for key in ("epochs", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError("train", key, f"must be >= 1, got {getattr(self, key)}")
+        if self.lr <= 0:
+            raise ConfigError("train", "lr", f"must be > 0, got {self.lr}")
+        for key in ("weight_decay", "warmup_epochs", "grad_clip", "threads"):
+            if getattr(self, key) < 0:
+                raise ConfigError("train", key, f"must be >= 0, got {getattr(self, key)}")
+        if not 0 <= self.seed < MAX_SEED:
+            raise ConfigError("train", "seed", f"must be in [0, 2**32), got {self.seed}")
         if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"'device' must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+            raise ConfigError("train", "device", f"must be 'auto', 'cpu' or 'cuda', got "
+                              f"{self.device!r}")
 
 
 @dataclass
@@ -93,42 +191,70 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "RunConfig":
+        """A run config from plain data (a config file, ``config.json``, a
+        checkpoint's ``config``); every error names the section and key."""
+        if not isinstance(d, dict):
+            raise UsageError(f"a config holds the sections data, model, train; got "
+                             f"{_kind(d)}")
         unknown = set(d) - {"data", "model", "train"}
         if unknown:
-            raise ValueError(f"unknown config section(s) {sorted(unknown)}; expected data, "
-                             f"model, train")
-        return cls(data=_build(DataConfig, d.get("data", {}), "data"),
-                   model=_build(GraphTransformerConfig, d.get("model", {}), "model"),
-                   train=_build(TrainConfig, d.get("train", {}), "train"))
+            raise UsageError(f"unknown config section(s) {sorted(map(str, unknown))}; "
+                             f"expected data, model, train")
+        return cls(data=_build(DataConfig, d.get("data"), "data"),
+                   model=_build(GraphTransformerConfig, d.get("model"), "model"),
+                   train=_build(TrainConfig, d.get("train"), "train"))
 
 
-def _build(cls, values: Dict[str, Any], section: str):
+def _build(cls, values: Optional[Dict[str, Any]], section: str):
+    """``cls(**values)`` with unknown keys and wrong types named. The
+    ``model`` section's types are checked here (``GraphTransformerConfig``
+    checks only ranges); ``data`` and ``train`` check their own."""
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise UsageError(f"config section '{section}' must map keys to values, got "
+                         f"{_kind(values)}")
     names = {f.name for f in fields(cls)}
     unknown = set(values) - names
     if unknown:
-        raise ValueError(f"unknown key(s) {sorted(unknown)} in config section '{section}'; "
-                         f"known: {sorted(names)}")
-    return cls(**values)
+        raise UsageError(f"unknown key(s) {sorted(map(str, unknown))} in config section "
+                         f"'{section}'; known: {sorted(names)}")
+    if cls is GraphTransformerConfig:
+        hints = typing.get_type_hints(cls)
+        values = {k: coerce(section, k, v, hints[k]) for k, v in values.items()}
+    try:
+        return cls(**values)
+    except UsageError:
+        raise
+    except ValueError as err:  # GraphTransformerConfig's range checks name the key
+        raise UsageError(f"config section '{section}': {err}") from None
 
 
 def read_config_file(path: Union[str, Path]) -> Dict[str, Any]:
     """A YAML (``.yaml``/``.yml``) or JSON config file as a dict of sections."""
     path = Path(path)
-    text = path.read_text()
+    if path.is_dir():
+        raise UsageError(f"config file {path} is a directory")
+    if not path.is_file():
+        raise UsageError(f"no config file at {path}")
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{path}: not a text file ({err.reason} at byte {err.start})") from None
     if path.suffix in (".yaml", ".yml"):
         import yaml
 
         try:
             values = yaml.safe_load(text) or {}
         except yaml.YAMLError as err:
-            raise ValueError(f"{path}: not valid YAML: {err}") from None
+            raise UsageError(f"{path}: not valid YAML: {err}") from None
     else:
         import json
 
         try:
             values = json.loads(text)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON: {err}") from None
+            raise UsageError(f"{path}: not valid JSON: {err}") from None
     if not isinstance(values, dict):
-        raise ValueError(f"{path}: a config file holds sections data / model / train")
+        raise UsageError(f"{path}: a config file holds sections data / model / train")
     return values

@@ -5,9 +5,15 @@ One function, :func:`train`, runs a whole training job into a run directory:
 - ``config.json``: the run's configuration;
 - ``metrics.csv`` / ``metrics.json``: one row per epoch, written as it ends;
 - ``last.pt`` (every epoch) and ``best.pt`` (best validation metric):
-  checkpoints written atomically; ``train(..., resume=True)`` continues from
-  ``last.pt`` and ends with exactly the metrics of an uninterrupted run;
-- ``learning_curve.png`` at the end, and TensorBoard logs when installed.
+  checkpoints; ``train(..., resume=True)`` continues from ``last.pt`` and
+  ends with exactly the metrics of an uninterrupted run;
+- ``summary.json`` and ``learning_curve.png`` at the end, and TensorBoard logs
+  when installed.
+
+Every file is written atomically (a temporary name, then a rename). A new
+run refuses a directory that holds a run unless ``overwrite=True``; a
+resumed run refuses changed settings or changed data (see
+:mod:`graphformer.train.run_dir` and :mod:`graphformer.train.data_checks`).
 
 Under ``torchrun`` (``torch.distributed`` initialised) the model is wrapped in
 ``DistributedDataParallel``, each process reads its share of every epoch
@@ -33,36 +39,50 @@ from torch.utils.data import DistributedSampler, Subset
 from torch_geometric.loader import DataLoader
 from tqdm.auto import tqdm
 
+from .._files import atomic_write, write_text
 from ..data.encodings import encodings
 from ..datasets import Benchmark, load_dataset, make_split
+from ..errors import DataError, UsageError
 from ..models import GraphTransformer, GraphTransformerConfig, masked_loss
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import RESUME_FIELDS, RUN_FIELDS, check_fields, load_checkpoint, \
+    run_config, save_checkpoint
 from .config import RunConfig
+from .data_checks import (all_targets, changed_parts, check_scorable, check_split,
+                          check_targets, fingerprint)
 from .metrics import compute_metrics, is_better
+from .run_dir import prepare_run_dir, resume_config
 
 
 @dataclass
 class Prepared:
-    """Data ready for training: the benchmark, its split, and the regression
-    target normalisation (train mean and std per task)."""
+    """Data ready for training: the benchmark, its split, the regression
+    target normalisation (train mean and std per task), and the data's
+    fingerprint (:func:`~graphformer.train.data_checks.fingerprint`)."""
     bench: Benchmark
     split: Dict[str, Tensor]
     y_mean: Tensor
     y_std: Tensor
+    fingerprint: Optional[Dict[str, Any]] = None
 
     def subset(self, part: str) -> Subset:
         return Subset(self.bench.dataset, self.split[part].tolist())
 
 
 def prepare(cfg: RunConfig, log: bool = True) -> Prepared:
-    """Load the data set of ``cfg.data`` with the encodings ``cfg.model`` uses."""
+    """Load the data set of ``cfg.data`` with the encodings ``cfg.model`` uses,
+    split it and check it (:mod:`~graphformer.train.data_checks`: finite
+    targets, no empty part, scorable validation and test parts)."""
     d = cfg.data
     bench = load_dataset(d.dataset, d.root, smiles_column=d.smiles_column,
                          target_columns=d.target_columns, task=d.task,
                          pre_transform=encodings(cfg.model.rwse_steps, cfg.model.lap_pe),
                          log=log)
     split = make_split(bench, d.split, seed=cfg.train.seed)
-    y = torch.stack([bench.dataset[i].y.view(-1).float() for i in split["train"].tolist()])
+    y_all = all_targets(bench)
+    check_targets(bench, y_all)
+    check_split(bench, split, d.split)
+    check_scorable(bench, split, y_all, d.target_columns)
+    y = y_all[split["train"]]
     if bench.task == "regression":
         mean = torch.nanmean(y, dim=0)
         centred = torch.where(torch.isnan(y), torch.zeros_like(y), y - mean)
@@ -70,7 +90,7 @@ def prepare(cfg: RunConfig, log: bool = True) -> Prepared:
         std = (centred.pow(2).sum(0) / count).sqrt().clamp_min(1e-6)
     else:
         mean, std = torch.zeros(y.size(1)), torch.ones(y.size(1))
-    return Prepared(bench, split, mean, std)
+    return Prepared(bench, split, mean, std, fingerprint(bench, split, y_all))
 
 
 def model_config_for(cfg: RunConfig, bench: Benchmark) -> GraphTransformerConfig:
@@ -83,7 +103,10 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was asked for but CUDA is not available")
+        why = "built without CUDA" if torch.version.cuda is None else "no GPU visible"
+        raise UsageError(f"device 'cuda' (--device cuda, train.device) was asked for but CUDA "
+                         f"is not available (torch {torch.__version__}, {why}); use --device "
+                         f"cpu or auto")
     if name == "cuda" and dist.is_initialized():
         return torch.device("cuda", dist.get_rank() % torch.cuda.device_count())
     return torch.device(name)
@@ -149,14 +172,14 @@ class _RunFiles:
 
     def config(self, cfg: Dict[str, Any]) -> None:
         if self.enabled:
-            (self.dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+            write_text(self.dir / "config.json", json.dumps(cfg, indent=2) + "\n")
 
     def metrics(self, history: List[Dict[str, float]]) -> None:
         if not self.enabled or not history:
             return
-        (self.dir / "metrics.json").write_text(json.dumps(history, indent=2) + "\n")
+        write_text(self.dir / "metrics.json", json.dumps(history, indent=2) + "\n")
         keys = list(history[0])
-        with open(self.dir / "metrics.csv", "w", newline="") as fh:
+        with atomic_write(self.dir / "metrics.csv", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=keys)
             writer.writeheader()
             writer.writerows(history)
@@ -191,7 +214,8 @@ def plot_learning_curve(history: List[Dict[str, float]], metric: str, path: Path
     ax_metric.set_ylabel(metric)
     ax_metric.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=100)
     plt.close(fig)
 
 
@@ -218,33 +242,48 @@ def _lr_factor(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def train(cfg: RunConfig, run_dir: Union[str, Path], resume: bool = False,
+def train(cfg: Optional[RunConfig], run_dir: Union[str, Path], resume: bool = False,
           progress: bool = True, prepared: Optional[Prepared] = None,
-          model: Optional[torch.nn.Module] = None) -> Dict[str, Any]:
+          model: Optional[torch.nn.Module] = None, overwrite: bool = False) -> Dict[str, Any]:
     """Train a model as ``cfg`` says, writing everything into ``run_dir``.
 
     Args:
-        cfg: the run configuration (ignored in favour of the saved one when
-            resuming).
-        run_dir: the run directory.
-        resume: continue from ``run_dir/last.pt``.
+        cfg: the run configuration. When resuming: ``None`` for the saved one,
+            or a config that differs from it at most in where the run runs
+            (``train.device``, ``train.threads``, ``data.root``), which then
+            apply; any other difference is a ``UsageError`` naming it.
+        run_dir: the run directory; one that already holds a run is refused
+            (``UsageError``) unless ``overwrite`` or ``resume``.
+        resume: continue from ``run_dir/last.pt``; the data must be the one
+            it was trained on (else ``DataError``).
         progress: show progress bars and per-epoch lines (rank 0 only).
         prepared: already prepared data (to share it between runs).
         model: train this model instead of the ``GraphTransformer`` of
             ``cfg.model`` (a baseline, say); it must take a PyG ``Batch`` and
             return ``[B, num_tasks]``, and carry a ``config`` with ``task``.
+        overwrite: replace the run in ``run_dir`` (its files are removed
+            first, so the directory never mixes two runs).
 
     Returns:
         The summary also written to ``run_dir/summary.json``: best epoch, its
         validation and test metrics, and the final epoch's metrics.
+
+    Raises:
+        DataError: no epoch had a valid validation metric (the summary is
+            written first, with ``best_epoch`` null).
     """
     run_dir = Path(run_dir)
     rank = dist.get_rank() if dist.is_initialized() else 0
     world = dist.get_world_size() if dist.is_initialized() else 1
+    # -- run directory and resume checks (entry) --
+    prepare_run_dir(run_dir, resume, overwrite, writer=rank == 0)
     state: Optional[Dict[str, Any]] = None
     if resume:
         state = load_checkpoint(run_dir / "last.pt")
-        cfg = RunConfig.from_dict(state["config"])
+        check_fields(state, run_dir / "last.pt", (RUN_FIELDS, RESUME_FIELDS))
+        cfg = resume_config(run_config(state, run_dir / "last.pt"), cfg)
+    if cfg is None:
+        raise ValueError("train() needs a RunConfig unless it resumes a run")
     is_main = rank == 0
     show = progress and is_main
     if cfg.train.threads:
@@ -263,6 +302,13 @@ def train(cfg: RunConfig, run_dir: Union[str, Path], resume: bool = False,
         else:
             prepared = prepare(cfg, log=show)
     assert prepared is not None
+    if state is not None:  # -- the data must be the one the run was trained on --
+        changed = changed_parts(state.get("data"), prepared.fingerprint) \
+            if prepared.fingerprint is not None else []
+        if changed:
+            raise DataError(f"cannot resume {run_dir}: its data changed since the checkpoint "
+                            f"(parts {', '.join(changed)}); restore the data or start a new run")
+        prepared = replace(prepared, y_mean=state["y_mean"], y_std=state["y_std"])
     bench = prepared.bench
     model_cfg = model_config_for(cfg, bench)
     model = (model if model is not None else GraphTransformer(model_cfg)).to(device)
@@ -308,7 +354,8 @@ def train(cfg: RunConfig, run_dir: Union[str, Path], resume: bool = False,
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "epoch": epoch, "history": history, "best": best,
                 "y_mean": prepared.y_mean, "y_std": prepared.y_std,
-                "dataset": bench.name, "metric": metric, "task": bench.task}
+                "dataset": bench.name, "metric": metric, "task": bench.task,
+                "data": prepared.fingerprint}
 
     for epoch in range(start_epoch, cfg.train.epochs + 1):
         # Reseeding per epoch makes dropout and shuffling a function of
@@ -358,12 +405,17 @@ def train(cfg: RunConfig, run_dir: Union[str, Path], resume: bool = False,
                   f"test {metric} {row[f'test_{metric}']:.4f}"
                   f"{'  *best' if improved else ''}  ({row['seconds']:.1f}s)", file=sys.stderr)
 
+    # -- end of training: summary files; no valid score is an error, not a KeyError --
     summary = {"dataset": bench.name, "metric": metric, "best_epoch": best["epoch"],
-               f"best_valid_{metric}": best["valid"], f"test_{metric}_at_best": best["test"],
+               f"best_valid_{metric}": best["valid"], f"test_{metric}_at_best": best.get("test"),
                "final": history[-1] if history else {}}
     if is_main:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         if history:
             plot_learning_curve(history, metric, run_dir / "learning_curve.png")
     files.close()
+    if best["epoch"] is None:
+        raise DataError(f"no epoch of the run in {run_dir} had a valid validation {metric} "
+                        f"(every one was NaN: did the loss diverge? try a lower --lr); "
+                        f"nothing was selected, no best.pt was written")
     return summary

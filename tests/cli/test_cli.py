@@ -60,7 +60,8 @@ def test_predict_reports_invalid_rows_and_skips_only_when_asked(trained, tmp_pat
     src = tmp_path / "in.csv"
     src.write_text("smiles,name\nCCO,ethanol\nC1CC,broken\nc1ccccc1,benzene\n")
     out = tmp_path / "out.csv"
-    assert main(["predict", str(trained / "run" / "best.pt"), str(src), "-o", str(out)]) == 2
+    # An invalid SMILES in the input is a data error: exit code 1.
+    assert main(["predict", str(trained / "run" / "best.pt"), str(src), "-o", str(out)]) == 1
     assert "cannot parse SMILES 'C1CC'" in capsys.readouterr().err and not out.exists()
     assert main(["predict", str(trained / "run" / "best.pt"), str(src), "-o", str(out),
                  "--skip-invalid"]) == 0
@@ -73,7 +74,7 @@ def test_predict_reports_invalid_rows_and_skips_only_when_asked(trained, tmp_pat
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path, capsys):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    assert main(["evaluate", str(bad)]) == 2
+    assert main(["evaluate", str(bad)]) == 1  # a data error
     assert "bad.pt is not a readable checkpoint" in capsys.readouterr().err
 
 

@@ -59,8 +59,10 @@ def test_scaffold_split_on_esol_matches_ogb_sizes_and_never_shares_scaffolds(tmp
 def test_column_split():
     split = column_split(["train", "VAL", "test", "valid", "Train"])
     assert as_sets(split) == {"train": {0, 4}, "valid": {1, 3}, "test": {2}}
-    with pytest.raises(ValueError, match=r"row 2: unknown split 'dev'"):
+    with pytest.raises(ValueError, match=r"row 3: unknown split 'dev'"):  # 1-based rows
         column_split(["train", "test", "dev"])
+    with pytest.raises(ValueError, match=r"row 7: unknown split 'dev'"):  # CSV row numbers
+        column_split(["train", "test", "dev"], rows=[1, 2, 7])
 
 
 def test_index_split_from_ogb_style_files(tmp_path):

@@ -1,0 +1,67 @@
+"""Files written atomically (no graphformer imports here).
+
+Every file graphformer writes goes to a temporary name in the same folder
+(``.<name>.<random>.tmp``), is flushed to disk, and is then renamed over the
+target, so a crash or a kill leaves the old file or the new one, never half of
+one. The temporary file is created with mode ``0o666`` minus the umask, the
+mode ``open(path, "w")`` would give, so every file of a run has the same mode.
+A kill between creating and renaming leaves a stale temporary;
+:func:`remove_stale_temporaries` clears them on the next run.
+"""
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import secrets
+from pathlib import Path
+from typing import IO, Iterable, Iterator, List, Union
+
+PathLike = Union[str, Path]
+
+
+def temporary_name(path: Path) -> Path:
+    """A fresh temporary name beside ``path``: ``.<name>.<random>.tmp``."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+
+
+@contextlib.contextmanager
+def atomic_write(path: PathLike, mode: str = "w", newline: str | None = None) -> Iterator[IO]:
+    """Open a temporary file beside ``path`` for writing (``mode`` ``"w"`` or
+    ``"wb"``); on a clean exit it is flushed, synced and renamed over
+    ``path``; on an exception it is removed and ``path`` is untouched."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_write writes with mode 'w' or 'wb', got {mode!r}")
+    path = Path(path)
+    tmp = temporary_name(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
+    try:
+        with os.fdopen(fd, mode, newline=newline) if mode == "w" else os.fdopen(fd, mode) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path: PathLike, text: str) -> None:
+    """``Path(path).write_text(text)``, atomically."""
+    with atomic_write(path) as fh:
+        fh.write(text)
+
+
+def remove_stale_temporaries(folder: PathLike, names: Iterable[str]) -> List[Path]:
+    """Remove the temporaries :func:`atomic_write` left for the files ``names``
+    in ``folder`` (``.<name>.<random>.tmp``, after a kill); other files are
+    left alone. Returns what was removed."""
+    folder = Path(folder)
+    removed = []
+    for name in names:
+        for stale in folder.glob(glob.escape(f".{name}.") + "*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
+                removed.append(stale)
+    return removed
