@@ -36,6 +36,7 @@ from torch import Tensor
 
 from .backend import AttentionCall
 from .functional import dropout
+from .sparse import sparse_attention
 
 
 def dense_attention(call: AttentionCall) -> Tuple[Tensor, Optional[Tensor]]:
@@ -54,6 +55,11 @@ def dense_attention(call: AttentionCall) -> Tuple[Tensor, Optional[Tensor]]:
                          "are contiguous ('batch' sorted, no edge joining two graphs); "
                          f"{edges.why_not_dense()}; use backend='sparse'")
     q, k, v, terms = call.q, call.k, call.v, call.terms
+    if not (bool(torch.isfinite(k).all()) and bool(torch.isfinite(v).all())):
+        # A padded product multiplies every key and value of a graph, also
+        # those no edge reads (0 · NaN = NaN): keep non-finite input to the
+        # sparse kernels, which read the edges only.
+        return sparse_attention(call)
     N, H, C = q.shape
     B, T = layout.num_graphs, layout.max_nodes
     E = edges.num_edges

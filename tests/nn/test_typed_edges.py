@@ -183,3 +183,50 @@ def test_molecule_model_typed_edges_equal_per_edge_features(pats, edge_update):
     ref = _per_edge_reference(model, batch)
     torch.testing.assert_close(out, ref)
     _assert_all_close(grads, torch.autograd.grad(ref.sum(), params, allow_unused=True))
+
+
+@pytest.mark.parametrize("backend", ["auto", "sparse", "dense", "fused", "propagate"])
+@pytest.mark.parametrize("typed", [False, True])
+@pytest.mark.parametrize("isolated", [False, True], ids=["causal", "isolated"])
+def test_values_no_edge_reads_never_reach_an_output_or_gradient(backend, typed, isolated):
+    """NaN / inf in the last token of each sequence. Causal attention: no edge
+    reads that token from any other, so every earlier output is that of clean
+    input. With the token cut off (no edge into or out of it) the gradients
+    of every other input are clean too (with the causal set autograd's
+    0 · NaN reaches them through the token's own row, as in PyTorch's MHA)."""
+    _backend_or_skip(backend)
+    ptr = ptr_of([5, 3])
+    ei = P.causal(ptr)
+    if isolated:
+        ei = ei[:, (ei[0] != 4) & (ei[1] != 4) & (ei[0] != 7) & (ei[1] != 7)]
+    batch = torch.repeat_interleave(torch.arange(2), ptr.diff())
+    types = (ei[0] == ei[1]).long()
+    table = torch.randn(2, 3, dtype=torch.float64)
+    e = table if typed else table[types]
+    kw = dict(edge_type=types) if typed else {}
+    dtype = torch.float32 if backend == "fused" else torch.float64
+    layer = RelationalAttention(4, 4, heads=2, edge_dim=3, backend=backend).to(dtype)
+    clean = torch.randn(8, 4, dtype=dtype)
+    dirty = clean.clone()
+    dirty[4], dirty[7] = float("nan"), float("inf")
+    keep = torch.tensor([0, 1, 2, 3, 5, 6])
+    outs, grads = [], []
+    for x in (clean, dirty):
+        x = x.clone().requires_grad_()
+        out = layer(x, ei, e.to(dtype), batch=batch, **kw)
+        if isolated:
+            out[keep].sum().backward()
+            grads.append(x.grad[keep])
+        outs.append(out[keep])
+    assert torch.isfinite(outs[1]).all()
+    torch.testing.assert_close(outs[1], outs[0])
+    if isolated:
+        assert torch.isfinite(grads[1]).all()
+        torch.testing.assert_close(grads[1], grads[0])
+
+
+@pytest.mark.parametrize("bad", [torch.randn(8), torch.randn(2, 4, 8), torch.ones(5, 8).long()])
+def test_malformed_node_features_are_refused_before_any_kernel(bad):
+    layer = RelationalAttention(8, 8, heads=2)
+    with pytest.raises((ValueError, TypeError), match="'x' must"):
+        layer(bad, P.full(5))
