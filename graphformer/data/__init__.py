@@ -1,6 +1,7 @@
 """Raw input becomes graphs: molecules (SMILES), token sequences, edge lists."""
 from .edge_list import read_edge_list, write_edge_list
 from .molecule import from_mol, from_smiles, parse_smiles
+from .snli import SNLI_LABELS, SNLISplit, load_snli, load_word_vectors, read_snli, snli_vocab
 from .tokens import (
     RelativePosition,
     SinusoidalPosition,
@@ -15,4 +16,5 @@ __all__ = [
     "from_tokens", "from_token_batch", "build_vocab", "RelativePosition",
     "SinusoidalPosition", "sinusoidal_encoding",
     "read_edge_list", "write_edge_list",
+    "SNLI_LABELS", "SNLISplit", "read_snli", "load_snli", "snli_vocab", "load_word_vectors",
 ]

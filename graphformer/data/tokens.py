@@ -15,11 +15,20 @@ Pattern = Callable[[Tensor], Tensor]  # ptr -> edge_index, e.g. patterns.causal
 
 
 def build_vocab(sequences: Iterable[Sequence[Hashable]],
-                specials: Sequence[str] = ("<pad>", "<unk>")) -> Dict[Hashable, int]:
-    """A vocabulary: ``specials`` first, then tokens in order of first appearance."""
-    vocab: Dict[Hashable, int] = {s: k for k, s in enumerate(specials)}
+                specials: Sequence[str] = ("<pad>", "<unk>"),
+                min_freq: int = 1) -> Dict[Hashable, int]:
+    """A vocabulary: ``specials`` first, then the tokens that occur at least
+    ``min_freq`` times, in order of first appearance (rarer ones are left to
+    the ``"<unk>"`` special)."""
+    if isinstance(min_freq, bool) or not isinstance(min_freq, int) or min_freq < 1:
+        raise ValueError(f"'min_freq' must be an int >= 1, got {min_freq!r}")
+    counts: Dict[Hashable, int] = {}
     for seq in sequences:
         for tok in seq:
+            counts[tok] = counts.get(tok, 0) + 1
+    vocab: Dict[Hashable, int] = {s: k for k, s in enumerate(specials)}
+    for tok, count in counts.items():
+        if count >= min_freq:
             vocab.setdefault(tok, len(vocab))
     return vocab
 
