@@ -7,6 +7,7 @@ import torch
 from tests.helpers import load_script
 
 
+@pytest.mark.slow
 def test_quick_run_reverses_held_out_sequences(one_thread, capsys):
     mod = load_script("reverse_encoder")
     tok, exact = mod.main(["--quick", "--log-every", "100", "--seed", "0"])
@@ -38,6 +39,7 @@ def test_positions_are_per_sequence_and_needed():
         torch.testing.assert_close(flipped, plain.flip(0), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_without_positions_stays_near_chance(one_thread, capsys):
     mod = load_script("reverse_encoder")
     tok, _ = mod.main(["--quick", "--no-positions", "--log-every", "100"])
