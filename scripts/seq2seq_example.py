@@ -2,11 +2,11 @@
 (or sort) digit sequences.
 
 Encoder: :class:`graphformer.nn.TransformerLayer` blocks over the ``full``
-edge set of each source sequence. Decoder blocks: causal self-attention
-(``patterns.causal`` on the target prefix), cross-attention
-``RelationalAttention((x_src, x_dst), patterns.cross(ptr_src, ptr_dst))`` (every
+edge set of each source sequence. Decoder: :class:`graphformer.nn.TransformerDecoderLayer`
+blocks (post-norm): causal self-attention (``patterns.causal`` on the target
+prefix), cross-attention over ``patterns.cross(ptr_src, ptr_dst)`` (every
 target token attends to every token of its own source sequence) and a
-feed-forward network, each a post-norm residual branch. Trained with teacher
+feed-forward network. Trained with teacher
 forcing; evaluated by greedy decoding on held-out sequences (exact-sequence
 and token accuracy).
 
@@ -24,7 +24,7 @@ from torch import Tensor
 
 from graphformer import patterns
 from graphformer.data.tokens import from_token_batch
-from graphformer.nn import RelationalAttention, TransformerLayer
+from graphformer.nn import TransformerDecoderLayer, TransformerLayer
 
 DIGITS, BOS, EOS = 10, 10, 11
 VOCAB = 12
@@ -41,28 +41,6 @@ def make_pairs(n: int, task: str, gen: torch.Generator) -> List[Tuple[List[int],
     return pairs
 
 
-class DecoderLayer(torch.nn.Module):
-    """Post-norm decoder block: causal self-attention, cross-attention, FF."""
-
-    def __init__(self, channels: int, heads: int, dropout: float) -> None:
-        super().__init__()
-        self.self_attn = RelationalAttention(channels, channels, heads=heads, dropout=dropout)
-        self.cross_attn = RelationalAttention((channels, channels), channels, heads=heads,
-                                              dropout=dropout)
-        self.linear1 = torch.nn.Linear(channels, 4 * channels)
-        self.linear2 = torch.nn.Linear(4 * channels, channels)
-        self.norm1 = torch.nn.LayerNorm(channels)
-        self.norm2 = torch.nn.LayerNorm(channels)
-        self.norm3 = torch.nn.LayerNorm(channels)
-        self.dropout = torch.nn.Dropout(dropout)
-
-    def forward(self, x: Tensor, memory: Tensor, self_edges: Tensor, cross_edges: Tensor) -> Tensor:
-        x = self.norm1(x + self.dropout(self.self_attn(x, self_edges)))
-        x = self.norm2(x + self.dropout(self.cross_attn((memory, x), cross_edges)))
-        ff = self.linear2(self.dropout(F.relu(self.linear1(x))))
-        return self.norm3(x + self.dropout(ff))
-
-
 class Seq2Seq(torch.nn.Module):
     def __init__(self, channels: int = 64, heads: int = 4, layers: int = 2,
                  dropout: float = 0.0) -> None:
@@ -72,7 +50,8 @@ class Seq2Seq(torch.nn.Module):
         self.encoder = torch.nn.ModuleList([
             TransformerLayer(channels, heads=heads, dropout=dropout) for _ in range(layers)])
         self.decoder = torch.nn.ModuleList([
-            DecoderLayer(channels, heads, dropout) for _ in range(layers)])
+            TransformerDecoderLayer(channels, heads=heads, dropout=dropout)
+            for _ in range(layers)])
         self.out = torch.nn.Linear(channels, VOCAB)
 
     def encode(self, src) -> Tensor:
@@ -88,7 +67,7 @@ class Seq2Seq(torch.nn.Module):
         self_edges = patterns.causal(dec_in.ptr)
         cross_edges = patterns.cross(ptr_src, dec_in.ptr)
         for layer in self.decoder:
-            h = layer(h, memory, self_edges, cross_edges)
+            h = layer(h, memory, self_edges, cross_edges, batch=dec_in.batch)
         return self.out(h)
 
     @torch.no_grad()

@@ -1,10 +1,20 @@
 """Raw input becomes graphs: molecules (SMILES), token sequences, edge lists."""
 from .edge_list import read_edge_list, write_edge_list
 from .molecule import from_mol, from_smiles, parse_smiles
-from .tokens import RelativePosition, build_vocab, from_token_batch, from_tokens
+from .snli import SNLI_LABELS, SNLISplit, load_snli, load_word_vectors, read_snli, snli_vocab
+from .tokens import (
+    RelativePosition,
+    SinusoidalPosition,
+    build_vocab,
+    from_token_batch,
+    from_tokens,
+    sinusoidal_encoding,
+)
 
 __all__ = [
     "from_smiles", "from_mol", "parse_smiles",
     "from_tokens", "from_token_batch", "build_vocab", "RelativePosition",
+    "SinusoidalPosition", "sinusoidal_encoding",
     "read_edge_list", "write_edge_list",
+    "SNLI_LABELS", "SNLISplit", "read_snli", "load_snli", "snli_vocab", "load_word_vectors",
 ]

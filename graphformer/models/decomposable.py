@@ -1,16 +1,17 @@
 """The decomposable attention model of Parikh et al. (EMNLP 2016), "A
-Decomposable Attention Model for Natural Language Inference", with its two
-soft alignments as cross-attention over complete bipartite edge sets."""
+Decomposable Attention Model for Natural Language Inference", as in Dive into
+Deep Learning (section 16.5), with its two soft alignments as attention over
+one complete bipartite edge set per pair."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, NamedTuple, Tuple, Union
+from typing import Any, Dict, NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from .. import patterns
-from ..nn import RelationalAttention
+from ..nn.functional import BACKENDS, SoftmaxBackend, segment_softmax
 
 __all__ = ["DecomposableAttention", "DecomposableAttentionConfig", "Alignment"]
 
@@ -21,26 +22,45 @@ def _is_int(value: object) -> bool:
 
 @dataclass
 class DecomposableAttentionConfig:
-    """Hyper-parameters of :class:`DecomposableAttention` (checked on creation).
+    r"""Hyper-parameters of :class:`DecomposableAttention` (checked on creation).
+
+    :meth:`d2l` gives Dive into Deep Learning's setting (embedding 100,
+    hidden 200, dropout 0.2, 3 classes).
 
     Attributes:
         vocab_size: number of token ids (rows of the embedding).
         num_classes: number of classes (width of the output logits).
-        embed_dim: token embedding size :math:`D`; also the output size of
-            :math:`F` (the attention's single head has :math:`C = D` channels).
+        embed_dim: token embedding size :math:`D`.
         hidden: hidden width of :math:`F`, :math:`G` and :math:`H`.
-        dropout: dropout on the inputs of every linear layer of
-            :math:`F`, :math:`G`, :math:`H` (training only), in ``[0, 1)``.
+        attend_dim: output width :math:`K` of :math:`F`, the space in which
+            :math:`e_{ij}` is a dot product (default: ``hidden``, as in the
+            paper and D2L; ``attend_dim=embed_dim`` gives the :math:`D \to h
+            \to D` shape this model had before, with :math:`F`'s output
+            tied to the embedding).
+        dropout: dropout on the inputs of the linear layers of :math:`F`,
+            :math:`G`, :math:`H` (not the final classifier; training only),
+            in ``[0, 1)``.
     """
     vocab_size: int
     num_classes: int
     embed_dim: int = 64
     hidden: int = 64
     dropout: float = 0.0
+    attend_dim: Optional[int] = None
+
+    @classmethod
+    def d2l(cls, vocab_size: int, num_classes: int = 3) -> "DecomposableAttentionConfig":
+        r"""D2L's ``DecomposableAttention(vocab, embed_size=100, num_hiddens=200)``:
+        :math:`F: 100 \to 200 \to 200`, :math:`G: 200 \to 200 \to 200`,
+        :math:`H: 400 \to 200 \to 200`, then ``Linear(200, 3)``; dropout 0.2."""
+        return cls(vocab_size=vocab_size, num_classes=num_classes, embed_dim=100, hidden=200,
+                   dropout=0.2)
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "num_classes", "embed_dim", "hidden"):
+        for name in ("vocab_size", "num_classes", "embed_dim", "hidden", "attend_dim"):
             value = getattr(self, name)
+            if value is None and name == "attend_dim":
+                continue
             if not _is_int(value):
                 raise TypeError(f"'{name}' must be an int, got {type(value).__name__} ({value!r})")
             if value < 1:
@@ -48,6 +68,11 @@ class DecomposableAttentionConfig:
         if (isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float))
                 or not 0.0 <= self.dropout < 1.0):
             raise ValueError(f"'dropout' must be in [0, 1), got {self.dropout!r}")
+
+    @property
+    def attend_width(self) -> int:
+        """:math:`K`, the output width of :math:`F`."""
+        return self.hidden if self.attend_dim is None else self.attend_dim
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -76,7 +101,8 @@ class Alignment(NamedTuple):
 
 
 class _MLP(torch.nn.Sequential):
-    """``[Dropout, Linear, ReLU] * len(sizes) - 1`` (the paper's F and G)."""
+    """``[Dropout, Linear, ReLU] * (len(sizes) - 1)``: D2L's ``mlp(num_inputs,
+    num_hiddens)`` for ``sizes = (num_inputs, num_hiddens, num_hiddens)``."""
 
     def __init__(self, sizes: Tuple[int, ...], dropout: float) -> None:
         layers = []
@@ -88,31 +114,6 @@ class _MLP(torch.nn.Sequential):
         for module in self:
             if isinstance(module, torch.nn.Linear):
                 module.reset_parameters()
-
-
-class _Scaled(torch.nn.Module):
-    """``scale * module(x)``: the attention's tied query/key projection."""
-
-    def __init__(self, module: torch.nn.Module, scale: float) -> None:
-        super().__init__()
-        self.module = module
-        self.scale = scale
-
-    def reset_parameters(self) -> None:
-        self.module.reset_parameters()
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.module(x) * self.scale
-
-    def extra_repr(self) -> str:
-        return f"scale={self.scale:.6g}"
-
-
-class _Identity(torch.nn.Identity):
-    """The attention's value and output maps (no parameters)."""
-
-    def reset_parameters(self) -> None:
-        pass
 
 
 def _check_tokens(batch: Any, name: str, vocab_size: int) -> Tuple[Tensor, Tensor]:
@@ -132,7 +133,8 @@ def _check_tokens(batch: Any, name: str, vocab_size: int) -> Tuple[Tensor, Tenso
 
 class DecomposableAttention(torch.nn.Module):
     r"""Natural language inference by attend, compare and aggregate (Parikh
-    et al., 2016; without the optional intra-sentence attention).
+    et al., 2016, without the optional intra-sentence attention; as in Dive
+    into Deep Learning, section 16.5).
 
     For a pair of sentences :math:`a = (a_1, \dots, a_{\ell_a})` (premise) and
     :math:`b = (b_1, \dots, b_{\ell_b})` (hypothesis) of embedded tokens
@@ -150,73 +152,70 @@ class DecomposableAttention(torch.nn.Module):
 
         \mathbf{v}_1 &= \sum_i \mathbf{v}_{1,i}, \qquad
         \mathbf{v}_2 = \sum_j \mathbf{v}_{2,j}, \qquad
-        \hat{\mathbf{y}} = H([\mathbf{v}_1; \mathbf{v}_2])
+        \hat{\mathbf{y}} = W_o H([\mathbf{v}_1; \mathbf{v}_2]) + c_o
 
-    with :math:`F(x) = \mathrm{ReLU}(W_{F2}\,\mathrm{ReLU}(W_{F1} x + c_{F1}) + c_{F2})`
-    (:math:`D \to` ``hidden`` :math:`\to D`),
-    :math:`G(x) = \mathrm{ReLU}(W_{G2}\,\mathrm{ReLU}(W_{G1} x + c_{G1}) + c_{G2})`
-    (:math:`2D \to` ``hidden`` :math:`\to` ``hidden``) and
-    :math:`H(x) = W_{H3}\,\mathrm{ReLU}(W_{H2}\,\mathrm{ReLU}(W_{H1} x + c_{H1}) + c_{H2}) + c_{H3}`
-    (``2 hidden`` :math:`\to` ``hidden`` :math:`\to` ``hidden`` :math:`\to`
-    ``num_classes``), dropout before every linear layer.
+    where each of :math:`F` (:math:`D \to h \to K`), :math:`G`
+    (:math:`2D \to h \to h`) and :math:`H` (:math:`2h \to h \to h`) is D2L's
+    ``mlp``: Dropout, Linear, ReLU, Dropout, Linear, ReLU (:math:`h` =
+    ``hidden``, :math:`K` = ``attend_dim``, by default :math:`h`); the final
+    classifier :math:`W_o` (:math:`h \to` ``num_classes``) has no dropout.
 
-    **As message passing.** :math:`\beta` is one-head
-    :class:`~graphformer.nn.RelationalAttention` (``attend_a``) with queries
-    :math:`a_i`, keys and values :math:`b_j` on the complete bipartite edge
-    set ``patterns.cross(ptr_b, ptr_a)``; :math:`\alpha` is ``attend_b`` with
-    queries :math:`b_j`, keys and values :math:`a_i` on
-    ``patterns.cross(ptr_a, ptr_b)``. In both, the query and key projections
-    are one shared module, :math:`x \mapsto s\,F(x)` with :math:`s = D^{1/4}`
-    (so the layer's score :math:`(s F(a_i)) \cdot (s F(b_j)) / \sqrt{D}` is
-    exactly :math:`e_{ij}`; ``attend_a.lin_q is attend_a.lin_k is
-    attend_b.lin_q is attend_b.lin_k``), and the value and output maps are
-    identities, so the attention output is exactly :math:`\beta_i`
-    (:math:`\alpha_j`). :math:`e_{ij}` is computed once per direction (``2
-    \ell_a \ell_b`` dot products per pair).
+    **One F per token, one e per pair.** :math:`F` runs once on the
+    premise's tokens and once on the hypothesis's (:math:`\ell_a + \ell_b`
+    rows per pair, one dropout draw each), and :math:`e_{ij}` is computed
+    once, on the edges :math:`j \to i` of ``patterns.cross(ptr_b, ptr_a)``
+    (:math:`\ell_a \ell_b` dot products). :math:`\beta` normalises it over
+    each premise token's incoming edges (a segment softmax by target) and
+    aggregates the hypothesis tokens as messages; :math:`\alpha` normalises
+    the same scores over each hypothesis token's outgoing edges (by source)
+    and sends the premise tokens the other way. Both alignments therefore
+    see the same :math:`e` in training too, as in D2L's dense
+    ``e = f(A) f(B)^T``.
+
+    **Padding.** Sentences are not padded: a pair's edge set contains only
+    its real tokens. (D2L pads every sentence to 50 tokens and lets the
+    ``<pad>`` tokens take part in attention and in the sums; to reproduce
+    that, pad the token lists before batching.)
 
     Shapes (:math:`B` pairs, :math:`N_a`, :math:`N_b` tokens in all,
-    :math:`E = \sum_b \ell_{a,b} \ell_{b,b}` edges per direction):
+    :math:`E = \sum_b \ell_{a,b} \ell_{b,b}` edges):
         - :meth:`forward`: two token batches with ``x`` :math:`(N_a,)`,
           :math:`(N_b,)` and ``ptr`` :math:`(B + 1,)` -> logits
           :math:`(B, \text{num\_classes})`, and with
           ``return_attention_weights=True`` also an :class:`Alignment`.
         - :meth:`classify`: embedded tokens :math:`(N_a, D)`, :math:`(N_b, D)`
           and the two ``ptr`` -> the same.
+
+    Args:
+        config: the hyper-parameters.
+        softmax_backend (str): backend of the two segment softmaxes (see
+            :func:`graphformer.nn.functional.segment_softmax`).
     """
 
-    def __init__(self, config: DecomposableAttentionConfig) -> None:
+    def __init__(self, config: DecomposableAttentionConfig,
+                 softmax_backend: SoftmaxBackend = "auto") -> None:
         super().__init__()
         if not isinstance(config, DecomposableAttentionConfig):
             raise TypeError(f"'config' must be a DecomposableAttentionConfig, got "
                             f"{type(config).__name__}")
+        if softmax_backend not in BACKENDS:
+            raise ValueError(f"unknown softmax backend {softmax_backend!r}; "
+                             f"choose one of {BACKENDS}")
         self.config = c = config
-        D, h = c.embed_dim, c.hidden
+        self.softmax_backend = softmax_backend
+        D, h, K = c.embed_dim, c.hidden, c.attend_width
         self.embedding = torch.nn.Embedding(c.vocab_size, D)
-        self.F = _MLP((D, h, D), c.dropout)
+        self.F = _MLP((D, h, K), c.dropout)
         self.G = _MLP((2 * D, h, h), c.dropout)
         self.H = _MLP((2 * h, h, h), c.dropout)
-        self.H.append(torch.nn.Dropout(c.dropout))
         self.H.append(torch.nn.Linear(h, c.num_classes))
-        self.score_scale = float(D) ** 0.25
-        proj = _Scaled(self.F, self.score_scale)
-        self.attend_a = self._attention(proj)
-        self.attend_b = self._attention(proj)
         self.reset_parameters()
-
-    def _attention(self, proj: torch.nn.Module) -> RelationalAttention:
-        D = self.config.embed_dim
-        attn = RelationalAttention((D, D), D, heads=1, head_channels=D, bias=False)
-        attn.lin_q = attn.lin_k = proj
-        attn.lin_v = _Identity()
-        attn.lin_out = _Identity()
-        return attn
 
     def reset_parameters(self) -> None:
         self.embedding.reset_parameters()
         self.F.reset_parameters()
         self.G.reset_parameters()
         self.H.reset_parameters()
-        self.H[-1].reset_parameters()
 
     def forward(self, premise: Any, hypothesis: Any, return_attention_weights: bool = False
                 ) -> Union[Tensor, Tuple[Tensor, Alignment]]:
@@ -228,6 +227,25 @@ class DecomposableAttention(torch.nn.Module):
         x_b, ptr_b = _check_tokens(hypothesis, "hypothesis", self.config.vocab_size)
         return self.classify(self.embedding(x_a), ptr_a, self.embedding(x_b), ptr_b,
                              return_attention_weights=return_attention_weights)
+
+    def align(self, f_a: Tensor, f_b: Tensor, a: Tensor, b: Tensor, ptr_a: Tensor,
+              ptr_b: Tensor) -> Tuple[Tensor, Tensor, Alignment]:
+        r"""The attend step on :math:`F`'s outputs ``f_a [N_a, K]``, ``f_b
+        [N_b, K]``: returns :math:`\beta` ``[N_a, D]``, :math:`\alpha`
+        ``[N_b, D]`` and the :class:`Alignment`."""
+        edge_index = patterns.cross(ptr_b, ptr_a)               # j (b) -> i (a), by i then j
+        j, i = edge_index
+        e = (f_a.index_select(0, i) * f_b.index_select(0, j)).sum(-1)      # [E]
+        w_beta = segment_softmax(e, i, a.size(0), backend=self.softmax_backend)
+        w_alpha = segment_softmax(e, j, b.size(0), backend=self.softmax_backend)
+        beta = a.new_zeros(a.size(0), b.size(1)).index_add_(
+            0, i, w_beta.unsqueeze(1) * b.index_select(0, j))
+        alpha = b.new_zeros(b.size(0), a.size(1)).index_add_(
+            0, j, w_alpha.unsqueeze(1) * a.index_select(0, i))
+        # The alpha edges a -> b in patterns.cross(ptr_a, ptr_b)'s order (by b, then a).
+        perm = torch.argsort(j * a.size(0) + i)
+        alignment = Alignment(edge_index, w_beta, edge_index.flip(0)[:, perm], w_alpha[perm])
+        return beta, alpha, alignment
 
     def classify(self, a: Tensor, ptr_a: Tensor, b: Tensor, ptr_b: Tensor,
                  return_attention_weights: bool = False
@@ -251,29 +269,29 @@ class DecomposableAttention(torch.nn.Module):
         if ptr_a.numel() != ptr_b.numel():
             raise ValueError(f"'ptr_a' describes {ptr_a.numel() - 1} sentences but 'ptr_b' "
                              f"describes {ptr_b.numel() - 1}; they must pair up")
-        ptr_b = ptr_b.to(ptr_a.device)
+        ptr_a, ptr_b = ptr_a.to(a.device), ptr_b.to(a.device)
         num_pairs = ptr_a.numel() - 1
 
-        # Attend: beta_i over b's tokens (b -> a edges), alpha_j over a's (a -> b).
-        ei_beta = patterns.cross(ptr_b, ptr_a)
-        ei_alpha = patterns.cross(ptr_a, ptr_b)
-        beta, w_beta = self.attend_a((b, a), ei_beta, return_attention_weights=True)
-        alpha, w_alpha = self.attend_b((a, b), ei_alpha, return_attention_weights=True)
+        # Attend (F once per token, in D2L's order: premise, then hypothesis).
+        f_a = self.F(a)
+        f_b = self.F(b)
+        beta, alpha, alignment = self.align(f_a, f_b, a, b, ptr_a, ptr_b)
 
         # Compare, then aggregate per pair.
         v1 = self.G(torch.cat([a, beta], dim=-1))
         v2 = self.G(torch.cat([b, alpha], dim=-1))
-        pair_a = torch.repeat_interleave(torch.arange(num_pairs, device=a.device), ptr_a.diff())
-        pair_b = torch.repeat_interleave(torch.arange(num_pairs, device=b.device), ptr_b.diff())
-        s1 = v1.new_zeros(num_pairs, v1.size(1)).index_add_(0, pair_a, v1)
-        s2 = v2.new_zeros(num_pairs, v2.size(1)).index_add_(0, pair_b, v2)
+        pairs = torch.arange(num_pairs, device=a.device)
+        s1 = v1.new_zeros(num_pairs, v1.size(1)).index_add_(
+            0, torch.repeat_interleave(pairs, ptr_a.diff()), v1)
+        s2 = v2.new_zeros(num_pairs, v2.size(1)).index_add_(
+            0, torch.repeat_interleave(pairs, ptr_b.diff()), v2)
         logits = self.H(torch.cat([s1, s2], dim=-1))
         if return_attention_weights:
-            return logits, Alignment(ei_beta, w_beta.view(-1), ei_alpha, w_alpha.view(-1))
+            return logits, alignment
         return logits
 
     def __repr__(self) -> str:
         c = self.config
         return (f"{self.__class__.__name__}(vocab_size={c.vocab_size}, "
                 f"num_classes={c.num_classes}, embed_dim={c.embed_dim}, hidden={c.hidden}, "
-                f"dropout={c.dropout})")
+                f"attend_dim={c.attend_width}, dropout={c.dropout})")

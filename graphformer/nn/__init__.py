@@ -3,8 +3,9 @@ and the backends that compute them (:mod:`graphformer.nn.backend`)."""
 from . import functional
 from .attention import RelationalAttention
 from .backend import ATTENTION_BACKENDS, AttentionCost, estimate
+from .decoder import TransformerDecoderLayer
 from .edge_set import EdgeSet
 from .transformer import Dropout, TransformerLayer
 
-__all__ = ["functional", "RelationalAttention", "TransformerLayer", "Dropout", "EdgeSet", "ATTENTION_BACKENDS",
-           "AttentionCost", "estimate"]
+__all__ = ["functional", "RelationalAttention", "TransformerLayer", "TransformerDecoderLayer",
+           "Dropout", "EdgeSet", "ATTENTION_BACKENDS", "AttentionCost", "estimate"]

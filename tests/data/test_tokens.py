@@ -76,3 +76,12 @@ def test_relational_attention_with_offsets_is_shaw_relative_attention():
         alpha = scores.softmax(0)
         z[i] = sum(a * (v[j] + a_v[r]) for a, j, r in zip(alpha, js, rel))
     torch.testing.assert_close(out, layer.lin_out(z), atol=1e-5, rtol=1e-5)
+
+
+def test_build_vocab_minimum_frequency():
+    seqs = [["b", "a", "b"], ["c", "a", "b"], ["d"]]
+    assert build_vocab(seqs, min_freq=2) == {"<pad>": 0, "<unk>": 1, "b": 2, "a": 3}
+    assert build_vocab(seqs, specials=("<pad>",), min_freq=3) == {"<pad>": 0, "b": 1}
+    assert list(build_vocab(seqs)) == ["<pad>", "<unk>", "b", "a", "c", "d"]
+    with pytest.raises(ValueError, match="'min_freq' must be an int >= 1, got 0"):
+        build_vocab(seqs, min_freq=0)
