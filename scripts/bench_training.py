@@ -45,7 +45,7 @@ from torch_geometric.loader import DataLoader
 from graphformer.models import GINBaseline, GraphTransformer
 from graphformer.train import RunConfig, prepare
 from graphformer.train.config import DataConfig, TrainConfig
-from graphformer.train.loop import model_config_for, train_step
+from graphformer.train.loop import make_optimizer, model_config_for, train_step
 
 
 def machine_line(threads: int) -> str:
@@ -95,8 +95,7 @@ def bench_steps(name: str, args: argparse.Namespace) -> List[Dict[str, Any]]:
     batches = [b for _, b in zip(range(args.batches), loader)]
     eval_batches = list(DataLoader(prepared.subset("valid"), batch_size=cfg.train.batch_size))
     models = _models(cfg, prepared, args.backends)
-    optims = {k: torch.optim.AdamW(m.parameters(), lr=1e-4, foreach=True)
-              for k, m in models.items()}
+    optims = {k: make_optimizer(m, 1e-4, cfg.train.weight_decay) for k, m in models.items()}
     task = prepared.bench.task
 
     def steps(key: str) -> Callable[[], int]:

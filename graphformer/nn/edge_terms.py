@@ -215,25 +215,28 @@ class TypedEdgeTerms:
         self.q_type, self.k_type, self.v_type = project(w_eq), project(w_ek), project(w_ev)
 
     @staticmethod
-    def _by_node_and_type(x: Tensor, per_type: Tensor, node: Tensor, edge_type: Tensor) -> Tensor:
-        """``out[h, e] = x[node_e, h] · per_type[type_e, h]``, [H, E], through the
-        [H, N, R] table of all node-type products."""
+    def _by_node_and_type(x: Tensor, per_type: Tensor, node: Tensor, edge_type: Tensor,
+                          plus: Optional[Tensor] = None) -> Tensor:
+        """``out[h, e] = x[node_e, h] · per_type[type_e, h] (+ plus[h, type_e])``,
+        [H, E], through the [H, N, R] table of all node-type products."""
         R = per_type.size(0)
         table = torch.bmm(x.transpose(0, 1), per_type.permute(1, 2, 0))      # [H, N, R]
+        if plus is not None:
+            table = table + plus.unsqueeze(1)
         return table.reshape(table.size(0), -1).index_select(1, node * R + edge_type)
 
     def scores(self, q: Tensor, k: Tensor) -> Optional[Tensor]:
         """The edge score terms [H, E] (unscaled), or None."""
         t, csr = self.edge_type, self.csr
+        both = None
+        if self.q_type is not None and self.k_type is not None:   # Q_t · K_t, [H, R]
+            both = (self.q_type * self.k_type).sum(-1).t()
         out = None
-        if self.k_type is not None:          # q_i · K_t
-            out = self._by_node_and_type(q, self.k_type, csr.row, t)
+        if self.k_type is not None:          # q_i · K_t (+ Q_t · K_t, per node and type)
+            out = self._by_node_and_type(q, self.k_type, csr.row, t, both)
         if self.q_type is not None:          # Q_t · k_j
             term = self._by_node_and_type(k, self.q_type, csr.col, t)
             out = term if out is None else out + term
-        if self.q_type is not None and self.k_type is not None:   # Q_t · K_t
-            both = (self.q_type * self.k_type).sum(-1).t()                     # [H, R]
-            out = out + both.index_select(1, t)
         return out
 
     def values(self, weights: Tensor) -> Optional[Tensor]:
