@@ -14,6 +14,7 @@ import argparse
 import json
 import statistics
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -38,6 +39,7 @@ def main() -> None:
     results = {}
     for name in args.datasets:
         rows = {"graphformer": [], "gin": []}
+        seconds = {"graphformer": [], "gin": []}
         for seed in args.seeds:
             cfg = RunConfig(data=DataConfig(dataset=name, split="scaffold"),
                             train=TrainConfig(epochs=args.epochs, seed=seed,
@@ -48,23 +50,27 @@ def main() -> None:
                 model = None
                 if kind == "gin":
                     model = GINBaseline(model_config_for(cfg, prepared.bench))
+                start = time.perf_counter()
                 with tempfile.TemporaryDirectory() as tmp:
                     summary = train(replace(cfg), Path(tmp), progress=False,
                                     prepared=prepared, model=model)
+                seconds[kind].append(time.perf_counter() - start)
                 metric = summary["metric"]
                 rows[kind].append(summary[f"test_{metric}_at_best"])
                 print(f"{name} seed {seed} {kind:11s} test {metric} "
                       f"{summary[f'test_{metric}_at_best']:.4f} (best epoch "
-                      f"{summary['best_epoch']})", flush=True)
+                      f"{summary['best_epoch']}, {seconds[kind][-1]:.0f} s)", flush=True)
         results[name] = {
-            kind: {"mean": statistics.mean(v), "std": statistics.pstdev(v), "runs": v}
+            kind: {"mean": statistics.mean(v), "std": statistics.pstdev(v), "runs": v,
+                   "seconds": seconds[kind]}
             for kind, v in rows.items()}
         results[name]["metric"] = metric
-    print("\ndata set        metric  graphformer        GIN")
+    print("\ndata set        metric  graphformer (s/run)       GIN (s/run)")
     for name, r in results.items():
         g, b = r["graphformer"], r["gin"]
-        print(f"{name:15s} {r['metric']:6s}  {g['mean']:.3f} ± {g['std']:.3f}    "
-              f"{b['mean']:.3f} ± {b['std']:.3f}")
+        print(f"{name:15s} {r['metric']:6s}  {g['mean']:.3f} ± {g['std']:.3f} "
+              f"({statistics.mean(g['seconds']):.0f})    {b['mean']:.3f} ± {b['std']:.3f} "
+              f"({statistics.mean(b['seconds']):.0f})")
     text = json.dumps({"epochs": args.epochs, "seeds": args.seeds, "split": "scaffold",
                        "results": results}, indent=2)
     print(text)
