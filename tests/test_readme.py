@@ -102,3 +102,13 @@ def test_typed_edges_snippet_runs():
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "torch.Size([9, 16]) True"
+
+
+def test_sequence_snippet_runs():
+    """The README's decoder example: positions per sequence, causal
+    self-attention and bipartite cross-attention."""
+    snippet = next(b for b in code_blocks("python") if "TransformerDecoderLayer(" in b)
+    result = subprocess.run([sys.executable, "-c", snippet], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "torch.Size([5, 64]) torch.Size([5, 64])"
