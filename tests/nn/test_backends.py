@@ -237,6 +237,9 @@ def test_auto_follows_the_cost_model():
     assert choose_backend(num_edges=25, num_graphs=1, max_nodes=5, dense_ok=True,
                           **gpu) == "dense"
     assert padded_density(10, 2, 5) == pytest.approx(0.2)
+    # typed edges on CPU: sparse, also where padded blocks are dense
+    assert choose_backend(num_edges=128 * 25 * 25, num_graphs=128, max_nodes=25,
+                          dense_ok=True, typed_edges=True, **kw) == "sparse"
     # with edge features, small per-edge messages: PyG message passing (CPU)
     edges = dict(kw, edge_features=True, channels=256)
     assert choose_backend(num_edges=7040, num_graphs=128, max_nodes=25, dense_ok=True,
