@@ -127,8 +127,9 @@ def _positions(values: Tensor, items: Tensor) -> Tensor:
 
 
 def _describe(node: _Node) -> str:
-    label = f"{node.op} {node.name!r}" if node.name and node.name != node.op else node.op
-    return f"{'selector' if isinstance(node, Selector) else 's-op'} '{label}'"
+    kind = "selector" if isinstance(node, Selector) else "s-op"
+    named = node.name and node.name != node.op
+    return f"{kind} {node.op} {node.name!r}" if named else f"{kind} {node.op}"
 
 
 # --------------------------------------------------------------------------- #
@@ -869,7 +870,13 @@ def compile(program: Union[SOp, Callable[[SOp], SOp]], max_len: int,
         out = program
     elif callable(program):
         ctx = Context(voc[:1].clone(), 1)
-        out = program(rasp_tokens(ctx))
+        try:  # the graph is recorded on a one-token input
+            out = program(rasp_tokens(ctx))
+        except Exception as err:
+            raise ValueError(f"running the program on the one-token input "
+                             f"{voc[:1].tolist()} (to record its graph) failed "
+                             f"({type(err).__name__}: {err}); pass its output s-op built on an "
+                             "input it accepts instead") from err
     else:
         raise TypeError(f"'program' must be an SOp or a function of the tokens s-op, got "
                         f"{type(program).__name__}")
