@@ -84,6 +84,7 @@ class Config:
     test_size: int = 1000
     out: str = "runs/rasp"
     log_every: int = 250
+    bos: bool = True
 
     def __post_init__(self) -> None:
         unknown = [p for p in self.programs if p not in TASKS]
@@ -134,18 +135,41 @@ def make_data(task: Task, size: int, max_len: int, seed: int) -> List[List[int]]
 
 @dataclass
 class Batch:
+    """Sequences for the program (``tokens``, ``ptr``: the RASP batch) and for
+    the trained models (``index``, ``model_ptr``: vocabulary indices, with a
+    beginning-of-sequence token of index ``len(vocab)`` in front of each
+    sequence when ``bos``; ``original`` maps the model's nodes to the RASP
+    batch's, ``-1`` for BOS)."""
+
     tokens: Tensor       # [N] token ids
     ptr: Tensor          # [B + 1]
     labels: Tensor       # [N] class index of the program's output
     context: rasp.Context
     output: rasp.SOp     # the program evaluated on the batch
+    index: Tensor        # [N'] vocabulary index per model node
+    model_ptr: Tensor    # [B + 1]
+    original: Tensor     # [N'] RASP node of each model node, -1 for BOS
 
 
-def make_batch(task: Task, seqs: Sequence[Sequence[int]], classes: Tensor) -> Batch:
+def make_batch(task: Task, seqs: Sequence[Sequence[int]], classes: Tensor,
+               bos: bool) -> Batch:
     ctx = rasp.Context.from_sequences(seqs)
     out = task.program(rasp.tokens(ctx))
     labels = (out.values.reshape(-1, 1) == classes.reshape(1, -1)).to(torch.uint8).argmax(1)
-    return Batch(ctx.tokens, ctx.ptr, labels, ctx, out)
+    lookup = {v: k for k, v in enumerate(task.vocab)}
+    index = torch.tensor([lookup[v] for v in ctx.tokens.tolist()], dtype=torch.long)
+    if not bos:
+        return Batch(ctx.tokens, ctx.ptr, labels, ctx, out, index, ctx.ptr,
+                     torch.arange(ctx.num_nodes))
+    sizes = ctx.ptr.diff() + 1
+    model_ptr = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)])
+    original = torch.full((int(model_ptr[-1]),), -1, dtype=torch.long)
+    is_token = torch.ones_like(original, dtype=torch.bool)
+    is_token[model_ptr[:-1]] = False
+    original[is_token] = torch.arange(ctx.num_nodes)
+    model_index = torch.full_like(original, len(task.vocab))
+    model_index[is_token] = index
+    return Batch(ctx.tokens, ctx.ptr, labels, ctx, out, model_index, model_ptr, original)
 
 
 # --------------------------------------------------------------------------- #
@@ -153,14 +177,15 @@ def make_batch(task: Task, seqs: Sequence[Sequence[int]], classes: Tensor) -> Ba
 # --------------------------------------------------------------------------- #
 class Net(nn.Module):
     """Token + position embeddings, ``layers`` pre-norm ``TransformerLayer``s
-    with ``heads`` heads over the full (or causal) edge set, a linear readout."""
+    with ``heads`` heads over the full (or causal) edge set, a linear readout
+    (no layer at all for ``layers=0``: a per-token classifier)."""
 
     def __init__(self, vocab: int, max_len: int, classes: int, channels: int, layers: int,
                  heads: int, causal: bool) -> None:
         super().__init__()
         self.causal = causal
-        self.token = nn.Embedding(vocab, channels)
-        self.position = nn.Embedding(max_len, channels)
+        self.token = nn.Embedding(vocab + 1, channels)      # + BOS
+        self.position = nn.Embedding(max_len + 1, channels)
         self.layers = nn.ModuleList(
             TransformerLayer(channels, heads=heads, ff_channels=2 * channels, dropout=0.0,
                              norm_first=True) for _ in range(layers))
@@ -198,11 +223,17 @@ def _uniform_alpha(edge_index: Tensor, num_nodes: int) -> Tensor:
 
 
 def attention_scores(alphas: List[Tensor], edge_index: Tensor, selectors: List[List],
-                     num_nodes: int) -> Tuple[List[List[float]], List[List[float]]]:
+                     original: Tensor) -> Tuple[List[List[float]], List[List[float]]]:
     """Per compiled head ``(l, h)`` with a learned layer ``l``: the best
     ``attention_match`` over the learned heads of that layer, and chance (the
-    share of uniform attention over the edge set)."""
-    uniform = _uniform_alpha(edge_index, num_nodes)
+    share of uniform attention over the edge set). Edges from or to BOS are
+    left out: the share is of the attention mass on the sequence's tokens."""
+    uniform = _uniform_alpha(edge_index, original.numel())
+    src, dst = original[edge_index[0]], original[edge_index[1]]
+    keep = (src >= 0) & (dst >= 0)
+    edge_index = torch.stack([src[keep], dst[keep]])
+    alphas = [a[keep] for a in alphas]
+    uniform = uniform[keep]
     best, chance = [], []
     for layer, sels in enumerate(selectors):
         if layer >= len(alphas):
@@ -214,8 +245,7 @@ def attention_scores(alphas: List[Tensor], edge_index: Tensor, selectors: List[L
 
 
 def train_one(task: Task, cfg: Config, layers: int, heads: int, seed: int, classes: Tensor,
-              train: Batch, test: Batch, vocab_index: Dict[int, int],
-              selectors: List[List], label: str) -> Dict:
+              train: Batch, test: Batch, selectors: List[List], label: str) -> Dict:
     torch.manual_seed(seed)
     model = Net(len(task.vocab), cfg.max_len, classes.numel(), cfg.channels, layers, heads,
                 task.causal)
@@ -223,18 +253,18 @@ def train_one(task: Task, cfg: Config, layers: int, heads: int, seed: int, class
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps,
                                                 pct_start=0.1)
     rng = random.Random(seed)
-    train_seqs = train.context.ptr.tolist()
-    idx_of = lambda t: torch.tensor([vocab_index[v] for v in t.tolist()])  # noqa: E731
-    train_tok = idx_of(train.tokens)
-    starts, stops = train_seqs[:-1], train_seqs[1:]
-    loss_fn = nn.CrossEntropyLoss()
+    bounds = train.model_ptr.tolist()
+    starts, stops = bounds[:-1], bounds[1:]
+    targets = torch.full_like(train.original, -100)      # BOS: no loss
+    targets[train.original >= 0] = train.labels
+    loss_fn = nn.CrossEntropyLoss(ignore_index=-100)
     t0 = time.time()
     for step in range(1, cfg.steps + 1):
         pick = rng.sample(range(len(starts)), min(cfg.batch_size, len(starts)))
         nodes = torch.cat([torch.arange(starts[k], stops[k]) for k in pick])
         ptr = torch.tensor([0] + [stops[k] - starts[k] for k in pick]).cumsum(0)
         model.train()
-        loss = loss_fn(model(train_tok[nodes], ptr), train.labels[nodes])
+        loss = loss_fn(model(train.index[nodes], ptr), targets[nodes])
         opt.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -245,9 +275,10 @@ def train_one(task: Task, cfg: Config, layers: int, heads: int, seed: int, class
                   f"({time.time() - t0:.0f}s)", flush=True)
     model.eval()
     with torch.no_grad():
-        logits, edge_index, alphas = model(idx_of(test.tokens), test.ptr, return_attention=True)
-    tok_acc, seq_acc = _accuracy(logits.argmax(-1), test.labels, test.ptr)
-    best, chance = attention_scores(alphas, edge_index, selectors, test.tokens.numel())
+        logits, edge_index, alphas = model(test.index, test.model_ptr, return_attention=True)
+    pred = logits.argmax(-1)[test.original >= 0]
+    tok_acc, seq_acc = _accuracy(pred, test.labels, test.ptr)
+    best, chance = attention_scores(alphas, edge_index, selectors, test.original)
     return {"layers": layers, "heads": heads, "seed": seed, "token_acc": tok_acc,
             "seq_acc": seq_acc, "match": best, "chance": chance,
             "seconds": time.time() - t0, "model": model, "alphas": alphas,
@@ -267,23 +298,27 @@ def draw(path: Path, task: Task, test: Batch, learned: Dict, compiled: rasp.Comp
     labels = compiled.head_labels()
     rows = max(len(learned["alphas"]), len(comp_attn))
     cols = learned["heads"] + max(compiled.heads_per_layer, default=0)
-    fig = Figure(figsize=(2.4 * cols, 2.4 * rows + 0.6), dpi=100)
+    fig = Figure(figsize=(max(2.4 * cols, 6.0), 2.4 * rows + 0.8), dpi=100)
     FigureCanvasAgg(fig)
     a, b = int(test.ptr[graph]), int(test.ptr[graph + 1])
     toks = [str(t) for t in test.tokens[a:b].tolist()]
+    bos = test.model_ptr.numel() and int(test.model_ptr[-1]) != int(test.ptr[-1])
+    model_toks = (["BOS"] if bos else []) + toks
     for r in range(rows):
         panels = []
         if r < len(learned["alphas"]):
-            dense = dense_attention(learned["edge_index"], learned["alphas"][r], test.ptr, graph)
-            panels += [(dense[h], f"learned L{r + 1} H{h + 1}") for h in range(dense.shape[0])]
+            dense = dense_attention(learned["edge_index"], learned["alphas"][r], test.model_ptr,
+                                    graph)
+            panels += [(dense[h], f"learned L{r + 1} H{h + 1}", model_toks)
+                       for h in range(dense.shape[0])]
         else:
-            panels += [(None, "")] * learned["heads"]
+            panels += [(None, "", [])] * learned["heads"]
         if r < len(comp_attn):
             ei, alpha, _ = comp_attn[r]
             dense = dense_attention(ei, alpha, test.ptr, graph)
-            panels += [(dense[h], f"compiled L{r + 1}: {labels[r][h]}"[:40])
+            panels += [(dense[h], f"compiled L{r + 1}: {labels[r][h]}"[:40], toks)
                        for h in range(dense.shape[0])]
-        for c, (mat, title) in enumerate(panels):
+        for c, (mat, title, names) in enumerate(panels):
             ax = fig.add_subplot(rows, cols, r * cols + c + 1)
             if mat is None:
                 ax.axis("off")
@@ -291,10 +326,10 @@ def draw(path: Path, task: Task, test: Batch, learned: Dict, compiled: rasp.Comp
             ax.set_facecolor("#d9d9d9")
             ax.imshow(mat, cmap="viridis", vmin=0, vmax=1)
             ax.set_title(title, fontsize=7)
-            ax.set_xticks(range(len(toks)), toks, fontsize=6)
-            ax.set_yticks(range(len(toks)), toks, fontsize=6)
+            ax.set_xticks(range(len(names)), names, fontsize=6)
+            ax.set_yticks(range(len(names)), names, fontsize=6)
     fig.suptitle(f"{task.name}: learned (L, H) = ({learned['layers']}, {learned['heads']}) "
-                 "vs compiled heads; rows = layers, query i = row, key j = column", fontsize=8)
+                 "vs compiled heads\nrows = layers; query i = row, key j = column", fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")
@@ -351,9 +386,10 @@ def run(cfg: Config) -> Dict:
         task = TASKS[name]
         compiled = rasp.compile(task.program, cfg.max_len, task.vocab)
         classes = compiled.output_values
-        vocab_index = {v: k for k, v in enumerate(task.vocab)}
-        train = make_batch(task, make_data(task, cfg.train_size, cfg.max_len, 1000), classes)
-        test = make_batch(task, make_data(task, cfg.test_size, cfg.max_len, 2000), classes)
+        train = make_batch(task, make_data(task, cfg.train_size, cfg.max_len, 1000), classes,
+                           cfg.bos)
+        test = make_batch(task, make_data(task, cfg.test_size, cfg.max_len, 2000), classes,
+                          cfg.bos)
         L, H = rasp.program_shape(test.output)
         selectors = rasp.head_selectors(test.output)
         with torch.no_grad():
@@ -372,12 +408,12 @@ def run(cfg: Config) -> Dict:
             runs = []
             for seed in cfg.seeds:
                 r = train_one(task, cfg, layers, heads, seed, classes, train, test,
-                              vocab_index, selectors, f"{name} {variant} ({layers}, {heads}) "
-                              f"seed {seed}")
+                              selectors, f"{name} {variant} ({layers}, {heads}) seed {seed}")
                 print(f"  {name} {variant} ({layers}, {heads}) seed {seed}: token acc "
                       f"{100 * r['token_acc']:.1f}%, sequence acc {100 * r['seq_acc']:.1f}%, "
-                      f"attention on selectors {_flat(r['match'])} (chance "
-                      f"{[round(c, 3) for c in _flat(r['chance'])]}), {r['seconds']:.0f}s",
+                      f"attention on selectors {[round(m, 3) for m in _flat(r['match'])]} "
+                      f"(chance {[round(c, 3) for c in _flat(r['chance'])]}), "
+                      f"{r['seconds']:.0f}s",
                       flush=True)
                 if variant == "predicted" and seed == cfg.seeds[0]:
                     graph = max(range(test.ptr.numel() - 1),
@@ -411,16 +447,18 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Config:
     p.add_argument("--train-size", type=int, default=4000)
     p.add_argument("--test-size", type=int, default=1000)
     p.add_argument("--out", default="runs/rasp")
+    p.add_argument("--no-bos", action="store_true",
+                   help="no beginning-of-sequence token in the trained models' inputs")
     p.add_argument("--quick", action="store_true",
                    help="a tiny run: 20 steps, max_len 5, small data (for tests)")
     a = p.parse_args(argv)
     cfg = Config(programs=a.programs, steps=a.steps, seeds=a.seeds, max_len=a.max_len,
                  channels=a.channels, batch_size=a.batch_size, lr=a.lr,
-                 train_size=a.train_size, test_size=a.test_size, out=a.out)
+                 train_size=a.train_size, test_size=a.test_size, out=a.out, bos=not a.no_bos)
     if a.quick:
         cfg = Config(programs=a.programs, steps=20, seeds=a.seeds[:1], max_len=5,
                      channels=16, batch_size=16, lr=a.lr, train_size=64, test_size=32,
-                     out=a.out, log_every=10)
+                     out=a.out, log_every=10, bos=not a.no_bos)
     return cfg
 
 

@@ -235,3 +235,34 @@ def test_program_given_as_an_sop():
     out = rasp.make_reverse(rasp.tokens(ctx))
     model = rasp.compile(out, 4, (0, 1, 2))
     assert model.run([[2, 0, 1], [1], [0, 0, 2, 1]]) == [[1, 0, 2], [1], [1, 2, 0, 0]]
+
+
+def test_forward_never_calls_the_evaluator(monkeypatch):
+    """Once compiled, the model runs with every RASP evaluation function
+    disabled: the values come from its layers."""
+    import graphformer.rasp._core as core
+    import graphformer.rasp.compiler as compiler
+
+    model = rasp.compile(rasp.make_dyck2, 6, (0, 1, 2, 3))
+    seqs = random_sequences((0, 1, 2, 3), 6, 300, seed=5)
+    expected = evaluate(rasp.make_dyck2, seqs)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the RASP evaluator was called")
+
+    for name in ("select", "aggregate", "selector_width", "map", "sequence_map",
+                 "_apply_unary", "_apply_binary", "tokens", "indices"):
+        monkeypatch.setattr(core, name, forbidden)
+    for name in ("_apply_unary", "_apply_binary", "rasp_tokens"):
+        monkeypatch.setattr(compiler, name, forbidden)
+    monkeypatch.setattr(core, "_COMPARE", {})
+    assert model.run(seqs) == expected
+
+
+def test_programs_without_attention():
+    model = rasp.compile(lambda t: rasp.sequence_map(lambda a, b: a * 10 + b, t + 1,
+                                                     rasp.indices(t)), 3, (0, 1))
+    assert model.shape == (0, 0) and len(model.stacks[0]) == 2
+    assert model.run([[0, 1, 1], [1]]) == [[10, 21, 22], [20]]
+    identity = rasp.compile(lambda t: t, 3, (4, 2))
+    assert identity.run([[2, 4, 4]]) == [[2, 4, 4]]
