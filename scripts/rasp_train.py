@@ -27,10 +27,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
