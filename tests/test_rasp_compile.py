@@ -83,9 +83,9 @@ def test_exact_on_every_input_up_to_length_5(name):
     ("double_hist", range(4), 10, 3000),
     ("sort", range(6), 10, 3000),
     ("most_freq", range(6), 10, 3000),
-    ("composite", range(4), 8, 2000),
-    ("dyck1", (0, 1, 9), 8, 2000),
-    ("dyck2", (0, 1, 2, 3), 8, 2000),
+    pytest.param("composite", range(4), 8, 2000, marks=pytest.mark.slow),
+    pytest.param("dyck1", (0, 1, 9), 8, 2000, marks=pytest.mark.slow),
+    pytest.param("dyck2", (0, 1, 2, 3), 8, 2000, marks=pytest.mark.slow),
 ])
 def test_exact_on_random_inputs(name, vocab, max_len, num):
     program = PROGRAMS[name][0]

@@ -10,6 +10,8 @@ import torch
 from graphformer import rasp
 from tests.helpers import load_script
 
+pytestmark = pytest.mark.slow  # the --quick run: about 10 s
+
 
 @pytest.fixture(scope="module")
 def script():
