@@ -21,6 +21,7 @@ from ._core import (CATEGORICAL, EQ, FALSE, GEQ, GT, LEQ, LT, NEQ, NUMERICAL, TR
                     Comparison, Context, Predicate, Selector, SOp, aggregate, categorical,
                     constant, indices, length, map, numerical, select, selector_width,
                     sequence_map, tokens)
+from .compiler import CompiledProgram, compile, head_selectors
 from .heads import attention_match, selector_to_head, uniform_attention
 from .programs import (DYCK_FALSE, DYCK_LABELS, DYCK_PREFIX, DYCK_TRUE, make_dyck,
                        make_dyck1, make_dyck2, make_hist, make_hist2, make_length,
@@ -33,7 +34,8 @@ __all__ = [
     "categorical", "select", "aggregate", "selector_width",
     "EQ", "LT", "LEQ", "GT", "GEQ", "NEQ", "TRUE", "FALSE",
     "selector_to_head", "uniform_attention", "attention_match",
-    "ProgramShape", "program_shape", "heads_per_layer",
+    "ProgramShape", "program_shape", "heads_per_layer", "compile", "CompiledProgram",
+    "head_selectors",
     "make_length", "make_reverse", "make_hist", "make_sort_unique", "make_sort",
     "make_most_freq", "make_hist2", "make_dyck1", "make_dyck", "make_dyck2",
     "DYCK_FALSE", "DYCK_PREFIX", "DYCK_TRUE", "DYCK_LABELS",
