@@ -112,3 +112,13 @@ def test_sequence_snippet_runs():
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "torch.Size([5, 64]) torch.Size([5, 64])"
+
+
+def test_rasp_snippet_runs():
+    """The README's RASP example: the compiled model reverses, at the predicted size."""
+    snippet = next(b for b in code_blocks("python") if "rasp.compile(" in b)
+    result = subprocess.run([sys.executable, "-c", snippet], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().startswith("[[3, 2, 1], [2, 1, 3, 3]] CompiledProgram(layers=2, "
+                                            "heads=[1, 1]")
