@@ -204,7 +204,7 @@ class RelationalAttention(MessagePassing):
             # half-precision entries overflow: compute in float32, return in q's dtype
             q, k, v = q.float(), k.float(), v.float()
         if edges is not None:
-            ei = torch.stack([edges.csr.col, edges.csr.row])
+            ei = edges.sorted_edge_index if backend == "propagate" else edges.edge_index
             if edge_type is None:
                 edge_attr = edges.to_sorted(edge_attr)
             head_mask = edges.to_sorted(head_mask)
@@ -240,7 +240,8 @@ class RelationalAttention(MessagePassing):
         edge_attr = edge_attr.to(dtype)
         csr = edges.csr if edges is not None else None
         if edge_type is not None:
-            return TypedEdgeTerms(edge_attr, edge_type, *weights, csr, self.heads)
+            slots = edges.type_slots(edge_attr.size(0)) if edges is not None else None
+            return TypedEdgeTerms(edge_attr, edge_type, *weights, csr, self.heads, slots)
         return PerEdgeTerms(edge_attr, *weights, csr)
 
     def _propagate(self, call: AttentionCall) -> Tuple[Tensor, Tensor]:

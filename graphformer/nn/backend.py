@@ -84,7 +84,8 @@ class AttentionCall:
     Attributes:
         q (Tensor [N_t, H, C]), k, v (Tensor [N_s, H, C]): projected nodes.
         edge_index (LongTensor [2, E]): the edges in the order of the per-edge
-            tensors below (grouped by target when ``edges`` is given).
+            tensors below (grouped by target when ``edges`` is given; read by
+            the ``"propagate"`` backend only, the others read ``edges``).
         edges (EdgeSet or None): the prepared edge set (None only for the
             ``"propagate"`` backend under :func:`torch.compile`).
         terms (PerEdgeTerms or TypedEdgeTerms or None): the edge-feature terms.

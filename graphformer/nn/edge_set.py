@@ -105,6 +105,7 @@ class EdgeSet:
         self.batch = None if bipartite else batch
         self.edge_type = self.to_sorted(edge_type) if edge_type is not None else None
         self.num_types = num_types
+        self._cache: dict = {}
 
     @property
     def num_edges(self) -> int:
@@ -113,6 +114,21 @@ class EdgeSet:
     @property
     def typed(self) -> bool:
         return self.edge_type is not None
+
+    @cached_property
+    def sorted_edge_index(self) -> Tensor:
+        """The edges grouped by target, [2, E]."""
+        return torch.stack([self.csr.col, self.csr.row])
+
+    def type_slots(self, num_types: int) -> Tuple[Tensor, Tensor]:
+        """``(target · R + type, source · R + type)`` of every edge in target
+        order: its place in [N_t, R] and [N_s, R] node-by-type tables (built
+        once per R)."""
+        key = ("slots", num_types)
+        if key not in self._cache:
+            t = self.edge_type
+            self._cache[key] = (self.csr.row * num_types + t, self.csr.col * num_types + t)
+        return self._cache[key]
 
     @property
     def edge_type_given(self) -> Optional[Tensor]:

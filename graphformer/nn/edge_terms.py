@@ -41,7 +41,7 @@ head, D edge features, R edge types.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -200,13 +200,20 @@ class TypedEdgeTerms:
         w_eq, w_ek, w_ev (Tensor [H·C, D] or None): the edge projections.
         csr (EdgeCSR): the edges.
         heads (int): H.
+        slots ((LongTensor [E], LongTensor [E]), optional): ``target · R +
+            type`` and ``source · R + type`` of every edge (from
+            :meth:`~graphformer.nn.EdgeSet.type_slots`, built once per edge
+            set; computed here when None).
     """
 
     def __init__(self, table: Tensor, edge_type: Tensor, w_eq: Optional[Tensor],
-                 w_ek: Optional[Tensor], w_ev: Optional[Tensor], csr: EdgeCSR,
-                 heads: int) -> None:
+                 w_ek: Optional[Tensor], w_ev: Optional[Tensor], csr: Optional[EdgeCSR],
+                 heads: int, slots: Optional[Tuple[Tensor, Tensor]] = None) -> None:
         self.table, self.edge_type, self.csr, self.heads = table, edge_type, csr, heads
         R = table.size(0)
+        if slots is None and csr is not None:
+            slots = (csr.row * R + edge_type, csr.col * R + edge_type)
+        self.slots = slots
 
         def project(w: Optional[Tensor]) -> Optional[Tensor]:   # [R, H, C]
             return None if w is None else (table @ w.t()).view(R, heads, -1)
@@ -215,27 +222,27 @@ class TypedEdgeTerms:
         self.q_type, self.k_type, self.v_type = project(w_eq), project(w_ek), project(w_ev)
 
     @staticmethod
-    def _by_node_and_type(x: Tensor, per_type: Tensor, node: Tensor, edge_type: Tensor,
+    def _by_node_and_type(x: Tensor, per_type: Tensor, slot: Tensor,
                           plus: Optional[Tensor] = None) -> Tensor:
         """``out[h, e] = x[node_e, h] · per_type[type_e, h] (+ plus[h, type_e])``,
-        [H, E], through the [H, N, R] table of all node-type products."""
-        R = per_type.size(0)
+        [H, E], through the [H, N, R] table of all node-type products
+        (``slot = node · R + type``)."""
         table = torch.bmm(x.transpose(0, 1), per_type.permute(1, 2, 0))      # [H, N, R]
         if plus is not None:
             table = table + plus.unsqueeze(1)
-        return table.reshape(table.size(0), -1).index_select(1, node * R + edge_type)
+        return table.reshape(table.size(0), -1).index_select(1, slot)
 
     def scores(self, q: Tensor, k: Tensor) -> Optional[Tensor]:
         """The edge score terms [H, E] (unscaled), or None."""
-        t, csr = self.edge_type, self.csr
+        to_target, from_source = self.slots
         both = None
         if self.q_type is not None and self.k_type is not None:   # Q_t · K_t, [H, R]
             both = (self.q_type * self.k_type).sum(-1).t()
         out = None
         if self.k_type is not None:          # q_i · K_t (+ Q_t · K_t, per node and type)
-            out = self._by_node_and_type(q, self.k_type, csr.row, t, both)
+            out = self._by_node_and_type(q, self.k_type, to_target, both)
         if self.q_type is not None:          # Q_t · k_j
-            term = self._by_node_and_type(k, self.q_type, csr.col, t)
+            term = self._by_node_and_type(k, self.q_type, from_source)
             out = term if out is None else out + term
         return out
 
@@ -244,8 +251,7 @@ class TypedEdgeTerms:
         if self.v_type is None:
             return None
         H, R, N = weights.size(0), self.table.size(0), self.csr.num_rows
-        slot = self.csr.row * R + self.edge_type
-        per_type = weights.new_zeros(H, N * R).index_add(1, slot, weights)     # [H, N·R]
+        per_type = weights.new_zeros(H, N * R).index_add(1, self.slots[0], weights)  # [H, N·R]
         out = torch.bmm(per_type.view(H, N, R), self.v_type.transpose(0, 1))  # [H, N, C]
         return out.transpose(0, 1)
 

@@ -401,7 +401,7 @@ def train(cfg: Optional[RunConfig], run_dir: Union[str, Path], resume: bool = Fa
             scheduler.step()
             total_loss += loss.item() * batch.num_graphs
             seen += batch.num_graphs
-            bar.set_postfix(loss=f"{loss.item():.4f}",
+            bar.set_postfix(refresh=False, loss=f"{loss.item():.4f}",
                             mol_s=f"{seen / (time.perf_counter() - started):.0f}")
         bar.close()
         train_loss = total_loss / max(seen, 1)
