@@ -6,6 +6,8 @@ debugger.
 """
 from __future__ import annotations
 
+from typing import Dict
+
 import torch
 from torch import Tensor
 
@@ -48,3 +50,17 @@ def check_nonneg_int(value: object, name: str, minimum: int = 0) -> int:
     if value < minimum:
         raise ValueError(f"'{name}' must be >= {minimum}, got {value}")
     return value
+
+
+def refuse_softmax_backend(where: str, kwargs: Dict[str, object]) -> None:
+    """``softmax_backend`` was a constructor argument until graphformer 0.1:
+    say what replaced it instead of an unknown-argument error."""
+    if "softmax_backend" in kwargs:
+        raise TypeError(
+            f"{where}(softmax_backend=...) was removed: graphformer.nn.functional "
+            "chooses the segment softmax itself (torch-scatter when it is installed, "
+            "PyTorch's native scatter otherwise and under torch.compile). Drop the "
+            "argument; to pick one explicitly call graphformer.nn.functional."
+            "segment_softmax(..., backend='native' or 'scatter').")
+    if where.endswith(".from_torch") and kwargs:
+        raise TypeError(f"{where}() got unexpected keyword argument(s) {sorted(kwargs)}")

@@ -15,15 +15,26 @@ settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
 
+from graphformer.nn import functional
 from graphformer.nn.functional import HAS_TORCH_SCATTER
 
 
-@pytest.fixture(params=["native", "scatter"])
-def backend(request):
-    """Every attention test runs once per softmax backend: PyTorch's native
-    scatter and torch-scatter (skipped, loudly, where it is not installed)."""
-    if request.param == "scatter" and not HAS_TORCH_SCATTER:
+def force_softmax(monkeypatch, name):
+    """Make ``graphformer.nn.functional`` choose the segment softmax ``name``
+    where it would choose by itself (``backend="auto"``)."""
+    if name == "scatter" and not HAS_TORCH_SCATTER:
         pytest.skip("torch-scatter is not installed")
+    real = functional.resolve_backend
+    monkeypatch.setattr(functional, "resolve_backend",
+                        lambda backend: real(name if backend == "auto" else backend))
+
+
+@pytest.fixture(params=["native", "scatter"])
+def backend(request, monkeypatch):
+    """Every attention test runs once per softmax implementation: PyTorch's
+    native scatter and torch-scatter (skipped, loudly, where it is not
+    installed)."""
+    force_softmax(monkeypatch, request.param)
     return request.param
 
 

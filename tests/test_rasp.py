@@ -345,7 +345,7 @@ def test_uniform_attention_on_selector_is_aggregate(backend):
     values = rasp.numerical(tok * 3 + idx)
     edge_index, mask = rasp.selector_to_head(sel)
     assert torch.equal(edge_index, sel.edge_index) and mask.shape == (sel.num_edges, 1)
-    layer = RelationalAttention(1, 1, bias=False, softmax_backend=backend).double()
+    layer = RelationalAttention(1, 1, bias=False).double()
     with torch.no_grad():
         layer.lin_q.weight.zero_()
         layer.lin_k.weight.zero_()
@@ -367,7 +367,6 @@ def test_selectors_packed_into_heads(backend):
     edge_index, mask = rasp.selector_to_head(*sels)
     assert mask.shape == (edge_index.size(1), 3)
     layer = rasp.uniform_attention(heads=3).double()
-    layer.softmax_backend = backend
     x = torch.stack([v.values for v in vals], dim=1)
     out, alpha = layer(x, edge_index, head_mask=mask, return_attention_weights=True)
     for h, (s, v) in enumerate(zip(sels, vals)):

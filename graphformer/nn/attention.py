@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -12,14 +12,14 @@ from torch_geometric.nn import Linear
 from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.typing import OptTensor, PairTensor
 
-from .._checks import check_edge_index, check_node_range
+from .._checks import check_edge_index, check_node_range, refuse_softmax_backend
 from . import fused as fused_mod
 from .backend import ATTENTION_BACKENDS, AttentionBackend, AttentionCall, resolve_backend
 from .csr import SDDMM
 from .dense import dense_attention
 from .edge_set import EdgeSet
 from .edge_terms import PerEdgeTerms, TypedEdgeTerms
-from .functional import BACKENDS, SoftmaxBackend, dropout, segment_softmax
+from .functional import dropout, segment_softmax
 from .sparse import sparse_attention
 
 
@@ -56,10 +56,6 @@ class RelationalAttention(MessagePassing):
             ``lin_edge_q``, ``lin_edge_k``, ``lin_edge_v``.
         dropout (float): dropout on the attention weights (training only).
         bias (bool): biases in ``lin_q``, ``lin_k``, ``lin_v`` and ``lin_out``.
-        softmax_backend (str): ``"auto"``, ``"native"`` or ``"scatter"``: the
-            segment softmax of the ``"propagate"`` backend (see
-            :func:`graphformer.nn.functional.segment_softmax`; the sparse
-            backend uses :func:`~graphformer.nn.functional.csr_softmax`).
         backend (str): how attention is computed: ``"auto"`` (default: by the
             cost model of :mod:`graphformer.nn.backend`), ``"sparse"``,
             ``"dense"``, ``"fused"`` or ``"propagate"``. All give the same
@@ -104,10 +100,10 @@ class RelationalAttention(MessagePassing):
         edge_dim: Optional[int] = None,
         dropout: float = 0.0,
         bias: bool = True,
-        softmax_backend: SoftmaxBackend = "auto",
         backend: AttentionBackend = "auto",
         **kwargs,
     ) -> None:
+        refuse_softmax_backend(type(self).__name__, kwargs)
         kwargs.setdefault("aggr", "add")
         super().__init__(node_dim=0, **kwargs)
         if heads < 1:
@@ -125,9 +121,6 @@ class RelationalAttention(MessagePassing):
             raise ValueError(f"'edge_dim' must be >= 1 or None, got {edge_dim}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"'dropout' must be in [0, 1), got {dropout}")
-        if softmax_backend not in BACKENDS:
-            raise ValueError(f"unknown softmax backend {softmax_backend!r}; "
-                             f"choose one of {BACKENDS}")
         if backend not in ATTENTION_BACKENDS:
             raise ValueError(f"unknown attention backend {backend!r}; "
                              f"choose one of {ATTENTION_BACKENDS}")
@@ -138,7 +131,6 @@ class RelationalAttention(MessagePassing):
         self.head_channels = head_channels
         self.edge_dim = edge_dim
         self.dropout = dropout
-        self.softmax_backend = softmax_backend
         self.backend = backend
 
         src_ch, dst_ch = (in_channels, in_channels) if isinstance(in_channels, int) else in_channels
@@ -278,7 +270,7 @@ class RelationalAttention(MessagePassing):
         score = (q_i * k_j).sum(dim=-1) / math.sqrt(self.head_channels)
         if head_mask is not None:
             score = score.masked_fill(~head_mask, float("-inf"))
-        alpha = segment_softmax(score, index, dim_size, backend=self.softmax_backend)
+        alpha = segment_softmax(score, index, dim_size)
         return alpha.to(dtype)
 
     def message(self, v_j: Tensor, ev: OptTensor, weights: Tensor) -> Tensor:
@@ -354,15 +346,15 @@ class RelationalAttention(MessagePassing):
                              f"{list(batch.shape)}")
 
     @classmethod
-    def from_torch(cls, mha: torch.nn.MultiheadAttention,
-                   softmax_backend: SoftmaxBackend = "auto",
-                   backend: AttentionBackend = "auto") -> "RelationalAttention":
+    def from_torch(cls, mha: torch.nn.MultiheadAttention, backend: AttentionBackend = "auto",
+                   **removed: Any) -> "RelationalAttention":
         """The layer with the weights of a :class:`torch.nn.MultiheadAttention`.
 
         Batch-first or not, the weights are the same. ``add_bias_kv`` and
         ``add_zero_attn`` have no edge-set meaning and are refused. The result
         is on the device and of the dtype of ``mha``.
         """
+        refuse_softmax_backend(f"{cls.__name__}.from_torch", removed)
         if mha.bias_k is not None or mha.bias_v is not None:
             raise ValueError("MultiheadAttention with add_bias_kv=True is not supported")
         if mha.add_zero_attn:
@@ -379,7 +371,7 @@ class RelationalAttention(MessagePassing):
             wq, wk, wv = mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight
         bias = mha.in_proj_bias is not None
         layer = cls(in_channels, embed, heads=heads, dropout=mha.dropout, bias=bias,
-                    softmax_backend=softmax_backend, backend=backend)
+                    backend=backend)
         layer = layer.to(device=mha.out_proj.weight.device, dtype=mha.out_proj.weight.dtype)
         with torch.no_grad():
             for lin, w in ((layer.lin_q, wq), (layer.lin_k, wk), (layer.lin_v, wv)):

@@ -1,7 +1,7 @@
 """The transformer encoder block over an edge set."""
 from __future__ import annotations
 
-from typing import Literal, Optional, Tuple, Union
+from typing import Any, Literal, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -10,10 +10,11 @@ from torch.nn import LayerNorm, Linear
 from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.typing import OptTensor
 
+from .._checks import refuse_softmax_backend
 from .attention import RelationalAttention
 from .backend import AttentionBackend
 from .edge_set import EdgeSet
-from .functional import SoftmaxBackend, dropout
+from .functional import dropout
 
 _ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
 
@@ -71,7 +72,6 @@ class TransformerLayer(MessagePassing):
             (default: ``2 * edge_dim``).
         layer_norm_eps (float): epsilon of the layer norms.
         bias (bool): biases in linear layers and layer norms.
-        softmax_backend (str): see :class:`RelationalAttention`.
         backend (str): attention backend, see :class:`RelationalAttention`.
 
     Shapes:
@@ -100,9 +100,13 @@ class TransformerLayer(MessagePassing):
         edge_ff_channels: Optional[int] = None,
         layer_norm_eps: float = 1e-5,
         bias: bool = True,
-        softmax_backend: SoftmaxBackend = "auto",
         backend: AttentionBackend = "auto",
+        **removed: Any,
     ) -> None:
+        refuse_softmax_backend(type(self).__name__, removed)
+        if removed:
+            raise TypeError(f"{type(self).__name__}() got unexpected keyword argument(s) "
+                            f"{sorted(removed)}")
         super().__init__(node_dim=0)
         if activation not in _ACTIVATIONS:
             raise ValueError(f"'activation' must be one of {sorted(_ACTIVATIONS)}, "
@@ -121,7 +125,7 @@ class TransformerLayer(MessagePassing):
 
         self.attn = RelationalAttention(channels, channels, heads=heads, edge_dim=edge_dim,
                                         dropout=dropout, bias=bias,
-                                        softmax_backend=softmax_backend, backend=backend)
+                                        backend=backend)
         self.linear1 = Linear(channels, ff_channels, bias=bias)
         self.linear2 = Linear(ff_channels, channels, bias=bias)
         self.norm1 = LayerNorm(channels, eps=layer_norm_eps, bias=bias)
@@ -211,10 +215,10 @@ class TransformerLayer(MessagePassing):
 
     @classmethod
     def from_torch(cls, layer: torch.nn.TransformerEncoderLayer,
-                   softmax_backend: SoftmaxBackend = "auto",
-                   backend: AttentionBackend = "auto") -> "TransformerLayer":
+                   backend: AttentionBackend = "auto", **removed: Any) -> "TransformerLayer":
         """The block with the weights of a :class:`torch.nn.TransformerEncoderLayer`
         (post- or pre-norm, relu or gelu)."""
+        refuse_softmax_backend(f"{cls.__name__}.from_torch", removed)
         kind = getattr(layer, "activation_relu_or_gelu", 0)
         if kind not in (1, 2):
             raise ValueError("only relu and gelu activations can be converted, got "
@@ -224,11 +228,9 @@ class TransformerLayer(MessagePassing):
             mha.embed_dim, heads=mha.num_heads, ff_channels=layer.linear1.out_features,
             dropout=layer.dropout.p, activation="relu" if kind == 1 else "gelu",
             norm_first=layer.norm_first, layer_norm_eps=layer.norm1.eps,
-            bias=layer.linear1.bias is not None, softmax_backend=softmax_backend,
-            backend=backend,
+            bias=layer.linear1.bias is not None, backend=backend,
         )
-        new.attn = RelationalAttention.from_torch(mha, softmax_backend=softmax_backend,
-                                                  backend=backend)
+        new.attn = RelationalAttention.from_torch(mha, backend=backend)
         for name in ("linear1", "linear2", "norm1", "norm2"):
             getattr(new, name).load_state_dict(getattr(layer, name).state_dict())
         return new.to(device=layer.linear1.weight.device, dtype=layer.linear1.weight.dtype)

@@ -7,8 +7,9 @@ import torch
 from torch_geometric.utils import to_dense_batch
 
 from graphformer import patterns as P
-from graphformer.nn import RelationalAttention
-from graphformer.nn.functional import HAS_TORCH_SCATTER
+from graphformer.nn import RelationalAttention, TransformerLayer
+from graphformer.nn.functional import HAS_TORCH_SCATTER  # noqa: F401
+from tests.conftest import force_softmax
 from graphformer.nn.fused import fused_available
 from tests.helpers import ptr_of
 
@@ -20,13 +21,13 @@ IMPLS = [("propagate", "native"), ("propagate", "scatter"), ("sparse", "native")
 
 
 @pytest.fixture(params=IMPLS, ids=[f"{a}-{s}" for a, s in IMPLS])
-def backend(request):
+def backend(request, monkeypatch):
     attention, softmax = request.param
-    if softmax == "scatter" and not HAS_TORCH_SCATTER:
-        pytest.skip("torch-scatter is not installed")
+    if softmax != "auto":
+        force_softmax(monkeypatch, softmax)
     if attention == "fused" and not fused_available(torch.device("cpu")):
         pytest.skip("triton is not installed (or TRITON_INTERPRET is not set)")
-    return {"backend": attention, "softmax_backend": softmax}
+    return {"backend": attention}
 
 SIZES = [5, 1, 8, 3]  # uneven lengths, a one-token sequence included
 EMBED, HEADS = 16, 4
@@ -328,3 +329,17 @@ def test_bad_construction():
         RelationalAttention(4, 4)(torch.randn(2, 4), P.full(2), torch.randn(4, 1))
     with pytest.raises(ValueError, match="add_bias_kv"):
         RelationalAttention.from_torch(torch.nn.MultiheadAttention(4, 2, add_bias_kv=True))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: RelationalAttention(4, 4, softmax_backend="native"),
+    lambda: RelationalAttention.from_torch(torch.nn.MultiheadAttention(4, 2),
+                                           softmax_backend="scatter"),
+    lambda: TransformerLayer(4, heads=2, softmax_backend="auto"),
+    lambda: TransformerLayer.from_torch(torch.nn.TransformerEncoderLayer(4, 2),
+                                        softmax_backend="native"),
+])
+def test_removed_softmax_backend_argument_says_what_replaced_it(make):
+    with pytest.raises(TypeError, match=r"softmax_backend=\.\.\.\) was removed: "
+                                        r"graphformer\.nn\.functional chooses"):
+        make()

@@ -7,13 +7,14 @@ from torch_geometric.nn import GPSConv, Sequential, to_hetero
 from graphformer import patterns as P
 from graphformer.nn import RelationalAttention, TransformerLayer
 from tests.nn.test_attention import batch_of
+from tests.conftest import force_softmax
 
 
 def test_inside_pyg_sequential(backend):
     model = Sequential("x, edge_index", [
-        (RelationalAttention(8, 16, heads=2, softmax_backend=backend), "x, edge_index -> x"),
+        (RelationalAttention(8, 16, heads=2), "x, edge_index -> x"),
         torch.nn.ReLU(),
-        (RelationalAttention(16, 4, softmax_backend=backend), "x, edge_index -> x"),
+        (RelationalAttention(16, 4), "x, edge_index -> x"),
     ])
     x, ei = torch.randn(6, 8), P.causal(torch.tensor([0, 4, 6]))
     expected = model[2](torch.relu(model[0](x, ei)), ei)
@@ -27,12 +28,12 @@ def test_as_the_local_conv_of_gps(backend):
     # edge set, the whole block is reproduced from graphformer parts.
     ptr, batch = batch_of([5, 3, 6])
     bonds = P.window(ptr, 1, causal=False)
-    conv = RelationalAttention(16, 16, heads=2, edge_dim=4, softmax_backend=backend)
+    conv = RelationalAttention(16, 16, heads=2, edge_dim=4)
     gps = GPSConv(16, conv, heads=4, norm=None, dropout=0.0).eval()
     x = torch.randn(int(ptr[-1]), 16)
     e = torch.randn(bonds.size(1), 4)
     out = gps(x, bonds, batch=batch, edge_attr=e)
-    global_attn = RelationalAttention.from_torch(gps.attn, softmax_backend=backend)
+    global_attn = RelationalAttention.from_torch(gps.attn)
     s = (conv(x, bonds, e) + x) + (global_attn(x, P.full(ptr)) + x)
     torch.testing.assert_close(out, s + gps.mlp(s), atol=1e-5, rtol=1e-5)
 
@@ -40,8 +41,8 @@ def test_as_the_local_conv_of_gps(backend):
 class Net(torch.nn.Module):
     def __init__(self, backend):
         super().__init__()
-        self.conv1 = RelationalAttention(-1, 16, heads=2, softmax_backend=backend)
-        self.conv2 = RelationalAttention(-1, 8, heads=2, softmax_backend=backend)
+        self.conv1 = RelationalAttention(-1, 16, heads=2)
+        self.conv2 = RelationalAttention(-1, 8, heads=2)
 
     def forward(self, x, edge_index):
         return self.conv2(self.conv1(x, edge_index).relu(), edge_index)
@@ -78,13 +79,15 @@ def test_through_to_hetero(backend):
 
 
 @pytest.mark.parametrize("softmax_backend", ["native", "auto"])
-def test_torch_compile_has_no_graph_breaks(softmax_backend):
+def test_torch_compile_has_no_graph_breaks(softmax_backend, monkeypatch):
     # "auto" picks torch-scatter in eager mode when it is installed, and the
     # native backend under torch.compile.
     ptr = torch.tensor([0, 5, 9])
     ei, member = P.union(P.causal(ptr), P.window(ptr, 1, causal=False))
     e = torch.randn(ei.size(1), 3)
-    layer = RelationalAttention(8, 8, heads=2, edge_dim=3, softmax_backend=softmax_backend)
+    if softmax_backend != "auto":
+        force_softmax(monkeypatch, softmax_backend)
+    layer = RelationalAttention(8, 8, heads=2, edge_dim=3)
     x = torch.randn(9, 8)
     explanation = torch._dynamo.explain(layer)(x, ei, e, member)
     assert explanation.graph_break_count == 0, explanation.break_reasons

@@ -19,7 +19,7 @@ def test_equals_transformer_encoder_layer(backend, norm_first, activation, patte
     ref_layer = torch.nn.TransformerEncoderLayer(
         D, H, dim_feedforward=24, dropout=0.0, activation=activation, norm_first=norm_first,
         batch_first=True)
-    layer = TransformerLayer.from_torch(ref_layer, softmax_backend=backend)
+    layer = TransformerLayer.from_torch(ref_layer)
     x = torch.randn(int(ptr[-1]), D, requires_grad=True)
     xd, real = to_dense_batch(x, batch)
     if pattern == "full":
@@ -58,14 +58,13 @@ def test_edge_update_follows_the_relational_transformer(backend, norm_first):
     ei, member = P.union(P.causal(ptr), P.window(ptr, 1, causal=False))
     e = torch.cat([member.float(), torch.randn(ei.size(1), 3)], dim=1)  # edge_dim 5
     layer = TransformerLayer(8, heads=2, dropout=0.0, edge_dim=5, edge_update=True,
-                             norm_first=norm_first, softmax_backend=backend)
+                             norm_first=norm_first)
     x = torch.randn(7, 8, requires_grad=True)
     x_new, e_new, alpha = layer(x, ei, e, return_attention_weights=True)
 
     # The node update does not depend on edge_update; the edge update is the
     # equation of the docstring, written out.
-    plain = TransformerLayer(8, heads=2, dropout=0.0, edge_dim=5, norm_first=norm_first,
-                             softmax_backend=backend)
+    plain = TransformerLayer(8, heads=2, dropout=0.0, edge_dim=5, norm_first=norm_first)
     plain.load_state_dict(layer.state_dict(), strict=False)
     x_plain, alpha_plain = plain(x, ei, e, return_attention_weights=True)
     torch.testing.assert_close(x_new, x_plain)
