@@ -94,31 +94,28 @@ def test_benchmark_table_is_the_scripts_output_format():
         assert f"| {case} | graphformer |" in README
 
 
-def test_typed_edges_snippet_runs():
-    """The README's typed-edge example: a shared EdgeSet with edge types gives
-    what per-edge features give."""
-    snippet = next(b for b in code_blocks("python") if "EdgeSet(" in b)
+def run_snippet(marker):
+    """Run the README's python block that contains ``marker``; its stdout."""
+    snippet = next(b for b in code_blocks("python") if marker in b)
     result = subprocess.run([sys.executable, "-c", snippet], cwd=ROOT,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "torch.Size([9, 16]) True"
+    return result.stdout.strip()
+
+
+def test_typed_edges_snippet_runs():
+    """The README's typed-edge example: a shared EdgeSet with edge types gives
+    what per-edge features give."""
+    assert run_snippet("EdgeSet(") == "torch.Size([9, 16]) True"
 
 
 def test_sequence_snippet_runs():
     """The README's decoder example: positions per sequence, causal
     self-attention and bipartite cross-attention."""
-    snippet = next(b for b in code_blocks("python") if "TransformerDecoderLayer(" in b)
-    result = subprocess.run([sys.executable, "-c", snippet], cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "torch.Size([5, 64]) torch.Size([5, 64])"
+    assert run_snippet("TransformerDecoderLayer(") == "torch.Size([5, 64]) torch.Size([5, 64])"
 
 
 def test_rasp_snippet_runs():
     """The README's RASP example: the compiled model reverses, at the predicted size."""
-    snippet = next(b for b in code_blocks("python") if "rasp.compile(" in b)
-    result = subprocess.run([sys.executable, "-c", snippet], cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().startswith("[[3, 2, 1], [2, 1, 3, 3]] CompiledProgram(layers=2, "
+    assert run_snippet("rasp.compile(").startswith("[[3, 2, 1], [2, 1, 3, 3]] CompiledProgram(layers=2, "
                                             "heads=[1, 1]")

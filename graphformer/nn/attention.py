@@ -5,7 +5,6 @@ import math
 from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric import is_compiling
 from torch_geometric.nn import Linear

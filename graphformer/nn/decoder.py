@@ -12,8 +12,8 @@ from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.typing import OptTensor
 
 from .attention import RelationalAttention
+from .transformer import ACTIVATIONS, feed_forward
 
-_ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
 
 
 class TransformerDecoderLayer(MessagePassing):
@@ -89,8 +89,8 @@ class TransformerDecoderLayer(MessagePassing):
         bias: bool = True,
     ) -> None:
         super().__init__(node_dim=0)
-        if activation not in _ACTIVATIONS:
-            raise ValueError(f"'activation' must be one of {sorted(_ACTIVATIONS)}, "
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"'activation' must be one of {sorted(ACTIVATIONS)}, "
                              f"got {activation!r}")
         for name, value in (("channels", channels), ("heads", heads),
                             ("memory_channels", memory_channels), ("ff_channels", ff_channels)):
@@ -130,8 +130,8 @@ class TransformerDecoderLayer(MessagePassing):
         return F.dropout(x, p=self.dropout, training=self.training)
 
     def _ff(self, x: Tensor) -> Tensor:
-        h = self._drop(_ACTIVATIONS[self.activation](self.linear1(x)))
-        return self._drop(self.linear2(h))
+        return feed_forward(x, self.linear1, self.linear2, self.activation, self.dropout,
+                            self.training)
 
     def _attend(self, attn: RelationalAttention, x, edge_index: Tensor, batch: OptTensor,
                 need_weights: bool) -> Tuple[Tensor, OptTensor]:

@@ -16,7 +16,15 @@ from .backend import AttentionBackend
 from .edge_set import EdgeSet
 from .functional import dropout
 
-_ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
+ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
+
+
+def feed_forward(x: Tensor, lin1: Linear, lin2: Linear, activation: str, p: float,
+                 training: bool) -> Tensor:
+    r"""The feed-forward branch of a transformer block,
+    :math:`\mathrm{Dropout}(\mathbf{W}_2\,\mathrm{Dropout}(\sigma(\mathbf{W}_1 \mathbf{x})))`."""
+    h = dropout(ACTIVATIONS[activation](lin1(x)), p=p, training=training)
+    return dropout(lin2(h), p=p, training=training)
 
 
 class Dropout(torch.nn.Dropout):
@@ -108,8 +116,8 @@ class TransformerLayer(MessagePassing):
             raise TypeError(f"{type(self).__name__}() got unexpected keyword argument(s) "
                             f"{sorted(removed)}")
         super().__init__(node_dim=0)
-        if activation not in _ACTIVATIONS:
-            raise ValueError(f"'activation' must be one of {sorted(_ACTIVATIONS)}, "
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"'activation' must be one of {sorted(ACTIVATIONS)}, "
                              f"got {activation!r}")
         if edge_update and edge_dim is None:
             raise ValueError("'edge_update=True' needs 'edge_dim'")
@@ -148,9 +156,7 @@ class TransformerLayer(MessagePassing):
                 module.reset_parameters()
 
     def _mlp(self, x: Tensor, lin1: Linear, lin2: Linear) -> Tensor:
-        act = _ACTIVATIONS[self.activation]
-        h = dropout(act(lin1(x)), p=self.dropout, training=self.training)
-        return dropout(lin2(h), p=self.dropout, training=self.training)
+        return feed_forward(x, lin1, lin2, self.activation, self.dropout, self.training)
 
     def _attend(self, x: Tensor, edge_index: Union[Tensor, EdgeSet], edge_attr: OptTensor,
                 head_mask: OptTensor, batch: OptTensor, edge_type: OptTensor,

@@ -16,7 +16,6 @@ import shutil
 import stat
 import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest

@@ -8,7 +8,6 @@ from torch_geometric.utils import to_dense_batch
 
 from graphformer import patterns as P
 from graphformer.nn import RelationalAttention, TransformerLayer
-from graphformer.nn.functional import HAS_TORCH_SCATTER  # noqa: F401
 from tests.conftest import force_softmax
 from graphformer.nn.fused import fused_available
 from tests.helpers import ptr_of
