@@ -7,8 +7,12 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from ..datasets.molecules import TASKS
 from ..errors import ConfigError, UsageError
+from ..models.graph_transformer import PATTERNS, POOLINGS
+from ..nn import ATTENTION_BACKENDS
 from ..train import RunConfig, read_config_file, train
+from ..train.config import DEVICES
 from ..train.checkpoint import load_checkpoint, run_config
 
 # flag -> (section, key)
@@ -49,7 +53,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "zinc-full | pcqm4mv2 | path/to/file.csv")
     d.add_argument("--smiles-column")
     d.add_argument("--target-columns", nargs="+")
-    d.add_argument("--task", choices=["regression", "classification"])
+    d.add_argument("--task", choices=TASKS)
     d.add_argument("--split", help="scaffold | random | official | column:NAME")
     d.add_argument("--root", help="data cache directory")
     m = p.add_argument_group("model")
@@ -57,15 +61,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--layers", type=int)
     m.add_argument("--heads", type=int)
     m.add_argument("--dropout", type=float)
-    m.add_argument("--patterns", nargs="+", choices=["bonds", "k_hop", "full"])
+    m.add_argument("--patterns", nargs="+", choices=PATTERNS)
     m.add_argument("--k", type=int, help="k of the k_hop pattern")
-    m.add_argument("--pooling", choices=["mean", "sum", "virtual"])
+    m.add_argument("--pooling", choices=POOLINGS)
     m.add_argument("--edge-update", action=argparse.BooleanOptionalAction, default=None)
     m.add_argument("--norm-first", action=argparse.BooleanOptionalAction, default=None)
     m.add_argument("--rwse-steps", type=int)
     m.add_argument("--lap-pe", type=int)
     m.add_argument("--attention-backend",
-                   choices=["auto", "sparse", "dense", "fused", "propagate"],
+                   choices=ATTENTION_BACKENDS,
                    help="how attention is computed (default auto: by a cost model)")
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=int)
@@ -75,7 +79,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--warmup-epochs", type=int)
     t.add_argument("--grad-clip", type=float)
     t.add_argument("--seed", type=int)
-    t.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    t.add_argument("--device", choices=DEVICES)
     t.add_argument("--threads", type=int)
     p.set_defaults(run=run)
 

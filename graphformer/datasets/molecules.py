@@ -7,7 +7,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Literal, Optional, Sequence, Union
+from typing import Callable, List, Literal, Optional, Sequence, Union, get_args
 
 import pandas as pd
 from torch_geometric.data import Data, InMemoryDataset
@@ -17,6 +17,8 @@ from ..data.molecule import from_smiles
 from ..errors import DataError, UsageError
 
 Task = Literal["regression", "classification"]
+#: the tasks a data set can have (the values of :data:`Task`)
+TASKS = get_args(Task)
 _FORMAT_VERSION = 1  # bump when the processed format changes
 
 
@@ -169,7 +171,7 @@ class MoleculeCSVDataset(KeyedDataset):
             raise FileNotFoundError(f"no CSV file at {self.path}")
         if isinstance(target_columns, str):
             target_columns = [target_columns]
-        if task not in ("regression", "classification"):
+        if task not in TASKS:
             raise ValueError(f"'task' must be 'regression' or 'classification', got {task!r}")
         self.smiles_column = smiles_column
         self.target_columns: List[str] = list(target_columns)

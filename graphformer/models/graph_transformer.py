@@ -3,7 +3,7 @@ a chosen edge set, a pooling readout and a prediction head."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Literal, Tuple
+from typing import Any, Dict, Literal, Tuple, get_args
 
 import torch
 import torch.nn.functional as F
@@ -15,14 +15,16 @@ from torch_geometric.utils import scatter
 from torch_geometric.utils.sparse import ptr2index
 
 from .. import patterns
+from ..datasets.molecules import TASKS, Task
 from ..nn import Dropout, EdgeSet, TransformerLayer
 from ..nn.backend import ATTENTION_BACKENDS
 
 PATTERNS = ("bonds", "k_hop", "full")
 Pooling = Literal["mean", "sum", "virtual"]
+POOLINGS = get_args(Pooling)
 Features = Literal["ogb", "zinc"]
+FEATURES = get_args(Features)
 ZINC_ATOM_TYPES, ZINC_BOND_TYPES = 28, 4
-Task = Literal["regression", "classification"]
 
 
 @dataclass
@@ -79,7 +81,7 @@ class GraphTransformerConfig:
         self.patterns = tuple(self.patterns)
         if self.num_tasks < 1:
             raise ValueError(f"'num_tasks' must be >= 1, got {self.num_tasks}")
-        if self.task not in ("regression", "classification"):
+        if self.task not in TASKS:
             raise ValueError(f"'task' must be 'regression' or 'classification', got {self.task!r}")
         if self.hidden < 1 or self.layers < 0 or self.heads < 1:
             raise ValueError("'hidden' and 'heads' must be >= 1 and 'layers' >= 0, got "
@@ -94,11 +96,11 @@ class GraphTransformerConfig:
                              f"got {self.patterns}")
         if self.k < 1:
             raise ValueError(f"'k' must be >= 1, got {self.k}")
-        if self.pooling not in ("mean", "sum", "virtual"):
+        if self.pooling not in POOLINGS:
             raise ValueError(f"'pooling' must be 'mean', 'sum' or 'virtual', got {self.pooling!r}")
         if self.rwse_steps < 0 or self.lap_pe < 0:
             raise ValueError("'rwse_steps' and 'lap_pe' must be >= 0")
-        if self.features not in ("ogb", "zinc"):
+        if self.features not in FEATURES:
             raise ValueError(f"'features' must be 'ogb' or 'zinc', got {self.features!r}")
         if self.attention_backend not in ATTENTION_BACKENDS:
             raise ValueError(f"'attention_backend' must be one of {ATTENTION_BACKENDS}, "

@@ -9,9 +9,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
+from ..datasets.molecules import TASKS
 from ..errors import ConfigError, UsageError
 from ..models import GraphTransformerConfig
 
+DEVICES = ("auto", "cpu", "cuda")
 SPLITS = ("scaffold", "random", "official")
 MAX_SEED = 2**32
 MAX_INT = 2**63  # what a torch int64 holds
@@ -118,7 +120,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         coerce_fields(self, "data")
-        if self.task not in ("regression", "classification"):
+        if self.task not in TASKS:
             raise ConfigError("data", "task", f"must be 'regression' or 'classification', "
                               f"got {self.task!r}")
         if self.split is not None and self.split not in SPLITS and not (
@@ -173,7 +175,7 @@ class TrainConfig:
                 raise ConfigError("train", key, f"must be >= 0, got {getattr(self, key)}")
         if not 0 <= self.seed < MAX_SEED:
             raise ConfigError("train", "seed", f"must be in [0, 2**32), got {self.seed}")
-        if self.device not in ("auto", "cpu", "cuda"):
+        if self.device not in DEVICES:
             raise ConfigError("train", "device", f"must be 'auto', 'cpu' or 'cuda', got "
                               f"{self.device!r}")
 
