@@ -31,7 +31,7 @@ def main() -> None:
     layer = TransformerLayer(32, heads=4, dropout=0.0).eval()
 
     with torch.no_grad():
-        out, alpha = layer(embed(ids), edge_index, return_attention_weights=True)
+        out, _, alpha = layer(embed(ids), edge_index, return_attention_weights=True)
 
     print(f"{len(tokens)} sequences, {ids.numel()} tokens, {edge_index.size(1)} causal edges")
     print(f"output: {tuple(out.shape)}  attention weights: {tuple(alpha.shape)} (edges x heads)")

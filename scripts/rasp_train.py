@@ -200,10 +200,10 @@ class Net(nn.Module):
         alphas = []
         for layer in self.layers:
             if return_attention:
-                x, alpha = layer(x, edge_index, return_attention_weights=True, batch=info.graph)
+                x, _, alpha = layer(x, edge_index, return_attention_weights=True, batch=info.graph)
                 alphas.append(alpha)
             else:
-                x = layer(x, edge_index, batch=info.graph)
+                x = layer(x, edge_index, batch=info.graph).x
         logits = self.readout(self.norm(x))
         return (logits, edge_index, alphas) if return_attention else logits
 

@@ -110,7 +110,7 @@ class ReversePredictor(torch.nn.Module):
             h = h + self.position(batch).pos_enc.to(h)
         edges = patterns.full(batch.ptr)
         for layer in self.layers:
-            h = layer(h, edges, batch=batch.batch)
+            h = layer(h, edges, batch=batch.batch).x
         return self.output_net(h)
 
 

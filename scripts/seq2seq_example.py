@@ -58,7 +58,7 @@ class Seq2Seq(torch.nn.Module):
         h = self.embed(src.x) + self.pos(src.pos)
         edges = patterns.full(src.ptr)
         for layer in self.encoder:
-            h = layer(h, edges)
+            h = layer(h, edges).x
         return h
 
     def decode(self, memory: Tensor, ptr_src: Tensor, dec_in) -> Tensor:

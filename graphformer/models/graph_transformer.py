@@ -290,15 +290,9 @@ class GraphTransformer(torch.nn.Module):
             e = table
         weights = []
         for block in self.blocks:
-            out = block(x, edges, e, return_attention_weights=return_attention_weights)
-            if isinstance(out, Tensor):
-                x = out
-            else:
-                x = out[0]
-                if c.edge_update:
-                    e = out[1]
-                if return_attention_weights:
-                    weights.append(out[-1])
+            x, e, alpha = block(x, edges, e, return_attention_weights=return_attention_weights)
+            if alpha is not None:
+                weights.append(alpha)
         x = self.final_norm(x)
         if c.pooling == "virtual":
             g = x[virtual]

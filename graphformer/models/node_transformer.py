@@ -211,7 +211,7 @@ class NodeTransformer(torch.nn.Module):
         h = self.lin_in(x)
         e = self.edge_encoder(membership.to(h.dtype))
         for block in self.blocks:
-            h = block(h, edge_index, e)
+            h = block(h, edge_index, e).x
         return self.lin_out(h)
 
     def __repr__(self) -> str:

@@ -5,7 +5,7 @@ from .attention import RelationalAttention
 from .backend import ATTENTION_BACKENDS, AttentionCost, estimate
 from .decoder import TransformerDecoderLayer
 from .edge_set import EdgeSet
-from .transformer import Dropout, TransformerLayer
+from .transformer import Dropout, TransformerLayer, TransformerOutput
 
-__all__ = ["functional", "RelationalAttention", "TransformerLayer", "TransformerDecoderLayer",
+__all__ = ["functional", "RelationalAttention", "TransformerLayer", "TransformerOutput", "TransformerDecoderLayer",
            "Dropout", "EdgeSet", "ATTENTION_BACKENDS", "AttentionCost", "estimate"]

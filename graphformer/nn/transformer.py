@@ -1,7 +1,7 @@
 """The transformer encoder block over an edge set."""
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Tuple, Union
+from typing import Any, Literal, NamedTuple, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,22 @@ def feed_forward(x: Tensor, lin1: Linear, lin2: Linear, activation: str, p: floa
     :math:`\mathrm{Dropout}(\mathbf{W}_2\,\mathrm{Dropout}(\sigma(\mathbf{W}_1 \mathbf{x})))`."""
     h = dropout(ACTIVATIONS[activation](lin1(x)), p=p, training=training)
     return dropout(lin2(h), p=p, training=training)
+
+
+class TransformerOutput(NamedTuple):
+    """What a :class:`TransformerLayer` returns, whatever its flags.
+
+    Attributes:
+        x (Tensor [N, channels]): the new node states.
+        edge_attr (Tensor or None): the edge states after the block: updated
+            per edge ``[E, D]`` with ``edge_update=True`` (also for typed
+            input), else the ``edge_attr`` given (None without one).
+        attention (Tensor [E, H] or None): the attention weights with
+            ``return_attention_weights=True``, else None.
+    """
+    x: Tensor
+    edge_attr: Optional[Tensor]
+    attention: Optional[Tensor]
 
 
 class Dropout(torch.nn.Dropout):
@@ -89,7 +105,8 @@ class TransformerLayer(MessagePassing):
           :math:`(E)`, see :class:`RelationalAttention`), ``head_mask``
           :math:`(E, H)` (optional), ``batch`` :math:`(N,)` (optional, sorted
           graph index of each node, used by the dense attention backend).
-        - **output:** ``x`` :math:`(N, \text{channels})`; with ``edge_update``
+        - **output:** a :class:`TransformerOutput` ``(x, edge_attr,
+          attention)``: ``x`` :math:`(N, \text{channels})`; with ``edge_update``
           the pair ``(x, edge_attr)`` (edge states per edge, ``[E, D]``, also
           for typed input); with ``return_attention_weights=True``
           the attention weights :math:`(E, H)` are appended to that.
@@ -178,7 +195,7 @@ class TransformerLayer(MessagePassing):
         return_attention_weights: bool = False,
         batch: OptTensor = None,
         edge_type: OptTensor = None,
-    ) -> Union[Tensor, Tuple[Tensor, ...]]:
+    ) -> TransformerOutput:
         if self.edge_update_enabled and edge_attr is None:
             raise ValueError("this layer updates edge states (edge_update=True): "
                              "'edge_attr' is required")
@@ -193,7 +210,6 @@ class TransformerLayer(MessagePassing):
             x = self.norm1(x + h)
             x = self.norm2(x + self._mlp(x, self.linear1, self.linear2))
 
-        outputs: Tuple[Tensor, ...] = (x,)
         if self.edge_update_enabled:
             assert edge_attr is not None
             if isinstance(edge_index, EdgeSet):
@@ -203,11 +219,7 @@ class TransformerLayer(MessagePassing):
                 edge_attr = edge_attr.index_select(0, edge_type)
             # edge_updater_type: (x: Tensor, edge_attr: Tensor)
             edge_attr = self.edge_updater(edge_index, x=x, edge_attr=edge_attr)
-            outputs = outputs + (edge_attr,)
-        if return_attention_weights:
-            assert alpha is not None
-            outputs = outputs + (alpha,)
-        return outputs[0] if len(outputs) == 1 else outputs
+        return TransformerOutput(x, edge_attr, alpha)
 
     def edge_update(self, x_i: Tensor, x_j: Tensor, edge_attr: Tensor) -> Tensor:
         e = edge_attr

@@ -28,7 +28,7 @@ def test_equals_transformer_encoder_layer(backend, norm_first, activation, patte
     else:
         ei = P.causal(ptr)
         ref = ref_layer(xd, src_mask=mha_mask(P.to_mask(ei, ptr), H))
-    out = layer(x, ei)
+    out = layer(x, ei).x
     torch.testing.assert_close(out, ref[real], atol=1e-5, rtol=1e-5)
 
     g = torch.randn_like(out)
@@ -49,7 +49,7 @@ def test_eval_mode_fast_path_too():
     xd, real = to_dense_batch(x, batch)
     with torch.no_grad():
         ref = ref_layer(xd, src_key_padding_mask=~real)
-        torch.testing.assert_close(layer(x, P.full(ptr)), ref[real], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(layer(x, P.full(ptr)).x, ref[real], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("norm_first", [False, True])
@@ -66,7 +66,8 @@ def test_edge_update_follows_the_relational_transformer(backend, norm_first):
     # equation of the docstring, written out.
     plain = TransformerLayer(8, heads=2, dropout=0.0, edge_dim=5, norm_first=norm_first)
     plain.load_state_dict(layer.state_dict(), strict=False)
-    x_plain, alpha_plain = plain(x, ei, e, return_attention_weights=True)
+    x_plain, e_plain, alpha_plain = plain(x, ei, e, return_attention_weights=True)
+    assert e_plain is e                       # without edge updates: the states given
     torch.testing.assert_close(x_new, x_plain)
     torch.testing.assert_close(alpha, alpha_plain)
 
