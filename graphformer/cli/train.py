@@ -11,7 +11,7 @@ from ..datasets.molecules import TASKS
 from ..errors import ConfigError, UsageError
 from ..models.graph_transformer import PATTERNS, POOLINGS
 from ..nn import ATTENTION_BACKENDS
-from ..train import RunConfig, read_config_file, train
+from ..train import RunConfig, read_config_file, resume, train
 from ..train.config import DEVICES
 from ..train.checkpoint import load_checkpoint, run_config
 
@@ -182,7 +182,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.resume is not None:
         run_dir = args.resume
         try:
-            summary = train(_resume_config(args), run_dir, resume=True, progress=not args.quiet)
+            summary = resume(run_dir, _resume_config(args), progress=not args.quiet)
         except KeyboardInterrupt:
             _interrupted(run_dir)
             raise

@@ -1,11 +1,11 @@
 """Training: run configuration, the training loop, metrics and checkpoints."""
 from .checkpoint import CheckpointError, load_checkpoint, load_run, save_checkpoint
 from .config import DataConfig, RunConfig, TrainConfig, read_config_file
-from .loop import Prepared, evaluate_split, predict, prepare, train
+from .loop import Prepared, evaluate_split, predict, prepare, resume, train
 from .metrics import compute_metrics
 
 __all__ = [
     "RunConfig", "DataConfig", "TrainConfig", "read_config_file",
-    "train", "prepare", "Prepared", "predict", "evaluate_split",
+    "train", "resume", "prepare", "Prepared", "predict", "evaluate_split",
     "compute_metrics", "save_checkpoint", "load_checkpoint", "load_run", "CheckpointError",
 ]

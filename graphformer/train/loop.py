@@ -1,12 +1,13 @@
 """Training and evaluation of a :class:`~graphformer.models.GraphTransformer`.
 
-One function, :func:`train`, runs a whole training job into a run directory:
+:func:`train` runs a whole training job into a run directory, and
+:func:`resume` continues one:
 
 - ``config.json``: the run's configuration;
 - ``metrics.csv`` / ``metrics.json``: one row per epoch, written as it ends;
 - ``last.pt`` (every epoch) and ``best.pt`` (best validation metric):
-  checkpoints; ``train(..., resume=True)`` continues from ``last.pt`` and
-  ends with exactly the metrics of an uninterrupted run;
+  checkpoints; ``resume(run_dir)`` continues from ``last.pt`` and ends with
+  exactly the metrics of an uninterrupted run;
 - ``summary.json`` and ``learning_curve.png`` at the end, and TensorBoard logs
   when installed.
 
@@ -276,14 +277,16 @@ def train(cfg: Optional[RunConfig], run_dir: Union[str, Path], resume: bool = Fa
     """Train a model as ``cfg`` says, writing everything into ``run_dir``.
 
     Args:
-        cfg: the run configuration. When resuming: ``None`` for the saved one,
-            or a config that differs from it at most in where the run runs
-            (``train.device``, ``train.threads``, ``data.root``), which then
-            apply; any other difference is a ``UsageError`` naming it.
+        cfg: the run configuration. When resuming (see :func:`resume`):
+            ``None`` for the saved one, or a config that differs from it at
+            most in where the run runs (``train.device``, ``train.threads``,
+            ``data.root``), which then apply; any other difference is a
+            ``UsageError`` naming it.
         run_dir: the run directory; one that already holds a run is refused
             (``UsageError``) unless ``overwrite`` or ``resume``.
-        resume: continue from ``run_dir/last.pt``; the data must be the one
-            it was trained on (else ``DataError``).
+        resume: continue from ``run_dir/last.pt`` (``resume(run_dir)`` says
+            the same); the data must be the one it was trained on (else
+            ``DataError``).
         progress: show progress bars and per-epoch lines (rank 0 only).
         prepared: already prepared data (to share it between runs).
         model: train this model instead of the ``GraphTransformer`` of
@@ -300,149 +303,206 @@ def train(cfg: Optional[RunConfig], run_dir: Union[str, Path], resume: bool = Fa
         DataError: no epoch had a valid validation metric (the summary is
             written first, with ``best_epoch`` null).
     """
-    run_dir = Path(run_dir)
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    world = dist.get_world_size() if dist.is_initialized() else 1
-    # -- run directory and resume checks (entry) --
-    prepare_run_dir(run_dir, resume, overwrite, writer=rank == 0)
-    state: Optional[Dict[str, Any]] = None
-    if resume:
-        state = load_checkpoint(run_dir / "last.pt")
-        check_fields(state, run_dir / "last.pt", (RUN_FIELDS, RESUME_FIELDS))
-        cfg = resume_config(run_config(state, run_dir / "last.pt"), cfg)
-    if cfg is None:
-        raise ValueError("train() needs a RunConfig unless it resumes a run")
-    is_main = rank == 0
-    show = progress and is_main
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    _seed_everything(cfg.train.seed)
-    device = resolve_device(cfg.train.device)
-    if prepared is None:
-        if world > 1:
-            # Rank 0 processes and caches the data set first; the others then
-            # read the finished cache instead of racing to write the same files.
-            if rank == 0:
-                prepared = prepare(cfg, log=show)
-            dist.barrier()
-            if rank != 0:
-                prepared = prepare(cfg, log=False)
-        else:
-            prepared = prepare(cfg, log=show)
-    assert prepared is not None
-    if state is not None:  # -- the data must be the one the run was trained on --
-        changed = changed_parts(state.get("data"), prepared.fingerprint) \
-            if prepared.fingerprint is not None else []
-        if changed:
-            raise DataError(f"cannot resume {run_dir}: its data changed since the checkpoint "
-                            f"(parts {', '.join(changed)}); restore the data or start a new run")
-        prepared = replace(prepared, y_mean=state["y_mean"], y_std=state["y_std"])
-    bench = prepared.bench
-    model_cfg = model_config_for(cfg, bench)
-    model = (model if model is not None else GraphTransformer(model_cfg)).to(device)
-    net: torch.nn.Module = model
-    if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+    run = _Run.open(cfg, Path(run_dir), resume, overwrite, progress, prepared, model)
+    for epoch in range(run.start_epoch, run.cfg.train.epochs + 1):
+        row = run.train_epoch(epoch)
+        row.update(run.evaluate())
+        run.end_epoch(epoch, row)
+    return run.finish()
 
-    train_set = prepared.subset("train")
-    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True,
-                                 seed=cfg.train.seed)
-    loader = DataLoader(train_set, batch_size=cfg.train.batch_size, sampler=sampler)
-    steps_per_epoch = max(1, len(loader))
-    total_steps = cfg.train.epochs * steps_per_epoch
-    warmup = cfg.train.warmup_epochs * steps_per_epoch
-    optimizer = make_optimizer(model, cfg.train.lr, cfg.train.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: _lr_factor(step, warmup, total_steps))
 
-    metric = bench.metric
-    history: List[Dict[str, float]] = []
-    best: Dict[str, Any] = {"epoch": None, "valid": None}
-    start_epoch = 1
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        history, best = state["history"], state["best"]
-        start_epoch = int(state["epoch"]) + 1
+def resume(run_dir: Union[str, Path], cfg: Optional[RunConfig] = None,
+           progress: bool = True) -> Dict[str, Any]:
+    """Continue the run in ``run_dir`` from its ``last.pt`` to the end; it
+    ends with exactly the metrics of an uninterrupted run. ``cfg`` may change
+    only where the run runs (see :func:`train`)."""
+    return train(cfg, run_dir, resume=True, progress=progress)
 
-    files = _RunFiles(run_dir, is_main)
-    full_cfg = RunConfig(cfg.data, model_cfg, cfg.train).to_dict()
-    files.config(full_cfg)
-    if show and start_epoch == 1:
-        print(f"{bench.name}: {len(bench.dataset)} graphs, split "
-              f"{ {k: len(v) for k, v in prepared.split.items()} }, task {bench.task}, "
-              f"metric {metric}; {sum(p.numel() for p in model.parameters()):,} parameters; "
-              f"device {device}, {world} process(es)", file=sys.stderr)
 
-    def checkpoint(epoch: int) -> Dict[str, Any]:
-        return {"config": full_cfg, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "epoch": epoch, "history": history, "best": best,
-                "y_mean": prepared.y_mean, "y_std": prepared.y_std,
-                "dataset": bench.name, "metric": metric, "task": bench.task,
-                "data": prepared.fingerprint}
+class _Run:
+    """One training run: its files, data, model, optimiser and history. The
+    epoch loop of :func:`train` calls :meth:`train_epoch`, :meth:`evaluate`
+    and :meth:`end_epoch`; :meth:`finish` writes the summary."""
 
-    for epoch in range(start_epoch, cfg.train.epochs + 1):
+    @classmethod
+    def open(cls, cfg: Optional[RunConfig], run_dir: Path, resume: bool, overwrite: bool,
+             progress: bool, prepared: Optional[Prepared],
+             model: Optional[torch.nn.Module]) -> "_Run":
+        """Check the run directory, read the checkpoint when resuming, set the
+        process up (threads, seed, device) and prepare the data."""
+        run = cls()
+        run.dir = run_dir
+        run.rank = dist.get_rank() if dist.is_initialized() else 0
+        run.world = dist.get_world_size() if dist.is_initialized() else 1
+        prepare_run_dir(run_dir, resume, overwrite, writer=run.rank == 0)
+        state: Optional[Dict[str, Any]] = None
+        if resume:
+            state = load_checkpoint(run_dir / "last.pt")
+            check_fields(state, run_dir / "last.pt", (RUN_FIELDS, RESUME_FIELDS))
+            cfg = resume_config(run_config(state, run_dir / "last.pt"), cfg)
+        if cfg is None:
+            raise ValueError("train() needs a RunConfig unless it resumes a run")
+        run.cfg = cfg
+        run.is_main = run.rank == 0
+        run.show = progress and run.is_main
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        _seed_everything(cfg.train.seed)
+        run.device = resolve_device(cfg.train.device)
+        run.prepared = run._prepare(prepared, state)
+        run._build(model, state)
+        return run
+
+    def _prepare(self, prepared: Optional[Prepared],
+                 state: Optional[Dict[str, Any]]) -> Prepared:
+        if prepared is None:
+            if self.world > 1:
+                # Rank 0 processes and caches the data set first; the others then
+                # read the finished cache instead of racing to write the same files.
+                if self.rank == 0:
+                    prepared = prepare(self.cfg, log=self.show)
+                dist.barrier()
+                if self.rank != 0:
+                    prepared = prepare(self.cfg, log=False)
+            else:
+                prepared = prepare(self.cfg, log=self.show)
+        assert prepared is not None
+        if state is not None:  # -- the data must be the one the run was trained on --
+            changed = changed_parts(state.get("data"), prepared.fingerprint) \
+                if prepared.fingerprint is not None else []
+            if changed:
+                raise DataError(f"cannot resume {self.dir}: its data changed since the "
+                                f"checkpoint (parts {', '.join(changed)}); restore the data or "
+                                f"start a new run")
+            prepared = replace(prepared, y_mean=state["y_mean"], y_std=state["y_std"])
+        return prepared
+
+    def _build(self, model: Optional[torch.nn.Module], state: Optional[Dict[str, Any]]) -> None:
+        """Model (wrapped in DDP under torchrun), loader, optimiser, schedule,
+        and the state of a resumed run."""
+        cfg, prepared, device = self.cfg, self.prepared, self.device
+        bench = prepared.bench
+        self.model_cfg = model_config_for(cfg, bench)
+        self.model = (model if model is not None else GraphTransformer(self.model_cfg)).to(device)
+        self.net: torch.nn.Module = self.model
+        if self.world > 1:
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        train_set = prepared.subset("train")
+        self.sampler = DistributedSampler(train_set, num_replicas=self.world, rank=self.rank,
+                                          shuffle=True, seed=cfg.train.seed)
+        self.loader = DataLoader(train_set, batch_size=cfg.train.batch_size, sampler=self.sampler)
+        steps_per_epoch = max(1, len(self.loader))
+        total_steps = cfg.train.epochs * steps_per_epoch
+        warmup = cfg.train.warmup_epochs * steps_per_epoch
+        self.optimizer = make_optimizer(self.model, cfg.train.lr, cfg.train.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: _lr_factor(step, warmup, total_steps))
+        self.metric = bench.metric
+        self.history: List[Dict[str, float]] = []
+        self.best: Dict[str, Any] = {"epoch": None, "valid": None}
+        self.start_epoch = 1
+        if state is not None:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.history, self.best = state["history"], state["best"]
+            self.start_epoch = int(state["epoch"]) + 1
+        self.files = _RunFiles(self.dir, self.is_main)
+        self.full_cfg = RunConfig(cfg.data, self.model_cfg, cfg.train).to_dict()
+        self.files.config(self.full_cfg)
+        if self.show and self.start_epoch == 1:
+            print(f"{bench.name}: {len(bench.dataset)} graphs, split "
+                  f"{ {k: len(v) for k, v in prepared.split.items()} }, task {bench.task}, "
+                  f"metric {self.metric}; "
+                  f"{sum(p.numel() for p in self.model.parameters()):,} parameters; "
+                  f"device {device}, {self.world} process(es)", file=sys.stderr)
+
+    def train_epoch(self, epoch: int) -> Dict[str, float]:
+        """One pass over the training part; the epoch's row so far."""
+        cfg, device = self.cfg, self.device
         # Reseeding per epoch makes dropout and shuffling a function of
         # (seed, epoch) alone: a resumed run repeats the uninterrupted one.
         torch.manual_seed(cfg.train.seed * 1_000_003 + epoch)
-        sampler.set_epoch(epoch)
-        net.train()
-        started, total_loss, seen = time.perf_counter(), 0.0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.train.epochs}", unit="batch",
-                   disable=not show, leave=False, file=sys.stderr)
-        y_mean, y_std = prepared.y_mean.to(device), prepared.y_std.to(device)
+        self.sampler.set_epoch(epoch)
+        self.net.train()
+        self.started, total_loss, seen = time.perf_counter(), 0.0, 0
+        bar = tqdm(self.loader, desc=f"epoch {epoch}/{cfg.train.epochs}", unit="batch",
+                   disable=not self.show, leave=False, file=sys.stderr)
+        y_mean, y_std = self.prepared.y_mean.to(device), self.prepared.y_std.to(device)
         for batch in bar:
             batch = batch.to(device)
-            loss = train_step(net, batch, optimizer, y_mean, y_std, model_cfg.task,
-                              cfg.train.grad_clip)
-            scheduler.step()
+            loss = train_step(self.net, batch, self.optimizer, y_mean, y_std,
+                              self.model_cfg.task, cfg.train.grad_clip)
+            self.scheduler.step()
             total_loss += loss.item() * batch.num_graphs
             seen += batch.num_graphs
             bar.set_postfix(refresh=False, loss=f"{loss.item():.4f}",
-                            mol_s=f"{seen / (time.perf_counter() - started):.0f}")
+                            mol_s=f"{seen / (time.perf_counter() - self.started):.0f}")
         bar.close()
         train_loss = total_loss / max(seen, 1)
-        if world > 1:  # the mean training loss over all processes
+        if self.world > 1:  # the mean training loss over all processes
             t = torch.tensor([total_loss, seen], dtype=torch.float64, device=device)
             dist.all_reduce(t)
             train_loss = float(t[0] / t[1].clamp_min(1))
-        row: Dict[str, float] = {"epoch": epoch, "train_loss": train_loss,
-                                 "lr": optimizer.param_groups[0]["lr"]}
+        return {"epoch": epoch, "train_loss": train_loss,
+                "lr": self.optimizer.param_groups[0]["lr"]}
+
+    def evaluate(self) -> Dict[str, float]:
+        """Validation and test metrics of the model as it is now."""
+        row: Dict[str, float] = {}
         for part in ("valid", "test"):
-            for k, v in evaluate_split(model, prepared, part, cfg.train.batch_size, device).items():
+            for k, v in evaluate_split(self.model, self.prepared, part,
+                                       self.cfg.train.batch_size, self.device).items():
                 row[f"{part}_{k}"] = v
-        row["seconds"] = time.perf_counter() - started
-        history.append(row)
-        improved = is_better(row[f"valid_{metric}"], best["valid"], metric)
+        return row
+
+    def _checkpoint(self, epoch: int) -> Dict[str, Any]:
+        prepared = self.prepared
+        return {"config": self.full_cfg, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "epoch": epoch, "history": self.history, "best": self.best,
+                "y_mean": prepared.y_mean, "y_std": prepared.y_std,
+                "dataset": prepared.bench.name, "metric": self.metric,
+                "task": prepared.bench.task, "data": prepared.fingerprint}
+
+    def end_epoch(self, epoch: int, row: Dict[str, float]) -> None:
+        """Record the epoch: history, best epoch, files and checkpoints, the
+        progress line."""
+        metric = self.metric
+        row["seconds"] = time.perf_counter() - self.started
+        self.history.append(row)
+        improved = is_better(row[f"valid_{metric}"], self.best["valid"], metric)
         if improved:
-            best = {"epoch": epoch, "valid": row[f"valid_{metric}"],
-                    "test": row[f"test_{metric}"]}
-        if is_main:
-            files.metrics(history)
-            state_now = checkpoint(epoch)
+            self.best = {"epoch": epoch, "valid": row[f"valid_{metric}"],
+                         "test": row[f"test_{metric}"]}
+        if self.is_main:
+            self.files.metrics(self.history)
+            state_now = self._checkpoint(epoch)
             if improved:
-                save_checkpoint(state_now, run_dir / "best.pt")
-            save_checkpoint(state_now, run_dir / "last.pt")
-        if show:
-            print(f"epoch {epoch:3d}/{cfg.train.epochs}  loss {train_loss:.4f}  "
+                save_checkpoint(state_now, self.dir / "best.pt")
+            save_checkpoint(state_now, self.dir / "last.pt")
+        if self.show:
+            print(f"epoch {epoch:3d}/{self.cfg.train.epochs}  loss {row['train_loss']:.4f}  "
                   f"valid {metric} {row[f'valid_{metric}']:.4f}  "
                   f"test {metric} {row[f'test_{metric}']:.4f}"
                   f"{'  *best' if improved else ''}  ({row['seconds']:.1f}s)", file=sys.stderr)
 
-    # -- end of training: summary files; no valid score is an error, not a KeyError --
-    summary = {"dataset": bench.name, "metric": metric, "best_epoch": best["epoch"],
-               f"best_valid_{metric}": best["valid"], f"test_{metric}_at_best": best.get("test"),
-               "final": history[-1] if history else {}}
-    if is_main:
-        write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-        if history:
-            plot_learning_curve(history, metric, run_dir / "learning_curve.png")
-    files.close()
-    if best["epoch"] is None:
-        raise DataError(f"no epoch of the run in {run_dir} had a valid validation {metric} "
-                        f"(every one was NaN: did the loss diverge? try a lower --lr); "
-                        f"nothing was selected, no best.pt was written")
-    return summary
+    def finish(self) -> Dict[str, Any]:
+        """Summary files; no valid score is an error, not a KeyError."""
+        metric, best, history = self.metric, self.best, self.history
+        summary = {"dataset": self.prepared.bench.name, "metric": metric,
+                   "best_epoch": best["epoch"], f"best_valid_{metric}": best["valid"],
+                   f"test_{metric}_at_best": best.get("test"),
+                   "final": history[-1] if history else {}}
+        if self.is_main:
+            write_text(self.dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+            if history:
+                plot_learning_curve(history, metric, self.dir / "learning_curve.png")
+        self.files.close()
+        if best["epoch"] is None:
+            raise DataError(f"no epoch of the run in {self.dir} had a valid validation {metric} "
+                            f"(every one was NaN: did the loss diverge? try a lower --lr); "
+                            f"nothing was selected, no best.pt was written")
+        return summary
