@@ -87,6 +87,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.nn import TransformerConv
 from torch_geometric.utils import to_dense_batch
+from torch_geometric.utils.sparse import ptr2index
 
 from graphformer import patterns as P
 from graphformer.nn import RelationalAttention
@@ -161,9 +162,10 @@ def edge_features(num_edges: int, gen: torch.Generator, device: torch.device) ->
     return torch.randn(num_edges, EDGE_DIM, generator=gen).to(device).requires_grad_()
 
 
-def keys_to_edge_index(keys: Tensor, num_nodes: int) -> Tensor:
-    """Sorted keys ``dst * N + src`` -> ``edge_index`` (coalesced order)."""
-    return torch.stack([keys % num_nodes, torch.div(keys, num_nodes, rounding_mode="floor")])
+def bond_keys(u: Tensor, v: Tensor, num_nodes: int) -> Tensor:
+    """One key per undirected bond ``{u, v}``: the key of the edge
+    ``max(u, v) -> min(u, v)`` (:func:`graphformer.patterns.edge_keys`)."""
+    return P.edge_keys(torch.stack([torch.maximum(u, v), torch.minimum(u, v)]), num_nodes)
 
 
 def molecule_bonds(num_graphs: int, atoms: int, bonds_per_atom: float,
@@ -177,19 +179,19 @@ def molecule_bonds(num_graphs: int, atoms: int, bonds_per_atom: float,
     start = torch.arange(num_graphs).repeat_interleave(atoms - 1) * atoms
     parent = (torch.rand(local.numel(), generator=gen) * local).long()
     u, v = start + local, start + parent
-    keys = torch.unique(torch.minimum(u, v) * n + torch.maximum(u, v))
+    keys = torch.unique(bond_keys(u, v, n))
     target = round(n * bonds_per_atom / 2)          # undirected bonds
     while keys.numel() < target:
         need = target - keys.numel()
         first = torch.randint(num_graphs, (4 * need,), generator=gen) * atoms
         i = first + torch.randint(atoms, (4 * need,), generator=gen)
         j = first + torch.randint(atoms, (4 * need,), generator=gen)
-        cand = torch.unique((torch.minimum(i, j) * n + torch.maximum(i, j))[i != j])
+        cand = torch.unique(bond_keys(i, j, n)[i != j])
         cand = cand[~torch.isin(cand, keys)]
         cand = cand[torch.randperm(cand.numel(), generator=gen)[:need]]
         keys = torch.cat([keys, cand]).sort().values
-    a, b = torch.div(keys, n, rounding_mode="floor"), keys % n
-    both = torch.cat([torch.stack([a, b]), torch.stack([b, a])], dim=1)
+    down = P.keys_to_edges(keys, n)   # max -> min
+    both = torch.cat([down.flip(0), down], dim=1)
     return P.coalesce(both, num_nodes=n)
 
 
@@ -201,7 +203,7 @@ def random_edges(num_nodes: int, num_edges: int, gen: torch.Generator) -> Tensor
         drawn = torch.randint(num_nodes * num_nodes, (extra,), generator=gen)
         keys = torch.unique(torch.cat([keys, drawn]))
     keys = keys[torch.randperm(keys.numel(), generator=gen)[:num_edges]].sort().values
-    return keys_to_edge_index(keys, num_nodes)
+    return P.keys_to_edges(keys, num_nodes)
 
 
 def sdpa_mask(edge_index: Tensor, ptr: Tensor) -> Tensor:
@@ -211,11 +213,6 @@ def sdpa_mask(edge_index: Tensor, ptr: Tensor) -> Tensor:
     T = mask.size(-1)
     pad = torch.arange(T, device=mask.device) >= ptr.diff().unsqueeze(1)   # [B, T]
     return (mask | torch.diag_embed(pad)).unsqueeze(1)
-
-
-def graph_batch(ptr: Tensor) -> Tensor:
-    sizes = ptr.diff()
-    return torch.repeat_interleave(torch.arange(sizes.numel()), sizes)
 
 
 # --------------------------------------------------------------------------
@@ -615,7 +612,7 @@ def case_molecules(s: Sizes, device: torch.device, timing: Timing) -> Dict[str, 
     x, grad = node_tensors(n, gen, device)
     work = Workload(x, bonds.to(device), ptr.to(device), grad,
                     edge_attr=edge_features(bonds.size(1), gen, device),
-                    batch=graph_batch(ptr).to(device))
+                    batch=ptr2index(ptr).to(device))
     desc = (f"{s.mol_graphs} graphs x {s.mol_atoms} atoms, {bonds.size(1)} directed bonds "
             f"({bonds.size(1) / n:.2f} per atom), {EDGE_DIM} edge features")
     methods = graphformer_rows(work, ["sparse", "dense"], EDGE_DIM, device, use_batch=True)
@@ -626,7 +623,7 @@ def case_molecules(s: Sizes, device: torch.device, timing: Timing) -> Dict[str, 
     gc.collect()
 
     pairs, _ = P.union(bonds, P.full(ptr))
-    work = Workload(x, pairs.to(device), ptr.to(device), grad, batch=graph_batch(ptr).to(device),
+    work = Workload(x, pairs.to(device), ptr.to(device), grad, batch=ptr2index(ptr).to(device),
                     mask=sdpa_mask(pairs, ptr).to(device))
     desc = (f"bonds + all pairs (union with patterns.full, self included): {pairs.size(1)} "
             "edges, no edge features")
@@ -667,7 +664,7 @@ def case_tokens(s: Sizes, device: torch.device, timing: Timing) -> Dict[str, Any
     for pattern in ("full", "causal"):
         edge_index = P.full(ptr) if pattern == "full" else P.causal(ptr)
         work = Workload(x, edge_index.to(device), ptr.to(device), grad,
-                        batch=graph_batch(ptr).to(device),
+                        batch=ptr2index(ptr).to(device),
                         mask=sdpa_mask(edge_index, ptr).to(device))
         methods = graphformer_rows(work, ["sparse"], None, device, use_batch=True)
         methods.append(sdpa_row(work, device, use_batch=False))

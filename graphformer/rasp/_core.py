@@ -134,7 +134,7 @@ def _as_context(obj: ContextLike) -> Context:
     return Context.from_batch(obj)
 
 
-def _common_context(*objs: Union["SOp", "Selector"], op: str) -> Context:
+def common_context(*objs: Union["SOp", "Selector"], op: str) -> Context:
     ctx = objs[0].context
     for o in objs[1:]:
         if not ctx.same_as(o.context):
@@ -149,12 +149,12 @@ def _common_context(*objs: Union["SOp", "Selector"], op: str) -> Context:
 # --------------------------------------------------------------------------- #
 # program graph nodes
 # --------------------------------------------------------------------------- #
-class _Node:
+class Node:
     """Common part of s-ops and selectors: the op that made it, its inputs and
     its depth (the number of attention layers needed before it is available)."""
 
     op: str
-    inputs: Tuple["_Node", ...]
+    inputs: Tuple["Node", ...]
     params: Tuple[Any, ...]
     depth: int
     context: Context
@@ -174,7 +174,7 @@ class _Node:
         return self.op in ("aggregate", "selector_width")
 
 
-class SOp(_Node):
+class SOp(Node):
     """A sequence operation: one value per token of the batch.
 
     Attributes:
@@ -188,7 +188,7 @@ class SOp(_Node):
     """
 
     def __init__(self, values: Tensor, kind: str, context: Context, op: str,
-                 inputs: Tuple[_Node, ...] = (), params: Tuple[Any, ...] = (),
+                 inputs: Tuple[Node, ...] = (), params: Tuple[Any, ...] = (),
                  depth: Optional[int] = None, name: Optional[str] = None) -> None:
         if kind not in _KINDS:
             raise ValueError(f"kind must be one of {_KINDS}, got {kind!r}")
@@ -218,7 +218,7 @@ class SOp(_Node):
     def _arith(self, other: Any, fn: Callable[[Tensor, Tensor], Tensor], sym: str,
                reverse: bool = False, force_numerical: bool = False) -> "SOp":
         if isinstance(other, SOp):
-            ctx = _common_context(self, other, op=f"'{sym}'")
+            ctx = common_context(self, other, op=f"'{sym}'")
             a, b = (other, self) if reverse else (self, other)
             numeric = force_numerical or NUMERICAL in (a.kind, b.kind)
             vals = fn(a.values, b.values)
@@ -302,7 +302,7 @@ def length(batch: ContextLike) -> SOp:
 def constant(batch: ContextLike, value: Scalar, kind: Optional[str] = None) -> SOp:
     """An s-op equal to ``value`` everywhere (no attention, depth 0)."""
     ctx = _as_context(batch)
-    vals = _values_tensor([value], ctx.tokens.device).expand(ctx.num_nodes).clone()
+    vals = values_tensor([value], ctx.tokens.device).expand(ctx.num_nodes).clone()
     kind = kind or (NUMERICAL if isinstance(value, float) else CATEGORICAL)
     return SOp(vals, kind, ctx, "constant", params=(value,), depth=0, name=repr(value))
 
@@ -310,7 +310,7 @@ def constant(batch: ContextLike, value: Scalar, kind: Optional[str] = None) -> S
 # --------------------------------------------------------------------------- #
 # elementwise maps
 # --------------------------------------------------------------------------- #
-def _values_tensor(out: Sequence[Any], device: torch.device) -> Tensor:
+def values_tensor(out: Sequence[Any], device: torch.device) -> Tensor:
     for v in out:
         if not isinstance(v, (bool, int, float)) and not (isinstance(v, Tensor) and v.numel() == 1):
             raise TypeError(f"s-op values must be numbers or bools, got {v!r} of type "
@@ -351,11 +351,11 @@ def map(fn: Callable[[Any], Any], sop: SOp, kind: str = CATEGORICAL,
     """
     _check_sop(sop, "map's input")
     _check_kind(kind)
-    vals = _apply_unary(fn, sop.values, vectorized)
+    vals = apply_unary(fn, sop.values, vectorized)
     return SOp(vals, kind, sop.context, "map", (sop,), (fn,), name=name)
 
 
-def _apply_unary(fn: Callable[[Any], Any], values: Tensor, vectorized: bool) -> Tensor:
+def apply_unary(fn: Callable[[Any], Any], values: Tensor, vectorized: bool) -> Tensor:
     if vectorized:
         out = fn(values)
         if not isinstance(out, Tensor) or out.shape != values.shape:
@@ -365,7 +365,7 @@ def _apply_unary(fn: Callable[[Any], Any], values: Tensor, vectorized: bool) -> 
     if values.numel() == 0:
         return values.clone()
     uniq, inverse = torch.unique(values, return_inverse=True)
-    table = _values_tensor([fn(v) for v in uniq.tolist()], values.device)
+    table = values_tensor([fn(v) for v in uniq.tolist()], values.device)
     return table[inverse]
 
 
@@ -380,8 +380,8 @@ def sequence_map(fn: Callable[[Any, Any], Any], a: SOp, b: SOp, kind: str = CATE
     _check_sop(a, "sequence_map's first input")
     _check_sop(b, "sequence_map's second input")
     _check_kind(kind)
-    ctx = _common_context(a, b, op="sequence_map")
-    vals = _apply_binary(fn, a.values, b.values, vectorized)
+    ctx = common_context(a, b, op="sequence_map")
+    vals = apply_binary(fn, a.values, b.values, vectorized)
     return SOp(vals, kind, ctx, "sequence_map", (a, b), (fn,), name=name)
 
 
@@ -393,7 +393,7 @@ def _pair_codes(x: Tensor, y: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     return ux[uc // max(uy.numel(), 1)], uy[uc % max(uy.numel(), 1)], inverse, uc
 
 
-def _apply_binary(fn: Callable[[Any, Any], Any], x: Tensor, y: Tensor,
+def apply_binary(fn: Callable[[Any, Any], Any], x: Tensor, y: Tensor,
                   vectorized: bool) -> Tensor:
     if vectorized:
         out = fn(x, y)
@@ -404,7 +404,7 @@ def _apply_binary(fn: Callable[[Any, Any], Any], x: Tensor, y: Tensor,
     if x.numel() == 0:
         return x.clone()
     px, py, inverse, _ = _pair_codes(x, y)
-    table = _values_tensor([fn(u, v) for u, v in zip(px.tolist(), py.tolist())], x.device)
+    table = values_tensor([fn(u, v) for u, v in zip(px.tolist(), py.tolist())], x.device)
     return table[inverse]
 
 
@@ -438,13 +438,13 @@ class Comparison(enum.Enum):
     FALSE = "false"
 
     def __call__(self, key: Any, query: Any) -> bool:
-        return bool(_COMPARE[self](torch.as_tensor(key), torch.as_tensor(query)))
+        return bool(COMPARE[self](torch.as_tensor(key), torch.as_tensor(query)))
 
     def __repr__(self) -> str:
         return self.name
 
 
-_COMPARE: Dict[Comparison, Callable[[Tensor, Tensor], Tensor]] = {
+COMPARE: Dict[Comparison, Callable[[Tensor, Tensor], Tensor]] = {
     Comparison.EQ: torch.eq, Comparison.LT: torch.lt, Comparison.LEQ: torch.le,
     Comparison.GT: torch.gt, Comparison.GEQ: torch.ge, Comparison.NEQ: torch.ne,
     Comparison.TRUE: lambda k, q: torch.ones(torch.broadcast_shapes(k.shape, q.shape),
@@ -460,7 +460,7 @@ EQ, LT, LEQ, GT, GEQ, NEQ, TRUE, FALSE = (
 Predicate = Union[Comparison, Callable[[Any, Any], bool]]
 
 
-class Selector(_Node):
+class Selector(Node):
     """A RASP selector: for each query ``i``, the keys ``j`` of its sequence it
     selects. It *is* an edge set: :attr:`edge_index` ``[2, E]`` (row 0 key
     ``j``, row 1 query ``i``, batch numbering, coalesced: sorted by query, then
@@ -473,7 +473,7 @@ class Selector(_Node):
     """
 
     def __init__(self, edge_index: Tensor, context: Context, op: str,
-                 inputs: Tuple[_Node, ...] = (), params: Tuple[Any, ...] = (),
+                 inputs: Tuple[Node, ...] = (), params: Tuple[Any, ...] = (),
                  name: Optional[str] = None) -> None:
         self.edge_index = edge_index
         self.context = context
@@ -494,7 +494,7 @@ class Selector(_Node):
     def _binary(self, other: Any, op: str) -> "Selector":
         if not isinstance(other, Selector):
             return NotImplemented
-        ctx = _common_context(self, other, op=f"selector '{op}'")
+        ctx = common_context(self, other, op=f"selector '{op}'")
         n = ctx.num_nodes
         if op == "&":
             ei = patterns.intersection(self.edge_index, other.edge_index, num_nodes=n)
@@ -566,7 +566,7 @@ def select(keys: Union[SOp, Scalar], queries: Union[SOp, Scalar],
     """
     k = _as_operand(keys, queries, "keys")
     q = _as_operand(queries, keys, "queries")
-    ctx = _common_context(k, q, op="select")
+    ctx = common_context(k, q, op="select")
     if isinstance(predicate, Comparison):
         if predicate is Comparison.TRUE:
             ei = ctx.full()
@@ -575,10 +575,10 @@ def select(keys: Union[SOp, Scalar], queries: Union[SOp, Scalar],
         else:
             full = ctx.full()
             kv, qv = k.values[full[0]], q.values[full[1]]
-            ei = full[:, _COMPARE[predicate](kv, qv)]
+            ei = full[:, COMPARE[predicate](kv, qv)]
     elif callable(predicate):
         full = ctx.full()
-        ei = full[:, _apply_binary(predicate, k.values[full[0]], q.values[full[1]],
+        ei = full[:, apply_binary(predicate, k.values[full[0]], q.values[full[1]],
                                    vectorized=False).bool()]
     else:
         raise TypeError(f"predicate must be a Comparison (EQ, LT, ...) or a callable "
@@ -617,7 +617,7 @@ def aggregate(selector: Selector, values: SOp, default: Scalar = 0,
     _check_sop(values, "aggregate's values")
     if on_conflict not in ("error", "default"):
         raise ValueError(f"on_conflict must be 'error' or 'default', got {on_conflict!r}")
-    ctx = _common_context(selector, values, op="aggregate")
+    ctx = common_context(selector, values, op="aggregate")
     n = ctx.num_nodes
     src, dst = selector.edge_index
     count = torch.bincount(dst, minlength=n)

@@ -105,8 +105,8 @@ from torch import Tensor, nn
 from .. import patterns
 from ..nn.attention import RelationalAttention
 from ..patterns._core import as_ptr, node_info
-from ._core import (CATEGORICAL, NUMERICAL, Comparison, Context, Selector, SOp, _COMPARE,
-                    _apply_binary, _apply_unary, _Node, _values_tensor)
+from ._core import (CATEGORICAL, COMPARE, NUMERICAL, Comparison, Context, Node, Selector, SOp,
+                    apply_binary, apply_unary, values_tensor)
 from ._core import tokens as rasp_tokens
 from .shape import ProgramShape, heads_per_layer
 
@@ -126,7 +126,7 @@ def _positions(values: Tensor, items: Tensor) -> Tensor:
     return match.to(torch.uint8).argmax(1)
 
 
-def _describe(node: _Node) -> str:
+def _describe(node: Node) -> str:
     kind = "selector" if isinstance(node, Selector) else "s-op"
     named = node.name and node.name != node.op
     return f"{kind} {node.op} {node.name!r}" if named else f"{kind} {node.op}"
@@ -135,13 +135,13 @@ def _describe(node: _Node) -> str:
 # --------------------------------------------------------------------------- #
 # the program's graph
 # --------------------------------------------------------------------------- #
-def _program_nodes(root: _Node, memo: Dict[int, Any]) -> List[_Node]:
+def _program_nodes(root: Node, memo: Dict[int, Any]) -> List[Node]:
     """The nodes computing ``root``, inputs first (depth-first post-order), one
     per construction (nodes built the same way, e.g. two ``length`` s-ops, are
     one node, as in :func:`~graphformer.rasp.program_shape`)."""
-    seen: Dict[Any, _Node] = {}
-    order: List[_Node] = []
-    stack: List[Tuple[_Node, bool]] = [(root, False)]
+    seen: Dict[Any, Node] = {}
+    order: List[Node] = []
+    stack: List[Tuple[Node, bool]] = [(root, False)]
     while stack:
         node, done = stack.pop()
         k = node._signature(memo)
@@ -157,7 +157,7 @@ def _program_nodes(root: _Node, memo: Dict[int, Any]) -> List[_Node]:
     return order
 
 
-def _attention_groups(order: List[_Node], depth: int,
+def _attention_groups(order: List[Node], depth: int,
                       memo: Dict[int, Any]) -> List[List[List[SOp]]]:
     """Per layer ``1..depth``, the attention ops grouped by selector (one group
     per head), in program order."""
@@ -429,7 +429,7 @@ class _Compiler:
         self.select_modules: Dict[str, _Select] = {}
 
     # --- graph ---------------------------------------------------------------
-    def key(self, node: _Node) -> Any:
+    def key(self, node: Node) -> Any:
         return node._signature(self.memo)
 
     def slot(self, size: int) -> slice:
@@ -438,7 +438,7 @@ class _Compiler:
         return s
 
     # --- value sets ----------------------------------------------------------
-    def _check_size(self, node: _Node, values: Tensor) -> Tensor:
+    def _check_size(self, node: Node, values: Tensor) -> Tensor:
         if values.numel() > self.max_values:
             raise ValueError(f"{_describe(node)}: {values.numel()} possible values over "
                              f"inputs up to max_len={self.max_len} exceed max_values="
@@ -460,7 +460,7 @@ class _Compiler:
                     const = torch.tensor(params[1], device=a.device)
                     out = _ARITH[tag](const, a) if params[2] else _ARITH[tag](a, const)
                 elif callable(tag):
-                    out = _apply_unary(tag, a, vectorized=False)
+                    out = apply_unary(tag, a, vectorized=False)
                 else:
                     raise ValueError(f"{_describe(node)}: unknown map {params!r}")
             else:
@@ -471,7 +471,7 @@ class _Compiler:
                 if isinstance(tag, str) and tag in _ARITH:
                     out = _ARITH[tag](a[ia], b[ib])
                 elif callable(tag):
-                    out = _apply_binary(tag, a[ia], b[ib], vectorized=False)
+                    out = apply_binary(tag, a[ia], b[ib], vectorized=False)
                 else:
                     raise ValueError(f"{_describe(node)}: unknown sequence_map {params!r}")
         except ValueError:
@@ -520,7 +520,7 @@ class _Compiler:
         if op == "indices":
             return torch.arange(self.max_len), None
         if op == "constant":
-            v = _values_tensor([node.params[0]], torch.device("cpu"))
+            v = values_tensor([node.params[0]], torch.device("cpu"))
             return (v.to(torch.float64) if node.kind == NUMERICAL else v), None
         if op in ("map", "sequence_map"):
             table = self._map_table(node, ins)
@@ -654,9 +654,9 @@ class _Compiler:
         iq = torch.arange(qv.numel()).repeat_interleave(kv.numel())
         try:
             if isinstance(pred, Comparison):
-                m = _COMPARE[pred](kv[ik], qv[iq])
+                m = COMPARE[pred](kv[ik], qv[iq])
             else:
-                m = _apply_binary(pred, kv[ik], qv[iq], vectorized=False).bool()
+                m = apply_binary(pred, kv[ik], qv[iq], vectorized=False).bool()
         except Exception as err:
             raise ValueError(f"{_describe(sel)}: cannot tabulate the predicate {pred!r} over "
                              f"the enumerated values ({type(err).__name__}: {err})") from err
@@ -820,7 +820,7 @@ class _Compiler:
                              inf.node)
 
     def _thresholds(self, col: int, values: List[float], targets: List[int], rows: list,
-                    bias2: Tensor, node: _Node) -> None:
+                    bias2: Tensor, node: Node) -> None:
         """One-hot of the nearest of ``values`` (sorted) read from channel ``col``:
         steps ``s_k = clamp(2 (x - t_k) / gap_k + 1/2, 0, 1)`` at the midpoints
         ``t_k``; ``onehot_k = s_{k-1} - s_k``."""
@@ -863,7 +863,7 @@ def compile(program: Union[SOp, Callable[[SOp], SOp]], max_len: int,
     vocab_list = list(vocab)
     if not vocab_list:
         raise ValueError("'vocab' is empty")
-    voc = torch.unique(_values_tensor(vocab_list, torch.device("cpu")))
+    voc = torch.unique(values_tensor(vocab_list, torch.device("cpu")))
     if voc.numel() != len(vocab_list):
         raise ValueError(f"'vocab' has repeated token ids: {vocab_list!r}")
     if isinstance(program, SOp):

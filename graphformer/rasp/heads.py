@@ -18,7 +18,7 @@ from .. import patterns
 from .._checks import check_edge_index
 from ..nn.attention import RelationalAttention
 from ..patterns import edge_keys
-from ._core import Selector, _common_context
+from ._core import Selector, common_context
 
 
 def selector_to_head(*selectors: Selector) -> Tuple[Tensor, Tensor]:
@@ -37,7 +37,7 @@ def selector_to_head(*selectors: Selector) -> Tuple[Tensor, Tensor]:
     for k, s in enumerate(selectors):
         if not isinstance(s, Selector):
             raise TypeError(f"selector {k} must be a Selector, got {type(s).__name__}")
-    ctx = _common_context(*selectors, op="selector_to_head")
+    ctx = common_context(*selectors, op="selector_to_head")
     if len(selectors) == 1:
         ei = selectors[0].edge_index
         return ei, torch.ones(ei.size(1), 1, dtype=torch.bool, device=ei.device)

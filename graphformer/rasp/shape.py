@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Dict, List, NamedTuple, Sequence, Set, Union
 
-from ._core import Selector, SOp, _Node
+from ._core import Node, Selector, SOp
 
 
 class ProgramShape(NamedTuple):
@@ -33,10 +33,10 @@ class ProgramShape(NamedTuple):
     heads: int
 
 
-def _attention_ops(outputs: Sequence[_Node]) -> Dict[int, List[_Node]]:
-    by_layer: Dict[int, List[_Node]] = {}
+def _attention_ops(outputs: Sequence[Node]) -> Dict[int, List[Node]]:
+    by_layer: Dict[int, List[Node]] = {}
     seen: Set[int] = set()
-    stack: List[_Node] = list(outputs)
+    stack: List[Node] = list(outputs)
     while stack:
         node = stack.pop()
         if id(node) in seen:

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch_geometric.data import Data
 
-from graphformer.data import edge_list
+from graphformer.data.edge_list import careful, fast
 from graphformer.data.edge_list import read_edge_list, write_edge_list
 
 
@@ -40,7 +40,7 @@ def careful_only():
     """Within it, the vectorised parser always declines: every file goes
     through the careful line-by-line pass."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(edge_list, "_parse_fast", lambda *args, **kwargs: None)
+        mp.setattr(fast, "parse_fast", lambda *args, **kwargs: None)
         yield
 
 
@@ -537,7 +537,7 @@ def test_clean_files_take_the_fast_path(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("careful pass used on a clean file")
 
-    monkeypatch.setattr(edge_list, "_parse_slow", refuse)
+    monkeypatch.setattr(careful, "parse_careful", refuse)
     path = put(tmp_path, "e.csv", "# c\nsource,target,w\r\n1,2,0.5\r\n2,-3,1e-3\r\n")
     assert edges_of(read_edge_list(path, weight="w")) == [(1, 2), (2, -3)]
     put(tmp_path, "x.txt", "1 0.1 0.2\n2 0.3 0.4\n-3 0.5 0.6\n")
