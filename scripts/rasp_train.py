@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from graphformer import patterns, rasp
 from graphformer.nn import TransformerLayer
-from graphformer.patterns._core import node_info
+from graphformer.patterns import node_info
 from graphformer.viz import dense_attention
 
 

@@ -19,7 +19,7 @@ from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor
-from torch_geometric.utils.sparse import index2ptr
+from torch_geometric.utils.sparse import index2ptr, ptr2index
 
 from .._checks import check_edge_index, check_node_range
 from .csr import EdgeCSR
@@ -220,8 +220,7 @@ class DenseLayout:
         self.num_graphs = sizes.numel()
         self.max_nodes = int(sizes.max()) if self.num_graphs > 0 else 0
         N = int(ptr[-1])
-        self.batch = torch.repeat_interleave(torch.arange(self.num_graphs, device=dev), sizes,
-                                             output_size=N)
+        self.batch = ptr2index(ptr, N)
         self.pos = torch.arange(N, device=dev) - ptr[:-1].index_select(0, self.batch)
         dst, src = csr.row, csr.col
         b = self.batch.index_select(0, dst)

@@ -15,14 +15,14 @@ Example::
     >>> glob = patterns.global_tokens(ptr, torch.tensor([0, 3]))
     >>> edge_index, member = patterns.union(local, glob)
 """
-from ._core import as_ptr, coalesce, edge_keys, keys_to_edges
+from ._core import NodeInfo, as_ptr, coalesce, edge_keys, keys_to_edges, node_info
 from .algebra import difference, intersection, union
 from .graph import graph, k_hop
 from .mask import from_mask, to_mask
 from .sequence import block, causal, cross, full, global_tokens, random, strided, window
 
 __all__ = [
-    "as_ptr", "coalesce", "edge_keys", "keys_to_edges",
+    "as_ptr", "coalesce", "edge_keys", "keys_to_edges", "node_info", "NodeInfo",
     "full", "causal", "window", "strided", "block", "global_tokens", "random", "cross",
     "graph", "k_hop",
     "from_mask", "to_mask",

@@ -18,6 +18,7 @@ from typing import NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor
+from torch_geometric.utils.sparse import ptr2index
 
 from .._checks import check_edge_index
 
@@ -62,10 +63,12 @@ class NodeInfo(NamedTuple):
 
 
 def node_info(ptr: Tensor) -> NodeInfo:
+    """Graph, first node, position inside its graph and graph size of every
+    node of the batch described by ``ptr`` ([B + 1]; PyG's ``ptr2index``
+    gives the graph)."""
     sizes = ptr.diff()
     num_nodes = int(ptr[-1])
-    graph = torch.repeat_interleave(
-        torch.arange(sizes.numel(), device=ptr.device), sizes, output_size=num_nodes)
+    graph = ptr2index(ptr, num_nodes)
     start = ptr[graph]
     pos = torch.arange(num_nodes, device=ptr.device) - start
     return NodeInfo(graph, start, pos, sizes[graph])

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from .. import patterns
-from ..patterns._core import as_ptr, node_info
+from ..patterns import as_ptr, node_info
 
 CATEGORICAL = "categorical"
 NUMERICAL = "numerical"

@@ -104,7 +104,7 @@ from torch import Tensor, nn
 
 from .. import patterns
 from ..nn.attention import RelationalAttention
-from ..patterns._core import as_ptr, node_info
+from ..patterns import as_ptr, node_info
 from ._core import (CATEGORICAL, COMPARE, NUMERICAL, Comparison, Context, Node, Selector, SOp,
                     apply_binary, apply_unary, values_tensor)
 from ._core import tokens as rasp_tokens
