@@ -11,9 +11,8 @@ from typing import Any, Dict
 import torch
 
 from ..errors import DataError
-from ..models import GraphTransformer
 from ..train import evaluate_split, prepare
-from ..train.checkpoint import load_run, model_from_checkpoint
+from ..train.checkpoint import load_run
 from ..train.data_checks import changed_parts
 from ._args import positive_int
 
@@ -31,11 +30,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="evaluate even when the data differ from those the checkpoint was "
                    "trained on (a warning instead of an error)")
     p.set_defaults(run=run)
-
-
-def load_model(state: Dict[str, Any], path: Any = "checkpoint") -> GraphTransformer:
-    """The trained model of a checkpoint's state (in eval mode)."""
-    return model_from_checkpoint(state, path)
 
 
 def run(args: argparse.Namespace) -> int:

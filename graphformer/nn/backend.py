@@ -32,9 +32,8 @@ model (:func:`choose_backend`), in order:
    atoms, E·H·C = 1.7M; 239 ms sparse vs 283 ms at E·H·C = 7.4M);
 4. with typed edges on CPU: ``"sparse"`` — their edge terms are [E, H]
    gathers, and the dense backend's explicit softmax over padded blocks is
-   slower (measured with ``scripts/bench_training.py``: the default molecule
-   model's training step on Lipophilicity batches ran at 396 molecules/s
-   with sparse, 232 with dense, 1 thread);
+   slower (``scripts/bench_training.py --backends sparse dense``; the README
+   has the figures);
 5. ``"dense"`` when it is applicable (self-attention, graphs contiguous in
    ``batch``, no duplicate edges when edge features are used), the padded
    density :math:`\rho = E / (B T^2)` is at least the measured crossover of the

@@ -550,13 +550,13 @@ def test_evaluate_uses_the_checkpoints_normalisation_and_detects_changed_data(
     assert code == 0 and "warning" in err
     changed = json.loads(out)
     # By hand: the checkpoint's model and normalisation against the new targets.
-    from graphformer.cli.evaluate import load_model
+    from graphformer.train.checkpoint import model_from_checkpoint
     from graphformer.train import prepare
     from torch_geometric.loader import DataLoader
     state = load_checkpoint(run_dir / "best.pt")
     prepared = prepare(RunConfig.from_dict(state["config"]), log=False)
     test = prepared.subset("test")
-    pred = loop.predict(load_model(state), DataLoader(test, batch_size=64), state["y_mean"],
+    pred = loop.predict(model_from_checkpoint(state), DataLoader(test, batch_size=64), state["y_mean"],
                         state["y_std"], torch.device("cpu"))
     y = torch.cat([g.y for g in test])
     rmse = float(((pred - y) ** 2).mean().sqrt())

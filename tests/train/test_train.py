@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import graphformer.train.loop as loop
-from graphformer.cli.evaluate import load_model
+from graphformer.train.checkpoint import model_from_checkpoint
 from graphformer.train import (CheckpointError, evaluate_split, load_checkpoint, prepare,
                                save_checkpoint, train)
 from tests.train.conftest import tiny_config
@@ -37,7 +37,7 @@ def test_a_run_writes_metrics_curves_checkpoints_and_config(tmp_path, tiny_csv):
     state = load_checkpoint(run / "best.pt")
     assert state["epoch"] == best
     prepared = prepare(cfg, log=False)
-    again = evaluate_split(load_model(state), prepared, "test", 16, torch.device("cpu"))
+    again = evaluate_split(model_from_checkpoint(state), prepared, "test", 16, torch.device("cpu"))
     assert again["rmse"] == pytest.approx(rows[best - 1]["test_rmse"], rel=1e-6)
 
 
