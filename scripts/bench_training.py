@@ -9,6 +9,8 @@ the batches `graphformer train` draws):
   (one row per attention backend asked for) and for GINBaseline (PyG's GIN
   with the same encoders and head);
 - molecules per second of evaluation (forward only, no gradients);
+- with --floor: the same model with its attention removed, the node-wise
+  work that bounds what any attention implementation can reach;
 - with --cli: the wall time of `graphformer train` with its defaults (and of
   `--dataset lipophilicity` with --cli-lipophilicity), as a new user runs it;
 - with --chemprop (chemprop installed as a benchmark peer, never a
@@ -73,13 +75,27 @@ def _median_rate(fn: Callable[[], int], repeats: int) -> float:
     return statistics.median(rates)
 
 
-def _models(cfg: RunConfig, prepared, backends: List[str]) -> Dict[str, torch.nn.Module]:
+class _NoAttention(torch.nn.Module):
+    """Stands in for a block's attention: zeros, at no cost (the floor row)."""
+
+    def forward(self, x, *args, **kwargs):
+        return torch.zeros_like(x)
+
+
+def _models(cfg: RunConfig, prepared, backends: List[str],
+            floor: bool) -> Dict[str, torch.nn.Module]:
     model_cfg = model_config_for(cfg, prepared.bench)
     models: Dict[str, torch.nn.Module] = {}
     for backend in backends:
         torch.manual_seed(0)
         models[f"graphformer ({backend})"] = GraphTransformer(
             replace(model_cfg, attention_backend=backend))
+    if floor:
+        torch.manual_seed(0)
+        model = GraphTransformer(model_cfg)
+        for block in model.blocks:
+            block.attn = _NoAttention()
+        models["graphformer, attention removed (floor)"] = model
     torch.manual_seed(0)
     models["GIN"] = GINBaseline(model_cfg)
     return models
@@ -94,7 +110,7 @@ def bench_steps(name: str, args: argparse.Namespace) -> List[Dict[str, Any]]:
     loader = DataLoader(prepared.subset("train"), batch_size=cfg.train.batch_size, shuffle=True)
     batches = [b for _, b in zip(range(args.batches), loader)]
     eval_batches = list(DataLoader(prepared.subset("valid"), batch_size=cfg.train.batch_size))
-    models = _models(cfg, prepared, args.backends)
+    models = _models(cfg, prepared, args.backends, args.floor)
     optims = {k: make_optimizer(m, 1e-4, cfg.train.weight_decay) for k, m in models.items()}
     task = prepared.bench.task
 
@@ -132,7 +148,7 @@ def bench_steps(name: str, args: argparse.Namespace) -> List[Dict[str, Any]]:
                      "train_mol_s": statistics.median(train_rates[key]),
                      "eval_mol_s": statistics.median(eval_rates[key]),
                      "atoms_per_batch": nodes, "batch_size": cfg.train.batch_size})
-        print(f"{name:14s} {key:26s} train {rows[-1]['train_mol_s']:7.0f} mol/s   "
+        print(f"{name:14s} {key:40s} train {rows[-1]['train_mol_s']:7.0f} mol/s   "
               f"eval {rows[-1]['eval_mol_s']:7.0f} mol/s", flush=True)
     return rows
 
@@ -224,6 +240,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--datasets", nargs="+", default=["esol", "lipophilicity"])
     parser.add_argument("--backends", nargs="+", default=["auto"],
                         help="attention backends of graphformer to time (auto = the default)")
+    parser.add_argument("--floor", action="store_true",
+                        help="also time the default model with attention removed: the "
+                        "node-wise work (encoders, feed-forward, norms, head, optimiser) that "
+                        "no attention implementation can go below")
     parser.add_argument("--batches", type=int, default=8, help="training batches per timing")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="0 = torch's default")

@@ -13,11 +13,12 @@ def test_bench_training_smoke(tmp_path, capsys, monkeypatch, one_thread):
     bench = load_script("bench_training")
     out = tmp_path / "bench.json"
     assert bench.main(["--datasets", "esol", "--batches", "1", "--repeats", "1",
-                       "--backends", "auto", "propagate",
+                       "--backends", "auto", "propagate", "--floor",
                        "--json", str(out)]) == 0
     results = json.loads(out.read_text())
     models = [r["model"] for r in results["steps"]]
-    assert models == ["graphformer (auto)", "graphformer (propagate)", "GIN"]
+    assert models == ["graphformer (auto)", "graphformer (propagate)",
+                      "graphformer, attention removed (floor)", "GIN"]
     for row in results["steps"]:
         assert row["train_mol_s"] > 0 and row["eval_mol_s"] > 0 and row["batch_size"] == 32
     assert "torch" in results["machine"] and "1 threads" in results["machine"]
