@@ -12,7 +12,7 @@ the batches `graphformer train` draws):
 - with --floor: the same model with its attention removed, the node-wise
   work that bounds what any attention implementation can reach;
 - with --cli: the wall time of `graphformer train` with its defaults (and of
-  `--dataset lipophilicity` with --cli-lipophilicity), as a new user runs it;
+  `--dataset NAME` for each of --cli-datasets), as a new user's first run;
 - with --chemprop (chemprop installed as a benchmark peer, never a
   dependency): the wall time of `chemprop train` with its defaults on the
   same split, and its molecules per second of training.
@@ -22,7 +22,8 @@ the median. Run on an otherwise idle machine: on 2 cores any second busy
 process ruins the numbers.
 
     python scripts/bench_training.py                       # step and eval rates
-    python scripts/bench_training.py --cli --chemprop --json bench_training.json
+    python scripts/bench_training.py --cli --cli-datasets freesolv lipophilicity --chemprop \
+        --floor --json bench_training.json
     python scripts/bench_training.py --markdown-from bench_training.json
 """
 from __future__ import annotations
@@ -248,8 +249,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="0 = torch's default")
     parser.add_argument("--cli", action="store_true", help="time `graphformer train`")
-    parser.add_argument("--cli-lipophilicity", action="store_true",
-                        help="also time `graphformer train --dataset lipophilicity`")
+    parser.add_argument("--cli-datasets", nargs="*", default=[], metavar="NAME",
+                        help="also time `graphformer train --dataset NAME` for each")
     parser.add_argument("--chemprop", action="store_true",
                         help="time chemprop's defaults on the same split, if installed")
     parser.add_argument("--chemprop-epochs", type=int, default=None)
@@ -269,8 +270,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         results["steps"] += bench_steps(name, args)
     if args.cli:
         results["cli"].append(bench_cli([]))
-    if args.cli_lipophilicity:
-        results["cli"].append(bench_cli(["--dataset", "lipophilicity"]))
+    for name in args.cli_datasets:
+        results["cli"].append(bench_cli(["--dataset", name]))
     if args.chemprop:
         for name in args.datasets:
             results["chemprop"].append(bench_chemprop(name, args.chemprop_epochs))
