@@ -172,9 +172,10 @@ def bench_cli(extra: List[str]) -> Dict[str, Any]:
         result = _timed(cmd + ["--run-dir", str(Path(tmp) / "run"),
                                "--root", str(Path(tmp) / "cache")], Path(tmp))
         summary = json.loads((Path(tmp) / "run" / "summary.json").read_text())
+    result["command"] = " ".join(["graphformer", "train", *extra])
     result["test_at_best"] = summary[f"test_{summary['metric']}_at_best"]
     result["metric"] = summary["metric"]
-    print(f"{' '.join(cmd[1:])}: {result['seconds']:.1f} s, test {result['metric']} "
+    print(f"{result['command']}: {result['seconds']:.1f} s, test {result['metric']} "
           f"{result['test_at_best']:.4f}", flush=True)
     return result
 
@@ -206,6 +207,7 @@ def bench_chemprop(name: str, epochs: Optional[int]) -> Optional[Dict[str, Any]]
         result = _timed(cmd, tmp_path)
         n_train = len(prepared.split["train"])
         result["epochs"] = epochs or 50
+        result["dataset"] = name
         result["train_molecules"] = n_train
     print(f"chemprop {name}: {result['seconds']:.1f} s for {result['epochs']} epochs", flush=True)
     return result
@@ -227,12 +229,12 @@ def markdown(results: Dict[str, Any]) -> str:
         lines += ["", "| command | wall time | test metric at best validation epoch |",
                   "| --- | ---: | ---: |"]
         for r in results.get("cli", []):
-            lines.append(f"| `{r['command'].split('/')[-1]}` | {r['seconds']:.0f} s | "
+            lines.append(f"| `{r['command']}` | {r['seconds']:.0f} s | "
                          f"{r['metric']} {r['test_at_best']:.3f} |")
         for r in results.get("chemprop", []):
             if r:
-                lines.append(f"| chemprop defaults ({r['epochs']} epochs) | {r['seconds']:.0f} s "
-                             f"| |")
+                lines.append(f"| chemprop defaults, {r['dataset']} ({r['epochs']} epochs) | "
+                             f"{r['seconds']:.0f} s | |")
     return "\n".join(lines)
 
 
