@@ -204,7 +204,11 @@ def bench_chemprop(name: str, epochs: Optional[int]) -> Optional[Dict[str, Any]]
                str(tmp_path / "out"), "--num-workers", "0"]
         if epochs:
             cmd += ["--epochs", str(epochs)]
-        result = _timed(cmd, tmp_path)
+        try:
+            result = _timed(cmd, tmp_path)
+        except RuntimeError as err:   # a peer's failure is reported, not fatal
+            print(f"chemprop {name}: {err}", flush=True)
+            return None
         n_train = len(prepared.split["train"])
         result["epochs"] = epochs or 50
         result["dataset"] = name
@@ -268,19 +272,25 @@ def main(argv: Optional[List[str]] = None) -> int:
     results: Dict[str, Any] = {"machine": machine_line(threads), "datasets": args.datasets,
                                "steps": [], "cli": [], "chemprop": []}
     print(results["machine"], flush=True)
+    def save() -> None:      # after every stage: a late failure keeps the rest
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2) + "\n")
+
     for name in args.datasets:
         results["steps"] += bench_steps(name, args)
+        save()
     if args.cli:
         results["cli"].append(bench_cli([]))
+        save()
     for name in args.cli_datasets:
         results["cli"].append(bench_cli(["--dataset", name]))
+        save()
     if args.chemprop:
         for name in args.datasets:
             results["chemprop"].append(bench_chemprop(name, args.chemprop_epochs))
+            save()
     print()
     print(markdown(results))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0
 
 
