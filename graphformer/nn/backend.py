@@ -28,8 +28,7 @@ model (:func:`choose_backend`), in order:
    projection) on CPU, when the per-edge messages are small
    (E·H·C ≤ :data:`PROPAGATE_BELOW`): ``"propagate"`` — at that size the
    sparse and dense backends' extra steps cost more than the E×H×C tensors
-   they avoid (measured: 106 ms vs 133 ms sparse for 128 molecules of 25
-   atoms, E·H·C = 1.7M; 239 ms sparse vs 283 ms at E·H·C = 7.4M);
+   they avoid (``scripts/bench_attention.py``, molecule case);
 4. with typed edges on CPU: ``"sparse"`` — their edge terms are [E, H]
    gathers, and the dense backend's explicit softmax over padded blocks is
    slower (``scripts/bench_training.py --backends sparse dense``; the README
@@ -61,10 +60,9 @@ AttentionBackend = Literal["auto", "sparse", "dense", "fused", "propagate"]
 ATTENTION_BACKENDS = ("auto", "sparse", "dense", "fused", "propagate")
 
 #: Padded edge density E / (B T^2) above which the dense backend is faster
-#: than the sparse one. CPU: measured with ``scripts/bench_attention.py`` on
-#: 2 cores (crossover 0.055 at T = 8192, 0.085 at T = 1024; molecules of 25
-#: atoms with edge features at density 0.088: sparse slightly faster). CUDA:
-#: a guess, not yet measured (no GPU was available).
+#: than the sparse one. CPU: the crossover ``scripts/bench_attention.py``
+#: measures (the README's benchmark section has the figures). CUDA: a guess,
+#: not yet measured (no GPU was available).
 DENSE_CROSSOVER = {"cpu": 0.08, "cuda": 0.05}
 
 #: With edge features on CPU, message passing (``"propagate"``) is fastest up

@@ -51,9 +51,8 @@ from .csr import EdgeCSR, GatherDot, Grouping, ScatterSum
 #: Edges per chunk are chosen so that one chunk's per-edge projections stay
 #: near this many elements (4 MB in float32: 1024 edges of 8 heads × 32
 #: channels × 4 terms), small enough to stay in cache between the product
-#: that makes them and the passes that read them (the forward chunk loop at
-#: the shapes of scripts/bench_attention.py's large case measured 1.4-1.8 s
-#: per million edges in chunks of 1024, 2.1-3.5 s in chunks of 8192).
+#: that makes them and the passes that read them (faster than larger chunks
+#: on ``scripts/bench_attention.py``'s large case).
 CHUNK_ELEMENTS = 1 << 20
 
 def _chunk_size(num_edges: int, width: int) -> int:
