@@ -169,11 +169,17 @@ class RelationalAttention(MessagePassing):
         traced = is_compiling() or self._explain
         edges = edge_index if isinstance(edge_index, EdgeSet) else None
         if not is_compiling():
-            self._check_inputs(x_src, x_dst, edge_index, edge_attr, head_mask, batch, edge_type,
-                               bipartite=not isinstance(x, Tensor))
+            _check_nodes(x_src, x_dst)
+            if edges is not None and edge_type is not None:
+                raise ValueError("'edge_type' is given with an EdgeSet: build the EdgeSet "
+                                 "with it instead (EdgeSet(..., edge_type=...))")
         if edges is None and not traced:
+            # EdgeSet checks edge_index, the node range, batch and edge_type
             sizes = x_src.size(0) if isinstance(x, Tensor) else (x_src.size(0), x_dst.size(0))
             edges = EdgeSet(edge_index, sizes, batch=batch, edge_type=edge_type)
+        if not is_compiling():
+            self._check_inputs(x_src, x_dst, edges if edges is not None else edge_index,
+                               edge_attr, head_mask, batch, edge_type)
         if edges is not None:
             edge_type = edges.edge_type          # in target order
         if self.lin_edge_q is None:
@@ -279,35 +285,25 @@ class RelationalAttention(MessagePassing):
 
     def _check_inputs(self, x_src: Tensor, x_dst: Tensor, edge_index: Union[Tensor, EdgeSet],
                       edge_attr: OptTensor, head_mask: OptTensor, batch: OptTensor,
-                      edge_type: OptTensor, bipartite: bool) -> None:
-        for name, t in (("x", x_src), ("x_dst", x_dst)):
-            if not isinstance(t, Tensor):
-                raise TypeError(f"'{name}' must be a torch.Tensor, got {type(t).__name__}")
-            if t.dim() != 2:
-                raise ValueError(f"'{name}' must have shape [N, F] (one row per node), got "
-                                 f"{list(t.shape)}; a single node's features are "
-                                 f"x.unsqueeze(0)")
-            if not t.is_floating_point():
-                raise TypeError(f"'{name}' must be a floating-point tensor, got {t.dtype}")
+                      edge_type: OptTensor) -> None:
+        """Checks of the edge inputs against the layer and the nodes. An
+        :class:`EdgeSet` has checked its own edges; a raw ``edge_index`` (PyG's
+        explain mode, where no EdgeSet is built) is checked here."""
         if isinstance(edge_index, EdgeSet):
             edges = edge_index
             if (edges.num_src, edges.num_dst) != (x_src.size(0), x_dst.size(0)):
                 raise ValueError(f"the EdgeSet is over {edges.num_src} source and "
                                  f"{edges.num_dst} target nodes but 'x' has "
                                  f"{x_src.size(0)} and {x_dst.size(0)} rows")
-            if edge_type is not None:
-                raise ValueError("'edge_type' is given with an EdgeSet: build the EdgeSet "
-                                 "with it instead (EdgeSet(..., edge_type=...))")
-            num_edges, typed, num_types = edges.num_edges, edges.typed, edges.num_types
+            num_edges, num_types, edge_type = edges.num_edges, edges.num_types, edges.edge_type
         else:
             check_edge_index(edge_index)
             check_node_range(edge_index, x_src.size(0), x_dst.size(0))
-            num_edges, typed = edge_index.size(1), edge_type is not None
-            num_types = None
-            if typed:
-                if edge_type.dim() != 1 or edge_type.numel() != num_edges:
-                    raise ValueError(f"'edge_type' must have shape [E] = [{num_edges}], got "
-                                     f"{list(edge_type.shape)}")
+            num_edges, num_types = edge_index.size(1), None
+            if edge_type is not None and (edge_type.dim() != 1 or edge_type.numel() != num_edges):
+                raise ValueError(f"'edge_type' must have shape [E] = [{num_edges}], got "
+                                 f"{list(edge_type.shape)}")
+        typed = edge_type is not None
         if typed and edge_attr is None:
             raise ValueError("typed edges need their features: 'edge_attr' [R, D], one row "
                              "per edge type")
@@ -324,16 +320,10 @@ class RelationalAttention(MessagePassing):
             if not typed and edge_attr.size(0) != num_edges:
                 raise ValueError(f"'edge_attr' has {edge_attr.size(0)} rows but 'edge_index' "
                                  f"has {num_edges} edges")
-            if typed and num_types is not None and edge_attr.size(0) < num_types:
-                raise ValueError(f"'edge_attr' has {edge_attr.size(0)} rows (one per edge "
-                                 f"type) but the edge set has {num_types} types")
-            if typed and num_types is None and num_edges > 0 and not is_compiling():
-                top = int(edge_type.max())
-                if top >= edge_attr.size(0) or int(edge_type.min()) < 0:
-                    bad = int(((edge_type < 0) | (edge_type >= edge_attr.size(0))).nonzero()[0])
-                    raise IndexError(f"'edge_type' is out of range: edge_type[{bad}] = "
-                                     f"{int(edge_type[bad])} but 'edge_attr' has "
-                                     f"{edge_attr.size(0)} rows (one per type)")
+            if typed and (num_types is None or edge_attr.size(0) < num_types):
+                given = edge_index.edge_type_given if isinstance(edge_index, EdgeSet) \
+                    else edge_type
+                _check_type_rows(given, edge_attr.size(0), num_types)
         if head_mask is not None:
             if head_mask.dtype != torch.bool:
                 raise TypeError(f"'head_mask' must be a bool tensor, got {head_mask.dtype}")
@@ -388,6 +378,33 @@ class RelationalAttention(MessagePassing):
                 f"heads={self.heads}, head_channels={self.head_channels}, "
                 f"edge_dim={self.edge_dim}, dropout={self.dropout}, "
                 f"backend={self.backend!r})")
+
+
+def _check_nodes(x_src: Tensor, x_dst: Tensor) -> None:
+    """Node features are floating-point ``[N, F]`` tensors (checked before any
+    index meets them)."""
+    for name, t in (("x", x_src), ("x_dst", x_dst)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"'{name}' must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 2:
+            raise ValueError(f"'{name}' must have shape [N, F] (one row per node), got "
+                             f"{list(t.shape)}; a single node's features are x.unsqueeze(0)")
+        if not t.is_floating_point():
+            raise TypeError(f"'{name}' must be a floating-point tensor, got {t.dtype}")
+
+
+def _check_type_rows(edge_type: Tensor, rows: int, num_types: Optional[int]) -> None:
+    """Every edge type (``edge_type`` in the given order) has a row of
+    ``edge_attr`` (``rows`` of them): the first edge whose type has none is
+    named; an EdgeSet declared with more types than rows is refused too."""
+    bad = ((edge_type < 0) | (edge_type >= rows)).nonzero()
+    if bad.numel() > 0:
+        e = int(bad[0, 0])
+        raise IndexError(f"'edge_type' is out of range: edge_type[{e}] = {int(edge_type[e])} "
+                         f"but 'edge_attr' has {rows} rows (one per type)")
+    if num_types is not None:
+        raise ValueError(f"'edge_attr' has {rows} rows (one per edge type) but the edge set "
+                         f"has {num_types} types")
 
 
 def _fused(call: AttentionCall) -> Tuple[Tensor, Optional[Tensor]]:
