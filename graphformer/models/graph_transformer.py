@@ -2,6 +2,7 @@
 a chosen edge set, a pooling readout and a prediction head."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, Literal, Tuple, get_args
 
@@ -158,6 +159,7 @@ class GraphTransformer(torch.nn.Module):
         self.final_norm = torch.nn.LayerNorm(c.hidden) if c.norm_first else torch.nn.Identity()
         self._bond_dims = tuple(get_bond_feature_dims()) if c.features == "ogb" \
             else (ZINC_BOND_TYPES,)
+        self._bond_radix = math.prod(self._bond_dims) + 1   # bond codes 0 (none) .. radix - 1
         self.head = torch.nn.Sequential(
             torch.nn.Linear(c.hidden, c.hidden), torch.nn.GELU(), Dropout(c.dropout),
             torch.nn.Linear(c.hidden, c.num_tasks))
@@ -242,7 +244,7 @@ class GraphTransformer(torch.nn.Module):
         bond_code[bond_pos] = self._bond_codes(edge_attr)
         bits = torch.arange(member.size(1), device=member.device)
         member_code = (member.long() << bits).sum(1)
-        radix = int(torch.tensor(self._bond_dims).prod()) + 1
+        radix = self._bond_radix
         types, edge_type = torch.unique(member_code * radix + bond_code, return_inverse=True)
         type_bond, type_member = types % radix, types // radix
         table = self.membership(((type_member.unsqueeze(1) >> bits) & 1).to(dtype)) \
