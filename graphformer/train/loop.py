@@ -73,12 +73,13 @@ class Prepared:
         """The batches of one part in order, collated once and kept for every
         later evaluation (parts of up to :data:`EVAL_CACHE_GRAPHS` graphs;
         larger ones are collated as they are read)."""
+        key = (part, batch_size)
+        if key in self._batches:
+            return self._batches[key]
         loader = DataLoader(self.subset(part), batch_size=batch_size, shuffle=False)
         if len(self.split[part]) > EVAL_CACHE_GRAPHS:
             return loader
-        key = (part, batch_size)
-        if key not in self._batches:
-            self._batches[key] = list(loader)
+        self._batches[key] = list(loader)
         return self._batches[key]
 
 
