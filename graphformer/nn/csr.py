@@ -50,7 +50,7 @@ class EdgeCSR:
         self.num_edges = col.numel()
         self._row = row
         self._transposed: Optional[Tuple["EdgeCSR", Tensor]] = None
-        self._blocks: dict = {}
+        self._cache: dict = {}
 
     @classmethod
     def from_sorted(cls, row: Tensor, col: Tensor, num_rows: int, num_cols: int) -> "EdgeCSR":
@@ -78,23 +78,23 @@ class EdgeCSR:
     def blocks(self, heads: int) -> Tuple[Tensor, Tensor]:
         """Row pointer and columns of H diagonal copies of this pattern (rows
         ``h * R + i``, columns ``h * S + j``), in int32 when they fit."""
-        if heads not in self._blocks:
+        if heads not in self._cache:
             E, S = self.num_edges, self.num_cols
             dtype = torch.int32 if max(heads * E, heads * S) < 2**31 - 1 else torch.long
             crow = _block_crow(self.ptr, heads, E, dtype)
             hs = torch.arange(heads, device=self.ptr.device)
             col = (self.col.unsqueeze(0) + (hs * S).unsqueeze(1)).reshape(-1).to(dtype)
-            self._blocks[heads] = (crow, col)
-        return self._blocks[heads]
+            self._cache[heads] = (crow, col)
+        return self._cache[heads]
 
     def pattern(self, heads: int, dtype: torch.dtype) -> Tensor:
         """The block-diagonal matrix of :meth:`matrix` with zero values: the
         sampling pattern of an SDDMM (built once per heads and dtype)."""
         key = ("pattern", heads, dtype)
-        if key not in self._blocks:
+        if key not in self._cache:
             zeros = torch.zeros(heads, self.num_edges, dtype=dtype, device=self.ptr.device)
-            self._blocks[key] = self.matrix(zeros)
-        return self._blocks[key]
+            self._cache[key] = self.matrix(zeros)
+        return self._cache[key]
 
     def matrix(self, values: Tensor) -> Tensor:
         """Block-diagonal sparse matrix [H·R, H·S] with head-major ``values`` [H, E]."""
@@ -180,12 +180,19 @@ class Grouping:
 
     @classmethod
     def targets(cls, csr: EdgeCSR) -> "Grouping":
-        return cls(csr.row, csr.num_rows, csr.ptr, None)
+        """The edges of ``csr`` grouped by target (one per ``csr``, so that its
+        index arrays are built once for all the layers that share it)."""
+        if "targets" not in csr._cache:
+            csr._cache["targets"] = cls(csr.row, csr.num_rows, csr.ptr, None)
+        return csr._cache["targets"]
 
     @classmethod
     def sources(cls, csr: EdgeCSR) -> "Grouping":
-        t, perm = csr.transpose()
-        return cls(csr.col, csr.num_cols, t.ptr, perm)
+        """The edges of ``csr`` grouped by source (one per ``csr``)."""
+        if "sources" not in csr._cache:
+            t, perm = csr.transpose()
+            csr._cache["sources"] = cls(csr.col, csr.num_cols, t.ptr, perm)
+        return csr._cache["sources"]
 
     def _index_dtype(self, heads: int) -> torch.dtype:
         E = self.index.numel()
