@@ -50,6 +50,9 @@ from graphformer.train import RunConfig, prepare
 from graphformer.train.config import DataConfig, TrainConfig
 from graphformer.train.loop import make_optimizer, model_config_for, train_step
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from chemprop_peer import run_chemprop  # noqa: E402  (a sibling script module)
+
 
 def machine_line(threads: int) -> str:
     cpu = platform.processor() or platform.machine()
@@ -181,38 +184,20 @@ def bench_cli(extra: List[str]) -> Dict[str, Any]:
 
 
 def bench_chemprop(name: str, epochs: Optional[int]) -> Optional[Dict[str, Any]]:
-    """chemprop's defaults on the same scaffold split (train/valid/test files
-    written from graphformer's split), timed as a whole run."""
-    exe = shutil.which("chemprop")
-    if exe is None:
-        print("chemprop is not installed: skipped (pip install chemprop)", flush=True)
-        return None
+    """chemprop's defaults on the same scaffold split, timed as a whole run
+    (see ``chemprop_peer.py``); None when chemprop is not installed or fails
+    (a peer's failure is reported, not fatal)."""
     cfg = RunConfig(data=DataConfig(dataset=name, split="scaffold"), train=TrainConfig(seed=0))
     prepared = prepare(cfg, log=False)
-    bench = prepared.bench
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp_path = Path(tmp)
-        paths = {}
-        for part in ("train", "valid", "test"):
-            idx = prepared.split[part].tolist()
-            graphs = [bench.dataset[i] for i in idx]
-            rows = ["smiles,y"] + [f"{g.smiles},{float(g.y.view(-1)[0])}" for g in graphs]
-            paths[part] = tmp_path / f"{part}.csv"
-            paths[part].write_text("\n".join(rows) + "\n")
-        cmd = [exe, "train", "--data-path", str(paths["train"]), str(paths["valid"]),
-               str(paths["test"]), "--task-type", "regression", "--output-dir",
-               str(tmp_path / "out"), "--num-workers", "0"]
-        if epochs:
-            cmd += ["--epochs", str(epochs)]
-        try:
-            result = _timed(cmd, tmp_path)
-        except RuntimeError as err:   # a peer's failure is reported, not fatal
-            print(f"chemprop {name}: {err}", flush=True)
-            return None
-        n_train = len(prepared.split["train"])
-        result["epochs"] = epochs or 50
-        result["dataset"] = name
-        result["train_molecules"] = n_train
+    try:
+        result = run_chemprop(prepared, seed=0, epochs=epochs)
+    except RuntimeError as err:
+        print(f"chemprop {name}: {err}", flush=True)
+        return None
+    if result is None:
+        print("chemprop is not installed: skipped (pip install chemprop)", flush=True)
+        return None
+    result.update(dataset=name, train_molecules=len(prepared.split["train"]))
     print(f"chemprop {name}: {result['seconds']:.1f} s for {result['epochs']} epochs", flush=True)
     return result
 
