@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional
 
 from ..datasets.molecules import TASKS
 from ..errors import ConfigError, UsageError
-from ..models.graph_transformer import PATTERNS, POOLINGS
+from ..models.graph_transformer import LOCALS, PATTERNS, POOLINGS
 from ..nn import ATTENTION_BACKENDS
 from ..train import RunConfig, read_config_file, resume, train
 from ..train.config import DEVICES
@@ -24,7 +24,8 @@ _FLAGS = {
     "dropout": ("model", "dropout"), "patterns": ("model", "patterns"), "k": ("model", "k"),
     "pooling": ("model", "pooling"), "edge_update": ("model", "edge_update"),
     "norm_first": ("model", "norm_first"), "rwse_steps": ("model", "rwse_steps"),
-    "lap_pe": ("model", "lap_pe"), "attention_backend": ("model", "attention_backend"),
+    "lap_pe": ("model", "lap_pe"), "local": ("model", "local"),
+    "attention_backend": ("model", "attention_backend"),
     "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
     "weight_decay": ("train", "weight_decay"), "warmup_epochs": ("train", "warmup_epochs"),
     "grad_clip": ("train", "grad_clip"), "seed": ("train", "seed"),
@@ -68,6 +69,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--norm-first", action=argparse.BooleanOptionalAction, default=None)
     m.add_argument("--rwse-steps", type=int)
     m.add_argument("--lap-pe", type=int)
+    m.add_argument("--local", choices=LOCALS,
+                   help="message passing over the bonds before every block (gine: GINEConv)")
     m.add_argument("--attention-backend",
                    choices=ATTENTION_BACKENDS,
                    help="how attention is computed (default auto: by a cost model)")

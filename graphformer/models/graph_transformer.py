@@ -12,6 +12,7 @@ from ogb.graphproppred.mol_encoder import AtomEncoder, BondEncoder
 from ogb.utils.features import get_bond_feature_dims
 from torch import Tensor
 from torch_geometric.data import Batch
+from torch_geometric.nn import GINEConv
 from torch_geometric.utils import scatter
 from torch_geometric.utils.sparse import ptr2index
 
@@ -25,6 +26,8 @@ Pooling = Literal["mean", "sum", "virtual"]
 POOLINGS = get_args(Pooling)
 Features = Literal["ogb", "zinc"]
 FEATURES = get_args(Features)
+Local = Literal["none", "gine"]
+LOCALS = get_args(Local)
 ZINC_ATOM_TYPES, ZINC_BOND_TYPES = 28, 4
 
 
@@ -56,6 +59,10 @@ class GraphTransformerConfig:
         features: ``"ogb"`` (OGB's 9 atom and 3 bond features, through
             ``ogb``'s ``AtomEncoder`` / ``BondEncoder``) or ``"zinc"`` (ZINC's
             atom type ``x [N, 1]`` and bond type ``edge_attr [E]``).
+        local: message passing over the bonds before every block, added to
+            the node states (a hybrid in the manner of GraphGPS): ``"none"``
+            or ``"gine"`` (:class:`torch_geometric.nn.GINEConv`, bond
+            embeddings as edge features, a two-layer MLP, pre-norm).
         attention_backend: how attention is computed (``"auto"``, ``"sparse"``,
             ``"dense"``, ``"fused"``, ``"propagate"``; see
             :mod:`graphformer.nn.backend`). Changes speed and memory, not
@@ -76,6 +83,7 @@ class GraphTransformerConfig:
     rwse_steps: int = 16
     lap_pe: int = 0
     features: Features = "ogb"
+    local: Local = "none"
     attention_backend: str = "auto"
 
     def __post_init__(self) -> None:
@@ -103,6 +111,8 @@ class GraphTransformerConfig:
             raise ValueError("'rwse_steps' and 'lap_pe' must be >= 0")
         if self.features not in FEATURES:
             raise ValueError(f"'features' must be 'ogb' or 'zinc', got {self.features!r}")
+        if self.local not in LOCALS:
+            raise ValueError(f"'local' must be one of {LOCALS}, got {self.local!r}")
         if self.attention_backend not in ATTENTION_BACKENDS:
             raise ValueError(f"'attention_backend' must be one of {ATTENTION_BACKENDS}, "
                              f"got {self.attention_backend!r}")
@@ -156,6 +166,8 @@ class GraphTransformer(torch.nn.Module):
                              edge_update=c.edge_update, backend=c.attention_backend)
             for _ in range(c.layers)
         ])
+        self.local = torch.nn.ModuleList([_LocalGINE(c.hidden, c.dropout, c.norm_first)
+                                          for _ in range(c.layers)]) if c.local == "gine" else None
         self.final_norm = torch.nn.LayerNorm(c.hidden) if c.norm_first else torch.nn.Identity()
         self._bond_dims = tuple(get_bond_feature_dims()) if c.features == "ogb" \
             else (ZINC_BOND_TYPES,)
@@ -290,8 +302,11 @@ class GraphTransformer(torch.nn.Module):
             edges = EdgeSet(edge_index, num_nodes, batch=node_graph, edge_type=edge_type,
                             num_types=table.size(0))
             e = table
+        bond_states = self.bond_encoder(batch.edge_attr) if self.local is not None else None
         weights = []
-        for block in self.blocks:
+        for layer, block in enumerate(self.blocks):
+            if self.local is not None:
+                x = self.local[layer](x, bonds, bond_states)
             x, e, alpha = block(x, edges, e, return_attention_weights=return_attention_weights)
             if alpha is not None:
                 weights.append(alpha)
@@ -309,7 +324,35 @@ class GraphTransformer(torch.nn.Module):
         c = self.config
         return (f"{self.__class__.__name__}(hidden={c.hidden}, layers={c.layers}, "
                 f"heads={c.heads}, patterns={list(c.patterns)}, pooling={c.pooling!r}, "
-                f"edge_update={c.edge_update}, tasks={c.num_tasks} {c.task})")
+                f"edge_update={c.edge_update}, local={c.local!r}, tasks={c.num_tasks} {c.task})")
+
+
+class _LocalGINE(torch.nn.Module):
+    r"""One local message-passing step over the bonds, as a residual branch:
+    :math:`\mathbf{x} + \mathrm{Dropout}(\mathrm{GINE}(\mathrm{LN}(\mathbf{x}),
+    \mathbf{b}))` (pre-norm) or :math:`\mathrm{LN}(\mathbf{x} +
+    \mathrm{Dropout}(\mathrm{GINE}(\mathbf{x}, \mathbf{b})))` (post-norm), with
+    :math:`\mathrm{GINE}(\mathbf{x})_i = \mathrm{MLP}((1 + \epsilon)\mathbf{x}_i +
+    \sum_{j \to i} \mathrm{ReLU}(\mathbf{x}_j + \mathbf{b}_{ji}))`.
+    Shapes: x [N, C], bonds [2, E_b], bond states [E_b, C] -> [N, C]."""
+
+    def __init__(self, channels: int, dropout: float, norm_first: bool) -> None:
+        super().__init__()
+        mlp = torch.nn.Sequential(torch.nn.Linear(channels, channels), torch.nn.ReLU(),
+                                  torch.nn.Linear(channels, channels))
+        self.conv = GINEConv(mlp, train_eps=True)
+        self.norm = torch.nn.LayerNorm(channels)
+        self.dropout = Dropout(dropout)
+        self.norm_first = norm_first
+
+    def reset_parameters(self) -> None:
+        self.conv.reset_parameters()
+        self.norm.reset_parameters()
+
+    def forward(self, x: Tensor, bonds: Tensor, bond_states: Tensor) -> Tensor:
+        if self.norm_first:
+            return x + self.dropout(self.conv(self.norm(x), bonds, bond_states))
+        return self.norm(x + self.dropout(self.conv(x, bonds, bond_states)))
 
 
 class _FirstColumnEmbedding(torch.nn.Embedding):

@@ -83,6 +83,7 @@ def test_masked_loss_ignores_missing_labels():
     ({"task": "ranking"}, "'task'"),
     ({"dropout": 1.0}, "'dropout'"),
     ({"features": "qm9"}, "'features'"),
+    ({"local": "gcn"}, "'local' must be one of"),
 ])
 def test_config_is_checked(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -92,4 +93,28 @@ def test_config_is_checked(kwargs, match):
 def test_repr():
     assert repr(GraphTransformer(GraphTransformerConfig(hidden=8, layers=1, heads=2))) == (
         "GraphTransformer(hidden=8, layers=1, heads=2, patterns=['bonds', 'full'], "
-        "pooling='mean', edge_update=False, tasks=1 regression)")
+        "pooling='mean', edge_update=False, local='none', tasks=1 regression)")
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_local_gine_step_equals_its_equation(norm_first):
+    """x + GINE(LN(x)) (pre-norm) or LN(x + GINE(x)), GINE(h)_i =
+    MLP((1 + eps) h_i + sum_{j -> i} ReLU(h_j + b_ji)), computed by hand."""
+    torch.manual_seed(0)
+    cfg = GraphTransformerConfig(hidden=8, layers=2, heads=2, dropout=0.0, rwse_steps=0,
+                                 local="gine", norm_first=norm_first)
+    model = GraphTransformer(cfg).double().eval()
+    step = model.local[0]
+    torch.nn.init.uniform_(step.conv.eps, 0.2, 0.2)
+    x = torch.randn(5, 8, dtype=torch.float64)
+    bonds = torch.tensor([[0, 1, 1, 2, 3, 4], [1, 0, 2, 1, 4, 3]])
+    b = torch.randn(6, 8, dtype=torch.float64)
+    h = step.norm(x) if norm_first else x
+    agg = torch.zeros_like(h)
+    for e in range(bonds.size(1)):
+        agg[bonds[1, e]] += torch.relu(h[bonds[0, e]] + b[e])
+    mlp = step.conv.nn
+    y = mlp((1 + 0.2) * h + agg)
+    want = x + y if norm_first else step.norm(x + y)
+    torch.testing.assert_close(step(x, bonds, b), want)
+

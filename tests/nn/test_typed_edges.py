@@ -158,7 +158,9 @@ def _per_edge_reference(model, batch):
     e = x.new_zeros(edge_index.size(1), model.config.hidden)
     e[pos] = model.bond_encoder(batch.edge_attr)
     e = e + model.membership(member.to(x.dtype))
-    for block in model.blocks:
+    for layer, block in enumerate(model.blocks):
+        if model.local is not None:
+            x = model.local[layer](x, batch.edge_index, model.bond_encoder(batch.edge_attr))
         block.attn.backend = "propagate"
         x, e, _ = block(x, edge_index, e, batch=batch.batch)
     x = model.final_norm(x)
@@ -166,15 +168,16 @@ def _per_edge_reference(model, batch):
     return model.head(scatter(x, batch.batch, dim=0, dim_size=batch.num_graphs, reduce="mean"))
 
 
-@pytest.mark.parametrize("pats", [("bonds", "full"), ("bonds", "k_hop"), ("bonds",)])
+@pytest.mark.parametrize("pats, local", [(("bonds", "full"), "none"), (("bonds", "full"), "gine"),
+                                         (("bonds", "k_hop"), "none"), (("bonds",), "none")])
 @pytest.mark.parametrize("edge_update", [False, True])
-def test_molecule_model_typed_edges_equal_per_edge_features(pats, edge_update):
+def test_molecule_model_typed_edges_equal_per_edge_features(pats, local, edge_update):
     smiles = ["CC(=O)Nc1ccc(O)cc1", "C", "C/C=C/C(=O)O", "[Na+].[Cl-]", "c1ccc2ccccc2c1"]
     t = encodings(16)
     batch = Batch.from_data_list([t(from_smiles(s)) for s in smiles])
     torch.manual_seed(0)
     cfg = GraphTransformerConfig(hidden=16, layers=2, heads=4, dropout=0.0, patterns=pats,
-                                 edge_update=edge_update)
+                                 edge_update=edge_update, local=local)
     model = GraphTransformer(cfg).double().eval()
     batch.rwse = batch.rwse.double()
     out = model(batch)
