@@ -23,7 +23,8 @@ from ._args import output_path, positive_int
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="predict properties for the SMILES of a CSV file")
     p.add_argument("checkpoint", type=Path)
-    p.add_argument("input", type=Path, help="CSV file with a SMILES column")
+    p.add_argument("input", type=Path, help="CSV file with a SMILES column (and the "
+                   "checkpoint's feature columns, when it was trained with --feature-columns)")
     p.add_argument("-o", "--output", type=Path, required=True,
                    help="CSV file to write (written atomically; never the input file)")
     p.add_argument("--smiles-column", default="smiles")

@@ -129,11 +129,16 @@ def molecule_feature_names(sets: Sequence[str] = (), columns: Sequence[str] = ()
     """
     names: List[str] = []
     for name in sets:
-        if name not in MOLECULE_FEATURE_SETS:
-            raise ValueError(f"unknown molecule feature set {name!r}; known: "
-                             f"{list(MOLECULE_FEATURE_SETS)}")
-        names.extend(RDKIT2D_NAMES)
+        names.extend(_feature_set(name)[0])
     return tuple(names) + tuple(columns)
+
+
+def _feature_set(name: str) -> Tuple[Tuple[str, ...], Callable[[Mol], List[float]]]:
+    """The names and the function of the molecule feature set ``name``."""
+    if name == "rdkit2d":
+        return RDKIT2D_NAMES, rdkit2d
+    raise ValueError(f"unknown molecule feature set {name!r}; known: "
+                     f"{list(MOLECULE_FEATURE_SETS)}")
 
 
 def molecule_features(mol: Mol, sets: Sequence[str] = (),
@@ -145,8 +150,7 @@ def molecule_features(mol: Mol, sets: Sequence[str] = (),
     float32's range) is NaN."""
     row: List[float] = []
     for name in sets:
-        molecule_feature_names([name])  # an unknown set is an error
-        row.extend(rdkit2d(mol))
+        row.extend(_feature_set(name)[1](mol))
     row.extend(float(v) for v in values)
     x = torch.tensor(row, dtype=torch.float64).to(torch.float32).view(1, -1)
     return torch.where(torch.isfinite(x), x, torch.full_like(x, math.nan))
