@@ -129,3 +129,18 @@ def test_bad_feature_column_value_and_missing_column_are_named(csv, tmp_path):
                  "--feature-columns", "'y'")
     assert_error(cli(*args, "--dataset", csv, "--molecule-features", "rdkit3d"), 2,
                  "--molecule-features", "rdkit3d")
+
+
+def test_explain_computes_the_descriptors_and_leaves_the_columns_missing(run, tmp_path,
+                                                                         capsys):
+    smiles = "CC(=O)Oc1ccccc1C(=O)O"
+    assert main(["explain", str(run / "run" / "best.pt"), "--smiles", smiles,
+                 "-o", str(tmp_path / "a.png")]) == 0
+    captured = capsys.readouterr()
+    assert "feature column(s) ['mw', 'rings'], which --smiles cannot give" in captured.err
+    value = float(captured.out.split("prediction y: ")[1].split()[0])
+    src = tmp_path / "in.csv"
+    src.write_text(f"smiles,mw,rings\n{smiles},,\n")  # both columns missing
+    assert main(["predict", str(run / "run" / "best.pt"), str(src), "-o",
+                 str(tmp_path / "p.csv")]) == 0
+    assert value == pytest.approx(pd.read_csv(tmp_path / "p.csv")["y"][0], rel=1e-5, abs=1e-6)
