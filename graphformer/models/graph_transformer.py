@@ -184,7 +184,8 @@ class GraphTransformer(torch.nn.Module):
         self._bond_radix = math.prod(self._bond_dims) + 1   # bond codes 0 (none) .. radix - 1
         self.mol_scaler = FeatureScaler(c.mol_features) if c.mol_features else None
         self.head = torch.nn.Sequential(
-            torch.nn.Linear(c.hidden + c.mol_features, c.hidden), torch.nn.GELU(), Dropout(c.dropout),
+            torch.nn.Linear(c.hidden + c.mol_features, c.hidden), torch.nn.GELU(),
+            Dropout(c.dropout),
             torch.nn.Linear(c.hidden, c.num_tasks))
         self.reset_parameters()
 
