@@ -46,8 +46,9 @@ def run(args: argparse.Namespace) -> int:
         if changed:
             check = "changed: " + ", ".join(changed)
             message = (f"the data of {state['dataset']} differ from those {args.checkpoint} was "
-                       f"trained on (parts {', '.join(changed)}: SMILES, targets or split "
-                       f"changed), so its metrics would not be the checkpoint's")
+                       f"trained on (parts {', '.join(changed)}: SMILES, targets, molecule "
+                       f"features or split changed), so its metrics would not be the "
+                       f"checkpoint's")
             if not args.allow_changed_data:
                 raise DataError(f"{message}; restore the data, or pass --allow-changed-data to "
                                 f"evaluate on the data as they are now")

@@ -3,6 +3,8 @@ by the attention of a trained model."""
 from __future__ import annotations
 
 import argparse
+import math
+import sys
 from pathlib import Path
 
 import torch
@@ -35,8 +37,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     output_path(args.output, {"the checkpoint": args.checkpoint}, "attention.png")
     state, cfg, model = load_run(args.checkpoint)
+    columns = cfg.data.feature_columns if cfg.model.mol_features else []
+    if columns:
+        print(f"graphformer: warning: {args.checkpoint} also takes the feature column(s) "
+              f"{columns}, which --smiles cannot give: they count as missing (the training "
+              f"median)", file=sys.stderr)
     try:
-        data = from_smiles(args.smiles, where="--smiles")
+        data = from_smiles(args.smiles, where="--smiles",
+                           molecule_feature_sets=cfg.data.molecule_features
+                           if cfg.model.mol_features else (),
+                           feature_values=[math.nan] * len(columns) if columns else None)
     except ValueError as err:  # the SMILES is an argument: a usage error
         raise UsageError(str(err)) from None
     transform = encodings(cfg.model.rwse_steps, cfg.model.lap_pe)

@@ -13,7 +13,7 @@ from torch_geometric.loader import DataLoader
 from .._files import atomic_write, remove_stale_temporaries
 from ..data import from_smiles
 from ..data.encodings import encodings
-from ..datasets.molecules import check_columns, read_csv
+from ..datasets.molecules import check_columns, feature_rows, read_csv
 from ..errors import DataError
 from ..train import predict
 from ..train.checkpoint import load_run
@@ -23,7 +23,8 @@ from ._args import output_path, positive_int
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="predict properties for the SMILES of a CSV file")
     p.add_argument("checkpoint", type=Path)
-    p.add_argument("input", type=Path, help="CSV file with a SMILES column")
+    p.add_argument("input", type=Path, help="CSV file with a SMILES column (and the "
+                   "checkpoint's feature columns, when it was trained with --feature-columns)")
     p.add_argument("-o", "--output", type=Path, required=True,
                    help="CSV file to write (written atomically; never the input file)")
     p.add_argument("--smiles-column", default="smiles")
@@ -42,10 +43,17 @@ def run(args: argparse.Namespace) -> int:
     if len(frame) == 0:
         raise DataError(f"{args.input} has a header but no rows")
     transform = encodings(cfg.model.rwse_steps, cfg.model.lap_pe)
+    # The molecule features the model was trained with, computed as in training:
+    # its descriptors, and its feature columns read from the input file.
+    sets = cfg.data.molecule_features if cfg.model.mol_features else []
+    columns = cfg.data.feature_columns if cfg.model.mol_features else []
+    values = feature_rows(frame, args.input, columns) if columns else None
     graphs, rows, invalid = [], [], []
-    for row, smiles in frame[args.smiles_column].items():
+    for k, (row, smiles) in enumerate(frame[args.smiles_column].items()):
         try:
-            data = from_smiles(smiles, where=f"{args.input}, row {row}")
+            data = from_smiles(smiles, where=f"{args.input}, row {row}",
+                               molecule_feature_sets=sets,
+                               feature_values=values[k] if values is not None else None)
         except ValueError as err:
             invalid.append(str(err))
             continue

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from ..data.descriptors import MOLECULE_FEATURE_SETS
 from ..datasets.molecules import TASKS
 from ..errors import ConfigError, UsageError
 from ..models.graph_transformer import LOCALS, PATTERNS, POOLINGS
@@ -20,6 +21,8 @@ _FLAGS = {
     "dataset": ("data", "dataset"), "smiles_column": ("data", "smiles_column"),
     "target_columns": ("data", "target_columns"), "task": ("data", "task"),
     "split": ("data", "split"), "root": ("data", "root"),
+    "molecule_features": ("data", "molecule_features"),
+    "feature_columns": ("data", "feature_columns"),
     "hidden": ("model", "hidden"), "layers": ("model", "layers"), "heads": ("model", "heads"),
     "dropout": ("model", "dropout"), "patterns": ("model", "patterns"), "k": ("model", "k"),
     "pooling": ("model", "pooling"), "edge_update": ("model", "edge_update"),
@@ -57,6 +60,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--task", choices=TASKS)
     d.add_argument("--split", help="scaffold | random | official | column:NAME")
     d.add_argument("--root", help="data cache directory")
+    d.add_argument("--molecule-features", nargs="+", choices=MOLECULE_FEATURE_SETS,
+                   help="descriptors per molecule for the readout (rdkit2d: RDKit's 2D "
+                   "descriptors), scaled by statistics of the training split")
+    d.add_argument("--feature-columns", nargs="+", metavar="COLUMN",
+                   help="numeric columns of the CSV file as molecule features for the readout "
+                   "(an empty cell is a missing value)")
     m = p.add_argument_group("model")
     m.add_argument("--hidden", type=int)
     m.add_argument("--layers", type=int)

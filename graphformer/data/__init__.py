@@ -1,4 +1,6 @@
 """Raw input becomes graphs: molecules (SMILES), token sequences, edge lists."""
+from .descriptors import (MOLECULE_FEATURE_SETS, RDKIT2D_NAMES, molecule_feature_names,
+                          molecule_features)
 from .edge_list import read_edge_list, write_edge_list
 from .molecule import from_mol, from_smiles, parse_smiles
 from .snli import SNLI_LABELS, SNLISplit, load_snli, load_word_vectors, read_snli, snli_vocab
@@ -13,6 +15,7 @@ from .tokens import (
 
 __all__ = [
     "from_smiles", "from_mol", "parse_smiles",
+    "MOLECULE_FEATURE_SETS", "RDKIT2D_NAMES", "molecule_feature_names", "molecule_features",
     "from_tokens", "from_token_batch", "build_vocab", "RelativePosition",
     "SinusoidalPosition", "sinusoidal_encoding",
     "read_edge_list", "write_edge_list",

@@ -1,7 +1,7 @@
 """Molecules (SMILES) become graphs with OGB's atom and bond features."""
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -10,6 +10,7 @@ from rdkit import Chem, rdBase
 from torch_geometric.data import Data
 
 from ..errors import DataError
+from .descriptors import molecule_features
 
 NUM_ATOM_FEATURES = 9
 NUM_BOND_FEATURES = 3
@@ -69,22 +70,32 @@ def from_mol(mol: Chem.Mol) -> Data:
                 edge_attr=torch.from_numpy(edge_attr))
 
 
-def from_smiles(smiles: str, y: Target = None, where: str = "") -> Data:
-    """A molecule as a graph, identical to ``ogb.utils.smiles2graph``.
+def from_smiles(smiles: str, y: Target = None, where: str = "",
+                molecule_feature_sets: Sequence[str] = (),
+                feature_values: Optional[Sequence[float]] = None) -> Data:
+    """A molecule as a graph, identical to ``ogb.utils.smiles2graph``; with
+    molecule-level features when asked for.
 
     Returns:
         ``Data`` with ``x`` (``LongTensor [n, 9]``: OGB's atom features),
         ``edge_index`` (``[2, E]``, every bond in both directions, in OGB's
         order), ``edge_attr`` (``LongTensor [E, 3]``: bond type, stereo,
         conjugation), ``smiles``, and ``y`` (``FloatTensor [1, T]``, NaN for
-        a missing target) when given.
+        a missing target) when given; ``mol_x`` (``FloatTensor [1, F]``, NaN
+        where a value is missing or not finite) when ``molecule_feature_sets``
+        (e.g. ``["rdkit2d"]``) or ``feature_values`` (numeric columns of the
+        molecule's row) are given: the sets' descriptors, then the values (see
+        :func:`graphformer.data.descriptors.molecule_features`).
 
     Raises:
         ValueError: the SMILES does not parse (the message quotes it, and
             ``where`` — e.g. the file and row — when given).
     """
-    data = from_mol(parse_smiles(smiles, where))
+    mol = parse_smiles(smiles, where)
+    data = from_mol(mol)
     data.smiles = smiles
+    if molecule_feature_sets or feature_values is not None:
+        data.mol_x = molecule_features(mol, molecule_feature_sets, feature_values or ())
     if y is not None:
         data.y = torch.as_tensor(y, dtype=torch.float).view(1, -1)
     return data

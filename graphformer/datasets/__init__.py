@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence, Union
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -39,6 +39,8 @@ class Benchmark:
         official_split: the data set's own split, if it has one.
         ogb_name: the OGB name for ogb's ``Evaluator``, if any.
         smiles: the SMILES of every graph, when known (for scaffold splits).
+        feature_names: the names of the molecule features every graph holds as
+            ``mol_x`` ``[1, F]`` (empty: none).
     """
     name: str
     dataset: Dataset
@@ -49,34 +51,47 @@ class Benchmark:
     official_split: Optional[Dict[str, Tensor]] = None
     ogb_name: Optional[str] = None
     smiles: Optional[Sequence[str]] = None
+    feature_names: Tuple[str, ...] = ()
 
 
 def load_dataset(name: Union[str, Path], root: Optional[Union[str, Path]] = None, *,
                  smiles_column: str = "smiles", target_columns: Sequence[str] = (),
                  task: str = "regression", pre_transform: Optional[Callable] = None,
-                 log: bool = True) -> Benchmark:
+                 log: bool = True, molecule_features: Sequence[str] = (),
+                 feature_columns: Sequence[str] = ()) -> Benchmark:
     """Load a data set by name or CSV path (see :class:`Benchmark`).
 
     Names: ``esol``, ``freesolv``, ``lipophilicity`` (bundled, offline),
     ``ogbg-mol*`` (e.g. ``ogbg-molhiv``), ``pcqm4mv2``, ``zinc`` (12k subset)
     and ``zinc-full``; anything ending in ``.csv`` is a SMILES CSV file read
     with ``smiles_column`` / ``target_columns`` / ``task``.
+
+    ``molecule_features`` (descriptor sets, ``["rdkit2d"]``) and
+    ``feature_columns`` (numeric CSV columns) add ``mol_x`` to every graph of
+    a bundled or CSV data set (see :class:`MoleculeCSVDataset`); other data
+    sets refuse them (``UsageError``).
     """
     key = str(name)
     lower = key.lower()
     root_path = Path(root) if root is not None else default_root()
+    features = dict(molecule_features=molecule_features, feature_columns=feature_columns)
     if lower in BUNDLED:
-        ds = load_bundled(lower, root=root_path, pre_transform=pre_transform, log=log)
-        return Benchmark(lower, ds, "regression", 1, "rmse", smiles=[d.smiles for d in ds])
+        ds = load_bundled(lower, root=root_path, pre_transform=pre_transform, log=log,
+                          **features)
+        return Benchmark(lower, ds, "regression", 1, "rmse", smiles=[d.smiles for d in ds],
+                         feature_names=ds.feature_names)
     if lower.endswith(".csv"):
         if not target_columns:
             raise UsageError(f"{key}: a CSV data set needs target_columns")
         ds = MoleculeCSVDataset(key, smiles_column, list(target_columns), task,  # type: ignore[arg-type]
                                 root=root_path / "csv" / Path(key).stem,
-                                pre_transform=pre_transform, log=log)
+                                pre_transform=pre_transform, log=log, **features)
         metric = "rocauc" if task == "classification" else "rmse"
         return Benchmark(Path(key).name, ds, task, ds.num_tasks, metric,
-                         smiles=[d.smiles for d in ds])
+                         smiles=[d.smiles for d in ds], feature_names=ds.feature_names)
+    if molecule_features or feature_columns:
+        raise UsageError(f"{key}: molecule features (--molecule-features, --feature-columns) "
+                         f"are computed for the bundled data sets and SMILES CSV files only")
     if lower.startswith(("ogbg-", "mol", "pcqm4m")):
         from .ogb import canonical_name, load_ogb
 

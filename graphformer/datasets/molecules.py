@@ -7,12 +7,13 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Literal, Optional, Sequence, Union, get_args
+from typing import Callable, List, Literal, Optional, Sequence, Tuple, Union, get_args
 
 import pandas as pd
 from torch_geometric.data import Data, InMemoryDataset
 from tqdm.auto import tqdm
 
+from ..data.descriptors import molecule_feature_names
 from ..data.molecule import from_smiles
 from ..errors import DataError, UsageError
 
@@ -101,6 +102,43 @@ def check_columns(frame: pd.DataFrame, path: Path, columns: Sequence[str]) -> No
                          f"{list(frame.columns)}")
 
 
+#: The cell texts read as a missing value (NaN), whatever their case.
+MISSING = ("", "nan", "na", "none")
+
+
+def parse_number(text: str) -> float:
+    """A CSV cell as a float: NaN for a missing value (:data:`MISSING`, after
+    stripping white space); ``ValueError`` for text that is not a number."""
+    text = text.strip()
+    if text.lower() in MISSING:
+        return math.nan
+    return float(text)
+
+
+def feature_rows(frame: pd.DataFrame, path: Path, columns: Sequence[str]) -> List[List[float]]:
+    """The numeric feature ``columns`` of every row of ``frame`` (read by
+    :func:`read_csv` from ``path``), one list of floats per row; a missing
+    value is NaN, and so is ``inf`` (both are imputed by the model's
+    :class:`~graphformer.nn.FeatureScaler`).
+
+    Raises:
+        UsageError: a missing column (naming the columns there are).
+        DataError: a value that is not a number, naming the file, the row and
+            the column.
+    """
+    check_columns(frame, path, columns)
+    out: List[List[float]] = [[] for _ in range(len(frame))]
+    for name in columns:
+        for k, (row, text) in enumerate(frame[name].items()):
+            try:
+                out[k].append(parse_number(text))
+            except ValueError:
+                raise DataError(f"{path}, row {row}, column {name!r}: feature value "
+                                f"{text.strip()!r} is not a number (leave the cell empty "
+                                f"for a missing value)") from None
+    return out
+
+
 class KeyedDataset(InMemoryDataset):
     """An in-memory data set built from local input and cached under
     ``root/processed/<key>/``: one folder per key (a hash of everything the
@@ -136,9 +174,12 @@ class MoleculeCSVDataset(KeyedDataset):
 
     Each row becomes :func:`graphformer.data.from_smiles` of its SMILES, with
     ``y`` ``[1, T]`` (float; NaN where a target is missing, to be masked out
-    of losses and metrics). The processed graphs are cached under ``root``
-    in a file named after the CSV's SHA-256, the column choice and the
-    pre-transform, so an edited source file, other columns or other encodings
+    of losses and metrics), and with molecule features ``mol_x`` ``[1, F]``
+    when ``molecule_features`` or ``feature_columns`` are given (computed
+    once, here, and cached). The processed graphs are cached under ``root``
+    in a file named after the CSV's SHA-256, the column choice, the molecule
+    features (with RDKit's version for descriptors) and the pre-transform, so
+    an edited source file, other columns, other features or other encodings
     are processed anew.
 
     Args:
@@ -146,15 +187,22 @@ class MoleculeCSVDataset(KeyedDataset):
         smiles_column: name of the SMILES column.
         target_columns: names of the target columns (one or more).
         task: ``"regression"`` or ``"classification"`` (targets 0/1).
+        molecule_features: descriptor sets per molecule (``["rdkit2d"]``; see
+            :func:`graphformer.data.molecule_feature_names`).
+        feature_columns: numeric columns of the CSV, as features after the
+            descriptors (an empty cell is NaN, a missing value).
         root: cache directory (default: :func:`default_root` / ``csv/<stem>``).
         transform, pre_transform: as in PyG datasets.
         log: show progress while processing.
 
     Raises:
-        UsageError: a missing column (naming the columns there are).
-        DataError: an empty or header-only file, an unparsable SMILES, or a
-            non-numeric, infinite (or, for classification, non-0/1) target,
-            naming the file, the column and the row (row N is on line N + 1;
+        UsageError: a missing column (naming the columns there are), a
+            feature column that is the SMILES or a target column, an unknown
+            descriptor set.
+        DataError: an empty or header-only file, an unparsable SMILES, a
+            non-numeric feature value, or a non-numeric, infinite (or, for
+            classification, non-0/1) target, naming the file, the column and
+            the row (row N is on line N + 1;
             blank lines are skipped but counted, see :func:`read_csv`).
         Both subclass ``ValueError``.
     """
@@ -163,7 +211,8 @@ class MoleculeCSVDataset(KeyedDataset):
                  target_columns: Sequence[str] = (), task: Task = "regression",
                  root: Optional[Union[str, Path]] = None,
                  transform: Optional[Callable] = None, pre_transform: Optional[Callable] = None,
-                 log: bool = True) -> None:
+                 log: bool = True, molecule_features: Sequence[str] = (),
+                 feature_columns: Sequence[str] = ()) -> None:
         self.path = Path(path)
         if self.path.is_dir():
             raise UsageError(f"{self.path} is a directory, not a CSV file")
@@ -176,8 +225,28 @@ class MoleculeCSVDataset(KeyedDataset):
         self.smiles_column = smiles_column
         self.target_columns: List[str] = list(target_columns)
         self.task = task
+        self.molecule_features: Tuple[str, ...] = tuple(molecule_features)
+        self.feature_columns: Tuple[str, ...] = tuple(feature_columns)
+        try:
+            self.feature_names = molecule_feature_names(self.molecule_features,
+                                                        self.feature_columns)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        taken = [c for c in self.feature_columns if c == smiles_column or
+                 c in self.target_columns]
+        if taken:
+            raise UsageError(f"{self.path}: column {taken[0]!r} cannot be a feature column: it "
+                             f"is the {'SMILES' if taken[0] == smiles_column else 'target'} "
+                             f"column")
+        features = []
+        if self.feature_names:  # absent without features: earlier caches stay valid
+            from rdkit import rdBase
+
+            features = [list(self.molecule_features), list(self.feature_columns),
+                        rdBase.rdkitVersion if self.molecule_features else None]
         self._key = self.make_key(_file_digest(self.path), smiles_column, self.target_columns,
-                                  task, _FORMAT_VERSION, describe_transform(pre_transform))
+                                  task, _FORMAT_VERSION, describe_transform(pre_transform),
+                                  *features)
         root = Path(root) if root is not None else default_root() / "csv" / self.path.stem
         super().__init__(str(root), transform, pre_transform, log=log)
         self.load(self.processed_paths[0])
@@ -192,16 +261,21 @@ class MoleculeCSVDataset(KeyedDataset):
 
     def process(self) -> None:
         frame = read_csv(self.path)
-        check_columns(frame, self.path, [self.smiles_column, *self.target_columns])
+        check_columns(frame, self.path, [self.smiles_column, *self.target_columns,
+                                         *self.feature_columns])
         if len(frame) == 0:
             raise DataError(f"{self.path} has a header but no molecules")
         targets = [self._targets(frame[c], c) for c in self.target_columns]
+        values = feature_rows(frame, self.path, self.feature_columns) \
+            if self.feature_columns else None
         data_list: List[Data] = []
         rows = tqdm(frame[self.smiles_column].items(), desc=f"Processing {self.path.name}",
                     disable=not self.log, unit="mol", total=len(frame))
         for k, (row, smiles) in enumerate(rows):
             y = [t[k] for t in targets] if targets else None
-            data = from_smiles(smiles, y=y, where=f"{self.path}, row {row}")
+            data = from_smiles(smiles, y=y, where=f"{self.path}, row {row}",
+                               molecule_feature_sets=self.molecule_features,
+                               feature_values=values[k] if values is not None else None)
             if self.pre_transform is not None:
                 data = self.pre_transform(data)
             data_list.append(data)
@@ -211,7 +285,7 @@ class MoleculeCSVDataset(KeyedDataset):
         values = []
         for row, text in column.items():
             text = text.strip()
-            if text == "" or text.lower() in ("nan", "na", "none"):
+            if text.lower() in MISSING:
                 values.append(math.nan)
                 continue
             try:

@@ -18,7 +18,7 @@ from torch_geometric.utils.sparse import ptr2index
 
 from .. import patterns
 from ..datasets.molecules import TASKS, Task
-from ..nn import Dropout, EdgeSet, TransformerLayer
+from ..nn import Dropout, EdgeSet, FeatureScaler, TransformerLayer
 from ..nn.backend import ATTENTION_BACKENDS
 
 PATTERNS = ("bonds", "k_hop", "full")
@@ -67,6 +67,15 @@ class GraphTransformerConfig:
             ``"dense"``, ``"fused"``, ``"propagate"``; see
             :mod:`graphformer.nn.backend`). Changes speed and memory, not
             results (beyond float rounding).
+        mol_features: width ``F`` of ``data.mol_x`` (molecule-level features,
+            e.g. RDKit descriptors), 0 = off. Scaled by a
+            :class:`~graphformer.nn.FeatureScaler` (fitted on the training
+            split, see :meth:`GraphTransformer.fit_mol_features`; its
+            statistics are buffers of the model) and concatenated with the
+            pooled graph vector before the head.
+        mol_feature_names: the name of each of the ``mol_features`` columns
+            (empty, or exactly ``mol_features`` names), so a trained model
+            says which features it must be given.
     """
     num_tasks: int = 1
     task: Task = "regression"
@@ -85,9 +94,12 @@ class GraphTransformerConfig:
     features: Features = "ogb"
     local: Local = "none"
     attention_backend: str = "auto"
+    mol_features: int = 0
+    mol_feature_names: Tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.patterns = tuple(self.patterns)
+        self.mol_feature_names = tuple(self.mol_feature_names)
         if self.num_tasks < 1:
             raise ValueError(f"'num_tasks' must be >= 1, got {self.num_tasks}")
         if self.task not in TASKS:
@@ -116,10 +128,17 @@ class GraphTransformerConfig:
         if self.attention_backend not in ATTENTION_BACKENDS:
             raise ValueError(f"'attention_backend' must be one of {ATTENTION_BACKENDS}, "
                              f"got {self.attention_backend!r}")
+        if self.mol_features < 0:
+            raise ValueError(f"'mol_features' must be >= 0, got {self.mol_features}")
+        if self.mol_feature_names and len(self.mol_feature_names) != self.mol_features:
+            raise ValueError(f"'mol_feature_names' must be empty or name each of the "
+                             f"{self.mol_features} molecule features ('mol_features'), got "
+                             f"{len(self.mol_feature_names)} names")
 
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
         d["patterns"] = list(self.patterns)
+        d["mol_feature_names"] = list(self.mol_feature_names)
         return d
 
 
@@ -134,15 +153,18 @@ class GraphTransformer(torch.nn.Module):
 
         \mathbf{h}^{l+1}, \mathbf{e} = \mathrm{TransformerLayer}_l(\mathbf{h}^l,
             \mathcal{E}, \mathbf{e}), \qquad
-        \hat{y} = \mathrm{MLP}(\mathrm{pool}_{i \in G} \mathbf{h}^L_i)
+        \hat{y} = \mathrm{MLP}(\mathrm{pool}_{i \in G} \mathbf{h}^L_i
+            \,\Vert\, \mathrm{scale}(\mathbf{m}_G))
 
     where :math:`\mathcal{E}` is the union of the configured patterns,
     :math:`\mathbf{m}_{ij}` the membership of edge :math:`j \to i` in each of
-    them, and :math:`[j \sim i]` is 1 for bonds.
+    them, :math:`[j \sim i]` is 1 for bonds, and :math:`\mathbf{m}_G` the
+    molecule's features ``mol_x`` (only with ``mol_features > 0``).
 
     Shapes: a PyG ``Batch`` of B molecules with N atoms in all (``x``
     ``[N, 9]`` and ``edge_attr`` ``[E_b, 3]`` as from
-    :func:`graphformer.data.from_smiles`) gives ``[B, num_tasks]``.
+    :func:`graphformer.data.from_smiles`; with ``mol_features = F``, also
+    ``mol_x`` ``[B, F]``) gives ``[B, num_tasks]``.
     """
 
     def __init__(self, config: GraphTransformerConfig) -> None:
@@ -172,8 +194,10 @@ class GraphTransformer(torch.nn.Module):
         self._bond_dims = tuple(get_bond_feature_dims()) if c.features == "ogb" \
             else (ZINC_BOND_TYPES,)
         self._bond_radix = math.prod(self._bond_dims) + 1   # bond codes 0 (none) .. radix - 1
+        self.mol_scaler = FeatureScaler(c.mol_features) if c.mol_features else None
         self.head = torch.nn.Sequential(
-            torch.nn.Linear(c.hidden, c.hidden), torch.nn.GELU(), Dropout(c.dropout),
+            torch.nn.Linear(c.hidden + c.mol_features, c.hidden), torch.nn.GELU(),
+            Dropout(c.dropout),
             torch.nn.Linear(c.hidden, c.num_tasks))
         self.reset_parameters()
 
@@ -185,6 +209,13 @@ class GraphTransformer(torch.nn.Module):
                 module.reset_parameters()
         if self.virtual is not None:
             torch.nn.init.normal_(self.virtual, std=0.02)
+
+    def fit_mol_features(self, mol_x: Tensor) -> None:
+        """Fit the scaler of the molecule features on the training split's
+        ``mol_x`` ``[N_train, F]`` (see :class:`~graphformer.nn.FeatureScaler`)."""
+        if self.mol_scaler is None:
+            raise ValueError("this model takes no molecule features ('mol_features' is 0)")
+        self.mol_scaler.fit(mol_x)
 
     def _set_names(self) -> Tuple[str, ...]:
         names = tuple(self.config.patterns)
@@ -315,6 +346,12 @@ class GraphTransformer(torch.nn.Module):
             g = x[virtual]
         else:
             g = scatter(x, graph, dim=0, dim_size=num_graphs, reduce=c.pooling)
+        if self.mol_scaler is not None:
+            mol_x = getattr(batch, "mol_x", None)
+            if mol_x is None:
+                raise ValueError(f"the model takes {c.mol_features} molecule features but the "
+                                 f"batch has no 'mol_x' [B, {c.mol_features}]")
+            g = torch.cat([g, self.mol_scaler(mol_x.view(num_graphs, -1)).to(g.dtype)], dim=1)
         y = self.head(g)
         if return_attention_weights:
             return y, (edge_index, member, weights)

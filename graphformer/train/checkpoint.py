@@ -12,6 +12,7 @@ from typing import Any, Dict, Sequence, Tuple, Union
 import torch
 
 from .._files import atomic_write
+from ..data.descriptors import molecule_feature_names
 from ..errors import DataError
 from ..models import GraphTransformer
 from .config import RunConfig
@@ -99,9 +100,21 @@ def run_config(state: Dict[str, Any], path: Union[str, Path]) -> RunConfig:
 def model_from_checkpoint(state: Dict[str, Any], path: Union[str, Path] = "checkpoint"
                           ) -> GraphTransformer:
     """The trained model of a checked checkpoint (in eval mode); weights that
-    do not fit its config, or a normalisation of the wrong size, are a
-    :class:`CheckpointError` naming the file and the first mismatches."""
+    do not fit its config, a normalisation of the wrong size, or molecule
+    features this graphformer would not compute as they were in training
+    are a :class:`CheckpointError` naming the file and the first mismatches."""
     cfg = run_config(state, path)
+    if cfg.model.mol_features:
+        now = molecule_feature_names(cfg.data.molecule_features, cfg.data.feature_columns)
+        if now != cfg.model.mol_feature_names:
+            changed = [f"{k}: {a!r} then, {b!r} now" for k, (a, b) in enumerate(
+                zip(cfg.model.mol_feature_names, now)) if a != b][:3]
+            raise CheckpointError(
+                f"{path}: its model was trained on {cfg.model.mol_features} molecule features, "
+                f"but its data settings (molecule_features {cfg.data.molecule_features}, "
+                f"feature_columns {cfg.data.feature_columns}) give {len(now)} here"
+                f"{' (' + '; '.join(changed) + ')' if changed else ''}: was it written by "
+                f"another graphformer version?")
     model = GraphTransformer(cfg.model)
     try:
         model.load_state_dict(state["model"])

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
+from ..data.descriptors import MOLECULE_FEATURE_SETS
 from ..datasets.molecules import TASKS
 from ..errors import ConfigError, UsageError
 from ..models import GraphTransformerConfig
@@ -110,6 +111,13 @@ class DataConfig:
             splits; the default for those sets); ``column:NAME`` takes it from
             a CSV column of ``train`` / ``val`` / ``test``.
         root: where data sets are cached (default ``~/.cache/graphformer``).
+        molecule_features: descriptor sets computed per molecule (``rdkit2d``:
+            RDKit's 2D descriptors, :data:`graphformer.data.RDKIT2D_NAMES`),
+            for the bundled sets and CSV files; empty = none.
+        feature_columns: numeric columns of the CSV file (or bundled set)
+            given to the model as molecule features, after the descriptors.
+            With either, the model's readout takes the molecule features,
+            scaled by statistics of the training split.
     """
     dataset: str = "esol"
     smiles_column: str = "smiles"
@@ -117,9 +125,23 @@ class DataConfig:
     task: str = "regression"
     split: Optional[str] = None
     root: Optional[str] = None
+    molecule_features: List[str] = field(default_factory=list)
+    feature_columns: List[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         coerce_fields(self, "data")
+        unknown = [f for f in self.molecule_features if f not in MOLECULE_FEATURE_SETS]
+        if unknown or len(set(self.molecule_features)) != len(self.molecule_features):
+            raise ConfigError("data", "molecule_features", f"must be distinct names from "
+                              f"{list(MOLECULE_FEATURE_SETS)}, got {self.molecule_features}")
+        if len(set(self.feature_columns)) != len(self.feature_columns):
+            raise ConfigError("data", "feature_columns", f"must name each column once, got "
+                              f"{self.feature_columns}")
+        taken = [c for c in self.feature_columns
+                 if c == self.smiles_column or c in self.target_columns]
+        if taken:
+            raise ConfigError("data", "feature_columns", f"must not hold the SMILES or a "
+                              f"target column, got {taken[0]!r}")
         if self.task not in TASKS:
             raise ConfigError("data", "task", f"must be 'regression' or 'classification', "
                               f"got {self.task!r}")

@@ -31,22 +31,35 @@ def molecules(n: object) -> str:
     return f"{n} molecule{'' if n == 1 else 's'}"
 
 
-def all_targets(bench: Benchmark) -> Tensor:
-    """Every graph's targets as ``[N, T]`` float (NaN = missing), read from the
-    collated in-memory store where there is one (no per-graph ``Data``)."""
+def _stacked(bench: Benchmark, attr: str, width: int) -> Tensor:
+    """Every graph's ``attr`` (one row of ``width`` values per graph) as
+    ``[N, width]`` float, read from the collated in-memory store where there
+    is one (no per-graph ``Data``)."""
     ds = bench.dataset
     n = len(ds)  # type: ignore[arg-type]
-    y = None
+    value = None
     if getattr(ds, "_indices", None) is None and getattr(ds, "transform", None) is None:
         try:
-            y = getattr(ds, "_data", None)
-            y = getattr(y, "y", None)
+            value = getattr(getattr(ds, "_data", None), attr, None)
         except Exception:
-            y = None
-    if not isinstance(y, Tensor) or y.numel() != n * bench.num_tasks:
-        y = torch.stack([ds[i].y.reshape(-1) for i in range(n)]) if n else \
-            torch.zeros(0, bench.num_tasks)
-    return y.reshape(n, bench.num_tasks).float()
+            value = None
+    if not isinstance(value, Tensor) or value.numel() != n * width:
+        value = torch.stack([ds[i][attr].reshape(-1) for i in range(n)]) if n else \
+            torch.zeros(0, width)
+    return value.reshape(n, width).float()
+
+
+def all_targets(bench: Benchmark) -> Tensor:
+    """Every graph's targets as ``[N, T]`` float (NaN = missing)."""
+    return _stacked(bench, "y", bench.num_tasks)
+
+
+def all_mol_features(bench: Benchmark) -> Optional[Tensor]:
+    """Every graph's molecule features ``mol_x`` as ``[N, F]`` float (NaN =
+    missing or not finite); None when the data set has none."""
+    if not bench.feature_names:
+        return None
+    return _stacked(bench, "mol_x", len(bench.feature_names))
 
 
 def check_targets(bench: Benchmark, y: Tensor) -> None:
@@ -110,9 +123,11 @@ def check_scorable(bench: Benchmark, split: Dict[str, Tensor], y: Tensor,
                             f"({molecules(len(split['train']))}), so it cannot be learnt")
 
 
-def fingerprint(bench: Benchmark, split: Dict[str, Tensor], y: Tensor) -> Dict[str, Any]:
-    """A hash of each part: its row indices, its targets and (where known) its
-    SMILES; with the part sizes and the data set's size. Plain data, stored in
+def fingerprint(bench: Benchmark, split: Dict[str, Tensor], y: Tensor,
+                mol_x: Optional[Tensor] = None) -> Dict[str, Any]:
+    """A hash of each part: its row indices, its targets, (where known) its
+    SMILES, and its molecule features ``mol_x`` ``[N, F]`` when given; with
+    the part sizes and the data set's size. Plain data, stored in
     checkpoints."""
     parts = {}
     for part in PARTS:
@@ -124,6 +139,9 @@ def fingerprint(bench: Benchmark, split: Dict[str, Tensor], y: Tensor) -> Dict[s
         h.update(torch.isnan(part_y).numpy().tobytes())
         if bench.smiles is not None:
             h.update("\n".join(bench.smiles[i] for i in idx.tolist()).encode())
+        if mol_x is not None:
+            part_x = mol_x[idx].to(torch.float64)
+            h.update(torch.nan_to_num(part_x, nan=-1.5e308).numpy().tobytes())
         parts[part] = {"size": int(idx.numel()), "sha256": h.hexdigest()}
     return {"graphs": len(bench.dataset), "parts": parts}  # type: ignore[arg-type]
 

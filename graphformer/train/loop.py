@@ -48,8 +48,8 @@ from ..models import GraphTransformer, GraphTransformerConfig, masked_loss
 from .checkpoint import RESUME_FIELDS, RUN_FIELDS, check_fields, load_checkpoint, \
     run_config, save_checkpoint
 from .config import RunConfig
-from .data_checks import (all_targets, changed_parts, check_scorable, check_split,
-                          check_targets, fingerprint)
+from .data_checks import (all_mol_features, all_targets, changed_parts, check_scorable,
+                          check_split, check_targets, fingerprint)
 from .metrics import compute_metrics, is_better
 from .run_dir import prepare_run_dir, resume_config
 
@@ -57,13 +57,16 @@ from .run_dir import prepare_run_dir, resume_config
 @dataclass
 class Prepared:
     """Data ready for training: the benchmark, its split, the regression
-    target normalisation (train mean and std per task), and the data's
-    fingerprint (:func:`~graphformer.train.data_checks.fingerprint`)."""
+    target normalisation (train mean and std per task), the data's
+    fingerprint (:func:`~graphformer.train.data_checks.fingerprint`), and
+    the training part's molecule features ``[N_train, F]`` (None without
+    any), which the model's feature scaler is fitted on."""
     bench: Benchmark
     split: Dict[str, Tensor]
     y_mean: Tensor
     y_std: Tensor
     fingerprint: Optional[Dict[str, Any]] = None
+    train_mol_x: Optional[Tensor] = None
     _batches: Dict[Tuple[str, int], List[Any]] = field(default_factory=dict, repr=False)
 
     def subset(self, part: str) -> Subset:
@@ -90,12 +93,16 @@ EVAL_CACHE_GRAPHS = 100_000
 def prepare(cfg: RunConfig, log: bool = True) -> Prepared:
     """Load the data set of ``cfg.data`` with the encodings ``cfg.model`` uses,
     split it and check it (:mod:`~graphformer.train.data_checks`: finite
-    targets, no empty part, scorable validation and test parts)."""
+    targets, no empty part, scorable validation and test parts). Molecule
+    features (``cfg.data.molecule_features`` / ``feature_columns``) are
+    computed with the graphs; only the training part's are kept for fitting
+    their scaling."""
     d = cfg.data
     bench = load_dataset(d.dataset, d.root, smiles_column=d.smiles_column,
                          target_columns=d.target_columns, task=d.task,
                          pre_transform=encodings(cfg.model.rwse_steps, cfg.model.lap_pe),
-                         log=log)
+                         log=log, molecule_features=d.molecule_features,
+                         feature_columns=d.feature_columns)
     split = make_split(bench, d.split, seed=cfg.train.seed)
     y_all = all_targets(bench)
     check_targets(bench, y_all)
@@ -109,13 +116,18 @@ def prepare(cfg: RunConfig, log: bool = True) -> Prepared:
         std = (centred.pow(2).sum(0) / count).sqrt().clamp_min(1e-6)
     else:
         mean, std = torch.zeros(y.size(1)), torch.ones(y.size(1))
-    return Prepared(bench, split, mean, std, fingerprint(bench, split, y_all))
+    mol_x = all_mol_features(bench)
+    return Prepared(bench, split, mean, std, fingerprint(bench, split, y_all, mol_x),
+                    mol_x[split["train"]] if mol_x is not None else None)
 
 
 def model_config_for(cfg: RunConfig, bench: Benchmark) -> GraphTransformerConfig:
-    """The model config with the data set's task, task count and features."""
+    """The model config with the data set's task, task count, features and
+    molecule features."""
     return replace(cfg.model, num_tasks=bench.num_tasks, task=bench.task,  # type: ignore[arg-type]
-                   features=bench.features)  # type: ignore[arg-type]
+                   features=bench.features,  # type: ignore[arg-type]
+                   mol_features=len(bench.feature_names),
+                   mol_feature_names=tuple(bench.feature_names))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -385,6 +397,9 @@ class _Run:
         bench = prepared.bench
         self.model_cfg = model_config_for(cfg, bench)
         self.model = (model if model is not None else GraphTransformer(self.model_cfg)).to(device)
+        if state is None and prepared.train_mol_x is not None and \
+                getattr(self.model, "mol_scaler", None) is not None:
+            self.model.fit_mol_features(prepared.train_mol_x)  # train part only
         self.net: torch.nn.Module = self.model
         if self.world > 1:
             self.net = torch.nn.parallel.DistributedDataParallel(
