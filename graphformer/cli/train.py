@@ -60,9 +60,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--task", choices=TASKS)
     d.add_argument("--split", help="scaffold | random | official | column:NAME")
     d.add_argument("--root", help="data cache directory")
-    d.add_argument("--molecule-features", nargs="+", choices=MOLECULE_FEATURE_SETS,
+    d.add_argument("--molecule-features", nargs="+", choices=(*MOLECULE_FEATURE_SETS, "none"),
                    help="descriptors per molecule for the readout (rdkit2d: RDKit's 2D "
-                   "descriptors), scaled by statistics of the training split")
+                   "descriptors), scaled by statistics of the training split; default rdkit2d "
+                   "for the bundled sets and CSV files, none for OGB / ZINC / PCQM4Mv2; "
+                   "'none' turns them off")
     d.add_argument("--feature-columns", nargs="+", metavar="COLUMN",
                    help="numeric columns of the CSV file as molecule features for the readout "
                    "(an empty cell is a missing value)")
@@ -122,6 +124,11 @@ def config_from_args(args: argparse.Namespace,
     flags = {}
     for flag, (section, key) in _FLAGS.items():
         value = getattr(args, flag, None)
+        if flag == "molecule_features" and value is not None and "none" in value:
+            if value != ["none"]:
+                raise UsageError(f"argument --molecule-features: 'none' cannot be combined "
+                                 f"with {[v for v in value if v != 'none']}")
+            value = []
         if value is not None:
             values[section][key] = value
             flags[(section, key)] = flag

@@ -92,7 +92,7 @@ def run_config(state: Dict[str, Any], path: Union[str, Path]) -> RunConfig:
     """The run config stored in a checkpoint; an invalid one is a
     :class:`CheckpointError` naming the file and the key."""
     try:
-        return RunConfig.from_dict(state["config"])
+        return RunConfig.from_saved(state["config"])
     except ValueError as err:
         raise CheckpointError(f"{path} holds an invalid run config: {err}") from None
 

@@ -27,7 +27,8 @@ TENSORBOARD = "tensorboard"
 # (section, key) that a resumed run may change: where it runs, not what it computes.
 RUNTIME_KEYS = {("train", "device"), ("train", "threads"), ("data", "root")}
 # Set from the data set, not by the user: not compared when resuming.
-DERIVED_KEYS = {("model", "num_tasks"), ("model", "task"), ("model", "features")}
+DERIVED_KEYS = {("model", "num_tasks"), ("model", "task"), ("model", "features"),
+                ("model", "mol_features"), ("model", "mol_feature_names")}  # from the data
 
 
 def existing_run_files(run_dir: Path) -> List[str]:

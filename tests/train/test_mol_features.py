@@ -111,3 +111,34 @@ def test_a_batch_without_features_is_named(csv, tmp_path):
         model(Batch.from_data_list([from_smiles("CCO")]))
     out = model(Batch.from_data_list([from_smiles("CCO", feature_values=[1.0, math.nan])]))
     assert out.shape == (1, 1) and torch.isfinite(out).all()
+
+
+def test_descriptors_are_the_default_for_smiles_data_sets_only():
+    from graphformer.train.config import DataConfig, RunConfig
+
+    assert DataConfig().molecule_features == ["rdkit2d"]                     # bundled ESOL
+    assert DataConfig(dataset="Lipophilicity").molecule_features == ["rdkit2d"]
+    assert DataConfig(dataset="my.csv", target_columns=["y"]).molecule_features == ["rdkit2d"]
+    assert DataConfig(dataset="ogbg-molhiv").molecule_features == []
+    assert DataConfig(dataset="zinc").molecule_features == []
+    assert DataConfig(molecule_features=[]).molecule_features == []         # off, explicitly
+    # a saved run from before molecule features had none; a config file gets the default
+    saved = RunConfig.from_saved({"data": {"dataset": "esol"}, "model": {}, "train": {}})
+    assert saved.data.molecule_features == []
+    assert RunConfig.from_dict({"data": {"dataset": "esol"}}).data.molecule_features == [
+        "rdkit2d"]
+    assert RunConfig.from_saved(saved.to_dict()).data.molecule_features == []
+
+
+def test_cli_turns_the_default_descriptors_off_with_none():
+    from graphformer.cli.main import build_parser
+    from graphformer.cli.train import config_from_args
+    from graphformer.errors import UsageError
+
+    parser = build_parser()
+    assert config_from_args(parser.parse_args(["train"])).data.molecule_features == ["rdkit2d"]
+    args = parser.parse_args(["train", "--molecule-features", "none"])
+    assert config_from_args(args).data.molecule_features == []
+    args = parser.parse_args(["train", "--molecule-features", "none", "rdkit2d"])
+    with pytest.raises(UsageError, match="'none' cannot be combined"):
+        config_from_args(args)
