@@ -29,7 +29,8 @@ def default_root() -> Path:
     return Path(base) / "graphformer"
 
 
-def _file_digest(path: Path) -> str:
+def file_digest(path: Path) -> str:
+    """The SHA-256 of a file, as hex."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -176,7 +177,7 @@ class MoleculeCSVDataset(KeyedDataset):
         self.smiles_column = smiles_column
         self.target_columns: List[str] = list(target_columns)
         self.task = task
-        self._key = self.make_key(_file_digest(self.path), smiles_column, self.target_columns,
+        self._key = self.make_key(file_digest(self.path), smiles_column, self.target_columns,
                                   task, _FORMAT_VERSION, describe_transform(pre_transform))
         root = Path(root) if root is not None else default_root() / "csv" / self.path.stem
         super().__init__(str(root), transform, pre_transform, log=log)
