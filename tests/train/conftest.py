@@ -25,3 +25,16 @@ def tiny_config(csv, root, **train):
         train=TrainConfig(**{"epochs": 3, "batch_size": 16, "warmup_epochs": 1, "threads": 1,
                              **train}),
     )
+
+
+BAD_ROW = 7  # the row of the unparsable SMILES in corpus_csv
+
+
+@pytest.fixture(scope="session")
+def corpus_csv(tmp_path_factory):
+    """A pre-training corpus: 30 ESOL SMILES and, at row 7, one that does not parse."""
+    smiles = list(pd.read_csv(bundled_dir() / "ESOL.csv")["smiles"].head(30))
+    smiles.insert(BAD_ROW - 1, "C1CC(")
+    path = tmp_path_factory.mktemp("corpus") / "corpus.csv"
+    pd.DataFrame({"smiles": smiles}).to_csv(path, index=False)
+    return path

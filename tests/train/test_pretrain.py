@@ -23,20 +23,7 @@ from graphformer.train.config import TrainConfig
 from graphformer.train.init import init_trunk
 from graphformer.train.pretrain import (CorpusConfig, PretrainConfig, descriptor_stats,
                                         normalise_descriptors, pretrain)
-from tests.train.conftest import tiny_config
-
-BAD_ROW = 7  # the row of the unparsable SMILES in the corpus file
-
-
-@pytest.fixture(scope="module")
-def corpus_csv(tmp_path_factory):
-    """30 ESOL SMILES and, at row 7, one that does not parse."""
-    smiles = list(pd.read_csv(bundled_dir() / "ESOL.csv")["smiles"].head(30))
-    smiles.insert(BAD_ROW - 1, "C1CC(")
-    path = tmp_path_factory.mktemp("corpus") / "corpus.csv"
-    pd.DataFrame({"smiles": smiles}).to_csv(path, index=False)
-    return path
-
+from tests.train.conftest import BAD_ROW, tiny_config
 
 def tiny(csv, root, **train):
     return PretrainConfig(
