@@ -1,11 +1,12 @@
 """``graphformer pretrain`` and ``graphformer train --init`` on the command line."""
 from graphformer.cli import main
-from tests.train.conftest import corpus_csv  # noqa: F401 - a fixture
+from tests.train.conftest import write_corpus
 
 TINY = ["--hidden", "16", "--layers", "1", "--heads", "2", "--rwse-steps", "4", "--threads", "1"]
 
 
-def test_pretrain_then_fine_tune_from_it(tmp_path, corpus_csv, capsys):  # noqa: F811
+def test_pretrain_then_fine_tune_from_it(tmp_path, capsys):
+    corpus_csv = write_corpus(tmp_path)
     root = str(tmp_path / "cache")
     run = tmp_path / "pre"
     assert main(["pretrain", "--smiles", str(corpus_csv), "--run-dir", str(run), "--root", root,

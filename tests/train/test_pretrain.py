@@ -14,7 +14,6 @@ import graphformer.train.pretrain as pretrain_module
 from graphformer.data import from_smiles
 from graphformer.data.pretrain_targets import descriptor_names
 from graphformer.datasets.corpus import PretrainCorpus, corpus_source, read_smiles
-from graphformer.datasets.molecules import bundled_dir
 from graphformer.models import GraphTransformer, GraphTransformerConfig
 from graphformer.models.pretrain import NUM_ATOM_CLASSES, PretrainModel, mask_atoms, \
     pretrain_losses
