@@ -199,3 +199,30 @@ def test_init_from_a_model_of_another_shape_names_the_key(tmp_path, corpus_csv):
                                         **change})
         with pytest.raises(CheckpointError, match=message.replace("[", r"\[").replace("]", r"\]")):
             init_trunk(GraphTransformer(cfg), tmp_path / "pre" / "best.pt")
+
+
+def _ddp_worker(rank, world, store, csv, root, run_dir):
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        pretrain(tiny(csv, root, epochs=1), run_dir, progress=False)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_processes_pretrain_and_only_rank_0_writes(tmp_path, corpus_csv):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "store"), corpus_csv, tmp_path / "cache",
+                                tmp_path / "ddp"), nprocs=2, join=True)
+    pretrain(tiny(corpus_csv, tmp_path / "cache", epochs=1), tmp_path / "one", progress=False)
+    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == \
+        sorted(p.name for p in (tmp_path / "one").iterdir())
+    ddp, one = history(tmp_path / "ddp"), history(tmp_path / "one")
+    assert len(ddp) == 1 and all(torch.isfinite(torch.tensor(v)) for v in ddp[0].values())
+    # the same corpus, split and descriptor statistics; each rank trained on its half
+    a, b = load_checkpoint(tmp_path / "ddp" / "last.pt"), load_checkpoint(tmp_path / "one" / "last.pt")
+    assert torch.equal(a["desc_mean"], b["desc_mean"]) and a["corpus"] == b["corpus"]
