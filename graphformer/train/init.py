@@ -20,7 +20,7 @@ import torch
 from ..datasets.molecules import file_digest
 from ..models import GraphTransformer
 from ..models.pretrain import check_trunk_config, trunk_state
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 #: what ``graphformer pretrain`` writes in its checkpoints' ``kind`` field
 PRETRAIN_KIND = "pretrain"
@@ -31,6 +31,17 @@ DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "pretrained" / "moses
 def default_checkpoint() -> Optional[Path]:
     """The shipped pre-trained checkpoint, if this installation has one."""
     return DEFAULT_CHECKPOINT if DEFAULT_CHECKPOINT.is_file() else None
+
+
+def export_checkpoint(source: Union[str, Path], target: Union[str, Path]) -> None:
+    """Write ``source`` (a checkpoint of ``graphformer pretrain``) to
+    ``target`` without what only resuming needs (optimiser and schedule
+    states): a third of the size, for shipping."""
+    state = load_checkpoint(source)
+    if state.get("kind") != PRETRAIN_KIND:
+        raise CheckpointError(f"{source} is not a checkpoint of 'graphformer pretrain'")
+    save_checkpoint({k: v for k, v in state.items()
+                     if k not in ("optimizer", "scheduler", "format", "version")}, target)
 
 
 def init_trunk(model: GraphTransformer, path: Union[str, Path]) -> Dict[str, str]:

@@ -19,7 +19,7 @@ from graphformer.models.pretrain import NUM_ATOM_CLASSES, PretrainModel, mask_at
     pretrain_losses
 from graphformer.train import CheckpointError, load_checkpoint, train
 from graphformer.train.config import TrainConfig
-from graphformer.train.init import init_trunk
+from graphformer.train.init import export_checkpoint, init_trunk
 from graphformer.train.pretrain import (CorpusConfig, PretrainConfig, descriptor_stats,
                                         normalise_descriptors, pretrain)
 from tests.train.conftest import BAD_ROW, tiny_config
@@ -179,6 +179,12 @@ def test_train_init_loads_the_trunk_exactly_and_records_it(tmp_path, corpus_csv,
     assert trunk_keys and all(torch.equal(state[k], saved["trunk." + k]) for k in trunk_keys)
     assert all(torch.equal(state[k], v) for k, v in head.items())  # the head is fresh
     assert record["path"] == str(ckpt) and len(record["sha256"]) == 64
+    # A slim copy (no optimiser state) starts a model the same way.
+    export_checkpoint(ckpt, tmp_path / "slim.pt")
+    assert "optimizer" not in load_checkpoint(tmp_path / "slim.pt")
+    other = GraphTransformer(cfg)
+    init_trunk(other, tmp_path / "slim.pt")
+    assert all(torch.equal(other.state_dict()[k], state[k]) for k in trunk_keys)
 
     run_cfg = tiny_config(tiny_csv, tmp_path / "cache", epochs=1)
     run_cfg.train.init = str(ckpt)
