@@ -58,7 +58,8 @@ def main() -> None:
                       f"valid {metric} {runs[kind]['valid'][-1]:.4f}  "
                       f"test {metric} {runs[kind]['test'][-1]:.4f}", flush=True)
         results[name] = runs
-    print(f"\n| data set | start | valid (best epoch) | test at best valid |\n| --- | --- | --- | --- |")
+    print("\n| data set | start | valid (best epoch) | test at best valid |")
+    print("| --- | --- | --- | --- |")
     for name, runs in results.items():
         for kind, scores in runs.items():
             print(f"| {name} | {kind} | {_mean_std(scores['valid'])} | "

@@ -362,7 +362,8 @@ class _Pretraining:
                                                  batch_size=self.cfg.train.batch_size))
         self.model.eval()
         generator = torch.Generator().manual_seed(self.cfg.train.seed)
-        sums = torch.zeros(6, dtype=torch.float64)  # loss, atom, desc (x graphs), graphs, right, masked
+        # loss, atom, descriptors (x graphs), graphs, atoms right, atoms masked
+        sums = torch.zeros(6, dtype=torch.float64)
         for batch in self.valid_batches:
             batch = batch.to(self.device)
             out = self._losses(batch, generator)
@@ -397,7 +398,8 @@ class _Pretraining:
         if self.show:
             print(f"epoch {epoch:3d}/{self.cfg.train.epochs}  loss {row['train_loss']:.4f}  "
                   f"valid loss {row['valid_loss']:.4f}  atom accuracy "
-                  f"{row['valid_atom_accuracy']:.3f}  descriptors {row['valid_descriptor_loss']:.4f}"
+                  f"{row['valid_atom_accuracy']:.3f}  "
+                  f"descriptors {row['valid_descriptor_loss']:.4f}"
                   f"{'  *best' if improved else ''}  ({row['seconds']:.1f}s)", file=sys.stderr)
 
     def finish(self) -> Dict[str, Any]:

@@ -228,7 +228,9 @@ def test_two_processes_pretrain_and_only_rank_0_writes(tmp_path, corpus_csv):
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == \
         sorted(p.name for p in (tmp_path / "one").iterdir())
     ddp, one = history(tmp_path / "ddp"), history(tmp_path / "one")
-    assert len(ddp) == 1 and all(torch.isfinite(torch.tensor(v)) for v in ddp[0].values())
+    assert len(ddp) == 1 and list(ddp[0]) == list(one[0])
+    assert all(torch.isfinite(torch.tensor(v)) for v in ddp[0].values())
     # the same corpus, split and descriptor statistics; each rank trained on its half
-    a, b = load_checkpoint(tmp_path / "ddp" / "last.pt"), load_checkpoint(tmp_path / "one" / "last.pt")
+    a = load_checkpoint(tmp_path / "ddp" / "last.pt")
+    b = load_checkpoint(tmp_path / "one" / "last.pt")
     assert torch.equal(a["desc_mean"], b["desc_mean"]) and a["corpus"] == b["corpus"]
