@@ -2,6 +2,7 @@
 import gzip
 import json
 import zipfile
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -234,3 +235,20 @@ def test_two_processes_pretrain_and_only_rank_0_writes(tmp_path, corpus_csv):
     a = load_checkpoint(tmp_path / "ddp" / "last.pt")
     b = load_checkpoint(tmp_path / "one" / "last.pt")
     assert torch.equal(a["desc_mean"], b["desc_mean"]) and a["corpus"] == b["corpus"]
+
+
+def test_the_shipped_checkpoint_starts_only_a_matching_model_and_only_when_asked(monkeypatch):
+    from graphformer.train import init as init_module
+
+    default = GraphTransformer(GraphTransformerConfig())
+    small = GraphTransformer(GraphTransformerConfig(hidden=16, layers=1, heads=2))
+    shipped = init_module.default_checkpoint()
+    if shipped is not None:  # it fits the default model config
+        assert init_module.resolve_init(None, True, default) == shipped
+        record = init_trunk(GraphTransformer(GraphTransformerConfig()), shipped)
+        assert len(record["sha256"]) == 64
+    assert init_module.resolve_init(None, False, default) is None   # --no-pretrained
+    assert init_module.resolve_init(None, True, small) is None      # another size: scratch
+    assert init_module.resolve_init("x.pt", False, small) == Path("x.pt")
+    monkeypatch.setattr(init_module, "DEFAULT_CHECKPOINT", Path("/no/such.pt"))
+    assert init_module.resolve_init(None, True, default) is None
