@@ -15,7 +15,7 @@ import sys
 from typing import List, Optional
 
 from ..errors import EXIT_DATA, EXIT_USAGE, DataError, UsageError
-from . import evaluate, explain, predict, train
+from . import evaluate, explain, predict, pretrain, train
 
 EXIT_INTERRUPTED = 130
 
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate and use graph transformers on molecules.",
         epilog="Exit codes: 0 success, 1 data error, 2 usage error, 130 interrupted.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (train, evaluate, predict, explain):
+    for module in (train, pretrain, evaluate, predict, explain):
         module.add_parser(sub)
     return parser
 

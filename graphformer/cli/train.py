@@ -5,7 +5,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..data.descriptors import MOLECULE_FEATURE_SETS
 from ..datasets.molecules import TASKS
@@ -33,9 +33,10 @@ _FLAGS = {
     "weight_decay": ("train", "weight_decay"), "warmup_epochs": ("train", "warmup_epochs"),
     "grad_clip": ("train", "grad_clip"), "seed": ("train", "seed"),
     "device": ("train", "device"), "threads": ("train", "threads"),
+    "init": ("train", "init"), "pretrained": ("train", "pretrained"),
 }
 # Flags a resumed run accepts: where it runs, not what it computes.
-_RUNTIME_FLAGS = ("device", "threads", "root")
+RUNTIME_FLAGS = ("device", "threads", "root")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -43,15 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Train a graph transformer. Settings come from the "
                        "defaults, then --config FILE (YAML or JSON with sections data, model, "
                        "train), then the flags given.")
-    p.add_argument("--config", type=Path, help="YAML or JSON config file")
-    p.add_argument("--run-dir", type=Path, help="where to write the run (default: "
-                   "runs/<dataset>-<time>)")
-    p.add_argument("--resume", type=Path, metavar="RUN_DIR",
-                   help="continue the run in RUN_DIR from its last checkpoint, with its saved "
-                   "settings (only --device, --threads and --root may be given with it)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the run already in --run-dir (its files are removed first)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
+    add_run_arguments(p, "runs/<dataset>-<time>")
     d = p.add_argument_group("data")
     d.add_argument("--dataset", help="esol | freesolv | lipophilicity | ogbg-mol* | zinc | "
                    "zinc-full | pcqm4mv2 | path/to/file.csv")
@@ -68,6 +61,40 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--feature-columns", nargs="+", metavar="COLUMN",
                    help="numeric columns of the CSV file as molecule features for the readout "
                    "(an empty cell is a missing value)")
+    add_model_arguments(p)
+    t = add_training_arguments(p)
+    t.add_argument("--init", metavar="CKPT",
+                   help="start the model's trunk from this checkpoint of 'graphformer "
+                   "pretrain' (best.pt of its run); the model flags must match it")
+    t.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
+                   help="without --init, start from the shipped pre-trained checkpoint when "
+                   "the model matches it (--no-pretrained: from scratch)")
+    p.set_defaults(run=run)
+
+
+def add_run_arguments(p: argparse.ArgumentParser, default_dir: str) -> None:
+    """The flags of the run itself: --config, --run-dir (default
+    ``default_dir``), --resume, --overwrite, --quiet."""
+    p.add_argument("--config", type=Path, help="YAML or JSON config file")
+    p.add_argument("--run-dir", type=Path, help=f"where to write the run (default: "
+                   f"{default_dir})")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR from its last checkpoint, with its saved "
+                   "settings (only --device, --threads and --root may be given with it)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --run-dir (its files are removed first)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
+
+
+def section_flags(*sections: str, leave_out: Tuple[str, ...] = ()) -> Dict[str, Tuple[str, str]]:
+    """The flags of ``train`` (flag -> (section, key)) that set keys of
+    ``sections``, but for ``leave_out``: for a command that shares them."""
+    return {flag: where for flag, where in _FLAGS.items()
+            if where[0] in sections and flag not in leave_out}
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """The model flags (the ``model`` config section)."""
     m = p.add_argument_group("model")
     m.add_argument("--hidden", type=int)
     m.add_argument("--layers", type=int)
@@ -85,6 +112,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--attention-backend",
                    choices=ATTENTION_BACKENDS,
                    help="how attention is computed (default auto: by a cost model)")
+
+
+def add_training_arguments(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The training flags (the ``train`` config section); returns their group."""
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", type=int)
@@ -95,12 +126,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--seed", type=int)
     t.add_argument("--device", choices=DEVICES)
     t.add_argument("--threads", type=int)
-    p.set_defaults(run=run)
+    return t
 
 
-def _flag(name: str) -> str:
+def flag_text(name: str) -> str:
+    """How the flag of config key ``name`` is written (``--batch-size``)."""
     flag = "--" + name.replace("_", "-")
-    return f"{flag}/--no-{flag[2:]}" if name in ("edge_update", "norm_first") else flag
+    return f"{flag}/--no-{flag[2:]}" if name in ("edge_update", "norm_first", "pretrained") \
+        else flag
 
 
 def _given(args: argparse.Namespace, names) -> List[str]:
@@ -108,10 +141,14 @@ def _given(args: argparse.Namespace, names) -> List[str]:
 
 
 def config_from_args(args: argparse.Namespace,
-                     base: Optional[Dict[str, Dict[str, Any]]] = None) -> RunConfig:
+                     base: Optional[Dict[str, Dict[str, Any]]] = None,
+                     flags_table: Optional[Dict[str, Tuple[str, str]]] = None,
+                     build: Callable[[Dict[str, Any]], Any] = RunConfig.from_dict) -> Any:
     """``base`` (default: the defaults, then the config file), then the flags
     that were given. A bad value is named by its flag when it came from one,
-    else by its config file and key."""
+    else by its config file and key. ``flags_table`` (flag -> section, key;
+    default: ``train``'s) and ``build`` (default ``RunConfig.from_dict``) let
+    another command read its own config the same way."""
     values: Dict[str, Dict[str, Any]] = {"data": {}, "model": {}, "train": {}}
     for section, content in (base or {}).items():
         values.setdefault(section, {}).update(content)
@@ -122,7 +159,7 @@ def config_from_args(args: argparse.Namespace,
                                  f"to values, got {content!r}")
             values.setdefault(section, {}).update(content or {})
     flags = {}
-    for flag, (section, key) in _FLAGS.items():
+    for flag, (section, key) in (flags_table or _FLAGS).items():
         value = getattr(args, flag, None)
         if flag == "molecule_features" and value is not None and "none" in value:
             if value != ["none"]:
@@ -130,14 +167,14 @@ def config_from_args(args: argparse.Namespace,
                                  f"with {[v for v in value if v != 'none']}")
             value = []
         if value is not None:
-            values[section][key] = value
+            values.setdefault(section, {})[key] = value
             flags[(section, key)] = flag
     try:
-        return RunConfig.from_dict(values)
+        return build(values)
     except ConfigError as err:
         flag = flags.get((err.section, err.key))
         if flag is not None:
-            raise UsageError(f"argument {_flag(flag)}: {err.reason}") from None
+            raise UsageError(f"argument {flag_text(flag)}: {err.reason}") from None
         if args.config is not None:
             raise UsageError(f"{args.config}: {err}") from None
         raise
@@ -147,7 +184,7 @@ def config_from_args(args: argparse.Namespace,
         raise
 
 
-def _init_distributed(device: str) -> bool:
+def init_distributed(device: str) -> bool:
     """Join the process group when started by ``torchrun`` (``WORLD_SIZE`` > 1):
     NCCL on CUDA, gloo on CPU. Returns whether this call initialised it."""
     import os
@@ -165,7 +202,7 @@ def _init_distributed(device: str) -> bool:
 def run(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
-    started = _init_distributed(args.device or "auto")
+    started = init_distributed(args.device or "auto")
     try:
         return _run(args)
     finally:
@@ -178,7 +215,22 @@ def _resume_config(args: argparse.Namespace) -> Optional[RunConfig]:
     unless runtime flags are given. Flags that would change what the run
     computes are refused by name: the resumed run must end with exactly the
     metrics of an uninterrupted one."""
-    conflicts = [_flag(f) for f in _FLAGS if f not in _RUNTIME_FLAGS and
+    check_resume_flags(args, _FLAGS)
+    if not _given(args, RUNTIME_FLAGS):
+        return None
+    last = Path(args.resume) / "last.pt"
+    if not last.is_file():
+        return None  # train() names the problem
+    saved = run_config(load_checkpoint(last), last).to_dict()
+    return config_from_args(args, base=saved)
+
+
+def check_resume_flags(args: argparse.Namespace, flags_table: Dict[str, Tuple[str, str]]
+                       ) -> None:
+    """Refuse, by name, the flags of ``flags_table`` (and --config,
+    --overwrite, another --run-dir) that would change what a resumed run
+    computes; only :data:`RUNTIME_FLAGS` may come with --resume."""
+    conflicts = [flag_text(f) for f in flags_table if f not in RUNTIME_FLAGS and
                  getattr(args, f, None) is not None]
     conflicts += ["--config"] if args.config is not None else []
     conflicts += ["--overwrite"] if args.overwrite else []
@@ -188,13 +240,6 @@ def _resume_config(args: argparse.Namespace) -> Optional[RunConfig]:
         raise UsageError(f"--resume {args.resume} continues the run with its saved settings; "
                          f"these flags would change it: {', '.join(conflicts)} (drop them, or "
                          f"start a new run with another --run-dir)")
-    if not _given(args, _RUNTIME_FLAGS):
-        return None
-    last = Path(args.resume) / "last.pt"
-    if not last.is_file():
-        return None  # train() names the problem
-    saved = run_config(load_checkpoint(last), last).to_dict()
-    return config_from_args(args, base=saved)
 
 
 def _run(args: argparse.Namespace) -> int:

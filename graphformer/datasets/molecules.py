@@ -30,7 +30,8 @@ def default_root() -> Path:
     return Path(base) / "graphformer"
 
 
-def _file_digest(path: Path) -> str:
+def file_digest(path: Path) -> str:
+    """The SHA-256 of a file, as hex."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -244,7 +245,7 @@ class MoleculeCSVDataset(KeyedDataset):
 
             features = [list(self.molecule_features), list(self.feature_columns),
                         rdBase.rdkitVersion if self.molecule_features else None]
-        self._key = self.make_key(_file_digest(self.path), smiles_column, self.target_columns,
+        self._key = self.make_key(file_digest(self.path), smiles_column, self.target_columns,
                                   task, _FORMAT_VERSION, describe_transform(pre_transform),
                                   *features)
         root = Path(root) if root is not None else default_root() / "csv" / self.path.stem

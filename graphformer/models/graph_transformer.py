@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Literal, Tuple, get_args
+from typing import Any, Dict, Literal, Optional, Tuple, get_args
 
 import torch
 import torch.nn.functional as F
@@ -300,8 +300,32 @@ class GraphTransformer(torch.nn.Module):
         return edge_type, table
 
     def forward(self, batch: Batch, return_attention_weights: bool = False):
+        nodes, g, attention = self.encode(batch, return_attention_weights)
+        if self.mol_scaler is not None:
+            c = self.config
+            mol_x = getattr(batch, "mol_x", None)
+            if mol_x is None:
+                raise ValueError(f"the model takes {c.mol_features} molecule features but the "
+                                 f"batch has no 'mol_x' [B, {c.mol_features}]")
+            g = torch.cat([g, self.mol_scaler(mol_x.view(g.size(0), -1)).to(g.dtype)], dim=1)
+        y = self.head(g)
+        if return_attention_weights:
+            return y, attention
+        return y
+
+    def encode(self, batch: Batch, return_attention_weights: bool = False,
+               atom_mask: Optional[Tensor] = None, mask_embedding: Optional[Tensor] = None
+               ) -> Tuple[Tensor, Tensor, Any]:
+        """The trunk without the head: the atoms' final states ``[N, hidden]``
+        (virtual nodes left out), the pooled graph vectors ``[B, hidden]``,
+        and ``(edge_index, member, weights)`` when attention weights are
+        asked for (else ``None``). Atoms where ``atom_mask`` ``[N]`` is true
+        enter as ``mask_embedding`` ``[hidden]`` instead of their encoded
+        features (masked-atom pre-training)."""
         c = self.config
         x = self.atom_encoder(batch.x)
+        if atom_mask is not None:
+            x = torch.where(atom_mask.unsqueeze(1), mask_embedding.to(x.dtype), x)
         if self.rwse is not None:
             x = x + self.rwse(batch.rwse)
         if self.lap is not None:
@@ -313,6 +337,7 @@ class GraphTransformer(torch.nn.Module):
         ptr, bonds, graph = batch.ptr, batch.edge_index, batch.batch
         num_graphs = ptr.numel() - 1
         virtual = ptr.new_zeros(0)
+        atoms = None  # where the atoms sit among the nodes (all of them, without virtual ones)
         if self.virtual is not None:  # prepend one virtual node to every graph
             new_index = torch.arange(x.size(0), device=x.device) + graph + 1
             ptr = ptr + torch.arange(num_graphs + 1, device=ptr.device)
@@ -320,7 +345,7 @@ class GraphTransformer(torch.nn.Module):
             h = x.new_empty(x.size(0) + num_graphs, x.size(1))
             h[new_index] = x
             h[virtual] = self.virtual.to(x.dtype).expand(num_graphs, -1)
-            x, bonds = h, new_index[bonds]
+            x, bonds, atoms = h, new_index[bonds], new_index
         num_nodes = x.size(0)
         edge_index, member, bond_pos = self._attention_edges(bonds, ptr, num_nodes, virtual)
         edge_type, table = self.edge_types(batch.edge_attr, member, bond_pos, x.dtype)
@@ -346,16 +371,8 @@ class GraphTransformer(torch.nn.Module):
             g = x[virtual]
         else:
             g = scatter(x, graph, dim=0, dim_size=num_graphs, reduce=c.pooling)
-        if self.mol_scaler is not None:
-            mol_x = getattr(batch, "mol_x", None)
-            if mol_x is None:
-                raise ValueError(f"the model takes {c.mol_features} molecule features but the "
-                                 f"batch has no 'mol_x' [B, {c.mol_features}]")
-            g = torch.cat([g, self.mol_scaler(mol_x.view(num_graphs, -1)).to(g.dtype)], dim=1)
-        y = self.head(g)
-        if return_attention_weights:
-            return y, (edge_index, member, weights)
-        return y
+        nodes = x if atoms is None else x[atoms]
+        return nodes, g, ((edge_index, member, weights) if return_attention_weights else None)
 
     def __repr__(self) -> str:
         c = self.config

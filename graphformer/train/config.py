@@ -18,6 +18,8 @@ DEVICES = ("auto", "cpu", "cuda")
 SPLITS = ("scaffold", "random", "official")
 MAX_SEED = 2**32
 MAX_INT = 2**63  # what a torch int64 holds
+#: whether ``train`` starts from the shipped pre-trained checkpoint by default
+DEFAULT_PRETRAINED = False
 
 _INT_TEXT = re.compile(r"[+-]?\d+")
 
@@ -185,6 +187,12 @@ class TrainConfig:
             in ``[0, 2**32)``.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         threads: torch CPU threads (0 = torch's default).
+        init: a checkpoint of ``graphformer pretrain`` (or ``train``) whose
+            trunk the model starts from (the head starts fresh); the trunk
+            keys of the model config must match it.
+        pretrained: without ``init``, start from the shipped pre-trained
+            checkpoint when there is one and the model config matches it
+            (``--no-pretrained``: from scratch).
 
     Values are converted by :func:`coerce` (a numeric string is a number), and
     every range error names its key.
@@ -198,9 +206,13 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     threads: int = 0
+    init: Optional[str] = None
+    pretrained: bool = DEFAULT_PRETRAINED
 
     def __post_init__(self) -> None:
         coerce_fields(self, "train")
+        if self.init is not None and not self.init.strip():
+            raise ConfigError("train", "init", "must name a checkpoint file, got ''")
         for key in ("epochs", "batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError("train", key, f"must be >= 1, got {getattr(self, key)}")
@@ -248,13 +260,13 @@ class RunConfig:
         if unknown:
             raise UsageError(f"unknown config section(s) {sorted(map(str, unknown))}; "
                              f"expected data, model, train")
-        return cls(data=_build(DataConfig, d.get("data"), "data"),
-                   model=_build(GraphTransformerConfig, d.get("model"), "model"),
-                   train=_build(TrainConfig, d.get("train"), "train"))
+        return cls(data=build_section(DataConfig, d.get("data"), "data"),
+                   model=build_section(GraphTransformerConfig, d.get("model"), "model"),
+                   train=build_section(TrainConfig, d.get("train"), "train"))
 
 
-def _build(cls, values: Optional[Dict[str, Any]], section: str):
-    """``cls(**values)`` with unknown keys and wrong types named. The
+def build_section(cls, values: Optional[Dict[str, Any]], section: str):
+    """One config section from plain data: ``cls(**values)`` with unknown keys and wrong types named. The
     ``model`` section's types are checked here (``GraphTransformerConfig``
     checks only ranges); ``data`` and ``train`` check their own."""
     if values is None:

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from torch.utils.data import DistributedSampler, Subset
+from torch.utils.data import Dataset, DistributedSampler, Subset
 from torch_geometric.loader import DataLoader
 from tqdm.auto import tqdm
 
@@ -47,9 +47,10 @@ from ..errors import DataError, UsageError
 from ..models import GraphTransformer, GraphTransformerConfig, masked_loss
 from .checkpoint import RESUME_FIELDS, RUN_FIELDS, check_fields, load_checkpoint, \
     run_config, save_checkpoint
-from .config import RunConfig
+from .config import RunConfig, TrainConfig
 from .data_checks import (all_mol_features, all_targets, changed_parts, check_scorable,
                           check_split, check_targets, fingerprint)
+from .init import init_trunk, resolve_init
 from .metrics import compute_metrics, is_better
 from .run_dir import prepare_run_dir, resume_config
 
@@ -143,7 +144,8 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _seed_everything(seed: int) -> None:
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's random number generators."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -186,8 +188,9 @@ def evaluate_split(model: GraphTransformer, prepared: Prepared, part: str, batch
                            ogb_name=prepared.bench.ogb_name)
 
 
-class _RunFiles:
-    """What rank 0 writes into the run directory."""
+class RunFiles:
+    """What rank 0 writes into the run directory: the config, the metrics
+    (CSV, JSON, TensorBoard when installed)."""
 
     def __init__(self, run_dir: Path, enabled: bool) -> None:
         self.dir, self.enabled = run_dir, enabled
@@ -219,6 +222,16 @@ class _RunFiles:
             for k, v in row.items():
                 if k != "epoch":
                     self.tb.add_scalar(k.replace("_", "/", 1), v, int(row["epoch"]))
+
+    def end_epoch(self, history: List[Dict[str, float]], state: Dict[str, Any],
+                  improved: bool) -> None:
+        """The metrics so far, ``last.pt``, and ``best.pt`` when ``improved``."""
+        if not self.enabled:
+            return
+        self.metrics(history)
+        if improved:
+            save_checkpoint(state, self.dir / "best.pt")
+        save_checkpoint(state, self.dir / "last.pt")
 
     def close(self) -> None:
         if self.tb is not None:
@@ -269,19 +282,62 @@ def train_step(net: torch.nn.Module, batch: Any, optimizer: torch.optim.Optimize
     num_tasks = y_mean.numel()
     target = (batch.y.view(-1, num_tasks).float() - y_mean) / y_std
     loss = masked_loss(net(batch), target, task)  # type: ignore[arg-type]
+    optimizer_step(net, loss, optimizer, grad_clip)
+    return loss.detach()
+
+
+def optimizer_step(net: torch.nn.Module, loss: Tensor, optimizer: torch.optim.Optimizer,
+                   grad_clip: float = 0.0) -> None:
+    """Backward from ``loss``, gradient-norm clipping (0 = off), optimiser step."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if grad_clip:
         torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
     optimizer.step()
-    return loss.detach()
 
 
-def _lr_factor(step: int, warmup: int, total: int) -> float:
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """The learning-rate factor at ``step``: linear warm-up over ``warmup``
+    steps, then cosine decay to 0 at ``total``."""
     if warmup and step < warmup:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_training(model: torch.nn.Module, train_set: Dataset, cfg: TrainConfig, rank: int,
+                  world: int, device: torch.device
+                  ) -> Tuple[torch.nn.Module, DistributedSampler, DataLoader,
+                             torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """What trains ``model`` on ``train_set`` as ``cfg`` says: the network
+    to call (``model`` in ``DistributedDataParallel`` when ``world`` > 1),
+    the sampler (this rank's share, reshuffled per epoch), the loader, AdamW
+    and its schedule (linear warm-up, cosine decay, stepped per batch)."""
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True,
+                                 seed=cfg.seed)
+    loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler)
+    steps_per_epoch = max(1, len(loader))
+    total_steps = cfg.epochs * steps_per_epoch
+    warmup = cfg.warmup_epochs * steps_per_epoch
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, warmup, total_steps))
+    return net, sampler, loader, optimizer, scheduler
+
+
+def restore_training(state: Dict[str, Any], model: torch.nn.Module,
+                     optimizer: torch.optim.Optimizer, scheduler: Any
+                     ) -> Tuple[List[Dict[str, float]], Dict[str, Any], int]:
+    """Load a checkpoint's model, optimiser and schedule states; returns its
+    history, its best epoch record and the epoch to continue at."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return state["history"], state["best"], int(state["epoch"]) + 1
 
 
 def train(cfg: Optional[RunConfig], run_dir: Union[str, Path], resume: bool = False,
@@ -360,7 +416,7 @@ class _Run:
         run.show = progress and run.is_main
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
-        _seed_everything(cfg.train.seed)
+        seed_everything(cfg.train.seed)
         run.device = resolve_device(cfg.train.device)
         run.prepared = run._prepare(prepared, state)
         run._build(model, state)
@@ -397,34 +453,24 @@ class _Run:
         bench = prepared.bench
         self.model_cfg = model_config_for(cfg, bench)
         self.model = (model if model is not None else GraphTransformer(self.model_cfg)).to(device)
+        self.init = state.get("init") if state is not None else None
+        start = resolve_init(cfg.train.init, cfg.train.pretrained, self.model) \
+            if state is None else None
+        if start is not None:  # a pre-trained trunk; the head starts fresh
+            self.init = init_trunk(self.model, start)  # type: ignore[arg-type]
         if state is None and prepared.train_mol_x is not None and \
                 getattr(self.model, "mol_scaler", None) is not None:
             self.model.fit_mol_features(prepared.train_mol_x)  # train part only
-        self.net: torch.nn.Module = self.model
-        if self.world > 1:
-            self.net = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[device.index] if device.type == "cuda" else None)
-        train_set = prepared.subset("train")
-        self.sampler = DistributedSampler(train_set, num_replicas=self.world, rank=self.rank,
-                                          shuffle=True, seed=cfg.train.seed)
-        self.loader = DataLoader(train_set, batch_size=cfg.train.batch_size, sampler=self.sampler)
-        steps_per_epoch = max(1, len(self.loader))
-        total_steps = cfg.train.epochs * steps_per_epoch
-        warmup = cfg.train.warmup_epochs * steps_per_epoch
-        self.optimizer = make_optimizer(self.model, cfg.train.lr, cfg.train.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: _lr_factor(step, warmup, total_steps))
+        self.net, self.sampler, self.loader, self.optimizer, self.scheduler = make_training(
+            self.model, prepared.subset("train"), cfg.train, self.rank, self.world, device)
         self.metric = bench.metric
         self.history: List[Dict[str, float]] = []
         self.best: Dict[str, Any] = {"epoch": None, "valid": None}
         self.start_epoch = 1
         if state is not None:
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            self.history, self.best = state["history"], state["best"]
-            self.start_epoch = int(state["epoch"]) + 1
-        self.files = _RunFiles(self.dir, self.is_main)
+            self.history, self.best, self.start_epoch = restore_training(
+                state, self.model, self.optimizer, self.scheduler)
+        self.files = RunFiles(self.dir, self.is_main)
         self.full_cfg = RunConfig(cfg.data, self.model_cfg, cfg.train).to_dict()
         self.files.config(self.full_cfg)
         if self.show and self.start_epoch == 1:
@@ -433,6 +479,9 @@ class _Run:
                   f"metric {self.metric}; "
                   f"{sum(p.numel() for p in self.model.parameters()):,} parameters; "
                   f"device {device}, {self.world} process(es)", file=sys.stderr)
+            if self.init is not None:
+                print(f"trunk from {self.init['path']} (sha256 {self.init['sha256'][:12]}...)",
+                      file=sys.stderr)
 
     def train_epoch(self, epoch: int) -> Dict[str, float]:
         """One pass over the training part; the epoch's row so far."""
@@ -481,7 +530,7 @@ class _Run:
                 "epoch": epoch, "history": self.history, "best": self.best,
                 "y_mean": prepared.y_mean, "y_std": prepared.y_std,
                 "dataset": prepared.bench.name, "metric": self.metric,
-                "task": prepared.bench.task, "data": prepared.fingerprint}
+                "task": prepared.bench.task, "data": prepared.fingerprint, "init": self.init}
 
     def end_epoch(self, epoch: int, row: Dict[str, float]) -> None:
         """Record the epoch: history, best epoch, files and checkpoints, the
@@ -494,11 +543,7 @@ class _Run:
             self.best = {"epoch": epoch, "valid": row[f"valid_{metric}"],
                          "test": row[f"test_{metric}"]}
         if self.is_main:
-            self.files.metrics(self.history)
-            state_now = self._checkpoint(epoch)
-            if improved:
-                save_checkpoint(state_now, self.dir / "best.pt")
-            save_checkpoint(state_now, self.dir / "last.pt")
+            self.files.end_epoch(self.history, self._checkpoint(epoch), improved)
         if self.show:
             print(f"epoch {epoch:3d}/{self.cfg.train.epochs}  loss {row['train_loss']:.4f}  "
                   f"valid {metric} {row[f'valid_{metric}']:.4f}  "
@@ -511,7 +556,7 @@ class _Run:
         summary = {"dataset": self.prepared.bench.name, "metric": metric,
                    "best_epoch": best["epoch"], f"best_valid_{metric}": best["valid"],
                    f"test_{metric}_at_best": best.get("test"),
-                   "final": history[-1] if history else {}}
+                   "final": history[-1] if history else {}, "init": self.init}
         if self.is_main:
             write_text(self.dir / "summary.json", json.dumps(summary, indent=2) + "\n")
             if history:

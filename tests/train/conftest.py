@@ -25,3 +25,22 @@ def tiny_config(csv, root, **train):
         train=TrainConfig(**{"epochs": 3, "batch_size": 16, "warmup_epochs": 1, "threads": 1,
                              **train}),
     )
+
+
+BAD_ROW = 7  # the row of the unparsable SMILES in corpus_csv
+
+
+def write_corpus(folder):
+    """A pre-training corpus: 30 ESOL SMILES and, at row 7, one that does not
+    parse, as ``folder/corpus.csv``."""
+    smiles = list(pd.read_csv(bundled_dir() / "ESOL.csv")["smiles"].head(30))
+    smiles.insert(BAD_ROW - 1, "C1CC(")
+    path = folder / "corpus.csv"
+    pd.DataFrame({"smiles": smiles}).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def corpus_csv(tmp_path_factory):
+    """:func:`write_corpus` once per session."""
+    return write_corpus(tmp_path_factory.mktemp("corpus"))

@@ -1,0 +1,102 @@
+"""``graphformer pretrain``: pre-train the graph transformer's trunk on
+unlabelled molecules (masked atoms and RDKit descriptors)."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+from ..errors import UsageError
+from ..train.checkpoint import load_checkpoint
+from ..train.pretrain import PretrainConfig, pretrain
+from .train import RUNTIME_FLAGS, add_model_arguments, add_run_arguments, \
+    add_training_arguments, check_resume_flags, config_from_args, init_distributed, \
+    section_flags
+
+# flag -> (section, key)
+_PRETRAIN_FLAGS = {
+    "smiles": ("data", "smiles"), "smiles_column": ("data", "smiles_column"),
+    "max_molecules": ("data", "max_molecules"), "valid_fraction": ("data", "valid_fraction"),
+    "root": ("data", "root"),
+    "mask_rate": ("objective", "mask_rate"), "atom_weight": ("objective", "atom_weight"),
+    "descriptor_weight": ("objective", "descriptor_weight"),
+    **section_flags("model", "train", leave_out=("init", "pretrained")),
+}
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pretrain", help="pre-train on unlabelled molecules (masked atoms, RDKit descriptors)",
+        description="Pre-train the graph transformer's trunk on a SMILES corpus: masked "
+        "atoms' elements and RDKit descriptors are predicted. 'graphformer train --init "
+        "RUN_DIR/best.pt' fine-tunes from the result. Settings come from the defaults, then "
+        "--config FILE (sections data, model, objective, train), then the flags given.")
+    add_run_arguments(p, "runs/pretrain-<time>")
+    d = p.add_argument_group("corpus")
+    d.add_argument("--smiles", metavar="FILE",
+                   help="SMILES file (.csv, .csv.gz, .smi, .txt), a molsets wheel "
+                   "(pip download --no-deps molsets), or 'moses' (an installed molsets)")
+    d.add_argument("--smiles-column", help="SMILES column of a CSV file (default smiles, "
+                   "matched case-insensitively)")
+    d.add_argument("--max-molecules", type=int, help="read only the first N rows (0 = all)")
+    d.add_argument("--valid-fraction", type=float, help="share held out for validation "
+                   "(default 0.05)")
+    d.add_argument("--root", help="data cache directory")
+    add_model_arguments(p)
+    o = p.add_argument_group("objectives")
+    o.add_argument("--mask-rate", type=float, help="share of atoms masked (default 0.15)")
+    o.add_argument("--atom-weight", type=float, help="weight of the masked-atom loss")
+    o.add_argument("--descriptor-weight", type=float, help="weight of the descriptor loss")
+    add_training_arguments(p)
+    p.set_defaults(run=run)
+
+
+def _resume_config(args: argparse.Namespace) -> Optional[PretrainConfig]:
+    """The config to resume with: the saved one, with runtime flags applied;
+    any other flag is refused by name."""
+    check_resume_flags(args, _PRETRAIN_FLAGS)
+    last = Path(args.resume) / "last.pt"
+    if not any(getattr(args, f, None) is not None for f in RUNTIME_FLAGS) or not last.is_file():
+        return None
+    return config_from_args(args, base=load_checkpoint(last)["config"],
+                            flags_table=_PRETRAIN_FLAGS, build=PretrainConfig.from_dict)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch.distributed as dist
+
+    run_dir = args.resume or args.run_dir or \
+        Path("runs") / f"pretrain-{time.strftime('%Y%m%d-%H%M%S')}"
+    started = init_distributed(args.device or "auto")
+    try:
+        if args.resume is not None:
+            summary = pretrain(_resume_config(args), run_dir, resume=True,
+                               progress=not args.quiet)
+        else:
+            if args.smiles is None and args.config is None:
+                raise UsageError("give the corpus: --smiles FILE (a SMILES file, a molsets "
+                                 "wheel or 'moses'), or --resume RUN_DIR")
+            cfg = config_from_args(args, flags_table=_PRETRAIN_FLAGS,
+                                   build=PretrainConfig.from_dict)
+            # Only rank 0 writes files, so the ranks need not agree on the default name.
+            summary = pretrain(cfg, run_dir, progress=not args.quiet, overwrite=args.overwrite)
+    except KeyboardInterrupt:
+        if (Path(run_dir) / "last.pt").is_file():
+            print(f"graphformer: the run in {run_dir} can continue with: graphformer "
+                  f"pretrain --resume {run_dir}", file=sys.stderr)
+        raise
+    finally:
+        if started:
+            dist.destroy_process_group()
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return 0
+    final = summary["final"]
+    print(f"pretrained on {summary['molecules']} molecules ({summary['bad_smiles']} bad "
+          f"SMILES left out); best validation loss {summary['best_valid_loss']:.4f} at epoch "
+          f"{summary['best_epoch']}; final masked-atom accuracy "
+          f"{final.get('valid_atom_accuracy', float('nan')):.3f}")
+    print(f"run directory: {run_dir}")
+    print(f"fine-tune with: graphformer train --init {Path(run_dir) / 'best.pt'}")
+    return 0
