@@ -134,13 +134,14 @@ def summarise(runs: List[Dict[str, Any]]) -> Dict[str, Dict[str, Dict[str, Any]]
 def markdown(results: Dict[str, Any]) -> str:
     """The README table of a results JSON."""
     table = summarise(results["runs"])
-    peers = [p for p in PEERS if any(p in t for t in table.values())]
+    seen = list(dict.fromkeys(r["peer"] for r in results["runs"]))   # run order
+    peers = [p for p in PEERS if p in seen] + [p for p in seen if p not in PEERS]
     names = {"chemprop": "chemprop defaults (D-MPNN)", "graphformer": "graphformer defaults",
-             "gin": "GIN (graphformer's loop)"}
+             "gin": "GIN (graphformer's loop)"}   # other peers (merged JSONs): their label
     lines = [f"Machine: {results['machine']}. Scaffold split, seeds "
              f"{' '.join(map(str, results['seeds']))}; test RMSE at the best validation "
              f"epoch, mean ± std (each seed), seconds per run.", "",
-             "| data set | " + " | ".join(names[p] for p in peers) + " |",
+             "| data set | " + " | ".join(names.get(p, p) for p in peers) + " |",
              "| --- |" + " --- |" * len(peers)]
     for name, row in table.items():
         best = min(row[p]["mean"] for p in peers if p in row)
