@@ -40,7 +40,8 @@ from graphformer.train.config import DataConfig, TrainConfig
 from graphformer.train.loop import model_config_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from chemprop_peer import run_chemprop  # noqa: E402  (a sibling script module)
+from bench_training import machine_line  # noqa: E402  (sibling script modules)
+from chemprop_peer import run_chemprop  # noqa: E402
 
 PEERS = ("chemprop", "graphformer", "gin")
 
@@ -183,10 +184,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(markdown(json.loads(args.markdown_from.read_text())))
         return 0
     sets = overrides(args.set)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_training import machine_line  # noqa: E402
-
-    results: Dict[str, Any] = {"machine": machine_line(args.threads or torch.get_num_threads()), "seeds": args.seeds,
+    threads = args.threads or torch.get_num_threads()
+    results: Dict[str, Any] = {"machine": machine_line(threads), "seeds": args.seeds,
                                "set": args.set, "runs": [], "skipped": []}
     with tempfile.TemporaryDirectory() as root:
         for name in args.datasets:
