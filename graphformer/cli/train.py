@@ -161,11 +161,6 @@ def config_from_args(args: argparse.Namespace,
     flags = {}
     for flag, (section, key) in (flags_table or _FLAGS).items():
         value = getattr(args, flag, None)
-        if flag == "molecule_features" and value is not None and "none" in value:
-            if value != ["none"]:
-                raise UsageError(f"argument --molecule-features: 'none' cannot be combined "
-                                 f"with {[v for v in value if v != 'none']}")
-            value = []
         if value is not None:
             values.setdefault(section, {})[key] = value
             flags[(section, key)] = flag

@@ -146,6 +146,12 @@ class DataConfig:
         coerce_fields(self, "data")
         if self.molecule_features is None:
             self.molecule_features = default_molecule_features(self.dataset)
+        if "none" in self.molecule_features:      # the default turned off
+            others = [f for f in self.molecule_features if f != "none"]
+            if others:
+                raise ConfigError("data", "molecule_features", f"'none' cannot be combined "
+                                  f"with {others}")
+            self.molecule_features = []
         unknown = [f for f in self.molecule_features if f not in MOLECULE_FEATURE_SETS]
         if unknown or len(set(self.molecule_features)) != len(self.molecule_features):
             raise ConfigError("data", "molecule_features", f"must be distinct names from "

@@ -122,6 +122,10 @@ def test_descriptors_are_the_default_for_smiles_data_sets_only():
     assert DataConfig(dataset="ogbg-molhiv").molecule_features == []
     assert DataConfig(dataset="zinc").molecule_features == []
     assert DataConfig(molecule_features=[]).molecule_features == []         # off, explicitly
+    assert DataConfig(molecule_features=["none"]).molecule_features == []   # as the CLI says it
+    assert DataConfig(molecule_features="none").molecule_features == []     # a config file's
+    with pytest.raises(ConfigError, match="'none' cannot be combined with \\['rdkit2d'\\]"):
+        DataConfig(molecule_features=["rdkit2d", "none"])
     # a saved run from before molecule features had none; a config file gets the default
     saved = RunConfig.from_saved({"data": {"dataset": "esol"}, "model": {}, "train": {}})
     assert saved.data.molecule_features == []
