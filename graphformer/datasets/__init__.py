@@ -15,12 +15,14 @@ from torch import Tensor
 from torch.utils.data import ConcatDataset, Dataset
 
 from ..errors import UsageError
-from .molecules import BUNDLED, MoleculeCSVDataset, bundled_dir, default_root, load_bundled
+from .molecules import (BUNDLED, MoleculeCSVDataset, bundled_dir, default_root, load_bundled,
+                        takes_molecule_features)
 from .splits import column_split, index_split, random_split, scaffold, scaffold_split
 
 __all__ = [
     "Benchmark", "load_dataset", "make_split",
     "MoleculeCSVDataset", "BUNDLED", "bundled_dir", "default_root", "load_bundled",
+    "takes_molecule_features",
     "random_split", "scaffold_split", "scaffold", "column_split", "index_split",
 ]
 
@@ -89,7 +91,7 @@ def load_dataset(name: Union[str, Path], root: Optional[Union[str, Path]] = None
         metric = "rocauc" if task == "classification" else "rmse"
         return Benchmark(Path(key).name, ds, task, ds.num_tasks, metric,
                          smiles=[d.smiles for d in ds], feature_names=ds.feature_names)
-    if molecule_features or feature_columns:
+    if (molecule_features or feature_columns) and not takes_molecule_features(key):
         raise UsageError(f"{key}: molecule features (--molecule-features, --feature-columns) "
                          f"are computed for the bundled data sets and SMILES CSV files only")
     if lower.startswith(("ogbg-", "mol", "pcqm4m")):

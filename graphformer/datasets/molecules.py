@@ -326,6 +326,13 @@ BUNDLED = {
 }
 
 
+def takes_molecule_features(dataset: str) -> bool:
+    """Whether a data set (a name or a CSV path) can hold molecule features:
+    the bundled sets and SMILES CSV files can, OGB, ZINC and PCQM4Mv2 cannot."""
+    name = dataset.lower()
+    return name in BUNDLED or name.endswith(".csv")
+
+
 def bundled_dir() -> Path:
     """The folder of the bundled MoleculeNet CSV files (with PROVENANCE.md)."""
     here = Path(__file__).resolve()

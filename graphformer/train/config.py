@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
 from ..data.descriptors import MOLECULE_FEATURE_SETS
-from ..datasets.molecules import BUNDLED, TASKS
+from ..datasets.molecules import TASKS, takes_molecule_features
 from ..errors import ConfigError, UsageError
 from ..models import GraphTransformerConfig
 
@@ -104,8 +104,7 @@ def default_molecule_features(dataset: str) -> List[str]:
     """The descriptor sets a data set gets by default: RDKit 2D descriptors
     for the bundled sets and SMILES CSV files, none for the others (whose
     loaders take no molecule features)."""
-    name = dataset.lower()
-    return ["rdkit2d"] if name in BUNDLED or name.endswith(".csv") else []
+    return ["rdkit2d"] if takes_molecule_features(dataset) else []
 
 
 @dataclass
