@@ -19,6 +19,7 @@ from .dense import dense_attention
 from .edge_set import EdgeSet
 from .edge_terms import PerEdgeTerms, TypedEdgeTerms
 from .functional import dropout, segment_softmax
+from .fused_cpu import fused_cpu_available, fused_cpu_backend
 from .sparse import sparse_attention
 
 
@@ -193,7 +194,8 @@ class RelationalAttention(MessagePassing):
             self.backend, edges, heads=H, channels=H * C, device=q.device,
             per_edge_features=edge_attr is not None and edge_type is None,
             has_terms=edge_attr is not None, dropout_active=dropout_active, traced=traced,
-            fused_ok=not traced and fused_mod.fused_available(q.device))
+            fused_ok=not traced and fused_mod.fused_available(q.device),
+            fused_cpu_ok=not traced and q.device.type == "cpu" and fused_cpu_available())
 
         dtype = q.dtype
         if backend != "fused" and dtype in (torch.float16, torch.bfloat16):
@@ -223,7 +225,7 @@ class RelationalAttention(MessagePassing):
     def _backends(self) -> Dict[str, Callable[[AttentionCall], Tuple[Tensor, OptTensor]]]:
         """The backends by name; all take one :class:`AttentionCall`."""
         return {"sparse": sparse_attention, "dense": dense_attention, "fused": _fused,
-                "propagate": self._propagate}
+                "fused_cpu": fused_cpu_backend, "propagate": self._propagate}
 
     def _edge_terms(self, edge_attr: OptTensor, edge_type: OptTensor, edges: Optional[EdgeSet],
                     q: Tensor) -> Optional[Union[PerEdgeTerms, TypedEdgeTerms]]:

@@ -1,6 +1,6 @@
 r"""Choosing an attention backend, and what it will cost.
 
-Four backends compute the same attention (to float tolerance, forward and
+Five backends compute the same attention (to float tolerance, forward and
 backward):
 
 - ``"sparse"`` (:mod:`graphformer.nn.sparse`): edges grouped by target, SDDMM
@@ -11,6 +11,10 @@ backward):
 - ``"fused"`` (:mod:`graphformer.nn.fused`): a Triton kernel streaming each
   target's edges with an online softmax; CUDA only (or the Triton interpreter
   for testing); no attention dropout.
+- ``"fused_cpu"`` (:mod:`graphformer.nn.fused_cpu`): the same idea on the
+  CPU, as Numba kernels, with attention dropout (a counter-based hash, no
+  stored mask) and the typed edge terms read per edge from node-by-type
+  tables; needs ``numba``.
 - ``"propagate"``: PyG's ``MessagePassing.propagate`` with per-edge messages
   (E×H×C tensors). Slowest; used under :func:`torch.compile` and PyG's
   explain mode, which hook into message passing.
@@ -29,10 +33,11 @@ model (:func:`choose_backend`), in order:
    (E·H·C ≤ :data:`PROPAGATE_BELOW`): ``"propagate"`` — at that size the
    sparse and dense backends' extra steps cost more than the E×H×C tensors
    they avoid (``scripts/bench_attention.py``, molecule case);
-4. with typed edges on CPU: ``"sparse"`` — their edge terms are [E, H]
-   gathers, and the dense backend's explicit softmax over padded blocks is
-   slower (``scripts/bench_training.py --backends sparse dense``; the README
-   has the figures);
+4. with typed edges on CPU: ``"fused_cpu"`` when its kernels are built
+   (1.2-1.6× the sparse backend's training step on the bundled molecules,
+   ``scripts/bench_training.py --backends sparse fused_cpu``; the README has
+   the figures), else ``"sparse"`` — their edge terms are [E, H] gathers, and
+   the dense backend's explicit softmax over padded blocks is slower;
 5. ``"dense"`` when it is applicable (self-attention, graphs contiguous in
    ``batch``, no duplicate edges when edge features are used), the padded
    density :math:`\rho = E / (B T^2)` is at least the measured crossover of the
@@ -56,8 +61,8 @@ if TYPE_CHECKING:  # imported for annotations only (they import this module)
     from .edge_set import EdgeSet
     from .edge_terms import PerEdgeTerms, TypedEdgeTerms
 
-AttentionBackend = Literal["auto", "sparse", "dense", "fused", "propagate"]
-ATTENTION_BACKENDS = ("auto", "sparse", "dense", "fused", "propagate")
+AttentionBackend = Literal["auto", "sparse", "dense", "fused", "fused_cpu", "propagate"]
+ATTENTION_BACKENDS = ("auto", "sparse", "dense", "fused", "fused_cpu", "propagate")
 
 #: Padded edge density E / (B T^2) above which the dense backend is faster
 #: than the sparse one. CPU: the crossover ``scripts/bench_attention.py``
@@ -117,17 +122,19 @@ def prefers_propagate(*, num_edges: int, channels: int, device: torch.device,
 def choose_backend(*, num_edges: int, num_graphs: int, max_nodes: int, heads: int,
                    device: torch.device, dense_ok: bool, fused_ok: bool,
                    dropout_active: bool, edge_features: bool = False,
-                   channels: int = 0, typed_edges: bool = False) -> str:
+                   channels: int = 0, typed_edges: bool = False,
+                   fused_cpu_ok: bool = False) -> str:
     """The backend ``"auto"`` picks (see the module documentation);
     ``channels`` is H·C, ``edge_features`` means features per edge,
-    ``typed_edges`` features per edge type."""
+    ``typed_edges`` features per edge type, ``fused_cpu_ok`` that the CPU
+    kernels are built."""
     if fused_ok and device.type == "cuda" and not dropout_active:
         return "fused"
     if prefers_propagate(num_edges=num_edges, channels=channels, device=device,
                          edge_features=edge_features):
         return "propagate"
     if typed_edges and device.type == "cpu":
-        return "sparse"
+        return "fused_cpu" if fused_cpu_ok else "sparse"
     if dense_ok:
         crossover = DENSE_CROSSOVER.get(device.type, DENSE_CROSSOVER["cuda"])
         scores = num_graphs * heads * max_nodes * max_nodes
@@ -139,7 +146,8 @@ def choose_backend(*, num_edges: int, num_graphs: int, max_nodes: int, heads: in
 
 def resolve_backend(requested: str, edges: Optional["EdgeSet"], *, heads: int, channels: int,
                     device: torch.device, per_edge_features: bool, has_terms: bool,
-                    dropout_active: bool, traced: bool, fused_ok: bool) -> str:
+                    dropout_active: bool, traced: bool, fused_ok: bool,
+                    fused_cpu_ok: bool = False) -> str:
     """The backend a layer call runs: ``requested`` unless it is ``"auto"``,
     then the cost model's choice (:func:`choose_backend`). ``traced`` is true
     under :func:`torch.compile` and PyG's explain mode, which hook into message
@@ -154,7 +162,8 @@ def resolve_backend(requested: str, edges: Optional["EdgeSet"], *, heads: int, c
     return choose_backend(num_edges=edges.num_edges, num_graphs=B, max_nodes=T, heads=heads,
                           device=device, dense_ok=dense_ok, fused_ok=fused_ok,
                           dropout_active=dropout_active, edge_features=per_edge_features,
-                          channels=channels, typed_edges=has_terms and not per_edge_features)
+                          channels=channels, typed_edges=has_terms and not per_edge_features,
+                          fused_cpu_ok=fused_cpu_ok)
 
 
 @dataclass(frozen=True)

@@ -220,29 +220,31 @@ class TypedEdgeTerms:
         self.w_eq, self.w_ek, self.w_ev = w_eq, w_ek, w_ev
         self.q_type, self.k_type, self.v_type = project(w_eq), project(w_ek), project(w_ev)
 
-    @staticmethod
-    def _by_node_and_type(x: Tensor, per_type: Tensor, slot: Tensor,
-                          plus: Optional[Tensor] = None) -> Tensor:
-        """``out[h, e] = x[node_e, h] · per_type[type_e, h] (+ plus[h, type_e])``,
-        [H, E], through the [H, N, R] table of all node-type products
-        (``slot = node · R + type``)."""
-        table = torch.bmm(x.transpose(0, 1), per_type.permute(1, 2, 0))      # [H, N, R]
-        if plus is not None:
-            table = table + plus.unsqueeze(1)
-        return table.reshape(table.size(0), -1).index_select(1, slot)
+    def tables(self, q: Tensor, k: Tensor) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+        r"""The score terms as node-by-type tables: ``(T [H, N_t, R], U [H,
+        N_s, R])``, each None when its projection is absent, with
+        :math:`T^h_{i,r} = \mathbf{q}^h_i\cdot\mathbf{K}^h_r + \mathbf{Q}^h_r
+        \cdot\mathbf{K}^h_r` and :math:`U^h_{j,r} = \mathbf{Q}^h_r\cdot
+        \mathbf{k}^h_j`; edge ``e = (j -> i)`` of type ``r`` scores
+        :math:`T^h_{i,r} + U^h_{j,r}` (unscaled)."""
+        target = source = None
+        if self.k_type is not None:          # q_i · K_t (+ Q_t · K_t)
+            target = torch.bmm(q.transpose(0, 1), self.k_type.permute(1, 2, 0))  # [H, N_t, R]
+            if self.q_type is not None:
+                target = target + (self.q_type * self.k_type).sum(-1).t().unsqueeze(1)
+        if self.q_type is not None:          # Q_t · k_j
+            source = torch.bmm(k.transpose(0, 1), self.q_type.permute(1, 2, 0))  # [H, N_s, R]
+        return target, source
 
     def scores(self, q: Tensor, k: Tensor) -> Optional[Tensor]:
-        """The edge score terms [H, E] (unscaled), or None."""
+        """The edge score terms [H, E] (unscaled), or None: :meth:`tables`
+        gathered per edge (``slot = node · R + type``)."""
         to_target, from_source = self.slots
-        both = None
-        if self.q_type is not None and self.k_type is not None:   # Q_t · K_t, [H, R]
-            both = (self.q_type * self.k_type).sum(-1).t()
         out = None
-        if self.k_type is not None:          # q_i · K_t (+ Q_t · K_t, per node and type)
-            out = self._by_node_and_type(q, self.k_type, to_target, both)
-        if self.q_type is not None:          # Q_t · k_j
-            term = self._by_node_and_type(k, self.q_type, from_source)
-            out = term if out is None else out + term
+        for table, slot in zip(self.tables(q, k), (to_target, from_source)):
+            if table is not None:
+                term = table.reshape(table.size(0), -1).index_select(1, slot)
+                out = term if out is None else out + term
         return out
 
     def values(self, weights: Tensor) -> Optional[Tensor]:

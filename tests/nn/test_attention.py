@@ -10,13 +10,15 @@ from graphformer import patterns as P
 from graphformer.nn import RelationalAttention, TransformerLayer
 from tests.conftest import force_softmax
 from graphformer.nn.fused import fused_available
+from graphformer.nn.fused_cpu import fused_cpu_available, fused_cpu_unavailable
 from tests.helpers import ptr_of
 
 # Every test taking ``backend`` runs once per way of computing attention:
 # PyG message passing and the sparse backend with each softmax backend, the
-# dense backend and the fused Triton kernel (interpreted on CPU).
+# dense backend, the fused Triton kernel (interpreted on CPU) and the fused
+# CPU kernels.
 IMPLS = [("propagate", "native"), ("propagate", "scatter"), ("sparse", "native"),
-         ("sparse", "scatter"), ("dense", "auto"), ("fused", "auto")]
+         ("sparse", "scatter"), ("dense", "auto"), ("fused", "auto"), ("fused_cpu", "auto")]
 
 
 @pytest.fixture(params=IMPLS, ids=[f"{a}-{s}" for a, s in IMPLS])
@@ -26,6 +28,8 @@ def backend(request, monkeypatch):
         force_softmax(monkeypatch, softmax)
     if attention == "fused" and not fused_available(torch.device("cpu")):
         pytest.skip("triton is not installed (or TRITON_INTERPRET is not set)")
+    if attention == "fused_cpu" and not fused_cpu_available():
+        pytest.skip(f"the fused CPU kernels are unavailable: {fused_cpu_unavailable()}")
     return {"backend": attention}
 
 SIZES = [5, 1, 8, 3]  # uneven lengths, a one-token sequence included

@@ -14,6 +14,7 @@ from graphformer.nn import RelationalAttention, estimate
 from graphformer.nn.backend import (DENSE_MAX_SCORES, PROPAGATE_BELOW, choose_backend,
                                      padded_density)
 from graphformer.nn.fused import fused_available
+from graphformer.nn.fused_cpu import fused_cpu_available, fused_cpu_unavailable
 from tests.helpers import ptr_of
 
 SIZES = [6, 1, 9, 4, 0, 7]   # uneven, a one-node and an empty graph
@@ -32,7 +33,7 @@ PATTERNS = {
     "k_hop": lambda ptr: P.k_hop(_ring(ptr), 2, num_nodes=int(ptr[-1])),
     "union": lambda ptr: P.union(P.window(ptr, 1), P.strided(ptr, 2))[0],
 }
-BACKENDS = ["sparse", "dense", "fused"]
+BACKENDS = ["sparse", "dense", "fused", "fused_cpu"]
 
 
 def _ring(ptr):
@@ -50,6 +51,8 @@ def _ring(ptr):
 def _skip_unavailable(backend):
     if backend == "fused" and not fused_available(torch.device("cpu")):
         pytest.skip("triton is not installed (or TRITON_INTERPRET is not set)")
+    if backend == "fused_cpu" and not fused_cpu_available():
+        pytest.skip(f"the fused CPU kernels are unavailable: {fused_cpu_unavailable()}")
 
 
 def _inputs(pattern, edge_dim, head_mask, dtype=torch.float64):
@@ -130,7 +133,7 @@ def test_each_backend_equals_the_dense_equations(backend):
                                rtol=1e-5)
 
 
-@pytest.mark.parametrize("backend", ["sparse", "dense"])
+@pytest.mark.parametrize("backend", ["sparse", "dense", "fused_cpu"])
 def test_duplicate_edges_count_twice(backend):
     """A duplicated edge has twice the weight, in every backend; the dense
     backend reproduces it with log(count) and refuses it with edge features."""
@@ -167,7 +170,7 @@ def test_fused_refuses_dropout_in_training():
     assert torch.isfinite(layer(torch.randn(4, IN), P.full(4))).all()
 
 
-@pytest.mark.parametrize("backend", ["sparse", "dense"])
+@pytest.mark.parametrize("backend", ["sparse", "dense", "fused_cpu"])
 def test_dropout_drops_and_rescales(backend):
     torch.manual_seed(0)
     layer = RelationalAttention(IN, OUT, heads=H, dropout=0.5, backend=backend)

@@ -15,6 +15,7 @@ from graphformer.data.encodings import encodings
 from graphformer.models import GraphTransformer, GraphTransformerConfig
 from graphformer.nn import EdgeSet, RelationalAttention, TransformerLayer
 from graphformer.nn.fused import fused_available
+from graphformer.nn.fused_cpu import fused_cpu_available, fused_cpu_unavailable
 from tests.helpers import ptr_of
 
 SIZES = [6, 1, 9, 4, 0, 7]
@@ -31,6 +32,8 @@ PATTERNS = {
 def _backend_or_skip(backend):
     if backend == "fused" and not fused_available(torch.device("cpu")):
         pytest.skip("triton is not installed (or TRITON_INTERPRET is not set)")
+    if backend == "fused_cpu" and not fused_cpu_available():
+        pytest.skip(f"the fused CPU kernels are unavailable: {fused_cpu_unavailable()}")
 
 
 def _inputs(pattern, head_mask, seed=0):
@@ -59,7 +62,7 @@ def _assert_all_close(a, b, **kw):
             torch.testing.assert_close(x, y, **kw)
 
 
-@pytest.mark.parametrize("backend", ["sparse", "dense", "fused", "propagate"])
+@pytest.mark.parametrize("backend", ["sparse", "dense", "fused", "fused_cpu", "propagate"])
 @pytest.mark.parametrize("pattern", sorted(PATTERNS))
 @pytest.mark.parametrize("head_mask", [False, True], ids=["all-heads", "head-mask"])
 @pytest.mark.parametrize("shared", [False, True], ids=["edge_type", "EdgeSet"])
@@ -89,7 +92,7 @@ def test_typed_edges_equal_per_edge_features(backend, pattern, head_mask, shared
                       **tol)
 
 
-@pytest.mark.parametrize("backend", ["sparse", "dense", "propagate"])
+@pytest.mark.parametrize("backend", ["sparse", "dense", "fused_cpu", "propagate"])
 def test_edge_set_in_any_order_returns_weights_in_that_order(backend):
     ptr, batch, ei, x, table, types, _ = _inputs("window", False)
     order = torch.randperm(ei.size(1), generator=torch.Generator().manual_seed(3))
@@ -105,7 +108,7 @@ def test_edge_set_in_any_order_returns_weights_in_that_order(backend):
 
 
 @pytest.mark.parametrize("norm_first", [False, True])
-@pytest.mark.parametrize("backend", ["sparse", "dense", "propagate"])
+@pytest.mark.parametrize("backend", ["sparse", "dense", "fused_cpu", "propagate"])
 def test_transformer_layer_with_edge_updates_typed_equals_per_edge(norm_first, backend):
     ptr, batch, ei, x, table, types, hm = _inputs("full", True)
     x = torch.randn(x.size(0), 8, dtype=torch.float64, requires_grad=True)
@@ -188,7 +191,8 @@ def test_molecule_model_typed_edges_equal_per_edge_features(pats, local, edge_up
     _assert_all_close(grads, torch.autograd.grad(ref.sum(), params, allow_unused=True))
 
 
-@pytest.mark.parametrize("backend", ["auto", "sparse", "dense", "fused", "propagate"])
+@pytest.mark.parametrize("backend", ["auto", "sparse", "dense", "fused", "fused_cpu",
+                                     "propagate"])
 @pytest.mark.parametrize("typed", [False, True])
 @pytest.mark.parametrize("isolated", [False, True], ids=["causal", "isolated"])
 def test_values_no_edge_reads_never_reach_an_output_or_gradient(backend, typed, isolated):

@@ -1,0 +1,294 @@
+/* Fused attention over an edge set on the CPU: the kernels of
+ * graphformer/nn/fused_cpu.py (its docstring has the equations).
+ *
+ * Compiled on first use by the system C compiler (fused_cpu.py, _library()),
+ * loaded with ctypes, and run on OpenMP threads: the process's libgomp is
+ * PyTorch's own (same soname), so the thread count is torch's.
+ *
+ * Layout: every array is C-contiguous; q[i, h, c] is q[(i * H + h) * C + c],
+ * per-edge arrays [H, E] are head-major, tables [H, N, R], type values
+ * [R, H, C]. Optional arrays are NULL when absent. Indices are int64.
+ *
+ * This file includes itself twice to define every function for float
+ * ("_f32") and double ("_f64"); the kernels are the part after #else.
+ */
+#ifndef KERNEL_T
+#include <math.h>
+#include <stdint.h>
+
+#define INLINE static inline __attribute__((always_inline))
+#define CAT_(a, b) a##_##b
+#define CAT(a, b) CAT_(a, b)
+#define NAME(name) CAT(name, SUFFIX)
+
+/* SplitMix64 of the seed and the position h * E + e: the dropout decision. */
+INLINE int keep_edge(uint64_t seed, uint64_t index, uint64_t threshold) {
+    uint64_t z = seed + (index + 1) * 0x9E3779B97F4A7C15ULL;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    z ^= z >> 31;
+    return (z >> 32) >= threshold;
+}
+
+/* exp for float in a form that vectorises (Cephes' expf: reduction by ln 2
+ * and a degree-6 polynomial, within 2 ulp of expf); 0 below -87.3 and for
+ * -inf. */
+INLINE float exp_f32(float x) {
+    const float lo = -87.33654f, hi = 88.72283f;
+    const float xc = x < lo ? lo : (x > hi ? hi : x);
+    const float n = floorf(xc * 1.44269504088896341f + 0.5f);
+    float r = xc - n * 0.693359375f;
+    r = r + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    union { float f; int32_t i; } two_n;
+    two_n.i = ((int32_t)n + 127) << 23;
+    return x <= lo ? 0.0f : p * two_n.f;
+}
+
+INLINE double exp_f64(double x) { return exp(x); }
+
+/* The channel count C is a compile-time constant in the common cases (the
+ * row functions are inlined into each case), so that the channel loops
+ * unroll and vectorise; other values take the generic path. */
+#define DISPATCH_C(ROW)                                                       \
+    switch (C) {                                                              \
+        case 8: ROW(8); break;                                                \
+        case 16: ROW(16); break;                                              \
+        case 32: ROW(32); break;                                              \
+        case 64: ROW(64); break;                                              \
+        default: ROW(C); break;                                               \
+    }
+
+#define KERNEL_T float
+#define SUFFIX f32
+#define EXP exp_f32
+#include __FILE__
+#undef KERNEL_T
+#undef SUFFIX
+#undef EXP
+
+#define KERNEL_T double
+#define SUFFIX f64
+#define EXP exp_f64
+#include __FILE__
+
+#else  /* the kernels, for T = KERNEL_T */
+#define T KERNEL_T
+
+/* Target i: scores, softmax (alpha, before dropout), output. */
+INLINE void NAME(forward_row)(
+        int64_t i, int64_t N, int64_t H, const int64_t C, int64_t E, int64_t R, int64_t Ns,
+        const T* q, const T* k, const T* v, const int64_t* ptr, const int64_t* col,
+        const T* bias, const int64_t* etype, const T* tq, const T* tk, const T* vt,
+        T scale, uint64_t seed, uint64_t threshold, T keep_mult, int drop,
+        T* out, T* alpha, T* acc, T* wsum) {
+    const int64_t start = ptr[i], end = ptr[i + 1];
+    for (int64_t h = 0; h < H; h++) {
+        const T* qi = q + (i * H + h) * C;
+        T* al = alpha + h * E;
+        T m = -INFINITY;
+        for (int64_t e = start; e < end; e++) {
+            const int64_t j = col[e];
+            const T* kj = k + (j * H + h) * C;
+            T s = 0;
+            for (int64_t c = 0; c < C; c++) s += qi[c] * kj[c];
+            if (bias) s += bias[h * E + e];
+            if (tq) s += tq[(h * N + i) * R + etype[e]];
+            if (tk) s += tk[(h * Ns + j) * R + etype[e]];
+            s *= scale;
+            al[e] = s;
+            m = s > m ? s : m;
+        }
+        T* o = out + (i * H + h) * C;
+        if (m == -INFINITY) {                 /* empty row, or every score masked */
+            for (int64_t e = start; e < end; e++) al[e] = 0;
+            for (int64_t c = 0; c < C; c++) o[c] = 0;
+            continue;
+        }
+        T total = 0;
+        for (int64_t e = start; e < end; e++) {
+            const T a = EXP(al[e] - m);
+            al[e] = a;
+            total += a;
+        }
+        const T inv = (T)1 / total;
+        for (int64_t c = 0; c < C; c++) acc[c] = 0;
+        for (int64_t r = 0; r < R; r++) wsum[r] = 0;
+        for (int64_t e = start; e < end; e++) {
+            const T a = al[e] * inv;
+            al[e] = a;
+            T w = a;
+            if (drop) {
+                if (!keep_edge(seed, (uint64_t)(h * E + e), threshold)) continue;
+                w = a * keep_mult;
+            }
+            const T* vj = v + (col[e] * H + h) * C;
+            for (int64_t c = 0; c < C; c++) acc[c] += w * vj[c];
+            if (vt) wsum[etype[e]] += w;
+        }
+        if (vt)                               /* sum_t (kept weight of type t) V_t */
+            for (int64_t r = 0; r < R; r++) {
+                const T* vr = vt + (r * H + h) * C;
+                for (int64_t c = 0; c < C; c++) acc[c] += wsum[r] * vr[c];
+            }
+        for (int64_t c = 0; c < C; c++) o[c] = acc[c];
+    }
+}
+
+void NAME(forward)(
+        int64_t N, int64_t H, int64_t C, int64_t E, int64_t R,
+        const T* q, const T* k, const T* v, const int64_t* ptr, const int64_t* col,
+        const T* bias, const int64_t* etype, const T* tq, const T* tk, const T* vt,
+        int64_t Ns, double scale, uint64_t seed, uint64_t threshold, double keep_mult,
+        int drop, T* out, T* alpha) {
+    #pragma omp parallel
+    {
+        T acc[C > 0 ? C : 1], wsum[R > 0 ? R : 1];
+        #pragma omp for schedule(dynamic, 8)
+        for (int64_t i = 0; i < N; i++) {
+#define ROW(CC) NAME(forward_row)(i, N, H, CC, E, R, Ns, q, k, v, ptr, col, bias, etype, \
+                                  tq, tk, vt, (T)scale, seed, threshold, (T)keep_mult, drop, \
+                                  out, alpha, acc, wsum)
+            DISPATCH_C(ROW)
+#undef ROW
+        }
+    }
+}
+
+/* Target i: ds (scaled score gradients, [H, E]), dq, dtq (+=), and the kept
+ * weight per (target, head, type) in wsum_rows [N, H, R]. */
+INLINE void NAME(backward_target_row)(
+        int64_t i, int64_t N, int64_t H, const int64_t C, int64_t E, int64_t R,
+        const T* k, const T* v, const int64_t* ptr, const int64_t* col, const int64_t* etype,
+        const T* vt, const T* alpha, const T* dout, const T* dalpha, T scale, uint64_t seed,
+        uint64_t threshold, T keep_mult, int drop, T* dq, T* ds, T* dtq, T* wsum_rows,
+        T* acc, T* vdot) {
+    const int64_t start = ptr[i], end = ptr[i + 1];
+    for (int64_t h = 0; h < H; h++) {
+        const T* doi = dout + (i * H + h) * C;
+        const T* al = alpha + h * E;
+        T* dsh = ds + h * E;
+        T* ws = vt ? wsum_rows + (i * H + h) * R : 0;
+        if (vt)
+            for (int64_t r = 0; r < R; r++) {
+                const T* vr = vt + (r * H + h) * C;
+                T d = 0;
+                for (int64_t c = 0; c < C; c++) d += doi[c] * vr[c];
+                vdot[r] = d;
+                ws[r] = 0;
+            }
+        T dot = 0;
+        for (int64_t e = start; e < end; e++) {
+            const T a = al[e];
+            T g = dalpha ? dalpha[h * E + e] : (T)0;
+            T mult = keep_mult;
+            if (drop && !keep_edge(seed, (uint64_t)(h * E + e), threshold)) mult = 0;
+            if (mult != 0) {
+                const T* vj = v + (col[e] * H + h) * C;
+                T gv = 0;
+                for (int64_t c = 0; c < C; c++) gv += doi[c] * vj[c];
+                if (vt) {
+                    gv += vdot[etype[e]];
+                    ws[etype[e]] += a * mult;
+                }
+                g += mult * gv;
+            }
+            dsh[e] = g;
+            dot += a * g;
+        }
+        for (int64_t c = 0; c < C; c++) acc[c] = 0;
+        for (int64_t e = start; e < end; e++) {
+            const T d = al[e] * (dsh[e] - dot) * scale;
+            dsh[e] = d;
+            const T* kj = k + (col[e] * H + h) * C;
+            for (int64_t c = 0; c < C; c++) acc[c] += d * kj[c];
+            if (dtq) dtq[(h * N + i) * R + etype[e]] += d;
+        }
+        T* dqi = dq + (i * H + h) * C;
+        for (int64_t c = 0; c < C; c++) dqi[c] = acc[c];
+    }
+}
+
+void NAME(backward_targets)(
+        int64_t N, int64_t H, int64_t C, int64_t E, int64_t R,
+        const T* k, const T* v, const int64_t* ptr, const int64_t* col, const int64_t* etype,
+        const T* vt, const T* alpha, const T* dout, const T* dalpha, double scale,
+        uint64_t seed, uint64_t threshold, double keep_mult, int drop,
+        T* dq, T* ds, T* dtq, T* wsum_rows) {
+    #pragma omp parallel
+    {
+        T acc[C > 0 ? C : 1], vdot[R > 0 ? R : 1];
+        #pragma omp for schedule(dynamic, 8)
+        for (int64_t i = 0; i < N; i++) {
+#define ROW(CC) NAME(backward_target_row)(i, N, H, CC, E, R, k, v, ptr, col, etype, vt, \
+                                          alpha, dout, dalpha, (T)scale, seed, threshold, \
+                                          (T)keep_mult, drop, dq, ds, dtq, wsum_rows, acc, vdot)
+            DISPATCH_C(ROW)
+#undef ROW
+        }
+    }
+}
+
+/* Source j (edges grouped by source: tptr; their targets trow and positions
+ * perm in target order): dk, dv, dtk (+=). */
+INLINE void NAME(backward_source_row)(
+        int64_t j, int64_t Ns, int64_t H, const int64_t C, int64_t E, int64_t R,
+        const T* q, const int64_t* tptr, const int64_t* trow, const int64_t* perm,
+        const int64_t* etype, const T* alpha, const T* dout, const T* ds, uint64_t seed,
+        uint64_t threshold, T keep_mult, int drop, T* dk, T* dv, T* dtk,
+        T* acc_k, T* acc_v) {
+    const int64_t start = tptr[j], end = tptr[j + 1];
+    for (int64_t h = 0; h < H; h++) {
+        for (int64_t c = 0; c < C; c++) { acc_k[c] = 0; acc_v[c] = 0; }
+        for (int64_t p = start; p < end; p++) {
+            const int64_t e = perm[p], i = trow[p];
+            const T d = ds[h * E + e];
+            const T* qi = q + (i * H + h) * C;
+            for (int64_t c = 0; c < C; c++) acc_k[c] += d * qi[c];
+            if (dtk) dtk[(h * Ns + j) * R + etype[e]] += d;
+            if (drop && !keep_edge(seed, (uint64_t)(h * E + e), threshold)) continue;
+            const T w = alpha[h * E + e] * keep_mult;
+            const T* doi = dout + (i * H + h) * C;
+            for (int64_t c = 0; c < C; c++) acc_v[c] += w * doi[c];
+        }
+        T* dkj = dk + (j * H + h) * C;
+        T* dvj = dv + (j * H + h) * C;
+        for (int64_t c = 0; c < C; c++) { dkj[c] = acc_k[c]; dvj[c] = acc_v[c]; }
+    }
+}
+
+void NAME(backward_sources)(
+        int64_t Ns, int64_t H, int64_t C, int64_t E, int64_t R,
+        const T* q, const int64_t* tptr, const int64_t* trow, const int64_t* perm,
+        const int64_t* etype, const T* alpha, const T* dout, const T* ds, uint64_t seed,
+        uint64_t threshold, double keep_mult, int drop, T* dk, T* dv, T* dtk) {
+    #pragma omp parallel
+    {
+        T acc_k[C > 0 ? C : 1], acc_v[C > 0 ? C : 1];
+        #pragma omp for schedule(dynamic, 8)
+        for (int64_t j = 0; j < Ns; j++) {
+#define ROW(CC) NAME(backward_source_row)(j, Ns, H, CC, E, R, q, tptr, trow, perm, etype, \
+                                          alpha, dout, ds, seed, threshold, (T)keep_mult, \
+                                          drop, dk, dv, dtk, acc_k, acc_v)
+            DISPATCH_C(ROW)
+#undef ROW
+        }
+    }
+}
+
+/* The dropout multipliers [H, E]: keep_mult where kept, 0 where dropped. */
+void NAME(multiplier)(int64_t H, int64_t E, uint64_t seed, uint64_t threshold,
+                      double keep_mult, T* out) {
+    #pragma omp parallel for
+    for (int64_t x = 0; x < H * E; x++)
+        out[x] = keep_edge(seed, (uint64_t)x, threshold) ? (T)keep_mult : (T)0;
+}
+
+#undef T
+#endif

@@ -1,0 +1,427 @@
+r"""Fused attention over an edge set on the CPU, as C kernels.
+
+The CPU counterpart of :mod:`graphformer.nn.fused`: one pass over each
+target's incoming edges (CSR over targets: the edges into target :math:`i`
+are ``ptr[i]:ptr[i+1]``, ``col[e]`` is the source :math:`j` of edge
+:math:`e`) computes, for every head :math:`h`,
+
+.. math::
+    s^h_e &= \sigma\big(\mathbf{q}^h_i \cdot \mathbf{k}^h_j + b^h_e
+        + T^h_{i, t_e} + U^h_{j, t_e}\big), \qquad
+    \alpha^h_e = \operatorname{softmax}_{e \to i}(s^h_e)
+
+    \mathbf{o}^h_i &= \sum_{e = (j \to i)} \alpha^h_e \, m^h_e \,
+        \big(\mathbf{v}^h_j + \mathbf{V}^h_{t_e}\big)
+
+with :math:`\sigma = 1/\sqrt{C}`, :math:`b` an optional additive score per
+edge and head (``-inf`` masks an edge for a head), :math:`T` [H, N_t, R] and
+:math:`U` [H, N_s, R] optional node-by-type score tables and :math:`\mathbf{V}`
+[R, H, C] optional value vectors per edge type :math:`t_e`
+(:class:`~graphformer.nn.edge_terms.TypedEdgeTerms`), and :math:`m` the
+attention-dropout multiplier: :math:`1/(1-p)` where edge :math:`e`, head
+:math:`h` is kept, 0 where it is dropped. Nothing of size E×H×C is built, and
+no E×H tensor besides the weights :math:`\alpha` (returned, and kept for
+backward).
+
+The dropout decision is a counter-based hash (SplitMix64) of a 64-bit seed
+and the position ``h * E + e``: no mask is stored, backward recomputes it, and
+the seed is drawn from PyTorch's default generator, so ``torch.manual_seed``
+makes runs reproducible. :func:`dropout_multiplier` gives the same
+multipliers as a tensor (for tests and for per-edge value terms).
+
+Backward, per head (:math:`g_e` the gradient reaching :math:`\alpha_e`):
+
+.. math::
+    g_e = \bar\alpha_e + m_e\, \partial\mathbf{o}_i \cdot (\mathbf{v}_j +
+        \mathbf{V}_{t_e}), \qquad
+    \partial s_e = \alpha_e \big(g_e - \textstyle\sum_{e' \to i}
+        \alpha_{e'} g_{e'}\big)
+
+    \partial\mathbf{q}_i = \sigma \sum_{e \to i} \partial s_e \mathbf{k}_j,
+    \quad \partial\mathbf{k}_j \mathrel{+}= \sigma\, \partial s_e \mathbf{q}_i,
+    \quad \partial\mathbf{v}_j, \partial\mathbf{V}_{t_e} \mathrel{+}=
+        \alpha_e m_e \partial\mathbf{o}_i, \quad
+    \partial b_e = \partial T_{i,t_e} = \partial U_{j,t_e} = \sigma\,\partial s_e
+    \ (\text{summed per table entry})
+
+where :math:`\bar\alpha` is a gradient given to the weights themselves.
+Forward runs targets in parallel; backward runs targets in parallel for
+:math:`\partial\mathbf{q}`, :math:`\partial s` and :math:`\partial T`, then
+sources in parallel (the edge set grouped by source, built once per edge set
+by :meth:`~graphformer.nn.csr.EdgeCSR.transpose`) for
+:math:`\partial\mathbf{k}`, :math:`\partial\mathbf{v}` and
+:math:`\partial U`: every gradient row is written by one thread, so no
+atomics are needed. The threads are PyTorch's (``torch.set_num_threads``).
+
+Shapes: N_t target and N_s source nodes, E edges, H heads, C channels per
+head, R edge types. Float32 and float64; indices int64.
+
+The kernels are C (``fused_cpu.c`` beside this module). The first use
+compiles them with the system C compiler (``$CC``, else ``cc``; under a
+second, ``-O3 -march=native -fopenmp``) into a cache directory
+(``$GRAPHFORMER_KERNEL_CACHE``, else ``~/.cache/graphformer/kernels``), keyed
+by the source, the flags, the compiler and the CPU, and loads them with
+:mod:`ctypes`; later processes load the cached library. Without a working
+compiler :func:`fused_cpu_available` is False, :func:`fused_cpu_unavailable`
+says why, ``"auto"`` picks another backend and an explicit
+``backend="fused_cpu"`` raises that reason.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import math
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from .backend import AttentionCall
+from .csr import EdgeCSR
+from .edge_terms import TypedEdgeTerms
+
+__all__ = ["fused_cpu_available", "fused_cpu_unavailable", "fused_cpu_attention",
+           "fused_cpu_backend", "dropout_multiplier"]
+
+#: Resolution of the attention-dropout probability: an edge is dropped when
+#: the top 32 bits of its hash are below ``round(p * 2**32)``.
+DROPOUT_BITS = 32
+
+SOURCE = Path(__file__).with_name("fused_cpu.c")
+#: Compiler flags. ``-march=native``: the library is built on, and for, the
+#: machine that runs it (the CPU is part of the cache key). Reassociation
+#: lets the channel loops' sums vectorise; no flag assumes finite values
+#: (scores may be -inf), and none changes the process's floating-point mode
+#: (as ``-ffast-math`` can when it links ``crtfastmath.o``).
+CFLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fno-signed-zeros",
+          "-fassociative-math", "-fopenmp", "-fPIC", "-shared", "-std=gnu11")
+
+
+def _cpu_id() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("model name", "flags")):
+                return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("GRAPHFORMER_KERNEL_CACHE")
+    if root:
+        return Path(root)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "graphformer" / "kernels"
+
+
+_T = {torch.float32: ctypes.c_float, torch.float64: ctypes.c_double}
+_P, _I, _D, _U = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_uint64
+_SIGNATURES = {
+    "forward": [_I] * 5 + [_P] * 10 + [_I, _D, _U, _U, _D, ctypes.c_int, _P, _P],
+    "backward_targets": [_I] * 5 + [_P] * 9 + [_D, _U, _U, _D, ctypes.c_int] + [_P] * 4,
+    "backward_sources": [_I] * 5 + [_P] * 8 + [_U, _U, _D, ctypes.c_int] + [_P] * 3,
+    "multiplier": [_I, _I, _U, _U, _D, _P],
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _library() -> Tuple[Optional[ctypes.CDLL], str]:
+    """(the loaded kernels, "") or (None, why not); built once per process."""
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not compiler:
+        return None, "no C compiler found (set CC or install gcc)"
+    try:
+        version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
+                                 timeout=60).stdout.splitlines()[:1]
+        source = SOURCE.read_bytes()
+        key = hashlib.sha256(b"\0".join([source, " ".join(CFLAGS).encode(),
+                                          str(version).encode(), _cpu_id().encode()]))
+        target = _cache_dir() / f"fused_cpu-{key.hexdigest()[:16]}.so"
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+                built = Path(tmp) / target.name
+                proc = subprocess.run([compiler, *CFLAGS, str(SOURCE), "-o", str(built), "-lm"],
+                                      capture_output=True, text=True, timeout=600)
+                if proc.returncode != 0:
+                    return None, (f"compiling {SOURCE.name} with {compiler} failed:\n"
+                                  f"{proc.stderr.strip()[-2000:]}")
+                os.replace(built, target)      # atomic: concurrent builders agree
+        lib = ctypes.CDLL(str(target))
+    except (OSError, subprocess.SubprocessError) as err:
+        return None, f"building the fused_cpu kernels failed: {err}"
+    for name, args in _SIGNATURES.items():
+        for suffix in ("f32", "f64"):
+            fn = getattr(lib, f"{name}_{suffix}")
+            fn.argtypes, fn.restype = args, None
+    return lib, ""
+
+
+def fused_cpu_available(device: torch.device = torch.device("cpu")) -> bool:
+    """True when the CPU kernels can run on tensors of ``device`` (a CPU
+    device, and the kernels compiled; the first call may compile them)."""
+    return torch.device(device).type == "cpu" and _library()[0] is not None
+
+
+def fused_cpu_unavailable() -> str:
+    """Why the CPU kernels cannot run here ("" when they can)."""
+    return _library()[1]
+
+
+def _kernel(name: str, dtype: torch.dtype):
+    lib, why = _library()
+    if lib is None:
+        raise RuntimeError(f"the fused_cpu backend is unavailable: {why}")
+    return getattr(lib, f"{name}_{'f32' if dtype == torch.float32 else 'f64'}")
+
+
+def _ptr(t: Optional[Tensor]) -> Optional[int]:
+    return None if t is None else t.data_ptr()
+
+
+def _threshold(p: float) -> Tuple[int, float]:
+    """(drop threshold on 32-bit hashes, multiplier of a kept entry)."""
+    levels = 1 << DROPOUT_BITS
+    threshold = min(int(round(p * levels)), levels)
+    if threshold >= levels:
+        return levels, 0.0
+    return threshold, levels / (levels - threshold)
+
+
+def dropout_multiplier(seed: int, heads: int, num_edges: int, p: float,
+                       dtype: torch.dtype = torch.float32) -> Tensor:
+    """The attention-dropout multipliers [H, E] the kernels apply for ``seed``
+    and ``p``: 0 where dropped, ``1 / (1 - p)`` where kept."""
+    threshold, keep = _threshold(p)
+    out = torch.empty(heads, num_edges, dtype=dtype)
+    _kernel("multiplier", dtype)(heads, num_edges, seed, threshold, keep, out.data_ptr())
+    return out
+
+
+class _FusedCPU(torch.autograd.Function):
+    """Forward and backward kernels as one autograd node; ``csr`` is the
+    :class:`~graphformer.nn.csr.EdgeCSR` (its transpose, built once per edge
+    set, groups the edges by source for backward). Tensors are contiguous."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias, tq, tk, vt, csr, etype, scale, seed, threshold,
+                keep_mult, drop):
+        ctx.set_materialize_grads(False)
+        N, H, C = q.shape
+        E = csr.num_edges
+        R = _types(tq, tk, vt)
+        out = q.new_empty(N, H, C)
+        alpha = q.new_empty(H, E)
+        _kernel("forward", q.dtype)(
+            N, H, C, E, R, q.data_ptr(), k.data_ptr(), v.data_ptr(), csr.ptr.data_ptr(),
+            csr.col.data_ptr(), _ptr(bias), _ptr(etype), _ptr(tq), _ptr(tk), _ptr(vt),
+            k.size(0), scale, seed, threshold, keep_mult, int(drop), out.data_ptr(),
+            alpha.data_ptr())
+        ctx.save_for_backward(q, k, v, vt, etype, alpha)
+        ctx.csr = csr
+        ctx.shapes = tuple(None if t is None else t.shape for t in (bias, tq, tk))
+        ctx.consts = (scale, seed, threshold, keep_mult, drop, R)
+        return out, alpha
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dout, dalpha):
+        q, k, v, vt, etype, alpha = ctx.saved_tensors
+        csr = ctx.csr
+        scale, seed, threshold, keep_mult, drop, R = ctx.consts
+        bias_shape, tq_shape, tk_shape = ctx.shapes
+        N, H, C = q.shape
+        E = csr.num_edges
+        dout = q.new_zeros(N, H, C) if dout is None else dout.contiguous()
+        dalpha = dalpha.contiguous() if dalpha is not None else None
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        ds = q.new_empty(H, E)
+        dtq = q.new_zeros(tq_shape) if tq_shape is not None else None
+        dtk = q.new_zeros(tk_shape) if tk_shape is not None else None
+        wsum_rows = q.new_empty(N, H, R) if vt is not None else None
+        transposed, perm = csr.transpose()
+        _kernel("backward_targets", q.dtype)(
+            N, H, C, E, R, k.data_ptr(), v.data_ptr(), csr.ptr.data_ptr(), csr.col.data_ptr(),
+            _ptr(etype), _ptr(vt), alpha.data_ptr(), dout.data_ptr(), _ptr(dalpha), scale,
+            seed, threshold, keep_mult, int(drop), dq.data_ptr(), ds.data_ptr(), _ptr(dtq),
+            _ptr(wsum_rows))
+        _kernel("backward_sources", q.dtype)(
+            k.size(0), H, C, E, R, q.data_ptr(), transposed.ptr.data_ptr(),
+            transposed.col.data_ptr(), perm.data_ptr(), _ptr(etype), alpha.data_ptr(),
+            dout.data_ptr(), ds.data_ptr(), seed, threshold, keep_mult, int(drop),
+            dk.data_ptr(), dv.data_ptr(), _ptr(dtk))
+        dvt = torch.einsum("iht,ihc->thc", wsum_rows, dout) if vt is not None else None
+        dbias = ds if bias_shape is not None else None
+        return (dq, dk, dv, dbias, dtq, dtk, dvt) + (None,) * 7
+
+
+def _types(tq: Optional[Tensor], tk: Optional[Tensor], vt: Optional[Tensor]) -> int:
+    """R, the number of edge types of the tables (0 without any)."""
+    if tq is not None:
+        return tq.size(2)
+    if tk is not None:
+        return tk.size(2)
+    return vt.size(0) if vt is not None else 0
+
+
+def fused_cpu_attention(q: Tensor, k: Tensor, v: Tensor, ptr: Tensor, col: Tensor, *,
+                        bias: Optional[Tensor] = None, edge_type: Optional[Tensor] = None,
+                        target_table: Optional[Tensor] = None,
+                        source_table: Optional[Tensor] = None,
+                        type_values: Optional[Tensor] = None, dropout: float = 0.0,
+                        seed: Optional[int] = None, scale: Optional[float] = None,
+                        ) -> Tuple[Tensor, Tensor, int]:
+    r"""Attention over an edge set grouped by target, fused (see the module
+    documentation for the equations).
+
+    Args:
+        q (Tensor [N_t, H, C]): queries, float32 or float64.
+        k, v (Tensor [N_s, H, C]): keys and values, dtype of ``q``.
+        ptr (LongTensor [N_t + 1]): the edges into target ``i`` are
+            ``ptr[i]:ptr[i + 1]``.
+        col (LongTensor [E]): source of each edge, in that order.
+        bias (Tensor [H, E], optional): additive score (before the scale);
+            ``-inf`` masks an edge for a head.
+        edge_type (LongTensor [E], optional): type of every edge, in
+            ``[0, R)``; needed by the three tables below.
+        target_table (Tensor [H, N_t, R], optional): score term
+            :math:`T^h_{i, t_e}` of edge ``e`` into ``i``.
+        source_table (Tensor [H, N_s, R], optional): score term
+            :math:`U^h_{j, t_e}` of edge ``e`` from ``j``.
+        type_values (Tensor [R, H, C], optional): value vector of each type.
+        dropout (float): attention-dropout probability (0: none).
+        seed (int, optional): the dropout hash's seed (default: drawn from
+            PyTorch's default generator when ``dropout > 0``).
+        scale (float, optional): :math:`\sigma`, default :math:`1/\sqrt{C}`.
+
+    Returns:
+        ``(out [N_t, H, C], alpha [H, E], seed)``: ``alpha`` the weights
+        before dropout (differentiable), ``seed`` the one used.
+
+    Raises:
+        ValueError: on bad shapes, dtypes, devices, CSR structure or edge
+            types (checked before any kernel runs: the kernels do not check
+            bounds).
+        RuntimeError: when the kernels cannot be built here
+            (:func:`fused_cpu_unavailable` says why).
+    """
+    _check(q, k, v, ptr, col, bias, edge_type, target_table, source_table, type_values)
+    return _attend(q, k, v, EdgeCSR(ptr.contiguous(), col.contiguous(), k.size(0)), bias,
+                   edge_type, target_table, source_table, type_values, dropout, seed, scale)
+
+
+def _attend(q: Tensor, k: Tensor, v: Tensor, csr: EdgeCSR, bias: Optional[Tensor],
+            edge_type: Optional[Tensor], target_table: Optional[Tensor],
+            source_table: Optional[Tensor], type_values: Optional[Tensor], dropout: float,
+            seed: Optional[int], scale: Optional[float]) -> Tuple[Tensor, Tensor, int]:
+    """:func:`fused_cpu_attention` on checked input (the kernels do not check
+    bounds)."""
+    if not 0.0 <= dropout <= 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1], got {dropout}")
+    C = q.size(2)
+    if scale is None:
+        scale = 1.0 / math.sqrt(C) if C else 1.0
+    drop = dropout > 0.0
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, (1,)).item()) if drop else 0
+    threshold, keep_mult = _threshold(dropout)
+    contiguous = [t.contiguous() if t is not None else None
+                  for t in (q, k, v, bias, target_table, source_table, type_values)]
+    out, alpha = _FusedCPU.apply(*contiguous, csr,
+                                 edge_type.contiguous() if edge_type is not None else None,
+                                 float(scale), int(seed), threshold, keep_mult, drop)
+    return out, alpha, seed
+
+
+def _check(q, k, v, ptr, col, bias, edge_type, tq, tk, vt) -> None:
+    tensors = dict(q=q, k=k, v=v, bias=bias, target_table=tq, source_table=tk, type_values=vt)
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        if t.device.type != "cpu":
+            raise ValueError(f"'{name}' must be on the CPU, got {t.device}")
+        if t.dtype != q.dtype or q.dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"'{name}' must be float32 or float64 like 'q', got {t.dtype}")
+    if q.dim() != 3 or k.dim() != 3 or k.shape != v.shape or k.shape[1:] != q.shape[1:]:
+        raise ValueError(f"q [N_t, H, C] and k, v [N_s, H, C] expected, got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+    N_t, H, C = q.shape
+    N_s = k.size(0)
+    for name, t in (("ptr", ptr), ("col", col), ("edge_type", edge_type)):
+        if t is not None and (t.dtype != torch.int64 or t.dim() != 1 or t.device.type != "cpu"):
+            raise ValueError(f"'{name}' must be a 1-D int64 CPU tensor, got {t.dtype}, "
+                             f"shape {tuple(t.shape)}")
+    E = col.numel()
+    if ptr.numel() != N_t + 1 or int(ptr[0]) != 0 or int(ptr[-1]) != E:
+        raise ValueError(f"'ptr' must have N_t + 1 = {N_t + 1} entries from 0 to E = {E}")
+    if N_t and bool((ptr[1:] < ptr[:-1]).any()):
+        bad = int((ptr[1:] < ptr[:-1]).nonzero()[0])
+        raise ValueError(f"'ptr' decreases at target {bad}")
+    if E and (int(col.min()) < 0 or int(col.max()) >= N_s):
+        bad = int(((col < 0) | (col >= N_s)).nonzero()[0])
+        raise ValueError(f"edge {bad} has source {int(col[bad])}, outside [0, {N_s})")
+    if bias is not None and tuple(bias.shape) != (H, E):
+        raise ValueError(f"'bias' must be [H, E] = [{H}, {E}], got {tuple(bias.shape)}")
+    typed = [t for t in (tq, tk, vt) if t is not None]
+    if typed and edge_type is None:
+        raise ValueError("the type tables need 'edge_type'")
+    if edge_type is None:
+        return
+    if edge_type.numel() != E:
+        raise ValueError(f"'edge_type' has {edge_type.numel()} entries for {E} edges")
+    R = tq.size(2) if tq is not None else tk.size(2) if tk is not None else \
+        vt.size(0) if vt is not None else None
+    for name, t, shape in (("target_table", tq, (H, N_t, R)), ("source_table", tk, (H, N_s, R)),
+                           ("type_values", vt, (R, H, C))):
+        if t is not None and tuple(t.shape) != shape:
+            raise ValueError(f"'{name}' must be {list(shape)}, got {list(t.shape)}")
+    if R is not None and E and (int(edge_type.min()) < 0 or int(edge_type.max()) >= R):
+        bad = int(((edge_type < 0) | (edge_type >= R)).nonzero()[0])
+        raise ValueError(f"edge {bad} has type {int(edge_type[bad])}, outside [0, {R})")
+
+
+def fused_cpu_backend(call: AttentionCall) -> Tuple[Tensor, Optional[Tensor]]:
+    """The ``"fused_cpu"`` backend: takes an
+    :class:`~graphformer.nn.backend.AttentionCall` and returns ``(out [N_t, H,
+    C], alpha [E, H])`` (alpha before dropout, in target order).
+
+    Typed edge terms enter the kernels as their node-by-type tables and value
+    vectors per type (no [E, H] term is gathered); per-edge terms as a bias
+    [H, E] (:meth:`~graphformer.nn.edge_terms.PerEdgeTerms.scores`) and their
+    value term from the dropped weights; a head mask as a ``-inf`` bias.
+    """
+    q, k, v, csr, terms = call.q, call.k, call.v, call.edges.csr, call.terms
+    H = q.size(1)
+    p = call.dropout if call.training else 0.0
+    tables: Tuple[Optional[Tensor], Optional[Tensor]] = (None, None)
+    bias = type_values = edge_type = None
+    if isinstance(terms, TypedEdgeTerms):
+        tables = terms.tables(q, k)
+        type_values, edge_type = terms.v_type, terms.edge_type
+    elif terms is not None:
+        bias = terms.scores(q, k)
+    if call.head_mask is not None:
+        if bias is None:
+            bias = q.new_zeros(H, csr.num_edges)
+        bias = bias.masked_fill(~call.head_mask.t(), float("-inf"))
+    if edge_type is not None and tables == (None, None) and type_values is None:
+        edge_type = None
+    out, alpha, seed = _attend(q, k, v, csr, bias, edge_type, tables[0], tables[1], type_values,
+                               p, None, None)
+    if terms is not None and not isinstance(terms, TypedEdgeTerms):
+        weights = alpha
+        if p > 0:
+            weights = alpha * dropout_multiplier(seed, H, csr.num_edges, p, alpha.dtype)
+        edge_values = terms.values(weights)
+        if edge_values is not None:
+            out = out + edge_values
+    return out, alpha.t()
