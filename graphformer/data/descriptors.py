@@ -141,6 +141,15 @@ def _feature_set(name: str) -> Tuple[Tuple[str, ...], Callable[[Mol], List[float
                      f"{list(MOLECULE_FEATURE_SETS)}")
 
 
+def set_values(mol: Mol, sets: Sequence[str]) -> List[float]:
+    """The descriptors of each of ``sets`` for ``mol``, as Python floats (the
+    part of :func:`molecule_features` that needs RDKit only)."""
+    row: List[float] = []
+    for name in sets:
+        row.extend(_feature_set(name)[1](mol))
+    return row
+
+
 def molecule_features(mol: Mol, sets: Sequence[str] = (),
                       values: Sequence[float] = ()) -> Tensor:
     """One molecule's features, ``FloatTensor [1, F]``: the descriptors of each
@@ -148,9 +157,7 @@ def molecule_features(mol: Mol, sets: Sequence[str] = (),
     columns given with the molecule, NaN = missing). Every value that is not
     finite as a float32 (NaN, inf, a descriptor that raised, a value beyond
     float32's range) is NaN."""
-    row: List[float] = []
-    for name in sets:
-        row.extend(_feature_set(name)[1](mol))
+    row = set_values(mol, sets)
     row.extend(float(v) for v in values)
     x = torch.tensor(row, dtype=torch.float64).to(torch.float32).view(1, -1)
     return torch.where(torch.isfinite(x), x, torch.full_like(x, math.nan))

@@ -1,7 +1,10 @@
 """Molecules (SMILES) become graphs with OGB's atom and bond features."""
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+import multiprocessing
+import os
+import sys
+from typing import Callable, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -10,7 +13,7 @@ from rdkit import Chem, rdBase
 from torch_geometric.data import Data
 
 from ..errors import DataError
-from .descriptors import molecule_features
+from .descriptors import molecule_features, set_values
 
 NUM_ATOM_FEATURES = 9
 NUM_BOND_FEATURES = 3
@@ -72,7 +75,8 @@ def from_mol(mol: Chem.Mol) -> Data:
 
 def from_smiles(smiles: str, y: Target = None, where: str = "",
                 molecule_feature_sets: Sequence[str] = (),
-                feature_values: Optional[Sequence[float]] = None) -> Data:
+                feature_values: Optional[Sequence[float]] = None,
+                set_features: Optional[Sequence[float]] = None) -> Data:
     """A molecule as a graph, identical to ``ogb.utils.smiles2graph``; with
     molecule-level features when asked for.
 
@@ -86,6 +90,8 @@ def from_smiles(smiles: str, y: Target = None, where: str = "",
         (e.g. ``["rdkit2d"]``) or ``feature_values`` (numeric columns of the
         molecule's row) are given: the sets' descriptors, then the values (see
         :func:`graphformer.data.descriptors.molecule_features`).
+        ``set_features``, when given, are the sets' descriptors already
+        computed for this SMILES (:func:`molecule_set_features`).
 
     Raises:
         ValueError: the SMILES does not parse (the message quotes it, and
@@ -94,8 +100,49 @@ def from_smiles(smiles: str, y: Target = None, where: str = "",
     mol = parse_smiles(smiles, where)
     data = from_mol(mol)
     data.smiles = smiles
-    if molecule_feature_sets or feature_values is not None:
+    if set_features is not None:
+        data.mol_x = molecule_features(mol, (), [*set_features, *(feature_values or ())])
+    elif molecule_feature_sets or feature_values is not None:
         data.mol_x = molecule_features(mol, molecule_feature_sets, feature_values or ())
     if y is not None:
         data.y = torch.as_tensor(y, dtype=torch.float).view(1, -1)
     return data
+
+
+def _set_features_of(job) -> Optional[List[float]]:
+    """Worker: the descriptor sets of one SMILES, None when it does not parse
+    (:func:`from_smiles` then reports it, with its row)."""
+    smiles, sets = job
+    try:
+        mol = parse_smiles(smiles)
+    except DataError:
+        return None
+    return set_values(mol, sets)
+
+
+#: Below this many molecules the descriptors are computed in-process (worker
+#: processes cost more to start than they save).
+PARALLEL_ABOVE = 256
+
+
+def molecule_set_features(smiles: Sequence[str], sets: Sequence[str],
+                          workers: Optional[int] = None,
+                          progress: Optional[Callable[[Iterable], Iterable]] = None,
+                          ) -> List[Optional[List[float]]]:
+    """The descriptors of ``sets`` for every SMILES, in order (None where one
+    does not parse), computed in ``workers`` processes (default: one per CPU
+    this process may use) when there are more than :data:`PARALLEL_ABOVE`.
+
+    The workers run RDKit only (forked on Linux, where that is cheap; no
+    PyTorch work happens in them). ``progress`` wraps the iterator of
+    results (e.g. ``tqdm``)."""
+    jobs = [(s, tuple(sets)) for s in smiles]
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+            else (os.cpu_count() or 1)
+    wrap = progress or (lambda it: it)
+    if workers <= 1 or len(jobs) <= PARALLEL_ABOVE:
+        return list(wrap(map(_set_features_of, jobs)))
+    method = "fork" if sys.platform.startswith("linux") else None
+    with multiprocessing.get_context(method).Pool(workers) as pool:
+        return list(wrap(pool.imap(_set_features_of, jobs, chunksize=16)))

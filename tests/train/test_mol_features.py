@@ -8,7 +8,7 @@ import torch
 
 from graphformer.data import RDKIT2D_NAMES
 from graphformer.datasets import MoleculeCSVDataset, load_dataset
-from graphformer.errors import ConfigError, UsageError
+from graphformer.errors import ConfigError, DataError, UsageError
 from graphformer.models import GraphTransformer, GraphTransformerConfig
 from graphformer.train import prepare
 from graphformer.train.config import DataConfig
@@ -146,3 +146,31 @@ def test_cli_turns_the_default_descriptors_off_with_none():
     args = parser.parse_args(["train", "--molecule-features", "none", "rdkit2d"])
     with pytest.raises(UsageError, match="'none' cannot be combined"):
         config_from_args(args)
+
+
+def test_descriptors_from_worker_processes_equal_in_process(csv, tmp_path, monkeypatch):
+    """Descriptors are computed in worker processes for larger files: the
+    cached features are exactly those of the in-process path, in row order,
+    and a bad SMILES is still reported with its row."""
+    import graphformer.data.molecule as molecule
+
+    serial = MoleculeCSVDataset(csv, "smiles", ["y"], root=tmp_path / "a", log=False,
+                                molecule_features=["rdkit2d"], feature_columns=["w"])
+    monkeypatch.setattr(molecule, "PARALLEL_ABOVE", 2)
+    smiles = list(pd.read_csv(csv)["smiles"])
+    rows = molecule.molecule_set_features(smiles, ["rdkit2d"], workers=2)
+    assert rows == molecule.molecule_set_features(smiles, ["rdkit2d"], workers=1)
+    parallel = MoleculeCSVDataset(csv, "smiles", ["y"], root=tmp_path / "b", log=False,
+                                  molecule_features=["rdkit2d"], feature_columns=["w"])
+    assert len(parallel) == len(serial) == len(smiles)
+    for a, b in zip(parallel, serial):
+        torch.testing.assert_close(a.mol_x, b.mol_x, atol=0, rtol=0, equal_nan=True)
+    frame = pd.read_csv(csv)
+    frame.loc[4, "smiles"] = "C1CC"                     # an unclosed ring
+    bad = tmp_path / "bad.csv"
+    frame.to_csv(bad, index=False)
+    assert molecule.molecule_set_features(list(frame["smiles"]), ["rdkit2d"], workers=2)[4] \
+        is None
+    with pytest.raises(DataError, match=r"bad.csv, row 5\)"):   # rows count from 1
+        MoleculeCSVDataset(bad, "smiles", ["y"], root=tmp_path / "c", log=False,
+                           molecule_features=["rdkit2d"])
