@@ -7,7 +7,9 @@
  *
  * Layout: every array is C-contiguous; q[i, h, c] is q[(i * H + h) * C + c],
  * per-edge arrays [H, E] are head-major, tables [H, N, R], type values
- * [R, H, C]. Optional arrays are NULL when absent. Indices are int64.
+ * [R, H, C]. Optional arrays are NULL when absent. Indices are int64. With
+ * attention dropout the forward writes the decision of every edge and head
+ * to keep [H, E] (uint8), which backward reads instead of hashing again.
  *
  * This file includes itself twice to define every function for float
  * ("_f32") and double ("_f64"); the kernels are the part after #else.
@@ -86,7 +88,7 @@ INLINE void NAME(forward_row)(
         int64_t i, int64_t N, int64_t H, const int64_t C, int64_t E, int64_t R, int64_t Ns,
         const T* q, const T* k, const T* v, const int64_t* ptr, const int64_t* col,
         const T* bias, const int64_t* etype, const T* tq, const T* tk, const T* vt,
-        T scale, uint64_t seed, uint64_t threshold, T keep_mult, int drop,
+        T scale, uint64_t seed, uint64_t threshold, T keep_mult, uint8_t* keep,
         T* out, T* alpha, T* acc, T* wsum) {
     const int64_t start = ptr[i], end = ptr[i + 1];
     for (int64_t h = 0; h < H; h++) {
@@ -108,6 +110,9 @@ INLINE void NAME(forward_row)(
         T* o = out + (i * H + h) * C;
         if (m == -INFINITY) {                 /* empty row, or every score masked */
             for (int64_t e = start; e < end; e++) al[e] = 0;
+            if (keep)
+                for (int64_t e = start; e < end; e++)
+                    keep[h * E + e] = (uint8_t)keep_edge(seed, (uint64_t)(h * E + e), threshold);
             for (int64_t c = 0; c < C; c++) o[c] = 0;
             continue;
         }
@@ -124,8 +129,10 @@ INLINE void NAME(forward_row)(
             const T a = al[e] * inv;
             al[e] = a;
             T w = a;
-            if (drop) {
-                if (!keep_edge(seed, (uint64_t)(h * E + e), threshold)) continue;
+            if (keep) {
+                const int kept = keep_edge(seed, (uint64_t)(h * E + e), threshold);
+                keep[h * E + e] = (uint8_t)kept;
+                if (!kept) continue;
                 w = a * keep_mult;
             }
             const T* vj = v + (col[e] * H + h) * C;
@@ -146,14 +153,14 @@ void NAME(forward)(
         const T* q, const T* k, const T* v, const int64_t* ptr, const int64_t* col,
         const T* bias, const int64_t* etype, const T* tq, const T* tk, const T* vt,
         int64_t Ns, double scale, uint64_t seed, uint64_t threshold, double keep_mult,
-        int drop, T* out, T* alpha) {
+        uint8_t* keep, T* out, T* alpha) {
     #pragma omp parallel
     {
         T acc[C > 0 ? C : 1], wsum[R > 0 ? R : 1];
         #pragma omp for schedule(dynamic, 8)
         for (int64_t i = 0; i < N; i++) {
 #define ROW(CC) NAME(forward_row)(i, N, H, CC, E, R, Ns, q, k, v, ptr, col, bias, etype, \
-                                  tq, tk, vt, (T)scale, seed, threshold, (T)keep_mult, drop, \
+                                  tq, tk, vt, (T)scale, seed, threshold, (T)keep_mult, keep, \
                                   out, alpha, acc, wsum)
             DISPATCH_C(ROW)
 #undef ROW
@@ -161,13 +168,15 @@ void NAME(forward)(
     }
 }
 
-/* Target i: ds (scaled score gradients, [H, E]), dq, dtq (+=), and the kept
- * weight per (target, head, type) in wsum_rows [N, H, R]. */
+/* Target i: ds (scaled score gradients, [H, E]), dq, dtq (+=), the kept
+ * weight per (target, head, type) in wsum_rows [N, H, R], and g_edge [E, 2, H]
+ * (ds and the kept weight alpha * multiplier, edge-major, so that the pass by
+ * source reads one cache line per edge). */
 INLINE void NAME(backward_target_row)(
         int64_t i, int64_t N, int64_t H, const int64_t C, int64_t E, int64_t R,
         const T* k, const T* v, const int64_t* ptr, const int64_t* col, const int64_t* etype,
-        const T* vt, const T* alpha, const T* dout, const T* dalpha, T scale, uint64_t seed,
-        uint64_t threshold, T keep_mult, int drop, T* dq, T* ds, T* dtq, T* wsum_rows,
+        const T* vt, const T* alpha, const T* dout, const T* dalpha, T scale,
+        const uint8_t* keep, T keep_mult, T* dq, T* ds, T* dtq, T* wsum_rows, T* g_edge,
         T* acc, T* vdot) {
     const int64_t start = ptr[i], end = ptr[i + 1];
     for (int64_t h = 0; h < H; h++) {
@@ -187,8 +196,7 @@ INLINE void NAME(backward_target_row)(
         for (int64_t e = start; e < end; e++) {
             const T a = al[e];
             T g = dalpha ? dalpha[h * E + e] : (T)0;
-            T mult = keep_mult;
-            if (drop && !keep_edge(seed, (uint64_t)(h * E + e), threshold)) mult = 0;
+            const T mult = (keep && !keep[h * E + e]) ? (T)0 : keep_mult;
             if (mult != 0) {
                 const T* vj = v + (col[e] * H + h) * C;
                 T gv = 0;
@@ -209,6 +217,9 @@ INLINE void NAME(backward_target_row)(
             const T* kj = k + (col[e] * H + h) * C;
             for (int64_t c = 0; c < C; c++) acc[c] += d * kj[c];
             if (dtq) dtq[(h * N + i) * R + etype[e]] += d;
+            /* edge-major copies of ds and of the kept weight for the pass by source */
+            g_edge[e * 2 * H + h] = d;
+            g_edge[e * 2 * H + H + h] = (keep && !keep[h * E + e]) ? (T)0 : al[e] * keep_mult;
         }
         T* dqi = dq + (i * H + h) * C;
         for (int64_t c = 0; c < C; c++) dqi[c] = acc[c];
@@ -219,16 +230,16 @@ void NAME(backward_targets)(
         int64_t N, int64_t H, int64_t C, int64_t E, int64_t R,
         const T* k, const T* v, const int64_t* ptr, const int64_t* col, const int64_t* etype,
         const T* vt, const T* alpha, const T* dout, const T* dalpha, double scale,
-        uint64_t seed, uint64_t threshold, double keep_mult, int drop,
-        T* dq, T* ds, T* dtq, T* wsum_rows) {
+        const uint8_t* keep, double keep_mult, T* dq, T* ds, T* dtq, T* wsum_rows,
+        T* g_edge) {
     #pragma omp parallel
     {
         T acc[C > 0 ? C : 1], vdot[R > 0 ? R : 1];
         #pragma omp for schedule(dynamic, 8)
         for (int64_t i = 0; i < N; i++) {
 #define ROW(CC) NAME(backward_target_row)(i, N, H, CC, E, R, k, v, ptr, col, etype, vt, \
-                                          alpha, dout, dalpha, (T)scale, seed, threshold, \
-                                          (T)keep_mult, drop, dq, ds, dtq, wsum_rows, acc, vdot)
+                                          alpha, dout, dalpha, (T)scale, keep, (T)keep_mult, \
+                                          dq, ds, dtq, wsum_rows, g_edge, acc, vdot)
             DISPATCH_C(ROW)
 #undef ROW
         }
@@ -236,46 +247,44 @@ void NAME(backward_targets)(
 }
 
 /* Source j (edges grouped by source: tptr; their targets trow and positions
- * perm in target order): dk, dv, dtk (+=). */
+ * perm in target order): dk, dv, dtk (+=), from g_edge [E, 2, H]. acc_k,
+ * acc_v [H C] are per-thread scratch. */
 INLINE void NAME(backward_source_row)(
-        int64_t j, int64_t Ns, int64_t H, const int64_t C, int64_t E, int64_t R,
-        const T* q, const int64_t* tptr, const int64_t* trow, const int64_t* perm,
-        const int64_t* etype, const T* alpha, const T* dout, const T* ds, uint64_t seed,
-        uint64_t threshold, T keep_mult, int drop, T* dk, T* dv, T* dtk,
-        T* acc_k, T* acc_v) {
+        int64_t j, int64_t Ns, int64_t H, const int64_t C, int64_t R, const T* q,
+        const int64_t* tptr, const int64_t* trow, const int64_t* perm, const int64_t* etype,
+        const T* dout, const T* g_edge, T* dk, T* dv, T* dtk, T* acc_k, T* acc_v) {
     const int64_t start = tptr[j], end = tptr[j + 1];
-    for (int64_t h = 0; h < H; h++) {
-        for (int64_t c = 0; c < C; c++) { acc_k[c] = 0; acc_v[c] = 0; }
-        for (int64_t p = start; p < end; p++) {
-            const int64_t e = perm[p], i = trow[p];
-            const T d = ds[h * E + e];
-            const T* qi = q + (i * H + h) * C;
-            for (int64_t c = 0; c < C; c++) acc_k[c] += d * qi[c];
+    for (int64_t x = 0; x < H * C; x++) { acc_k[x] = 0; acc_v[x] = 0; }
+    for (int64_t p = start; p < end; p++) {
+        const int64_t e = perm[p], i = trow[p];
+        const T* ge = g_edge + e * 2 * H;
+        const T* qi = q + i * H * C;
+        const T* doi = dout + i * H * C;
+        for (int64_t h = 0; h < H; h++) {
+            const T d = ge[h], w = ge[H + h];
+            for (int64_t c = 0; c < C; c++) {
+                acc_k[h * C + c] += d * qi[h * C + c];
+                acc_v[h * C + c] += w * doi[h * C + c];
+            }
             if (dtk) dtk[(h * Ns + j) * R + etype[e]] += d;
-            if (drop && !keep_edge(seed, (uint64_t)(h * E + e), threshold)) continue;
-            const T w = alpha[h * E + e] * keep_mult;
-            const T* doi = dout + (i * H + h) * C;
-            for (int64_t c = 0; c < C; c++) acc_v[c] += w * doi[c];
         }
-        T* dkj = dk + (j * H + h) * C;
-        T* dvj = dv + (j * H + h) * C;
-        for (int64_t c = 0; c < C; c++) { dkj[c] = acc_k[c]; dvj[c] = acc_v[c]; }
     }
+    T* dkj = dk + j * H * C;
+    T* dvj = dv + j * H * C;
+    for (int64_t x = 0; x < H * C; x++) { dkj[x] = acc_k[x]; dvj[x] = acc_v[x]; }
 }
 
 void NAME(backward_sources)(
-        int64_t Ns, int64_t H, int64_t C, int64_t E, int64_t R,
-        const T* q, const int64_t* tptr, const int64_t* trow, const int64_t* perm,
-        const int64_t* etype, const T* alpha, const T* dout, const T* ds, uint64_t seed,
-        uint64_t threshold, double keep_mult, int drop, T* dk, T* dv, T* dtk) {
+        int64_t Ns, int64_t H, int64_t C, int64_t R, const T* q, const int64_t* tptr,
+        const int64_t* trow, const int64_t* perm, const int64_t* etype, const T* dout,
+        const T* g_edge, T* dk, T* dv, T* dtk) {
     #pragma omp parallel
     {
-        T acc_k[C > 0 ? C : 1], acc_v[C > 0 ? C : 1];
+        T acc_k[H * C > 0 ? H * C : 1], acc_v[H * C > 0 ? H * C : 1];
         #pragma omp for schedule(dynamic, 8)
         for (int64_t j = 0; j < Ns; j++) {
-#define ROW(CC) NAME(backward_source_row)(j, Ns, H, CC, E, R, q, tptr, trow, perm, etype, \
-                                          alpha, dout, ds, seed, threshold, (T)keep_mult, \
-                                          drop, dk, dv, dtk, acc_k, acc_v)
+#define ROW(CC) NAME(backward_source_row)(j, Ns, H, CC, R, q, tptr, trow, perm, etype, dout, \
+                                          g_edge, dk, dv, dtk, acc_k, acc_v)
             DISPATCH_C(ROW)
 #undef ROW
         }

@@ -126,9 +126,9 @@ def _cache_dir() -> Path:
 _T = {torch.float32: ctypes.c_float, torch.float64: ctypes.c_double}
 _P, _I, _D, _U = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_uint64
 _SIGNATURES = {
-    "forward": [_I] * 5 + [_P] * 10 + [_I, _D, _U, _U, _D, ctypes.c_int, _P, _P],
-    "backward_targets": [_I] * 5 + [_P] * 9 + [_D, _U, _U, _D, ctypes.c_int] + [_P] * 4,
-    "backward_sources": [_I] * 5 + [_P] * 8 + [_U, _U, _D, ctypes.c_int] + [_P] * 3,
+    "forward": [_I] * 5 + [_P] * 10 + [_I, _D, _U, _U, _D, _P, _P, _P],
+    "backward_targets": [_I] * 5 + [_P] * 9 + [_D, _P, _D] + [_P] * 5,
+    "backward_sources": [_I] * 4 + [_P] * 10,
     "multiplier": [_I, _I, _U, _U, _D, _P],
 }
 
@@ -221,12 +221,13 @@ class _FusedCPU(torch.autograd.Function):
         R = _types(tq, tk, vt)
         out = q.new_empty(N, H, C)
         alpha = q.new_empty(H, E)
+        keep = torch.empty(H, E, dtype=torch.uint8) if drop else None
         _kernel("forward", q.dtype)(
             N, H, C, E, R, q.data_ptr(), k.data_ptr(), v.data_ptr(), csr.ptr.data_ptr(),
             csr.col.data_ptr(), _ptr(bias), _ptr(etype), _ptr(tq), _ptr(tk), _ptr(vt),
-            k.size(0), scale, seed, threshold, keep_mult, int(drop), out.data_ptr(),
+            k.size(0), scale, seed, threshold, keep_mult, _ptr(keep), out.data_ptr(),
             alpha.data_ptr())
-        ctx.save_for_backward(q, k, v, vt, etype, alpha)
+        ctx.save_for_backward(q, k, v, vt, etype, alpha, keep)
         ctx.csr = csr
         ctx.shapes = tuple(None if t is None else t.shape for t in (bias, tq, tk))
         ctx.consts = (scale, seed, threshold, keep_mult, drop, R)
@@ -235,7 +236,7 @@ class _FusedCPU(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, dout, dalpha):
-        q, k, v, vt, etype, alpha = ctx.saved_tensors
+        q, k, v, vt, etype, alpha, keep = ctx.saved_tensors
         csr = ctx.csr
         scale, seed, threshold, keep_mult, drop, R = ctx.consts
         bias_shape, tq_shape, tk_shape = ctx.shapes
@@ -248,17 +249,17 @@ class _FusedCPU(torch.autograd.Function):
         dtq = q.new_zeros(tq_shape) if tq_shape is not None else None
         dtk = q.new_zeros(tk_shape) if tk_shape is not None else None
         wsum_rows = q.new_empty(N, H, R) if vt is not None else None
+        g_edge = q.new_empty(E, 2, H)
         transposed, perm = csr.transpose()
         _kernel("backward_targets", q.dtype)(
             N, H, C, E, R, k.data_ptr(), v.data_ptr(), csr.ptr.data_ptr(), csr.col.data_ptr(),
             _ptr(etype), _ptr(vt), alpha.data_ptr(), dout.data_ptr(), _ptr(dalpha), scale,
-            seed, threshold, keep_mult, int(drop), dq.data_ptr(), ds.data_ptr(), _ptr(dtq),
-            _ptr(wsum_rows))
+            _ptr(keep), keep_mult, dq.data_ptr(), ds.data_ptr(), _ptr(dtq), _ptr(wsum_rows),
+            g_edge.data_ptr())
         _kernel("backward_sources", q.dtype)(
-            k.size(0), H, C, E, R, q.data_ptr(), transposed.ptr.data_ptr(),
-            transposed.col.data_ptr(), perm.data_ptr(), _ptr(etype), alpha.data_ptr(),
-            dout.data_ptr(), ds.data_ptr(), seed, threshold, keep_mult, int(drop),
-            dk.data_ptr(), dv.data_ptr(), _ptr(dtk))
+            k.size(0), H, C, R, q.data_ptr(), transposed.ptr.data_ptr(),
+            transposed.col.data_ptr(), perm.data_ptr(), _ptr(etype), dout.data_ptr(),
+            g_edge.data_ptr(), dk.data_ptr(), dv.data_ptr(), _ptr(dtk))
         dvt = torch.einsum("iht,ihc->thc", wsum_rows, dout) if vt is not None else None
         dbias = ds if bias_shape is not None else None
         return (dq, dk, dv, dbias, dtq, dtk, dvt) + (None,) * 7
