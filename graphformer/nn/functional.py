@@ -22,6 +22,8 @@ import torch
 from torch import Tensor
 from torch.compiler import is_compiling
 
+from .cpu_kernels import kernel, kernels_available
+
 SoftmaxBackend = Literal["auto", "native", "scatter"]
 BACKENDS = ("auto", "native", "scatter")
 
@@ -151,19 +153,48 @@ def csr_softmax(scores: Tensor, ptr: Tensor, row: Tensor) -> Tensor:
 DROPOUT_BITS = 16
 
 
+class _HashedDropout(torch.autograd.Function):
+    """:func:`dropout` by the C kernel: decisions hashed from a seed, so
+    backward recomputes them instead of keeping a mask."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, threshold: int, scale: float) -> Tensor:
+        seed = int(torch.randint(0, 2**62, (1,)).item())
+        out = _hashed_dropout(x.contiguous(), seed, threshold, scale)
+        ctx.consts = (seed, threshold, scale)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        seed, threshold, scale = ctx.consts
+        return _hashed_dropout(grad.contiguous(), seed, threshold, scale), None, None
+
+
+def _hashed_dropout(x: Tensor, seed: int, threshold: int, scale: float) -> Tensor:
+    out = torch.empty_like(x)
+    kernel("dropout", x.dtype)(x.numel(), x.data_ptr(), out.data_ptr(), seed, threshold,
+                               scale)
+    return out
+
+
 def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
-    r"""Inverted dropout, as :func:`torch.nn.functional.dropout`, with masks
-    drawn four entries per 64-bit random integer on CPU.
+    r"""Inverted dropout, as :func:`torch.nn.functional.dropout`, with cheaper
+    random decisions on the CPU.
 
     Each entry is kept with probability :math:`1 - p'` and scaled by
     :math:`1 / (1 - p')`, so the expectation is exactly ``x``; :math:`p' =
     \operatorname{round}(p \cdot 2^{16}) / 2^{16}` (:data:`DROPOUT_BITS`), within
     :math:`8 \cdot 10^{-6}` of ``p``. PyTorch's CPU dropout draws one
-    Bernoulli variate per entry, which costs more than the rest of a small
-    transformer block; this draws a quarter as many random numbers and is
-    several times faster (``scripts/bench_training.py``). On CUDA and under
-    :func:`torch.compile` it is :func:`torch.nn.functional.dropout`. Draws
-    come from the default generator (``torch.manual_seed`` makes them
+    Bernoulli variate per entry and keeps a mask, which costs more than the
+    rest of a small transformer block. On the CPU, for float32 and float64,
+    this is one pass of a C kernel (:mod:`graphformer.nn.cpu_kernels`): four
+    entries' decisions are 16-bit slices of one SplitMix64 hash of a seed
+    and the entry's position, and backward recomputes them from the seed (no
+    mask is kept). Without the kernels (no C compiler) the decisions are
+    16-bit slices of 64-bit random integers from PyTorch. On CUDA and under
+    :func:`torch.compile` it is :func:`torch.nn.functional.dropout`. The seed
+    comes from the default generator (``torch.manual_seed`` makes runs
     reproducible).
     """
     if not 0.0 <= p <= 1.0:
@@ -176,9 +207,11 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
     threshold = round(p * levels)
     if threshold >= levels:
         return x * 0.0
+    scale = levels / (levels - threshold)
+    if x.dtype in (torch.float32, torch.float64) and kernels_available():
+        return _HashedDropout.apply(x, threshold, scale)
     n = x.numel()
     draws = torch.randint(-2**63, 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64,
                           device=x.device)
     keep = draws.view(torch.int16)[:n].view(x.shape) >= threshold - levels // 2
-    scale = keep.to(x.dtype).mul_(levels / (levels - threshold))
-    return x * scale
+    return x * keep.to(x.dtype).mul_(scale)

@@ -56,28 +56,15 @@ atomics are needed. The threads are PyTorch's (``torch.set_num_threads``).
 Shapes: N_t target and N_s source nodes, E edges, H heads, C channels per
 head, R edge types. Float32 and float64; indices int64.
 
-The kernels are C (``fused_cpu.c`` beside this module). The first use
-compiles them with the system C compiler (``$CC``, else ``cc``; under a
-second, ``-O3 -march=native -fopenmp``) into a cache directory
-(``$GRAPHFORMER_KERNEL_CACHE``, else ``~/.cache/graphformer/kernels``), keyed
-by the source, the flags, the compiler and the CPU, and loads them with
-:mod:`ctypes`; later processes load the cached library. Without a working
-compiler :func:`fused_cpu_available` is False, :func:`fused_cpu_unavailable`
-says why, ``"auto"`` picks another backend and an explicit
-``backend="fused_cpu"`` raises that reason.
+The kernels are C (``cpu_kernels.c``), built on first use and loaded by
+:mod:`graphformer.nn.cpu_kernels`. Without a working compiler
+:func:`fused_cpu_available` is False, :func:`fused_cpu_unavailable` says why,
+``"auto"`` picks another backend and an explicit ``backend="fused_cpu"``
+raises that reason.
 """
 from __future__ import annotations
 
-import ctypes
-import functools
-import hashlib
 import math
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
 from typing import Optional, Tuple
 
 import torch
@@ -85,6 +72,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .backend import AttentionCall
+from .cpu_kernels import kernel, kernels_available, kernels_unavailable, pointer
 from .csr import EdgeCSR
 from .edge_terms import TypedEdgeTerms
 
@@ -95,97 +83,17 @@ __all__ = ["fused_cpu_available", "fused_cpu_unavailable", "fused_cpu_attention"
 #: the top 32 bits of its hash are below ``round(p * 2**32)``.
 DROPOUT_BITS = 32
 
-SOURCE = Path(__file__).with_name("fused_cpu.c")
-#: Compiler flags. ``-march=native``: the library is built on, and for, the
-#: machine that runs it (the CPU is part of the cache key). Reassociation
-#: lets the channel loops' sums vectorise; no flag assumes finite values
-#: (scores may be -inf), and none changes the process's floating-point mode
-#: (as ``-ffast-math`` can when it links ``crtfastmath.o``).
-CFLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fno-signed-zeros",
-          "-fassociative-math", "-fopenmp", "-fPIC", "-shared", "-std=gnu11")
-
-
-def _cpu_id() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "flags")):
-                return line
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _cache_dir() -> Path:
-    root = os.environ.get("GRAPHFORMER_KERNEL_CACHE")
-    if root:
-        return Path(root)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "graphformer" / "kernels"
-
-
-_T = {torch.float32: ctypes.c_float, torch.float64: ctypes.c_double}
-_P, _I, _D, _U = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_uint64
-_SIGNATURES = {
-    "forward": [_I] * 5 + [_P] * 10 + [_I, _D, _U, _U, _D, _P, _P, _P],
-    "backward_targets": [_I] * 5 + [_P] * 9 + [_D, _P, _D] + [_P] * 5,
-    "backward_sources": [_I] * 4 + [_P] * 10,
-    "multiplier": [_I, _I, _U, _U, _D, _P],
-}
-
-
-@functools.lru_cache(maxsize=None)
-def _library() -> Tuple[Optional[ctypes.CDLL], str]:
-    """(the loaded kernels, "") or (None, why not); built once per process."""
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if not compiler:
-        return None, "no C compiler found (set CC or install gcc)"
-    try:
-        version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
-                                 timeout=60).stdout.splitlines()[:1]
-        source = SOURCE.read_bytes()
-        key = hashlib.sha256(b"\0".join([source, " ".join(CFLAGS).encode(),
-                                          str(version).encode(), _cpu_id().encode()]))
-        target = _cache_dir() / f"fused_cpu-{key.hexdigest()[:16]}.so"
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-                built = Path(tmp) / target.name
-                proc = subprocess.run([compiler, *CFLAGS, str(SOURCE), "-o", str(built), "-lm"],
-                                      capture_output=True, text=True, timeout=600)
-                if proc.returncode != 0:
-                    return None, (f"compiling {SOURCE.name} with {compiler} failed:\n"
-                                  f"{proc.stderr.strip()[-2000:]}")
-                os.replace(built, target)      # atomic: concurrent builders agree
-        lib = ctypes.CDLL(str(target))
-    except (OSError, subprocess.SubprocessError) as err:
-        return None, f"building the fused_cpu kernels failed: {err}"
-    for name, args in _SIGNATURES.items():
-        for suffix in ("f32", "f64"):
-            fn = getattr(lib, f"{name}_{suffix}")
-            fn.argtypes, fn.restype = args, None
-    return lib, ""
 
 
 def fused_cpu_available(device: torch.device = torch.device("cpu")) -> bool:
     """True when the CPU kernels can run on tensors of ``device`` (a CPU
-    device, and the kernels compiled; the first call may compile them)."""
-    return torch.device(device).type == "cpu" and _library()[0] is not None
+    device, and the kernels built; the first call may build them)."""
+    return torch.device(device).type == "cpu" and kernels_available()
 
 
 def fused_cpu_unavailable() -> str:
     """Why the CPU kernels cannot run here ("" when they can)."""
-    return _library()[1]
-
-
-def _kernel(name: str, dtype: torch.dtype):
-    lib, why = _library()
-    if lib is None:
-        raise RuntimeError(f"the fused_cpu backend is unavailable: {why}")
-    return getattr(lib, f"{name}_{'f32' if dtype == torch.float32 else 'f64'}")
-
-
-def _ptr(t: Optional[Tensor]) -> Optional[int]:
-    return None if t is None else t.data_ptr()
+    return kernels_unavailable()
 
 
 def _threshold(p: float) -> Tuple[int, float]:
@@ -203,7 +111,7 @@ def dropout_multiplier(seed: int, heads: int, num_edges: int, p: float,
     and ``p``: 0 where dropped, ``1 / (1 - p)`` where kept."""
     threshold, keep = _threshold(p)
     out = torch.empty(heads, num_edges, dtype=dtype)
-    _kernel("multiplier", dtype)(heads, num_edges, seed, threshold, keep, out.data_ptr())
+    kernel("multiplier", dtype)(heads, num_edges, seed, threshold, keep, out.data_ptr())
     return out
 
 
@@ -222,10 +130,10 @@ class _FusedCPU(torch.autograd.Function):
         out = q.new_empty(N, H, C)
         alpha = q.new_empty(H, E)
         keep = torch.empty(H, E, dtype=torch.uint8) if drop else None
-        _kernel("forward", q.dtype)(
+        kernel("forward", q.dtype)(
             N, H, C, E, R, q.data_ptr(), k.data_ptr(), v.data_ptr(), csr.ptr.data_ptr(),
-            csr.col.data_ptr(), _ptr(bias), _ptr(etype), _ptr(tq), _ptr(tk), _ptr(vt),
-            k.size(0), scale, seed, threshold, keep_mult, _ptr(keep), out.data_ptr(),
+            csr.col.data_ptr(), pointer(bias), pointer(etype), pointer(tq), pointer(tk), pointer(vt),
+            k.size(0), scale, seed, threshold, keep_mult, pointer(keep), out.data_ptr(),
             alpha.data_ptr())
         ctx.save_for_backward(q, k, v, vt, etype, alpha, keep)
         ctx.csr = csr
@@ -251,15 +159,15 @@ class _FusedCPU(torch.autograd.Function):
         wsum_rows = q.new_empty(N, H, R) if vt is not None else None
         g_edge = q.new_empty(E, 2, H)
         transposed, perm = csr.transpose()
-        _kernel("backward_targets", q.dtype)(
+        kernel("backward_targets", q.dtype)(
             N, H, C, E, R, k.data_ptr(), v.data_ptr(), csr.ptr.data_ptr(), csr.col.data_ptr(),
-            _ptr(etype), _ptr(vt), alpha.data_ptr(), dout.data_ptr(), _ptr(dalpha), scale,
-            _ptr(keep), keep_mult, dq.data_ptr(), ds.data_ptr(), _ptr(dtq), _ptr(wsum_rows),
+            pointer(etype), pointer(vt), alpha.data_ptr(), dout.data_ptr(), pointer(dalpha), scale,
+            pointer(keep), keep_mult, dq.data_ptr(), ds.data_ptr(), pointer(dtq), pointer(wsum_rows),
             g_edge.data_ptr())
-        _kernel("backward_sources", q.dtype)(
+        kernel("backward_sources", q.dtype)(
             k.size(0), H, C, R, q.data_ptr(), transposed.ptr.data_ptr(),
-            transposed.col.data_ptr(), perm.data_ptr(), _ptr(etype), dout.data_ptr(),
-            g_edge.data_ptr(), dk.data_ptr(), dv.data_ptr(), _ptr(dtk))
+            transposed.col.data_ptr(), perm.data_ptr(), pointer(etype), dout.data_ptr(),
+            g_edge.data_ptr(), dk.data_ptr(), dv.data_ptr(), pointer(dtk))
         dvt = torch.einsum("iht,ihc->thc", wsum_rows, dout) if vt is not None else None
         dbias = ds if bias_shape is not None else None
         return (dq, dk, dv, dbias, dtq, dtk, dvt) + (None,) * 7
@@ -326,6 +234,8 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, csr: EdgeCSR, bias: Optional[Tensor
             seed: Optional[int], scale: Optional[float]) -> Tuple[Tensor, Tensor, int]:
     """:func:`fused_cpu_attention` on checked input (the kernels do not check
     bounds)."""
+    if not kernels_available():
+        raise RuntimeError(f"the fused_cpu backend is unavailable: {kernels_unavailable()}")
     if not 0.0 <= dropout <= 1.0:
         raise ValueError(f"dropout probability must be in [0, 1], got {dropout}")
     C = q.size(2)

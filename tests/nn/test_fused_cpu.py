@@ -1,4 +1,4 @@
-"""The fused CPU kernels (graphformer/nn/fused_cpu.c) against the per-edge
+"""The fused CPU kernels (graphformer/nn/cpu_kernels.c) against the per-edge
 equations in float64 (values and gradients of every input, the weights'
 own gradient included), with score biases, -inf masks, typed tables, type
 values, dropout, empty and fully masked rows; the dropout hash against an
@@ -200,6 +200,50 @@ def test_without_a_compiler_auto_falls_back_and_the_backend_says_why(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "WHY building the fused_cpu kernels failed" in proc.stdout
-    assert "ERR the fused_cpu backend is unavailable: building the fused_cpu kernels " \
+    assert "WHY building the CPU kernels failed" in proc.stdout
+    assert "ERR the fused_cpu backend is unavailable: building the CPU kernels " \
            "failed" in proc.stdout
+
+
+def test_hashed_dropout_is_splitmix64_slices_forward_and_backward(monkeypatch):
+    """functional.dropout on the CPU: entry x is kept when bits 16 (x % 4)..+15
+    of the hash of x // 4 reach round(p 2^16), scaled by 1 / (1 - p');
+    backward applies the same decisions (recomputed from the seed)."""
+    from graphformer.nn import functional
+
+    seeds = []
+    real = torch.randint
+    monkeypatch.setattr(functional.torch, "randint",
+                        lambda *a, **k: seeds.append(real(*a, **k)) or seeds[-1])
+    x = torch.randn(7, 9, dtype=torch.float64, requires_grad=True)
+    p = 0.3
+    out = functional.dropout(x, p)
+    seed, threshold = int(seeds[-1]), round(p * 2**16)
+    keep = torch.tensor([((splitmix64(seed, i // 4) >> (16 * (i % 4))) & 0xFFFF) >= threshold
+                         for i in range(x.numel())]).view(7, 9)
+    mult = keep.double() / (1 - threshold / 2**16)
+    torch.testing.assert_close(out, x * mult, atol=0, rtol=0)
+    g = torch.randn(7, 9, dtype=torch.float64)
+    (grad,) = torch.autograd.grad((out * g).sum(), x)
+    torch.testing.assert_close(grad, g * mult, atol=0, rtol=0)
+    # a non-contiguous input, float32, and the rate
+    y = torch.ones(400, 300).t()
+    kept = (functional.dropout(y, 0.25) > 0).double().mean().item()
+    assert abs(kept - 0.75) < 0.01
+    torch.manual_seed(5)
+    a = functional.dropout(y, 0.5)
+    torch.manual_seed(5)
+    torch.testing.assert_close(functional.dropout(y, 0.5), a, atol=0, rtol=0)
+    assert functional.dropout(y, 1.0).abs().sum() == 0
+    assert functional.dropout(y, 0.0) is y and functional.dropout(y, 0.5, training=False) is y
+
+
+def test_dropout_without_the_kernels_keeps_the_rate_and_the_expectation(monkeypatch):
+    from graphformer.nn import functional
+
+    monkeypatch.setattr(functional, "kernels_available", lambda: False)
+    y = torch.ones(300, 300)
+    out = functional.dropout(y, 0.25)
+    kept = out > 0
+    assert abs(kept.double().mean().item() - 0.75) < 0.01
+    torch.testing.assert_close(out[kept], torch.full_like(out[kept], 1 / 0.75))

@@ -1,7 +1,8 @@
-/* Fused attention over an edge set on the CPU: the kernels of
- * graphformer/nn/fused_cpu.py (its docstring has the equations).
+/* Graphformer's CPU kernels: the fused attention over an edge set of
+ * graphformer/nn/fused_cpu.py (its docstring has the equations) and the
+ * hashed dropout of graphformer/nn/functional.py.
  *
- * Compiled on first use by the system C compiler (fused_cpu.py, _library()),
+ * Compiled on first use by the system C compiler (cpu_kernels.py),
  * loaded with ctypes, and run on OpenMP threads: the process's libgomp is
  * PyTorch's own (same soname), so the thread count is torch's.
  *
@@ -17,19 +18,29 @@
 #ifndef KERNEL_T
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "the dropout kernel reads 16-bit slices of 64-bit hashes as little-endian"
+#endif
 
 #define INLINE static inline __attribute__((always_inline))
 #define CAT_(a, b) a##_##b
 #define CAT(a, b) CAT_(a, b)
 #define NAME(name) CAT(name, SUFFIX)
 
-/* SplitMix64 of the seed and the position h * E + e: the dropout decision. */
-INLINE int keep_edge(uint64_t seed, uint64_t index, uint64_t threshold) {
+/* SplitMix64 (Steele, Lea & Flood 2014) of the seed and a position. */
+INLINE uint64_t splitmix64(uint64_t seed, uint64_t index) {
     uint64_t z = seed + (index + 1) * 0x9E3779B97F4A7C15ULL;
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    z ^= z >> 31;
-    return (z >> 32) >= threshold;
+    return z ^ (z >> 31);
+}
+
+/* The attention-dropout decision of position h * E + e: its hash's top 32
+ * bits reach the threshold (p * 2^32). */
+INLINE int keep_edge(uint64_t seed, uint64_t index, uint64_t threshold) {
+    return (splitmix64(seed, index) >> 32) >= threshold;
 }
 
 /* exp for float in a form that vectorises (Cephes' expf: reduction by ln 2
@@ -67,17 +78,23 @@ INLINE double exp_f64(double x) { return exp(x); }
         default: ROW(C); break;                                               \
     }
 
+/* double (tests, exactness checks) takes the generic channel loops only. */
+#define GENERIC_C(ROW) ROW(C);
+
 #define KERNEL_T float
 #define SUFFIX f32
 #define EXP exp_f32
+#define DISPATCH DISPATCH_C
 #include __FILE__
 #undef KERNEL_T
 #undef SUFFIX
 #undef EXP
+#undef DISPATCH
 
 #define KERNEL_T double
 #define SUFFIX f64
 #define EXP exp_f64
+#define DISPATCH GENERIC_C
 #include __FILE__
 
 #else  /* the kernels, for T = KERNEL_T */
@@ -162,7 +179,7 @@ void NAME(forward)(
 #define ROW(CC) NAME(forward_row)(i, N, H, CC, E, R, Ns, q, k, v, ptr, col, bias, etype, \
                                   tq, tk, vt, (T)scale, seed, threshold, (T)keep_mult, keep, \
                                   out, alpha, acc, wsum)
-            DISPATCH_C(ROW)
+            DISPATCH(ROW)
 #undef ROW
         }
     }
@@ -240,7 +257,7 @@ void NAME(backward_targets)(
 #define ROW(CC) NAME(backward_target_row)(i, N, H, CC, E, R, k, v, ptr, col, etype, vt, \
                                           alpha, dout, dalpha, (T)scale, keep, (T)keep_mult, \
                                           dq, ds, dtq, wsum_rows, g_edge, acc, vdot)
-            DISPATCH_C(ROW)
+            DISPATCH(ROW)
 #undef ROW
         }
     }
@@ -285,7 +302,7 @@ void NAME(backward_sources)(
         for (int64_t j = 0; j < Ns; j++) {
 #define ROW(CC) NAME(backward_source_row)(j, Ns, H, CC, R, q, tptr, trow, perm, etype, dout, \
                                           g_edge, dk, dv, dtk, acc_k, acc_v)
-            DISPATCH_C(ROW)
+            DISPATCH(ROW)
 #undef ROW
         }
     }
@@ -297,6 +314,26 @@ void NAME(multiplier)(int64_t H, int64_t E, uint64_t seed, uint64_t threshold,
     #pragma omp parallel for
     for (int64_t x = 0; x < H * E; x++)
         out[x] = keep_edge(seed, (uint64_t)x, threshold) ? (T)keep_mult : (T)0;
+}
+
+/* Inverted dropout with hashed decisions: element x of n is kept when bits
+ * 16 (x % 4) .. 16 (x % 4) + 15 of the hash of x / 4 reach the threshold
+ * (p * 2^16), and then scaled; backward applies the same to the gradient.
+ * Blocks of 256 elements: 64 hashes (a loop that vectorises), read as 256
+ * 16-bit slices (little-endian), then one select per element. */
+void NAME(dropout)(int64_t n, const T* in, T* out, uint64_t seed, uint64_t threshold,
+                   double scale) {
+    const T s = (T)scale;
+    const uint16_t thr = (uint16_t)threshold;
+    #pragma omp parallel for schedule(static) if (n > 65536)
+    for (int64_t chunk = 0; chunk < (n + 255) / 256; chunk++) {
+        uint64_t hashes[64];
+        uint16_t slices[256];
+        for (int64_t k = 0; k < 64; k++) hashes[k] = splitmix64(seed, (uint64_t)(chunk * 64 + k));
+        memcpy(slices, hashes, sizeof slices);
+        const int64_t x0 = chunk * 256, m = n - x0 < 256 ? n - x0 : 256;
+        for (int64_t r = 0; r < m; r++) out[x0 + r] = slices[r] >= thr ? in[x0 + r] * s : (T)0;
+    }
 }
 
 #undef T
