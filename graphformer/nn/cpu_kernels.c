@@ -18,6 +18,7 @@
 #ifndef KERNEL_T
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -165,24 +166,31 @@ INLINE void NAME(forward_row)(
     }
 }
 
-void NAME(forward)(
+int NAME(forward)(
         int64_t N, int64_t H, int64_t C, int64_t E, int64_t R,
         const T* q, const T* k, const T* v, const int64_t* ptr, const int64_t* col,
         const T* bias, const int64_t* etype, const T* tq, const T* tk, const T* vt,
         int64_t Ns, double scale, uint64_t seed, uint64_t threshold, double keep_mult,
         uint8_t* keep, T* out, T* alpha) {
+    int failed = 0;                       /* a thread's scratch could not be allocated */
     #pragma omp parallel
     {
-        T acc[C > 0 ? C : 1], wsum[R > 0 ? R : 1];
+        /* per-thread scratch on the heap: R (edge types) may be large */
+        T* acc = (T*)malloc(sizeof(T) * (size_t)(C + R + 1));
+        T* wsum = acc + C;
+        if (!acc) failed = 1;
         #pragma omp for schedule(dynamic, 8)
         for (int64_t i = 0; i < N; i++) {
+            if (!acc) continue;
 #define ROW(CC) NAME(forward_row)(i, N, H, CC, E, R, Ns, q, k, v, ptr, col, bias, etype, \
                                   tq, tk, vt, (T)scale, seed, threshold, (T)keep_mult, keep, \
                                   out, alpha, acc, wsum)
             DISPATCH(ROW)
 #undef ROW
         }
+        free(acc);
     }
+    return failed;
 }
 
 /* Target i: ds (scaled score gradients, [H, E]), dq, dtq (+=), the kept
@@ -243,24 +251,30 @@ INLINE void NAME(backward_target_row)(
     }
 }
 
-void NAME(backward_targets)(
+int NAME(backward_targets)(
         int64_t N, int64_t H, int64_t C, int64_t E, int64_t R,
         const T* k, const T* v, const int64_t* ptr, const int64_t* col, const int64_t* etype,
         const T* vt, const T* alpha, const T* dout, const T* dalpha, double scale,
         const uint8_t* keep, double keep_mult, T* dq, T* ds, T* dtq, T* wsum_rows,
         T* g_edge) {
+    int failed = 0;
     #pragma omp parallel
     {
-        T acc[C > 0 ? C : 1], vdot[R > 0 ? R : 1];
+        T* acc = (T*)malloc(sizeof(T) * (size_t)(C + R + 1));
+        T* vdot = acc + C;
+        if (!acc) failed = 1;
         #pragma omp for schedule(dynamic, 8)
         for (int64_t i = 0; i < N; i++) {
+            if (!acc) continue;
 #define ROW(CC) NAME(backward_target_row)(i, N, H, CC, E, R, k, v, ptr, col, etype, vt, \
                                           alpha, dout, dalpha, (T)scale, keep, (T)keep_mult, \
                                           dq, ds, dtq, wsum_rows, g_edge, acc, vdot)
             DISPATCH(ROW)
 #undef ROW
         }
+        free(acc);
     }
+    return failed;
 }
 
 /* Source j (edges grouped by source: tptr; their targets trow and positions
@@ -291,21 +305,27 @@ INLINE void NAME(backward_source_row)(
     for (int64_t x = 0; x < H * C; x++) { dkj[x] = acc_k[x]; dvj[x] = acc_v[x]; }
 }
 
-void NAME(backward_sources)(
+int NAME(backward_sources)(
         int64_t Ns, int64_t H, int64_t C, int64_t R, const T* q, const int64_t* tptr,
         const int64_t* trow, const int64_t* perm, const int64_t* etype, const T* dout,
         const T* g_edge, T* dk, T* dv, T* dtk) {
+    int failed = 0;
     #pragma omp parallel
     {
-        T acc_k[H * C > 0 ? H * C : 1], acc_v[H * C > 0 ? H * C : 1];
+        T* acc_k = (T*)malloc(sizeof(T) * (size_t)(2 * H * C + 1));
+        T* acc_v = acc_k + H * C;
+        if (!acc_k) failed = 1;
         #pragma omp for schedule(dynamic, 8)
         for (int64_t j = 0; j < Ns; j++) {
+            if (!acc_k) continue;
 #define ROW(CC) NAME(backward_source_row)(j, Ns, H, CC, R, q, tptr, trow, perm, etype, dout, \
                                           g_edge, dk, dv, dtk, acc_k, acc_v)
             DISPATCH(ROW)
 #undef ROW
         }
+        free(acc_k);
     }
+    return failed;
 }
 
 /* The dropout multipliers [H, E]: keep_mult where kept, 0 where dropped. */

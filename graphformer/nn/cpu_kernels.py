@@ -71,6 +71,17 @@ _SIGNATURES = {
 }
 
 
+#: Kernels that return a status: nonzero when per-thread scratch memory could
+#: not be allocated.
+_STATUS = ("forward", "backward_targets", "backward_sources")
+
+
+def _raise_on_failure(result, fn, args):
+    if result != 0:
+        raise MemoryError(f"{fn.__name__}: out of memory for the per-thread scratch")
+    return result
+
+
 @functools.lru_cache(maxsize=None)
 def _library() -> Tuple[Optional[ctypes.CDLL], str]:
     """(the loaded kernels, "") or (None, why not); built once per process."""
@@ -100,7 +111,10 @@ def _library() -> Tuple[Optional[ctypes.CDLL], str]:
     for name, args in _SIGNATURES.items():
         for suffix in ("f32", "f64"):
             fn = getattr(lib, f"{name}_{suffix}")
-            fn.argtypes, fn.restype = args, None
+            fn.argtypes = args
+            fn.restype = ctypes.c_int if name in _STATUS else None
+            if name in _STATUS:
+                fn.errcheck = _raise_on_failure
     return lib, ""
 
 

@@ -247,3 +247,31 @@ def test_dropout_without_the_kernels_keeps_the_rate_and_the_expectation(monkeypa
     kept = out > 0
     assert abs(kept.double().mean().item() - 0.75) < 0.01
     torch.testing.assert_close(out[kept], torch.full_like(out[kept], 1 / 0.75))
+
+
+def test_many_edge_types_and_empty_edge_sets():
+    """Scratch per thread is sized by the number of types (heap, not stack):
+    200,000 relation types work; so do no edges and no nodes at all."""
+    torch.manual_seed(2)
+    ptr, src, dst, _ = _graph(num_nodes=5, num_edges=30, empty_row=False)
+    N, H, C, R = 5, 1, 4, 200_000
+    q, k, v = (torch.randn(N, H, C, dtype=torch.float64) for _ in range(3))
+    etype = torch.randint(0, R, (src.numel(),))
+    tq, tk = torch.randn(H, N, R, dtype=torch.float64), torch.randn(H, N, R, dtype=torch.float64)
+    vt = torch.randn(R, H, C, dtype=torch.float64)
+    out, alpha, _ = fused_cpu_attention(q, k, v, ptr, src, edge_type=etype, target_table=tq,
+                                        source_table=tk, type_values=vt)
+    ref_out, ref_alpha = _reference(q, k, v, src, dst, None, etype, tq, tk, vt, None)
+    torch.testing.assert_close(out, ref_out, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(alpha, ref_alpha, atol=1e-12, rtol=1e-10)
+    # no edges: zeros, and gradients of zeros
+    q0 = torch.randn(4, 2, 3, requires_grad=True)
+    out0, alpha0, _ = fused_cpu_attention(q0, q0, q0, torch.zeros(5, dtype=torch.long),
+                                          torch.zeros(0, dtype=torch.long), dropout=0.5)
+    assert out0.abs().sum() == 0 and alpha0.shape == (2, 0)
+    (g,) = torch.autograd.grad(out0.sum(), q0)
+    assert g.abs().sum() == 0
+    empty = torch.zeros(0, 2, 3)
+    out_e, alpha_e, _ = fused_cpu_attention(empty, empty, empty, torch.zeros(1, dtype=torch.long),
+                                            torch.zeros(0, dtype=torch.long))
+    assert out_e.shape == (0, 2, 3) and alpha_e.shape == (2, 0)
