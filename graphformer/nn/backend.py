@@ -34,9 +34,10 @@ model (:func:`choose_backend`), in order:
    sparse and dense backends' extra steps cost more than the E×H×C tensors
    they avoid (``scripts/bench_attention.py``, molecule case);
 4. with typed edges on CPU: ``"fused_cpu"`` when its kernels are built
-   (1.2-1.6× the sparse backend's training step on the bundled molecules,
-   ``scripts/bench_training.py --backends sparse fused_cpu``; the README has
-   the figures), else ``"sparse"`` — their edge terms are [E, H] gathers, and
+   (1.0-1.3× the sparse backend's whole training step on Lipophilicity
+   batches and 1.3× on ESOL's, and 1.5× for one layer's attention,
+   ``scripts/bench_training.py --backends auto sparse``; the README has the
+   figures), else ``"sparse"`` — their edge terms are [E, H] gathers, and
    the dense backend's explicit softmax over padded blocks is slower;
 5. ``"dense"`` when it is applicable (self-attention, graphs contiguous in
    ``batch``, no duplicate edges when edge features are used), the padded
