@@ -275,3 +275,37 @@ def test_many_edge_types_and_empty_edge_sets():
     out_e, alpha_e, _ = fused_cpu_attention(empty, empty, empty, torch.zeros(1, dtype=torch.long),
                                             torch.zeros(0, dtype=torch.long))
     assert out_e.shape == (0, 2, 3) and alpha_e.shape == (2, 0)
+
+
+def test_per_edge_value_terms_see_the_same_dropout_as_the_kernel(monkeypatch):
+    """With per-edge features the value term is added outside the kernel,
+    from the weights times dropout_multiplier: it must drop exactly the
+    edges the kernel dropped (float64, against the per-edge equations)."""
+    from graphformer import patterns as P
+    from graphformer.nn import RelationalAttention
+
+    seeds = []
+    real = torch.randint
+    monkeypatch.setattr(torch, "randint", lambda *a, **k: seeds.append(real(*a, **k)) or seeds[-1])
+    torch.manual_seed(0)
+    layer = RelationalAttention(6, 8, heads=2, edge_dim=3, dropout=0.4,
+                                backend="fused_cpu").double().train()
+    x = torch.randn(7, 6, dtype=torch.float64)
+    ei = P.full(7)
+    e = torch.randn(ei.size(1), 3, dtype=torch.float64)
+    out, alpha = layer(x, ei, e, return_attention_weights=True)
+    seed = int(seeds[-1])
+    H, C, E = 2, 4, ei.size(1)
+    src, dst = ei
+    mult = dropout_multiplier(seed, H, E, 0.4, torch.float64).t()     # target order = given
+    q = layer.lin_q(x).view(-1, H, C)[dst] + layer.lin_edge_q(e).view(-1, H, C)
+    k = layer.lin_k(x).view(-1, H, C)[src] + layer.lin_edge_k(e).view(-1, H, C)
+    v = layer.lin_v(x).view(-1, H, C)[src] + layer.lin_edge_v(e).view(-1, H, C)
+    s = (q * k).sum(-1) / math.sqrt(C)
+    ref_alpha = torch.softmax(s.view(7, 7, H), dim=1).reshape(E, H)   # full: 7 sources each
+    torch.testing.assert_close(alpha, ref_alpha, atol=1e-12, rtol=1e-10)
+    msg = (ref_alpha * mult).unsqueeze(-1) * v
+    ref = layer.lin_out(torch.zeros(7, H, C, dtype=torch.float64).index_add(0, dst, msg)
+                        .reshape(7, H * C))
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-10)
+    assert (mult == 0).any() and (mult > 0).any()
