@@ -19,15 +19,17 @@ edge and head (``-inf`` masks an edge for a head), :math:`T` [H, N_t, R] and
 [R, H, C] optional value vectors per edge type :math:`t_e`
 (:class:`~graphformer.nn.edge_terms.TypedEdgeTerms`), and :math:`m` the
 attention-dropout multiplier: :math:`1/(1-p)` where edge :math:`e`, head
-:math:`h` is kept, 0 where it is dropped. Nothing of size E×H×C is built, and
-no E×H tensor besides the weights :math:`\alpha` (returned, and kept for
-backward).
+:math:`h` is kept, 0 where it is dropped. Nothing of size E×H×C is built;
+of size E×H only the weights :math:`\alpha` (returned, and kept for
+backward), the dropout decisions (bytes) and, in backward, the score
+gradients.
 
 The dropout decision is a counter-based hash (SplitMix64) of a 64-bit seed
-and the position ``h * E + e``: no mask is stored, backward recomputes it, and
-the seed is drawn from PyTorch's default generator, so ``torch.manual_seed``
-makes runs reproducible. :func:`dropout_multiplier` gives the same
-multipliers as a tensor (for tests and for per-edge value terms).
+and the position ``h * E + e`` (:data:`DROPOUT_BITS`); the forward keeps the
+decisions as one byte per edge and head for backward, and the seed is drawn
+from PyTorch's default generator, so ``torch.manual_seed`` makes runs
+reproducible. :func:`dropout_multiplier` gives the same multipliers as a
+tensor (for tests and for per-edge value terms).
 
 Backward, per head (:math:`g_e` the gradient reaching :math:`\alpha_e`):
 
