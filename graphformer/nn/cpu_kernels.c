@@ -67,6 +67,10 @@ INLINE float exp_f32(float x) {
 
 INLINE double exp_f64(double x) { return exp(x); }
 
+/* Per-thread scratch, 64-byte aligned: vectorised loops then take the same
+ * path whatever the allocator returns, so results do not depend on it. */
+static void* scratch(size_t bytes) { return aligned_alloc(64, (bytes + 63) / 64 * 64); }
+
 /* The channel count C is a compile-time constant in the common cases (the
  * row functions are inlined into each case), so that the channel loops
  * unroll and vectorise; other values take the generic path. */
@@ -176,7 +180,7 @@ int NAME(forward)(
     #pragma omp parallel
     {
         /* per-thread scratch on the heap: R (edge types) may be large */
-        T* acc = (T*)malloc(sizeof(T) * (size_t)(C + R + 1));
+        T* acc = (T*)scratch(sizeof(T) * (size_t)(C + R + 1));
         T* wsum = acc + C;
         if (!acc) failed = 1;
         #pragma omp for schedule(dynamic, 8)
@@ -260,7 +264,7 @@ int NAME(backward_targets)(
     int failed = 0;
     #pragma omp parallel
     {
-        T* acc = (T*)malloc(sizeof(T) * (size_t)(C + R + 1));
+        T* acc = (T*)scratch(sizeof(T) * (size_t)(C + R + 1));
         T* vdot = acc + C;
         if (!acc) failed = 1;
         #pragma omp for schedule(dynamic, 8)
@@ -312,7 +316,7 @@ int NAME(backward_sources)(
     int failed = 0;
     #pragma omp parallel
     {
-        T* acc_k = (T*)malloc(sizeof(T) * (size_t)(2 * H * C + 1));
+        T* acc_k = (T*)scratch(sizeof(T) * (size_t)(2 * H * C + 1));
         T* acc_v = acc_k + H * C;
         if (!acc_k) failed = 1;
         #pragma omp for schedule(dynamic, 8)
