@@ -195,7 +195,7 @@ class RelationalAttention(MessagePassing):
             per_edge_features=edge_attr is not None and edge_type is None,
             has_terms=edge_attr is not None, dropout_active=dropout_active, traced=traced,
             fused_ok=not traced and fused_mod.fused_available(q.device),
-            fused_cpu_ok=not traced and q.device.type == "cpu" and fused_cpu_available())
+            fused_cpu_ok=not traced and fused_cpu_available(q.device))
 
         dtype = q.dtype
         if backend != "fused" and dtype in (torch.float16, torch.bfloat16):

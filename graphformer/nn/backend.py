@@ -12,9 +12,9 @@ backward):
   target's edges with an online softmax; CUDA only (or the Triton interpreter
   for testing); no attention dropout.
 - ``"fused_cpu"`` (:mod:`graphformer.nn.fused_cpu`): the same idea on the
-  CPU, as Numba kernels, with attention dropout (a counter-based hash, no
-  stored mask) and the typed edge terms read per edge from node-by-type
-  tables; needs ``numba``.
+  CPU, as C kernels (:mod:`graphformer.nn.cpu_kernels`, compiled on first
+  use), with attention dropout (a counter-based hash) and the typed edge
+  terms read per edge from node-by-type tables; needs a C compiler.
 - ``"propagate"``: PyG's ``MessagePassing.propagate`` with per-edge messages
   (E×H×C tensors). Slowest; used under :func:`torch.compile` and PyG's
   explain mode, which hook into message passing.

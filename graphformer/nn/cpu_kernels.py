@@ -31,7 +31,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["kernels_available", "kernels_unavailable", "kernel", "pointer", "CFLAGS"]
+__all__ = ["kernels_available", "kernels_unavailable", "kernel", "pointer", "draw_seed",
+           "CFLAGS"]
 
 SOURCE = Path(__file__).resolve().with_name("cpu_kernels.c")   # absolute: it includes itself
 #: Compiler flags. ``-march=native``: the library is built on, and for, the
@@ -127,6 +128,12 @@ def kernels_available() -> bool:
 def kernels_unavailable() -> str:
     """Why the kernels cannot run here ("" when they can)."""
     return _library()[1]
+
+
+def draw_seed() -> int:
+    """A seed for the kernels' hashed random decisions, from PyTorch's default
+    generator (so ``torch.manual_seed`` makes runs reproducible)."""
+    return int(torch.randint(0, 2**62, (1,)).item())
 
 
 def kernel(name: str, dtype: torch.dtype):

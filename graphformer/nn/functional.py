@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.compiler import is_compiling
 
-from .cpu_kernels import kernel, kernels_available
+from .cpu_kernels import draw_seed, kernel, kernels_available
 
 SoftmaxBackend = Literal["auto", "native", "scatter"]
 BACKENDS = ("auto", "native", "scatter")
@@ -159,7 +159,7 @@ class _HashedDropout(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, threshold: int, scale: float) -> Tensor:
-        seed = int(torch.randint(0, 2**62, (1,)).item())
+        seed = draw_seed()
         out = _hashed_dropout(x.contiguous(), seed, threshold, scale)
         ctx.consts = (seed, threshold, scale)
         return out

@@ -74,7 +74,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .backend import AttentionCall
-from .cpu_kernels import kernel, kernels_available, kernels_unavailable, pointer
+from .cpu_kernels import draw_seed, kernel, kernels_available, kernels_unavailable, pointer
 from .csr import EdgeCSR
 from .edge_terms import TypedEdgeTerms
 
@@ -84,7 +84,6 @@ __all__ = ["fused_cpu_available", "fused_cpu_unavailable", "fused_cpu_attention"
 #: Resolution of the attention-dropout probability: an edge is dropped when
 #: the top 32 bits of its hash are below ``round(p * 2**32)``.
 DROPOUT_BITS = 32
-
 
 
 def fused_cpu_available(device: torch.device = torch.device("cpu")) -> bool:
@@ -134,9 +133,9 @@ class _FusedCPU(torch.autograd.Function):
         keep = torch.empty(H, E, dtype=torch.uint8) if drop else None
         kernel("forward", q.dtype)(
             N, H, C, E, R, q.data_ptr(), k.data_ptr(), v.data_ptr(), csr.ptr.data_ptr(),
-            csr.col.data_ptr(), pointer(bias), pointer(etype), pointer(tq), pointer(tk), pointer(vt),
-            k.size(0), scale, seed, threshold, keep_mult, pointer(keep), out.data_ptr(),
-            alpha.data_ptr())
+            csr.col.data_ptr(), pointer(bias), pointer(etype), pointer(tq), pointer(tk),
+            pointer(vt), k.size(0), scale, seed, threshold, keep_mult, pointer(keep),
+            out.data_ptr(), alpha.data_ptr())
         ctx.save_for_backward(q, k, v, vt, etype, alpha, keep)
         ctx.csr = csr
         ctx.shapes = tuple(None if t is None else t.shape for t in (bias, tq, tk))
@@ -163,9 +162,9 @@ class _FusedCPU(torch.autograd.Function):
         transposed, perm = csr.transpose()
         kernel("backward_targets", q.dtype)(
             N, H, C, E, R, k.data_ptr(), v.data_ptr(), csr.ptr.data_ptr(), csr.col.data_ptr(),
-            pointer(etype), pointer(vt), alpha.data_ptr(), dout.data_ptr(), pointer(dalpha), scale,
-            pointer(keep), keep_mult, dq.data_ptr(), ds.data_ptr(), pointer(dtq), pointer(wsum_rows),
-            g_edge.data_ptr())
+            pointer(etype), pointer(vt), alpha.data_ptr(), dout.data_ptr(), pointer(dalpha),
+            scale, pointer(keep), keep_mult, dq.data_ptr(), ds.data_ptr(), pointer(dtq),
+            pointer(wsum_rows), g_edge.data_ptr())
         kernel("backward_sources", q.dtype)(
             k.size(0), H, C, R, q.data_ptr(), transposed.ptr.data_ptr(),
             transposed.col.data_ptr(), perm.data_ptr(), pointer(etype), dout.data_ptr(),
@@ -245,7 +244,7 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, csr: EdgeCSR, bias: Optional[Tensor
         scale = 1.0 / math.sqrt(C) if C else 1.0
     drop = dropout > 0.0
     if seed is None:
-        seed = int(torch.randint(0, 2**62, (1,)).item()) if drop else 0
+        seed = draw_seed() if drop else 0
     threshold, keep_mult = _threshold(dropout)
     contiguous = [t.contiguous() if t is not None else None
                   for t in (q, k, v, bias, target_table, source_table, type_values)]
@@ -284,20 +283,19 @@ def _check(q, k, v, ptr, col, bias, edge_type, tq, tk, vt) -> None:
         raise ValueError(f"edge {bad} has source {int(col[bad])}, outside [0, {N_s})")
     if bias is not None and tuple(bias.shape) != (H, E):
         raise ValueError(f"'bias' must be [H, E] = [{H}, {E}], got {tuple(bias.shape)}")
-    typed = [t for t in (tq, tk, vt) if t is not None]
+    typed = any(t is not None for t in (tq, tk, vt))
     if typed and edge_type is None:
         raise ValueError("the type tables need 'edge_type'")
     if edge_type is None:
         return
     if edge_type.numel() != E:
         raise ValueError(f"'edge_type' has {edge_type.numel()} entries for {E} edges")
-    R = tq.size(2) if tq is not None else tk.size(2) if tk is not None else \
-        vt.size(0) if vt is not None else None
+    R = _types(tq, tk, vt)
     for name, t, shape in (("target_table", tq, (H, N_t, R)), ("source_table", tk, (H, N_s, R)),
                            ("type_values", vt, (R, H, C))):
         if t is not None and tuple(t.shape) != shape:
             raise ValueError(f"'{name}' must be {list(shape)}, got {list(t.shape)}")
-    if R is not None and E and (int(edge_type.min()) < 0 or int(edge_type.max()) >= R):
+    if typed and E and (int(edge_type.min()) < 0 or int(edge_type.max()) >= R):
         bad = int(((edge_type < 0) | (edge_type >= R)).nonzero()[0])
         raise ValueError(f"edge {bad} has type {int(edge_type[bad])}, outside [0, {R})")
 
@@ -326,7 +324,7 @@ def fused_cpu_backend(call: AttentionCall) -> Tuple[Tensor, Optional[Tensor]]:
         if bias is None:
             bias = q.new_zeros(H, csr.num_edges)
         bias = bias.masked_fill(~call.head_mask.t(), float("-inf"))
-    if edge_type is not None and tables == (None, None) and type_values is None:
+    if all(t is None for t in (*tables, type_values)):   # no typed term reads the types
         edge_type = None
     out, alpha, seed = _attend(q, k, v, csr, bias, edge_type, tables[0], tables[1], type_values,
                                p, None, None)
