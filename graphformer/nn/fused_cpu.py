@@ -140,11 +140,13 @@ class _FusedCPU(torch.autograd.Function):
         ctx.csr = csr
         ctx.shapes = tuple(None if t is None else t.shape for t in (bias, tq, tk))
         ctx.consts = (scale, seed, threshold, keep_mult, drop, R)
-        return out, alpha
+        if keep is not None:
+            ctx.mark_non_differentiable(keep)
+        return out, alpha, keep
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, dout, dalpha):
+    def backward(ctx, dout, dalpha, _dkeep):
         q, k, v, vt, etype, alpha, keep = ctx.saved_tensors
         csr = ctx.csr
         scale, seed, threshold, keep_mult, drop, R = ctx.consts
@@ -225,16 +227,20 @@ def fused_cpu_attention(q: Tensor, k: Tensor, v: Tensor, ptr: Tensor, col: Tenso
             (:func:`fused_cpu_unavailable` says why).
     """
     _check(q, k, v, ptr, col, bias, edge_type, target_table, source_table, type_values)
-    return _attend(q, k, v, EdgeCSR(ptr.contiguous(), col.contiguous(), k.size(0)), bias,
-                   edge_type, target_table, source_table, type_values, dropout, seed, scale)
+    out, alpha, seed, _ = _attend(q, k, v, EdgeCSR(ptr.contiguous(), col.contiguous(), k.size(0)),
+                                  bias, edge_type, target_table, source_table, type_values,
+                                  dropout, seed, scale)
+    return out, alpha, seed
 
 
 def _attend(q: Tensor, k: Tensor, v: Tensor, csr: EdgeCSR, bias: Optional[Tensor],
             edge_type: Optional[Tensor], target_table: Optional[Tensor],
             source_table: Optional[Tensor], type_values: Optional[Tensor], dropout: float,
-            seed: Optional[int], scale: Optional[float]) -> Tuple[Tensor, Tensor, int]:
+            seed: Optional[int], scale: Optional[float]
+            ) -> Tuple[Tensor, Tensor, int, Optional[Tensor]]:
     """:func:`fused_cpu_attention` on checked input (the kernels do not check
-    bounds)."""
+    bounds), also returning the forward's dropout decisions (uint8 [H, E],
+    1 = kept; None without dropout)."""
     if not kernels_available():
         raise RuntimeError(f"the fused_cpu backend is unavailable: {kernels_unavailable()}")
     if not 0.0 <= dropout <= 1.0:
@@ -248,10 +254,10 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, csr: EdgeCSR, bias: Optional[Tensor
     threshold, keep_mult = _threshold(dropout)
     contiguous = [t.contiguous() if t is not None else None
                   for t in (q, k, v, bias, target_table, source_table, type_values)]
-    out, alpha = _FusedCPU.apply(*contiguous, csr,
-                                 edge_type.contiguous() if edge_type is not None else None,
-                                 float(scale), int(seed), threshold, keep_mult, drop)
-    return out, alpha, seed
+    out, alpha, keep = _FusedCPU.apply(*contiguous, csr,
+                                       edge_type.contiguous() if edge_type is not None else None,
+                                       float(scale), int(seed), threshold, keep_mult, drop)
+    return out, alpha, seed, keep
 
 
 def _check(q, k, v, ptr, col, bias, edge_type, tq, tk, vt) -> None:
@@ -308,7 +314,8 @@ def fused_cpu_backend(call: AttentionCall) -> Tuple[Tensor, Optional[Tensor]]:
     Typed edge terms enter the kernels as their node-by-type tables and value
     vectors per type (no [E, H] term is gathered); per-edge terms as a bias
     [H, E] (:meth:`~graphformer.nn.edge_terms.PerEdgeTerms.scores`) and their
-    value term from the dropped weights; a head mask as a ``-inf`` bias.
+    value term from the weights times the dropout multipliers the forward
+    applied; a head mask as a ``-inf`` bias.
     """
     q, k, v, csr, terms = call.q, call.k, call.v, call.edges.csr, call.terms
     H = q.size(1)
@@ -326,12 +333,12 @@ def fused_cpu_backend(call: AttentionCall) -> Tuple[Tensor, Optional[Tensor]]:
         bias = bias.masked_fill(~call.head_mask.t(), float("-inf"))
     if all(t is None for t in (*tables, type_values)):   # no typed term reads the types
         edge_type = None
-    out, alpha, seed = _attend(q, k, v, csr, bias, edge_type, tables[0], tables[1], type_values,
-                               p, None, None)
+    out, alpha, _, keep = _attend(q, k, v, csr, bias, edge_type, tables[0], tables[1],
+                                  type_values, p, None, None)
     if terms is not None and not isinstance(terms, TypedEdgeTerms):
         weights = alpha
-        if p > 0:
-            weights = alpha * dropout_multiplier(seed, H, csr.num_edges, p, alpha.dtype)
+        if keep is not None:   # the decisions the kernel applied, as multipliers
+            weights = alpha * keep.to(alpha.dtype).mul_(_threshold(p)[1])
         edge_values = terms.values(weights)
         if edge_values is not None:
             out = out + edge_values
