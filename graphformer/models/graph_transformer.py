@@ -288,7 +288,8 @@ class GraphTransformer(torch.nn.Module):
         bits = torch.arange(member.size(1), device=member.device)
         member_code = (member.long() << bits).sum(1)
         radix = self._bond_radix
-        types, edge_type = torch.unique(member_code * radix + bond_code, return_inverse=True)
+        types, edge_type = _unique_small(member_code * radix + bond_code,
+                                         radix << member.size(1))
         type_bond, type_member = types % radix, types // radix
         table = self.membership(((type_member.unsqueeze(1) >> bits) & 1).to(dtype)) \
             if self.membership is not None else None
@@ -414,6 +415,18 @@ class _FirstColumnEmbedding(torch.nn.Embedding):
 
     def forward(self, index: Tensor) -> Tensor:
         return super().forward(index.view(-1).long())
+
+
+def _unique_small(code: Tensor, bound: int) -> Tuple[Tensor, Tensor]:
+    """``torch.unique(code, return_inverse=True)`` for codes in ``0..bound-1``:
+    by a presence table instead of a sort when ``bound`` is small (the codes
+    of bond features and memberships: a few hundred)."""
+    if bound > max(4 * code.numel(), 1 << 16):
+        return torch.unique(code, return_inverse=True)
+    present = torch.zeros(bound, dtype=torch.bool, device=code.device)
+    present[code] = True
+    rank = present.cumsum(0) - 1          # a present code's index among the present ones
+    return present.nonzero().squeeze(1), rank[code]
 
 
 def _full_positions(ptr: Tensor, edge_index: Tensor) -> Tensor:

@@ -1,6 +1,7 @@
 /* Graphformer's CPU kernels: the fused attention over an edge set of
  * graphformer/nn/fused_cpu.py (its docstring has the equations) and the
- * hashed dropout of graphformer/nn/functional.py.
+ * hashed dropout (alone, and fused with GELU) of graphformer/nn/functional.py,
+ * and the counting sort that groups an edge set by source (csr.py).
  *
  * Compiled on first use by the system C compiler (cpu_kernels.py),
  * loaded with ctypes, and run on OpenMP threads: the process's libgomp is
@@ -67,6 +68,43 @@ INLINE float exp_f32(float x) {
 
 INLINE double exp_f64(double x) { return exp(x); }
 
+/* erf for float in a form that vectorises: Abramowitz & Stegun 7.1.26
+ * (absolute error below 1.5e-7), the formula of PyTorch's vectorised float
+ * erf, so GELU matches torch.nn.functional.gelu to float rounding. */
+INLINE float erf_f32(float x) {
+    const float a = fabsf(x);
+    const float t = 1.0f / (0.3275911f * a + 1.0f);
+    float r = 1.061405429f;
+    r = r * t - 1.453152027f;
+    r = r * t + 1.421413741f;
+    r = r * t - 0.284496736f;
+    r = r * t + 0.254829592f;
+    const float y = 1.0f - r * t * exp_f32(-a * a);
+    return x < 0 ? -y : y;
+}
+
+INLINE double erf_f64(double x) { return erf(x); }
+
+/* Groups an edge set by source with a stable counting sort: writes the
+ * transpose's row pointer ptr [S + 1] and perm [E], where position p of the
+ * transpose is edge perm[p] (edges of one source keep their order, as a
+ * stable sort would). Two serial passes over the edges, no comparisons.
+ * Returns 0; 1 when its scratch could not be allocated; 2 when a source is
+ * outside 0..S-1 (then nothing is written). */
+int group_by_source(int64_t E, int64_t S, const int64_t* col, int64_t* ptr, int64_t* perm) {
+    for (int64_t e = 0; e < E; e++)
+        if (col[e] < 0 || col[e] >= S) return 2;
+    int64_t* next = malloc((size_t)(S > 0 ? S : 1) * sizeof(int64_t));
+    if (!next) return 1;
+    memset(ptr, 0, (size_t)(S + 1) * sizeof(int64_t));
+    for (int64_t e = 0; e < E; e++) ptr[col[e] + 1]++;
+    for (int64_t s = 0; s < S; s++) ptr[s + 1] += ptr[s];
+    memcpy(next, ptr, (size_t)S * sizeof(int64_t));
+    for (int64_t e = 0; e < E; e++) perm[next[col[e]]++] = e;
+    free(next);
+    return 0;
+}
+
 /* Per-thread scratch, 64-byte aligned: vectorised loops then take the same
  * path whatever the allocator returns, so results do not depend on it. */
 static void* scratch(size_t bytes) { return aligned_alloc(64, (bytes + 63) / 64 * 64); }
@@ -89,16 +127,19 @@ static void* scratch(size_t bytes) { return aligned_alloc(64, (bytes + 63) / 64 
 #define KERNEL_T float
 #define SUFFIX f32
 #define EXP exp_f32
+#define ERF erf_f32
 #define DISPATCH DISPATCH_C
 #include __FILE__
 #undef KERNEL_T
 #undef SUFFIX
 #undef EXP
+#undef ERF
 #undef DISPATCH
 
 #define KERNEL_T double
 #define SUFFIX f64
 #define EXP exp_f64
+#define ERF erf_f64
 #define DISPATCH GENERIC_C
 #include __FILE__
 
@@ -344,10 +385,17 @@ void NAME(multiplier)(int64_t H, int64_t E, uint64_t seed, uint64_t threshold,
  * 16 (x % 4) .. 16 (x % 4) + 15 of the hash of x / 4 reach the threshold
  * (p * 2^16), and then scaled; backward applies the same to the gradient.
  * Blocks of 256 elements: 64 hashes (a loop that vectorises), read as 256
- * 16-bit slices (little-endian), then one select per element. */
-void NAME(dropout)(int64_t n, const T* in, T* out, uint64_t seed, uint64_t threshold,
-                   double scale) {
-    const T s = (T)scale;
+ * 16-bit slices (little-endian), then one select per element.
+ *
+ * op 0: out = dropout(in) (also its backward, on the gradient).
+ * op 1: out = dropout(gelu(in)), GELU exact (erf form), in one pass instead
+ *       of three (GELU, the hashes, the select); the decisions of op 0.
+ * op 2: its backward, out = grad * keep * scale * gelu'(in), with
+ *       gelu'(x) = Phi(x) + x phi(x) (as torch's GELU backward). */
+void NAME(dropout)(int64_t n, int64_t op, const T* in, const T* grad, T* out, uint64_t seed,
+                   uint64_t threshold, double scale) {
+    const T s = (T)scale, half = (T)0.5, alpha = (T)0.70710678118654752440;
+    const T beta = (T)(0.5 * 1.12837916709551257390 * 0.70710678118654752440);
     const uint16_t thr = (uint16_t)threshold;
     #pragma omp parallel for schedule(static) if (n > 65536)
     for (int64_t chunk = 0; chunk < (n + 255) / 256; chunk++) {
@@ -356,7 +404,22 @@ void NAME(dropout)(int64_t n, const T* in, T* out, uint64_t seed, uint64_t thres
         for (int64_t k = 0; k < 64; k++) hashes[k] = splitmix64(seed, (uint64_t)(chunk * 64 + k));
         memcpy(slices, hashes, sizeof slices);
         const int64_t x0 = chunk * 256, m = n - x0 < 256 ? n - x0 : 256;
-        for (int64_t r = 0; r < m; r++) out[x0 + r] = slices[r] >= thr ? in[x0 + r] * s : (T)0;
+        const T* xs = in + x0;
+        T* o = out + x0;
+        if (op == 0)
+            for (int64_t r = 0; r < m; r++) o[r] = slices[r] >= thr ? xs[r] * s : (T)0;
+        else if (op == 1)
+            for (int64_t r = 0; r < m; r++) {
+                const T g = xs[r] * half * ((T)1 + ERF(xs[r] * alpha));
+                o[r] = slices[r] >= thr ? g * s : (T)0;
+            }
+        else
+            for (int64_t r = 0; r < m; r++) {
+                const T x = xs[r];
+                const T cdf = half * ((T)1 + ERF(x * alpha));
+                const T pdf = beta * EXP(x * x * -half);
+                o[r] = slices[r] >= thr ? grad[x0 + r] * s * (cdf + x * pdf) : (T)0;
+            }
     }
 }
 

@@ -1,8 +1,10 @@
 r"""Graphformer's C kernels for the CPU: built on first use, loaded with ctypes.
 
 ``cpu_kernels.c`` (beside this module) holds the fused attention of
-:mod:`graphformer.nn.fused_cpu` and the hashed dropout of
-:func:`graphformer.nn.functional.dropout`. The first use compiles it with the
+:mod:`graphformer.nn.fused_cpu`, the hashed dropout of
+:func:`graphformer.nn.functional.dropout` (alone and fused with GELU,
+:func:`~graphformer.nn.functional.gelu_dropout`) and the counting sort of
+:meth:`graphformer.nn.csr.EdgeCSR.transpose`. The first use compiles it with the
 system C compiler (``$CC``, else ``cc`` — the compiler ``pip install
 torch-scatter`` needs; well under a second, :data:`CFLAGS`) into a cache
 directory (``$GRAPHFORMER_KERNEL_CACHE``, else ``$XDG_CACHE_HOME`` or
@@ -68,7 +70,12 @@ _SIGNATURES = {
     "backward_targets": [_I] * 5 + [_P] * 9 + [_D, _P, _D] + [_P] * 5,
     "backward_sources": [_I] * 4 + [_P] * 10,
     "multiplier": [_I, _I, _U, _U, _D, _P],
-    "dropout": [_I, _P, _P, _U, _U, _D],
+    "dropout": [_I, _I, _P, _P, _P, _U, _U, _D],
+}
+#: Kernels on indices (int64), one version for every dtype; they return a
+#: status their caller reads.
+_INDEX_SIGNATURES = {
+    "group_by_source": [_I, _I, _P, _P, _P],
 }
 
 
@@ -109,13 +116,15 @@ def _library() -> Tuple[Optional[ctypes.CDLL], str]:
         lib = ctypes.CDLL(str(target))
     except (OSError, subprocess.SubprocessError) as err:
         return None, f"building the CPU kernels failed: {err}"
-    for name, args in _SIGNATURES.items():
-        for suffix in ("f32", "f64"):
-            fn = getattr(lib, f"{name}_{suffix}")
-            fn.argtypes = args
-            fn.restype = ctypes.c_int if name in _STATUS else None
-            if name in _STATUS:
-                fn.errcheck = _raise_on_failure
+    functions = [(f"{name}_{suffix}", name, args) for name, args in _SIGNATURES.items()
+                 for suffix in ("f32", "f64")]
+    functions += [(name, name, args) for name, args in _INDEX_SIGNATURES.items()]
+    for symbol, name, args in functions:
+        fn = getattr(lib, symbol)
+        fn.argtypes = args
+        fn.restype = ctypes.c_int if name in _STATUS or name in _INDEX_SIGNATURES else None
+        if name in _STATUS:
+            fn.errcheck = _raise_on_failure
     return lib, ""
 
 
@@ -136,12 +145,15 @@ def draw_seed() -> int:
     return int(torch.randint(0, 2**62, (1,)).item())
 
 
-def kernel(name: str, dtype: torch.dtype):
-    """The kernel ``name`` for ``dtype`` (float32 or float64), as a ctypes
-    function taking the C signature's arguments (pointers as integers)."""
+def kernel(name: str, dtype: Optional[torch.dtype] = None):
+    """The kernel ``name`` for ``dtype`` (float32 or float64; None for the
+    kernels on indices), as a ctypes function taking the C signature's
+    arguments (pointers as integers)."""
     lib, why = _library()
     if lib is None:
         raise RuntimeError(f"the CPU kernels are unavailable: {why}")
+    if dtype is None:
+        return getattr(lib, name)
     return getattr(lib, f"{name}_{'f32' if dtype == torch.float32 else 'f64'}")
 
 

@@ -16,6 +16,8 @@ import torch
 from torch import Tensor
 from torch_geometric.utils.sparse import index2ptr
 
+from .cpu_kernels import kernel, kernels_available
+
 def _block_crow(ptr: Tensor, heads: int, num_edges: int, dtype: torch.dtype) -> Tensor:
     """Row pointer of ``heads`` stacked copies of a CSR pattern with row
     pointer ``ptr`` over ``num_edges`` entries (copy h's entries follow h - 1's)."""
@@ -28,6 +30,14 @@ def _csr_matrix(crow: Tensor, col: Tensor, values: Tensor, shape: Tuple[int, int
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
         return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
+
+
+def _raise_group_failure(status: int, col: Tensor, num_cols: int) -> None:
+    if status == 1:
+        raise MemoryError("grouping the edges by source: out of memory")
+    bad = int(((col < 0) | (col >= num_cols)).nonzero()[0])
+    raise IndexError(f"edge {bad} has source {int(col[bad])}, outside the {num_cols} "
+                     f"source nodes (valid 0..{num_cols - 1})")
 
 
 class EdgeCSR:
@@ -68,10 +78,25 @@ class EdgeCSR:
 
     def transpose(self) -> Tuple["EdgeCSR", Tensor]:
         """``(csr_t, perm)``: the edge set grouped by source; value ``p`` of the
-        transpose is value ``perm[p]`` of this matrix."""
+        transpose is value ``perm[p]`` of this matrix. Edges of one source
+        keep their order (a stable sort); on the CPU a counting sort of the C
+        kernels (O(E + S)) when they are built, else ``torch.sort``."""
         if self._transposed is None:
-            perm = torch.sort(self.col, stable=True)[1]
-            t = EdgeCSR.from_sorted(self.col[perm], self.row[perm], self.num_cols, self.num_rows)
+            col = self.col
+            if col.device.type == "cpu" and col.dtype == torch.long and kernels_available():
+                col = col.contiguous()
+                ptr = torch.empty(self.num_cols + 1, dtype=torch.long)
+                perm = torch.empty(self.num_edges, dtype=torch.long)
+                status = kernel("group_by_source")(self.num_edges, self.num_cols,
+                                                   col.data_ptr(), ptr.data_ptr(),
+                                                   perm.data_ptr())
+                if status:
+                    _raise_group_failure(status, col, self.num_cols)
+                t = EdgeCSR(ptr, self.row[perm], self.num_rows, row=col[perm])
+            else:
+                perm = torch.sort(col, stable=True)[1]
+                t = EdgeCSR.from_sorted(col[perm], self.row[perm], self.num_cols,
+                                        self.num_rows)
             self._transposed = (t, perm)
         return self._transposed
 

@@ -16,7 +16,7 @@ which cannot trace torch-scatter's custom ops: there it picks ``"native"``.
 from __future__ import annotations
 
 import importlib.util
-from typing import Literal, Optional
+from typing import Literal, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -173,8 +173,8 @@ class _HashedDropout(torch.autograd.Function):
 
 def _hashed_dropout(x: Tensor, seed: int, threshold: int, scale: float) -> Tensor:
     out = torch.empty_like(x)
-    kernel("dropout", x.dtype)(x.numel(), x.data_ptr(), out.data_ptr(), seed, threshold,
-                               scale)
+    kernel("dropout", x.dtype)(x.numel(), 0, x.data_ptr(), None, out.data_ptr(), seed,
+                               threshold, scale)
     return out
 
 
@@ -203,15 +203,71 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
         return x
     if x.device.type != "cpu" or is_compiling():
         return torch.nn.functional.dropout(x, p, training=True)
-    levels = 1 << DROPOUT_BITS
-    threshold = round(p * levels)
-    if threshold >= levels:
+    threshold, scale = _dropout_threshold(p)
+    if threshold is None:
         return x * 0.0
-    scale = levels / (levels - threshold)
     if x.dtype in (torch.float32, torch.float64) and kernels_available():
         return _HashedDropout.apply(x, threshold, scale)
     n = x.numel()
     draws = torch.randint(-2**63, 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64,
                           device=x.device)
-    keep = draws.view(torch.int16)[:n].view(x.shape) >= threshold - levels // 2
+    keep = draws.view(torch.int16)[:n].view(x.shape) >= threshold - (1 << DROPOUT_BITS) // 2
     return x * keep.to(x.dtype).mul_(scale)
+
+
+def _dropout_threshold(p: float) -> Tuple[Optional[int], float]:
+    """(threshold, scale) of :func:`dropout` for 0 < p <= 1: the 16-bit
+    threshold and the kept entries' factor; (None, 0) when every entry is
+    dropped."""
+    levels = 1 << DROPOUT_BITS
+    threshold = round(p * levels)
+    if threshold >= levels:
+        return None, 0.0
+    return threshold, levels / (levels - threshold)
+
+
+class _GeluDropout(torch.autograd.Function):
+    """:func:`gelu_dropout` by the C kernel; keeps the input (as GELU's
+    backward does) and the seed, not a mask."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, threshold: int, scale: float) -> Tensor:
+        seed = draw_seed()
+        x = x.contiguous()
+        out = torch.empty_like(x)
+        kernel("dropout", x.dtype)(x.numel(), 1, x.data_ptr(), None, out.data_ptr(), seed,
+                                   threshold, scale)
+        ctx.save_for_backward(x)
+        ctx.consts = (seed, threshold, scale)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        x, = ctx.saved_tensors
+        seed, threshold, scale = ctx.consts
+        grad = grad.contiguous()
+        dx = torch.empty_like(x)
+        kernel("dropout", x.dtype)(x.numel(), 2, x.data_ptr(), grad.data_ptr(), dx.data_ptr(),
+                                   seed, threshold, scale)
+        return dx, None, None
+
+
+def gelu_dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
+    r""":func:`dropout` of :func:`torch.nn.functional.gelu` (exact, erf form):
+    :math:`\mathrm{Dropout}(\tfrac{x}{2}(1 + \operatorname{erf}(x / \sqrt{2})))`.
+
+    On the CPU in training, for float32 and float64 with the C kernels, one
+    pass forward and one backward instead of three each, with the dropout
+    decisions :func:`dropout` makes for the same seed (so the two spellings
+    agree to float rounding). Elsewhere it is the two functions in turn.
+    """
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1], got {p}")
+    if training and 0.0 < p and x.numel() and x.device.type == "cpu" \
+            and not is_compiling() and x.dtype in (torch.float32, torch.float64) \
+            and kernels_available():
+        threshold, scale = _dropout_threshold(p)
+        if threshold is not None:
+            return _GeluDropout.apply(x, threshold, scale)
+    return dropout(torch.nn.functional.gelu(x), p, training)

@@ -14,7 +14,7 @@ from .._checks import refuse_softmax_backend
 from .attention import RelationalAttention
 from .backend import AttentionBackend
 from .edge_set import EdgeSet
-from .functional import dropout
+from .functional import dropout, gelu_dropout
 
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
 
@@ -22,8 +22,12 @@ ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
 def feed_forward(x: Tensor, lin1: Linear, lin2: Linear, activation: str, p: float,
                  training: bool) -> Tensor:
     r"""The feed-forward branch of a transformer block,
-    :math:`\mathrm{Dropout}(\mathbf{W}_2\,\mathrm{Dropout}(\sigma(\mathbf{W}_1 \mathbf{x})))`."""
-    h = dropout(ACTIVATIONS[activation](lin1(x)), p=p, training=training)
+    :math:`\mathrm{Dropout}(\mathbf{W}_2\,\mathrm{Dropout}(\sigma(\mathbf{W}_1 \mathbf{x})))`
+    (GELU and its dropout in one pass on the CPU: :func:`.functional.gelu_dropout`)."""
+    if activation == "gelu":
+        h = gelu_dropout(lin1(x), p=p, training=training)
+    else:
+        h = dropout(ACTIVATIONS[activation](lin1(x)), p=p, training=training)
     return dropout(lin2(h), p=p, training=training)
 
 

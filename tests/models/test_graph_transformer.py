@@ -118,3 +118,16 @@ def test_local_gine_step_equals_its_equation(norm_first):
     want = x + y if norm_first else step.norm(x + y)
     torch.testing.assert_close(step(x, bonds, b), want)
 
+
+
+def test_edge_type_codes_are_compacted_like_torch_unique():
+    """The edge types' presence-table compaction equals torch.unique
+    (sorted values and inverse), and falls back to it for large codes."""
+    from graphformer.models.graph_transformer import _unique_small
+
+    g = torch.Generator().manual_seed(0)
+    for bound, n in [(244, 5000), (244, 0), (7, 3), (10**9, 50)]:
+        code = torch.randint(0, bound, (n,), generator=g)
+        values, inverse = _unique_small(code, bound)
+        ref_values, ref_inverse = torch.unique(code, return_inverse=True)
+        assert torch.equal(values, ref_values) and torch.equal(inverse, ref_inverse)

@@ -309,3 +309,75 @@ def test_per_edge_value_terms_see_the_same_dropout_as_the_kernel(monkeypatch):
                         .reshape(7, H * C))
     torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-10)
     assert (mult == 0).any() and (mult > 0).any()
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 2e-6)])
+def test_gelu_dropout_is_dropout_of_gelu_values_and_gradients(dtype, tol):
+    """The fused kernel computes dropout(gelu(x)) with the decisions dropout
+    makes for the same seed; its gradient is the composition's, by autograd
+    through torch's GELU and the hashed dropout."""
+    import torch.nn.functional as F
+
+    from graphformer.nn.functional import dropout, gelu_dropout
+
+    x = (torch.randn(37, 129, dtype=dtype) * 4).requires_grad_()   # 4773 entries: a ragged block
+    g = torch.randn(37, 129, dtype=dtype)
+    for p in (0.1, 0.5):
+        torch.manual_seed(3)
+        out = gelu_dropout(x, p)
+        (grad,) = torch.autograd.grad((out * g).sum(), x)
+        torch.manual_seed(3)
+        ref = dropout(F.gelu(x), p)
+        (ref_grad,) = torch.autograd.grad((ref * g).sum(), x)
+        torch.testing.assert_close(out, ref, atol=tol, rtol=tol)
+        torch.testing.assert_close(grad, ref_grad, atol=tol, rtol=tol)
+        torch.manual_seed(3)
+        keep = dropout(torch.ones_like(x), p) != 0                  # the same decisions
+        assert (out[~keep] == 0).all() and (out[keep] != 0).any()
+        assert abs(keep.double().mean().item() - (1 - p)) < 0.03
+    # no dropout: plain GELU; everything dropped: zeros
+    torch.testing.assert_close(gelu_dropout(x, 0.1, training=False), F.gelu(x), atol=0, rtol=0)
+    torch.testing.assert_close(gelu_dropout(x, 0.0), F.gelu(x), atol=0, rtol=0)
+    assert gelu_dropout(x, 1.0).abs().sum() == 0
+    with pytest.raises(ValueError, match="dropout probability"):
+        gelu_dropout(x, 1.5)
+
+
+def test_transformer_feed_forward_uses_the_fused_gelu_dropout(monkeypatch):
+    """The block's feed-forward branch is the same function through the fused
+    kernel as through GELU then dropout (same seed)."""
+    import torch.nn.functional as F
+
+    from graphformer.nn import functional, transformer
+
+    lin1, lin2 = torch.nn.Linear(8, 32).double(), torch.nn.Linear(32, 8).double()
+    x = torch.randn(50, 8, dtype=torch.float64)
+    torch.manual_seed(1)
+    fused = transformer.feed_forward(x, lin1, lin2, "gelu", 0.2, True)
+    monkeypatch.setattr(transformer, "gelu_dropout",
+                        lambda h, p, training: functional.dropout(F.gelu(h), p, training))
+    torch.manual_seed(1)
+    unfused = transformer.feed_forward(x, lin1, lin2, "gelu", 0.2, True)
+    torch.testing.assert_close(fused, unfused, atol=1e-12, rtol=1e-12)
+
+
+def test_grouping_by_source_is_the_stable_sort():
+    """EdgeCSR.transpose by the counting-sort kernel equals the stable sort
+    (permutation, row pointer, rows and columns); an out-of-range source is
+    refused naming the edge; empty edge sets work."""
+    from graphformer.nn.csr import EdgeCSR
+
+    g = torch.Generator().manual_seed(0)
+    for R, S, E in [(40, 30, 700), (5, 9, 0), (3, 1, 6)]:
+        row = torch.randint(0, R, (E,), generator=g).sort()[0]
+        col = torch.randint(0, S, (E,), generator=g)
+        t, perm = EdgeCSR.from_sorted(row, col, R, S).transpose()
+        ref_perm = torch.sort(col, stable=True)[1]
+        ref = EdgeCSR.from_sorted(col[ref_perm], row[ref_perm], S, R)
+        assert torch.equal(perm, ref_perm)
+        assert torch.equal(t.ptr, ref.ptr) and torch.equal(t.col, ref.col)
+        assert torch.equal(t.row, ref.row)
+        assert (t.num_rows, t.num_cols, t.num_edges) == (S, R, E)
+    col = torch.tensor([0, 2, 1, 3])
+    with pytest.raises(IndexError, match="edge 3 has source 3, outside the 3 source nodes"):
+        EdgeCSR.from_sorted(torch.tensor([0, 0, 1, 1]), col, 2, 3).transpose()
