@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import torch
-from ogb.graphproppred.mol_encoder import AtomEncoder
 from torch_geometric.nn import global_mean_pool
 from torch_geometric.nn.models import GIN
 
+from .encoders import AtomEncoder
 from .graph_transformer import GraphTransformerConfig
 
 

@@ -8,7 +8,6 @@ from typing import Any, Dict, Literal, Optional, Tuple, get_args
 
 import torch
 import torch.nn.functional as F
-from ogb.graphproppred.mol_encoder import AtomEncoder, BondEncoder
 from ogb.utils.features import get_bond_feature_dims
 from torch import Tensor
 from torch_geometric.data import Batch
@@ -20,6 +19,7 @@ from .. import patterns
 from ..datasets.molecules import TASKS, Task
 from ..nn import Dropout, EdgeSet, FeatureScaler, TransformerLayer
 from ..nn.backend import ATTENTION_BACKENDS
+from .encoders import AtomEncoder, BondEncoder
 
 PATTERNS = ("bonds", "k_hop", "full")
 Pooling = Literal["mean", "sum", "virtual"]

@@ -68,22 +68,28 @@ INLINE float exp_f32(float x) {
 
 INLINE double exp_f64(double x) { return exp(x); }
 
-/* erf for float in a form that vectorises: Abramowitz & Stegun 7.1.26
- * (absolute error below 1.5e-7), the formula of PyTorch's vectorised float
- * erf, so GELU matches torch.nn.functional.gelu to float rounding. */
-INLINE float erf_f32(float x) {
-    const float a = fabsf(x);
+/* The normal distribution's CDF Phi(x) = (1 + erf(x / sqrt 2)) / 2, and
+ * g = exp(-x^2 / 2) beside it (the density's shape, which GELU's gradient
+ * needs too). For float in a form that vectorises: erf by Abramowitz &
+ * Stegun 7.1.26 (absolute error below 1.5e-7), the formula of PyTorch's
+ * vectorised float erf, whose exp(-a^2) is g; for double, libm's erf. */
+INLINE float phi_f32(float x, float* g) {
+    const float a = fabsf(x) * 0.70710678118654752440f;
     const float t = 1.0f / (0.3275911f * a + 1.0f);
     float r = 1.061405429f;
     r = r * t - 1.453152027f;
     r = r * t + 1.421413741f;
     r = r * t - 0.284496736f;
     r = r * t + 0.254829592f;
-    const float y = 1.0f - r * t * exp_f32(-a * a);
-    return x < 0 ? -y : y;
+    *g = exp_f32(-a * a);
+    const float erfc_a = r * t * *g;     /* 1 - erf(a) */
+    return x < 0 ? 0.5f * erfc_a : 1.0f - 0.5f * erfc_a;
 }
 
-INLINE double erf_f64(double x) { return erf(x); }
+INLINE double phi_f64(double x, double* g) {
+    *g = exp(-0.5 * x * x);
+    return 0.5 * (1.0 + erf(x * 0.70710678118654752440));
+}
 
 /* Groups an edge set by source with a stable counting sort: writes the
  * transpose's row pointer ptr [S + 1] and perm [E], where position p of the
@@ -127,19 +133,19 @@ static void* scratch(size_t bytes) { return aligned_alloc(64, (bytes + 63) / 64 
 #define KERNEL_T float
 #define SUFFIX f32
 #define EXP exp_f32
-#define ERF erf_f32
+#define PHI phi_f32
 #define DISPATCH DISPATCH_C
 #include __FILE__
 #undef KERNEL_T
 #undef SUFFIX
 #undef EXP
-#undef ERF
+#undef PHI
 #undef DISPATCH
 
 #define KERNEL_T double
 #define SUFFIX f64
 #define EXP exp_f64
-#define ERF erf_f64
+#define PHI phi_f64
 #define DISPATCH GENERIC_C
 #include __FILE__
 
@@ -388,14 +394,13 @@ void NAME(multiplier)(int64_t H, int64_t E, uint64_t seed, uint64_t threshold,
  * 16-bit slices (little-endian), then one select per element.
  *
  * op 0: out = dropout(in) (also its backward, on the gradient).
- * op 1: out = dropout(gelu(in)), GELU exact (erf form), in one pass instead
- *       of three (GELU, the hashes, the select); the decisions of op 0.
+ * op 1: out = dropout(gelu(in)), GELU exact: gelu(x) = x Phi(x); in one pass
+ *       instead of three (GELU, the hashes, the select); the decisions of op 0.
  * op 2: its backward, out = grad * keep * scale * gelu'(in), with
- *       gelu'(x) = Phi(x) + x phi(x) (as torch's GELU backward). */
+ *       gelu'(x) = Phi(x) + x exp(-x^2 / 2) / sqrt(2 pi) (as torch's GELU backward). */
 void NAME(dropout)(int64_t n, int64_t op, const T* in, const T* grad, T* out, uint64_t seed,
                    uint64_t threshold, double scale) {
-    const T s = (T)scale, half = (T)0.5, alpha = (T)0.70710678118654752440;
-    const T beta = (T)(0.5 * 1.12837916709551257390 * 0.70710678118654752440);
+    const T s = (T)scale, beta = (T)0.39894228040143267794;   /* 1 / sqrt(2 pi) */
     const uint16_t thr = (uint16_t)threshold;
     #pragma omp parallel for schedule(static) if (n > 65536)
     for (int64_t chunk = 0; chunk < (n + 255) / 256; chunk++) {
@@ -410,15 +415,15 @@ void NAME(dropout)(int64_t n, int64_t op, const T* in, const T* grad, T* out, ui
             for (int64_t r = 0; r < m; r++) o[r] = slices[r] >= thr ? xs[r] * s : (T)0;
         else if (op == 1)
             for (int64_t r = 0; r < m; r++) {
-                const T g = xs[r] * half * ((T)1 + ERF(xs[r] * alpha));
-                o[r] = slices[r] >= thr ? g * s : (T)0;
+                T g;
+                const T y = xs[r] * PHI(xs[r], &g);
+                o[r] = slices[r] >= thr ? y * s : (T)0;
             }
         else
             for (int64_t r = 0; r < m; r++) {
-                const T x = xs[r];
-                const T cdf = half * ((T)1 + ERF(x * alpha));
-                const T pdf = beta * EXP(x * x * -half);
-                o[r] = slices[r] >= thr ? grad[x0 + r] * s * (cdf + x * pdf) : (T)0;
+                T g;
+                const T d = PHI(xs[r], &g) + xs[r] * beta * g;
+                o[r] = slices[r] >= thr ? grad[x0 + r] * s * d : (T)0;
             }
     }
 }

@@ -171,7 +171,9 @@ class _FusedCPU(torch.autograd.Function):
             k.size(0), H, C, R, q.data_ptr(), transposed.ptr.data_ptr(),
             transposed.col.data_ptr(), perm.data_ptr(), pointer(etype), dout.data_ptr(),
             g_edge.data_ptr(), dk.data_ptr(), dv.data_ptr(), pointer(dtk))
-        dvt = torch.einsum("iht,ihc->thc", wsum_rows, dout) if vt is not None else None
+        dvt = None
+        if vt is not None:   # dV_t = sum_i wsum[i, h, t] dout[i, h]: one [H, R, N] @ [H, N, C]
+            dvt = torch.bmm(wsum_rows.permute(1, 2, 0), dout.transpose(0, 1)).permute(1, 0, 2)
         dbias = ds if bias_shape is not None else None
         return (dq, dk, dv, dbias, dtq, dtk, dvt) + (None,) * 7
 

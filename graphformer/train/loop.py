@@ -89,6 +89,11 @@ class Prepared:
 
 #: Evaluation parts of up to this many graphs are collated once per run.
 EVAL_CACHE_GRAPHS = 100_000
+#: Graphs per evaluation batch at least (the training batch size when larger):
+#: without gradients, larger batches cost no more memory than training's and
+#: evaluate the bundled sets about 1.25x faster than batches of 32. The
+#: metrics do not depend on it beyond float rounding.
+EVAL_BATCH_GRAPHS = 128
 
 
 def prepare(cfg: RunConfig, log: bool = True) -> Prepared:
@@ -518,7 +523,8 @@ class _Run:
         row: Dict[str, float] = {}
         for part in ("valid", "test"):
             for k, v in evaluate_split(self.model, self.prepared, part,
-                                       self.cfg.train.batch_size, self.device).items():
+                                       max(self.cfg.train.batch_size, EVAL_BATCH_GRAPHS),
+                                       self.device).items():
                 row[f"{part}_{k}"] = v
         return row
 

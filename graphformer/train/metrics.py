@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Dict, Optional
 
 import numpy as np
-from sklearn.metrics import average_precision_score, roc_auc_score
 
 LOWER_IS_BETTER = {"rmse", "mae", "loss"}
 
@@ -33,6 +32,8 @@ def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, task: str,
     y_true = np.asarray(y_true, dtype=np.float64).reshape(len(y_true), -1)
     y_pred = np.asarray(y_pred, dtype=np.float64).reshape(y_true.shape)
     if task == "classification":
+        from sklearn.metrics import average_precision_score, roc_auc_score  # 1 s to import
+
         out = {"rocauc": _per_task(y_true, y_pred, roc_auc_score),
                "ap": _per_task(y_true, y_pred, average_precision_score)}
     else:

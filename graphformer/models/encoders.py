@@ -1,0 +1,83 @@
+r"""OGB's atom and bond encoders (``ogb.graphproppred.mol_encoder``), with the
+same parameters (names, shapes, initialisation), so checkpoints move between
+them unchanged:
+
+.. math::
+    \mathrm{AtomEnc}(\mathbf{x}_i) = \sum_{f=1}^{F} \mathbf{W}^{(f)}_{x_{i,f}}
+
+one embedding table :math:`\mathbf{W}^{(f)}` per feature column. Computed as
+one lookup in the tables stacked (an offset per column) and one sum, instead
+of a lookup and an add per column, forward and backward; and a value outside
+its column's vocabulary is refused naming the row and column (with
+per-column offsets it would otherwise read the next column's table).
+
+Importing this module does not import ``ogb.graphproppred`` (whose
+evaluator pulls in scikit-learn, a second of start-up).
+
+Shapes: ``x`` ``[N, F]`` integer features (``F`` up to the number of tables)
+gives ``[N, emb_dim]``.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from ogb.utils.features import get_atom_feature_dims, get_bond_feature_dims
+from torch import Tensor
+
+
+class _FeatureEncoder(torch.nn.Module):
+    """Sum of one embedding per feature column (see the module docstring)."""
+
+    def __init__(self, dims: Sequence[int], emb_dim: int, name: str) -> None:
+        super().__init__()
+        self.dims = tuple(int(d) for d in dims)
+        tables = torch.nn.ModuleList()
+        for dim in self.dims:     # ogb's order of construction and initialisation
+            emb = torch.nn.Embedding(dim, emb_dim)
+            torch.nn.init.xavier_uniform_(emb.weight.data)
+            tables.append(emb)
+        self._name = name
+        self.add_module(name, tables)      # ogb's parameter names
+        starts = [0]
+        for dim in self.dims[:-1]:
+            starts.append(starts[-1] + dim)
+        self.register_buffer("_offsets", torch.tensor(starts), persistent=False)
+        self.register_buffer("_sizes", torch.tensor(self.dims), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        F = x.size(1)
+        if F > len(self.dims):
+            raise ValueError(f"{type(self).__name__} has {len(self.dims)} feature columns but "
+                             f"'x' has {F}")
+        x = x.long()
+        bad = (x < 0) | (x >= self._sizes[:F])
+        if bool(bad.any()):
+            row, col = (int(i) for i in bad.nonzero()[0])
+            raise IndexError(f"{type(self).__name__}: x[{row}, {col}] = {int(x[row, col])} is "
+                             f"outside feature {col}'s {self.dims[col]} values "
+                             f"(0..{self.dims[col] - 1})")
+        tables = getattr(self, self._name)
+        weight = torch.cat([tables[f].weight for f in range(F)])
+        return torch.nn.functional.embedding(x + self._offsets[:F], weight).sum(1)
+
+    def extra_repr(self) -> str:
+        return f"dims={list(self.dims)}, emb_dim={getattr(self, self._name)[0].embedding_dim}"
+
+
+class AtomEncoder(_FeatureEncoder):
+    """OGB's atom encoder: the 9 atom features of
+    :func:`ogb.utils.features.atom_to_feature_vector` (parameters
+    ``atom_embedding_list.{f}.weight``, as ogb's)."""
+
+    def __init__(self, emb_dim: int) -> None:
+        super().__init__(get_atom_feature_dims(), emb_dim, "atom_embedding_list")
+
+
+class BondEncoder(_FeatureEncoder):
+    """OGB's bond encoder: the 3 bond features of
+    :func:`ogb.utils.features.bond_to_feature_vector` (parameters
+    ``bond_embedding_list.{f}.weight``, as ogb's)."""
+
+    def __init__(self, emb_dim: int) -> None:
+        super().__init__(get_bond_feature_dims(), emb_dim, "bond_embedding_list")
