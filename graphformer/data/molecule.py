@@ -1,10 +1,11 @@
 """Molecules (SMILES) become graphs with OGB's atom and bond features."""
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import sys
-from typing import Callable, Iterable, List, Optional, Sequence, Union
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -136,13 +137,26 @@ def molecule_set_features(smiles: Sequence[str], sets: Sequence[str],
     The workers run RDKit only (forked on Linux, where that is cheap; no
     PyTorch work happens in them). ``progress`` wraps the iterator of
     results (e.g. ``tqdm``)."""
+    wrap = progress or (lambda it: it)
+    with iter_molecule_set_features(smiles, sets, workers) as rows:
+        return list(wrap(rows))
+
+
+@contextlib.contextmanager
+def iter_molecule_set_features(smiles: Sequence[str], sets: Sequence[str],
+                               workers: Optional[int] = None
+                               ) -> Iterator[Iterator[Optional[List[float]]]]:
+    """:func:`molecule_set_features` as an iterator, in order, while the
+    workers compute ahead: the caller builds the graphs of the molecules
+    whose descriptors have arrived as the workers compute the next ones. The
+    workers stop when the ``with`` block ends (also on an error)."""
     jobs = [(s, tuple(sets)) for s in smiles]
     if workers is None:
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
             else (os.cpu_count() or 1)
-    wrap = progress or (lambda it: it)
-    if workers <= 1 or len(jobs) <= PARALLEL_ABOVE:
-        return list(wrap(map(_set_features_of, jobs)))
+    if workers <= 1 or len(jobs) <= PARALLEL_ABOVE or not sets:
+        yield map(_set_features_of, jobs)
+        return
     method = "fork" if sys.platform.startswith("linux") else None
     with multiprocessing.get_context(method).Pool(workers) as pool:
-        return list(wrap(pool.imap(_set_features_of, jobs, chunksize=16)))
+        yield pool.imap(_set_features_of, jobs, chunksize=16)

@@ -1,6 +1,7 @@
 """Molecule data sets from SMILES CSV files, and the bundled MoleculeNet sets."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -14,7 +15,7 @@ from torch_geometric.data import Data, InMemoryDataset
 from tqdm.auto import tqdm
 
 from ..data.descriptors import molecule_feature_names
-from ..data.molecule import from_smiles, molecule_set_features
+from ..data.molecule import from_smiles, iter_molecule_set_features
 from ..errors import DataError, UsageError
 
 Task = Literal["regression", "classification"]
@@ -270,23 +271,24 @@ class MoleculeCSVDataset(KeyedDataset):
         values = feature_rows(frame, self.path, self.feature_columns) \
             if self.feature_columns else None
         data_list: List[Data] = []
-        computed = None
-        if self.molecule_features:   # the slow part (RDKit descriptors), in worker processes
-            computed = molecule_set_features(
-                list(frame[self.smiles_column]), self.molecule_features,
-                progress=lambda it: tqdm(it, desc=f"Descriptors of {self.path.name}",
-                                         disable=not self.log, unit="mol", total=len(frame)))
+        smiles_column = list(frame[self.smiles_column])
         rows = tqdm(frame[self.smiles_column].items(), desc=f"Processing {self.path.name}",
                     disable=not self.log, unit="mol", total=len(frame))
-        for k, (row, smiles) in enumerate(rows):
-            y = [t[k] for t in targets] if targets else None
-            data = from_smiles(smiles, y=y, where=f"{self.path}, row {row}",
-                               molecule_feature_sets=self.molecule_features,
-                               feature_values=values[k] if values is not None else None,
-                               set_features=computed[k] if computed is not None else None)
-            if self.pre_transform is not None:
-                data = self.pre_transform(data)
-            data_list.append(data)
+        # the slow part (RDKit descriptors) runs ahead in worker processes
+        # while this loop builds the graphs of the molecules already done
+        ahead = iter_molecule_set_features(smiles_column, self.molecule_features) \
+            if self.molecule_features else contextlib.nullcontext(None)
+        with ahead as computed:
+            for k, (row, smiles) in enumerate(rows):
+                y = [t[k] for t in targets] if targets else None
+                features = next(computed) if computed is not None else None
+                data = from_smiles(smiles, y=y, where=f"{self.path}, row {row}",
+                                   molecule_feature_sets=self.molecule_features,
+                                   feature_values=values[k] if values is not None else None,
+                                   set_features=features)
+                if self.pre_transform is not None:
+                    data = self.pre_transform(data)
+                data_list.append(data)
         self.save(data_list, self.processed_paths[0])
 
     def _targets(self, column: pd.Series, name: str) -> List[float]:

@@ -1,6 +1,7 @@
 """Molecule features in training: cached with the graphs under their own key,
 scaled by statistics of the training part only, off by default."""
 import math
+import multiprocessing
 
 import pandas as pd
 import pytest
@@ -149,9 +150,10 @@ def test_cli_turns_the_default_descriptors_off_with_none():
 
 
 def test_descriptors_from_worker_processes_equal_in_process(csv, tmp_path, monkeypatch):
-    """Descriptors are computed in worker processes for larger files: the
-    cached features are exactly those of the in-process path, in row order,
-    and a bad SMILES is still reported with its row."""
+    """Descriptors are computed in worker processes for larger files, ahead of
+    the graphs built from them: the cached features are exactly those of the
+    in-process path, in row order, and a bad SMILES is still reported with
+    its row (and stops the workers)."""
     import graphformer.data.molecule as molecule
 
     serial = MoleculeCSVDataset(csv, "smiles", ["y"], root=tmp_path / "a", log=False,
@@ -174,3 +176,4 @@ def test_descriptors_from_worker_processes_equal_in_process(csv, tmp_path, monke
     with pytest.raises(DataError, match=r"bad.csv, row 5\)"):   # rows count from 1
         MoleculeCSVDataset(bad, "smiles", ["y"], root=tmp_path / "c", log=False,
                            molecule_features=["rdkit2d"])
+    assert multiprocessing.active_children() == []      # the error stopped the workers
