@@ -18,6 +18,7 @@ from torch_geometric.utils.sparse import index2ptr
 
 from .cpu_kernels import kernel, kernels_available
 
+
 def _block_crow(ptr: Tensor, heads: int, num_edges: int, dtype: torch.dtype) -> Tensor:
     """Row pointer of ``heads`` stacked copies of a CSR pattern with row
     pointer ``ptr`` over ``num_edges`` entries (copy h's entries follow h - 1's)."""

@@ -3,7 +3,9 @@ equations in float64 (values and gradients of every input, the weights'
 own gradient included), with score biases, -inf masks, typed tables, type
 values, dropout, empty and fully masked rows; the dropout hash against an
 independent Python SplitMix64; bad input refused before any kernel runs;
-and a machine without a C compiler falling back to another backend.
+a machine without a C compiler falling back to another backend; GELU fused
+with its dropout against the two in turn; and the counting sort that groups
+an edge set by source against the stable sort.
 
 The layer-level parity (every pattern, edge features, head masks, edge
 updates, typed edges, NaN isolation) runs this backend through the shared
