@@ -419,14 +419,13 @@ class _FirstColumnEmbedding(torch.nn.Embedding):
 
 def _unique_small(code: Tensor, bound: int) -> Tuple[Tensor, Tensor]:
     """``torch.unique(code, return_inverse=True)`` for codes in ``0..bound-1``:
-    by a presence table instead of a sort when ``bound`` is small (the codes
-    of bond features and memberships: a few hundred)."""
+    by a presence table (``bincount``) instead of a sort when ``bound`` is
+    small (the codes of bond features and memberships: a few hundred)."""
     if bound > max(4 * code.numel(), 1 << 16):
         return torch.unique(code, return_inverse=True)
-    present = torch.zeros(bound, dtype=torch.bool, device=code.device)
-    present[code] = True
+    present = torch.bincount(code, minlength=bound) > 0
     rank = present.cumsum(0) - 1          # a present code's index among the present ones
-    return present.nonzero().squeeze(1), rank[code]
+    return present.nonzero().squeeze(1), rank.index_select(0, code)
 
 
 def _full_positions(ptr: Tensor, edge_index: Tensor) -> Tensor:

@@ -93,7 +93,8 @@ class EdgeCSR:
                                                    perm.data_ptr())
                 if status:
                     _raise_group_failure(status, col, self.num_cols)
-                t = EdgeCSR(ptr, self.row[perm], self.num_rows, row=col[perm])
+                t = EdgeCSR(ptr, self.row.index_select(0, perm), self.num_rows,
+                            row=col.index_select(0, perm))
             else:
                 perm = torch.sort(col, stable=True)[1]
                 t = EdgeCSR.from_sorted(col[perm], self.row[perm], self.num_cols,
