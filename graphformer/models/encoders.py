@@ -6,8 +6,9 @@ them unchanged:
     \mathrm{AtomEnc}(\mathbf{x}_i) = \sum_{f=1}^{F} \mathbf{W}^{(f)}_{x_{i,f}}
 
 one embedding table :math:`\mathbf{W}^{(f)}` per feature column. Computed as
-one lookup in the tables stacked (an offset per column) and one sum, instead
-of a lookup and an add per column, forward and backward; and a value outside
+one ``embedding_bag`` (a sum per row) over the tables stacked (an offset per
+column), instead of a lookup and an add per column, forward and backward
+(no [N, F, emb_dim] intermediate either); and a value outside
 its column's vocabulary is refused naming the row and column (with
 per-column offsets it would otherwise read the next column's table).
 
@@ -59,7 +60,8 @@ class _FeatureEncoder(torch.nn.Module):
                              f"(0..{self.dims[col] - 1})")
         tables = getattr(self, self._name)
         weight = torch.cat([tables[f].weight for f in range(F)])
-        return torch.nn.functional.embedding(x + self._offsets[:F], weight).sum(1)
+        # every row one bag: the sum of its F rows of the stacked tables
+        return torch.nn.functional.embedding_bag(x + self._offsets[:F], weight, mode="sum")
 
     def extra_repr(self) -> str:
         return f"dims={list(self.dims)}, emb_dim={getattr(self, self._name)[0].embedding_dim}"

@@ -39,8 +39,8 @@ def test_same_parameters_values_and_gradients_as_ogb(ours, theirs, dims):
         for ga, gb in zip(grads_a, grads_b):
             if gb is None:
                 assert ga is None or ga.abs().sum() == 0
-            else:
-                torch.testing.assert_close(ga, gb, atol=1e-6, rtol=1e-6)
+            else:   # sums of ~300 float32 rows, added in another order
+                torch.testing.assert_close(ga, gb, atol=1e-5, rtol=1e-5)
 
 
 def test_a_value_outside_its_feature_is_refused_naming_row_and_column():
