@@ -271,12 +271,12 @@ class MoleculeCSVDataset(KeyedDataset):
         values = feature_rows(frame, self.path, self.feature_columns) \
             if self.feature_columns else None
         data_list: List[Data] = []
-        smiles_column = list(frame[self.smiles_column])
+        smiles_list = list(frame[self.smiles_column])
         rows = tqdm(frame[self.smiles_column].items(), desc=f"Processing {self.path.name}",
                     disable=not self.log, unit="mol", total=len(frame))
         # the slow part (RDKit descriptors) runs ahead in worker processes
         # while this loop builds the graphs of the molecules already done
-        ahead = iter_molecule_set_features(smiles_column, self.molecule_features) \
+        ahead = iter_molecule_set_features(smiles_list, self.molecule_features) \
             if self.molecule_features else contextlib.nullcontext(None)
         with ahead as computed:
             for k, (row, smiles) in enumerate(rows):
