@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["kernels_available", "kernels_unavailable", "kernel", "pointer", "draw_seed",
-           "CFLAGS"]
+           "dropout_threshold", "CFLAGS"]
 
 SOURCE = Path(__file__).resolve().with_name("cpu_kernels.c")   # absolute: it includes itself
 #: Compiler flags. ``-march=native``: the library is built on, and for, the
@@ -143,6 +143,19 @@ def draw_seed() -> int:
     """A seed for the kernels' hashed random decisions, from PyTorch's default
     generator (so ``torch.manual_seed`` makes runs reproducible)."""
     return int(torch.randint(0, 2**62, (1,)).item())
+
+
+def dropout_threshold(p: float, bits: int) -> Tuple[int, float]:
+    """``(threshold, keep_mult)`` of drop probability ``p`` for the kernels'
+    hashed decisions of ``bits`` bits: an entry is dropped when its bits are
+    below ``threshold = round(p 2^bits)``, and a kept one is multiplied by
+    ``keep_mult = 2^bits / (2^bits - threshold)``; ``(2^bits, 0.0)`` when
+    every entry is dropped."""
+    levels = 1 << bits
+    threshold = min(int(round(p * levels)), levels)
+    if threshold >= levels:
+        return levels, 0.0
+    return threshold, levels / (levels - threshold)
 
 
 def kernel(name: str, dtype: Optional[torch.dtype] = None):

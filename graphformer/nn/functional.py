@@ -16,13 +16,13 @@ which cannot trace torch-scatter's custom ops: there it picks ``"native"``.
 from __future__ import annotations
 
 import importlib.util
-from typing import Literal, Optional, Tuple
+from typing import Literal, Optional
 
 import torch
 from torch import Tensor
 from torch.compiler import is_compiling
 
-from .cpu_kernels import draw_seed, kernel, kernels_available
+from .cpu_kernels import draw_seed, dropout_threshold, kernel, kernels_available
 
 SoftmaxBackend = Literal["auto", "native", "scatter"]
 BACKENDS = ("auto", "native", "scatter")
@@ -203,8 +203,8 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
         return x
     if x.device.type != "cpu" or is_compiling():
         return torch.nn.functional.dropout(x, p, training=True)
-    threshold, scale = _dropout_threshold(p)
-    if threshold is None:
+    threshold, scale = dropout_threshold(p, DROPOUT_BITS)
+    if threshold >= 1 << DROPOUT_BITS:     # every entry dropped
         return x * 0.0
     if x.dtype in (torch.float32, torch.float64) and kernels_available():
         return _HashedDropout.apply(x, threshold, scale)
@@ -213,17 +213,6 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
                           device=x.device)
     keep = draws.view(torch.int16)[:n].view(x.shape) >= threshold - (1 << DROPOUT_BITS) // 2
     return x * keep.to(x.dtype).mul_(scale)
-
-
-def _dropout_threshold(p: float) -> Tuple[Optional[int], float]:
-    """(threshold, scale) of :func:`dropout` for 0 < p <= 1: the 16-bit
-    threshold and the kept entries' factor; (None, 0) when every entry is
-    dropped."""
-    levels = 1 << DROPOUT_BITS
-    threshold = round(p * levels)
-    if threshold >= levels:
-        return None, 0.0
-    return threshold, levels / (levels - threshold)
 
 
 class _GeluDropout(torch.autograd.Function):
@@ -267,7 +256,7 @@ def gelu_dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
     if training and 0.0 < p and x.numel() and x.device.type == "cpu" \
             and not is_compiling() and x.dtype in (torch.float32, torch.float64) \
             and kernels_available():
-        threshold, scale = _dropout_threshold(p)
-        if threshold is not None:
+        threshold, scale = dropout_threshold(p, DROPOUT_BITS)
+        if threshold < 1 << DROPOUT_BITS:  # else p rounds to 1: dropout below zeroes all
             return _GeluDropout.apply(x, threshold, scale)
     return dropout(torch.nn.functional.gelu(x), p, training)

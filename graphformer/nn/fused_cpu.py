@@ -74,7 +74,8 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .backend import AttentionCall
-from .cpu_kernels import draw_seed, kernel, kernels_available, kernels_unavailable, pointer
+from .cpu_kernels import (draw_seed, dropout_threshold, kernel, kernels_available,
+                          kernels_unavailable, pointer)
 from .csr import EdgeCSR
 from .edge_terms import TypedEdgeTerms
 
@@ -97,20 +98,11 @@ def fused_cpu_unavailable() -> str:
     return kernels_unavailable()
 
 
-def _threshold(p: float) -> Tuple[int, float]:
-    """(drop threshold on 32-bit hashes, multiplier of a kept entry)."""
-    levels = 1 << DROPOUT_BITS
-    threshold = min(int(round(p * levels)), levels)
-    if threshold >= levels:
-        return levels, 0.0
-    return threshold, levels / (levels - threshold)
-
-
 def dropout_multiplier(seed: int, heads: int, num_edges: int, p: float,
                        dtype: torch.dtype = torch.float32) -> Tensor:
     """The attention-dropout multipliers [H, E] the kernels apply for ``seed``
     and ``p``: 0 where dropped, ``1 / (1 - p)`` where kept."""
-    threshold, keep = _threshold(p)
+    threshold, keep = dropout_threshold(p, DROPOUT_BITS)
     out = torch.empty(heads, num_edges, dtype=dtype)
     kernel("multiplier", dtype)(heads, num_edges, seed, threshold, keep, out.data_ptr())
     return out
@@ -253,7 +245,7 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, csr: EdgeCSR, bias: Optional[Tensor
     drop = dropout > 0.0
     if seed is None:
         seed = draw_seed() if drop else 0
-    threshold, keep_mult = _threshold(dropout)
+    threshold, keep_mult = dropout_threshold(dropout, DROPOUT_BITS)
     contiguous = [t.contiguous() if t is not None else None
                   for t in (q, k, v, bias, target_table, source_table, type_values)]
     out, alpha, keep = _FusedCPU.apply(*contiguous, csr,
@@ -340,7 +332,7 @@ def fused_cpu_backend(call: AttentionCall) -> Tuple[Tensor, Optional[Tensor]]:
     if terms is not None and not isinstance(terms, TypedEdgeTerms):
         weights = alpha
         if keep is not None:   # the decisions the kernel applied, as multipliers
-            weights = alpha * keep.to(alpha.dtype).mul_(_threshold(p)[1])
+            weights = alpha * keep.to(alpha.dtype).mul_(dropout_threshold(p, DROPOUT_BITS)[1])
         edge_values = terms.values(weights)
         if edge_values is not None:
             out = out + edge_values
