@@ -130,6 +130,26 @@ static void* scratch(size_t bytes) { return aligned_alloc(64, (bytes + 63) / 64 
 /* double (tests, exactness checks) takes the generic channel loops only. */
 #define GENERIC_C(ROW) ROW(C);
 
+/* The body of a kernel that runs a row function for rows 0..ROWS-1 on OpenMP
+ * threads (dynamic chunks of 8): each thread gets per-thread heap scratch of
+ * LEN elements of T, named `work`, and runs CALL for row `i` (a DISPATCH of
+ * a ROW macro reading i and work). Returns nonzero when a thread's scratch
+ * could not be allocated (its rows are then skipped). */
+#define FOR_ROWS_WITH_SCRATCH(ROWS, LEN, CALL)                                \
+    int failed = 0;                                                           \
+    _Pragma("omp parallel")                                                   \
+    {                                                                         \
+        T* work = (T*)scratch(sizeof(T) * (size_t)(LEN));                     \
+        if (!work) failed = 1;                                                \
+        _Pragma("omp for schedule(dynamic, 8)")                               \
+        for (int64_t i = 0; i < (ROWS); i++) {                                \
+            if (!work) continue;                                              \
+            CALL                                                              \
+        }                                                                     \
+        free(work);                                                           \
+    }                                                                         \
+    return failed;
+
 #define KERNEL_T float
 #define SUFFIX f32
 #define EXP exp_f32
@@ -223,25 +243,12 @@ int NAME(forward)(
         const T* bias, const int64_t* etype, const T* tq, const T* tk, const T* vt,
         int64_t Ns, double scale, uint64_t seed, uint64_t threshold, double keep_mult,
         uint8_t* keep, T* out, T* alpha) {
-    int failed = 0;                       /* a thread's scratch could not be allocated */
-    #pragma omp parallel
-    {
-        /* per-thread scratch on the heap: R (edge types) may be large */
-        T* acc = (T*)scratch(sizeof(T) * (size_t)(C + R + 1));
-        T* wsum = acc + C;
-        if (!acc) failed = 1;
-        #pragma omp for schedule(dynamic, 8)
-        for (int64_t i = 0; i < N; i++) {
-            if (!acc) continue;
+    /* scratch: acc [C], then wsum [R] (on the heap: R, the edge types, may be large) */
 #define ROW(CC) NAME(forward_row)(i, N, H, CC, E, R, Ns, q, k, v, ptr, col, bias, etype, \
                                   tq, tk, vt, (T)scale, seed, threshold, (T)keep_mult, keep, \
-                                  out, alpha, acc, wsum)
-            DISPATCH(ROW)
+                                  out, alpha, work, work + C)
+    FOR_ROWS_WITH_SCRATCH(N, C + R + 1, DISPATCH(ROW))
 #undef ROW
-        }
-        free(acc);
-    }
-    return failed;
 }
 
 /* Target i: ds (scaled score gradients, [H, E]), dq, dtq (+=), the kept
@@ -308,24 +315,12 @@ int NAME(backward_targets)(
         const T* vt, const T* alpha, const T* dout, const T* dalpha, double scale,
         const uint8_t* keep, double keep_mult, T* dq, T* ds, T* dtq, T* wsum_rows,
         T* g_edge) {
-    int failed = 0;
-    #pragma omp parallel
-    {
-        T* acc = (T*)scratch(sizeof(T) * (size_t)(C + R + 1));
-        T* vdot = acc + C;
-        if (!acc) failed = 1;
-        #pragma omp for schedule(dynamic, 8)
-        for (int64_t i = 0; i < N; i++) {
-            if (!acc) continue;
+    /* scratch: acc [C], then vdot [R] */
 #define ROW(CC) NAME(backward_target_row)(i, N, H, CC, E, R, k, v, ptr, col, etype, vt, \
                                           alpha, dout, dalpha, (T)scale, keep, (T)keep_mult, \
-                                          dq, ds, dtq, wsum_rows, g_edge, acc, vdot)
-            DISPATCH(ROW)
+                                          dq, ds, dtq, wsum_rows, g_edge, work, work + C)
+    FOR_ROWS_WITH_SCRATCH(N, C + R + 1, DISPATCH(ROW))
 #undef ROW
-        }
-        free(acc);
-    }
-    return failed;
 }
 
 /* Source j (edges grouped by source: tptr; their targets trow and positions
@@ -360,23 +355,11 @@ int NAME(backward_sources)(
         int64_t Ns, int64_t H, int64_t C, int64_t R, const T* q, const int64_t* tptr,
         const int64_t* trow, const int64_t* perm, const int64_t* etype, const T* dout,
         const T* g_edge, T* dk, T* dv, T* dtk) {
-    int failed = 0;
-    #pragma omp parallel
-    {
-        T* acc_k = (T*)scratch(sizeof(T) * (size_t)(2 * H * C + 1));
-        T* acc_v = acc_k + H * C;
-        if (!acc_k) failed = 1;
-        #pragma omp for schedule(dynamic, 8)
-        for (int64_t j = 0; j < Ns; j++) {
-            if (!acc_k) continue;
-#define ROW(CC) NAME(backward_source_row)(j, Ns, H, CC, R, q, tptr, trow, perm, etype, dout, \
-                                          g_edge, dk, dv, dtk, acc_k, acc_v)
-            DISPATCH(ROW)
+    /* rows are sources here; scratch: acc_k [H C], then acc_v [H C] */
+#define ROW(CC) NAME(backward_source_row)(i, Ns, H, CC, R, q, tptr, trow, perm, etype, dout, \
+                                          g_edge, dk, dv, dtk, work, work + H * C)
+    FOR_ROWS_WITH_SCRATCH(Ns, 2 * H * C + 1, DISPATCH(ROW))
 #undef ROW
-        }
-        free(acc_k);
-    }
-    return failed;
 }
 
 /* The dropout multipliers [H, E]: keep_mult where kept, 0 where dropped. */
