@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import random
 import sys
 import time
@@ -52,6 +51,7 @@ from .data_checks import (all_mol_features, all_targets, changed_parts, check_sc
                           check_split, check_targets, fingerprint)
 from .init import init_trunk, resolve_init
 from .metrics import compute_metrics, is_better
+from .optim import load_optimizer_state, lr_factor, make_optimizer, optimizer_step
 from .run_dir import prepare_run_dir, resume_config
 
 
@@ -268,17 +268,6 @@ def plot_learning_curve(history: List[Dict[str, float]], metric: str, path: Path
     plt.close(fig)
 
 
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW, fused (one kernel for all parameters: a third of the time of the
-    multi-tensor version for the default model on CPU) where the parameters'
-    device has the fused kernel, multi-tensor otherwise."""
-    params = list(model.parameters())
-    try:
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
-    except (RuntimeError, ValueError):
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=True)
-
-
 def train_step(net: torch.nn.Module, batch: Any, optimizer: torch.optim.Optimizer,
                y_mean: Tensor, y_std: Tensor, task: str, grad_clip: float = 0.0) -> Tensor:
     """One optimisation step on one batch: forward, the masked loss on
@@ -291,25 +280,6 @@ def train_step(net: torch.nn.Module, batch: Any, optimizer: torch.optim.Optimize
     return loss.detach()
 
 
-def optimizer_step(net: torch.nn.Module, loss: Tensor, optimizer: torch.optim.Optimizer,
-                   grad_clip: float = 0.0) -> None:
-    """Backward from ``loss``, gradient-norm clipping (0 = off), optimiser step."""
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if grad_clip:
-        torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
-    optimizer.step()
-
-
-def lr_factor(step: int, warmup: int, total: int) -> float:
-    """The learning-rate factor at ``step``: linear warm-up over ``warmup``
-    steps, then cosine decay to 0 at ``total``."""
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
 def make_training(model: torch.nn.Module, train_set: Dataset, cfg: TrainConfig, rank: int,
                   world: int, device: torch.device
                   ) -> Tuple[torch.nn.Module, DistributedSampler, DataLoader,
@@ -318,6 +288,7 @@ def make_training(model: torch.nn.Module, train_set: Dataset, cfg: TrainConfig, 
     to call (``model`` in ``DistributedDataParallel`` when ``world`` > 1),
     the sampler (this rank's share, reshuffled per epoch), the loader, AdamW
     and its schedule (linear warm-up, cosine decay, stepped per batch)."""
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)  # before DDP: see its doc
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
@@ -328,7 +299,6 @@ def make_training(model: torch.nn.Module, train_set: Dataset, cfg: TrainConfig, 
     steps_per_epoch = max(1, len(loader))
     total_steps = cfg.epochs * steps_per_epoch
     warmup = cfg.warmup_epochs * steps_per_epoch
-    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, warmup, total_steps))
     return net, sampler, loader, optimizer, scheduler
@@ -340,7 +310,7 @@ def restore_training(state: Dict[str, Any], model: torch.nn.Module,
     """Load a checkpoint's model, optimiser and schedule states; returns its
     history, its best epoch record and the epoch to continue at."""
     model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+    load_optimizer_state(optimizer, state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     return state["history"], state["best"], int(state["epoch"]) + 1
 

@@ -47,8 +47,8 @@ from .checkpoint import RESUME_FIELDS, check_fields, load_checkpoint
 from .config import TrainConfig, build_section, coerce_fields
 from .init import PRETRAIN_KIND
 from .metrics import is_better
-from .loop import (RunFiles, make_training, optimizer_step, resolve_device,
-                   restore_training, seed_everything)
+from .loop import RunFiles, make_training, resolve_device, restore_training, seed_everything
+from .optim import optimizer_step
 from .run_dir import prepare_run_dir, resume_config
 
 #: the training settings ``pretrain`` uses where none are given
