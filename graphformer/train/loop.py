@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from torch.utils.data import DataLoader as TorchDataLoader
 from torch.utils.data import Dataset, DistributedSampler, Subset
 from torch_geometric.loader import DataLoader
 from tqdm.auto import tqdm
@@ -44,6 +45,7 @@ from ..data.encodings import encodings
 from ..datasets import Benchmark, load_dataset, make_split
 from ..errors import DataError, UsageError
 from ..models import GraphTransformer, GraphTransformerConfig, masked_loss
+from .batches import batch_loader
 from .checkpoint import RESUME_FIELDS, RUN_FIELDS, check_fields, load_checkpoint, \
     run_config, save_checkpoint
 from .config import RunConfig, TrainConfig
@@ -80,7 +82,7 @@ class Prepared:
         key = (part, batch_size)
         if key in self._batches:
             return self._batches[key]
-        loader = DataLoader(self.subset(part), batch_size=batch_size, shuffle=False)
+        loader = batch_loader(self.subset(part), batch_size)
         if len(self.split[part]) > EVAL_CACHE_GRAPHS:
             return loader
         self._batches[key] = list(loader)
@@ -282,7 +284,7 @@ def train_step(net: torch.nn.Module, batch: Any, optimizer: torch.optim.Optimize
 
 def make_training(model: torch.nn.Module, train_set: Dataset, cfg: TrainConfig, rank: int,
                   world: int, device: torch.device
-                  ) -> Tuple[torch.nn.Module, DistributedSampler, DataLoader,
+                  ) -> Tuple[torch.nn.Module, DistributedSampler, TorchDataLoader,
                              torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """What trains ``model`` on ``train_set`` as ``cfg`` says: the network
     to call (``model`` in ``DistributedDataParallel`` when ``world`` > 1),
@@ -295,7 +297,7 @@ def make_training(model: torch.nn.Module, train_set: Dataset, cfg: TrainConfig, 
             model, device_ids=[device.index] if device.type == "cuda" else None)
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True,
                                  seed=cfg.seed)
-    loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler)
+    loader = batch_loader(train_set, cfg.batch_size, sampler=sampler)
     steps_per_epoch = max(1, len(loader))
     total_steps = cfg.epochs * steps_per_epoch
     warmup = cfg.warmup_epochs * steps_per_epoch
