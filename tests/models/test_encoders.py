@@ -11,14 +11,19 @@ from ogb.graphproppred.mol_encoder import AtomEncoder as OgbAtomEncoder
 from ogb.graphproppred.mol_encoder import BondEncoder as OgbBondEncoder
 from ogb.utils.features import get_atom_feature_dims, get_bond_feature_dims
 
+from graphformer.models import encoders
 from graphformer.models.encoders import AtomEncoder, BondEncoder
 
 
+@pytest.mark.parametrize("dense_counts", [True, False])   # the two ways of the gradient
 @pytest.mark.parametrize("ours, theirs, dims", [
     (AtomEncoder, OgbAtomEncoder, get_atom_feature_dims()),
     (BondEncoder, OgbBondEncoder, get_bond_feature_dims()),
 ])
-def test_same_parameters_values_and_gradients_as_ogb(ours, theirs, dims):
+def test_same_parameters_values_and_gradients_as_ogb(ours, theirs, dims, dense_counts,
+                                                     monkeypatch):
+    if not dense_counts:
+        monkeypatch.setattr(encoders, "DENSE_COUNTS_ABOVE", 0)
     torch.manual_seed(0)
     a = ours(16)
     torch.manual_seed(0)
