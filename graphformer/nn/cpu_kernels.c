@@ -178,7 +178,7 @@ INLINE void NAME(forward_row)(
         const T* q, const T* k, const T* v, const int64_t* ptr, const int64_t* col,
         const T* bias, const int64_t* etype, const T* tq, const T* tk, const T* vt,
         T scale, uint64_t seed, uint64_t threshold, T keep_mult, uint8_t* keep,
-        T* out, T* alpha, T* acc, T* wsum) {
+        T* out, T* alpha, T* restrict acc, T* restrict wsum) {
     const int64_t start = ptr[i], end = ptr[i + 1];
     for (int64_t h = 0; h < H; h++) {
         const T* qi = q + (i * H + h) * C;
@@ -260,7 +260,7 @@ INLINE void NAME(backward_target_row)(
         const T* k, const T* v, const int64_t* ptr, const int64_t* col, const int64_t* etype,
         const T* vt, const T* alpha, const T* dout, const T* dalpha, T scale,
         const uint8_t* keep, T keep_mult, T* dq, T* ds, T* dtq, T* wsum_rows, T* g_edge,
-        T* acc, T* vdot) {
+        T* restrict acc, T* restrict vdot) {
     const int64_t start = ptr[i], end = ptr[i + 1];
     for (int64_t h = 0; h < H; h++) {
         const T* doi = dout + (i * H + h) * C;
@@ -329,7 +329,7 @@ int NAME(backward_targets)(
 INLINE void NAME(backward_source_row)(
         int64_t j, int64_t Ns, int64_t H, const int64_t C, int64_t R, const T* q,
         const int64_t* tptr, const int64_t* trow, const int64_t* perm, const int64_t* etype,
-        const T* dout, const T* g_edge, T* dk, T* dv, T* dtk, T* acc_k, T* acc_v) {
+        const T* dout, const T* g_edge, T* dk, T* dv, T* dtk, T* restrict acc_k, T* restrict acc_v) {
     const int64_t start = tptr[j], end = tptr[j + 1];
     for (int64_t x = 0; x < H * C; x++) { acc_k[x] = 0; acc_v[x] = 0; }
     for (int64_t p = start; p < end; p++) {
