@@ -329,7 +329,8 @@ int NAME(backward_targets)(
 INLINE void NAME(backward_source_row)(
         int64_t j, int64_t Ns, int64_t H, const int64_t C, int64_t R, const T* q,
         const int64_t* tptr, const int64_t* trow, const int64_t* perm, const int64_t* etype,
-        const T* dout, const T* g_edge, T* dk, T* dv, T* dtk, T* restrict acc_k, T* restrict acc_v) {
+        const T* dout, const T* g_edge, T* dk, T* dv, T* dtk, T* restrict acc_k,
+        T* restrict acc_v) {
     const int64_t start = tptr[j], end = tptr[j + 1];
     for (int64_t x = 0; x < H * C; x++) { acc_k[x] = 0; acc_v[x] = 0; }
     for (int64_t p = start; p < end; p++) {
