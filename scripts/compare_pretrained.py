@@ -8,6 +8,9 @@ summary. Decide on the validation columns: the test ones are for reporting.
 
     python scripts/compare_pretrained.py --init runs/pre/best.pt \\
         --datasets freesolv esol --seeds 0 1 2 --threads 1
+
+``--starts init`` (or ``scratch``) runs one side only, to split the work
+between processes.
 """
 from __future__ import annotations
 
@@ -35,19 +38,23 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads per run (0 = torch's default)")
+    parser.add_argument("--starts", nargs="+", choices=["scratch", "init"],
+                        default=["scratch", "init"],
+                        help="which starts to run (default both; one of them to split the "
+                             "work between processes)")
     parser.add_argument("--out", type=Path, help="write the JSON summary here too")
     args = parser.parse_args()
 
     results: Dict[str, Dict[str, Dict[str, List[float]]]] = {}
     for name in args.datasets:
         runs: Dict[str, Dict[str, List[float]]] = {
-            kind: {"valid": [], "test": []} for kind in ("scratch", "init")}
+            kind: {"valid": [], "test": []} for kind in args.starts}
         for seed in args.seeds:
             cfg = RunConfig(data=DataConfig(dataset=name, split="scaffold"),
                             train=TrainConfig(epochs=args.epochs, seed=seed,
                                               threads=args.threads, pretrained=False))
             prepared = prepare(cfg, log=False)
-            for kind in ("scratch", "init"):
+            for kind in args.starts:
                 cfg.train.init = args.init if kind == "init" else None
                 with tempfile.TemporaryDirectory() as tmp:
                     summary = train(cfg, Path(tmp), progress=False, prepared=prepared)
