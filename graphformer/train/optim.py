@@ -13,9 +13,14 @@ The update is the same: AdamW is element-wise, and the clipping norm is the
 norm of the same numbers (summed in another order). One difference from
 ``zero_grad(set_to_none=True)``: a parameter that gets no gradient in a step
 (one not used by the forward) gets a zero gradient and is updated from its
-moments, as with ``set_to_none=False``. Every parameter of the bundled
-models gets a gradient in every step (a test checks it), so for them nothing
-changes.
+moments, as with ``set_to_none=False``. For the bundled models nothing
+changes: every parameter gets a gradient in every step (a test checks the
+molecule model and its variants, GIN and the pre-training model), except,
+with ``edge_update=True``, the last block's edge-update weights, whose
+output nothing reads (they now only shrink by the weight decay).
+
+Calling :func:`make_optimizer` again on a model already flattened leaves it
+as it is (its parameters share one buffer) and optimises them separately.
 """
 from __future__ import annotations
 

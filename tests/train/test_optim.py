@@ -184,3 +184,16 @@ def test_clipping_the_flat_gradient_is_torchs_clipping(max_norm):
     zero_grad(opt)  # in place: the parameters' gradients are still its views
     assert not flat.grad.any() and all(p.grad is not None and not p.grad.any()
                                        for p in model.parameters())
+
+
+def test_a_second_optimiser_of_a_flattened_model_optimises_its_parameters_separately():
+    model, batch = model_and_batch()
+    first = make_optimizer(model, 1e-2, 0.0)
+    second = make_optimizer(model, 1e-2, 0.0)   # they share one buffer now: left as they are
+    assert len(optimised_parameters(first)) == 1
+    assert [p is q for p, q in zip(optimised_parameters(second), model.parameters())] \
+        == [True] * len(list(model.parameters()))
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer_step(model, loss_of(model, batch, 0), second, 1.0)
+    assert all(p.grad is None or p.grad.abs().sum() > 0 for p in model.parameters())
+    assert any(not torch.equal(p, b) for p, b in zip(model.parameters(), before))
