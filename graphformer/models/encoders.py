@@ -56,7 +56,6 @@ class _SumOfRows(torch.autograd.Function):
         return None, out.index_add_(0, index.reshape(-1), grad.repeat_interleave(F, 0))
 
 
-
 class _FeatureEncoder(torch.nn.Module):
     """Sum of one embedding per feature column (see the module docstring)."""
 
