@@ -45,7 +45,6 @@ class GraphBatches:
         if indices is not None:
             positions = positions[torch.as_tensor(list(indices), dtype=torch.long)]
         self.positions = positions
-        self.node_slices = self.slices["x"]
         self.cat_dims = {key: self.data.__cat_dim__(key, value)
                          for key, value in self.data.items() if isinstance(value, Tensor)}
         # Attributes with the same slices (x and the node encodings, edge_index
@@ -88,7 +87,7 @@ class GraphBatches:
                     return None
             elif not isinstance(value, list):
                 return None
-        if data.x is None or data.__cat_dim__("x", data.x) != 0:
+        if data.__cat_dim__("x", data.x) != 0:
             return None
         return cls(dataset, indices)
 
@@ -99,13 +98,15 @@ class GraphBatches:
         """The batch of items ``items`` (positions in the data set handed out)."""
         graphs = self.positions[torch.as_tensor(items, dtype=torch.long)]
         B = graphs.numel()
-        nodes = self.node_slices[graphs + 1] - self.node_slices[graphs]
-        node_offsets = exclusive_cumsum(nodes)
+        gathers: Dict[int, Tuple[Tensor, Tensor, Tensor]] = {
+            -1: (graphs, torch.ones(B, dtype=torch.long), torch.arange(B + 1))}
+        x_group = self.slice_group["x"]   # the nodes: x's rows
+        if x_group not in gathers:
+            gathers[x_group] = gather_index(self.slices["x"], graphs)
+        _, nodes, node_offsets = gathers[x_group]
         out = Batch(_base_cls=Data)
         slice_dict: Dict[str, Any] = {}
         inc_dict: Dict[str, Any] = {}
-        gathers: Dict[int, Tuple[Tensor, Tensor, Tensor]] = {
-            -1: (graphs, torch.ones(B, dtype=torch.long), torch.arange(B + 1))}
         names: Optional[List[int]] = None
         for key, value in self.data.items():
             slices = self.slices[key]
