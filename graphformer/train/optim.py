@@ -94,9 +94,19 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> to
 
 
 def flat_parameter(optimizer: torch.optim.Optimizer) -> Optional[FlatParameter]:
-    """The :class:`FlatParameter` ``optimizer`` updates, if that is all it updates."""
+    """The :class:`FlatParameter` ``optimizer`` updates, if that is all it updates.
+
+    Raises:
+        RuntimeError: its gradient was set to ``None`` (by
+            ``optimizer.zero_grad()``): the parameters' gradients are no longer
+            views of it, so no step would update them.
+    """
     params = optimised_parameters(optimizer)
     if len(params) == 1 and isinstance(params[0], FlatParameter):
+        if params[0].grad is None:
+            raise RuntimeError("the flat parameter's gradient was set to None (by "
+                               "optimizer.zero_grad()?): clear it with "
+                               "graphformer.train.optim.zero_grad, which zeroes it in place")
         return params[0]
     return None
 
@@ -105,10 +115,10 @@ def zero_grad(optimizer: torch.optim.Optimizer) -> None:
     """Clear the gradients before a backward: a flat parameter's in place
     (its views must stay), any other's set to ``None``."""
     flat = flat_parameter(optimizer)
-    if flat is not None and flat.grad is not None:
+    if flat is not None:
         flat.grad.zero_()
     else:
-        optimizer.zero_grad(set_to_none=flat is None)
+        optimizer.zero_grad(set_to_none=True)
 
 
 def clip_grad_norm(optimizer: torch.optim.Optimizer, max_norm: float) -> None:
@@ -116,7 +126,7 @@ def clip_grad_norm(optimizer: torch.optim.Optimizer, max_norm: float) -> None:
     flat parameter its formula written out on the one gradient (the same
     values, without its per-call grouping of tensors by device and dtype)."""
     flat = flat_parameter(optimizer)
-    if flat is None or flat.grad is None:
+    if flat is None:
         torch.nn.utils.clip_grad_norm_(optimised_parameters(optimizer), max_norm)
         return
     norm = torch.linalg.vector_norm(flat.grad)

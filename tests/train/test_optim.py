@@ -197,3 +197,11 @@ def test_a_second_optimiser_of_a_flattened_model_optimises_its_parameters_separa
     optimizer_step(model, loss_of(model, batch, 0), second, 1.0)
     assert all(p.grad is None or p.grad.abs().sum() > 0 for p in model.parameters())
     assert any(not torch.equal(p, b) for p, b in zip(model.parameters(), before))
+
+
+def test_a_flat_gradient_set_to_none_is_an_error_not_a_step_that_updates_nothing():
+    model, batch = model_and_batch()
+    opt = make_optimizer(model, 1e-2, 0.0)
+    opt.zero_grad(set_to_none=True)   # cuts the parameters' gradients from the flat one
+    with pytest.raises(RuntimeError, match="set to None"):
+        optimizer_step(model, loss_of(model, batch, 0), opt, 1.0)
