@@ -2,6 +2,7 @@
 from .descriptors import (MOLECULE_FEATURE_SETS, RDKIT2D_NAMES, molecule_feature_names,
                           molecule_features)
 from .edge_list import read_edge_list, write_edge_list
+from .encodings import LaplacianPE, RandomWalkSE, encodings
 from .molecule import from_mol, from_smiles, parse_smiles
 from .snli import SNLI_LABELS, SNLISplit, load_snli, load_word_vectors, read_snli, snli_vocab
 from .tokens import (
@@ -19,5 +20,6 @@ __all__ = [
     "from_tokens", "from_token_batch", "build_vocab", "RelativePosition",
     "SinusoidalPosition", "sinusoidal_encoding",
     "read_edge_list", "write_edge_list",
+    "RandomWalkSE", "LaplacianPE", "encodings",
     "SNLI_LABELS", "SNLISplit", "read_snli", "load_snli", "snli_vocab", "load_word_vectors",
 ]
