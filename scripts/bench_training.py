@@ -15,7 +15,11 @@ the batches `graphformer train` draws):
   `--dataset NAME` for each of --cli-datasets), as a new user's first run;
 - with --chemprop (chemprop installed as a benchmark peer, never a
   dependency): the wall time of `chemprop train` with its defaults on the
-  same split, and its molecules per second of training.
+  same split. With --cli, chemprop runs on every data set `graphformer
+  train` is timed on, right beside it, and the table gives each pair's
+  ratio; --cli-repeats times every pair again, the peer that went first
+  going second the next time (this machine's speed drifts by tens of
+  percent between minutes: only a ratio of neighbouring runs is sound).
 
 The timings interleave the models and repeat them (--repeats); each figure is
 the median. Run on an otherwise idle machine: on 2 cores any second busy
@@ -202,10 +206,15 @@ def bench_chemprop(name: str, epochs: Optional[int]) -> Optional[Dict[str, Any]]
     return result
 
 
+def _seconds(runs: List[Dict[str, Any]]) -> str:
+    return " / ".join(f"{r['seconds']:.0f}" for r in runs) + " s"
+
+
 def markdown(results: Dict[str, Any]) -> str:
-    lines = [f"Machine: {results['machine']}.", "",
-             "| data set | model | training step, mol/s | evaluation, mol/s | vs GIN (train) |",
-             "| --- | --- | ---: | ---: | ---: |"]
+    lines = [f"Machine: {results['machine']}."]
+    if results["datasets"]:
+        lines += ["", "| data set | model | training step, mol/s | evaluation, mol/s | "
+                  "vs GIN (train) |", "| --- | --- | ---: | ---: | ---: |"]
     for name in results["datasets"]:
         rows = [r for r in results["steps"] if r["dataset"] == name]
         gin = next(r for r in rows if r["model"] == "GIN")
@@ -213,23 +222,38 @@ def markdown(results: Dict[str, Any]) -> str:
             ratio = r["train_mol_s"] / gin["train_mol_s"]
             lines.append(f"| {name} | {r['model']} | {r['train_mol_s']:.0f} | "
                          f"{r['eval_mol_s']:.0f} | {ratio:.2f}× |")
-    runs = results.get("cli", []) + [c for c in results.get("chemprop", []) if c]
-    if runs:
-        lines += ["", "| command | wall time | test metric at best validation epoch |",
-                  "| --- | ---: | ---: |"]
-        for r in results.get("cli", []):
-            lines.append(f"| `{r['command']}` | {r['seconds']:.0f} s | "
-                         f"{r['metric']} {r['test_at_best']:.3f} |")
-        for r in results.get("chemprop", []):
-            if r:
-                lines.append(f"| chemprop defaults, {r['dataset']} ({r['epochs']} epochs) | "
-                             f"{r['seconds']:.0f} s | |")
+    cli, peers = results.get("cli", []), [c for c in results.get("chemprop", []) if c]
+    if cli:
+        lines += ["", "| command | wall time (each run) | chemprop defaults, same split | "
+                  "graphformer ÷ chemprop (each pair; median) | test metric at best "
+                  "validation epoch |", "| --- | ---: | ---: | ---: | ---: |"]
+        for command in dict.fromkeys(r["command"] for r in cli):
+            ours = [r for r in cli if r["command"] == command]
+            name = ours[0].get("dataset")
+            theirs = [c for c in peers if name is not None and c["dataset"] == name]
+            pairs = {c.get("repeat"): c for c in theirs}
+            ratios = [r["seconds"] / pairs[r.get("repeat")]["seconds"]
+                      for r in ours if r.get("repeat") in pairs]
+            ratio = (" / ".join(f"{x:.2f}" for x in ratios)
+                     + f"; **{statistics.median(ratios):.2f}×**") if ratios else ""
+            lines.append(f"| `{command}` | {_seconds(ours)} | "
+                         f"{_seconds(theirs) if theirs else ''} | {ratio} | "
+                         + ", ".join(f"{r['metric']} {r['test_at_best']:.3f}" for r in ours)
+                         + " |")
+        timed = {r.get("dataset") for r in cli}
+        peers = [c for c in peers if c["dataset"] not in timed]
+    if peers:   # chemprop timed without graphformer's run beside it
+        lines += ["", "| command | wall time |", "| --- | ---: |"]
+        for c in peers:
+            lines.append(f"| chemprop defaults, {c['dataset']} ({c['epochs']} epochs) | "
+                         f"{c['seconds']:.0f} s |")
     return "\n".join(lines)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", nargs="+", default=["esol", "lipophilicity"])
+    parser.add_argument("--datasets", nargs="*", default=["esol", "lipophilicity"],
+                        help="data sets of the step timings (none: time the runs only)")
     parser.add_argument("--backends", nargs="+", default=["auto"],
                         help="attention backends of graphformer to time (auto = the default)")
     parser.add_argument("--floor", action="store_true",
@@ -245,6 +269,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--chemprop", action="store_true",
                         help="time chemprop's defaults on the same split, if installed")
     parser.add_argument("--chemprop-epochs", type=int, default=None)
+    parser.add_argument("--cli-repeats", type=int, default=1, metavar="N",
+                        help="time every `graphformer train` (and chemprop beside it) N "
+                        "times, alternating which of the two goes first")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--markdown-from", type=Path, help="print the README table of a --json")
     args = parser.parse_args(argv)
@@ -264,13 +291,24 @@ def main(argv: Optional[List[str]] = None) -> int:
     for name in args.datasets:
         results["steps"] += bench_steps(name, args)
         save()
-    if args.cli:
-        results["cli"].append(bench_cli([]))
-        save()
-    for name in args.cli_datasets:
-        results["cli"].append(bench_cli(["--dataset", name]))
-        save()
-    if args.chemprop:
+    if args.cli_repeats < 1:
+        parser.error(f"--cli-repeats must be >= 1, got {args.cli_repeats}")
+    runs = ([("esol", [])] if args.cli else []) + \
+        [(name, ["--dataset", name]) for name in args.cli_datasets]
+    for repeat in range(args.cli_repeats):
+        for name, extra in runs:
+            order = ["graphformer", "chemprop"] if args.chemprop else ["graphformer"]
+            for peer in order if repeat % 2 == 0 else order[::-1]:
+                if peer == "graphformer":
+                    result: Optional[Dict[str, Any]] = bench_cli(extra)
+                    results["cli"].append(result)
+                else:
+                    result = bench_chemprop(name, args.chemprop_epochs)
+                    results["chemprop"].append(result)
+                if result is not None:
+                    result.update(dataset=name, repeat=repeat)
+                save()
+    if args.chemprop and not runs:
         for name in args.datasets:
             results["chemprop"].append(bench_chemprop(name, args.chemprop_epochs))
             save()

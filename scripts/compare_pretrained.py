@@ -35,6 +35,8 @@ def main() -> None:
     parser.add_argument("--init", required=True, help="checkpoint of 'graphformer pretrain'")
     parser.add_argument("--datasets", nargs="+", default=["freesolv", "esol"])
     parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    parser.add_argument("--lr", type=float, default=TrainConfig.lr)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads per run (0 = torch's default)")
@@ -52,6 +54,7 @@ def main() -> None:
         for seed in args.seeds:
             cfg = RunConfig(data=DataConfig(dataset=name, split="scaffold"),
                             train=TrainConfig(epochs=args.epochs, seed=seed,
+                                              batch_size=args.batch_size, lr=args.lr,
                                               threads=args.threads, pretrained=False))
             prepared = prepare(cfg, log=False)
             for kind in args.starts:
@@ -71,7 +74,8 @@ def main() -> None:
         for kind, scores in runs.items():
             print(f"| {name} | {kind} | {_mean_std(scores['valid'])} | "
                   f"{_mean_std(scores['test'])} |")
-    text = json.dumps({"init": args.init, "epochs": args.epochs, "seeds": args.seeds,
+    text = json.dumps({"init": args.init, "epochs": args.epochs,
+                       "batch_size": args.batch_size, "lr": args.lr, "seeds": args.seeds,
                        "results": results}, indent=2)
     print(text)
     if args.out is not None:
