@@ -238,8 +238,8 @@ def markdown(results: Dict[str, Any]) -> str:
                      + f"; **{statistics.median(ratios):.2f}×**") if ratios else ""
             lines.append(f"| `{command}` | {_seconds(ours)} | "
                          f"{_seconds(theirs) if theirs else ''} | {ratio} | "
-                         + ", ".join(f"{r['metric']} {r['test_at_best']:.3f}" for r in ours)
-                         + " |")
+                         + ", ".join(dict.fromkeys(f"{r['metric']} {r['test_at_best']:.3f}"
+                                                   for r in ours)) + " |")
         timed = {r.get("dataset") for r in cli}
         peers = [c for c in peers if c["dataset"] not in timed]
     if peers:   # chemprop timed without graphformer's run beside it

@@ -10,19 +10,24 @@ summary. Decide on the validation columns: the test ones are for reporting.
         --datasets freesolv esol --seeds 0 1 2 --threads 1
 
 ``--starts init`` (or ``scratch``) runs one side only, to split the work
-between processes.
+between processes; ``--set model.dropout=0.1`` (repeatable) changes a setting
+of both sides.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from graphformer.train import RunConfig, prepare, train
-from graphformer.train.config import DataConfig, TrainConfig
+from graphformer.train.config import TrainConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare_chemprop import overrides  # noqa: E402  (a sibling script module)
 
 
 def _mean_std(values: List[float]) -> str:
@@ -30,7 +35,7 @@ def _mean_std(values: List[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {std:.3f}"
 
 
-def main() -> None:
+def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--init", required=True, help="checkpoint of 'graphformer pretrain'")
     parser.add_argument("--datasets", nargs="+", default=["freesolv", "esol"])
@@ -44,18 +49,22 @@ def main() -> None:
                         default=["scratch", "init"],
                         help="which starts to run (default both; one of them to split the "
                              "work between processes)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="a config setting of every run (e.g. model.dropout=0.1)")
     parser.add_argument("--out", type=Path, help="write the JSON summary here too")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     results: Dict[str, Dict[str, Dict[str, List[float]]]] = {}
     for name in args.datasets:
         runs: Dict[str, Dict[str, List[float]]] = {
             kind: {"valid": [], "test": []} for kind in args.starts}
         for seed in args.seeds:
-            cfg = RunConfig(data=DataConfig(dataset=name, split="scaffold"),
-                            train=TrainConfig(epochs=args.epochs, seed=seed,
-                                              batch_size=args.batch_size, lr=args.lr,
-                                              threads=args.threads, pretrained=False))
+            sections = overrides(args.set)
+            sections.setdefault("data", {}).update(dataset=name, split="scaffold")
+            sections.setdefault("train", {}).update(
+                epochs=args.epochs, seed=seed, batch_size=args.batch_size, lr=args.lr,
+                threads=args.threads, pretrained=False)
+            cfg = RunConfig.from_dict(sections)
             prepared = prepare(cfg, log=False)
             for kind in args.starts:
                 cfg.train.init = args.init if kind == "init" else None
@@ -75,12 +84,14 @@ def main() -> None:
             print(f"| {name} | {kind} | {_mean_std(scores['valid'])} | "
                   f"{_mean_std(scores['test'])} |")
     text = json.dumps({"init": args.init, "epochs": args.epochs,
-                       "batch_size": args.batch_size, "lr": args.lr, "seeds": args.seeds,
+                       "batch_size": args.batch_size, "lr": args.lr, "set": args.set,
+                       "seeds": args.seeds,
                        "results": results}, indent=2)
     print(text)
     if args.out is not None:
         args.out.write_text(text + "\n")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -94,6 +94,28 @@ def test_benchmark_table_is_the_scripts_output_format():
         assert f"| {case} | graphformer |" in README
 
 
+def test_training_speed_tables_are_the_scripts_output_format():
+    """The README's training-speed tables are what bench_training.py
+    --markdown-from prints: the same header lines, and every `graphformer
+    train` row paired with chemprop's runs and their ratios."""
+    from tests.helpers import load_script
+
+    bench = load_script("bench_training")
+    results = {"machine": "m", "datasets": ["esol"],
+               "steps": [{"dataset": "esol", "model": "GIN", "train_mol_s": 2.0,
+                          "eval_mol_s": 4.0}],
+               "cli": [{"command": "graphformer train", "dataset": "esol", "repeat": 0,
+                        "seconds": 30.0, "metric": "rmse", "test_at_best": 0.8}],
+               "chemprop": [{"dataset": "esol", "repeat": 0, "seconds": 50.0, "epochs": 50}]}
+    table = bench.markdown(results).splitlines()
+    for header in (table[2], table[-3]):
+        assert header in README
+    for command in ("graphformer train", "graphformer train --dataset freesolv",
+                    "graphformer train --dataset lipophilicity"):
+        row = next(line for line in README.splitlines() if line.startswith(f"| `{command}` |"))
+        assert re.search(r"; \*\*\d\.\d\d×\*\* \|", row), row   # the pairs' median
+
+
 def run_snippet(marker):
     """Run the README's python block that contains ``marker``; its stdout."""
     snippet = next(b for b in code_blocks("python") if marker in b)
