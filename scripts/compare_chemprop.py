@@ -47,8 +47,9 @@ PEERS = ("chemprop", "graphformer", "gin")
 
 
 def overrides(items: List[str]) -> Dict[str, Dict[str, Any]]:
-    """``["model.dropout=0", ...]`` as config sections (values stay strings;
-    the config's own rules convert and check them)."""
+    """``["model.dropout=0", ...]`` as config sections: ``true`` and
+    ``false`` become booleans, as YAML reads them; other values stay strings
+    (the config's own rules convert and check them)."""
     sections: Dict[str, Dict[str, Any]] = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -56,8 +57,11 @@ def overrides(items: List[str]) -> Dict[str, Dict[str, Any]]:
         if not sep or not dot or section not in ("data", "model", "train"):
             raise SystemExit(f"--set {item!r}: expected SECTION.KEY=VALUE with SECTION one of "
                              f"data, model, train")
-        sections.setdefault(section, {})[name] = value.split(",") if name in (
-            "patterns", "target_columns") else value
+        if name in ("patterns", "target_columns"):
+            sections.setdefault(section, {})[name] = value.split(",")
+        else:
+            flag = {"true": True, "false": False}.get(value.strip().lower())
+            sections.setdefault(section, {})[name] = value if flag is None else flag
     return sections
 
 

@@ -35,7 +35,8 @@ TRAIN_KEYS = {f.name for f in fields(TrainConfig)} - {"seed", "threads"}
 
 def parse_variant(text: str) -> Dict[str, Dict[str, Any]]:
     """``"local=gine,dropout=0"`` as ``{"model": {...}, "train": {...}}``
-    (values stay strings: the config's own rules convert and check them);
+    (``true`` and ``false`` become booleans, as YAML reads them; other values
+    stay strings: the config's own rules convert and check them);
     ``"default"`` is no override."""
     sections: Dict[str, Dict[str, Any]] = {"model": {}, "train": {}}
     if text == "default":
@@ -44,10 +45,12 @@ def parse_variant(text: str) -> Dict[str, Dict[str, Any]]:
         key, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"variant {text!r}: {item!r} is not KEY=VALUE")
+        flag = {"true": True, "false": False}.get(value.strip().lower())
+        parsed: Any = value if flag is None else flag
         if key in MODEL_KEYS:
-            sections["model"][key] = value.split("+") if key == "patterns" else value
+            sections["model"][key] = value.split("+") if key == "patterns" else parsed
         elif key in TRAIN_KEYS:
-            sections["train"][key] = value
+            sections["train"][key] = parsed
         else:
             raise SystemExit(f"variant {text!r}: unknown key {key!r}; model keys "
                              f"{sorted(MODEL_KEYS)}, train keys {sorted(TRAIN_KEYS)}")

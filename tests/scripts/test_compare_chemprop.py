@@ -100,6 +100,8 @@ def test_bad_override_is_named():
         compare.overrides(["dropout=0"])
     assert compare.overrides(["model.dropout=0", "model.patterns=bonds,full"]) == {
         "model": {"dropout": "0", "patterns": ["bonds", "full"]}}
+    assert compare.overrides(["train.pretrained=false", "model.norm_first=True"]) == {
+        "train": {"pretrained": False}, "model": {"norm_first": True}}
 
 
 @pytest.mark.slow

@@ -13,6 +13,11 @@ def test_variants_are_config_overrides():
     assert sweep.parse_variant("local=gine,patterns=bonds+full,batch_size=64") == {
         "model": {"local": "gine", "patterns": ["bonds", "full"]},
         "train": {"batch_size": "64"}}
+    # true / false are booleans, as YAML reads them (the config refuses strings)
+    assert sweep.parse_variant("pretrained=False,edge_update=true,init=c.pt") == {
+        "model": {"edge_update": True}, "train": {"pretrained": False, "init": "c.pt"}}
+    from graphformer.train import RunConfig
+    assert RunConfig.from_dict(sweep.parse_variant("pretrained=false")).train.pretrained is False
     with pytest.raises(SystemExit, match="unknown key 'colour'"):
         sweep.parse_variant("colour=red")
     with pytest.raises(SystemExit, match="is not KEY=VALUE"):
