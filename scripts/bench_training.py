@@ -275,6 +275,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--markdown-from", type=Path, help="print the README table of a --json")
     args = parser.parse_args(argv)
+    if args.cli_repeats < 1:
+        parser.error(f"--cli-repeats must be >= 1, got {args.cli_repeats}")
     if args.markdown_from:
         print(markdown(json.loads(args.markdown_from.read_text())))
         return 0
@@ -291,8 +293,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     for name in args.datasets:
         results["steps"] += bench_steps(name, args)
         save()
-    if args.cli_repeats < 1:
-        parser.error(f"--cli-repeats must be >= 1, got {args.cli_repeats}")
     runs = ([("esol", [])] if args.cli else []) + \
         [(name, ["--dataset", name]) for name in args.cli_datasets]
     for repeat in range(args.cli_repeats):

@@ -32,8 +32,8 @@ class RandomWalkSE(BaseTransform):
     written as ``data[attr_name]`` :math:`(n, k)` (float32), equal to PyG's to
     float32 rounding. A molecule's few dozen atoms make PyG's per-graph torch
     calls the larger part of its cost; these are NumPy's, several times
-    faster. Larger graphs, and graphs with ``edge_weight``, go to PyG's
-    transform."""
+    faster. Larger graphs, graphs with ``edge_weight`` and graphs off the CPU
+    go to PyG's transform."""
 
     def __init__(self, walk_length: int, attr_name: str = "rwse") -> None:
         if walk_length < 1:
@@ -43,7 +43,8 @@ class RandomWalkSE(BaseTransform):
 
     def forward(self, data: Data) -> Data:
         n = data.num_nodes
-        if n > 2_000 or getattr(data, "edge_weight", None) is not None:
+        if n > 2_000 or getattr(data, "edge_weight", None) is not None \
+                or data.edge_index.device.type != "cpu":
             return AddRandomWalkPE(self.walk_length, attr_name=self.attr_name)(data)
         row, col = data.edge_index.numpy()
         degree = np.maximum(np.bincount(row, minlength=n), 1).astype(np.float32)
