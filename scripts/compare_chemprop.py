@@ -46,10 +46,16 @@ from chemprop_peer import run_chemprop  # noqa: E402
 PEERS = ("chemprop", "graphformer", "gin")
 
 
+def config_value(text: str) -> Any:
+    """A setting's value as given on the command line: ``true`` and ``false``
+    as booleans, as YAML reads them; anything else the string itself (the
+    config's own rules convert and check it)."""
+    return {"true": True, "false": False}.get(text.strip().lower(), text)
+
+
 def overrides(items: List[str]) -> Dict[str, Dict[str, Any]]:
-    """``["model.dropout=0", ...]`` as config sections: ``true`` and
-    ``false`` become booleans, as YAML reads them; other values stay strings
-    (the config's own rules convert and check them)."""
+    """``["model.dropout=0", ...]`` as config sections, each value through
+    :func:`config_value` (lists split at commas)."""
     sections: Dict[str, Dict[str, Any]] = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -57,11 +63,8 @@ def overrides(items: List[str]) -> Dict[str, Dict[str, Any]]:
         if not sep or not dot or section not in ("data", "model", "train"):
             raise SystemExit(f"--set {item!r}: expected SECTION.KEY=VALUE with SECTION one of "
                              f"data, model, train")
-        if name in ("patterns", "target_columns"):
-            sections.setdefault(section, {})[name] = value.split(",")
-        else:
-            flag = {"true": True, "false": False}.get(value.strip().lower())
-            sections.setdefault(section, {})[name] = value if flag is None else flag
+        sections.setdefault(section, {})[name] = value.split(",") if name in (
+            "patterns", "target_columns") else config_value(value)
     return sections
 
 

@@ -29,6 +29,9 @@ from graphformer.models import GraphTransformerConfig
 from graphformer.train import RunConfig, train
 from graphformer.train.config import TrainConfig
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare_chemprop import config_value  # noqa: E402  (a sibling script module)
+
 MODEL_KEYS = {f.name for f in fields(GraphTransformerConfig)}
 TRAIN_KEYS = {f.name for f in fields(TrainConfig)} - {"seed", "threads"}
 
@@ -45,12 +48,11 @@ def parse_variant(text: str) -> Dict[str, Dict[str, Any]]:
         key, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"variant {text!r}: {item!r} is not KEY=VALUE")
-        flag = {"true": True, "false": False}.get(value.strip().lower())
-        parsed: Any = value if flag is None else flag
         if key in MODEL_KEYS:
-            sections["model"][key] = value.split("+") if key == "patterns" else parsed
+            sections["model"][key] = value.split("+") if key == "patterns" \
+                else config_value(value)
         elif key in TRAIN_KEYS:
-            sections["train"][key] = parsed
+            sections["train"][key] = config_value(value)
         else:
             raise SystemExit(f"variant {text!r}: unknown key {key!r}; model keys "
                              f"{sorted(MODEL_KEYS)}, train keys {sorted(TRAIN_KEYS)}")
