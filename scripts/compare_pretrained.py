@@ -55,11 +55,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
 
     results: Dict[str, Dict[str, Dict[str, List[float]]]] = {}
+    settings = overrides(args.set)   # a malformed --set stops here, before any run
     for name in args.datasets:
         runs: Dict[str, Dict[str, List[float]]] = {
             kind: {"valid": [], "test": []} for kind in args.starts}
         for seed in args.seeds:
-            sections = overrides(args.set)
+            sections = {section: dict(values) for section, values in settings.items()}
             sections.setdefault("data", {}).update(dataset=name, split="scaffold")
             sections.setdefault("train", {}).update(
                 epochs=args.epochs, seed=seed, batch_size=args.batch_size, lr=args.lr,
