@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import multiprocessing
 import os
+import signal
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
@@ -121,6 +124,16 @@ def _set_features_of(job) -> Optional[List[float]]:
     return set_values(mol, sets)
 
 
+def _worker_start() -> None:
+    """In each worker: end with this process (Linux), so that a worker
+    never outlives a caller that was killed, holding its output open."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+
 #: Below this many molecules the descriptors are computed in-process (worker
 #: processes cost more to start than they save).
 PARALLEL_ABOVE = 256
@@ -149,7 +162,13 @@ def iter_molecule_set_features(smiles: Sequence[str], sets: Sequence[str],
     """:func:`molecule_set_features` as an iterator, in order, while the
     workers compute ahead: the caller builds the graphs of the molecules
     whose descriptors have arrived as the workers compute the next ones. The
-    workers stop when the ``with`` block ends (also on an error)."""
+    workers stop when the ``with`` block ends (also on an error).
+
+    The workers are a :class:`~concurrent.futures.ProcessPoolExecutor`, not a
+    ``multiprocessing.Pool``, whose ``terminate()`` can hang for good
+    (CPython issues 73945 and 78178): a worker that dies (killed for memory,
+    say) raises :class:`~concurrent.futures.process.BrokenProcessPool`
+    instead of leaving the caller waiting."""
     jobs = [(s, tuple(sets)) for s in smiles]
     if workers is None:
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
@@ -158,5 +177,11 @@ def iter_molecule_set_features(smiles: Sequence[str], sets: Sequence[str],
         yield map(_set_features_of, jobs)
         return
     method = "fork" if sys.platform.startswith("linux") else None
-    with multiprocessing.get_context(method).Pool(workers) as pool:
-        yield pool.imap(_set_features_of, jobs, chunksize=16)
+    executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
+                                   initializer=_worker_start)
+    try:
+        yield executor.map(_set_features_of, jobs, chunksize=16)
+    finally:
+        # the chunks not started are dropped; a running one takes well under
+        # a second
+        executor.shutdown(wait=True, cancel_futures=True)

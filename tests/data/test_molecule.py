@@ -1,3 +1,11 @@
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures.process import BrokenProcessPool
+
 import numpy as np
 import pytest
 import torch
@@ -5,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from ogb.utils import smiles2graph
 
+import graphformer.data.molecule as molecule
 from graphformer.data import from_smiles
 from graphformer.datasets.molecules import BUNDLED, bundled_dir
 
@@ -81,3 +90,62 @@ def test_fuzz_smiles_gives_a_graph_or_a_value_error(text):
     ref = smiles2graph(text.strip())
     assert data.num_nodes == ref["num_nodes"] > 0
     assert np.array_equal(data.edge_index.numpy(), ref["edge_index"])
+
+
+def _dies_on_methane(job):
+    """A descriptor worker that is killed (as by the out-of-memory killer) on
+    one molecule."""
+    if job[0] == "C":
+        os._exit(1)
+    return [float(len(job[0]))]
+
+
+def test_a_worker_that_dies_is_an_error_not_a_hang(monkeypatch):
+    monkeypatch.setattr(molecule, "PARALLEL_ABOVE", 2)
+    monkeypatch.setattr(molecule, "_set_features_of", _dies_on_methane)
+    smiles = ["CC", "CCO", "CCN", "C", "CCC", "CCCC"] * 8
+    with pytest.raises(BrokenProcessPool):
+        molecule.molecule_set_features(smiles, ["rdkit2d"], workers=2)
+    assert multiprocessing.active_children() == []
+    assert molecule.molecule_set_features(smiles[:3] * 2, ["rdkit2d"], workers=2) == \
+        [[2.0], [3.0], [3.0]] * 2
+
+
+_KILLED_PARENT = """
+import multiprocessing, sys, time
+import graphformer.data.molecule as molecule
+molecule.PARALLEL_ABOVE = 2
+with molecule.iter_molecule_set_features(["CCO"] * 4000, ["rdkit2d"], workers=2) as rows:
+    next(rows)
+    print(" ".join(str(p.pid) for p in multiprocessing.active_children()), flush=True)
+    time.sleep(600)
+"""
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_workers_end_with_a_killed_caller():
+    """A caller killed outright (SIGKILL: no cleanup runs) takes its descriptor
+    workers with it, rather than leaving them holding its output open."""
+    caller = subprocess.Popen([sys.executable, "-c", _KILLED_PARENT], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        pids = [int(p) for p in caller.stdout.readline().split()]
+        assert len(pids) == 2 and all(_alive(p) for p in pids)
+    finally:
+        caller.send_signal(signal.SIGKILL)
+        caller.wait()
+    deadline = time.monotonic() + 20
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    survivors = [p for p in pids if _alive(p)]
+    for pid in survivors:                       # leave no orphan behind a failure
+        os.kill(pid, signal.SIGKILL)
+    assert survivors == []
