@@ -33,7 +33,7 @@ _FLAGS = {
     "weight_decay": ("train", "weight_decay"), "warmup_epochs": ("train", "warmup_epochs"),
     "grad_clip": ("train", "grad_clip"), "seed": ("train", "seed"),
     "device": ("train", "device"), "threads": ("train", "threads"),
-    "init": ("train", "init"), "pretrained": ("train", "pretrained"),
+    "init": ("train", "init"), "pretrained": ("train", "pretrained"), "ema": ("train", "ema"),
 }
 # Flags a resumed run accepts: where it runs, not what it computes.
 RUNTIME_FLAGS = ("device", "threads", "root")
@@ -69,6 +69,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
                    help="without --init, start from the shipped pre-trained checkpoint when "
                    "the model matches it (--no-pretrained: from scratch)")
+    t.add_argument("--ema", type=float, metavar="DECAY",
+                   help="evaluate, select and save an exponential moving average of the "
+                   "weights with this decay per step (e.g. 0.99; default 0: off)")
     p.set_defaults(run=run)
 
 

@@ -203,6 +203,10 @@ class TrainConfig:
         pretrained: without ``init``, start from the shipped pre-trained
             checkpoint when there is one and the model config matches it
             (``--no-pretrained``: from scratch).
+        ema: decay of an exponential moving average of the weights, updated
+            after every step; validation, test, ``best.pt`` and predictions
+            use the averaged weights (:mod:`graphformer.train.average`;
+            0 = off, else in ``(0, 1)``).
 
     Values are converted by :func:`coerce` (a numeric string is a number), and
     every range error names its key.
@@ -218,6 +222,7 @@ class TrainConfig:
     threads: int = 0
     init: Optional[str] = None
     pretrained: bool = DEFAULT_PRETRAINED
+    ema: float = 0.0
 
     def __post_init__(self) -> None:
         coerce_fields(self, "train")
@@ -231,6 +236,8 @@ class TrainConfig:
         for key in ("weight_decay", "warmup_epochs", "grad_clip", "threads"):
             if getattr(self, key) < 0:
                 raise ConfigError("train", key, f"must be >= 0, got {getattr(self, key)}")
+        if not 0.0 <= self.ema < 1.0:
+            raise ConfigError("train", "ema", f"must be in [0, 1) (0 = off), got {self.ema}")
         if not 0 <= self.seed < MAX_SEED:
             raise ConfigError("train", "seed", f"must be in [0, 2**32), got {self.seed}")
         if self.device not in DEVICES:

@@ -45,6 +45,7 @@ from ..data.encodings import encodings
 from ..datasets import Benchmark, load_dataset, make_split
 from ..errors import DataError, UsageError
 from ..models import GraphTransformer, GraphTransformerConfig, masked_loss
+from .average import WeightAverage
 from .batches import batch_loader
 from .checkpoint import RESUME_FIELDS, RUN_FIELDS, check_fields, load_checkpoint, \
     run_config, save_checkpoint
@@ -53,7 +54,8 @@ from .data_checks import (all_mol_features, all_targets, changed_parts, check_sc
                           check_split, check_targets, fingerprint)
 from .init import init_trunk, resolve_init
 from .metrics import compute_metrics, is_better
-from .optim import load_optimizer_state, lr_factor, make_optimizer, optimizer_step
+from .optim import flat_parameter, load_optimizer_state, lr_factor, make_optimizer, \
+    optimizer_step
 from .run_dir import prepare_run_dir, resume_config
 
 
@@ -307,11 +309,18 @@ def make_training(model: torch.nn.Module, train_set: Dataset, cfg: TrainConfig, 
 
 
 def restore_training(state: Dict[str, Any], model: torch.nn.Module,
-                     optimizer: torch.optim.Optimizer, scheduler: Any
+                     optimizer: torch.optim.Optimizer, scheduler: Any,
+                     average: Optional[WeightAverage] = None
                      ) -> Tuple[List[Dict[str, float]], Dict[str, Any], int]:
-    """Load a checkpoint's model, optimiser and schedule states; returns its
-    history, its best epoch record and the epoch to continue at."""
-    model.load_state_dict(state["model"])
+    """Load a checkpoint's model, optimiser and schedule states (and the
+    weight average's: the checkpoint's ``model`` then, the trained weights
+    in ``training_model``); returns its history, its best epoch record and
+    the epoch to continue at."""
+    if average is not None:
+        average.load_state_dict(state["model"])
+        model.load_state_dict(state["training_model"])
+    else:
+        model.load_state_dict(state["model"])
     load_optimizer_state(optimizer, state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     return state["history"], state["best"], int(state["epoch"]) + 1
@@ -386,6 +395,8 @@ class _Run:
             state = load_checkpoint(run_dir / "last.pt")
             check_fields(state, run_dir / "last.pt", (RUN_FIELDS, RESUME_FIELDS))
             cfg = resume_config(run_config(state, run_dir / "last.pt"), cfg)
+            if cfg.train.ema > 0:  # the trained weights beside their average
+                check_fields(state, run_dir / "last.pt", ({"training_model": dict},))
         if cfg is None:
             raise ValueError("train() needs a RunConfig unless it resumes a run")
         run.cfg = cfg
@@ -440,13 +451,16 @@ class _Run:
             self.model.fit_mol_features(prepared.train_mol_x)  # train part only
         self.net, self.sampler, self.loader, self.optimizer, self.scheduler = make_training(
             self.model, prepared.subset("train"), cfg.train, self.rank, self.world, device)
+        # the weights evaluated, selected and saved: the model's, or their average
+        self.average = WeightAverage(self.model, cfg.train.ema, flat_parameter(self.optimizer)) \
+            if cfg.train.ema > 0 else None
         self.metric = bench.metric
         self.history: List[Dict[str, float]] = []
         self.best: Dict[str, Any] = {"epoch": None, "valid": None}
         self.start_epoch = 1
         if state is not None:
             self.history, self.best, self.start_epoch = restore_training(
-                state, self.model, self.optimizer, self.scheduler)
+                state, self.model, self.optimizer, self.scheduler, self.average)
         self.files = RunFiles(self.dir, self.is_main)
         self.full_cfg = RunConfig(cfg.data, self.model_cfg, cfg.train).to_dict()
         self.files.config(self.full_cfg)
@@ -477,6 +491,8 @@ class _Run:
             loss = train_step(self.net, batch, self.optimizer, y_mean, y_std,
                               self.model_cfg.task, cfg.train.grad_clip)
             self.scheduler.step()
+            if self.average is not None:
+                self.average.update()
             total_loss += loss.item() * batch.num_graphs
             seen += batch.num_graphs
             bar.set_postfix(refresh=False, loss=f"{loss.item():.4f}",
@@ -491,10 +507,12 @@ class _Run:
                 "lr": self.optimizer.param_groups[0]["lr"]}
 
     def evaluate(self) -> Dict[str, float]:
-        """Validation and test metrics of the model as it is now."""
+        """Validation and test metrics of the model as it is now (of its
+        weight average with ``train.ema``)."""
         row: Dict[str, float] = {}
+        model = self.average.module if self.average is not None else self.model
         for part in ("valid", "test"):
-            for k, v in evaluate_split(self.model, self.prepared, part,
+            for k, v in evaluate_split(model, self.prepared, part,
                                        max(self.cfg.train.batch_size, EVAL_BATCH_GRAPHS),
                                        self.device).items():
                 row[f"{part}_{k}"] = v
@@ -502,7 +520,10 @@ class _Run:
 
     def _checkpoint(self, epoch: int) -> Dict[str, Any]:
         prepared = self.prepared
-        return {"config": self.full_cfg, "model": self.model.state_dict(),
+        # "model" is what was evaluated (what evaluate and predict load)
+        weights = {"model": self.model.state_dict()} if self.average is None else \
+            {"model": self.average.state_dict(), "training_model": self.model.state_dict()}
+        return {"config": self.full_cfg, **weights,
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "epoch": epoch, "history": self.history, "best": self.best,

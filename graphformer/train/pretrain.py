@@ -146,6 +146,9 @@ class PretrainConfig:
         if self.train.init is not None:
             raise ConfigError("train", "init", "is not used by pretrain (it starts from "
                               "scratch or resumes)")
+        if self.train.ema:
+            raise ConfigError("train", "ema", "is not used by pretrain (it selects its "
+                              "checkpoint by the held-out loss of the trained weights)")
 
     def to_dict(self) -> Dict[str, Any]:
         return {"data": asdict(self.data), "model": self.model.to_dict(),

@@ -51,8 +51,10 @@ def test_same_seed_same_run_other_seed_other_run(tmp_path, tiny_csv):
     assert history(tmp_path / "a") != history(tmp_path / "c")
 
 
-def test_resume_after_a_crash_gives_the_uninterrupted_metrics(tmp_path, tiny_csv, monkeypatch):
-    cfg = tiny_config(tiny_csv, tmp_path / "cache", epochs=4)
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_resume_after_a_crash_gives_the_uninterrupted_metrics(tmp_path, tiny_csv, monkeypatch,
+                                                               ema):
+    cfg = tiny_config(tiny_csv, tmp_path / "cache", epochs=4, ema=ema)
     train(cfg, tmp_path / "straight", progress=False)
 
     calls = {"n": 0}
@@ -72,9 +74,11 @@ def test_resume_after_a_crash_gives_the_uninterrupted_metrics(tmp_path, tiny_csv
     train(cfg, tmp_path / "crashed", resume=True, progress=False)
 
     assert history(tmp_path / "crashed") == history(tmp_path / "straight")
-    a = load_checkpoint(tmp_path / "crashed" / "last.pt")["model"]
-    b = load_checkpoint(tmp_path / "straight" / "last.pt")["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    crashed = load_checkpoint(tmp_path / "crashed" / "last.pt")
+    straight = load_checkpoint(tmp_path / "straight" / "last.pt")
+    for weights in ("model", "training_model") if ema else ("model",):
+        a, b = crashed[weights], straight[weights]
+        assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
