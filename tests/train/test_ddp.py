@@ -11,11 +11,11 @@ from graphformer.train import train
 from tests.train.conftest import tiny_config
 
 
-def _worker(rank, world, store, csv, root, run_dir):
+def _worker(rank, world, store, csv, root, run_dir, ema):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
-        cfg = tiny_config(csv, root, epochs=2, batch_size=8)
+        cfg = tiny_config(csv, root, epochs=2, batch_size=8, ema=ema)
         cfg.model.dropout = 0.0
         train(cfg, run_dir, progress=False)
     finally:
@@ -23,26 +23,29 @@ def _worker(rank, world, store, csv, root, run_dir):
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_process_with_the_combined_batch(tmp_path, tiny_csv):
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_two_processes_match_one_process_with_the_combined_batch(tmp_path, tiny_csv, ema):
     # 48 training molecules; per process 8 per batch. A DistributedSampler
     # gives rank r the items perm[r::2], so the two ranks' k-th batches are
     # together perm[16k:16k+16], the k-th batch of one process with batch 16;
     # DDP averages the two gradients, which is the gradient of that batch.
+    # With a weight average (ema), every rank keeps the same one.
     root = tmp_path / "cache"
-    single = tiny_config(tiny_csv, root, epochs=2, batch_size=16)
+    single = tiny_config(tiny_csv, root, epochs=2, batch_size=16, ema=ema)
     single.model.dropout = 0.0
     train(single, tmp_path / "single", progress=False)
 
-    mp.spawn(_worker, args=(2, str(tmp_path / "store"), tiny_csv, root, tmp_path / "ddp"),
+    mp.spawn(_worker, args=(2, str(tmp_path / "store"), tiny_csv, root, tmp_path / "ddp", ema),
              nprocs=2, join=True)
     ddp_rows = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     one_rows = json.loads((tmp_path / "single" / "metrics.json").read_text())
     for a, b in zip(ddp_rows, one_rows):
         for key in ("train_loss", "valid_rmse", "test_rmse", "test_mae"):
             assert a[key] == pytest.approx(b[key], rel=1e-4), key
-    ddp_model = torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)["model"]
-    one_model = torch.load(tmp_path / "single" / "last.pt", weights_only=True)["model"]
-    for k in one_model:
-        torch.testing.assert_close(ddp_model[k], one_model[k], atol=1e-5, rtol=1e-4)
+    ddp = torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)
+    one = torch.load(tmp_path / "single" / "last.pt", weights_only=True)
+    for weights in ("model", "training_model") if ema else ("model",):
+        for k in one[weights]:
+            torch.testing.assert_close(ddp[weights][k], one[weights][k], atol=1e-5, rtol=1e-4)
     # Only rank 0 wrote files: one set, no per-rank copies.
     assert sorted(os.listdir(tmp_path / "ddp")) == sorted(os.listdir(tmp_path / "single"))
