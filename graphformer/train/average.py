@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch import Tensor
 
-from .optim import FlatParameter
+from .optim import FlatParameter, parameter_views
 
 
 class WeightAverage:
@@ -53,12 +53,10 @@ class WeightAverage:
         if flat is not None and _are_views_in_order(self._source, flat):
             self._flat_source = flat.detach()
             self._flat_target = flat.detach().clone()
-            offset = 0
-            for p in self.module.parameters():
-                n = p.numel()
-                p.data = self._flat_target[offset:offset + n].view(p.shape)
-                offset += n
-            self._target = [p.detach() for p in self.module.parameters()]
+            params = list(self.module.parameters())
+            for p, view in zip(params, parameter_views(self._flat_target, params)):
+                p.data = view
+            self._target = [p.detach() for p in params]
 
     @torch.no_grad()
     def update(self) -> None:

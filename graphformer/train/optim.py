@@ -59,16 +59,20 @@ def flatten_parameters(params: Sequence[Parameter]) -> Optional[FlatParameter]:
     total = sum(p.numel() for p in params)
     flat = FlatParameter(torch.empty(total, dtype=first.dtype, device=first.device))
     flat.grad = torch.zeros_like(flat)
-    offset = 0
     with torch.no_grad():
-        for p in params:
-            n = p.numel()
-            view = flat.data[offset:offset + n].view(p.shape)
+        for p, view, grad in zip(params, parameter_views(flat.data, params),
+                                 parameter_views(flat.grad, params)):
             view.copy_(p.data)
             p.data = view
-            p.grad = flat.grad[offset:offset + n].view(p.shape)
-            offset += n
+            p.grad = grad
     return flat
+
+
+def parameter_views(buffer: Tensor, params: Sequence[Tensor]) -> List[Tensor]:
+    """Consecutive views of ``buffer``, one per parameter in order, each of
+    that parameter's shape (how :func:`flatten_parameters` lays them out)."""
+    return [part.view(p.shape) for part, p in zip(buffer.split([p.numel() for p in params]),
+                                                   params)]
 
 
 def optimised_parameters(optimizer: torch.optim.Optimizer) -> List[Tensor]:
