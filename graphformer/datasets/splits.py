@@ -6,9 +6,10 @@ LongTensor}`` of row indices, the shape of OGB's ``get_idx_split()``.
 from __future__ import annotations
 
 import gzip
+import random
 from collections import defaultdict
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from rdkit import rdBase
@@ -67,12 +68,7 @@ def scaffold_split(smiles: Sequence[str], fractions: Sequence[float] = (0.8, 0.1
     unseen in training.
     """
     f = _check_fractions(fractions)
-    groups: Dict[str, list] = defaultdict(list)
-    for idx, smi in enumerate(smiles):
-        try:
-            groups[scaffold(smi)].append(idx)
-        except ValueError as err:
-            raise DataError(f"molecule {idx}: {err}") from None
+    groups = _scaffold_groups(smiles, range(len(smiles)))
     ordered = sorted(groups.values(), key=lambda g: (len(g), g[0]), reverse=True)
     n = len(smiles)
     train_cut, valid_cut = f[0] * n, (f[0] + f[1]) * n
@@ -86,6 +82,55 @@ def scaffold_split(smiles: Sequence[str], fractions: Sequence[float] = (0.8, 0.1
         else:
             train += group
     return _as_split(train, valid, test)
+
+
+def _scaffold_groups(smiles: Sequence[str], rows: Sequence[int]) -> Dict[str, list]:
+    groups: Dict[str, list] = defaultdict(list)
+    for idx in rows:
+        try:
+            groups[scaffold(smiles[idx])].append(idx)
+        except ValueError as err:
+            raise DataError(f"molecule {idx}: {err}") from None
+    return groups
+
+
+def scaffold_folds(smiles: Sequence[str], split: Split, num_folds: int = 5,
+                   seed: int = 0) -> List[Split]:
+    """Scaffold cross-validation inside a split's training and validation
+    parts: ``num_folds`` splits that keep ``split["test"]`` as their test part
+    and take turns validating on a fold of the pooled train and valid rows.
+
+    The pooled rows are grouped by Bemis-Murcko scaffold, as
+    :func:`scaffold_split` groups them. A group larger than half a fold
+    (``len(pool) / (2 * num_folds)`` rows) trains in every fold, as the
+    largest groups train in a scaffold split (chemprop's balanced scaffold
+    split sets the same bound); the other groups are shuffled with ``seed``
+    and each goes to the fold with the fewest rows so far. A scaffold never
+    straddles a fold's training and validation parts, and every pooled row
+    outside the large groups is validated in exactly one fold. The test part
+    trains and validates in none: choosing settings on these folds never
+    looks at it.
+    """
+    if num_folds < 2:
+        raise ValueError(f"'num_folds' must be at least 2, got {num_folds}")
+    pool = sorted(split["train"].tolist() + split["valid"].tolist())
+    groups = sorted(_scaffold_groups(smiles, pool).values(), key=lambda g: (len(g), g[0]),
+                    reverse=True)
+    bound = len(pool) / (2 * num_folds)
+    rest = [g for g in groups if len(g) <= bound]   # larger ones train in every fold
+    random.Random(seed).shuffle(rest)
+    folds: List[list] = [[] for _ in range(num_folds)]
+    for group in rest:
+        min(folds, key=len).extend(group)
+    if any(not fold for fold in folds):
+        raise DataError(f"{len(rest)} scaffold groups of at most {bound:.0f} molecules "
+                        f"cannot fill {num_folds} validation folds")
+    test = split["test"].tolist()
+    out = []
+    for k, valid in enumerate(folds):
+        held = set(valid)
+        out.append(_as_split([i for i in pool if i not in held], valid, test))
+    return out
 
 
 _COLUMN_NAMES = {"train": "train", "training": "train", "val": "valid", "valid": "valid",
