@@ -123,8 +123,9 @@ def scaffold_folds(smiles: Sequence[str], split: Split, num_folds: int = 5,
     for group in rest:
         min(folds, key=len).extend(group)
     if any(not fold for fold in folds):
-        raise DataError(f"{len(rest)} scaffold groups of at most {bound:.0f} molecules "
-                        f"cannot fill {num_folds} validation folds")
+        raise DataError(f"{num_folds} folds need {num_folds} scaffold groups of at most half "
+                        f"a fold ({bound:.1f} molecules) to validate on; the training and "
+                        f"validation parts have {len(rest)}: use fewer folds")
     test = split["test"].tolist()
     out = []
     for k, valid in enumerate(folds):

@@ -5,7 +5,8 @@ import torch
 
 from graphformer.datasets.molecules import load_bundled
 from graphformer.datasets.splits import (column_split, index_split, random_split, scaffold,
-                                         scaffold_split)
+                                         scaffold_folds, scaffold_split)
+from graphformer.errors import DataError
 
 
 def as_sets(split):
@@ -54,6 +55,58 @@ def test_scaffold_split_on_esol_matches_ogb_sizes_and_never_shares_scaffolds(tmp
     scaf = {k: {scaffold(smiles[i]) for i in v.tolist()} for k, v in split.items()}
     assert not (scaf["train"] & scaf["test"]) and not (scaf["train"] & scaf["valid"])
     assert all(torch.equal(split[k], scaffold_split(smiles)[k]) for k in split)
+
+
+def test_scaffold_folds_validate_each_small_group_once_and_hold_the_test_part_out(tmp_path):
+    ds = load_bundled("esol", root=tmp_path, log=False)
+    smiles = [d.smiles for d in ds]
+    split = scaffold_split(smiles)
+    folds = scaffold_folds(smiles, split, num_folds=5, seed=0)
+    assert len(folds) == 5
+    pool = set(split["train"].tolist()) | set(split["valid"].tolist())
+    groups = {}
+    for i in pool:
+        groups.setdefault(scaffold(smiles[i]), set()).add(i)
+    bound = len(pool) / 10
+    small = set().union(*(g for g in groups.values() if len(g) <= bound))
+    validated = []
+    for fold in folds:
+        parts = as_sets(fold)
+        check_partition(fold, len(ds))
+        assert torch.equal(fold["test"], split["test"])     # the test part never moves
+        assert parts["train"] | parts["valid"] == pool
+        # no scaffold on both sides of a fold
+        scaf = {k: {scaffold(smiles[i]) for i in parts[k]} for k in ("train", "valid")}
+        assert not scaf["train"] & scaf["valid"]
+        validated += fold["valid"].tolist()
+    # every row of a group of at most half a fold is validated exactly once;
+    # the larger groups (ESOL: benzenes and acyclic molecules) train in every fold
+    assert sorted(validated) == sorted(small) and len(small) < len(pool)
+    assert all(len(g) > bound for g in groups.values() if not g <= small)
+    sizes = [len(f["valid"]) for f in folds]
+    assert max(sizes) - min(sizes) <= max(len(g) for g in groups.values() if g <= small)
+    again = scaffold_folds(smiles, split, num_folds=5, seed=0)
+    assert all(torch.equal(a["valid"], b["valid"]) for a, b in zip(folds, again))
+    other = scaffold_folds(smiles, split, num_folds=5, seed=1)
+    assert not all(torch.equal(a["valid"], b["valid"]) for a, b in zip(folds, other))
+
+
+def test_scaffold_folds_of_a_small_split_and_refusals():
+    # pool: two benzenes, a pyridine, a cyclopropane, a cyclobutane; test: ethanol
+    smiles = ["c1ccccc1C", "c1ccccc1O", "c1ccncc1", "CC1CC1", "CC1CCC1", "CCO"]
+    split = {"train": torch.tensor([0, 1, 2, 3]), "valid": torch.tensor([4]),
+             "test": torch.tensor([5])}
+    folds = scaffold_folds(smiles, split, num_folds=2)   # bound 5 / 4: benzenes always train
+    assert sorted(len(f["valid"]) for f in folds) == [1, 2]
+    assert sorted(sum((f["valid"].tolist() for f in folds), [])) == [2, 3, 4]
+    assert all({0, 1} <= set(f["train"].tolist()) and f["test"].tolist() == [5]
+               for f in folds)
+    with pytest.raises(ValueError, match="at least 2"):
+        scaffold_folds(smiles, split, num_folds=1)
+    with pytest.raises(DataError, match=r"3 folds need 3 scaffold groups of at most half a "
+                                        r"fold \(0.8 molecules\) to validate on; the training "
+                                        r"and validation parts have 0: use fewer folds"):
+        scaffold_folds(smiles, split, num_folds=3)
 
 
 def test_column_split():

@@ -49,3 +49,65 @@ def test_a_run_is_appended(tmp_path, monkeypatch, one_thread):
     (row,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert row["variant"] == variant and row["seed"] == 3 and row["best_epoch"] == 1
     assert row["metric"] == "rmse" and row["valid"] > 0 and row["test"] > 0
+
+
+def test_cv_table_ranks_by_out_of_fold_rmse(tmp_path, capsys):
+    sweep = load_script("sweep")
+    # variant a: folds of 10 and 30 molecules at RMSE 1 and 3, then 2 and 2
+    rows = [{"dataset": "esol", "variant": v, "seed": s, "fold": k, "valid_size": n,
+             "valid": val, "test": 0.5, "seconds": 10.0}
+            for v, s, k, n, val in [("default", 0, 0, 10, 1.0), ("default", 0, 1, 30, 3.0),
+                                    ("default", 1, 0, 10, 2.0), ("default", 1, 1, 30, 2.0),
+                                    ("b", 0, 0, 10, 2.0), ("b", 0, 1, 30, 2.0)]]
+    assert sweep.out_of_fold(rows[:2]) == pytest.approx((280 / 40) ** 0.5)
+    out = tmp_path / "cv.jsonl"
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert sweep.main(["--markdown-from", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    default = ((280 / 40) ** 0.5 + 2.0) / 2
+    spread = ((280 / 40) ** 0.5 - 2.0) / 2
+    assert lines[2] == "| esol | b | 0 | 0 1 | 2.000 ± 0.000 | " \
+        f"{100 * (2.0 / default - 1):+.1f} % | 0.500 ± 0.000 | 10 |"
+    assert lines[3] == f"| esol | default | 0 1 | 0 1 | {default:.3f} ± {spread:.3f} | " \
+        "+0.0 % | 0.500 ± 0.000 | 10 |"
+
+
+def test_cv_file_has_a_split_column_per_fold(tmp_path, capsys):
+    import pandas as pd
+
+    from graphformer.datasets import scaffold_folds, scaffold_split
+
+    sweep = load_script("sweep")
+    path = sweep.cv_file("freesolv", 3, tmp_path / "cv")
+    assert path == tmp_path / "cv" / "freesolv-scaffold-cv3.csv"
+    frame = pd.read_csv(path)
+    smiles = list(frame["smiles"])
+    folds = scaffold_folds(smiles, scaffold_split(smiles), 3)
+    names = {"train": "train", "valid": "val", "test": "test"}
+    for k, fold in enumerate(folds):
+        for part, rows in fold.items():
+            assert set(frame[f"cv{k}"].iloc[rows.tolist()]) == {names[part]}
+    assert sweep.cv_file("freesolv", 3, tmp_path / "cv") == path     # written once
+    with pytest.raises(SystemExit, match="bundled data set"):
+        sweep.cv_file("my.csv", 3, tmp_path / "cv")
+    for argv, message in ([["--folds", "1"], "--folds needs --cv"],
+                          [["--cv", "3", "--folds", "3"], "--folds needs --cv"],
+                          [["--cv", "1"], "--cv must be at least 2"]):
+        with pytest.raises(SystemExit):
+            sweep.main(argv)
+        assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_cv_run_is_appended_with_its_fold(tmp_path, monkeypatch, one_thread):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    sweep = load_script("sweep")
+    out = tmp_path / "cv.jsonl"
+    variant = "hidden=8,heads=2,layers=1,epochs=1"
+    assert sweep.main(["--datasets", "freesolv", "--variants", variant, "--seeds", "0",
+                       "--cv", "5", "--folds", "3", "--cv-dir", str(tmp_path / "cv"),
+                       "--out", str(out)]) == 0
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert row["fold"] == 3 and row["best_epoch"] == 1 and row["valid"] > 0
+    frame = __import__("pandas").read_csv(tmp_path / "cv" / "freesolv-scaffold-cv5.csv")
+    assert row["valid_size"] == (frame["cv3"] == "val").sum() > 0
