@@ -2,6 +2,7 @@
 JSON lines, the table ranks variants by validation score."""
 import json
 
+import pandas as pd
 import pytest
 
 from tests.helpers import load_script
@@ -38,19 +39,6 @@ def test_table_ranks_by_validation_not_test(tmp_path, capsys):
     assert lines[3] == "| esol | a | 0 1 | 0.800 ± 0.100 | 0.500 ± 0.000 | 10 |"
 
 
-@pytest.mark.slow
-def test_a_run_is_appended(tmp_path, monkeypatch, one_thread):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    sweep = load_script("sweep")
-    out = tmp_path / "sweep.jsonl"
-    variant = "hidden=8,heads=2,layers=1,epochs=1"
-    assert sweep.main(["--datasets", "freesolv", "--variants", variant, "--seeds", "3",
-                       "--out", str(out)]) == 0
-    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
-    assert row["variant"] == variant and row["seed"] == 3 and row["best_epoch"] == 1
-    assert row["metric"] == "rmse" and row["valid"] > 0 and row["test"] > 0
-
-
 def test_cv_table_ranks_by_out_of_fold_rmse(tmp_path, capsys):
     sweep = load_script("sweep")
     # variant a: folds of 10 and 30 molecules at RMSE 1 and 3, then 2 and 2
@@ -73,8 +61,6 @@ def test_cv_table_ranks_by_out_of_fold_rmse(tmp_path, capsys):
 
 
 def test_cv_file_has_a_split_column_per_fold(tmp_path, capsys):
-    import pandas as pd
-
     from graphformer.datasets import scaffold_folds, scaffold_split
 
     sweep = load_script("sweep")
@@ -99,15 +85,20 @@ def test_cv_file_has_a_split_column_per_fold(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_a_cv_run_is_appended_with_its_fold(tmp_path, monkeypatch, one_thread):
+@pytest.mark.parametrize("cv", [False, True], ids=["split", "cv"])
+def test_a_run_is_appended(tmp_path, monkeypatch, one_thread, cv):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     sweep = load_script("sweep")
-    out = tmp_path / "cv.jsonl"
+    out = tmp_path / "sweep.jsonl"
     variant = "hidden=8,heads=2,layers=1,epochs=1"
-    assert sweep.main(["--datasets", "freesolv", "--variants", variant, "--seeds", "0",
-                       "--cv", "5", "--folds", "3", "--cv-dir", str(tmp_path / "cv"),
-                       "--out", str(out)]) == 0
+    folds = ["--cv", "5", "--folds", "3", "--cv-dir", str(tmp_path / "cv")] if cv else []
+    assert sweep.main(["--datasets", "freesolv", "--variants", variant, "--seeds", "3",
+                       "--out", str(out), *folds]) == 0
     (row,) = [json.loads(line) for line in out.read_text().splitlines()]
-    assert row["fold"] == 3 and row["best_epoch"] == 1 and row["valid"] > 0
-    frame = __import__("pandas").read_csv(tmp_path / "cv" / "freesolv-scaffold-cv5.csv")
-    assert row["valid_size"] == (frame["cv3"] == "val").sum() > 0
+    assert row["variant"] == variant and row["seed"] == 3 and row["best_epoch"] == 1
+    assert row["metric"] == "rmse" and row["valid"] > 0 and row["test"] > 0
+    if cv:
+        frame = pd.read_csv(tmp_path / "cv" / "freesolv-scaffold-cv5.csv")
+        assert row["fold"] == 3 and row["valid_size"] == (frame["cv3"] == "val").sum() > 0
+    else:
+        assert "fold" not in row
