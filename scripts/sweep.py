@@ -22,7 +22,7 @@ each predicted at its fold's best validation epoch, averaged over seeds. It
 validates on several times more molecules than the fixed validation part
 (FreeSolv's has 64), so it separates settings that the fixed part cannot.
 
-    python scripts/sweep.py --datasets freesolv --variants default lr=0.0005 --cv 5 \
+    python scripts/sweep.py --datasets freesolv --variants default lr=0.0005 --cv 5 \\
         --seeds 0 1 2 --out sweep-cv.jsonl
 """
 from __future__ import annotations
