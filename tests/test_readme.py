@@ -3,6 +3,8 @@ import os
 import re
 import subprocess
 import sys
+
+import pytest
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,3 +143,57 @@ def test_rasp_snippet_runs():
     """The README's RASP example: the compiled model reverses, at the predicted size."""
     assert run_snippet("rasp.compile(").startswith("[[3, 2, 1], [2, 1, 3, 3]] CompiledProgram(layers=2, "
                                             "heads=[1, 1]")
+
+
+class _Parsed(Exception):
+    """Raised in place of running a script once its arguments parsed."""
+
+
+def readme_commands():
+    """Every `graphformer ...`, `torchrun ... -m graphformer ...` and `python
+    scripts/NAME.py ...` line of the README's code blocks (continuations
+    joined, `# comments` and `[optional]` brackets dropped)."""
+    commands = []
+    for block in re.findall(r"```[a-z]*\n(.*?)```", README, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = re.sub(r"\s+#.*$", "", line.strip())
+            line = re.sub(r"\[(--[^\]]+)\]", r"\1", line)
+            if re.match(r"graphformer\s|torchrun\s|python scripts/", line + " "):
+                commands.append(line)
+    return commands
+
+
+def test_every_readme_command_parses(monkeypatch):
+    """The README's commands name options that exist, with values of the
+    right type: each is parsed by the parser of the CLI or script it calls
+    (nothing is run; the scripts stop as soon as their arguments parse)."""
+    import argparse
+    import shlex
+
+    from graphformer.cli.main import build_parser
+    from tests.helpers import load_script
+
+    parse = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, args=None, namespace=None):
+        parse(self, args, namespace)
+        raise _Parsed
+
+    commands = readme_commands()
+    scripts = [c for c in commands if c.startswith("python scripts/")]
+    assert len(commands) >= 35 and len(scripts) >= 15      # the extraction found them
+    for command in commands:
+        words = shlex.split(command)
+        try:
+            if words[0] == "python":
+                name = Path(words[1]).stem
+                module = load_script(name)
+                with monkeypatch.context() as m:
+                    m.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+                    with pytest.raises(_Parsed):
+                        module.main(words[2:])
+            else:
+                args = words[words.index("graphformer") + 1:]
+                build_parser().parse_args(args)
+        except SystemExit as exit:   # argparse's error: the command is wrong
+            raise AssertionError(f"README command does not parse: {command}") from exit
