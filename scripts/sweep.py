@@ -156,8 +156,9 @@ def out_of_fold(runs: List[Dict[str, Any]]) -> float:
 
 def cv_markdown(rows: List[Dict[str, Any]]) -> str:
     """Variants per data set ranked by out-of-fold validation RMSE (mean over
-    seeds, each seed's over the folds it ran), with the change against the
-    ``default`` variant where it ran."""
+    the seeds that ran every fold the variant ran; a seed still running is
+    left out), with the change against the ``default`` variant where it
+    ran."""
     groups: Dict[str, Dict[str, List[Dict[str, Any]]]] = {}
     for r in rows:
         groups.setdefault(r["dataset"], {}).setdefault(r["variant"], []).append(r)
@@ -165,21 +166,24 @@ def cv_markdown(rows: List[Dict[str, Any]]) -> str:
              "vs default | test (mean ± std) | s/run |",
              "| --- | --- | --- | --- | ---: | ---: | ---: | ---: |"]
     for dataset, variants in groups.items():
-        scores = {}
+        scores, counted = {}, {}
         for variant, runs in variants.items():
-            seeds = sorted({r["seed"] for r in runs})
-            scores[variant] = [out_of_fold([r for r in runs if r["seed"] == s]) for s in seeds]
+            folds = {r["fold"] for r in runs}      # a seed counts once it ran every fold
+            counted[variant] = [s for s in sorted({r["seed"] for r in runs})
+                                if {r["fold"] for r in runs if r["seed"] == s} == folds]
+            scores[variant] = [out_of_fold([r for r in runs if r["seed"] == s])
+                               for s in counted[variant]]
         base = statistics.mean(scores["default"]) if "default" in scores else None
         for variant, runs in sorted(variants.items(),
                                     key=lambda item: statistics.mean(scores[item[0]])):
+            runs = [r for r in runs if r["seed"] in counted[variant]]
             score = statistics.mean(scores[variant])
-            folds = sorted({r["fold"] for r in runs})
+            folds = " ".join(str(k) for k in sorted({r["fold"] for r in runs}))
             test = [r["test"] for r in runs]
             change = f"{100 * (score / base - 1):+.1f} %" if base else ""
-            seeds = " ".join(str(s) for s in sorted({r["seed"] for r in runs}))
+            seeds = " ".join(str(s) for s in counted[variant])
             lines.append(
-                f"| {dataset} | {variant} | {seeds} | {' '.join(str(k) for k in folds)} | "
-                f"{score:.3f} ± "
+                f"| {dataset} | {variant} | {seeds} | {folds} | {score:.3f} ± "
                 f"{statistics.pstdev(scores[variant]):.3f} | {change} | "
                 f"{statistics.mean(test):.3f} ± {statistics.pstdev(test):.3f} | "
                 f"{statistics.mean(r['seconds'] for r in runs):.0f} |")

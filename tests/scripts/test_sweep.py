@@ -46,7 +46,8 @@ def test_cv_table_ranks_by_out_of_fold_rmse(tmp_path, capsys):
              "valid": val, "test": 0.5, "seconds": 10.0}
             for v, s, k, n, val in [("default", 0, 0, 10, 1.0), ("default", 0, 1, 30, 3.0),
                                     ("default", 1, 0, 10, 2.0), ("default", 1, 1, 30, 2.0),
-                                    ("b", 0, 0, 10, 2.0), ("b", 0, 1, 30, 2.0)]]
+                                    ("b", 0, 0, 10, 2.0), ("b", 0, 1, 30, 2.0),
+                                    ("b", 1, 0, 10, 9.0)]]       # seed 1 of b: one fold yet
     assert sweep.out_of_fold(rows[:2]) == pytest.approx((280 / 40) ** 0.5)
     out = tmp_path / "cv.jsonl"
     out.write_text("".join(json.dumps(r) + "\n" for r in rows))
