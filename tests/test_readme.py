@@ -3,9 +3,9 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
-from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -195,5 +195,5 @@ def test_every_readme_command_parses(monkeypatch):
             else:
                 args = words[words.index("graphformer") + 1:]
                 build_parser().parse_args(args)
-        except SystemExit as exit:   # argparse's error: the command is wrong
-            raise AssertionError(f"README command does not parse: {command}") from exit
+        except SystemExit as err:   # argparse's error: the command is wrong
+            raise AssertionError(f"README command does not parse: {command}") from err
