@@ -35,9 +35,9 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import pandas as pd
 
@@ -102,13 +102,28 @@ def cv_file(dataset: str, num_folds: int, folder: Path) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class Fold:
+    """One fold of a ``--cv`` sweep: the CSV file of :func:`cv_file`, the
+    fold's number (its split column ``cv{index}``) and its validation size."""
+    csv: Path
+    index: int
+    valid_size: int
+
+
+def cv_folds(csv: Path, indices: Sequence[int]) -> List[Fold]:
+    """The folds ``indices`` of a :func:`cv_file`, their sizes read once."""
+    frame = pd.read_csv(csv, usecols=[f"cv{k}" for k in indices])
+    return [Fold(csv, k, int((frame[f"cv{k}"] == "val").sum())) for k in indices]
+
+
 def run(dataset: str, variant: str, seed: int, threads: int,
-        fold: Optional[int] = None, cv_csv: Optional[Path] = None) -> Dict[str, Any]:
+        fold: Optional[Fold] = None) -> Dict[str, Any]:
     sections = parse_variant(variant)
-    sections["data"] = {"dataset": dataset, "split": "scaffold"}
-    if fold is not None:
-        assert cv_csv is not None
-        sections["data"] = {"dataset": str(cv_csv), "split": f"column:cv{fold}",
+    if fold is None:
+        sections["data"] = {"dataset": dataset, "split": "scaffold"}
+    else:
+        sections["data"] = {"dataset": str(fold.csv), "split": f"column:cv{fold.index}",
                             "smiles_column": BUNDLED[dataset].smiles_column,
                             "target_columns": [BUNDLED[dataset].target_column]}
     sections["train"].update(seed=seed, threads=threads)
@@ -121,16 +136,22 @@ def run(dataset: str, variant: str, seed: int, threads: int,
            "valid": summary[f"best_valid_{metric}"], "test": summary[f"test_{metric}_at_best"],
            "best_epoch": summary["best_epoch"], "seconds": time.perf_counter() - start}
     if fold is not None:
-        split = pd.read_csv(cv_csv, usecols=[f"cv{fold}"])[f"cv{fold}"]
-        row.update(fold=fold, valid_size=int((split == "val").sum()))
+        row.update(fold=fold.index, valid_size=fold.valid_size)
     return row
+
+
+def by_dataset_and_variant(rows: List[Dict[str, Any]]
+                           ) -> Dict[str, Dict[str, List[Dict[str, Any]]]]:
+    """Rows grouped by data set, then variant, in their first appearance's order."""
+    groups: Dict[str, Dict[str, List[Dict[str, Any]]]] = {}
+    for r in rows:
+        groups.setdefault(r["dataset"], {}).setdefault(r["variant"], []).append(r)
+    return groups
 
 
 def markdown(rows: List[Dict[str, Any]]) -> str:
     """Variants per data set, best mean validation metric first."""
-    groups: Dict[str, Dict[str, List[Dict[str, Any]]]] = {}
-    for r in rows:
-        groups.setdefault(r["dataset"], {}).setdefault(r["variant"], []).append(r)
+    groups = by_dataset_and_variant(rows)
     lines = ["| data set | variant | seeds | validation (mean ± std) | test (mean ± std) | "
              "s/run |", "| --- | --- | --- | ---: | ---: | ---: |"]
     for dataset, variants in groups.items():
@@ -159,9 +180,7 @@ def cv_markdown(rows: List[Dict[str, Any]]) -> str:
     the seeds that ran every fold the variant ran; a seed still running is
     left out), with the change against the ``default`` variant where it
     ran."""
-    groups: Dict[str, Dict[str, List[Dict[str, Any]]]] = {}
-    for r in rows:
-        groups.setdefault(r["dataset"], {}).setdefault(r["variant"], []).append(r)
+    groups = by_dataset_and_variant(rows)
     lines = ["| data set | variant | seeds | folds | out-of-fold validation (mean ± std) | "
              "vs default | test (mean ± std) | s/run |",
              "| --- | --- | --- | --- | ---: | ---: | ---: | ---: |"]
@@ -215,17 +234,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.folds is not None and (args.cv is None or not all(0 <= k < args.cv
                                                               for k in args.folds)):
         parser.error("--folds needs --cv K and folds in 0 .. K-1")
-    folds: List[Optional[int]] = [None]
-    if args.cv is not None:
-        folds = list(args.folds if args.folds is not None else range(args.cv))
     for variant in args.variants:       # every variant checked before the first run
         parse_variant(variant)
     for dataset in args.datasets:
-        cv_csv = cv_file(dataset, args.cv, args.cv_dir) if args.cv is not None else None
+        folds: List[Optional[Fold]] = [None]
+        if args.cv is not None:
+            folds = list(cv_folds(cv_file(dataset, args.cv, args.cv_dir),
+                                  args.folds if args.folds is not None else range(args.cv)))
         for variant in args.variants:
             for seed in args.seeds:
                 for fold in folds:
-                    row = run(dataset, variant, seed, args.threads, fold, cv_csv)
+                    row = run(dataset, variant, seed, args.threads, fold)
                     print(json.dumps(row), flush=True)
                     with open(args.out, "a") as fh:
                         fh.write(json.dumps(row) + "\n")
