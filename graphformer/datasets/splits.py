@@ -128,7 +128,7 @@ def scaffold_folds(smiles: Sequence[str], split: Split, num_folds: int = 5,
                         f"validation parts have {len(rest)}: use fewer folds")
     test = split["test"].tolist()
     out = []
-    for k, valid in enumerate(folds):
+    for valid in folds:
         held = set(valid)
         out.append(_as_split([i for i in pool if i not in held], valid, test))
     return out
