@@ -182,12 +182,15 @@ def test_every_readme_command_parses(monkeypatch):
     commands = readme_commands()
     scripts = [c for c in commands if c.startswith("python scripts/")]
     assert len(commands) >= 35 and len(scripts) >= 15      # the extraction found them
+    modules = {}                                            # each script imported once
     for command in commands:
         words = shlex.split(command)
         try:
             if words[0] == "python":
                 name = Path(words[1]).stem
-                module = load_script(name)
+                if name not in modules:
+                    modules[name] = load_script(name)
+                module = modules[name]
                 with monkeypatch.context() as m:
                     m.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
                     with pytest.raises(_Parsed):
