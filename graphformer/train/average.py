@@ -44,19 +44,23 @@ class WeightAverage:
         self.started = False  # the first update copies
         self.module = copy.deepcopy(model)
         self.module.requires_grad_(False)
-        self._source: List[Tensor] = [p.detach() for p in model.parameters()]
-        self._target: List[Tensor] = [p.detach() for p in self.module.parameters()]
         self._source_buffers = list(model.buffers())
         self._target_buffers = list(self.module.buffers())
+        # one flat buffer of averages, or a tensor per parameter
         self._flat_source: Optional[Tensor] = None
         self._flat_target: Optional[Tensor] = None
-        if flat is not None and _are_views_in_order(self._source, flat):
+        self._source: List[Tensor] = []
+        self._target: List[Tensor] = []
+        source = [p.detach() for p in model.parameters()]
+        if flat is not None and _are_views_in_order(source, flat):
             self._flat_source = flat.detach()
             self._flat_target = flat.detach().clone()
             params = list(self.module.parameters())
             for p, view in zip(params, parameter_views(self._flat_target, params)):
                 p.data = view
-            self._target = [p.detach() for p in params]
+        else:
+            self._source = source
+            self._target = [p.detach() for p in self.module.parameters()]
 
     @torch.no_grad()
     def update(self) -> None:
