@@ -34,6 +34,7 @@ _FLAGS = {
     "grad_clip": ("train", "grad_clip"), "seed": ("train", "seed"),
     "device": ("train", "device"), "threads": ("train", "threads"),
     "init": ("train", "init"), "pretrained": ("train", "pretrained"), "ema": ("train", "ema"),
+    "head_epochs": ("train", "head_epochs"),
 }
 # Flags a resumed run accepts: where it runs, not what it computes.
 RUNTIME_FLAGS = ("device", "threads", "root")
@@ -72,6 +73,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--ema", type=float, metavar="DECAY",
                    help="evaluate, select and save an exponential moving average of the "
                    "weights with this decay per step (e.g. 0.99; default 0: off)")
+    t.add_argument("--head-epochs", type=int, metavar="N",
+                   help="first train the head alone for N epochs (the trunk frozen), then "
+                   "the whole model for --epochs (linear probing, then fine-tuning; "
+                   "default 0: off)")
     p.set_defaults(run=run)
 
 

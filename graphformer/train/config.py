@@ -207,6 +207,15 @@ class TrainConfig:
             after every step; validation, test, ``best.pt`` and predictions
             use the averaged weights (:mod:`graphformer.train.average`;
             0 = off, else in ``(0, 1)``).
+        head_epochs: passes that train the head alone before the ``epochs``
+            that train the whole model (linear probing, then fine-tuning:
+            "LP-FT", Kumar et al., ICLR 2022). In them the trunk (every
+            parameter outside the model's ``head``) gets no gradient and no
+            weight decay, so it keeps its starting weights exactly, and the
+            learning rate is ``lr`` throughout; the fine-tuning then starts
+            with fresh AdamW moments and its own warm-up and cosine decay.
+            0 = off. Meant for a pre-trained start, whose features a fresh
+            head's first gradients would otherwise distort.
 
     Values are converted by :func:`coerce` (a numeric string is a number), and
     every range error names its key.
@@ -223,6 +232,12 @@ class TrainConfig:
     init: Optional[str] = None
     pretrained: bool = DEFAULT_PRETRAINED
     ema: float = 0.0
+    head_epochs: int = 0
+
+    @property
+    def total_epochs(self) -> int:
+        """Every pass of the run: ``head_epochs`` then ``epochs``."""
+        return self.head_epochs + self.epochs
 
     def __post_init__(self) -> None:
         coerce_fields(self, "train")
@@ -233,7 +248,7 @@ class TrainConfig:
                 raise ConfigError("train", key, f"must be >= 1, got {getattr(self, key)}")
         if self.lr <= 0:
             raise ConfigError("train", "lr", f"must be > 0, got {self.lr}")
-        for key in ("weight_decay", "warmup_epochs", "grad_clip", "threads"):
+        for key in ("weight_decay", "warmup_epochs", "grad_clip", "threads", "head_epochs"):
             if getattr(self, key) < 0:
                 raise ConfigError("train", key, f"must be >= 0, got {getattr(self, key)}")
         if not 0.0 <= self.ema < 1.0:

@@ -29,7 +29,7 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -54,7 +54,7 @@ from .data_checks import (all_mol_features, all_targets, changed_parts, check_sc
                           check_split, check_targets, fingerprint)
 from .init import init_trunk, resolve_init
 from .metrics import compute_metrics, is_better
-from .optim import flat_parameter, load_optimizer_state, lr_factor, make_optimizer, \
+from .optim import flat_parameter, freeze, load_optimizer_state, lr_factor, make_optimizer, \
     optimizer_step
 from .run_dir import prepare_run_dir, resume_config
 
@@ -273,14 +273,15 @@ def plot_learning_curve(history: List[Dict[str, float]], metric: str, path: Path
 
 
 def train_step(net: torch.nn.Module, batch: Any, optimizer: torch.optim.Optimizer,
-               y_mean: Tensor, y_std: Tensor, task: str, grad_clip: float = 0.0) -> Tensor:
+               y_mean: Tensor, y_std: Tensor, task: str, grad_clip: float = 0.0,
+               frozen: Sequence[Tensor] = ()) -> Tensor:
     """One optimisation step on one batch: forward, the masked loss on
-    normalised targets, backward, gradient clipping, optimiser step. Returns
-    the loss (a 0-dim tensor)."""
+    normalised targets, backward, gradient clipping, optimiser step (the
+    gradients of ``frozen`` zeroed first). Returns the loss (a 0-dim tensor)."""
     num_tasks = y_mean.numel()
     target = (batch.y.view(-1, num_tasks).float() - y_mean) / y_std
     loss = masked_loss(net(batch), target, task)  # type: ignore[arg-type]
-    optimizer_step(net, loss, optimizer, grad_clip)
+    optimizer_step(net, loss, optimizer, grad_clip, frozen)
     return loss.detach()
 
 
@@ -291,7 +292,8 @@ def make_training(model: torch.nn.Module, train_set: Dataset, cfg: TrainConfig, 
     """What trains ``model`` on ``train_set`` as ``cfg`` says: the network
     to call (``model`` in ``DistributedDataParallel`` when ``world`` > 1),
     the sampler (this rank's share, reshuffled per epoch), the loader, AdamW
-    and its schedule (linear warm-up, cosine decay, stepped per batch)."""
+    and its schedule (stepped per batch: constant over ``cfg.head_epochs``,
+    then linear warm-up and cosine decay over ``cfg.epochs``)."""
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)  # before DDP: see its doc
     net = model
     if world > 1:
@@ -301,10 +303,11 @@ def make_training(model: torch.nn.Module, train_set: Dataset, cfg: TrainConfig, 
                                  seed=cfg.seed)
     loader = batch_loader(train_set, cfg.batch_size, sampler=sampler)
     steps_per_epoch = max(1, len(loader))
-    total_steps = cfg.epochs * steps_per_epoch
+    total_steps = cfg.total_epochs * steps_per_epoch
     warmup = cfg.warmup_epochs * steps_per_epoch
+    head = cfg.head_epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, warmup, total_steps))
+        optimizer, lambda step: lr_factor(step, warmup, total_steps, head))
     return net, sampler, loader, optimizer, scheduler
 
 
@@ -359,7 +362,7 @@ def train(cfg: Optional[RunConfig], run_dir: Union[str, Path], resume: bool = Fa
             written first, with ``best_epoch`` null).
     """
     run = _Run.open(cfg, Path(run_dir), resume, overwrite, progress, prepared, model)
-    for epoch in range(run.start_epoch, run.cfg.train.epochs + 1):
+    for epoch in range(run.start_epoch, run.cfg.train.total_epochs + 1):
         row = run.train_epoch(epoch)
         row.update(run.evaluate())
         run.end_epoch(epoch, row)
@@ -483,13 +486,14 @@ class _Run:
         self.sampler.set_epoch(epoch)
         self.net.train()
         self.started, total_loss, seen = time.perf_counter(), 0.0, 0
-        bar = tqdm(self.loader, desc=f"epoch {epoch}/{cfg.train.epochs}", unit="batch",
+        frozen = self._phase(epoch)
+        bar = tqdm(self.loader, desc=f"epoch {epoch}/{cfg.train.total_epochs}", unit="batch",
                    disable=not self.show, leave=False, file=sys.stderr)
         y_mean, y_std = self.prepared.y_mean.to(device), self.prepared.y_std.to(device)
         for batch in bar:
             batch = batch.to(device)
             loss = train_step(self.net, batch, self.optimizer, y_mean, y_std,
-                              self.model_cfg.task, cfg.train.grad_clip)
+                              self.model_cfg.task, cfg.train.grad_clip, frozen)
             self.scheduler.step()
             if self.average is not None:
                 self.average.update()
@@ -505,6 +509,28 @@ class _Run:
             train_loss = float(t[0] / t[1].clamp_min(1))
         return {"epoch": epoch, "train_loss": train_loss,
                 "lr": self.optimizer.param_groups[0]["lr"]}
+
+    def _phase(self, epoch: int) -> List[Tensor]:
+        """Set the training phase of ``epoch`` up: in the first
+        ``head_epochs`` only the head trains (the trunk frozen, see
+        :func:`~graphformer.train.optim.freeze`); the first epoch after them
+        thaws the trunk and starts AdamW's moments afresh. A function of the
+        epoch alone, so a resumed run does the same. Returns the parameters
+        whose gradients each step must zero."""
+        head_epochs = self.cfg.train.head_epochs
+        if not head_epochs or epoch > head_epochs + 1:
+            return []
+        head = getattr(self.model, "head", None)
+        if not isinstance(head, torch.nn.Module):
+            raise UsageError(f"--head-epochs {head_epochs}: the model "
+                             f"({type(self.model).__name__}) has no 'head' module to train alone")
+        head_params = {id(p) for p in head.parameters()}
+        trunk = [p for p in self.model.parameters() if id(p) not in head_params]
+        frozen = epoch <= head_epochs
+        if not frozen:   # fine-tuning starts: fresh moments for every parameter
+            self.optimizer.state.clear()
+        return freeze(self.optimizer, trunk, frozen, self.cfg.train.weight_decay,
+                      autograd=self.world == 1)
 
     def evaluate(self) -> Dict[str, float]:
         """Validation and test metrics of the model as it is now (of its
@@ -544,7 +570,8 @@ class _Run:
         if self.is_main:
             self.files.end_epoch(self.history, self._checkpoint(epoch), improved)
         if self.show:
-            print(f"epoch {epoch:3d}/{self.cfg.train.epochs}  loss {row['train_loss']:.4f}  "
+            print(f"epoch {epoch:3d}/{self.cfg.train.total_epochs}  "
+                  f"loss {row['train_loss']:.4f}  "
                   f"valid {metric} {row[f'valid_{metric}']:.4f}  "
                   f"test {metric} {row[f'test_{metric}']:.4f}"
                   f"{'  *best' if improved else ''}  ({row['seconds']:.1f}s)", file=sys.stderr)

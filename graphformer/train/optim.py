@@ -138,13 +138,18 @@ def clip_grad_norm(optimizer: torch.optim.Optimizer, max_norm: float) -> None:
 
 
 def optimizer_step(net: torch.nn.Module, loss: Tensor, optimizer: torch.optim.Optimizer,
-                   grad_clip: float = 0.0) -> None:
+                   grad_clip: float = 0.0, frozen: Sequence[Tensor] = ()) -> None:
     """Backward from ``loss``, gradient-norm clipping (0 = off) over the
     optimised parameters, optimiser step. ``net`` (the model, or its DDP
     wrapper) is what ``loss`` came from; its parameters are the ones
-    ``optimizer`` updates, directly or through a flat parameter."""
+    ``optimizer`` updates, directly or through a flat parameter. The
+    gradients of the ``frozen`` parameters are zeroed after the backward,
+    before the clipping (see :func:`freeze`)."""
     zero_grad(optimizer)
     loss.backward()
+    for p in frozen:
+        if p.grad is not None:
+            p.grad.zero_()
     if grad_clip:
         clip_grad_norm(optimizer, grad_clip)
     optimizer.step()
@@ -196,9 +201,35 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: Dict[str, Any]
                                "param_groups": [group]})
 
 
-def lr_factor(step: int, warmup: int, total: int) -> float:
-    """The learning-rate factor at ``step``: linear warm-up over ``warmup``
-    steps, then cosine decay to 0 at ``total``."""
+def freeze(optimizer: torch.optim.Optimizer, params: Sequence[Parameter], frozen: bool,
+           weight_decay: float, autograd: bool = True) -> List[Parameter]:
+    """Freeze ``params`` (a part of what ``optimizer`` updates) or thaw them.
+
+    Frozen, they keep their values exactly through :func:`optimizer_step`
+    with ``frozen=`` the returned list: their gradients are zero (not
+    computed, or zeroed after the backward when ``autograd`` is false, as
+    under ``DistributedDataParallel``, which expects a gradient for every
+    parameter it was built with), their AdamW moments stay zero, so the
+    step moves them by nothing, and ``optimizer``'s weight decay is set to
+    0. Thawed, gradients flow again and the weight decay is ``weight_decay``.
+    Returns the parameters whose gradients the caller must zero after each
+    backward (empty unless frozen with ``autograd`` false)."""
+    for group in optimizer.param_groups:
+        group["weight_decay"] = 0.0 if frozen else weight_decay
+    if autograd:
+        for p in params:
+            p.requires_grad_(not frozen)
+        return []
+    return list(params) if frozen else []
+
+
+def lr_factor(step: int, warmup: int, total: int, head: int = 0) -> float:
+    """The learning-rate factor at ``step``: 1 for the first ``head`` steps
+    (the head trained alone), then linear warm-up over ``warmup`` steps and
+    cosine decay to 0 at ``total``."""
+    if step < head:
+        return 1.0
+    step, total = step - head, total - head
     if warmup and step < warmup:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)

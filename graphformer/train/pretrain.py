@@ -149,6 +149,9 @@ class PretrainConfig:
         if self.train.ema:
             raise ConfigError("train", "ema", "is not used by pretrain (it selects its "
                               "checkpoint by the held-out loss of the trained weights)")
+        if self.train.head_epochs:
+            raise ConfigError("train", "head_epochs", "is not used by pretrain (it trains "
+                              "the trunk and its heads together from the start)")
 
     def to_dict(self) -> Dict[str, Any]:
         return {"data": asdict(self.data), "model": self.model.to_dict(),

@@ -32,9 +32,11 @@ def test_config_file_then_flags(tmp_path, tiny_csv, capsys):  # noqa: F811
                       f"  root: {tmp_path / 'cache'}\nmodel:\n  hidden: 8\n  layers: 1\n"
                       f"  heads: 2\n  rwse_steps: 0\ntrain:\n  epochs: 3\n  threads: 1\n")
     assert main(["train", "--config", str(config), "--epochs", "1", "--heads", "4",
-                 "--run-dir", str(tmp_path / "run"), "--quiet"]) == 0
+                 "--head-epochs", "1", "--run-dir", str(tmp_path / "run"), "--quiet"]) == 0
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["train"]["epochs"] == 1 and saved["model"]["heads"] == 4
+    assert saved["train"]["head_epochs"] == 1    # the head alone, then the whole model
+    assert len(json.loads((tmp_path / "run" / "metrics.json").read_text())) == 2
     assert saved["model"]["hidden"] == 8 and saved["model"]["rwse_steps"] == 0
     out = capsys.readouterr().out
     assert "test rmse: " in out and f"run directory: {tmp_path / 'run'}" in out

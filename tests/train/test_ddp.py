@@ -11,11 +11,11 @@ from graphformer.train import train
 from tests.train.conftest import tiny_config
 
 
-def _worker(rank, world, store, csv, root, run_dir, ema):
+def _worker(rank, world, store, csv, root, run_dir, ema, head_epochs):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
-        cfg = tiny_config(csv, root, epochs=2, batch_size=8, ema=ema)
+        cfg = tiny_config(csv, root, epochs=2, batch_size=8, ema=ema, head_epochs=head_epochs)
         cfg.model.dropout = 0.0
         train(cfg, run_dir, progress=False)
     finally:
@@ -23,19 +23,24 @@ def _worker(rank, world, store, csv, root, run_dir, ema):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("ema", [0.0, 0.9])
-def test_two_processes_match_one_process_with_the_combined_batch(tmp_path, tiny_csv, ema):
+@pytest.mark.parametrize("ema, head_epochs", [(0.0, 0), (0.9, 0), (0.0, 1)])
+def test_two_processes_match_one_process_with_the_combined_batch(tmp_path, tiny_csv, ema,
+                                                                 head_epochs):
     # 48 training molecules; per process 8 per batch. A DistributedSampler
     # gives rank r the items perm[r::2], so the two ranks' k-th batches are
     # together perm[16k:16k+16], the k-th batch of one process with batch 16;
     # DDP averages the two gradients, which is the gradient of that batch.
-    # With a weight average (ema), every rank keeps the same one.
+    # With a weight average (ema), every rank keeps the same one. With the
+    # head trained alone first, DDP computes the trunk's gradients and zeroes
+    # them; one process does not compute them: the same steps.
     root = tmp_path / "cache"
-    single = tiny_config(tiny_csv, root, epochs=2, batch_size=16, ema=ema)
+    single = tiny_config(tiny_csv, root, epochs=2, batch_size=16, ema=ema,
+                         head_epochs=head_epochs)
     single.model.dropout = 0.0
     train(single, tmp_path / "single", progress=False)
 
-    mp.spawn(_worker, args=(2, str(tmp_path / "store"), tiny_csv, root, tmp_path / "ddp", ema),
+    mp.spawn(_worker, args=(2, str(tmp_path / "store"), tiny_csv, root, tmp_path / "ddp", ema,
+                            head_epochs),
              nprocs=2, join=True)
     ddp_rows = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     one_rows = json.loads((tmp_path / "single" / "metrics.json").read_text())
