@@ -119,37 +119,55 @@ def run_peer(peer: str, name: str, seed: int, args: argparse.Namespace,
     result = run_chemprop(prepare(cfg, log=False), seed=seed, epochs=args.chemprop_epochs)
     if result is None:
         return None
-    return {"seconds": result["seconds"], "test": result["test_rmse"], "metric": "rmse",
-            "command": result["command"]}
+    return {"seconds": result["seconds"], "test": result["test_rmse"],
+            "valid": result["valid_rmse"], "metric": "rmse", "command": result["command"]}
 
 
-def summarise(runs: List[Dict[str, Any]]) -> Dict[str, Dict[str, Dict[str, Any]]]:
-    """Mean ± std (population) of the test metric and mean seconds, per data
-    set and peer."""
+def summarise(runs: List[Dict[str, Any]], score: str = "test"
+              ) -> Dict[str, Dict[str, Dict[str, Any]]]:
+    """Mean ± std (population) of ``score`` (``test``, or ``valid``: the
+    validation metric at the best validation epoch) and mean seconds, per
+    data set and peer; runs without that score are left out."""
     table: Dict[str, Dict[str, Dict[str, Any]]] = {}
     for r in runs:
-        table.setdefault(r["dataset"], {}).setdefault(r["peer"], {"test": [], "seconds": []})
+        if r.get(score) is None:
+            continue
+        table.setdefault(r["dataset"], {}).setdefault(r["peer"], {"values": [], "seconds": []})
         cell = table[r["dataset"]][r["peer"]]
-        cell["test"].append(r["test"])
+        cell["values"].append(r[score])
         cell["seconds"].append(r["seconds"])
     for peers in table.values():
         for cell in peers.values():
-            cell["mean"] = statistics.mean(cell["test"])
-            cell["std"] = statistics.pstdev(cell["test"])
+            cell["mean"] = statistics.mean(cell["values"])
+            cell["std"] = statistics.pstdev(cell["values"])
     return table
 
 
 def markdown(results: Dict[str, Any]) -> str:
-    """The README table of a results JSON."""
-    table = summarise(results["runs"])
+    """The README tables of a results JSON: test RMSE at the best validation
+    epoch, then the validation RMSE there (the score defaults are chosen by)."""
     seen = list(dict.fromkeys(r["peer"] for r in results["runs"]))   # run order
     peers = [p for p in PEERS if p in seen] + [p for p in seen if p not in PEERS]
-    names = {"chemprop": "chemprop defaults (D-MPNN)", "graphformer": "graphformer defaults",
-             "gin": "GIN (graphformer's loop)"}   # other peers (merged JSONs): their label
     lines = [f"Machine: {results['machine']}. Scaffold split, seeds "
              f"{' '.join(map(str, results['seeds']))}; test RMSE at the best validation "
-             f"epoch, mean ± std (each seed), seconds per run.", "",
-             "| data set | " + " | ".join(names.get(p, p) for p in peers) + " |",
+             f"epoch, mean ± std (each seed), seconds per run.", ""]
+    lines += _table(summarise(results["runs"]), peers)
+    valid = summarise(results["runs"], "valid")
+    if valid:
+        lines += ["", "Validation RMSE at the best validation epoch, mean ± std (each seed):",
+                  ""]
+        lines += _table(valid, [p for p in peers if any(p in row for row in valid.values())],
+                        seconds=False)
+    if results.get("set"):
+        lines += ["", "graphformer settings: " + " ".join(f"`{s}`" for s in results["set"])]
+    return "\n".join(lines)
+
+
+def _table(table: Dict[str, Dict[str, Dict[str, Any]]], peers: List[str],
+           seconds: bool = True) -> List[str]:
+    names = {"chemprop": "chemprop defaults (D-MPNN)", "graphformer": "graphformer defaults",
+             "gin": "GIN (graphformer's loop)"}   # other peers (merged JSONs): their label
+    lines = ["| data set | " + " | ".join(names.get(p, p) for p in peers) + " |",
              "| --- |" + " --- |" * len(peers)]
     for name, row in table.items():
         best = min(row[p]["mean"] for p in peers if p in row)
@@ -161,13 +179,11 @@ def markdown(results: Dict[str, Any]) -> str:
             c = row[p]
             mean = f"{c['mean']:.3f}"
             mean = f"**{mean}**" if c["mean"] == best else mean
-            each = " / ".join(f"{t:.3f}" for t in c["test"])
-            cells.append(f"{mean} ± {c['std']:.3f} ({each}), "
-                         f"{statistics.mean(c['seconds']):.0f} s")
+            each = " / ".join(f"{t:.3f}" for t in c["values"])
+            cells.append(f"{mean} ± {c['std']:.3f} ({each})" +
+                         (f", {statistics.mean(c['seconds']):.0f} s" if seconds else ""))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    if results.get("set"):
-        lines += ["", "graphformer settings: " + " ".join(f"`{s}`" for s in results["set"])]
-    return "\n".join(lines)
+    return lines
 
 
 def main(argv: Optional[List[str]] = None) -> int:

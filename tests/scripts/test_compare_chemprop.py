@@ -1,7 +1,8 @@
 """scripts/compare_chemprop.py: chemprop runs on graphformer's split files and
 is scored by the same RMSE; the table is printed from the JSON. A stand-in
-``chemprop`` executable (predicting every target + 1, or reordering rows)
-makes the scores exact without chemprop installed."""
+``chemprop`` executable (predicting every test target + 1 + seed and every
+validation target + 0.5 + seed, or reordering rows) makes the scores exact
+without chemprop installed."""
 import csv
 import json
 import math
@@ -16,17 +17,30 @@ from tests.helpers import load_script
 FAKE = """#!{python}
 import csv, os, sys
 args = sys.argv[1:]
+with open(os.environ["FAKE_CHEMPROP_LOG"], "a") as fh:
+    fh.write(" ".join(args) + "\\n")
+if args[0] == "predict":   # the seed from the "model" train wrote; validation + 0.5
+    with open(args[args.index("--model-paths") + 1]) as fh:
+        seed = fh.read()
+    with open(args[args.index("--test-path") + 1]) as fh:
+        rows = list(csv.reader(fh))
+    with open(args[args.index("--output") + 1], "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(rows[0])
+        for r in rows[1:]:
+            w.writerow([r[0]] + [float(v) + 0.5 + int(seed) for v in r[1:]])
+    sys.exit(0)
 paths = args[args.index("--data-path") + 1: args.index("--data-path") + 4]
 out = args[args.index("--output-dir") + 1]
 seed = args[args.index("--pytorch-seed") + 1]
-with open(os.environ["FAKE_CHEMPROP_LOG"], "a") as fh:
-    fh.write(" ".join(args) + "\\n")
 with open(paths[2]) as fh:
     rows = list(csv.reader(fh))
 body = rows[1:]
 if os.environ.get("FAKE_CHEMPROP_SHUFFLE"):
     body = body[::-1]
 os.makedirs(os.path.join(out, "model_0"))
+with open(os.path.join(out, "model_0", "best.pt"), "w") as fh:
+    fh.write(seed)
 with open(os.path.join(out, "model_0", "test_predictions.csv"), "w", newline="") as fh:
     w = csv.writer(fh)
     w.writerow(rows[0])
@@ -59,12 +73,21 @@ def test_chemprop_scored_on_the_same_split(tmp_path, capsys, fake_chemprop):
     # predictions are target + 1 + seed on every labelled molecule: RMSE 1 and 3
     assert runs[0]["test"] == pytest.approx(1.0, abs=1e-9)
     assert runs[1]["test"] == pytest.approx(3.0, abs=1e-9)
-    calls = fake_chemprop.read_text().splitlines()
-    assert len(calls) == 2 and "--pytorch-seed 0" in calls[0] and "--pytorch-seed 2" in calls[1]
+    # the validation part predicted by the model train kept: + 0.5 + seed
+    assert runs[0]["valid"] == pytest.approx(0.5, abs=1e-9)
+    assert runs[1]["valid"] == pytest.approx(2.5, abs=1e-9)
+    calls = [c.split() for c in fake_chemprop.read_text().splitlines()]
+    assert [c[0] for c in calls] == ["train", "predict", "train", "predict"]
+    assert calls[0][calls[0].index("--pytorch-seed") + 1] == "0"
+    assert calls[2][calls[2].index("--pytorch-seed") + 1] == "2"
+    for c in calls[1::2]:
+        assert c[c.index("--test-path") + 1].endswith("valid.csv")
+        assert c[c.index("--model-paths") + 1].endswith("best.pt")
     capsys.readouterr()
     assert compare.main(["--markdown-from", str(out)]) == 0
-    table = capsys.readouterr().out
-    assert "| freesolv | **2.000** ± 1.000 (1.000 / 3.000)" in table
+    test_table, valid_table = capsys.readouterr().out.split("Validation RMSE")
+    assert "| freesolv | **2.000** ± 1.000 (1.000 / 3.000), " in test_table
+    assert "| freesolv | **1.500** ± 1.000 (0.500 / 2.500) |" in valid_table
 
 
 def test_split_files_hold_the_split(tmp_path, fake_chemprop):
@@ -116,6 +139,7 @@ def test_graphformer_runs_as_a_user_runs_it(tmp_path, fake_chemprop):
     assert gf["best_epoch"] == 1 and gf["metric"] == "rmse"
     assert math.isfinite(gf["test"]) and math.isfinite(gf["valid"]) and gf["seconds"] > 0
     assert runs["chemprop"]["test"] == pytest.approx(2.0, abs=1e-9)
+    assert runs["chemprop"]["valid"] == pytest.approx(1.5, abs=1e-9)
 
 
 def test_bad_setting_fails_before_any_run(fake_chemprop):
