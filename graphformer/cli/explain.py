@@ -13,6 +13,7 @@ from torch_geometric.data import Batch
 from ..data import from_smiles
 from ..data.encodings import encodings
 from ..errors import UsageError
+from ..models import Ensemble
 from ..train import predict
 from ..train.checkpoint import load_run
 from ..viz import molecule_attention
@@ -37,6 +38,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     output_path(args.output, {"the checkpoint": args.checkpoint}, "attention.png")
     state, cfg, model = load_run(args.checkpoint)
+    if isinstance(model, Ensemble):   # K models, K attention maps: draw one of them
+        raise UsageError(f"{args.checkpoint} is an ensemble of {len(model.members)} models, "
+                         f"each with its own attention; explain one of them: "
+                         f"{Path(args.checkpoint).parent / 'member-0' / 'best.pt'}")
     columns = cfg.data.feature_columns if cfg.model.mol_features else []
     if columns:
         print(f"graphformer: warning: {args.checkpoint} also takes the feature column(s) "

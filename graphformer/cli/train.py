@@ -20,7 +20,7 @@ from ..train.checkpoint import load_checkpoint, run_config
 _FLAGS = {
     "dataset": ("data", "dataset"), "smiles_column": ("data", "smiles_column"),
     "target_columns": ("data", "target_columns"), "task": ("data", "task"),
-    "split": ("data", "split"), "root": ("data", "root"),
+    "split": ("data", "split"), "split_seed": ("data", "split_seed"), "root": ("data", "root"),
     "molecule_features": ("data", "molecule_features"),
     "feature_columns": ("data", "feature_columns"),
     "hidden": ("model", "hidden"), "layers": ("model", "layers"), "heads": ("model", "heads"),
@@ -34,7 +34,7 @@ _FLAGS = {
     "grad_clip": ("train", "grad_clip"), "seed": ("train", "seed"),
     "device": ("train", "device"), "threads": ("train", "threads"),
     "init": ("train", "init"), "pretrained": ("train", "pretrained"), "ema": ("train", "ema"),
-    "head_epochs": ("train", "head_epochs"),
+    "head_epochs": ("train", "head_epochs"), "ensemble": ("train", "ensemble"),
 }
 # Flags a resumed run accepts: where it runs, not what it computes.
 RUNTIME_FLAGS = ("device", "threads", "root")
@@ -53,6 +53,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--target-columns", nargs="+")
     d.add_argument("--task", choices=TASKS)
     d.add_argument("--split", help="scaffold | random | official | column:NAME")
+    d.add_argument("--split-seed", type=int,
+                   help="seed of a random split (default: --seed)")
     d.add_argument("--root", help="data cache directory")
     d.add_argument("--molecule-features", nargs="+", choices=(*MOLECULE_FEATURE_SETS, "none"),
                    help="descriptors per molecule for the readout (rdkit2d: RDKit's 2D "
@@ -77,6 +79,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="first train the head alone for N epochs (the trunk frozen), then "
                    "the whole model for --epochs (linear probing, then fine-tuning; "
                    "default 0: off)")
+    t.add_argument("--ensemble", type=int, metavar="K",
+                   help="train K models (seeds derived from --seed, each a run in "
+                   "RUN_DIR/member-k) and predict with their mean (default 1)")
     p.set_defaults(run=run)
 
 
@@ -269,7 +274,11 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     metric = summary["metric"]
     final = summary["final"]
-    if final:
+    if "members" in summary:
+        print(f"test {metric} of the ensemble of {len(summary['members'])}: "
+              f"{summary[f'test_{metric}_at_best']:.4f} (each member at its best validation "
+              f"epoch: {', '.join(map(str, summary['best_epoch']))})")
+    elif final:
         print(f"test {metric}: {final[f'test_{metric}']:.4f} (final epoch {final['epoch']}); "
               f"at the best validation epoch {summary['best_epoch']}: "
               f"{summary[f'test_{metric}_at_best']:.4f}")

@@ -1,9 +1,10 @@
 """Models built from graphformer layers."""
 from .baselines import GINBaseline
 from .decomposable import DecomposableAttention, DecomposableAttentionConfig
+from .ensemble import Ensemble
 from .graph_transformer import GraphTransformer, GraphTransformerConfig, masked_loss
 from .node_transformer import NodeTransformer, NodeTransformerConfig
 
 __all__ = ["GraphTransformer", "GraphTransformerConfig", "masked_loss",
            "NodeTransformer", "NodeTransformerConfig",
-           "DecomposableAttention", "DecomposableAttentionConfig", "GINBaseline"]
+           "DecomposableAttention", "DecomposableAttentionConfig", "GINBaseline", "Ensemble"]

@@ -14,7 +14,7 @@ import torch
 from .._files import atomic_write
 from ..data.descriptors import molecule_feature_names
 from ..errors import DataError
-from ..models import GraphTransformer
+from ..models import Ensemble, GraphTransformer
 from .config import RunConfig
 
 FORMAT = "graphformer-checkpoint"
@@ -98,8 +98,10 @@ def run_config(state: Dict[str, Any], path: Union[str, Path]) -> RunConfig:
 
 
 def model_from_checkpoint(state: Dict[str, Any], path: Union[str, Path] = "checkpoint"
-                          ) -> GraphTransformer:
-    """The trained model of a checked checkpoint (in eval mode); weights that
+                          ) -> Union[GraphTransformer, Ensemble]:
+    """The trained model of a checked checkpoint (in eval mode): a
+    :class:`~graphformer.models.Ensemble` of ``train.ensemble`` models for
+    the checkpoint of an ensemble (``graphformer train --ensemble K``); weights that
     do not fit its config, a normalisation of the wrong size, or molecule
     features this graphformer would not compute as they were in training
     are a :class:`CheckpointError` naming the file and the first mismatches."""
@@ -115,7 +117,9 @@ def model_from_checkpoint(state: Dict[str, Any], path: Union[str, Path] = "check
                 f"feature_columns {cfg.data.feature_columns}) give {len(now)} here"
                 f"{' (' + '; '.join(changed) + ')' if changed else ''}: was it written by "
                 f"another graphformer version?")
-    model = GraphTransformer(cfg.model)
+    k = cfg.train.ensemble
+    model = GraphTransformer(cfg.model) if k == 1 else \
+        Ensemble([GraphTransformer(cfg.model) for _ in range(k)])
     try:
         model.load_state_dict(state["model"])
     except Exception as err:  # missing / unexpected keys, size mismatches, non-tensors
@@ -135,7 +139,8 @@ def model_from_checkpoint(state: Dict[str, Any], path: Union[str, Path] = "check
     return model.eval()
 
 
-def load_run(path: Union[str, Path]) -> Tuple[Dict[str, Any], RunConfig, GraphTransformer]:
+def load_run(path: Union[str, Path]
+             ) -> Tuple[Dict[str, Any], RunConfig, Union[GraphTransformer, Ensemble]]:
     """A checkpoint written by ``train``, checked: its state, its run config
     and its trained model (eval mode). Every problem is a
     :class:`CheckpointError` (or ``FileNotFoundError``) naming the file."""

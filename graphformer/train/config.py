@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 import typing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
@@ -121,6 +121,9 @@ class DataConfig:
         split: ``scaffold``, ``random`` or ``official`` (OGB / ZINC / PCQM4Mv2
             splits; the default for those sets); ``column:NAME`` takes it from
             a CSV column of ``train`` / ``val`` / ``test``.
+        split_seed: the seed of a ``random`` split (default ``None``: the
+            run's ``train.seed``); the members of an ensemble share their
+            run's split through it.
         root: where data sets are cached (default ``~/.cache/graphformer``).
         molecule_features: descriptor sets computed per molecule (``rdkit2d``:
             RDKit's 2D descriptors, :data:`graphformer.data.RDKIT2D_NAMES`),
@@ -139,6 +142,7 @@ class DataConfig:
     target_columns: List[str] = field(default_factory=list)
     task: str = "regression"
     split: Optional[str] = None
+    split_seed: Optional[int] = None
     root: Optional[str] = None
     molecule_features: Optional[List[str]] = None
     feature_columns: List[str] = field(default_factory=list)
@@ -165,6 +169,9 @@ class DataConfig:
         if taken:
             raise ConfigError("data", "feature_columns", f"must not hold the SMILES or a "
                               f"target column, got {taken[0]!r}")
+        if self.split_seed is not None and not 0 <= self.split_seed < MAX_SEED:
+            raise ConfigError("data", "split_seed", f"must be in [0, 2**32), got "
+                              f"{self.split_seed}")
         if self.task not in TASKS:
             raise ConfigError("data", "task", f"must be 'regression' or 'classification', "
                               f"got {self.task!r}")
@@ -216,6 +223,10 @@ class TrainConfig:
             with fresh AdamW moments and its own warm-up and cosine decay.
             0 = off. Meant for a pre-trained start, whose features a fresh
             head's first gradients would otherwise distort.
+        ensemble: train this many models (each a whole run of these
+            settings, member ``k`` with the seed of :meth:`member`, in
+            ``member-k/`` of the run directory) and predict with their mean
+            (:class:`~graphformer.models.Ensemble`); 1 = one model.
 
     Values are converted by :func:`coerce` (a numeric string is a number), and
     every range error names its key.
@@ -233,17 +244,25 @@ class TrainConfig:
     pretrained: bool = DEFAULT_PRETRAINED
     ema: float = 0.0
     head_epochs: int = 0
+    ensemble: int = 1
 
     @property
     def total_epochs(self) -> int:
         """Every pass of the run: ``head_epochs`` then ``epochs``."""
         return self.head_epochs + self.epochs
 
+    def member(self, k: int) -> "TrainConfig":
+        """The settings of ensemble member ``k``: these, as one model, with
+        the seed ``(seed + 1000003 k) mod 2**32`` (member 0 has ``seed``)."""
+        if not 0 <= k < self.ensemble:
+            raise ValueError(f"member {k} of an ensemble of {self.ensemble}")
+        return replace(self, ensemble=1, seed=(self.seed + 1_000_003 * k) % MAX_SEED)
+
     def __post_init__(self) -> None:
         coerce_fields(self, "train")
         if self.init is not None and not self.init.strip():
             raise ConfigError("train", "init", "must name a checkpoint file, got ''")
-        for key in ("epochs", "batch_size"):
+        for key in ("epochs", "batch_size", "ensemble"):
             if getattr(self, key) < 1:
                 raise ConfigError("train", key, f"must be >= 1, got {getattr(self, key)}")
         if self.lr <= 0:

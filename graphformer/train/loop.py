@@ -52,6 +52,7 @@ from .checkpoint import RESUME_FIELDS, RUN_FIELDS, check_fields, load_checkpoint
 from .config import RunConfig, TrainConfig
 from .data_checks import (all_mol_features, all_targets, changed_parts, check_scorable,
                           check_split, check_targets, fingerprint)
+from .ensemble import is_ensemble_dir, train_ensemble
 from .init import init_trunk, resolve_init
 from .metrics import compute_metrics, is_better
 from .optim import flat_parameter, freeze, load_optimizer_state, lr_factor, make_optimizer, \
@@ -113,7 +114,8 @@ def prepare(cfg: RunConfig, log: bool = True) -> Prepared:
                          pre_transform=encodings(cfg.model.rwse_steps, cfg.model.lap_pe),
                          log=log, molecule_features=d.molecule_features,
                          feature_columns=d.feature_columns)
-    split = make_split(bench, d.split, seed=cfg.train.seed)
+    split = make_split(bench, d.split,
+                       seed=cfg.train.seed if d.split_seed is None else d.split_seed)
     y_all = all_targets(bench)
     check_targets(bench, y_all)
     check_split(bench, split, d.split)
@@ -357,11 +359,22 @@ def train(cfg: Optional[RunConfig], run_dir: Union[str, Path], resume: bool = Fa
         The summary also written to ``run_dir/summary.json``: best epoch, its
         validation and test metrics, and the final epoch's metrics.
 
+    With ``train.ensemble`` K > 1 it trains K members, each such a run in
+    ``run_dir/member-k``, and writes their ensemble (see
+    :mod:`graphformer.train.ensemble`); its summary holds the metrics of
+    their mean prediction and ``best_epoch`` is the list of theirs.
+
     Raises:
         DataError: no epoch had a valid validation metric (the summary is
             written first, with ``best_epoch`` null).
     """
-    run = _Run.open(cfg, Path(run_dir), resume, overwrite, progress, prepared, model)
+    run_dir = Path(run_dir)
+    if is_ensemble_dir(run_dir) if resume else cfg is not None and cfg.train.ensemble > 1:
+        if model is not None:
+            raise UsageError("an ensemble trains GraphTransformers of its config; it takes no "
+                             "'model'")
+        return train_ensemble(cfg, run_dir, resume, progress, prepared, overwrite)
+    run = _Run.open(cfg, run_dir, resume, overwrite, progress, prepared, model)
     for epoch in range(run.start_epoch, run.cfg.train.total_epochs + 1):
         row = run.train_epoch(epoch)
         row.update(run.evaluate())

@@ -44,3 +44,25 @@ def write_corpus(folder):
 def corpus_csv(tmp_path_factory):
     """:func:`write_corpus` once per session."""
     return write_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+def train_until_crash(cfg, run_dir, monkeypatch, evaluation):
+    """Train ``cfg`` into ``run_dir`` and crash (KeyboardInterrupt) at the
+    ``evaluation``-th call of ``evaluate_split`` (two per epoch: valid, test);
+    afterwards ``evaluate_split`` is the real one again."""
+    import graphformer.train.loop as loop
+    from graphformer.train import train
+
+    calls = {"n": 0}
+    real = loop.evaluate_split
+
+    def crash(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == evaluation:
+            raise KeyboardInterrupt("simulated crash")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "evaluate_split", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, run_dir, progress=False)
+    monkeypatch.setattr(loop, "evaluate_split", real)

@@ -54,3 +54,33 @@ def test_two_processes_match_one_process_with_the_combined_batch(tmp_path, tiny_
             torch.testing.assert_close(ddp[weights][k], one[weights][k], atol=1e-5, rtol=1e-4)
     # Only rank 0 wrote files: one set, no per-rank copies.
     assert sorted(os.listdir(tmp_path / "ddp")) == sorted(os.listdir(tmp_path / "single"))
+
+
+def _ensemble_worker(rank, world, store, csv, root, run_dir):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        cfg = tiny_config(csv, root, epochs=2, batch_size=8, ensemble=2)
+        cfg.model.dropout = 0.0
+        train(cfg, run_dir, progress=False)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_an_ensemble_under_two_processes_matches_one_process(tmp_path, tiny_csv):
+    # each member as in the test above; the ensemble is scored on every rank,
+    # written by rank 0 alone
+    root = tmp_path / "cache"
+    single = tiny_config(tiny_csv, root, epochs=2, batch_size=16, ensemble=2)
+    single.model.dropout = 0.0
+    one = train(single, tmp_path / "single", progress=False)
+    mp.spawn(_ensemble_worker, args=(2, str(tmp_path / "store"), tiny_csv, root,
+                                     tmp_path / "ddp"), nprocs=2, join=True)
+    ddp = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    for key in ("best_valid_rmse", "test_rmse_at_best"):
+        assert ddp[key] == pytest.approx(one[key], rel=1e-4), key
+    assert ddp["best_epoch"] == one["best_epoch"]
+    for folder in ("", "member-0", "member-1"):
+        assert sorted(os.listdir(tmp_path / "ddp" / folder)) == \
+            sorted(os.listdir(tmp_path / "single" / folder))

@@ -11,7 +11,7 @@ from graphformer.train import load_checkpoint, train
 from graphformer.train.config import TrainConfig
 from graphformer.train.optim import freeze, lr_factor, make_optimizer, optimizer_step
 from graphformer.train.pretrain import PretrainConfig
-from tests.train.conftest import tiny_config
+from tests.train.conftest import tiny_config, train_until_crash
 from tests.train.test_train import history
 
 
@@ -73,19 +73,7 @@ def test_a_resumed_run_repeats_the_uninterrupted_one(tmp_path, tiny_csv, monkeyp
     cfg = tiny_config(tiny_csv, tmp_path / "cache", epochs=2, head_epochs=2)
     train(cfg, tmp_path / "straight", progress=False)
 
-    calls = {"n": 0}
-    real = loop.evaluate_split
-
-    def crash(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2 * crash_epoch - 1:  # two evaluations per epoch
-            raise KeyboardInterrupt("simulated crash")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "evaluate_split", crash)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, tmp_path / "crashed", progress=False)
-    monkeypatch.setattr(loop, "evaluate_split", real)
+    train_until_crash(cfg, tmp_path / "crashed", monkeypatch, evaluation=2 * crash_epoch - 1)
     train(cfg, tmp_path / "crashed", resume=True, progress=False)
 
     assert history(tmp_path / "crashed") == history(tmp_path / "straight")

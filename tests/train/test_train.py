@@ -4,11 +4,10 @@ import matplotlib.image
 import pytest
 import torch
 
-import graphformer.train.loop as loop
 from graphformer.train.checkpoint import model_from_checkpoint
 from graphformer.train import (CheckpointError, evaluate_split, load_checkpoint, prepare,
                                save_checkpoint, train)
-from tests.train.conftest import tiny_config
+from tests.train.conftest import tiny_config, train_until_crash
 
 
 def history(run_dir):
@@ -57,20 +56,8 @@ def test_resume_after_a_crash_gives_the_uninterrupted_metrics(tmp_path, tiny_csv
     cfg = tiny_config(tiny_csv, tmp_path / "cache", epochs=4, ema=ema)
     train(cfg, tmp_path / "straight", progress=False)
 
-    calls = {"n": 0}
-    real = loop.evaluate_split
-
-    def crash_in_epoch_3(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 5:  # two evaluations per epoch: the first of epoch 3
-            raise KeyboardInterrupt("simulated crash")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "evaluate_split", crash_in_epoch_3)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, tmp_path / "crashed", progress=False)
+    train_until_crash(cfg, tmp_path / "crashed", monkeypatch, evaluation=5)  # epoch 3's first
     assert load_checkpoint(tmp_path / "crashed" / "last.pt")["epoch"] == 2
-    monkeypatch.setattr(loop, "evaluate_split", real)
     train(cfg, tmp_path / "crashed", resume=True, progress=False)
 
     assert history(tmp_path / "crashed") == history(tmp_path / "straight")

@@ -1,0 +1,160 @@
+"""Training an ensemble (``train.ensemble = K > 1``): K whole runs, one model.
+
+Member ``k`` is an ordinary run of the same settings with its own seed
+(:meth:`TrainConfig.member`) in ``RUN_DIR/member-k/``: its own metrics,
+checkpoints, summary and learning curve, each selecting its best
+validation epoch. When all have finished, the run directory gets
+
+- ``config.json`` (written first: the run's settings, ``ensemble`` K);
+- ``best.pt``: an :class:`~graphformer.models.Ensemble` of the members'
+  best models, read by ``evaluate``, ``predict`` and :func:`load_run` like
+  any checkpoint of ``train``;
+- ``summary.json``: the ensemble's validation and test metrics (of the mean
+  prediction), and each member's summary.
+
+``resume`` skips the members that finished, resumes the one that was
+interrupted, and ends with the metrics of an uninterrupted run.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch.distributed as dist
+
+from .._files import write_text
+from ..errors import DataError, UsageError
+from ..models import Ensemble
+from . import loop  # the members are trained by loop.train (which calls this module)
+from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from .config import RunConfig
+from .run_dir import prepare_run_dir, resume_config
+
+def member_dir(run_dir: Path, k: int) -> Path:
+    return run_dir / f"member-{k}"
+
+
+def member_config(cfg: RunConfig, k: int) -> RunConfig:
+    """The run of member ``k``: ``cfg`` as one model with the member's seed
+    (:meth:`TrainConfig.member`), on the ensemble's split (a random split
+    keeps the ensemble's seed through ``data.split_seed``)."""
+    split_seed = cfg.train.seed if cfg.data.split_seed is None else cfg.data.split_seed
+    return replace(cfg, data=replace(cfg.data, split_seed=split_seed),
+                   train=cfg.train.member(k))
+
+
+def is_ensemble_dir(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds (the start of) an ensemble's run."""
+    path = run_dir / "config.json"
+    if not path.is_file() or (run_dir / "last.pt").exists():
+        return False
+    try:
+        return int(json.loads(path.read_text())["train"].get("ensemble", 1)) > 1
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def train_ensemble(cfg: Optional[RunConfig], run_dir: Path, resume: bool, progress: bool,
+                   prepared: Optional["loop.Prepared"], overwrite: bool) -> Dict[str, Any]:
+    """Train the members of ``cfg`` one after the other, each with
+    :func:`graphformer.train.loop.train`, then score their mean. See the
+    module docstring for the files; the arguments are those of ``train``."""
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    writer = rank == 0
+    if resume:
+        if overwrite:
+            raise UsageError("--resume continues a run and --overwrite replaces it: give one")
+        if not is_ensemble_dir(run_dir):
+            raise UsageError(f"cannot resume {run_dir}: it holds no ensemble's config.json")
+        saved = RunConfig.from_saved(json.loads((run_dir / "config.json").read_text()))
+        cfg = resume_config(saved, cfg)
+    else:
+        assert cfg is not None
+        _check_new(run_dir, overwrite, writer)
+        prepare_run_dir(run_dir, False, overwrite, writer=writer)
+        if writer:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+    assert cfg is not None
+    show = progress and writer
+    if prepared is None and world == 1:   # the data once for all members
+        prepared = loop.prepare(member_config(cfg, 0), log=show)
+    k_total = cfg.train.ensemble
+    members: List[Dict[str, Any]] = []
+    for k in range(k_total):
+        folder = member_dir(run_dir, k)
+        member_cfg = member_config(cfg, k)
+        if show:
+            print(f"ensemble member {k + 1}/{k_total} (seed {member_cfg.train.seed}) in "
+                  f"{folder}", file=sys.stderr)
+        if resume and (folder / "summary.json").is_file() and (folder / "best.pt").is_file():
+            members.append(json.loads((folder / "summary.json").read_text()))
+        elif resume and (folder / "last.pt").is_file():
+            members.append(loop.train(member_cfg, folder, resume=True, progress=progress,
+                                      prepared=prepared))
+        else:
+            members.append(loop.train(member_cfg, folder, progress=progress, prepared=prepared,
+                                      overwrite=True))
+    return _finish(cfg, run_dir, members, writer, prepared)
+
+
+def _check_new(run_dir: Path, overwrite: bool, writer: bool) -> None:
+    """A new ensemble refuses a directory that holds an ensemble's members
+    unless ``overwrite``, which removes their run files (the run directory's
+    own files are :func:`prepare_run_dir`'s)."""
+    old = sorted(p for p in run_dir.glob("member-*") if p.is_dir()) \
+        if writer and run_dir.is_dir() else []
+    if old and not overwrite:
+        raise UsageError(f"run directory {run_dir} already holds an ensemble's members "
+                         f"({', '.join(p.name for p in old)}); pass --overwrite to replace it, "
+                         f"--resume {run_dir} to continue it, or choose another --run-dir")
+    for folder in old:
+        prepare_run_dir(folder, False, True)
+
+
+def _finish(cfg: RunConfig, run_dir: Path, members: List[Dict[str, Any]], writer: bool,
+            prepared: Optional["loop.Prepared"]) -> Dict[str, Any]:
+    """The ensemble of the members' best checkpoints: its checkpoint and summary."""
+    paths = [member_dir(run_dir, k) / "best.pt" for k in range(len(members))]
+    states = [load_checkpoint(p) for p in paths]
+    model = Ensemble([model_from_checkpoint(s, p) for s, p in zip(states, paths)])
+    first = states[0]
+    if prepared is None:
+        prepared = loop.prepare(member_config(cfg, 0), log=False)
+    prepared = replace(prepared, y_mean=first["y_mean"], y_std=first["y_std"])
+    device = loop.resolve_device(cfg.train.device)
+    model = model.to(device)
+    metric = first["metric"]
+    scores = {part: loop.evaluate_split(model, prepared, part,
+                                        max(cfg.train.batch_size, loop.EVAL_BATCH_GRAPHS),
+                                        device)
+              for part in ("valid", "test")}
+    model = model.cpu()
+    summary = {"dataset": first["dataset"], "metric": metric,
+               "best_epoch": [m["best_epoch"] for m in members],
+               f"best_valid_{metric}": scores["valid"][metric],
+               f"test_{metric}_at_best": scores["test"][metric],
+               "valid": scores["valid"], "test": scores["test"],
+               "final": {}, "init": first.get("init"), "members": members}
+    config = dict(first["config"], train=dict(first["config"]["train"],
+                                              **{"ensemble": cfg.train.ensemble,
+                                                 "seed": cfg.train.seed}))
+    if writer:
+        save_checkpoint({"config": config, "model": model.state_dict(),
+                         "epoch": cfg.train.total_epochs, "history": [],
+                         "best": {"epoch": None, "valid": scores["valid"][metric],
+                                  "test": scores["test"][metric],
+                                  "members": [s["best"] for s in states]},
+                         "y_mean": first["y_mean"], "y_std": first["y_std"],
+                         "dataset": first["dataset"], "metric": metric, "task": first["task"],
+                         "data": first.get("data"), "init": first.get("init")},
+                        run_dir / "best.pt")
+        write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    if not math.isfinite(scores["valid"][metric]):
+        raise DataError(f"the ensemble in {run_dir} has no finite validation {metric}")
+    return summary

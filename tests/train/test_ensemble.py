@@ -1,0 +1,142 @@
+"""``train.ensemble`` / ``--ensemble K``: K whole runs, predicting their mean."""
+import json
+import math
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+import torch
+
+import graphformer.train.loop as loop
+from graphformer.cli import main
+from graphformer.errors import ConfigError, UsageError
+from graphformer.models import Ensemble
+from graphformer.train import evaluate_split, load_checkpoint, load_run, prepare, resume, train
+from graphformer.train.config import TrainConfig
+from tests.train.conftest import tiny_config, train_until_crash
+from tests.train.test_train import history
+
+
+class _Constant(torch.nn.Module):
+    def __init__(self, value, task):
+        super().__init__()
+        self.value = torch.tensor(value)
+        self.config = SimpleNamespace(task=task, num_tasks=self.value.numel())
+
+    def forward(self, batch):
+        return self.value.expand(batch, -1)
+
+
+def test_the_ensemble_predicts_the_mean_of_its_members():
+    reg = Ensemble([_Constant([1.0, -2.0], "regression"), _Constant([3.0, 0.0], "regression")])
+    torch.testing.assert_close(reg(4), torch.tensor([[2.0, -1.0]] * 4))
+    cls = Ensemble([_Constant([0.0, 2.0], "classification"),
+                    _Constant([math.log(3.0), -2.0], "classification")])
+    p = (torch.sigmoid(torch.tensor([0.0, 2.0])) + torch.sigmoid(
+        torch.tensor([math.log(3.0), -2.0]))) / 2      # mean probability: 0.625, 0.5
+    torch.testing.assert_close(cls(1), torch.logit(p).view(1, 2))
+    assert torch.sigmoid(cls(1))[0, 0].item() == pytest.approx(0.625)
+    with pytest.raises(ValueError, match="share task"):
+        Ensemble([_Constant([0.0], "regression"), _Constant([0.0], "classification")])
+    with pytest.raises(ValueError, match="at least one"):
+        Ensemble([])
+
+
+def test_member_seeds_and_checks():
+    cfg = TrainConfig(seed=5, ensemble=3)
+    assert [cfg.member(k).seed for k in range(3)] == [5, 1_000_008, 2_000_011]
+    assert all(cfg.member(k).ensemble == 1 for k in range(3))
+    assert TrainConfig(seed=2**32 - 1, ensemble=2).member(1).seed == 1_000_002
+    with pytest.raises(ValueError, match="member 3 of an ensemble of 3"):
+        cfg.member(3)
+    with pytest.raises(ConfigError, match="ensemble"):
+        TrainConfig(ensemble=0)
+
+
+def _members_mean(run, prepared, part):
+    preds = []
+    for k in range(2):
+        state, _, model = load_run(run / f"member-{k}" / "best.pt")
+        preds.append(loop._run(model, prepared.eval_batches(part, 64), state["y_mean"],
+                               state["y_std"], torch.device("cpu"), with_targets=True))
+    y = preds[0][1]
+    return math.sqrt(float((((preds[0][0] + preds[1][0]) / 2 - y) ** 2).mean()))
+
+
+def test_an_ensemble_is_its_members_runs_and_scores_their_mean(tmp_path, tiny_csv):
+    cfg = tiny_config(tiny_csv, tmp_path / "cache", epochs=2, ensemble=2, seed=3)
+    summary = train(cfg, tmp_path / "ens", progress=False)
+    run = tmp_path / "ens"
+
+    # member k is the ordinary run of the same settings with its own seed, on
+    # the ensemble's (random) split
+    alone = tiny_config(tiny_csv, tmp_path / "cache", epochs=2, seed=1_000_006)
+    alone.data.split_seed = 3
+    one = train(alone, tmp_path / "one", progress=False)
+    assert history(run / "member-1") == history(tmp_path / "one")
+    for member in (summary["members"][1], one):
+        member["final"].pop("seconds")
+    assert summary["members"][1] == one
+    assert json.loads((run / "member-0" / "config.json").read_text())["train"]["seed"] == 3
+    assert summary["best_epoch"] == [m["best_epoch"] for m in summary["members"]]
+
+    state, saved, model = load_run(run / "best.pt")
+    assert isinstance(model, Ensemble) and len(model.members) == 2
+    assert saved.train.ensemble == 2 and saved.train.seed == 3
+    prepared = prepare(cfg, log=False)
+    for part in ("valid", "test"):
+        expected = _members_mean(run, prepared, part)
+        assert summary[f"{'best_valid' if part == 'valid' else 'test'}_rmse"
+                       + ("" if part == "valid" else "_at_best")] == pytest.approx(expected,
+                                                                                   rel=1e-6)
+        got = evaluate_split(model, prepared, part, 64, torch.device("cpu"))["rmse"]
+        assert got == pytest.approx(expected, rel=1e-6)
+    assert json.loads((run / "summary.json").read_text())["test_rmse_at_best"] == \
+        summary["test_rmse_at_best"]
+
+
+def test_a_resumed_ensemble_repeats_the_uninterrupted_one(tmp_path, tiny_csv, monkeypatch):
+    cfg = tiny_config(tiny_csv, tmp_path / "cache", epochs=2, ensemble=2)
+    straight = train(cfg, tmp_path / "straight", progress=False)
+
+    # member 0: 4 evaluations; then member 1, epoch 2, the first
+    train_until_crash(cfg, tmp_path / "crashed", monkeypatch, evaluation=7)
+    assert not (tmp_path / "crashed" / "best.pt").exists()
+    again = resume(tmp_path / "crashed", progress=False)
+
+    for run in (again, straight):
+        for member in run["members"]:
+            member["final"].pop("seconds")
+    assert again == straight
+    assert history(tmp_path / "crashed" / "member-1") == history(tmp_path / "straight" /
+                                                                 "member-1")
+    a = load_checkpoint(tmp_path / "crashed" / "best.pt")["model"]
+    b = load_checkpoint(tmp_path / "straight" / "best.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_an_ensemble_refuses_an_old_run_a_model_and_explain(tmp_path, tiny_csv, capsys):
+    cfg = tiny_config(tiny_csv, tmp_path / "cache", epochs=1, ensemble=2)
+    train(cfg, tmp_path / "ens", progress=False)
+    with pytest.raises(UsageError, match="already holds an ensemble's members"):
+        train(cfg, tmp_path / "ens", progress=False)
+    (tmp_path / "ens" / "member-1" / "notes.txt").write_text("mine")
+    train(cfg, tmp_path / "ens", progress=False, overwrite=True)
+    assert (tmp_path / "ens" / "member-1" / "notes.txt").read_text() == "mine"
+    with pytest.raises(UsageError, match="takes no 'model'"):
+        train(cfg, tmp_path / "other", progress=False, model=torch.nn.Linear(1, 1))
+
+    checkpoint = tmp_path / "ens" / "best.pt"
+    assert main(["explain", str(checkpoint), "--smiles", "CCO", "-o",
+                 str(tmp_path / "a.png")]) == 2
+    assert f"explain one of them: {tmp_path / 'ens' / 'member-0' / 'best.pt'}" in \
+        capsys.readouterr().err
+
+    # predict: the mean of the members' predictions
+    pd.DataFrame({"smiles": ["CCO", "c1ccccc1O"]}).to_csv(tmp_path / "m.csv", index=False)
+    outs = []
+    for path in (checkpoint, *(tmp_path / "ens" / f"member-{k}" / "best.pt" for k in (0, 1))):
+        assert main(["predict", str(path), str(tmp_path / "m.csv"), "-o",
+                     str(tmp_path / "p.csv")]) == 0
+        outs.append(pd.read_csv(tmp_path / "p.csv")["y"].to_numpy())
+    assert outs[0] == pytest.approx((outs[1] + outs[2]) / 2, rel=1e-5)
