@@ -52,7 +52,7 @@ from .optim import optimizer_step
 from .run_dir import prepare_run_dir, resume_config
 
 #: the training settings ``pretrain`` uses where none are given
-PRETRAIN_TRAIN_DEFAULTS = {"epochs": 10, "batch_size": 128, "warmup_epochs": 1}
+PRETRAIN_TRAIN_DEFAULTS = {"epochs": 10, "batch_size": 128, "warmup_epochs": 1, "ensemble": 1}
 SECTIONS = ("data", "model", "objective", "train")
 # What a checkpoint written by ``pretrain`` holds, and the types that are checked.
 PRETRAIN_FIELDS = {"config": dict, "model": dict, "epoch": int, "history": list, "best": dict,
@@ -152,6 +152,9 @@ class PretrainConfig:
         if self.train.head_epochs:
             raise ConfigError("train", "head_epochs", "is not used by pretrain (it trains "
                               "the trunk and its heads together from the start)")
+        if self.train.ensemble != 1:
+            raise ConfigError("train", "ensemble", "must be 1 for pretrain (one trunk is "
+                              "pre-trained)")
 
     def to_dict(self) -> Dict[str, Any]:
         return {"data": asdict(self.data), "model": self.model.to_dict(),

@@ -13,6 +13,7 @@ from graphformer.errors import ConfigError, UsageError
 from graphformer.models import Ensemble
 from graphformer.train import evaluate_split, load_checkpoint, load_run, prepare, resume, train
 from graphformer.train.config import TrainConfig
+from graphformer.train.pretrain import PretrainConfig
 from tests.train.conftest import tiny_config, train_until_crash
 from tests.train.test_train import history
 
@@ -51,6 +52,9 @@ def test_member_seeds_and_checks():
         cfg.member(3)
     with pytest.raises(ConfigError, match="ensemble"):
         TrainConfig(ensemble=0)
+    with pytest.raises(ConfigError, match="ensemble.*pretrain"):
+        PretrainConfig(train=TrainConfig(ensemble=2))
+    assert PretrainConfig.from_dict({}).train.ensemble == 1
 
 
 def _members_mean(run, prepared, part):
