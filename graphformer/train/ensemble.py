@@ -10,7 +10,9 @@ validation epoch. When all have finished, the run directory gets
   best models, read by ``evaluate``, ``predict`` and :func:`load_run` like
   any checkpoint of ``train``;
 - ``summary.json``: the ensemble's validation and test metrics (of the mean
-  prediction), and each member's summary.
+  prediction), and each member's summary;
+- ``learning_curve.png``: every member's curves (a member draws none of
+  its own), and the ensemble's metrics.
 
 ``resume`` skips the members that finished, resumes the one that was
 interrupted, and ends with the metrics of an uninterrupted run.
@@ -96,10 +98,10 @@ def train_ensemble(cfg: Optional[RunConfig], run_dir: Path, resume: bool, progre
             members.append(json.loads((folder / "summary.json").read_text()))
         elif resume and (folder / "last.pt").is_file():
             members.append(loop.train(member_cfg, folder, resume=True, progress=progress,
-                                      prepared=prepared))
+                                      prepared=prepared, curve=False))
         else:
             members.append(loop.train(member_cfg, folder, progress=progress, prepared=prepared,
-                                      overwrite=True))
+                                      overwrite=True, curve=False))
     return _finish(cfg, run_dir, members, writer, prepared)
 
 
@@ -155,6 +157,10 @@ def _finish(cfg: RunConfig, run_dir: Path, members: List[Dict[str, Any]], writer
                          "data": first.get("data"), "init": first.get("init")},
                         run_dir / "best.pt")
         write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        loop.plot_learning_curve([], metric, run_dir / "learning_curve.png",
+                                 members=[json.loads((p.parent / "metrics.json").read_text())
+                                          for p in paths],
+                                 ensemble={part: scores[part][metric] for part in scores})
     if not math.isfinite(scores["valid"][metric]):
         raise DataError(f"the ensemble in {run_dir} has no finite validation {metric}")
     return summary

@@ -249,26 +249,38 @@ class RunFiles:
             self.tb.close()
 
 
-def plot_learning_curve(history: List[Dict[str, float]], metric: str, path: Path) -> None:
-    """Training loss and validation / test ``metric`` per epoch, as a PNG."""
+def plot_learning_curve(history: List[Dict[str, float]], metric: str, path: Path,
+                        members: Sequence[List[Dict[str, float]]] = (),
+                        ensemble: Optional[Dict[str, float]] = None) -> None:
+    """Training loss and validation / test ``metric`` per epoch, as a PNG; for
+    an ensemble (``history`` empty), every member's, with the validation and
+    test ``metric`` of their mean prediction (``ensemble``) as lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    epochs = [row["epoch"] for row in history]
     fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(epochs, [row["train_loss"] for row in history], label="train loss")
+    runs = [("", history)] if history else [(f"member {k}: ", h) for k, h in enumerate(members)]
+    for label, rows in runs:
+        epochs = [row["epoch"] for row in rows]
+        ax_loss.plot(epochs, [row["train_loss"] for row in rows], label=f"{label}train loss")
+        for part in ("valid", "test"):
+            ax_metric.plot(epochs, [row[f"{part}_{metric}"] for row in rows],
+                           label=f"{label}{part}")
+    for part, style in (("valid", "--"), ("test", ":")):
+        if ensemble is not None:
+            ax_metric.axhline(ensemble[part], color="black", linestyle=style,
+                              label=f"ensemble {part}")
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("loss (normalised targets)")
     ax_loss.set_yscale("log")
     ax_loss.legend()
-    for part in ("valid", "test"):
-        ax_metric.plot(epochs, [row[f"{part}_{metric}"] for row in history], label=part)
     ax_metric.set_xlabel("epoch")
     ax_metric.set_ylabel(metric)
     ax_metric.legend()
-    fig.tight_layout()
+    # fixed margins: tight_layout measures every text, a third of a second a picture
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.12, top=0.96, wspace=0.25)
     with atomic_write(path, "wb") as fh:
         fig.savefig(fh, format="png", dpi=100)
     plt.close(fig)
@@ -333,7 +345,8 @@ def restore_training(state: Dict[str, Any], model: torch.nn.Module,
 
 def train(cfg: Optional[RunConfig], run_dir: Union[str, Path], resume: bool = False,
           progress: bool = True, prepared: Optional[Prepared] = None,
-          model: Optional[torch.nn.Module] = None, overwrite: bool = False) -> Dict[str, Any]:
+          model: Optional[torch.nn.Module] = None, overwrite: bool = False,
+          curve: bool = True) -> Dict[str, Any]:
     """Train a model as ``cfg`` says, writing everything into ``run_dir``.
 
     Args:
@@ -354,6 +367,8 @@ def train(cfg: Optional[RunConfig], run_dir: Union[str, Path], resume: bool = Fa
             return ``[B, num_tasks]``, and carry a ``config`` with ``task``.
         overwrite: replace the run in ``run_dir`` (its files are removed
             first, so the directory never mixes two runs).
+        curve: draw ``learning_curve.png`` at the end (an ensemble draws its
+            members' curves in one picture, and not each member's).
 
     Returns:
         The summary also written to ``run_dir/summary.json``: best epoch, its
@@ -379,7 +394,7 @@ def train(cfg: Optional[RunConfig], run_dir: Union[str, Path], resume: bool = Fa
         row = run.train_epoch(epoch)
         row.update(run.evaluate())
         run.end_epoch(epoch, row)
-    return run.finish()
+    return run.finish(curve)
 
 
 def resume(run_dir: Union[str, Path], cfg: Optional[RunConfig] = None,
@@ -589,8 +604,9 @@ class _Run:
                   f"test {metric} {row[f'test_{metric}']:.4f}"
                   f"{'  *best' if improved else ''}  ({row['seconds']:.1f}s)", file=sys.stderr)
 
-    def finish(self) -> Dict[str, Any]:
-        """Summary files; no valid score is an error, not a KeyError."""
+    def finish(self, curve: bool = True) -> Dict[str, Any]:
+        """Summary files (and the learning curve when ``curve``); no valid
+        score is an error, not a KeyError."""
         metric, best, history = self.metric, self.best, self.history
         summary = {"dataset": self.prepared.bench.name, "metric": metric,
                    "best_epoch": best["epoch"], f"best_valid_{metric}": best["valid"],
@@ -598,7 +614,7 @@ class _Run:
                    "final": history[-1] if history else {}, "init": self.init}
         if self.is_main:
             write_text(self.dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-            if history:
+            if history and curve:
                 plot_learning_curve(history, metric, self.dir / "learning_curve.png")
         self.files.close()
         if best["epoch"] is None:
