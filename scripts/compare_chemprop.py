@@ -96,7 +96,7 @@ def run_graphformer(name: str, seed: int, threads: int, epochs: int,
 def run_gin(name: str, seed: int, threads: int, epochs: int) -> Dict[str, Any]:
     """GINBaseline through graphformer's loop, in this process."""
     cfg = RunConfig(data=DataConfig(dataset=name, split="scaffold"),
-                    train=TrainConfig(seed=seed, threads=threads, epochs=epochs))
+                    train=TrainConfig(seed=seed, threads=threads, epochs=epochs, ensemble=1))
     prepared = prepare(cfg, log=False)
     torch.manual_seed(seed)
     model = GINBaseline(model_config_for(cfg, prepared.bench))

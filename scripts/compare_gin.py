@@ -43,7 +43,7 @@ def main() -> None:
         for seed in args.seeds:
             cfg = RunConfig(data=DataConfig(dataset=name, split="scaffold"),
                             train=TrainConfig(epochs=args.epochs, seed=seed,
-                                              threads=args.threads))
+                                              threads=args.threads, ensemble=1))  # one each
             prepared = prepare(cfg, log=False)
             for kind in ("graphformer", "gin"):
                 torch.manual_seed(seed)

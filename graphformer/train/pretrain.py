@@ -153,8 +153,9 @@ class PretrainConfig:
             raise ConfigError("train", "head_epochs", "is not used by pretrain (it trains "
                               "the trunk and its heads together from the start)")
         if self.train.ensemble != 1:
-            raise ConfigError("train", "ensemble", "must be 1 for pretrain (one trunk is "
-                              "pre-trained)")
+            raise ConfigError("train", "ensemble", f"must be 1 for pretrain (one trunk is "
+                              f"pre-trained; TrainConfig's default, {self.train.ensemble}, is "
+                              f"for fine-tuning), got {self.train.ensemble}")
 
     def to_dict(self) -> Dict[str, Any]:
         return {"data": asdict(self.data), "model": self.model.to_dict(),

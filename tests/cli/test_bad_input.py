@@ -35,7 +35,7 @@ from graphformer.train.run_dir import RUN_FILES
 SMILES = list(pd.read_csv(bundled_dir() / "ESOL.csv")["smiles"].head(12))
 BAD_SMILES = ["C1CC", "xyz", "C(", "c1cccc1X", "C" * 300 + "("]
 TINY = ["--epochs", "1", "--hidden", "8", "--layers", "1", "--heads", "2", "--rwse-steps", "0",
-        "--threads", "1", "--batch-size", "8", "--quiet"]
+        "--threads", "1", "--batch-size", "8", "--quiet", "--ensemble", "1"]
 FIXTURE = [HealthCheck.function_scoped_fixture]  # tmp_path is fine: each example writes anew
 FEW = settings(max_examples=12, deadline=None, suppress_health_check=[*FIXTURE,
                                                                       HealthCheck.too_slow])

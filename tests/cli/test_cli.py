@@ -9,7 +9,7 @@ from graphformer.cli import main
 from tests.train.conftest import tiny_csv  # noqa: F401  (fixture)
 
 TINY = ["--hidden", "16", "--layers", "1", "--heads", "2", "--rwse-steps", "4",
-        "--batch-size", "16", "--threads", "1", "--split", "random"]
+        "--batch-size", "16", "--threads", "1", "--split", "random", "--ensemble", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,8 @@ def test_config_file_then_flags(tmp_path, tiny_csv, capsys):  # noqa: F811
                       f"  root: {tmp_path / 'cache'}\nmodel:\n  hidden: 8\n  layers: 1\n"
                       f"  heads: 2\n  rwse_steps: 0\ntrain:\n  epochs: 3\n  threads: 1\n")
     assert main(["train", "--config", str(config), "--epochs", "1", "--heads", "4",
-                 "--head-epochs", "1", "--run-dir", str(tmp_path / "run"), "--quiet"]) == 0
+                 "--head-epochs", "1", "--ensemble", "1", "--run-dir", str(tmp_path / "run"),
+                 "--quiet"]) == 0
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["train"]["epochs"] == 1 and saved["model"]["heads"] == 4
     assert saved["train"]["head_epochs"] == 1    # the head alone, then the whole model

@@ -7,7 +7,8 @@ from graphformer.cli import main
 from tests.train.conftest import tiny_csv  # noqa: F401  (fixture)
 
 TINY = ["--hidden", "16", "--layers", "2", "--heads", "2", "--rwse-steps", "4",
-        "--batch-size", "16", "--threads", "1", "--split", "random", "--epochs", "1"]
+        "--batch-size", "16", "--threads", "1", "--split", "random", "--epochs", "1",
+        "--ensemble", "1"]
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,8 @@ from graphformer.train.metrics import compute_metrics
 from tests.cli.test_bad_input import assert_error, cli
 
 TINY = ["--hidden", "16", "--layers", "1", "--heads", "2", "--rwse-steps", "4",
-        "--batch-size", "16", "--threads", "1", "--split", "random", "--quiet"]
+        "--batch-size", "16", "--threads", "1", "--split", "random", "--quiet",
+        "--ensemble", "1"]
 FEATURES = ["--molecule-features", "rdkit2d", "--feature-columns", "mw", "rings"]
 
 

@@ -39,7 +39,7 @@ def test_train_on_ogb_uses_ogb_evaluator(tmp_path):
     smiles, targets = esol(40)
     write_ogbg_mol(tmp_path / "ogb", smiles, targets)
     cfg = RunConfig(DataConfig(dataset="ogbg-molesol", root=str(tmp_path)), SMALL,
-                    TrainConfig(epochs=1, batch_size=16, threads=1))
+                    TrainConfig(epochs=1, batch_size=16, threads=1, ensemble=1))
     summary = train(cfg, tmp_path / "run", progress=False)
     assert summary["metric"] == "rmse" and summary["test_rmse_at_best"] > 0
     row = json.loads((tmp_path / "run" / "metrics.json").read_text())[0]
@@ -55,7 +55,7 @@ def test_zinc_by_name_and_one_epoch(tmp_path):
     split = make_split(bench)
     assert sum(len(v) for v in split.values()) == len(bench.dataset)
     cfg = RunConfig(DataConfig(dataset="zinc", root=str(tmp_path)), SMALL,
-                    TrainConfig(epochs=1, batch_size=8, threads=1))
+                    TrainConfig(epochs=1, batch_size=8, threads=1, ensemble=1))
     summary = train(cfg, tmp_path / "run", progress=False)
     assert summary["metric"] == "mae" and summary["test_mae_at_best"] > 0
 

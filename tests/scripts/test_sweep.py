@@ -91,7 +91,7 @@ def test_a_run_is_appended(tmp_path, monkeypatch, one_thread, cv):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     sweep = load_script("sweep")
     out = tmp_path / "sweep.jsonl"
-    variant = "hidden=8,heads=2,layers=1,epochs=1"
+    variant = "hidden=8,heads=2,layers=1,epochs=1,ensemble=1"
     folds = ["--cv", "5", "--folds", "3", "--cv-dir", str(tmp_path / "cv")] if cv else []
     assert sweep.main(["--datasets", "freesolv", "--variants", variant, "--seeds", "3",
                        "--out", str(out), *folds]) == 0

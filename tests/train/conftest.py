@@ -23,6 +23,7 @@ def tiny_config(csv, root, **train):
         data=DataConfig(dataset=str(csv), target_columns=["y"], split="random", root=str(root)),
         model=GraphTransformerConfig(hidden=16, layers=1, heads=2, rwse_steps=4, dropout=0.1),
         train=TrainConfig(**{"epochs": 3, "batch_size": 16, "warmup_epochs": 1, "threads": 1,
+                             "ensemble": 1,
                              **train}),
     )
 

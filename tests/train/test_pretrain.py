@@ -30,7 +30,7 @@ def tiny(csv, root, **train):
         data=CorpusConfig(smiles=str(csv), root=str(root), valid_fraction=0.2),
         model=GraphTransformerConfig(hidden=16, layers=1, heads=2, rwse_steps=4),
         train=TrainConfig(**{"epochs": 2, "batch_size": 8, "warmup_epochs": 1, "threads": 1,
-                             **train}))
+                             "ensemble": 1, **train}))
 
 
 def history(run_dir):
