@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from ..nn import ATTENTION_BACKENDS
 from ..train import RunConfig, read_config_file, resume, train
 from ..train.config import DEVICES
 from ..train.checkpoint import load_checkpoint, run_config
+from ..train.ensemble import is_ensemble_dir
 
 # flag -> (section, key)
 _FLAGS = {
@@ -81,7 +83,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "default 0: off)")
     t.add_argument("--ensemble", type=int, metavar="K",
                    help="train K models (seeds derived from --seed, each a run in "
-                   "RUN_DIR/member-k) and predict with their mean (default 1)")
+                   "RUN_DIR/member-k) and predict with their mean (default 2; 1 = one model)")
     p.set_defaults(run=run)
 
 
@@ -226,10 +228,14 @@ def _resume_config(args: argparse.Namespace) -> Optional[RunConfig]:
     check_resume_flags(args, _FLAGS)
     if not _given(args, RUNTIME_FLAGS):
         return None
-    last = Path(args.resume) / "last.pt"
-    if not last.is_file():
+    run_dir = Path(args.resume)
+    last = run_dir / "last.pt"
+    if last.is_file():
+        saved = run_config(load_checkpoint(last), last).to_dict()
+    elif is_ensemble_dir(run_dir):   # an ensemble's settings are in its config.json
+        saved = RunConfig.from_saved(json.loads((run_dir / "config.json").read_text())).to_dict()
+    else:
         return None  # train() names the problem
-    saved = run_config(load_checkpoint(last), last).to_dict()
     return config_from_args(args, base=saved)
 
 

@@ -2,8 +2,7 @@
 
 Member ``k`` is an ordinary run of the same settings with its own seed
 (:meth:`TrainConfig.member`) in ``RUN_DIR/member-k/``: its own metrics,
-checkpoints, summary and learning curve, each selecting its best
-validation epoch. When all have finished, the run directory gets
+checkpoints and summary, each selecting its best validation epoch. When all have finished, the run directory gets
 
 - ``config.json`` (written first: the run's settings, ``ensemble`` K);
 - ``best.pt``: an :class:`~graphformer.models.Ensemble` of the members'
@@ -35,6 +34,7 @@ from . import loop  # the members are trained by loop.train (which calls this mo
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .config import RunConfig
 from .run_dir import prepare_run_dir, resume_config
+
 
 def member_dir(run_dir: Path, k: int) -> Path:
     return run_dir / f"member-{k}"
@@ -102,6 +102,8 @@ def train_ensemble(cfg: Optional[RunConfig], run_dir: Path, resume: bool, progre
         else:
             members.append(loop.train(member_cfg, folder, progress=progress, prepared=prepared,
                                       overwrite=True, curve=False))
+    if world > 1:   # rank 0 has written the last member's best.pt before any rank reads it
+        dist.barrier()
     return _finish(cfg, run_dir, members, writer, prepared)
 
 

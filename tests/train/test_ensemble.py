@@ -11,7 +11,7 @@ import graphformer.train.loop as loop
 from graphformer.cli import main
 from graphformer.errors import ConfigError, UsageError
 from graphformer.models import Ensemble
-from graphformer.train import evaluate_split, load_checkpoint, load_run, prepare, resume, train
+from graphformer.train import evaluate_split, load_checkpoint, load_run, prepare, train
 from graphformer.train.config import TrainConfig
 from graphformer.train.pretrain import PretrainConfig
 from tests.train.conftest import tiny_config, train_until_crash
@@ -101,12 +101,18 @@ def test_an_ensemble_is_its_members_runs_and_scores_their_mean(tmp_path, tiny_cs
 
 def test_a_resumed_ensemble_repeats_the_uninterrupted_one(tmp_path, tiny_csv, monkeypatch):
     cfg = tiny_config(tiny_csv, tmp_path / "cache", epochs=2, ensemble=2)
-    straight = train(cfg, tmp_path / "straight", progress=False)
+    train(cfg, tmp_path / "straight", progress=False)
 
     # member 0: 4 evaluations; then member 1, epoch 2, the first
     train_until_crash(cfg, tmp_path / "crashed", monkeypatch, evaluation=7)
     assert not (tmp_path / "crashed" / "best.pt").exists()
-    again = resume(tmp_path / "crashed", progress=False)
+    # through the command line, with a runtime flag, which reaches the members
+    assert main(["train", "--resume", str(tmp_path / "crashed"), "--device", "cpu",
+                 "--quiet"]) == 0
+    member = json.loads((tmp_path / "crashed" / "member-1" / "config.json").read_text())
+    assert member["train"]["device"] == "cpu" and cfg.train.device == "auto"
+    again = json.loads((tmp_path / "crashed" / "summary.json").read_text())
+    straight = json.loads((tmp_path / "straight" / "summary.json").read_text())
 
     for run in (again, straight):
         for member in run["members"]:
