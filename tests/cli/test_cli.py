@@ -98,6 +98,11 @@ def test_every_shipped_config_is_valid():
     for path in configs:
         cfg = RunConfig.from_dict(read_config_file(path))
         assert cfg.data.dataset == path.stem
+    # the bundled sets' configs are the defaults of `graphformer train`, spelled out
+    for name in ("esol", "freesolv", "lipophilicity"):
+        cfg = RunConfig.from_dict(read_config_file(configs[0].parent / f"{name}.yaml"))
+        default = RunConfig.from_dict({"data": {"dataset": name, "split": "scaffold"}})
+        assert (cfg.model, cfg.train) == (default.model, default.train), name
 
 
 @pytest.mark.slow
