@@ -74,7 +74,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 metric = summary["metric"]
                 runs[kind]["valid"].append(summary[f"best_valid_{metric}"])
                 runs[kind]["test"].append(summary[f"test_{metric}_at_best"])
-                print(f"{name} seed {seed} {kind:7s} best epoch {summary['best_epoch']:3d}  "
+                # an ensemble's best epochs are its members' (a list)
+                print(f"{name} seed {seed} {kind:7s} best epoch {str(summary['best_epoch']):>3}  "
                       f"valid {metric} {runs[kind]['valid'][-1]:.4f}  "
                       f"test {metric} {runs[kind]['test'][-1]:.4f}", flush=True)
         results[name] = runs

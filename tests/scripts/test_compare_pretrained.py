@@ -19,7 +19,7 @@ def test_both_starts_get_the_same_settings(tmp_path, monkeypatch, capsys):
                      cfg.train.epochs, cfg.train.batch_size, cfg.train.lr, cfg.model.dropout))
         score = 1.0 + cfg.train.seed + (0.5 if cfg.train.init else 0.0)
         return {"metric": "rmse", "best_valid_rmse": score, "test_rmse_at_best": 2 * score,
-                "best_epoch": 3}
+                "best_epoch": [3, 4] if cfg.train.ensemble > 1 else 3}   # the default: 2
 
     monkeypatch.setattr(compare, "train", fake_train)
     out = tmp_path / "out.json"
@@ -33,7 +33,9 @@ def test_both_starts_get_the_same_settings(tmp_path, monkeypatch, capsys):
     runs = result["results"]["freesolv"]
     assert runs["scratch"] == {"valid": [1.0, 2.0], "test": [2.0, 4.0]}
     assert runs["init"] == {"valid": [1.5, 2.5], "test": [3.0, 5.0]}
-    assert "| freesolv | init | 2.000 ± 0.707 | 4.000 ± 1.414 |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| freesolv | init | 2.000 ± 0.707 | 4.000 ± 1.414 |" in printed
+    assert "freesolv seed 1 init    best epoch [3, 4]  valid rmse 2.5000" in printed
 
 
 def test_a_bad_setting_is_refused_before_any_run(tmp_path, monkeypatch):
