@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ from ..nn import ATTENTION_BACKENDS
 from ..train import RunConfig, read_config_file, resume, train
 from ..train.config import DEVICES
 from ..train.checkpoint import load_checkpoint, run_config
-from ..train.ensemble import is_ensemble_dir
+from ..train.ensemble import saved_ensemble
 
 # flag -> (section, key)
 _FLAGS = {
@@ -230,13 +229,11 @@ def _resume_config(args: argparse.Namespace) -> Optional[RunConfig]:
         return None
     run_dir = Path(args.resume)
     last = run_dir / "last.pt"
-    if last.is_file():
-        saved = run_config(load_checkpoint(last), last).to_dict()
-    elif is_ensemble_dir(run_dir):   # an ensemble's settings are in its config.json
-        saved = RunConfig.from_saved(json.loads((run_dir / "config.json").read_text())).to_dict()
-    else:
+    saved = run_config(load_checkpoint(last), last) if last.is_file() else \
+        saved_ensemble(run_dir)    # an ensemble's settings are in its config.json
+    if saved is None:
         return None  # train() names the problem
-    return config_from_args(args, base=saved)
+    return config_from_args(args, base=saved.to_dict())
 
 
 def check_resume_flags(args: argparse.Namespace, flags_table: Dict[str, Tuple[str, str]]

@@ -294,6 +294,10 @@ class RunConfig:
         return {"data": asdict(self.data), "model": self.model.to_dict(),
                 "train": asdict(self.train)}
 
+    def split_seed(self) -> int:
+        """The seed of a random split: ``data.split_seed``, else ``train.seed``."""
+        return self.train.seed if self.data.split_seed is None else self.data.split_seed
+
     @classmethod
     def from_saved(cls, d: Dict[str, Any]) -> "RunConfig":
         """A run config as a run or checkpoint stored it. One saved before

@@ -2,7 +2,8 @@
 
 Member ``k`` is an ordinary run of the same settings with its own seed
 (:meth:`TrainConfig.member`) in ``RUN_DIR/member-k/``: its own metrics,
-checkpoints and summary, each selecting its best validation epoch. When all have finished, the run directory gets
+checkpoints and summary, each selecting its best validation epoch. When
+all have finished, the run directory gets
 
 - ``config.json`` (written first: the run's settings, ``ensemble`` K);
 - ``best.pt``: an :class:`~graphformer.models.Ensemble` of the members'
@@ -44,36 +45,41 @@ def member_config(cfg: RunConfig, k: int) -> RunConfig:
     """The run of member ``k``: ``cfg`` as one model with the member's seed
     (:meth:`TrainConfig.member`), on the ensemble's split (a random split
     keeps the ensemble's seed through ``data.split_seed``)."""
-    split_seed = cfg.train.seed if cfg.data.split_seed is None else cfg.data.split_seed
-    return replace(cfg, data=replace(cfg.data, split_seed=split_seed),
+    return replace(cfg, data=replace(cfg.data, split_seed=cfg.split_seed()),
                    train=cfg.train.member(k))
 
 
-def is_ensemble_dir(run_dir: Path) -> bool:
-    """Whether ``run_dir`` holds (the start of) an ensemble's run."""
+def saved_ensemble(run_dir: Path) -> Optional[RunConfig]:
+    """The settings of the ensemble's run that ``run_dir`` holds (from its
+    ``config.json``, written when the run started), or ``None`` when it
+    holds none (a run of one model has a ``last.pt``)."""
     path = run_dir / "config.json"
     if not path.is_file() or (run_dir / "last.pt").exists():
-        return False
+        return None
     try:
-        return int(json.loads(path.read_text())["train"].get("ensemble", 1)) > 1
+        saved = json.loads(path.read_text())
+        if int(saved["train"].get("ensemble", 1)) <= 1:
+            return None
     except (ValueError, KeyError, TypeError, AttributeError):
-        return False
+        return None
+    return RunConfig.from_saved(saved)
 
 
-def train_ensemble(cfg: Optional[RunConfig], run_dir: Path, resume: bool, progress: bool,
-                   prepared: Optional["loop.Prepared"], overwrite: bool) -> Dict[str, Any]:
+def train_ensemble(cfg: Optional[RunConfig], run_dir: Path, saved: Optional[RunConfig],
+                   progress: bool, prepared: Optional["loop.Prepared"],
+                   overwrite: bool) -> Dict[str, Any]:
     """Train the members of ``cfg`` one after the other, each with
-    :func:`graphformer.train.loop.train`, then score their mean. See the
-    module docstring for the files; the arguments are those of ``train``."""
+    :func:`graphformer.train.loop.train`, then score their mean. ``saved``
+    (:func:`saved_ensemble`) resumes the run in ``run_dir``, whose settings
+    ``cfg`` may then change only where the run runs. See the module
+    docstring for the files; the other arguments are those of ``train``."""
     rank = dist.get_rank() if dist.is_initialized() else 0
     world = dist.get_world_size() if dist.is_initialized() else 1
     writer = rank == 0
-    if resume:
+    resume = saved is not None
+    if saved is not None:
         if overwrite:
             raise UsageError("--resume continues a run and --overwrite replaces it: give one")
-        if not is_ensemble_dir(run_dir):
-            raise UsageError(f"cannot resume {run_dir}: it holds no ensemble's config.json")
-        saved = RunConfig.from_saved(json.loads((run_dir / "config.json").read_text()))
         cfg = resume_config(saved, cfg)
     else:
         assert cfg is not None

@@ -52,7 +52,7 @@ from .checkpoint import RESUME_FIELDS, RUN_FIELDS, check_fields, load_checkpoint
 from .config import RunConfig, TrainConfig
 from .data_checks import (all_mol_features, all_targets, changed_parts, check_scorable,
                           check_split, check_targets, fingerprint)
-from .ensemble import is_ensemble_dir, train_ensemble
+from .ensemble import saved_ensemble, train_ensemble
 from .init import init_trunk, resolve_init
 from .metrics import compute_metrics, is_better
 from .optim import flat_parameter, freeze, load_optimizer_state, lr_factor, make_optimizer, \
@@ -114,8 +114,7 @@ def prepare(cfg: RunConfig, log: bool = True) -> Prepared:
                          pre_transform=encodings(cfg.model.rwse_steps, cfg.model.lap_pe),
                          log=log, molecule_features=d.molecule_features,
                          feature_columns=d.feature_columns)
-    split = make_split(bench, d.split,
-                       seed=cfg.train.seed if d.split_seed is None else d.split_seed)
+    split = make_split(bench, d.split, seed=cfg.split_seed())
     y_all = all_targets(bench)
     check_targets(bench, y_all)
     check_split(bench, split, d.split)
@@ -268,8 +267,8 @@ def plot_learning_curve(history: List[Dict[str, float]], metric: str, path: Path
         for part in ("valid", "test"):
             ax_metric.plot(epochs, [row[f"{part}_{metric}"] for row in rows],
                            label=f"{label}{part}")
-    for part, style in (("valid", "--"), ("test", ":")):
-        if ensemble is not None:
+    if ensemble is not None:
+        for part, style in (("valid", "--"), ("test", ":")):
             ax_metric.axhline(ensemble[part], color="black", linestyle=style,
                               label=f"ensemble {part}")
     ax_loss.set_xlabel("epoch")
@@ -384,11 +383,12 @@ def train(cfg: Optional[RunConfig], run_dir: Union[str, Path], resume: bool = Fa
             written first, with ``best_epoch`` null).
     """
     run_dir = Path(run_dir)
-    if is_ensemble_dir(run_dir) if resume else cfg is not None and cfg.train.ensemble > 1:
+    saved = saved_ensemble(run_dir) if resume else None
+    if saved is not None or not resume and cfg is not None and cfg.train.ensemble > 1:
         if model is not None:
             raise UsageError("an ensemble trains GraphTransformers of its config; it takes no "
                              "'model'")
-        return train_ensemble(cfg, run_dir, resume, progress, prepared, overwrite)
+        return train_ensemble(cfg, run_dir, saved, progress, prepared, overwrite)
     run = _Run.open(cfg, run_dir, resume, overwrite, progress, prepared, model)
     for epoch in range(run.start_epoch, run.cfg.train.total_epochs + 1):
         row = run.train_epoch(epoch)

@@ -88,11 +88,9 @@ def test_an_ensemble_is_its_members_runs_and_scores_their_mean(tmp_path, tiny_cs
     assert isinstance(model, Ensemble) and len(model.members) == 2
     assert saved.train.ensemble == 2 and saved.train.seed == 3
     prepared = prepare(cfg, log=False)
-    for part in ("valid", "test"):
+    for part, key in (("valid", "best_valid_rmse"), ("test", "test_rmse_at_best")):
         expected = _members_mean(run, prepared, part)
-        assert summary[f"{'best_valid' if part == 'valid' else 'test'}_rmse"
-                       + ("" if part == "valid" else "_at_best")] == pytest.approx(expected,
-                                                                                   rel=1e-6)
+        assert summary[key] == pytest.approx(expected, rel=1e-6)
         got = evaluate_split(model, prepared, part, 64, torch.device("cpu"))["rmse"]
         assert got == pytest.approx(expected, rel=1e-6)
     assert json.loads((run / "summary.json").read_text())["test_rmse_at_best"] == \
