@@ -3,11 +3,20 @@
 A checkpoint is a dict of tensors and plain Python values: the run config,
 the model / optimizer / scheduler states, the epoch, the metric history and
 the target normalisation. Nothing in it is code, so loading it cannot run any.
+
+Every checkpoint carries a SHA-256 of its tensors (:data:`CHECKSUM`: each
+tensor's name, dtype, shape and bytes, in one fixed order), written when it is
+saved and checked when it is loaded; a mismatch, or non-finite model weights,
+is a :class:`CheckpointError` ("... is damaged"), so no command uses a
+damaged checkpoint. Checkpoints written before the checksum existed (the
+shipped pre-trained one among them) are read without it; their weights are
+still checked for NaN and infinity.
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
-from typing import Any, Dict, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, Sequence, Tuple, Union
 
 import torch
 
@@ -19,6 +28,10 @@ from .config import RunConfig
 
 FORMAT = "graphformer-checkpoint"
 VERSION = 1
+#: the payload key of the checksum of a checkpoint's tensors
+CHECKSUM = "tensor_sha256"
+#: the payload keys whose tensors are model weights (checked to be finite)
+WEIGHTS = ("model", "training_model")
 
 
 class CheckpointError(DataError):
@@ -26,25 +39,75 @@ class CheckpointError(DataError):
     what it is used for (exit code 1 on the command line)."""
 
 
+def _tensors(value: Any, name: str = "") -> Iterator[Tuple[str, torch.Tensor]]:
+    """Every tensor in ``value`` (nested dicts, lists and tuples) with its
+    dotted name, in one fixed order: dict keys sorted (by type, then text)."""
+    if isinstance(value, torch.Tensor):
+        yield name, value
+    elif isinstance(value, dict):
+        for key in sorted(value, key=lambda k: (type(k).__name__, str(k))):
+            yield from _tensors(value[key], f"{name}.{key}" if name else str(key))
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _tensors(item, f"{name}.{i}" if name else str(i))
+
+
+def tensor_checksum(state: Dict[str, Any]) -> str:
+    """The SHA-256 (hex) of the tensors of ``state`` but its :data:`CHECKSUM`:
+    each one's name, dtype, shape and bytes, in :func:`_tensors`' order."""
+    digest = hashlib.sha256()
+    for name, tensor in _tensors({k: v for k, v in state.items() if k != CHECKSUM}):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def check_intact(state: Dict[str, Any], path: Union[str, Path]) -> None:
+    """Refuse a loaded checkpoint whose tensors differ from the checksum it
+    was saved with, or whose model weights hold NaN or infinity (the first
+    such tensor is named). A checkpoint without a checksum (written by an
+    older graphformer) gets only the second check."""
+    saved = state.get(CHECKSUM)
+    if CHECKSUM in state and (not isinstance(saved, str) or saved != tensor_checksum(state)):
+        raise CheckpointError(
+            f"{path} is damaged: its tensors do not match the checksum written when it was "
+            f"saved (sha256 {str(saved)[:16]}..., now {tensor_checksum(state)[:16]}...); restore "
+            f"it from a copy or train it again")
+    for key in WEIGHTS:
+        for name, tensor in _tensors(state.get(key), key):
+            if (tensor.is_floating_point() or tensor.is_complex()) and \
+                    not bool(torch.isfinite(tensor).all()):
+                raise CheckpointError(
+                    f"{path} is damaged: its weights hold NaN or infinite values (first in "
+                    f"{name}); it cannot be used: restore it from a copy, or train again (a run "
+                    f"whose loss diverged: try a lower --lr)")
+
+
 def save_checkpoint(state: Dict[str, Any], path: Union[str, Path]) -> None:
     """Write ``state`` to ``path`` atomically: a temporary file in the same
     folder, flushed to disk, then renamed over ``path``. A crash leaves either
     the old checkpoint or the new one, never half of one. The file gets the
-    mode of any other new file (``0o666`` minus the umask)."""
+    mode of any other new file (``0o666`` minus the umask). The payload
+    carries the checksum of its tensors (:data:`CHECKSUM`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "version": VERSION, **state}
+    payload[CHECKSUM] = tensor_checksum(payload)
     with atomic_write(path, "wb") as fh:
         torch.save(payload, fh)
 
 
 def load_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
-    """Read a checkpoint with ``torch.load(weights_only=True)``.
+    """Read a checkpoint with ``torch.load(weights_only=True)`` and check it
+    (:func:`check_intact`); the checksum is not part of the returned state.
 
     Raises:
         FileNotFoundError: no file at ``path``.
         CheckpointError: the file is truncated, corrupt, not a torch file,
-            or not a graphformer checkpoint (the message names the file).
+            not a graphformer checkpoint, or damaged: tensors that differ
+            from its checksum, NaN or infinite weights (the message names
+            the file).
     """
     path = Path(path)
     if not path.is_file():
@@ -60,6 +123,8 @@ def load_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
     if state.get("version") != VERSION:
         raise CheckpointError(f"{path} has checkpoint format version {state.get('version')}; "
                               f"this graphformer reads version {VERSION}")
+    check_intact(state, path)
+    state.pop(CHECKSUM, None)
     return state
 
 

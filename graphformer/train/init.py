@@ -18,6 +18,7 @@ from typing import Dict, Optional, Union
 import torch
 
 from ..datasets.molecules import file_digest
+from ..errors import UsageError
 from ..models import GraphTransformer
 from ..models.pretrain import check_trunk_config, trunk_state
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -51,9 +52,11 @@ def init_trunk(model: GraphTransformer, path: Union[str, Path]) -> Dict[str, str
 
     Raises:
         FileNotFoundError: no file at ``path``.
-        CheckpointError: not a checkpoint, no model config in it, a model
-            config that differs in a trunk key (named, with both values), or
-            weights that do not fit.
+        CheckpointError: not a checkpoint (or a damaged one), no model config
+            in it, a model config that differs in a trunk key (named, with
+            both values), or weights that do not fit.
+        UsageError: the checkpoint of an ensemble (the message names its
+            first member's checkpoint to start from instead).
     """
     path = Path(path)
     state = load_checkpoint(path)
@@ -61,6 +64,12 @@ def init_trunk(model: GraphTransformer, path: Union[str, Path]) -> Dict[str, str
     saved = config.get("model") if isinstance(config, dict) else None
     if not isinstance(saved, dict) or not isinstance(state.get("model"), dict):
         raise CheckpointError(f"{path} holds no model and model config to start from")
+    train = config.get("train") if isinstance(config, dict) else None
+    members = train.get("ensemble", 1) if isinstance(train, dict) else 1
+    if isinstance(members, int) and members > 1:
+        raise UsageError(f"--init {path} is the checkpoint of an ensemble of {members} models, "
+                         f"not of one trunk: start from one of its members instead, e.g. "
+                         f"--init {path.parent / 'member-0' / 'best.pt'}")
     try:
         check_trunk_config(saved, model.config, f"--init {path}")
     except ValueError as err:
