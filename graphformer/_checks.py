@@ -6,7 +6,8 @@ debugger.
 """
 from __future__ import annotations
 
-from typing import Dict
+import numbers
+from typing import Dict, Optional
 
 import torch
 from torch import Tensor
@@ -50,6 +51,66 @@ def check_nonneg_int(value: object, name: str, minimum: int = 0) -> int:
     if value < minimum:
         raise ValueError(f"'{name}' must be >= {minimum}, got {value}")
     return value
+
+
+#: The largest node count: node ids, and a node id times a small factor
+#: (edge types, heads: ``node · R + type``), stay within int64.
+MAX_NODES = 2**62 - 1
+
+
+def check_num_nodes(value: object, name: str = "num_nodes") -> int:
+    """A node count: a whole number (a Python or NumPy integer, or a 0-dim
+    integer tensor) in ``[0, MAX_NODES]``. A float (``5.7`` or ``5.0``), a bool
+    or a negative count is refused by name rather than truncated."""
+    if isinstance(value, Tensor):
+        if value.dim() != 0 or value.dtype not in _INT_DTYPES:
+            raise TypeError(f"'{name}' must be a whole number, got a {value.dtype} tensor of "
+                            f"shape {list(value.shape)}")
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"'{name}' must be a whole number, got "
+                        f"{type(value).__name__} {value!r}")
+    value = int(value)
+    if not 0 <= value <= MAX_NODES:
+        raise ValueError(f"'{name}' must be in [0, 2^62 - 1], got {value}")
+    return value
+
+
+def check_batch(batch: object, num_nodes: int, name: str = "batch") -> Tensor:
+    """A graph index per node: an integer tensor [N] of non-negative entries
+    (the error names the first negative one)."""
+    if not isinstance(batch, Tensor):
+        raise TypeError(f"'{name}' must be a torch.Tensor [N], got {type(batch).__name__}")
+    if batch.dtype not in _INT_DTYPES:
+        raise TypeError(f"'{name}' must be an integer tensor (the graph of every node), got "
+                        f"{batch.dtype}")
+    if batch.dim() != 1 or batch.numel() != num_nodes:
+        raise ValueError(f"'{name}' must have shape [N] = [{num_nodes}], got {list(batch.shape)}")
+    if batch.numel() > 0 and int(batch.min()) < 0:
+        i = int((batch < 0).nonzero()[0])
+        raise ValueError(f"'{name}' has a negative graph index: {name}[{i}] = {int(batch[i])}")
+    return batch
+
+
+def check_node_features(x: object, name: str, channels: Optional[int],
+                        dtype: Optional[torch.dtype]) -> None:
+    """Node features for a layer of ``channels`` input channels and weights
+    of ``dtype`` (either None: not checked, as for lazy layers): a
+    floating-point ``[N, channels]`` tensor of the weights' dtype (any dtype
+    under autocast, which casts itself)."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"'{name}' must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 2:
+        raise ValueError(f"'{name}' must have shape [N, F] (one row per node), got "
+                         f"{list(x.shape)}; a single node's features are x.unsqueeze(0)")
+    if not x.is_floating_point():
+        raise TypeError(f"'{name}' must be a floating-point tensor, got {x.dtype}")
+    if channels is not None and channels > 0 and x.size(1) != channels:
+        raise ValueError(f"'{name}' has {x.size(1)} features per node but the layer takes "
+                         f"{channels} (shape [N, {channels}] expected, got {list(x.shape)})")
+    if dtype is not None and x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(f"'{name}' is {x.dtype} but the layer's weights are {dtype}: convert "
+                        f"one to the other (x.to({dtype}) or layer.to({x.dtype}))")
 
 
 def refuse_softmax_backend(where: str, kwargs: Dict[str, object]) -> None:

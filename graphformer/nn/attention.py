@@ -6,12 +6,14 @@ from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
+from torch.nn.parameter import UninitializedParameter
 from torch_geometric import is_compiling
 from torch_geometric.nn import Linear
 from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.typing import OptTensor, PairTensor
 
-from .._checks import check_edge_index, check_node_range, refuse_softmax_backend
+from .._checks import (check_edge_index, check_node_features, check_node_range,
+                       refuse_softmax_backend)
 from . import fused as fused_mod
 from .backend import ATTENTION_BACKENDS, AttentionBackend, AttentionCall, resolve_backend
 from .csr import SDDMM
@@ -170,7 +172,7 @@ class RelationalAttention(MessagePassing):
         traced = is_compiling() or self._explain
         edges = edge_index if isinstance(edge_index, EdgeSet) else None
         if not is_compiling():
-            _check_nodes(x_src, x_dst)
+            self._check_nodes(x_src, x_dst, isinstance(x, Tensor))
             if edges is not None and edge_type is not None:
                 raise ValueError("'edge_type' is given with an EdgeSet: build the EdgeSet "
                                  "with it instead (EdgeSet(..., edge_type=...))")
@@ -285,6 +287,20 @@ class RelationalAttention(MessagePassing):
             v_j = v_j + ev
         return weights.unsqueeze(-1) * v_j
 
+    def _check_nodes(self, x_src: Tensor, x_dst: Tensor, shared: bool) -> None:
+        """Node features are floating-point ``[N, F]`` tensors of the layer's
+        input width and weight dtype (checked before any index or product
+        meets them)."""
+        src_ch, dst_ch = (self.in_channels, self.in_channels) \
+            if isinstance(self.in_channels, int) else self.in_channels
+        pairs = ((("x", x_src, src_ch, self.lin_k),) if shared else
+                 (("x[0] (sources)", x_src, src_ch, self.lin_k),
+                  ("x[1] (targets)", x_dst, dst_ch, self.lin_q)))
+        for name, t, channels, lin in pairs:
+            weight = lin.weight
+            dtype = None if isinstance(weight, UninitializedParameter) else weight.dtype
+            check_node_features(t, name, channels, dtype)
+
     def _check_inputs(self, x_src: Tensor, x_dst: Tensor, edge_index: Union[Tensor, EdgeSet],
                       edge_attr: OptTensor, head_mask: OptTensor, batch: OptTensor,
                       edge_type: OptTensor) -> None:
@@ -326,6 +342,9 @@ class RelationalAttention(MessagePassing):
                 given = edge_index.edge_type_given if isinstance(edge_index, EdgeSet) \
                     else edge_type
                 _check_type_rows(given, edge_attr.size(0), num_types)
+            if typed and num_types is not None:
+                declared = isinstance(edge_index, EdgeSet) and edge_index.num_types_declared
+                _check_table_is_per_type(edge_attr.size(0), num_edges, num_types, declared)
         if head_mask is not None:
             if head_mask.dtype != torch.bool:
                 raise TypeError(f"'head_mask' must be a bool tensor, got {head_mask.dtype}")
@@ -382,19 +401,6 @@ class RelationalAttention(MessagePassing):
                 f"backend={self.backend!r})")
 
 
-def _check_nodes(x_src: Tensor, x_dst: Tensor) -> None:
-    """Node features are floating-point ``[N, F]`` tensors (checked before any
-    index meets them)."""
-    for name, t in (("x", x_src), ("x_dst", x_dst)):
-        if not isinstance(t, Tensor):
-            raise TypeError(f"'{name}' must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 2:
-            raise ValueError(f"'{name}' must have shape [N, F] (one row per node), got "
-                             f"{list(t.shape)}; a single node's features are x.unsqueeze(0)")
-        if not t.is_floating_point():
-            raise TypeError(f"'{name}' must be a floating-point tensor, got {t.dtype}")
-
-
 def _check_type_rows(edge_type: Tensor, rows: int, num_types: Optional[int]) -> None:
     """Every edge type (``edge_type`` in the given order) has a row of
     ``edge_attr`` (``rows`` of them): the first edge whose type has none is
@@ -407,6 +413,24 @@ def _check_type_rows(edge_type: Tensor, rows: int, num_types: Optional[int]) -> 
     if num_types is not None:
         raise ValueError(f"'edge_attr' has {rows} rows (one per edge type) but the edge set "
                          f"has {num_types} types")
+
+
+def _check_table_is_per_type(rows: int, num_edges: int, num_types: int,
+                             declared: bool) -> None:
+    """With typed edges ``edge_attr`` is a table, one row per type: exactly R
+    rows when the edge set declares R (``num_types=``); otherwise at least
+    the types present, but not one row per edge (features per edge given
+    with a typed edge set, which would be read as a table of E types)."""
+    if declared and rows != num_types:
+        raise ValueError(f"'edge_attr' has {rows} rows but the edge set declares "
+                         f"{num_types} edge types: with typed edges it is a table [R, D], one "
+                         f"row per type")
+    if not declared and rows == num_edges and rows != num_types:
+        raise ValueError(f"'edge_attr' has {rows} rows, one per edge, but the edge set is "
+                         f"typed ({num_types} types seen): typed edges take a table [R, D], "
+                         f"one row per type. Pass the features per edge without 'edge_type' "
+                         f"(an untyped EdgeSet), or, if it is a table of {rows} types, declare "
+                         f"them: EdgeSet(..., edge_type=..., num_types={rows})")
 
 
 def _fused(call: AttentionCall) -> Tuple[Tensor, Optional[Tensor]]:

@@ -194,7 +194,9 @@ INLINE void NAME(forward_row)(
             if (tk) s += tk[(h * Ns + j) * R + etype[e]];
             s *= scale;
             al[e] = s;
-            m = s > m ? s : m;
+            /* a NaN score makes the row NaN (as the softmax of NaN is), never
+             * an "every score masked" row of zeros */
+            m = (s > m || isnan(s)) && !isnan(m) ? s : m;
         }
         T* o = out + (i * H + h) * C;
         if (m == -INFINITY) {                 /* empty row, or every score masked */
@@ -230,6 +232,9 @@ INLINE void NAME(forward_row)(
         }
         if (vt)                               /* sum_t (kept weight of type t) V_t */
             for (int64_t r = 0; r < R; r++) {
+                /* a type no kept edge of i has adds nothing: not even the NaN
+                 * of 0 * V_t for a non-finite V_t (masks stay exact) */
+                if (wsum[r] == 0) continue;
                 const T* vr = vt + (r * H + h) * C;
                 for (int64_t c = 0; c < C; c++) acc[c] += wsum[r] * vr[c];
             }

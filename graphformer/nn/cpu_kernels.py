@@ -170,6 +170,23 @@ def kernel(name: str, dtype: Optional[torch.dtype] = None):
     return getattr(lib, f"{name}_{'f32' if dtype == torch.float32 else 'f64'}")
 
 
-def pointer(t: Optional[Tensor]) -> Optional[int]:
-    """A contiguous CPU tensor's data pointer, or None (NULL) for None."""
-    return None if t is None else t.data_ptr()
+def pointer(t: Optional[Tensor], dtype: Optional[torch.dtype] = None,
+            name: str = "tensor") -> Optional[int]:
+    """The data pointer of ``t`` for a kernel, or None (NULL) for None.
+
+    The kernels read their arrays through raw pointers, densely and in
+    row-major order: every array handed to them goes through here, which
+    refuses (naming ``name``) a tensor that is not on the CPU, not of
+    ``dtype`` (when given) or not contiguous, instead of letting a kernel read
+    a strided view's memory as if it were dense."""
+    if t is None:
+        return None
+    if t.device.type != "cpu":
+        raise ValueError(f"the CPU kernels read '{name}' on the CPU, got a tensor on {t.device}")
+    if dtype is not None and t.dtype != dtype:
+        raise ValueError(f"the CPU kernels read '{name}' as {dtype}, got {t.dtype}")
+    if not t.is_contiguous():
+        raise ValueError(f"the CPU kernels read '{name}' as a contiguous array, got one of "
+                         f"shape {list(t.shape)} and strides {list(t.stride())}; pass "
+                         f"'{name}'.contiguous()")
+    return t.data_ptr()

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torch_geometric.utils.sparse import index2ptr
 
-from .cpu_kernels import kernel, kernels_available
+from .cpu_kernels import kernel, kernels_available, pointer
 
 
 def _block_crow(ptr: Tensor, heads: int, num_edges: int, dtype: torch.dtype) -> Tensor:
@@ -54,18 +54,22 @@ class EdgeCSR:
 
     def __init__(self, ptr: Tensor, col: Tensor, num_cols: int,
                  row: Optional[Tensor] = None) -> None:
-        self.ptr = ptr
-        self.col = col
+        # dense index arrays: the kernels (C, Triton, and PyTorch's own
+        # index conversions) read them through raw pointers
+        self.ptr = ptr.contiguous()
+        self.col = col.contiguous()
         self.num_rows = ptr.numel() - 1
         self.num_cols = num_cols
         self.num_edges = col.numel()
-        self._row = row
+        self._row = None if row is None else row.contiguous()
         self._transposed: Optional[Tuple["EdgeCSR", Tensor]] = None
         self._cache: dict = {}
 
     @classmethod
     def from_sorted(cls, row: Tensor, col: Tensor, num_rows: int, num_cols: int) -> "EdgeCSR":
-        """From edges already sorted by ``row`` (target)."""
+        """From edges already sorted by ``row`` (target); any strides
+        (``index2ptr`` reads a strided ``row`` wrongly: it is made dense first)."""
+        row = row.contiguous()
         return cls(index2ptr(row, num_rows), col, num_cols, row=row)
 
     @property
@@ -88,9 +92,9 @@ class EdgeCSR:
                 col = col.contiguous()
                 ptr = torch.empty(self.num_cols + 1, dtype=torch.long)
                 perm = torch.empty(self.num_edges, dtype=torch.long)
-                status = kernel("group_by_source")(self.num_edges, self.num_cols,
-                                                   col.data_ptr(), ptr.data_ptr(),
-                                                   perm.data_ptr())
+                status = kernel("group_by_source")(
+                    self.num_edges, self.num_cols, pointer(col, torch.long, "col"),
+                    pointer(ptr, torch.long, "ptr"), pointer(perm, torch.long, "perm"))
                 if status:
                     _raise_group_failure(status, col, self.num_cols)
                 t = EdgeCSR(ptr, self.row.index_select(0, perm), self.num_rows,

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from torch_geometric.utils.sparse import index2ptr, ptr2index
 
-from .._checks import check_edge_index, check_node_range
+from .._checks import check_batch, check_edge_index, check_node_range, check_num_nodes
 from .csr import EdgeCSR
 
 
@@ -59,18 +59,26 @@ class EdgeSet:
                  num_types: Optional[int] = None) -> None:
         check_edge_index(edge_index)
         if isinstance(num_nodes, tuple):
-            num_src, num_dst = (int(n) for n in num_nodes)
+            if len(num_nodes) != 2:
+                raise ValueError(f"'num_nodes' must be N or a pair (N_s, N_t), got "
+                                 f"{len(num_nodes)} entries")
+            num_src = check_num_nodes(num_nodes[0], "num_nodes[0]")
+            num_dst = check_num_nodes(num_nodes[1], "num_nodes[1]")
             bipartite = True
         else:
-            num_src = num_dst = int(num_nodes)
+            num_src = num_dst = check_num_nodes(num_nodes)
             bipartite = False
         check_node_range(edge_index, num_src, num_dst)
-        edge_index = edge_index.long()
+        # any layout in (a transposed list of pairs, a slice, a permutation):
+        # every array derived from it is dense and int64
+        edge_index = edge_index.long().contiguous()
         E = edge_index.size(1)
         if batch is not None:
-            if not isinstance(batch, Tensor) or batch.dim() != 1 or batch.numel() != num_dst:
-                raise ValueError(f"'batch' must have shape [N] = [{num_dst}], got "
-                                 f"{list(batch.shape) if isinstance(batch, Tensor) else batch}")
+            check_batch(batch, num_dst)
+        #: whether R was declared (``num_types=``) rather than read off ``edge_type``
+        self.num_types_declared = num_types is not None
+        if num_types is not None:
+            num_types = check_num_nodes(num_types, "num_types")
         if edge_type is not None:
             if not isinstance(edge_type, Tensor) or edge_type.dtype.is_floating_point \
                     or edge_type.dtype == torch.bool:
@@ -78,7 +86,7 @@ class EdgeSet:
             if edge_type.shape != (E,):
                 raise ValueError(f"'edge_type' must have shape [E] = [{E}], got "
                                  f"{list(edge_type.shape)}")
-            edge_type = edge_type.long()
+            edge_type = edge_type.long().contiguous()
             low = int(edge_type.min()) if E else 0
             high = int(edge_type.max()) + 1 if E else 0
             if num_types is None:
@@ -152,6 +160,8 @@ class EdgeSet:
         """No pair ``j -> i`` occurs twice."""
         if self.num_edges < 2:
             return True
+        if self.num_src * self.num_dst >= 2**63:      # the keys below would overflow int64
+            return torch.unique(self.sorted_edge_index, dim=1).size(1) == self.num_edges
         key = self.csr.row * self.num_src + self.csr.col
         # sorted by target; within a target any order: sort the keys once
         if not bool((key[1:] > key[:-1]).all()):

@@ -253,7 +253,21 @@ class TypedEdgeTerms:
             return None
         H, R, N = weights.size(0), self.table.size(0), self.csr.num_rows
         per_type = weights.new_zeros(H, N * R).index_add(1, self.slots[0], weights)  # [H, N·R]
-        out = torch.bmm(per_type.view(H, N, R), self.v_type.transpose(0, 1))  # [H, N, C]
+        per_type = per_type.view(H, N, R)
+        v_type = self.v_type.transpose(0, 1)                                     # [H, R, C]
+        finite = torch.isfinite(v_type)
+        if bool(finite.all()):
+            return torch.bmm(per_type, v_type).transpose(0, 1)                   # [H, N, C]
+        # A non-finite V_r must reach only the nodes with edges of type r: the
+        # product's 0 · NaN would spread it to every node. Finite part by the
+        # product, the non-finite rows added where their weight is nonzero.
+        out = torch.bmm(per_type, v_type.masked_fill(~finite, 0.0))
+        for r in (~finite).any(2).any(0).nonzero().flatten().tolist():
+            w = per_type[:, :, r:r + 1]                                            # [H, N, 1]
+            v_r, ok = v_type[:, r:r + 1], finite[:, r:r + 1]                       # [H, 1, C]
+            bad = v_r - v_r.masked_fill(~ok, 0.0)         # the non-finite entries, 0 elsewhere
+            reached = (w != 0).expand(-1, -1, bad.size(2))
+            out = out + w * torch.where(reached, bad.expand(-1, N, -1), 0.0)
         return out.transpose(0, 1)
 
     def per_edge(self) -> Tensor:

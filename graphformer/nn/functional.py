@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.compiler import is_compiling
 
-from .cpu_kernels import draw_seed, dropout_threshold, kernel, kernels_available
+from .cpu_kernels import draw_seed, dropout_threshold, kernel, kernels_available, pointer
 
 SoftmaxBackend = Literal["auto", "native", "scatter"]
 BACKENDS = ("auto", "native", "scatter")
@@ -173,8 +173,8 @@ class _HashedDropout(torch.autograd.Function):
 
 def _hashed_dropout(x: Tensor, seed: int, threshold: int, scale: float) -> Tensor:
     out = torch.empty_like(x)
-    kernel("dropout", x.dtype)(x.numel(), 0, x.data_ptr(), None, out.data_ptr(), seed,
-                               threshold, scale)
+    kernel("dropout", x.dtype)(x.numel(), 0, pointer(x, x.dtype, "x"), None,
+                               pointer(out, x.dtype, "out"), seed, threshold, scale)
     return out
 
 
@@ -224,8 +224,8 @@ class _GeluDropout(torch.autograd.Function):
         seed = draw_seed()
         x = x.contiguous()
         out = torch.empty_like(x)
-        kernel("dropout", x.dtype)(x.numel(), 1, x.data_ptr(), None, out.data_ptr(), seed,
-                                   threshold, scale)
+        kernel("dropout", x.dtype)(x.numel(), 1, pointer(x, x.dtype, "x"), None,
+                                   pointer(out, x.dtype, "out"), seed, threshold, scale)
         ctx.save_for_backward(x)
         ctx.consts = (seed, threshold, scale)
         return out
@@ -237,7 +237,8 @@ class _GeluDropout(torch.autograd.Function):
         seed, threshold, scale = ctx.consts
         grad = grad.contiguous()
         dx = torch.empty_like(x)
-        kernel("dropout", x.dtype)(x.numel(), 2, x.data_ptr(), grad.data_ptr(), dx.data_ptr(),
+        kernel("dropout", x.dtype)(x.numel(), 2, pointer(x, x.dtype, "x"),
+                                   pointer(grad, x.dtype, "grad"), pointer(dx, x.dtype, "dx"),
                                    seed, threshold, scale)
         return dx, None, None
 

@@ -104,7 +104,7 @@ def dropout_multiplier(seed: int, heads: int, num_edges: int, p: float,
     and ``p``: 0 where dropped, ``1 / (1 - p)`` where kept."""
     threshold, keep = dropout_threshold(p, DROPOUT_BITS)
     out = torch.empty(heads, num_edges, dtype=dtype)
-    kernel("multiplier", dtype)(heads, num_edges, seed, threshold, keep, out.data_ptr())
+    kernel("multiplier", dtype)(heads, num_edges, seed, threshold, keep, pointer(out))
     return out
 
 
@@ -123,11 +123,14 @@ class _FusedCPU(torch.autograd.Function):
         out = q.new_empty(N, H, C)
         alpha = q.new_empty(H, E)
         keep = torch.empty(H, E, dtype=torch.uint8) if drop else None
-        kernel("forward", q.dtype)(
-            N, H, C, E, R, q.data_ptr(), k.data_ptr(), v.data_ptr(), csr.ptr.data_ptr(),
-            csr.col.data_ptr(), pointer(bias), pointer(etype), pointer(tq), pointer(tk),
-            pointer(vt), k.size(0), scale, seed, threshold, keep_mult, pointer(keep),
-            out.data_ptr(), alpha.data_ptr())
+        f, i64, u8 = q.dtype, torch.int64, torch.uint8
+        kernel("forward", f)(
+            N, H, C, E, R, pointer(q, f, "q"), pointer(k, f, "k"), pointer(v, f, "v"),
+            pointer(csr.ptr, i64, "ptr"), pointer(csr.col, i64, "col"),
+            pointer(bias, f, "bias"), pointer(etype, i64, "edge_type"),
+            pointer(tq, f, "target_table"), pointer(tk, f, "source_table"),
+            pointer(vt, f, "type_values"), k.size(0), scale, seed, threshold, keep_mult,
+            pointer(keep, u8, "keep"), pointer(out, f, "out"), pointer(alpha, f, "alpha"))
         ctx.save_for_backward(q, k, v, vt, etype, alpha, keep)
         ctx.csr = csr
         ctx.shapes = tuple(None if t is None else t.shape for t in (bias, tq, tk))
@@ -154,15 +157,20 @@ class _FusedCPU(torch.autograd.Function):
         wsum_rows = q.new_empty(N, H, R) if vt is not None else None
         g_edge = q.new_empty(E, 2, H)
         transposed, perm = csr.transpose()
-        kernel("backward_targets", q.dtype)(
-            N, H, C, E, R, k.data_ptr(), v.data_ptr(), csr.ptr.data_ptr(), csr.col.data_ptr(),
-            pointer(etype), pointer(vt), alpha.data_ptr(), dout.data_ptr(), pointer(dalpha),
-            scale, pointer(keep), keep_mult, dq.data_ptr(), ds.data_ptr(), pointer(dtq),
-            pointer(wsum_rows), g_edge.data_ptr())
-        kernel("backward_sources", q.dtype)(
-            k.size(0), H, C, R, q.data_ptr(), transposed.ptr.data_ptr(),
-            transposed.col.data_ptr(), perm.data_ptr(), pointer(etype), dout.data_ptr(),
-            g_edge.data_ptr(), dk.data_ptr(), dv.data_ptr(), pointer(dtk))
+        f, i64, u8 = q.dtype, torch.int64, torch.uint8
+        kernel("backward_targets", f)(
+            N, H, C, E, R, pointer(k, f, "k"), pointer(v, f, "v"), pointer(csr.ptr, i64, "ptr"),
+            pointer(csr.col, i64, "col"), pointer(etype, i64, "edge_type"),
+            pointer(vt, f, "type_values"), pointer(alpha, f, "alpha"), pointer(dout, f, "dout"),
+            pointer(dalpha, f, "dalpha"), scale, pointer(keep, u8, "keep"), keep_mult,
+            pointer(dq, f, "dq"), pointer(ds, f, "ds"), pointer(dtq, f, "dtq"),
+            pointer(wsum_rows, f, "wsum_rows"), pointer(g_edge, f, "g_edge"))
+        kernel("backward_sources", f)(
+            k.size(0), H, C, R, pointer(q, f, "q"), pointer(transposed.ptr, i64, "ptr_t"),
+            pointer(transposed.col, i64, "row_t"), pointer(perm, i64, "perm"),
+            pointer(etype, i64, "edge_type"), pointer(dout, f, "dout"),
+            pointer(g_edge, f, "g_edge"), pointer(dk, f, "dk"), pointer(dv, f, "dv"),
+            pointer(dtk, f, "dtk"))
         dvt = None
         if vt is not None:   # dV_t = sum_i wsum[i, h, t] dout[i, h]: one [H, R, N] @ [H, N, C]
             dvt = torch.bmm(wsum_rows.permute(1, 2, 0), dout.transpose(0, 1)).permute(1, 0, 2)

@@ -7,10 +7,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import LayerNorm, Linear
+from torch_geometric import is_compiling
 from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.typing import OptTensor
 
-from .._checks import refuse_softmax_backend
+from .._checks import check_node_features, refuse_softmax_backend
 from .attention import RelationalAttention
 from .backend import AttentionBackend
 from .edge_set import EdgeSet
@@ -203,6 +204,8 @@ class TransformerLayer(MessagePassing):
         if self.edge_update_enabled and edge_attr is None:
             raise ValueError("this layer updates edge states (edge_update=True): "
                              "'edge_attr' is required")
+        if not is_compiling():     # before the layer norm meets x
+            check_node_features(x, "x", self.channels, self.linear1.weight.dtype)
         if self.norm_first:
             h, alpha = self._attend(self.norm1(x), edge_index, edge_attr, head_mask, batch,
                                     edge_type, return_attention_weights)
