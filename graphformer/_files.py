@@ -1,4 +1,4 @@
-"""Files written atomically (no graphformer imports here).
+"""Files written atomically (of graphformer, only ``errors`` is imported here).
 
 Every file graphformer writes goes to a temporary name in the same folder
 (``.<name>.<random>.tmp``), is flushed to disk, and is then renamed over the
@@ -6,18 +6,40 @@ target, so a crash or a kill leaves the old file or the new one, never half of
 one. The temporary file is created with mode ``0o666`` minus the umask, the
 mode ``open(path, "w")`` would give, so every file of a run has the same mode.
 A kill between creating and renaming leaves a stale temporary;
-:func:`remove_stale_temporaries` clears them on the next run.
+:func:`remove_stale_temporaries` clears them on the next run. A full disk
+(``ENOSPC``, ``EDQUOT``; also inside the ``RuntimeError`` that ``torch.save``
+wraps it in) is a :class:`~graphformer.errors.DataError` naming the file,
+with nothing partial left behind.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import os
 import secrets
 from pathlib import Path
-from typing import IO, Iterable, Iterator, List, Union
+from typing import IO, Iterable, Iterator, List, Optional, Union
+
+from .errors import DataError
 
 PathLike = Union[str, Path]
+#: the errno values of a full disk or an exhausted quota
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _no_space(err: BaseException) -> Optional[OSError]:
+    """The ``OSError`` of a full disk behind ``err`` (itself, or what it was
+    raised from or during: ``torch.save`` wraps the writer's ``OSError`` in a
+    ``RuntimeError``), else ``None``."""
+    seen = set()
+    current: Optional[BaseException] = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in NO_SPACE:
+            return current
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def temporary_name(path: Path) -> Path:
@@ -34,17 +56,27 @@ def atomic_write(path: PathLike, mode: str = "w", newline: str | None = None) ->
         raise ValueError(f"atomic_write writes with mode 'w' or 'wb', got {mode!r}")
     path = Path(path)
     tmp = temporary_name(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
     try:
-        with os.fdopen(fd, mode, newline=newline) if mode == "w" else os.fdopen(fd, mode) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
+        try:
+            with os.fdopen(fd, mode, newline=newline) if mode == "w" else \
+                    os.fdopen(fd, mode) as fh:
+                yield fh
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+    except Exception as err:  # noqa: BLE001 - a full disk becomes one clear message
+        full = _no_space(err)
+        if full is None:
+            raise
+        raise DataError(f"no space left on device while writing {path} ({full.strerror or full}); "
+                        f"nothing partial was written and any earlier {path.name} is kept: free "
+                        f"some space and run again (a training run continues with --resume)"
+                        ) from err
 
 
 def write_text(path: PathLike, text: str) -> None:
