@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import UsageError
-from ..train.checkpoint import load_checkpoint
-from ..train.pretrain import PretrainConfig, pretrain
+from ..train.pretrain import PretrainConfig, load_pretrain_run, pretrain
 from .train import RUNTIME_FLAGS, add_model_arguments, add_run_arguments, \
     add_training_arguments, check_resume_flags, config_from_args, init_distributed, \
     section_flags
@@ -60,7 +59,7 @@ def _resume_config(args: argparse.Namespace) -> Optional[PretrainConfig]:
     last = Path(args.resume) / "last.pt"
     if not any(getattr(args, f, None) is not None for f in RUNTIME_FLAGS) or not last.is_file():
         return None
-    return config_from_args(args, base=load_checkpoint(last)["config"],
+    return config_from_args(args, base=load_pretrain_run(Path(args.resume))["config"],
                             flags_table=_PRETRAIN_FLAGS, build=PretrainConfig.from_dict)
 
 

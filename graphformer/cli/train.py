@@ -96,7 +96,9 @@ def add_run_arguments(p: argparse.ArgumentParser, default_dir: str) -> None:
                    help="continue the run in RUN_DIR from its last checkpoint, with its saved "
                    "settings (only --device, --threads and --root may be given with it)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace the run already in --run-dir (its files are removed first)")
+                   help="replace the run already in --run-dir (the files graphformer wrote "
+                   "for it are removed once the new run's settings and data are checked; "
+                   "other files are left alone)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
 
 
@@ -229,7 +231,10 @@ def _resume_config(args: argparse.Namespace) -> Optional[RunConfig]:
         return None
     run_dir = Path(args.resume)
     last = run_dir / "last.pt"
-    saved = run_config(load_checkpoint(last), last) if last.is_file() else \
+    state = load_checkpoint(last) if last.is_file() else None
+    if state is not None and state.get("kind") is not None:
+        return None  # not a run of train (pretrain's): train() names the problem
+    saved = run_config(state, last) if state is not None else \
         saved_ensemble(run_dir)    # an ensemble's settings are in its config.json
     if saved is None:
         return None  # train() names the problem

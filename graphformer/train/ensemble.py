@@ -16,6 +16,10 @@ all have finished, the run directory gets
 
 ``resume`` skips the members that finished, resumes the one that was
 interrupted, and ends with the metrics of an uninterrupted run.
+
+The run directory is locked while the ensemble runs, and its manifest lists
+the members' runs, so ``--overwrite`` (by an ensemble or by one model)
+removes them (:mod:`graphformer.train.run_dir`).
 """
 from __future__ import annotations
 
@@ -29,12 +33,12 @@ from typing import Any, Dict, List, Optional
 import torch.distributed as dist
 
 from .._files import write_text
-from ..errors import DataError, UsageError
+from ..errors import DataError
 from ..models import Ensemble
 from . import loop  # the members are trained by loop.train (which calls this module)
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .config import RunConfig
-from .run_dir import prepare_run_dir, resume_config
+from .run_dir import RunDirectory, resume_config
 
 
 def member_dir(run_dir: Path, k: int) -> Path:
@@ -77,54 +81,38 @@ def train_ensemble(cfg: Optional[RunConfig], run_dir: Path, saved: Optional[RunC
     world = dist.get_world_size() if dist.is_initialized() else 1
     writer = rank == 0
     resume = saved is not None
-    if saved is not None:
-        if overwrite:
-            raise UsageError("--resume continues a run and --overwrite replaces it: give one")
-        cfg = resume_config(saved, cfg)
-    else:
+    with RunDirectory(run_dir, resume, overwrite, writer, ensemble=True) as directory:
+        if saved is not None:
+            cfg = resume_config(saved, cfg)
         assert cfg is not None
-        _check_new(run_dir, overwrite, writer)
-        prepare_run_dir(run_dir, False, overwrite, writer=writer)
-        if writer:
-            run_dir.mkdir(parents=True, exist_ok=True)
+        show = progress and writer
+        if prepared is None and world == 1:   # the data once for all members
+            prepared = loop.prepare(member_config(cfg, 0), log=show)
+        if not resume and prepared is not None:
+            loop.check_start(member_config(cfg, 0), prepared)
+        k_total = cfg.train.ensemble
+        directory.start(members=k_total)  # checked: an overwritten run goes now
+        if writer and not resume:
             write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
-    assert cfg is not None
-    show = progress and writer
-    if prepared is None and world == 1:   # the data once for all members
-        prepared = loop.prepare(member_config(cfg, 0), log=show)
-    k_total = cfg.train.ensemble
-    members: List[Dict[str, Any]] = []
-    for k in range(k_total):
-        folder = member_dir(run_dir, k)
-        member_cfg = member_config(cfg, k)
-        if show:
-            print(f"ensemble member {k + 1}/{k_total} (seed {member_cfg.train.seed}) in "
-                  f"{folder}", file=sys.stderr)
-        if resume and (folder / "summary.json").is_file() and (folder / "best.pt").is_file():
-            members.append(json.loads((folder / "summary.json").read_text()))
-        elif resume and (folder / "last.pt").is_file():
-            members.append(loop.train(member_cfg, folder, resume=True, progress=progress,
-                                      prepared=prepared, curve=False))
-        else:
-            members.append(loop.train(member_cfg, folder, progress=progress, prepared=prepared,
-                                      overwrite=True, curve=False))
-    if world > 1:   # rank 0 has written the last member's best.pt before any rank reads it
-        dist.barrier()
-    return _finish(cfg, run_dir, members, writer, prepared)
-
-
-def _check_new(run_dir: Path, overwrite: bool, writer: bool) -> None:
-    """A new ensemble refuses a directory that holds an ensemble's members
-    unless ``overwrite``, which removes their run files (the run directory's
-    own files are :func:`prepare_run_dir`'s)."""
-    old = sorted(p for p in run_dir.glob("member-*") if p.is_dir()) \
-        if writer and run_dir.is_dir() else []
-    if old and not overwrite:
-        raise UsageError(f"run directory {run_dir} already holds an ensemble's members "
-                         f"({', '.join(p.name for p in old)}); pass --overwrite to replace it, "
-                         f"--resume {run_dir} to continue it, or choose another --run-dir")
-    for folder in old:
-        prepare_run_dir(folder, False, True)
+        members: List[Dict[str, Any]] = []
+        for k in range(k_total):
+            folder = member_dir(run_dir, k)
+            member_cfg = member_config(cfg, k)
+            if show:
+                print(f"ensemble member {k + 1}/{k_total} (seed {member_cfg.train.seed}) in "
+                      f"{folder}", file=sys.stderr)
+            if resume and (folder / "summary.json").is_file() and \
+                    (folder / "best.pt").is_file():
+                members.append(json.loads((folder / "summary.json").read_text()))
+            elif resume and (folder / "last.pt").is_file():
+                members.append(loop.train(member_cfg, folder, resume=True, progress=progress,
+                                          prepared=prepared, curve=False))
+            else:
+                members.append(loop.train(member_cfg, folder, progress=progress,
+                                          prepared=prepared, overwrite=True, curve=False))
+        if world > 1:   # rank 0 has written the last member's best.pt before any rank reads it
+            dist.barrier()
+        return _finish(cfg, run_dir, members, writer, prepared)
 
 
 def _finish(cfg: RunConfig, run_dir: Path, members: List[Dict[str, Any]], writer: bool,

@@ -12,8 +12,9 @@
   when installed.
 
 Every file is written atomically (a temporary name, then a rename). A new
-run refuses a directory that holds a run unless ``overwrite=True``; a
-resumed run refuses changed settings or changed data (see
+run refuses a directory that holds a run unless ``overwrite=True``, and one
+that another run is writing (a lock); a resumed run refuses changed settings
+or changed data (see
 :mod:`graphformer.train.run_dir` and :mod:`graphformer.train.data_checks`).
 
 Under ``torchrun`` (``torch.distributed`` initialised) the model is wrapped in
@@ -53,11 +54,11 @@ from .config import RunConfig, TrainConfig
 from .data_checks import (all_mol_features, all_targets, changed_parts, check_scorable,
                           check_split, check_targets, fingerprint)
 from .ensemble import saved_ensemble, train_ensemble
-from .init import init_trunk, resolve_init
+from .init import PRETRAIN_KIND, init_trunk, resolve_init
 from .metrics import compute_metrics, is_better
 from .optim import flat_parameter, freeze, load_optimizer_state, lr_factor, make_optimizer, \
     optimizer_step
-from .run_dir import prepare_run_dir, resume_config
+from .run_dir import RunDirectory, resume_config
 
 
 @dataclass
@@ -139,6 +140,16 @@ def model_config_for(cfg: RunConfig, bench: Benchmark) -> GraphTransformerConfig
                    features=bench.features,  # type: ignore[arg-type]
                    mol_features=len(bench.feature_names),
                    mol_feature_names=tuple(bench.feature_names))
+
+
+def check_start(cfg: RunConfig, prepared: Prepared) -> None:
+    """Build the model of ``cfg`` for ``prepared``'s data and load the trunk
+    it starts from (``--init``, the shipped checkpoint), as a new run does:
+    an ensemble checks this before it replaces an old run."""
+    model = GraphTransformer(model_config_for(cfg, prepared.bench))
+    start = resolve_init(cfg.train.init, cfg.train.pretrained, model)
+    if start is not None:
+        init_trunk(model, start)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -364,8 +375,10 @@ def train(cfg: Optional[RunConfig], run_dir: Union[str, Path], resume: bool = Fa
         model: train this model instead of the ``GraphTransformer`` of
             ``cfg.model`` (a baseline, say); it must take a PyG ``Batch`` and
             return ``[B, num_tasks]``, and carry a ``config`` with ``task``.
-        overwrite: replace the run in ``run_dir`` (its files are removed
-            first, so the directory never mixes two runs).
+        overwrite: replace the run in ``run_dir``: the files graphformer
+            wrote for it are removed once the new run's config and data have
+            been checked, before its first file, so the directory never
+            mixes two runs (see :mod:`graphformer.train.run_dir`).
         curve: draw ``learning_curve.png`` at the end (an ensemble draws its
             members' curves in one picture, and not each member's).
 
@@ -389,12 +402,14 @@ def train(cfg: Optional[RunConfig], run_dir: Union[str, Path], resume: bool = Fa
             raise UsageError("an ensemble trains GraphTransformers of its config; it takes no "
                              "'model'")
         return train_ensemble(cfg, run_dir, saved, progress, prepared, overwrite)
-    run = _Run.open(cfg, run_dir, resume, overwrite, progress, prepared, model)
-    for epoch in range(run.start_epoch, run.cfg.train.total_epochs + 1):
-        row = run.train_epoch(epoch)
-        row.update(run.evaluate())
-        run.end_epoch(epoch, row)
-    return run.finish(curve)
+    writer = not dist.is_initialized() or dist.get_rank() == 0
+    with RunDirectory(run_dir, resume, overwrite, writer) as directory:
+        run = _Run.open(cfg, directory, progress, prepared, model)
+        for epoch in range(run.start_epoch, run.cfg.train.total_epochs + 1):
+            row = run.train_epoch(epoch)
+            row.update(run.evaluate())
+            run.end_epoch(epoch, row)
+        return run.finish(curve)
 
 
 def resume(run_dir: Union[str, Path], cfg: Optional[RunConfig] = None,
@@ -411,19 +426,23 @@ class _Run:
     and :meth:`end_epoch`; :meth:`finish` writes the summary."""
 
     @classmethod
-    def open(cls, cfg: Optional[RunConfig], run_dir: Path, resume: bool, overwrite: bool,
-             progress: bool, prepared: Optional[Prepared],
-             model: Optional[torch.nn.Module]) -> "_Run":
-        """Check the run directory, read the checkpoint when resuming, set the
-        process up (threads, seed, device) and prepare the data."""
+    def open(cls, cfg: Optional[RunConfig], directory: RunDirectory, progress: bool,
+             prepared: Optional[Prepared], model: Optional[torch.nn.Module]) -> "_Run":
+        """Read the checkpoint when resuming (the run directory has been
+        checked), set the process up (threads, seed, device) and prepare the
+        data."""
         run = cls()
-        run.dir = run_dir
+        run.directory = directory
+        run.dir = run_dir = directory.path
         run.rank = dist.get_rank() if dist.is_initialized() else 0
         run.world = dist.get_world_size() if dist.is_initialized() else 1
-        prepare_run_dir(run_dir, resume, overwrite, writer=run.rank == 0)
         state: Optional[Dict[str, Any]] = None
-        if resume:
+        if directory.resume:
             state = load_checkpoint(run_dir / "last.pt")
+            if state.get("kind") == PRETRAIN_KIND:
+                raise UsageError(f"cannot resume {run_dir} with 'graphformer train': it is a run "
+                                 f"of 'graphformer pretrain' (resume it with: graphformer "
+                                 f"pretrain --resume {run_dir})")
             check_fields(state, run_dir / "last.pt", (RUN_FIELDS, RESUME_FIELDS))
             cfg = resume_config(run_config(state, run_dir / "last.pt"), cfg)
             if cfg.train.ema > 0:  # the trained weights beside their average
@@ -492,6 +511,7 @@ class _Run:
         if state is not None:
             self.history, self.best, self.start_epoch = restore_training(
                 state, self.model, self.optimizer, self.scheduler, self.average)
+        self.directory.start()  # config, data and start checked: an old run goes now
         self.files = RunFiles(self.dir, self.is_main)
         self.full_cfg = RunConfig(cfg.data, self.model_cfg, cfg.train).to_dict()
         self.files.config(self.full_cfg)

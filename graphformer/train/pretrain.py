@@ -43,13 +43,14 @@ from ..datasets.corpus import PretrainCorpus, corpus_source
 from ..errors import ConfigError, DataError, UsageError
 from ..models import GraphTransformerConfig
 from ..models.pretrain import PretrainModel, mask_atoms, pretrain_losses
-from .checkpoint import RESUME_FIELDS, check_fields, load_checkpoint
+from .checkpoint import RESUME_FIELDS, RUN_FIELDS, check_fields, load_checkpoint
 from .config import TrainConfig, build_section, coerce_fields
 from .init import PRETRAIN_KIND
 from .metrics import is_better
 from .loop import RunFiles, make_training, resolve_device, restore_training, seed_everything
 from .optim import optimizer_step
-from .run_dir import prepare_run_dir, resume_config
+from .ensemble import saved_ensemble
+from .run_dir import RunDirectory, resume_config
 
 #: the training settings ``pretrain`` uses where none are given
 PRETRAIN_TRAIN_DEFAULTS = {"epochs": 10, "batch_size": 128, "warmup_epochs": 1, "ensemble": 1}
@@ -236,30 +237,50 @@ def pretrain(cfg: Optional[PretrainConfig], run_dir: Union[str, Path], resume: b
     Returns:
         The summary also written to ``run_dir/summary.json``.
     """
-    run = _Pretraining(cfg, Path(run_dir), resume, overwrite, progress)
-    for epoch in range(run.start_epoch, run.cfg.train.epochs + 1):
-        row = run.train_epoch(epoch)
-        row.update(run.evaluate())
-        run.end_epoch(epoch, row)
-    return run.finish()
+    run_dir = Path(run_dir)
+    if resume and saved_ensemble(run_dir) is not None:
+        raise UsageError(f"cannot resume {run_dir} with 'graphformer pretrain': it is an "
+                         f"ensemble of 'graphformer train' (resume it with: graphformer train "
+                         f"--resume {run_dir})")
+    writer = not dist.is_initialized() or dist.get_rank() == 0
+    with RunDirectory(run_dir, resume, overwrite, writer) as directory:
+        run = _Pretraining(cfg, directory, progress)
+        for epoch in range(run.start_epoch, run.cfg.train.epochs + 1):
+            row = run.train_epoch(epoch)
+            row.update(run.evaluate())
+            run.end_epoch(epoch, row)
+        return run.finish()
+
+
+def load_pretrain_run(run_dir: Path) -> Dict[str, Any]:
+    """``run_dir/last.pt`` of a pre-training run, checked for resuming; the
+    run of ``graphformer train`` is a :class:`UsageError` saying how to
+    resume it instead."""
+    last = run_dir / "last.pt"
+    state = load_checkpoint(last)
+    if state.get("kind") != PRETRAIN_KIND and all(k in state for k in RUN_FIELDS):
+        raise UsageError(f"cannot resume {run_dir} with 'graphformer pretrain': it is a run of "
+                         f"'graphformer train' (resume it with: graphformer train --resume "
+                         f"{run_dir})")
+    check_fields(state, last, (PRETRAIN_FIELDS, RESUME_FIELDS))
+    return state
 
 
 class _Pretraining:
     """One pre-training run: corpus, model, optimiser, history and files."""
 
-    def __init__(self, cfg: Optional[PretrainConfig], run_dir: Path, resume: bool,
-                 overwrite: bool, progress: bool) -> None:
-        self.dir = run_dir
+    def __init__(self, cfg: Optional[PretrainConfig], directory: RunDirectory,
+                 progress: bool) -> None:
+        self.directory = directory
+        self.dir = run_dir = directory.path
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.world = dist.get_world_size() if dist.is_initialized() else 1
         self.is_main = self.rank == 0
         self.show = progress and self.is_main
-        prepare_run_dir(run_dir, resume, overwrite, writer=self.is_main)
         state: Optional[Dict[str, Any]] = None
-        if resume:
+        if directory.resume:
             last = run_dir / "last.pt"
-            state = load_checkpoint(last)
-            check_fields(state, last, (PRETRAIN_FIELDS, RESUME_FIELDS))
+            state = load_pretrain_run(run_dir)
             try:
                 saved = PretrainConfig.from_dict(state["config"])
             except ValueError as err:
@@ -311,6 +332,7 @@ class _Pretraining:
         if state is not None:
             self.history, self.best, self.start_epoch = restore_training(
                 state, self.model, self.optimizer, self.scheduler)
+        self.directory.start()  # corpus and config checked: an overwritten run goes now
         self.files = RunFiles(self.dir, self.is_main)
         self.files.config(cfg.to_dict())
         if self.show and self.start_epoch == 1:

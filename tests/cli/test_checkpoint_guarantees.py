@@ -6,8 +6,6 @@ command with exit code 1 and one line naming the file (and the first bad
 tensor). Checkpoints written before the checksum existed, such as the shipped
 pre-trained one, are still read, and still refused with non-finite weights.
 """
-import contextlib
-import io
 import json
 import re
 import shutil
@@ -19,33 +17,15 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from graphformer.cli import main
 from graphformer.train import CheckpointError, load_checkpoint, save_checkpoint
 from graphformer.train.checkpoint import CHECKSUM
 from graphformer.train.init import DEFAULT_CHECKPOINT
+from tests.commands import cli, refused
 from tests.train.conftest import tiny_csv  # noqa: F401  (fixture)
 
 TINY = ["--hidden", "16", "--layers", "1", "--heads", "2", "--rwse-steps", "4",
         "--batch-size", "16", "--threads", "1", "--split", "random", "--epochs", "1",
         "--quiet", "--no-pretrained"]
-
-
-def cli(*argv):
-    """``main(argv)`` in this process: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in argv])
-    return code, out.getvalue(), err.getvalue()
-
-
-def refused(result, code, *texts):
-    got, _, err = result
-    assert got == code, err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith("graphformer: error:")]
-    assert len(lines) == 1, err
-    for text in texts:
-        assert str(text) in lines[0], lines[0]
 
 
 def tensor_records(path):

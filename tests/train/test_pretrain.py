@@ -44,6 +44,7 @@ def test_a_run_writes_checkpoints_metrics_and_reports_bad_smiles(tmp_path, corpu
     summary = pretrain(tiny(corpus_csv, tmp_path / "cache", epochs=1), tmp_path / "run")
     run = tmp_path / "run"
     assert sorted(p.name for p in run.iterdir() if p.name != "tensorboard") == [
+        ".graphformer-run.json", ".graphformer.lock",  # the manifest, the lock
         "best.pt", "config.json", "last.pt", "metrics.csv", "metrics.json", "summary.json"]
     rows = history(run)
     assert [r["epoch"] for r in rows] == [1]
