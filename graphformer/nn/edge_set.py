@@ -110,7 +110,7 @@ class EdgeSet:
         #: ``sorted = given[perm]``; None when the edges came grouped by target
         self.perm = perm
         self.csr = EdgeCSR.from_sorted(dst, src, num_dst, num_src)
-        self.batch = None if bipartite else batch
+        self.batch = None if bipartite or batch is None else batch.long().contiguous()
         self.edge_type = self.to_sorted(edge_type) if edge_type is not None else None
         self.num_types = num_types
         self._cache: dict = {}

@@ -360,3 +360,49 @@ def test_edge_set_batch_is_checked_by_name(batch, error, match):
         EdgeSet(P.full(3), 3, batch=batch)
     with pytest.raises(error, match=match):
         RelationalAttention(4, 4)(torch.randn(3, 4), P.full(3), batch=batch)
+
+
+@pytest.mark.parametrize("backend", ["auto", "dense", "sparse"])
+def test_a_strided_batch_lays_out_the_same_graphs(backend):
+    """``batch`` is read by ``index2ptr`` for the dense layout: a strided or
+    int32 one gives the same graphs."""
+    ptr = torch.tensor([0, 4, 9, 11])
+    batch = torch.repeat_interleave(torch.arange(3), ptr.diff())
+    strided = torch.stack([batch, batch], 1)[:, 1].to(torch.int32)
+    ei = P.full(ptr)
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(11, IN, dtype=torch.float64, generator=gen)
+    layer = RelationalAttention(IN, OUT, heads=H, backend=backend).double()
+    edges = EdgeSet(ei, 11, batch=strided)
+    assert edges.layout is not None and edges.layout.num_graphs == 3
+    torch.testing.assert_close(layer(x, edges), layer(x, ei, batch=batch), atol=0, rtol=0)
+    torch.testing.assert_close(layer(x, edges), dense_equations(layer, x, None, ei, None),
+                               atol=1e-10, rtol=1e-8)
+
+
+@settings(max_examples=60, deadline=None)
+@given(value=st.one_of(st.floats(allow_nan=True, allow_infinity=True),
+                       st.integers(max_value=-1), st.integers(min_value=2**62),
+                       st.booleans(), st.text(max_size=3), st.none()))
+def test_any_bad_node_count_is_refused_by_name(value):
+    with pytest.raises((TypeError, ValueError), match=r"^'num_nodes' must be"):
+        EdgeSet(P.full(3), value)
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(3, 5000), pair=st.booleans())
+def test_any_whole_node_count_covering_the_edges_is_taken_as_given(n, pair):
+    edges = EdgeSet(P.full(3), (n, n + 1) if pair else n)
+    assert (edges.num_src, edges.num_dst) == ((n, n + 1) if pair else (n, n))
+
+
+@settings(max_examples=40, deadline=None)
+@given(entries=st.lists(st.integers(-5, 5), min_size=3, max_size=3))
+def test_a_negative_graph_index_is_named(entries):
+    batch = torch.tensor(entries)
+    if min(entries) >= 0:
+        assert EdgeSet(P.full(3), 3, batch=batch).batch.tolist() == entries
+        return
+    first = next(i for i, b in enumerate(entries) if b < 0)
+    with pytest.raises(ValueError, match=rf"batch\[{first}\] = {entries[first]}$"):
+        EdgeSet(P.full(3), 3, batch=batch)
