@@ -24,6 +24,15 @@ NUM_BOND_FEATURES = 3
 
 Target = Union[float, Sequence[float], torch.Tensor, None]
 
+#: The most atoms a molecule may have for its descriptors (molecule feature
+#: sets such as ``rdkit2d``). RDKit computes many of them from the distance
+#: matrix or the characteristic polynomial, in time quadratic to quartic in
+#: the atoms (``AvgIpc``: 1 s at 400 atoms, 30 s at 1,000; all of them, 13 s
+#: for a 1,200-atom chain): a larger molecule is refused, naming its row,
+#: rather than computed for minutes or hours. The graph itself
+#: (:func:`from_mol`) takes time linear in the atoms and bonds.
+MAX_DESCRIPTOR_ATOMS = 500
+
 
 def parse_smiles(smiles: str, where: str = "") -> Chem.Mol:
     """RDKit molecule of ``smiles``, or a :class:`~graphformer.errors.DataError`
@@ -59,10 +68,22 @@ def parse_smiles(smiles: str, where: str = "") -> Chem.Mol:
     return mol
 
 
+def bonds_of(mol: Chem.Mol) -> List[Chem.Bond]:
+    """The bonds of ``mol`` in RDKit's order (``mol.GetBonds()``'s), in time
+    linear in their number. ``mol.GetBonds()`` (like ``GetBondWithIdx``)
+    finds every bond by walking the bond list from its start: quadratic, a
+    minute for 80,000 bonds. Each atom's own bonds come without that walk."""
+    found: List[Optional[Chem.Bond]] = [None] * mol.GetNumBonds()
+    for atom in mol.GetAtoms():
+        for bond in atom.GetBonds():
+            found[bond.GetIdx()] = bond
+    return found  # type: ignore[return-value]  # every bond has an atom
+
+
 def from_mol(mol: Chem.Mol) -> Data:
     """An RDKit molecule -> ``Data`` with OGB's features (see :func:`from_smiles`)."""
     x = np.asarray([atom_to_feature_vector(a) for a in mol.GetAtoms()], dtype=np.int64)
-    bonds = list(mol.GetBonds())
+    bonds = bonds_of(mol)
     src = np.empty(2 * len(bonds), dtype=np.int64)
     dst = np.empty(2 * len(bonds), dtype=np.int64)
     edge_attr = np.empty((2 * len(bonds), NUM_BOND_FEATURES), dtype=np.int64)
@@ -102,6 +123,8 @@ def from_smiles(smiles: str, y: Target = None, where: str = "",
             ``where`` — e.g. the file and row — when given).
     """
     mol = parse_smiles(smiles, where)
+    if molecule_feature_sets and set_features is None:
+        check_descriptor_size(mol, smiles, molecule_feature_sets, where)
     data = from_mol(mol)
     data.smiles = smiles
     if set_features is not None:
@@ -113,12 +136,28 @@ def from_smiles(smiles: str, y: Target = None, where: str = "",
     return data
 
 
+def check_descriptor_size(mol: Chem.Mol, smiles: str, sets: Sequence[str],
+                          where: str = "") -> None:
+    """Refuse (:class:`~graphformer.errors.DataError`) a molecule of more than
+    :data:`MAX_DESCRIPTOR_ATOMS` atoms whose descriptor ``sets`` are asked
+    for, naming it (and ``where``) and the limit."""
+    atoms = mol.GetNumAtoms()
+    if atoms > MAX_DESCRIPTOR_ATOMS:
+        shown = repr(smiles) if len(smiles) <= 60 else f"{smiles[:40]!r}..."
+        suffix = f" ({where})" if where else ""
+        raise DataError(f"SMILES {shown} has {atoms} atoms{suffix}: the molecule features "
+                        f"{list(sets)} (RDKit descriptors, quadratic or worse in the atoms) "
+                        f"are computed for molecules of at most {MAX_DESCRIPTOR_ATOMS} atoms; "
+                        f"leave it out, or train without them (--molecule-features none)")
+
+
 def _set_features_of(job) -> Optional[List[float]]:
     """Worker: the descriptor sets of one SMILES, None when it does not parse
-    (:func:`from_smiles` then reports it, with its row)."""
+    or is too large (:func:`from_smiles` then reports it, with its row)."""
     smiles, sets = job
     try:
         mol = parse_smiles(smiles)
+        check_descriptor_size(mol, smiles, sets)
     except DataError:
         return None
     return set_values(mol, sets)
