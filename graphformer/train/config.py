@@ -185,6 +185,17 @@ class DataConfig:
             raise ConfigError("data", "target_columns", f"must name the target column(s) of "
                               f"the CSV data set {self.dataset} (--target-columns)")
 
+    def with_absolute_paths(self, dataset: bool = True) -> "DataConfig":
+        """This config with ``root`` and (when ``dataset``) the path of a CSV
+        data set made absolute, against the current directory. A run stores
+        them so: its checkpoints are then evaluated from any directory."""
+        changes: Dict[str, Any] = {}
+        if dataset and self.dataset.lower().endswith(".csv"):
+            changes["dataset"] = str(Path(self.dataset).absolute())
+        if self.root is not None:
+            changes["root"] = str(Path(self.root).absolute())
+        return replace(self, **changes) if changes else self
+
 
 @dataclass
 class TrainConfig:

@@ -396,6 +396,8 @@ def train(cfg: Optional[RunConfig], run_dir: Union[str, Path], resume: bool = Fa
             written first, with ``best_epoch`` null).
     """
     run_dir = Path(run_dir)
+    if cfg is not None:   # stored absolute: its checkpoints evaluate from any directory
+        cfg = replace(cfg, data=cfg.data.with_absolute_paths(dataset=not resume))
     saved = saved_ensemble(run_dir) if resume else None
     if saved is not None or not resume and cfg is not None and cfg.train.ensemble > 1:
         if model is not None:
