@@ -184,6 +184,7 @@ INLINE void NAME(forward_row)(
         const T* qi = q + (i * H + h) * C;
         T* al = alpha + h * E;
         T m = -INFINITY;
+        int nan_score = 0;
         for (int64_t e = start; e < end; e++) {
             const int64_t j = col[e];
             const T* kj = k + (j * H + h) * C;
@@ -194,10 +195,12 @@ INLINE void NAME(forward_row)(
             if (tk) s += tk[(h * Ns + j) * R + etype[e]];
             s *= scale;
             al[e] = s;
-            /* a NaN score makes the row NaN (as the softmax of NaN is), never
-             * an "every score masked" row of zeros */
-            m = (s > m || isnan(s)) && !isnan(m) ? s : m;
+            if (s > m) m = s;
+            else if (isnan(s)) nan_score = 1;
         }
+        /* a NaN score makes the row NaN (as the softmax of NaN is), never an
+         * "every score masked" row of zeros */
+        if (nan_score) m = NAN;
         T* o = out + (i * H + h) * C;
         if (m == -INFINITY) {                 /* empty row, or every score masked */
             for (int64_t e = start; e < end; e++) al[e] = 0;
