@@ -32,6 +32,10 @@ PathLike = Union[str, Path]
 NO_EDGE_COLOUR = "#d9d9d9"  # light grey: "not an attention edge"
 HEATMAP_CMAP = "viridis"
 MOLECULE_CMAP = "Reds"
+#: The largest side of a molecule picture, in pixels. Cairo refuses sides
+#: above 32,767 (RDKit then fails with "PNG header not recognized"), and a
+#: square picture of that side would take 4 GiB of memory.
+MAX_PICTURE_SIDE = 8192
 
 __all__ = ["attention_heatmap", "dense_attention", "atom_bond_scores", "molecule_attention",
            "pattern_attention_mass", "attention_mass_from_model"]
@@ -234,10 +238,14 @@ def molecule_attention(smiles: str, edge_index: Tensor, weights: Tensor,
         to ``path`` when given.
 
     Raises:
-        ValueError: ``smiles`` does not parse, or a head / pattern is out of range.
+        ValueError: ``smiles`` does not parse, a head / pattern is out of
+            range, or a side of ``size`` is not 1 to :data:`MAX_PICTURE_SIDE`.
         RuntimeError: this RDKit has no Cairo drawer (``MolDraw2DCairo``).
     """
-    from .data.molecule import parse_smiles
+    from .data.molecule import bonds_of, parse_smiles
+    if len(size) != 2 or not all(1 <= int(side) <= MAX_PICTURE_SIDE for side in size):
+        raise ValueError(f"size {tuple(size)} must be a width and a height in pixels, each "
+                         f"from 1 to {MAX_PICTURE_SIDE}")
     try:
         from rdkit.Chem.Draw import rdMolDraw2D
         drawer_cls = rdMolDraw2D.MolDraw2DCairo
@@ -245,7 +253,7 @@ def molecule_attention(smiles: str, edge_index: Tensor, weights: Tensor,
         raise RuntimeError("molecule_attention needs RDKit built with Cairo "
                            "(rdkit.Chem.Draw.rdMolDraw2D.MolDraw2DCairo)") from err
     mol = parse_smiles(smiles)
-    bonds = [(b.GetBeginAtomIdx(), b.GetEndAtomIdx()) for b in mol.GetBonds()]
+    bonds = [(b.GetBeginAtomIdx(), b.GetEndAtomIdx()) for b in bonds_of(mol)]
     atoms, bond_scores = atom_bond_scores(edge_index, weights, bonds, mol.GetNumAtoms(),
                                           member=member, head=head, pattern=pattern,
                                           offset=offset)

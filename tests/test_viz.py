@@ -6,8 +6,9 @@ from torch_geometric.data import Batch
 
 from graphformer.data import from_smiles
 from graphformer.models import GraphTransformer, GraphTransformerConfig
-from graphformer.viz import (atom_bond_scores, attention_heatmap, attention_mass_from_model,
-                             dense_attention, molecule_attention, pattern_attention_mass)
+from graphformer.viz import (MAX_PICTURE_SIDE, atom_bond_scores, attention_heatmap,
+                             attention_mass_from_model, dense_attention, molecule_attention,
+                             pattern_attention_mass)
 
 
 def assert_picture(path, width, height):
@@ -107,6 +108,14 @@ def test_molecule_picture(attention, tmp_path):
     assert_picture(tmp_path / "m.png", 320, 240)
     with pytest.raises(ValueError, match="cannot parse SMILES 'C1CC'"):
         molecule_attention("C1CC", edge_index, weights[0])
+    # Cairo draws no side above 32,767 pixels (RDKit's "PNG header not
+    # recognized"): the size is refused by name, before any drawing
+    for size in [(32768, 240), (320, 0), (320, MAX_PICTURE_SIDE + 1), (320,)]:
+        with pytest.raises(ValueError, match=rf"size \(.*\) must be a width and a height in "
+                                             rf"pixels, each from 1 to {MAX_PICTURE_SIDE}"):
+            molecule_attention("CCO", edge_index, weights[0], size=size,
+                               path=tmp_path / "big.png")
+    assert not (tmp_path / "big.png").exists()
 
 
 def test_pattern_mass_by_hand(tmp_path):

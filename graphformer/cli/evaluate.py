@@ -10,11 +10,15 @@ from typing import Any, Dict
 
 import torch
 
-from ..errors import DataError
+from ..errors import DataError, UsageError
 from ..train import evaluate_split, prepare
 from ..train.checkpoint import load_run
+from ..train.config import DataConfig
 from ..train.data_checks import changed_parts
-from ._args import positive_int
+from ._args import add_threads_argument, positive_int, set_threads
+
+#: ``--threads`` of ``evaluate`` and ``predict`` (see the README's "Threads").
+DEFAULT_THREADS = 1
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -29,11 +33,45 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-changed-data", action="store_true",
                    help="evaluate even when the data differ from those the checkpoint was "
                    "trained on (a warning instead of an error)")
+    p.add_argument("--data", type=Path, metavar="CSV",
+                   help="where the CSV file the checkpoint was trained on is now, when it has "
+                   "moved (or was stored relative to another directory by an older "
+                   "graphformer); its data are checked against the checkpoint's as always")
+    p.add_argument("--root", type=Path, metavar="DIR",
+                   help="data cache directory (default: the one training used)")
+    add_threads_argument(p, DEFAULT_THREADS)
     p.set_defaults(run=run)
 
 
+def located(data: DataConfig, args: argparse.Namespace) -> DataConfig:
+    """The checkpoint's data config with the data where they are now:
+    ``--data`` and ``--root`` when given. A CSV file that is not found is a
+    :class:`UsageError` naming it and ``--data``."""
+    changes: Dict[str, Any] = {}
+    csv = data.dataset.lower().endswith(".csv")
+    if args.root is not None:
+        changes["root"] = str(args.root)
+    if args.data is not None:
+        if not csv:
+            raise UsageError(f"--data {args.data}: {args.checkpoint} was trained on the data "
+                             f"set {data.dataset!r}, not on a CSV file, so there is no file "
+                             f"to relocate; leave --data out")
+        changes["dataset"] = str(args.data)
+    elif csv and not Path(data.dataset).is_file():
+        stored = Path(data.dataset)
+        how = "is not found" if stored.is_absolute() else (
+            f"was stored relative to the directory training ran in (by an older graphformer) "
+            f"and is not found from {Path.cwd()}")
+        raise UsageError(f"the data of {args.checkpoint}, {data.dataset}, {how}; give the CSV "
+                         f"file's path with --data PATH (its data are checked against the "
+                         f"checkpoint's), or run evaluate from the directory training ran in")
+    return replace(data, **changes) if changes else data
+
+
 def run(args: argparse.Namespace) -> int:
+    set_threads(args.threads)
     state, cfg, model = load_run(args.checkpoint)
+    cfg = replace(cfg, data=located(cfg.data, args))
     prepared = prepare(cfg, log=False)
     check = "unchanged"
     if state.get("data") is None:

@@ -16,8 +16,8 @@ from ..errors import UsageError
 from ..models import Ensemble
 from ..train import predict
 from ..train.checkpoint import load_run
-from ..viz import molecule_attention
-from ._args import output_path, positive_int
+from ..viz import MAX_PICTURE_SIDE, molecule_attention
+from ._args import output_path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,8 +31,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="attention head (default: the mean over heads)")
     p.add_argument("--pattern", default=None,
                    help="only the attention edges of this pattern (e.g. bonds, full)")
-    p.add_argument("--size", type=positive_int, nargs=2, default=(500, 400), metavar=("W", "H"))
+    p.add_argument("--size", type=picture_side, nargs=2, default=(500, 400), metavar=("W", "H"),
+                   help=f"the picture's width and height in pixels, each 1 to "
+                   f"{MAX_PICTURE_SIDE} (default 500 400)")
     p.set_defaults(run=run)
+
+
+def picture_side(text: str) -> int:
+    """An argparse type: a picture side in pixels, 1 to :data:`MAX_PICTURE_SIDE`."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_PICTURE_SIDE:
+        raise argparse.ArgumentTypeError(f"each side must be a whole number of pixels from 1 "
+                                         f"to {MAX_PICTURE_SIDE}, got {text!r}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:

@@ -15,13 +15,12 @@ import sys
 from typing import List, Optional
 
 from ..errors import EXIT_DATA, EXIT_USAGE, DataError, UsageError
-from . import evaluate, explain, predict, pretrain, train
-
-EXIT_INTERRUPTED = 130
+from . import EXIT_INTERRUPTED, evaluate, explain, predict, pretrain, train
+from ._args import Parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="graphformer", description="Transformers as graph neural networks: train, "
         "evaluate and use graph transformers on molecules.",
         epilog="Exit codes: 0 success, 1 data error, 2 usage error, 130 interrupted.")
@@ -62,10 +61,10 @@ def error_exit(err: BaseException) -> Optional[int]:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``) in this process
-    and return its exit code. argparse's own errors (exit 2) and ``--help``
-    (exit 0) raise ``SystemExit`` as argparse does."""
-    args = build_parser().parse_args(argv)
+    and return its exit code. argparse's own errors (one line, exit 2) and
+    ``--help`` (exit 0) raise ``SystemExit`` as argparse does."""
     try:
+        args = build_parser().parse_args(argv)
         return args.run(args)
     except KeyboardInterrupt:
         print("graphformer: interrupted", file=sys.stderr)

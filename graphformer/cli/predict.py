@@ -17,7 +17,8 @@ from ..datasets.molecules import check_columns, feature_rows, read_csv
 from ..errors import DataError
 from ..train import predict
 from ..train.checkpoint import load_run
-from ._args import output_path, positive_int
+from ._args import add_threads_argument, output_path, positive_int, set_threads
+from .evaluate import DEFAULT_THREADS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,12 +32,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--skip-invalid", action="store_true",
                    help="skip unparsable SMILES (reported by row) instead of failing")
     p.add_argument("--batch-size", type=positive_int, default=128)
+    add_threads_argument(p, DEFAULT_THREADS)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     output = output_path(args.output, {"the input file": args.input,
                                        "the checkpoint": args.checkpoint}, "predictions.csv")
+    set_threads(args.threads)
     state, cfg, model = load_run(args.checkpoint)
     frame = read_csv(args.input)
     check_columns(frame, args.input, [args.smiles_column])

@@ -30,6 +30,7 @@ from graphformer.datasets import MoleculeCSVDataset, load_dataset, make_split, r
 from graphformer.datasets.molecules import bundled_dir, read_csv
 from graphformer.errors import ConfigError, DataError, UsageError
 from graphformer.train import RunConfig, load_checkpoint, read_config_file, train
+from graphformer.train.checkpoint import save_checkpoint
 from graphformer.train.run_dir import RUN_FILES
 
 SMILES = list(pd.read_csv(bundled_dir() / "ESOL.csv")["smiles"].head(12))
@@ -246,6 +247,68 @@ def test_evaluate_and_predict_batch_size_flags(run, data, tmp_path):
     assert_error(cli("evaluate", run / "best.pt", "--batch-size", "0"), 2, "--batch-size")
     assert_error(cli("predict", run / "best.pt", data, "-o", tmp_path / "p.csv",
                      "--batch-size", "-4"), 2, "--batch-size")
+
+
+@given(side=st.one_of(st.integers(max_value=0), st.integers(min_value=8193, max_value=2**70),
+                     st.sampled_from(["32768", "1.5", "x", "", "1e3"])))
+@settings(max_examples=10, deadline=None, suppress_health_check=FIXTURE)
+def test_explain_size_out_of_range_exits_2_naming_size_and_range(run, tmp_path, side):
+    out = tmp_path / "a.png"
+    result = cli("explain", run / "best.pt", "--smiles", "CCO", "-o", out, "--size", side, "400")
+    assert_error(result, 2, "argument --size", "from 1 to 8192", repr(str(side)))
+    assert result[2].count("\n") == 1 and not out.exists()
+
+
+def test_evaluate_from_another_directory(tmp_path, data, monkeypatch):
+    """A run stores its CSV file's and cache's paths absolute; a checkpoint
+    of an older graphformer, which stored them relative to where training
+    ran, is evaluated from elsewhere with --data (and --root), and without
+    them is one line naming the file and --data."""
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    here.mkdir(), elsewhere.mkdir()
+    shutil.copy(data, here / "d.csv")
+    monkeypatch.chdir(here)
+    assert cli(*train_args("d.csv", "run", "cache"))[0] == 0
+    saved = json.loads((here / "run" / "config.json").read_text())["data"]
+    assert saved["dataset"] == str(here / "d.csv") and saved["root"] == str(here / "cache")
+    monkeypatch.chdir(elsewhere)
+    code, out, err = cli("evaluate", here / "run" / "best.pt", "--threads", "2")
+    assert code == 0, err
+    first = json.loads(out)
+    assert first["data"] == "unchanged" and not (elsewhere / "cache").exists()
+
+    state = load_checkpoint(here / "run" / "best.pt")
+    state["config"]["data"].update(dataset="d.csv", root="cache")   # as older runs stored it
+    old = tmp_path / "old.pt"
+    save_checkpoint(state, old)
+    result = cli("evaluate", old)
+    assert_error(result, 2, "old.pt", "d.csv", "relative", str(elsewhere), "--data PATH")
+    assert result[2].count("\n") == 1
+    code, out, err = cli("evaluate", old, "--data", here / "d.csv", "--root", here / "cache")
+    assert code == 0, err
+    assert json.loads(out)["test"] == first["test"]
+    # --data is checked like the stored path: other data are refused
+    other = write_csv(elsewhere / "other.csv", [f"{s},1.0" for s in SMILES])
+    assert_error(cli("evaluate", old, "--data", other), 1, "differ", "--allow-changed-data")
+    assert_error(cli("evaluate", old, "--data", elsewhere / "none.csv"), 2, "none.csv")
+    monkeypatch.chdir(here)   # where it was trained, the relative path still serves
+    code, out, err = cli("evaluate", old, "--threads", "1")
+    assert code == 0 and json.loads(out)["test"] == first["test"], err
+
+
+def test_predict_and_explain_name_a_molecule_too_large_for_its_descriptors(run, tmp_path):
+    big = "C" * 600
+    src = write_csv(tmp_path / "in.csv", ["CCO", big], header="smiles")
+    out = tmp_path / "p.csv"
+    assert_error(cli("predict", run / "best.pt", src, "-o", out), 1, "in.csv, row 2",
+                 "600 atoms", "at most 500 atoms")
+    assert not out.exists()
+    code, _, err = cli("predict", run / "best.pt", src, "-o", out, "--skip-invalid",
+                       "--threads", "1")
+    assert code == 0 and "row 2" in err
+    assert pd.read_csv(out)["row"].tolist() == [1]
+    assert_error(cli("explain", run / "best.pt", "--smiles", big, "-o", tmp_path / "a.png"), 2,
+                 "--smiles", "600 atoms")
 
 
 # --------------------------------------------------------------------------- CSV files
