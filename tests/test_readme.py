@@ -203,3 +203,13 @@ def test_every_readme_command_parses(monkeypatch):
                 build_parser().parse_args(args)
         except SystemExit as err:   # argparse's error: the command is wrong
             raise AssertionError(f"README command does not parse: {command}") from err
+
+
+def test_every_guarantee_names_a_test_that_exists():
+    """The "Errors and guarantees" table names real tests (file and function)."""
+    section = README.split("## Errors and guarantees", 1)[1].split("\n## ", 1)[0]
+    named = re.findall(r"`(tests/[\w/]+\.py)::(\w+)`", section)
+    assert len(named) >= 30
+    for path, name in named:
+        source = (ROOT / path).read_text()
+        assert re.search(rf"^def {name}\(", source, re.M), f"{path}::{name} does not exist"
