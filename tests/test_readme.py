@@ -173,7 +173,7 @@ def test_every_readme_command_parses(monkeypatch):
     import argparse
     import shlex
 
-    from graphformer.cli.main import build_parser
+    from graphformer.cli.commands import build_parser
     from tests.helpers import load_script
 
     parse = argparse.ArgumentParser.parse_args

@@ -64,16 +64,16 @@ def test_predict_and_evaluate_document_threads(command, capsys):
 
 
 class _Interrupting(importlib.abc.MetaPathFinder):
-    """Ctrl-C while ``graphformer.cli.main`` (and with it PyTorch) is imported."""
+    """Ctrl-C while ``graphformer.cli.commands`` (and with it PyTorch) is imported."""
 
     def find_spec(self, name, path=None, target=None):
-        if name == "graphformer.cli.main":
+        if name == "graphformer.cli.commands":
             raise KeyboardInterrupt
         return None
 
 
 def test_an_interrupt_while_the_commands_import_exits_130(monkeypatch, capsys):
-    monkeypatch.delitem(sys.modules, "graphformer.cli.main")
+    monkeypatch.delitem(sys.modules, "graphformer.cli.commands")
     monkeypatch.setattr(sys, "meta_path", [_Interrupting(), *sys.meta_path])
     assert main(["evaluate", "a.pt"]) == 130
     assert capsys.readouterr().err == "graphformer: interrupted\n"

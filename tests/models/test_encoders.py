@@ -64,7 +64,7 @@ def test_a_value_outside_its_feature_is_refused_naming_row_and_column():
 def test_the_command_line_does_not_import_scikit_learn():
     """ogb.graphproppred's evaluator imports scikit-learn (about a second):
     the CLI's import path avoids it."""
-    code = "import sys, graphformer.cli.main; print('sklearn' in sys.modules)"
+    code = "import sys, graphformer.cli.commands; print('sklearn' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stderr

@@ -136,7 +136,7 @@ def test_descriptors_are_the_default_for_smiles_data_sets_only():
 
 
 def test_cli_turns_the_default_descriptors_off_with_none():
-    from graphformer.cli.main import build_parser
+    from graphformer.cli.commands import build_parser
     from graphformer.cli.train import config_from_args
     from graphformer.errors import UsageError
 
