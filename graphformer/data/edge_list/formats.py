@@ -236,8 +236,14 @@ def _first_rows(raw: bytes, name: str,
 
 def read_head(path: PathLike, *, delimiter: Optional[str], header: Optional[bool],
                comment: Optional[str]) -> Head:
-    name = os.fspath(path)
-    raw = _read_bytes(path)
+    return head_of_bytes(os.fspath(path), _read_bytes(path), delimiter=delimiter,
+                         header=header, comment=comment)
+
+
+def head_of_bytes(name: str, raw: bytes, *, delimiter: Optional[str], header: Optional[bool],
+                  comment: Optional[str]) -> Head:
+    """:func:`read_head` on bytes already read (gunzipped, without a BOM): the
+    whole file, or its first complete lines (a streaming reader's prefix)."""
     found = _first_rows(raw, name, comment)
     delim = _choose_delimiter(name, found[0][2] if found else "", delimiter)
     rows = [split(text, delim) for _, _, text in found]

@@ -181,6 +181,12 @@ def _node_source(path: PathLike, kind: str, *, delimiter: Optional[str],
     """A node feature (``kind='feature'``) or label file: id in column 0, then
     the features / the label."""
     head = read_head(path, delimiter=delimiter, header=header, comment=comment)
+    return _Source(head, node_layout(head, kind))
+
+
+def node_layout(head: Head, kind: str) -> Layout:
+    """The columns of a node feature (``kind='feature'``) or label file with
+    this head: id in column 0, then the features / the label."""
     if kind == "feature" and head.ncols == 1:
         raise ValueError(f"{head.name}, line {head.ref_line}: a node feature file needs a node "
                          f"id and at least one feature column, found 1 field")
@@ -190,11 +196,10 @@ def _node_source(path: PathLike, kind: str, *, delimiter: Optional[str],
     role = "node feature" if kind == "feature" else "label"
     rest = tuple((c, role) for c in range(1, max(head.ncols, 2)))
     ids = ((0, "node id"),)
-    return _Source(head, Layout(ids=ids, nums=rest) if kind == "feature"
-                   else Layout(ids=ids, texts=rest))
+    return Layout(ids=ids, nums=rest) if kind == "feature" else Layout(ids=ids, texts=rest)
 
 
-def _check_options(comment: Optional[str], extra_nodes: str, dtype: torch.dtype,
+def check_options(comment: Optional[str], extra_nodes: str, dtype: torch.dtype,
                    header: Optional[bool], node_header: Optional[bool]) -> None:
     if comment is not None and (not isinstance(comment, str) or not comment
                                 or "\n" in comment or "\r" in comment):
@@ -305,7 +310,7 @@ def read_edge_list(path: PathLike, *, delimiter: Optional[str] = None,
     ...                       node_features="x.tsv", node_labels="y.tsv")
     >>> data.node_ids[0]                              # original id of node 0
     """
-    _check_options(comment, extra_nodes, dtype, header, node_header)
+    check_options(comment, extra_nodes, dtype, header, node_header)
     feature_columns = _feature_columns(features)
     if header is None and any(isinstance(c, str)
                               for c in [source, target, weight, *feature_columns]):
