@@ -18,14 +18,14 @@ from ..errors import UsageError
 from .molecules import (BUNDLED, MoleculeCSVDataset, bundled_dir, default_root, load_bundled,
                         takes_molecule_features)
 from .splits import (column_split, index_split, random_split, scaffold, scaffold_folds,
-                     scaffold_split)
+                     scaffold_split, stratified_split)
 
 __all__ = [
     "Benchmark", "load_dataset", "make_split",
     "MoleculeCSVDataset", "BUNDLED", "bundled_dir", "default_root", "load_bundled",
     "takes_molecule_features",
     "random_split", "scaffold_split", "scaffold_folds", "scaffold", "column_split",
-    "index_split",
+    "index_split", "stratified_split",
 ]
 
 

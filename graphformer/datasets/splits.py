@@ -50,6 +50,33 @@ def random_split(num: int, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: i
     return _as_split(perm[:n_train], perm[n_train:n_train + n_valid], perm[n_train + n_valid:])
 
 
+def stratified_split(labels: Tensor, train_fraction: float, valid_fraction: float,
+                     seed: int = 0) -> Split:
+    """A seeded split of labelled items (nodes) that keeps every class's
+    proportions: within each class the items are shuffled and the first
+    ``round(train_fraction · n_c)`` (at least one) train, the next
+    ``round(valid_fraction · n_c)`` validate, the rest test. Items with a
+    negative label are unlabelled and in no part."""
+    if not 0 < train_fraction < 1 or not 0 <= valid_fraction < 1 \
+            or train_fraction + valid_fraction >= 1:
+        raise ValueError(f"need a train fraction > 0, a validation fraction >= 0 and their sum "
+                         f"< 1 (the rest is the test part), got {train_fraction} and "
+                         f"{valid_fraction}")
+    generator = torch.Generator().manual_seed(seed)
+    parts: List[List[Tensor]] = [[], [], []]
+    for c in torch.unique(labels[labels >= 0]).tolist():
+        items = (labels == c).nonzero().view(-1)
+        items = items[torch.randperm(items.numel(), generator=generator)]
+        n = items.numel()
+        n_train = min(n, max(1, round(train_fraction * n)))
+        n_valid = min(n - n_train, round(valid_fraction * n))
+        for part, chunk in zip(parts, (items[:n_train], items[n_train:n_train + n_valid],
+                                       items[n_train + n_valid:])):
+            part.append(chunk)
+    return {name: torch.sort(torch.cat(part))[0] if part else torch.zeros(0, dtype=torch.long)
+            for name, part in zip(PARTS, parts)}
+
+
 def scaffold(smiles: str, include_chirality: bool = False) -> str:
     """The Bemis-Murcko scaffold SMILES of a molecule ('' for acyclic ones)."""
     mol = parse_smiles(smiles)

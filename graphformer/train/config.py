@@ -42,7 +42,8 @@ def coerce(section: str, key: str, value: Any, hint: Any) -> Any:
     - ``bool``: ``true`` / ``false`` only;
     - ``str`` and ``Literal``: a string;
     - ``List[str]`` / ``Tuple[str, ...]``: a list of strings, or one string as
-      a one-element list;
+      a one-element list; ``List[int]`` (any other element type): a list of
+      such values, or one as a one-element list;
     - ``Optional[X]``: ``None`` or an ``X``.
 
     Anything else is a :class:`~graphformer.errors.ConfigError` naming the key,
@@ -86,6 +87,9 @@ def coerce(section: str, key: str, value: Any, hint: Any) -> Any:
         if isinstance(value, str):
             return value
         raise ConfigError(section, key, f"must be a string, got {_kind(value)}")
+    if origin in (list, tuple) and args and args[0] is not str:   # List[int], ...
+        items = value if isinstance(value, (list, tuple)) else [value]
+        return origin(coerce(section, key, v, args[0]) for v in items)
     if origin in (list, tuple):
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) for v in items):

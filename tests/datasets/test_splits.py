@@ -131,3 +131,34 @@ def test_index_split_from_ogb_style_files(tmp_path):
         index_split(tmp_path / "valid.csv.gz", tmp_path / "valid.csv.gz", tmp_path / "test.csv.gz")
     with pytest.raises(ValueError, match="train index 3 is out of range for 3 rows"):
         index_split(*(tmp_path / f"{n}.csv.gz" for n in ("train", "valid", "test")), num=3)
+
+
+def test_stratified_split_keeps_each_class_and_is_seeded():
+    from graphformer.datasets import stratified_split
+
+    labels = torch.tensor([0] * 10 + [1] * 5 + [2] * 1 + [-1] * 3)
+    split = stratified_split(labels, 0.6, 0.2, seed=3)
+    parts = [split[p].tolist() for p in ("train", "valid", "test")]
+    every = sorted(i for part in parts for i in part)
+    assert every == list(range(16))                    # unlabelled (-1) nodes in no part
+    for c, (n_train, n_valid) in {0: (6, 2), 1: (3, 1), 2: (1, 0)}.items():
+        got = [sum(int(labels[i]) == c for i in part) for part in parts]
+        assert got[:2] == [n_train, n_valid], (c, got)
+    assert all(part == sorted(part) for part in parts)
+    assert {p: t.tolist() for p, t in stratified_split(labels, 0.6, 0.2, seed=3).items()} == \
+        {p: t.tolist() for p, t in split.items()}
+    assert stratified_split(labels, 0.6, 0.2, seed=4)["train"].tolist() != parts[0]
+    with pytest.raises(ValueError, match="sum < 1"):
+        stratified_split(labels, 0.8, 0.2)
+
+
+def test_config_lists_of_whole_numbers_follow_the_int_rule():
+    from typing import List
+
+    from graphformer.errors import ConfigError
+    from graphformer.train.config import coerce
+
+    assert coerce("train", "num_neighbors", [10, "5", 2.0], List[int]) == [10, 5, 2]
+    assert coerce("train", "num_neighbors", 7, List[int]) == [7]
+    with pytest.raises(ConfigError, match=r"'train.num_neighbors' must be a whole number"):
+        coerce("train", "num_neighbors", [10, 2.5], List[int])
