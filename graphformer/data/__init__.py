@@ -4,6 +4,7 @@ from .descriptors import (MOLECULE_FEATURE_SETS, RDKIT2D_NAMES, molecule_feature
 from .edge_list import read_edge_list, write_edge_list
 from .encodings import LaplacianPE, RandomWalkSE, encodings
 from .molecule import from_mol, from_smiles, parse_smiles
+from .sampling import NeighborSampler, neighbor_sampler
 from .snli import SNLI_LABELS, SNLISplit, load_snli, load_word_vectors, read_snli, snli_vocab
 from .tokens import (
     RelativePosition,
@@ -21,5 +22,6 @@ __all__ = [
     "SinusoidalPosition", "sinusoidal_encoding",
     "read_edge_list", "write_edge_list",
     "RandomWalkSE", "LaplacianPE", "encodings",
+    "NeighborSampler", "neighbor_sampler",
     "SNLI_LABELS", "SNLISplit", "read_snli", "load_snli", "snli_vocab", "load_word_vectors",
 ]
