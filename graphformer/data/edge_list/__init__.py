@@ -15,11 +15,15 @@ The package, one module per job:
   same rules and precise errors (file, line, value);
 * :mod:`~graphformer.data.edge_list.read`: :func:`read_edge_list`, node
   feature and label files, graph assembly;
-* :mod:`~graphformer.data.edge_list.write`: :func:`write_edge_list`.
+* :mod:`~graphformer.data.edge_list.write`: :func:`write_edge_list`;
+* :mod:`~graphformer.data.edge_list.convert`: :func:`convert_edge_list`, the
+  streaming conversion into an on-disk graph (opened by :func:`load_graph`).
 """
+from ..graph_store import OnDiskGraph, load_graph
+from .convert import convert_edge_list
 from .formats import DELIMITER_NAMES, WHITESPACE, Column, PathLike, delimiter_from_name
 from .read import read_edge_list
 from .write import write_edge_list
 
 __all__ = ["read_edge_list", "write_edge_list", "delimiter_from_name", "DELIMITER_NAMES",
-           "WHITESPACE", "Column", "PathLike"]
+           "WHITESPACE", "Column", "PathLike", "convert_edge_list", "load_graph", "OnDiskGraph"]

@@ -200,7 +200,7 @@ def node_layout(head: Head, kind: str) -> Layout:
 
 
 def check_options(comment: Optional[str], extra_nodes: str, dtype: torch.dtype,
-                   header: Optional[bool], node_header: Optional[bool]) -> None:
+                  header: Optional[bool], node_header: Optional[bool]) -> None:
     if comment is not None and (not isinstance(comment, str) or not comment
                                 or "\n" in comment or "\r" in comment):
         raise ValueError(f"comment must be a non-empty one-line string or None, got {comment!r}")
