@@ -84,11 +84,17 @@ class NeighborSampler(BaseSampler):
     ``1.39 k``, plus slack), duplicates dropped and the first ``k`` distinct
     kept (a uniform ``k``-subset), the rare node left short drawing again; so a
     node of degree 10^6 costs ``O(k)``, not ``O(deg)``. Global-to-local ids
-    are mapped by sorting the sampled ids (no ``num_nodes``-sized table).
-    Measured on a 2-core CPU, one thread, a power-law graph of 100k nodes and
-    1M edges (in-degrees Zipf-like up to ~5k), fan-out ``[15, 10]``, batches
-    of 1024 seeds: about 18k seeds/s (``scripts``-free command in the tests'
-    module docstring).
+    are mapped by one sort of the ids sampled so far (no ``num_nodes``-sized
+    table): ``O(S log S)`` for ``S`` sampled edges. 1024 copies of one node of
+    in-degree 10^6 at fan-out 15 take about 6 ms and 8 MB.
+
+    Measured with :func:`benchmark` (``OMP_NUM_THREADS=1 python -c "from
+    graphformer.data.sampling import benchmark; benchmark()"``) on a 2-core
+    Xeon shared with other work, one thread, graphs of 100k nodes and 1M edges
+    from :func:`power_law_graph`, fan-out ``[15, 10]``, batches of 1024 seeds:
+    exponent 0.5 (max in-degree 1.7k, 66k sampled edges per batch) 59k-71k
+    seeds/s (15-17 ms a batch); exponent 1.0 (max in-degree 83k, 12k edges per
+    batch) 177k-226k seeds/s.
     """
 
     def __init__(
