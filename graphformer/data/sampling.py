@@ -19,6 +19,15 @@ frontier. ``row``/``col`` are local indices with messages flowing
 ``row (source) -> col (target)``; ``edge`` holds the *original* edge ids (so
 :attr:`edge_permutation` is ``None``). ``num_sampled_nodes`` is
 ``[#seeds, #new at hop 1, ...]``, ``num_sampled_edges`` ``[#edges at hop 1, ...]``.
+A seed given twice stays twice in ``node`` and each copy samples at hop 1 (as
+PyG's); a source equal to it maps to its first copy. Link sampling reuses PyG's
+``edge_sample`` (endpoints of the positive and negative links, sorted unique,
+are the seeds), so its metadata is PyG's exactly.
+
+Where it differs from PyG's: within one target the sampled edges come in
+ascending CSC order, not draw order; ``edge`` holds original ids with
+:attr:`edge_permutation` ``None`` where PyG's gives CSC positions and the
+permutation (the loaders' ``e_id`` is the same); the random streams differ.
 """
 from __future__ import annotations
 
@@ -28,7 +37,6 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 from torch_geometric.data import Data, FeatureStore, GraphStore, HeteroData
-from torch_geometric.data.graph_store import EdgeLayout
 import torch_geometric.typing
 from torch_geometric.sampler import (
     BaseSampler,
@@ -58,9 +66,10 @@ class NeighborSampler(BaseSampler):
         data: a :class:`~torch_geometric.data.Data` (its ``edge_index`` is
             sorted by target once, stably, so edges of one target keep their
             order) or a ``(FeatureStore, GraphStore)`` tuple (the graph is read
-            as CSC through the store's public API: an edge index stored in CSC
-            layout as it is, possibly memory-mapped, otherwise
-            ``graph_store.csc()``). Only the entries sampling touches are read.
+            as CSC through ``graph_store.csc()``, as PyG's sampler reads it:
+            an edge index stored in CSC layout comes back as it is, possibly
+            memory-mapped and int32, and only the entries sampling touches are
+            read; a ``perm`` the store gives maps CSC slots to edge ids).
         num_neighbors: the fan-out per hop; ``-1`` takes every incoming edge.
         replace: draw with replacement (``k`` draws per node with any incoming
             edge, repeats possible).
@@ -404,14 +413,10 @@ def _csc_from_store(graph_store: GraphStore) -> Tuple[Tensor, Tensor, Optional[T
         raise TypeError("graphformer's NeighborSampler samples homogeneous graphs only; the "
                         f"GraphStore holds edge type {typed[0]!r} (use PyG's NeighborSampler "
                         "with pyg-lib)")
-    csc = [a for a in attrs if a.layout == EdgeLayout.CSC]
-    if csc:
-        attr = csc[0]
-        row, colptr = graph_store.get_edge_index(attr)
-        perm = None
-    else:
-        attr = attrs[0]
-        row, colptr, perm = graph_store.csc()
+    # As PyG's sampler: a CSC edge index comes back as stored (memory maps stay
+    # memory maps, perm None); a store may override csc() to give a perm.
+    row, colptr, perm = graph_store.csc()
+    attr = attrs[0]
     for name, t in (("row", row), ("colptr", colptr)):
         if not isinstance(t, Tensor) or t.dim() != 1 or t.is_floating_point():
             raise TypeError(f"the GraphStore's CSC '{name}' must be a 1-D integer tensor")
@@ -420,7 +425,9 @@ def _csc_from_store(graph_store: GraphStore) -> Tuple[Tensor, Tensor, Optional[T
                          "entries)")
     num_nodes = colptr.numel() - 1
     if attr.size is not None:
-        num_nodes = max(num_nodes, *[int(s) for s in attr.size if s is not None])
+        num_nodes = max([num_nodes] + [int(s) for s in attr.size if s is not None])
+    if (attr.size is None or None in attr.size) and row.numel():
+        num_nodes = max(num_nodes, int(row.max()) + 1)  # a source past the last target
     if num_nodes > colptr.numel() - 1:  # nodes with no incoming edge past the end
         colptr = torch.cat([colptr, colptr[-1:].expand(num_nodes + 1 - colptr.numel())])
     return colptr, row, perm, num_nodes

@@ -293,6 +293,33 @@ def test_node_loader_on_feature_and_graph_stores(layout, tmp_path):
         check(data.edge_index, 200, n_id[:batch.batch_size], out, [4, 2])
 
 
+def test_on_disk_graph_reports_the_files_edge_ids(tmp_path):
+    from graphformer.data import convert_edge_list, load_graph, read_edge_list
+    data = power_law_graph(60, 400, exponent=0.7)
+    path = tmp_path / "edges.txt"
+    path.write_text("".join(f"{s} {t}\n" for s, t in data.edge_index.t().tolist()))
+    expected = read_edge_list(path)
+    convert_edge_list(path, tmp_path / "g", chunk_rows=50)
+    graph = load_graph(tmp_path / "g")
+    sampler = NeighborSampler(graph.data, [4, 3], seed=0)
+    assert sampler.row.data_ptr() == graph.graph_store.csc()[0].data_ptr()  # in place
+    for batch in NodeLoader(graph.data, node_sampler=sampler,
+                            input_nodes=torch.arange(expected.num_nodes), batch_size=16):
+        n_id = batch.n_id
+        assert torch.equal(expected.edge_index[:, batch.e_id], n_id[batch.edge_index])
+        out = sample(sampler, n_id[:batch.batch_size])
+        check(expected.edge_index, expected.num_nodes, n_id[:batch.batch_size], out, [4, 3])
+
+
+def test_store_without_a_size_counts_sources_past_the_last_target():
+    gs = MyGraphStore()
+    gs.put_edge_index(torch.tensor([[3, 0], [0, 1]]), edge_type=None, layout="coo", size=None)
+    sampler = NeighborSampler((MyFeatureStore(), gs), [-1, -1])
+    assert sampler.num_nodes == 4
+    out = sample(sampler, [1, 3])
+    assert out.node.tolist() == [1, 3, 0] and out.edge.tolist() == [1, 0]
+
+
 def test_refusals_name_the_problem():
     data = Data(edge_index=torch.tensor([[0], [1]]), num_nodes=2)
     hetero = HeteroData()
