@@ -149,6 +149,12 @@ class NeighborSampler(BaseSampler):
                             f"GraphStore) tuple, got {type(data).__name__}")
         self._generators: dict = {}
 
+    def __getstate__(self) -> dict:
+        # A copy (a spawned DataLoader worker) starts its own stream from the seed.
+        state = self.__dict__.copy()
+        state["_generators"] = {}
+        return state
+
     # The BaseSampler interface ###############################################
 
     @property

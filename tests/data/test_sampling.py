@@ -168,6 +168,15 @@ def test_seed_makes_it_reproducible():
     check(data.edge_index, 2000, seeds, a, [10, 5])
 
 
+def test_a_copy_for_a_worker_starts_its_stream_from_the_seed():
+    import pickle
+    data = power_law_graph(500, 4000, exponent=0.7)
+    used = NeighborSampler(data, [5, 3], seed=2)
+    first = sample(used, torch.arange(50)).edge
+    copy = pickle.loads(pickle.dumps(used))  # as a spawned DataLoader worker gets it
+    assert torch.equal(sample(copy, torch.arange(50)).edge, first)
+
+
 @pytest.mark.parametrize("k", [5, 30])   # distinct draws (50 > 2k), random keys (50 <= 2k)
 def test_neighbours_are_drawn_uniformly(k):
     data = star_graph([50])
