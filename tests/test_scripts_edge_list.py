@@ -65,7 +65,7 @@ def started(files):
     train = _run("scripts/node_classification.py", "--edges", files / "edges.txt",
                  "--node-features", files / "features.csv", "--node-labels", files / "labels.csv",
                  "--patterns", "graph", "--epochs", "60", "--hidden", "32", "--log-every", "20",
-                 "--seed", "0")
+                 "--seed", "0", "--run-dir", files / "run", "--quiet")
     yield {"stats": stats, "train": train}
     for proc in (stats, train):
         if proc.poll() is None:
@@ -134,31 +134,37 @@ def test_node_classification_without_features_and_all_patterns(files, capsys, on
     assert script.main(["--edges", str(files / "edges.txt"), "--node-labels",
                         str(files / "labels.csv"), "--patterns", "graph", "k_hop", "random",
                         "--k", "2", "--random-keys", "4", "--epochs", "5", "--hidden", "16",
-                        "--layers", "1", "--log-every", "5"]) == 0
+                        "--layers", "1", "--log-every", "5", "--batch-size", "8",
+                        "--num-neighbors", "4", "4", "--run-dir", str(files / "run-nf"),
+                        "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "no --node-features: every node gets a learnable embedding of size 16" in out
-    counts = re.search(r"attention edges: (\d+) \(graph 156, k_hop (\d+), random 136, self 34\)",
-                       out)
-    assert counts, out
-    total, k_hop = int(counts.group(1)), int(counts.group(2))
-    assert k_hop == 686 and 686 + 34 <= total <= 686 + 34 + 136
+    assert "mini-batches: 8 seed nodes, fan-outs [4, 4] per hop" in out
+    assert re.findall(r"^epoch\s+(\d+)\s+loss", out, re.M) == ["5"]
     assert re.search(r"^test accuracy: \d\.\d{4}$", out, re.M)
 
 
 def test_stratified_split(karate):
-    script = load_script("node_classification")
-    train, val, test = script.stratified_split(karate.y, 0.6, 0.2, seed=0)
+    """The script's split, now graphformer.datasets.stratified_split."""
+    from graphformer.datasets import stratified_split
+
+    def masks(seed):
+        split = stratified_split(karate.y, 0.6, 0.2, seed=seed)
+        out = [torch.zeros(N, dtype=torch.bool) for _ in range(3)]
+        for m, part in zip(out, ("train", "valid", "test")):
+            m[split[part]] = True
+        return out
+
+    train, val, test = masks(0)
     assert not bool((train & val).any() | (train & test).any() | (val & test).any())
     assert bool((train | val | test).all())
     per_class = [[int((m & (karate.y == c)).sum()) for c in range(4)] for m in (train, val, test)]
     # class sizes 13, 12, 4, 5: round(0.6 n) train, round(0.2 n) val, the rest test
     assert per_class == [[8, 7, 2, 3], [3, 2, 1, 1], [2, 3, 1, 1]]
-    again = script.stratified_split(karate.y, 0.6, 0.2, seed=0)
-    assert all(torch.equal(a, b) for a, b in zip((train, val, test), again))
-    other = script.stratified_split(karate.y, 0.6, 0.2, seed=1)
-    assert not torch.equal(train, other[0])
+    assert all(torch.equal(a, b) for a, b in zip((train, val, test), masks(0)))
+    assert not torch.equal(train, masks(1)[0])
     with pytest.raises(ValueError, match="their sum < 1"):
-        script.stratified_split(karate.y, 0.8, 0.2, seed=0)
+        stratified_split(karate.y, 0.8, 0.2, seed=0)
 
 
 def test_graph_stats_undirected_small_graph(tmp_path, capsys):
@@ -219,13 +225,14 @@ def test_graph_stats_counts(outputs, karate):
     assert "E*H*(8 + 4*C) B = E * 1088 B" in out
 
 
-def test_node_classification_beats_the_majority_baseline(outputs):
+def test_node_classification_beats_the_majority_baseline(outputs, files):
     out = outputs["train"]
     assert ("graph: 34 nodes, 156 edges, 4 classes (community_0: 13, community_1: 12, "
             "community_2: 4, community_3: 5)") in out
     assert "split (seed 0, stratified): 20 train, 7 val, 7 test nodes" in out
     assert "node features: 34 per node" in out
-    assert "attention edges: 190 (graph 156, self 34)" in out
+    assert "mini-batches: 512 seed nodes, fan-outs [10, 10] per hop" in out
+    assert f"run directory: {files / 'run'}" in out and (files / "run" / "best.pt").is_file()
     epochs = [int(e) for e in re.findall(r"^epoch\s+(\d+)\s+loss", out, re.M)]
     assert epochs == [20, 40, 60]
     best = int(_value(r"best epoch (\d+)", out))

@@ -15,17 +15,17 @@ import sys
 from typing import List, Optional
 
 from ..errors import EXIT_DATA, EXIT_USAGE, DataError, UsageError
-from . import EXIT_INTERRUPTED, evaluate, explain, predict, pretrain, train
+from . import EXIT_INTERRUPTED, evaluate, explain, node, predict, pretrain, train
 from ._args import Parser
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="graphformer", description="Transformers as graph neural networks: train, "
-        "evaluate and use graph transformers on molecules.",
+        "evaluate and use graph transformers on molecules, and on one graph's nodes.",
         epilog="Exit codes: 0 success, 1 data error, 2 usage error, 130 interrupted.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (train, pretrain, evaluate, predict, explain):
+    for module in (train, pretrain, evaluate, predict, explain, node):
         module.add_parser(sub)
     return parser
 

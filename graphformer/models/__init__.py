@@ -3,8 +3,8 @@ from .baselines import GINBaseline
 from .decomposable import DecomposableAttention, DecomposableAttentionConfig
 from .ensemble import Ensemble
 from .graph_transformer import GraphTransformer, GraphTransformerConfig, masked_loss
-from .node_transformer import NodeTransformer, NodeTransformerConfig
+from .node_transformer import NodeClassifier, NodeTransformer, NodeTransformerConfig
 
 __all__ = ["GraphTransformer", "GraphTransformerConfig", "masked_loss",
-           "NodeTransformer", "NodeTransformerConfig",
+           "NodeTransformer", "NodeTransformerConfig", "NodeClassifier",
            "DecomposableAttention", "DecomposableAttentionConfig", "GINBaseline", "Ensemble"]

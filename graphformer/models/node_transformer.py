@@ -226,3 +226,52 @@ class NodeTransformer(torch.nn.Module):
                 f"dropout={c.dropout}, sets={list(c.set_names)}"
                 + "".join(f", {t}" for t in extra)
                 + f", undirected={c.undirected})")
+
+
+class NodeClassifier(torch.nn.Module):
+    r"""A :class:`NodeTransformer` on sampled subgraphs (PyG mini-batches from
+    ``NodeLoader`` / ``NeighborLoader``): the attention edge set is built on
+    each batch's subgraph, and the logits of its seed nodes (the first
+    ``batch.batch_size``) are returned. Without node features every node of
+    the graph has a learnable input vector (``embedding``, looked up by the
+    batch's global ids ``batch.n_id``), as a one-hot identity input would.
+
+    Args:
+        config (NodeTransformerConfig): the model (``in_channels`` is the
+            feature width, or the embedding width without features).
+        num_nodes (int): nodes of the whole graph (for the embedding).
+        features (bool): batches carry node features ``batch.x``.
+
+    Shapes:
+        a batch of :math:`N_b` sampled nodes of which :math:`B` seeds ->
+        logits :math:`(B, \text{num\_classes})`.
+    """
+
+    def __init__(self, config: NodeTransformerConfig, num_nodes: int,
+                 features: bool = True) -> None:
+        super().__init__()
+        self.config = config
+        self.net = NodeTransformer(config)
+        self.embedding = None if features else torch.nn.Embedding(num_nodes, config.in_channels)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.net.reset_parameters()
+        if self.embedding is not None:
+            self.embedding.reset_parameters()
+
+    def forward(self, batch: Any, generator: Optional[torch.Generator] = None) -> Tensor:
+        """Logits of the seed nodes of ``batch`` (``generator``: the random
+        keys' generator, CPU)."""
+        x = batch.x if self.embedding is None else self.embedding(batch.n_id)
+        if x is None:
+            raise ValueError("the batch has no node features 'x' but the classifier was built "
+                             "with features=True")
+        num_nodes = int(x.size(0))
+        edge_index, membership = self.net.edge_set(batch.edge_index, num_nodes, generator)
+        logits = self.net(x, edge_index.to(x.device), membership.to(x.device))
+        return logits[:int(getattr(batch, "batch_size", num_nodes))]
+
+    def __repr__(self) -> str:
+        emb = "" if self.embedding is None else f", embedding={self.embedding.num_embeddings}"
+        return f"{self.__class__.__name__}({self.net!r}{emb})"

@@ -140,6 +140,9 @@ def check_fields(state: Dict[str, Any], path: Union[str, Path],
     """Check that a loaded checkpoint has every field ``train`` writes (and, for
     resuming, ``RESUME_FIELDS``), of the right type; the error names the file
     and the missing or wrong fields."""
+    if state.get("kind") == "node-classification":
+        raise CheckpointError(f"{path} is the checkpoint of a node-classification run: use "
+                              f"'graphformer node evaluate' / 'graphformer node predict'")
     wanted = {k: t for group in fields for k, t in group.items()}
     missing = [k for k in wanted if k not in state]
     if missing:

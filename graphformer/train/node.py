@@ -1,0 +1,487 @@
+"""Node classification on one graph, trained by mini-batches of sampled
+subgraphs (``graphformer node train``).
+
+Each step samples a subgraph around a batch of seed nodes through PyG's
+loader interface (:class:`torch_geometric.loader.NodeLoader` with a
+:class:`torch_geometric.sampler.BaseSampler`: PyG's ``NeighborSampler``
+when pyg-lib or torch-sparse is installed, else graphformer's
+:class:`~graphformer.data.sampling.NeighborSampler`), builds the model's
+attention edge set on that subgraph (its graph edges, k-hop pairs within it,
+random keys, self loops) and trains on the seeds' outputs. Memory per step is
+bounded by the batch and the fan-outs, not by the graph; evaluation and
+prediction run the same way over sampled batches (seeded, so they repeat).
+
+The graph is an edge-list file read into memory
+(:func:`graphformer.data.edge_list.read_edge_list`) or a graph converted once
+to disk (:func:`graphformer.data.edge_list.convert_edge_list`), whose
+memory-mapped CSC and features serve the sampler through PyG's
+``GraphStore`` / ``FeatureStore`` interfaces.
+
+A run directory is what ``graphformer train`` writes: ``config.json``,
+``metrics.csv`` / ``metrics.json`` (a row per epoch), ``last.pt`` and
+``best.pt`` (best validation accuracy), ``summary.json`` and
+``learning_curve.png``; it is locked while the run writes, and ``resume``
+continues from ``last.pt`` to exactly the run an uninterrupted one gives (each
+epoch's shuffling and sampling are seeded by the run's seed and the epoch).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch_geometric.data import Data
+from torch_geometric.loader import NodeLoader
+
+from .._files import atomic_write, write_text
+from ..data.edge_list import read_edge_list
+from ..data.sampling import neighbor_sampler
+from ..datasets.splits import PARTS, stratified_split
+from ..errors import ConfigError, DataError, UsageError
+from ..models.node_transformer import NodeClassifier, NodeTransformerConfig
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .config import coerce_fields
+from .loop import RunFiles, plot_learning_curve, resolve_device, seed_everything
+from .run_dir import RunDirectory
+
+KIND = "node-classification"
+#: settings a resumed run may change: where it runs, not what it computes
+RUNTIME_KEYS = {("train", "device"), ("train", "threads")}
+#: set from the data, not by the user
+DERIVED_KEYS = {("model", "in_channels"), ("model", "num_classes")}
+
+
+@dataclass
+class NodeDataConfig:
+    """The graph and its split.
+
+    Attributes:
+        edges: an edge-list file (read into memory), or
+        graph: a directory converted once by ``convert_edge_list`` (memory-
+            mapped; for graphs larger than memory). Exactly one of the two.
+        node_features, node_labels: the node files of ``edges`` (labels are
+            required; a converted graph holds its own).
+        delimiter, header, node_header, comment: the files' format (see
+            :func:`graphformer.data.edge_list.read_edge_list`).
+        train_fraction, valid_fraction: the stratified split of the labelled
+            nodes (the rest is the test part), seeded by ``split_seed``.
+    """
+    edges: Optional[str] = None
+    graph: Optional[str] = None
+    node_features: Optional[str] = None
+    node_labels: Optional[str] = None
+    delimiter: Optional[str] = None
+    header: Optional[bool] = None
+    node_header: Optional[bool] = None
+    comment: str = "#"
+    train_fraction: float = 0.6
+    valid_fraction: float = 0.2
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        coerce_fields(self, "data")
+        if (self.edges is None) == (self.graph is None):
+            raise ConfigError("data", "edges", "must be given (an edge-list file) unless "
+                              "'data.graph' (a converted graph directory) is, and not both")
+        if self.edges is not None and self.node_labels is None:
+            raise ConfigError("data", "node_labels", "must be given with an edge list: node "
+                              "classification needs a file of node_id, label lines")
+        if self.graph is not None and (self.node_features or self.node_labels):
+            raise ConfigError("data", "node_features", "must not be given with a converted "
+                              "graph, which holds its own node features and labels")
+        if not 0 < self.train_fraction < 1 or not 0 <= self.valid_fraction < 1 \
+                or self.train_fraction + self.valid_fraction >= 1:
+            raise ConfigError("data", "train_fraction", f"must be > 0, with valid_fraction "
+                              f">= 0 and their sum < 1 (the rest is the test part), got "
+                              f"{self.train_fraction} and {self.valid_fraction}")
+
+    def with_absolute_paths(self) -> "NodeDataConfig":
+        """The same data with its paths absolute (a run evaluates from anywhere)."""
+        paths = {f: str(Path(getattr(self, f)).resolve()) for f in
+                 ("edges", "graph", "node_features", "node_labels") if getattr(self, f)}
+        return replace(self, **paths)
+
+
+@dataclass
+class NodeTrainConfig:
+    """How to train.
+
+    Attributes:
+        epochs: passes over the training nodes.
+        batch_size: seed nodes per step; ``eval_batch_size`` for evaluation.
+        num_neighbors: sampled incoming edges per node at each hop (``-1``:
+            all), PyG's ``NeighborLoader`` fan-outs.
+        lr, weight_decay: AdamW.
+        seed: seeds the initialisation, and with the epoch every epoch's
+            shuffling and sampling.
+        device: ``auto``, ``cpu`` or ``cuda``; threads: CPU threads (0:
+            PyTorch's default).
+    """
+    epochs: int = 20
+    batch_size: int = 512
+    eval_batch_size: int = 2048
+    num_neighbors: List[int] = field(default_factory=lambda: [10, 10])
+    lr: float = 0.005
+    weight_decay: float = 5e-4
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        coerce_fields(self, "train")
+        for key in ("epochs", "batch_size", "eval_batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError("train", key, f"must be >= 1, got {getattr(self, key)}")
+        if not self.num_neighbors or any(k == 0 or k < -1 for k in self.num_neighbors):
+            raise ConfigError("train", "num_neighbors", f"must hold one fan-out per hop, each "
+                              f">= 1 or -1 (all), got {self.num_neighbors}")
+        if self.lr <= 0 or self.weight_decay < 0:
+            raise ConfigError("train", "lr", f"must be > 0 (and weight_decay >= 0), got "
+                              f"{self.lr} and {self.weight_decay}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError("train", "device", f"must be auto, cpu or cuda, got {self.device!r}")
+        if self.threads < 0:
+            raise ConfigError("train", "threads", f"must be >= 0, got {self.threads}")
+
+
+@dataclass
+class NodeRunConfig:
+    """A node-classification run: data, model and training. ``model``'s
+    ``in_channels`` and ``num_classes`` come from the data."""
+    data: NodeDataConfig
+    model: NodeTransformerConfig
+    train: NodeTrainConfig = field(default_factory=NodeTrainConfig)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"kind": KIND, "data": asdict(self.data), "model": self.model.to_dict(),
+                "train": asdict(self.train)}
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "NodeRunConfig":
+        model = dict(d["model"])
+        model["patterns"] = tuple(model["patterns"])
+        return cls(NodeDataConfig(**d["data"]), NodeTransformerConfig(**model),
+                   NodeTrainConfig(**d["train"]))
+
+
+# -- the graph --------------------------------------------------------------------------------
+
+@dataclass
+class NodeGraph:
+    """A graph as the loaders take it (``source``: a ``Data`` or a
+    ``(FeatureStore, GraphStore)`` pair), its labels and what predictions
+    need to name nodes and classes."""
+    source: Union[Data, Tuple[Any, Any]]
+    num_nodes: int
+    num_edges: int
+    y: Tensor
+    num_features: Optional[int]
+    label_names: Optional[List[str]]
+    node_ids: Optional[Sequence[Any]]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_names) if self.label_names else int(self.y.max()) + 1
+
+
+def load_node_graph(cfg: NodeDataConfig) -> NodeGraph:
+    """The graph of ``cfg``: read into memory, or opened memory-mapped."""
+    if cfg.graph is not None:
+        from ..data.graph_store import load_graph
+
+        graph = load_graph(cfg.graph)
+        if graph.y_array is None:
+            raise DataError(f"{cfg.graph}: the converted graph has no node labels (convert it "
+                            f"with node_labels=...)")
+        y = torch.from_numpy(np.array(graph.y_array))       # N labels: read once, O(N)
+        return NodeGraph(graph.data, graph.num_nodes, graph.num_edges, y, graph.num_features,
+                         graph.label_names, graph.node_ids)
+    data = read_edge_list(cfg.edges, delimiter=cfg.delimiter, header=cfg.header,
+                          comment=cfg.comment, node_features=cfg.node_features,
+                          node_labels=cfg.node_labels, node_header=cfg.node_header)
+    y = data.y
+    if int(y.min()) < 0:
+        bad = int((y < 0).nonzero()[0])
+        raise DataError(f"{cfg.node_labels}: integer labels must be >= 0, node "
+                        f"{_node_name(getattr(data, 'node_ids', None), bad)} has {int(y[bad])}")
+    x = getattr(data, "x", None)
+    source = Data(x=x, y=y, edge_index=data.edge_index, num_nodes=data.num_nodes)
+    return NodeGraph(source, int(data.num_nodes), int(data.edge_index.size(1)), y,
+                     None if x is None else int(x.size(1)), getattr(data, "label_names", None),
+                     getattr(data, "node_ids", None))
+
+
+def _node_name(node_ids: Optional[Sequence[Any]], i: int) -> str:
+    """The id node ``i`` has in the user's files."""
+    if node_ids is None:
+        return str(i)
+    name = node_ids[i]
+    return str(name.item() if isinstance(name, Tensor) else name)
+
+
+def node_loader(graph: NodeGraph, nodes: Tensor, cfg: NodeTrainConfig, batch_size: int,
+                shuffle: bool, seed: int) -> NodeLoader:
+    """Batches of subgraphs sampled around ``nodes`` (seeded by ``seed``:
+    the order and the samples repeat)."""
+    sampler = neighbor_sampler(graph.source, list(cfg.num_neighbors))
+    return NodeLoader(graph.source, node_sampler=sampler, input_nodes=nodes,
+                      batch_size=batch_size, shuffle=shuffle,
+                      generator=torch.Generator().manual_seed(seed))
+
+
+# -- training ---------------------------------------------------------------------------------
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch) % 2**62
+
+
+def _model_config(cfg: NodeRunConfig, graph: NodeGraph) -> NodeTransformerConfig:
+    width = graph.num_features if graph.num_features is not None else cfg.model.hidden
+    return replace(cfg.model, in_channels=width, num_classes=graph.num_classes)
+
+
+def _run_batches(model: NodeClassifier, loader: NodeLoader, device: torch.device,
+                 seed: int, step: Optional[Callable[[Tensor, Tensor], None]] = None,
+                 progress: Optional[str] = None) -> Tuple[Tensor, Tensor, Tensor]:
+    """The seeds' logits, labels and ids over ``loader`` (``step(logits, y)``
+    after each batch, e.g. a training step)."""
+    generator = torch.Generator().manual_seed(seed)
+    logits, labels, ids = [], [], []
+    bar = _progress(loader, progress)
+    seen, started = 0, time.perf_counter()
+    for batch in bar:
+        batch = batch.to(device)
+        out = model(batch, generator=generator)
+        y = batch.y[:batch.batch_size]
+        if step is not None:
+            step(out, y)
+        logits.append(out.detach().float().cpu())
+        labels.append(y.cpu())
+        ids.append(batch.n_id[:batch.batch_size].cpu())
+        seen += batch.batch_size
+        if progress is not None and hasattr(bar, "set_postfix"):
+            bar.set_postfix(seeds_per_s=f"{seen / (time.perf_counter() - started):.0f}")
+    if not logits:
+        return torch.zeros(0, model.config.num_classes), torch.zeros(0, dtype=torch.long), \
+            torch.zeros(0, dtype=torch.long)
+    return torch.cat(logits), torch.cat(labels), torch.cat(ids)
+
+
+def _progress(iterable, desc: Optional[str]):
+    if desc is None:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, leave=False, unit="batch")
+
+
+def accuracy(logits: Tensor, y: Tensor) -> float:
+    return float((logits.argmax(-1) == y).float().mean()) if y.numel() else float("nan")
+
+
+@torch.no_grad()
+def evaluate_parts(model: NodeClassifier, graph: NodeGraph, split: Dict[str, Tensor],
+                   cfg: NodeRunConfig, device: torch.device, parts: Sequence[str] = ("valid",
+                                                                                     "test"),
+                   progress: bool = False) -> Dict[str, float]:
+    """Accuracy on each part, by sampled batches (seeded by the run's seed:
+    the same numbers every time)."""
+    model.eval()
+    out = {}
+    for part in parts:
+        with torch.random.fork_rng(devices=[]):      # the samples repeat, training's RNG is kept
+            torch.manual_seed(cfg.train.seed)
+            loader = node_loader(graph, split[part], cfg.train, cfg.train.eval_batch_size,
+                                 False, cfg.train.seed)
+            logits, y, _ = _run_batches(model, loader, device, cfg.train.seed,
+                                        progress=f"{part}" if progress else None)
+        out[f"{part}_accuracy"] = accuracy(logits, y)
+    return out
+
+
+def _check_resume(saved: NodeRunConfig, given: Optional[NodeRunConfig]) -> NodeRunConfig:
+    if given is None:
+        return saved
+    given = replace(given, data=given.data.with_absolute_paths())
+    a, b = saved.to_dict(), given.to_dict()
+    diff = [f"{s}.{k}: saved {v!r}, given {b[s][k]!r}" for s in ("data", "model", "train")
+            for k, v in a[s].items()
+            if (s, k) not in RUNTIME_KEYS | DERIVED_KEYS and b[s][k] != v]
+    if diff:
+        raise UsageError(f"a resumed run keeps its saved settings, but these differ: "
+                         f"{'; '.join(diff)}; start a new run to change them")
+    return replace(saved, train=replace(saved.train, device=given.train.device,
+                                        threads=given.train.threads))
+
+
+def load_node_checkpoint(path: Union[str, Path]) -> Tuple[Dict[str, Any], NodeRunConfig]:
+    """A checkpoint of ``graphformer node train``, checked (damaged ones are
+    refused by :func:`load_checkpoint`), and its run config."""
+    state = load_checkpoint(path)
+    if state.get("kind") != KIND:
+        raise CheckpointError(f"{path} is a graphformer checkpoint but not of a node-"
+                              f"classification run (graphformer node train): use "
+                              f"'graphformer evaluate' / 'predict' for molecule models")
+    try:
+        return state, NodeRunConfig.from_dict(state["config"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path} holds an invalid node run config: {err}") from None
+
+
+def _build(cfg: NodeRunConfig, graph: NodeGraph, device: torch.device) -> NodeClassifier:
+    return NodeClassifier(_model_config(cfg, graph), graph.num_nodes,
+                          features=graph.num_features is not None).to(device)
+
+
+def train_nodes(cfg: Optional[NodeRunConfig], run_dir: Union[str, Path], *,
+                resume: bool = False, overwrite: bool = False,
+                progress: bool = True, log: Callable[[str], None] = print) -> Dict[str, Any]:
+    """Train (or, with ``resume``, continue) a node classifier in ``run_dir``
+    and return its summary (best epoch, validation and test accuracy)."""
+    run_dir = Path(run_dir)
+    with RunDirectory(run_dir, resume, overwrite) as directory:
+        state = None
+        if resume:
+            state, saved = load_node_checkpoint(run_dir / "last.pt")
+            cfg = _check_resume(saved, cfg)
+        elif cfg is None:
+            raise UsageError("a new run needs its config")
+        else:
+            cfg = replace(cfg, data=cfg.data.with_absolute_paths())
+        assert cfg is not None
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        device = resolve_device(cfg.train.device)
+        graph = load_node_graph(cfg.data)
+        cfg = replace(cfg, model=_model_config(cfg, graph))
+        split = stratified_split(graph.y, cfg.data.train_fraction, cfg.data.valid_fraction,
+                                 cfg.data.split_seed)
+        for part in PARTS:
+            if split[part].numel() == 0:
+                raise DataError(f"the {part} part of the split is empty ({graph.num_nodes} "
+                                f"nodes, fractions {cfg.data.train_fraction} / "
+                                f"{cfg.data.valid_fraction}); label more nodes or change "
+                                f"the fractions")
+        seed_everything(cfg.train.seed)
+        model = _build(cfg, graph, device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr,
+                                      weight_decay=cfg.train.weight_decay)
+        history: List[Dict[str, float]] = []
+        best: Dict[str, Any] = {"epoch": 0, "valid_accuracy": -1.0}
+        start = 1
+        if state is not None:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            history, best, start = state["history"], state["best"], state["epoch"] + 1
+        directory.start()
+        files = RunFiles(run_dir, True)
+        files.config(cfg.to_dict())
+        log(f"graph: {graph.num_nodes} nodes, {graph.num_edges} edges, {graph.num_classes} "
+            f"classes; split {', '.join(f'{p} {split[p].numel()}' for p in PARTS)}; "
+            f"fan-outs {cfg.train.num_neighbors}, batches of {cfg.train.batch_size}")
+        for epoch in range(start, cfg.train.epochs + 1):
+            seed = _epoch_seed(cfg.train.seed, epoch)
+            torch.manual_seed(seed)
+            model.train()
+            losses: List[float] = []
+
+            def step(logits: Tensor, y: Tensor) -> None:
+                optimizer.zero_grad()
+                loss = F.cross_entropy(logits, y)
+                loss.backward()
+                optimizer.step()
+                losses.append(float(loss.detach()) * y.numel())
+
+            started = time.perf_counter()
+            loader = node_loader(graph, split["train"], cfg.train, cfg.train.batch_size, True,
+                                 seed)
+            logits, y, _ = _run_batches(model, loader, device, seed, step,
+                                        f"epoch {epoch}" if progress else None)
+            seconds = time.perf_counter() - started
+            row = {"epoch": epoch, "train_loss": sum(losses) / max(y.numel(), 1),
+                   "train_accuracy": accuracy(logits, y),
+                   "seeds_per_s": y.numel() / seconds if seconds > 0 else float("nan")}
+            row.update(evaluate_parts(model, graph, split, cfg, device))
+            history.append(row)
+            improved = row["valid_accuracy"] > best["valid_accuracy"]
+            if improved:
+                best = {"epoch": epoch, "valid_accuracy": row["valid_accuracy"],
+                        "test_accuracy": row["test_accuracy"]}
+            files.end_epoch(history, {
+                "kind": KIND, "config": cfg.to_dict(), "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "epoch": epoch, "history": history,
+                "best": best, "label_names": graph.label_names}, improved)
+            log(f"epoch {epoch:3d}  loss {row['train_loss']:.4f}  train {row['train_accuracy']:.4f}"
+                f"  valid {row['valid_accuracy']:.4f}  test {row['test_accuracy']:.4f}  "
+                f"({row['seeds_per_s']:.0f} seeds/s)")
+        files.close()
+        summary = {"best_epoch": best["epoch"], "valid_accuracy": best["valid_accuracy"],
+                   "test_accuracy": best.get("test_accuracy"), "epochs": cfg.train.epochs}
+        write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        plot_learning_curve(history, "accuracy", run_dir / "learning_curve.png")
+        log(f"best epoch {best['epoch']}: valid accuracy {best['valid_accuracy']:.4f}, "
+            f"test accuracy {best.get('test_accuracy', float('nan')):.4f}")
+        return summary
+
+
+def _restore(path: Union[str, Path], threads: int = 1
+             ) -> Tuple[Dict[str, Any], NodeRunConfig, NodeGraph, NodeClassifier]:
+    state, cfg = load_node_checkpoint(path)
+    if threads:
+        torch.set_num_threads(threads)
+    graph = load_node_graph(cfg.data)
+    model = _build(cfg, graph, torch.device("cpu"))
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: its weights do not fit its graph (was the graph "
+                              f"changed?): {str(err).splitlines()[0]}") from None
+    return state, cfg, graph, model.eval()
+
+
+def evaluate_node_checkpoint(path: Union[str, Path], parts: Sequence[str] = ("valid", "test"),
+                             threads: int = 1) -> Dict[str, float]:
+    """Accuracy of a node checkpoint on the parts of its run's split."""
+    _, cfg, graph, model = _restore(path, threads)
+    split = stratified_split(graph.y, cfg.data.train_fraction, cfg.data.valid_fraction,
+                             cfg.data.split_seed)
+    return evaluate_parts(model, graph, split, cfg, torch.device("cpu"), parts)
+
+
+@torch.no_grad()
+def predict_node_checkpoint(path: Union[str, Path], output: Union[str, Path],
+                            threads: int = 1, progress: bool = True) -> int:
+    """Write the class probabilities of every node to ``output`` (CSV:
+    ``node``, ``predicted``, then ``p_<class>`` per class), batch by batch;
+    returns the number of nodes."""
+    _, cfg, graph, model = _restore(path, threads)
+    names = graph.label_names or [str(c) for c in range(graph.num_classes)]
+    torch.manual_seed(cfg.train.seed)                # the samples repeat
+    loader = node_loader(graph, torch.arange(graph.num_nodes), cfg.train,
+                         cfg.train.eval_batch_size, False, cfg.train.seed)
+    generator = torch.Generator().manual_seed(cfg.train.seed)
+    count = 0
+    with atomic_write(output, newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["node", "predicted", *(f"p_{n}" for n in names)])
+        for batch in _progress(loader, "predict" if progress else None):
+            probs = torch.softmax(model(batch, generator=generator).float(), dim=-1)
+            ids = batch.n_id[:batch.batch_size].tolist()
+            for i, p in zip(ids, probs.tolist()):
+                writer.writerow([_node_name(graph.node_ids, i),
+                                 names[max(range(len(p)), key=p.__getitem__)],
+                                 *(f"{v:.6g}" for v in p)])
+            count += len(ids)
+    return count
+
+
+__all__ = ["NodeDataConfig", "NodeTrainConfig", "NodeRunConfig", "NodeGraph", "load_node_graph",
+           "node_loader", "train_nodes", "evaluate_node_checkpoint", "predict_node_checkpoint",
+           "load_node_checkpoint", "KIND"]
