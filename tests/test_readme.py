@@ -213,3 +213,10 @@ def test_every_guarantee_names_a_test_that_exists():
     for path, name in named:
         source = (ROOT / path).read_text()
         assert re.search(rf"^def {name}\(", source, re.M), f"{path}::{name} does not exist"
+
+
+def test_layers_on_a_sampled_mini_batch_snippet_runs():
+    """The README's mini-batch example: a RelationalAttention on a subgraph
+    sampled by NodeLoader, its seed nodes' outputs."""
+    out = run_snippet("node_sampler=neighbor_sampler(")
+    assert out.startswith("torch.Size([64, 32]) [64, "), out
