@@ -13,6 +13,7 @@ from ..models.node_transformer import NODE_PATTERNS, NodeTransformerConfig
 from ..train.node import (NodeDataConfig, NodeRunConfig, NodeTrainConfig,
                           evaluate_node_checkpoint, predict_node_checkpoint, train_nodes)
 from ._args import add_threads_argument, output_path, positive_int, threads_count
+from .train import init_distributed
 
 #: flag -> (section, key), to name the flag a config error came from
 _FLAGS = {
@@ -149,6 +150,19 @@ def config_from_args(args: argparse.Namespace) -> NodeRunConfig:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    """Train; under ``torchrun`` every process joins the process group and
+    takes its share of each batch's seed nodes (DDP averages gradients)."""
+    import torch.distributed as dist
+
+    started = init_distributed(args.device)
+    try:
+        return _train(args)
+    finally:
+        if started:
+            dist.destroy_process_group()
+
+
+def _train(args: argparse.Namespace) -> int:
     progress = not args.quiet
     if args.resume is not None:
         given = ("--edges", "--graph", "--run-dir")

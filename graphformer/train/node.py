@@ -35,6 +35,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.data import Data
@@ -269,7 +270,8 @@ def _run_batches(model: NodeClassifier, loader: NodeLoader, device: torch.device
         if progress is not None and hasattr(bar, "set_postfix"):
             bar.set_postfix(seeds_per_s=f"{seen / (time.perf_counter() - started):.0f}")
     if not logits:
-        return torch.zeros(0, model.config.num_classes), torch.zeros(0, dtype=torch.long), \
+        classes = getattr(model, "module", model).config.num_classes   # DDP wraps the model
+        return torch.zeros(0, classes), torch.zeros(0, dtype=torch.long), \
             torch.zeros(0, dtype=torch.long)
     return torch.cat(logits), torch.cat(labels), torch.cat(ids)
 
@@ -346,7 +348,8 @@ def train_nodes(cfg: Optional[NodeRunConfig], run_dir: Union[str, Path], *,
     """Train (or, with ``resume``, continue) a node classifier in ``run_dir``
     and return its summary (best epoch, validation and test accuracy)."""
     run_dir = Path(run_dir)
-    with RunDirectory(run_dir, resume, overwrite) as directory:
+    rank, world = _distributed()
+    with RunDirectory(run_dir, resume, overwrite, writer=rank == 0) as directory:
         state = None
         if resume:
             state, saved = load_node_checkpoint(run_dir / "last.pt")
@@ -381,11 +384,16 @@ def train_nodes(cfg: Optional[NodeRunConfig], run_dir: Union[str, Path], *,
             optimizer.load_state_dict(state["optimizer"])
             history, best, start = state["history"], state["best"], state["epoch"] + 1
         directory.start()
-        files = RunFiles(run_dir, True)
+        files = RunFiles(run_dir, rank == 0)
         files.config(cfg.to_dict())
+        if rank > 0:
+            log = _quiet
+        net = model if world == 1 else torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
         log(f"graph: {graph.num_nodes} nodes, {graph.num_edges} edges, {graph.num_classes} "
             f"classes; split {', '.join(f'{p} {split[p].numel()}' for p in PARTS)}; "
-            f"fan-outs {cfg.train.num_neighbors}, batches of {cfg.train.batch_size}")
+            f"fan-outs {cfg.train.num_neighbors}, batches of {cfg.train.batch_size}"
+            + (f" per process, {world} processes" if world > 1 else ""))
         for epoch in range(start, cfg.train.epochs + 1):
             seed = _epoch_seed(cfg.train.seed, epoch)
             torch.manual_seed(seed)
@@ -400,14 +408,16 @@ def train_nodes(cfg: Optional[NodeRunConfig], run_dir: Union[str, Path], *,
                 losses.append(float(loss.detach()) * y.numel())
 
             started = time.perf_counter()
-            loader = node_loader(graph, split["train"], cfg.train, cfg.train.batch_size, True,
-                                 seed)
-            logits, y, _ = _run_batches(model, loader, device, seed, step,
-                                        f"epoch {epoch}" if progress else None)
+            seeds = rank_seeds(split["train"], cfg.train.batch_size, seed, rank, world)
+            loader = node_loader(graph, seeds, cfg.train, cfg.train.batch_size, False, seed)
+            logits, y, _ = _run_batches(net, loader, device, seed, step,
+                                        f"epoch {epoch}" if progress and rank == 0 else None)
             seconds = time.perf_counter() - started
-            row = {"epoch": epoch, "train_loss": sum(losses) / max(y.numel(), 1),
-                   "train_accuracy": accuracy(logits, y),
-                   "seeds_per_s": y.numel() / seconds if seconds > 0 else float("nan")}
+            totals = _all_ranks_sum([sum(losses), float((logits.argmax(-1) == y).sum()),
+                                     float(y.numel())], world)
+            row = {"epoch": epoch, "train_loss": totals[0] / max(totals[2], 1),
+                   "train_accuracy": totals[1] / max(totals[2], 1),
+                   "seeds_per_s": totals[2] / seconds if seconds > 0 else float("nan")}
             row.update(evaluate_parts(model, graph, split, cfg, device))
             history.append(row)
             improved = row["valid_accuracy"] > best["valid_accuracy"]
@@ -424,11 +434,54 @@ def train_nodes(cfg: Optional[NodeRunConfig], run_dir: Union[str, Path], *,
         files.close()
         summary = {"best_epoch": best["epoch"], "valid_accuracy": best["valid_accuracy"],
                    "test_accuracy": best.get("test_accuracy"), "epochs": cfg.train.epochs}
-        write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-        plot_learning_curve(history, "accuracy", run_dir / "learning_curve.png")
+        if rank == 0:
+            write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+            plot_learning_curve(history, "accuracy", run_dir / "learning_curve.png")
         log(f"best epoch {best['epoch']}: valid accuracy {best['valid_accuracy']:.4f}, "
             f"test accuracy {best.get('test_accuracy', float('nan')):.4f}")
         return summary
+
+
+def _quiet(line: str) -> None:
+    """The log of ranks other than 0 (rank 0 speaks for the run)."""
+
+
+def _distributed() -> Tuple[int, int]:
+    """``(rank, world size)``: of the process group ``torchrun`` started, or
+    ``(0, 1)``."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_ranks_sum(values: List[float], world: int) -> List[float]:
+    if world == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def rank_seeds(nodes: Tensor, batch_size: int, seed: int, rank: int = 0,
+               world: int = 1) -> Tensor:
+    """This process's training seeds of an epoch, in batch order: the nodes
+    shuffled by ``seed`` (the same order in every process) and cut into
+    global batches of ``batch_size · world``; process ``r`` takes the ``r``-th
+    slice of ``batch_size`` of each (of the last, shorter one an equal
+    share; a remainder smaller than ``world`` is dropped so that every
+    process takes the same number of steps). With ``world`` processes of
+    batch ``B`` each step is, together, the step of one process with batch
+    ``world · B``: DDP averages the slices' gradients."""
+    order = nodes[torch.randperm(nodes.numel(), generator=torch.Generator().manual_seed(seed))]
+    if world == 1:
+        return order
+    size = batch_size * world
+    full = order.numel() // size * size
+    mine = order[:full].view(-1, world, batch_size)[:, rank].reshape(-1)
+    rest = order[full:]
+    if rest.numel() >= world:
+        mine = torch.cat([mine, rest.tensor_split(world)[rank]])
+    return mine
 
 
 def _restore(path: Union[str, Path], threads: int = 1
