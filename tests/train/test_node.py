@@ -203,11 +203,14 @@ def test_config_round_trips(trained):
 def test_a_converted_graph_trains_as_the_files_do(graph_files, tmp_path):
     """The same run from the edge list in memory and from the graph converted
     to disk (memory-mapped stores): the same scores and weights."""
-    from graphformer.data import convert_edge_list
-
     folder, _ = graph_files
-    convert_edge_list(folder / "edges.txt", tmp_path / "g", node_features=folder / "x.csv",
-                      node_labels=folder / "y.csv")
+    code, out, err = cli("node", "convert", "--edges", folder / "edges.txt", "--node-features",
+                         folder / "x.csv", "--node-labels", folder / "y.csv", "-o",
+                         tmp_path / "g", "--chunk-rows", "500", "--quiet")
+    assert code == 0, err
+    assert f"converted {N} nodes, 1920 edges, 3 features to {tmp_path / 'g'}" in out
+    refused(cli("node", "convert", "--edges", folder / "edges.txt", "-o", tmp_path / "g",
+                "--quiet"), 2, str(tmp_path / "g"))
     assert cli(*tiny_flags(folder, tmp_path / "files"))[0] == 0
     flags = tiny_flags(folder, tmp_path / "disk")
     for name in ("--edges", "--node-features", "--node-labels"):
