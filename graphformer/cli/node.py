@@ -80,7 +80,9 @@ def add_train_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentP
                             description="Train a NodeTransformer by mini-batches of subgraphs "
                             "sampled around batches of seed nodes (fan-outs per hop).")
     add_train_arguments(t)
-    t.set_defaults(run=run_train)
+    t.set_defaults(run=run_train, resume_refuses={
+        a.dest: a.default for a in t._actions
+        if a.dest not in ("help", "resume", "quiet", "device", "threads")})
     return t
 
 
@@ -185,11 +187,14 @@ def run_train(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     progress = not args.quiet
     if args.resume is not None:
-        given = ("--edges", "--graph", "--run-dir")
-        if args.edges or args.graph or args.run_dir:
-            raise UsageError(f"--resume continues a run with its saved settings: leave out "
+        given = [f"--{dest.replace('_', '-')}" for dest, default in args.resume_refuses.items()
+                 if getattr(args, dest) != default]
+        if given:
+            raise UsageError(f"--resume continues a run with its saved settings; only --device, "
+                             f"--threads and --quiet may be given with it, not "
                              f"{', '.join(given)}")
-        train_nodes(None, args.resume, resume=True, progress=progress)
+        train_nodes(None, args.resume, resume=True, progress=progress,
+                    runtime={"device": args.device, "threads": args.threads})
         return 0
     cfg = config_from_args(args)
     run_dir = args.run_dir or Path("runs") / f"node-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -344,9 +344,12 @@ def _build(cfg: NodeRunConfig, graph: NodeGraph, device: torch.device) -> NodeCl
 
 def train_nodes(cfg: Optional[NodeRunConfig], run_dir: Union[str, Path], *,
                 resume: bool = False, overwrite: bool = False,
-                progress: bool = True, log: Callable[[str], None] = print) -> Dict[str, Any]:
+                progress: bool = True, log: Callable[[str], None] = print,
+                runtime: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Train (or, with ``resume``, continue) a node classifier in ``run_dir``
-    and return its summary (best epoch, validation and test accuracy)."""
+    and return its summary (best epoch, validation and test accuracy).
+    ``runtime``: where a resumed run runs (``device``, ``threads``), which
+    it may change."""
     run_dir = Path(run_dir)
     rank, world = _distributed()
     with RunDirectory(run_dir, resume, overwrite, writer=rank == 0) as directory:
@@ -354,6 +357,8 @@ def train_nodes(cfg: Optional[NodeRunConfig], run_dir: Union[str, Path], *,
         if resume:
             state, saved = load_node_checkpoint(run_dir / "last.pt")
             cfg = _check_resume(saved, cfg)
+            if runtime:
+                cfg = replace(cfg, train=replace(cfg.train, **runtime))
         elif cfg is None:
             raise UsageError("a new run needs its config")
         else:

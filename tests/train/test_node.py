@@ -120,7 +120,9 @@ def test_a_resumed_run_repeats_the_uninterrupted_one(graph_files, tmp_path, monk
     assert cli(*tiny_flags(folder, tmp_path / "cut"))[0] == 130
     assert json.loads((tmp_path / "cut" / "metrics.json").read_text())[-1]["epoch"] == 2
     monkeypatch.setattr(node_mod, "evaluate_parts", real)
-    code, _, err = cli("node", "train", "--resume", tmp_path / "cut", "--quiet")
+    refused(cli("node", "train", "--resume", tmp_path / "cut", "--epochs", "9", "--lr", "0.1"),
+            2, "only --device, --threads and --quiet may be given with it, not --epochs, --lr")
+    code, _, err = cli("node", "train", "--resume", tmp_path / "cut", "--quiet", "--threads", "1")
     assert code == 0, err
 
     def scores(run):
