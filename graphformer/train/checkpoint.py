@@ -143,6 +143,9 @@ def check_fields(state: Dict[str, Any], path: Union[str, Path],
     if state.get("kind") == "node-classification":
         raise CheckpointError(f"{path} is the checkpoint of a node-classification run: use "
                               f"'graphformer node evaluate' / 'graphformer node predict'")
+    if state.get("kind") == "link-prediction":
+        raise CheckpointError(f"{path} is the checkpoint of a link-prediction run: use "
+                              f"'graphformer link evaluate' / 'graphformer link predict'")
     wanted = {k: t for group in fields for k, t in group.items()}
     missing = [k for k in wanted if k not in state]
     if missing:

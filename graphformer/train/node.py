@@ -327,6 +327,9 @@ def load_node_checkpoint(path: Union[str, Path]) -> Tuple[Dict[str, Any], NodeRu
     """A checkpoint of ``graphformer node train``, checked (damaged ones are
     refused by :func:`load_checkpoint`), and its run config."""
     state = load_checkpoint(path)
+    if state.get("kind") == "link-prediction":
+        raise CheckpointError(f"{path} is the checkpoint of a link-prediction run: use "
+                              f"'graphformer link evaluate' / 'graphformer link predict'")
     if state.get("kind") != KIND:
         raise CheckpointError(f"{path} is a graphformer checkpoint but not of a node-"
                               f"classification run (graphformer node train): use "

@@ -1,0 +1,691 @@
+"""Link prediction on one graph, trained by mini-batches of sampled subgraphs
+(``graphformer link train``).
+
+Each step takes a batch of seed links, draws ``negatives`` random links per
+positive (PyG's ``NegativeSampling('binary', amount=negatives)``: source and
+target uniform over all nodes, not checked against the graph), samples a
+subgraph around all their endpoints through PyG's
+:class:`torch_geometric.loader.LinkLoader` with graphformer's sampler
+(:func:`graphformer.data.sampling.neighbor_sampler`, PyG's when pyg-lib or
+torch-sparse is installed), runs the :class:`~graphformer.models.NodeTransformer`
+encoder on that subgraph and scores each link from its endpoints' states
+(:class:`~graphformer.models.LinkPredictor`: a dot product, or an MLP of their
+elementwise product), trained by binary cross-entropy.
+
+The split (:func:`split_links`), PyG's ``RandomLinkSplit`` for a transductive
+task, made safe for graphs that list a link in both directions: edges are
+grouped by unordered node pair ``{u, v}`` (a pair listed as ``u v`` and
+``v u``, or twice, is one link); the pairs are shuffled by ``split_seed`` and
+the first ``floor(test_fraction · P)`` are the test links, the next
+``floor(valid_fraction · P)`` the validation links, the rest the training
+links (``P`` pairs; self-loops are never links to predict and always carry
+messages). A link's direction is that of its pair's first edge in the file.
+Every edge of a held-out pair leaves the message-passing graph of the parts
+before it, as in ``RandomLinkSplit``:
+
+====================  ===========================  ==========================
+part                  supervision links            message-passing graph
+====================  ===========================  ==========================
+train                 train links (or, with        train edges (less the
+                      ``disjoint_train_ratio``,    disjoint supervision
+                      that share of them)          links' edges)
+valid                 valid links                  all train edges
+test                  test links                   train and valid edges
+predict               the file's links             every edge
+====================  ===========================  ==========================
+
+The split needs O(E) memory (a sort of the pair keys) and each part's graph is
+a CSC of its edges, built when needed: nothing is dense in the nodes.
+
+Evaluation follows OGB's ogbl-citation2: each positive link ``(s, d)`` is
+ranked against ``eval_negatives`` links ``(s, d')`` sharing its source, ``d'``
+uniform over all nodes (PyG's ``NegativeSampling('triplet', amount=K)``;
+unfiltered, as OGB's), its rank ``1 + #{neg > pos} + #{neg == pos} / 2``
+(OGB's average of the optimistic and pessimistic ranks); the report is the
+mean reciprocal rank (MRR) and Hits@1/10/50 (share of ranks <= K). The
+negatives and the samples are seeded by the run's seed: the same numbers every
+time. A random scorer's expected MRR is ``H(K + 1) / (K + 1)``.
+
+A run directory is what ``graphformer node train`` writes (``config.json``,
+``metrics.csv`` / ``metrics.json``, ``last.pt``, ``best.pt`` by validation MRR,
+``summary.json``, ``learning_curve.png``); checkpoints are of kind
+``"link-prediction"``; ``resume`` continues to exactly the uninterrupted run
+(each epoch's order, negatives and samples are seeded by the seed and epoch).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+import time
+import warnings
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch_geometric.data import Data, EdgeAttr, GraphStore
+from torch_geometric.data.graph_store import EdgeLayout
+from torch_geometric.loader import LinkLoader
+from torch_geometric.sampler import NegativeSampling
+
+from .._files import atomic_write, write_text
+from ..data.edge_list import read_edge_list
+from ..data.sampling import neighbor_sampler
+from ..errors import ConfigError, DataError, UsageError
+from ..models.link_predictor import LinkPredictor, LinkPredictorConfig
+from .checkpoint import CheckpointError, load_checkpoint
+from .config import coerce_fields
+from .loop import RunFiles, plot_learning_curve, resolve_device, seed_everything
+from .node import NodeTrainConfig, rank_seeds
+from .run_dir import RunDirectory
+
+KIND = "link-prediction"
+#: the Hits@K reported
+HITS_AT = (1, 10, 50)
+#: the split's parts, and the message-passing graph of each (edges of parts <= it)
+PARTS = ("train", "valid", "test")
+MESSAGE, SUPERVISION, VALID, TEST = 0, 1, 2, 3
+GRAPH_OF = {"train": MESSAGE, "valid": SUPERVISION, "test": VALID, "predict": TEST}
+#: settings a resumed run may change: where it runs, not what it computes
+RUNTIME_KEYS = {("train", "device"), ("train", "threads")}
+DERIVED_KEYS = {("model", "in_channels"), ("model", "num_classes")}
+
+
+@dataclass
+class LinkDataConfig:
+    """The graph and its link split.
+
+    Attributes:
+        edges: an edge-list file (read into memory), or
+        graph: a directory converted by ``convert_edge_list`` (memory-mapped).
+            Exactly one of the two.
+        node_features: the node-feature file of ``edges`` (default: a
+            learnable embedding per node; a converted graph holds its own).
+        delimiter, header, node_header, comment: the files' format (see
+            :func:`graphformer.data.edge_list.read_edge_list`).
+        valid_fraction, test_fraction: shares of the links (unordered node
+            pairs) held out, PyG ``RandomLinkSplit``'s ``num_val`` /
+            ``num_test`` (defaults 0.1 and 0.2 as there).
+        disjoint_train_ratio: share of the training links that are only
+            supervision, not messages (``RandomLinkSplit``'s; 0: every
+            training link is both).
+        split_seed: seeds the split.
+    """
+    edges: Optional[str] = None
+    graph: Optional[str] = None
+    node_features: Optional[str] = None
+    delimiter: Optional[str] = None
+    header: Optional[bool] = None
+    node_header: Optional[bool] = None
+    comment: str = "#"
+    valid_fraction: float = 0.1
+    test_fraction: float = 0.2
+    disjoint_train_ratio: float = 0.0
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        coerce_fields(self, "data")
+        if (self.edges is None) == (self.graph is None):
+            raise ConfigError("data", "edges", "must be given (an edge-list file) unless "
+                              "'data.graph' (a converted graph directory) is, and not both")
+        if self.graph is not None and self.node_features:
+            raise ConfigError("data", "node_features", "must not be given with a converted "
+                              "graph, which holds its own node features")
+        for key in ("valid_fraction", "test_fraction"):
+            if not 0 < getattr(self, key) < 1:
+                raise ConfigError("data", key, f"must be > 0 and < 1, got "
+                                  f"{getattr(self, key)}")
+        if self.valid_fraction + self.test_fraction >= 1:
+            raise ConfigError("data", "valid_fraction", f"plus test_fraction must be < 1 (the "
+                              f"rest are the training links), got {self.valid_fraction} + "
+                              f"{self.test_fraction}")
+        if not 0 <= self.disjoint_train_ratio < 1:
+            raise ConfigError("data", "disjoint_train_ratio", f"must be >= 0 and < 1, got "
+                              f"{self.disjoint_train_ratio}")
+
+    def with_absolute_paths(self) -> "LinkDataConfig":
+        paths = {f: str(Path(getattr(self, f)).resolve()) for f in
+                 ("edges", "graph", "node_features") if getattr(self, f)}
+        return replace(self, **paths)
+
+
+@dataclass
+class LinkTrainConfig(NodeTrainConfig):
+    """How to train: :class:`~graphformer.train.node.NodeTrainConfig`'s
+    settings (``batch_size`` and ``eval_batch_size`` count seed links), and
+
+    Attributes:
+        negatives: random negative links per positive in training (binary).
+        eval_negatives: negatives sharing each positive's source that it is
+            ranked against in evaluation (ogbl-citation2 has 1000).
+    """
+    batch_size: int = 256
+    eval_batch_size: int = 64
+    negatives: int = 1
+    eval_negatives: int = 100
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key in ("negatives", "eval_negatives"):
+            if getattr(self, key) < 1:
+                raise ConfigError("train", key, f"must be >= 1, got {getattr(self, key)}")
+
+
+@dataclass
+class LinkRunConfig:
+    """A link-prediction run: data, model and training. ``model``'s
+    ``in_channels`` and ``num_classes`` (the state width) come from the data."""
+    data: LinkDataConfig
+    model: LinkPredictorConfig
+    train: LinkTrainConfig = field(default_factory=LinkTrainConfig)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"kind": KIND, "data": asdict(self.data), "model": self.model.to_dict(),
+                "train": asdict(self.train)}
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "LinkRunConfig":
+        return cls(LinkDataConfig(**d["data"]), LinkPredictorConfig.from_dict(d["model"]),
+                   LinkTrainConfig(**d["train"]))
+
+
+# -- the graph and its split ------------------------------------------------------------------
+
+@dataclass
+class LinkGraph:
+    """A graph with its edges in the order ``parts`` refers to (edge-id order
+    in memory, CSC-slot order on disk) and its split."""
+    num_nodes: int
+    num_edges: int
+    num_features: Optional[int]
+    node_ids: Optional[Sequence[Any]]
+    data: Optional[Data] = None             # in memory: x, edge_index
+    disk: Any = None                        # an OnDiskGraph
+    parts: Optional[Tensor] = None          # uint8 [E]: MESSAGE .. TEST per edge
+    links: Dict[str, Tensor] = field(default_factory=dict)   # part -> long [2, L]
+
+    def source(self, part: str) -> Any:
+        """What the loaders take for ``part``'s message-passing graph (a
+        ``Data``, or a ``(FeatureStore, GraphStore)`` pair): the edges of the
+        parts up to ``GRAPH_OF[part]``."""
+        keep = None if GRAPH_OF[part] == TEST else self.parts <= GRAPH_OF[part]
+        if self.data is not None:
+            ei = self.data.edge_index if keep is None else self.data.edge_index[:, keep]
+            return Data(x=self.data.x, edge_index=ei, num_nodes=self.num_nodes)
+        if keep is None:
+            return self.disk.data
+        row = _tensor(self.disk.row_array)
+        colptr = _tensor(self.disk.colptr_array).long()
+        kept = torch.zeros(keep.numel() + 1, dtype=torch.long)
+        torch.cumsum(keep, 0, out=kept[1:])
+        return self.disk.feature_store, _CSCStore(row[keep], kept[colptr], self.num_nodes)
+
+
+def _tensor(array: np.ndarray) -> Tensor:
+    """A tensor over a (read-only, memory-mapped) array, not written through."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)   # "The given NumPy array is not writable"
+        return torch.from_numpy(np.asarray(array))
+
+
+class _CSCStore(GraphStore):
+    """An edge set held as CSC in memory, as a read-only PyG ``GraphStore``
+    (the sampler reads it through :meth:`csc`)."""
+
+    def __init__(self, row: Tensor, colptr: Tensor, num_nodes: int) -> None:
+        super().__init__()
+        self._row, self._colptr, self._n = row, colptr, num_nodes
+
+    def get_all_edge_attrs(self) -> List[EdgeAttr]:
+        return [EdgeAttr(None, EdgeLayout.CSC, is_sorted=True, size=(self._n, self._n))]
+
+    def csc(self, edge_types=None, store: bool = False):
+        return self._row, self._colptr, None
+
+    def _get_edge_index(self, edge_attr: EdgeAttr) -> Optional[Tuple[Tensor, Tensor]]:
+        return (self._row, self._colptr) if edge_attr.layout == EdgeLayout.CSC else None
+
+    def _put_edge_index(self, edge_index, edge_attr: EdgeAttr) -> bool:
+        raise NotImplementedError("a split's graph is read-only")
+
+    def _remove_edge_index(self, edge_attr: EdgeAttr) -> bool:
+        raise NotImplementedError("a split's graph is read-only")
+
+
+def split_links(src: Tensor, dst: Tensor, eid: Tensor, num_nodes: int,
+                cfg: LinkDataConfig) -> Tuple[Tensor, Dict[str, Tensor]]:
+    """The split of the module docstring, for edges given in any order
+    (``eid``: each edge's id, its place in the file), so that a graph in memory
+    and on disk split alike.
+
+    Returns ``(parts, links)``: ``parts`` (uint8, one per given edge:
+    ``MESSAGE``, ``SUPERVISION``, ``VALID`` or ``TEST``; the message-passing
+    graph of a part holds the edges of ``parts <= GRAPH_OF[part]``) and
+    ``links`` (``"train"``, ``"valid"``, ``"test"``: long ``[2, L]``)."""
+    src, dst, eid = src.long(), dst.long(), eid.long()
+    parts = torch.zeros(src.numel(), dtype=torch.uint8)
+    pair_edge = (src != dst).nonzero().view(-1)           # self-loops are no links
+    lo = torch.minimum(src[pair_edge], dst[pair_edge])
+    hi = torch.maximum(src[pair_edge], dst[pair_edge])
+    keys, inverse = torch.unique(lo * num_nodes + hi, return_inverse=True)
+    del lo, hi
+    num_pairs = keys.numel()
+    # each pair's first edge (lowest id) and whether it runs from hi to lo
+    first = torch.full((num_pairs,), torch.iinfo(torch.long).max, dtype=torch.long)
+    first.scatter_reduce_(0, inverse, eid[pair_edge] * 2 + (src[pair_edge] > dst[pair_edge]),
+                          "amin")
+    backwards = (first & 1).bool()
+    lo, hi = keys // num_nodes, keys % num_nodes
+    link = torch.stack([torch.where(backwards, hi, lo), torch.where(backwards, lo, hi)])
+    del keys, first, backwards, lo, hi
+    order = torch.randperm(num_pairs, generator=torch.Generator().manual_seed(cfg.split_seed))
+    n_test = int(cfg.test_fraction * num_pairs)
+    n_valid = int(cfg.valid_fraction * num_pairs)
+    n_disjoint = int(cfg.disjoint_train_ratio * (num_pairs - n_test - n_valid))
+    pair_part = torch.full((num_pairs,), MESSAGE, dtype=torch.uint8)
+    test, valid = order[:n_test], order[n_test:n_test + n_valid]
+    train = order[n_test + n_valid:]
+    disjoint = train[:n_disjoint]
+    pair_part[test], pair_part[valid], pair_part[disjoint] = TEST, VALID, SUPERVISION
+    parts[pair_edge] = pair_part[inverse]
+    links = {"train": link[:, disjoint if n_disjoint else train], "valid": link[:, valid],
+             "test": link[:, test]}
+    for part, index in links.items():
+        if index.size(1) == 0:
+            raise DataError(f"the {part} part of the link split is empty ({num_pairs} links, "
+                            f"i.e. node pairs, in {src.numel()} edges; fractions "
+                            f"valid {cfg.valid_fraction}, test {cfg.test_fraction}, disjoint "
+                            f"{cfg.disjoint_train_ratio}); give more edges or change the "
+                            f"fractions")
+    return parts, links
+
+
+def load_link_graph(cfg: LinkDataConfig) -> LinkGraph:
+    """The graph of ``cfg`` (read into memory, or opened memory-mapped) and
+    its split."""
+    if cfg.graph is not None:
+        from ..data.graph_store import load_graph
+
+        disk = load_graph(cfg.graph)
+        n = disk.num_nodes
+        colptr = _tensor(disk.colptr_array).long()
+        dst = torch.repeat_interleave(torch.arange(n), colptr.diff())
+        parts, links = split_links(_tensor(disk.row_array), dst,
+                                   _tensor(disk.perm_array), n, cfg)
+        return LinkGraph(n, disk.num_edges, disk.num_features, disk.node_ids, disk=disk,
+                         parts=parts, links=links)
+    data = read_edge_list(cfg.edges, delimiter=cfg.delimiter, header=cfg.header,
+                          comment=cfg.comment, node_features=cfg.node_features,
+                          node_header=cfg.node_header)
+    x = getattr(data, "x", None)
+    n, ei = int(data.num_nodes), data.edge_index
+    parts, links = split_links(ei[0], ei[1], torch.arange(ei.size(1)), n, cfg)
+    return LinkGraph(n, int(ei.size(1)), None if x is None else int(x.size(1)),
+                     getattr(data, "node_ids", None),
+                     data=Data(x=x, edge_index=ei, num_nodes=n), parts=parts, links=links)
+
+
+def link_loader(source: Any, links: Tensor, cfg: LinkTrainConfig, batch_size: int,
+                neg_sampling: Optional[NegativeSampling]) -> LinkLoader:
+    """Batches of subgraphs sampled around the endpoints of ``links`` (in
+    order) and of their negatives; the samples and negatives draw from torch's
+    global generator (seed it to repeat them)."""
+    sampler = neighbor_sampler(source, list(cfg.num_neighbors))
+    if not isinstance(source, Data):
+        links = (None, links)                         # PyG's form for a (store, store) pair
+    return LinkLoader(source, link_sampler=sampler, edge_label_index=links,
+                      neg_sampling=neg_sampling, batch_size=batch_size, shuffle=False)
+
+
+# -- metrics ----------------------------------------------------------------------------------
+
+def ranks(pos: Tensor, neg: Tensor) -> Tensor:
+    """The rank of each positive score ``pos`` ``[B]`` among its negatives
+    ``neg`` ``[B, K]``: ``1 + #{neg > pos} + #{neg == pos} / 2`` (OGB's mean of
+    the optimistic and pessimistic ranks)."""
+    pos = pos.view(-1, 1)
+    return 1 + (neg > pos).sum(1).double() + (neg == pos).sum(1).double() / 2
+
+
+def ranking_metrics(pos: Tensor, neg: Tensor, hits_at: Sequence[int] = HITS_AT
+                    ) -> Dict[str, float]:
+    """MRR and Hits@K of positives ``pos`` ``[B]`` each ranked against its
+    negatives ``neg`` ``[B, K]`` (ogbl-citation2's protocol)."""
+    r = ranks(pos, neg)
+    if r.numel() == 0:
+        return {"mrr": float("nan"), **{f"hits@{k}": float("nan") for k in hits_at}}
+    return {"mrr": float((1 / r).mean()), **{f"hits@{k}": float((r <= k).double().mean())
+                                              for k in hits_at}}
+
+
+def random_mrr(negatives: int) -> float:
+    """The expected MRR of a scorer that ranks at random among ``negatives``:
+    ``H(K + 1) / (K + 1)``."""
+    return sum(1 / i for i in range(1, negatives + 2)) / (negatives + 1)
+
+
+# -- training ---------------------------------------------------------------------------------
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of an epoch's order, negatives, samples and dropout."""
+    return (seed * 1_000_003 + epoch) % 2**62
+
+
+def _progress(iterable, desc: Optional[str]):
+    if desc is None:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, leave=False, unit="batch")
+
+
+def _model_config(cfg: LinkRunConfig, graph: LinkGraph) -> LinkPredictorConfig:
+    width = graph.num_features if graph.num_features is not None else cfg.model.encoder.hidden
+    return cfg.model.for_graph(width)
+
+
+def _build(cfg: LinkRunConfig, graph: LinkGraph, device: torch.device) -> LinkPredictor:
+    return LinkPredictor(cfg.model, graph.num_nodes,
+                         features=graph.num_features is not None).to(device)
+
+
+@torch.no_grad()
+def evaluate_parts(model: LinkPredictor, graph: LinkGraph, cfg: LinkRunConfig,
+                   device: torch.device, parts: Sequence[str] = ("valid", "test"),
+                   progress: bool = False) -> Dict[str, float]:
+    """MRR and Hits@K on each part (``"train"`` too), each positive ranked
+    against ``eval_negatives`` negatives sharing its source; seeded by the
+    run's seed (the same numbers every time; training's RNG is kept)."""
+    model.eval()
+    out: Dict[str, float] = {}
+    for part in parts:
+        total = {"mrr": 0.0, **{f"hits@{k}": 0.0 for k in HITS_AT}}
+        count = 0
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.train.seed)
+            generator = torch.Generator().manual_seed(cfg.train.seed)
+            loader = link_loader(graph.source(part), graph.links[part], cfg.train,
+                                 cfg.train.eval_batch_size,
+                                 NegativeSampling("triplet", amount=cfg.train.eval_negatives))
+            for batch in _progress(loader, part if progress else None):
+                batch = batch.to(device)
+                h = model(batch, generator=generator)
+                pos, neg = model.score_triplets(h, batch.src_index, batch.dst_pos_index,
+                                                batch.dst_neg_index)
+                r = ranks(pos.float().cpu(), neg.float().cpu())
+                total["mrr"] += float((1 / r).sum())
+                for k in HITS_AT:
+                    total[f"hits@{k}"] += float((r <= k).sum())
+                count += r.numel()
+        for key, value in total.items():
+            out[f"{part}_{key}"] = value / count if count else float("nan")
+    return out
+
+
+def _check_resume(saved: LinkRunConfig, given: Optional[LinkRunConfig]) -> LinkRunConfig:
+    if given is None:
+        return saved
+    given = replace(given, data=given.data.with_absolute_paths())
+    a, b = saved.to_dict(), given.to_dict()
+    diff = [f"{s}.{k}: saved {v!r}, given {b[s].get(k)!r}" for s in ("data", "model", "train")
+            for k, v in a[s].items()
+            if (s, k) not in RUNTIME_KEYS | DERIVED_KEYS and b[s].get(k) != v]
+    if diff:
+        raise UsageError(f"a resumed run keeps its saved settings, but these differ: "
+                         f"{'; '.join(diff)}; start a new run to change them")
+    return replace(saved, train=replace(saved.train, device=given.train.device,
+                                        threads=given.train.threads))
+
+
+def load_link_checkpoint(path: Union[str, Path]) -> Tuple[Dict[str, Any], LinkRunConfig]:
+    """A checkpoint of ``graphformer link train``, checked (damaged ones are
+    refused by :func:`load_checkpoint`), and its run config."""
+    state = load_checkpoint(path)
+    kind = state.get("kind")
+    if kind != KIND:
+        other = {"node-classification": "a node-classification run: use 'graphformer node "
+                 "evaluate' / 'graphformer node predict'",
+                 None: "a molecule model: use 'graphformer evaluate' / 'graphformer "
+                 "predict'"}.get(kind, f"a run of kind {kind!r}")
+        raise CheckpointError(f"{path} is not the checkpoint of a link-prediction run "
+                              f"(graphformer link train) but of {other}")
+    try:
+        return state, LinkRunConfig.from_dict(state["config"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path} holds an invalid link run config: {err}") from None
+
+
+def _describe(graph: LinkGraph, cfg: LinkRunConfig) -> str:
+    sizes = ", ".join(f"{p} {graph.links[p].size(1)}" for p in PARTS)
+    return (f"graph: {graph.num_nodes} nodes, {graph.num_edges} edges; links {sizes}; "
+            f"{cfg.train.negatives} negative(s) per training link, "
+            f"{cfg.train.eval_negatives} per evaluated link; fan-outs "
+            f"{cfg.train.num_neighbors}, batches of {cfg.train.batch_size} links")
+
+
+def train_links(cfg: Optional[LinkRunConfig], run_dir: Union[str, Path], *,
+                resume: bool = False, overwrite: bool = False, progress: bool = True,
+                log: Callable[[str], None] = print) -> Dict[str, Any]:
+    """Train (or, with ``resume``, continue) a link predictor in ``run_dir``
+    and return its summary (best epoch, its validation and test MRR and
+    Hits@K)."""
+    run_dir = Path(run_dir)
+    with RunDirectory(run_dir, resume, overwrite) as directory:
+        state = None
+        if resume:
+            state, saved = load_link_checkpoint(run_dir / "last.pt")
+            cfg = _check_resume(saved, cfg)
+        elif cfg is None:
+            raise UsageError("a new run needs its config")
+        else:
+            cfg = replace(cfg, data=cfg.data.with_absolute_paths())
+        assert cfg is not None
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        device = resolve_device(cfg.train.device)
+        graph = load_link_graph(cfg.data)
+        cfg = replace(cfg, model=_model_config(cfg, graph))
+        seed_everything(cfg.train.seed)
+        model = _build(cfg, graph, device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr,
+                                      weight_decay=cfg.train.weight_decay)
+        history: List[Dict[str, float]] = []
+        best: Dict[str, Any] = {"epoch": 0, "valid_mrr": -1.0}
+        start = 1
+        if state is not None:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            history, best, start = state["history"], state["best"], state["epoch"] + 1
+        directory.start()
+        files = RunFiles(run_dir, True)
+        files.config(cfg.to_dict())
+        log(_describe(graph, cfg))
+        train_links_ = graph.links["train"]
+        for epoch in range(start, cfg.train.epochs + 1):
+            seed = epoch_seed(cfg.train.seed, epoch)
+            torch.manual_seed(seed)
+            model.train()
+            generator = torch.Generator().manual_seed(seed)
+            order = rank_seeds(torch.arange(train_links_.size(1)), cfg.train.batch_size, seed)
+            loader = link_loader(graph.source("train"), train_links_[:, order], cfg.train,
+                                 cfg.train.batch_size,
+                                 NegativeSampling("binary", amount=cfg.train.negatives))
+            loss_sum, seen, started = 0.0, 0, time.perf_counter()
+            bar = _progress(loader, f"epoch {epoch}" if progress else None)
+            for batch in bar:
+                batch = batch.to(device)
+                h = model(batch, generator=generator)
+                logits = model.score_pairs(h, batch.edge_label_index)
+                loss = F.binary_cross_entropy_with_logits(logits, batch.edge_label.float())
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                loss_sum += float(loss.detach()) * logits.numel()
+                seen += logits.numel()
+                if progress and hasattr(bar, "set_postfix"):
+                    bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
+            seconds = time.perf_counter() - started
+            row = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1),
+                   "links_per_s": train_links_.size(1) / seconds if seconds > 0 else math.nan}
+            row.update(evaluate_parts(model, graph, cfg, device))
+            history.append(row)
+            improved = row["valid_mrr"] > best["valid_mrr"]
+            if improved:
+                best = {"epoch": epoch, **{k: v for k, v in row.items()
+                                           if k.startswith(("valid_", "test_"))}}
+            files.end_epoch(history, {
+                "kind": KIND, "config": cfg.to_dict(), "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "epoch": epoch, "history": history,
+                "best": best}, improved)
+            log(f"epoch {epoch:3d}  loss {row['train_loss']:.4f}  valid MRR "
+                f"{row['valid_mrr']:.4f}  hits@10 {row['valid_hits@10']:.4f}  test MRR "
+                f"{row['test_mrr']:.4f}  ({row['links_per_s']:.0f} links/s)")
+        files.close()
+        summary = {"best_epoch": best["epoch"], "epochs": cfg.train.epochs,
+                   "eval_negatives": cfg.train.eval_negatives,
+                   "random_mrr": random_mrr(cfg.train.eval_negatives),
+                   **{k: v for k, v in best.items() if k != "epoch"}}
+        write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        plot_learning_curve(history, "mrr", run_dir / "learning_curve.png")
+        log(f"best epoch {best['epoch']}: valid MRR {best['valid_mrr']:.4f}, test MRR "
+            f"{best.get('test_mrr', math.nan):.4f} (random ranking: "
+            f"{summary['random_mrr']:.4f})")
+        return summary
+
+
+# -- using a checkpoint -----------------------------------------------------------------------
+
+def _restore(path: Union[str, Path], threads: int = 1
+             ) -> Tuple[LinkRunConfig, LinkGraph, LinkPredictor]:
+    state, cfg = load_link_checkpoint(path)
+    if threads:
+        torch.set_num_threads(threads)
+    graph = load_link_graph(cfg.data)
+    model = _build(cfg, graph, torch.device("cpu"))
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: its weights do not fit its graph (was the graph "
+                              f"changed?): {str(err).splitlines()[0]}") from None
+    return cfg, graph, model.eval()
+
+
+def evaluate_link_checkpoint(path: Union[str, Path], parts: Sequence[str] = ("valid", "test"),
+                             threads: int = 1, progress: bool = False) -> Dict[str, float]:
+    """MRR and Hits@K of a link checkpoint on the parts of its run's split
+    (the numbers its run logged)."""
+    cfg, graph, model = _restore(path, threads)
+    return evaluate_parts(model, graph, cfg, torch.device("cpu"), parts, progress)
+
+
+class NodeIndex:
+    """Node numbers of the ids in the user's files (``node_ids`` as the
+    readers give them: a long tensor, a list of int or str, or ``None``:
+    ``0..N-1``)."""
+
+    def __init__(self, node_ids: Optional[Sequence[Any]], num_nodes: int) -> None:
+        self.node_ids, self.num_nodes = node_ids, num_nodes
+        self._sorted = self._order = self._dict = None
+        if isinstance(node_ids, Tensor):
+            ids = node_ids.numpy()
+            self._order = np.argsort(ids, kind="stable")
+            self._sorted = ids[self._order]
+        elif node_ids is not None:
+            self._dict = {str(v): i for i, v in enumerate(node_ids)}
+
+    def find(self, token: str) -> Optional[int]:
+        """The node of id ``token``, or ``None``."""
+        if self._dict is not None:
+            if token in self._dict:
+                return self._dict[token]
+            if re.fullmatch(r"[+-]?\d+", token):      # an int written another way
+                return self._dict.get(str(int(token)))
+            return None
+        try:
+            value = int(token)
+        except ValueError:
+            return None
+        if self._sorted is None:
+            return value if 0 <= value < self.num_nodes else None
+        k = int(np.searchsorted(self._sorted, value))
+        return int(self._order[k]) if k < self._sorted.size and self._sorted[k] == value \
+            else None
+
+    def name(self, i: int) -> str:
+        if self.node_ids is None:
+            return str(i)
+        v = self.node_ids[i]
+        return str(v.item() if isinstance(v, Tensor) else v)
+
+
+def read_links(path: Union[str, Path], index: NodeIndex,
+               comment: Optional[str] = "#") -> Tuple[Tensor, List[Tuple[str, str]]]:
+    """The links listed in ``path`` (``source target`` per line, separated by
+    a comma, a tab or spaces; blank and comment lines skipped) as node numbers
+    ``[2, L]`` and the ids as written; an unknown id or a malformed line is a
+    ``DataError`` naming the file and line."""
+    src: List[int] = []
+    dst: List[int] = []
+    names: List[Tuple[str, str]] = []
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            text = line.strip()
+            if not text or (comment and text.startswith(comment)):
+                continue
+            fields = [f.strip() for f in re.split(r"[,\t]" if re.search(r"[,\t]", text)
+                                                  else r"\s+", text)]
+            if len(fields) != 2 or not all(fields):
+                raise DataError(f"{path}, line {number}: expected 'source target', got "
+                                f"{text[:80]!r}")
+            found = [index.find(f) for f in fields]
+            for f, i in zip(fields, found):
+                if i is None:
+                    raise DataError(f"{path}, line {number}: unknown node id {f!r} (not in "
+                                    f"the checkpoint's graph)")
+            src.append(found[0])
+            dst.append(found[1])
+            names.append((fields[0], fields[1]))
+    if not names:
+        raise DataError(f"{path}: no links (expected 'source target' lines)")
+    return torch.tensor([src, dst], dtype=torch.long), names
+
+
+@torch.no_grad()
+def predict_link_checkpoint(path: Union[str, Path], links: Union[str, Path],
+                            output: Union[str, Path], threads: int = 1,
+                            progress: bool = True) -> int:
+    """Score the links listed in ``links`` (ids of the graph's files) and
+    write ``output`` (CSV: ``source``, ``target``, ``score`` (the logit),
+    ``probability``), batch by batch, on the graph of every edge; returns the
+    number of links. Ids are all checked before anything is written."""
+    cfg, graph, model = _restore(path, threads)
+    index, names = read_links(links, NodeIndex(graph.node_ids, graph.num_nodes),
+                              cfg.data.comment)
+    torch.manual_seed(cfg.train.seed)                 # the samples repeat
+    generator = torch.Generator().manual_seed(cfg.train.seed)
+    loader = link_loader(graph.source("predict"), index, cfg.train, cfg.train.eval_batch_size,
+                         None)
+    count = 0
+    with atomic_write(output, newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["source", "target", "score", "probability"])
+        for batch in _progress(loader, "predict" if progress else None):
+            h = model(batch, generator=generator)
+            logits = model.score_pairs(h, batch.edge_label_index).float()
+            for k, s, p in zip(batch.input_id.tolist(), logits.tolist(),
+                               torch.sigmoid(logits).tolist()):
+                writer.writerow([*names[k], f"{s:.6g}", f"{p:.6g}"])
+            count += logits.numel()
+    return count
+
+
+__all__ = ["KIND", "HITS_AT", "LinkDataConfig", "LinkTrainConfig", "LinkRunConfig",
+           "LinkGraph", "split_links", "load_link_graph", "link_loader", "ranks",
+           "ranking_metrics", "random_mrr", "epoch_seed", "evaluate_parts", "train_links",
+           "load_link_checkpoint", "evaluate_link_checkpoint", "NodeIndex", "read_links",
+           "predict_link_checkpoint"]
