@@ -4,16 +4,15 @@ graph from edge-list files, trained by mini-batches of sampled subgraphs
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 from ..data.edge_list import delimiter_from_name
-from ..errors import ConfigError, UsageError
-from ..models.node_transformer import NODE_PATTERNS, NodeTransformerConfig
+from ..errors import ConfigError
 from ..train.node import (NodeDataConfig, NodeRunConfig, NodeTrainConfig,
                           evaluate_node_checkpoint, predict_node_checkpoint, train_nodes)
-from ._args import add_threads_argument, output_path, positive_int, threads_count
-from .train import init_distributed
+from ._args import add_threads_argument, output_path, positive_int
+from ._graph_args import (add_graph_arguments, add_model_arguments, add_run_arguments,
+                          add_training_arguments, encoder_config, flag_error, train_command)
 
 #: flag -> (section, key), to name the flag a config error came from
 _FLAGS = {
@@ -80,67 +79,18 @@ def add_train_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentP
                             description="Train a NodeTransformer by mini-batches of subgraphs "
                             "sampled around batches of seed nodes (fan-outs per hop).")
     add_train_arguments(t)
-    t.set_defaults(run=run_train, resume_refuses={
-        a.dest: a.default for a in t._actions
-        if a.dest not in ("help", "resume", "quiet", "device", "threads")})
+    t.set_defaults(run=run_train)
     return t
 
 
 def add_train_arguments(t: argparse.ArgumentParser) -> None:
-    files = t.add_argument_group("graph (an edge list, or a converted graph directory)")
-    files.add_argument("--edges", help="edge list: source target per line")
-    files.add_argument("--graph", help="a graph converted by graphformer.data.edge_list."
-                       "convert_edge_list (memory-mapped; for graphs larger than memory)")
-    files.add_argument("--node-features", help="node_id, f_1, ..., f_F per line (default: a "
-                       "learnable embedding per node)")
-    files.add_argument("--node-labels", help="node_id, label per line")
-    files.add_argument("--delimiter", type=delimiter_from_name, default=None,
-                       help="for all three files: one character, or tab / space / comma "
-                            "(default: detected per file)")
-    files.add_argument("--header", action=argparse.BooleanOptionalAction, default=None,
-                       help="the edge file has a header line (default: detected)")
-    files.add_argument("--node-header", action=argparse.BooleanOptionalAction, default=None,
-                       help="the node files have header lines (default: detected per file)")
-    files.add_argument("--comment", default="#", help="comment prefix (default '#')")
-    model = t.add_argument_group("model")
-    model.add_argument("--patterns", nargs="+", choices=NODE_PATTERNS, default=["graph"],
-                       help="attention edge sets to unite on each sampled subgraph "
-                            "(default: graph)")
-    model.add_argument("--k", type=int, default=2, help="k of the k_hop pattern")
-    model.add_argument("--random-keys", type=int, default=4, help="keys per node of 'random'")
-    model.add_argument("--undirected", action=argparse.BooleanOptionalAction, default=True,
-                       help="symmetrise the sampled edges (default: yes)")
-    model.add_argument("--self-loops", action=argparse.BooleanOptionalAction, default=True)
-    model.add_argument("--hidden", type=int, default=64)
-    model.add_argument("--layers", type=int, default=2)
-    model.add_argument("--heads", type=int, default=4)
-    model.add_argument("--dropout", type=float, default=0.3)
-    train = t.add_argument_group("training")
-    train.add_argument("--epochs", type=positive_int, default=20)
-    train.add_argument("--batch-size", type=positive_int, default=512,
-                       help="seed nodes per step (default 512)")
-    train.add_argument("--eval-batch-size", type=positive_int, default=2048)
-    train.add_argument("--num-neighbors", type=int, nargs="+", default=[10, 10],
-                       help="sampled incoming edges per node at each hop, -1 for all "
-                            "(default: 10 10)")
-    train.add_argument("--lr", type=float, default=0.005)
-    train.add_argument("--weight-decay", type=float, default=5e-4)
-    train.add_argument("--seed", type=int, default=0,
-                       help="seeds the initialisation, and with the epoch the shuffling and "
-                            "sampling")
+    add_graph_arguments(t, labels=True)
+    add_model_arguments(t, dropout=0.3)
+    train = add_training_arguments(t, "seed nodes", batch_size=512, eval_batch_size=2048)
     train.add_argument("--split-seed", type=int, default=0, help="seed of the stratified split")
     train.add_argument("--train-fraction", type=float, default=0.6)
     train.add_argument("--val-fraction", type=float, default=0.2)
-    train.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    train.add_argument("--threads", type=threads_count, default=0,
-                       help="CPU threads (default 0: PyTorch's default)")
-    run = t.add_argument_group("run directory")
-    run.add_argument("--run-dir", type=Path, help="default: runs/node-<time>")
-    run.add_argument("--resume", type=Path, metavar="RUN_DIR",
-                     help="continue the run in RUN_DIR from its last.pt")
-    run.add_argument("--overwrite", action="store_true",
-                     help="replace the run in --run-dir (only what graphformer wrote)")
-    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_run_arguments(t, "node")
 
 
 def config_from_args(args: argparse.Namespace) -> NodeRunConfig:
@@ -158,49 +108,12 @@ def config_from_args(args: argparse.Namespace) -> NodeRunConfig:
                                 weight_decay=args.weight_decay, seed=args.seed,
                                 device=args.device, threads=args.threads)
     except ConfigError as err:
-        flag = next((f for f, key in _FLAGS.items() if key == (err.section, err.key)), err.key)
-        raise UsageError(f"--{flag.replace('_', '-')} {err.reason}") from None
-    try:   # in_channels and num_classes come from the data
-        model = NodeTransformerConfig(
-            in_channels=1, num_classes=1, hidden=args.hidden, layers=args.layers,
-            heads=args.heads, dropout=args.dropout, patterns=tuple(args.patterns), k=args.k,
-            random_keys=args.random_keys, undirected=args.undirected,
-            self_loops=args.self_loops, seed=args.seed)
-    except (TypeError, ValueError) as err:
-        raise UsageError(f"bad model option: {err}") from None
-    return NodeRunConfig(data, model, train)
+        raise flag_error(err, _FLAGS) from None
+    return NodeRunConfig(data, encoder_config(args), train)
 
 
 def run_train(args: argparse.Namespace) -> int:
-    """Train; under ``torchrun`` every process joins the process group and
-    takes its share of each batch's seed nodes (DDP averages gradients)."""
-    import torch.distributed as dist
-
-    started = init_distributed(args.device)
-    try:
-        return _train(args)
-    finally:
-        if started:
-            dist.destroy_process_group()
-
-
-def _train(args: argparse.Namespace) -> int:
-    progress = not args.quiet
-    if args.resume is not None:
-        given = [f"--{dest.replace('_', '-')}" for dest, default in args.resume_refuses.items()
-                 if getattr(args, dest) != default]
-        if given:
-            raise UsageError(f"--resume continues a run with its saved settings; only --device, "
-                             f"--threads and --quiet may be given with it, not "
-                             f"{', '.join(given)}")
-        train_nodes(None, args.resume, resume=True, progress=progress,
-                    runtime={"device": args.device, "threads": args.threads})
-        return 0
-    cfg = config_from_args(args)
-    run_dir = args.run_dir or Path("runs") / f"node-{time.strftime('%Y%m%d-%H%M%S')}"
-    train_nodes(cfg, run_dir, overwrite=args.overwrite, progress=progress)
-    print(f"run directory: {run_dir}")
-    return 0
+    return train_command(args, train_nodes, config_from_args, "node")
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

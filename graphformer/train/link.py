@@ -62,7 +62,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -76,12 +76,12 @@ from torch_geometric.sampler import NegativeSampling
 from .._files import atomic_write, write_text
 from ..data.edge_list import read_edge_list
 from ..data.sampling import neighbor_sampler
-from ..errors import ConfigError, DataError, UsageError
+from ..errors import ConfigError, DataError
 from ..models.link_predictor import LinkPredictor, LinkPredictorConfig
 from .checkpoint import CheckpointError, load_checkpoint
-from .config import coerce_fields
-from .loop import RunFiles, plot_learning_curve, resolve_device, seed_everything
-from .node import NodeTrainConfig, rank_seeds
+from .loop import RunFiles, plot_learning_curve, seed_everything
+from .node import (GraphSourceConfig, NodeTrainConfig, epoch_seed, progress_bar, rank_seeds,
+                   start_config, start_training)
 from .run_dir import RunDirectory
 
 KIND = "link-prediction"
@@ -91,23 +91,14 @@ HITS_AT = (1, 10, 50)
 PARTS = ("train", "valid", "test")
 MESSAGE, SUPERVISION, VALID, TEST = 0, 1, 2, 3
 GRAPH_OF = {"train": MESSAGE, "valid": SUPERVISION, "test": VALID, "predict": TEST}
-#: settings a resumed run may change: where it runs, not what it computes
-RUNTIME_KEYS = {("train", "device"), ("train", "threads")}
-DERIVED_KEYS = {("model", "in_channels"), ("model", "num_classes")}
 
 
 @dataclass
-class LinkDataConfig:
-    """The graph and its link split.
+class LinkDataConfig(GraphSourceConfig):
+    """The graph (:class:`~graphformer.train.node.GraphSourceConfig`) and its
+    link split.
 
     Attributes:
-        edges: an edge-list file (read into memory), or
-        graph: a directory converted by ``convert_edge_list`` (memory-mapped).
-            Exactly one of the two.
-        node_features: the node-feature file of ``edges`` (default: a
-            learnable embedding per node; a converted graph holds its own).
-        delimiter, header, node_header, comment: the files' format (see
-            :func:`graphformer.data.edge_list.read_edge_list`).
         valid_fraction, test_fraction: shares of the links (unordered node
             pairs) held out, PyG ``RandomLinkSplit``'s ``num_val`` /
             ``num_test`` (defaults 0.1 and 0.2 as there).
@@ -116,26 +107,13 @@ class LinkDataConfig:
             training link is both).
         split_seed: seeds the split.
     """
-    edges: Optional[str] = None
-    graph: Optional[str] = None
-    node_features: Optional[str] = None
-    delimiter: Optional[str] = None
-    header: Optional[bool] = None
-    node_header: Optional[bool] = None
-    comment: str = "#"
     valid_fraction: float = 0.1
     test_fraction: float = 0.2
     disjoint_train_ratio: float = 0.0
     split_seed: int = 0
 
     def __post_init__(self) -> None:
-        coerce_fields(self, "data")
-        if (self.edges is None) == (self.graph is None):
-            raise ConfigError("data", "edges", "must be given (an edge-list file) unless "
-                              "'data.graph' (a converted graph directory) is, and not both")
-        if self.graph is not None and self.node_features:
-            raise ConfigError("data", "node_features", "must not be given with a converted "
-                              "graph, which holds its own node features")
+        super().__post_init__()
         for key in ("valid_fraction", "test_fraction"):
             if not 0 < getattr(self, key) < 1:
                 raise ConfigError("data", key, f"must be > 0 and < 1, got "
@@ -147,11 +125,6 @@ class LinkDataConfig:
         if not 0 <= self.disjoint_train_ratio < 1:
             raise ConfigError("data", "disjoint_train_ratio", f"must be >= 0 and < 1, got "
                               f"{self.disjoint_train_ratio}")
-
-    def with_absolute_paths(self) -> "LinkDataConfig":
-        paths = {f: str(Path(getattr(self, f)).resolve()) for f in
-                 ("edges", "graph", "node_features") if getattr(self, f)}
-        return replace(self, **paths)
 
 
 @dataclass
@@ -371,19 +344,6 @@ def random_mrr(negatives: int) -> float:
 
 # -- training ---------------------------------------------------------------------------------
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """The seed of an epoch's order, negatives, samples and dropout."""
-    return (seed * 1_000_003 + epoch) % 2**62
-
-
-def _progress(iterable, desc: Optional[str]):
-    if desc is None:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, desc=desc, leave=False, unit="batch")
-
-
 def _model_config(cfg: LinkRunConfig, graph: LinkGraph) -> LinkPredictorConfig:
     width = graph.num_features if graph.num_features is not None else cfg.model.encoder.hidden
     return cfg.model.for_graph(width)
@@ -412,7 +372,7 @@ def evaluate_parts(model: LinkPredictor, graph: LinkGraph, cfg: LinkRunConfig,
             loader = link_loader(graph.source(part), graph.links[part], cfg.train,
                                  cfg.train.eval_batch_size,
                                  NegativeSampling("triplet", amount=cfg.train.eval_negatives))
-            for batch in _progress(loader, part if progress else None):
+            for batch in progress_bar(loader, part if progress else None):
                 batch = batch.to(device)
                 h = model(batch, generator=generator)
                 pos, neg = model.score_triplets(h, batch.src_index, batch.dst_pos_index,
@@ -425,21 +385,6 @@ def evaluate_parts(model: LinkPredictor, graph: LinkGraph, cfg: LinkRunConfig,
         for key, value in total.items():
             out[f"{part}_{key}"] = value / count if count else float("nan")
     return out
-
-
-def _check_resume(saved: LinkRunConfig, given: Optional[LinkRunConfig]) -> LinkRunConfig:
-    if given is None:
-        return saved
-    given = replace(given, data=given.data.with_absolute_paths())
-    a, b = saved.to_dict(), given.to_dict()
-    diff = [f"{s}.{k}: saved {v!r}, given {b[s].get(k)!r}" for s in ("data", "model", "train")
-            for k, v in a[s].items()
-            if (s, k) not in RUNTIME_KEYS | DERIVED_KEYS and b[s].get(k) != v]
-    if diff:
-        raise UsageError(f"a resumed run keeps its saved settings, but these differ: "
-                         f"{'; '.join(diff)}; start a new run to change them")
-    return replace(saved, train=replace(saved.train, device=given.train.device,
-                                        threads=given.train.threads))
 
 
 def load_link_checkpoint(path: Union[str, Path]) -> Tuple[Dict[str, Any], LinkRunConfig]:
@@ -470,37 +415,20 @@ def _describe(graph: LinkGraph, cfg: LinkRunConfig) -> str:
 
 def train_links(cfg: Optional[LinkRunConfig], run_dir: Union[str, Path], *,
                 resume: bool = False, overwrite: bool = False, progress: bool = True,
-                log: Callable[[str], None] = print) -> Dict[str, Any]:
+                log: Callable[[str], None] = print,
+                runtime: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Train (or, with ``resume``, continue) a link predictor in ``run_dir``
     and return its summary (best epoch, its validation and test MRR and
-    Hits@K)."""
+    Hits@K). ``runtime``: where a resumed run runs (``device``,
+    ``threads``), which it may change."""
     run_dir = Path(run_dir)
     with RunDirectory(run_dir, resume, overwrite) as directory:
-        state = None
-        if resume:
-            state, saved = load_link_checkpoint(run_dir / "last.pt")
-            cfg = _check_resume(saved, cfg)
-        elif cfg is None:
-            raise UsageError("a new run needs its config")
-        else:
-            cfg = replace(cfg, data=cfg.data.with_absolute_paths())
-        assert cfg is not None
-        if cfg.train.threads:
-            torch.set_num_threads(cfg.train.threads)
-        device = resolve_device(cfg.train.device)
+        state, cfg, device = start_config(cfg, run_dir, resume, runtime, load_link_checkpoint)
         graph = load_link_graph(cfg.data)
         cfg = replace(cfg, model=_model_config(cfg, graph))
         seed_everything(cfg.train.seed)
         model = _build(cfg, graph, device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr,
-                                      weight_decay=cfg.train.weight_decay)
-        history: List[Dict[str, float]] = []
-        best: Dict[str, Any] = {"epoch": 0, "valid_mrr": -1.0}
-        start = 1
-        if state is not None:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            history, best, start = state["history"], state["best"], state["epoch"] + 1
+        optimizer, history, best, start = start_training(model, cfg.train, state, "valid_mrr")
         directory.start()
         files = RunFiles(run_dir, True)
         files.config(cfg.to_dict())
@@ -516,7 +444,7 @@ def train_links(cfg: Optional[LinkRunConfig], run_dir: Union[str, Path], *,
                                  cfg.train.batch_size,
                                  NegativeSampling("binary", amount=cfg.train.negatives))
             loss_sum, seen, started = 0.0, 0, time.perf_counter()
-            bar = _progress(loader, f"epoch {epoch}" if progress else None)
+            bar = progress_bar(loader, f"epoch {epoch}" if progress else None)
             for batch in bar:
                 batch = batch.to(device)
                 h = model(batch, generator=generator)
@@ -674,7 +602,7 @@ def predict_link_checkpoint(path: Union[str, Path], links: Union[str, Path],
     with atomic_write(output, newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["source", "target", "score", "probability"])
-        for batch in _progress(loader, "predict" if progress else None):
+        for batch in progress_bar(loader, "predict" if progress else None):
             h = model(batch, generator=generator)
             logits = model.score_pairs(h, batch.edge_label_index).float()
             for k, s, p in zip(batch.input_id.tolist(), logits.tolist(),
@@ -686,6 +614,6 @@ def predict_link_checkpoint(path: Union[str, Path], links: Union[str, Path],
 
 __all__ = ["KIND", "HITS_AT", "LinkDataConfig", "LinkTrainConfig", "LinkRunConfig",
            "LinkGraph", "split_links", "load_link_graph", "link_loader", "ranks",
-           "ranking_metrics", "random_mrr", "epoch_seed", "evaluate_parts", "train_links",
+           "ranking_metrics", "random_mrr", "evaluate_parts", "train_links",
            "load_link_checkpoint", "evaluate_link_checkpoint", "NodeIndex", "read_links",
            "predict_link_checkpoint"]

@@ -31,7 +31,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -47,7 +47,7 @@ from ..data.sampling import neighbor_sampler
 from ..datasets.splits import PARTS, stratified_split
 from ..errors import ConfigError, DataError, UsageError
 from ..models.node_transformer import NodeClassifier, NodeTransformerConfig
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint
 from .config import coerce_fields
 from .loop import RunFiles, plot_learning_curve, resolve_device, seed_everything
 from .run_dir import RunDirectory
@@ -60,54 +60,76 @@ DERIVED_KEYS = {("model", "in_channels"), ("model", "num_classes")}
 
 
 @dataclass
-class NodeDataConfig:
-    """The graph and its split.
+class GraphSourceConfig:
+    """Where one graph comes from (node and link tasks alike).
 
     Attributes:
         edges: an edge-list file (read into memory), or
-        graph: a directory converted once by ``convert_edge_list`` (memory-
-            mapped; for graphs larger than memory). Exactly one of the two.
-        node_features, node_labels: the node files of ``edges`` (labels are
-            required; a converted graph holds its own).
+        graph: a directory converted once by ``graphformer node convert`` /
+            ``convert_edge_list`` (memory-mapped; for graphs larger than
+            memory). Exactly one of the two.
+        node_features: the node-feature file of ``edges`` (default: a
+            learnable embedding per node; a converted graph holds its own).
         delimiter, header, node_header, comment: the files' format (see
             :func:`graphformer.data.edge_list.read_edge_list`).
-        train_fraction, valid_fraction: the stratified split of the labelled
-            nodes (the rest is the test part), seeded by ``split_seed``.
     """
     edges: Optional[str] = None
     graph: Optional[str] = None
     node_features: Optional[str] = None
-    node_labels: Optional[str] = None
     delimiter: Optional[str] = None
     header: Optional[bool] = None
     node_header: Optional[bool] = None
     comment: str = "#"
-    train_fraction: float = 0.6
-    valid_fraction: float = 0.2
-    split_seed: int = 0
+
+    #: the fields that name files, made absolute by :meth:`with_absolute_paths`
+    PATH_FIELDS: ClassVar[Tuple[str, ...]] = ("edges", "graph", "node_features")
 
     def __post_init__(self) -> None:
         coerce_fields(self, "data")
         if (self.edges is None) == (self.graph is None):
             raise ConfigError("data", "edges", "must be given (an edge-list file) unless "
                               "'data.graph' (a converted graph directory) is, and not both")
+        if self.graph is not None and self.node_features:
+            raise ConfigError("data", "node_features", "must not be given with a converted "
+                              "graph, which holds its own node features")
+
+    def with_absolute_paths(self):
+        """The same data with its paths absolute (a run evaluates from anywhere)."""
+        paths = {f: str(Path(getattr(self, f)).resolve()) for f in self.PATH_FIELDS
+                 if getattr(self, f)}
+        return replace(self, **paths)
+
+
+@dataclass
+class NodeDataConfig(GraphSourceConfig):
+    """The graph (:class:`GraphSourceConfig`) and its split.
+
+    Attributes:
+        node_labels: the node-label file of ``edges`` (required; a converted
+            graph holds its own labels).
+        train_fraction, valid_fraction: the stratified split of the labelled
+            nodes (the rest is the test part), seeded by ``split_seed``.
+    """
+    node_labels: Optional[str] = None
+    train_fraction: float = 0.6
+    valid_fraction: float = 0.2
+    split_seed: int = 0
+
+    PATH_FIELDS: ClassVar[Tuple[str, ...]] = GraphSourceConfig.PATH_FIELDS + ("node_labels",)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if self.edges is not None and self.node_labels is None:
             raise ConfigError("data", "node_labels", "must be given with an edge list: node "
                               "classification needs a file of node_id, label lines")
-        if self.graph is not None and (self.node_features or self.node_labels):
-            raise ConfigError("data", "node_features", "must not be given with a converted "
-                              "graph, which holds its own node features and labels")
+        if self.graph is not None and self.node_labels:
+            raise ConfigError("data", "node_labels", "must not be given with a converted "
+                              "graph, which holds its own labels")
         if not 0 < self.train_fraction < 1 or not 0 <= self.valid_fraction < 1 \
                 or self.train_fraction + self.valid_fraction >= 1:
             raise ConfigError("data", "train_fraction", f"must be > 0, with valid_fraction "
                               f">= 0 and their sum < 1 (the rest is the test part), got "
                               f"{self.train_fraction} and {self.valid_fraction}")
-
-    def with_absolute_paths(self) -> "NodeDataConfig":
-        """The same data with its paths absolute (a run evaluates from anywhere)."""
-        paths = {f: str(Path(getattr(self, f)).resolve()) for f in
-                 ("edges", "graph", "node_features", "node_labels") if getattr(self, f)}
-        return replace(self, **paths)
 
 
 @dataclass
@@ -239,7 +261,8 @@ def node_loader(graph: NodeGraph, nodes: Tensor, cfg: NodeTrainConfig, batch_siz
 
 # -- training ---------------------------------------------------------------------------------
 
-def _epoch_seed(seed: int, epoch: int) -> int:
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of an epoch's order, samples and dropout (resume repeats it)."""
     return (seed * 1_000_003 + epoch) % 2**62
 
 
@@ -255,7 +278,7 @@ def _run_batches(model: NodeClassifier, loader: NodeLoader, device: torch.device
     after each batch, e.g. a training step)."""
     generator = torch.Generator().manual_seed(seed)
     logits, labels, ids = [], [], []
-    bar = _progress(loader, progress)
+    bar = progress_bar(loader, progress)
     seen, started = 0, time.perf_counter()
     for batch in bar:
         batch = batch.to(device)
@@ -276,7 +299,8 @@ def _run_batches(model: NodeClassifier, loader: NodeLoader, device: torch.device
     return torch.cat(logits), torch.cat(labels), torch.cat(ids)
 
 
-def _progress(iterable, desc: Optional[str]):
+def progress_bar(iterable, desc: Optional[str]):
+    """``iterable`` with a progress bar named ``desc`` (none for None)."""
     if desc is None:
         return iterable
     from tqdm.auto import tqdm
@@ -308,19 +332,60 @@ def evaluate_parts(model: NodeClassifier, graph: NodeGraph, split: Dict[str, Ten
     return out
 
 
-def _check_resume(saved: NodeRunConfig, given: Optional[NodeRunConfig]) -> NodeRunConfig:
+def check_resume(saved: Any, given: Optional[Any]) -> Any:
+    """The config of a resumed run (a node or a link run config): the saved
+    one; a ``given`` one may change only where it runs (``train.device``,
+    ``train.threads``), any other difference is refused by name."""
     if given is None:
         return saved
     given = replace(given, data=given.data.with_absolute_paths())
     a, b = saved.to_dict(), given.to_dict()
-    diff = [f"{s}.{k}: saved {v!r}, given {b[s][k]!r}" for s in ("data", "model", "train")
+    diff = [f"{s}.{k}: saved {v!r}, given {b[s].get(k)!r}" for s in ("data", "model", "train")
             for k, v in a[s].items()
-            if (s, k) not in RUNTIME_KEYS | DERIVED_KEYS and b[s][k] != v]
+            if (s, k) not in RUNTIME_KEYS | DERIVED_KEYS and b[s].get(k) != v]
     if diff:
         raise UsageError(f"a resumed run keeps its saved settings, but these differ: "
                          f"{'; '.join(diff)}; start a new run to change them")
     return replace(saved, train=replace(saved.train, device=given.train.device,
                                         threads=given.train.threads))
+
+
+def start_config(cfg: Optional[Any], run_dir: Path, resume: bool,
+                 runtime: Optional[Dict[str, Any]],
+                 load: Callable[[Path], Tuple[Dict[str, Any], Any]]
+                 ) -> Tuple[Optional[Dict[str, Any]], Any, torch.device]:
+    """``(state, config, device)`` a run starts with: for ``resume`` the
+    state of ``run_dir/last.pt`` (read by ``load``) and its saved config
+    (``cfg`` may change only ``runtime``'s device and threads); else ``cfg``
+    with absolute paths. Sets the CPU threads."""
+    state = None
+    if resume:
+        state, saved = load(run_dir / "last.pt")
+        cfg = check_resume(saved, cfg)
+        if runtime:
+            cfg = replace(cfg, train=replace(cfg.train, **runtime))
+    elif cfg is None:
+        raise UsageError("a new run needs its config")
+    else:
+        cfg = replace(cfg, data=cfg.data.with_absolute_paths())
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    return state, cfg, resolve_device(cfg.train.device)
+
+
+def start_training(model: torch.nn.Module, train: NodeTrainConfig,
+                   state: Optional[Dict[str, Any]], best_key: str
+                   ) -> Tuple[torch.optim.Optimizer, List[Dict[str, float]], Dict[str, Any], int]:
+    """``(optimizer, history, best, first epoch)`` of a run: AdamW, and for a
+    resumed run (``state``) the weights, optimiser state and history it
+    saved; ``best[best_key]`` is the score to beat."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr,
+                                  weight_decay=train.weight_decay)
+    if state is None:
+        return optimizer, [], {"epoch": 0, best_key: -1.0}, 1
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return optimizer, state["history"], state["best"], state["epoch"] + 1
 
 
 def load_node_checkpoint(path: Union[str, Path]) -> Tuple[Dict[str, Any], NodeRunConfig]:
@@ -356,20 +421,7 @@ def train_nodes(cfg: Optional[NodeRunConfig], run_dir: Union[str, Path], *,
     run_dir = Path(run_dir)
     rank, world = _distributed()
     with RunDirectory(run_dir, resume, overwrite, writer=rank == 0) as directory:
-        state = None
-        if resume:
-            state, saved = load_node_checkpoint(run_dir / "last.pt")
-            cfg = _check_resume(saved, cfg)
-            if runtime:
-                cfg = replace(cfg, train=replace(cfg.train, **runtime))
-        elif cfg is None:
-            raise UsageError("a new run needs its config")
-        else:
-            cfg = replace(cfg, data=cfg.data.with_absolute_paths())
-        assert cfg is not None
-        if cfg.train.threads:
-            torch.set_num_threads(cfg.train.threads)
-        device = resolve_device(cfg.train.device)
+        state, cfg, device = start_config(cfg, run_dir, resume, runtime, load_node_checkpoint)
         graph = load_node_graph(cfg.data)
         cfg = replace(cfg, model=_model_config(cfg, graph))
         split = stratified_split(graph.y, cfg.data.train_fraction, cfg.data.valid_fraction,
@@ -382,15 +434,7 @@ def train_nodes(cfg: Optional[NodeRunConfig], run_dir: Union[str, Path], *,
                                 f"the fractions")
         seed_everything(cfg.train.seed)
         model = _build(cfg, graph, device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr,
-                                      weight_decay=cfg.train.weight_decay)
-        history: List[Dict[str, float]] = []
-        best: Dict[str, Any] = {"epoch": 0, "valid_accuracy": -1.0}
-        start = 1
-        if state is not None:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            history, best, start = state["history"], state["best"], state["epoch"] + 1
+        optimizer, history, best, start = start_training(model, cfg.train, state, "valid_accuracy")
         directory.start()
         files = RunFiles(run_dir, rank == 0)
         files.config(cfg.to_dict())
@@ -403,7 +447,7 @@ def train_nodes(cfg: Optional[NodeRunConfig], run_dir: Union[str, Path], *,
             f"fan-outs {cfg.train.num_neighbors}, batches of {cfg.train.batch_size}"
             + (f" per process, {world} processes" if world > 1 else ""))
         for epoch in range(start, cfg.train.epochs + 1):
-            seed = _epoch_seed(cfg.train.seed, epoch)
+            seed = epoch_seed(cfg.train.seed, epoch)
             torch.manual_seed(seed)
             model.train()
             losses: List[float] = []
@@ -532,7 +576,7 @@ def predict_node_checkpoint(path: Union[str, Path], output: Union[str, Path],
     with atomic_write(output, newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["node", "predicted", *(f"p_{n}" for n in names)])
-        for batch in _progress(loader, "predict" if progress else None):
+        for batch in progress_bar(loader, "predict" if progress else None):
             probs = torch.softmax(model(batch, generator=generator).float(), dim=-1)
             ids = batch.n_id[:batch.batch_size].tolist()
             for i, p in zip(ids, probs.tolist()):
