@@ -352,9 +352,10 @@ def markdown(results: Dict[str, Any]) -> str:
              f"{g['classes']} classes, {g['features']} features, p_in {g['p_in']}, seed "
              f"{g['seed']}; split 60/20/20 (stratified); fan-outs {results['fanout']}, batches "
              f"of {results['batch_size']} seeds, AdamW lr {results['lr']}, hidden "
-             f"{results['hidden']}, {results['layers']} layers.", "",
-             "| phase | seconds | peak RSS (GB) | peak anon. RSS (GB) | on disk (GB) | load |",
-             "| --- | ---: | ---: | ---: | ---: | --- |"]
+             f"{results['hidden']}, {results['layers']} layers.", ""]
+    if any(results.get(phase) for phase in ("generate", "convert")):
+        lines += ["| phase | seconds | peak RSS (GB) | peak anon. RSS (GB) | on disk (GB) | load |",
+                  "| --- | ---: | ---: | ---: | ---: | --- |"]
     for phase in ("generate", "convert"):
         r = results.get(phase)
         if r:
