@@ -11,7 +11,7 @@ from torch import Tensor
 
 from .. import patterns
 from .._checks import check_edge_index, check_node_range
-from ..nn import TransformerLayer
+from ..nn import EdgeSet, TransformerLayer
 
 NODE_PATTERNS = ("graph", "k_hop", "random")
 
@@ -192,14 +192,29 @@ class NodeTransformer(torch.nn.Module):
                 sets.append(torch.arange(num_nodes, device=device).expand(2, -1))
         return patterns.union(*sets, num_nodes=num_nodes)
 
-    def forward(self, x: Tensor, edge_index: Tensor, membership: Tensor) -> Tensor:
-        """Logits ``[N, num_classes]`` (the edge set from :meth:`edge_set`)."""
+    def forward(self, x: Tensor, edge_index: Tensor, membership: Tensor,
+                num_targets: Optional[int] = None) -> Tensor:
+        """Logits ``[N, num_classes]`` (the edge set from :meth:`edge_set`),
+        or of the first ``num_targets`` nodes only ``[num_targets,
+        num_classes]``: then each block updates only the nodes that later
+        blocks read — the targets at the last block, before it also every
+        source of an edge into a node needed after it (read off the edge set
+        itself, so exact for every pattern, directed or not), as PyG's
+        ``trim_to_layer`` does for the seed nodes of a sampled batch: the same
+        logits, for a fraction of the work.
+
+        The edge features are the membership vectors' projections, one per
+        distinct vector (at most 2^S): the edges are typed by their
+        membership, and the attention takes the edge terms per type
+        (:class:`~graphformer.nn.edge_terms.TypedEdgeTerms`), no per-edge
+        projection."""
         c = self.config
         if not isinstance(x, Tensor) or x.dim() != 2 or x.size(1) != c.in_channels:
             shape = list(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"'x' must have shape [N, in_channels={c.in_channels}], got {shape}")
         check_edge_index(edge_index)
-        check_node_range(edge_index, x.size(0), x.size(0))
+        N = x.size(0)
+        check_node_range(edge_index, N, N)
         if (not isinstance(membership, Tensor) or membership.dim() != 2
                 or membership.size(1) != self.num_sets):
             shape = list(membership.shape) if isinstance(membership, Tensor) else type(membership).__name__
@@ -208,11 +223,42 @@ class NodeTransformer(torch.nn.Module):
         if membership.size(0) != edge_index.size(1):
             raise ValueError(f"'membership' has {membership.size(0)} rows but 'edge_index' has "
                              f"{edge_index.size(1)} edges")
+        if num_targets is not None and not (_is_int(num_targets) and 0 <= num_targets <= N):
+            raise ValueError(f"'num_targets' must be an int in [0, N = {N}], got "
+                             f"{num_targets!r}")
         h = self.lin_in(x)
-        e = self.edge_encoder(membership.to(h.dtype))
-        for block in self.blocks:
-            h = block(h, edge_index, e).x
-        return self.lin_out(h)
+        S, dev = self.num_sets, x.device
+        bits = torch.arange(S, device=dev)
+        types = (membership.long() << bits).sum(1)                              # [E]
+        vectors = ((torch.arange(2 ** S, device=dev).unsqueeze(1) >> bits) & 1).to(h.dtype)
+        table = self.edge_encoder(vectors)                                      # [2^S, hidden]
+        if num_targets is None:
+            edges = EdgeSet(edge_index, N, edge_type=types, num_types=2 ** S)
+            for block in self.blocks:
+                h = block(h, edges, table).x
+            return self.lin_out(h)
+        src, dst = edge_index[0].long(), edge_index[1].long()
+        needed = [torch.zeros(N, dtype=torch.bool, device=dev)]
+        needed[0][:num_targets] = True                  # at the output; then going back
+        for _ in self.blocks:
+            more = needed[-1].clone()
+            more[src[needed[-1][dst]]] = True
+            needed.append(more)
+        needed.reverse()                                # needed[l]: rows after block l
+        # the nodes needed later first (nested sets: a prefix each), the targets in order
+        depth = torch.stack(needed).sum(0)
+        order = torch.sort(depth, descending=True, stable=True)[1]
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(N, device=dev)
+        sizes = [int(m.sum()) for m in needed]
+        h = h.index_select(0, order[:sizes[0]])
+        src, dst = rank[src], rank[dst]
+        for block, before, after in zip(self.blocks, sizes, sizes[1:]):
+            keep = dst < after                          # their sources are all < before
+            edges = EdgeSet(torch.stack([src[keep], dst[keep]]), (before, after),
+                            edge_type=types[keep], num_types=2 ** S)
+            h = block((h, h[:after]), edges, table).x
+        return self.lin_out(h[:num_targets])
 
     def __repr__(self) -> str:
         c = self.config
@@ -269,8 +315,8 @@ class NodeClassifier(torch.nn.Module):
                              "with features=True")
         num_nodes = int(x.size(0))
         edge_index, membership = self.net.edge_set(batch.edge_index, num_nodes, generator)
-        logits = self.net(x, edge_index.to(x.device), membership.to(x.device))
-        return logits[:int(getattr(batch, "batch_size", num_nodes))]
+        seeds = int(getattr(batch, "batch_size", num_nodes))
+        return self.net(x, edge_index.to(x.device), membership.to(x.device), num_targets=seeds)
 
     def __repr__(self) -> str:
         emb = "" if self.embedding is None else f", embedding={self.embedding.num_embeddings}"

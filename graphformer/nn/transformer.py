@@ -104,14 +104,18 @@ class TransformerLayer(MessagePassing):
         backend (str): attention backend, see :class:`RelationalAttention`.
 
     Shapes:
-        - **input:** ``x`` :math:`(N, \text{channels})`, ``edge_index``
+        - **input:** ``x`` :math:`(N, \text{channels})`, or a pair
+          ``(x_src, x_dst)`` :math:`((N_s, \text{channels}), (N_t,
+          \text{channels}))` as PyG's convolutions take it: only the targets
+          are updated (e.g. the first rows of a sampled mini-batch, whose
+          sources are the rest), ``edge_index``
           :math:`(2, E)` or an :class:`~graphformer.nn.EdgeSet`, ``edge_attr``
           :math:`(E, D)` (or :math:`(R, D)` per type with ``edge_type``
           :math:`(E)`, see :class:`RelationalAttention`), ``head_mask``
           :math:`(E, H)` (optional), ``batch`` :math:`(N,)` (optional, sorted
           graph index of each node, used by the dense attention backend).
         - **output:** a :class:`TransformerOutput` ``(x, edge_attr,
-          attention)``: ``x`` :math:`(N, \text{channels})`; with ``edge_update``
+          attention)``: ``x`` :math:`(N_t, \text{channels})`; with ``edge_update``
           the pair ``(x, edge_attr)`` (edge states per edge, ``[E, D]``, also
           for typed input); with ``return_attention_weights=True``
           the attention weights :math:`(E, H)` are appended to that.
@@ -180,7 +184,8 @@ class TransformerLayer(MessagePassing):
     def _mlp(self, x: Tensor, lin1: Linear, lin2: Linear) -> Tensor:
         return feed_forward(x, lin1, lin2, self.activation, self.dropout, self.training)
 
-    def _attend(self, x: Tensor, edge_index: Union[Tensor, EdgeSet], edge_attr: OptTensor,
+    def _attend(self, x: Union[Tensor, Tuple[Tensor, Tensor]],
+                edge_index: Union[Tensor, EdgeSet], edge_attr: OptTensor,
                 head_mask: OptTensor, batch: OptTensor, edge_type: OptTensor,
                 need_weights: bool) -> Tuple[Tensor, OptTensor]:
         alpha = None
@@ -193,7 +198,7 @@ class TransformerLayer(MessagePassing):
 
     def forward(
         self,
-        x: Tensor,
+        x: Union[Tensor, Tuple[Tensor, Tensor]],
         edge_index: Union[Tensor, EdgeSet],
         edge_attr: OptTensor = None,
         head_mask: OptTensor = None,
@@ -201,20 +206,30 @@ class TransformerLayer(MessagePassing):
         batch: OptTensor = None,
         edge_type: OptTensor = None,
     ) -> TransformerOutput:
+        bipartite = not isinstance(x, Tensor)
         if self.edge_update_enabled and edge_attr is None:
             raise ValueError("this layer updates edge states (edge_update=True): "
                              "'edge_attr' is required")
+        if bipartite and self.edge_update_enabled:
+            raise ValueError("edge_update=True updates edges between nodes of one set: give "
+                             "'x' as one tensor, not a pair (x_src, x_dst)")
+        x_src, x_dst = (x[0], x[1]) if bipartite else (x, x)
         if not is_compiling():     # before the layer norm meets x
-            check_node_features(x, "x", self.channels, self.linear1.weight.dtype)
+            dtype = self.linear1.weight.dtype
+            for name, t in (((("x[0] (sources)", x_src), ("x[1] (targets)", x_dst)))
+                            if bipartite else (("x", x_dst),)):
+                check_node_features(t, name, self.channels, dtype)
         if self.norm_first:
-            h, alpha = self._attend(self.norm1(x), edge_index, edge_attr, head_mask, batch,
+            source = (self.norm1(x_src), self.norm1(x_dst)) if bipartite else self.norm1(x_dst)
+            h, alpha = self._attend(source, edge_index, edge_attr, head_mask, batch,
                                     edge_type, return_attention_weights)
-            x = x + h
+            x = x_dst + h
             x = x + self._mlp(self.norm2(x), self.linear1, self.linear2)
         else:
-            h, alpha = self._attend(x, edge_index, edge_attr, head_mask, batch, edge_type,
+            h, alpha = self._attend((x_src, x_dst) if bipartite else x_dst, edge_index,
+                                    edge_attr, head_mask, batch, edge_type,
                                     return_attention_weights)
-            x = self.norm1(x + h)
+            x = self.norm1(x_dst + h)
             x = self.norm2(x + self._mlp(x, self.linear1, self.linear2))
 
         if self.edge_update_enabled:

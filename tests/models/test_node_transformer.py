@@ -220,3 +220,36 @@ def test_trains_on_karate(karate, one_thread):
     assert baseline == pytest.approx(6 / 16)
     assert train_acc >= 0.95, train_acc
     assert test_acc >= max(0.75, baseline + 0.3), (test_acc, baseline)
+
+
+def _per_edge_reference(model, x, edge_index, membership):
+    """The model's equations with an edge feature per edge (the membership
+    vector's projection), every node updated by every block."""
+    h = model.lin_in(x)
+    e = model.edge_encoder(membership.to(h.dtype))
+    for block in model.blocks:
+        h = block(h, edge_index, e).x
+    return model.lin_out(h)
+
+
+@pytest.mark.parametrize("patterns,undirected", [(("graph",), True), (("graph",), False),
+                                                 (("graph", "k_hop", "random"), True)])
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_typed_edges_and_trimming_to_the_targets_are_exact(patterns, undirected, layers):
+    """Edges typed by their membership give the per-edge model; updating
+    only what later blocks read gives the targets' logits of the whole pass."""
+    torch.manual_seed(layers)
+    cfg = NodeTransformerConfig(in_channels=5, num_classes=3, hidden=8, layers=layers,
+                                heads=2, dropout=0.0, patterns=patterns, undirected=undirected)
+    model = NodeTransformer(cfg).double().eval()
+    N = 60
+    ei = torch.stack([torch.randint(0, N, (150,)), torch.randint(0, N, (150,))])
+    edge_index, membership = model.edge_set(ei, N)
+    x = torch.randn(N, 5, dtype=torch.float64)
+    full = model(x, edge_index, membership)
+    torch.testing.assert_close(full, _per_edge_reference(model, x, edge_index, membership))
+    for targets in (0, 1, 7, N):
+        torch.testing.assert_close(model(x, edge_index, membership, num_targets=targets),
+                                   full[:targets])
+    with pytest.raises(ValueError, match=r"'num_targets' must be an int in \[0, N = 60\]"):
+        model(x, edge_index, membership, num_targets=61)

@@ -3,7 +3,7 @@ import torch
 from torch_geometric.utils import to_dense_batch
 
 from graphformer import patterns as P
-from graphformer.nn import TransformerLayer
+from graphformer.nn import EdgeSet, TransformerLayer
 from tests.helpers import ptr_of
 from tests.nn.test_attention import batch_of, mha_mask
 
@@ -97,3 +97,27 @@ def test_stacked_layers_and_repr():
         TransformerLayer(8, edge_update=True)
     with pytest.raises(ValueError, match="'activation' must be one of"):
         TransformerLayer(8, activation="swish")
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_a_pair_updates_only_the_targets_as_the_whole_layer_does(norm_first):
+    """``(x_src, x_dst)`` with the targets the first rows (a sampled batch's
+    seeds): their rows of the whole layer's output, values and gradients."""
+    torch.manual_seed(0)
+    layer = TransformerLayer(8, heads=2, dropout=0.0, norm_first=norm_first,
+                             edge_dim=3).double().eval()
+    x = torch.randn(10, 8, dtype=torch.float64, requires_grad=True)
+    ei = torch.stack([torch.randint(0, 10, (30,)), torch.randint(0, 4, (30,))])
+    e = torch.randn(30, 3, dtype=torch.float64)
+    full = layer(x, ei, e).x[:4]
+    (g_full,) = torch.autograd.grad(full.sum(), x)
+    part = layer((x, x[:4]), EdgeSet(ei, (10, 4)), e).x
+    (g_part,) = torch.autograd.grad(part.sum(), x)
+    assert part.shape == (4, 8)
+    torch.testing.assert_close(part, full)
+    torch.testing.assert_close(g_part, g_full)
+    with pytest.raises(ValueError, match=r"'x\[1\] \(targets\)' has 5 features"):
+        layer((x, torch.randn(4, 5, dtype=torch.float64)), EdgeSet(ei, (10, 4)), e)
+    updating = TransformerLayer(8, heads=2, edge_dim=3, edge_update=True)
+    with pytest.raises(ValueError, match="give 'x' as one tensor, not a pair"):
+        updating((x.float(), x[:4].float()), EdgeSet(ei, (10, 4)), e.float())
