@@ -13,7 +13,7 @@ from .. import patterns
 from .._checks import check_edge_index, check_node_range
 from ..nn import EdgeSet, TransformerLayer
 
-NODE_PATTERNS = ("graph", "k_hop", "random")
+NODE_PATTERNS = ("graph", "k_hop", "random", "global")
 
 
 def _is_int(value: object) -> bool:
@@ -33,8 +33,11 @@ class NodeTransformerConfig:
         dropout: dropout in the blocks, in ``[0, 1)``.
         patterns: the attention edge set is the union of these distinct names:
             ``"graph"`` (the graph's edges ``j -> i``), ``"k_hop"`` (pairs
-            ``j != i`` joined by a path of 1..``k`` edges) and ``"random"``
-            (``random_keys`` keys per query, drawn uniformly from the graph).
+            ``j != i`` joined by a path of 1..``k`` edges), ``"random"``
+            (``random_keys`` keys per query, drawn uniformly from the graph)
+            and ``"global"`` (a virtual node, node ``N`` of the edge set, with
+            a learnable state, attending to every node and attended by every
+            node: one hop between any two nodes of a sampled subgraph).
         k: the ``k`` of ``"k_hop"`` (>= 1).
         random_keys: keys per query of ``"random"`` (>= 1).
         undirected: symmetrise the graph's edges (add ``i -> j`` for every
@@ -142,11 +145,22 @@ class NodeTransformer(torch.nn.Module):
             for _ in range(c.layers)
         ])
         self.lin_out = torch.nn.Linear(c.hidden, c.num_classes)
+        #: the state of the ``"global"`` pattern's virtual node
+        self.virtual = torch.nn.Parameter(torch.empty(c.hidden)) if "global" in c.patterns \
+            else None
         self.reset_parameters()
+
+    @property
+    def extra_nodes(self) -> int:
+        """Nodes the edge set has beyond the graph's: the virtual node of
+        ``"global"`` (node ``N``)."""
+        return int(self.virtual is not None)
 
     def reset_parameters(self) -> None:
         self.lin_in.reset_parameters()
         self.edge_encoder.reset_parameters()
+        if self.virtual is not None:
+            torch.nn.init.normal_(self.virtual, std=0.02)
         for block in self.blocks:
             block.reset_parameters()
         self.lin_out.reset_parameters()
@@ -165,7 +179,8 @@ class NodeTransformer(torch.nn.Module):
         Returns:
             ``(edge_index [2, E], membership [E, S] bool)`` as
             :func:`graphformer.patterns.union` of the sets ``config.set_names``,
-            on the device of ``edge_index``.
+            on the device of ``edge_index``; with ``"global"`` over ``N + 1``
+            nodes, node ``N`` the virtual one (:meth:`forward` adds its state).
         """
         c = self.config
         if not _is_int(num_nodes) or num_nodes < 0:
@@ -188,9 +203,15 @@ class NodeTransformer(torch.nn.Module):
                     generator = torch.Generator().manual_seed(c.seed)
                 ptr = torch.tensor([0, num_nodes], device=generator.device)
                 sets.append(patterns.random(ptr, c.random_keys, generator=generator).to(device))
+            elif name == "global":   # the virtual node N, to and from every node
+                nodes = torch.arange(num_nodes, device=device)
+                virtual = torch.full_like(nodes, num_nodes)
+                sets.append(torch.cat([torch.stack([nodes, virtual]),
+                                       torch.stack([virtual, nodes])], dim=1))
             else:  # "self"
-                sets.append(torch.arange(num_nodes, device=device).expand(2, -1))
-        return patterns.union(*sets, num_nodes=num_nodes)
+                sets.append(torch.arange(num_nodes + self.extra_nodes,
+                                         device=device).expand(2, -1))
+        return patterns.union(*sets, num_nodes=num_nodes + self.extra_nodes)
 
     def forward(self, x: Tensor, edge_index: Tensor, membership: Tensor,
                 num_targets: Optional[int] = None) -> Tensor:
@@ -213,7 +234,7 @@ class NodeTransformer(torch.nn.Module):
             shape = list(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"'x' must have shape [N, in_channels={c.in_channels}], got {shape}")
         check_edge_index(edge_index)
-        N = x.size(0)
+        N = x.size(0) + self.extra_nodes               # the virtual node is node x.size(0)
         check_node_range(edge_index, N, N)
         if (not isinstance(membership, Tensor) or membership.dim() != 2
                 or membership.size(1) != self.num_sets):
@@ -223,10 +244,12 @@ class NodeTransformer(torch.nn.Module):
         if membership.size(0) != edge_index.size(1):
             raise ValueError(f"'membership' has {membership.size(0)} rows but 'edge_index' has "
                              f"{edge_index.size(1)} edges")
-        if num_targets is not None and not (_is_int(num_targets) and 0 <= num_targets <= N):
-            raise ValueError(f"'num_targets' must be an int in [0, N = {N}], got "
+        if num_targets is not None and not (_is_int(num_targets) and 0 <= num_targets <= x.size(0)):
+            raise ValueError(f"'num_targets' must be an int in [0, N = {x.size(0)}], got "
                              f"{num_targets!r}")
         h = self.lin_in(x)
+        if self.virtual is not None:
+            h = torch.cat([h, self.virtual.to(h.dtype).unsqueeze(0)])
         S, dev = self.num_sets, x.device
         bits = torch.arange(S, device=dev)
         types = (membership.long() << bits).sum(1)                              # [E]
@@ -236,7 +259,7 @@ class NodeTransformer(torch.nn.Module):
             edges = EdgeSet(edge_index, N, edge_type=types, num_types=2 ** S)
             for block in self.blocks:
                 h = block(h, edges, table).x
-            return self.lin_out(h)
+            return self.lin_out(h[:x.size(0)])
         src, dst = edge_index[0].long(), edge_index[1].long()
         needed = [torch.zeros(N, dtype=torch.bool, device=dev)]
         needed[0][:num_targets] = True                  # at the output; then going back

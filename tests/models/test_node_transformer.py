@@ -226,14 +226,17 @@ def _per_edge_reference(model, x, edge_index, membership):
     """The model's equations with an edge feature per edge (the membership
     vector's projection), every node updated by every block."""
     h = model.lin_in(x)
+    if model.virtual is not None:
+        h = torch.cat([h, model.virtual.unsqueeze(0)])
     e = model.edge_encoder(membership.to(h.dtype))
     for block in model.blocks:
         h = block(h, edge_index, e).x
-    return model.lin_out(h)
+    return model.lin_out(h[:x.size(0)])
 
 
 @pytest.mark.parametrize("patterns,undirected", [(("graph",), True), (("graph",), False),
-                                                 (("graph", "k_hop", "random"), True)])
+                                                 (("graph", "k_hop", "random"), True),
+                                                 (("graph", "global"), False)])
 @pytest.mark.parametrize("layers", [1, 2, 3])
 def test_typed_edges_and_trimming_to_the_targets_are_exact(patterns, undirected, layers):
     """Edges typed by their membership give the per-edge model; updating
@@ -253,3 +256,32 @@ def test_typed_edges_and_trimming_to_the_targets_are_exact(patterns, undirected,
                                    full[:targets])
     with pytest.raises(ValueError, match=r"'num_targets' must be an int in \[0, N = 60\]"):
         model(x, edge_index, membership, num_targets=61)
+
+
+def test_the_global_pattern_joins_every_node_through_a_virtual_one():
+    """Two components: without "global" no output of one depends on the
+    other's features; with it, every one does, through node N (the virtual
+    node, its own edges typed "global"); trimming to the targets stays exact."""
+    torch.manual_seed(0)
+    N = 8
+    ei = torch.tensor([[0, 1, 2, 4, 5, 6], [1, 2, 3, 5, 6, 7]])   # 0-3 and 4-7
+    outputs = {}
+    for pats in (("graph",), ("graph", "global")):
+        cfg = NodeTransformerConfig(in_channels=3, num_classes=2, hidden=8, layers=2, heads=2,
+                                    dropout=0.0, patterns=pats)
+        model = NodeTransformer(cfg).double().eval()
+        edge_index, member = model.edge_set(ei, N)
+        x = torch.randn(N, 3, dtype=torch.float64)
+        moved = x.clone()
+        moved[4:] += 1.0
+        out, out_moved = model(x, edge_index, member), model(moved, edge_index, member)
+        assert out.shape == (N, 2)
+        outputs[pats] = (out[:4] - out_moved[:4]).abs().max()
+        if "global" in pats:
+            assert int(edge_index.max()) == N and model.extra_nodes == 1
+            glob = member[:, cfg.set_names.index("global")]
+            assert sorted(edge_index[:, glob].t().tolist()) == sorted(
+                [[i, N] for i in range(N)] + [[N, i] for i in range(N)])
+            torch.testing.assert_close(model(x, edge_index, member, num_targets=3), out[:3])
+    assert outputs[("graph",)] == 0
+    assert outputs[("graph", "global")] > 1e-6

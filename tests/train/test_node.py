@@ -140,7 +140,7 @@ def test_without_features_every_node_learns_an_embedding(graph_files, tmp_path):
     flags = [f for f in tiny_flags(folder, tmp_path / "run")]
     i = flags.index("--node-features")
     del flags[i:i + 2]
-    code, _, err = cli(*flags, "--patterns", "graph", "k_hop", "random")
+    code, _, err = cli(*flags, "--patterns", "graph", "k_hop", "random", "global")
     assert code == 0, err
     state = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
     assert state["model"]["embedding.weight"].shape == (N, 16)
