@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, Dict, Iterator, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -135,17 +135,35 @@ RUN_FIELDS = {"config": dict, "model": dict, "epoch": int, "history": list, "bes
 RESUME_FIELDS = {"optimizer": dict, "scheduler": dict}
 
 
+#: What each kind of run's checkpoint is, and the commands that read it
+#: (``None``: a molecule model of ``graphformer train``).
+KINDS = {
+    None: ("a molecule model", "'graphformer evaluate' / 'graphformer predict'"),
+    "node-classification": ("a node-classification run",
+                            "'graphformer node evaluate' / 'graphformer node predict'"),
+    "link-prediction": ("a link-prediction run",
+                        "'graphformer link evaluate' / 'graphformer link predict'"),
+}
+
+
+def require_kind(state: Dict[str, Any], path: Union[str, Path], kind: Optional[str]) -> None:
+    """Refuse a checkpoint of another kind of run than ``kind``, naming what
+    it is and the commands that read it."""
+    got = state.get("kind")
+    if got == kind:
+        return
+    what, commands = KINDS.get(got, (f"a run of kind {got!r}", "the command that wrote it"))
+    raise CheckpointError(f"{path} is the checkpoint of {what}, not of {KINDS[kind][0]}: "
+                          f"use {commands}")
+
+
 def check_fields(state: Dict[str, Any], path: Union[str, Path],
                  fields: Sequence[Dict[str, type]] = (RUN_FIELDS,)) -> None:
     """Check that a loaded checkpoint has every field ``train`` writes (and, for
     resuming, ``RESUME_FIELDS``), of the right type; the error names the file
     and the missing or wrong fields."""
-    if state.get("kind") == "node-classification":
-        raise CheckpointError(f"{path} is the checkpoint of a node-classification run: use "
-                              f"'graphformer node evaluate' / 'graphformer node predict'")
-    if state.get("kind") == "link-prediction":
-        raise CheckpointError(f"{path} is the checkpoint of a link-prediction run: use "
-                              f"'graphformer link evaluate' / 'graphformer link predict'")
+    if state.get("kind") in ("node-classification", "link-prediction"):
+        require_kind(state, path, None)
     wanted = {k: t for group in fields for k, t in group.items()}
     missing = [k for k in wanted if k not in state]
     if missing:

@@ -78,7 +78,7 @@ from ..data.edge_list import read_edge_list
 from ..data.sampling import neighbor_sampler
 from ..errors import ConfigError, DataError
 from ..models.link_predictor import LinkPredictor, LinkPredictorConfig
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, require_kind
 from .loop import RunFiles, plot_learning_curve, seed_everything
 from .node import (GraphSourceConfig, NodeTrainConfig, epoch_seed, progress_bar, rank_seeds,
                    start_config, start_training)
@@ -391,14 +391,7 @@ def load_link_checkpoint(path: Union[str, Path]) -> Tuple[Dict[str, Any], LinkRu
     """A checkpoint of ``graphformer link train``, checked (damaged ones are
     refused by :func:`load_checkpoint`), and its run config."""
     state = load_checkpoint(path)
-    kind = state.get("kind")
-    if kind != KIND:
-        other = {"node-classification": "a node-classification run: use 'graphformer node "
-                 "evaluate' / 'graphformer node predict'",
-                 None: "a molecule model: use 'graphformer evaluate' / 'graphformer "
-                 "predict'"}.get(kind, f"a run of kind {kind!r}")
-        raise CheckpointError(f"{path} is not the checkpoint of a link-prediction run "
-                              f"(graphformer link train) but of {other}")
+    require_kind(state, path, KIND)
     try:
         return state, LinkRunConfig.from_dict(state["config"])
     except (KeyError, TypeError, ValueError) as err:

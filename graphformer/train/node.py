@@ -47,7 +47,7 @@ from ..data.sampling import neighbor_sampler
 from ..datasets.splits import PARTS, stratified_split
 from ..errors import ConfigError, DataError, UsageError
 from ..models.node_transformer import NodeClassifier, NodeTransformerConfig
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, require_kind
 from .config import coerce_fields
 from .loop import RunFiles, plot_learning_curve, resolve_device, seed_everything
 from .run_dir import RunDirectory
@@ -392,13 +392,7 @@ def load_node_checkpoint(path: Union[str, Path]) -> Tuple[Dict[str, Any], NodeRu
     """A checkpoint of ``graphformer node train``, checked (damaged ones are
     refused by :func:`load_checkpoint`), and its run config."""
     state = load_checkpoint(path)
-    if state.get("kind") == "link-prediction":
-        raise CheckpointError(f"{path} is the checkpoint of a link-prediction run: use "
-                              f"'graphformer link evaluate' / 'graphformer link predict'")
-    if state.get("kind") != KIND:
-        raise CheckpointError(f"{path} is a graphformer checkpoint but not of a node-"
-                              f"classification run (graphformer node train): use "
-                              f"'graphformer evaluate' / 'predict' for molecule models")
+    require_kind(state, path, KIND)
     try:
         return state, NodeRunConfig.from_dict(state["config"])
     except (KeyError, TypeError, ValueError) as err:
