@@ -29,7 +29,7 @@ FORMAT = "graphformer-ondisk-graph"
 VERSION = 1
 
 
-def _tensor(array: np.ndarray) -> Tensor:
+def shared_tensor(array: np.ndarray) -> Tensor:
     """``torch.from_numpy`` on a (possibly read-only) array, sharing its memory;
     a read-only memory map must not be written through the tensor."""
     with warnings.catch_warnings():
@@ -41,7 +41,7 @@ def _rows(array: np.ndarray, index) -> Tensor:
     """``array[index]`` as a tensor: a gather reads only those rows; ``None``
     is the whole array (a view of the memory map)."""
     if index is None:
-        return _tensor(array)
+        return shared_tensor(array)
     if isinstance(index, Tensor):
         index = index.cpu().numpy()
     return torch.from_numpy(np.ascontiguousarray(array[index]))
@@ -92,7 +92,7 @@ class OnDiskGraphStore(GraphStore):
         if edge_attr.edge_type is not None:
             return None
         g = self._graph
-        row, colptr = _tensor(g.row_array), _tensor(g.colptr_array)
+        row, colptr = shared_tensor(g.row_array), shared_tensor(g.colptr_array)
         if edge_attr.layout == EdgeLayout.CSC:
             return row, colptr
         col = torch.repeat_interleave(torch.arange(g.num_nodes), colptr.diff())
@@ -116,8 +116,8 @@ class OnDiskGraphStore(GraphStore):
         """``(row, colptr, perm)`` over the memory maps; ``perm[k]`` is the
         edge id (the column of ``read_edge_list``'s ``edge_index``) of CSC slot
         ``k``, so samplers report the file's edge ids."""
-        return (_tensor(self._graph.row_array), _tensor(self._graph.colptr_array),
-                _tensor(self._graph.perm_array))
+        return (shared_tensor(self._graph.row_array), shared_tensor(self._graph.colptr_array),
+                shared_tensor(self._graph.perm_array))
 
 
 class OnDiskGraph:

@@ -59,7 +59,6 @@ import json
 import math
 import re
 import time
-import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -75,6 +74,7 @@ from torch_geometric.sampler import NegativeSampling
 
 from .._files import atomic_write, write_text
 from ..data.edge_list import read_edge_list
+from ..data.graph_store import shared_tensor
 from ..data.sampling import neighbor_sampler
 from ..errors import ConfigError, DataError
 from ..models.link_predictor import LinkPredictor, LinkPredictorConfig
@@ -192,18 +192,11 @@ class LinkGraph:
             return Data(x=self.data.x, edge_index=ei, num_nodes=self.num_nodes)
         if keep is None:
             return self.disk.data
-        row = _tensor(self.disk.row_array)
-        colptr = _tensor(self.disk.colptr_array).long()
+        row = shared_tensor(self.disk.row_array)
+        colptr = shared_tensor(self.disk.colptr_array).long()
         kept = torch.zeros(keep.numel() + 1, dtype=torch.long)
         torch.cumsum(keep, 0, out=kept[1:])
         return self.disk.feature_store, _CSCStore(row[keep], kept[colptr], self.num_nodes)
-
-
-def _tensor(array: np.ndarray) -> Tensor:
-    """A tensor over a (read-only, memory-mapped) array, not written through."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)   # "The given NumPy array is not writable"
-        return torch.from_numpy(np.asarray(array))
 
 
 class _CSCStore(GraphStore):
@@ -286,10 +279,10 @@ def load_link_graph(cfg: LinkDataConfig) -> LinkGraph:
 
         disk = load_graph(cfg.graph)
         n = disk.num_nodes
-        colptr = _tensor(disk.colptr_array).long()
+        colptr = shared_tensor(disk.colptr_array).long()
         dst = torch.repeat_interleave(torch.arange(n), colptr.diff())
-        parts, links = split_links(_tensor(disk.row_array), dst,
-                                   _tensor(disk.perm_array), n, cfg)
+        parts, links = split_links(shared_tensor(disk.row_array), dst,
+                                   shared_tensor(disk.perm_array), n, cfg)
         return LinkGraph(n, disk.num_edges, disk.num_features, disk.node_ids, disk=disk,
                          parts=parts, links=links)
     data = read_edge_list(cfg.edges, delimiter=cfg.delimiter, header=cfg.header,
@@ -536,12 +529,6 @@ class NodeIndex:
         k = int(np.searchsorted(self._sorted, value))
         return int(self._order[k]) if k < self._sorted.size and self._sorted[k] == value \
             else None
-
-    def name(self, i: int) -> str:
-        if self.node_ids is None:
-            return str(i)
-        v = self.node_ids[i]
-        return str(v.item() if isinstance(v, Tensor) else v)
 
 
 def read_links(path: Union[str, Path], index: NodeIndex,

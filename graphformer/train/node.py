@@ -233,7 +233,7 @@ def load_node_graph(cfg: NodeDataConfig) -> NodeGraph:
     if int(y.min()) < 0:
         bad = int((y < 0).nonzero()[0])
         raise DataError(f"{cfg.node_labels}: integer labels must be >= 0, node "
-                        f"{_node_name(getattr(data, 'node_ids', None), bad)} has {int(y[bad])}")
+                        f"{node_name(getattr(data, 'node_ids', None), bad)} has {int(y[bad])}")
     x = getattr(data, "x", None)
     source = Data(x=x, y=y, edge_index=data.edge_index, num_nodes=data.num_nodes)
     return NodeGraph(source, int(data.num_nodes), int(data.edge_index.size(1)), y,
@@ -241,7 +241,7 @@ def load_node_graph(cfg: NodeDataConfig) -> NodeGraph:
                      getattr(data, "node_ids", None))
 
 
-def _node_name(node_ids: Optional[Sequence[Any]], i: int) -> str:
+def node_name(node_ids: Optional[Sequence[Any]], i: int) -> str:
     """The id node ``i`` has in the user's files."""
     if node_ids is None:
         return str(i)
@@ -574,7 +574,7 @@ def predict_node_checkpoint(path: Union[str, Path], output: Union[str, Path],
             probs = torch.softmax(model(batch, generator=generator).float(), dim=-1)
             ids = batch.n_id[:batch.batch_size].tolist()
             for i, p in zip(ids, probs.tolist()):
-                writer.writerow([_node_name(graph.node_ids, i),
+                writer.writerow([node_name(graph.node_ids, i),
                                  names[max(range(len(p)), key=p.__getitem__)],
                                  *(f"{v:.6g}" for v in p)])
             count += len(ids)
