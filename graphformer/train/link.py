@@ -181,6 +181,18 @@ class LinkGraph:
     disk: Any = None                        # an OnDiskGraph
     parts: Optional[Tensor] = None          # uint8 [E]: MESSAGE .. TEST per edge
     links: Dict[str, Tensor] = field(default_factory=dict)   # part -> long [2, L]
+    _sampled: Dict[Tuple[str, Tuple[int, ...]], Tuple[Any, Any]] = field(
+        default_factory=dict, repr=False, compare=False)
+
+    def sampled(self, part: str, num_neighbors: Sequence[int]) -> Tuple[Any, Any]:
+        """``(source, sampler)`` of ``part``'s message-passing graph, built
+        once (filtering the edges, sorting them for the sampler) and shared by
+        every epoch's loader."""
+        key = (part, tuple(num_neighbors))
+        if key not in self._sampled:
+            source = self.source(part)
+            self._sampled[key] = (source, neighbor_sampler(source, list(key[1])))
+        return self._sampled[key]
 
     def source(self, part: str) -> Any:
         """What the loaders take for ``part``'s message-passing graph (a
@@ -296,12 +308,12 @@ def load_link_graph(cfg: LinkDataConfig) -> LinkGraph:
                      data=Data(x=x, edge_index=ei, num_nodes=n), parts=parts, links=links)
 
 
-def link_loader(source: Any, links: Tensor, cfg: LinkTrainConfig, batch_size: int,
-                neg_sampling: Optional[NegativeSampling]) -> LinkLoader:
-    """Batches of subgraphs sampled around the endpoints of ``links`` (in
-    order) and of their negatives; the samples and negatives draw from torch's
-    global generator (seed it to repeat them)."""
-    sampler = neighbor_sampler(source, list(cfg.num_neighbors))
+def link_loader(graph: LinkGraph, part: str, links: Tensor, cfg: LinkTrainConfig,
+                batch_size: int, neg_sampling: Optional[NegativeSampling]) -> LinkLoader:
+    """Batches of subgraphs of ``part``'s message-passing graph sampled around
+    the endpoints of ``links`` (in order) and of their negatives; the samples
+    and negatives draw from torch's global generator (seed it to repeat them)."""
+    source, sampler = graph.sampled(part, cfg.num_neighbors)
     if not isinstance(source, Data):
         links = (None, links)                         # PyG's form for a (store, store) pair
     return LinkLoader(source, link_sampler=sampler, edge_label_index=links,
@@ -362,7 +374,7 @@ def evaluate_parts(model: LinkPredictor, graph: LinkGraph, cfg: LinkRunConfig,
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.train.seed)
             generator = torch.Generator().manual_seed(cfg.train.seed)
-            loader = link_loader(graph.source(part), graph.links[part], cfg.train,
+            loader = link_loader(graph, part, graph.links[part], cfg.train,
                                  cfg.train.eval_batch_size,
                                  NegativeSampling("triplet", amount=cfg.train.eval_negatives))
             for batch in progress_bar(loader, part if progress else None):
@@ -426,7 +438,7 @@ def train_links(cfg: Optional[LinkRunConfig], run_dir: Union[str, Path], *,
             model.train()
             generator = torch.Generator().manual_seed(seed)
             order = rank_seeds(torch.arange(train_links_.size(1)), cfg.train.batch_size, seed)
-            loader = link_loader(graph.source("train"), train_links_[:, order], cfg.train,
+            loader = link_loader(graph, "train", train_links_[:, order], cfg.train,
                                  cfg.train.batch_size,
                                  NegativeSampling("binary", amount=cfg.train.negatives))
             loss_sum, seen, started = 0.0, 0, time.perf_counter()
@@ -576,7 +588,7 @@ def predict_link_checkpoint(path: Union[str, Path], links: Union[str, Path],
                               cfg.data.comment)
     torch.manual_seed(cfg.train.seed)                 # the samples repeat
     generator = torch.Generator().manual_seed(cfg.train.seed)
-    loader = link_loader(graph.source("predict"), index, cfg.train, cfg.train.eval_batch_size,
+    loader = link_loader(graph, "predict", index, cfg.train, cfg.train.eval_batch_size,
                          None)
     count = 0
     with atomic_write(output, newline="") as fh:

@@ -208,10 +208,21 @@ class NodeGraph:
     num_features: Optional[int]
     label_names: Optional[List[str]]
     node_ids: Optional[Sequence[Any]]
+    _samplers: Dict[Tuple[int, ...], Any] = field(default_factory=dict, repr=False,
+                                                  compare=False)
 
     @property
     def num_classes(self) -> int:
         return len(self.label_names) if self.label_names else int(self.y.max()) + 1
+
+    def sampler(self, num_neighbors: Sequence[int]) -> Any:
+        """The neighbour sampler of these fan-outs, built once (for an
+        in-memory graph it sorts the edges by target) and shared by every
+        epoch's and part's loader."""
+        key = tuple(num_neighbors)
+        if key not in self._samplers:
+            self._samplers[key] = neighbor_sampler(self.source, list(key))
+        return self._samplers[key]
 
 
 def load_node_graph(cfg: NodeDataConfig) -> NodeGraph:
@@ -253,8 +264,8 @@ def node_loader(graph: NodeGraph, nodes: Tensor, cfg: NodeTrainConfig, batch_siz
                 shuffle: bool, seed: int) -> NodeLoader:
     """Batches of subgraphs sampled around ``nodes`` (seeded by ``seed``:
     the order and the samples repeat)."""
-    sampler = neighbor_sampler(graph.source, list(cfg.num_neighbors))
-    return NodeLoader(graph.source, node_sampler=sampler, input_nodes=nodes,
+    return NodeLoader(graph.source, node_sampler=graph.sampler(cfg.num_neighbors),
+                      input_nodes=nodes,
                       batch_size=batch_size, shuffle=shuffle,
                       generator=torch.Generator().manual_seed(seed))
 
