@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict, Tuple
 from ..data.edge_list import delimiter_from_name
 from ..errors import ConfigError, UsageError
 from ..models.node_transformer import NODE_PATTERNS, NodeTransformerConfig
-from ._args import positive_int, threads_count
+from ._args import add_threads_argument, positive_int, threads_count
 from .train import init_distributed
 
 #: flags a resumed run takes: where it runs, not what it computes
@@ -93,6 +93,25 @@ def add_run_arguments(t: argparse.ArgumentParser, name: str) -> None:
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(resume_refuses={a.dest: a.default for a in t._actions
                                    if a.dest not in RESUME_FLAGS})
+
+
+def add_evaluate_parser(commands: argparse._SubParsersAction,
+                        evaluate: Callable[..., Dict[str, float]], help: str,
+                        description: str) -> None:
+    """``graphformer node|link evaluate CHECKPOINT [--parts ...]``: prints
+    ``evaluate(checkpoint, parts, threads=...)``'s scores, one a line."""
+    e = commands.add_parser("evaluate", help=help, description=description)
+    e.add_argument("checkpoint", type=Path)
+    e.add_argument("--parts", nargs="+", default=["valid", "test"],
+                   choices=["train", "valid", "test"])
+    add_threads_argument(e, 1)
+    e.set_defaults(run=_run_evaluate, evaluate=evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    for key, value in args.evaluate(args.checkpoint, args.parts, threads=args.threads).items():
+        print(f"{key}: {value:.4f}")
+    return 0
 
 
 def flag_error(err: ConfigError, flags: Dict[str, Tuple[str, str]]) -> UsageError:

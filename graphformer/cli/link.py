@@ -11,7 +11,7 @@ from ..models.link_predictor import LINK_SCORES, LinkPredictorConfig
 from ..train.link import (LinkDataConfig, LinkRunConfig, LinkTrainConfig,
                           evaluate_link_checkpoint, predict_link_checkpoint, train_links)
 from ._args import add_threads_argument, output_path
-from ._graph_args import (add_graph_arguments, add_model_arguments, add_run_arguments,
+from ._graph_args import (add_evaluate_parser, add_graph_arguments, add_model_arguments, add_run_arguments,
                           add_training_arguments, encoder_config, flag_error, train_command)
 
 #: flag -> (section, key), to name the flag a config error came from
@@ -41,15 +41,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                             "their negatives (fan-outs per hop).")
     add_train_arguments(t)
     t.set_defaults(run=run_train)
-    e = commands.add_parser("evaluate", help="MRR and Hits@K of a link checkpoint",
-                            description="MRR and Hits@1/10/50 of a link checkpoint on the "
-                            "parts of its run's split, each link ranked against the run's "
-                            "--eval-negatives negatives sharing its source (seeded).")
-    e.add_argument("checkpoint", type=Path)
-    e.add_argument("--parts", nargs="+", default=["valid", "test"],
-                   choices=["train", "valid", "test"])
-    add_threads_argument(e, 1)
-    e.set_defaults(run=run_evaluate)
+    add_evaluate_parser(commands, evaluate_link_checkpoint,
+                        help="MRR and Hits@K of a link checkpoint",
+                        description="MRR and Hits@1/10/50 of a link checkpoint on the parts "
+                        "of its run's split, each link ranked against the run's "
+                        "--eval-negatives negatives sharing its source (seeded).")
     q = commands.add_parser("predict", help="score the links listed in a file, as CSV",
                             description="Score the links listed in LINKS (source target per "
                             "line, the ids of the graph's files) on the graph of every edge; "
@@ -112,13 +108,6 @@ def config_from_args(args: argparse.Namespace) -> LinkRunConfig:
 
 def run_train(args: argparse.Namespace) -> int:
     return train_command(args, train_links, config_from_args, "link")
-
-
-def run_evaluate(args: argparse.Namespace) -> int:
-    scores = evaluate_link_checkpoint(args.checkpoint, args.parts, threads=args.threads)
-    for key, value in scores.items():
-        print(f"{key}: {value:.4f}")
-    return 0
 
 
 def run_predict(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ from ..errors import ConfigError
 from ..train.node import (NodeDataConfig, NodeRunConfig, NodeTrainConfig,
                           evaluate_node_checkpoint, predict_node_checkpoint, train_nodes)
 from ._args import add_threads_argument, output_path, positive_int
-from ._graph_args import (add_graph_arguments, add_model_arguments, add_run_arguments,
+from ._graph_args import (add_evaluate_parser, add_graph_arguments, add_model_arguments, add_run_arguments,
                           add_training_arguments, encoder_config, flag_error, train_command)
 
 #: flag -> (section, key), to name the flag a config error came from
@@ -53,14 +53,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     c.set_defaults(run=run_convert)
     add_train_parser(commands)
-    e = commands.add_parser("evaluate", help="accuracy of a node checkpoint on its split",
-                            description="Accuracy of a node checkpoint on the parts of its "
-                            "run's split (sampled batches, seeded).")
-    e.add_argument("checkpoint", type=Path)
-    e.add_argument("--parts", nargs="+", default=["valid", "test"],
-                   choices=["train", "valid", "test"])
-    add_threads_argument(e, 1)
-    e.set_defaults(run=run_evaluate)
+    add_evaluate_parser(commands, evaluate_node_checkpoint,
+                        help="accuracy of a node checkpoint on its split",
+                        description="Accuracy of a node checkpoint on the parts of its "
+                        "run's split (sampled batches, seeded).")
     q = commands.add_parser("predict", help="class probabilities of every node, as CSV",
                             description="The class probabilities of every node of the "
                             "checkpoint's graph, written batch by batch to a CSV file "
@@ -114,13 +110,6 @@ def config_from_args(args: argparse.Namespace) -> NodeRunConfig:
 
 def run_train(args: argparse.Namespace) -> int:
     return train_command(args, train_nodes, config_from_args, "node")
-
-
-def run_evaluate(args: argparse.Namespace) -> int:
-    scores = evaluate_node_checkpoint(args.checkpoint, args.parts, threads=args.threads)
-    for key, value in scores.items():
-        print(f"{key}: {value:.4f}")
-    return 0
 
 
 def run_predict(args: argparse.Namespace) -> int:
