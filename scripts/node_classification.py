@@ -6,7 +6,8 @@ labelled nodes at random per class (seeded), trains by mini-batches of
 subgraphs sampled around batches of seed nodes (``--batch-size``,
 ``--num-neighbors`` per hop) with AdamW, keeps the epoch with the best
 validation accuracy and prints its test accuracy next to the majority-class
-baseline. The run directory (``--run-dir``) holds the checkpoints, metrics and
+baseline (with ``--task regression``: the test RMSE next to that of always
+predicting the training mean). The run directory (``--run-dir``) holds the checkpoints, metrics and
 learning curve, as ``graphformer node train`` writes them.
 
     python scripts/node_classification.py --edges edges.txt \\
@@ -23,7 +24,6 @@ from pathlib import Path
 import torch
 
 from graphformer.cli import node as node_cli
-from graphformer.datasets import stratified_split
 from graphformer.errors import DataError, UsageError
 from graphformer.train.node import evaluate_node_checkpoint, load_node_graph, train_nodes
 
@@ -48,13 +48,18 @@ def main(argv=None) -> int:
         graph = load_node_graph(cfg.data)
     except (OSError, ValueError) as err:  # the message names the file, line and value
         raise SystemExit(f"error: {err}") from err
+    regression = graph.task == "regression"
     names = graph.label_names or [str(c) for c in range(graph.num_classes)]
-    counts = torch.bincount(graph.y, minlength=graph.num_classes)
-    print(f"graph: {graph.num_nodes} nodes, {graph.num_edges} edges, {graph.num_classes} "
-          f"classes ({', '.join(f'{names[c]}: {int(m)}' for c, m in enumerate(counts))})")
-    split = stratified_split(graph.y, cfg.data.train_fraction, cfg.data.valid_fraction,
-                             cfg.data.split_seed)
-    print(f"split (seed {cfg.data.split_seed}, stratified): {split['train'].numel()} train, "
+    if regression:
+        print(f"graph: {graph.num_nodes} nodes, {graph.num_edges} edges, regression targets "
+              f"(mean {float(graph.y.mean()):.4g}, std {float(graph.y.std()):.4g})")
+    else:
+        counts = torch.bincount(graph.y, minlength=graph.num_classes)
+        print(f"graph: {graph.num_nodes} nodes, {graph.num_edges} edges, {graph.num_classes} "
+              f"classes ({', '.join(f'{names[c]}: {int(m)}' for c, m in enumerate(counts))})")
+    split = graph.split(cfg.data)
+    print(f"split (seed {cfg.data.split_seed}, {'random' if regression else 'stratified'}): "
+          f"{split['train'].numel()} train, "
           f"{split['valid'].numel()} val, {split['test'].numel()} test nodes")
     if graph.num_features is None:
         print(f"no --node-features: every node gets a learnable embedding of size "
@@ -76,14 +81,23 @@ def main(argv=None) -> int:
     try:
         summary = train_nodes(cfg, run_dir, overwrite=args.overwrite, progress=not args.quiet,
                               log=log)
-        train_acc = evaluate_node_checkpoint(run_dir / "best.pt", ["train"],
-                                             threads=cfg.train.threads)["train_accuracy"]
+        metric = "rmse" if regression else "accuracy"
+        train_score = evaluate_node_checkpoint(run_dir / "best.pt", ["train"],
+                                               threads=cfg.train.threads)[f"train_{metric}"]
     except (UsageError, DataError) as err:
         raise SystemExit(f"error: {err}") from err
     y_train = graph.y[split["train"]]
+    if regression:
+        baseline = float((graph.y[split["test"]].double() - y_train.double().mean())
+                         .pow(2).mean().sqrt())
+        print(f"train RMSE: {train_score:.4f}")
+        print(f"mean baseline: {baseline:.4f} (always the training mean)")
+        print(f"test RMSE: {summary['test_rmse']:.4f}")
+        print(f"run directory: {run_dir}")
+        return 0
     majority = int(torch.bincount(y_train, minlength=graph.num_classes).argmax())
     baseline = float((graph.y[split["test"]] == majority).float().mean())
-    print(f"train accuracy: {train_acc:.4f}")
+    print(f"train accuracy: {train_score:.4f}")
     print(f"majority-class baseline: {baseline:.4f} (always '{names[majority]}', the most "
           f"frequent training class)")
     print(f"test accuracy: {summary['test_accuracy']:.4f}")

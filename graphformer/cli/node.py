@@ -1,5 +1,5 @@
-"""``graphformer node train | evaluate | predict``: node classification on one
-graph from edge-list files, trained by mini-batches of sampled subgraphs
+"""``graphformer node convert | train | evaluate | predict``: node
+classification and regression on one graph from edge-list files, trained by mini-batches of sampled subgraphs
 (:mod:`graphformer.train.node`)."""
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from ._graph_args import (add_evaluate_parser, add_graph_arguments, add_model_ar
 _FLAGS = {
     "edges": ("data", "edges"), "graph": ("data", "graph"),
     "node_features": ("data", "node_features"), "node_labels": ("data", "node_labels"),
+    "task": ("data", "task"),
     "train_fraction": ("data", "train_fraction"), "val_fraction": ("data", "valid_fraction"),
     "split_seed": ("data", "split_seed"),
     "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"),
@@ -28,9 +29,10 @@ _FLAGS = {
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("node", help="node classification on one graph (edge-list files)",
-                       description="Node classification on one graph: train by mini-batches "
-                       "of sampled subgraphs, evaluate, predict every node.")
+    p = sub.add_parser("node", help="node classification or regression on one graph "
+                       "(edge-list files)",
+                       description="Node classification or regression on one graph: train "
+                       "by mini-batches of sampled subgraphs, evaluate, predict every node.")
     commands = p.add_subparsers(dest="node_command", required=True)
     c = commands.add_parser("convert", help="convert an edge list once into an on-disk graph",
                             description="Convert an edge list (and its node feature and label "
@@ -40,6 +42,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--edges", required=True, help="edge list: source target per line")
     c.add_argument("--node-features", help="node_id, f_1, ..., f_F per line")
     c.add_argument("--node-labels", help="node_id, label per line")
+    c.add_argument("--label-type", choices=["class", "value"], default="class",
+                   help="the labels are classes (integers or names; default) or numbers "
+                        "(regression targets, for 'node train --task regression')")
     c.add_argument("-o", "--output", type=Path, required=True, help="the graph's folder")
     c.add_argument("--delimiter", type=delimiter_from_name, default=None)
     c.add_argument("--header", action=argparse.BooleanOptionalAction, default=None)
@@ -54,13 +59,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.set_defaults(run=run_convert)
     add_train_parser(commands)
     add_evaluate_parser(commands, evaluate_node_checkpoint,
-                        help="accuracy of a node checkpoint on its split",
-                        description="Accuracy of a node checkpoint on the parts of its "
-                        "run's split (sampled batches, seeded).")
-    q = commands.add_parser("predict", help="class probabilities of every node, as CSV",
+                        help="accuracy (or RMSE, MAE, R²) of a node checkpoint on its split",
+                        description="Accuracy, or for regression RMSE, MAE and R², of a node "
+                        "checkpoint on the parts of its run's split (sampled batches, seeded).")
+    q = commands.add_parser("predict", help="class probabilities (or values) of every node, "
+                            "as CSV",
                             description="The class probabilities of every node of the "
                             "checkpoint's graph, written batch by batch to a CSV file "
-                            "(node, predicted, p_<class> ...).")
+                            "(node, predicted, p_<class> ...); for regression node, predicted.")
     q.add_argument("checkpoint", type=Path)
     q.add_argument("-o", "--output", type=Path, required=True)
     q.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -71,7 +77,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def add_train_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """``graphformer node train``'s flags (also those of
     ``scripts/node_classification.py``)."""
-    t = commands.add_parser("train", help="train a node classifier by mini-batches",
+    t = commands.add_parser("train", help="train a node classifier or regressor by mini-batches",
                             description="Train a NodeTransformer by mini-batches of subgraphs "
                             "sampled around batches of seed nodes (fan-outs per hop).")
     add_train_arguments(t)
@@ -81,9 +87,14 @@ def add_train_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentP
 
 def add_train_arguments(t: argparse.ArgumentParser) -> None:
     add_graph_arguments(t, labels=True)
+    t.add_argument("--task", choices=["classification", "regression"], default="classification",
+                   help="classification (class labels; default) or regression (numeric "
+                        "labels: trained on standardised targets with the squared error; "
+                        "RMSE picks the best epoch)")
     add_model_arguments(t, dropout=0.3)
     train = add_training_arguments(t, "seed nodes", batch_size=512, eval_batch_size=2048)
-    train.add_argument("--split-seed", type=int, default=0, help="seed of the stratified split")
+    train.add_argument("--split-seed", type=int, default=0,
+                       help="seed of the split (stratified by class for classification)")
     train.add_argument("--train-fraction", type=float, default=0.6)
     train.add_argument("--val-fraction", type=float, default=0.2)
     add_run_arguments(t, "node")
@@ -94,7 +105,7 @@ def config_from_args(args: argparse.Namespace) -> NodeRunConfig:
     try:
         data = NodeDataConfig(edges=args.edges, graph=args.graph,
                               node_features=args.node_features, node_labels=args.node_labels,
-                              delimiter=args.delimiter, header=args.header,
+                              task=args.task, delimiter=args.delimiter, header=args.header,
                               node_header=args.node_header, comment=args.comment,
                               train_fraction=args.train_fraction,
                               valid_fraction=args.val_fraction, split_seed=args.split_seed)
@@ -124,7 +135,8 @@ def run_convert(args: argparse.Namespace) -> int:
     from ..data.edge_list import convert_edge_list
 
     graph = convert_edge_list(args.edges, args.output, node_features=args.node_features,
-                              node_labels=args.node_labels, delimiter=args.delimiter,
+                              node_labels=args.node_labels, label_type=args.label_type,
+                              delimiter=args.delimiter,
                               header=args.header, node_header=args.node_header,
                               comment=args.comment, directed=not args.undirected,
                               chunk_rows=args.chunk_rows, progress=not args.quiet,

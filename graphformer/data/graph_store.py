@@ -126,6 +126,7 @@ class OnDiskGraph:
     Attributes: ``num_nodes``, ``num_edges``, ``num_features`` (``None``
     without features), ``directed``, ``node_ids`` (original ids in node order:
     a long tensor, or a list of str / int), ``label_names`` (or ``None``),
+    ``label_type`` (``"class"``, ``"value"`` or ``None`` without labels),
     ``feature_store``, ``graph_store``; ``(feature_store, graph_store)`` is
     what PyG's loaders take as ``data``.
     """
@@ -172,6 +173,9 @@ class OnDiskGraph:
                 self.row_array.shape != (self.num_edges,):
             raise DataError(f"{self.path}: colptr.npy / row.npy do not match meta.json's "
                             f"{self.num_nodes} nodes and {self.num_edges} edges")
+        #: "class" or "value" (regression targets), None without labels;
+        #: graphs converted before value labels existed hold classes
+        self.label_type = meta.get("label_type", "class" if self.y_array is not None else None)
         self.label_names = None
         if meta.get("label_names"):
             self.label_names = json.loads((self.path / "label_names.json").read_text("utf-8"))

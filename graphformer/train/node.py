@@ -1,5 +1,5 @@
-"""Node classification on one graph, trained by mini-batches of sampled
-subgraphs (``graphformer node train``).
+"""Node classification and regression on one graph, trained by mini-batches
+of sampled subgraphs (``graphformer node train``).
 
 Each step samples a subgraph around a batch of seed nodes through PyG's
 loader interface (:class:`torch_geometric.loader.NodeLoader` with a
@@ -19,10 +19,16 @@ memory-mapped CSC and features serve the sampler through PyG's
 
 A run directory is what ``graphformer train`` writes: ``config.json``,
 ``metrics.csv`` / ``metrics.json`` (a row per epoch), ``last.pt`` and
-``best.pt`` (best validation accuracy), ``summary.json`` and
+``best.pt`` (best validation accuracy, or RMSE for regression),
+``summary.json`` and
 ``learning_curve.png``; it is locked while the run writes, and ``resume``
 continues from ``last.pt`` to exactly the run an uninterrupted one gives (each
 epoch's shuffling and sampling are seeded by the run's seed and the epoch).
+
+Regression (``task="regression"``, numeric labels) trains on targets
+standardised by the training part's mean and standard deviation (saved in
+the checkpoint) with the mean squared error, and reports RMSE, MAE and R² in
+the targets' units.
 """
 from __future__ import annotations
 
@@ -57,6 +63,9 @@ KIND = "node-classification"
 RUNTIME_KEYS = {("train", "device"), ("train", "threads")}
 #: set from the data, not by the user
 DERIVED_KEYS = {("model", "in_channels"), ("model", "num_classes")}
+#: node tasks, and the metric each selects the best epoch by (with whether
+#: higher is better)
+NODE_TASKS = {"classification": ("accuracy", True), "regression": ("rmse", False)}
 
 
 @dataclass
@@ -107,10 +116,15 @@ class NodeDataConfig(GraphSourceConfig):
     Attributes:
         node_labels: the node-label file of ``edges`` (required; a converted
             graph holds its own labels).
-        train_fraction, valid_fraction: the stratified split of the labelled
-            nodes (the rest is the test part), seeded by ``split_seed``.
+        task: ``classification`` (class labels: integers or names) or
+            ``regression`` (numeric labels; a converted graph must have been
+            converted with ``label_type="value"``).
+        train_fraction, valid_fraction: the split of the labelled nodes (the
+            rest is the test part), seeded by ``split_seed``; stratified by
+            class for classification, uniformly random for regression.
     """
     node_labels: Optional[str] = None
+    task: str = "classification"
     train_fraction: float = 0.6
     valid_fraction: float = 0.2
     split_seed: int = 0
@@ -125,6 +139,9 @@ class NodeDataConfig(GraphSourceConfig):
         if self.graph is not None and self.node_labels:
             raise ConfigError("data", "node_labels", "must not be given with a converted "
                               "graph, which holds its own labels")
+        if self.task not in NODE_TASKS:
+            raise ConfigError("data", "task", f"must be 'classification' or 'regression', "
+                              f"got {self.task!r}")
         if not 0 < self.train_fraction < 1 or not 0 <= self.valid_fraction < 1 \
                 or self.train_fraction + self.valid_fraction >= 1:
             raise ConfigError("data", "train_fraction", f"must be > 0, with valid_fraction "
@@ -176,8 +193,9 @@ class NodeTrainConfig:
 
 @dataclass
 class NodeRunConfig:
-    """A node-classification run: data, model and training. ``model``'s
-    ``in_channels`` and ``num_classes`` come from the data."""
+    """A node classification or regression run: data, model and training.
+    ``model``'s ``in_channels`` and ``num_classes`` (the outputs: 1 for
+    regression) come from the data."""
     data: NodeDataConfig
     model: NodeTransformerConfig
     train: NodeTrainConfig = field(default_factory=NodeTrainConfig)
@@ -200,7 +218,8 @@ class NodeRunConfig:
 class NodeGraph:
     """A graph as the loaders take it (``source``: a ``Data`` or a
     ``(FeatureStore, GraphStore)`` pair), its labels and what predictions
-    need to name nodes and classes."""
+    need to name nodes and classes. ``y``: long class labels, or float
+    values for ``task="regression"``."""
     source: Union[Data, Tuple[Any, Any]]
     num_nodes: int
     num_edges: int
@@ -208,12 +227,23 @@ class NodeGraph:
     num_features: Optional[int]
     label_names: Optional[List[str]]
     node_ids: Optional[Sequence[Any]]
+    task: str = "classification"
     _samplers: Dict[Tuple[int, ...], Any] = field(default_factory=dict, repr=False,
                                                   compare=False)
 
     @property
     def num_classes(self) -> int:
+        """The model's outputs: the classes, or 1 for regression."""
+        if self.task == "regression":
+            return 1
         return len(self.label_names) if self.label_names else int(self.y.max()) + 1
+
+    def split(self, cfg: NodeDataConfig) -> Dict[str, Tensor]:
+        """The run's train / valid / test nodes: stratified by class, or
+        (regression) uniformly at random; seeded by ``cfg.split_seed``."""
+        strata = self.y if self.task == "classification" else \
+            torch.zeros(self.num_nodes, dtype=torch.long)
+        return stratified_split(strata, cfg.train_fraction, cfg.valid_fraction, cfg.split_seed)
 
     def sampler(self, num_neighbors: Sequence[int]) -> Any:
         """The neighbour sampler of these fan-outs, built once (for an
@@ -234,14 +264,24 @@ def load_node_graph(cfg: NodeDataConfig) -> NodeGraph:
         if graph.y_array is None:
             raise DataError(f"{cfg.graph}: the converted graph has no node labels (convert it "
                             f"with node_labels=...)")
+        wanted = "value" if cfg.task == "regression" else "class"
+        if graph.label_type != wanted:
+            raise DataError(
+                f"{cfg.graph}: the converted graph's labels are "
+                + ("numbers (converted with --label-type value): train with --task regression"
+                   if graph.label_type == "value" else
+                   "classes: regression needs numeric labels (convert the edge list again "
+                   "with --label-type value)"))
         y = torch.from_numpy(np.array(graph.y_array))       # N labels: read once, O(N)
         return NodeGraph(graph.data, graph.num_nodes, graph.num_edges, y, graph.num_features,
-                         graph.label_names, graph.node_ids)
+                         graph.label_names, graph.node_ids, task=cfg.task)
+    regression = cfg.task == "regression"
     data = read_edge_list(cfg.edges, delimiter=cfg.delimiter, header=cfg.header,
                           comment=cfg.comment, node_features=cfg.node_features,
-                          node_labels=cfg.node_labels, node_header=cfg.node_header)
+                          node_labels=cfg.node_labels, node_header=cfg.node_header,
+                          label_type="value" if regression else "class")
     y = data.y
-    if int(y.min()) < 0:
+    if not regression and int(y.min()) < 0:
         bad = int((y < 0).nonzero()[0])
         raise DataError(f"{cfg.node_labels}: integer labels must be >= 0, node "
                         f"{node_name(getattr(data, 'node_ids', None), bad)} has {int(y[bad])}")
@@ -249,7 +289,7 @@ def load_node_graph(cfg: NodeDataConfig) -> NodeGraph:
     source = Data(x=x, y=y, edge_index=data.edge_index, num_nodes=data.num_nodes)
     return NodeGraph(source, int(data.num_nodes), int(data.edge_index.size(1)), y,
                      None if x is None else int(x.size(1)), getattr(data, "label_names", None),
-                     getattr(data, "node_ids", None))
+                     getattr(data, "node_ids", None), task=cfg.task)
 
 
 def node_name(node_ids: Optional[Sequence[Any]], i: int) -> str:
@@ -323,13 +363,50 @@ def accuracy(logits: Tensor, y: Tensor) -> float:
     return float((logits.argmax(-1) == y).float().mean()) if y.numel() else float("nan")
 
 
+@dataclass(frozen=True)
+class TargetScale:
+    """Regression targets standardised for training: the model predicts
+    ``(y - mean) / std``; ``mean`` and ``std`` are the training part's
+    (``std`` 1 when the targets are constant)."""
+    mean: float = 0.0
+    std: float = 1.0
+
+    @classmethod
+    def fit(cls, y: Tensor) -> "TargetScale":
+        y = y.double()
+        std = float(y.std(unbiased=False)) if y.numel() > 1 else 0.0
+        return cls(float(y.mean()), std if std > 0 else 1.0)
+
+    def normalise(self, y: Tensor) -> Tensor:
+        return (y - self.mean) / self.std
+
+    def values(self, out: Tensor) -> Tensor:
+        """The model's outputs ``[B, 1]`` in the targets' units ``[B]``."""
+        return out[:, 0] * self.std + self.mean
+
+
+def node_scores(out: Tensor, y: Tensor, task: str, scale: TargetScale) -> Dict[str, float]:
+    """Accuracy (classification), or RMSE, MAE and R² in the targets' units
+    (regression; R² against the part's own mean), of the outputs ``out``."""
+    if task == "classification":
+        return {"accuracy": accuracy(out, y)}
+    if not y.numel():
+        return {"rmse": float("nan"), "mae": float("nan"), "r2": float("nan")}
+    error = scale.values(out.double()) - y.double()
+    spread = float(((y.double() - y.double().mean()) ** 2).sum())
+    return {"rmse": float(error.pow(2).mean().sqrt()), "mae": float(error.abs().mean()),
+            "r2": 1 - float(error.pow(2).sum()) / spread if spread > 0 else float("nan")}
+
+
 @torch.no_grad()
 def evaluate_parts(model: NodeClassifier, graph: NodeGraph, split: Dict[str, Tensor],
                    cfg: NodeRunConfig, device: torch.device, parts: Sequence[str] = ("valid",
                                                                                      "test"),
-                   progress: bool = False) -> Dict[str, float]:
-    """Accuracy on each part, by sampled batches (seeded by the run's seed:
-    the same numbers every time)."""
+                   progress: bool = False, scale: TargetScale = TargetScale()
+                   ) -> Dict[str, float]:
+    """The scores of :func:`node_scores` on each part (``<part>_<score>``),
+    by sampled batches (seeded by the run's seed: the same numbers every
+    time)."""
     model.eval()
     out = {}
     for part in parts:
@@ -339,7 +416,8 @@ def evaluate_parts(model: NodeClassifier, graph: NodeGraph, split: Dict[str, Ten
                                  False, cfg.train.seed)
             logits, y, _ = _run_batches(model, loader, device, cfg.train.seed,
                                         progress=f"{part}" if progress else None)
-        out[f"{part}_accuracy"] = accuracy(logits, y)
+        for key, value in node_scores(logits, y, graph.task, scale).items():
+            out[f"{part}_{key}"] = value
     return out
 
 
@@ -385,7 +463,8 @@ def start_config(cfg: Optional[Any], run_dir: Path, resume: bool,
 
 
 def start_training(model: torch.nn.Module, train: NodeTrainConfig,
-                   state: Optional[Dict[str, Any]], best_key: str
+                   state: Optional[Dict[str, Any]], best_key: str,
+                   higher_is_better: bool = True
                    ) -> Tuple[torch.optim.Optimizer, List[Dict[str, float]], Dict[str, Any], int]:
     """``(optimizer, history, best, first epoch)`` of a run: AdamW, and for a
     resumed run (``state``) the weights, optimiser state and history it
@@ -393,7 +472,8 @@ def start_training(model: torch.nn.Module, train: NodeTrainConfig,
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr,
                                   weight_decay=train.weight_decay)
     if state is None:
-        return optimizer, [], {"epoch": 0, best_key: -1.0}, 1
+        return optimizer, [], {"epoch": 0, best_key: -1.0 if higher_is_better
+                               else float("inf")}, 1
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     return optimizer, state["history"], state["best"], state["epoch"] + 1
@@ -419,8 +499,9 @@ def train_nodes(cfg: Optional[NodeRunConfig], run_dir: Union[str, Path], *,
                 resume: bool = False, overwrite: bool = False,
                 progress: bool = True, log: Callable[[str], None] = print,
                 runtime: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """Train (or, with ``resume``, continue) a node classifier in ``run_dir``
-    and return its summary (best epoch, validation and test accuracy).
+    """Train (or, with ``resume``, continue) a node model in ``run_dir`` and
+    return its summary (best epoch, validation and test accuracy, or RMSE
+    for regression).
     ``runtime``: where a resumed run runs (``device``, ``threads``), which
     it may change."""
     run_dir = Path(run_dir)
@@ -429,17 +510,22 @@ def train_nodes(cfg: Optional[NodeRunConfig], run_dir: Union[str, Path], *,
         state, cfg, device = start_config(cfg, run_dir, resume, runtime, load_node_checkpoint)
         graph = load_node_graph(cfg.data)
         cfg = replace(cfg, model=_model_config(cfg, graph))
-        split = stratified_split(graph.y, cfg.data.train_fraction, cfg.data.valid_fraction,
-                                 cfg.data.split_seed)
+        split = graph.split(cfg.data)
         for part in PARTS:
             if split[part].numel() == 0:
                 raise DataError(f"the {part} part of the split is empty ({graph.num_nodes} "
                                 f"nodes, fractions {cfg.data.train_fraction} / "
                                 f"{cfg.data.valid_fraction}); label more nodes or change "
                                 f"the fractions")
+        metric, higher = NODE_TASKS[graph.task]
+        best_key = f"valid_{metric}"
+        scale = TargetScale(**state["target_scale"]) if state and state.get("target_scale") \
+            else TargetScale.fit(graph.y[split["train"]]) if graph.task == "regression" \
+            else TargetScale()
         seed_everything(cfg.train.seed)
         model = _build(cfg, graph, device)
-        optimizer, history, best, start = start_training(model, cfg.train, state, "valid_accuracy")
+        optimizer, history, best, start = start_training(model, cfg.train, state, best_key,
+                                                         higher)
         directory.start()
         files = RunFiles(run_dir, rank == 0)
         files.config(cfg.to_dict())
@@ -447,8 +533,10 @@ def train_nodes(cfg: Optional[NodeRunConfig], run_dir: Union[str, Path], *,
             log = _quiet
         net = model if world == 1 else torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-        log(f"graph: {graph.num_nodes} nodes, {graph.num_edges} edges, {graph.num_classes} "
-            f"classes; split {', '.join(f'{p} {split[p].numel()}' for p in PARTS)}; "
+        log(f"graph: {graph.num_nodes} nodes, {graph.num_edges} edges, "
+            + (f"{graph.num_classes} classes" if graph.task == "classification" else
+               f"regression targets (train mean {scale.mean:.4g}, std {scale.std:.4g})")
+            + f"; split {', '.join(f'{p} {split[p].numel()}' for p in PARTS)}; "
             f"fan-outs {cfg.train.num_neighbors}, batches of {cfg.train.batch_size}"
             + (f" per process, {world} processes" if world > 1 else ""))
         for epoch in range(start, cfg.train.epochs + 1):
@@ -459,7 +547,10 @@ def train_nodes(cfg: Optional[NodeRunConfig], run_dir: Union[str, Path], *,
 
             def step(logits: Tensor, y: Tensor) -> None:
                 optimizer.zero_grad()
-                loss = F.cross_entropy(logits, y)
+                if graph.task == "regression":
+                    loss = F.mse_loss(logits[:, 0], scale.normalise(y).to(logits.dtype))
+                else:
+                    loss = F.cross_entropy(logits, y)
                 loss.backward()
                 optimizer.step()
                 losses.append(float(loss.detach()) * y.numel())
@@ -470,32 +561,39 @@ def train_nodes(cfg: Optional[NodeRunConfig], run_dir: Union[str, Path], *,
             logits, y, _ = _run_batches(net, loader, device, seed, step,
                                         f"epoch {epoch}" if progress and rank == 0 else None)
             seconds = time.perf_counter() - started
-            totals = _all_ranks_sum([sum(losses), float((logits.argmax(-1) == y).sum()),
-                                     float(y.numel())], world)
-            row = {"epoch": epoch, "train_loss": totals[0] / max(totals[2], 1),
-                   "train_accuracy": totals[1] / max(totals[2], 1),
+            if graph.task == "regression":     # sum of squared errors, in target units
+                fit = float((scale.values(logits.double()) - y.double()).pow(2).sum())
+            else:                                # correct predictions
+                fit = float((logits.argmax(-1) == y).sum())
+            totals = _all_ranks_sum([sum(losses), fit, float(y.numel())], world)
+            count = max(totals[2], 1)
+            row = {"epoch": epoch, "train_loss": totals[0] / count,
+                   f"train_{metric}": (totals[1] / count) ** 0.5 if graph.task == "regression"
+                   else totals[1] / count,
                    "seeds_per_s": totals[2] / seconds if seconds > 0 else float("nan")}
-            row.update(evaluate_parts(model, graph, split, cfg, device))
+            row.update(evaluate_parts(model, graph, split, cfg, device, scale=scale))
             history.append(row)
-            improved = row["valid_accuracy"] > best["valid_accuracy"]
+            score = row[best_key]
+            improved = score > best[best_key] if higher else score < best[best_key]
             if improved:
-                best = {"epoch": epoch, "valid_accuracy": row["valid_accuracy"],
-                        "test_accuracy": row["test_accuracy"]}
+                best = {"epoch": epoch, best_key: score, f"test_{metric}": row[f"test_{metric}"]}
             files.end_epoch(history, {
                 "kind": KIND, "config": cfg.to_dict(), "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "epoch": epoch, "history": history,
-                "best": best, "label_names": graph.label_names}, improved)
-            log(f"epoch {epoch:3d}  loss {row['train_loss']:.4f}  train {row['train_accuracy']:.4f}"
-                f"  valid {row['valid_accuracy']:.4f}  test {row['test_accuracy']:.4f}  "
-                f"({row['seeds_per_s']:.0f} seeds/s)")
+                "best": best, "label_names": graph.label_names,
+                "target_scale": asdict(scale) if graph.task == "regression" else None},
+                improved)
+            log(f"epoch {epoch:3d}  loss {row['train_loss']:.4f}  train {metric} "
+                f"{row[f'train_{metric}']:.4f}  valid {row[best_key]:.4f}  "
+                f"test {row[f'test_{metric}']:.4f}  ({row['seeds_per_s']:.0f} seeds/s)")
         files.close()
-        summary = {"best_epoch": best["epoch"], "valid_accuracy": best["valid_accuracy"],
-                   "test_accuracy": best.get("test_accuracy"), "epochs": cfg.train.epochs}
+        summary = {"best_epoch": best["epoch"], best_key: best[best_key],
+                   f"test_{metric}": best.get(f"test_{metric}"), "epochs": cfg.train.epochs}
         if rank == 0:
             write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-            plot_learning_curve(history, "accuracy", run_dir / "learning_curve.png")
-        log(f"best epoch {best['epoch']}: valid accuracy {best['valid_accuracy']:.4f}, "
-            f"test accuracy {best.get('test_accuracy', float('nan')):.4f}")
+            plot_learning_curve(history, metric, run_dir / "learning_curve.png")
+        log(f"best epoch {best['epoch']}: valid {metric} {best[best_key]:.4f}, "
+            f"test {metric} {best.get(f'test_{metric}', float('nan')):.4f}")
         return summary
 
 
@@ -542,7 +640,7 @@ def rank_seeds(nodes: Tensor, batch_size: int, seed: int, rank: int = 0,
 
 
 def _restore(path: Union[str, Path], threads: int = 1
-             ) -> Tuple[Dict[str, Any], NodeRunConfig, NodeGraph, NodeClassifier]:
+             ) -> Tuple[TargetScale, NodeRunConfig, NodeGraph, NodeClassifier]:
     state, cfg = load_node_checkpoint(path)
     if threads:
         torch.set_num_threads(threads)
@@ -553,25 +651,27 @@ def _restore(path: Union[str, Path], threads: int = 1
     except RuntimeError as err:
         raise CheckpointError(f"{path}: its weights do not fit its graph (was the graph "
                               f"changed?): {str(err).splitlines()[0]}") from None
-    return state, cfg, graph, model.eval()
+    scale = TargetScale(**state["target_scale"]) if state.get("target_scale") else TargetScale()
+    return scale, cfg, graph, model.eval()
 
 
 def evaluate_node_checkpoint(path: Union[str, Path], parts: Sequence[str] = ("valid", "test"),
                              threads: int = 1) -> Dict[str, float]:
-    """Accuracy of a node checkpoint on the parts of its run's split."""
-    _, cfg, graph, model = _restore(path, threads)
-    split = stratified_split(graph.y, cfg.data.train_fraction, cfg.data.valid_fraction,
-                             cfg.data.split_seed)
-    return evaluate_parts(model, graph, split, cfg, torch.device("cpu"), parts)
+    """The scores (accuracy; RMSE, MAE and R² for regression) of a node
+    checkpoint on the parts of its run's split."""
+    scale, cfg, graph, model = _restore(path, threads)
+    return evaluate_parts(model, graph, graph.split(cfg.data), cfg, torch.device("cpu"), parts,
+                          scale=scale)
 
 
 @torch.no_grad()
 def predict_node_checkpoint(path: Union[str, Path], output: Union[str, Path],
                             threads: int = 1, progress: bool = True) -> int:
     """Write the class probabilities of every node to ``output`` (CSV:
-    ``node``, ``predicted``, then ``p_<class>`` per class), batch by batch;
-    returns the number of nodes."""
-    _, cfg, graph, model = _restore(path, threads)
+    ``node``, ``predicted``, then ``p_<class>`` per class; for regression
+    ``node``, ``predicted`` in the targets' units), batch by batch; returns
+    the number of nodes."""
+    scale, cfg, graph, model = _restore(path, threads)
     names = graph.label_names or [str(c) for c in range(graph.num_classes)]
     torch.manual_seed(cfg.train.seed)                # the samples repeat
     loader = node_loader(graph, torch.arange(graph.num_nodes), cfg.train,
@@ -580,10 +680,18 @@ def predict_node_checkpoint(path: Union[str, Path], output: Union[str, Path],
     count = 0
     with atomic_write(output, newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["node", "predicted", *(f"p_{n}" for n in names)])
+        regression = graph.task == "regression"
+        writer.writerow(["node", "predicted", *([] if regression else
+                                                (f"p_{n}" for n in names))])
         for batch in progress_bar(loader, "predict" if progress else None):
-            probs = torch.softmax(model(batch, generator=generator).float(), dim=-1)
+            out = model(batch, generator=generator)
             ids = batch.n_id[:batch.batch_size].tolist()
+            if regression:
+                for i, v in zip(ids, scale.values(out.double()).tolist()):
+                    writer.writerow([node_name(graph.node_ids, i), repr(v)])
+                count += len(ids)
+                continue
+            probs = torch.softmax(out.float(), dim=-1)
             for i, p in zip(ids, probs.tolist()):
                 writer.writerow([node_name(graph.node_ids, i),
                                  names[max(range(len(p)), key=p.__getitem__)],

@@ -17,7 +17,8 @@ writes the graph that ``read_edge_list`` would build, as ``.npy`` files:
                      ``read_edge_list(...).edge_index`` (the file order; with
                      ``directed=False``, each row's edge then its added reverse)
 ``x.npy``            [N, F] node features (``dtype``), with ``node_features``
-``y.npy``            int64 [N] labels, with ``node_labels``
+``y.npy``            int64 [N] class labels, with ``node_labels``; with
+                     ``label_type="value"`` float [N] values (``dtype``)
 ``label_names.json`` class names, for text labels (class ``c`` is ``names[c]``)
 ``node_ids.npy``     int64 [N]: the original id of each node, when the ids are
                      int64 and not already ``0..N-1`` (else absent)
@@ -59,7 +60,7 @@ import shutil
 import time
 import zlib
 from pathlib import Path
-from typing import BinaryIO, Callable, Dict, Iterator, List, Optional, Tuple, Union
+from typing import BinaryIO, Callable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -485,7 +486,7 @@ class _Run:
         state = _NodeFile(kind, lines.name)
         again = False
         try:
-            layout = node_layout(lines.head, kind)
+            layout = node_layout(lines.head, kind, o["label_type"])
             if kind == "feature":
                 self.num_features = len(layout.nums)
                 codes_out = open(self.folder / "x_codes.bin", "wb")
@@ -495,7 +496,8 @@ class _Run:
 
                 self.label_text = text_labels
                 self.label_factorizer = ObjectFactorizer(1024)
-                self.labels = _Grow(np.int64)
+                self.labels = _Grow(np.int64) if o["label_type"] == "class" else \
+                    _Grow(_NUMPY_DTYPES[o["dtype"]])
                 self.label_overflow: Optional[str] = None
             try:
                 for chunk, table, n, prior in self._tables(lines, layout):
@@ -525,6 +527,9 @@ class _Run:
     def _labels(self, chunk: Head, layout: Layout, table: Table, codes: np.ndarray) -> bool:
         """Store a chunk's labels; True when a text label means starting the
         label file again with class names."""
+        if self.o["label_type"] == "value":
+            self.labels.ensure(int(codes.max()) + 1)[codes] = table.nums[:, 0].numpy()
+            return False
         column = table.texts[0]
         if self.label_text:
             if column.dtype != object:  # pandas read integers: the text is needed
@@ -609,7 +614,8 @@ def _convert(folder: Path, o: dict, text_ids: bool, report) -> dict:
     files += ["colptr.npy", "row.npy", "perm.npy"]
     meta: dict = {"num_nodes": num_nodes, "num_edges": int(colptr[-1]), "num_rows": num_rows,
                   "num_features": None, "directed": o["directed"],
-                  "node_id_type": run.numbering.mode, "label_names": False}
+                  "node_id_type": run.numbering.mode, "label_names": False,
+                  "label_type": o["label_type"] if o["node_labels"] is not None else None}
 
     if "feature" in kinds:
         f = run.num_features
@@ -637,7 +643,8 @@ def _convert(folder: Path, o: dict, text_ids: bool, report) -> dict:
             with atomic_write(folder / "label_names.json") as fh:
                 json.dump(names, fh)
             meta["label_names"] = True
-        np.save(folder / "y.npy", np.ascontiguousarray(y, dtype=np.int64))
+        np.save(folder / "y.npy", np.ascontiguousarray(y, dtype=y.dtype if o["label_type"] ==
+                                                        "value" else np.int64))
         files.append("y.npy")
     uniques = run.numbering.uniques()
     if run.numbering.mode == "int64":
@@ -688,7 +695,8 @@ def convert_edge_list(edges: PathLike, out_dir: PathLike, *,
                       delimiter: Optional[str] = None, header: Optional[bool] = None,
                       node_header: Optional[bool] = None, comment: Optional[str] = "#",
                       source: Column = 0, target: Column = 1, directed: bool = True,
-                      extra_nodes: str = "add", chunk_rows: int = 1_000_000,
+                      extra_nodes: str = "add", label_type: str = "class",
+                      chunk_rows: int = 1_000_000,
                       dtype: torch.dtype = torch.float32, progress: Progress = None,
                       overwrite: bool = False):
     """Convert an edge-list file, streaming, into an on-disk graph in ``out_dir``.
@@ -702,9 +710,9 @@ def convert_edge_list(edges: PathLike, out_dir: PathLike, *,
     Parameters
     ----------
     edges, node_features, node_labels, delimiter, header, node_header, comment,
-    source, target, directed, extra_nodes, dtype
+    source, target, directed, extra_nodes, label_type, dtype
         As for ``read_edge_list`` (``dtype``: float16, float32 or float64, of
-        ``x.npy``).
+        ``x.npy`` and of value labels).
     out_dir : str or os.PathLike
         The graph's folder: created; it must not exist, be an empty folder, or
         (with ``overwrite=True``) hold an earlier conversion.
@@ -727,7 +735,7 @@ def convert_edge_list(edges: PathLike, out_dir: PathLike, *,
         Malformed content, naming file, line and value, as ``read_edge_list``
         does (the line is the file's, whichever chunk it is in).
     """
-    check_options(comment, extra_nodes, dtype, header, node_header)
+    check_options(comment, extra_nodes, dtype, header, node_header, label_type)
     if dtype not in _NUMPY_DTYPES:
         raise ValueError(f"dtype must be torch.float16, float32 or float64 for an on-disk "
                          f"graph, got {dtype!r}")
@@ -750,7 +758,8 @@ def convert_edge_list(edges: PathLike, out_dir: PathLike, *,
     options = dict(edges=edges, node_features=node_features, node_labels=node_labels,
                    delimiter=delimiter, header=header, node_header=node_header,
                    comment=comment, source=source, target=target, directed=bool(directed),
-                   extra_nodes=extra_nodes, chunk_rows=chunk_rows, dtype=dtype)
+                   extra_nodes=extra_nodes, label_type=label_type, chunk_rows=chunk_rows,
+                   dtype=dtype)
     out.parent.mkdir(parents=True, exist_ok=True)
     folder = out.parent / f".{out.name}.{secrets.token_hex(6)}.tmp"
     report, close = _reporter(progress, os.path.getsize(edges))

@@ -177,16 +177,23 @@ def _edge_layout(head: Head, source: Column, target: Column, weight: Optional[Co
 
 
 def _node_source(path: PathLike, kind: str, *, delimiter: Optional[str],
-                 header: Optional[bool], comment: Optional[str]) -> _Source:
+                 header: Optional[bool], comment: Optional[str],
+                 label_type: str = "class") -> _Source:
     """A node feature (``kind='feature'``) or label file: id in column 0, then
     the features / the label."""
     head = read_head(path, delimiter=delimiter, header=header, comment=comment)
-    return _Source(head, node_layout(head, kind))
+    return _Source(head, node_layout(head, kind, label_type))
 
 
-def node_layout(head: Head, kind: str) -> Layout:
+#: what a node label file holds: class labels (integers or names), or numbers
+#: (regression targets)
+LABEL_TYPES = ("class", "value")
+
+
+def node_layout(head: Head, kind: str, label_type: str = "class") -> Layout:
     """The columns of a node feature (``kind='feature'``) or label file with
-    this head: id in column 0, then the features / the label."""
+    this head: id in column 0, then the features / the label (a class label
+    as text, or with ``label_type='value'`` a number)."""
     if kind == "feature" and head.ncols == 1:
         raise ValueError(f"{head.name}, line {head.ref_line}: a node feature file needs a node "
                          f"id and at least one feature column, found 1 field")
@@ -196,11 +203,16 @@ def node_layout(head: Head, kind: str) -> Layout:
     role = "node feature" if kind == "feature" else "label"
     rest = tuple((c, role) for c in range(1, max(head.ncols, 2)))
     ids = ((0, "node id"),)
-    return Layout(ids=ids, nums=rest) if kind == "feature" else Layout(ids=ids, texts=rest)
+    if kind == "feature" or label_type == "value":
+        return Layout(ids=ids, nums=rest)
+    return Layout(ids=ids, texts=rest)
 
 
 def check_options(comment: Optional[str], extra_nodes: str, dtype: torch.dtype,
-                  header: Optional[bool], node_header: Optional[bool]) -> None:
+                  header: Optional[bool], node_header: Optional[bool],
+                  label_type: str = "class") -> None:
+    if label_type not in LABEL_TYPES:
+        raise ValueError(f"label_type must be 'class' or 'value', got {label_type!r}")
     if comment is not None and (not isinstance(comment, str) or not comment
                                 or "\n" in comment or "\r" in comment):
         raise ValueError(f"comment must be a non-empty one-line string or None, got {comment!r}")
@@ -221,7 +233,7 @@ def read_edge_list(path: PathLike, *, delimiter: Optional[str] = None,
                    node_features: Optional[PathLike] = None,
                    node_labels: Optional[PathLike] = None,
                    node_header: Optional[bool] = None, extra_nodes: str = "add",
-                   dtype: torch.dtype = torch.float32) -> Data:
+                   label_type: str = "class", dtype: torch.dtype = torch.float32) -> Data:
     """Read an edge-list file (CSV, TSV or whitespace) into a PyG ``Data``.
 
     The file rules (delimiters, comments, header detection, id and number
@@ -269,7 +281,9 @@ def read_edge_list(path: PathLike, *, delimiter: Optional[str] = None,
         A file ``node_id, label``: ``data.y`` (long [N]). Integer labels are
         kept as they are; otherwise every label is a class name, classes are
         numbered in sorted (Python string) order and ``data.label_names[c]``
-        is the name of class ``c``. Every node needs exactly one row.
+        is the name of class ``c``. Every node needs exactly one row. With
+        ``label_type="value"`` the labels are numbers (regression targets):
+        ``data.y`` is float [N] of ``dtype``.
     node_header : bool, optional
         ``header`` for the node files; ``None`` detects it in each file.
     extra_nodes : {"add", "error"}
@@ -277,8 +291,13 @@ def read_edge_list(path: PathLike, *, delimiter: Optional[str] = None,
         isolated node, numbered after the edge nodes in order of first
         appearance in ``node_features`` then ``node_labels``. ``"error"``: a
         ValueError naming the file, line and id.
+    label_type : {"class", "value"}
+        What ``node_labels`` holds: class labels (integers or names), or
+        numbers, each finite (a malformed or non-finite one is an error naming
+        file, line and value, as for features).
     dtype : torch.dtype
-        Floating dtype of ``edge_weight``, ``edge_attr`` and ``x``.
+        Floating dtype of ``edge_weight``, ``edge_attr``, ``x`` and value
+        labels.
 
     Returns
     -------
@@ -310,7 +329,7 @@ def read_edge_list(path: PathLike, *, delimiter: Optional[str] = None,
     ...                       node_features="x.tsv", node_labels="y.tsv")
     >>> data.node_ids[0]                              # original id of node 0
     """
-    check_options(comment, extra_nodes, dtype, header, node_header)
+    check_options(comment, extra_nodes, dtype, header, node_header, label_type)
     feature_columns = _feature_columns(features)
     if header is None and any(isinstance(c, str)
                               for c in [source, target, weight, *feature_columns]):
@@ -321,7 +340,8 @@ def read_edge_list(path: PathLike, *, delimiter: Optional[str] = None,
              if node_path is not None]
     for kind in kinds:
         sources.append(_node_source(node_features if kind == "feature" else node_labels, kind,
-                                    delimiter=delimiter, header=node_header, comment=comment))
+                                    delimiter=delimiter, header=node_header, comment=comment,
+                                    label_type=label_type))
     tables = _read_tables(sources, dtype)
     uniques, codes = _factorize(tables)
     num_nodes = len(uniques)
@@ -351,6 +371,9 @@ def read_edge_list(path: PathLike, *, delimiter: Optional[str] = None,
         if kind == "feature":
             data.x = torch.zeros(num_nodes, table.nums.size(1), dtype=dtype)
             data.x[index] = table.nums
+        elif label_type == "value":
+            data.y = torch.zeros(num_nodes, dtype=dtype)
+            data.y[index] = table.nums[:, 0]
         else:
             labels, names = _labels(table)
             data.y = torch.zeros(num_nodes, dtype=torch.long)
