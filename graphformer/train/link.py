@@ -1,9 +1,11 @@
 """Link prediction on one graph, trained by mini-batches of sampled subgraphs
 (``graphformer link train``).
 
-Each step takes a batch of seed links, draws ``negatives`` random links per
-positive (PyG's ``NegativeSampling('binary', amount=negatives)``: source and
-target uniform over all nodes, not checked against the graph), samples a
+Each step takes a batch of seed links, with ``negatives`` random links per
+positive (:func:`training_negatives`: source and target uniform over all
+nodes, not checked against the graph, as PyG's
+``NegativeSampling('binary')``; a link's negatives are drawn from its id and
+the epoch's seed alone, whatever batch or process takes it), samples a
 subgraph around all their endpoints through PyG's
 :class:`torch_geometric.loader.LinkLoader` with graphformer's sampler
 (:func:`graphformer.data.sampling.neighbor_sampler`, PyG's when pyg-lib or
@@ -51,6 +53,15 @@ A run directory is what ``graphformer node train`` writes (``config.json``,
 ``summary.json``, ``learning_curve.png``); checkpoints are of kind
 ``"link-prediction"``; ``resume`` continues to exactly the uninterrupted run
 (each epoch's order, negatives and samples are seeded by the seed and epoch).
+
+Under ``torchrun`` (``graphformer link train`` joins the process group: gloo
+on CPU, NCCL on CUDA) each of ``W`` processes takes its slice of every global
+batch of ``W · batch_size`` training links (the epoch's shuffle is the same
+in every process, :func:`~graphformer.train.node.rank_seeds`) with those
+links' negatives, and DDP averages the gradients: a step is the step of one
+process with the combined batch. The training loss and throughput are summed
+over the processes; every process evaluates every part (the same seeded
+numbers as one process); rank 0 alone writes the run directory.
 """
 from __future__ import annotations
 
@@ -65,6 +76,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.data import Data, EdgeAttr, GraphStore
@@ -87,6 +99,9 @@ from .run_dir import RunDirectory
 KIND = "link-prediction"
 #: the Hits@K reported
 HITS_AT = (1, 10, 50)
+#: training links per block of negatives: each block of link ids draws its
+#: negatives from a generator of its own (seeded by the epoch and the block)
+NEGATIVE_BLOCK = 1 << 16
 #: the split's parts, and the message-passing graph of each (edges of parts <= it)
 PARTS = ("train", "valid", "test")
 MESSAGE, SUPERVISION, VALID, TEST = 0, 1, 2, 3
@@ -309,15 +324,60 @@ def load_link_graph(cfg: LinkDataConfig) -> LinkGraph:
 
 
 def link_loader(graph: LinkGraph, part: str, links: Tensor, cfg: LinkTrainConfig,
-                batch_size: int, neg_sampling: Optional[NegativeSampling]) -> LinkLoader:
+                batch_size: int, neg_sampling: Optional[NegativeSampling],
+                labels: Optional[Tensor] = None) -> LinkLoader:
     """Batches of subgraphs of ``part``'s message-passing graph sampled around
-    the endpoints of ``links`` (in order) and of their negatives; the samples
-    and negatives draw from torch's global generator (seed it to repeat them)."""
+    the endpoints of ``links`` (in order; ``labels``: theirs, as
+    ``batch.edge_label``) and of the negatives of ``neg_sampling``; the
+    samples and those negatives draw from torch's global generator (seed it to
+    repeat them)."""
     source, sampler = graph.sampled(part, cfg.num_neighbors)
     if not isinstance(source, Data):
         links = (None, links)                         # PyG's form for a (store, store) pair
     return LinkLoader(source, link_sampler=sampler, edge_label_index=links,
-                      neg_sampling=neg_sampling, batch_size=batch_size, shuffle=False)
+                      edge_label=labels, neg_sampling=neg_sampling, batch_size=batch_size,
+                      shuffle=False)
+
+
+def training_negatives(link_ids: Tensor, num_nodes: int, amount: int, seed: int) -> Tensor:
+    """The ``amount`` negatives of each training link of ``link_ids`` in the
+    epoch of seed ``seed``: long ``[2, len(link_ids), amount]`` (source,
+    target), each uniform over the ``num_nodes`` nodes.
+
+    Link ``i``'s negatives depend on ``i`` and ``seed`` alone, not on the
+    batch or the process that takes it: the link ids are cut into blocks of
+    :data:`NEGATIVE_BLOCK`, and block ``b`` draws a table of negatives for all
+    its ids from a generator seeded by ``seed`` and ``b``. Memory beyond the
+    result is one block's table."""
+    out = torch.empty(2, link_ids.numel(), amount, dtype=torch.long)
+    blocks = link_ids // NEGATIVE_BLOCK
+    order = torch.argsort(blocks)
+    found, counts = torch.unique_consecutive(blocks[order], return_counts=True)
+    start = 0
+    for block, count in zip(found.tolist(), counts.tolist()):
+        rows = order[start:start + count]
+        start += count
+        generator = torch.Generator().manual_seed((seed * 1_000_003 + block + 1) % 2**62)
+        table = torch.randint(num_nodes, (2, NEGATIVE_BLOCK, amount), generator=generator)
+        out[:, rows] = table[:, link_ids[rows] % NEGATIVE_BLOCK]
+    return out
+
+
+def training_loader(graph: LinkGraph, link_ids: Tensor, cfg: LinkTrainConfig,
+                    seed: int) -> LinkLoader:
+    """An epoch's training batches: the training links ``link_ids`` (in batch
+    order), ``batch_size`` at a time, each batch with those links' negatives
+    (:func:`training_negatives` of the epoch's ``seed``), labelled 1 and 0."""
+    k = cfg.negatives
+    positives = graph.links["train"][:, link_ids]
+    negatives = training_negatives(link_ids, graph.num_nodes, k, seed)
+    # each link followed by its negatives: a batch of batch_size · (1 + k) is
+    # batch_size links and their negatives
+    links = torch.cat([positives.unsqueeze(2), negatives], dim=2).view(2, -1)
+    labels = torch.zeros(link_ids.numel(), 1 + k)
+    labels[:, 0] = 1
+    return link_loader(graph, "train", links, cfg, cfg.batch_size * (1 + k), None,
+                       labels.view(-1))
 
 
 # -- metrics ----------------------------------------------------------------------------------
@@ -403,12 +463,36 @@ def load_link_checkpoint(path: Union[str, Path]) -> Tuple[Dict[str, Any], LinkRu
         raise CheckpointError(f"{path} holds an invalid link run config: {err}") from None
 
 
-def _describe(graph: LinkGraph, cfg: LinkRunConfig) -> str:
+def _describe(graph: LinkGraph, cfg: LinkRunConfig, world: int) -> str:
     sizes = ", ".join(f"{p} {graph.links[p].size(1)}" for p in PARTS)
     return (f"graph: {graph.num_nodes} nodes, {graph.num_edges} edges; links {sizes}; "
             f"{cfg.train.negatives} negative(s) per training link, "
             f"{cfg.train.eval_negatives} per evaluated link; fan-outs "
-            f"{cfg.train.num_neighbors}, batches of {cfg.train.batch_size} links")
+            f"{cfg.train.num_neighbors}, batches of {cfg.train.batch_size} links"
+            + (f" per process, {world} processes" if world > 1 else ""))
+
+
+class _PairLogits(torch.nn.Module):
+    """A training step's forward: the logits of a batch's labelled links (one
+    module for DDP, which averages the gradients of what its forward used)."""
+
+    def __init__(self, model: LinkPredictor) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Any, generator: Optional[torch.Generator] = None) -> Tensor:
+        return self.model.score_pairs(self.model(batch, generator=generator),
+                                      batch.edge_label_index)
+
+
+def _sum_over_processes(values: List[float], world: int, device: torch.device) -> List[float]:
+    """``values`` summed over the ``world`` processes (on ``device``: NCCL
+    reduces CUDA tensors only)."""
+    if world == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
 
 
 def train_links(cfg: Optional[LinkRunConfig], run_dir: Union[str, Path], *,
@@ -418,9 +502,13 @@ def train_links(cfg: Optional[LinkRunConfig], run_dir: Union[str, Path], *,
     """Train (or, with ``resume``, continue) a link predictor in ``run_dir``
     and return its summary (best epoch, its validation and test MRR and
     Hits@K). ``runtime``: where a resumed run runs (``device``,
-    ``threads``), which it may change."""
+    ``threads``), which it may change. In a process group (``torchrun``)
+    every process calls it: each trains on its share of every batch
+    (``batch_size`` links per process), rank 0 writes and logs."""
     run_dir = Path(run_dir)
-    with RunDirectory(run_dir, resume, overwrite) as directory:
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    with RunDirectory(run_dir, resume, overwrite, writer=rank == 0) as directory:
         state, cfg, device = start_config(cfg, run_dir, resume, runtime, load_link_checkpoint)
         graph = load_link_graph(cfg.data)
         cfg = replace(cfg, model=_model_config(cfg, graph))
@@ -428,25 +516,28 @@ def train_links(cfg: Optional[LinkRunConfig], run_dir: Union[str, Path], *,
         model = _build(cfg, graph, device)
         optimizer, history, best, start = start_training(model, cfg.train, state, "valid_mrr")
         directory.start()
-        files = RunFiles(run_dir, True)
+        files = RunFiles(run_dir, rank == 0)
         files.config(cfg.to_dict())
-        log(_describe(graph, cfg))
-        train_links_ = graph.links["train"]
+        if rank > 0:
+            log, progress = (lambda line: None), False      # rank 0 speaks for the run
+        net: torch.nn.Module = _PairLogits(model)
+        if world > 1:
+            net = torch.nn.parallel.DistributedDataParallel(
+                net, device_ids=[device.index] if device.type == "cuda" else None)
+        log(_describe(graph, cfg, world))
+        num_train = graph.links["train"].size(1)
         for epoch in range(start, cfg.train.epochs + 1):
             seed = epoch_seed(cfg.train.seed, epoch)
             torch.manual_seed(seed)
             model.train()
             generator = torch.Generator().manual_seed(seed)
-            order = rank_seeds(torch.arange(train_links_.size(1)), cfg.train.batch_size, seed)
-            loader = link_loader(graph, "train", train_links_[:, order], cfg.train,
-                                 cfg.train.batch_size,
-                                 NegativeSampling("binary", amount=cfg.train.negatives))
+            mine = rank_seeds(torch.arange(num_train), cfg.train.batch_size, seed, rank, world)
+            loader = training_loader(graph, mine, cfg.train, seed)
             loss_sum, seen, started = 0.0, 0, time.perf_counter()
             bar = progress_bar(loader, f"epoch {epoch}" if progress else None)
             for batch in bar:
                 batch = batch.to(device)
-                h = model(batch, generator=generator)
-                logits = model.score_pairs(h, batch.edge_label_index)
+                logits = net(batch, generator=generator)
                 loss = F.binary_cross_entropy_with_logits(logits, batch.edge_label.float())
                 optimizer.zero_grad()
                 loss.backward()
@@ -456,8 +547,10 @@ def train_links(cfg: Optional[LinkRunConfig], run_dir: Union[str, Path], *,
                 if progress and hasattr(bar, "set_postfix"):
                     bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
             seconds = time.perf_counter() - started
+            loss_sum, seen, links = _sum_over_processes([loss_sum, seen, mine.numel()], world,
+                                                        device)
             row = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1),
-                   "links_per_s": train_links_.size(1) / seconds if seconds > 0 else math.nan}
+                   "links_per_s": links / seconds if seconds > 0 else math.nan}
             row.update(evaluate_parts(model, graph, cfg, device))
             history.append(row)
             improved = row["valid_mrr"] > best["valid_mrr"]
@@ -476,8 +569,9 @@ def train_links(cfg: Optional[LinkRunConfig], run_dir: Union[str, Path], *,
                    "eval_negatives": cfg.train.eval_negatives,
                    "random_mrr": random_mrr(cfg.train.eval_negatives),
                    **{k: v for k, v in best.items() if k != "epoch"}}
-        write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-        plot_learning_curve(history, "mrr", run_dir / "learning_curve.png")
+        if rank == 0:
+            write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+            plot_learning_curve(history, "mrr", run_dir / "learning_curve.png")
         log(f"best epoch {best['epoch']}: valid MRR {best['valid_mrr']:.4f}, test MRR "
             f"{best.get('test_mrr', math.nan):.4f} (random ranking: "
             f"{summary['random_mrr']:.4f})")
@@ -605,7 +699,8 @@ def predict_link_checkpoint(path: Union[str, Path], links: Union[str, Path],
 
 
 __all__ = ["KIND", "HITS_AT", "LinkDataConfig", "LinkTrainConfig", "LinkRunConfig",
-           "LinkGraph", "split_links", "load_link_graph", "link_loader", "ranks",
+           "LinkGraph", "split_links", "load_link_graph", "link_loader", "training_negatives",
+           "training_loader", "NEGATIVE_BLOCK", "ranks",
            "ranking_metrics", "random_mrr", "evaluate_parts", "train_links",
            "load_link_checkpoint", "evaluate_link_checkpoint", "NodeIndex", "read_links",
            "predict_link_checkpoint"]

@@ -253,3 +253,27 @@ def test_a_tiny_graph_with_an_empty_part_is_refused(tmp_path):
     refused(cli(*tiny_flags(tmp_path, tmp_path / "run", features=False)), 1,
             "the valid part of the link split is empty (2 links")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes(graph_files, tmp_path):
+    """The README's ``torchrun --standalone --nproc-per-node 2 -m graphformer
+    link train ...`` on CPU (gloo): rank 0 alone reports and writes, and the
+    loss is the two processes' mean (``test_link_ddp.py``: exactly one
+    process's with the combined batch)."""
+    import os
+    import subprocess
+    import sys
+
+    folder, _ = graph_files
+    flags = [str(f) for f in tiny_flags(folder, tmp_path / "run", "--epochs", "1")]
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "graphformer", *flags], capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-8000:]
+    assert result.stdout.count("run directory: ") == 1, result.stdout   # rank 0 alone
+    assert "batches of 128 links per process, 2 processes" in result.stdout
+    history = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert [row["epoch"] for row in history] == [1]
+    assert 0.3 < history[0]["train_loss"] < 3 and 0 < history[0]["valid_mrr"] <= 1
