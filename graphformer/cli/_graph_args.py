@@ -156,7 +156,8 @@ def train_command(args: argparse.Namespace, train: Callable[..., Any],
         cfg = make_config(args)
         run_dir = args.run_dir or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
         train(cfg, run_dir, overwrite=args.overwrite, progress=progress)
-        print(f"run directory: {run_dir}")
+        if not dist.is_initialized() or dist.get_rank() == 0:    # rank 0 names the run
+            print(f"run directory: {run_dir}")
         return 0
     finally:
         if started:
