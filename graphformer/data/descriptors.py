@@ -1,5 +1,6 @@
-"""Molecule-level features: RDKit's 2D descriptors, and numeric columns given
-with the molecules, as one float row per molecule (``data.mol_x [1, F]``, so
+"""Molecule-level features: RDKit's 2D descriptors, Morgan (ECFP4)
+fingerprints as bits or counts, and numeric columns given with the molecules,
+as one float row per molecule (``data.mol_x [1, F]``, so
 a PyG batch holds ``[B, F]``).
 
 Values are raw: a descriptor that is not finite, or that raises, is NaN, and
@@ -20,8 +21,15 @@ from rdkit import rdBase
 from rdkit.Chem import Descriptors, Mol
 from torch import Tensor
 
-#: The molecule feature sets ``from_smiles(..., molecule_features=...)`` computes.
-MOLECULE_FEATURE_SETS = ("rdkit2d",)
+#: The molecule feature sets ``from_smiles(..., molecule_features=...)`` computes:
+#: ``rdkit2d`` (:data:`RDKIT2D_NAMES`), ``morgan`` (ECFP4: Morgan radius 2,
+#: :data:`MORGAN_BITS` bits, RDKit's default atom invariants) and
+#: ``morgan_counts`` (the same hashed environments, counted).
+MOLECULE_FEATURE_SETS = ("rdkit2d", "morgan", "morgan_counts")
+
+#: The length of the Morgan fingerprints (bits, or counts per hashed bit).
+MORGAN_BITS = 2048
+MORGAN_RADIUS = 2
 
 #: RDKit's 2D descriptors (``rdkit.Chem.Descriptors._descList``, RDKit
 #: 2024-2026) in its order, less these, for cost or use:
@@ -118,10 +126,40 @@ def rdkit2d(mol: Mol) -> List[float]:
     return values
 
 
+_MORGAN = None
+
+
+def _morgan_generator():
+    global _MORGAN
+    if _MORGAN is None:
+        from rdkit.Chem import rdFingerprintGenerator
+
+        _MORGAN = rdFingerprintGenerator.GetMorganGenerator(radius=MORGAN_RADIUS,
+                                                            fpSize=MORGAN_BITS)
+    return _MORGAN
+
+
+def morgan(mol: Mol) -> List[float]:
+    """The ECFP4 bit vector of ``mol`` (Morgan radius 2, :data:`MORGAN_BITS`
+    bits; RDKit's ``GetMorganGenerator(radius=2, fpSize=2048)``), as 0/1."""
+    return _morgan_generator().GetFingerprintAsNumPy(mol).astype(float).tolist()
+
+
+def morgan_counts(mol: Mol) -> List[float]:
+    """How many atom environments of ``mol`` hash to each of the
+    :data:`MORGAN_BITS` bits of :func:`morgan`."""
+    return _morgan_generator().GetCountFingerprintAsNumPy(mol).astype(float).tolist()
+
+
+MORGAN_NAMES = tuple(f"morgan_{i}" for i in range(MORGAN_BITS))
+MORGAN_COUNT_NAMES = tuple(f"morgan_count_{i}" for i in range(MORGAN_BITS))
+
+
 def molecule_feature_names(sets: Sequence[str] = (), columns: Sequence[str] = ()
                            ) -> Tuple[str, ...]:
     """The names of the features :func:`molecule_features` computes, in its
-    order: each set's names (``rdkit2d`` -> :data:`RDKIT2D_NAMES`), then the
+    order: each set's names (``rdkit2d`` -> :data:`RDKIT2D_NAMES`, ``morgan``
+    -> ``morgan_0 ..``, ``morgan_counts`` -> ``morgan_count_0 ..``), then the
     columns' names.
 
     Raises:
@@ -137,6 +175,10 @@ def _feature_set(name: str) -> Tuple[Tuple[str, ...], Callable[[Mol], List[float
     """The names and the function of the molecule feature set ``name``."""
     if name == "rdkit2d":
         return RDKIT2D_NAMES, rdkit2d
+    if name == "morgan":
+        return MORGAN_NAMES, morgan
+    if name == "morgan_counts":
+        return MORGAN_COUNT_NAMES, morgan_counts
     raise ValueError(f"unknown molecule feature set {name!r}; known: "
                      f"{list(MOLECULE_FEATURE_SETS)}")
 

@@ -58,3 +58,35 @@ def test_column_values_follow_the_descriptors_and_nonfinite_ones_are_nan():
     only = from_smiles("CCO", feature_values=[2.0, -3.0]).mol_x
     assert only.tolist() == [[2.0, -3.0]]
     assert "mol_x" not in from_smiles("CCO")  # nothing asked for, nothing added
+
+
+@pytest.mark.parametrize("smiles", ["CCOc1ccccc1N", "O=C(O)c1ccccc1OC(C)=O",
+                                    "C[C@H](N)C(=O)O", "[Na+].[Cl-]"])
+def test_morgan_sets_are_ecfp4_bits_and_counts(smiles):
+    """``morgan`` is RDKit's classic ECFP4 (radius 2, 2048 bits) bit vector;
+    ``morgan_counts`` counts the environments hashed to each of those bits."""
+    import numpy as np
+    from rdkit import Chem, DataStructs, RDLogger
+    from rdkit.Chem import AllChem
+
+    from graphformer.data import from_smiles
+    from graphformer.data.descriptors import MORGAN_BITS, molecule_feature_names
+
+    mol = Chem.MolFromSmiles(smiles)
+    RDLogger.DisableLog("rdApp.*")                    # the classic call is deprecated
+    classic = AllChem.GetMorganFingerprintAsBitVect(mol, 2, nBits=MORGAN_BITS)
+    counts = AllChem.GetHashedMorganFingerprint(mol, 2, nBits=MORGAN_BITS)
+    RDLogger.EnableLog("rdApp.*")
+    bits = np.zeros(MORGAN_BITS)
+    DataStructs.ConvertToNumpyArray(classic, bits)
+    counted = np.zeros(MORGAN_BITS)
+    for bit, n in counts.GetNonzeroElements().items():
+        counted[bit] = n
+    data = from_smiles(smiles, molecule_feature_sets=["morgan", "morgan_counts"])
+    assert data.mol_x.shape == (1, 2 * MORGAN_BITS)
+    assert np.array_equal(data.mol_x[0, :MORGAN_BITS].numpy(), bits)
+    assert np.array_equal(data.mol_x[0, MORGAN_BITS:].numpy(), counted)
+    assert bits.sum() > 0 and (counted > 0).sum() == bits.sum()
+    names = molecule_feature_names(["morgan", "morgan_counts"], ["extra"])
+    assert names[0] == "morgan_0" and names[MORGAN_BITS] == "morgan_count_0"
+    assert names[-1] == "extra" and len(names) == 2 * MORGAN_BITS + 1
