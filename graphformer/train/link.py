@@ -76,7 +76,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.data import Data, EdgeAttr, GraphStore
@@ -92,8 +91,8 @@ from ..errors import ConfigError, DataError
 from ..models.link_predictor import LinkPredictor, LinkPredictorConfig
 from .checkpoint import CheckpointError, load_checkpoint, require_kind
 from .loop import RunFiles, plot_learning_curve, seed_everything
-from .node import (GraphSourceConfig, NodeTrainConfig, epoch_seed, progress_bar, rank_seeds,
-                   start_config, start_training)
+from .node import (GraphSourceConfig, NodeTrainConfig, epoch_seed, process_group, progress_bar,
+                   rank_seeds, start_config, start_training, sum_over_processes)
 from .run_dir import RunDirectory
 
 KIND = "link-prediction"
@@ -485,16 +484,6 @@ class _PairLogits(torch.nn.Module):
                                       batch.edge_label_index)
 
 
-def _sum_over_processes(values: List[float], world: int, device: torch.device) -> List[float]:
-    """``values`` summed over the ``world`` processes (on ``device``: NCCL
-    reduces CUDA tensors only)."""
-    if world == 1:
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.tolist()
-
-
 def train_links(cfg: Optional[LinkRunConfig], run_dir: Union[str, Path], *,
                 resume: bool = False, overwrite: bool = False, progress: bool = True,
                 log: Callable[[str], None] = print,
@@ -506,8 +495,7 @@ def train_links(cfg: Optional[LinkRunConfig], run_dir: Union[str, Path], *,
     every process calls it: each trains on its share of every batch
     (``batch_size`` links per process), rank 0 writes and logs."""
     run_dir = Path(run_dir)
-    distributed = dist.is_available() and dist.is_initialized()
-    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    rank, world = process_group()
     with RunDirectory(run_dir, resume, overwrite, writer=rank == 0) as directory:
         state, cfg, device = start_config(cfg, run_dir, resume, runtime, load_link_checkpoint)
         graph = load_link_graph(cfg.data)
@@ -547,7 +535,7 @@ def train_links(cfg: Optional[LinkRunConfig], run_dir: Union[str, Path], *,
                 if progress and hasattr(bar, "set_postfix"):
                     bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
             seconds = time.perf_counter() - started
-            loss_sum, seen, links = _sum_over_processes([loss_sum, seen, mine.numel()], world,
+            loss_sum, seen, links = sum_over_processes([loss_sum, seen, mine.numel()], world,
                                                         device)
             row = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1),
                    "links_per_s": links / seconds if seconds > 0 else math.nan}

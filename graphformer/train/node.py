@@ -505,7 +505,7 @@ def train_nodes(cfg: Optional[NodeRunConfig], run_dir: Union[str, Path], *,
     ``runtime``: where a resumed run runs (``device``, ``threads``), which
     it may change."""
     run_dir = Path(run_dir)
-    rank, world = _distributed()
+    rank, world = process_group()
     with RunDirectory(run_dir, resume, overwrite, writer=rank == 0) as directory:
         state, cfg, device = start_config(cfg, run_dir, resume, runtime, load_node_checkpoint)
         graph = load_node_graph(cfg.data)
@@ -565,7 +565,7 @@ def train_nodes(cfg: Optional[NodeRunConfig], run_dir: Union[str, Path], *,
                 fit = float((scale.values(logits.double()) - y.double()).pow(2).sum())
             else:                                # correct predictions
                 fit = float((logits.argmax(-1) == y).sum())
-            totals = _all_ranks_sum([sum(losses), fit, float(y.numel())], world)
+            totals = sum_over_processes([sum(losses), fit, float(y.numel())], world, device)
             count = max(totals[2], 1)
             row = {"epoch": epoch, "train_loss": totals[0] / count,
                    f"train_{metric}": (totals[1] / count) ** 0.5 if graph.task == "regression"
@@ -601,7 +601,7 @@ def _quiet(line: str) -> None:
     """The log of ranks other than 0 (rank 0 speaks for the run)."""
 
 
-def _distributed() -> Tuple[int, int]:
+def process_group() -> Tuple[int, int]:
     """``(rank, world size)``: of the process group ``torchrun`` started, or
     ``(0, 1)``."""
     if dist.is_available() and dist.is_initialized():
@@ -609,10 +609,12 @@ def _distributed() -> Tuple[int, int]:
     return 0, 1
 
 
-def _all_ranks_sum(values: List[float], world: int) -> List[float]:
+def sum_over_processes(values: List[float], world: int, device: torch.device) -> List[float]:
+    """``values`` summed over the ``world`` processes (reduced on ``device``:
+    NCCL reduces CUDA tensors only)."""
     if world == 1:
         return values
-    t = torch.tensor(values, dtype=torch.float64)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.tolist()
 
