@@ -25,7 +25,9 @@ For every set and seed, the same molecules go to every method:
   the same training molecules.
 
 Every method is scored by the same function: RMSE over the test part and
-over its cliff molecules (``cliff_mol == 1``). Prints a line per run and the
+over its cliff molecules (``cliff_mol == 1``); graphformer's runs also
+record the RMSE of the validation part (``valid_rmse``), by which a default
+is chosen. Prints a line per run and the
 table (per set and the mean over the sets, mean ± std over seeds), and
 writes every run as JSON lines (``--out``, appended as runs finish: an
 interrupted comparison continues with the same command, skipping the runs
@@ -163,15 +165,17 @@ def run_svm(frame: pd.DataFrame, seed: int) -> List[float]:
 
 
 def run_graphformer(frame: pd.DataFrame, seed: int, threads: int,
-                    sets: Dict[str, Dict[str, Any]], root: Path) -> List[float]:
+                    sets: Dict[str, Dict[str, Any]], root: Path) -> Dict[str, List[float]]:
     """``graphformer train`` (defaults plus ``sets``) on the frame's split,
-    in a fresh process, then ``graphformer predict`` of the test rows."""
+    in a fresh process, then ``graphformer predict`` of the validation and
+    test rows: ``{"val": [...], "test": [...]}``."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         data = tmp_path / "data.csv"
         frame[["smiles", "y", "split"]].to_csv(data, index=False)
         test = tmp_path / "test.csv"
-        frame[frame["split"] == "test"][["smiles"]].to_csv(test, index=False)
+        held = frame[frame["split"] != "train"]
+        held[["smiles"]].to_csv(test, index=False)
         config = {section: dict(values) for section, values in sets.items()}
         config.setdefault("data", {}).update(dataset=str(data), target_columns=["y"],
                                              split="column:split")
@@ -183,7 +187,9 @@ def run_graphformer(frame: pd.DataFrame, seed: int, threads: int,
         _run([sys.executable, "-m", "graphformer", "predict", str(tmp_path / "run" / "best.pt"),
               str(test), "-o", str(tmp_path / "pred.csv"), "--threads", str(threads)])
         predicted = pd.read_csv(tmp_path / "pred.csv")
-    return predicted[predicted.columns[-1]].tolist()
+    values = predicted[predicted.columns[-1]].to_numpy()
+    parts = held["split"].to_numpy()
+    return {part: values[parts == part].tolist() for part in ("val", "test")}
 
 
 def run_chemprop(frame: pd.DataFrame, seed: int, executable: Optional[str] = None
@@ -326,10 +332,14 @@ def main(argv: Optional[List[str]] = None) -> int:
                 if (name, shown, seed) in done:
                     continue
                 start = time.perf_counter()
+                valid: Dict[str, float] = {}
                 if method == "svm":
                     predicted = run_svm(split, seed)
                 elif method == "graphformer":
-                    predicted = run_graphformer(split, seed, args.threads, sets, args.root)
+                    both = run_graphformer(split, seed, args.threads, sets, args.root)
+                    predicted = both["test"]
+                    valid = {"valid_rmse": scores(both["val"],
+                                                  split[split["split"] == "val"])["test_rmse"]}
                 else:
                     predicted = run_chemprop(split, seed)
                     if predicted is None:
@@ -339,7 +349,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 row = {"dataset": name, "method": shown, "seed": seed,
                        "seconds": round(time.perf_counter() - start, 1),
                        "settings": sets if method == "graphformer" else {},
-                       **scores(predicted, test)}
+                       **scores(predicted, test), **valid}
                 rows.append(row)
                 print(f"{name} {shown} seed {seed}: test RMSE {row['test_rmse']:.3f}, cliff "
                       f"RMSE {row['cliff_rmse']:.3f} ({row['seconds']:.0f} s)", flush=True)
