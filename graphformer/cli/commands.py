@@ -15,7 +15,8 @@ import sys
 from typing import List, Optional
 
 from ..errors import EXIT_DATA, EXIT_USAGE, DataError, UsageError
-from . import EXIT_INTERRUPTED, evaluate, explain, link, node, predict, pretrain, train
+from . import EXIT_INTERRUPTED, evaluate, explain, fingerprint, link, node, predict, pretrain, \
+    train
 from ._args import Parser
 
 
@@ -25,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate and use graph transformers on molecules, and on one graph's nodes.",
         epilog="Exit codes: 0 success, 1 data error, 2 usage error, 130 interrupted.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (train, pretrain, evaluate, predict, explain, node, link):
+    for module in (train, pretrain, evaluate, predict, fingerprint, explain, node, link):
         module.add_parser(sub)
     return parser
 

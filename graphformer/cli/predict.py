@@ -1,39 +1,103 @@
 """``graphformer predict CHECKPOINT INPUT.csv -o OUT.csv``: predictions for a
-SMILES file."""
+SMILES file of any size, streamed (see :mod:`graphformer.train.screen`).
+
+The flags and the set-up shared with ``graphformer fingerprint`` live here
+(:func:`add_screen_arguments`, :func:`run_screen`)."""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+from typing import Any, Dict
 
-import pandas as pd
-import torch
-from torch_geometric.loader import DataLoader
-
-from .._files import atomic_write, remove_stale_temporaries
-from ..data import from_smiles
-from ..data.encodings import encodings
-from ..datasets.molecules import check_columns, feature_rows, read_csv
-from ..errors import DataError
-from ..train import predict
+from .._files import remove_stale_temporaries
+from ..datasets.molecules import file_digest
+from ..datasets.stream import CHUNK_SIZE, Featuriser, csv_file
 from ..train.checkpoint import load_run
+from ..train.config import RunConfig
+from ..train.screen import (CSVSink, Columns, Identity, PartialOutput, ScreenInput, ScreenResult,
+                            input_identity, prediction_columns, screen)
 from ._args import add_threads_argument, output_path, positive_int, set_threads
 from .evaluate import DEFAULT_THREADS
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="predict properties for the SMILES of a CSV file")
+def workers_count(text: str) -> int:
+    """An argparse type: a number of worker processes, a whole number >= 0."""
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0 (0 or 1: in this "
+                                         f"process), got {text!r}")
+    return int(text)
+
+
+def add_screen_arguments(p: argparse.ArgumentParser, output_help: str) -> None:
+    """The arguments of a command that runs a checkpoint over a CSV file
+    chunk by chunk (``predict``, ``fingerprint``)."""
     p.add_argument("checkpoint", type=Path)
     p.add_argument("input", type=Path, help="CSV file with a SMILES column (and the "
                    "checkpoint's feature columns, when it was trained with --feature-columns)")
-    p.add_argument("-o", "--output", type=Path, required=True,
-                   help="CSV file to write (written atomically; never the input file)")
+    p.add_argument("-o", "--output", type=Path, required=True, help=output_help)
     p.add_argument("--smiles-column", default="smiles")
     p.add_argument("--skip-invalid", action="store_true",
-                   help="skip unparsable SMILES (reported by row) instead of failing")
+                   help="skip unparsable SMILES (each reported on stderr by row, and left out "
+                   "of the output; the row column keeps the input's row numbers) instead of "
+                   "failing at the first chunk that holds one")
     p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--chunk-size", type=positive_int, default=CHUNK_SIZE, metavar="ROWS",
+                   help=f"rows read, featurised and committed to the output at a time "
+                   f"(default {CHUNK_SIZE}); memory grows with it, never with the file")
+    p.add_argument("--workers", type=workers_count, default=0, metavar="N",
+                   help="processes that turn SMILES into graphs while the model runs "
+                   "(default 0: in this process; worth it when RDKit descriptors are "
+                   "computed, with free cores)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the partial output an interrupted run left beside -o "
+                   "(.NAME.partial/) after its last complete chunk; refused when the "
+                   "checkpoint, the input or an output-changing flag differs")
+    p.add_argument("--quiet", action="store_true", help="no progress line on stderr")
     add_threads_argument(p, DEFAULT_THREADS)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict", help="predict properties for the SMILES of a CSV file",
+        description="Predictions for every SMILES of a CSV file, streamed: the file is read "
+        "--chunk-size rows at a time, so it may be larger than memory. Output: row, the "
+        "SMILES, one column per target (a probability for classification); an ensemble "
+        "predicts its mean. Nothing appears at -o until the end (a partial output is kept "
+        "beside it, continued by --resume).")
+    add_screen_arguments(p, "CSV file to write (written at the end, in one rename; never the "
+                         "input file)")
     p.set_defaults(run=run)
+
+
+def screen_input(args: argparse.Namespace, cfg: RunConfig) -> ScreenInput:
+    """The input of a checkpoint's screening run: the molecule features the
+    model was trained with, computed as in training (its descriptor sets,
+    and its feature columns read from the input file), and its encodings."""
+    mol = bool(cfg.model.mol_features)
+    featuriser = Featuriser(str(args.input),
+                            tuple(cfg.data.molecule_features) if mol else (),
+                            cfg.model.rwse_steps, cfg.model.lap_pe)
+    return ScreenInput(args.input, featuriser, args.smiles_column,
+                       tuple(cfg.data.feature_columns) if mol else (), args.chunk_size,
+                       args.batch_size)
+
+
+def run_screen(args: argparse.Namespace, output: Path, cfg: RunConfig, columns: Columns,
+               sink: Any, settings: Dict[str, Any]) -> ScreenResult:
+    """Run ``columns`` over the input of ``args`` into ``output`` through
+    ``sink``; ``settings`` are the command's own flags that change the
+    output (checked on ``--resume``)."""
+    identity = Identity(args.command, file_digest(args.checkpoint),
+                        input_identity(csv_file(args.input)),
+                        {"--smiles-column": args.smiles_column, "--chunk-size": args.chunk_size,
+                         "--batch-size": args.batch_size, **settings})
+    output.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(output.parent, [output.name])
+    partial = PartialOutput(output, identity, sink, sys.stderr)
+    return screen(screen_input(args, cfg), columns, partial, resume=args.resume,
+                  skip_invalid=args.skip_invalid, workers=args.workers, report=sys.stderr,
+                  progress=None if args.quiet else args.command)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,51 +105,15 @@ def run(args: argparse.Namespace) -> int:
                                        "the checkpoint": args.checkpoint}, "predictions.csv")
     set_threads(args.threads)
     state, cfg, model = load_run(args.checkpoint)
-    frame = read_csv(args.input)
-    check_columns(frame, args.input, [args.smiles_column])
-    if len(frame) == 0:
-        raise DataError(f"{args.input} has a header but no rows")
-    transform = encodings(cfg.model.rwse_steps, cfg.model.lap_pe)
-    # The molecule features the model was trained with, computed as in training:
-    # its descriptors, and its feature columns read from the input file.
-    sets = cfg.data.molecule_features if cfg.model.mol_features else []
-    columns = cfg.data.feature_columns if cfg.model.mol_features else []
-    values = feature_rows(frame, args.input, columns) if columns else None
-    graphs, rows, invalid = [], [], []
-    for k, (row, smiles) in enumerate(frame[args.smiles_column].items()):
-        try:
-            data = from_smiles(smiles, where=f"{args.input}, row {row}",
-                               molecule_feature_sets=sets,
-                               feature_values=values[k] if values is not None else None)
-        except ValueError as err:
-            invalid.append(str(err))
-            continue
-        graphs.append(transform(data) if transform is not None else data)
-        rows.append(row)
-    if invalid and not args.skip_invalid:
-        shown = "\n".join(f"  {line}" for line in invalid[:20])
-        more = f"\n  ... and {len(invalid) - 20} more" if len(invalid) > 20 else ""
-        raise DataError(f"{len(invalid)} invalid SMILES in {args.input} (use --skip-invalid "
-                        f"to skip them):\n{shown}{more}")
-    for line in invalid:
-        print(f"skipped: {line}", file=sys.stderr)
-    if not graphs:
-        raise DataError(f"no valid SMILES in {args.input}: nothing to predict")
-    loader = DataLoader(graphs, batch_size=args.batch_size, shuffle=False)
-    pred = predict(model, loader, state["y_mean"], state["y_std"], torch.device("cpu"))
     names = cfg.data.target_columns or [f"{state['dataset']}_target"]
-    if len(names) != pred.size(1):
-        names = [f"target_{k}" for k in range(pred.size(1))]
-    out = pd.DataFrame({"row": rows, args.smiles_column: [g.smiles for g in graphs]})
-    for k, name in enumerate(names):
-        col = pred[:, k]
-        name = name if name not in out.columns else f"predicted_{name}"  # never "row"
-        out[name] = torch.sigmoid(col).numpy() if cfg.model.task == "classification" \
-            else col.numpy()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(output.parent, [output.name])
-    with atomic_write(output, newline="") as fh:
-        out.to_csv(fh, index=False)
-    print(f"wrote {len(out)} predictions to {output}"
-          + (f" ({len(invalid)} invalid rows skipped)" if invalid else ""))
+    if len(names) != cfg.model.num_tasks:
+        names = [f"target_{k}" for k in range(cfg.model.num_tasks)]
+    y_mean, y_std = state["y_mean"], state["y_std"]
+
+    def columns(batch):
+        return prediction_columns(model, batch, y_mean=y_mean, y_std=y_std, names=names)
+
+    result = run_screen(args, output, cfg, columns, CSVSink(args.smiles_column), {})
+    print(f"wrote {result.molecules} predictions to {output}"
+          + (f" ({result.skipped} invalid rows skipped)" if result.skipped else ""))
     return 0

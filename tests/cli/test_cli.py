@@ -85,7 +85,7 @@ def test_python_dash_m_and_help():
     result = subprocess.run([sys.executable, "-m", "graphformer", "--help"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and \
-        "{train,pretrain,evaluate,predict,explain,node,link}" in result.stdout
+        "{train,pretrain,evaluate,predict,fingerprint,explain,node,link}" in result.stdout
 
 
 def test_every_shipped_config_is_valid():
