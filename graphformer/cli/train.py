@@ -16,6 +16,7 @@ from ..train import RunConfig, read_config_file, resume, train
 from ..train.config import DEVICES
 from ..train.checkpoint import load_checkpoint, run_config
 from ..train.ensemble import saved_ensemble
+from ..train.uncertainty import LOSSES
 
 # flag -> (section, key)
 _FLAGS = {
@@ -36,6 +37,7 @@ _FLAGS = {
     "device": ("train", "device"), "threads": ("train", "threads"),
     "init": ("train", "init"), "pretrained": ("train", "pretrained"), "ema": ("train", "ema"),
     "head_epochs": ("train", "head_epochs"), "ensemble": ("train", "ensemble"),
+    "loss": ("train", "loss"), "evidential_lambda": ("train", "evidential_lambda"),
 }
 # Flags a resumed run accepts: where it runs, not what it computes.
 RUNTIME_FLAGS = ("device", "threads", "root")
@@ -83,6 +85,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--ensemble", type=int, metavar="K",
                    help="train K models (seeds derived from --seed, each a run in "
                    "RUN_DIR/member-k) and predict with their mean (default 2; 1 = one model)")
+    t.add_argument("--loss", choices=tuple(LOSSES),
+                   help="regression: mse (a mean; default), mve (a Gaussian's mean and "
+                   "variance, its negative log-likelihood) or evidential (Normal-Inverse-Gamma "
+                   "parameters, deep evidential regression). A run whose predictions have a "
+                   "spread (mve, evidential, or an ensemble) saves intervals calibrated on "
+                   "the validation part in best.pt")
+    t.add_argument("--evidential-lambda", type=float, metavar="LAMBDA",
+                   help="weight of the evidence regulariser of --loss evidential (default "
+                   "0.2, as chemprop's EvidentialLoss; >= 0)")
     p.set_defaults(run=run)
 
 

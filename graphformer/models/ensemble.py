@@ -1,7 +1,7 @@
 """The mean prediction of several trained models (``graphformer train --ensemble K``)."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -43,6 +43,42 @@ class Ensemble(torch.nn.Module):
         if self.config.task == "classification":
             return torch.logit(torch.sigmoid(out).mean(0), eps=1e-7)
         return out.mean(0)
+
+    def member_parameters(self, batch) -> Tensor:
+        """Every member's distribution parameters, ``[K, B, P, num_tasks]``,
+        in the members' own (normalised) units: what each member's
+        ``forward(batch, distribution=True)`` returns (see
+        :meth:`~graphformer.models.GraphTransformer.forward`; ``P`` = 1, 2
+        or 4 for the ``output`` ``mean``, ``mve``, ``evidential``). Members
+        of another class (no ``distribution`` argument) must predict only
+        the mean (``P = 1``). :mod:`graphformer.train.uncertainty` combines
+        them into one predictive distribution per prediction. Regression only."""
+        self._require_regression()
+        if getattr(self.config, "output", "mean") == "mean":
+            return torch.stack([member(batch) for member in self.members]).unsqueeze(2)
+        return torch.stack([member(batch, distribution=True) for member in self.members])
+
+    def mean_std(self, batch) -> Tuple[Tensor, Tensor]:
+        r"""The mean of the members' mean predictions and their spread, both
+        ``[B, num_tasks]`` in normalised units (multiply by the checkpoint's
+        ``y_std``, and add ``y_mean`` to the mean, for target units):
+
+        .. math::
+            \bar{\mu} = \frac{1}{K} \sum_k \mu_k, \qquad
+            s = \Big(\frac{1}{K} \sum_k (\mu_k - \bar{\mu})^2\Big)^{1/2}
+
+        (the population standard deviation, as chemprop's ensemble
+        estimator). This is the spread of the means alone; the members'
+        own variances (``mve`` / ``evidential``) are added by
+        :func:`graphformer.train.uncertainty.predictive`. Regression only."""
+        means = self.member_parameters(batch)[:, :, 0]
+        return means.mean(0), means.std(0, correction=0)
+
+    def _require_regression(self) -> None:
+        if self.config.task != "regression":
+            raise ValueError("the spread of an ensemble's predictions is defined here for "
+                             "regression only; this ensemble is a classifier (its members' "
+                             "probabilities are averaged by forward)")
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}({len(self.members)} x {self.members[0]!r})"

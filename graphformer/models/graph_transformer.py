@@ -28,6 +28,13 @@ Features = Literal["ogb", "zinc"]
 FEATURES = get_args(Features)
 Local = Literal["none", "gine"]
 LOCALS = get_args(Local)
+Output = Literal["mean", "mve", "evidential"]
+OUTPUTS = get_args(Output)
+#: numbers the head predicts per task for each ``output``
+OUTPUT_PARAMETERS = {"mean": 1, "mve": 2, "evidential": 4}
+#: added to every positive parameter of a distribution head (variance, nu,
+#: alpha - 1, beta), so none is 0 when softplus underflows
+POSITIVE_EPS = 1e-6
 ZINC_ATOM_TYPES, ZINC_BOND_TYPES = 28, 4
 
 
@@ -78,6 +85,14 @@ class GraphTransformerConfig:
         mol_feature_names: the name of each of the ``mol_features`` columns
             (empty, or exactly ``mol_features`` names), so a trained model
             says which features it must be given.
+        output: what the head predicts per task (regression only):
+            ``"mean"`` (one number, trained by MSE), ``"mve"`` (a Gaussian's
+            mean and variance, trained by its negative log-likelihood) or
+            ``"evidential"`` (the Normal-Inverse-Gamma parameters
+            ``gamma, nu, alpha, beta`` of deep evidential regression). Set
+            from ``train.loss`` (``--loss``) by the training loop; see
+            :meth:`GraphTransformer.forward`. A model saved before it
+            existed predicted the mean.
     """
     num_tasks: int = 1
     task: Task = "regression"
@@ -98,6 +113,7 @@ class GraphTransformerConfig:
     attention_backend: str = "auto"
     mol_features: int = 0
     mol_feature_names: Tuple[str, ...] = ()
+    output: Output = "mean"
 
     def __post_init__(self) -> None:
         self.patterns = tuple(self.patterns)
@@ -136,6 +152,11 @@ class GraphTransformerConfig:
             raise ValueError(f"'mol_feature_names' must be empty or name each of the "
                              f"{self.mol_features} molecule features ('mol_features'), got "
                              f"{len(self.mol_feature_names)} names")
+        if self.output not in OUTPUTS:
+            raise ValueError(f"'output' must be one of {OUTPUTS}, got {self.output!r}")
+        if self.output != "mean" and self.task != "regression":
+            raise ValueError(f"'output' {self.output!r} (a predictive distribution) is for "
+                             f"regression; a classifier's head predicts logits ('mean')")
 
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
@@ -200,7 +221,7 @@ class GraphTransformer(torch.nn.Module):
         self.head = torch.nn.Sequential(
             torch.nn.Linear(c.hidden + c.mol_features, c.hidden), torch.nn.GELU(),
             Dropout(c.dropout),
-            torch.nn.Linear(c.hidden, c.num_tasks))
+            torch.nn.Linear(c.hidden, c.num_tasks * OUTPUT_PARAMETERS[c.output]))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -302,7 +323,30 @@ class GraphTransformer(torch.nn.Module):
         table = bond if table is None else table + bond
         return edge_type, table
 
-    def forward(self, batch: Batch, return_attention_weights: bool = False):
+    def forward(self, batch: Batch, return_attention_weights: bool = False,
+                distribution: bool = False):
+        r"""The predictions of a batch of B graphs, in the units the model was
+        trained in (normalised targets for regression, logits for
+        classification).
+
+        Returns ``[B, num_tasks]``: the mean prediction, whatever the
+        ``output``. With ``distribution=True``, ``[B, P, num_tasks]``
+        instead: the parameters of each prediction's distribution, ``P``
+        per task (:data:`OUTPUT_PARAMETERS`), positive where they must be:
+
+        - ``"mean"``: ``[mean]`` (``P = 1``);
+        - ``"mve"``: ``[mean, variance]``, variance
+          :math:`= \mathrm{softplus}(\cdot) + \epsilon`;
+        - ``"evidential"``: ``[gamma, nu, alpha, beta]`` of a
+          Normal-Inverse-Gamma, :math:`\nu, \beta = \mathrm{softplus}(\cdot)
+          + \epsilon` and :math:`\alpha = 1 + \mathrm{softplus}(\cdot) +
+          \epsilon` (so the predictive variance is finite),
+
+        with :math:`\epsilon` = :data:`POSITIVE_EPS`. The head's outputs are
+        laid out parameter-major (the ``num_tasks`` means first), so the mean
+        is the head's first ``num_tasks`` outputs and a ``"mean"`` model is
+        the head it always was. With ``return_attention_weights`` the
+        result is ``(prediction, (edge_index, member, weights))``."""
         nodes, g, attention = self.encode(batch, return_attention_weights)
         if self.mol_scaler is not None:
             c = self.config
@@ -312,9 +356,28 @@ class GraphTransformer(torch.nn.Module):
                                  f"batch has no 'mol_x' [B, {c.mol_features}]")
             g = torch.cat([g, self.mol_scaler(mol_x.view(g.size(0), -1)).to(g.dtype)], dim=1)
         y = self.head(g)
+        y = self._distribution(y) if distribution else y[:, :self.config.num_tasks]
         if return_attention_weights:
             return y, attention
         return y
+
+    def forward_distribution(self, batch: Batch) -> Tensor:
+        """``forward(batch, distribution=True)``: the parameters ``[B, P,
+        num_tasks]`` of every prediction's distribution (see :meth:`forward`)."""
+        return self(batch, distribution=True)
+
+    def _distribution(self, raw: Tensor) -> Tensor:
+        """The head's raw outputs ``[B, P * T]`` as the constrained
+        parameters ``[B, P, T]`` of :meth:`forward`."""
+        output = self.config.output
+        raw = raw.view(raw.size(0), OUTPUT_PARAMETERS[output], self.config.num_tasks)
+        if output == "mean":
+            return raw
+        positive = F.softplus(raw[:, 1:]) + POSITIVE_EPS
+        if output == "evidential":   # alpha > 1
+            positive = positive + torch.tensor([0.0, 1.0, 0.0], dtype=raw.dtype,
+                                               device=raw.device).view(1, 3, 1)
+        return torch.cat([raw[:, :1], positive], dim=1)
 
     def encode(self, batch: Batch, return_attention_weights: bool = False,
                atom_mask: Optional[Tensor] = None, mask_embedding: Optional[Tensor] = None
@@ -381,7 +444,8 @@ class GraphTransformer(torch.nn.Module):
         c = self.config
         return (f"{self.__class__.__name__}(hidden={c.hidden}, layers={c.layers}, "
                 f"heads={c.heads}, patterns={list(c.patterns)}, pooling={c.pooling!r}, "
-                f"edge_update={c.edge_update}, local={c.local!r}, tasks={c.num_tasks} {c.task})")
+                f"edge_update={c.edge_update}, local={c.local!r}, tasks={c.num_tasks} {c.task}"
+                f"{'' if c.output == 'mean' else f', output={c.output!r}'})")
 
 
 class _LocalGINE(torch.nn.Module):

@@ -13,6 +13,7 @@ from ..data.descriptors import MOLECULE_FEATURE_SETS
 from ..datasets.molecules import TASKS, takes_molecule_features
 from ..errors import ConfigError, UsageError
 from ..models import GraphTransformerConfig
+from .uncertainty import DEFAULT_EVIDENTIAL_LAMBDA, LOSSES
 
 DEVICES = ("auto", "cpu", "cuda")
 SPLITS = ("scaffold", "random", "official")
@@ -246,6 +247,20 @@ class TrainConfig:
             2 (of 20 epochs each): lower out-of-fold validation RMSE than one
             model of 30 epochs on all three bundled sets, at less wall time
             than chemprop's defaults (README, "Choosing the defaults").
+        loss: what the model predicts and is trained by (regression only):
+            ``mse`` (a mean, mean squared error), ``mve`` (a Gaussian's mean
+            and variance, its negative log-likelihood) or ``evidential`` (a
+            Normal-Inverse-Gamma, its negative log-likelihood plus
+            ``evidential_lambda`` times the evidence regulariser); sets the
+            model's ``output`` (:mod:`graphformer.train.uncertainty`). With
+            any of them the checkpoint of a run whose predictions have a
+            spread (``mve``, ``evidential``, or an ensemble) holds
+            calibrated intervals fitted on the validation part. The best
+            epoch is chosen by the validation metric (RMSE) in every case.
+        evidential_lambda: the evidence regulariser's weight (``loss:
+            evidential``; >= 0). Default 0.2, chemprop's ``EvidentialLoss``
+            default and Soleimany et al.'s (2021) recommendation (chemprop's
+            command line defaults to 0).
 
     Values are converted by :func:`coerce` (a numeric string is a number), and
     every range error names its key.
@@ -264,6 +279,8 @@ class TrainConfig:
     ema: float = 0.0
     head_epochs: int = 0
     ensemble: int = 2
+    loss: str = "mse"
+    evidential_lambda: float = DEFAULT_EVIDENTIAL_LAMBDA
 
     @property
     def total_epochs(self) -> int:
@@ -296,6 +313,12 @@ class TrainConfig:
         if self.device not in DEVICES:
             raise ConfigError("train", "device", f"must be 'auto', 'cpu' or 'cuda', got "
                               f"{self.device!r}")
+        if self.loss not in LOSSES:
+            raise ConfigError("train", "loss", f"must be one of {list(LOSSES)}, got "
+                              f"{self.loss!r}")
+        if self.evidential_lambda < 0:
+            raise ConfigError("train", "evidential_lambda", f"must be >= 0, got "
+                              f"{self.evidential_lambda}")
 
 
 @dataclass
@@ -304,6 +327,19 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: GraphTransformerConfig = field(default_factory=GraphTransformerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.train.loss != "mse" and self.data.task != "regression":
+            raise ConfigError("train", "loss", f"{self.train.loss!r} trains a predictive "
+                              f"distribution of a regression target; data.task is "
+                              f"{self.data.task!r} (use 'mse')")
+        # the head's output follows train.loss (the loop sets it); a config
+        # may leave it at its default, or name the same
+        wanted = LOSSES[self.train.loss]
+        if self.model.output not in ("mean", wanted):
+            raise ConfigError("model", "output", f"is set by train.loss (--loss); "
+                              f"{self.model.output!r} does not go with loss "
+                              f"{self.train.loss!r} (which needs {wanted!r}): leave it out")
 
     def to_dict(self) -> Dict[str, Any]:
         return {"data": asdict(self.data), "model": self.model.to_dict(),

@@ -8,9 +8,13 @@ all have finished, the run directory gets
 - ``config.json`` (written first: the run's settings, ``ensemble`` K);
 - ``best.pt``: an :class:`~graphformer.models.Ensemble` of the members'
   best models, read by ``evaluate``, ``predict`` and :func:`load_run` like
-  any checkpoint of ``train``;
+  any checkpoint of ``train``; for regression, with the calibration of the
+  ensemble's predictive distribution (the members' spread, and their own
+  variances with ``--loss mve`` / ``evidential``) fitted on the validation
+  part (``calibration``, :mod:`graphformer.train.uncertainty`);
 - ``summary.json``: the ensemble's validation and test metrics (of the mean
-  prediction), and each member's summary;
+  prediction), its uncertainty metrics (``uncertainty``, regression), and
+  each member's summary;
 - ``learning_curve.png``: every member's curves (a member draws none of
   its own), and the ensemble's metrics.
 
@@ -128,10 +132,10 @@ def _finish(cfg: RunConfig, run_dir: Path, members: List[Dict[str, Any]], writer
     device = loop.resolve_device(cfg.train.device)
     model = model.to(device)
     metric = first["metric"]
-    scores = {part: loop.evaluate_split(model, prepared, part,
-                                        max(cfg.train.batch_size, loop.EVAL_BATCH_GRAPHS),
-                                        device)
+    batch_size = max(cfg.train.batch_size, loop.EVAL_BATCH_GRAPHS)
+    scores = {part: loop.evaluate_split(model, prepared, part, batch_size, device)
               for part in ("valid", "test")}
+    calibration, uncertainty = loop.calibrate(model, prepared, batch_size, device)
     model = model.cpu()
     summary = {"dataset": first["dataset"], "metric": metric,
                "best_epoch": [m["best_epoch"] for m in members],
@@ -139,6 +143,8 @@ def _finish(cfg: RunConfig, run_dir: Path, members: List[Dict[str, Any]], writer
                f"test_{metric}_at_best": scores["test"][metric],
                "valid": scores["valid"], "test": scores["test"],
                "final": {}, "init": first.get("init"), "members": members}
+    if uncertainty:
+        summary["uncertainty"] = uncertainty
     config = dict(first["config"], train=dict(first["config"]["train"],
                                               **{"ensemble": cfg.train.ensemble,
                                                  "seed": cfg.train.seed}))
@@ -150,7 +156,9 @@ def _finish(cfg: RunConfig, run_dir: Path, members: List[Dict[str, Any]], writer
                                   "members": [s["best"] for s in states]},
                          "y_mean": first["y_mean"], "y_std": first["y_std"],
                          "dataset": first["dataset"], "metric": metric, "task": first["task"],
-                         "data": first.get("data"), "init": first.get("init")},
+                         "data": first.get("data"), "init": first.get("init"),
+                         **({"calibration": calibration.to_dict()}
+                            if calibration is not None else {})},
                         run_dir / "best.pt")
         write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         loop.plot_learning_curve([], metric, run_dir / "learning_curve.png",

@@ -11,6 +11,13 @@
 - ``summary.json`` and ``learning_curve.png`` at the end, and TensorBoard logs
   when installed.
 
+A regression model whose predictions have a spread (``--loss mve`` or
+``evidential``; an ensemble, see :mod:`graphformer.train.ensemble`) gets, at
+the end, a calibration fitted on the validation part in its ``best.pt``
+(``calibration``, :mod:`graphformer.train.uncertainty`), and the uncertainty
+metrics of its validation and test parts in ``summary.json``
+(``uncertainty``).
+
 Every file is written atomically (a temporary name, then a rename). A new
 run refuses a directory that holds a run unless ``overwrite=True``, and one
 that another run is writing (a lock); a resumed run refuses changed settings
@@ -59,6 +66,8 @@ from .metrics import compute_metrics, is_better
 from .optim import flat_parameter, freeze, load_optimizer_state, lr_factor, make_optimizer, \
     optimizer_step
 from .run_dir import RunDirectory, resume_config
+from .uncertainty import DEFAULT_EVIDENTIAL_LAMBDA, LOSSES, Calibration, distribution_loss, fit_calibration, has_spread, \
+    predictive, uncertainty_metrics
 
 
 @dataclass
@@ -135,11 +144,17 @@ def prepare(cfg: RunConfig, log: bool = True) -> Prepared:
 
 def model_config_for(cfg: RunConfig, bench: Benchmark) -> GraphTransformerConfig:
     """The model config with the data set's task, task count, features and
-    molecule features."""
+    molecule features, and the head's ``output`` of ``train.loss``. A
+    distribution loss on a classification data set is a :class:`UsageError`."""
+    if cfg.train.loss != "mse" and bench.task != "regression":
+        raise UsageError(f"--loss {cfg.train.loss} (train.loss) trains a predictive "
+                         f"distribution of a regression target; {bench.name} is a "
+                         f"{bench.task} data set (use --loss mse)")
     return replace(cfg.model, num_tasks=bench.num_tasks, task=bench.task,  # type: ignore[arg-type]
                    features=bench.features,  # type: ignore[arg-type]
                    mol_features=len(bench.feature_names),
-                   mol_feature_names=tuple(bench.feature_names))
+                   mol_feature_names=tuple(bench.feature_names),
+                   output=LOSSES[cfg.train.loss])
 
 
 def check_start(cfg: RunConfig, prepared: Prepared) -> None:
@@ -196,6 +211,44 @@ def predict(model: GraphTransformer, loader: DataLoader, y_mean: Tensor, y_std: 
             device: torch.device) -> Tensor:
     """Predictions in target units (regression) or logits (classification)."""
     return _run(model, loader, y_mean, y_std, device, with_targets=False)[0]
+
+
+@torch.no_grad()
+def distribution_split(model: torch.nn.Module, prepared: Prepared, part: str, batch_size: int,
+                       device: torch.device) -> Tuple[Tensor, Tensor, Tensor]:
+    """The predictive mean and standard deviation of every molecule of one
+    part and its targets, each ``[n, T]`` in target units (``prepared``'s
+    normalisation; see :func:`graphformer.train.uncertainty.predictive`). A
+    model without spread is a ``UsageError``."""
+    model.eval()
+    means, stds, ys = [], [], []
+    for batch in prepared.eval_batches(part, batch_size):
+        batch = batch.to(device)
+        dist = predictive(model, batch).to_target_units(prepared.y_mean.to(device),
+                                                         prepared.y_std.to(device))
+        means.append(dist.mean.cpu())
+        stds.append(dist.std.cpu())
+        ys.append(batch.y.view(dist.mean.shape).float().cpu())
+    if not means:
+        empty = torch.zeros(0, prepared.y_mean.numel())
+        return empty, empty, empty
+    return torch.cat(means), torch.cat(stds), torch.cat(ys)
+
+
+def calibrate(model: torch.nn.Module, prepared: Prepared, batch_size: int,
+              device: torch.device) -> Tuple[Optional[Calibration], Dict[str, Any]]:
+    """The calibration of a trained model, fitted on the validation part, and
+    the uncertainty metrics of the validation and test parts with it
+    (:func:`~graphformer.train.uncertainty.uncertainty_metrics`):
+    ``(None, {})`` for a model without spread (a classifier, one model
+    trained by MSE)."""
+    if not has_spread(model):
+        return None, {}
+    parts = {part: distribution_split(model, prepared, part, batch_size, device)
+             for part in ("valid", "test")}
+    calibration = fit_calibration(*parts["valid"], part="valid")
+    return calibration, {part: uncertainty_metrics(*values, calibration)
+                         for part, values in parts.items()}
 
 
 def evaluate_split(model: GraphTransformer, prepared: Prepared, part: str, batch_size: int,
@@ -284,7 +337,9 @@ def plot_learning_curve(history: List[Dict[str, float]], metric: str, path: Path
                               label=f"ensemble {part}")
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("loss (normalised targets)")
-    ax_loss.set_yscale("log")
+    # a negative log-likelihood (--loss mve / evidential) can be negative
+    if all(row["train_loss"] > 0 for _, rows in runs for row in rows):
+        ax_loss.set_yscale("log")
     ax_loss.legend()
     ax_metric.set_xlabel("epoch")
     ax_metric.set_ylabel(metric)
@@ -298,13 +353,25 @@ def plot_learning_curve(history: List[Dict[str, float]], metric: str, path: Path
 
 def train_step(net: torch.nn.Module, batch: Any, optimizer: torch.optim.Optimizer,
                y_mean: Tensor, y_std: Tensor, task: str, grad_clip: float = 0.0,
-               frozen: Sequence[Tensor] = ()) -> Tensor:
+               frozen: Sequence[Tensor] = (), output: str = "mean",
+               evidential_lambda: float = DEFAULT_EVIDENTIAL_LAMBDA) -> Tensor:
     """One optimisation step on one batch: forward, the masked loss on
     normalised targets, backward, gradient clipping, optimiser step (the
-    gradients of ``frozen`` zeroed first). Returns the loss (a 0-dim tensor)."""
+    gradients of ``frozen`` zeroed first). Returns the loss (a 0-dim tensor).
+
+    The loss is MSE (regression) or binary cross-entropy (classification)
+    of ``net(batch)`` for a head of ``output`` ``"mean"``; for ``"mve"`` and
+    ``"evidential"`` it is the negative log-likelihood of
+    ``net(batch, distribution=True)``
+    (:func:`~graphformer.train.uncertainty.distribution_loss`, with
+    ``evidential_lambda``)."""
     num_tasks = y_mean.numel()
     target = (batch.y.view(-1, num_tasks).float() - y_mean) / y_std
-    loss = masked_loss(net(batch), target, task)  # type: ignore[arg-type]
+    if output == "mean":
+        loss = masked_loss(net(batch), target, task)  # type: ignore[arg-type]
+    else:
+        loss = distribution_loss(net(batch, distribution=True), target, output,
+                                 evidential_lambda)
     optimizer_step(net, loss, optimizer, grad_clip, frozen)
     return loss.detach()
 
@@ -492,6 +559,10 @@ class _Run:
         cfg, prepared, device = self.cfg, self.prepared, self.device
         bench = prepared.bench
         self.model_cfg = model_config_for(cfg, bench)
+        if model is not None and cfg.train.loss != "mse" and not isinstance(model,
+                                                                             GraphTransformer):
+            raise UsageError(f"--loss {cfg.train.loss} needs a GraphTransformer (its "
+                             f"distribution head); {type(model).__name__} predicts a mean only")
         self.model = (model if model is not None else GraphTransformer(self.model_cfg)).to(device)
         self.init = state.get("init") if state is not None else None
         start = resolve_init(cfg.train.init, cfg.train.pretrained, self.model) \
@@ -543,7 +614,9 @@ class _Run:
         for batch in bar:
             batch = batch.to(device)
             loss = train_step(self.net, batch, self.optimizer, y_mean, y_std,
-                              self.model_cfg.task, cfg.train.grad_clip, frozen)
+                              self.model_cfg.task, cfg.train.grad_clip, frozen,
+                              output=self.model_cfg.output,
+                              evidential_lambda=cfg.train.evidential_lambda)
             self.scheduler.step()
             if self.average is not None:
                 self.average.update()
@@ -626,6 +699,24 @@ class _Run:
                   f"test {metric} {row[f'test_{metric}']:.4f}"
                   f"{'  *best' if improved else ''}  ({row['seconds']:.1f}s)", file=sys.stderr)
 
+    def _calibrate_best(self) -> Dict[str, Any]:
+        """Fit the calibration of ``best.pt``'s model (one with a distribution
+        head) on the validation part and write it into ``best.pt``; the
+        uncertainty metrics of the validation and test parts (empty for a
+        model without spread)."""
+        if self.model_cfg.output == "mean" or not isinstance(self.model, GraphTransformer):
+            return {}
+        path = self.dir / "best.pt"
+        state = load_checkpoint(path)
+        model = GraphTransformer(self.model_cfg)
+        model.load_state_dict(state["model"])
+        calibration, metrics = calibrate(model.to(self.device), self.prepared,
+                                         max(self.cfg.train.batch_size, EVAL_BATCH_GRAPHS),
+                                         self.device)
+        if calibration is not None:
+            save_checkpoint({**state, "calibration": calibration.to_dict()}, path)
+        return metrics
+
     def finish(self, curve: bool = True) -> Dict[str, Any]:
         """Summary files (and the learning curve when ``curve``); no valid
         score is an error, not a KeyError."""
@@ -634,6 +725,10 @@ class _Run:
                    "best_epoch": best["epoch"], f"best_valid_{metric}": best["valid"],
                    f"test_{metric}_at_best": best.get("test"),
                    "final": history[-1] if history else {}, "init": self.init}
+        if self.is_main and best["epoch"] is not None:
+            uncertainty = self._calibrate_best()
+            if uncertainty:
+                summary["uncertainty"] = uncertainty
         if self.is_main:
             write_text(self.dir / "summary.json", json.dumps(summary, indent=2) + "\n")
             if history and curve:
