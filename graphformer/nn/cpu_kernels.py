@@ -14,8 +14,22 @@ first uses build into temporary files and rename them into place, so they
 agree. The kernels run on OpenMP threads: the process's libgomp is PyTorch's
 own (the same soname), so ``torch.set_num_threads`` sets their number.
 
-Where no compiler works, :func:`kernels_available` is False and
-:func:`kernels_unavailable` says why; the callers then use PyTorch operations.
+Where no compiler works (none installed, a compile error, macOS's clang
+without OpenMP), :func:`kernels_available` is False, :func:`kernels_unavailable`
+says why, and the callers use PyTorch operations instead: ``"auto"`` attention
+picks the ``"sparse"`` backend where it would pick ``"fused_cpu"``, dropout and
+GELU are PyTorch's operations, the grouping by source is ``torch.sort``. The
+results are the same to float rounding (with dropout the random decisions
+differ: the kernels hash a seed, the fallback draws PyTorch random integers),
+only slower. One :class:`KernelsUnavailableWarning` per process says so, at
+the first use.
+
+The environment variable :data:`ENV_SWITCH` (``GRAPHFORMER_CPU_KERNELS``)
+turns the kernels off: ``0``, ``off``, ``false`` or ``no`` (any case) and
+:func:`kernels_available` is False without compiling anything and without a
+warning; unset, empty, ``1``, ``on``, ``true`` or ``yes``: used when they
+build. It is read at every :func:`kernels_available` call, so it takes effect
+for the next layer call, not only at import.
 """
 from __future__ import annotations
 
@@ -27,14 +41,24 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
-__all__ = ["kernels_available", "kernels_unavailable", "kernel", "pointer", "draw_seed",
-           "dropout_threshold", "CFLAGS"]
+__all__ = ["kernels_available", "kernels_unavailable", "kernels_turned_off", "kernel", "pointer",
+           "draw_seed", "dropout_threshold", "CFLAGS", "ENV_SWITCH", "KernelsUnavailableWarning"]
+
+#: The environment variable that turns the kernels off (see the module documentation).
+ENV_SWITCH = "GRAPHFORMER_CPU_KERNELS"
+_OFF = ("0", "off", "false", "no")
+_ON = ("", "1", "on", "true", "yes")
+
+
+class KernelsUnavailableWarning(RuntimeWarning):
+    """The CPU kernels could not be built: PyTorch operations are used instead."""
 
 SOURCE = Path(__file__).resolve().with_name("cpu_kernels.c")   # absolute: it includes itself
 #: Compiler flags. ``-march=native``: the library is built on, and for, the
@@ -128,15 +152,56 @@ def _library() -> Tuple[Optional[ctypes.CDLL], str]:
     return lib, ""
 
 
+def _hint(why: str) -> str:
+    """What to do about a failed build, where the reason says it."""
+    if "fopenmp" in why or "omp.h" in why:
+        return (" (the compiler has no OpenMP: on macOS 'brew install libomp' and "
+                "CC=$(brew --prefix llvm)/bin/clang, or CC=gcc-14)")
+    return ""
+
+
+@functools.lru_cache(maxsize=None)
+def _built() -> Tuple[Optional[ctypes.CDLL], str]:
+    """:func:`_library`, warning once per process when it failed."""
+    lib, why = _library()
+    if lib is None:
+        first = why.splitlines()[0] if why else why
+        detail = why.splitlines()[-1] if len(why.splitlines()) > 1 else ""
+        warnings.warn(
+            f"graphformer's CPU kernels are unavailable: {first}"
+            f"{' ... ' + detail if detail else ''}{_hint(why)}. Using PyTorch operations "
+            f"instead (attention backend 'sparse' for 'fused_cpu', torch dropout and GELU, "
+            f"torch.sort): same results, slower. Set {ENV_SWITCH}=0 to not try building them.",
+            KernelsUnavailableWarning, stacklevel=3)
+    return lib, why
+
+
+def kernels_turned_off() -> bool:
+    """True when :data:`ENV_SWITCH` turns the kernels off (read now).
+
+    Raises:
+        ValueError: on a value that is neither on nor off."""
+    value = os.environ.get(ENV_SWITCH, "").strip().lower()
+    if value in _OFF:
+        return True
+    if value in _ON:
+        return False
+    raise ValueError(f"{ENV_SWITCH}={os.environ[ENV_SWITCH]!r}: use 0 (the CPU kernels off) "
+                     f"or 1 (on when they build)")
+
+
 def kernels_available() -> bool:
-    """True when the kernels are built and loaded (the first call builds
-    them, or loads them from the cache)."""
-    return _library()[0] is not None
+    """True when the kernels are used: not turned off by :data:`ENV_SWITCH`,
+    and built and loaded (the first call builds them, or loads them from the
+    cache; where that fails it warns once, :class:`KernelsUnavailableWarning`)."""
+    return not kernels_turned_off() and _built()[0] is not None
 
 
 def kernels_unavailable() -> str:
-    """Why the kernels cannot run here ("" when they can)."""
-    return _library()[1]
+    """Why the kernels are not used here ("" when they are)."""
+    if kernels_turned_off():
+        return f"turned off by {ENV_SWITCH}={os.environ[ENV_SWITCH]}"
+    return _built()[1]
 
 
 def draw_seed() -> int:
