@@ -98,9 +98,11 @@ def run(work, data):
 
 INT_KEYS = [("train", k) for k in ("epochs", "batch_size", "warmup_epochs", "seed", "threads")] \
     + [("model", k) for k in ("hidden", "layers", "heads", "k", "rwse_steps", "lap_pe")]
-FLOAT_KEYS = [("train", k) for k in ("lr", "weight_decay", "grad_clip")] + [("model", "dropout")]
+FLOAT_KEYS = [("train", k) for k in ("lr", "weight_decay", "grad_clip", "evidential_lambda")] \
+    + [("model", "dropout")]
 STR_KEYS = [("data", "dataset"), ("data", "smiles_column"), ("train", "device"),
-            ("model", "pooling"), ("model", "attention_backend")]
+            ("train", "loss"), ("model", "pooling"), ("model", "attention_backend"),
+            ("model", "output")]
 BOOL_KEYS = [("model", k) for k in ("edge_update", "norm_first", "self_loops")]
 LIST_KEYS = [("data", "target_columns"), ("model", "patterns")]
 
