@@ -37,6 +37,7 @@ import multiprocessing
 import signal
 import sys
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Deque, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -352,8 +353,8 @@ def featurise(items: Iterable[Piece], featuriser: Featuriser, workers: int = 0
     ``workers`` 0 or 1, else in ``workers`` processes with at most
     :data:`AHEAD_PER_WORKER` pieces per worker in flight (the input is read
     only that far ahead). The workers stop when the iterator is closed or
-    garbage-collected (also on an error); a worker that dies is
-    :class:`~concurrent.futures.process.BrokenProcessPool`."""
+    garbage-collected (also on an error); a worker that dies (killed for
+    memory, say) is a :class:`~graphformer.errors.DataError` saying so."""
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
     if workers <= 1:
@@ -367,11 +368,19 @@ def featurise(items: Iterable[Piece], featuriser: Featuriser, workers: int = 0
         for item in items:
             pending.append(executor.submit(featuriser, item))
             if len(pending) >= AHEAD_PER_WORKER * workers:
-                yield pending.popleft().result()
+                yield _result(pending.popleft())
         while pending:
-            yield pending.popleft().result()
+            yield _result(pending.popleft())
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _result(future: Future) -> Featurised:
+    try:
+        return future.result()
+    except BrokenProcessPool as err:
+        raise DataError(f"a worker process that turns SMILES into graphs died ({err}): killed "
+                        f"for memory? Use fewer --workers or a smaller --batch-size") from None
 
 
 __all__ = ["CHUNK_SIZE", "csv_file", "Position", "Chunk", "CSVChunks", "Piece", "pieces", "Featurised",

@@ -345,6 +345,29 @@ def test_reading_and_featurising_stay_a_bounded_window_ahead(tmp_path):
     results.close()                                   # the workers stop
 
 
+def test_a_worker_that_dies_is_one_line_and_resume_completes(checkpoint, source, tmp_path,
+                                                             monkeypatch):
+    real = Featuriser.__call__
+    parent = os.getpid()
+
+    def dying(self, piece):
+        if os.getpid() != parent and piece.chunk.index == 2:
+            os._exit(9)                       # as the kernel's OOM killer would end it
+        return real(self, piece)
+
+    monkeypatch.setattr(Featuriser, "__call__", dying)
+    out = tmp_path / "o.csv"
+    result = cli("predict", checkpoint, source, "-o", out, "--workers", "2", "--chunk-size",
+                 "10", *FAST)
+    assert_error(result, 1, "a worker process that turns SMILES into graphs died",
+                 "fewer --workers")
+    assert not out.exists()   # the chunks done before it (if any) are kept for --resume
+    monkeypatch.setattr(Featuriser, "__call__", real)
+    assert cli("predict", checkpoint, source, "-o", out, "--resume", *FAST, "--chunk-size",
+               "10")[0] == 0
+    assert len(pd.read_csv(out)) == 40
+
+
 def test_feature_values_are_checked_by_row(tmp_path):
     src = tmp_path / "f.csv"
     src.write_text("smiles,mw\nCCO,1.5\nCCC,\nCCN,heavy\n")
