@@ -24,8 +24,8 @@ def force_softmax(monkeypatch, name):
     where it would choose by itself (``backend="auto"``)."""
     if name == "scatter" and not HAS_TORCH_SCATTER:
         pytest.skip("torch-scatter is not installed")
-    real = functional.resolve_backend
-    monkeypatch.setattr(functional, "resolve_backend",
+    real = functional.softmax_implementation
+    monkeypatch.setattr(functional, "softmax_implementation",
                         lambda backend: real(name if backend == "auto" else backend))
 
 

@@ -11,7 +11,8 @@ import torch
 from torch import Tensor
 
 from .. import patterns
-from ..nn.functional import BACKENDS, SoftmaxBackend, segment_softmax
+from .._checks import refuse_softmax_backend
+from ..nn.functional import segment_softmax
 
 __all__ = ["DecomposableAttention", "DecomposableAttentionConfig", "Alignment"]
 
@@ -187,22 +188,21 @@ class DecomposableAttention(torch.nn.Module):
           and the two ``ptr`` -> the same.
 
     Args:
-        config: the hyper-parameters.
-        softmax_backend (str): backend of the two segment softmaxes (see
-            :func:`graphformer.nn.functional.segment_softmax`).
+        config: the hyper-parameters. (``softmax_backend`` was removed:
+            :func:`graphformer.nn.functional.segment_softmax` chooses its
+            implementation itself.)
     """
 
-    def __init__(self, config: DecomposableAttentionConfig,
-                 softmax_backend: SoftmaxBackend = "auto") -> None:
+    def __init__(self, config: DecomposableAttentionConfig, **removed: Any) -> None:
+        refuse_softmax_backend(type(self).__name__, removed)
+        if removed:
+            raise TypeError(f"{type(self).__name__}() got unexpected keyword argument(s) "
+                            f"{sorted(removed)}")
         super().__init__()
         if not isinstance(config, DecomposableAttentionConfig):
             raise TypeError(f"'config' must be a DecomposableAttentionConfig, got "
                             f"{type(config).__name__}")
-        if softmax_backend not in BACKENDS:
-            raise ValueError(f"unknown softmax backend {softmax_backend!r}; "
-                             f"choose one of {BACKENDS}")
         self.config = c = config
-        self.softmax_backend = softmax_backend
         D, h, K = c.embed_dim, c.hidden, c.attend_width
         self.embedding = torch.nn.Embedding(c.vocab_size, D)
         self.F = _MLP((D, h, K), c.dropout)
@@ -236,8 +236,8 @@ class DecomposableAttention(torch.nn.Module):
         edge_index = patterns.cross(ptr_b, ptr_a)               # j (b) -> i (a), by i then j
         j, i = edge_index
         e = (f_a.index_select(0, i) * f_b.index_select(0, j)).sum(-1)      # [E]
-        w_beta = segment_softmax(e, i, a.size(0), backend=self.softmax_backend)
-        w_alpha = segment_softmax(e, j, b.size(0), backend=self.softmax_backend)
+        w_beta = segment_softmax(e, i, a.size(0))
+        w_alpha = segment_softmax(e, j, b.size(0))
         beta = a.new_zeros(a.size(0), b.size(1)).index_add_(
             0, i, w_beta.unsqueeze(1) * b.index_select(0, j))
         alpha = b.new_zeros(b.size(0), a.size(1)).index_add_(

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, Optional, Tuple, Union
+from typing import Any, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -14,15 +14,11 @@ from torch_geometric.typing import OptTensor, PairTensor
 
 from .._checks import (check_edge_index, check_node_features, check_node_range,
                        refuse_softmax_backend)
-from . import fused as fused_mod
-from .backend import ATTENTION_BACKENDS, AttentionBackend, AttentionCall, resolve_backend
-from .csr import SDDMM
-from .dense import dense_attention
+from .backend import (ATTENTION_BACKENDS, REGISTRY, AttentionBackend, AttentionCall,
+                      resolve_backend)
 from .edge_set import EdgeSet
 from .edge_terms import PerEdgeTerms, TypedEdgeTerms
 from .functional import dropout, segment_softmax
-from .fused_cpu import fused_cpu_available, fused_cpu_backend
-from .sparse import sparse_attention
 
 
 class RelationalAttention(MessagePassing):
@@ -60,8 +56,9 @@ class RelationalAttention(MessagePassing):
         bias (bool): biases in ``lin_q``, ``lin_k``, ``lin_v`` and ``lin_out``.
         backend (str): how attention is computed: ``"auto"`` (default: by the
             cost model of :mod:`graphformer.nn.backend`), ``"sparse"``,
-            ``"dense"``, ``"fused"`` or ``"propagate"``. All give the same
-            result to float tolerance, forward and backward.
+            ``"dense"``, ``"fused"``, ``"fused_cpu"`` or ``"propagate"`` (the
+            names of :data:`graphformer.nn.backend.REGISTRY`). All give the
+            same result to float tolerance, forward and backward.
 
     Typed edges (bond types, relation ids, pattern membership): pass
     ``edge_type`` :math:`(E)` and the features of each type as ``edge_attr``
@@ -195,9 +192,7 @@ class RelationalAttention(MessagePassing):
         backend = resolve_backend(
             self.backend, edges, heads=H, channels=H * C, device=q.device,
             per_edge_features=edge_attr is not None and edge_type is None,
-            has_terms=edge_attr is not None, dropout_active=dropout_active, traced=traced,
-            fused_ok=not traced and fused_mod.fused_available(q.device),
-            fused_cpu_ok=not traced and fused_cpu_available(q.device))
+            has_terms=edge_attr is not None, dropout_active=dropout_active, traced=traced)
 
         dtype = q.dtype
         if backend != "fused" and dtype in (torch.float16, torch.bfloat16):
@@ -212,8 +207,9 @@ class RelationalAttention(MessagePassing):
         else:
             ei = edge_index
         call = AttentionCall(q, k, v, ei, edges, self._edge_terms(edge_attr, edge_type, edges, q),
-                             head_mask, self.dropout, self.training, return_attention_weights)
-        out, alpha = self._backends[backend](call)
+                             head_mask, self.dropout, self.training, return_attention_weights,
+                             message_passing=self._propagate)
+        out, alpha = REGISTRY[backend].run(call)
         if alpha is not None:
             alpha = alpha.to(dtype)
             if edges is not None:
@@ -222,12 +218,6 @@ class RelationalAttention(MessagePassing):
         if return_attention_weights:
             return out, alpha
         return out
-
-    @property
-    def _backends(self) -> Dict[str, Callable[[AttentionCall], Tuple[Tensor, OptTensor]]]:
-        """The backends by name; all take one :class:`AttentionCall`."""
-        return {"sparse": sparse_attention, "dense": dense_attention, "fused": _fused,
-                "fused_cpu": fused_cpu_backend, "propagate": self._propagate}
 
     def _edge_terms(self, edge_attr: OptTensor, edge_type: OptTensor, edges: Optional[EdgeSet],
                     q: Tensor) -> Optional[Union[PerEdgeTerms, TypedEdgeTerms]]:
@@ -432,37 +422,3 @@ def _check_table_is_per_type(rows: int, num_edges: int, num_types: int,
                          f"(an untyped EdgeSet), or, if it is a table of {rows} types, declare "
                          f"them: EdgeSet(..., edge_type=..., num_types={rows})")
 
-
-def _fused(call: AttentionCall) -> Tuple[Tensor, Optional[Tensor]]:
-    """The ``"fused"`` backend: edge score terms as a per-edge bias, edge values
-    streamed by the kernel and projected afterwards."""
-    if call.training and call.dropout > 0:
-        raise ValueError("the fused backend has no attention dropout; use "
-                         "backend='sparse' or 'dense' to train with dropout > 0")
-    q, k, v, csr, terms = call.q, call.k, call.v, call.edges.csr, call.terms
-    H, C = q.size(1), q.size(2)
-    scale = 1.0 / math.sqrt(C)
-    bias = edge_values = None
-    if terms is not None:
-        # sparse products have no half-precision CPU kernels: score in float32
-        bias = terms.scores(q.float(), k.float())
-        bias = bias.t() * scale if bias is not None else None
-        edge_values = terms.per_edge() if terms.w_ev is not None else None
-    if call.head_mask is not None:
-        bias = (bias if bias is not None else q.new_zeros(csr.num_edges, H, dtype=torch.float))
-        bias = bias.masked_fill(~call.head_mask, float("-inf"))
-    out, lse, edge_out = fused_mod.fused_attention(
-        q, k, v, csr.ptr, csr.col, bias=bias,
-        edge_values=edge_values.to(q.dtype) if edge_values is not None else None, scale=scale)
-    if edge_out is not None:
-        D = edge_values.size(1)
-        out = out + torch.einsum("nhd,hcd->nhc", edge_out,
-                                 terms.w_ev.to(edge_out.dtype).view(H, C, D))
-    alpha = None
-    if call.need_weights:
-        with torch.no_grad():
-            s = SDDMM.apply(q.float().transpose(0, 1), k.float().transpose(0, 1), csr).t() * scale
-            if bias is not None:
-                s = s + bias
-            alpha = (s - lse.index_select(0, csr.row)).exp().nan_to_num(0.0).to(q.dtype)
-    return out, alpha

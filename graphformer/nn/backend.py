@@ -1,23 +1,29 @@
-r"""Choosing an attention backend, and what it will cost.
+r"""The attention backends: one registry (name → implementation, availability
+per device), the choice among them, and what each will cost.
 
 Five backends compute the same attention (to float tolerance, forward and
-backward):
+backward); :data:`REGISTRY` maps each name to a :class:`Backend` (its
+function, where it runs, what it needs):
 
-- ``"sparse"`` (:mod:`graphformer.nn.sparse`): edges grouped by target, SDDMM
-  and SpMM; time and memory linear in E. Any edge set, any device.
-- ``"dense"`` (:mod:`graphformer.nn.dense`): graphs padded to T nodes, the
-  edge set a mask; time :math:`O(B H T^2 C)` whatever E. Self-attention within
-  graphs (``batch`` given, or one graph).
-- ``"fused"`` (:mod:`graphformer.nn.fused`): a Triton kernel streaming each
-  target's edges with an online softmax; CUDA only (or the Triton interpreter
-  for testing); no attention dropout.
-- ``"fused_cpu"`` (:mod:`graphformer.nn.fused_cpu`): the same idea on the
-  CPU, as C kernels (:mod:`graphformer.nn.cpu_kernels`, compiled on first
-  use), with attention dropout (a counter-based hash) and the typed edge
-  terms read per edge from node-by-type tables; needs a C compiler.
-- ``"propagate"``: PyG's ``MessagePassing.propagate`` with per-edge messages
-  (E×H×C tensors). Slowest; used under :func:`torch.compile` and PyG's
-  explain mode, which hook into message passing.
+- ``"sparse"`` (:func:`graphformer.nn.sparse.sparse_attention`): edges
+  grouped by target, SDDMM and SpMM; time and memory linear in E. Any edge
+  set, any device.
+- ``"dense"`` (:func:`graphformer.nn.dense.dense_attention`): graphs padded to
+  T nodes, the edge set a mask; time :math:`O(B H T^2 C)` whatever E.
+  Self-attention within graphs (``batch`` given, or one graph); elsewhere it
+  runs the sparse backend.
+- ``"fused"`` (:func:`graphformer.nn.fused.fused_backend`): a Triton kernel
+  streaming each target's edges with an online softmax; CUDA only (or the
+  Triton interpreter for testing); no attention dropout.
+- ``"fused_cpu"`` (:func:`graphformer.nn.fused_cpu.fused_cpu_backend`): the
+  same idea on the CPU, as C kernels (:mod:`graphformer.nn.cpu_kernels`,
+  compiled on first use), with attention dropout (a counter-based hash) and
+  the typed edge terms read per edge from node-by-type tables; needs a C
+  compiler (``GRAPHFORMER_CPU_KERNELS=0`` turns it off).
+- ``"propagate"``: the calling layer's PyG ``MessagePassing.propagate`` with
+  per-edge messages (E×H×C tensors). Slowest; used under
+  :func:`torch.compile` and PyG's explain mode, which hook into message
+  passing.
 
 Every backend has one signature: it takes an :class:`AttentionCall` (the
 projected queries, keys and values, the :class:`~graphformer.nn.EdgeSet`, its
@@ -47,23 +53,109 @@ model (:func:`choose_backend`), in order:
    :data:`DENSE_MAX_SCORES` entries;
 6. otherwise ``"sparse"``.
 
+An explicitly named backend runs as asked; one that cannot run on the
+tensors' device raises what it needs (:attr:`Backend.requires`).
+
 :func:`estimate` predicts FLOPs and peak memory of one layer call for a batch
 and backend; ``scripts/bench_attention.py`` checks it against measurements.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Optional, Sequence, Union
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Callable, Literal, Mapping, Optional, Sequence, Tuple
 
 import torch
-from torch import Tensor
 
-if TYPE_CHECKING:  # imported for annotations only (they import this module)
+from .call import AttentionCall, BackendFn
+from .dense import dense_attention
+from .fused import fused_available, fused_backend
+from .fused_cpu import fused_cpu_available, fused_cpu_backend
+from .sparse import sparse_attention
+
+if TYPE_CHECKING:  # imported for annotations only
     from .edge_set import EdgeSet
-    from .edge_terms import PerEdgeTerms, TypedEdgeTerms
+
+__all__ = ["AttentionCall", "Backend", "REGISTRY", "ATTENTION_BACKENDS", "AttentionBackend",
+           "get_backend", "available_backends", "resolve_backend", "choose_backend",
+           "estimate", "AttentionCost", "DENSE_CROSSOVER", "PROPAGATE_BELOW",
+           "DENSE_MAX_SCORES"]
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One attention backend of :data:`REGISTRY`.
+
+    Attributes:
+        name (str): what ``backend=`` names it.
+        run (callable): an :class:`AttentionCall` in, ``(out [N_t, H, C],
+            alpha [E, H] or None)`` out.
+        available (callable): ``available(device)``: whether it can run on
+            tensors of ``device`` here (may build the CPU kernels on first use).
+        requires (str): what it needs, for messages and documentation.
+    """
+    name: str
+    run: BackendFn
+    available: Callable[[torch.device], bool]
+    requires: str
+
+    def __post_init__(self) -> None:
+        if not self.name or self.name == "auto":
+            raise ValueError(f"a backend needs a name other than 'auto', got {self.name!r}")
+        if not callable(self.run) or not callable(self.available):
+            raise TypeError(f"backend {self.name!r}: 'run' and 'available' must be callable")
+
+
+def _anywhere(device: torch.device) -> bool:
+    return True
+
+
+def _message_passing(call: AttentionCall) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The ``"propagate"`` backend: the calling layer's own message passing."""
+    if call.message_passing is None:
+        raise ValueError("the 'propagate' backend runs the calling layer's message passing: "
+                         "AttentionCall.message_passing is None")
+    return call.message_passing(call)
+
+
+#: The attention backends by name, in the order of the module documentation.
+REGISTRY: Mapping[str, Backend] = MappingProxyType({b.name: b for b in (
+    Backend("sparse", sparse_attention, _anywhere, "any device"),
+    Backend("dense", dense_attention, _anywhere,
+            "any device; self-attention within graphs (else it runs 'sparse')"),
+    Backend("fused", fused_backend, fused_available,
+            "a CUDA device and triton (on the CPU: TRITON_INTERPRET=1, for testing); no "
+            "attention dropout in training"),
+    Backend("fused_cpu", fused_cpu_backend, fused_cpu_available,
+            "the CPU, float32 or float64, and the C kernels built (a C compiler with OpenMP; "
+            "GRAPHFORMER_CPU_KERNELS=0 turns them off)"),
+    Backend("propagate", _message_passing, _anywhere,
+            "any device; a message-passing layer (RelationalAttention)"),
+)})
 
 AttentionBackend = Literal["auto", "sparse", "dense", "fused", "fused_cpu", "propagate"]
-ATTENTION_BACKENDS = ("auto", "sparse", "dense", "fused", "fused_cpu", "propagate")
+#: What a layer's ``backend`` may be: ``"auto"`` or a name of :data:`REGISTRY`.
+ATTENTION_BACKENDS: Tuple[str, ...] = ("auto", *REGISTRY)
+
+
+def get_backend(name: str) -> Backend:
+    """The :class:`Backend` called ``name``.
+
+    Raises:
+        ValueError: for a name not in :data:`REGISTRY` (``"auto"`` included:
+            :func:`resolve_backend` turns it into a name)."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown attention backend {name!r}; choose one of "
+                         f"{ATTENTION_BACKENDS}") from None
+
+
+def available_backends(device: torch.device) -> Tuple[str, ...]:
+    """The names of the backends that can run on tensors of ``device`` here."""
+    device = torch.device(device)
+    return tuple(name for name, backend in REGISTRY.items() if backend.available(device))
+
 
 #: Padded edge density E / (B T^2) above which the dense backend is faster
 #: than the sparse one. CPU: the crossover ``scripts/bench_attention.py``
@@ -78,34 +170,6 @@ PROPAGATE_BELOW = 1 << 22
 #: The dense backend is not chosen automatically when its [B, H, T, T] score
 #: tensor would have more entries than this (2^27: 512 MiB in float32).
 DENSE_MAX_SCORES = 1 << 27
-
-
-@dataclass
-class AttentionCall:
-    """What every attention backend takes.
-
-    Attributes:
-        q (Tensor [N_t, H, C]), k, v (Tensor [N_s, H, C]): projected nodes.
-        edge_index (LongTensor [2, E]): the edges in the order of the per-edge
-            tensors below (grouped by target when ``edges`` is given; read by
-            the ``"propagate"`` backend only, the others read ``edges``).
-        edges (EdgeSet or None): the prepared edge set (None only for the
-            ``"propagate"`` backend under :func:`torch.compile`).
-        terms (PerEdgeTerms or TypedEdgeTerms or None): the edge-feature terms.
-        head_mask (BoolTensor [E, H] or None): edge ``e`` seen by head ``h``.
-        dropout (float), training (bool): attention dropout.
-        need_weights (bool): return the attention weights [E, H].
-    """
-    q: Tensor
-    k: Tensor
-    v: Tensor
-    edge_index: Tensor
-    edges: Optional["EdgeSet"]
-    terms: Optional[Union["PerEdgeTerms", "TypedEdgeTerms"]]
-    head_mask: Optional[Tensor]
-    dropout: float
-    training: bool
-    need_weights: bool
 
 
 def padded_density(num_edges: int, num_graphs: int, max_nodes: int) -> float:
@@ -147,24 +211,25 @@ def choose_backend(*, num_edges: int, num_graphs: int, max_nodes: int, heads: in
 
 def resolve_backend(requested: str, edges: Optional["EdgeSet"], *, heads: int, channels: int,
                     device: torch.device, per_edge_features: bool, has_terms: bool,
-                    dropout_active: bool, traced: bool, fused_ok: bool,
-                    fused_cpu_ok: bool = False) -> str:
+                    dropout_active: bool, traced: bool) -> str:
     """The backend a layer call runs: ``requested`` unless it is ``"auto"``,
-    then the cost model's choice (:func:`choose_backend`). ``traced`` is true
-    under :func:`torch.compile` and PyG's explain mode, which hook into message
-    passing; ``edges`` may be None only then."""
+    then the cost model's choice (:func:`choose_backend`) among the backends
+    :data:`REGISTRY` says are available on ``device``. ``traced`` is true
+    under :func:`torch.compile` and PyG's explain mode, which hook into
+    message passing; ``edges`` may be None only then."""
     if requested != "auto":
-        return requested
+        return get_backend(requested).name
     if traced or edges is None:
         return "propagate"
     layout = edges.layout
     dense_ok = layout is not None and (edges.coalesced or not has_terms)
     B, T = (layout.num_graphs, layout.max_nodes) if dense_ok else (1, edges.num_dst)
     return choose_backend(num_edges=edges.num_edges, num_graphs=B, max_nodes=T, heads=heads,
-                          device=device, dense_ok=dense_ok, fused_ok=fused_ok,
+                          device=device, dense_ok=dense_ok,
+                          fused_ok=REGISTRY["fused"].available(device),
                           dropout_active=dropout_active, edge_features=per_edge_features,
                           channels=channels, typed_edges=has_terms and not per_edge_features,
-                          fused_cpu_ok=fused_cpu_ok)
+                          fused_cpu_ok=REGISTRY["fused_cpu"].available(device))
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .backend import AttentionCall
+from .call import AttentionCall
 from .functional import dropout
 from .sparse import sparse_attention
 

@@ -7,11 +7,16 @@ edges:
     \alpha_{e} = \frac{\exp(s_e - m_{i})}{\sum_{e' \to i} \exp(s_{e'} - m_{i})},
     \qquad m_i = \max_{e' \to i} s_{e'}
 
-for every edge :math:`e = (j \to i)`. Two backends compute it, with identical
-results: ``"native"`` (PyTorch's own ``scatter_reduce`` / ``index_add``) and
-``"scatter"`` (the optional ``torch-scatter`` package). ``"auto"`` picks
-``torch-scatter`` when it is installed, except under :func:`torch.compile`,
-which cannot trace torch-scatter's custom ops: there it picks ``"native"``.
+for every edge :math:`e = (j \to i)`. It is the one softmax of the package:
+edges in any order (``index``: the target of each edge) are reduced by
+scattering, with PyTorch's own ``scatter_reduce`` / ``index_add``
+(``"native"``) or the optional ``torch-scatter`` package (``"scatter"``;
+identical results): ``"auto"`` picks ``torch-scatter`` when it is installed,
+except under :func:`torch.compile`, which cannot trace torch-scatter's custom
+ops (:func:`softmax_implementation`). Edges grouped by target (``ptr``, as
+in a CSR matrix) are reduced over contiguous segments
+(``torch.segment_reduce``), in place, with a backward that keeps only the
+weights: what the ``"sparse"`` attention backend uses.
 """
 from __future__ import annotations
 
@@ -24,25 +29,33 @@ from torch.compiler import is_compiling
 
 from .cpu_kernels import draw_seed, dropout_threshold, kernel, kernels_available, pointer
 
-SoftmaxBackend = Literal["auto", "native", "scatter"]
-BACKENDS = ("auto", "native", "scatter")
+SoftmaxImplementation = Literal["auto", "native", "scatter"]
+#: What :func:`segment_softmax`'s ``backend`` may be.
+SOFTMAX_IMPLEMENTATIONS = ("auto", "native", "scatter")
 
 HAS_TORCH_SCATTER = importlib.util.find_spec("torch_scatter") is not None
 
 
-def resolve_backend(backend: str) -> str:
-    """Turn ``"auto"`` into a concrete backend and check the name."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown softmax backend {backend!r}; choose one of {BACKENDS}")
-    if backend == "auto":
+def softmax_implementation(name: str) -> str:
+    """How :func:`segment_softmax` scatters for ``name``: ``"auto"`` becomes
+    ``"scatter"`` (torch-scatter installed, not under :func:`torch.compile`)
+    or ``"native"``; a name is checked.
+
+    Raises:
+        ValueError: on an unknown name.
+        ImportError: for ``"scatter"`` without torch-scatter."""
+    if name not in SOFTMAX_IMPLEMENTATIONS:
+        raise ValueError(f"unknown softmax backend {name!r}; choose one of "
+                         f"{SOFTMAX_IMPLEMENTATIONS}")
+    if name == "auto":
         # torch-scatter's custom ops have no fake kernels, so torch.compile
-        # cannot trace them: compiled code uses the native backend.
+        # cannot trace them: compiled code uses the native implementation.
         return "scatter" if HAS_TORCH_SCATTER and not is_compiling() else "native"
-    if backend == "scatter" and not HAS_TORCH_SCATTER:
+    if name == "scatter" and not HAS_TORCH_SCATTER:
         raise ImportError("softmax backend 'scatter' needs torch-scatter: "
                           "pip install --no-build-isolation torch-scatter "
                           "(or use backend='native')")
-    return backend
+    return name
 
 
 def _reduce_native(src: Tensor, index: Tensor, num_nodes: int, reduce: str) -> Tensor:
@@ -63,31 +76,56 @@ def _reduce_scatter(src: Tensor, index: Tensor, num_nodes: int, reduce: str) -> 
     return torch_scatter.scatter_add(src, index, dim=0, dim_size=num_nodes)
 
 
-def segment_softmax(src: Tensor, index: Tensor, num_nodes: Optional[int] = None,
-                    backend: SoftmaxBackend = "auto") -> Tensor:
+def segment_softmax(src: Tensor, index: Optional[Tensor] = None,
+                    num_nodes: Optional[int] = None, *, ptr: Optional[Tensor] = None,
+                    dim: int = 0, backend: SoftmaxImplementation = "auto") -> Tensor:
     r"""Softmax of edge scores over the incoming edges of each target node.
 
     Args:
-        src (Tensor [E, *]): scores, e.g. ``[E, H]`` for H heads. Entries equal to
-            ``-inf`` are masked out (weight 0).
-        index (LongTensor [E]): target node of each edge.
+        src (Tensor): scores with the edges along ``dim``, e.g. ``[E, H]``
+            for H heads (``dim=0``) or ``[H, E]`` (``dim=1``). Entries equal
+            to ``-inf`` are masked out (weight 0).
+        index (LongTensor [E], optional): target node of each edge; needed
+            without ``ptr``, and with it saves expanding ``ptr``.
         num_nodes (int, optional): number of target nodes (default:
-            ``index.max() + 1``).
-        backend (str): ``"auto"``, ``"native"`` or ``"scatter"``.
+            ``index.max() + 1``, or ``ptr.numel() - 1``).
+        ptr (LongTensor [N + 1], optional): the edges are grouped by target,
+            those into target ``i`` at ``ptr[i]:ptr[i + 1]`` along ``dim``:
+            reduced over contiguous segments, in place, and backward keeps
+            only the weights (``backend`` is not used then).
+        dim (int): the edge dimension of ``src``.
+        backend (str): how to scatter without ``ptr``: ``"auto"``,
+            ``"native"`` or ``"scatter"`` (:func:`softmax_implementation`).
 
     Returns:
-        Tensor [E, *] of the dtype of ``src``: for every target node and trailing
-        index the weights of its edges sum to 1, or are all 0 when every one of
-        its scores is ``-inf``. Never NaN for finite or ``-inf`` input.
+        Tensor of the shape and dtype of ``src``: for every target node and
+        other index the weights of its edges sum to 1, or are all 0 when
+        every one of its scores is ``-inf``. Never NaN for finite or ``-inf``
+        input.
 
     The maximum is subtracted before ``exp`` and the sums accumulate in
     float32 for float16 / bfloat16 input, so large logits neither overflow
     nor lose the normaliser's precision.
     """
-    backend = resolve_backend(backend)
+    dim = dim % src.dim() if src.dim() else 0
+    if ptr is not None:
+        if num_nodes is not None and num_nodes != ptr.numel() - 1:
+            raise ValueError(f"'num_nodes' is {num_nodes} but 'ptr' has {ptr.numel()} entries "
+                             f"(num_nodes + 1 expected)")
+        if index is None:
+            index = torch.repeat_interleave(torch.arange(ptr.numel() - 1, device=ptr.device),
+                                            ptr.diff(), output_size=src.size(dim))
+        x = src.float() if src.dtype in (torch.float16, torch.bfloat16) else src
+        return _CSRSoftmax.apply(x, ptr, index, dim).to(src.dtype)
+    if index is None:
+        raise ValueError("segment_softmax needs 'index' (the target of each edge) or 'ptr' "
+                         "(edges grouped by target)")
+    if dim != 0:
+        return segment_softmax(src.movedim(dim, 0), index, num_nodes,
+                               backend=backend).movedim(0, dim)
+    reduce = _reduce_scatter if softmax_implementation(backend) == "scatter" else _reduce_native
     if num_nodes is None:
         num_nodes = int(index.max()) + 1 if index.numel() > 0 else 0
-    reduce = _reduce_scatter if backend == "scatter" else _reduce_native
     x = src.float() if src.dtype in (torch.float16, torch.bfloat16) else src
     with torch.no_grad():  # softmax is invariant to the shift: no gradient needed
         shift = reduce(x.detach(), index, num_nodes, "max")
@@ -99,53 +137,34 @@ def segment_softmax(src: Tensor, index: Tensor, num_nodes: Optional[int] = None,
 
 
 class _CSRSoftmax(torch.autograd.Function):
-    """:func:`csr_softmax` with a backward that needs only the weights."""
+    """:func:`segment_softmax` of edges grouped by target (``ptr``) along
+    ``axis``, with a backward that needs only the weights."""
 
     @staticmethod
-    def forward(ctx, scores: Tensor, ptr: Tensor, row: Tensor) -> Tensor:
-        offsets = ptr.expand(scores.size(0), -1)
-        shift = torch.segment_reduce(scores, "max", offsets=offsets, axis=1)      # [H, N]
+    def forward(ctx, scores: Tensor, ptr: Tensor, row: Tensor, axis: int) -> Tensor:
+        offsets = ptr.expand(*scores.shape[:axis], -1)
+        shift = torch.segment_reduce(scores, "max", offsets=offsets, axis=axis)  # [.., N, ..]
         shift.masked_fill_(~torch.isfinite(shift), 0.0)   # empty or all-masked rows
-        out = shift.index_select(1, row)                                          # [H, E]
+        out = shift.index_select(axis, row)                                     # [.., E, ..]
         torch.sub(scores, out, out=out).exp_()
-        denom = torch.segment_reduce(out, "sum", offsets=offsets, axis=1)
+        denom = torch.segment_reduce(out, "sum", offsets=offsets, axis=axis)
         denom.masked_fill_(denom == 0, 1.0)               # all weights 0 there
-        out.div_(denom.index_select(1, row))
+        out.div_(denom.index_select(axis, row))
         ctx.save_for_backward(out, ptr, row)
+        ctx.axis = axis
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
         alpha, ptr, row = ctx.saved_tensors
+        axis = ctx.axis
         # d s_e = α_e (g_e - Σ_{e' → i} α_e' g_e')
         out = grad * alpha
-        dot = torch.segment_reduce(out, "sum", offsets=ptr.expand(alpha.size(0), -1), axis=1)
-        out.sub_(dot.index_select(1, row).mul_(alpha))
-        return out, None, None
-
-
-def csr_softmax(scores: Tensor, ptr: Tensor, row: Tensor) -> Tensor:
-    r"""The softmax of :func:`segment_softmax` for edges grouped by target and
-    heads first: :math:`\alpha^h_e = \exp(s^h_e - m^h_i) / \sum_{e' \to i}
-    \exp(s^h_{e'} - m^h_i)`.
-
-    Args:
-        scores (Tensor [H, E]): scores of the edges in target order, float32
-            or float64; ``-inf`` masks an edge out.
-        ptr (LongTensor [N + 1]): the edges into target ``i`` are
-            ``ptr[i]:ptr[i + 1]``.
-        row (LongTensor [E]): the target of each edge (``ptr`` expanded).
-
-    Returns:
-        Tensor [H, E]: weights summing to 1 over each target's edges, or all 0
-        where every score is ``-inf``; never NaN for finite or ``-inf`` input.
-
-    Every pass reads contiguous segments (``torch.segment_reduce``) instead of
-    scattering by index, the steps run in place on one [H, E] buffer, and
-    backward keeps only the weights.
-    """
-    return _CSRSoftmax.apply(scores, ptr, row)
+        dot = torch.segment_reduce(out, "sum", offsets=ptr.expand(*alpha.shape[:axis], -1),
+                                   axis=axis)
+        out.sub_(dot.index_select(axis, row).mul_(alpha))
+        return out, None, None, None
 
 
 #: Resolution of :func:`dropout`'s drop probability: masks come from 16-bit

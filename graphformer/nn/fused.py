@@ -67,6 +67,9 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .call import AttentionCall
+from .csr import SDDMM
+
 try:
     import triton
     import triton.language as tl
@@ -76,7 +79,7 @@ except ImportError:  # pragma: no cover - exercised only without triton
 
 HAS_TRITON: bool = triton is not None
 
-__all__ = ["HAS_TRITON", "fused_available", "fused_attention"]
+__all__ = ["HAS_TRITON", "fused_available", "fused_attention", "fused_backend"]
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _NOT_AVAILABLE = ("the fused backend needs a CUDA device with triton installed; "
@@ -571,3 +574,43 @@ def _fused_attention(q: Tensor, k: Tensor, v: Tensor, ptr: Tensor, col: Tensor,
         bias.contiguous() if bias is not None else None,
         edge_values.contiguous() if edge_values is not None else None,
         float(scale), block_e, num_warps)
+
+
+def fused_backend(call: AttentionCall) -> Tuple[Tensor, Optional[Tensor]]:
+    """The ``"fused"`` backend: takes an
+    :class:`~graphformer.nn.call.AttentionCall` and returns ``(out [N_t, H, C],
+    alpha [E, H] or None)``. Edge score terms enter as a per-edge bias, edge
+    values are streamed by the kernel and projected afterwards; the weights
+    (``need_weights``) are recomputed from the kernel's log-sum-exp and carry
+    no gradient. No attention dropout: training with ``dropout > 0`` is
+    refused."""
+    if call.training and call.dropout > 0:
+        raise ValueError("the fused backend has no attention dropout; use "
+                         "backend='sparse' or 'dense' to train with dropout > 0")
+    q, k, v, csr, terms = call.q, call.k, call.v, call.edges.csr, call.terms
+    H, C = q.size(1), q.size(2)
+    scale = 1.0 / math.sqrt(C)
+    bias = edge_values = None
+    if terms is not None:
+        # sparse products have no half-precision CPU kernels: score in float32
+        bias = terms.scores(q.float(), k.float())
+        bias = bias.t() * scale if bias is not None else None
+        edge_values = terms.per_edge() if terms.w_ev is not None else None
+    if call.head_mask is not None:
+        bias = (bias if bias is not None else q.new_zeros(csr.num_edges, H, dtype=torch.float))
+        bias = bias.masked_fill(~call.head_mask, float("-inf"))
+    out, lse, edge_out = fused_attention(
+        q, k, v, csr.ptr, csr.col, bias=bias,
+        edge_values=edge_values.to(q.dtype) if edge_values is not None else None, scale=scale)
+    if edge_out is not None:
+        D = edge_values.size(1)
+        out = out + torch.einsum("nhd,hcd->nhc", edge_out,
+                                 terms.w_ev.to(edge_out.dtype).view(H, C, D))
+    alpha = None
+    if call.need_weights:
+        with torch.no_grad():
+            s = SDDMM.apply(q.float().transpose(0, 1), k.float().transpose(0, 1), csr).t() * scale
+            if bias is not None:
+                s = s + bias
+            alpha = (s - lse.index_select(0, csr.row)).exp().nan_to_num(0.0).to(q.dtype)
+    return out, alpha

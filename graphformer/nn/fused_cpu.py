@@ -73,7 +73,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .backend import AttentionCall
+from .call import AttentionCall
 from .cpu_kernels import (draw_seed, dropout_threshold, kernel, kernels_available,
                           kernels_unavailable, pointer)
 from .csr import EdgeCSR

@@ -38,9 +38,9 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .backend import AttentionCall
+from .call import AttentionCall
 from .csr import SDDMM, SpMM
-from .functional import csr_softmax, dropout
+from .functional import dropout, segment_softmax
 
 
 def sparse_attention(call: AttentionCall) -> Tuple[Tensor, Optional[Tensor]]:
@@ -64,7 +64,7 @@ def sparse_attention(call: AttentionCall) -> Tuple[Tensor, Optional[Tensor]]:
         score = torch.add(score, bias, alpha=scale)
     if call.head_mask is not None:
         score = score.masked_fill(~call.head_mask.t(), float("-inf"))
-    alpha = csr_softmax(score, csr.ptr, csr.row)                             # [H, E]
+    alpha = segment_softmax(score, csr.row, ptr=csr.ptr, dim=1)             # [H, E]
     weights = dropout(alpha, p=call.dropout, training=call.training)
     out = SpMM.apply(weights, v.transpose(0, 1), csr).transpose(0, 1)       # [N_t, H, C]
     edge_values = call.terms.values(weights) if call.terms is not None else None

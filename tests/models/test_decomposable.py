@@ -17,11 +17,10 @@ PREMISES = [[1, 2, 3, 4], [5], [6, 7], [8, 9, 10, 11, 12], [3]]
 HYPOTHESES = [[2, 9], [1, 2, 3], [4], [5, 6], [7]]
 
 
-def _model(softmax_backend="auto", **kwargs):
+def _model(**kwargs):
     args = dict(vocab_size=16, num_classes=3, embed_dim=8, hidden=12)
     args.update(kwargs)
-    return DecomposableAttention(DecomposableAttentionConfig(**args),
-                                 softmax_backend=softmax_backend)
+    return DecomposableAttention(DecomposableAttentionConfig(**args))
 
 
 def _pad(x, ptr):
@@ -219,8 +218,9 @@ def test_f_runs_once_per_token_and_d2l_shapes():
 
 
 def test_matches_dense_reference_forward_and_gradients(backend):
+    """Once per softmax implementation (the ``backend`` fixture forces it)."""
     torch.manual_seed(1)
-    model = _model(softmax_backend=backend).double()
+    model = _model().double()
     pa, pb = _batches()
     a = model.embedding(pa.x).detach().requires_grad_()
     b = model.embedding(pb.x).detach().requires_grad_()
@@ -302,8 +302,12 @@ def test_clear_errors():
         model.classify(torch.randn(2, 5), torch.tensor([0, 2]), torch.randn(1, 8), 1)
     with pytest.raises(TypeError, match="must be a DecomposableAttentionConfig"):
         DecomposableAttention({"vocab_size": 3})
-    with pytest.raises(ValueError, match="unknown softmax backend 'fast'"):
-        _model(softmax_backend="fast")
+    config = DecomposableAttentionConfig(vocab_size=16, num_classes=3)
+    with pytest.raises(TypeError, match=r"DecomposableAttention\(softmax_backend=\.\.\.\) was "
+                                        r"removed: graphformer.nn.functional chooses"):
+        DecomposableAttention(config, softmax_backend="native")
+    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['backend'\]"):
+        DecomposableAttention(config, backend="native")
 
 
 def entailment_data(n, vocab, generator):

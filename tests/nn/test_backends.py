@@ -5,12 +5,13 @@ MultiheadAttention and the dense equations in test_attention.py) and against
 a dense float64 evaluation of the equations. Plus the cost model, the
 estimate and the memory shape of the sparse backend."""
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
 from graphformer import patterns as P
-from graphformer.nn import RelationalAttention, estimate
+from graphformer.nn import EdgeSet, RelationalAttention, estimate
 from graphformer.nn.backend import (DENSE_MAX_SCORES, PROPAGATE_BELOW, choose_backend,
                                      padded_density)
 from graphformer.nn.fused import fused_available
@@ -255,18 +256,16 @@ def test_auto_follows_the_cost_model():
 
 
 def test_auto_picks_dense_for_full_molecules_and_sparse_for_bonds(monkeypatch):
-    """The layer calls the backend the cost model names."""
+    """The layer calls the backend the cost model names (from the registry)."""
     import graphformer.nn.attention as A
 
     seen = []
-    for name in ("sparse_attention", "dense_attention"):
-        real = getattr(A, name)
-
-        def spy(*args, _real=real, _name=name, **kwargs):
-            seen.append(_name)
-            return _real(*args, **kwargs)
-
-        monkeypatch.setattr(A, name, spy)
+    spied = dict(A.REGISTRY)
+    for name in ("sparse", "dense"):
+        real = spied[name]
+        spied[name] = replace(real, run=lambda call, _real=real: seen.append(_real.name)
+                              or _real.run(call))
+    monkeypatch.setattr(A, "REGISTRY", spied)
     ptr = ptr_of([25] * 8)
     batch = torch.repeat_interleave(torch.arange(8), 25)
     layer = RelationalAttention(IN, OUT, heads=H)
@@ -274,7 +273,47 @@ def test_auto_picks_dense_for_full_molecules_and_sparse_for_bonds(monkeypatch):
     layer(x, P.full(ptr), batch=batch)
     layer(x, P.graph(_ring(ptr)), batch=batch)
     layer((x, x), P.full(ptr))                     # bipartite: dense does not apply
-    assert seen == ["dense_attention", "sparse_attention", "sparse_attention"]
+    assert seen == ["dense", "sparse", "sparse"]
+
+
+def test_one_registry_names_every_backend_and_where_it_runs(monkeypatch):
+    """REGISTRY: the backends a layer accepts (``"auto"`` besides), each with
+    its function and its availability per device; the CPU kernels turned off
+    take ``fused_cpu`` off the CPU's list and ``auto`` picks ``sparse``."""
+    from graphformer.nn.backend import (ATTENTION_BACKENDS, REGISTRY, Backend,
+                                        available_backends, get_backend, resolve_backend)
+    from graphformer.nn.cpu_kernels import ENV_SWITCH
+    from graphformer.nn.fused import fused_backend
+    from graphformer.nn.fused_cpu import fused_cpu_backend
+    from graphformer.nn.sparse import sparse_attention
+
+    assert ATTENTION_BACKENDS == ("auto", "sparse", "dense", "fused", "fused_cpu", "propagate")
+    assert set(REGISTRY) == set(ATTENTION_BACKENDS[1:])
+    assert get_backend("sparse").run is sparse_attention
+    assert REGISTRY["fused"].run is fused_backend
+    assert REGISTRY["fused_cpu"].run is fused_cpu_backend
+    with pytest.raises(ValueError, match=r"unknown attention backend 'auto'; choose one of"):
+        get_backend("auto")
+    with pytest.raises(ValueError, match="other than 'auto'"):
+        Backend("auto", sparse_attention, lambda d: True, "")
+    cpu = torch.device("cpu")
+    assert {"sparse", "dense", "propagate"} <= set(available_backends(cpu))
+    assert ("fused_cpu" in available_backends(cpu)) == fused_cpu_available()
+    assert "fused_cpu" not in available_backends(torch.device("meta"))
+    typed = EdgeSet(torch.tensor([[0, 1, 2], [1, 2, 0]]), 3, edge_type=torch.tensor([0, 1, 0]))
+    kw = dict(heads=2, channels=8, device=cpu, per_edge_features=False, has_terms=True,
+              dropout_active=False, traced=False)
+    if fused_cpu_available():
+        assert resolve_backend("auto", typed, **kw) == "fused_cpu"
+    monkeypatch.setenv(ENV_SWITCH, "0")
+    assert "fused_cpu" not in available_backends(cpu)
+    assert resolve_backend("auto", typed, **kw) == "sparse"
+    assert resolve_backend("fused_cpu", typed, **kw) == "fused_cpu"   # explicit: as asked
+    assert resolve_backend("auto", None, **dict(kw, traced=True)) == "propagate"
+    layer = RelationalAttention(8, 8, heads=2, edge_dim=3, backend="fused_cpu")
+    with pytest.raises(RuntimeError, match=f"the fused_cpu backend is unavailable: turned off "
+                                           f"by {ENV_SWITCH}=0"):
+        layer(torch.randn(3, 8), typed, torch.randn(2, 3))
 
 
 def test_estimate_is_consistent():

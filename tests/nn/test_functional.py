@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from graphformer.nn.functional import csr_softmax, resolve_backend, segment_softmax
+from graphformer.nn.functional import segment_softmax, softmax_implementation
 
 
 def dense_reference(src, index, num_nodes):
@@ -48,10 +48,16 @@ def test_gradient_is_exact(backend):
 
 
 def test_backend_names():
-    assert resolve_backend("native") == "native"
-    assert resolve_backend("auto") in ("native", "scatter")
+    assert softmax_implementation("native") == "native"
+    assert softmax_implementation("auto") in ("native", "scatter")
     with pytest.raises(ValueError, match="unknown softmax backend 'fast'"):
-        resolve_backend("fast")
+        softmax_implementation("fast")
+    with pytest.raises(ValueError, match="unknown softmax backend 'fast'"):
+        segment_softmax(torch.zeros(2), torch.tensor([0, 0]), backend="fast")
+    with pytest.raises(ValueError, match="needs 'index' .* or 'ptr'"):
+        segment_softmax(torch.zeros(2))
+    with pytest.raises(ValueError, match="'num_nodes' is 3 but 'ptr' has 2 entries"):
+        segment_softmax(torch.zeros(2), ptr=torch.tensor([0, 2]), num_nodes=3)
 
 
 def _sorted_case(dtype=torch.float64):
@@ -64,11 +70,13 @@ def _sorted_case(dtype=torch.float64):
     return scores, ptr, row
 
 
-def test_csr_softmax_equals_segment_softmax_forward_and_backward():
+def test_grouped_by_target_equals_scattered_forward_and_backward():
+    """With ``ptr`` (edges grouped by target; here heads first, ``dim=1``)
+    the softmax is the scattered one."""
     scores, ptr, row = _sorted_case()
     a = scores.clone().requires_grad_()
     b = scores.t().clone().requires_grad_()
-    out = csr_softmax(a, ptr, row)
+    out = segment_softmax(a, row, ptr=ptr, dim=1)
     ref = segment_softmax(b, row, 6, backend="native")
     torch.testing.assert_close(out, ref.t())
     dense = dense_reference(scores.t(), row, 6).t().nan_to_num(0.0)   # all -inf: 0
@@ -80,10 +88,25 @@ def test_csr_softmax_equals_segment_softmax_forward_and_backward():
     torch.testing.assert_close(a.grad, b.grad.t())
 
 
-def test_csr_softmax_gradcheck_and_leaves_its_input_alone():
+def test_grouped_by_target_gradcheck_and_leaves_its_input_alone():
     scores, ptr, row = _sorted_case()
     scores = scores.clamp(min=-10).requires_grad_()   # gradcheck needs finite input
     before = scores.detach().clone()
-    assert torch.autograd.gradcheck(lambda s: csr_softmax(s, ptr, row), scores)
-    csr_softmax(scores, ptr, row)
+    assert torch.autograd.gradcheck(lambda s: segment_softmax(s, row, ptr=ptr, dim=1), scores)
+    segment_softmax(scores, row, ptr=ptr, dim=1)
     assert torch.equal(scores.detach(), before)
+
+
+@pytest.mark.parametrize("layout", ["edges first", "heads first", "edges last of 3"])
+def test_grouped_by_target_any_edge_dim_and_without_index(layout):
+    """The edges along any dimension; ``index`` expanded from ``ptr`` when
+    not given; half precision computed in float32 and returned as given."""
+    scores, ptr, row = _sorted_case()                                    # [H, E]
+    src, dim = {"edges first": (scores.t(), 0), "heads first": (scores, 1),
+                "edges last of 3": (torch.stack([scores, 2 * scores]), -1)}[layout]
+    out = segment_softmax(src, ptr=ptr, dim=dim)
+    ref = segment_softmax(src.movedim(dim, 0), row, 6, backend="native").movedim(0, dim)
+    torch.testing.assert_close(out, ref)
+    half = segment_softmax(src.half(), row, ptr=ptr, dim=dim)
+    assert half.dtype == torch.float16
+    torch.testing.assert_close(half.double(), ref, atol=2e-3, rtol=2e-3)

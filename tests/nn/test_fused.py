@@ -417,7 +417,9 @@ def test_imports_without_triton(monkeypatch):
     for name in [m for m in sys.modules if m == "triton" or m.startswith("triton.")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "triton", None)  # makes `import triton` fail
-    spec = importlib.util.spec_from_file_location("_fused_without_triton", FUSED_PY)
+    # a second copy of the module, in the package (its relative imports resolve)
+    spec = importlib.util.spec_from_file_location("graphformer.nn._fused_without_triton",
+                                                  FUSED_PY)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.HAS_TRITON is False

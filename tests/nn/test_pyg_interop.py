@@ -78,15 +78,15 @@ def test_through_to_hetero(backend):
         torch.testing.assert_close(out[node_type], expected[node_type])
 
 
-@pytest.mark.parametrize("softmax_backend", ["native", "auto"])
-def test_torch_compile_has_no_graph_breaks(softmax_backend, monkeypatch):
+@pytest.mark.parametrize("softmax", ["native", "auto"])
+def test_torch_compile_has_no_graph_breaks(softmax, monkeypatch):
     # "auto" picks torch-scatter in eager mode when it is installed, and the
     # native backend under torch.compile.
     ptr = torch.tensor([0, 5, 9])
     ei, member = P.union(P.causal(ptr), P.window(ptr, 1, causal=False))
     e = torch.randn(ei.size(1), 3)
-    if softmax_backend != "auto":
-        force_softmax(monkeypatch, softmax_backend)
+    if softmax != "auto":
+        force_softmax(monkeypatch, softmax)
     layer = RelationalAttention(8, 8, heads=2, edge_dim=3)
     x = torch.randn(9, 8)
     explanation = torch._dynamo.explain(layer)(x, ei, e, member)
