@@ -53,8 +53,10 @@ model (:func:`choose_backend`), in order:
    :data:`DENSE_MAX_SCORES` entries;
 6. otherwise ``"sparse"``.
 
-An explicitly named backend runs as asked; one that cannot run on the
-tensors' device raises what it needs (:attr:`Backend.requires`).
+An explicitly named backend runs as asked, unchecked: one that cannot run on
+the tensors' device raises its own reason (``"fused"``: no CUDA or Triton;
+``"fused_cpu"``: why the kernels are unavailable). :attr:`Backend.requires`
+says in words what each needs, :func:`available_backends` which run here.
 
 :func:`estimate` predicts FLOPs and peak memory of one layer call for a batch
 and backend; ``scripts/bench_attention.py`` checks it against measurements.
