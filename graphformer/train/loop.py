@@ -708,7 +708,7 @@ class _Run:
             return {}
         path = self.dir / "best.pt"
         state = load_checkpoint(path)
-        model = GraphTransformer(self.model_cfg)
+        model = GraphTransformer(self.model.config)
         model.load_state_dict(state["model"])
         calibration, metrics = calibrate(model.to(self.device), self.prepared,
                                          max(self.cfg.train.batch_size, EVAL_BATCH_GRAPHS),
