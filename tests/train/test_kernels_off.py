@@ -24,8 +24,9 @@ from graphformer.nn import csr, functional, fused_cpu
 from tests.commands import cli
 from tests.train.conftest import tiny_csv  # noqa: F401  (fixture)
 
-pytestmark = pytest.mark.skipif(not kernels_available(),
-                                reason=f"the CPU kernels are unavailable: {kernels_unavailable()}")
+#: the tests that compare with the kernels on need them
+needs_kernels = pytest.mark.skipif(
+    not kernels_available(), reason=f"the CPU kernels are unavailable: {kernels_unavailable()}")
 
 #: the default molecule model (typed bonds and full attention: fused_cpu when
 #: the kernels are on), one short epoch; dropout 0 is the model's default
@@ -60,6 +61,7 @@ def kernel_calls(monkeypatch):
 
 
 @pytest.mark.slow
+@needs_kernels
 def test_training_and_ensemble_predict_with_the_kernels_off_equal_them_on(
         tmp_path, tiny_csv, monkeypatch):  # noqa: F811
     calls = kernel_calls(monkeypatch)
@@ -84,6 +86,7 @@ def test_training_and_ensemble_predict_with_the_kernels_off_equal_them_on(
     pd.testing.assert_series_equal(off_pred["y"], on_pred["y"], rtol=1e-4, atol=1e-6)
 
 
+@needs_kernels
 def test_the_switch_refuses_what_it_does_not_know(monkeypatch):
     monkeypatch.setenv(ENV_SWITCH, "maybe")
     with pytest.raises(ValueError, match=f"{ENV_SWITCH}='maybe': use 0"):
