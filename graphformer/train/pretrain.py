@@ -153,6 +153,9 @@ class PretrainConfig:
         if self.train.head_epochs:
             raise ConfigError("train", "head_epochs", "is not used by pretrain (it trains "
                               "the trunk and its heads together from the start)")
+        if self.train.loss != "mse":
+            raise ConfigError("train", "loss", f"is not used by pretrain (its objectives "
+                              f"have their own losses), got {self.train.loss!r}")
         if self.train.ensemble != 1:
             raise ConfigError("train", "ensemble", f"must be 1 for pretrain (one trunk is "
                               f"pre-trained; TrainConfig's default, {self.train.ensemble}, is "

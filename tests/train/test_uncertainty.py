@@ -458,3 +458,12 @@ def test_an_ensemble_saves_the_calibration_of_its_spread(tmp_path, tiny_csv):
                                                                   "version")},
                     tmp_path / "old.pt")
     assert unc.calibration_of(load_checkpoint(tmp_path / "old.pt")) is None
+
+
+def test_pretraining_refuses_a_distribution_loss():
+    from graphformer.errors import ConfigError
+    from graphformer.train.config import TrainConfig
+    from graphformer.train.pretrain import PretrainConfig
+
+    with pytest.raises(ConfigError, match="train.loss.*is not used by pretrain.*'mve'"):
+        PretrainConfig(train=TrainConfig(loss="mve", ensemble=1))
