@@ -43,8 +43,9 @@ def add_screen_arguments(p: argparse.ArgumentParser, output_help: str) -> None:
                    "failing at the first chunk that holds one")
     p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--chunk-size", type=positive_int, default=CHUNK_SIZE, metavar="ROWS",
-                   help=f"rows read, featurised and committed to the output at a time "
-                   f"(default {CHUNK_SIZE}); memory grows with it, never with the file")
+                   help=f"rows committed to the output at a time (default {CHUNK_SIZE}): "
+                   f"--resume continues after the last complete chunk; memory holds one "
+                   f"chunk's SMILES, never the file's")
     p.add_argument("--workers", type=workers_count, default=0, metavar="N",
                    help="processes that turn SMILES into graphs while the model runs "
                    "(default 0: in this process; worth it when RDKit descriptors are "

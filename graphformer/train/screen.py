@@ -399,7 +399,13 @@ class PartialOutput:
 
     def _open(self, resume: bool) -> Done:
         state_path = self.folder / self.STATE
-        saved = self._read_state(state_path) if state_path.is_file() else None
+        saved = None
+        if state_path.is_file():
+            try:
+                saved = self._read_state(state_path)
+            except DataError:
+                if resume:
+                    raise
         if resume and saved is not None:
             self._check(saved)
             done = Done.from_dict(saved["done"])
@@ -493,10 +499,10 @@ class PartialOutput:
                             f"then, {now['checkpoint_sha256'][:12]}... now); {again}")
         if then.get("input") != now["input"]:
             was, now_in = then.get("input") or {}, now["input"]
-            what = "size" if was.get("size") != now_in["size"] else "content"
+            what = f"size differs: {was.get('size')} bytes then, {now_in['size']} now" \
+                if was.get("size") != now_in["size"] else "first or last MiB differs"
             raise DataError(f"{where}: the input changed since its partial output was started "
-                            f"(its {what} differs: {was.get('size')} bytes then, "
-                            f"{now_in['size']} now); {again}")
+                            f"(its {what}); {again}")
 
 
 # --------------------------------------------------------------------------- progress

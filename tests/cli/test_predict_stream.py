@@ -15,6 +15,7 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import graphformer.cli.predict as predict_cli
+import graphformer.train.screen as screen_module
 from graphformer.data import from_smiles
 from graphformer.data.encodings import encodings
 from graphformer.datasets.molecules import bundled_dir, read_csv
@@ -272,6 +273,39 @@ def test_resume_refuses_another_checkpoint_input_or_flag(checkpoint, ensemble, s
     code, _, err = cli("predict", checkpoint, src, "-o", out, *flags)
     assert code == 0 and "discarding the partial output of an earlier run" in err, err
     assert len(pd.read_csv(out)) == 41
+
+
+def test_a_damaged_state_is_refused_by_resume_and_replaced_without(checkpoint, source,
+                                                                   tmp_path):
+    out = tmp_path / "out.csv"
+    partial_folder(out).mkdir()
+    (partial_folder(out) / "state.json").write_text('{"format": "graphformer-partial-out')
+    assert_error(cli("predict", checkpoint, source, "-o", out, "--resume", *FAST), 1,
+                 "state.json is damaged", "without --resume")
+    assert cli("predict", checkpoint, source, "-o", out, *FAST)[0] == 0
+    assert len(pd.read_csv(out)) == 40 and not partial_folder(out).exists()
+
+
+def test_an_edit_before_the_resume_point_is_refused_and_one_after_it_is_read(
+        checkpoint, tmp_path, monkeypatch):
+    """The rows already written must be the input's rows: the bytes before
+    the resume point are hashed (here the identity's head and tail hashes
+    cover 16 bytes, so that only that check sees an edit of the same size)."""
+    monkeypatch.setattr(screen_module, "IDENTITY_BYTES", 16)
+    src = write_input(tmp_path / "in.csv", SMILES[:30])
+    out = tmp_path / "out.csv"
+    flags = ["--chunk-size", "8", *FAST]
+    with monkeypatch.context() as m:
+        crash_in_chunk(m, predict_cli, "prediction_columns", 2)
+        assert cli("predict", checkpoint, src, "-o", out, *flags)[0] == 130
+    data = src.read_bytes()
+    src.write_bytes(data.replace(b",mol3\n", b",mol9\n"))     # row 4: already written
+    assert_error(cli("predict", checkpoint, src, "-o", out, "--resume", *flags), 1,
+                 "the first 16 rows of", "changed since they were written")
+    src.write_bytes(data.replace(b",mol24\n", b",mol99\n"))   # row 25: not read yet
+    code, _, err = cli("predict", checkpoint, src, "-o", out, "--resume", *flags)
+    assert code == 0, err
+    assert pd.read_csv(out)["smiles"].tolist() == SMILES[:30]
 
 
 def test_resume_without_a_partial_output_starts_from_the_first_row(checkpoint, source,
