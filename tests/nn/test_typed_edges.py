@@ -94,6 +94,7 @@ def test_typed_edges_equal_per_edge_features(backend, pattern, head_mask, shared
 
 @pytest.mark.parametrize("backend", ["sparse", "dense", "fused_cpu", "propagate"])
 def test_edge_set_in_any_order_returns_weights_in_that_order(backend):
+    _backend_or_skip(backend)
     ptr, batch, ei, x, table, types, _ = _inputs("window", False)
     order = torch.randperm(ei.size(1), generator=torch.Generator().manual_seed(3))
     layer = RelationalAttention(IN, OUT, heads=H, edge_dim=D, backend=backend).double()
@@ -110,6 +111,7 @@ def test_edge_set_in_any_order_returns_weights_in_that_order(backend):
 @pytest.mark.parametrize("norm_first", [False, True])
 @pytest.mark.parametrize("backend", ["sparse", "dense", "fused_cpu", "propagate"])
 def test_transformer_layer_with_edge_updates_typed_equals_per_edge(norm_first, backend):
+    _backend_or_skip(backend)
     ptr, batch, ei, x, table, types, hm = _inputs("full", True)
     x = torch.randn(x.size(0), 8, dtype=torch.float64, requires_grad=True)
     torch.manual_seed(0)
