@@ -77,9 +77,9 @@ class NeighborSampler(BaseSampler):
             gets ``seed + worker id``), making the samples, and the negatives
             of :meth:`sample_from_edges`, reproducible; ``None`` draws from
             torch's global generator (seeded by ``torch.manual_seed``).
-        subgraph_type, disjoint, temporal_strategy, time_attr, weight_attr,
-        is_sorted, share_memory: PyG's :class:`NeighborSampler` keywords, so one
-            call builds either sampler. Only PyG's defaults are supported here
+        subgraph_type, disjoint, temporal_strategy, time_attr, weight_attr, is_sorted, share_memory:
+            PyG's :class:`NeighborSampler` keywords, so one call builds either
+            sampler. Only PyG's defaults are supported here
             (directional, non-disjoint, no temporal or weighted sampling), except
             ``is_sorted=True`` (``data.edge_index`` is already sorted by target:
             no sort) and ``share_memory=True`` (the CSC tensors built from a

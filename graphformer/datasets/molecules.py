@@ -206,7 +206,7 @@ class MoleculeCSVDataset(KeyedDataset):
             classification, non-0/1) target, naming the file, the column and
             the row (row N is on line N + 1;
             blank lines are skipped but counted, see :func:`read_csv`).
-        Both subclass ``ValueError``.
+            Both subclass ``ValueError``.
     """
 
     def __init__(self, path: Union[str, Path], smiles_column: str = "smiles",

@@ -856,7 +856,7 @@ def compile(program: Union[SOp, Callable[[SOp], SOp]], max_len: int,
 
     Raises:
         ValueError: naming the op that cannot be compiled (see the module
-        docstring for the list).
+            docstring for the list).
     """
     if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
         raise ValueError(f"'max_len' must be a positive int, got {max_len!r}")
