@@ -4,41 +4,27 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import typing
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from ..data.descriptors import MOLECULE_FEATURE_SETS
-from ..datasets.molecules import TASKS
 from ..errors import ConfigError, UsageError
-from ..models.graph_transformer import LOCALS, PATTERNS, POOLINGS
-from ..nn import ATTENTION_BACKENDS
+from ..models.graph_transformer import GraphTransformerConfig
 from ..train import RunConfig, read_config_file, resume, train
-from ..train.config import DEVICES
+from ..train.config import DataConfig, TrainConfig
 from ..train.checkpoint import load_checkpoint, run_config
 from ..train.ensemble import saved_ensemble
-from ..train.uncertainty import LOSSES
+from ._config_flags import add_config_flags, config_flags, settings
 
-# flag -> (section, key)
-_FLAGS = {
-    "dataset": ("data", "dataset"), "smiles_column": ("data", "smiles_column"),
-    "target_columns": ("data", "target_columns"), "task": ("data", "task"),
-    "split": ("data", "split"), "split_seed": ("data", "split_seed"), "root": ("data", "root"),
-    "molecule_features": ("data", "molecule_features"),
-    "feature_columns": ("data", "feature_columns"),
-    "hidden": ("model", "hidden"), "layers": ("model", "layers"), "heads": ("model", "heads"),
-    "dropout": ("model", "dropout"), "patterns": ("model", "patterns"), "k": ("model", "k"),
-    "pooling": ("model", "pooling"), "edge_update": ("model", "edge_update"),
-    "norm_first": ("model", "norm_first"), "rwse_steps": ("model", "rwse_steps"),
-    "lap_pe": ("model", "lap_pe"), "local": ("model", "local"),
-    "attention_backend": ("model", "attention_backend"),
-    "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
-    "weight_decay": ("train", "weight_decay"), "warmup_epochs": ("train", "warmup_epochs"),
-    "grad_clip": ("train", "grad_clip"), "seed": ("train", "seed"),
-    "device": ("train", "device"), "threads": ("train", "threads"),
-    "init": ("train", "init"), "pretrained": ("train", "pretrained"), "ema": ("train", "ema"),
-    "head_epochs": ("train", "head_epochs"), "ensemble": ("train", "ensemble"),
-    "loss": ("train", "loss"), "evidential_lambda": ("train", "evidential_lambda"),
-}
+#: the ``train`` settings that only ``graphformer train`` takes (not ``pretrain``)
+TRAIN_ONLY = ("init", "pretrained", "ema", "head_epochs", "ensemble", "loss",
+              "evidential_lambda")
+# flag -> (section, key): every setting of the three config sections
+_FLAGS = {**config_flags(DataConfig, "data"), **config_flags(GraphTransformerConfig, "model"),
+          **config_flags(TrainConfig, "train")}
+#: the flags written --x/--no-x
+_BOOLEAN_FLAGS = {f.name for cls in (DataConfig, GraphTransformerConfig, TrainConfig)
+                  for f in settings(cls) if typing.get_type_hints(cls)[f.name] is bool}
 # Flags a resumed run accepts: where it runs, not what it computes.
 RUNTIME_FLAGS = ("device", "threads", "root")
 
@@ -49,51 +35,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        "defaults, then --config FILE (YAML or JSON with sections data, model, "
                        "train), then the flags given.")
     add_run_arguments(p, "runs/<dataset>-<time>")
-    d = p.add_argument_group("data")
-    d.add_argument("--dataset", help="esol | freesolv | lipophilicity | ogbg-mol* | zinc | "
-                   "zinc-full | pcqm4mv2 | path/to/file.csv")
-    d.add_argument("--smiles-column")
-    d.add_argument("--target-columns", nargs="+")
-    d.add_argument("--task", choices=TASKS)
-    d.add_argument("--split", help="scaffold | random | official | column:NAME")
-    d.add_argument("--split-seed", type=int,
-                   help="seed of a random split (default: --seed)")
-    d.add_argument("--root", help="data cache directory")
-    d.add_argument("--molecule-features", nargs="+", choices=(*MOLECULE_FEATURE_SETS, "none"),
-                   help="descriptors per molecule for the readout (rdkit2d: RDKit's 2D "
-                   "descriptors), scaled by statistics of the training split; default rdkit2d "
-                   "for the bundled sets and CSV files, none for OGB / ZINC / PCQM4Mv2; "
-                   "'none' turns them off")
-    d.add_argument("--feature-columns", nargs="+", metavar="COLUMN",
-                   help="numeric columns of the CSV file as molecule features for the readout "
-                   "(an empty cell is a missing value)")
+    add_config_flags(p.add_argument_group("data"), DataConfig, "data")
     add_model_arguments(p)
-    t = add_training_arguments(p)
-    t.add_argument("--init", metavar="CKPT",
-                   help="start the model's trunk from this checkpoint of 'graphformer "
-                   "pretrain' (best.pt of its run); the model flags must match it")
-    t.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
-                   help="without --init, start from the shipped pre-trained checkpoint when "
-                   "the model matches it (--no-pretrained: from scratch)")
-    t.add_argument("--ema", type=float, metavar="DECAY",
-                   help="evaluate, select and save an exponential moving average of the "
-                   "weights with this decay per step (e.g. 0.99; default 0: off)")
-    t.add_argument("--head-epochs", type=int, metavar="N",
-                   help="first train the head alone for N epochs (the trunk frozen), then "
-                   "the whole model for --epochs (linear probing, then fine-tuning; "
-                   "default 0: off)")
-    t.add_argument("--ensemble", type=int, metavar="K",
-                   help="train K models (seeds derived from --seed, each a run in "
-                   "RUN_DIR/member-k) and predict with their mean (default 2; 1 = one model)")
-    t.add_argument("--loss", choices=tuple(LOSSES),
-                   help="regression: mse (a mean; default), mve (a Gaussian's mean and "
-                   "variance, its negative log-likelihood) or evidential (Normal-Inverse-Gamma "
-                   "parameters, deep evidential regression). A run whose predictions have a "
-                   "spread (mve, evidential, or an ensemble) saves intervals calibrated on "
-                   "the validation part in best.pt")
-    t.add_argument("--evidential-lambda", type=float, metavar="LAMBDA",
-                   help="weight of the evidence regulariser of --loss evidential (default "
-                   "0.2, as chemprop's EvidentialLoss; >= 0)")
+    add_training_arguments(p, train_only=True)
     p.set_defaults(run=run)
 
 
@@ -121,46 +65,23 @@ def section_flags(*sections: str, leave_out: Tuple[str, ...] = ()) -> Dict[str, 
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    """The model flags (the ``model`` config section)."""
-    m = p.add_argument_group("model")
-    m.add_argument("--hidden", type=int)
-    m.add_argument("--layers", type=int)
-    m.add_argument("--heads", type=int)
-    m.add_argument("--dropout", type=float)
-    m.add_argument("--patterns", nargs="+", choices=PATTERNS)
-    m.add_argument("--k", type=int, help="k of the k_hop pattern")
-    m.add_argument("--pooling", choices=POOLINGS)
-    m.add_argument("--edge-update", action=argparse.BooleanOptionalAction, default=None)
-    m.add_argument("--norm-first", action=argparse.BooleanOptionalAction, default=None)
-    m.add_argument("--rwse-steps", type=int)
-    m.add_argument("--lap-pe", type=int)
-    m.add_argument("--local", choices=LOCALS,
-                   help="message passing over the bonds before every block (gine: GINEConv)")
-    m.add_argument("--attention-backend",
-                   choices=ATTENTION_BACKENDS,
-                   help="how attention is computed (default auto: by a cost model)")
+    """The model flags (the ``model`` config section's settings)."""
+    add_config_flags(p.add_argument_group("model"), GraphTransformerConfig, "model")
 
 
-def add_training_arguments(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
-    """The training flags (the ``train`` config section); returns their group."""
+def add_training_arguments(p: argparse.ArgumentParser, train_only: bool = False
+                           ) -> argparse._ArgumentGroup:
+    """The training flags (the ``train`` config section's settings; those of
+    :data:`TRAIN_ONLY` with ``train_only``); returns their group."""
     t = p.add_argument_group("training")
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--lr", type=float)
-    t.add_argument("--weight-decay", type=float)
-    t.add_argument("--warmup-epochs", type=int)
-    t.add_argument("--grad-clip", type=float)
-    t.add_argument("--seed", type=int)
-    t.add_argument("--device", choices=DEVICES)
-    t.add_argument("--threads", type=int)
+    add_config_flags(t, TrainConfig, "train", leave_out=() if train_only else TRAIN_ONLY)
     return t
 
 
 def flag_text(name: str) -> str:
     """How the flag of config key ``name`` is written (``--batch-size``)."""
     flag = "--" + name.replace("_", "-")
-    return f"{flag}/--no-{flag[2:]}" if name in ("edge_update", "norm_first", "pretrained") \
-        else flag
+    return f"{flag}/--no-{flag[2:]}" if name in _BOOLEAN_FLAGS else flag
 
 
 def _given(args: argparse.Namespace, names) -> List[str]:

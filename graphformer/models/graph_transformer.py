@@ -16,6 +16,7 @@ from torch_geometric.utils import scatter
 from torch_geometric.utils.sparse import ptr2index
 
 from .. import patterns
+from .._settings import setting
 from ..datasets.molecules import TASKS, Task
 from ..nn import Dropout, EdgeSet, FeatureScaler, TransformerLayer
 from ..nn.backend import ATTENTION_BACKENDS
@@ -96,21 +97,29 @@ class GraphTransformerConfig:
     """
     num_tasks: int = 1
     task: Task = "regression"
-    hidden: int = 64
-    layers: int = 4
-    heads: int = 4
-    dropout: float = 0.0
-    patterns: Tuple[str, ...] = ("bonds", "full")
-    k: int = 3
+    hidden: int = setting(64, help="node (and edge) state size (default 64)")
+    layers: int = setting(4, help="transformer blocks (default 4)")
+    heads: int = setting(4, help="attention heads; --hidden must be divisible by it "
+                         "(default 4)")
+    dropout: float = setting(0.0, help="dropout in the blocks and the head (default 0)")
+    patterns: Tuple[str, ...] = setting(("bonds", "full"), choices=PATTERNS,
+                                        help="the attention edge set, a union (default: "
+                                        "bonds full)")
+    k: int = setting(3, help="k of the k_hop pattern (default 3)")
     self_loops: bool = True
-    edge_update: bool = False
-    norm_first: bool = True
-    pooling: Pooling = "mean"
-    rwse_steps: int = 16
-    lap_pe: int = 0
+    edge_update: bool = setting(False, help="update edge states in every block (default: no)")
+    norm_first: bool = setting(True, help="pre-norm blocks (default: yes)")
+    pooling: Pooling = setting("mean", help="the readout (default mean; virtual: a virtual "
+                               "token per graph)")
+    rwse_steps: int = setting(16, help="random-walk structural encoding steps, 0 = off "
+                              "(default 16)")
+    lap_pe: int = setting(0, help="Laplacian positional encoding width, 0 = off (default 0)")
     features: Features = "ogb"
-    local: Local = "none"
-    attention_backend: str = "auto"
+    local: Local = setting("none", help="message passing over the bonds before every block "
+                           "(gine: GINEConv; default none)")
+    attention_backend: str = setting("auto", choices=ATTENTION_BACKENDS,
+                                     help="how attention is computed (default auto: by a "
+                                     "cost model)")
     mol_features: int = 0
     mol_feature_names: Tuple[str, ...] = ()
     output: Output = "mean"

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
+from .._settings import setting
 from ..data.descriptors import MOLECULE_FEATURE_SETS
 from ..datasets.molecules import TASKS, takes_molecule_features
 from ..errors import ConfigError, UsageError
@@ -142,15 +143,29 @@ class DataConfig:
             With either, the model's readout takes the molecule features,
             scaled by statistics of the training split.
     """
-    dataset: str = "esol"
-    smiles_column: str = "smiles"
-    target_columns: List[str] = field(default_factory=list)
-    task: str = "regression"
-    split: Optional[str] = None
-    split_seed: Optional[int] = None
-    root: Optional[str] = None
-    molecule_features: Optional[List[str]] = None
-    feature_columns: List[str] = field(default_factory=list)
+    dataset: str = setting("esol", help="esol | freesolv | lipophilicity | ogbg-mol* | zinc | "
+                           "zinc-full | pcqm4mv2 | path/to/file.csv (default esol)")
+    smiles_column: str = setting("smiles", help="SMILES column of a CSV file (default smiles)")
+    target_columns: List[str] = setting(default_factory=list,
+                                        help="target column(s) of a CSV file")
+    task: str = setting("regression", choices=TASKS,
+                        help="of a CSV file's targets (default regression)")
+    split: Optional[str] = setting(None, help="scaffold | random | official | column:NAME "
+                                   "(default: official for OGB / ZINC / PCQM4Mv2, else "
+                                   "scaffold)")
+    split_seed: Optional[int] = setting(None, help="seed of a random split (default: --seed)")
+    root: Optional[str] = setting(None, help="data cache directory (default "
+                                  "~/.cache/graphformer)")
+    molecule_features: Optional[List[str]] = setting(
+        None, choices=(*MOLECULE_FEATURE_SETS, "none"),
+        help="descriptors per molecule for the readout (rdkit2d: RDKit's 2D descriptors; "
+        "morgan / morgan_counts: ECFP4 bits / counts), scaled by statistics of the training "
+        "split; default rdkit2d for the bundled sets and CSV files, none for OGB / ZINC / "
+        "PCQM4Mv2; 'none' turns them off")
+    feature_columns: List[str] = setting(
+        default_factory=list, metavar="COLUMN",
+        help="numeric columns of the CSV file as molecule features for the readout (an "
+        "empty cell is a missing value)")
 
     def __post_init__(self) -> None:
         coerce_fields(self, "data")
@@ -265,22 +280,44 @@ class TrainConfig:
     Values are converted by :func:`coerce` (a numeric string is a number), and
     every range error names its key.
     """
-    epochs: int = 20
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 1e-5
-    warmup_epochs: int = 5
-    grad_clip: float = 1.0
-    seed: int = 0
-    device: str = "auto"
-    threads: int = 0
-    init: Optional[str] = None
-    pretrained: bool = DEFAULT_PRETRAINED
-    ema: float = 0.0
-    head_epochs: int = 0
-    ensemble: int = 2
-    loss: str = "mse"
-    evidential_lambda: float = DEFAULT_EVIDENTIAL_LAMBDA
+    epochs: int = setting(20, help="passes over the training set, per model (default 20)")
+    batch_size: int = setting(32, help="graphs per batch, per process (default 32)")
+    lr: float = setting(1e-3, help="peak learning rate of AdamW (default 0.001)")
+    weight_decay: float = setting(1e-5, help="AdamW weight decay (default 1e-5)")
+    warmup_epochs: int = setting(5, help="epochs of linear warm-up (default 5)")
+    grad_clip: float = setting(1.0, help="gradient-norm clip, 0 = off (default 1)")
+    seed: int = setting(0, help="seed of everything random, in [0, 2**32) (default 0)")
+    device: str = setting("auto", choices=DEVICES, help="default auto: CUDA when available")
+    threads: int = setting(0, help="torch CPU threads (default 0: torch's default)")
+    init: Optional[str] = setting(None, metavar="CKPT",
+                                  help="start the model's trunk from this checkpoint of "
+                                  "'graphformer pretrain' (best.pt of its run); the model "
+                                  "flags must match it")
+    pretrained: bool = setting(DEFAULT_PRETRAINED,
+                               help="without --init, start from the shipped pre-trained "
+                               "checkpoint when the model matches it (--no-pretrained: from "
+                               "scratch)")
+    ema: float = setting(0.0, metavar="DECAY",
+                         help="evaluate, select and save an exponential moving average of "
+                         "the weights with this decay per step (e.g. 0.99; default 0: off)")
+    head_epochs: int = setting(0, metavar="N",
+                               help="first train the head alone for N epochs (the trunk "
+                               "frozen), then the whole model for --epochs (linear probing, "
+                               "then fine-tuning; default 0: off)")
+    ensemble: int = setting(2, metavar="K",
+                            help="train K models (seeds derived from --seed, each a run in "
+                            "RUN_DIR/member-k) and predict with their mean (default 2; 1 = "
+                            "one model)")
+    loss: str = setting("mse", choices=tuple(LOSSES),
+                        help="regression: mse (a mean; default), mve (a Gaussian's mean and "
+                        "variance, its negative log-likelihood) or evidential "
+                        "(Normal-Inverse-Gamma parameters, deep evidential regression). A run "
+                        "whose predictions have a spread (mve, evidential, or an ensemble) "
+                        "saves intervals calibrated on the validation part in best.pt")
+    evidential_lambda: float = setting(DEFAULT_EVIDENTIAL_LAMBDA, metavar="LAMBDA",
+                                       help="weight of the evidence regulariser of --loss "
+                                       "evidential (default 0.2, as chemprop's "
+                                       "EvidentialLoss; >= 0)")
 
     @property
     def total_epochs(self) -> int:
