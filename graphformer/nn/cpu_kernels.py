@@ -14,6 +14,16 @@ first uses build into temporary files and rename them into place, so they
 agree. The kernels run on OpenMP threads: the process's libgomp is PyTorch's
 own (the same soname), so ``torch.set_num_threads`` sets their number.
 
+Every kernel is called through a PyTorch custom op with a fake (meta)
+implementation and, where differentiable, a registered autograd formula, so
+that :func:`torch.compile` and :func:`torch.export.export` trace it:
+``torch.ops.graphformer.fused_attention`` and ``fused_attention_backward``,
+``dropout_multiplier`` (:mod:`graphformer.nn.fused_cpu`), ``hashed_dropout``,
+``gelu_dropout`` and ``gelu_dropout_backward``
+(:mod:`graphformer.nn.functional`), ``group_by_source``
+(:mod:`graphformer.nn.csr`). Random decisions take their seed as an int64
+tensor [1] (:func:`seed_tensor`), so drawing it is part of a traced graph.
+
 Where no compiler works (none installed, a compile error, macOS's clang
 without OpenMP), :func:`kernels_available` is False, :func:`kernels_unavailable`
 says why, and the callers use PyTorch operations instead: ``"auto"`` attention
@@ -49,7 +59,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["kernels_available", "kernels_unavailable", "kernels_turned_off", "kernel", "pointer",
-           "draw_seed", "dropout_threshold", "CFLAGS", "ENV_SWITCH", "KernelsUnavailableWarning"]
+           "draw_seed", "seed_tensor", "dropout_threshold", "CFLAGS", "ENV_SWITCH", "KernelsUnavailableWarning"]
 
 #: The environment variable that turns the kernels off (see the module documentation).
 ENV_SWITCH = "GRAPHFORMER_CPU_KERNELS"
@@ -190,10 +200,12 @@ def kernels_turned_off() -> bool:
                      f"or 1 (on when they build)")
 
 
+@torch.compiler.assume_constant_result
 def kernels_available() -> bool:
     """True when the kernels are used: not turned off by :data:`ENV_SWITCH`,
     and built and loaded (the first call builds them, or loads them from the
-    cache; where that fails it warns once, :class:`KernelsUnavailableWarning`)."""
+    cache; where that fails it warns once, :class:`KernelsUnavailableWarning`).
+    Under :func:`torch.compile` it is read once, when the code is traced."""
     return not kernels_turned_off() and _built()[0] is not None
 
 
@@ -208,6 +220,17 @@ def draw_seed() -> int:
     """A seed for the kernels' hashed random decisions, from PyTorch's default
     generator (so ``torch.manual_seed`` makes runs reproducible)."""
     return int(torch.randint(0, 2**62, (1,)).item())
+
+
+def seed_tensor(seed: Optional[int] = None) -> Tensor:
+    """A seed as the custom ops take it, an int64 tensor [1]: ``seed`` (any
+    64-bit value; read back as unsigned by the kernels), or, when None, drawn
+    as :func:`draw_seed` draws it. Drawing it is traced by
+    :func:`torch.compile` (no ``.item()`` in the graph): the ops read it inside."""
+    if seed is None:
+        return torch.randint(0, 2**62, (1,))
+    seed = int(seed) % 2**64
+    return torch.tensor([seed - 2**64 if seed >= 2**63 else seed], dtype=torch.int64)
 
 
 def dropout_threshold(p: float, bits: int) -> Tuple[int, float]:

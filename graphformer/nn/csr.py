@@ -41,6 +41,31 @@ def _raise_group_failure(status: int, col: Tensor, num_cols: int) -> None:
                      f"source nodes (valid 0..{num_cols - 1})")
 
 
+@torch.library.custom_op("graphformer::group_by_source", mutates_args=())
+def group_by_source(col: Tensor, num_cols: int) -> Tuple[Tensor, Tensor]:
+    """``(ptr [num_cols + 1], perm [E])``: the edges grouped by their source
+    ``col`` [E] (int64, CPU), stably, by the C kernels' counting sort
+    (O(E + S)); a custom op, ``torch.ops.graphformer.group_by_source``.
+
+    Raises:
+        IndexError: for a source outside ``[0, num_cols)``.
+        MemoryError: when the kernel's scratch cannot be allocated."""
+    col = col.contiguous()
+    ptr = torch.empty(num_cols + 1, dtype=torch.long)
+    perm = torch.empty(col.numel(), dtype=torch.long)
+    status = kernel("group_by_source")(col.numel(), num_cols, pointer(col, torch.long, "col"),
+                                       pointer(ptr, torch.long, "ptr"),
+                                       pointer(perm, torch.long, "perm"))
+    if status:
+        _raise_group_failure(status, col, num_cols)
+    return ptr, perm
+
+
+@group_by_source.register_fake
+def _(col: Tensor, num_cols: int) -> Tuple[Tensor, Tensor]:
+    return col.new_empty(num_cols + 1), col.new_empty(col.shape[0])
+
+
 class EdgeCSR:
     r"""An edge set grouped by target, with its transpose (grouped by source)
     built on first use, and block-diagonal copies for H heads.
@@ -89,14 +114,7 @@ class EdgeCSR:
         if self._transposed is None:
             col = self.col
             if col.device.type == "cpu" and col.dtype == torch.long and kernels_available():
-                col = col.contiguous()
-                ptr = torch.empty(self.num_cols + 1, dtype=torch.long)
-                perm = torch.empty(self.num_edges, dtype=torch.long)
-                status = kernel("group_by_source")(
-                    self.num_edges, self.num_cols, pointer(col, torch.long, "col"),
-                    pointer(ptr, torch.long, "ptr"), pointer(perm, torch.long, "perm"))
-                if status:
-                    _raise_group_failure(status, col, self.num_cols)
+                ptr, perm = torch.ops.graphformer.group_by_source(col, self.num_cols)
                 t = EdgeCSR(ptr, self.row.index_select(0, perm), self.num_rows,
                             row=col.index_select(0, perm))
             else:

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 from torch.compiler import is_compiling
 
-from .cpu_kernels import draw_seed, dropout_threshold, kernel, kernels_available, pointer
+from .cpu_kernels import dropout_threshold, kernel, kernels_available, pointer, seed_tensor
 
 SoftmaxImplementation = Literal["auto", "native", "scatter"]
 #: What :func:`segment_softmax`'s ``backend`` may be.
@@ -172,29 +172,79 @@ class _CSRSoftmax(torch.autograd.Function):
 DROPOUT_BITS = 16
 
 
-class _HashedDropout(torch.autograd.Function):
-    """:func:`dropout` by the C kernel: decisions hashed from a seed, so
-    backward recomputes them instead of keeping a mask."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, threshold: int, scale: float) -> Tensor:
-        seed = draw_seed()
-        out = _hashed_dropout(x.contiguous(), seed, threshold, scale)
-        ctx.consts = (seed, threshold, scale)
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor):
-        seed, threshold, scale = ctx.consts
-        return _hashed_dropout(grad.contiguous(), seed, threshold, scale), None, None
-
-
-def _hashed_dropout(x: Tensor, seed: int, threshold: int, scale: float) -> Tensor:
+def _run_dropout(op: int, x: Tensor, grad: Optional[Tensor], seed: Tensor, threshold: int,
+                 scale: float) -> Tensor:
+    """The C kernel ``dropout`` (``op`` 0: dropout, 1: dropout of GELU, 2: its
+    backward) on contiguous copies of ``x`` (and ``grad``)."""
+    x = x.contiguous()
+    grad = grad.contiguous() if grad is not None else None
     out = torch.empty_like(x)
-    kernel("dropout", x.dtype)(x.numel(), 0, pointer(x, x.dtype, "x"), None,
-                               pointer(out, x.dtype, "out"), seed, threshold, scale)
+    kernel("dropout", x.dtype)(x.numel(), op, pointer(x, x.dtype, "x"),
+                               pointer(grad, x.dtype, "grad"), pointer(out, x.dtype, "out"),
+                               int(seed.item()) % 2**64, threshold, scale)
     return out
+
+
+@torch.library.custom_op("graphformer::hashed_dropout", mutates_args=())
+def hashed_dropout(x: Tensor, seed: Tensor, threshold: int, scale: float) -> Tensor:
+    """``torch.ops.graphformer.hashed_dropout``: :func:`dropout`'s C kernel
+    (float32 / float64 on the CPU; ``seed`` int64 [1], ``threshold`` of
+    :data:`DROPOUT_BITS` bits, ``scale`` the kept entries' factor). Its own
+    backward: the same decisions, recomputed from the seed, on the gradient."""
+    return _run_dropout(0, x, None, seed, threshold, scale)
+
+
+@hashed_dropout.register_fake
+def _(x: Tensor, seed: Tensor, threshold: int, scale: float) -> Tensor:
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _save_seed(ctx, inputs, output) -> None:
+    x, seed, threshold, scale = inputs
+    ctx.save_for_backward(x, seed)
+    ctx.consts = (threshold, scale)
+
+
+def _hashed_dropout_backward(ctx, grad: Tensor):
+    _, seed = ctx.saved_tensors
+    return torch.ops.graphformer.hashed_dropout(grad, seed, *ctx.consts), None, None, None
+
+
+hashed_dropout.register_autograd(_hashed_dropout_backward, setup_context=_save_seed)
+
+
+@torch.library.custom_op("graphformer::gelu_dropout", mutates_args=())
+def hashed_gelu_dropout(x: Tensor, seed: Tensor, threshold: int, scale: float) -> Tensor:
+    """``torch.ops.graphformer.gelu_dropout``: :func:`gelu_dropout`'s C kernel,
+    one pass (the decisions of :func:`hashed_dropout` for the same seed)."""
+    return _run_dropout(1, x, None, seed, threshold, scale)
+
+
+@hashed_gelu_dropout.register_fake
+def _(x: Tensor, seed: Tensor, threshold: int, scale: float) -> Tensor:
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("graphformer::gelu_dropout_backward", mutates_args=())
+def hashed_gelu_dropout_backward(grad: Tensor, x: Tensor, seed: Tensor, threshold: int,
+                                 scale: float) -> Tensor:
+    """``torch.ops.graphformer.gelu_dropout_backward``: the gradient of
+    :func:`hashed_gelu_dropout` at ``x`` (keeps no mask: the seed)."""
+    return _run_dropout(2, x, grad, seed, threshold, scale)
+
+
+@hashed_gelu_dropout_backward.register_fake
+def _(grad: Tensor, x: Tensor, seed: Tensor, threshold: int, scale: float) -> Tensor:
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _gelu_dropout_backward(ctx, grad: Tensor):
+    x, seed = ctx.saved_tensors
+    dx = torch.ops.graphformer.gelu_dropout_backward(grad, x, seed, *ctx.consts)
+    return dx, None, None, None
+
+
+hashed_gelu_dropout.register_autograd(_gelu_dropout_backward, setup_context=_save_seed)
 
 
 def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
@@ -211,8 +261,10 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
     entries' decisions are 16-bit slices of one SplitMix64 hash of a seed
     and the entry's position, and backward recomputes them from the seed (no
     mask is kept). Without the kernels (no C compiler) the decisions are
-    16-bit slices of 64-bit random integers from PyTorch. On CUDA and under
-    :func:`torch.compile` it is :func:`torch.nn.functional.dropout`. The seed
+    16-bit slices of 64-bit random integers from PyTorch. On CUDA it is
+    :func:`torch.nn.functional.dropout`. The kernel is a custom op
+    (``torch.ops.graphformer.hashed_dropout``), so :func:`torch.compile`
+    traces it (no graph break). The seed
     comes from the default generator (``torch.manual_seed`` makes runs
     reproducible).
     """
@@ -220,46 +272,18 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
         raise ValueError(f"dropout probability must be in [0, 1], got {p}")
     if not training or p == 0.0 or x.numel() == 0:
         return x
-    if x.device.type != "cpu" or is_compiling():
+    if x.device.type != "cpu":
         return torch.nn.functional.dropout(x, p, training=True)
     threshold, scale = dropout_threshold(p, DROPOUT_BITS)
     if threshold >= 1 << DROPOUT_BITS:     # every entry dropped
         return x * 0.0
     if x.dtype in (torch.float32, torch.float64) and kernels_available():
-        return _HashedDropout.apply(x, threshold, scale)
+        return torch.ops.graphformer.hashed_dropout(x, seed_tensor(), threshold, scale)
     n = x.numel()
     draws = torch.randint(-2**63, 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64,
                           device=x.device)
     keep = draws.view(torch.int16)[:n].view(x.shape) >= threshold - (1 << DROPOUT_BITS) // 2
     return x * keep.to(x.dtype).mul_(scale)
-
-
-class _GeluDropout(torch.autograd.Function):
-    """:func:`gelu_dropout` by the C kernel; keeps the input (as GELU's
-    backward does) and the seed, not a mask."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, threshold: int, scale: float) -> Tensor:
-        seed = draw_seed()
-        x = x.contiguous()
-        out = torch.empty_like(x)
-        kernel("dropout", x.dtype)(x.numel(), 1, pointer(x, x.dtype, "x"), None,
-                                   pointer(out, x.dtype, "out"), seed, threshold, scale)
-        ctx.save_for_backward(x)
-        ctx.consts = (seed, threshold, scale)
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor):
-        x, = ctx.saved_tensors
-        seed, threshold, scale = ctx.consts
-        grad = grad.contiguous()
-        dx = torch.empty_like(x)
-        kernel("dropout", x.dtype)(x.numel(), 2, pointer(x, x.dtype, "x"),
-                                   pointer(grad, x.dtype, "grad"), pointer(dx, x.dtype, "dx"),
-                                   seed, threshold, scale)
-        return dx, None, None
 
 
 def gelu_dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
@@ -274,9 +298,8 @@ def gelu_dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout probability must be in [0, 1], got {p}")
     if training and 0.0 < p and x.numel() and x.device.type == "cpu" \
-            and not is_compiling() and x.dtype in (torch.float32, torch.float64) \
-            and kernels_available():
+            and x.dtype in (torch.float32, torch.float64) and kernels_available():
         threshold, scale = dropout_threshold(p, DROPOUT_BITS)
         if threshold < 1 << DROPOUT_BITS:  # else p rounds to 1: dropout below zeroes all
-            return _GeluDropout.apply(x, threshold, scale)
+            return torch.ops.graphformer.gelu_dropout(x, seed_tensor(), threshold, scale)
     return dropout(torch.nn.functional.gelu(x), p, training)

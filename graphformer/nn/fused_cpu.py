@@ -59,7 +59,11 @@ Shapes: N_t target and N_s source nodes, E edges, H heads, C channels per
 head, R edge types. Float32 and float64; indices int64.
 
 The kernels are C (``cpu_kernels.c``), built on first use and loaded by
-:mod:`graphformer.nn.cpu_kernels`. Without a working compiler
+:mod:`graphformer.nn.cpu_kernels`, and called as PyTorch custom ops
+(``torch.ops.graphformer.fused_attention``, its ``fused_attention_backward``
+as the registered autograd formula, ``dropout_multiplier``), each with a fake
+implementation: :func:`torch.compile` and :func:`torch.export.export` trace
+them without a graph break. Without a working compiler
 :func:`fused_cpu_available` is False, :func:`fused_cpu_unavailable` says why,
 ``"auto"`` picks another backend and an explicit ``backend="fused_cpu"``
 raises that reason.
@@ -71,11 +75,10 @@ from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from .call import AttentionCall
-from .cpu_kernels import (draw_seed, dropout_threshold, kernel, kernels_available,
-                          kernels_unavailable, pointer)
+from .cpu_kernels import (dropout_threshold, kernel, kernels_available, kernels_unavailable,
+                          pointer, seed_tensor)
 from .csr import EdgeCSR
 from .edge_terms import TypedEdgeTerms
 
@@ -101,81 +104,156 @@ def fused_cpu_unavailable() -> str:
 def dropout_multiplier(seed: int, heads: int, num_edges: int, p: float,
                        dtype: torch.dtype = torch.float32) -> Tensor:
     """The attention-dropout multipliers [H, E] the kernels apply for ``seed``
-    and ``p``: 0 where dropped, ``1 / (1 - p)`` where kept."""
+    and ``p``: 0 where dropped, ``1 / (1 - p)`` where kept (the custom op
+    ``torch.ops.graphformer.dropout_multiplier``)."""
+    return torch.ops.graphformer.dropout_multiplier(seed, heads, num_edges, p, dtype)
+
+
+@torch.library.custom_op("graphformer::dropout_multiplier", mutates_args=())
+def _multiplier_op(seed: int, heads: int, num_edges: int, p: float,
+                   dtype: torch.dtype) -> Tensor:
     threshold, keep = dropout_threshold(p, DROPOUT_BITS)
     out = torch.empty(heads, num_edges, dtype=dtype)
     kernel("multiplier", dtype)(heads, num_edges, seed, threshold, keep, pointer(out))
     return out
 
 
-class _FusedCPU(torch.autograd.Function):
-    """Forward and backward kernels as one autograd node; ``csr`` is the
-    :class:`~graphformer.nn.csr.EdgeCSR` (its transpose, built once per edge
-    set, groups the edges by source for backward). Tensors are contiguous."""
+@_multiplier_op.register_fake
+def _(seed: int, heads: int, num_edges: int, p: float, dtype: torch.dtype) -> Tensor:
+    return torch.empty(heads, num_edges, dtype=dtype)
 
-    @staticmethod
-    def forward(ctx, q, k, v, bias, tq, tk, vt, csr, etype, scale, seed, threshold,
-                keep_mult, drop):
-        ctx.set_materialize_grads(False)
-        N, H, C = q.shape
-        E = csr.num_edges
-        R = _types(tq, tk, vt)
-        out = q.new_empty(N, H, C)
-        alpha = q.new_empty(H, E)
-        keep = torch.empty(H, E, dtype=torch.uint8) if drop else None
-        f, i64, u8 = q.dtype, torch.int64, torch.uint8
-        kernel("forward", f)(
-            N, H, C, E, R, pointer(q, f, "q"), pointer(k, f, "k"), pointer(v, f, "v"),
-            pointer(csr.ptr, i64, "ptr"), pointer(csr.col, i64, "col"),
-            pointer(bias, f, "bias"), pointer(etype, i64, "edge_type"),
-            pointer(tq, f, "target_table"), pointer(tk, f, "source_table"),
-            pointer(vt, f, "type_values"), k.size(0), scale, seed, threshold, keep_mult,
-            pointer(keep, u8, "keep"), pointer(out, f, "out"), pointer(alpha, f, "alpha"))
-        ctx.save_for_backward(q, k, v, vt, etype, alpha, keep)
-        ctx.csr = csr
-        ctx.shapes = tuple(None if t is None else t.shape for t in (bias, tq, tk))
-        ctx.consts = (scale, seed, threshold, keep_mult, drop, R)
-        if keep is not None:
-            ctx.mark_non_differentiable(keep)
-        return out, alpha, keep
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dout, dalpha, _dkeep):
-        q, k, v, vt, etype, alpha, keep = ctx.saved_tensors
-        csr = ctx.csr
-        scale, seed, threshold, keep_mult, drop, R = ctx.consts
-        bias_shape, tq_shape, tk_shape = ctx.shapes
-        N, H, C = q.shape
-        E = csr.num_edges
-        dout = q.new_zeros(N, H, C) if dout is None else dout.contiguous()
-        dalpha = dalpha.contiguous() if dalpha is not None else None
-        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        ds = q.new_empty(H, E)
-        dtq = q.new_zeros(tq_shape) if tq_shape is not None else None
-        dtk = q.new_zeros(tk_shape) if tk_shape is not None else None
-        wsum_rows = q.new_empty(N, H, R) if vt is not None else None
-        g_edge = q.new_empty(E, 2, H)
-        transposed, perm = csr.transpose()
-        f, i64, u8 = q.dtype, torch.int64, torch.uint8
-        kernel("backward_targets", f)(
-            N, H, C, E, R, pointer(k, f, "k"), pointer(v, f, "v"), pointer(csr.ptr, i64, "ptr"),
-            pointer(csr.col, i64, "col"), pointer(etype, i64, "edge_type"),
-            pointer(vt, f, "type_values"), pointer(alpha, f, "alpha"), pointer(dout, f, "dout"),
-            pointer(dalpha, f, "dalpha"), scale, pointer(keep, u8, "keep"), keep_mult,
-            pointer(dq, f, "dq"), pointer(ds, f, "ds"), pointer(dtq, f, "dtq"),
-            pointer(wsum_rows, f, "wsum_rows"), pointer(g_edge, f, "g_edge"))
-        kernel("backward_sources", f)(
-            k.size(0), H, C, R, pointer(q, f, "q"), pointer(transposed.ptr, i64, "ptr_t"),
-            pointer(transposed.col, i64, "row_t"), pointer(perm, i64, "perm"),
-            pointer(etype, i64, "edge_type"), pointer(dout, f, "dout"),
-            pointer(g_edge, f, "g_edge"), pointer(dk, f, "dk"), pointer(dv, f, "dv"),
-            pointer(dtk, f, "dtk"))
-        dvt = None
-        if vt is not None:   # dV_t = sum_i wsum[i, h, t] dout[i, h]: one [H, R, N] @ [H, N, C]
-            dvt = torch.bmm(wsum_rows.permute(1, 2, 0), dout.transpose(0, 1)).permute(1, 0, 2)
-        dbias = ds if bias_shape is not None else None
-        return (dq, dk, dv, dbias, dtq, dtk, dvt) + (None,) * 7
+def _if(t: Tensor, used: bool) -> Optional[Tensor]:
+    """``t``, or None (a NULL pointer for the kernels) where it is not used."""
+    return t if used else None
+
+
+@torch.library.custom_op("graphformer::fused_attention", mutates_args=())
+def fused_attention_op(q: Tensor, k: Tensor, v: Tensor, ptr: Tensor, col: Tensor,
+                       ptr_t: Tensor, row_t: Tensor, perm: Tensor, bias: Optional[Tensor],
+                       edge_type: Optional[Tensor], target_table: Optional[Tensor],
+                       source_table: Optional[Tensor], type_values: Optional[Tensor],
+                       seed: Tensor, scale: float, dropout: float
+                       ) -> Tuple[Tensor, Tensor, Tensor]:
+    """``torch.ops.graphformer.fused_attention``: the forward kernel on checked,
+    contiguous input (the module documentation has the equations; the kernels
+    do not check bounds: :func:`fused_cpu_attention` does).
+
+    ``ptr_t``, ``row_t``, ``perm``: the edge set grouped by source
+    (:meth:`~graphformer.nn.csr.EdgeCSR.transpose`), read by the backward
+    only (empty tensors when no gradient is needed). ``seed``: int64 [1].
+
+    Returns ``(out [N_t, H, C], alpha [H, E], keep)``: ``keep`` the dropout
+    decisions, uint8 [H, E] (1 = kept), or empty [0] without dropout."""
+    N, H, C = q.shape
+    E = col.numel()
+    R = _types(target_table, source_table, type_values)
+    drop = dropout > 0.0
+    threshold, keep_mult = dropout_threshold(dropout, DROPOUT_BITS)
+    out = q.new_empty(N, H, C)
+    alpha = q.new_empty(H, E)
+    keep = torch.empty((H, E) if drop else (0,), dtype=torch.uint8)
+    f, i64, u8 = q.dtype, torch.int64, torch.uint8
+    kernel("forward", f)(
+        N, H, C, E, R, pointer(q, f, "q"), pointer(k, f, "k"), pointer(v, f, "v"),
+        pointer(ptr, i64, "ptr"), pointer(col, i64, "col"),
+        pointer(bias, f, "bias"), pointer(edge_type, i64, "edge_type"),
+        pointer(target_table, f, "target_table"), pointer(source_table, f, "source_table"),
+        pointer(type_values, f, "type_values"), k.size(0), scale, int(seed.item()) % 2**64,
+        threshold, keep_mult, pointer(_if(keep, drop), u8, "keep"), pointer(out, f, "out"),
+        pointer(alpha, f, "alpha"))
+    return out, alpha, keep
+
+
+@fused_attention_op.register_fake
+def _(q, k, v, ptr, col, ptr_t, row_t, perm, bias, edge_type, target_table, source_table,
+      type_values, seed, scale, dropout):
+    N, H, C = q.shape
+    E = col.shape[0]
+    keep = q.new_empty((H, E) if dropout > 0.0 else (0,), dtype=torch.uint8)
+    return q.new_empty(N, H, C), q.new_empty(H, E), keep
+
+
+@torch.library.custom_op("graphformer::fused_attention_backward", mutates_args=())
+def fused_attention_backward_op(
+        dout: Tensor, dalpha: Optional[Tensor], q: Tensor, k: Tensor, v: Tensor, ptr: Tensor,
+        col: Tensor, ptr_t: Tensor, row_t: Tensor, perm: Tensor, edge_type: Optional[Tensor],
+        type_values: Optional[Tensor], alpha: Tensor, keep: Tensor, num_types: int,
+        target_table_grad: bool, source_table_grad: bool, scale: float, dropout: float
+        ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``torch.ops.graphformer.fused_attention_backward``: the two backward
+    kernels (by target, then by source). Returns ``(dq, dk, dv, ds [H, E],
+    dtarget_table [H, N_t, R], dsource_table [H, N_s, R], wsum [N_t, H, R])``
+    (``ds``: the gradient of the bias; ``wsum``: the kept weight per target,
+    head and type, from which the gradient of the type values follows); the
+    tables' gradients and ``wsum`` are empty [0] where not asked for
+    (``*_grad``; no ``type_values``)."""
+    N, H, C = q.shape
+    E, Ns, R = col.numel(), k.size(0), num_types
+    drop, typed_values = dropout > 0.0, type_values is not None
+    threshold, keep_mult = dropout_threshold(dropout, DROPOUT_BITS)
+    dout = dout.contiguous()
+    dalpha = dalpha.contiguous() if dalpha is not None else None
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    ds = q.new_empty(H, E)
+    dtq = q.new_zeros((H, N, R) if target_table_grad else (0,))
+    dtk = q.new_zeros((H, Ns, R) if source_table_grad else (0,))
+    wsum_rows = q.new_empty((N, H, R) if typed_values else (0,))
+    g_edge = q.new_empty(E, 2, H)
+    f, i64, u8 = q.dtype, torch.int64, torch.uint8
+    kernel("backward_targets", f)(
+        N, H, C, E, R, pointer(k, f, "k"), pointer(v, f, "v"), pointer(ptr, i64, "ptr"),
+        pointer(col, i64, "col"), pointer(edge_type, i64, "edge_type"),
+        pointer(type_values, f, "type_values"), pointer(alpha, f, "alpha"),
+        pointer(dout, f, "dout"), pointer(dalpha, f, "dalpha"), scale,
+        pointer(_if(keep, drop), u8, "keep"), keep_mult, pointer(dq, f, "dq"),
+        pointer(ds, f, "ds"), pointer(_if(dtq, target_table_grad), f, "dtq"),
+        pointer(_if(wsum_rows, typed_values), f, "wsum_rows"), pointer(g_edge, f, "g_edge"))
+    kernel("backward_sources", f)(
+        Ns, H, C, R, pointer(q, f, "q"), pointer(ptr_t, i64, "ptr_t"),
+        pointer(row_t, i64, "row_t"), pointer(perm, i64, "perm"),
+        pointer(edge_type, i64, "edge_type"), pointer(dout, f, "dout"),
+        pointer(g_edge, f, "g_edge"), pointer(dk, f, "dk"), pointer(dv, f, "dv"),
+        pointer(_if(dtk, source_table_grad), f, "dtk"))
+    return dq, dk, dv, ds, dtq, dtk, wsum_rows
+
+
+@fused_attention_backward_op.register_fake
+def _(dout, dalpha, q, k, v, ptr, col, ptr_t, row_t, perm, edge_type, type_values, alpha,
+      keep, num_types, target_table_grad, source_table_grad, scale, dropout):
+    N, H, C = q.shape
+    E, Ns, R = col.shape[0], k.shape[0], num_types
+    return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), q.new_empty(H, E),
+            q.new_empty((H, N, R) if target_table_grad else (0,)),
+            q.new_empty((H, Ns, R) if source_table_grad else (0,)),
+            q.new_empty((N, H, R) if type_values is not None else (0,)))
+
+
+def _setup_fused(ctx, inputs, output) -> None:
+    (q, k, v, ptr, col, ptr_t, row_t, perm, bias, edge_type, tq, tk, vt, seed, scale,
+     dropout) = inputs
+    _, alpha, keep = output
+    ctx.save_for_backward(q, k, v, ptr, col, ptr_t, row_t, perm, edge_type, vt, alpha, keep)
+    ctx.consts = (_types(tq, tk, vt), tq is not None, tk is not None, scale, dropout,
+                  bias is not None)
+
+
+def _fused_backward(ctx, dout, dalpha, _dkeep):
+    q, k, v, ptr, col, ptr_t, row_t, perm, edge_type, vt, alpha, keep = ctx.saved_tensors
+    R, has_tq, has_tk, scale, dropout, has_bias = ctx.consts
+    if dout is None:
+        dout = torch.zeros_like(q)
+    dq, dk, dv, ds, dtq, dtk, wsum_rows = torch.ops.graphformer.fused_attention_backward(
+        dout, dalpha, q, k, v, ptr, col, ptr_t, row_t, perm, edge_type, vt, alpha, keep, R,
+        has_tq, has_tk, scale, dropout)
+    dvt = None
+    if vt is not None:   # dV_t = sum_i wsum[i, h, t] dout[i, h]: one [H, R, N] @ [H, N, C]
+        dvt = torch.bmm(wsum_rows.permute(1, 2, 0), dout.transpose(0, 1)).permute(1, 0, 2)
+    return (dq, dk, dv, None, None, None, None, None, ds if has_bias else None, None,
+            dtq if has_tq else None, dtk if has_tk else None, dvt, None, None, None)
+
+
+fused_attention_op.register_autograd(_fused_backward, setup_context=_setup_fused)
 
 
 def _types(tq: Optional[Tensor], tk: Optional[Tensor], vt: Optional[Tensor]) -> int:
@@ -229,20 +307,21 @@ def fused_cpu_attention(q: Tensor, k: Tensor, v: Tensor, ptr: Tensor, col: Tenso
             (:func:`fused_cpu_unavailable` says why).
     """
     _check(q, k, v, ptr, col, bias, edge_type, target_table, source_table, type_values)
-    out, alpha, seed, _ = _attend(q, k, v, EdgeCSR(ptr.contiguous(), col.contiguous(), k.size(0)),
-                                  bias, edge_type, target_table, source_table, type_values,
-                                  dropout, seed, scale)
-    return out, alpha, seed
+    out, alpha, seed_t, _ = _attend(q, k, v,
+                                    EdgeCSR(ptr.contiguous(), col.contiguous(), k.size(0)),
+                                    bias, edge_type, target_table, source_table, type_values,
+                                    dropout, seed, scale)
+    return out, alpha, int(seed_t.item()) % 2**64
 
 
 def _attend(q: Tensor, k: Tensor, v: Tensor, csr: EdgeCSR, bias: Optional[Tensor],
             edge_type: Optional[Tensor], target_table: Optional[Tensor],
             source_table: Optional[Tensor], type_values: Optional[Tensor], dropout: float,
             seed: Optional[int], scale: Optional[float]
-            ) -> Tuple[Tensor, Tensor, int, Optional[Tensor]]:
+            ) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
     """:func:`fused_cpu_attention` on checked input (the kernels do not check
-    bounds), also returning the forward's dropout decisions (uint8 [H, E],
-    1 = kept; None without dropout)."""
+    bounds): ``(out, alpha, seed [1], keep)``, ``keep`` the forward's dropout
+    decisions (uint8 [H, E], 1 = kept; None without dropout)."""
     if not kernels_available():
         raise RuntimeError(f"the fused_cpu backend is unavailable: {kernels_unavailable()}")
     if not 0.0 <= dropout <= 1.0:
@@ -250,16 +329,20 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, csr: EdgeCSR, bias: Optional[Tensor
     C = q.size(2)
     if scale is None:
         scale = 1.0 / math.sqrt(C) if C else 1.0
-    drop = dropout > 0.0
-    if seed is None:
-        seed = draw_seed() if drop else 0
-    threshold, keep_mult = dropout_threshold(dropout, DROPOUT_BITS)
-    contiguous = [t.contiguous() if t is not None else None
-                  for t in (q, k, v, bias, target_table, source_table, type_values)]
-    out, alpha, keep = _FusedCPU.apply(*contiguous, csr,
-                                       edge_type.contiguous() if edge_type is not None else None,
-                                       float(scale), int(seed), threshold, keep_mult, drop)
-    return out, alpha, seed, keep
+    seed_t = seed_tensor(seed if seed is not None or dropout > 0.0 else 0)
+    tensors = [q, k, v, bias, target_table, source_table, type_values]
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        transposed, perm = csr.transpose()     # for backward; built once per edge set
+        ptr_t, row_t = transposed.ptr, transposed.col
+    else:
+        ptr_t = row_t = perm = csr.ptr.new_empty(0)
+    q, k, v, bias, target_table, source_table, type_values = (
+        t.contiguous() if t is not None else None for t in tensors)
+    out, alpha, keep = torch.ops.graphformer.fused_attention(
+        q, k, v, csr.ptr, csr.col, ptr_t, row_t, perm, bias,
+        edge_type.contiguous() if edge_type is not None else None, target_table, source_table,
+        type_values, seed_t, float(scale), float(dropout))
+    return out, alpha, seed_t, keep if dropout > 0.0 else None
 
 
 def _check(q, k, v, ptr, col, bias, edge_type, tq, tk, vt) -> None:

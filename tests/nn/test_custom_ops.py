@@ -1,0 +1,121 @@
+"""The C kernels as PyTorch custom ops (``torch.ops.graphformer.*``): each
+passes :func:`torch.library.opcheck` (schema, fake implementation, autograd
+registration, AOT dispatch with dynamic shapes) on small inputs, float32 and
+float64, and gives what the equations give."""
+import pytest
+import torch
+
+from graphformer.nn import csr as csr_module  # noqa: F401  (registers group_by_source)
+from graphformer.nn import functional  # noqa: F401  (registers the dropout ops)
+from graphformer.nn import fused_cpu  # noqa: F401  (registers the attention ops)
+from graphformer.nn.cpu_kernels import kernels_available, kernels_unavailable, seed_tensor
+
+pytestmark = pytest.mark.skipif(
+    not kernels_available(), reason=f"the CPU kernels are unavailable: {kernels_unavailable()}")
+
+OPS = ("group_by_source", "hashed_dropout", "gelu_dropout", "gelu_dropout_backward",
+       "dropout_multiplier", "fused_attention", "fused_attention_backward")
+DTYPES = [torch.float32, torch.float64]
+
+
+def test_every_kernel_is_a_registered_op():
+    for name in OPS:
+        assert hasattr(torch.ops.graphformer, name), name
+
+
+def test_group_by_source():
+    col = torch.tensor([2, 0, 2, 1, 0, 2])
+    ptr, perm = torch.ops.graphformer.group_by_source(col, 4)
+    assert ptr.tolist() == [0, 2, 3, 6, 6]
+    assert perm.tolist() == [1, 4, 3, 0, 2, 5]          # stable within a source
+    torch.library.opcheck(torch.ops.graphformer.group_by_source.default, (col, 4))
+    with pytest.raises(IndexError, match="edge 2 has source 7"):
+        torch.ops.graphformer.group_by_source(torch.tensor([0, 1, 7]), 3)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dropout_ops(dtype):
+    x = torch.randn(5, 7, dtype=dtype, requires_grad=True)
+    seed = seed_tensor(12345)
+    threshold, scale = functional.dropout_threshold(0.3, functional.DROPOUT_BITS)
+    for op in (torch.ops.graphformer.hashed_dropout, torch.ops.graphformer.gelu_dropout):
+        torch.library.opcheck(op.default, (x, seed, threshold, scale))
+    out = torch.ops.graphformer.hashed_dropout(x, seed, threshold, scale)
+    kept = out != 0
+    torch.testing.assert_close(out[kept], x[kept] * scale)
+    # the GELU op drops the same entries, and its gradient is GELU's, masked
+    y = torch.ops.graphformer.gelu_dropout(x, seed, threshold, scale)
+    ref = torch.nn.functional.gelu(x) * kept.to(dtype) * scale
+    tol = dict(atol=1e-6, rtol=1e-5) if dtype == torch.float32 else {}
+    torch.testing.assert_close(y, ref, **tol)
+    g = torch.randn_like(x)
+    (dx,) = torch.autograd.grad((y * g).sum(), x)
+    (ref_dx,) = torch.autograd.grad((ref * g).sum(), x)
+    torch.testing.assert_close(dx, ref_dx, **tol)
+    torch.library.opcheck(torch.ops.graphformer.gelu_dropout_backward.default,
+            (g, x.detach(), seed, threshold, scale))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dropout_multiplier(dtype):
+    m = torch.ops.graphformer.dropout_multiplier(7, 2, 50, 0.5, dtype)
+    assert m.dtype == dtype and m.shape == (2, 50)
+    assert set(m.unique().tolist()) <= {0.0, 2.0}
+    torch.library.opcheck(torch.ops.graphformer.dropout_multiplier.default, (7, 2, 50, 0.5, dtype))
+
+
+def _attention_args(dtype, *, typed, bias, dropout):
+    torch.manual_seed(0)
+    N, H, C, R = 5, 2, 4, 3
+    src = torch.tensor([1, 2, 0, 3, 4, 0, 1, 2, 3])
+    dst = torch.tensor([0, 0, 1, 1, 1, 2, 3, 3, 4])     # grouped by target
+    E = src.numel()
+    ptr = torch.tensor([0, 2, 5, 6, 8, 9])
+    ptr_t, perm = torch.ops.graphformer.group_by_source(src, N)
+    row_t = dst.index_select(0, perm)
+
+    def rand(*shape):
+        return torch.randn(*shape, dtype=dtype, requires_grad=True)
+
+    q, k, v = rand(N, H, C), rand(N, H, C), rand(N, H, C)
+    etype = torch.randint(0, R, (E,)) if typed else None
+    tq, tk, vt = (rand(H, N, R), rand(H, N, R), rand(R, H, C)) if typed else (None,) * 3
+    b = rand(H, E) if bias else None
+    return (q, k, v, ptr, src, ptr_t, row_t, perm, b, etype, tq, tk, vt, seed_tensor(99),
+            0.5, dropout)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("typed,bias,dropout", [(False, False, 0.0), (True, True, 0.0),
+                                                (True, False, 0.4)])
+def test_fused_attention(dtype, typed, bias, dropout):
+    args = _attention_args(dtype, typed=typed, bias=bias, dropout=dropout)
+    torch.library.opcheck(torch.ops.graphformer.fused_attention.default, args)
+    out, alpha, keep = torch.ops.graphformer.fused_attention(*args)
+    q, k, v, ptr, src = args[:5]
+    assert keep.shape == ((2, src.numel()) if dropout else (0,))
+    if not typed and not bias:   # against the equations
+        dst = torch.repeat_interleave(torch.arange(5), ptr.diff())
+        s = (q[dst] * k[src]).sum(-1) * 0.5                      # [E, H]
+        ref_alpha = torch.empty_like(s)
+        for i in range(5):
+            ref_alpha[dst == i] = torch.softmax(s[dst == i], 0)
+        ref = torch.zeros_like(q).index_add(0, dst, ref_alpha.unsqueeze(-1) * v[src])
+        torch.testing.assert_close(alpha, ref_alpha.t())
+        torch.testing.assert_close(out, ref)
+        grads = torch.autograd.grad(out.pow(2).sum(), (q, k, v))
+        ref_grads = torch.autograd.grad(ref.pow(2).sum(), (q, k, v))
+        for ours, theirs in zip(grads, ref_grads):
+            torch.testing.assert_close(ours, theirs)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_attention_backward(dtype):
+    args = _attention_args(dtype, typed=True, bias=True, dropout=0.4)
+    out, alpha, keep = torch.ops.graphformer.fused_attention(*args)
+    q, k, v, ptr, col, ptr_t, row_t, perm, _, etype, _, _, vt = (
+        a.detach() if isinstance(a, torch.Tensor) else a for a in args[:13])
+    dout, dalpha = torch.randn_like(out), torch.randn_like(alpha)
+    torch.library.opcheck(torch.ops.graphformer.fused_attention_backward.default,
+            (dout, dalpha, q, k, v, ptr, col, ptr_t, row_t, perm, etype, vt, alpha.detach(),
+             keep, 3, True, True, 0.5, 0.4))
