@@ -30,7 +30,8 @@ from ..train.config import DataConfig
 from ..train.data_checks import changed_parts
 from ._args import add_threads_argument, positive_int, set_threads
 
-#: ``--threads`` of ``evaluate`` and ``predict`` (see the README's "Threads").
+#: ``--threads`` of ``evaluate`` and ``predict`` (1: on shared cores more
+#: threads made these small batches slower).
 DEFAULT_THREADS = 1
 
 

@@ -50,8 +50,8 @@ class GraphTransformerConfig:
         layers: number of :class:`~graphformer.nn.TransformerLayer` blocks.
         heads: attention heads (``hidden`` divisible by it).
         dropout: dropout in the blocks and the head (default 0: chosen on
-            validation scores from the shipped pre-trained trunk, see the
-            README's "Choosing the defaults").
+            validation scores from the shipped pre-trained trunk, see
+            docs/defaults.md).
         patterns: the attention edge set, a union of ``"bonds"`` (the
             molecule's bonds), ``"k_hop"`` (pairs within ``k`` bonds) and
             ``"full"`` (all pairs in the molecule). With more than one, each

@@ -22,7 +22,7 @@ MAX_SEED = 2**32
 MAX_INT = 2**63  # what a torch int64 holds
 #: whether ``train`` starts from the shipped pre-trained checkpoint by default
 #: (when the model has its trunk): it lowered the mean validation RMSE on all
-#: three bundled sets over seeds 0-2 (README, "Pre-training")
+#: three bundled sets over seeds 0-2 (docs/training.md, "Pre-training")
 DEFAULT_PRETRAINED = True
 
 _INT_TEXT = re.compile(r"[+-]?\d+")
@@ -136,7 +136,7 @@ class DataConfig:
             for the bundled sets and CSV files; empty = none. Default
             (``None``): ``["rdkit2d"]`` for the bundled sets and CSV files
             (better on the validation part of all three bundled sets, see the
-            README), none for OGB, ZINC and PCQM4Mv2; the resolved list is
+            docs/results.md), none for OGB, ZINC and PCQM4Mv2; the resolved list is
             what the run stores.
         feature_columns: numeric columns of the CSV file (or bundled set)
             given to the model as molecule features, after the descriptors.
@@ -225,7 +225,7 @@ class TrainConfig:
         epochs: passes over the training set, per model (default 20, for
             each of the default ensemble's two members; with the shipped
             pre-trained trunk one model was best at 30, and one trained
-            from scratch wants more: see the README's "Choosing the
+            from scratch wants more: see docs/defaults.md, "Choosing the
             defaults").
         batch_size: graphs per batch (per process under ``torchrun``).
         lr: peak learning rate of AdamW (linear warm-up, cosine decay).
@@ -261,7 +261,7 @@ class TrainConfig:
             (:class:`~graphformer.models.Ensemble`); 1 = one model. Default
             2 (of 20 epochs each): lower out-of-fold validation RMSE than one
             model of 30 epochs on all three bundled sets, at less wall time
-            than chemprop's defaults (README, "Choosing the defaults").
+            than chemprop's defaults (docs/defaults.md).
         loss: what the model predicts and is trained by (regression only):
             ``mse`` (a mean, mean squared error), ``mve`` (a Gaussian's mean
             and variance, its negative log-likelihood) or ``evidential`` (a
