@@ -187,7 +187,7 @@ def run_graphformer(frame: pd.DataFrame, seed: int, threads: int,
         _run([sys.executable, "-m", "graphformer", "predict", str(tmp_path / "run" / "best.pt"),
               str(test), "-o", str(tmp_path / "pred.csv"), "--threads", str(threads)])
         predicted = pd.read_csv(tmp_path / "pred.csv")
-    values = predicted[predicted.columns[-1]].to_numpy()
+    values = predicted["y"].to_numpy()   # not y_std (an ensemble adds it)
     parts = held["split"].to_numpy()
     return {part: values[parts == part].tolist() for part in ("val", "test")}
 

@@ -1,5 +1,8 @@
-"""``graphformer predict CHECKPOINT INPUT.csv -o OUT.csv``: predictions for a
-SMILES file of any size, streamed (see :mod:`graphformer.train.screen`).
+"""``graphformer predict CHECKPOINT INPUT.csv -o OUT.csv [--interval 0.9]``:
+predictions for a SMILES file of any size, streamed (see
+:mod:`graphformer.train.screen`). A regression model with a spread adds each
+target's calibrated standard deviation and, with ``--interval``, its interval
+(:class:`~graphformer.train.screen.SpreadColumns`, :func:`spread_columns`).
 
 The flags and the set-up shared with ``graphformer fingerprint`` live here
 (:func:`add_screen_arguments`, :func:`run_screen`)."""
@@ -8,17 +11,21 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List, Optional
+
+import torch
 
 from .._files import remove_stale_temporaries
 from ..datasets.molecules import file_digest
 from ..datasets.stream import CHUNK_SIZE, Featuriser, csv_file
+from ..errors import DataError, UsageError
 from ..train.checkpoint import load_run
 from ..train.config import RunConfig
 from ..train.screen import (CSVSink, Columns, Identity, PartialOutput, ScreenInput, ScreenResult,
-                            input_identity, prediction_columns, screen)
+                            SpreadColumns, input_identity, prediction_columns, screen)
+from ..train.uncertainty import METHODS, calibration_of, has_spread, spread_of
 from ._args import add_threads_argument, output_path, positive_int, set_threads
-from .evaluate import DEFAULT_THREADS
+from .evaluate import DEFAULT_THREADS, coverage_arg
 
 
 def workers_count(text: str) -> int:
@@ -64,11 +71,65 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Predictions for every SMILES of a CSV file, streamed: the file is read "
         "--chunk-size rows at a time, so it may be larger than memory. Output: row, the "
         "SMILES, one column per target (a probability for classification); an ensemble "
-        "predicts its mean. Nothing appears at -o until the end (a partial output is kept "
-        "beside it, continued by --resume).")
+        "predicts its mean. A regression model with a spread (an ensemble, the default, or "
+        "--loss mve / evidential) adds <target>_std after each target: the predictive "
+        "standard deviation in target units, calibrated (z-scaled on the validation part "
+        "at the end of training), and with --interval, <target>_low and <target>_high. "
+        "Nothing appears at -o until the end (a partial output is kept beside it, continued "
+        "by --resume).")
     add_screen_arguments(p, "CSV file to write (written at the end, in one rename; never the "
                          "input file)")
+    p.add_argument("--interval", type=coverage_arg, metavar="COVERAGE",
+                   help="also write <target>_low and <target>_high, the central interval of "
+                   "this coverage (e.g. 0.9) around each prediction (regression models with "
+                   "a spread: an ensemble, or --loss mve / evidential)")
+    p.add_argument("--interval-method", choices=METHODS, metavar="METHOD",
+                   help="how --interval is made: conformal (default: split conformal on the "
+                   "validation part's errors, covering at least COVERAGE of molecules like "
+                   "those), zscale (a Gaussian of the calibrated <target>_std), gaussian (a "
+                   "Gaussian of the raw, uncalibrated spread; for a checkpoint without a "
+                   "calibration)")
     p.set_defaults(run=run)
+
+
+def spread_columns(args: argparse.Namespace, state: Dict[str, Any], model: Any,
+                   names: List[str]) -> Optional[SpreadColumns]:
+    """What ``predict`` writes beside each prediction of ``model`` (targets
+    ``names``; None: the predictions alone: a classifier, one model trained
+    by MSE). ``--interval`` is refused, saying why, where it cannot be made."""
+    if args.interval_method is not None and args.interval is None:
+        raise UsageError(f"--interval-method {args.interval_method} makes the interval of "
+                         f"--interval COVERAGE; give --interval too (e.g. --interval 0.9)")
+    if args.interval is not None:
+        try:
+            spread_of(model)
+        except UsageError as err:
+            raise UsageError(f"--interval {args.interval} for {args.checkpoint}: {err}"
+                             ) from None
+    elif not has_spread(model):
+        return None
+    calibration = calibration_of(state, args.checkpoint)
+    method = args.interval_method or "conformal"
+    if calibration is None:
+        if args.interval is not None and method != "gaussian":
+            raise UsageError(
+                f"--interval with --interval-method {method} needs the calibration training "
+                f"saves in the checkpoint, and {args.checkpoint} holds none (it was written "
+                f"before graphformer saved one); use --interval-method gaussian for "
+                f"uncalibrated intervals, or retrain it ('graphformer evaluate "
+                f"{args.checkpoint} --interval {args.interval}' reports how intervals "
+                f"calibrated now would cover, but saves no calibration)")
+        print(f"note: {args.checkpoint} holds no calibration (written before graphformer "
+              f"saved one): the _std columns are the model's raw, uncalibrated spread",
+              file=sys.stderr)
+    spread = SpreadColumns(calibration, args.interval, method)
+    try:   # before any row: a conformal interval the validation part is too small for,
+        # a target name that collides with another's uncertainty column
+        spread.columns(torch.zeros(1, len(names)), torch.ones(1, len(names)), names)
+    except DataError as err:
+        raise DataError(f"{args.checkpoint}: {err}".replace(
+            "(method 'zscale')", "(--interval-method zscale)")) from None
+    return spread
 
 
 def screen_input(args: argparse.Namespace, cfg: RunConfig) -> ScreenInput:
@@ -110,11 +171,15 @@ def run(args: argparse.Namespace) -> int:
     if len(names) != cfg.model.num_tasks:
         names = [f"target_{k}" for k in range(cfg.model.num_tasks)]
     y_mean, y_std = state["y_mean"], state["y_std"]
+    spread = spread_columns(args, state, model, names)
 
     def columns(batch):
-        return prediction_columns(model, batch, y_mean=y_mean, y_std=y_std, names=names)
+        return prediction_columns(model, batch, y_mean=y_mean, y_std=y_std, names=names,
+                                  spread=spread)
 
-    result = run_screen(args, output, cfg, columns, CSVSink(args.smiles_column), {})
+    interval = {"--interval": args.interval,
+                "--interval-method": spread.method if args.interval is not None else None}
+    result = run_screen(args, output, cfg, columns, CSVSink(args.smiles_column), interval)
     print(f"wrote {result.molecules} predictions to {output}"
           + (f" ({result.skipped} invalid rows skipped)" if result.skipped else ""))
     return 0

@@ -23,10 +23,13 @@ an error) leaves the folder: ``--resume`` cuts the data files back to the
 last complete chunk and continues from there, so every row is written exactly
 once and the output is byte for byte that of an uninterrupted run. A resume
 whose checkpoint, input or output-changing flags differ is refused, naming
-what changed. ``--skip-invalid`` and ``--workers`` may change on resume
-(neither changes a row already written). A second run on the same output
-while one runs is refused (a lock on the folder). A run without ``--resume``
-discards an earlier run's partial output, and says so.
+what changed (``predict``'s ``--interval`` and ``--interval-method`` are
+such flags); a CSV output also goes on only with the columns its header
+names (a partial output of an older graphformer, before an ensemble's
+``_std`` column, is refused). ``--skip-invalid`` and ``--workers`` may
+change on resume (neither changes a row already written). A second run on
+the same output while one runs is refused (a lock on the folder). A run
+without ``--resume`` discards an earlier run's partial output, and says so.
 
 **Invalid SMILES.** Rows are numbered as in every graphformer message (row N
 on line N + 1). Without ``skip_invalid`` the first chunk holding an invalid
@@ -61,6 +64,7 @@ from .._files import atomic_write, write_text
 from ..datasets.stream import CSVChunks, Featurised, Featuriser, Position, featurise, pieces
 from ..errors import DataError, UsageError
 from ..models import Ensemble
+from .uncertainty import METHODS, Calibration, check_coverage, interval, predict_distribution
 
 try:
     import fcntl
@@ -84,15 +88,80 @@ ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
 # --------------------------------------------------------------------------- columns
 
+@dataclass(frozen=True)
+class SpreadColumns:
+    """What ``predict`` writes beside each prediction of a regression model
+    with a spread (an ensemble of K >= 2, or a ``--loss mve`` / ``evidential``
+    model: :func:`~graphformer.train.uncertainty.spread_of`), for every
+    target ``<name>``:
+
+    - ``<name>_std``: the predictive standard deviation in target units
+      (:func:`~graphformer.train.uncertainty.predict_distribution`: an
+      ensemble's population std over its members plus the members' own
+      variances), **calibrated**: times the ``calibration``'s z-scale, so a
+      Gaussian of that std fits the validation part's errors. Without a
+      ``calibration`` (a checkpoint written before calibration was saved) it
+      is the model's raw, uncalibrated spread;
+    - with ``coverage``: ``<name>_low`` and ``<name>_high``, the central
+      interval of that coverage by ``method``
+      (:func:`~graphformer.train.uncertainty.interval`): ``conformal``
+      (split conformal on the validation part's normalised residuals:
+      ``mean -/+ q * raw std``), ``zscale`` (``mean -/+ z * <name>_std``, z
+      the standard normal's quantile) or ``gaussian`` (``mean -/+ z * raw
+      std``, uncalibrated; the only one without a ``calibration``).
+    """
+    calibration: Optional[Calibration] = None
+    coverage: Optional[float] = None
+    method: str = "conformal"
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.coverage is not None:
+            check_coverage(self.coverage)
+            if self.method != "gaussian" and self.calibration is None:
+                raise ValueError(f"a {self.method} interval needs a calibration")
+
+    def names(self, name: str) -> List[str]:
+        """The columns of target ``name``, in output order."""
+        return [name, f"{name}_std",
+                *([f"{name}_low", f"{name}_high"] if self.coverage is not None else [])]
+
+    def columns(self, mean: Tensor, std: Tensor, names: Sequence[str]) -> Dict[str, Tensor]:
+        """The columns of predictions ``mean`` with raw standard deviations
+        ``std`` (``[B, T]``, target units), target by target."""
+        scaled = std if self.calibration is None else \
+            std * torch.tensor(self.calibration.zscale, dtype=std.dtype, device=std.device)
+        parts = [mean, scaled]
+        if self.coverage is not None:
+            parts += list(interval(mean, std, self.calibration, self.coverage, self.method))
+        out: Dict[str, Tensor] = {}
+        for k, name in enumerate(names):
+            for key, values in zip(self.names(name), parts):
+                out[key] = values[:, k]
+        if len(out) != len(names) * len(parts):
+            raise DataError(f"the target names {list(names)} collide with their uncertainty "
+                            f"columns ({', '.join(self.names(names[0]))}, ...)")
+        return out
+
+
 @torch.no_grad()
 def prediction_columns(model: torch.nn.Module, batch: Any, *, y_mean: Tensor, y_std: Tensor,
-                       names: Sequence[str]) -> Dict[str, Tensor]:
+                       names: Sequence[str], spread: Optional[SpreadColumns] = None
+                       ) -> Dict[str, Tensor]:
     """The output columns of one batch: one per target, named ``names``, in
     target units (regression: the model's normalised output times ``y_std``
     plus ``y_mean``) or as a probability (classification: the sigmoid of
     the logit). An ensemble predicts its mean (:class:`~graphformer.models.
-    Ensemble`). Columns added here (an uncertainty, an interval) appear in
-    ``predict``'s output in this order."""
+    Ensemble`). With ``spread`` (a regression model with a spread only),
+    each target's column is followed by its standard deviation and interval
+    (:class:`SpreadColumns`). The columns appear in ``predict``'s output in
+    this order."""
+    if spread is not None:
+        if len(names) != len(y_mean):
+            raise ValueError(f"{len(names)} column names for {len(y_mean)} outputs")
+        mean, std = predict_distribution(model, batch, {"y_mean": y_mean, "y_std": y_std})
+        return spread.columns(mean.float(), std.float(), names)
     pred = model(batch).float()
     if len(names) != pred.size(1):
         raise ValueError(f"{len(names)} column names for {pred.size(1)} outputs")
@@ -165,12 +234,14 @@ class CSVSink:
         self.smiles_column = smiles_column
         self._fh: Optional[IO[bytes]] = None
         self._path: Optional[Path] = None
+        self._resumed = False
 
     def open(self, folder: Path, state: Optional[Dict[str, Any]]) -> None:
         self._path = folder / self.FILE
         if state is not None:
             _truncate(self._path, int(state["sizes"][self.FILE]))
         self._fh = open(self._path, "ab" if state is not None else "wb")
+        self._resumed = state is not None
 
     def append(self, rows: Sequence[int], smiles: Sequence[str],
                columns: Dict[str, Tensor]) -> None:
@@ -188,9 +259,27 @@ class CSVSink:
                 if key in frame:  # never "row" or the SMILES column
                     key = f"predicted_{key}"
                 frame[key] = flat[:, j]
+        if self._resumed:
+            self._check_header(list(frame))
         text = pd.DataFrame(frame).to_csv(header=self._fh.tell() == 0, index=False,
                                           lineterminator="\n")
         self._fh.write(text.encode("utf-8"))
+
+    def _check_header(self, keys: List[str]) -> None:
+        """A resumed output must go on with the columns it started with (a
+        partial output of an older graphformer may lack a column this one
+        writes, e.g. an ensemble's ``_std``)."""
+        assert self._path is not None
+        self._resumed = False
+        header = pd.DataFrame(columns=keys).to_csv(index=False, lineterminator="\n").encode()
+        with open(self._path, "rb") as fh:
+            start = fh.read(len(header))
+        if start and start != header:
+            had = start.split(b"\n")[0].decode("utf-8", "replace")
+            raise DataError(f"cannot resume: the partial output {self._path.parent} has the "
+                            f"columns {had}, this run writes {header.decode().strip()} (it "
+                            f"was written by another graphformer version); run without "
+                            f"--resume to start again")
 
     def state(self) -> Dict[str, Any]:
         assert self._fh is not None
@@ -491,8 +580,12 @@ class PartialOutput:
         for flag, value in now["settings"].items():
             old = then.get("settings", {}).get(flag)
             if old != value:
-                raise UsageError(f"{where}: {flag} {value} differs from the partial output's "
-                                 f"{flag} {old}; resume with {flag} {old}, or {again}")
+                def given(v: Any) -> str:
+                    return f"{flag} {v}" if v is not None else f"no {flag}"
+                fix = f"resume with {flag} {old}" if old is not None else \
+                    f"resume without {flag}"
+                raise UsageError(f"{where}: {given(value)} differs from the partial output's "
+                                 f"{given(old)}; {fix}, or {again}")
         if then.get("checkpoint_sha256") != now["checkpoint_sha256"]:
             raise DataError(f"{where}: the checkpoint changed since its partial output was "
                             f"started (SHA-256 {str(then.get('checkpoint_sha256'))[:12]}... "
@@ -697,6 +790,6 @@ def _consume(results: Iterator[Featurised], columns: Columns, partial: PartialOu
         invalid, rows, molecules = [], 0, 0
 
 
-__all__ = ["prediction_columns", "molecule_vectors", "fingerprint_columns", "CSVSink",
-           "NPZSink", "input_identity", "Identity", "Done", "PartialOutput", "partial_folder",
-           "Progress", "ScreenInput", "ScreenResult", "screen", "MEMBERS"]
+__all__ = ["prediction_columns", "SpreadColumns", "molecule_vectors", "fingerprint_columns",
+           "CSVSink", "NPZSink", "input_identity", "Identity", "Done", "PartialOutput",
+           "partial_folder", "Progress", "ScreenInput", "ScreenResult", "screen", "MEMBERS"]
