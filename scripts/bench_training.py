@@ -52,7 +52,9 @@ from torch_geometric.loader import DataLoader
 from graphformer.models import GINBaseline, GraphTransformer
 from graphformer.train import RunConfig, prepare
 from graphformer.train.config import DataConfig, TrainConfig
-from graphformer.train.loop import make_optimizer, model_config_for, train_step
+from graphformer.train.data_prep import model_config_for
+from graphformer.train.loop import train_step
+from graphformer.train.optim import make_optimizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from chemprop_peer import run_chemprop  # noqa: E402  (a sibling script module)

@@ -37,7 +37,7 @@ import torch
 from graphformer.models import GINBaseline
 from graphformer.train import RunConfig, prepare, train
 from graphformer.train.config import DataConfig, TrainConfig
-from graphformer.train.loop import model_config_for
+from graphformer.train.data_prep import model_config_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_training import machine_line  # noqa: E402  (sibling script modules)

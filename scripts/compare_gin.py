@@ -23,7 +23,7 @@ import torch
 from graphformer.models import GINBaseline
 from graphformer.train import RunConfig, prepare, train
 from graphformer.train.config import DataConfig, TrainConfig
-from graphformer.train.loop import model_config_for
+from graphformer.train.data_prep import model_config_for
 
 
 def main() -> None:

@@ -1,7 +1,9 @@
 """Training: run configuration, the training loop, metrics and checkpoints."""
+from .api import resume, train
 from .checkpoint import CheckpointError, load_checkpoint, load_run, save_checkpoint
 from .config import DataConfig, RunConfig, TrainConfig, read_config_file
-from .loop import Prepared, evaluate_split, predict, prepare, resume, train
+from .data_prep import Prepared, prepare
+from .loop import evaluate_split, predict
 from .metrics import compute_metrics
 
 __all__ = [

@@ -36,13 +36,15 @@ from typing import Any, Dict, List, Optional
 
 import torch.distributed as dist
 
-from .._files import write_text
 from ..errors import DataError
 from ..models import Ensemble
-from . import loop  # the members are trained by loop.train (which calls this module)
+from . import loop  # each member is one model's run of loop.train_model
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .config import RunConfig
-from .run_dir import RunDirectory, resume_config
+from .data_prep import EVAL_BATCH_GRAPHS, Prepared, prepare
+from .plots import plot_learning_curve
+from .run import Processes, open_run_directory, resolve_device, write_json
+from .run_dir import resume_config
 
 
 def member_dir(run_dir: Path, k: int) -> Path:
@@ -74,30 +76,30 @@ def saved_ensemble(run_dir: Path) -> Optional[RunConfig]:
 
 
 def train_ensemble(cfg: Optional[RunConfig], run_dir: Path, saved: Optional[RunConfig],
-                   progress: bool, prepared: Optional["loop.Prepared"],
+                   progress: bool, prepared: Optional[Prepared],
                    overwrite: bool) -> Dict[str, Any]:
     """Train the members of ``cfg`` one after the other, each with
-    :func:`graphformer.train.loop.train`, then score their mean. ``saved``
+    :func:`graphformer.train.loop.train_model`, then score their mean. ``saved``
     (:func:`saved_ensemble`) resumes the run in ``run_dir``, whose settings
     ``cfg`` may then change only where the run runs. See the module
-    docstring for the files; the other arguments are those of ``train``."""
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    world = dist.get_world_size() if dist.is_initialized() else 1
-    writer = rank == 0
+    docstring for the files; the other arguments are those of
+    :func:`graphformer.train.train`."""
+    processes = Processes.current()
+    writer, world = processes.is_main, processes.world
     resume = saved is not None
-    with RunDirectory(run_dir, resume, overwrite, writer, ensemble=True) as directory:
+    with open_run_directory(run_dir, resume, overwrite, ensemble=True) as directory:
         if saved is not None:
             cfg = resume_config(saved, cfg)
         assert cfg is not None
         show = progress and writer
         if prepared is None and world == 1:   # the data once for all members
-            prepared = loop.prepare(member_config(cfg, 0), log=show)
+            prepared = prepare(member_config(cfg, 0), log=show)
         if not resume and prepared is not None:
             loop.check_start(member_config(cfg, 0), prepared)
         k_total = cfg.train.ensemble
         directory.start(members=k_total)  # checked: an overwritten run goes now
         if writer and not resume:
-            write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+            write_json(run_dir / "config.json", cfg.to_dict())
         members: List[Dict[str, Any]] = []
         for k in range(k_total):
             folder = member_dir(run_dir, k)
@@ -109,30 +111,32 @@ def train_ensemble(cfg: Optional[RunConfig], run_dir: Path, saved: Optional[RunC
                     (folder / "best.pt").is_file():
                 members.append(json.loads((folder / "summary.json").read_text()))
             elif resume and (folder / "last.pt").is_file():
-                members.append(loop.train(member_cfg, folder, resume=True, progress=progress,
-                                          prepared=prepared, curve=False))
+                members.append(loop.train_model(member_cfg, folder, resume=True,
+                                                progress=progress, prepared=prepared,
+                                                curve=False))
             else:
-                members.append(loop.train(member_cfg, folder, progress=progress,
-                                          prepared=prepared, overwrite=True, curve=False))
+                members.append(loop.train_model(member_cfg, folder, progress=progress,
+                                                prepared=prepared, overwrite=True,
+                                                curve=False))
         if world > 1:   # rank 0 has written the last member's best.pt before any rank reads it
             dist.barrier()
         return _finish(cfg, run_dir, members, writer, prepared)
 
 
 def _finish(cfg: RunConfig, run_dir: Path, members: List[Dict[str, Any]], writer: bool,
-            prepared: Optional["loop.Prepared"]) -> Dict[str, Any]:
+            prepared: Optional[Prepared]) -> Dict[str, Any]:
     """The ensemble of the members' best checkpoints: its checkpoint and summary."""
     paths = [member_dir(run_dir, k) / "best.pt" for k in range(len(members))]
     states = [load_checkpoint(p) for p in paths]
     model = Ensemble([model_from_checkpoint(s, p) for s, p in zip(states, paths)])
     first = states[0]
     if prepared is None:
-        prepared = loop.prepare(member_config(cfg, 0), log=False)
+        prepared = prepare(member_config(cfg, 0), log=False)
     prepared = replace(prepared, y_mean=first["y_mean"], y_std=first["y_std"])
-    device = loop.resolve_device(cfg.train.device)
+    device = resolve_device(cfg.train.device)
     model = model.to(device)
     metric = first["metric"]
-    batch_size = max(cfg.train.batch_size, loop.EVAL_BATCH_GRAPHS)
+    batch_size = max(cfg.train.batch_size, EVAL_BATCH_GRAPHS)
     scores = {part: loop.evaluate_split(model, prepared, part, batch_size, device)
               for part in ("valid", "test")}
     calibration, uncertainty = loop.calibrate(model, prepared, batch_size, device)
@@ -160,8 +164,8 @@ def _finish(cfg: RunConfig, run_dir: Path, members: List[Dict[str, Any]], writer
                          **({"calibration": calibration.to_dict()}
                             if calibration is not None else {})},
                         run_dir / "best.pt")
-        write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-        loop.plot_learning_curve([], metric, run_dir / "learning_curve.png",
+        write_json(run_dir / "summary.json", summary)
+        plot_learning_curve([], metric, run_dir / "learning_curve.png",
                                  members=[json.loads((p.parent / "metrics.json").read_text())
                                           for p in paths],
                                  ensemble={part: scores[part][metric] for part in scores})

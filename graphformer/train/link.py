@@ -90,7 +90,8 @@ from ..data.sampling import neighbor_sampler
 from ..errors import ConfigError, DataError
 from ..models.link_predictor import LinkPredictor, LinkPredictorConfig
 from .checkpoint import CheckpointError, load_checkpoint, require_kind
-from .loop import RunFiles, plot_learning_curve, seed_everything
+from .plots import plot_learning_curve
+from .run import RunFiles, seed_everything
 from .node import (GraphSourceConfig, NodeTrainConfig, epoch_seed, process_group, progress_bar,
                    rank_seeds, start_config, start_training, sum_over_processes)
 from .run_dir import RunDirectory

@@ -55,7 +55,8 @@ from ..errors import ConfigError, DataError, UsageError
 from ..models.node_transformer import NodeClassifier, NodeTransformerConfig
 from .checkpoint import CheckpointError, load_checkpoint, require_kind
 from .config import coerce_fields
-from .loop import RunFiles, plot_learning_curve, resolve_device, seed_everything
+from .plots import plot_learning_curve
+from .run import RunFiles, resolve_device, seed_everything
 from .run_dir import RunDirectory
 
 KIND = "node-classification"

@@ -22,21 +22,16 @@ clipped to ``[-descriptor_clip, descriptor_clip]``.
 """
 from __future__ import annotations
 
-import json
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import Subset
 from torch_geometric.loader import DataLoader
-from tqdm.auto import tqdm
 
-from .._files import write_text
 from ..data.encodings import encodings
 from ..data.pretrain_targets import descriptor_names
 from ..datasets.corpus import PretrainCorpus, corpus_source
@@ -47,9 +42,9 @@ from .checkpoint import RESUME_FIELDS, RUN_FIELDS, check_fields, load_checkpoint
 from .config import TrainConfig, build_section, coerce_fields
 from .init import PRETRAIN_KIND
 from .metrics import is_better
-from .loop import RunFiles, make_training, resolve_device, restore_training, seed_everything
 from .optim import optimizer_step
 from .ensemble import saved_ensemble
+from .run import EpochRun, make_training, open_run_directory, restore_training
 from .run_dir import RunDirectory, resume_config
 
 #: the training settings ``pretrain`` uses where none are given
@@ -245,14 +240,8 @@ def pretrain(cfg: Optional[PretrainConfig], run_dir: Union[str, Path], resume: b
         raise UsageError(f"cannot resume {run_dir} with 'graphformer pretrain': it is an "
                          f"ensemble of 'graphformer train' (resume it with: graphformer train "
                          f"--resume {run_dir})")
-    writer = not dist.is_initialized() or dist.get_rank() == 0
-    with RunDirectory(run_dir, resume, overwrite, writer) as directory:
-        run = _Pretraining(cfg, directory, progress)
-        for epoch in range(run.start_epoch, run.cfg.train.epochs + 1):
-            row = run.train_epoch(epoch)
-            row.update(run.evaluate())
-            run.end_epoch(epoch, row)
-        return run.finish()
+    with open_run_directory(run_dir, resume, overwrite) as directory:
+        return _Pretraining(cfg, directory, progress).run_epochs()
 
 
 def load_pretrain_run(run_dir: Path) -> Dict[str, Any]:
@@ -269,17 +258,16 @@ def load_pretrain_run(run_dir: Path) -> Dict[str, Any]:
     return state
 
 
-class _Pretraining:
-    """One pre-training run: corpus, model, optimiser, history and files."""
+class _Pretraining(EpochRun):
+    """One pre-training run: corpus, model, optimiser, history and files on
+    the skeleton of :class:`~graphformer.train.run.EpochRun`."""
+
+    loss_names = ("loss", "atom_loss", "descriptor_loss")
 
     def __init__(self, cfg: Optional[PretrainConfig], directory: RunDirectory,
                  progress: bool) -> None:
-        self.directory = directory
-        self.dir = run_dir = directory.path
-        self.rank = dist.get_rank() if dist.is_initialized() else 0
-        self.world = dist.get_world_size() if dist.is_initialized() else 1
-        self.is_main = self.rank == 0
-        self.show = progress and self.is_main
+        super().__init__(directory, progress)
+        run_dir = self.dir
         state: Optional[Dict[str, Any]] = None
         if directory.resume:
             last = run_dir / "last.pt"
@@ -292,24 +280,13 @@ class _Pretraining:
         if cfg is None:
             raise ValueError("pretrain() needs a PretrainConfig unless it resumes a run")
         self.cfg: PretrainConfig = cfg
-        if cfg.train.threads:
-            torch.set_num_threads(cfg.train.threads)
-        seed_everything(cfg.train.seed)
-        self.device = resolve_device(cfg.train.device)
+        self.setup(cfg.train)
         self._load_data(state)
         self._build(state)
 
     def _load_data(self, state: Optional[Dict[str, Any]]) -> None:
         cfg = self.cfg
-        if self.world > 1:  # rank 0 processes and caches the corpus; the others read it
-            if self.is_main:
-                self.corpus = load_corpus(cfg, log=self.show)
-            dist.barrier()
-            if not self.is_main:
-                self.corpus = load_corpus(cfg, log=False)
-        else:
-            self.corpus = load_corpus(cfg, log=self.show)
-        corpus = self.corpus
+        self.corpus = corpus = self.processes.main_first(lambda: load_corpus(cfg, log=self.show))
         if self.show:
             print(corpus.report(), file=sys.stderr)
         if state is not None and state["corpus"].get("key") != corpus.key:
@@ -329,15 +306,11 @@ class _Pretraining:
             self.model, Subset(self.corpus, self.split["train"].tolist()), cfg.train,
             self.rank, self.world, device)
         self.valid_batches: Optional[List[Any]] = None
-        self.history: List[Dict[str, float]] = []
-        self.best: Dict[str, Any] = {"epoch": None, "valid_loss": None}
-        self.start_epoch = 1
+        self.best = {"epoch": None, "valid_loss": None}
         if state is not None:
             self.history, self.best, self.start_epoch = restore_training(
                 state, self.model, self.optimizer, self.scheduler)
-        self.directory.start()  # corpus and config checked: an overwritten run goes now
-        self.files = RunFiles(self.dir, self.is_main)
-        self.files.config(cfg.to_dict())
+        self.open_files(cfg.to_dict())  # corpus and config checked: an old run goes now
         if self.show and self.start_epoch == 1:
             print(f"pretrain: {len(self.split['train'])} molecules to train on, "
                   f"{len(self.split['valid'])} to validate; masked atoms "
@@ -356,37 +329,11 @@ class _Pretraining:
         out["masked"] = mask.sum()
         return out
 
-    def train_epoch(self, epoch: int) -> Dict[str, float]:
-        """One pass over the training part; the epoch's row so far."""
-        cfg, device = self.cfg, self.device
-        # Masks, dropout and shuffling are a function of (seed, epoch) alone:
-        # a resumed run repeats the uninterrupted one.
-        torch.manual_seed(cfg.train.seed * 1_000_003 + epoch)
-        self.sampler.set_epoch(epoch)
-        self.net.train()
-        self.started = time.perf_counter()
-        sums = torch.zeros(4, dtype=torch.float64)  # loss, atom, descriptors (x graphs), graphs
-        bar = tqdm(self.loader, desc=f"epoch {epoch}/{cfg.train.epochs}", unit="batch",
-                   disable=not self.show, leave=False, file=sys.stderr)
-        for batch in bar:
-            batch = batch.to(device)
-            out = self._losses(batch, None)
-            optimizer_step(self.net, out["loss"], self.optimizer, cfg.train.grad_clip)
-            self.scheduler.step()
-            n = batch.num_graphs
-            sums += torch.tensor([out["loss"].item() * n, out["atom"].item() * n,
-                                  out["descriptors"].item() * n, n], dtype=torch.float64)
-            bar.set_postfix(refresh=False, loss=f"{out['loss'].item():.4f}",
-                            mol_s=f"{sums[3].item() / (time.perf_counter() - self.started):.0f}")
-        bar.close()
-        if self.world > 1:  # the mean over all processes
-            sums = sums.to(device)
-            dist.all_reduce(sums)
-            sums = sums.cpu()
-        mean = sums[:3] / sums[3].clamp_min(1)
-        return {"epoch": epoch, "train_loss": float(mean[0]), "train_atom_loss": float(mean[1]),
-                "train_descriptor_loss": float(mean[2]),
-                "lr": self.optimizer.param_groups[0]["lr"]}
+    def step(self, batch: Any) -> Dict[str, Tensor]:
+        out = self._losses(batch, None)
+        optimizer_step(self.net, out["loss"], self.optimizer, self.cfg.train.grad_clip)
+        return {"loss": out["loss"], "atom_loss": out["atom"],
+                "descriptor_loss": out["descriptors"]}
 
     @torch.no_grad()
     def evaluate(self) -> Dict[str, float]:
@@ -410,7 +357,7 @@ class _Pretraining:
                 "valid_atom_accuracy": float(sums[4] / sums[5]),
                 "valid_descriptor_loss": float(sums[2] / sums[3])}
 
-    def _checkpoint(self, epoch: int) -> Dict[str, Any]:
+    def checkpoint(self, epoch: int) -> Dict[str, Any]:
         corpus = self.corpus
         return {"kind": PRETRAIN_KIND, "config": self.cfg.to_dict(),
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -421,21 +368,16 @@ class _Pretraining:
                 "corpus": {"key": corpus.key, "source": corpus.source.name,
                            "molecules": len(corpus), "rows": corpus.total, "bad": corpus.bad}}
 
-    def end_epoch(self, epoch: int, row: Dict[str, float]) -> None:
-        """Record the epoch: history, best epoch, files, checkpoints, the line."""
-        row["seconds"] = time.perf_counter() - self.started
-        self.history.append(row)
+    def record_best(self, epoch: int, row: Dict[str, float]) -> bool:
         improved = is_better(row["valid_loss"], self.best["valid_loss"], "loss")
         if improved:
             self.best = {"epoch": epoch, "valid_loss": row["valid_loss"]}
-        if self.is_main:
-            self.files.end_epoch(self.history, self._checkpoint(epoch), improved)
-        if self.show:
-            print(f"epoch {epoch:3d}/{self.cfg.train.epochs}  loss {row['train_loss']:.4f}  "
-                  f"valid loss {row['valid_loss']:.4f}  atom accuracy "
-                  f"{row['valid_atom_accuracy']:.3f}  "
-                  f"descriptors {row['valid_descriptor_loss']:.4f}"
-                  f"{'  *best' if improved else ''}  ({row['seconds']:.1f}s)", file=sys.stderr)
+        return improved
+
+    def epoch_line(self, row: Dict[str, float]) -> str:
+        return (f"valid loss {row['valid_loss']:.4f}  atom accuracy "
+                f"{row['valid_atom_accuracy']:.3f}  "
+                f"descriptors {row['valid_descriptor_loss']:.4f}")
 
     def finish(self) -> Dict[str, Any]:
         best = self.best
@@ -443,10 +385,7 @@ class _Pretraining:
                    "bad_smiles": self.corpus.bad, "best_epoch": best["epoch"],
                    "best_valid_loss": best["valid_loss"],
                    "final": self.history[-1] if self.history else {}}
-        if self.is_main:
-            write_text(self.dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-        self.files.close()
-        if best["epoch"] is None:
-            raise DataError(f"no epoch of the pretraining run in {self.dir} had a finite "
-                            f"validation loss (did it diverge? try a lower --lr)")
+        self.write_summary(summary)
+        self.close(f"no epoch of the pretraining run in {self.dir} had a finite "
+                   f"validation loss (did it diverge? try a lower --lr)")
         return summary
