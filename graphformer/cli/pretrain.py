@@ -9,19 +9,17 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import UsageError
-from ..train.pretrain import PretrainConfig, load_pretrain_run, pretrain
-from .train import RUNTIME_FLAGS, add_model_arguments, add_run_arguments, \
+from ..train.pretrain import CorpusConfig, ObjectiveConfig, PretrainConfig, load_pretrain_run, \
+    pretrain
+from ._config_flags import add_config_flags, config_flags
+from .train import RUNTIME_FLAGS, TRAIN_ONLY, add_model_arguments, add_run_arguments, \
     add_training_arguments, check_resume_flags, config_from_args, init_distributed, \
     section_flags
 
 # flag -> (section, key)
 _PRETRAIN_FLAGS = {
-    "smiles": ("data", "smiles"), "smiles_column": ("data", "smiles_column"),
-    "max_molecules": ("data", "max_molecules"), "valid_fraction": ("data", "valid_fraction"),
-    "root": ("data", "root"),
-    "mask_rate": ("objective", "mask_rate"), "atom_weight": ("objective", "atom_weight"),
-    "descriptor_weight": ("objective", "descriptor_weight"),
-    **section_flags("model", "train", leave_out=("init", "pretrained")),
+    **config_flags(CorpusConfig, "data"), **config_flags(ObjectiveConfig, "objective"),
+    **section_flags("model", "train", leave_out=TRAIN_ONLY),
 }
 
 
@@ -33,21 +31,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "RUN_DIR/best.pt' fine-tunes from the result. Settings come from the defaults, then "
         "--config FILE (sections data, model, objective, train), then the flags given.")
     add_run_arguments(p, "runs/pretrain-<time>")
-    d = p.add_argument_group("corpus")
-    d.add_argument("--smiles", metavar="FILE",
-                   help="SMILES file (.csv, .csv.gz, .smi, .txt), a molsets wheel "
-                   "(pip download --no-deps molsets), or 'moses' (an installed molsets)")
-    d.add_argument("--smiles-column", help="SMILES column of a CSV file (default smiles, "
-                   "matched case-insensitively)")
-    d.add_argument("--max-molecules", type=int, help="read only the first N rows (0 = all)")
-    d.add_argument("--valid-fraction", type=float, help="share held out for validation "
-                   "(default 0.05)")
-    d.add_argument("--root", help="data cache directory")
+    add_config_flags(p.add_argument_group("corpus"), CorpusConfig, "data")
     add_model_arguments(p)
-    o = p.add_argument_group("objectives")
-    o.add_argument("--mask-rate", type=float, help="share of atoms masked (default 0.15)")
-    o.add_argument("--atom-weight", type=float, help="weight of the masked-atom loss")
-    o.add_argument("--descriptor-weight", type=float, help="weight of the descriptor loss")
+    add_config_flags(p.add_argument_group("objectives"), ObjectiveConfig, "objective")
     add_training_arguments(p)
     p.set_defaults(run=run)
 

@@ -32,6 +32,7 @@ from torch import Tensor
 from torch.utils.data import Subset
 from torch_geometric.loader import DataLoader
 
+from .._settings import setting
 from ..data.encodings import encodings
 from ..data.pretrain_targets import descriptor_names
 from ..datasets.corpus import PretrainCorpus, corpus_source
@@ -70,11 +71,15 @@ class CorpusConfig:
         valid_fraction: the share of molecules held out for validation.
         root: where processed corpora are cached.
     """
-    smiles: str = "moses"
-    smiles_column: str = "smiles"
-    max_molecules: int = 0
-    valid_fraction: float = 0.05
-    root: Optional[str] = None
+    smiles: str = setting("moses", metavar="FILE",
+                          help="SMILES file (.csv, .csv.gz, .smi, .txt), a molsets wheel "
+                          "(pip download --no-deps molsets), or 'moses' (an installed "
+                          "molsets)")
+    smiles_column: str = setting("smiles", help="SMILES column of a CSV file (default "
+                                 "smiles, matched case-insensitively)")
+    max_molecules: int = setting(0, help="read only the first N rows (0 = all)")
+    valid_fraction: float = setting(0.05, help="share held out for validation (default 0.05)")
+    root: Optional[str] = setting(None, help="data cache directory")
 
     def __post_init__(self) -> None:
         coerce_fields(self, "data")
@@ -100,10 +105,11 @@ class ObjectiveConfig:
         descriptor_clip: normalised descriptor targets are clipped to
             ``[-descriptor_clip, descriptor_clip]`` (outliers).
     """
-    mask_rate: float = 0.15
-    atom_weight: float = 1.0
-    descriptor_weight: float = 1.0
-    descriptor_clip: float = 10.0
+    mask_rate: float = setting(0.15, help="share of atoms masked (default 0.15)")
+    atom_weight: float = setting(1.0, help="weight of the masked-atom loss (default 1)")
+    descriptor_weight: float = setting(1.0, help="weight of the descriptor loss (default 1)")
+    descriptor_clip: float = setting(10.0, help="normalised descriptor targets are clipped "
+                                     "to [-C, C] (default 10)")
 
     def __post_init__(self) -> None:
         coerce_fields(self, "objective")

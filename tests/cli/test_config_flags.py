@@ -74,3 +74,20 @@ def test_a_bad_flag_value_is_named_by_its_flag(tmp_path):
             "argument --batch-size: must be >= 1, got 0")
     refused(cli("train", "--pretrained", "--ema", "1.5", "--run-dir", tmp_path / "r"), 2,
             "argument --ema: must be in [0, 1)")
+
+
+def test_pretrain_has_a_flag_for_every_corpus_objective_model_and_shared_training_setting():
+    from graphformer.cli.commands import build_parser
+    from graphformer.cli.pretrain import _PRETRAIN_FLAGS
+    from graphformer.cli.train import TRAIN_ONLY
+    from graphformer.train.pretrain import CorpusConfig, ObjectiveConfig
+
+    sections = {"data": CorpusConfig, "objective": ObjectiveConfig,
+                "model": GraphTransformerConfig, "train": TrainConfig}
+    expected = {(s, f.name) for s, cls in sections.items() for f in dataclasses.fields(cls)
+                if "help" in f.metadata and not (s == "train" and f.name in TRAIN_ONLY)}
+    assert set(_PRETRAIN_FLAGS.values()) == expected
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    options = {o for a in sub.choices["pretrain"]._actions for o in a.option_strings}
+    assert "--descriptor-clip" in options and "--no-edge-update" in options
+    assert not {"--ensemble", "--init", "--loss"} & options
