@@ -11,6 +11,9 @@ the batches `graphformer train` draws):
 - molecules per second of evaluation (forward only, no gradients);
 - with --floor: the same model with its attention removed, the node-wise
   work that bounds what any attention implementation can reach;
+- with --compile: the same default model (each backend asked for) under
+  `torch.compile(model, dynamic=True)` (inductor, default mode) beside the
+  eager one; its warm-up (the compilation) is reported apart;
 - with --cli: the wall time of `graphformer train` with its defaults (and of
   `--dataset NAME` for each of --cli-datasets), as a new user's first run;
 - with --chemprop (chemprop installed as a benchmark peer, never a
@@ -93,13 +96,17 @@ class _NoAttention(torch.nn.Module):
 
 
 def _models(cfg: RunConfig, prepared, backends: List[str],
-            floor: bool) -> Dict[str, torch.nn.Module]:
+            floor: bool, compile: bool = False) -> Dict[str, torch.nn.Module]:
     model_cfg = model_config_for(cfg, prepared.bench)
     models: Dict[str, torch.nn.Module] = {}
     for backend in backends:
         torch.manual_seed(0)
         models[f"graphformer ({backend})"] = GraphTransformer(
             replace(model_cfg, attention_backend=backend))
+        if compile:
+            torch.manual_seed(0)
+            models[f"graphformer ({backend}, compiled)"] = torch.compile(
+                GraphTransformer(replace(model_cfg, attention_backend=backend)), dynamic=True)
     if floor:
         torch.manual_seed(0)
         model = GraphTransformer(model_cfg)
@@ -120,7 +127,7 @@ def bench_steps(name: str, args: argparse.Namespace) -> List[Dict[str, Any]]:
     loader = DataLoader(prepared.subset("train"), batch_size=cfg.train.batch_size, shuffle=True)
     batches = [b for _, b in zip(range(args.batches), loader)]
     eval_batches = list(DataLoader(prepared.subset("valid"), batch_size=cfg.train.batch_size))
-    models = _models(cfg, prepared, args.backends, args.floor)
+    models = _models(cfg, prepared, args.backends, args.floor, args.compile)
     optims = {k: make_optimizer(m, 1e-4, cfg.train.weight_decay) for k, m in models.items()}
     task = prepared.bench.task
 
@@ -142,9 +149,12 @@ def bench_steps(name: str, args: argparse.Namespace) -> List[Dict[str, Any]]:
             return sum(b.num_graphs for b in eval_batches)
         return run
 
-    for key in models:            # warm-up: first calls allocate and dispatch
+    warmup: Dict[str, float] = {}
+    for key in models:            # warm-up: first calls allocate, dispatch (and compile)
+        start = time.perf_counter()
         steps(key)()
         evals(key)()
+        warmup[key] = time.perf_counter() - start
     train_rates: Dict[str, List[float]] = {k: [] for k in models}
     eval_rates: Dict[str, List[float]] = {k: [] for k in models}
     for _ in range(args.repeats):  # interleaved: drift hits every model alike
@@ -157,9 +167,11 @@ def bench_steps(name: str, args: argparse.Namespace) -> List[Dict[str, Any]]:
         rows.append({"dataset": name, "model": key,
                      "train_mol_s": statistics.median(train_rates[key]),
                      "eval_mol_s": statistics.median(eval_rates[key]),
-                     "atoms_per_batch": nodes, "batch_size": cfg.train.batch_size})
+                     "atoms_per_batch": nodes, "batch_size": cfg.train.batch_size,
+                     "warmup_s": warmup[key]})
         print(f"{name:14s} {key:40s} train {rows[-1]['train_mol_s']:7.0f} mol/s   "
-              f"eval {rows[-1]['eval_mol_s']:7.0f} mol/s", flush=True)
+              f"eval {rows[-1]['eval_mol_s']:7.0f} mol/s   warm-up {warmup[key]:6.1f} s",
+              flush=True)
     return rows
 
 
@@ -262,6 +274,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="also time the default model with attention removed: the "
                         "node-wise work (encoders, feed-forward, norms, head, optimiser) that "
                         "no attention implementation can go below")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time each graphformer model under torch.compile(model, "
+                        "dynamic=True) (inductor, default mode); its warm-up includes the "
+                        "compilation")
     parser.add_argument("--batches", type=int, default=8, help="training batches per timing")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="0 = torch's default")

@@ -14,7 +14,7 @@ from torch_geometric.typing import OptTensor, PairTensor
 
 from .._checks import (check_edge_index, check_node_features, check_node_range,
                        refuse_softmax_backend)
-from .backend import (ATTENTION_BACKENDS, REGISTRY, AttentionBackend, AttentionCall,
+from .backend import (ATTENTION_BACKENDS, AttentionBackend, AttentionCall, get_backend,
                       resolve_backend)
 from .edge_set import EdgeSet
 from .edge_terms import PerEdgeTerms, TypedEdgeTerms
@@ -192,7 +192,8 @@ class RelationalAttention(MessagePassing):
         backend = resolve_backend(
             self.backend, edges, heads=H, channels=H * C, device=q.device,
             per_edge_features=edge_attr is not None and edge_type is None,
-            has_terms=edge_attr is not None, dropout_active=dropout_active, traced=traced)
+            has_terms=edge_attr is not None, dropout_active=dropout_active,
+            traced=self._explain, compiling=is_compiling())
 
         dtype = q.dtype
         if backend != "fused" and dtype in (torch.float16, torch.bfloat16):
@@ -209,7 +210,7 @@ class RelationalAttention(MessagePassing):
         call = AttentionCall(q, k, v, ei, edges, self._edge_terms(edge_attr, edge_type, edges, q),
                              head_mask, self.dropout, self.training, return_attention_weights,
                              message_passing=self._propagate)
-        out, alpha = REGISTRY[backend].run(call)
+        out, alpha = get_backend(backend).run(call)
         if alpha is not None:
             alpha = alpha.to(dtype)
             if edges is not None:

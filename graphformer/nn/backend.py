@@ -21,9 +21,9 @@ function, where it runs, what it needs):
   the typed edge terms read per edge from node-by-type tables; needs a C
   compiler (``GRAPHFORMER_CPU_KERNELS=0`` turns it off).
 - ``"propagate"``: the calling layer's PyG ``MessagePassing.propagate`` with
-  per-edge messages (E×H×C tensors). Slowest; used under
-  :func:`torch.compile` and PyG's explain mode, which hook into message
-  passing.
+  per-edge messages (E×H×C tensors). Slowest; used in PyG's explain mode,
+  which hooks into message passing, and under :func:`torch.compile` where
+  ``"fused_cpu"`` does not apply.
 
 Every backend has one signature: it takes an :class:`AttentionCall` (the
 projected queries, keys and values, the :class:`~graphformer.nn.EdgeSet`, its
@@ -32,7 +32,12 @@ edge terms, head mask and dropout) and returns ``(out [N_t, H, C], alpha
 ``backend`` setting becomes a backend name; ``"auto"`` follows this cost
 model (:func:`choose_backend`), in order:
 
-1. under :func:`torch.compile` or PyG explain mode: ``"propagate"``;
+1. in PyG explain mode, or without an :class:`~graphformer.nn.EdgeSet`
+   under :func:`torch.compile`: ``"propagate"``; under :func:`torch.compile`
+   with an :class:`~graphformer.nn.EdgeSet`: ``"fused_cpu"`` where rule 4
+   picks it (typed edges on the CPU, kernels built; its kernels are custom
+   ops, traced without a graph break), else ``"propagate"`` (the rules
+   below read the edge set's padded layout, whose sizes depend on the data);
 2. on CUDA with Triton, without attention dropout in training: ``"fused"``;
 3. with per-edge features (not typed edges: their terms cost no per-edge
    projection) on CPU, when the per-edge messages are small
@@ -65,7 +70,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Callable, Literal, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Literal, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -120,8 +125,7 @@ def _message_passing(call: AttentionCall) -> Tuple[torch.Tensor, Optional[torch.
     return call.message_passing(call)
 
 
-#: The attention backends by name, in the order of the module documentation.
-REGISTRY: Mapping[str, Backend] = MappingProxyType({b.name: b for b in (
+_BACKENDS: Dict[str, Backend] = {b.name: b for b in (
     Backend("sparse", sparse_attention, _anywhere, "any device"),
     Backend("dense", dense_attention, _anywhere,
             "any device; self-attention within graphs (else it runs 'sparse')"),
@@ -133,7 +137,11 @@ REGISTRY: Mapping[str, Backend] = MappingProxyType({b.name: b for b in (
             "GRAPHFORMER_CPU_KERNELS=0 turns them off)"),
     Backend("propagate", _message_passing, _anywhere,
             "any device; a message-passing layer (RelationalAttention)"),
-)})
+)}
+#: The attention backends by name, in the order of the module documentation
+#: (read-only; :func:`get_backend` reads the dict behind it, which
+#: :func:`torch.compile` traces where a mapping proxy would break the graph).
+REGISTRY: Mapping[str, Backend] = MappingProxyType(_BACKENDS)
 
 AttentionBackend = Literal["auto", "sparse", "dense", "fused", "fused_cpu", "propagate"]
 #: What a layer's ``backend`` may be: ``"auto"`` or a name of :data:`REGISTRY`.
@@ -147,7 +155,7 @@ def get_backend(name: str) -> Backend:
         ValueError: for a name not in :data:`REGISTRY` (``"auto"`` included:
             :func:`resolve_backend` turns it into a name)."""
     try:
-        return REGISTRY[name]
+        return _BACKENDS[name]
     except KeyError:
         raise ValueError(f"unknown attention backend {name!r}; choose one of "
                          f"{ATTENTION_BACKENDS}") from None
@@ -213,25 +221,32 @@ def choose_backend(*, num_edges: int, num_graphs: int, max_nodes: int, heads: in
 
 def resolve_backend(requested: str, edges: Optional["EdgeSet"], *, heads: int, channels: int,
                     device: torch.device, per_edge_features: bool, has_terms: bool,
-                    dropout_active: bool, traced: bool) -> str:
+                    dropout_active: bool, traced: bool, compiling: bool = False) -> str:
     """The backend a layer call runs: ``requested`` unless it is ``"auto"``,
     then the cost model's choice (:func:`choose_backend`) among the backends
-    :data:`REGISTRY` says are available on ``device``. ``traced`` is true
-    under :func:`torch.compile` and PyG's explain mode, which hook into
-    message passing; ``edges`` may be None only then."""
+    :data:`REGISTRY` says are available on ``device``. ``traced`` is true in
+    PyG's explain mode, which hooks into message passing; ``compiling`` under
+    :func:`torch.compile`; ``edges`` may be None only in one of the two."""
     if requested != "auto":
         return get_backend(requested).name
     if traced or edges is None:
+        return "propagate"
+    typed_edges = has_terms and not per_edge_features
+    if compiling:
+        # the cost model reads the edge set's padded layout, whose sizes
+        # depend on the data: compiled code takes rule 4 or message passing
+        if typed_edges and device.type == "cpu" and get_backend("fused_cpu").available(device):
+            return "fused_cpu"
         return "propagate"
     layout = edges.layout
     dense_ok = layout is not None and (edges.coalesced or not has_terms)
     B, T = (layout.num_graphs, layout.max_nodes) if dense_ok else (1, edges.num_dst)
     return choose_backend(num_edges=edges.num_edges, num_graphs=B, max_nodes=T, heads=heads,
                           device=device, dense_ok=dense_ok,
-                          fused_ok=REGISTRY["fused"].available(device),
+                          fused_ok=get_backend("fused").available(device),
                           dropout_active=dropout_active, edge_features=per_edge_features,
-                          channels=channels, typed_edges=has_terms and not per_edge_features,
-                          fused_cpu_ok=REGISTRY["fused_cpu"].available(device))
+                          channels=channels, typed_edges=typed_edges,
+                          fused_cpu_ok=get_backend("fused_cpu").available(device))
 
 
 @dataclass(frozen=True)

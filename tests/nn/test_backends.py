@@ -12,8 +12,8 @@ import torch
 
 from graphformer import patterns as P
 from graphformer.nn import EdgeSet, RelationalAttention, estimate
-from graphformer.nn.backend import (DENSE_MAX_SCORES, PROPAGATE_BELOW, choose_backend,
-                                     padded_density)
+from graphformer.nn.backend import (DENSE_MAX_SCORES, PROPAGATE_BELOW, REGISTRY,
+                                     choose_backend, padded_density)
 from graphformer.nn.fused import fused_available
 from graphformer.nn.fused_cpu import fused_cpu_available, fused_cpu_unavailable
 from tests.helpers import ptr_of
@@ -262,12 +262,12 @@ def test_auto_picks_dense_for_full_molecules_and_sparse_for_bonds(monkeypatch):
     import graphformer.nn.attention as A
 
     seen = []
-    spied = dict(A.REGISTRY)
+    spied = dict(REGISTRY)
     for name in ("sparse", "dense"):
         real = spied[name]
         spied[name] = replace(real, run=lambda call, _real=real: seen.append(_real.name)
                               or _real.run(call))
-    monkeypatch.setattr(A, "REGISTRY", spied)
+    monkeypatch.setattr(A, "get_backend", spied.__getitem__)
     ptr = ptr_of([25] * 8)
     batch = torch.repeat_interleave(torch.arange(8), 25)
     layer = RelationalAttention(IN, OUT, heads=H)

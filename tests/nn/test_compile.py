@@ -1,0 +1,150 @@
+"""The CPU kernels under :func:`torch.compile` and :func:`torch.export.export`:
+as custom ops they are traced, so compiled code keeps the fast path
+(``auto`` picks ``fused_cpu`` for typed edges, dropout is the hashed kernel)
+instead of falling back to message passing and torch's dropout.
+
+The graph-break tests use the ``aot_eager`` backend (forward and backward
+traced, nothing generated): inductor's compile time is measured in
+``scripts/bench_training.py --compile`` instead."""
+from pathlib import Path
+
+import pytest
+import torch
+from torch_geometric.data import Batch
+
+from graphformer.data import from_smiles
+from graphformer.data.encodings import encodings
+from graphformer.models import GraphTransformer, GraphTransformerConfig
+from graphformer.nn import EdgeSet, TransformerLayer
+from graphformer.nn.cpu_kernels import kernels_available, kernels_unavailable
+
+pytestmark = pytest.mark.skipif(
+    not kernels_available(), reason=f"the CPU kernels are unavailable: {kernels_unavailable()}")
+
+SMILES = ["CCO", "c1ccccc1O", "CC(=O)Nc1ccc(O)cc1", "CCN(CC)CC", "OC(=O)C1CCCCC1"]
+
+#: the modules on the attention path: no graph break may arise in them
+KERNEL_PATH = {"attention.py", "backend.py", "fused_cpu.py", "functional.py", "csr.py",
+               "cpu_kernels.py", "transformer.py", "edge_terms.py", "call.py"}
+
+
+def ops_in(graphs):
+    """The graphformer custom ops called in traced graphs."""
+    return {str(node.target) for g in graphs for node in g.graph.nodes
+            if node.op == "call_function" and "graphformer" in str(node.target)}
+
+
+def typed_edges(num_nodes=9, num_types=3):
+    src = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 8, 0, 2, 4, 6, 8, 1])
+    dst = torch.tensor([1, 2, 3, 4, 5, 6, 7, 8, 0, 5, 7, 0, 2, 3, 1])
+    etype = torch.arange(src.numel()) % num_types
+    return EdgeSet(torch.stack([src, dst]), num_nodes, edge_type=etype, num_types=num_types)
+
+
+def test_transformer_layer_with_dropout_compiles_whole_on_the_kernels():
+    """A layer on typed edges with dropout (attention, residual, GELU
+    feed-forward): one graph, no break, the fused attention and both hashed
+    dropouts in it; with the same seed the compiled layer equals the eager
+    one, forward and backward (same kernels, same seeds)."""
+    torch.manual_seed(0)
+    layer = TransformerLayer(16, heads=2, edge_dim=5, dropout=0.3, activation="gelu",
+                             norm_first=True).train()
+    edges = typed_edges()
+    x = torch.randn(9, 16, requires_grad=True)
+    table = torch.randn(3, 5)
+    explanation = torch._dynamo.explain(layer)(x, edges, table)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    ops = ops_in(explanation.graphs)
+    assert {"graphformer.fused_attention", "graphformer.hashed_dropout",
+            "graphformer.gelu_dropout"} <= ops, ops
+    compiled = torch.compile(layer, backend="aot_eager", dynamic=True, fullgraph=True)
+    torch.manual_seed(1)
+    ours = compiled(x, edges, table).x
+    (g_ours,) = torch.autograd.grad(ours.pow(2).sum(), x)
+    torch.manual_seed(1)
+    ref = layer(x, edges, table).x
+    (g_ref,) = torch.autograd.grad(ref.pow(2).sum(), x)
+    torch.testing.assert_close(ours, ref)
+    torch.testing.assert_close(g_ours, g_ref)
+    assert (ours != 0).any()
+
+
+def molecules():
+    t = encodings(GraphTransformerConfig().rwse_steps)
+    return Batch.from_data_list([t(from_smiles(s)) for s in SMILES])
+
+
+def training_step(model, batch):
+    """Loss and gradients of one step of the model (a squared-output loss)."""
+    model.zero_grad()
+    loss = model(batch).pow(2).mean()
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+
+@pytest.mark.slow
+def test_default_molecule_model_training_step_compiles_on_the_kernels():
+    """The default molecule model's training step under torch.compile
+    (dynamic shapes): the attention runs the fused_cpu custom ops inside the
+    compiled graphs, no graph break arises on the attention path (the ones
+    left are in the model's edge-set preparation: data-dependent checks and
+    sizes), and loss and gradients equal eager mode's."""
+    torch.manual_seed(0)
+    model = GraphTransformer(GraphTransformerConfig()).train()
+    batch = molecules()
+    explanation = torch._dynamo.explain(model)(batch)
+    inside = [r for r in explanation.break_reasons
+              if any(Path(f.filename).name in KERNEL_PATH and "graphformer/nn" in f.filename
+                     for f in r.user_stack[-1:])]
+    assert inside == [], inside
+    assert "graphformer.fused_attention" in ops_in(explanation.graphs)
+    ref_loss, ref_grads = training_step(model, batch)
+    compiled = torch.compile(model, backend="aot_eager", dynamic=True)
+    loss, grads = training_step(compiled, batch)
+    torch.testing.assert_close(loss, ref_loss)
+    assert len(grads) == len(ref_grads)
+    for ours, ref in zip(grads, ref_grads):
+        torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-4)
+
+
+class _TypedAttention(torch.nn.Module):
+    """Projections and the fused attention op over an edge set given as
+    tensors (grouped by target): what an exported model's attention runs."""
+
+    def __init__(self, channels=8, heads=2, num_types=3):
+        super().__init__()
+        self.heads = heads
+        self.qkv = torch.nn.Linear(channels, 3 * channels)
+        self.target_table = torch.nn.Parameter(torch.randn(heads, 1, num_types))
+        self.type_values = torch.nn.Parameter(torch.randn(num_types, heads, channels // heads))
+
+    def forward(self, x, ptr, col, edge_type):
+        N, H = x.size(0), self.heads
+        q, k, v = self.qkv(x).view(N, 3, H, -1).unbind(1)
+        empty = ptr.new_empty(0)
+        out, _, _ = torch.ops.graphformer.fused_attention(
+            q.contiguous(), k.contiguous(), v.contiguous(), ptr, col, empty, empty, empty, None,
+            edge_type, self.target_table.expand(-1, N, -1).contiguous(), None,
+            self.type_values, torch.zeros(1, dtype=torch.long), 0.5, 0.0)
+        return out.reshape(N, -1)
+
+
+def test_the_fused_attention_op_exports_for_inference_with_dynamic_shapes():
+    """torch.export.export of a module calling the op, with the node and
+    edge counts dynamic: the exported program runs the kernel and equals
+    eager mode on another graph of other sizes."""
+    torch.manual_seed(0)
+    module = _TypedAttention().eval()
+    edges = typed_edges()
+    ptr, col, etype = edges.csr.ptr, edges.csr.col, edges.edge_type
+    nodes, num_edges = torch.export.Dim("nodes", min=2), torch.export.Dim("edges", min=2)
+    with torch.no_grad():
+        program = torch.export.export(
+            module, (torch.randn(9, 8), ptr, col, etype),
+            dynamic_shapes=({0: nodes}, {0: nodes + 1}, {0: num_edges}, {0: num_edges}))
+    assert "graphformer.fused_attention" in str(program.graph)
+    other = EdgeSet(torch.tensor([[0, 1, 2, 3, 4, 5, 0, 2], [1, 2, 3, 4, 5, 0, 0, 0]]), 6,
+                    edge_type=torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]), num_types=3)
+    args = (torch.randn(6, 8), other.csr.ptr, other.csr.col, other.edge_type)
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(*args), module(*args))
