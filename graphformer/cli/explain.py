@@ -56,15 +56,15 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.checkpoint} is an ensemble of {len(model.members)} models, "
                          f"each with its own attention; explain one of them: "
                          f"{Path(args.checkpoint).parent / 'member-0' / 'best.pt'}")
-    columns = cfg.data.feature_columns if cfg.model.mol_features else []
+    mol = bool(model.mol_features)
+    columns = cfg.data.feature_columns if mol else []
     if columns:
         print(f"graphformer: warning: {args.checkpoint} also takes the feature column(s) "
               f"{columns}, which --smiles cannot give: they count as missing (the training "
               f"median)", file=sys.stderr)
     try:
         data = from_smiles(args.smiles, where="--smiles",
-                           molecule_feature_sets=cfg.data.molecule_features
-                           if cfg.model.mol_features else (),
+                           molecule_feature_sets=cfg.data.molecule_features if mol else (),
                            feature_values=[math.nan] * len(columns) if columns else None)
     except ValueError as err:  # the SMILES is an argument: a usage error
         raise UsageError(str(err)) from None

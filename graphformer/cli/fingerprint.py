@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import UsageError
-from ..train.checkpoint import load_run
+from ..train.checkpoint import load_run, mol_features_of
 from ..train.screen import MEMBERS, CSVSink, NPZSink, fingerprint_columns
 from ._args import output_path, set_threads
 from .predict import add_screen_arguments, run_screen
@@ -46,8 +46,10 @@ def run(args: argparse.Namespace) -> int:
         return fingerprint_columns(model, batch, members=args.members)
 
     sink = NPZSink() if output.suffix.lower() == ".npz" else CSVSink(args.smiles_column)
-    result = run_screen(args, output, cfg, columns, sink, {"--members": args.members})
-    width = cfg.model.hidden + cfg.model.mol_features
+    mol_features = mol_features_of(state, args.checkpoint)[0]
+    result = run_screen(args, output, cfg, mol_features, columns, sink,
+                        {"--members": args.members})
+    width = cfg.model.hidden + mol_features
     shape = f"{cfg.train.ensemble} x {width}" if args.members == "all" else f"{width}"
     print(f"wrote {result.molecules} fingerprints ({shape} values each) to {output}"
           + (f" ({result.skipped} invalid rows skipped)" if result.skipped else ""))

@@ -19,7 +19,7 @@ from .._files import remove_stale_temporaries
 from ..datasets.molecules import file_digest
 from ..datasets.stream import CHUNK_SIZE, Featuriser, csv_file
 from ..errors import DataError, UsageError
-from ..train.checkpoint import load_run
+from ..train.checkpoint import load_run, mol_features_of
 from ..train.config import RunConfig
 from ..train.screen import (CSVSink, Columns, Identity, PartialOutput, ScreenInput, ScreenResult,
                             SpreadColumns, input_identity, prediction_columns, screen)
@@ -132,11 +132,12 @@ def spread_columns(args: argparse.Namespace, state: Dict[str, Any], model: Any,
     return spread
 
 
-def screen_input(args: argparse.Namespace, cfg: RunConfig) -> ScreenInput:
+def screen_input(args: argparse.Namespace, cfg: RunConfig, mol_features: int) -> ScreenInput:
     """The input of a checkpoint's screening run: the molecule features the
-    model was trained with, computed as in training (its descriptor sets,
-    and its feature columns read from the input file), and its encodings."""
-    mol = bool(cfg.model.mol_features)
+    model was trained with (``mol_features`` of them, 0 = none), computed as
+    in training (its descriptor sets, and its feature columns read from the
+    input file), and its encodings."""
+    mol = bool(mol_features)
     featuriser = Featuriser(str(args.input),
                             tuple(cfg.data.molecule_features) if mol else (),
                             cfg.model.rwse_steps, cfg.model.lap_pe)
@@ -145,8 +146,8 @@ def screen_input(args: argparse.Namespace, cfg: RunConfig) -> ScreenInput:
                        args.batch_size)
 
 
-def run_screen(args: argparse.Namespace, output: Path, cfg: RunConfig, columns: Columns,
-               sink: Any, settings: Dict[str, Any]) -> ScreenResult:
+def run_screen(args: argparse.Namespace, output: Path, cfg: RunConfig, mol_features: int,
+               columns: Columns, sink: Any, settings: Dict[str, Any]) -> ScreenResult:
     """Run ``columns`` over the input of ``args`` into ``output`` through
     ``sink``; ``settings`` are the command's own flags that change the
     output (checked on ``--resume``)."""
@@ -157,7 +158,7 @@ def run_screen(args: argparse.Namespace, output: Path, cfg: RunConfig, columns: 
     output.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(output.parent, [output.name])
     partial = PartialOutput(output, identity, sink, sys.stderr)
-    return screen(screen_input(args, cfg), columns, partial, resume=args.resume,
+    return screen(screen_input(args, cfg, mol_features), columns, partial, resume=args.resume,
                   skip_invalid=args.skip_invalid, workers=args.workers, report=sys.stderr,
                   progress=None if args.quiet else args.command)
 
@@ -179,7 +180,8 @@ def run(args: argparse.Namespace) -> int:
 
     interval = {"--interval": args.interval,
                 "--interval-method": spread.method if args.interval is not None else None}
-    result = run_screen(args, output, cfg, columns, CSVSink(args.smiles_column), interval)
+    result = run_screen(args, output, cfg, mol_features_of(state, args.checkpoint)[0], columns,
+                        CSVSink(args.smiles_column), interval)
     print(f"wrote {result.molecules} predictions to {output}"
           + (f" ({result.skipped} invalid rows skipped)" if result.skipped else ""))
     return 0

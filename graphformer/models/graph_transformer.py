@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Literal, Optional, Tuple, get_args
+from typing import Any, Dict, Literal, Optional, Sequence, Tuple, get_args
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +18,7 @@ from torch_geometric.utils.sparse import ptr2index
 from .. import patterns
 from .._settings import setting
 from ..datasets.molecules import TASKS, Task
-from ..nn import Dropout, EdgeSet, FeatureScaler, TransformerLayer
+from ..nn import Dropout, EdgeSet, FeatureScaler, RelationalAttention, TransformerLayer
 from ..nn.backend import ATTENTION_BACKENDS
 from .encoders import AtomEncoder, BondEncoder
 
@@ -73,19 +73,6 @@ class GraphTransformerConfig:
             the node states (a hybrid in the manner of GraphGPS): ``"none"``
             or ``"gine"`` (:class:`torch_geometric.nn.GINEConv`, bond
             embeddings as edge features, a two-layer MLP, pre-norm).
-        attention_backend: how attention is computed (``"auto"``, ``"sparse"``,
-            ``"dense"``, ``"fused"``, ``"propagate"``; see
-            :mod:`graphformer.nn.backend`). Changes speed and memory, not
-            results (beyond float rounding).
-        mol_features: width ``F`` of ``data.mol_x`` (molecule-level features,
-            e.g. RDKit descriptors), 0 = off. Scaled by a
-            :class:`~graphformer.nn.FeatureScaler` (fitted on the training
-            split, see :meth:`GraphTransformer.fit_mol_features`; its
-            statistics are buffers of the model) and concatenated with the
-            pooled graph vector before the head.
-        mol_feature_names: the name of each of the ``mol_features`` columns
-            (empty, or exactly ``mol_features`` names), so a trained model
-            says which features it must be given.
         output: what the head predicts per task (regression only):
             ``"mean"`` (one number, trained by MSE), ``"mve"`` (a Gaussian's
             mean and variance, trained by its negative log-likelihood) or
@@ -94,6 +81,11 @@ class GraphTransformerConfig:
             from ``train.loss`` (``--loss``) by the training loop; see
             :meth:`GraphTransformer.forward`. A model saved before it
             existed predicted the mean.
+
+    What the data decides (the molecule features, ``mol_feature_names``)
+    and how attention is computed at run time (``attention_backend``) are
+    arguments of :class:`GraphTransformer`, not hyper-parameters; a config
+    saved by an older graphformer held them here (:data:`MOVED_KEYS`).
     """
     num_tasks: int = 1
     task: Task = "regression"
@@ -117,16 +109,10 @@ class GraphTransformerConfig:
     features: Features = "ogb"
     local: Local = setting("none", help="message passing over the bonds before every block "
                            "(gine: GINEConv; default none)")
-    attention_backend: str = setting("auto", choices=ATTENTION_BACKENDS,
-                                     help="how attention is computed (default auto: by a "
-                                     "cost model)")
-    mol_features: int = 0
-    mol_feature_names: Tuple[str, ...] = ()
     output: Output = "mean"
 
     def __post_init__(self) -> None:
         self.patterns = tuple(self.patterns)
-        self.mol_feature_names = tuple(self.mol_feature_names)
         if self.num_tasks < 1:
             raise ValueError(f"'num_tasks' must be >= 1, got {self.num_tasks}")
         if self.task not in TASKS:
@@ -152,15 +138,6 @@ class GraphTransformerConfig:
             raise ValueError(f"'features' must be 'ogb' or 'zinc', got {self.features!r}")
         if self.local not in LOCALS:
             raise ValueError(f"'local' must be one of {LOCALS}, got {self.local!r}")
-        if self.attention_backend not in ATTENTION_BACKENDS:
-            raise ValueError(f"'attention_backend' must be one of {ATTENTION_BACKENDS}, "
-                             f"got {self.attention_backend!r}")
-        if self.mol_features < 0:
-            raise ValueError(f"'mol_features' must be >= 0, got {self.mol_features}")
-        if self.mol_feature_names and len(self.mol_feature_names) != self.mol_features:
-            raise ValueError(f"'mol_feature_names' must be empty or name each of the "
-                             f"{self.mol_features} molecule features ('mol_features'), got "
-                             f"{len(self.mol_feature_names)} names")
         if self.output not in OUTPUTS:
             raise ValueError(f"'output' must be one of {OUTPUTS}, got {self.output!r}")
         if self.output != "mean" and self.task != "regression":
@@ -170,8 +147,14 @@ class GraphTransformerConfig:
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
         d["patterns"] = list(self.patterns)
-        d["mol_feature_names"] = list(self.mol_feature_names)
         return d
+
+
+#: model-config keys of an older graphformer that are no longer hyper-parameters:
+#: the molecule features come from the data (arguments of
+#: :class:`GraphTransformer`, saved in a checkpoint beside its config), the
+#: attention backend is a runtime setting (``train.attention_backend``)
+MOVED_KEYS = ("attention_backend", "mol_features", "mol_feature_names")
 
 
 class GraphTransformer(torch.nn.Module):
@@ -197,11 +180,46 @@ class GraphTransformer(torch.nn.Module):
     ``[N, 9]`` and ``edge_attr`` ``[E_b, 3]`` as from
     :func:`graphformer.data.from_smiles`; with ``mol_features = F``, also
     ``mol_x`` ``[B, F]``) gives ``[B, num_tasks]``.
+
+    Args:
+        config: the hyper-parameters.
+        mol_feature_names: the name of each molecule-level feature of
+            ``data.mol_x`` (e.g. RDKit descriptors), set from the data set
+            (as PyG's ``in_channels``), so a trained model says which
+            features it must be given; empty (default): none. They are
+            scaled by a :class:`~graphformer.nn.FeatureScaler` (fitted on the
+            training split, see :meth:`fit_mol_features`; its statistics are
+            buffers of the model) and concatenated with the pooled graph
+            vector before the head.
+        mol_features: their number ``F`` (default: ``len(mol_feature_names)``;
+            given alone, the features are unnamed).
+        attention_backend: how attention is computed (``"auto"``,
+            ``"sparse"``, ``"dense"``, ``"fused"``, ...; see
+            :mod:`graphformer.nn.backend` and :meth:`set_attention_backend`).
+            Changes speed and memory, not results (beyond float rounding),
+            so it is not saved with the model.
     """
 
-    def __init__(self, config: GraphTransformerConfig) -> None:
+    def __init__(self, config: GraphTransformerConfig, *,
+                 mol_feature_names: Sequence[str] = (), mol_features: Optional[int] = None,
+                 attention_backend: str = "auto") -> None:
         super().__init__()
+        names = tuple(mol_feature_names)
+        if isinstance(mol_feature_names, str) or not all(isinstance(n, str) for n in names):
+            raise ValueError(f"'mol_feature_names' must be a sequence of names, got "
+                             f"{mol_feature_names!r}")
+        width = len(names) if mol_features is None else mol_features
+        if width < 0:
+            raise ValueError(f"'mol_features' must be >= 0, got {width}")
+        if names and len(names) != width:
+            raise ValueError(f"'mol_feature_names' must be empty or name each of the "
+                             f"{width} molecule features ('mol_features'), got "
+                             f"{len(names)} names")
+        _check_backend(attention_backend)
         self.config = config
+        self.mol_features = width
+        self.mol_feature_names = names
+        self.attention_backend = attention_backend
         c = config
         if c.features == "ogb":
             self.atom_encoder = AtomEncoder(c.hidden)
@@ -217,7 +235,7 @@ class GraphTransformer(torch.nn.Module):
         self.blocks = torch.nn.ModuleList([
             TransformerLayer(c.hidden, heads=c.heads, dropout=c.dropout, activation="gelu",
                              norm_first=c.norm_first, edge_dim=c.hidden,
-                             edge_update=c.edge_update, backend=c.attention_backend)
+                             edge_update=c.edge_update, backend=attention_backend)
             for _ in range(c.layers)
         ])
         self.local = torch.nn.ModuleList([_LocalGINE(c.hidden, c.dropout, c.norm_first)
@@ -226,9 +244,9 @@ class GraphTransformer(torch.nn.Module):
         self._bond_dims = tuple(get_bond_feature_dims()) if c.features == "ogb" \
             else (ZINC_BOND_TYPES,)
         self._bond_radix = math.prod(self._bond_dims) + 1   # bond codes 0 (none) .. radix - 1
-        self.mol_scaler = FeatureScaler(c.mol_features) if c.mol_features else None
+        self.mol_scaler = FeatureScaler(width) if width else None
         self.head = torch.nn.Sequential(
-            torch.nn.Linear(c.hidden + c.mol_features, c.hidden), torch.nn.GELU(),
+            torch.nn.Linear(c.hidden + width, c.hidden), torch.nn.GELU(),
             Dropout(c.dropout),
             torch.nn.Linear(c.hidden, c.num_tasks * OUTPUT_PARAMETERS[c.output]))
         self.reset_parameters()
@@ -248,6 +266,16 @@ class GraphTransformer(torch.nn.Module):
         if self.mol_scaler is None:
             raise ValueError("this model takes no molecule features ('mol_features' is 0)")
         self.mol_scaler.fit(mol_x)
+
+    def set_attention_backend(self, backend: str) -> None:
+        """Compute attention with ``backend`` from now on (every block; see
+        :mod:`graphformer.nn.backend`): a runtime choice, the weights and
+        results (beyond float rounding) stay the same."""
+        _check_backend(backend)
+        self.attention_backend = backend
+        for module in self.modules():
+            if isinstance(module, RelationalAttention):
+                module.backend = backend
 
     def _set_names(self) -> Tuple[str, ...]:
         names = tuple(self.config.patterns)
@@ -358,11 +386,10 @@ class GraphTransformer(torch.nn.Module):
         result is ``(prediction, (edge_index, member, weights))``."""
         nodes, g, attention = self.encode(batch, return_attention_weights)
         if self.mol_scaler is not None:
-            c = self.config
             mol_x = getattr(batch, "mol_x", None)
             if mol_x is None:
-                raise ValueError(f"the model takes {c.mol_features} molecule features but the "
-                                 f"batch has no 'mol_x' [B, {c.mol_features}]")
+                raise ValueError(f"the model takes {self.mol_features} molecule features but "
+                                 f"the batch has no 'mol_x' [B, {self.mol_features}]")
             g = torch.cat([g, self.mol_scaler(mol_x.view(g.size(0), -1)).to(g.dtype)], dim=1)
         y = self.head(g)
         y = self._distribution(y) if distribution else y[:, :self.config.num_tasks]
@@ -525,3 +552,9 @@ def masked_loss(pred: Tensor, target: Tensor, task: Task) -> Tensor:
     if task == "classification":
         return F.binary_cross_entropy_with_logits(pred[mask], target[mask])
     return F.mse_loss(pred[mask], target[mask])
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in ATTENTION_BACKENDS:
+        raise ValueError(f"'attention_backend' must be one of {ATTENTION_BACKENDS}, "
+                         f"got {backend!r}")

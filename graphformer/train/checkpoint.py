@@ -1,8 +1,11 @@
 """Checkpoints: written atomically, read as data (``weights_only=True``).
 
 A checkpoint is a dict of tensors and plain Python values: the run config,
-the model / optimizer / scheduler states, the epoch, the metric history and
-the target normalisation. Nothing in it is code, so loading it cannot run any.
+the model / optimizer / scheduler states, the epoch, the metric history,
+the target normalisation and the names of the molecule features the model
+reads (``mol_feature_names``; a checkpoint of an older graphformer has
+them in its config's model section, :func:`mol_features_of`). Nothing in it
+is code, so loading it cannot run any.
 
 Every checkpoint carries a SHA-256 of its tensors (:data:`CHECKSUM`: each
 tensor's name, dtype, shape and bytes, in one fixed order), written when it is
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -186,6 +189,32 @@ def run_config(state: Dict[str, Any], path: Union[str, Path]) -> RunConfig:
         raise CheckpointError(f"{path} holds an invalid run config: {err}") from None
 
 
+def mol_features_of(state: Dict[str, Any], path: Union[str, Path] = "checkpoint"
+                    ) -> Tuple[int, Tuple[str, ...]]:
+    """The number and names of the molecule features the model of a
+    checkpoint written by ``train`` reads: its ``mol_feature_names``, or
+    for a checkpoint of an older graphformer, ``mol_features`` and
+    ``mol_feature_names`` of its config's model section (none when absent).
+    A value of the wrong type is a :class:`CheckpointError` naming the file."""
+    if "mol_feature_names" in state:
+        names, width = state["mol_feature_names"], None
+    else:
+        model = state.get("config", {}).get("model", {}) \
+            if isinstance(state.get("config"), dict) else {}
+        model = model if isinstance(model, dict) else {}
+        names, width = model.get("mol_feature_names", []), model.get("mol_features")
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise CheckpointError(f"{path}: 'mol_feature_names' must be a list of names, got "
+                              f"{names!r}")
+    if width is None:
+        width = len(names)
+    if not isinstance(width, int) or isinstance(width, bool) or width < 0 or \
+            (names and len(names) != width):
+        raise CheckpointError(f"{path}: its model config has mol_features = {width!r} and "
+                              f"{len(names)} mol_feature_names")
+    return width, tuple(names)
+
+
 def model_from_checkpoint(state: Dict[str, Any], path: Union[str, Path] = "checkpoint"
                           ) -> Union[GraphTransformer, Ensemble]:
     """The trained model of a checked checkpoint (in eval mode): a
@@ -195,20 +224,23 @@ def model_from_checkpoint(state: Dict[str, Any], path: Union[str, Path] = "check
     features this graphformer would not compute as they were in training
     are a :class:`CheckpointError` naming the file and the first mismatches."""
     cfg = run_config(state, path)
-    if cfg.model.mol_features:
+    width, names = mol_features_of(state, path)
+    if width:
         now = molecule_feature_names(cfg.data.molecule_features, cfg.data.feature_columns)
-        if now != cfg.model.mol_feature_names:
+        if now != names:
             changed = [f"{k}: {a!r} then, {b!r} now" for k, (a, b) in enumerate(
-                zip(cfg.model.mol_feature_names, now)) if a != b][:3]
+                zip(names, now)) if a != b][:3]
             raise CheckpointError(
-                f"{path}: its model was trained on {cfg.model.mol_features} molecule features, "
+                f"{path}: its model was trained on {width} molecule features, "
                 f"but its data settings (molecule_features {cfg.data.molecule_features}, "
                 f"feature_columns {cfg.data.feature_columns}) give {len(now)} here"
                 f"{' (' + '; '.join(changed) + ')' if changed else ''}: was it written by "
                 f"another graphformer version?")
     k = cfg.train.ensemble
-    model = GraphTransformer(cfg.model) if k == 1 else \
-        Ensemble([GraphTransformer(cfg.model) for _ in range(k)])
+    models: List[GraphTransformer] = [
+        GraphTransformer(cfg.model, mol_feature_names=names, mol_features=width,
+                         attention_backend=cfg.train.attention_backend) for _ in range(k)]
+    model = models[0] if k == 1 else Ensemble(models)
     try:
         model.load_state_dict(state["model"])
     except Exception as err:  # missing / unexpected keys, size mismatches, non-tensors

@@ -14,6 +14,8 @@ from ..data.descriptors import MOLECULE_FEATURE_SETS
 from ..datasets.molecules import TASKS, takes_molecule_features
 from ..errors import ConfigError, UsageError
 from ..models import GraphTransformerConfig
+from ..models.graph_transformer import MOVED_KEYS
+from ..nn.backend import ATTENTION_BACKENDS
 from .uncertainty import DEFAULT_EVIDENTIAL_LAMBDA, LOSSES
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -236,6 +238,13 @@ class TrainConfig:
             in ``[0, 2**32)``.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         threads: torch CPU threads (0 = torch's default).
+        attention_backend: how the model computes attention (``auto``: by a
+            cost model; ``sparse``, ``dense``, ``fused``, ...: see
+            :mod:`graphformer.nn.backend`). Changes speed and memory, not
+            results (beyond float rounding), so a resumed run may change it
+            (as ``device`` and ``threads``). A config of an older graphformer
+            had it as ``model.attention_backend``; that key is still read
+            and moved here (:func:`move_old_keys`).
         init: a checkpoint of ``graphformer pretrain`` (or ``train``) whose
             trunk the model starts from (the head starts fresh); the trunk
             keys of the model config must match it.
@@ -289,6 +298,9 @@ class TrainConfig:
     seed: int = setting(0, help="seed of everything random, in [0, 2**32) (default 0)")
     device: str = setting("auto", choices=DEVICES, help="default auto: CUDA when available")
     threads: int = setting(0, help="torch CPU threads (default 0: torch's default)")
+    attention_backend: str = setting("auto", choices=ATTENTION_BACKENDS,
+                                     help="how attention is computed (default auto: by a "
+                                     "cost model); speed and memory, not results")
     init: Optional[str] = setting(None, metavar="CKPT",
                                   help="start the model's trunk from this checkpoint of "
                                   "'graphformer pretrain' (best.pt of its run); the model "
@@ -350,6 +362,9 @@ class TrainConfig:
         if self.device not in DEVICES:
             raise ConfigError("train", "device", f"must be 'auto', 'cpu' or 'cuda', got "
                               f"{self.device!r}")
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise ConfigError("train", "attention_backend", f"must be one of "
+                              f"{list(ATTENTION_BACKENDS)}, got {self.attention_backend!r}")
         if self.loss not in LOSSES:
             raise ConfigError("train", "loss", f"must be one of {list(LOSSES)}, got "
                               f"{self.loss!r}")
@@ -412,9 +427,30 @@ class RunConfig:
         if unknown:
             raise UsageError(f"unknown config section(s) {sorted(map(str, unknown))}; "
                              f"expected data, model, train")
+        d = move_old_keys(d)
         return cls(data=build_section(DataConfig, d.get("data"), "data"),
                    model=build_section(GraphTransformerConfig, d.get("model"), "model"),
                    train=build_section(TrainConfig, d.get("train"), "train"))
+
+
+def move_old_keys(d: Dict[str, Any]) -> Dict[str, Any]:
+    """A config (dict of sections) with the model keys of an older
+    graphformer (:data:`~graphformer.models.graph_transformer.MOVED_KEYS`)
+    moved out of its ``model`` section: ``model.attention_backend`` becomes
+    ``train.attention_backend`` (unless the config, or a flag, sets that
+    too: it wins); ``model.mol_features`` / ``mol_feature_names`` are
+    dropped (the data decides them; a checkpoint's are read by
+    :func:`graphformer.train.checkpoint.mol_features_of`). ``d`` is not
+    changed."""
+    model = d.get("model")
+    if not isinstance(model, dict) or not set(model) & set(MOVED_KEYS):
+        return d
+    moved = {k: v for k, v in model.items() if k in MOVED_KEYS}
+    d = {**d, "model": {k: v for k, v in model.items() if k not in MOVED_KEYS}}
+    train = d.get("train")
+    if "attention_backend" in moved and (train is None or isinstance(train, dict)):
+        d["train"] = {"attention_backend": moved["attention_backend"], **(train or {})}
+    return d
 
 
 def build_section(cls, values: Optional[Dict[str, Any]], section: str):

@@ -3,7 +3,7 @@ loaded with the encodings the model uses, split, checked
 (:mod:`~graphformer.train.data_checks`), the regression targets'
 normalisation, and the data's fingerprint that a resumed run compares
 (:class:`Prepared`, :func:`prepare`); the model config that fits the data
-(:func:`model_config_for`).
+(:func:`model_config_for`) and the model (:func:`model_for`).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from torch.utils.data import Subset
 from ..data.encodings import encodings
 from ..datasets import Benchmark, load_dataset, make_split
 from ..errors import UsageError
-from ..models import GraphTransformerConfig
+from ..models import GraphTransformer, GraphTransformerConfig
 from .batches import batch_loader
 from .config import RunConfig
 from .data_checks import all_mol_features, all_targets, check_scorable, check_split, \
@@ -98,15 +98,22 @@ def prepare(cfg: RunConfig, log: bool = True) -> Prepared:
 
 
 def model_config_for(cfg: RunConfig, bench: Benchmark) -> GraphTransformerConfig:
-    """The model config with the data set's task, task count, features and
-    molecule features, and the head's ``output`` of ``train.loss``. A
-    distribution loss on a classification data set is a :class:`UsageError`."""
+    """The model config with the data set's task, task count and features,
+    and the head's ``output`` of ``train.loss``. A distribution loss on a
+    classification data set is a :class:`UsageError`. (The molecule
+    features are the model's arguments: :func:`model_for`.)"""
     if cfg.train.loss != "mse" and bench.task != "regression":
         raise UsageError(f"--loss {cfg.train.loss} (train.loss) trains a predictive "
                          f"distribution of a regression target; {bench.name} is a "
                          f"{bench.task} data set (use --loss mse)")
     return replace(cfg.model, num_tasks=bench.num_tasks, task=bench.task,  # type: ignore[arg-type]
                    features=bench.features,  # type: ignore[arg-type]
-                   mol_features=len(bench.feature_names),
-                   mol_feature_names=tuple(bench.feature_names),
                    output=LOSSES[cfg.train.loss])
+
+
+def model_for(cfg: RunConfig, bench: Benchmark) -> GraphTransformer:
+    """A new model (fresh weights) for ``bench``: :func:`model_config_for`,
+    the data set's molecule features and the run's ``train.attention_backend``."""
+    return GraphTransformer(model_config_for(cfg, bench),
+                            mol_feature_names=tuple(bench.feature_names),
+                            attention_backend=cfg.train.attention_backend)

@@ -161,6 +161,8 @@ def _finish(cfg: RunConfig, run_dir: Path, members: List[Dict[str, Any]], writer
                          "y_mean": first["y_mean"], "y_std": first["y_std"],
                          "dataset": first["dataset"], "metric": metric, "task": first["task"],
                          "data": first.get("data"), "init": first.get("init"),
+                         **({"mol_feature_names": first["mol_feature_names"]}
+                            if "mol_feature_names" in first else {}),
                          **({"calibration": calibration.to_dict()}
                             if calibration is not None else {})},
                         run_dir / "best.pt")

@@ -54,7 +54,7 @@ from .checkpoint import RESUME_FIELDS, RUN_FIELDS, check_fields, load_checkpoint
     run_config, save_checkpoint
 from .config import RunConfig
 from .data_checks import changed_parts
-from .data_prep import EVAL_BATCH_GRAPHS, Prepared, model_config_for, prepare
+from .data_prep import EVAL_BATCH_GRAPHS, Prepared, model_config_for, model_for, prepare
 from .init import PRETRAIN_KIND, init_trunk, resolve_init
 from .metrics import compute_metrics, is_better
 from .optim import flat_parameter, freeze, optimizer_step
@@ -69,7 +69,7 @@ def check_start(cfg: RunConfig, prepared: Prepared) -> None:
     """Build the model of ``cfg`` for ``prepared``'s data and load the trunk
     it starts from (``--init``, the shipped checkpoint), as a new run does:
     an ensemble checks this before it replaces an old run."""
-    model = GraphTransformer(model_config_for(cfg, prepared.bench))
+    model = model_for(cfg, prepared.bench)
     start = resolve_init(cfg.train.init, cfg.train.pretrained, model)
     if start is not None:
         init_trunk(model, start)
@@ -246,7 +246,7 @@ class _Run(EpochRun):
                                                                              GraphTransformer):
             raise UsageError(f"--loss {cfg.train.loss} needs a GraphTransformer (its "
                              f"distribution head); {type(model).__name__} predicts a mean only")
-        self.model = (model if model is not None else GraphTransformer(self.model_cfg)).to(device)
+        self.model = (model if model is not None else model_for(cfg, bench)).to(device)
         self.init = state.get("init") if state is not None else None
         start = resolve_init(cfg.train.init, cfg.train.pretrained, self.model) \
             if state is None else None
@@ -336,7 +336,8 @@ class _Run(EpochRun):
                 "epoch": epoch, "history": self.history, "best": self.best,
                 "y_mean": prepared.y_mean, "y_std": prepared.y_std,
                 "dataset": prepared.bench.name, "metric": self.metric,
-                "task": prepared.bench.task, "data": prepared.fingerprint, "init": self.init}
+                "task": prepared.bench.task, "data": prepared.fingerprint, "init": self.init,
+                "mol_feature_names": list(prepared.bench.feature_names)}
 
     def record_best(self, epoch: int, row: Dict[str, float]) -> bool:
         metric = self.metric
@@ -360,7 +361,10 @@ class _Run(EpochRun):
             return {}
         path = self.dir / "best.pt"
         state = load_checkpoint(path)
-        model = GraphTransformer(self.model.config)
+        trained = self.model
+        model = GraphTransformer(trained.config, mol_feature_names=trained.mol_feature_names,
+                                 mol_features=trained.mol_features,
+                                 attention_backend=trained.attention_backend)
         model.load_state_dict(state["model"])
         calibration, metrics = calibrate(model.to(self.device), self.prepared,
                                          max(self.cfg.train.batch_size, EVAL_BATCH_GRAPHS),

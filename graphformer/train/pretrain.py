@@ -40,7 +40,7 @@ from ..errors import ConfigError, DataError, UsageError
 from ..models import GraphTransformerConfig
 from ..models.pretrain import PretrainModel, mask_atoms, pretrain_losses
 from .checkpoint import RESUME_FIELDS, RUN_FIELDS, check_fields, load_checkpoint
-from .config import TrainConfig, build_section, coerce_fields
+from .config import TrainConfig, build_section, coerce_fields, move_old_keys
 from .init import PRETRAIN_KIND
 from .metrics import is_better
 from .optim import optimizer_step
@@ -177,6 +177,7 @@ class PretrainConfig:
         if unknown:
             raise UsageError(f"unknown config section(s) {sorted(map(str, unknown))}; "
                              f"expected {', '.join(SECTIONS)}")
+        d = move_old_keys(d)
         train = {**PRETRAIN_TRAIN_DEFAULTS, **(d.get("train") or {})}
         return cls(data=build_section(CorpusConfig, d.get("data"), "data"),
                    model=build_section(GraphTransformerConfig, d.get("model"), "model"),
@@ -308,6 +309,7 @@ class _Pretraining(EpochRun):
     def _build(self, state: Optional[Dict[str, Any]]) -> None:
         cfg, device = self.cfg, self.device
         self.model = PretrainModel(cfg.model, len(descriptor_names())).to(device)
+        self.model.trunk.set_attention_backend(cfg.train.attention_backend)
         self.net, self.sampler, self.loader, self.optimizer, self.scheduler = make_training(
             self.model, Subset(self.corpus, self.split["train"].tolist()), cfg.train,
             self.rank, self.world, device)

@@ -61,10 +61,10 @@ MANIFEST_FORMAT = "graphformer-run"
 CONFIG_SECTIONS = {"data", "model", "objective", "train"}
 MEMBER = re.compile(r"member-\d+")
 # (section, key) that a resumed run may change: where it runs, not what it computes.
-RUNTIME_KEYS = {("train", "device"), ("train", "threads"), ("data", "root")}
+RUNTIME_KEYS = {("train", "device"), ("train", "threads"), ("train", "attention_backend"),
+                ("data", "root")}
 # Set from the data set, not by the user: not compared when resuming.
-DERIVED_KEYS = {("model", "num_tasks"), ("model", "task"), ("model", "features"),
-                ("model", "mol_features"), ("model", "mol_feature_names")}  # from the data
+DERIVED_KEYS = {("model", "num_tasks"), ("model", "task"), ("model", "features")}
 
 
 def read_manifest(run_dir: Path) -> Optional[List[str]]:
@@ -308,5 +308,6 @@ def resume_config(saved: RunConfig, given: Optional[RunConfig]) -> RunConfig:
         raise UsageError(f"a resumed run keeps its saved settings, but these differ: {listed}; "
                          f"start a new run to change them")
     return replace(saved, train=replace(saved.train, device=given.train.device,
-                                        threads=given.train.threads),
+                                        threads=given.train.threads,
+                                        attention_backend=given.train.attention_backend),
                    data=replace(saved.data, root=given.data.root))

@@ -101,7 +101,7 @@ INT_KEYS = [("train", k) for k in ("epochs", "batch_size", "warmup_epochs", "see
 FLOAT_KEYS = [("train", k) for k in ("lr", "weight_decay", "grad_clip", "evidential_lambda")] \
     + [("model", "dropout")]
 STR_KEYS = [("data", "dataset"), ("data", "smiles_column"), ("train", "device"),
-            ("train", "loss"), ("model", "pooling"), ("model", "attention_backend"),
+            ("train", "loss"), ("model", "pooling"), ("train", "attention_backend"),
             ("model", "output")]
 BOOL_KEYS = [("model", k) for k in ("edge_update", "norm_first", "self_loops")]
 LIST_KEYS = [("data", "target_columns"), ("model", "patterns")]

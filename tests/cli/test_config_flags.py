@@ -61,6 +61,8 @@ def test_train_has_a_flag_for_every_setting_and_none_for_derived_fields():
     # data-derived and fixed fields have no flag
     for name in ("num_tasks", "mol_features", "mol_feature_names", "output", "features"):
         assert name not in _FLAGS
+    # the attention backend is a runtime setting of the train section, flag unchanged
+    assert _FLAGS["attention_backend"] == ("train", "attention_backend")
     from graphformer.cli.commands import build_parser
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))

@@ -54,8 +54,8 @@ def test_fingerprints_are_what_the_head_reads(checkpoint, source, tmp_path):  # 
                                 "7", "--batch-size", "3", *FAST)
         assert code == 0, err
     state, cfg, model = load_run(checkpoint)
-    width = cfg.model.hidden + cfg.model.mol_features
-    assert cfg.model.mol_features > 0      # the scaled descriptors are part of the vector
+    width = cfg.model.hidden + model.mol_features
+    assert model.mol_features > 0      # the scaled descriptors are part of the vector
     assert stdout.strip() == f"wrote 40 fingerprints ({width} values each) to {table}"
     fp = np.load(npz)
     assert sorted(fp.files) == ["fingerprint", "row", "smiles"]

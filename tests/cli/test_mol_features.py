@@ -58,12 +58,14 @@ def test_checkpoint_knows_its_features_and_scaling(run):
     state, cfg, model = load_run(run / "run" / "best.pt")
     names = RDKIT2D_NAMES + ("mw", "rings")
     assert cfg.data.molecule_features == ["rdkit2d"] and cfg.data.feature_columns == ["mw", "rings"]
-    assert cfg.model.mol_features == len(names) and cfg.model.mol_feature_names == names
+    assert model.mol_features == len(names) and model.mol_feature_names == names
+    assert state["mol_feature_names"] == list(names)    # beside the config, not in it
     saved = json.loads((run / "run" / "config.json").read_text())
-    assert saved["model"]["mol_feature_names"][-2:] == ["mw", "rings"]
+    assert not {"mol_features", "mol_feature_names", "attention_backend"} & set(saved["model"])
+    assert saved["train"]["attention_backend"] == "auto"
     # the scaler's statistics are the training part's, stored with the weights
     prepared = prepare(cfg, log=False)
-    fresh = GraphTransformer(cfg.model)
+    fresh = GraphTransformer(cfg.model, mol_feature_names=names)
     fresh.fit_mol_features(prepared.train_mol_x)
     for key in ("median", "low", "high", "scale"):
         assert torch.equal(state["model"][f"mol_scaler.{key}"],

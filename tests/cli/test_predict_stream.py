@@ -81,7 +81,7 @@ def in_memory(ckpt, smiles):
     """What predict computed before streaming: every graph built, one pass
     of the model in target units."""
     state, cfg, model = load_run(ckpt)
-    sets = cfg.data.molecule_features if cfg.model.mol_features else []
+    sets = cfg.data.molecule_features if model.mol_features else []
     transform = encodings(cfg.model.rwse_steps, cfg.model.lap_pe)
     graphs = [transform(from_smiles(s, molecule_feature_sets=sets)) for s in smiles]
     from torch_geometric.loader import DataLoader

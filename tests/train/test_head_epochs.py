@@ -6,7 +6,6 @@ import torch
 
 import graphformer.train.loop as loop
 from graphformer.errors import ConfigError, UsageError
-from graphformer.models import GraphTransformer
 from graphformer.train import load_checkpoint, train
 from graphformer.train.config import TrainConfig
 from graphformer.train.optim import freeze, lr_factor, make_optimizer, optimizer_step
@@ -40,7 +39,7 @@ def test_the_trunk_keeps_its_weights_exactly_until_the_head_epochs_end(tmp_path,
     cfg = tiny_config(tiny_csv, tmp_path / "cache", epochs=2, head_epochs=2,
                       weight_decay=0.1)   # a weight decay that would show
     cfg.model.dropout = 0.0
-    model = GraphTransformer(loop.model_config_for(cfg, loop.prepare(cfg, log=False).bench))
+    model = loop.model_for(cfg, loop.prepare(cfg, log=False).bench)
     start_head, start_trunk = _split(copy.deepcopy(model.state_dict()))
     states = _states_per_epoch(monkeypatch)
     train(cfg, tmp_path / "run", progress=False, model=model)
@@ -128,7 +127,7 @@ def test_head_epochs_are_checked_and_refused_where_they_mean_nothing(tmp_path, t
         PretrainConfig(train=TrainConfig(head_epochs=1))
 
     cfg = tiny_config(tiny_csv, tmp_path / "cache", epochs=1, head_epochs=1)
-    model = GraphTransformer(loop.model_config_for(cfg, loop.prepare(cfg, log=False).bench))
+    model = loop.model_for(cfg, loop.prepare(cfg, log=False).bench)
     del model.head
     model.head = torch.nn.Parameter(torch.zeros(1))   # not a module
     with pytest.raises(UsageError, match="--head-epochs 1.*no 'head' module"):

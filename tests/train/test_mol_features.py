@@ -35,8 +35,8 @@ def feature_config(csv, root):
 
 def fitted_scaler(prepared, cfg):
     model = GraphTransformer(GraphTransformerConfig(
-        hidden=8, layers=0, heads=1, rwse_steps=cfg.model.rwse_steps,
-        mol_features=len(prepared.bench.feature_names)))
+        hidden=8, layers=0, heads=1, rwse_steps=cfg.model.rwse_steps),
+        mol_feature_names=prepared.bench.feature_names)
     model.fit_mol_features(prepared.train_mol_x)
     return model.mol_scaler.state_dict()
 
@@ -89,10 +89,18 @@ def test_features_are_off_by_default_and_checked():
     assert model.mol_scaler is None
     assert not any(k.startswith("mol_scaler") for k in model.state_dict())
     assert model.head[0].in_features == 8
-    wide = GraphTransformer(GraphTransformerConfig(hidden=8, layers=1, heads=2, mol_features=3))
-    assert wide.head[0].in_features == 11
+    wide = GraphTransformer(GraphTransformerConfig(hidden=8, layers=1, heads=2), mol_features=3)
+    assert wide.head[0].in_features == 11 and wide.mol_feature_names == ()
+    named = GraphTransformer(GraphTransformerConfig(hidden=8, layers=1, heads=2),
+                             mol_feature_names=["a", "b"])
+    assert named.mol_features == 2 and named.mol_feature_names == ("a", "b")
+    assert named.head[0].in_features == 10
     with pytest.raises(ValueError, match="'mol_feature_names' must be empty or name each"):
-        GraphTransformerConfig(mol_features=2, mol_feature_names=("a",))
+        GraphTransformer(GraphTransformerConfig(), mol_features=2, mol_feature_names=("a",))
+    with pytest.raises(ValueError, match="'mol_features' must be >= 0"):
+        GraphTransformer(GraphTransformerConfig(), mol_features=-1)
+    with pytest.raises(ValueError, match="a sequence of names"):
+        GraphTransformer(GraphTransformerConfig(), mol_feature_names="ab")
     with pytest.raises(ConfigError, match="data.molecule_features"):
         DataConfig(molecule_features=["rdkit3d"])
     with pytest.raises(ConfigError, match="data.feature_columns"):
@@ -106,8 +114,8 @@ def test_a_batch_without_features_is_named(csv, tmp_path):
 
     from graphformer.data import from_smiles
 
-    model = GraphTransformer(GraphTransformerConfig(hidden=8, layers=1, heads=2, rwse_steps=0,
-                                                    mol_features=2))
+    model = GraphTransformer(GraphTransformerConfig(hidden=8, layers=1, heads=2, rwse_steps=0),
+                             mol_features=2)
     with pytest.raises(ValueError, match="takes 2 molecule features but the batch has no"):
         model(Batch.from_data_list([from_smiles("CCO")]))
     out = model(Batch.from_data_list([from_smiles("CCO", feature_values=[1.0, math.nan])]))
