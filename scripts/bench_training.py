@@ -55,7 +55,7 @@ from torch_geometric.loader import DataLoader
 from graphformer.models import GINBaseline, GraphTransformer
 from graphformer.train import RunConfig, prepare
 from graphformer.train.config import DataConfig, TrainConfig
-from graphformer.train.data_prep import model_config_for
+from graphformer.train.data_prep import model_config_for, model_for
 from graphformer.train.loop import train_step
 from graphformer.train.optim import make_optimizer
 
@@ -98,18 +98,22 @@ class _NoAttention(torch.nn.Module):
 def _models(cfg: RunConfig, prepared, backends: List[str],
             floor: bool, compile: bool = False) -> Dict[str, torch.nn.Module]:
     model_cfg = model_config_for(cfg, prepared.bench)
+
+    def graphformer(backend: str) -> GraphTransformer:
+        return model_for(replace(cfg, train=replace(cfg.train, attention_backend=backend)),
+                         prepared.bench)
+
     models: Dict[str, torch.nn.Module] = {}
     for backend in backends:
         torch.manual_seed(0)
-        models[f"graphformer ({backend})"] = GraphTransformer(
-            replace(model_cfg, attention_backend=backend))
+        models[f"graphformer ({backend})"] = graphformer(backend)
         if compile:
             torch.manual_seed(0)
             models[f"graphformer ({backend}, compiled)"] = torch.compile(
-                GraphTransformer(replace(model_cfg, attention_backend=backend)), dynamic=True)
+                graphformer(backend), dynamic=True)
     if floor:
         torch.manual_seed(0)
-        model = GraphTransformer(model_cfg)
+        model = model_for(cfg, prepared.bench)
         for block in model.blocks:
             block.attn = _NoAttention()
         models["graphformer, attention removed (floor)"] = model
