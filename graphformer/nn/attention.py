@@ -232,7 +232,11 @@ class RelationalAttention(MessagePassing):
         edge_attr = edge_attr.to(dtype)
         csr = edges.csr if edges is not None else None
         if edge_type is not None:
-            slots = edges.type_slots(edge_attr.size(0)) if edges is not None else None
+            # the edge set caches them per R: under torch.compile that cache
+            # would specialise the graph on R (one recompilation per number
+            # of types), so compiled code computes them (two fused ops)
+            cached = edges is not None and not is_compiling()
+            slots = edges.type_slots(edge_attr.size(0)) if cached else None
             return TypedEdgeTerms(edge_attr, edge_type, *weights, csr, self.heads, slots)
         return PerEdgeTerms(edge_attr, *weights, csr)
 

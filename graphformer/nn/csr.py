@@ -14,6 +14,7 @@ from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
+from torch.compiler import is_compiling
 from torch_geometric.utils.sparse import index2ptr
 
 from .cpu_kernels import kernel, kernels_available, pointer
@@ -95,6 +96,9 @@ class EdgeCSR:
         """From edges already sorted by ``row`` (target); any strides
         (``index2ptr`` reads a strided ``row`` wrongly: it is made dense first)."""
         row = row.contiguous()
+        if is_compiling():   # index2ptr's kernel specialises a graph on num_rows
+            ptr = torch.searchsorted(row, torch.arange(num_rows + 1, device=row.device))
+            return cls(ptr, col, num_cols, row=row)
         return cls(index2ptr(row, num_rows), col, num_cols, row=row)
 
     @property

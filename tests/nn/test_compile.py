@@ -105,6 +105,12 @@ def test_default_molecule_model_training_step_compiles_on_the_kernels():
     assert len(grads) == len(ref_grads)
     for ours, ref in zip(grads, ref_grads):
         torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-4)
+    # another batch (other sizes, other edge types): no recompilation
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    other = Batch.from_data_list([encodings(16)(from_smiles(s))
+                                  for s in ["CC#N", "c1ccncc1", "ClCCBr", "O=S(=O)(O)O"]])
+    training_step(compiled, other)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
 
 
 class _TypedAttention(torch.nn.Module):
