@@ -29,6 +29,7 @@ import torch
 from ogb.utils.features import get_atom_feature_dims, get_bond_feature_dims
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+from torch.fx.experimental.symbolic_shapes import guard_or_false
 
 #: Above this many entries of ``counts`` [N, V] the gradient is accumulated
 #: with ``index_add_`` instead (16 MB of float32).
@@ -49,7 +50,9 @@ class _SumOfRows(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         index, = ctx.saved_tensors
         N, F = index.shape
-        if N * ctx.rows <= DENSE_COUNTS_ABOVE:
+        # a size known only at run time (compiled code: a data-dependent row count)
+        # takes the index_add_ path, which any size allows
+        if guard_or_false(N * ctx.rows <= DENSE_COUNTS_ABOVE):
             counts = grad.new_zeros(N, ctx.rows).scatter_add_(1, index, grad.new_ones(N, F))
             return None, counts.t() @ grad
         out = grad.new_zeros(ctx.rows, grad.size(1))
@@ -81,8 +84,9 @@ class _FeatureEncoder(torch.nn.Module):
             raise ValueError(f"{type(self).__name__} has {len(self.dims)} feature columns but "
                              f"'x' has {F}")
         x = x.long()
-        bad = (x < 0) | (x >= self._sizes[:F])
-        if bool(bad.any()):
+        # a data-dependent check: eager mode only (torch.compile would break the graph)
+        bad = None if torch.compiler.is_compiling() else (x < 0) | (x >= self._sizes[:F])
+        if bad is not None and bool(bad.any()):
             row, col = (int(i) for i in bad.nonzero()[0])
             raise IndexError(f"{type(self).__name__}: x[{row}, {col}] = {int(x[row, col])} is "
                              f"outside feature {col}'s {self.dims[col]} values "

@@ -87,8 +87,11 @@ class EdgeSet:
                 raise ValueError(f"'edge_type' must have shape [E] = [{E}], got "
                                  f"{list(edge_type.shape)}")
             edge_type = edge_type.long().contiguous()
-            low = int(edge_type.min()) if E else 0
-            high = int(edge_type.max()) + 1 if E else 0
+            # the range check reads data: eager mode only (torch.compile, with R declared,
+            # trusts the types instead of breaking the graph)
+            checked = num_types is None or not torch.compiler.is_compiling()
+            low = int(edge_type.min()) if checked and E else 0
+            high = int(edge_type.max()) + 1 if checked and E else 0
             if num_types is None:
                 num_types = max(high, 1)
             if low < 0 or high > num_types:
@@ -101,7 +104,9 @@ class EdgeSet:
 
         src, dst = edge_index[0], edge_index[1]
         perm = None
-        if E > 1 and not bool((dst[1:] >= dst[:-1]).all()):
+        # whether the edges came grouped reads data: under torch.compile they are sorted
+        # anyway (a stable sort of grouped edges keeps their order: same values)
+        if torch.compiler.is_compiling() or (E > 1 and not bool((dst[1:] >= dst[:-1]).all())):
             perm = torch.sort(dst, stable=True)[1]
             src, dst = src.index_select(0, perm), dst.index_select(0, perm)
         self.edge_index = edge_index

@@ -43,6 +43,8 @@ def as_ptr(ptr: PtrLike, device: Optional[torch.device] = None,
         raise ValueError(f"'{name}' must have shape [B + 1] with B >= 0, "
                          f"got {list(ptr.shape)}")
     ptr = ptr.long()
+    if torch.compiler.is_compiling():   # the value checks read data: eager mode only
+        return ptr if device is None else ptr.to(device)
     if int(ptr[0]) != 0:
         raise ValueError(f"'{name}[0]' must be 0, got {int(ptr[0])}")
     step = ptr.diff()
