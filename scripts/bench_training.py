@@ -108,6 +108,10 @@ def _models(cfg: RunConfig, prepared, backends: List[str],
         torch.manual_seed(0)
         models[f"graphformer ({backend})"] = graphformer(backend)
         if compile:
+            # the edge set's size and its number of edge types are read off the
+            # data: captured, the step compiles as one graph (tests/nn/test_compile.py)
+            torch._dynamo.config.capture_scalar_outputs = True
+            torch._dynamo.config.capture_dynamic_output_shape_ops = True
             torch.manual_seed(0)
             models[f"graphformer ({backend}, compiled)"] = torch.compile(
                 graphformer(backend), dynamic=True)

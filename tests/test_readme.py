@@ -27,6 +27,7 @@ SNIPPETS = {
     "rasp.compile(": "test_rasp_snippet_runs",
     "node_sampler=neighbor_sampler(": "test_layers_on_a_sampled_mini_batch_snippet_runs",
     "KNeighborsRegressor": "tests/cli/test_fingerprint.py::test_the_readme_example_runs",
+    "capture_dynamic_output_shape_ops": "test_compile_snippet_sets_what_the_compile_test_sets",
 }
 
 
@@ -315,3 +316,23 @@ def test_the_readmes_links_lead_to_files_that_exist():
             slugs = {re.sub(r"[^\w\- ]", "", h).strip().lower().replace(" ", "-")
                      for h in headings}
             assert anchor in slugs, f"README links to {link}: no such heading"
+
+
+def test_compile_snippet_sets_what_the_compile_test_sets():
+    """The documented settings for compiling the model whole are those
+    tests/nn/test_compile.py compiles the default model's step with (that
+    test checks the step has no graph break), and the snippet runs on a
+    tiny model."""
+    import ast
+
+    block = python_block("capture_dynamic_output_shape_ops")
+    settings = dict(re.findall(r"torch\._dynamo\.config\.(\w+) = (\w+)", block))
+    source = (ROOT / "tests" / "nn" / "test_compile.py").read_text()
+    tested = ast.literal_eval(re.search(r"DATA_DEPENDENT_SIZES = (\{.*?\})", source).group(1))
+    assert {k: v == "True" for k, v in settings.items()} == tested
+    snippet = "import torch\nmodel = torch.nn.Linear(2, 2)\n" + block + \
+        "print(model(torch.ones(3, 2)).shape)"
+    result = subprocess.run([sys.executable, "-c", snippet], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "torch.Size([3, 2])"
