@@ -94,9 +94,12 @@ def test_ctrl_c_during_the_first_seconds_is_one_line_and_exit_130(entry, tmp_pat
     if command is None:
         pytest.skip("no graphformer console script beside this Python")
     env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1", "OMP_NUM_THREADS": "1"}
+    # as in a terminal: a test run started in the background (`cmd &` in a
+    # script) has SIGINT ignored, which the child would inherit and keep
     process = subprocess.Popen([*command, "evaluate", str(tmp_path / "none.pt")], env=env,
                                stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                               cwd=tmp_path)
+                               cwd=tmp_path,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         seen = []
         for line in process.stderr:
