@@ -378,6 +378,12 @@ class TargetScale:
         std = float(y.std(unbiased=False)) if y.numel() > 1 else 0.0
         return cls(float(y.mean()), std if std > 0 else 1.0)
 
+    @classmethod
+    def of_checkpoint(cls, state: Dict[str, Any]) -> "TargetScale":
+        """The scale a node checkpoint saved (the identity for classification)."""
+        saved = state.get("target_scale")
+        return cls(**saved) if saved else cls()
+
     def normalise(self, y: Tensor) -> Tensor:
         return (y - self.mean) / self.std
 
@@ -520,7 +526,7 @@ def train_nodes(cfg: Optional[NodeRunConfig], run_dir: Union[str, Path], *,
                                 f"the fractions")
         metric, higher = NODE_TASKS[graph.task]
         best_key = f"valid_{metric}"
-        scale = TargetScale(**state["target_scale"]) if state and state.get("target_scale") \
+        scale = TargetScale.of_checkpoint(state) if state is not None \
             else TargetScale.fit(graph.y[split["train"]]) if graph.task == "regression" \
             else TargetScale()
         seed_everything(cfg.train.seed)
@@ -654,7 +660,7 @@ def _restore(path: Union[str, Path], threads: int = 1
     except RuntimeError as err:
         raise CheckpointError(f"{path}: its weights do not fit its graph (was the graph "
                               f"changed?): {str(err).splitlines()[0]}") from None
-    scale = TargetScale(**state["target_scale"]) if state.get("target_scale") else TargetScale()
+    scale = TargetScale.of_checkpoint(state)
     return scale, cfg, graph, model.eval()
 
 
