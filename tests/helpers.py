@@ -50,3 +50,19 @@ def pairs(sizes: Sequence[int], pred) -> set:
                     out.add((start + j, start + i))
         start += n
     return out
+
+
+def interrupt_on_call(monkeypatch, module, name: str, call: int):
+    """Make ``module.name`` raise KeyboardInterrupt on its ``call``-th call
+    (1-based), as Ctrl-C would there; the other calls run the real function,
+    which is returned (``monkeypatch.setattr(module, name, real)`` restores it)."""
+    real, calls = getattr(module, name), {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, interrupted)
+    return real

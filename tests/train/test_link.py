@@ -14,6 +14,7 @@ from graphformer.train import link as link_mod
 from graphformer.train.link import (LinkDataConfig, load_link_graph, random_mrr, ranks,
                                     ranking_metrics, split_links)
 from tests.commands import cli, refused
+from tests.helpers import interrupt_on_call
 from tests.train.test_node import write_planted_graph
 
 N, CLASSES = 240, 8
@@ -152,16 +153,7 @@ def test_a_resumed_run_repeats_the_uninterrupted_one(graph_files, tmp_path, monk
     folder, _ = graph_files
     code, _, err = cli(*tiny_flags(folder, tmp_path / "whole", "--negatives", "2"))
     assert code == 0, err
-    calls = {"n": 0}
-    real = link_mod.evaluate_parts
-
-    def crash_in_epoch_3(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(link_mod, "evaluate_parts", crash_in_epoch_3)
+    real = interrupt_on_call(monkeypatch, link_mod, "evaluate_parts", 3)     # in epoch 3
     assert cli(*tiny_flags(folder, tmp_path / "cut", "--negatives", "2"))[0] == 130
     assert json.loads((tmp_path / "cut" / "metrics.json").read_text())[-1]["epoch"] == 2
     monkeypatch.setattr(link_mod, "evaluate_parts", real)

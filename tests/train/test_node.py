@@ -14,6 +14,7 @@ from graphformer.train.node import (NodeDataConfig, NodeRunConfig, NodeTrainConf
                                     load_node_graph, node_loader, train_nodes)
 from graphformer.models.node_transformer import NodeClassifier, NodeTransformerConfig
 from tests.commands import cli, refused
+from tests.helpers import interrupt_on_call
 
 N, CLASSES = 240, 3
 
@@ -107,16 +108,7 @@ def test_a_resumed_run_repeats_the_uninterrupted_one(graph_files, tmp_path, monk
     folder, _ = graph_files
     code, _, err = cli(*tiny_flags(folder, tmp_path / "whole"))
     assert code == 0, err
-    calls = {"n": 0}
-    real = node_mod.evaluate_parts
-
-    def crash_in_epoch_3(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(node_mod, "evaluate_parts", crash_in_epoch_3)
+    real = interrupt_on_call(monkeypatch, node_mod, "evaluate_parts", 3)     # in epoch 3
     assert cli(*tiny_flags(folder, tmp_path / "cut"))[0] == 130
     assert json.loads((tmp_path / "cut" / "metrics.json").read_text())[-1]["epoch"] == 2
     monkeypatch.setattr(node_mod, "evaluate_parts", real)

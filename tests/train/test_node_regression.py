@@ -140,16 +140,10 @@ def test_a_resumed_regression_run_repeats_the_uninterrupted_one(value_files, tra
                                                                  monkeypatch):
     from graphformer.train import node as node_mod
 
+    from tests.helpers import interrupt_on_call
+
     folder, _ = value_files
-    real, calls = node_mod.evaluate_parts, {"n": 0}
-
-    def crash_in_epoch_9(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 9:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(node_mod, "evaluate_parts", crash_in_epoch_9)
+    real = interrupt_on_call(monkeypatch, node_mod, "evaluate_parts", 9)     # in epoch 9
     assert cli(*flags(folder, tmp_path / "cut"))[0] == 130
     monkeypatch.setattr(node_mod, "evaluate_parts", real)
     assert cli("node", "train", "--resume", tmp_path / "cut", "--quiet", "--threads", "1")[0] == 0
