@@ -104,11 +104,11 @@ def run_chemprop(prepared: Any, seed: int = 0, epochs: Optional[int] = None,
         if epochs:
             cmd += ["--epochs", str(epochs)]
         start = time.perf_counter()
-        _run(cmd, tmp_path)
+        run_command(cmd, tmp_path)
         seconds = time.perf_counter() - start
         rmse = rmse_of(test_predictions(tmp_path / "out"), paths["test"])
         valid = tmp_path / "valid_predictions.csv"
-        _run([exe, "predict", "--test-path", str(paths["valid"]), "--output", str(valid),
+        run_command([exe, "predict", "--test-path", str(paths["valid"]), "--output", str(valid),
               "--model-paths", str(best_model(tmp_path / "out")), "--num-workers", "0"],
              tmp_path)
         valid_rmse = rmse_of(valid, paths["valid"])
@@ -129,7 +129,8 @@ def best_model(out_dir: Path) -> Path:
     return found[0]
 
 
-def _run(cmd: List[str], cwd: Path) -> None:
+def run_command(cmd: List[str], cwd: Optional[Path] = None) -> None:
+    """Run ``cmd``; a failure raises RuntimeError with its last stderr."""
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n"

@@ -51,7 +51,6 @@ import json
 import math
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -63,7 +62,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from chemprop_peer import best_model, test_predictions  # noqa: E402  (sibling script)
+from chemprop_peer import best_model, run_command, test_predictions  # noqa: E402  (sibling)
 
 #: kept aside for an independent measurement: never trained, tuned or looked at
 HELD_OUT = ("CHEMBL2034_Ki", "CHEMBL4203_Ki", "CHEMBL2147_Ki", "CHEMBL234_Ki", "CHEMBL237_EC50")
@@ -182,9 +181,9 @@ def run_graphformer(frame: pd.DataFrame, seed: int, threads: int,
         config.setdefault("train", {}).update(seed=seed, threads=threads)
         path = tmp_path / "config.json"
         path.write_text(json.dumps(config))
-        _run([sys.executable, "-m", "graphformer", "train", "--quiet", "--config", str(path),
+        run_command([sys.executable, "-m", "graphformer", "train", "--quiet", "--config", str(path),
               "--run-dir", str(tmp_path / "run"), "--root", str(root)])
-        _run([sys.executable, "-m", "graphformer", "predict", str(tmp_path / "run" / "best.pt"),
+        run_command([sys.executable, "-m", "graphformer", "predict", str(tmp_path / "run" / "best.pt"),
               str(test), "-o", str(tmp_path / "pred.csv"), "--threads", str(threads)])
         predicted = pd.read_csv(tmp_path / "pred.csv")
     values = predicted["y"].to_numpy()   # not y_std (an ensemble adds it)
@@ -205,7 +204,7 @@ def run_chemprop(frame: pd.DataFrame, seed: int, executable: Optional[str] = Non
         for part in ("train", "val", "test"):
             paths.append(tmp_path / f"{part}.csv")
             frame[frame["split"] == part][["smiles", "y"]].to_csv(paths[-1], index=False)
-        _run([exe, "train", "--data-path", *map(str, paths), "--task-type", "regression",
+        run_command([exe, "train", "--data-path", *map(str, paths), "--task-type", "regression",
               "--output-dir", str(tmp_path / "out"), "--num-workers", "0",
               "--pytorch-seed", str(seed)])
         found = pd.read_csv(test_predictions(tmp_path / "out"))
@@ -214,12 +213,6 @@ def run_chemprop(frame: pd.DataFrame, seed: int, executable: Optional[str] = Non
     if found.iloc[:, 0].tolist() != expected:
         raise RuntimeError("chemprop's test predictions do not list the test molecules in order")
     return found.iloc[:, 1].tolist()
-
-
-def _run(cmd: List[str]) -> None:
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
 
 
 # -- the table ------------------------------------------------------------------------------
