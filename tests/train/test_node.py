@@ -180,6 +180,22 @@ def test_bad_settings_name_their_flag(graph_files, tmp_path, extra, flag):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_malformed_file_is_a_data_error(graph_files, tmp_path):
+    """A bad row of an input file exits 1 (the data), not 2 (the flags),
+    naming the file, line and value, in memory and when converting."""
+    folder, _ = graph_files
+    bad = tmp_path / "edges.txt"
+    lines = (folder / "edges.txt").read_text().splitlines()
+    lines[4] = "7"                           # one column of two
+    bad.write_text("\n".join(lines) + "\n")
+    flags = tiny_flags(folder, tmp_path / "run")
+    flags[flags.index(folder / "edges.txt")] = bad
+    refused(cli(*flags), 1, "edges.txt, line 5", "missing in '7'")
+    assert not (tmp_path / "run").exists()
+    refused(cli("node", "convert", "--edges", bad, "-o", tmp_path / "g", "--quiet"), 1,
+            "edges.txt, line 5", "missing in '7'")
+
+
 def test_molecule_commands_name_the_node_commands(trained):
     run_dir, _ = trained
     refused(cli("evaluate", run_dir / "best.pt"), 1, "node-classification run",

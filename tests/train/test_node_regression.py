@@ -132,7 +132,7 @@ def test_class_names_are_not_numbers(value_files, tmp_path):
     folder, _ = value_files
     run = flags(folder, tmp_path / "run")
     run[run.index(folder / "target.csv")] = folder / "y.csv"
-    refused(cli(*run), 2, "y.csv, line 1", "non-numeric label 'class_")
+    refused(cli(*run), 1, "y.csv, line 1", "non-numeric label 'class_")
     assert not (tmp_path / "run" / "best.pt").exists()
 
 

@@ -8,6 +8,7 @@ from typing import List
 import numpy as np
 import torch
 
+from ...errors import DataError
 from .formats import (
     INT,
     NUMBER,
@@ -30,16 +31,16 @@ def _row_error(head: Head, layout: Layout, line: int, text: str, found: int) -> 
              f"{head.ref_line}), found {found}")
     if missing:
         c, role = min(missing)
-        return ValueError(f"{where}: column {c} ({role}) is missing in {show(text)}")
-    return ValueError(f"{where}: inconsistent column count in {show(text)}")
+        return DataError(f"{where}: column {c} ({role}) is missing in {show(text)}")
+    return DataError(f"{where}: inconsistent column count in {show(text)}")
 
 
 def _number(field: str, name: str, line: int, column: int, role: str) -> float:
     if not field:
-        raise ValueError(f"{name}, line {line}: empty {role} in column {column}")
+        raise DataError(f"{name}, line {line}: empty {role} in column {column}")
     if not NUMBER.fullmatch(field):
-        raise ValueError(f"{name}, line {line}: non-numeric {role} {show(field)} in column "
-                         f"{column} (numbers must be finite decimals such as 1, -0.5, 2e-3)")
+        raise DataError(f"{name}, line {line}: non-numeric {role} {show(field)} in column "
+                        f"{column} (numbers must be finite decimals such as 1, -0.5, 2e-3)")
     return float(field)
 
 
@@ -63,7 +64,7 @@ def parse_careful(head: Head, layout: Layout, dtype: torch.dtype,
             raise _row_error(head, layout, line, text, len(fields))
         for (c, role), out in zip(layout.ids + layout.texts, ids + texts):
             if not fields[c]:
-                raise ValueError(f"{name}, line {line}: empty {role} in column {c}: {show(text)}")
+                raise DataError(f"{name}, line {line}: empty {role} in column {c}: {show(text)}")
             out.append(fields[c])
         nums.append([_number(fields[c], name, line, c, role) for c, role in layout.nums])
         line_numbers.append(line)
@@ -73,8 +74,8 @@ def parse_careful(head: Head, layout: Layout, dtype: torch.dtype,
         row, j = bad[0].tolist()
         c, role = layout.nums[j]
         field = split(lines[line_numbers[row] - head.body_line].removesuffix("\r"), delimiter)[c]
-        raise ValueError(f"{name}, line {line_numbers[row]}: {role} {show(field)} in column "
-                         f"{c} overflows {dtype}")
+        raise DataError(f"{name}, line {line_numbers[row]}: {role} {show(field)} in column "
+                        f"{c} overflows {dtype}")
     text_ids = ids_as_text or not all(INT.fullmatch(v) for col in ids for v in col)
     return Table(name=name,
                   ids=[np.array(col, dtype=object) if text_ids else int_array(col) for col in ids],

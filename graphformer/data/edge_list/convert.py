@@ -65,6 +65,7 @@ from typing import BinaryIO, Callable, Iterator, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
+from ...errors import DataError
 from ..._files import atomic_write
 from . import careful, fast
 from .formats import (
@@ -124,7 +125,7 @@ class _Lines:
         try:
             block = self._stream.read(size)
         except (OSError, EOFError, zlib.error) as err:
-            raise ValueError(f"{self.name}: not a valid gzip file ({err})") from err
+            raise DataError(f"{self.name}: not a valid gzip file ({err})") from err
         if not block:
             self._eof = True
         return block
@@ -399,19 +400,19 @@ class _NodeFile:
         """read_edge_list's checks, in its order, with its messages."""
         if self.extra is not None:
             line, node = self.extra
-            raise ValueError(f"{self.name}, line {line}: node id {numbering.show(node)} "
-                             f"appears in no edge of {edge_name} (extra_nodes='error')")
+            raise DataError(f"{self.name}, line {line}: node id {numbering.show(node)} "
+                            f"appears in no edge of {edge_name} (extra_nodes='error')")
         if self.duplicate is not None:
             first, second, node = self.duplicate
-            raise ValueError(f"{self.name}, lines {first} and {second}: duplicate {self.kind} "
-                             f"rows for node {numbering.show(node)}")
+            raise DataError(f"{self.name}, lines {first} and {second}: duplicate {self.kind} "
+                            f"rows for node {numbering.show(node)}")
         missing = np.flatnonzero(self.seen.ensure(num_nodes)[:num_nodes] == 0)
         if missing.size:
             node = int(missing[0])
             more = f" (and {missing.size - 1} more nodes)" if missing.size > 1 else ""
             where = f"line {origins.line.a[node]} of {names[origins.file.a[node]]}"
-            raise ValueError(f"{self.name}: node {numbering.show(node)} has no {self.kind} "
-                             f"row; it appears on {where}{more}")
+            raise DataError(f"{self.name}: node {numbering.show(node)} has no {self.kind} "
+                            f"row; it appears on {where}{more}")
 
 
 # --------------------------------------------------------------------------- #
@@ -521,7 +522,7 @@ class _Run:
             self.names.pop()
             return self.node_file(kind, num_edge_nodes, text_labels=True)
         if kind == "label" and self.label_overflow is not None:
-            raise ValueError(self.label_overflow)
+            raise DataError(self.label_overflow)
         return state
 
     def _labels(self, chunk: Head, layout: Layout, table: Table, codes: np.ndarray) -> bool:

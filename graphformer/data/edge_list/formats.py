@@ -77,6 +77,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ...errors import DataError
+
 Column = Union[int, str]
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -105,7 +107,7 @@ def _read_bytes(path: PathLike) -> bytes:
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as err:
-            raise ValueError(f"{os.fspath(path)}: not a valid gzip file ({err})") from err
+            raise DataError(f"{os.fspath(path)}: not a valid gzip file ({err})") from err
     return raw[3:] if raw.startswith(b"\xef\xbb\xbf") else raw
 
 
@@ -116,8 +118,8 @@ def decode(raw: bytes, name: str, first_line: int) -> str:
     except UnicodeDecodeError as err:
         line = first_line + raw.count(b"\n", 0, err.start)
         bad = raw[err.start:err.end]
-        raise ValueError(f"{name}, line {line}: not valid UTF-8 "
-                         f"(byte {bad!r}: {err.reason})") from err
+        raise DataError(f"{name}, line {line}: not valid UTF-8 "
+                        f"(byte {bad!r}: {err.reason})") from err
 
 
 def file_suffix(name: str) -> str:

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
+from ...errors import DataError
 from . import careful, fast
 from .formats import (
     INT,
@@ -108,24 +109,24 @@ def _check_node_rows(table: Table, codes: np.ndarray, num_nodes: int, num_edge_n
     no row names a node without edges."""
     if extra_nodes == "error" and codes.size and codes.max() >= num_edge_nodes:
         row = int(np.argmax(codes >= num_edge_nodes))
-        raise ValueError(f"{table.name}, line {table.line(row)}: node id "
-                         f"{origins.id(codes[row])} appears in no edge of "
-                         f"{origins.tables[0].name} (extra_nodes='error')")
+        raise DataError(f"{table.name}, line {table.line(row)}: node id "
+                        f"{origins.id(codes[row])} appears in no edge of "
+                        f"{origins.tables[0].name} (extra_nodes='error')")
     order = np.argsort(codes, kind="stable")
     repeat = np.flatnonzero(codes[order][1:] == codes[order][:-1])
     if repeat.size:
         k = repeat[np.argmin(order[repeat + 1])]
         first, second = int(order[k]), int(order[k + 1])
-        raise ValueError(f"{table.name}, lines {table.line(first)} and {table.line(second)}: "
-                         f"duplicate {what} rows for node {origins.id(codes[first])}")
+        raise DataError(f"{table.name}, lines {table.line(first)} and {table.line(second)}: "
+                        f"duplicate {what} rows for node {origins.id(codes[first])}")
     present = np.zeros(num_nodes, dtype=bool)
     present[codes] = True
     missing = np.flatnonzero(~present)
     if missing.size:
         node = int(missing[0])
         more = f" (and {missing.size - 1} more nodes)" if missing.size > 1 else ""
-        raise ValueError(f"{table.name}: node {origins.id(node)} has no {what} row; it "
-                         f"appears on {origins.where(node)}{more}")
+        raise DataError(f"{table.name}: node {origins.id(node)} has no {what} row; it "
+                        f"appears on {origins.where(node)}{more}")
 
 
 def _labels(table: Table) -> Tuple[Tensor, Optional[List[str]]]:
@@ -138,8 +139,8 @@ def _labels(table: Table) -> Tuple[Tensor, Optional[List[str]]]:
         values = int_array(tokens)
         if values.dtype == object:
             row = next(r for r, v in enumerate(tokens) if not -2**63 <= int(v) < 2**63)
-            raise ValueError(f"{table.name}, line {table.line(row)}: label {show(tokens[row])} "
-                             f"does not fit in int64")
+            raise DataError(f"{table.name}, line {table.line(row)}: label {show(tokens[row])} "
+                            f"does not fit in int64")
         return torch.from_numpy(values), None
     names = sorted(set(tokens))
     index = {n: k for k, n in enumerate(names)}
@@ -195,11 +196,11 @@ def node_layout(head: Head, kind: str, label_type: str = "class") -> Layout:
     this head: id in column 0, then the features / the label (a class label
     as text, or with ``label_type='value'`` a number)."""
     if kind == "feature" and head.ncols == 1:
-        raise ValueError(f"{head.name}, line {head.ref_line}: a node feature file needs a node "
-                         f"id and at least one feature column, found 1 field")
+        raise DataError(f"{head.name}, line {head.ref_line}: a node feature file needs a node "
+                        f"id and at least one feature column, found 1 field")
     if kind == "label" and head.ncols not in (0, 2):
-        raise ValueError(f"{head.name}, line {head.ref_line}: a node label file has 2 columns "
-                         f"(node id, label), found {head.ncols}: {show(head.ref_text)}")
+        raise DataError(f"{head.name}, line {head.ref_line}: a node label file has 2 columns "
+                        f"(node id, label), found {head.ncols}: {show(head.ref_text)}")
     role = "node feature" if kind == "feature" else "label"
     rest = tuple((c, role) for c in range(1, max(head.ncols, 2)))
     ids = ((0, "node id"),)
