@@ -21,6 +21,13 @@ predict`` on the same file of N SMILES, in one run.
    tools' CPU work runs on ``--threads`` threads (chemprop's torch through
    ``OMP_NUM_THREADS``); the table ends with each graphformer run's ratio to
    chemprop's molecules per second.
+4. The floor: the checkpoint's molecule features (the RDKit descriptors of
+   the default) computed alone in one process on the first
+   ``--floor-sample`` molecules. A ``predict`` that computes them cannot be
+   faster in one process, nor with W featurising processes faster than W
+   times it: where chemprop (which computes no descriptors) is faster than
+   that on the machine's cores, the descriptors rule the target out, and
+   ``--molecule-features none`` is the comparison of the models.
 
 Run it on an otherwise idle machine (see DEVELOPERS.md, "Benchmarks").
 
@@ -182,6 +189,36 @@ def chemprop_model(exe: str, args: argparse.Namespace, work: Path) -> Path:
     return best_model(out)
 
 
+#: times the molecule features of a checkpoint alone, in one process, on the
+#: first SMILES of a file: argv = checkpoint, csv, count; prints sets, mol/s
+FLOOR = ("import csv, sys, time, torch\n"
+         "from rdkit import Chem, RDLogger\n"
+         "from graphformer.data.descriptors import set_values\n"
+         "RDLogger.DisableLog('rdApp.*')\n"
+         "ckpt = torch.load(sys.argv[1], map_location='cpu', weights_only=False)\n"
+         "sets = ckpt['config']['data'].get('molecule_features') or []\n"
+         "with open(sys.argv[2], newline='') as fh:\n"
+         "    rows = [r[0] for _, r in zip(range(int(sys.argv[3]) + 1), csv.reader(fh))][1:]\n"
+         "mols = [m for m in map(Chem.MolFromSmiles, rows) if m is not None]\n"
+         "start = time.perf_counter()\n"
+         "for m in mols:\n"
+         "    set_values(m, sets)\n"
+         "seconds = time.perf_counter() - start\n"
+         "print(' '.join(sets) or 'none', len(mols) / seconds if sets else float('inf'))\n")
+
+
+def feature_floor(ckpt: Path, source: Path, count: int, threads: int) -> Dict[str, Any]:
+    """Molecules per second of the checkpoint's molecule features (RDKit
+    descriptors, fingerprints) alone, in one process, on the file's first
+    ``count`` molecules (parsing not counted): no ``graphformer predict``
+    computing them in one process can be faster, nor W processes than W
+    times it."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    out = subprocess.run([sys.executable, "-c", FLOOR, str(ckpt), str(source), str(count)],
+                         check=True, capture_output=True, text=True, env=env).stdout.split()
+    return {"sets": out[0], "molecules": count, "mol_per_s": float(out[1])}
+
+
 def count_rows(path: Path) -> int:
     with open(path, newline="") as fh:
         return sum(1 for _ in csv.reader(fh)) - 1
@@ -195,6 +232,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     source = write_input(args.smiles, args.n, work)
     ckpt = graphformer_checkpoint(args, work).resolve()
     results: List[Dict[str, Any]] = []
+    floor = feature_floor(ckpt, source, min(args.n, args.floor_sample), args.threads) \
+        if args.floor_sample > 0 else None
     for workers in args.workers:
         out = work / f"graphformer-w{workers}.csv"
         cmd = [sys.executable, "-m", "graphformer", "predict", str(ckpt), str(source), "-o",
@@ -225,7 +264,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
 
     return {"n": args.n, "smiles": args.smiles, "threads": args.threads,
             "batch_size": args.batch_size, "checkpoint": str(ckpt),
-            "machine": machine_line(args.threads), "results": results}
+            "machine": machine_line(args.threads), "results": results, "feature_floor": floor}
 
 
 def table(report: Dict[str, Any]) -> str:
@@ -243,6 +282,12 @@ def table(report: Dict[str, Any]) -> str:
             workers, ratio = "in process", "1.00x"
         lines.append(f"| {r['tool']} | {workers} | {r['seconds']:.1f} | {r['mol_per_s']:,.0f} | "
                      f"{r['peak_rss_mb']:,.0f} | {r['tree_rss_mb']:,.0f} | {ratio} |")
+    floor = report.get("feature_floor")
+    if floor and floor["sets"] != "none":
+        ratio = f"{floor['mol_per_s'] / peer['mol_per_s']:.2f}x" if peer else "-"
+        lines.append(f"| {floor['sets']} features alone (the floor; first "
+                     f"{floor['molecules']:,}) | in process | - | {floor['mol_per_s']:,.0f} | - "
+                     f"| - | {ratio} |")
     return "\n".join(lines)
 
 
@@ -268,6 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=128,
                    help="molecules per model step, both tools")
+    p.add_argument("--floor-sample", type=int, default=2000,
+                   help="time the checkpoint's molecule features alone on this many of the "
+                   "SMILES, in one process: the floor of any predict that computes them "
+                   "(0: skip)")
     p.add_argument("--json", type=Path, help="also write the results here")
     return p
 

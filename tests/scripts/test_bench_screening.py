@@ -36,3 +36,7 @@ def test_the_benchmark_measures_each_run_and_they_agree(tmp_path, capsys):
     assert (work / "screen-30.csv").read_text().splitlines()[1] == \
         pd.read_csv(smiles)["smiles"][0]
     assert (work / "graphformer-w1.csv").read_bytes() == (work / "graphformer-w2.csv").read_bytes()
+    # the floor: the checkpoint's descriptors alone, timed on the first molecules
+    floor = report["feature_floor"]
+    assert floor["sets"] == "rdkit2d" and floor["molecules"] == 30 and floor["mol_per_s"] > 0
+    assert "| rdkit2d features alone (the floor; first 30) | in process |" in out
