@@ -19,6 +19,12 @@ seed, and seconds per run), and writes everything as JSON.
     python scripts/compare_chemprop.py --seeds 0 1 2 --json compare.json
     python scripts/compare_chemprop.py --datasets freesolv --set model.dropout=0
     python scripts/compare_chemprop.py --markdown-from compare.json
+
+With ``--uncertainty`` it compares predictive uncertainty instead (chemprop's
+ensemble, MVE and evidential models against graphformer's, scored by the same
+functions): the arguments are then those of ``scripts/compare_uncertainty.py``.
+
+    python scripts/compare_chemprop.py --uncertainty --datasets esol --seeds 0 1 2 --json uncertainty.json
 """
 from __future__ import annotations
 
@@ -187,7 +193,17 @@ def _table(table: Dict[str, Dict[str, Dict[str, Any]]], peers: List[str],
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--uncertainty" in argv:   # the other comparison, on the same splits and seeds
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from compare_uncertainty import main as compare_uncertainty
+
+        return compare_uncertainty([a for a in argv if a != "--uncertainty"])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--uncertainty", action="store_true",
+                        help="compare predictive uncertainty instead: chemprop's ensemble, MVE "
+                        "and evidential models against graphformer's on the same splits "
+                        "(scripts/compare_uncertainty.py; the other arguments are its own)")
     parser.add_argument("--datasets", nargs="+", default=["esol", "freesolv", "lipophilicity"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--peers", nargs="+", choices=PEERS, default=list(PEERS))

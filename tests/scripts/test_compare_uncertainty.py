@@ -87,6 +87,10 @@ def test_chemprop_methods_scored_by_graphformers_functions(tmp_path, capsys, sta
     table = capsys.readouterr().out
     assert f"| freesolv | mve | chemprop | 1.000 | {nll:.3f} |" in table
     assert "with our z-scaling / with chemprop's own" in table
+    # compare_chemprop.py --uncertainty is this comparison, by the name the issue gave it
+    assert load_script("compare_chemprop").main(["--uncertainty", "--markdown-from",
+                                                 str(out)]) == 0
+    assert capsys.readouterr().out == table
 
 
 def test_the_methods_flags():
