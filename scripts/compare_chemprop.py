@@ -42,7 +42,8 @@ import torch
 
 from graphformer.models import GINBaseline
 from graphformer.train import RunConfig, prepare, train
-from graphformer.train.config import DataConfig, TrainConfig
+from graphformer.errors import UsageError
+from graphformer.train.config import DataConfig, TrainConfig, parse_overrides
 from graphformer.train.data_prep import model_config_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -52,26 +53,13 @@ from chemprop_peer import run_chemprop  # noqa: E402
 PEERS = ("chemprop", "graphformer", "gin")
 
 
-def config_value(text: str) -> Any:
-    """A setting's value as given on the command line: ``true`` and ``false``
-    as booleans, as YAML reads them; anything else the string itself (the
-    config's own rules convert and check it)."""
-    return {"true": True, "false": False}.get(text.strip().lower(), text)
-
-
 def overrides(items: List[str]) -> Dict[str, Dict[str, Any]]:
-    """``["model.dropout=0", ...]`` as config sections, each value through
-    :func:`config_value` (lists split at commas)."""
-    sections: Dict[str, Dict[str, Any]] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        section, dot, name = key.partition(".")
-        if not sep or not dot or section not in ("data", "model", "train"):
-            raise SystemExit(f"--set {item!r}: expected SECTION.KEY=VALUE with SECTION one of "
-                             f"data, model, train")
-        sections.setdefault(section, {})[name] = value.split(",") if name in (
-            "patterns", "target_columns") else config_value(value)
-    return sections
+    """``--set`` items as config sections (:func:`graphformer.train.config.parse_overrides`:
+    each value read by its field's type); a bad one stops the script, named."""
+    try:
+        return parse_overrides(items)
+    except UsageError as err:
+        raise SystemExit(f"error: {err}") from err
 
 
 def run_graphformer(name: str, seed: int, threads: int, epochs: int,

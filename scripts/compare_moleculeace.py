@@ -63,6 +63,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from chemprop_peer import best_model, run_command, test_predictions  # noqa: E402  (sibling)
+from compare_chemprop import overrides  # noqa: E402  (one reading of --set for every script)
 
 #: kept aside for an independent measurement: never trained, tuned or looked at
 HELD_OUT = ("CHEMBL2034_Ki", "CHEMBL4203_Ki", "CHEMBL2147_Ki", "CHEMBL234_Ki", "CHEMBL237_EC50")
@@ -249,22 +250,6 @@ def summarise(rows: List[Dict[str, Any]]) -> str:
             means.append(f"**{test:.3f}** | **{cliff:.3f}**")
         lines.append(f"| mean of {len(common)} sets | " + " | ".join(means) + " |")
     return "\n".join(lines)
-
-
-def overrides(items: List[str]) -> Dict[str, Dict[str, Any]]:
-    """``["data.molecule_features=rdkit2d,morgan", ...]`` as config sections
-    (a value with a comma is a list; ``true`` / ``false`` are booleans)."""
-    sections: Dict[str, Dict[str, Any]] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        section, dot, name = key.partition(".")
-        if not sep or not dot:
-            raise SystemExit(f"error: --set takes section.key=value, got {item!r}")
-        parsed: Any = {"true": True, "false": False}.get(value.lower(), value)
-        if isinstance(parsed, str) and "," in parsed:
-            parsed = parsed.split(",")
-        sections.setdefault(section, {})[name] = parsed
-    return sections
 
 
 def main(argv: Optional[List[str]] = None) -> int:

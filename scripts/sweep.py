@@ -44,20 +44,18 @@ import pandas as pd
 from graphformer.datasets import BUNDLED, bundled_dir, scaffold_folds, scaffold_split
 from graphformer.models import GraphTransformerConfig
 from graphformer.train import RunConfig, train
-from graphformer.train.config import TrainConfig
+from graphformer.train.config import TrainConfig, parse_overrides
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_chemprop import config_value  # noqa: E402  (a sibling script module)
 
 MODEL_KEYS = {f.name for f in fields(GraphTransformerConfig)}
 TRAIN_KEYS = {f.name for f in fields(TrainConfig)} - {"seed", "threads"}
 
 
 def parse_variant(text: str) -> Dict[str, Dict[str, Any]]:
-    """``"local=gine,dropout=0"`` as ``{"model": {...}, "train": {...}}``
-    (``true`` and ``false`` become booleans, as YAML reads them; other values
-    stay strings: the config's own rules convert and check them);
-    ``"default"`` is no override."""
+    """``"local=gine,dropout=0,patterns=bonds+full"`` as ``{"model": {...},
+    "train": {...}}``, each value read by its field's type
+    (:func:`graphformer.train.config.parse_overrides`; a list's items are
+    joined by ``+``); ``"default"`` is no override."""
     sections: Dict[str, Dict[str, Any]] = {"model": {}, "train": {}}
     if text == "default":
         return sections
@@ -65,14 +63,12 @@ def parse_variant(text: str) -> Dict[str, Dict[str, Any]]:
         key, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"variant {text!r}: {item!r} is not KEY=VALUE")
-        if key in MODEL_KEYS:
-            sections["model"][key] = value.split("+") if key == "patterns" \
-                else config_value(value)
-        elif key in TRAIN_KEYS:
-            sections["train"][key] = config_value(value)
-        else:
+        section = "model" if key in MODEL_KEYS else "train" if key in TRAIN_KEYS else None
+        if section is None:
             raise SystemExit(f"variant {text!r}: unknown key {key!r}; model keys "
                              f"{sorted(MODEL_KEYS)}, train keys {sorted(TRAIN_KEYS)}")
+        parsed = parse_overrides([f"{section}.{key}={value.replace('+', ',')}"])
+        sections[section].update(parsed[section])
     return sections
 
 

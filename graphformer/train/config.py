@@ -506,3 +506,38 @@ def read_config_file(path: Union[str, Path]) -> Dict[str, Any]:
     if not isinstance(values, dict):
         raise UsageError(f"{path}: a config file holds sections data / model / train")
     return values
+
+
+def parse_overrides(items: List[str]) -> Dict[str, Dict[str, Any]]:
+    """``["model.dropout=0", "data.molecule_features=rdkit2d,morgan", ...]``
+    (the ``--set SECTION.KEY=VALUE`` of the comparison scripts) as config
+    sections for :meth:`RunConfig.from_dict`, each value read by its field's
+    type: a list or tuple field splits at commas, a bool field takes
+    ``true`` / ``false`` (any case), anything else stays a string for
+    :func:`coerce` to convert and check.
+
+    Raises:
+        UsageError: an item that is not ``SECTION.KEY=VALUE``, or a section or
+            key :class:`RunConfig` does not have (naming it).
+    """
+    sections: Dict[str, Dict[str, Any]] = {}
+    classes = typing.get_type_hints(RunConfig)
+    for item in items:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot or section not in classes:
+            raise UsageError(f"--set {item!r}: expected SECTION.KEY=VALUE with SECTION one of "
+                             f"{', '.join(classes)}")
+        hints = typing.get_type_hints(classes[section])
+        if name not in hints:
+            raise UsageError(f"--set {item!r}: '{section}' has no key {name!r}")
+        hint = hints[name]
+        if typing.get_origin(hint) is Union:
+            hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        parsed: Any = value
+        if typing.get_origin(hint) in (list, tuple):
+            parsed = [v.strip() for v in value.split(",")] if value.strip() else []
+        elif hint is bool and value.strip().lower() in ("true", "false"):
+            parsed = value.strip().lower() == "true"
+        sections.setdefault(section, {})[name] = parsed
+    return sections

@@ -12,6 +12,7 @@ import sys
 
 import pytest
 
+from graphformer.train import RunConfig
 from tests.helpers import load_script
 
 FAKE = """#!{python}
@@ -150,3 +151,27 @@ def test_bad_setting_fails_before_any_run(fake_chemprop):
         compare.main(["--datasets", "freesolv", "--seeds", "0", "--peers", "graphformer",
                       "--set", "model.hidden=7"])
     assert not fake_chemprop.exists()
+
+
+def test_set_reads_each_value_by_its_fields_type():
+    """One reading of ``--set`` for every comparison script: a list field
+    splits at commas (also one whose type is Optional), a bool field takes
+    true / false, the rest stays a string for the config's own checks."""
+    from graphformer.errors import UsageError
+    from graphformer.train.config import parse_overrides
+
+    sets = parse_overrides(["data.molecule_features=rdkit2d,morgan_counts",
+                            "model.patterns=bonds", "train.pretrained=False", "model.dropout=0.1",
+                            "data.target_columns=a, b"])
+    assert sets == {"data": {"molecule_features": ["rdkit2d", "morgan_counts"],
+                             "target_columns": ["a", "b"]},
+                    "model": {"patterns": ["bonds"], "dropout": "0.1"},
+                    "train": {"pretrained": False}}
+    cfg = RunConfig.from_dict(sets)
+    assert cfg.data.molecule_features == ["rdkit2d", "morgan_counts"]
+    assert cfg.model.dropout == 0.1 and cfg.train.pretrained is False
+    with pytest.raises(UsageError, match="'model' has no key 'colour'"):
+        parse_overrides(["model.colour=red"])
+    # compare_moleculeace.py reads --set the same way (it split any comma before)
+    assert load_script("compare_moleculeace").overrides(["model.patterns=bonds"]) == {
+        "model": {"patterns": ["bonds"]}}

@@ -113,6 +113,6 @@ def test_graphformer_is_trained_and_scored_on_the_same_molecules(mace, files, tm
     (row,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert row["method"] == "graphformer:tiny" and row["test_count"] == 20
     assert row["settings"] == {"train": {"epochs": "2", "ensemble": "1"},
-                               "data": {"molecule_features": "morgan"}}
+                               "data": {"molecule_features": ["morgan"]}}
     assert np.isfinite(row["test_rmse"]) and np.isfinite(row["cliff_rmse"])
     assert np.isfinite(row["valid_rmse"])
