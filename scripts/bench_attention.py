@@ -93,6 +93,7 @@ from graphformer import patterns as P
 from graphformer.nn import RelationalAttention
 from graphformer.nn.backend import DENSE_CROSSOVER, choose_backend, estimate, padded_density
 from graphformer.nn.fused import fused_available
+from graphformer.nn.fused_record import fused_verified
 
 CASES = ("molecules", "large", "tokens", "long")
 IN_CHANNELS, HEADS, HEAD_CHANNELS, EDGE_DIM = 256, 8, 32, 64
@@ -323,7 +324,8 @@ def auto_backend(work: Workload, device: torch.device, one_graph: bool) -> str:
     sizes = [work.num_nodes] if one_graph else work.graph_sizes
     return choose_backend(num_edges=work.num_edges, num_graphs=len(sizes),
                           max_nodes=max(sizes), heads=HEADS, device=device, dense_ok=True,
-                          fused_ok=fused_available(device), dropout_active=False,
+                          fused_ok=fused_verified() and fused_available(device),
+                          dropout_active=False,
                           edge_features=work.edge_attr is not None,
                           channels=HEADS * HEAD_CHANNELS)
 

@@ -14,7 +14,10 @@ function, where it runs, what it needs):
   runs the sparse backend.
 - ``"fused"`` (:func:`graphformer.nn.fused.fused_backend`): a Triton kernel
   streaming each target's edges with an online softmax; CUDA only (or the
-  Triton interpreter for testing); no attention dropout.
+  Triton interpreter for testing); no attention dropout. ``"auto"`` picks
+  it only once its tests have passed on a real GPU
+  (:mod:`graphformer.nn.fused_record`, written by ``scripts/gpu_check.py``);
+  until then it runs when named.
 - ``"fused_cpu"`` (:func:`graphformer.nn.fused_cpu.fused_cpu_backend`): the
   same idea on the CPU, as C kernels (:mod:`graphformer.nn.cpu_kernels`,
   compiled on first use), with attention dropout (a counter-based hash) and
@@ -38,7 +41,9 @@ model (:func:`choose_backend`), in order:
    picks it (typed edges on the CPU, kernels built; its kernels are custom
    ops, traced without a graph break), else ``"propagate"`` (the rules
    below read the edge set's padded layout, whose sizes depend on the data);
-2. on CUDA with Triton, without attention dropout in training: ``"fused"``;
+2. on CUDA with Triton, without attention dropout in training, once the
+   fused kernel's tests have passed on a GPU
+   (:func:`~graphformer.nn.fused_record.fused_verified`): ``"fused"``;
 3. with per-edge features (not typed edges: their terms cost no per-edge
    projection) on CPU, when the per-edge messages are small
    (E·H·C ≤ :data:`PROPAGATE_BELOW`): ``"propagate"`` — at that size the
@@ -78,6 +83,7 @@ from .call import AttentionCall, BackendFn
 from .dense import dense_attention
 from .fused import fused_available, fused_backend
 from .fused_cpu import fused_cpu_available, fused_cpu_backend
+from .fused_record import fused_verified
 from .sparse import sparse_attention
 
 if TYPE_CHECKING:  # imported for annotations only
@@ -131,7 +137,8 @@ _BACKENDS: Dict[str, Backend] = {b.name: b for b in (
             "any device; self-attention within graphs (else it runs 'sparse')"),
     Backend("fused", fused_backend, fused_available,
             "a CUDA device and triton (on the CPU: TRITON_INTERPRET=1, for testing); no "
-            "attention dropout in training"),
+            "attention dropout in training; 'auto' picks it only once its tests have passed "
+            "on a GPU (scripts/gpu_check.py)"),
     Backend("fused_cpu", fused_cpu_backend, fused_cpu_available,
             "the CPU, float32 or float64, and the C kernels built (a C compiler with OpenMP; "
             "GRAPHFORMER_CPU_KERNELS=0 turns them off)"),
@@ -201,8 +208,9 @@ def choose_backend(*, num_edges: int, num_graphs: int, max_nodes: int, heads: in
                    fused_cpu_ok: bool = False) -> str:
     """The backend ``"auto"`` picks (see the module documentation);
     ``channels`` is H·C, ``edge_features`` means features per edge,
-    ``typed_edges`` features per edge type, ``fused_cpu_ok`` that the CPU
-    kernels are built."""
+    ``typed_edges`` features per edge type, ``fused_ok`` that the fused
+    GPU kernel runs here and has passed its tests on a GPU, ``fused_cpu_ok``
+    that the CPU kernels are built."""
     if fused_ok and device.type == "cuda" and not dropout_active:
         return "fused"
     if prefers_propagate(num_edges=num_edges, channels=channels, device=device,
@@ -243,7 +251,7 @@ def resolve_backend(requested: str, edges: Optional["EdgeSet"], *, heads: int, c
     B, T = (layout.num_graphs, layout.max_nodes) if dense_ok else (1, edges.num_dst)
     return choose_backend(num_edges=edges.num_edges, num_graphs=B, max_nodes=T, heads=heads,
                           device=device, dense_ok=dense_ok,
-                          fused_ok=get_backend("fused").available(device),
+                          fused_ok=fused_verified() and get_backend("fused").available(device),
                           dropout_active=dropout_active, edge_features=per_edge_features,
                           channels=channels, typed_edges=typed_edges,
                           fused_cpu_ok=get_backend("fused_cpu").available(device))

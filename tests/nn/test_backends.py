@@ -369,3 +369,25 @@ def test_edge_terms_in_many_recomputed_chunks_equal_propagate(monkeypatch):
     torch.testing.assert_close(alpha, alpha_ref)
     for ours, theirs in zip(grads, grads_ref):
         torch.testing.assert_close(ours, theirs)
+
+
+def test_auto_picks_the_fused_kernel_on_cuda_only_once_it_passed_on_a_gpu(monkeypatch):
+    """Until ``scripts/gpu_check.py`` has recorded a passing run of the fused
+    kernel's tests on a GPU, ``auto`` runs the tested backends on CUDA; the
+    fused kernel stays available by name. (The layout is read on the CPU:
+    only the choice is asked for, nothing runs on the device.)"""
+    from graphformer.nn import fused_record
+    from graphformer.nn.backend import resolve_backend
+
+    if not fused_available(torch.device("cuda")):
+        pytest.skip("triton is not installed")
+    ptr = ptr_of([5, 4])
+    edges = EdgeSet(P.full(ptr), 9, batch=torch.repeat_interleave(torch.arange(2), ptr.diff()))
+    choose = dict(heads=2, channels=8, device=torch.device("cuda"), per_edge_features=False,
+                  has_terms=False, dropout_active=False, traced=False)
+    monkeypatch.setattr(fused_record, "VERIFIED_ON_GPU", None)
+    assert resolve_backend("auto", edges, **choose) == "dense"
+    assert resolve_backend("fused", edges, **choose) == "fused"
+    monkeypatch.setattr(fused_record, "VERIFIED_ON_GPU", {"device": "NVIDIA H100"})
+    assert resolve_backend("auto", edges, **choose) == "fused"
+    assert "only once its tests have passed on a GPU" in REGISTRY["fused"].requires
