@@ -17,7 +17,7 @@ from tests.helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "bench_attention.py"
-CASES = ("molecules", "large", "tokens", "long")
+CASES = ("molecules", "medium", "large", "tokens", "long")
 TIME_FIELDS = ("fwd_ms", "fwd_ms_min", "fwd_bwd_ms", "fwd_bwd_ms_min")
 
 pytestmark = pytest.mark.slow
