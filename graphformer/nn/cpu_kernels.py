@@ -1,34 +1,42 @@
-r"""Graphformer's C kernels for the CPU: built on first use, loaded with ctypes.
+r"""Graphformer's C++ kernels for the CPU: built on first use with
+:mod:`torch.utils.cpp_extension`, as PyTorch custom ops.
 
-``cpu_kernels.c`` (beside this module) holds the fused attention of
+``cpu_kernels.cpp`` (beside this module) holds the fused attention of
 :mod:`graphformer.nn.fused_cpu`, the hashed dropout of
 :func:`graphformer.nn.functional.dropout` (alone and fused with GELU,
 :func:`~graphformer.nn.functional.gelu_dropout`) and the counting sort of
-:meth:`graphformer.nn.csr.EdgeCSR.transpose`. The first use compiles it with the
-system C compiler (``$CC``, else ``cc`` — the compiler ``pip install
-torch-scatter`` needs; well under a second, :data:`CFLAGS`) into a cache
+:meth:`graphformer.nn.csr.EdgeCSR.transpose`, as the CPU implementations of
+the custom ops ``torch.ops.graphformer.fused_attention`` and
+``fused_attention_backward``, ``dropout_multiplier``
+(:mod:`graphformer.nn.fused_cpu`), ``hashed_dropout``, ``gelu_dropout`` and
+``gelu_dropout_backward`` (:mod:`graphformer.nn.functional`),
+``group_by_source`` (:mod:`graphformer.nn.csr`). Those modules define each
+op's schema (:func:`define_op`), fake (meta) implementation and, where
+differentiable, autograd formula, so that :func:`torch.compile` and
+:func:`torch.export.export` trace them. Random decisions take their seed as
+an int64 tensor [1] (:func:`seed_tensor`), so drawing it is part of a traced
+graph. Each op checks the device, dtype, contiguity and size of every array
+it reads (``ValueError`` naming the argument); the index values (CSR
+structure, sources, edge types) are checked by the Python callers.
+
+The first use (:func:`kernels_available`, or the first call of an op) builds
+the one translation unit with :func:`torch.utils.cpp_extension.load` (the
+C++ compiler ``$CXX``, else ``c++``, and ``ninja``; about 13 s, once per
+machine, :data:`CFLAGS`) in a private build directory under the cache
 directory (``$GRAPHFORMER_KERNEL_CACHE``, else ``$XDG_CACHE_HOME`` or
-``~/.cache``, then ``graphformer/kernels``), keyed by the source, the flags,
-the compiler and the CPU; later processes load the cached library. Concurrent
-first uses build into temporary files and rename them into place, so they
-agree. The kernels run on OpenMP threads: the process's libgomp is PyTorch's
-own (the same soname), so ``torch.set_num_threads`` sets their number.
+``~/.cache``, then ``graphformer/kernels``), and renames the library into
+place, keyed by the source, the flags, the PyTorch and Python versions and
+the CPU; later processes load the cached library (no compiler needed).
+Concurrent first uses each build privately and rename atomically, so they
+agree, and a killed build leaves no lock behind. The kernels run on
+PyTorch's intra-op threads (``at::parallel_for``), so
+``torch.set_num_threads`` sets their number.
 
-Every kernel is called through a PyTorch custom op with a fake (meta)
-implementation and, where differentiable, a registered autograd formula, so
-that :func:`torch.compile` and :func:`torch.export.export` trace it:
-``torch.ops.graphformer.fused_attention`` and ``fused_attention_backward``,
-``dropout_multiplier`` (:mod:`graphformer.nn.fused_cpu`), ``hashed_dropout``,
-``gelu_dropout`` and ``gelu_dropout_backward``
-(:mod:`graphformer.nn.functional`), ``group_by_source``
-(:mod:`graphformer.nn.csr`). Random decisions take their seed as an int64
-tensor [1] (:func:`seed_tensor`), so drawing it is part of a traced graph.
-
-Where no compiler works (none installed, a compile error, macOS's clang
-without OpenMP), :func:`kernels_available` is False, :func:`kernels_unavailable`
-says why, and the callers use PyTorch operations instead: ``"auto"`` attention
-picks the ``"sparse"`` backend where it would pick ``"fused_cpu"``, dropout and
-GELU are PyTorch's operations, the grouping by source is ``torch.sort``. The
+Where the build fails (no compiler, no ``ninja``, a compile error),
+:func:`kernels_available` is False, :func:`kernels_unavailable` says why, and
+the callers use PyTorch operations instead: ``"auto"`` attention picks the
+``"sparse"`` backend where it would pick ``"fused_cpu"``, dropout and GELU
+are PyTorch's operations, the grouping by source is ``torch.sort``. The
 results are the same to float rounding (with dropout the random decisions
 differ: the kernels hash a seed, the fallback draws PyTorch random integers),
 only slower. One :class:`KernelsUnavailableWarning` per process says so, at
@@ -43,13 +51,13 @@ for the next layer call, not only at import.
 """
 from __future__ import annotations
 
-import ctypes
 import functools
 import hashlib
 import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -58,26 +66,35 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["kernels_available", "kernels_unavailable", "kernels_turned_off", "kernel", "pointer",
-           "draw_seed", "seed_tensor", "dropout_threshold", "CFLAGS", "ENV_SWITCH", "KernelsUnavailableWarning"]
+__all__ = ["kernels_available", "kernels_unavailable", "kernels_turned_off", "define_op",
+           "draw_seed", "seed_tensor", "dropout_threshold", "CFLAGS", "ENV_SWITCH",
+           "KernelsUnavailableWarning"]
 
 #: The environment variable that turns the kernels off (see the module documentation).
 ENV_SWITCH = "GRAPHFORMER_CPU_KERNELS"
 _OFF = ("0", "off", "false", "no")
 _ON = ("", "1", "on", "true", "yes")
+#: The namespace of the custom ops, ``torch.ops.graphformer``.
+NAMESPACE = "graphformer"
 
 
 class KernelsUnavailableWarning(RuntimeWarning):
     """The CPU kernels could not be built: PyTorch operations are used instead."""
 
-SOURCE = Path(__file__).resolve().with_name("cpu_kernels.c")   # absolute: it includes itself
-#: Compiler flags. ``-march=native``: the library is built on, and for, the
-#: machine that runs it (the CPU is part of the cache key). Reassociation
-#: lets the channel loops' sums vectorise; no flag assumes finite values
-#: (scores may be -inf), and none changes the process's floating-point mode
-#: (as ``-ffast-math`` can when it links ``crtfastmath.o``).
+
+SOURCE = Path(__file__).resolve().with_name("cpu_kernels.cpp")
+#: Compiler flags, besides :func:`torch.utils.cpp_extension.load`'s own
+#: (``-fPIC``, the C++ standard, PyTorch's include directories).
+#: ``-march=native``: the library is built on, and for, the machine that runs
+#: it (the CPU is part of the cache key). Reassociation lets the channel
+#: loops' sums vectorise; no flag assumes finite values (scores may be
+#: -inf), and none changes the process's floating-point mode (as
+#: ``-ffast-math`` can when it links ``crtfastmath.o``). ``-fopenmp`` where
+#: PyTorch's thread pool is OpenMP: ``at::parallel_for`` is a header template
+#: that opens the parallel region in the kernels' own code.
 CFLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fno-signed-zeros",
-          "-fassociative-math", "-fopenmp", "-fPIC", "-shared", "-std=gnu11")
+          "-fassociative-math") + (("-fopenmp",) if torch.backends.openmp.is_available() else ())
+_LDFLAGS = ("-fopenmp",) if "-fopenmp" in CFLAGS else ()
 
 
 def _cpu_id() -> str:
@@ -98,80 +115,84 @@ def _cache_dir() -> Path:
     return Path(base) / "graphformer" / "kernels"
 
 
-_P, _I, _D, _U = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_uint64
-_SIGNATURES = {
-    "forward": [_I] * 5 + [_P] * 10 + [_I, _D, _U, _U, _D, _P, _P, _P],
-    "backward_targets": [_I] * 5 + [_P] * 9 + [_D, _P, _D] + [_P] * 5,
-    "backward_sources": [_I] * 4 + [_P] * 10,
-    "multiplier": [_I, _I, _U, _U, _D, _P],
-    "dropout": [_I, _I, _P, _P, _P, _U, _U, _D],
-}
-#: Kernels on indices (int64), one version for every dtype; they return a
-#: status their caller reads.
-_INDEX_SIGNATURES = {
-    "group_by_source": [_I, _I, _P, _P, _P],
-}
+def _key() -> str:
+    """What the built library depends on: the source, the flags, PyTorch
+    (its headers and libraries), Python and the CPU."""
+    parts = [SOURCE.read_bytes(), " ".join(CFLAGS + _LDFLAGS).encode(), torch.__version__.encode(),
+             str(torch.version.git_version).encode(), sys.version.encode(), _cpu_id().encode()]
+    return hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
 
 
-#: Kernels that return a status: nonzero when per-thread scratch memory could
-#: not be allocated.
-_STATUS = ("forward", "backward_targets", "backward_sources")
+def _build(target: Path, name: str) -> str:
+    """Builds the kernels with :func:`torch.utils.cpp_extension.load` in a
+    private directory beside ``target`` (so concurrent builders never wait
+    on each other's lock, nor on a killed one's), loads them, and renames the
+    library to ``target``. Returns "" or why it failed."""
+    from torch.utils import cpp_extension   # imports setuptools: only when building
 
-
-def _raise_on_failure(result, fn, args):
-    if result != 0:
-        raise MemoryError(f"{fn.__name__}: out of memory for the per-thread scratch")
-    return result
+    compiler = cpp_extension.get_cxx_compiler()
+    if not shutil.which(compiler):
+        return (f"building the CPU kernels failed: no C++ compiler found ('{compiler}': set "
+                f"CXX, or install g++ or clang++)")
+    path = os.environ.get("PATH")
+    if not shutil.which("ninja"):
+        try:    # the ninja wheel (a dependency) outside an activated environment
+            import ninja
+        except ImportError:
+            return ("building the CPU kernels failed: ninja, which torch.utils.cpp_extension "
+                    "builds with, is not installed (pip install ninja)")
+        os.environ["PATH"] = os.pathsep.join(filter(None, [ninja.BIN_DIR, path]))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    build = Path(tempfile.mkdtemp(prefix=f"{name}-build-", dir=target.parent))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")     # its compiler-version remarks; errors raise
+            cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=list(CFLAGS),
+                               extra_ldflags=list(_LDFLAGS), build_directory=str(build),
+                               is_python_module=False, verbose=False)
+        os.replace(build / f"{name}.so", target)      # atomic: concurrent builders agree
+    except (OSError, RuntimeError, ImportError, subprocess.SubprocessError) as err:
+        # first line: the compiler's first error where it gave one; then all it said
+        lines = str(err).splitlines() or [repr(err)]
+        first = ([line for line in lines[1:] if "error:" in line] or lines)[0].strip()
+        return "\n".join([f"building the CPU kernels failed: {compiler}: {first}", *lines])
+    finally:
+        if path is None:
+            os.environ.pop("PATH", None)
+        else:
+            os.environ["PATH"] = path
+        shutil.rmtree(build, ignore_errors=True)
+    return ""
 
 
 @functools.lru_cache(maxsize=None)
-def _library() -> Tuple[Optional[ctypes.CDLL], str]:
-    """(the loaded kernels, "") or (None, why not); built once per process."""
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if not compiler:
-        return None, "no C compiler found (set CC or install gcc)"
+def _library() -> Tuple[Optional[Path], str]:
+    """(the loaded library, "") or (None, why not); built or loaded once per process."""
     try:
-        version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
-                                 timeout=60).stdout.splitlines()[:1]
-        source = SOURCE.read_bytes()
-        key = hashlib.sha256(b"\0".join([source, " ".join(CFLAGS).encode(),
-                                          str(version).encode(), _cpu_id().encode()]))
-        target = _cache_dir() / f"cpu_kernels-{key.hexdigest()[:16]}.so"
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-                built = Path(tmp) / target.name
-                proc = subprocess.run([compiler, *CFLAGS, str(SOURCE), "-o", str(built), "-lm"],
-                                      capture_output=True, text=True, timeout=600)
-                if proc.returncode != 0:
-                    return None, (f"compiling {SOURCE.name} with {compiler} failed:\n"
-                                  f"{proc.stderr.strip()[-2000:]}")
-                os.replace(built, target)      # atomic: concurrent builders agree
-        lib = ctypes.CDLL(str(target))
-    except (OSError, subprocess.SubprocessError) as err:
-        return None, f"building the CPU kernels failed: {err}"
-    functions = [(f"{name}_{suffix}", name, args) for name, args in _SIGNATURES.items()
-                 for suffix in ("f32", "f64")]
-    functions += [(name, name, args) for name, args in _INDEX_SIGNATURES.items()]
-    for symbol, name, args in functions:
-        fn = getattr(lib, symbol)
-        fn.argtypes = args
-        fn.restype = ctypes.c_int if name in _STATUS or name in _INDEX_SIGNATURES else None
-        if name in _STATUS:
-            fn.errcheck = _raise_on_failure
-    return lib, ""
+        key = _key()
+        name = f"graphformer_cpu_kernels_{key}"
+        target = _cache_dir() / f"{name}.so"
+        if target.exists():
+            torch.ops.load_library(str(target))
+        else:
+            why = _build(target, name)
+            if why:
+                return None, why
+    except (OSError, RuntimeError) as err:
+        return None, f"loading the CPU kernels failed: {err}"
+    return target, ""
 
 
 def _hint(why: str) -> str:
     """What to do about a failed build, where the reason says it."""
     if "fopenmp" in why or "omp.h" in why:
-        return (" (the compiler has no OpenMP: on macOS 'brew install libomp' and "
-                "CC=$(brew --prefix llvm)/bin/clang, or CC=gcc-14)")
+        return (" (the compiler has no OpenMP, which PyTorch's thread pool uses here: install "
+                "libgomp)")
     return ""
 
 
 @functools.lru_cache(maxsize=None)
-def _built() -> Tuple[Optional[ctypes.CDLL], str]:
+def _built() -> Tuple[Optional[Path], str]:
     """:func:`_library`, warning once per process when it failed."""
     lib, why = _library()
     if lib is None:
@@ -246,35 +267,32 @@ def dropout_threshold(p: float, bits: int) -> Tuple[int, float]:
     return threshold, levels / (levels - threshold)
 
 
-def kernel(name: str, dtype: Optional[torch.dtype] = None):
-    """The kernel ``name`` for ``dtype`` (float32 or float64; None for the
-    kernels on indices), as a ctypes function taking the C signature's
-    arguments (pointers as integers)."""
-    lib, why = _library()
-    if lib is None:
-        raise RuntimeError(f"the CPU kernels are unavailable: {why}")
-    if dtype is None:
-        return getattr(lib, name)
-    return getattr(lib, f"{name}_{'f32' if dtype == torch.float32 else 'f64'}")
+def define_op(name: str, schema: str, *, loads: bool = True) -> str:
+    """Defines the custom op ``torch.ops.graphformer.<name>`` with ``schema``
+    (``"(Tensor x, ...) -> Tensor"``), tagged PT2-compliant as
+    :func:`torch.library.custom_op` tags its ops; its CPU implementation is
+    ``cpu_kernels.cpp``'s. The caller registers its fake implementation and
+    autograd formula. Returns the qualified name.
 
+    ``loads``: until the kernels are loaded, a call builds (or loads) them
+    and then runs there, so the op works from import on, as a traced or
+    exported program calls it; where they cannot be built it raises why.
+    False for an op without tensor arguments, which has no backend to
+    dispatch on (its C++ implementation is for every backend): call
+    :func:`kernels_available` before it."""
+    qualname = f"{NAMESPACE}::{name}"
+    torch.library.define(qualname, schema, tags=(torch.Tag.pt2_compliant_tag,))
+    if loads:
+        def load_then_run(*args):
+            if not kernels_available():
+                raise RuntimeError(f"{qualname}: the CPU kernels are unavailable: "
+                                   f"{kernels_unavailable()}")
+            devices = sorted({a.device.type for a in args if isinstance(a, Tensor)})
+            if devices != ["cpu"] or not torch._C._dispatch_has_kernel_for_dispatch_key(
+                    qualname, "CPU"):
+                raise NotImplementedError(f"{qualname} runs on CPU tensors only, got tensors "
+                                          f"on {devices}")
+            return getattr(getattr(torch.ops, NAMESPACE), name).default(*args)
 
-def pointer(t: Optional[Tensor], dtype: Optional[torch.dtype] = None,
-            name: str = "tensor") -> Optional[int]:
-    """The data pointer of ``t`` for a kernel, or None (NULL) for None.
-
-    The kernels read their arrays through raw pointers, densely and in
-    row-major order: every array handed to them goes through here, which
-    refuses (naming ``name``) a tensor that is not on the CPU, not of
-    ``dtype`` (when given) or not contiguous, instead of letting a kernel read
-    a strided view's memory as if it were dense."""
-    if t is None:
-        return None
-    if t.device.type != "cpu":
-        raise ValueError(f"the CPU kernels read '{name}' on the CPU, got a tensor on {t.device}")
-    if dtype is not None and t.dtype != dtype:
-        raise ValueError(f"the CPU kernels read '{name}' as {dtype}, got {t.dtype}")
-    if not t.is_contiguous():
-        raise ValueError(f"the CPU kernels read '{name}' as a contiguous array, got one of "
-                         f"shape {list(t.shape)} and strides {list(t.stride())}; pass "
-                         f"'{name}'.contiguous()")
-    return t.data_ptr()
+        torch.library.impl(qualname, "CompositeExplicitAutograd", load_then_run)
+    return qualname

@@ -17,7 +17,7 @@ from torch import Tensor
 from torch.compiler import is_compiling
 from torch_geometric.utils.sparse import index2ptr
 
-from .cpu_kernels import kernel, kernels_available, pointer
+from .cpu_kernels import define_op, kernels_available
 
 
 def _block_crow(ptr: Tensor, heads: int, num_edges: int, dtype: torch.dtype) -> Tensor:
@@ -34,35 +34,14 @@ def _csr_matrix(crow: Tensor, col: Tensor, values: Tensor, shape: Tuple[int, int
         return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
 
 
-def _raise_group_failure(status: int, col: Tensor, num_cols: int) -> None:
-    if status == 1:
-        raise MemoryError("grouping the edges by source: out of memory")
-    bad = int(((col < 0) | (col >= num_cols)).nonzero()[0])
-    raise IndexError(f"edge {bad} has source {int(col[bad])}, outside the {num_cols} "
-                     f"source nodes (valid 0..{num_cols - 1})")
+#: ``torch.ops.graphformer.group_by_source(col, num_cols) -> (ptr [num_cols + 1],
+#: perm [E])``: the edges grouped by their source ``col`` [E] (int64, CPU),
+#: stably, by the C++ kernels' counting sort (O(E + S)); ``IndexError`` for a
+#: source outside ``[0, num_cols)``.
+_GROUP_BY_SOURCE = define_op("group_by_source", "(Tensor col, SymInt num_cols) -> (Tensor, Tensor)")
 
 
-@torch.library.custom_op("graphformer::group_by_source", mutates_args=())
-def group_by_source(col: Tensor, num_cols: int) -> Tuple[Tensor, Tensor]:
-    """``(ptr [num_cols + 1], perm [E])``: the edges grouped by their source
-    ``col`` [E] (int64, CPU), stably, by the C kernels' counting sort
-    (O(E + S)); a custom op, ``torch.ops.graphformer.group_by_source``.
-
-    Raises:
-        IndexError: for a source outside ``[0, num_cols)``.
-        MemoryError: when the kernel's scratch cannot be allocated."""
-    col = col.contiguous()
-    ptr = torch.empty(num_cols + 1, dtype=torch.long)
-    perm = torch.empty(col.numel(), dtype=torch.long)
-    status = kernel("group_by_source")(col.numel(), num_cols, pointer(col, torch.long, "col"),
-                                       pointer(ptr, torch.long, "ptr"),
-                                       pointer(perm, torch.long, "perm"))
-    if status:
-        _raise_group_failure(status, col, num_cols)
-    return ptr, perm
-
-
-@group_by_source.register_fake
+@torch.library.register_fake(_GROUP_BY_SOURCE)
 def _(col: Tensor, num_cols: int) -> Tuple[Tensor, Tensor]:
     return col.new_empty(num_cols + 1), col.new_empty(col.shape[0])
 
@@ -113,7 +92,7 @@ class EdgeCSR:
     def transpose(self) -> Tuple["EdgeCSR", Tensor]:
         """``(csr_t, perm)``: the edge set grouped by source; value ``p`` of the
         transpose is value ``perm[p]`` of this matrix. Edges of one source
-        keep their order (a stable sort); on the CPU a counting sort of the C
+        keep their order (a stable sort); on the CPU a counting sort of the C++
         kernels (O(E + S)) when they are built, else ``torch.sort``."""
         if self._transposed is None:
             col = self.col

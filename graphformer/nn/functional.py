@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 from torch.compiler import is_compiling
 
-from .cpu_kernels import dropout_threshold, kernel, kernels_available, pointer, seed_tensor
+from .cpu_kernels import define_op, dropout_threshold, kernels_available, seed_tensor
 
 SoftmaxImplementation = Literal["auto", "native", "scatter"]
 #: What :func:`segment_softmax`'s ``backend`` may be.
@@ -172,29 +172,16 @@ class _CSRSoftmax(torch.autograd.Function):
 DROPOUT_BITS = 16
 
 
-def _run_dropout(op: int, x: Tensor, grad: Optional[Tensor], seed: Tensor, threshold: int,
-                 scale: float) -> Tensor:
-    """The C kernel ``dropout`` (``op`` 0: dropout, 1: dropout of GELU, 2: its
-    backward) on contiguous copies of ``x`` (and ``grad``)."""
-    x = x.contiguous()
-    grad = grad.contiguous() if grad is not None else None
-    out = torch.empty_like(x)
-    kernel("dropout", x.dtype)(x.numel(), op, pointer(x, x.dtype, "x"),
-                               pointer(grad, x.dtype, "grad"), pointer(out, x.dtype, "out"),
-                               int(seed.item()) % 2**64, threshold, scale)
-    return out
+#: ``torch.ops.graphformer.hashed_dropout(x, seed, threshold, scale)``:
+#: :func:`dropout`'s C++ kernel (float32 / float64 on the CPU; ``seed`` int64
+#: [1], ``threshold`` of :data:`DROPOUT_BITS` bits, ``scale`` the kept
+#: entries' factor), on a contiguous copy of ``x``. Its own backward: the same
+#: decisions, recomputed from the seed, on the gradient.
+_HASHED_DROPOUT = define_op("hashed_dropout",
+                           "(Tensor x, Tensor seed, SymInt threshold, float scale) -> Tensor")
 
 
-@torch.library.custom_op("graphformer::hashed_dropout", mutates_args=())
-def hashed_dropout(x: Tensor, seed: Tensor, threshold: int, scale: float) -> Tensor:
-    """``torch.ops.graphformer.hashed_dropout``: :func:`dropout`'s C kernel
-    (float32 / float64 on the CPU; ``seed`` int64 [1], ``threshold`` of
-    :data:`DROPOUT_BITS` bits, ``scale`` the kept entries' factor). Its own
-    backward: the same decisions, recomputed from the seed, on the gradient."""
-    return _run_dropout(0, x, None, seed, threshold, scale)
-
-
-@hashed_dropout.register_fake
+@torch.library.register_fake(_HASHED_DROPOUT)
 def _(x: Tensor, seed: Tensor, threshold: int, scale: float) -> Tensor:
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
@@ -210,30 +197,30 @@ def _hashed_dropout_backward(ctx, grad: Tensor):
     return torch.ops.graphformer.hashed_dropout(grad, seed, *ctx.consts), None, None, None
 
 
-hashed_dropout.register_autograd(_hashed_dropout_backward, setup_context=_save_seed)
+torch.library.register_autograd(_HASHED_DROPOUT, _hashed_dropout_backward,
+                                setup_context=_save_seed)
 
 
-@torch.library.custom_op("graphformer::gelu_dropout", mutates_args=())
-def hashed_gelu_dropout(x: Tensor, seed: Tensor, threshold: int, scale: float) -> Tensor:
-    """``torch.ops.graphformer.gelu_dropout``: :func:`gelu_dropout`'s C kernel,
-    one pass (the decisions of :func:`hashed_dropout` for the same seed)."""
-    return _run_dropout(1, x, None, seed, threshold, scale)
+#: ``torch.ops.graphformer.gelu_dropout(x, seed, threshold, scale)``:
+#: :func:`gelu_dropout`'s C++ kernel, one pass (the decisions of
+#: ``hashed_dropout`` for the same seed).
+_GELU_DROPOUT = define_op("gelu_dropout",
+                         "(Tensor x, Tensor seed, SymInt threshold, float scale) -> Tensor")
 
 
-@hashed_gelu_dropout.register_fake
+@torch.library.register_fake(_GELU_DROPOUT)
 def _(x: Tensor, seed: Tensor, threshold: int, scale: float) -> Tensor:
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
-@torch.library.custom_op("graphformer::gelu_dropout_backward", mutates_args=())
-def hashed_gelu_dropout_backward(grad: Tensor, x: Tensor, seed: Tensor, threshold: int,
-                                 scale: float) -> Tensor:
-    """``torch.ops.graphformer.gelu_dropout_backward``: the gradient of
-    :func:`hashed_gelu_dropout` at ``x`` (keeps no mask: the seed)."""
-    return _run_dropout(2, x, grad, seed, threshold, scale)
+#: ``torch.ops.graphformer.gelu_dropout_backward(grad, x, seed, threshold,
+#: scale)``: the gradient of ``gelu_dropout`` at ``x`` (keeps no mask: the seed).
+_GELU_DROPOUT_BACKWARD = define_op(
+    "gelu_dropout_backward",
+    "(Tensor grad, Tensor x, Tensor seed, SymInt threshold, float scale) -> Tensor")
 
 
-@hashed_gelu_dropout_backward.register_fake
+@torch.library.register_fake(_GELU_DROPOUT_BACKWARD)
 def _(grad: Tensor, x: Tensor, seed: Tensor, threshold: int, scale: float) -> Tensor:
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
@@ -244,7 +231,7 @@ def _gelu_dropout_backward(ctx, grad: Tensor):
     return dx, None, None, None
 
 
-hashed_gelu_dropout.register_autograd(_gelu_dropout_backward, setup_context=_save_seed)
+torch.library.register_autograd(_GELU_DROPOUT, _gelu_dropout_backward, setup_context=_save_seed)
 
 
 def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
@@ -257,10 +244,10 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
     :math:`8 \cdot 10^{-6}` of ``p``. PyTorch's CPU dropout draws one
     Bernoulli variate per entry and keeps a mask, which costs more than the
     rest of a small transformer block. On the CPU, for float32 and float64,
-    this is one pass of a C kernel (:mod:`graphformer.nn.cpu_kernels`): four
+    this is one pass of a C++ kernel (:mod:`graphformer.nn.cpu_kernels`): four
     entries' decisions are 16-bit slices of one SplitMix64 hash of a seed
     and the entry's position, and backward recomputes them from the seed (no
-    mask is kept). Without the kernels (no C compiler) the decisions are
+    mask is kept). Without the kernels (not built) the decisions are
     16-bit slices of 64-bit random integers from PyTorch. On CUDA it is
     :func:`torch.nn.functional.dropout`. The kernel is a custom op
     (``torch.ops.graphformer.hashed_dropout``), so :func:`torch.compile`
@@ -290,7 +277,7 @@ def gelu_dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
     r""":func:`dropout` of :func:`torch.nn.functional.gelu` (exact, erf form):
     :math:`\mathrm{Dropout}(\tfrac{x}{2}(1 + \operatorname{erf}(x / \sqrt{2})))`.
 
-    On the CPU in training, for float32 and float64 with the C kernels, one
+    On the CPU in training, for float32 and float64 with the C++ kernels, one
     pass forward and one backward instead of three each, with the dropout
     decisions :func:`dropout` makes for the same seed (so the two spellings
     agree to float rounding). Elsewhere it is the two functions in turn.

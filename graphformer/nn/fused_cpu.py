@@ -58,12 +58,13 @@ atomics are needed. The threads are PyTorch's (``torch.set_num_threads``).
 Shapes: N_t target and N_s source nodes, E edges, H heads, C channels per
 head, R edge types. Float32 and float64; indices int64.
 
-The kernels are C (``cpu_kernels.c``), built on first use and loaded by
-:mod:`graphformer.nn.cpu_kernels`, and called as PyTorch custom ops
+The kernels are C++ (``cpu_kernels.cpp``), built on first use with
+``torch.utils.cpp_extension`` by :mod:`graphformer.nn.cpu_kernels`, as
+the CPU implementations of PyTorch custom ops
 (``torch.ops.graphformer.fused_attention``, its ``fused_attention_backward``
 as the registered autograd formula, ``dropout_multiplier``), each with a fake
 implementation: :func:`torch.compile` and :func:`torch.export.export` trace
-them without a graph break. Without a working compiler
+them without a graph break. Where they cannot be built
 :func:`fused_cpu_available` is False, :func:`fused_cpu_unavailable` says why,
 ``"auto"`` picks another backend and an explicit ``backend="fused_cpu"``
 raises that reason.
@@ -77,8 +78,8 @@ import torch
 from torch import Tensor
 
 from .call import AttentionCall
-from .cpu_kernels import (dropout_threshold, kernel, kernels_available, kernels_unavailable,
-                          pointer, seed_tensor)
+from .cpu_kernels import (define_op, dropout_threshold, kernels_available, kernels_unavailable,
+                          seed_tensor)
 from .csr import EdgeCSR
 from .edge_terms import TypedEdgeTerms
 
@@ -87,7 +88,7 @@ __all__ = ["fused_cpu_available", "fused_cpu_unavailable", "fused_cpu_attention"
 
 #: Resolution of the attention-dropout probability: an edge is dropped when
 #: the top 32 bits of its hash are below ``round(p * 2**32)``.
-DROPOUT_BITS = 32
+DROPOUT_BITS = 32   # cpu_kernels.cpp: ATTENTION_DROPOUT_BITS
 
 
 def fused_cpu_available(device: torch.device = torch.device("cpu")) -> bool:
@@ -105,67 +106,45 @@ def dropout_multiplier(seed: int, heads: int, num_edges: int, p: float,
                        dtype: torch.dtype = torch.float32) -> Tensor:
     """The attention-dropout multipliers [H, E] the kernels apply for ``seed``
     and ``p``: 0 where dropped, ``1 / (1 - p)`` where kept (the custom op
-    ``torch.ops.graphformer.dropout_multiplier``)."""
+    ``torch.ops.graphformer.dropout_multiplier``).
+
+    Raises:
+        RuntimeError: when the kernels cannot be built here."""
+    if not kernels_available():
+        raise RuntimeError(f"the CPU kernels are unavailable: {kernels_unavailable()}")
     return torch.ops.graphformer.dropout_multiplier(seed, heads, num_edges, p, dtype)
 
 
-@torch.library.custom_op("graphformer::dropout_multiplier", mutates_args=())
-def _multiplier_op(seed: int, heads: int, num_edges: int, p: float,
-                   dtype: torch.dtype) -> Tensor:
-    threshold, keep = dropout_threshold(p, DROPOUT_BITS)
-    out = torch.empty(heads, num_edges, dtype=dtype)
-    kernel("multiplier", dtype)(heads, num_edges, seed, threshold, keep, pointer(out))
-    return out
+#: ``torch.ops.graphformer.dropout_multiplier``: no tensor argument, so no
+#: backend to dispatch on: :func:`dropout_multiplier` loads the kernels first.
+_MULTIPLIER = define_op("dropout_multiplier", "(SymInt seed, SymInt heads, SymInt num_edges, "
+                        "float p, ScalarType dtype) -> Tensor", loads=False)
 
 
-@_multiplier_op.register_fake
+@torch.library.register_fake(_MULTIPLIER)
 def _(seed: int, heads: int, num_edges: int, p: float, dtype: torch.dtype) -> Tensor:
     return torch.empty(heads, num_edges, dtype=dtype)
 
 
-def _if(t: Tensor, used: bool) -> Optional[Tensor]:
-    """``t``, or None (a NULL pointer for the kernels) where it is not used."""
-    return t if used else None
+#: ``torch.ops.graphformer.fused_attention(q, k, v, ptr, col, ptr_t, row_t,
+#: perm, bias, edge_type, target_table, source_table, type_values, seed,
+#: scale, dropout) -> (out [N_t, H, C], alpha [H, E], keep)``: the forward
+#: kernel on checked, contiguous input (the module documentation has the
+#: equations; the kernels do not check bounds: :func:`fused_cpu_attention`
+#: does). ``ptr_t``, ``row_t``, ``perm``: the edge set grouped by source
+#: (:meth:`~graphformer.nn.csr.EdgeCSR.transpose`), read by the backward only
+#: (empty tensors when no gradient is needed). ``seed``: int64 [1]. ``alpha``:
+#: the weights before dropout; ``keep`` the dropout decisions, uint8 [H, E]
+#: (1 = kept), or empty [0] without dropout.
+_FUSED_ATTENTION = define_op(
+    "fused_attention",
+    "(Tensor q, Tensor k, Tensor v, Tensor ptr, Tensor col, Tensor ptr_t, Tensor row_t, "
+    "Tensor perm, Tensor? bias, Tensor? edge_type, Tensor? target_table, "
+    "Tensor? source_table, Tensor? type_values, Tensor seed, float scale, float dropout) "
+    "-> (Tensor, Tensor, Tensor)")
 
 
-@torch.library.custom_op("graphformer::fused_attention", mutates_args=())
-def fused_attention_op(q: Tensor, k: Tensor, v: Tensor, ptr: Tensor, col: Tensor,
-                       ptr_t: Tensor, row_t: Tensor, perm: Tensor, bias: Optional[Tensor],
-                       edge_type: Optional[Tensor], target_table: Optional[Tensor],
-                       source_table: Optional[Tensor], type_values: Optional[Tensor],
-                       seed: Tensor, scale: float, dropout: float
-                       ) -> Tuple[Tensor, Tensor, Tensor]:
-    """``torch.ops.graphformer.fused_attention``: the forward kernel on checked,
-    contiguous input (the module documentation has the equations; the kernels
-    do not check bounds: :func:`fused_cpu_attention` does).
-
-    ``ptr_t``, ``row_t``, ``perm``: the edge set grouped by source
-    (:meth:`~graphformer.nn.csr.EdgeCSR.transpose`), read by the backward
-    only (empty tensors when no gradient is needed). ``seed``: int64 [1].
-
-    Returns ``(out [N_t, H, C], alpha [H, E], keep)``: ``keep`` the dropout
-    decisions, uint8 [H, E] (1 = kept), or empty [0] without dropout."""
-    N, H, C = q.shape
-    E = col.numel()
-    R = _types(target_table, source_table, type_values)
-    drop = dropout > 0.0
-    threshold, keep_mult = dropout_threshold(dropout, DROPOUT_BITS)
-    out = q.new_empty(N, H, C)
-    alpha = q.new_empty(H, E)
-    keep = torch.empty((H, E) if drop else (0,), dtype=torch.uint8)
-    f, i64, u8 = q.dtype, torch.int64, torch.uint8
-    kernel("forward", f)(
-        N, H, C, E, R, pointer(q, f, "q"), pointer(k, f, "k"), pointer(v, f, "v"),
-        pointer(ptr, i64, "ptr"), pointer(col, i64, "col"),
-        pointer(bias, f, "bias"), pointer(edge_type, i64, "edge_type"),
-        pointer(target_table, f, "target_table"), pointer(source_table, f, "source_table"),
-        pointer(type_values, f, "type_values"), k.size(0), scale, int(seed.item()) % 2**64,
-        threshold, keep_mult, pointer(_if(keep, drop), u8, "keep"), pointer(out, f, "out"),
-        pointer(alpha, f, "alpha"))
-    return out, alpha, keep
-
-
-@fused_attention_op.register_fake
+@torch.library.register_fake(_FUSED_ATTENTION)
 def _(q, k, v, ptr, col, ptr_t, row_t, perm, bias, edge_type, target_table, source_table,
       type_values, seed, scale, dropout):
     N, H, C = q.shape
@@ -174,51 +153,25 @@ def _(q, k, v, ptr, col, ptr_t, row_t, perm, bias, edge_type, target_table, sour
     return q.new_empty(N, H, C), q.new_empty(H, E), keep
 
 
-@torch.library.custom_op("graphformer::fused_attention_backward", mutates_args=())
-def fused_attention_backward_op(
-        dout: Tensor, dalpha: Optional[Tensor], q: Tensor, k: Tensor, v: Tensor, ptr: Tensor,
-        col: Tensor, ptr_t: Tensor, row_t: Tensor, perm: Tensor, edge_type: Optional[Tensor],
-        type_values: Optional[Tensor], alpha: Tensor, keep: Tensor, num_types: int,
-        target_table_grad: bool, source_table_grad: bool, scale: float, dropout: float
-        ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """``torch.ops.graphformer.fused_attention_backward``: the two backward
-    kernels (by target, then by source). Returns ``(dq, dk, dv, ds [H, E],
-    dtarget_table [H, N_t, R], dsource_table [H, N_s, R], wsum [N_t, H, R])``
-    (``ds``: the gradient of the bias; ``wsum``: the kept weight per target,
-    head and type, from which the gradient of the type values follows); the
-    tables' gradients and ``wsum`` are empty [0] where not asked for
-    (``*_grad``; no ``type_values``)."""
-    N, H, C = q.shape
-    E, Ns, R = col.numel(), k.size(0), num_types
-    drop, typed_values = dropout > 0.0, type_values is not None
-    threshold, keep_mult = dropout_threshold(dropout, DROPOUT_BITS)
-    dout = dout.contiguous()
-    dalpha = dalpha.contiguous() if dalpha is not None else None
-    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    ds = q.new_empty(H, E)
-    dtq = q.new_zeros((H, N, R) if target_table_grad else (0,))
-    dtk = q.new_zeros((H, Ns, R) if source_table_grad else (0,))
-    wsum_rows = q.new_empty((N, H, R) if typed_values else (0,))
-    g_edge = q.new_empty(E, 2, H)
-    f, i64, u8 = q.dtype, torch.int64, torch.uint8
-    kernel("backward_targets", f)(
-        N, H, C, E, R, pointer(k, f, "k"), pointer(v, f, "v"), pointer(ptr, i64, "ptr"),
-        pointer(col, i64, "col"), pointer(edge_type, i64, "edge_type"),
-        pointer(type_values, f, "type_values"), pointer(alpha, f, "alpha"),
-        pointer(dout, f, "dout"), pointer(dalpha, f, "dalpha"), scale,
-        pointer(_if(keep, drop), u8, "keep"), keep_mult, pointer(dq, f, "dq"),
-        pointer(ds, f, "ds"), pointer(_if(dtq, target_table_grad), f, "dtq"),
-        pointer(_if(wsum_rows, typed_values), f, "wsum_rows"), pointer(g_edge, f, "g_edge"))
-    kernel("backward_sources", f)(
-        Ns, H, C, R, pointer(q, f, "q"), pointer(ptr_t, i64, "ptr_t"),
-        pointer(row_t, i64, "row_t"), pointer(perm, i64, "perm"),
-        pointer(edge_type, i64, "edge_type"), pointer(dout, f, "dout"),
-        pointer(g_edge, f, "g_edge"), pointer(dk, f, "dk"), pointer(dv, f, "dv"),
-        pointer(_if(dtk, source_table_grad), f, "dtk"))
-    return dq, dk, dv, ds, dtq, dtk, wsum_rows
+#: ``torch.ops.graphformer.fused_attention_backward(dout, dalpha, q, k, v, ptr,
+#: col, ptr_t, row_t, perm, edge_type, type_values, alpha, keep, num_types,
+#: target_table_grad, source_table_grad, scale, dropout)``: the two backward
+#: kernels (by target, then by source). Returns ``(dq, dk, dv, ds [H, E],
+#: dtarget_table [H, N_t, R], dsource_table [H, N_s, R], wsum [N_t, H, R])``
+#: (``ds``: the gradient of the bias; ``wsum``: the kept weight per target,
+#: head and type, from which the gradient of the type values follows); the
+#: tables' gradients and ``wsum`` are empty [0] where not asked for
+#: (``*_grad``; no ``type_values``).
+_FUSED_ATTENTION_BACKWARD = define_op(
+    "fused_attention_backward",
+    "(Tensor dout, Tensor? dalpha, Tensor q, Tensor k, Tensor v, Tensor ptr, Tensor col, "
+    "Tensor ptr_t, Tensor row_t, Tensor perm, Tensor? edge_type, Tensor? type_values, "
+    "Tensor alpha, Tensor keep, SymInt num_types, bool target_table_grad, "
+    "bool source_table_grad, float scale, float dropout) "
+    "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
 
 
-@fused_attention_backward_op.register_fake
+@torch.library.register_fake(_FUSED_ATTENTION_BACKWARD)
 def _(dout, dalpha, q, k, v, ptr, col, ptr_t, row_t, perm, edge_type, type_values, alpha,
       keep, num_types, target_table_grad, source_table_grad, scale, dropout):
     N, H, C = q.shape
@@ -253,7 +206,7 @@ def _fused_backward(ctx, dout, dalpha, _dkeep):
             dtq if has_tq else None, dtk if has_tk else None, dvt, None, None, None)
 
 
-fused_attention_op.register_autograd(_fused_backward, setup_context=_setup_fused)
+torch.library.register_autograd(_FUSED_ATTENTION, _fused_backward, setup_context=_setup_fused)
 
 
 def _types(tq: Optional[Tensor], tk: Optional[Tensor], vt: Optional[Tensor]) -> int:

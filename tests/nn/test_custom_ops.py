@@ -1,14 +1,20 @@
-"""The C kernels as PyTorch custom ops (``torch.ops.graphformer.*``): each
+"""The C++ kernels as PyTorch custom ops (``torch.ops.graphformer.*``): each
 passes :func:`torch.library.opcheck` (schema, fake implementation, autograd
 registration, AOT dispatch with dynamic shapes) on small inputs, float32 and
-float64, and gives what the equations give."""
+float64, and gives what the equations give; each refuses, naming it, an array
+it cannot read; they work from import on (the first call loads the kernels)."""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from graphformer.nn import csr as csr_module  # noqa: F401  (registers group_by_source)
 from graphformer.nn import functional  # noqa: F401  (registers the dropout ops)
 from graphformer.nn import fused_cpu  # noqa: F401  (registers the attention ops)
-from graphformer.nn.cpu_kernels import kernels_available, kernels_unavailable, seed_tensor
+from graphformer.nn.cpu_kernels import (ENV_SWITCH, kernels_available, kernels_unavailable,
+                                        seed_tensor)
 
 pytestmark = pytest.mark.skipif(
     not kernels_available(), reason=f"the CPU kernels are unavailable: {kernels_unavailable()}")
@@ -119,3 +125,56 @@ def test_fused_attention_backward(dtype):
     torch.library.opcheck(torch.ops.graphformer.fused_attention_backward.default,
             (dout, dalpha, q, k, v, ptr, col, ptr_t, row_t, perm, etype, vt, alpha.detach(),
              keep, 3, True, True, 0.5, 0.4))
+
+
+def test_the_ops_refuse_arrays_they_cannot_read():
+    args = [a.detach() if isinstance(a, torch.Tensor) else a
+            for a in _attention_args(torch.float32, typed=False, bias=False, dropout=0.0)]
+    op = torch.ops.graphformer.fused_attention
+
+    def call(**changes):
+        names = ("q", "k", "v", "ptr", "col")
+        return op(*[changes.get(n, a) for n, a in zip(names, args)], *args[5:])
+
+    strided = args[0].transpose(0, 1).contiguous().transpose(0, 1)
+    with pytest.raises(ValueError, match=r"'q' as a contiguous array, got one of shape "
+                                         r"\[5, 2, 4\] and strides \[4, 20, 1\]"):
+        call(q=strided)
+    with pytest.raises(ValueError, match=r"'col' as Long, got Int"):
+        call(col=args[4].int())
+    with pytest.raises(ValueError, match=r"'k' as Float, got Double"):
+        call(k=args[1].double())
+    with pytest.raises(ValueError, match=r"'ptr' as 6 elements, got shape \[5\]"):
+        call(ptr=args[3][:5])
+    with pytest.raises(ValueError, match=r"'q' as float32 or float64, got Half"):
+        call(q=args[0].half())
+    with pytest.raises(ValueError, match=r"'seed' as 1 elements"):
+        torch.ops.graphformer.hashed_dropout(torch.ones(3), torch.zeros(2, dtype=torch.long),
+                                             5, 1.0)
+    with pytest.raises(ValueError, match=r"'grad' as 3 elements, got shape \[4\]"):
+        torch.ops.graphformer.gelu_dropout_backward(torch.ones(4), torch.ones(3),
+                                                    seed_tensor(1), 5, 1.0)
+
+
+#: a fresh process calls an op before anything else loads the kernels
+FIRST_CALL = """
+import torch
+import graphformer.nn
+x = torch.arange(1.0, 9.0)
+print("OUT", torch.ops.graphformer.hashed_dropout(x, torch.tensor([7]), 0, 2.0).tolist())
+"""
+
+
+def test_an_op_loads_the_kernels_at_its_first_call():
+    env = dict(os.environ)      # the kernels this process built, from the same cache
+    env.pop(ENV_SWITCH, None)
+    proc = subprocess.run([sys.executable, "-c", FIRST_CALL], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "OUT [2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 14.0, 16.0]" in proc.stdout
+    env[ENV_SWITCH] = "0"       # turned off: the op says so
+    proc = subprocess.run([sys.executable, "-c", FIRST_CALL], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 1
+    assert f"graphformer::hashed_dropout: the CPU kernels are unavailable: turned off by " \
+           f"{ENV_SWITCH}=0" in proc.stderr

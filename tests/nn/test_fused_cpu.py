@@ -1,4 +1,4 @@
-"""The fused CPU kernels (graphformer/nn/cpu_kernels.c) against the per-edge
+"""The fused CPU kernels (graphformer/nn/cpu_kernels.cpp) against the per-edge
 equations in float64 (values and gradients of every input, the weights'
 own gradient included), with score biases, -inf masks, typed tables, type
 values, dropout, empty and fully masked rows; the dropout hash against an
@@ -177,7 +177,7 @@ def test_bad_input_is_refused_naming_the_item(bad, message):
 
 
 def test_without_a_compiler_auto_falls_back_and_the_backend_says_why(tmp_path):
-    """A machine without a working C compiler: the kernels are unavailable
+    """A machine without a working C++ compiler: the kernels are unavailable
     with the compiler's reason, ``auto`` still runs (another backend), and
     ``backend="fused_cpu"`` raises that reason."""
     code = (
@@ -197,7 +197,7 @@ def test_without_a_compiler_auto_falls_back_and_the_backend_says_why(tmp_path):
         "except RuntimeError as err:\n"
         "    print('ERR', str(err).splitlines()[0])\n"
     )
-    env = dict(os.environ, CC=str(tmp_path / "no-such-compiler"),
+    env = dict(os.environ, CXX=str(tmp_path / "no-such-compiler"),
                GRAPHFORMER_KERNEL_CACHE=str(tmp_path / "cache"))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env=env, timeout=300)

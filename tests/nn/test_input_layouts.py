@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from graphformer import patterns as P
 from graphformer.nn import EdgeSet, RelationalAttention, TransformerLayer
-from graphformer.nn.cpu_kernels import kernels_available, pointer
+from graphformer.nn.cpu_kernels import kernels_available
 from graphformer.nn.fused import fused_available
 from graphformer.nn.fused_cpu import fused_cpu_attention, fused_cpu_available
 from tests.nn.test_backends import dense_equations
@@ -177,19 +177,6 @@ def test_edge_index_from_a_list_of_pairs_regression(backend):
         reference = RelationalAttention(16, 16, heads=2, backend="propagate")
         reference.load_state_dict(layer.state_dict())
         torch.testing.assert_close(want, reference(x, ei), atol=1e-5, rtol=1e-4)
-
-
-@pytest.mark.skipif(not kernels_available(), reason="the CPU kernels are unavailable")
-def test_kernel_entry_points_refuse_what_they_cannot_read():
-    t = torch.zeros(4, 3)
-    assert pointer(t, torch.float32, "q") == t.data_ptr()
-    assert pointer(None) is None
-    with pytest.raises(ValueError, match=r"'col' as a contiguous array.*strides \[1, 4\]"):
-        pointer(torch.zeros(3, 4).t(), name="col")
-    with pytest.raises(ValueError, match=r"'ptr' as torch.int64, got torch.int32"):
-        pointer(torch.zeros(3, dtype=torch.int32), torch.int64, "ptr")
-    with pytest.raises(ValueError, match=r"'q' on the CPU"):
-        pointer(torch.zeros(3, device="meta"), name="q")
 
 
 @pytest.mark.skipif(not kernels_available(), reason="the CPU kernels are unavailable")

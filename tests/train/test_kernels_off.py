@@ -1,4 +1,4 @@
-"""The CPU kernels off (``GRAPHFORMER_CPU_KERNELS=0``, or no compiler): the
+"""The CPU kernels off (``GRAPHFORMER_CPU_KERNELS=0``, or no C++ compiler): the
 default molecule model trains and an ensemble predicts with PyTorch
 operations only, and gives what the kernels give.
 
@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from graphformer.nn.cpu_kernels import ENV_SWITCH, kernels_available, kernels_unavailable
-from graphformer.nn import csr, functional, fused_cpu
+from graphformer.nn import fused_cpu
 from tests.commands import cli
 from tests.train.conftest import tiny_csv  # noqa: F401  (fixture)
 
@@ -50,13 +50,19 @@ def run(tmp_path, csv, name):
     return [json.loads(m.read_text()) for m in members], pd.read_csv(out)
 
 
+#: the custom ops the C++ kernels implement
+OPS = ("fused_attention", "fused_attention_backward", "dropout_multiplier", "hashed_dropout",
+       "gelu_dropout", "gelu_dropout_backward", "group_by_source")
+
+
 def kernel_calls(monkeypatch):
-    """The names of the C kernels called from now on (every module that calls them)."""
+    """The names of the kernels' ops called from now on (every caller reads
+    them from ``torch.ops.graphformer`` at the call)."""
     calls = []
-    for module in (fused_cpu, functional, csr):
-        real = module.kernel
-        monkeypatch.setattr(module, "kernel",
-                            lambda name, *dtype, real=real: calls.append(name) or real(name, *dtype))
+    for name in OPS:
+        real = getattr(torch.ops.graphformer, name)
+        monkeypatch.setattr(torch.ops.graphformer, name,
+                            lambda *args, name=name, real=real: calls.append(name) or real(*args))
     return calls
 
 
@@ -67,7 +73,7 @@ def test_training_and_ensemble_predict_with_the_kernels_off_equal_them_on(
     calls = kernel_calls(monkeypatch)
     torch.manual_seed(0)
     on_metrics, on_pred = run(tmp_path, tiny_csv, "on")
-    assert {"forward", "backward_targets", "backward_sources"} <= set(calls)  # fused_cpu ran
+    assert {"fused_attention", "fused_attention_backward"} <= set(calls)  # fused_cpu ran
     calls.clear()
     monkeypatch.setenv(ENV_SWITCH, "0")
     assert not kernels_available() and not fused_cpu.fused_cpu_available()
@@ -122,7 +128,7 @@ for w in caught:
 
 @pytest.mark.slow
 def test_without_a_compiler_one_warning_says_why_and_what_is_used(tmp_path):
-    env = dict(os.environ, CC=str(tmp_path / "no-such-compiler"),
+    env = dict(os.environ, CXX=str(tmp_path / "no-such-compiler"),
                GRAPHFORMER_KERNEL_CACHE=str(tmp_path / "cache"))
     env.pop(ENV_SWITCH, None)
     proc = subprocess.run([sys.executable, "-c", NO_COMPILER], capture_output=True, text=True,
@@ -131,7 +137,8 @@ def test_without_a_compiler_one_warning_says_why_and_what_is_used(tmp_path):
     lines = [line for line in proc.stdout.splitlines() if line.startswith("WARNING")]
     assert len(lines) == 1, proc.stdout
     assert lines[0].startswith("WARNING KernelsUnavailableWarning graphformer's CPU kernels are "
-                               "unavailable: building the CPU kernels failed: ")
+                               "unavailable: building the CPU kernels failed: no C++ compiler "
+                               "found")
     assert "no-such-compiler" in lines[0]
     assert "Using PyTorch operations instead (attention backend 'sparse' for 'fused_cpu'" \
         in lines[0]
@@ -142,3 +149,33 @@ def test_without_a_compiler_one_warning_says_why_and_what_is_used(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "WARNING" not in proc.stdout
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
+#: a fresh process whose kernel source does not compile
+BROKEN_SOURCE = """
+import pathlib, sys, warnings
+from graphformer.nn import cpu_kernels
+source = pathlib.Path(sys.argv[1])
+source.write_text('#error this kernel is broken\\n')
+cpu_kernels.SOURCE = source
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    assert not cpu_kernels.kernels_available()
+for w in caught:
+    print("WARNING", w.category.__name__, str(w.message).splitlines()[0])
+"""
+
+
+def test_a_compile_error_is_one_warning_with_the_compilers_first_error(tmp_path):
+    env = dict(os.environ, GRAPHFORMER_KERNEL_CACHE=str(tmp_path / "cache"))
+    env.pop(ENV_SWITCH, None)
+    proc = subprocess.run([sys.executable, "-c", BROKEN_SOURCE, str(tmp_path / "broken.cpp")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("WARNING")]
+    assert len(lines) == 1, proc.stdout
+    assert lines[0].startswith("WARNING KernelsUnavailableWarning graphformer's CPU kernels are "
+                               "unavailable: building the CPU kernels failed: ")
+    assert "error: #error this kernel is broken" in lines[0]
+    # the private build directory is gone, and nothing is cached
+    assert list((tmp_path / "cache").iterdir()) == []

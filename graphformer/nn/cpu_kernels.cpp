@@ -1,0 +1,667 @@
+// Graphformer's CPU kernels: the fused attention over an edge set of
+// graphformer/nn/fused_cpu.py (its docstring has the equations), the hashed
+// dropout (alone, and fused with GELU) of graphformer/nn/functional.py, and
+// the counting sort that groups an edge set by source (csr.py).
+//
+// One translation unit, built on first use by torch.utils.cpp_extension
+// (cpu_kernels.py). It registers the CPU implementations of the custom ops
+// torch.ops.graphformer.* (TORCH_LIBRARY_IMPL); their schemas, fake
+// implementations and autograd formulas are defined in Python, beside their
+// callers. Parallel loops run on PyTorch's intra-op thread pool
+// (at::parallel_for), so torch.set_num_threads sets their number.
+//
+// Layout: every array is C-contiguous (checked: each op refuses, naming it, a
+// tensor that is not); q[i, h, c] is q[(i * H + h) * C + c], per-edge arrays
+// [H, E] are head-major, tables [H, N, R], type values [R, H, C]. Absent
+// optional arrays are null pointers. Indices are int64. With attention
+// dropout the forward writes the decision of every edge and head to keep
+// [H, E] (uint8), which backward reads instead of hashing again. The kernels
+// trust the index values (CSR structure, sources, edge types): the Python
+// callers check them before any kernel runs.
+//
+// Every kernel is a template instantiated for float and double.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <optional>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "the dropout kernel reads 16-bit slices of 64-bit hashes as little-endian"
+#endif
+
+#define INLINE static inline __attribute__((always_inline))
+
+namespace {
+
+using at::Tensor;
+using OptTensor = std::optional<Tensor>;
+
+// ---------------------------------------------------------------- numerics
+
+/* SplitMix64 (Steele, Lea & Flood 2014) of the seed and a position. */
+INLINE uint64_t splitmix64(uint64_t seed, uint64_t index) {
+    uint64_t z = seed + (index + 1) * 0x9E3779B97F4A7C15ULL;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+/* The attention-dropout decision of position h * E + e: its hash's top 32
+ * bits reach the threshold (p * 2^32). */
+INLINE int keep_edge(uint64_t seed, uint64_t index, uint64_t threshold) {
+    return (splitmix64(seed, index) >> 32) >= threshold;
+}
+
+/* exp for float in a form that vectorises (Cephes' expf: reduction by ln 2
+ * and a degree-6 polynomial, within 2 ulp of expf); 0 below -87.3 and for
+ * -inf. */
+INLINE float exp_t(float x) {
+    const float lo = -87.33654f, hi = 88.72283f;
+    const float xc = x < lo ? lo : (x > hi ? hi : x);
+    const float n = std::floor(xc * 1.44269504088896341f + 0.5f);
+    float r = xc - n * 0.693359375f;
+    r = r + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    const int32_t bits = ((int32_t)n + 127) << 23;
+    float two_n;
+    std::memcpy(&two_n, &bits, sizeof two_n);
+    return x <= lo ? 0.0f : p * two_n;
+}
+
+INLINE double exp_t(double x) { return std::exp(x); }
+
+/* The normal distribution's CDF Phi(x) = (1 + erf(x / sqrt 2)) / 2, and
+ * g = exp(-x^2 / 2) beside it (the density's shape, which GELU's gradient
+ * needs too). For float in a form that vectorises: erf by Abramowitz &
+ * Stegun 7.1.26 (absolute error below 1.5e-7), the formula of PyTorch's
+ * vectorised float erf, whose exp(-a^2) is g; for double, libm's erf. */
+INLINE float phi_t(float x, float* g) {
+    const float a = std::fabs(x) * 0.70710678118654752440f;
+    const float t = 1.0f / (0.3275911f * a + 1.0f);
+    float r = 1.061405429f;
+    r = r * t - 1.453152027f;
+    r = r * t + 1.421413741f;
+    r = r * t - 0.284496736f;
+    r = r * t + 0.254829592f;
+    *g = exp_t(-a * a);
+    const float erfc_a = r * t * *g;     /* 1 - erf(a) */
+    return x < 0 ? 0.5f * erfc_a : 1.0f - 0.5f * erfc_a;
+}
+
+INLINE double phi_t(double x, double* g) {
+    *g = std::exp(-0.5 * x * x);
+    return 0.5 * (1.0 + std::erf(x * 0.70710678118654752440));
+}
+
+/* (threshold, keep_mult) of drop probability p for decisions of `bits` bits,
+ * as graphformer.nn.cpu_kernels.dropout_threshold: threshold = round(p 2^bits)
+ * (ties to even, as Python's round), keep_mult = 2^bits / (2^bits - threshold);
+ * (2^bits, 0) when every entry is dropped. */
+std::pair<uint64_t, double> dropout_threshold(double p, int bits) {
+    const double levels = std::ldexp(1.0, bits);
+    const double threshold = std::min(std::nearbyint(p * levels), levels);
+    if (threshold >= levels) return {(uint64_t)levels, 0.0};
+    return {(uint64_t)threshold, levels / (levels - threshold)};
+}
+
+//: Resolution of the attention-dropout probability (fused_cpu.DROPOUT_BITS).
+constexpr int ATTENTION_DROPOUT_BITS = 32;
+
+// ------------------------------------------------------------ tensor checks
+
+/* The data of `t` for a kernel, which reads it densely in row-major order:
+ * refuses (naming `name`) a tensor that is not on the CPU, not of `dtype`,
+ * not contiguous, or (numel >= 0) not of `numel` elements, instead of letting
+ * a kernel read a strided view's memory as if it were dense. */
+template <typename P>
+P* data(const Tensor& t, const char* name, at::ScalarType dtype, int64_t numel = -1) {
+    TORCH_CHECK_VALUE(t.device().is_cpu(), "the CPU kernels read '", name,
+                      "' on the CPU, got a tensor on ", t.device());
+    TORCH_CHECK_VALUE(t.scalar_type() == dtype, "the CPU kernels read '", name, "' as ", dtype,
+                      ", got ", t.scalar_type());
+    TORCH_CHECK_VALUE(t.is_contiguous(), "the CPU kernels read '", name,
+                      "' as a contiguous array, got one of shape ", t.sizes(), " and strides ",
+                      t.strides(), "; pass '", name, "'.contiguous()");
+    TORCH_CHECK_VALUE(numel < 0 || t.numel() == numel, "the CPU kernels read '", name, "' as ",
+                      numel, " elements, got shape ", t.sizes());
+    return static_cast<P*>(t.data_ptr());
+}
+
+/* data() of an optional tensor; a null pointer when it is absent. */
+template <typename P>
+P* data(const OptTensor& t, const char* name, at::ScalarType dtype, int64_t numel = -1) {
+    return t.has_value() ? data<P>(*t, name, dtype, numel) : nullptr;
+}
+
+/* The seed of the hashed decisions: int64 [1], read back as unsigned. */
+uint64_t read_seed(const Tensor& seed) {
+    return (uint64_t)*data<const int64_t>(seed, "seed", at::kLong, 1);
+}
+
+/* Runs f<float> or f<double> by the dtype of `t` (named `name`). */
+template <typename F>
+decltype(auto) by_dtype(const Tensor& t, const char* name, const F& f) {
+    if (t.scalar_type() == at::kFloat) return f(float{});
+    TORCH_CHECK_VALUE(t.scalar_type() == at::kDouble, "the CPU kernels read '", name,
+                      "' as float32 or float64, got ", t.scalar_type());
+    return f(double{});
+}
+
+// ------------------------------------------------------------- parallelism
+
+/* Per-thread scratch, 64-byte aligned: vectorised loops then take the same
+ * path whatever the allocator returns, so results do not depend on it. */
+template <typename T>
+struct Scratch {
+    T* ptr;
+    explicit Scratch(int64_t len)
+        : ptr(static_cast<T*>(std::aligned_alloc(64, (sizeof(T) * (size_t)len + 63) / 64 * 64))) {
+        TORCH_CHECK_WITH(OutOfMemoryError, ptr, "graphformer's CPU kernels: out of memory for ",
+                         len, " elements of per-thread scratch");
+    }
+    ~Scratch() { std::free(ptr); }
+    Scratch(const Scratch&) = delete;
+    Scratch& operator=(const Scratch&) = delete;
+};
+
+/* Runs row(i, work) for rows 0..rows-1 on PyTorch's threads, in dynamic
+ * chunks of 8 rows (degrees vary: a thread that finishes early takes the
+ * next chunk), each thread with heap scratch `work` of len elements of T.
+ * Every row is computed by one thread with the same code, so results do not
+ * depend on the schedule. At most 8 rows: the calling thread alone. */
+template <typename T, typename Row>
+void for_rows_with_scratch(int64_t rows, int64_t len, const Row& row) {
+    constexpr int64_t CHUNK = 8;
+    const int64_t chunks = (rows + CHUNK - 1) / CHUNK;
+    const int64_t workers = std::min<int64_t>(at::get_num_threads(), chunks);
+    std::atomic<int64_t> next{0};
+    at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+        Scratch<T> work(len);
+        for (int64_t c = next.fetch_add(1); c < chunks; c = next.fetch_add(1))
+            for (int64_t i = c * CHUNK, end = std::min(rows, i + CHUNK); i < end; i++)
+                row(i, work.ptr);
+    });
+}
+
+/* The channel count C is a compile-time constant in the common cases for
+ * float (the row functions are inlined into each case), so that the channel
+ * loops unroll and vectorise; other values, and double (tests, exactness
+ * checks), take the generic path. f takes the channel count. */
+template <typename T, typename F>
+INLINE void dispatch_c(int64_t C, const F& f) {
+    if constexpr (std::is_same_v<T, float>) {
+        switch (C) {
+            case 8: f(std::integral_constant<int64_t, 8>{}); return;
+            case 16: f(std::integral_constant<int64_t, 16>{}); return;
+            case 32: f(std::integral_constant<int64_t, 32>{}); return;
+            case 64: f(std::integral_constant<int64_t, 64>{}); return;
+            default: break;
+        }
+    }
+    f(C);
+}
+
+// ----------------------------------------------------------------- kernels
+
+/* Groups an edge set by source with a stable counting sort: writes the
+ * transpose's row pointer ptr [S + 1] and perm [E], where position p of the
+ * transpose is edge perm[p] (edges of one source keep their order, as a
+ * stable sort would). Two serial passes over the edges, no comparisons. */
+void group_by_source_kernel(int64_t E, int64_t S, const int64_t* col, int64_t* ptr,
+                            int64_t* perm) {
+    std::vector<int64_t> next((size_t)(S > 0 ? S : 1));
+    std::memset(ptr, 0, (size_t)(S + 1) * sizeof(int64_t));
+    for (int64_t e = 0; e < E; e++) ptr[col[e] + 1]++;
+    for (int64_t s = 0; s < S; s++) ptr[s + 1] += ptr[s];
+    std::memcpy(next.data(), ptr, (size_t)S * sizeof(int64_t));
+    for (int64_t e = 0; e < E; e++) perm[next[col[e]]++] = e;
+}
+
+/* Target i: scores, softmax (alpha, before dropout), output. */
+template <typename T>
+INLINE void forward_row(
+        int64_t i, int64_t N, int64_t H, const int64_t C, int64_t E, int64_t R, int64_t Ns,
+        const T* q, const T* k, const T* v, const int64_t* ptr, const int64_t* col,
+        const T* bias, const int64_t* etype, const T* tq, const T* tk, const T* vt,
+        T scale, uint64_t seed, uint64_t threshold, T keep_mult, uint8_t* keep,
+        T* out, T* alpha, T* __restrict__ acc, T* __restrict__ wsum) {
+    const int64_t start = ptr[i], end = ptr[i + 1];
+    for (int64_t h = 0; h < H; h++) {
+        const T* qi = q + (i * H + h) * C;
+        T* al = alpha + h * E;
+        T m = -std::numeric_limits<T>::infinity();
+        int nan_score = 0;
+        for (int64_t e = start; e < end; e++) {
+            const int64_t j = col[e];
+            const T* kj = k + (j * H + h) * C;
+            T s = 0;
+            for (int64_t c = 0; c < C; c++) s += qi[c] * kj[c];
+            if (bias) s += bias[h * E + e];
+            if (tq) s += tq[(h * N + i) * R + etype[e]];
+            if (tk) s += tk[(h * Ns + j) * R + etype[e]];
+            s *= scale;
+            al[e] = s;
+            if (s > m) m = s;
+            else if (std::isnan(s)) nan_score = 1;
+        }
+        /* a NaN score makes the row NaN (as the softmax of NaN is), never an
+         * "every score masked" row of zeros */
+        if (nan_score) m = std::numeric_limits<T>::quiet_NaN();
+        T* o = out + (i * H + h) * C;
+        if (m == -std::numeric_limits<T>::infinity()) {   /* empty row, or every score masked */
+            for (int64_t e = start; e < end; e++) al[e] = 0;
+            if (keep)
+                for (int64_t e = start; e < end; e++)
+                    keep[h * E + e] = (uint8_t)keep_edge(seed, (uint64_t)(h * E + e), threshold);
+            for (int64_t c = 0; c < C; c++) o[c] = 0;
+            continue;
+        }
+        T total = 0;
+        for (int64_t e = start; e < end; e++) {
+            const T a = exp_t(al[e] - m);
+            al[e] = a;
+            total += a;
+        }
+        const T inv = (T)1 / total;
+        for (int64_t c = 0; c < C; c++) acc[c] = 0;
+        for (int64_t r = 0; r < R; r++) wsum[r] = 0;
+        for (int64_t e = start; e < end; e++) {
+            const T a = al[e] * inv;
+            al[e] = a;
+            T w = a;
+            if (keep) {
+                const int kept = keep_edge(seed, (uint64_t)(h * E + e), threshold);
+                keep[h * E + e] = (uint8_t)kept;
+                if (!kept) continue;
+                w = a * keep_mult;
+            }
+            const T* vj = v + (col[e] * H + h) * C;
+            for (int64_t c = 0; c < C; c++) acc[c] += w * vj[c];
+            if (vt) wsum[etype[e]] += w;
+        }
+        if (vt)                               /* sum_t (kept weight of type t) V_t */
+            for (int64_t r = 0; r < R; r++) {
+                /* a type no kept edge of i has adds nothing: not even the NaN
+                 * of 0 * V_t for a non-finite V_t (masks stay exact) */
+                if (wsum[r] == 0) continue;
+                const T* vr = vt + (r * H + h) * C;
+                for (int64_t c = 0; c < C; c++) acc[c] += wsum[r] * vr[c];
+            }
+        for (int64_t c = 0; c < C; c++) o[c] = acc[c];
+    }
+}
+
+/* Target i: ds (scaled score gradients, [H, E]), dq, dtq (+=), the kept
+ * weight per (target, head, type) in wsum_rows [N, H, R], and g_edge [E, 2, H]
+ * (ds and the kept weight alpha * multiplier, edge-major, so that the pass by
+ * source reads one cache line per edge). */
+template <typename T>
+INLINE void backward_target_row(
+        int64_t i, int64_t N, int64_t H, const int64_t C, int64_t E, int64_t R,
+        const T* k, const T* v, const int64_t* ptr, const int64_t* col, const int64_t* etype,
+        const T* vt, const T* alpha, const T* dout, const T* dalpha, T scale,
+        const uint8_t* keep, T keep_mult, T* dq, T* ds, T* dtq, T* wsum_rows, T* g_edge,
+        T* __restrict__ acc, T* __restrict__ vdot) {
+    const int64_t start = ptr[i], end = ptr[i + 1];
+    for (int64_t h = 0; h < H; h++) {
+        const T* doi = dout + (i * H + h) * C;
+        const T* al = alpha + h * E;
+        T* dsh = ds + h * E;
+        T* ws = vt ? wsum_rows + (i * H + h) * R : nullptr;
+        if (vt)
+            for (int64_t r = 0; r < R; r++) {
+                const T* vr = vt + (r * H + h) * C;
+                T d = 0;
+                for (int64_t c = 0; c < C; c++) d += doi[c] * vr[c];
+                vdot[r] = d;
+                ws[r] = 0;
+            }
+        T dot = 0;
+        for (int64_t e = start; e < end; e++) {
+            const T a = al[e];
+            T g = dalpha ? dalpha[h * E + e] : (T)0;
+            const T mult = (keep && !keep[h * E + e]) ? (T)0 : keep_mult;
+            if (mult != 0) {
+                const T* vj = v + (col[e] * H + h) * C;
+                T gv = 0;
+                for (int64_t c = 0; c < C; c++) gv += doi[c] * vj[c];
+                if (vt) {
+                    gv += vdot[etype[e]];
+                    ws[etype[e]] += a * mult;
+                }
+                g += mult * gv;
+            }
+            dsh[e] = g;
+            dot += a * g;
+        }
+        for (int64_t c = 0; c < C; c++) acc[c] = 0;
+        for (int64_t e = start; e < end; e++) {
+            const T d = al[e] * (dsh[e] - dot) * scale;
+            dsh[e] = d;
+            const T* kj = k + (col[e] * H + h) * C;
+            for (int64_t c = 0; c < C; c++) acc[c] += d * kj[c];
+            if (dtq) dtq[(h * N + i) * R + etype[e]] += d;
+            /* edge-major copies of ds and of the kept weight for the pass by source */
+            g_edge[e * 2 * H + h] = d;
+            g_edge[e * 2 * H + H + h] = (keep && !keep[h * E + e]) ? (T)0 : al[e] * keep_mult;
+        }
+        T* dqi = dq + (i * H + h) * C;
+        for (int64_t c = 0; c < C; c++) dqi[c] = acc[c];
+    }
+}
+
+/* Source j (edges grouped by source: tptr; their targets trow and positions
+ * perm in target order): dk, dv, dtk (+=), from g_edge [E, 2, H]. acc_k,
+ * acc_v [H C] are per-thread scratch. */
+template <typename T>
+INLINE void backward_source_row(
+        int64_t j, int64_t Ns, int64_t H, const int64_t C, int64_t R, const T* q,
+        const int64_t* tptr, const int64_t* trow, const int64_t* perm, const int64_t* etype,
+        const T* dout, const T* g_edge, T* dk, T* dv, T* dtk, T* __restrict__ acc_k,
+        T* __restrict__ acc_v) {
+    const int64_t start = tptr[j], end = tptr[j + 1];
+    for (int64_t x = 0; x < H * C; x++) { acc_k[x] = 0; acc_v[x] = 0; }
+    for (int64_t p = start; p < end; p++) {
+        const int64_t e = perm[p], i = trow[p];
+        const T* ge = g_edge + e * 2 * H;
+        const T* qi = q + i * H * C;
+        const T* doi = dout + i * H * C;
+        for (int64_t h = 0; h < H; h++) {
+            const T d = ge[h], w = ge[H + h];
+            for (int64_t c = 0; c < C; c++) {
+                acc_k[h * C + c] += d * qi[h * C + c];
+                acc_v[h * C + c] += w * doi[h * C + c];
+            }
+            if (dtk) dtk[(h * Ns + j) * R + etype[e]] += d;
+        }
+    }
+    T* dkj = dk + j * H * C;
+    T* dvj = dv + j * H * C;
+    for (int64_t x = 0; x < H * C; x++) { dkj[x] = acc_k[x]; dvj[x] = acc_v[x]; }
+}
+
+/* Inverted dropout with hashed decisions: element x of n is kept when bits
+ * 16 (x % 4) .. 16 (x % 4) + 15 of the hash of x / 4 reach the threshold
+ * (p * 2^16), and then scaled; backward applies the same to the gradient.
+ * Blocks of 256 elements: 64 hashes (a loop that vectorises), read as 256
+ * 16-bit slices (little-endian), then one select per element. Parallel
+ * (static blocks of chunks) above 256 chunks, i.e. above 65536 elements.
+ *
+ * op 0: out = dropout(in) (also its backward, on the gradient).
+ * op 1: out = dropout(gelu(in)), GELU exact: gelu(x) = x Phi(x); in one pass
+ *       instead of three (GELU, the hashes, the select); the decisions of op 0.
+ * op 2: its backward, out = grad * keep * scale * gelu'(in), with
+ *       gelu'(x) = Phi(x) + x exp(-x^2 / 2) / sqrt(2 pi) (as torch's GELU backward). */
+template <typename T>
+void dropout_kernel(int64_t n, int64_t op, const T* in, const T* grad, T* out, uint64_t seed,
+                    uint64_t threshold, double scale) {
+    const T s = (T)scale, beta = (T)0.39894228040143267794;   /* 1 / sqrt(2 pi) */
+    const uint16_t thr = (uint16_t)threshold;
+    at::parallel_for(0, (n + 255) / 256, 256, [&](int64_t first, int64_t last) {
+        for (int64_t chunk = first; chunk < last; chunk++) {
+            uint64_t hashes[64];
+            uint16_t slices[256];
+            for (int64_t k = 0; k < 64; k++)
+                hashes[k] = splitmix64(seed, (uint64_t)(chunk * 64 + k));
+            std::memcpy(slices, hashes, sizeof slices);
+            const int64_t x0 = chunk * 256, m = n - x0 < 256 ? n - x0 : 256;
+            const T* xs = in + x0;
+            T* o = out + x0;
+            if (op == 0)
+                for (int64_t r = 0; r < m; r++) o[r] = slices[r] >= thr ? xs[r] * s : (T)0;
+            else if (op == 1)
+                for (int64_t r = 0; r < m; r++) {
+                    T g;
+                    const T y = xs[r] * phi_t(xs[r], &g);
+                    o[r] = slices[r] >= thr ? y * s : (T)0;
+                }
+            else
+                for (int64_t r = 0; r < m; r++) {
+                    T g;
+                    const T d = phi_t(xs[r], &g) + xs[r] * beta * g;
+                    o[r] = slices[r] >= thr ? grad[x0 + r] * s * d : (T)0;
+                }
+        }
+    });
+}
+
+// --------------------------------------------------------------------- ops
+
+std::tuple<Tensor, Tensor> group_by_source(const Tensor& col_in, int64_t num_cols) {
+    const Tensor col = col_in.contiguous();
+    const int64_t* c = data<const int64_t>(col, "col", at::kLong);
+    TORCH_CHECK_VALUE(num_cols >= 0, "group_by_source: num_cols must be >= 0, got ", num_cols);
+    const int64_t E = col.numel();
+    for (int64_t e = 0; e < E; e++)
+        TORCH_CHECK_INDEX(c[e] >= 0 && c[e] < num_cols, "edge ", e, " has source ", c[e],
+                          ", outside the ", num_cols, " source nodes (valid 0..", num_cols - 1,
+                          ")");
+    Tensor ptr = at::empty({num_cols + 1}, col.options());
+    Tensor perm = at::empty({E}, col.options());
+    group_by_source_kernel(E, num_cols, c, ptr.data_ptr<int64_t>(), perm.data_ptr<int64_t>());
+    return {ptr, perm};
+}
+
+/* The dropout kernel's op on a contiguous copy of x (and grad). */
+Tensor run_dropout(int64_t op, const Tensor& x_in, const OptTensor& grad_in, const Tensor& seed,
+                   int64_t threshold, double scale) {
+    const Tensor x = x_in.contiguous();
+    const OptTensor grad = grad_in ? OptTensor(grad_in->contiguous()) : std::nullopt;
+    const uint64_t s = read_seed(seed);
+    return by_dtype(x, "x", [&](auto zero) {
+        using T = decltype(zero);
+        Tensor out = at::empty(x.sizes(), x.options());
+        dropout_kernel<T>(x.numel(), op, data<const T>(x, "x", x.scalar_type()),
+                          data<const T>(grad, "grad", x.scalar_type(), x.numel()),
+                          out.data_ptr<T>(), s, (uint64_t)threshold, scale);
+        return out;
+    });
+}
+
+Tensor hashed_dropout(const Tensor& x, const Tensor& seed, int64_t threshold, double scale) {
+    return run_dropout(0, x, std::nullopt, seed, threshold, scale);
+}
+
+Tensor gelu_dropout(const Tensor& x, const Tensor& seed, int64_t threshold, double scale) {
+    return run_dropout(1, x, std::nullopt, seed, threshold, scale);
+}
+
+Tensor gelu_dropout_backward(const Tensor& grad, const Tensor& x, const Tensor& seed,
+                             int64_t threshold, double scale) {
+    return run_dropout(2, x, grad, seed, threshold, scale);
+}
+
+/* The dropout multipliers [H, E]: keep_mult where kept, 0 where dropped
+ * (parallel above 16384 entries). */
+Tensor dropout_multiplier(int64_t seed, int64_t heads, int64_t num_edges, double p,
+                          at::ScalarType dtype) {
+    const auto [threshold, keep_mult] = dropout_threshold(p, ATTENTION_DROPOUT_BITS);
+    Tensor out = at::empty({heads, num_edges}, at::TensorOptions().dtype(dtype));
+    by_dtype(out, "dtype", [&](auto zero) {
+        using T = decltype(zero);
+        T* o = out.data_ptr<T>();
+        at::parallel_for(0, heads * num_edges, 16384, [&](int64_t first, int64_t last) {
+            for (int64_t x = first; x < last; x++)
+                o[x] = keep_edge((uint64_t)seed, (uint64_t)x, threshold) ? (T)keep_mult : (T)0;
+        });
+        return 0;
+    });
+    return out;
+}
+
+/* R, the number of edge types of the tables (0 without any). */
+int64_t num_types(const OptTensor& tq, const OptTensor& tk, const OptTensor& vt) {
+    if (tq) return tq->dim() == 3 ? tq->size(2) : 0;
+    if (tk) return tk->dim() == 3 ? tk->size(2) : 0;
+    return vt ? vt->size(0) : 0;
+}
+
+/* The sizes both attention ops read off q [N_t, H, C], k [N_s, H, C], col [E]. */
+struct Sizes {
+    int64_t N, H, C, Ns, E;
+};
+
+Sizes attention_sizes(const char* op, const Tensor& q, const Tensor& k, const Tensor& col) {
+    TORCH_CHECK_VALUE(q.dim() == 3 && k.dim() == 3, op, ": q [N_t, H, C] and k [N_s, H, C] "
+                      "expected, got shapes ", q.sizes(), " and ", k.sizes());
+    return {q.size(0), q.size(1), q.size(2), k.size(0), col.numel()};
+}
+
+/* The arrays both attention ops read: q, k, v and the edge set (ptr, col). */
+template <typename T>
+struct Inputs {
+    const T *q, *k, *v;
+    const int64_t *ptr, *col;
+};
+
+template <typename T>
+Inputs<T> attention_inputs(const Sizes& n, const Tensor& q, const Tensor& k, const Tensor& v,
+                           const Tensor& ptr, const Tensor& col) {
+    const auto f = q.scalar_type();
+    return {data<const T>(q, "q", f, n.N * n.H * n.C), data<const T>(k, "k", f, n.Ns * n.H * n.C),
+            data<const T>(v, "v", f, n.Ns * n.H * n.C),
+            data<const int64_t>(ptr, "ptr", at::kLong, n.N + 1),
+            data<const int64_t>(col, "col", at::kLong)};
+}
+
+std::tuple<Tensor, Tensor, Tensor> fused_attention(
+        const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& ptr, const Tensor& col,
+        const Tensor& ptr_t, const Tensor& row_t, const Tensor& perm, const OptTensor& bias,
+        const OptTensor& edge_type, const OptTensor& target_table,
+        const OptTensor& source_table, const OptTensor& type_values, const Tensor& seed,
+        double scale, double dropout) {
+    const Sizes n = attention_sizes("fused_attention", q, k, col);
+    const int64_t N = n.N, H = n.H, C = n.C, Ns = n.Ns, E = n.E;
+    const int64_t R = num_types(target_table, source_table, type_values);
+    TORCH_CHECK_VALUE(!(target_table || source_table || type_values) || edge_type,
+                      "fused_attention: the type tables need 'edge_type'");
+    const bool drop = dropout > 0.0;
+    const auto [threshold, keep_mult] = dropout_threshold(dropout, ATTENTION_DROPOUT_BITS);
+    const uint64_t s = read_seed(seed);
+    Tensor out = at::empty({N, H, C}, q.options());
+    Tensor alpha = at::empty({H, E}, q.options());
+    Tensor keep = at::empty(drop ? std::vector<int64_t>{H, E} : std::vector<int64_t>{0},
+                            q.options().dtype(at::kByte));
+    by_dtype(q, "q", [&](auto zero) {
+        using T = decltype(zero);
+        const auto f = q.scalar_type();
+        const Inputs<T> in = attention_inputs<T>(n, q, k, v, ptr, col);
+        const T* bp = data<const T>(bias, "bias", f, H * E);
+        const int64_t* ep = data<const int64_t>(edge_type, "edge_type", at::kLong, E);
+        const T* tq = data<const T>(target_table, "target_table", f, H * N * R);
+        const T* tk = data<const T>(source_table, "source_table", f, H * Ns * R);
+        const T* vt = data<const T>(type_values, "type_values", f, R * H * C);
+        uint8_t* kp8 = drop ? data<uint8_t>(keep, "keep", at::kByte) : nullptr;
+        T* op = out.data_ptr<T>();
+        T* ap = alpha.data_ptr<T>();
+        /* scratch: acc [C], then wsum [R] (on the heap: R, the edge types, may be large) */
+        for_rows_with_scratch<T>(N, C + R + 1, [&](int64_t i, T* work) {
+            dispatch_c<T>(C, [&](auto CC) {
+                forward_row<T>(i, N, H, CC, E, R, Ns, in.q, in.k, in.v, in.ptr, in.col, bp, ep,
+                               tq, tk, vt, (T)scale, s, threshold, (T)keep_mult, kp8, op, ap,
+                               work, work + C);
+            });
+        });
+        return 0;
+    });
+    return {out, alpha, keep};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_attention_backward(
+        const Tensor& dout_in, const OptTensor& dalpha_in, const Tensor& q, const Tensor& k,
+        const Tensor& v, const Tensor& ptr, const Tensor& col, const Tensor& ptr_t,
+        const Tensor& row_t, const Tensor& perm, const OptTensor& edge_type,
+        const OptTensor& type_values, const Tensor& alpha, const Tensor& keep, int64_t R,
+        bool target_table_grad, bool source_table_grad, double scale, double dropout) {
+    const Sizes n = attention_sizes("fused_attention_backward", q, k, col);
+    const int64_t N = n.N, H = n.H, C = n.C, Ns = n.Ns, E = n.E;
+    TORCH_CHECK_VALUE(!(target_table_grad || source_table_grad || type_values) || edge_type,
+                      "fused_attention_backward: the type tables need 'edge_type'");
+    const bool drop = dropout > 0.0, typed_values = type_values.has_value();
+    const auto [threshold, keep_mult] = dropout_threshold(dropout, ATTENTION_DROPOUT_BITS);
+    (void)threshold;
+    const Tensor dout = dout_in.contiguous();
+    const OptTensor dalpha = dalpha_in ? OptTensor(dalpha_in->contiguous()) : std::nullopt;
+    const auto opts = q.options();
+    Tensor dq = at::empty(q.sizes(), opts), dk = at::empty(k.sizes(), opts);
+    Tensor dv = at::empty(k.sizes(), opts), ds = at::empty({H, E}, opts);
+    Tensor dtq = target_table_grad ? at::zeros({H, N, R}, opts) : at::zeros({0}, opts);
+    Tensor dtk = source_table_grad ? at::zeros({H, Ns, R}, opts) : at::zeros({0}, opts);
+    Tensor wsum_rows = at::empty(typed_values ? std::vector<int64_t>{N, H, R}
+                                              : std::vector<int64_t>{0}, opts);
+    Tensor g_edge = at::empty({E, 2, H}, opts);
+    by_dtype(q, "q", [&](auto zero) {
+        using T = decltype(zero);
+        const auto f = q.scalar_type();
+        const Inputs<T> in = attention_inputs<T>(n, q, k, v, ptr, col);
+        const int64_t* ptp = data<const int64_t>(ptr_t, "ptr_t", at::kLong, Ns + 1);
+        const int64_t* rtp = data<const int64_t>(row_t, "row_t", at::kLong, E);
+        const int64_t* pmp = data<const int64_t>(perm, "perm", at::kLong, E);
+        const int64_t* ep = data<const int64_t>(edge_type, "edge_type", at::kLong, E);
+        const T* vt = data<const T>(type_values, "type_values", f, R * H * C);
+        const T* ap = data<const T>(alpha, "alpha", f, H * E);
+        const T* dop = data<const T>(dout, "dout", f, N * H * C);
+        const T* dap = data<const T>(dalpha, "dalpha", f, H * E);
+        const uint8_t* kp8 = drop ? data<const uint8_t>(keep, "keep", at::kByte, H * E) : nullptr;
+        T *dqp = dq.data_ptr<T>(), *dsp = ds.data_ptr<T>(), *gp = g_edge.data_ptr<T>();
+        T* dtqp = target_table_grad ? dtq.data_ptr<T>() : nullptr;
+        T* dtkp = source_table_grad ? dtk.data_ptr<T>() : nullptr;
+        T* wsp = typed_values ? wsum_rows.data_ptr<T>() : nullptr;
+        T *dkp = dk.data_ptr<T>(), *dvp = dv.data_ptr<T>();
+        /* by target; scratch: acc [C], then vdot [R] */
+        for_rows_with_scratch<T>(N, C + R + 1, [&](int64_t i, T* work) {
+            dispatch_c<T>(C, [&](auto CC) {
+                backward_target_row<T>(i, N, H, CC, E, R, in.k, in.v, in.ptr, in.col, ep, vt,
+                                       ap, dop, dap, (T)scale, kp8, (T)keep_mult, dqp, dsp,
+                                       dtqp, wsp, gp, work, work + C);
+            });
+        });
+        /* by source; scratch: acc_k [H C], then acc_v [H C] */
+        for_rows_with_scratch<T>(Ns, 2 * H * C + 1, [&](int64_t j, T* work) {
+            dispatch_c<T>(C, [&](auto CC) {
+                backward_source_row<T>(j, Ns, H, CC, R, in.q, ptp, rtp, pmp, ep, dop, gp, dkp,
+                                       dvp, dtkp, work, work + H * C);
+            });
+        });
+        return 0;
+    });
+    return {dq, dk, dv, ds, dtq, dtk, wsum_rows};
+}
+
+}  // namespace
+
+// The schemas are defined in Python (graphformer/nn/fused_cpu.py,
+// functional.py, csr.py), with the fake implementations and autograd formulas.
+TORCH_LIBRARY_IMPL(graphformer, CPU, m) {
+    m.impl("group_by_source", &group_by_source);
+    m.impl("hashed_dropout", &hashed_dropout);
+    m.impl("gelu_dropout", &gelu_dropout);
+    m.impl("gelu_dropout_backward", &gelu_dropout_backward);
+    m.impl("fused_attention", &fused_attention);
+    m.impl("fused_attention_backward", &fused_attention_backward);
+}
+
+// No tensor argument: no backend key to dispatch on, so it is the op's
+// implementation for every backend (it allocates on the CPU).
+TORCH_LIBRARY_IMPL(graphformer, CompositeExplicitAutograd, m) {
+    m.impl("dropout_multiplier", &dropout_multiplier);
+}
