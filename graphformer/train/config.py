@@ -320,6 +320,12 @@ class TrainConfig:
                             help="train K models (seeds derived from --seed, each a run in "
                             "RUN_DIR/member-k) and predict with their mean (default 2; 1 = "
                             "one model)")
+    member_processes: int = setting(0, metavar="P",
+                                    help="ensemble members trained side by side, each in a "
+                                    "process of its own (CPU, Linux). Default 0: as many as "
+                                    "the cores allow when --threads is 0 (each member then on "
+                                    "cores/P threads), else one after the other; 1: one after "
+                                    "the other. Speed, not results")
     loss: str = setting("mse", choices=tuple(LOSSES),
                         help="regression: mse (a mean; default), mve (a Gaussian's mean and "
                         "variance, its negative log-likelihood) or evidential "
@@ -352,7 +358,8 @@ class TrainConfig:
                 raise ConfigError("train", key, f"must be >= 1, got {getattr(self, key)}")
         if self.lr <= 0:
             raise ConfigError("train", "lr", f"must be > 0, got {self.lr}")
-        for key in ("weight_decay", "warmup_epochs", "grad_clip", "threads", "head_epochs"):
+        for key in ("weight_decay", "warmup_epochs", "grad_clip", "threads", "head_epochs",
+                    "member_processes"):
             if getattr(self, key) < 0:
                 raise ConfigError("train", key, f"must be >= 0, got {getattr(self, key)}")
         if not 0.0 <= self.ema < 1.0:

@@ -27,12 +27,18 @@ removes them (:mod:`graphformer.train.run_dir`).
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import math
+import multiprocessing
+import os
+import pickle
+import signal
 import sys
+import traceback
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch.distributed as dist
 
@@ -78,8 +84,10 @@ def saved_ensemble(run_dir: Path) -> Optional[RunConfig]:
 def train_ensemble(cfg: Optional[RunConfig], run_dir: Path, saved: Optional[RunConfig],
                    progress: bool, prepared: Optional[Prepared],
                    overwrite: bool) -> Dict[str, Any]:
-    """Train the members of ``cfg`` one after the other, each with
-    :func:`graphformer.train.loop.train_model`, then score their mean. ``saved``
+    """Train the members of ``cfg``, each with
+    :func:`graphformer.train.loop.train_model`, one after the other or side
+    by side in processes of their own (:func:`side_by_side`: the same
+    results, the same files), then score their mean. ``saved``
     (:func:`saved_ensemble`) resumes the run in ``run_dir``, whose settings
     ``cfg`` may then change only where the run runs. See the module
     docstring for the files; the other arguments are those of
@@ -100,27 +108,141 @@ def train_ensemble(cfg: Optional[RunConfig], run_dir: Path, saved: Optional[RunC
         directory.start(members=k_total)  # checked: an overwritten run goes now
         if writer and not resume:
             write_json(run_dir / "config.json", cfg.to_dict())
-        members: List[Dict[str, Any]] = []
-        for k in range(k_total):
-            folder = member_dir(run_dir, k)
-            member_cfg = member_config(cfg, k)
+        jobs = [_MemberJob(k, member_config(cfg, k), member_dir(run_dir, k), resume)
+                for k in range(k_total)]
+        processes_, threads = side_by_side(cfg, world, k_total)
+        todo = [job for job in jobs if job.finished() is None]
+        if processes_ > 1 and len(todo) > 1:
+            for job in todo:
+                job.cfg = replace(job.cfg, train=replace(job.cfg.train, threads=threads))
             if show:
-                print(f"ensemble member {k + 1}/{k_total} (seed {member_cfg.train.seed}) in "
-                      f"{folder}", file=sys.stderr)
-            if resume and (folder / "summary.json").is_file() and \
-                    (folder / "best.pt").is_file():
-                members.append(json.loads((folder / "summary.json").read_text()))
-            elif resume and (folder / "last.pt").is_file():
-                members.append(loop.train_model(member_cfg, folder, resume=True,
-                                                progress=progress, prepared=prepared,
-                                                curve=False))
-            else:
-                members.append(loop.train_model(member_cfg, folder, progress=progress,
-                                                prepared=prepared, overwrite=True,
-                                                curve=False))
+                print(f"ensemble: {len(todo)} members side by side in {min(processes_, len(todo))}"
+                      f" processes of {threads} thread(s) each (--member-processes 1: one after "
+                      f"the other)", file=sys.stderr)
+            done = _train_side_by_side(todo, processes_, prepared, progress)
+        else:
+            done = {}
+            for job in todo:
+                if show:
+                    print(f"ensemble member {job.k + 1}/{k_total} (seed {job.cfg.train.seed}) "
+                          f"in {job.folder}", file=sys.stderr)
+                done[job.k] = job.run(prepared, progress)
+        members = [done[job.k] if job.k in done else job.finished() for job in jobs]
         if world > 1:   # rank 0 has written the last member's best.pt before any rank reads it
             dist.barrier()
         return _finish(cfg, run_dir, members, writer, prepared)
+
+
+def side_by_side(cfg: RunConfig, world: int, members: int) -> Tuple[int, int]:
+    """``(processes, threads of each)`` for training ``members`` members side
+    by side (``train.member_processes``): more than one process only on the
+    CPU, where processes fork (Linux), outside torchrun. Its default (0)
+    uses as many processes as the cores allow when ``train.threads`` is 0
+    (torch's default, whose second thread barely speeds up a molecule
+    batch), each on ``cores // processes`` threads; an explicit
+    ``train.threads`` keeps the members one after the other unless
+    ``member_processes`` asks otherwise."""
+    asked, threads = cfg.train.member_processes, cfg.train.threads
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+        else (os.cpu_count() or 1)
+    if asked == 1 or members < 2 or world > 1 or \
+            "fork" not in multiprocessing.get_all_start_methods() or \
+            resolve_device(cfg.train.device).type != "cpu":
+        return 1, threads
+    if asked == 0:
+        if threads > 0 or cores < 2:
+            return 1, threads
+        processes = min(members, cores)
+    else:
+        processes = min(members, asked)
+    return processes, threads or max(1, cores // processes)
+
+
+class _MemberJob:
+    """One member of an ensemble: its settings and folder, and how it runs
+    (new, resumed, or finished already)."""
+
+    def __init__(self, k: int, cfg: RunConfig, folder: Path, resume: bool) -> None:
+        self.k, self.cfg, self.folder, self.resume = k, cfg, folder, resume
+
+    def finished(self) -> Optional[Dict[str, Any]]:
+        """The summary of a resumed ensemble's member that had finished."""
+        if self.resume and (self.folder / "summary.json").is_file() and \
+                (self.folder / "best.pt").is_file():
+            return json.loads((self.folder / "summary.json").read_text())
+        return None
+
+    def run(self, prepared: Optional[Prepared], progress: bool,
+            label: str = "") -> Dict[str, Any]:
+        if self.resume and (self.folder / "last.pt").is_file():
+            return loop.train_model(self.cfg, self.folder, resume=True, progress=progress,
+                                    prepared=prepared, curve=False, label=label)
+        return loop.train_model(self.cfg, self.folder, progress=progress, prepared=prepared,
+                                overwrite=True, curve=False, label=label)
+
+
+def _member_process(job: _MemberJob, prepared: Optional[Prepared], progress: bool,
+                    results: Any) -> None:
+    """The body of a member's process: its run, and how it ended, sent to
+    the parent as ``(k, "done" | "interrupted" | "error", summary or error)``."""
+    try:   # ends with the parent (PR_SET_PDEATHSIG), as the descriptor workers do
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+    try:
+        summary = job.run(prepared, progress, label=f"member {job.k}: ")
+        results.put((job.k, "done", summary))
+    except KeyboardInterrupt:
+        results.put((job.k, "interrupted", None))
+    except BaseException as err:   # sent whole when it pickles, else as text
+        try:
+            pickle.dumps(err)
+        except Exception:
+            err = RuntimeError(f"ensemble member {job.k}: {type(err).__name__}: {err}\n"
+                               f"{traceback.format_exc()}")
+        results.put((job.k, "error", err))
+
+
+def _train_side_by_side(jobs: List[_MemberJob], processes: int, prepared: Optional[Prepared],
+                        progress: bool) -> Dict[int, Dict[str, Any]]:
+    """Train ``jobs`` in at most ``processes`` forked processes at a time
+    (each inherits the prepared data; nothing is pickled but the results).
+    Every member runs to its end; then the first error is raised, or
+    KeyboardInterrupt when a member (or this process) was interrupted: each
+    member's ``last.pt`` is where ``--resume`` continues it."""
+    context = multiprocessing.get_context("fork")
+    results = context.SimpleQueue()
+    waiting, running = list(jobs), {}
+    done: Dict[int, Dict[str, Any]] = {}
+    failures: List[BaseException] = []
+    interrupted = False
+    try:
+        while waiting or running:
+            while waiting and len(running) < processes:
+                job = waiting.pop(0)
+                proc = context.Process(target=_member_process,
+                                       args=(job, prepared, progress, results), daemon=False)
+                proc.start()
+                running[job.k] = proc
+            k, status, value = results.get()
+            running.pop(k).join()
+            if status == "done":
+                done[k] = value
+            elif status == "interrupted":
+                interrupted = True
+            else:
+                failures.append(value)
+    except KeyboardInterrupt:   # Ctrl-C reached the members too; let them stop
+        for proc in running.values():
+            proc.join(timeout=60)
+            if proc.is_alive():
+                proc.terminate()
+        raise
+    if failures:
+        raise failures[0]
+    if interrupted:
+        raise KeyboardInterrupt("an ensemble member was interrupted")
+    return done
 
 
 def _finish(cfg: RunConfig, run_dir: Path, members: List[Dict[str, Any]], writer: bool,

@@ -178,16 +178,17 @@ def train_step(net: torch.nn.Module, batch: Any, optimizer: torch.optim.Optimize
 def train_model(cfg: Optional[RunConfig], run_dir: Union[str, Path], resume: bool = False,
                 progress: bool = True, prepared: Optional[Prepared] = None,
                 model: Optional[torch.nn.Module] = None, overwrite: bool = False,
-                curve: bool = True) -> Dict[str, Any]:
+                curve: bool = True, label: str = "") -> Dict[str, Any]:
     """Train one model as ``cfg`` says into ``run_dir`` (or resume its run),
     whatever ``train.ensemble`` says: the arguments and the result of
     :func:`graphformer.train.train`, which also trains ensembles and is
-    what to call."""
+    what to call. ``label`` goes before every progress line (and turns the
+    progress bar off): ensemble members trained side by side."""
     run_dir = Path(run_dir)
     if cfg is not None:   # stored absolute: its checkpoints evaluate from any directory
         cfg = replace(cfg, data=cfg.data.with_absolute_paths(dataset=not resume))
     with open_run_directory(run_dir, resume, overwrite) as directory:
-        return _Run(cfg, directory, progress, prepared, model, curve).run_epochs()
+        return _Run(cfg, directory, progress, prepared, model, curve, label).run_epochs()
 
 
 class _Run(EpochRun):
@@ -197,12 +198,12 @@ class _Run(EpochRun):
 
     def __init__(self, cfg: Optional[RunConfig], directory: RunDirectory, progress: bool,
                  prepared: Optional[Prepared], model: Optional[torch.nn.Module],
-                 curve: bool = True) -> None:
+                 curve: bool = True, label: str = "") -> None:
         """Read the checkpoint when resuming (the run directory has been
         checked), set the process up (threads, seed, device), prepare the
         data and build the model and its training."""
         super().__init__(directory, progress)
-        self.curve = curve
+        self.curve, self.label = curve, label
         run_dir = self.dir
         state: Optional[Dict[str, Any]] = None
         if directory.resume:
@@ -268,14 +269,14 @@ class _Run(EpochRun):
         self.full_cfg = RunConfig(cfg.data, self.model_cfg, cfg.train).to_dict()
         self.open_files(self.full_cfg)  # config, data and start checked: an old run goes now
         if self.show and self.start_epoch == 1:
-            print(f"{bench.name}: {len(bench.dataset)} graphs, split "
+            print(f"{self.label}{bench.name}: {len(bench.dataset)} graphs, split "
                   f"{ {k: len(v) for k, v in prepared.split.items()} }, task {bench.task}, "
                   f"metric {self.metric}; "
                   f"{sum(p.numel() for p in self.model.parameters()):,} parameters; "
                   f"device {device}, {self.world} process(es)", file=sys.stderr)
             if self.init is not None:
-                print(f"trunk from {self.init['path']} (sha256 {self.init['sha256'][:12]}...)",
-                      file=sys.stderr)
+                print(f"{self.label}trunk from {self.init['path']} "
+                      f"(sha256 {self.init['sha256'][:12]}...)", file=sys.stderr)
 
     def begin_epoch(self, epoch: int) -> None:
         self.frozen = self._phase(epoch)

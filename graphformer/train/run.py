@@ -262,6 +262,9 @@ class EpochRun:
         self.processes = processes
         self.rank, self.world, self.is_main = processes.rank, processes.world, processes.is_main
         self.show = progress and self.is_main
+        #: put before every progress line, and no progress bar, when set (a
+        #: run beside others writing to the same terminal: ensemble members)
+        self.label = ""
         self.history: List[Dict[str, float]] = []
         self.best: Dict[str, Any] = {"epoch": None}
         self.start_epoch = 1
@@ -311,7 +314,7 @@ class EpochRun:
         sums = [0.0] * len(self.loss_names)   # each loss times the graphs of its batch
         seen = 0
         bar = tqdm(self.loader, desc=f"epoch {epoch}/{cfg.total_epochs}", unit="batch",
-                   disable=not self.show, leave=False, file=sys.stderr)
+                   disable=not self.show or bool(self.label), leave=False, file=sys.stderr)
         for batch in bar:
             batch = batch.to(self.device)
             losses = self.step(batch)
@@ -360,7 +363,7 @@ class EpochRun:
         if self.is_main:
             self.files.end_epoch(self.history, self.checkpoint(epoch), improved)
         if self.show:
-            print(f"epoch {epoch:3d}/{self.train_cfg.total_epochs}  "
+            print(f"{self.label}epoch {epoch:3d}/{self.train_cfg.total_epochs}  "
                   f"loss {row['train_loss']:.4f}  {self.epoch_line(row)}"
                   f"{'  *best' if improved else ''}  ({row['seconds']:.1f}s)", file=sys.stderr)
 

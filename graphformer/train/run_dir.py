@@ -62,7 +62,7 @@ CONFIG_SECTIONS = {"data", "model", "objective", "train"}
 MEMBER = re.compile(r"member-\d+")
 # (section, key) that a resumed run may change: where it runs, not what it computes.
 RUNTIME_KEYS = {("train", "device"), ("train", "threads"), ("train", "attention_backend"),
-                ("data", "root")}
+                ("train", "member_processes"), ("data", "root")}
 # Set from the data set, not by the user: not compared when resuming.
 DERIVED_KEYS = {("model", "num_tasks"), ("model", "task"), ("model", "features")}
 

@@ -148,3 +148,65 @@ def test_an_ensemble_refuses_an_old_run_a_model_and_explain(tmp_path, tiny_csv, 
                      str(tmp_path / "p.csv")]) == 0
         outs.append(pd.read_csv(tmp_path / "p.csv")["y"].to_numpy())
     assert outs[0] == pytest.approx((outs[1] + outs[2]) / 2, rel=1e-5)
+
+
+def _summary_without_times(run):
+    summary = json.loads((run / "summary.json").read_text())
+    for member in summary["members"]:
+        member["final"].pop("seconds")
+    return summary
+
+
+def test_members_side_by_side_train_as_one_after_the_other(tmp_path, tiny_csv, capsys):
+    """``member_processes=2``: the members in two forked processes give the
+    files, metrics and weights of the run that trains them in turn (same
+    threads per member)."""
+    one_by_one = tiny_config(tiny_csv, tmp_path / "cache", epochs=2, ensemble=2,
+                             member_processes=1)
+    side = tiny_config(tiny_csv, tmp_path / "cache", epochs=2, ensemble=2, member_processes=2)
+    train(one_by_one, tmp_path / "turns", progress=False)
+    capsys.readouterr()
+    train(side, tmp_path / "side", progress=True)
+    err = capsys.readouterr().err
+    assert "ensemble: 2 members side by side in 2 processes of 1 thread(s) each" in err
+    assert _summary_without_times(tmp_path / "side") == _summary_without_times(tmp_path / "turns")
+    for k in range(2):
+        assert history(tmp_path / "side" / f"member-{k}") == \
+            history(tmp_path / "turns" / f"member-{k}")
+    a = load_checkpoint(tmp_path / "side" / "best.pt")["model"]
+    b = load_checkpoint(tmp_path / "turns" / "best.pt")["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_members_side_by_side_stop_together_and_resume(tmp_path, tiny_csv, monkeypatch):
+    """Interrupted in both member processes (each at its own 3rd evaluation:
+    epoch 2), the ensemble stops with KeyboardInterrupt and no best.pt;
+    ``--resume`` (side by side again) ends as the uninterrupted run."""
+    cfg = tiny_config(tiny_csv, tmp_path / "cache", epochs=2, ensemble=2, member_processes=2)
+    train(cfg, tmp_path / "straight", progress=False)
+    train_until_crash(cfg, tmp_path / "cut", monkeypatch, evaluation=3)
+    assert not (tmp_path / "cut" / "best.pt").exists()
+    for k in range(2):
+        assert len(history(tmp_path / "cut" / f"member-{k}")) == 1
+    assert main(["train", "--resume", str(tmp_path / "cut"), "--quiet"]) == 0
+    assert _summary_without_times(tmp_path / "cut") == \
+        _summary_without_times(tmp_path / "straight")
+
+
+def test_who_trains_side_by_side():
+    from graphformer.train.ensemble import side_by_side
+
+    def cfg(**train):
+        return SimpleNamespace(train=TrainConfig(**{"device": "cpu", **train}))
+
+    cores = len(__import__("os").sched_getaffinity(0))
+    if cores < 2:
+        pytest.skip("one core")
+    assert side_by_side(cfg(threads=0), 1, 2) == (2, cores // 2)
+    assert side_by_side(cfg(threads=1), 1, 2) == (1, 1)          # threads chosen: in turn
+    assert side_by_side(cfg(threads=1, member_processes=2), 1, 2) == (2, 1)
+    assert side_by_side(cfg(threads=0, member_processes=1), 1, 2) == (1, 0)
+    assert side_by_side(cfg(threads=0), 2, 2) == (1, 0)          # under torchrun: in turn
+    assert side_by_side(cfg(threads=0), 1, 1) == (1, 0)          # one model
+    with pytest.raises(ConfigError, match="member_processes"):
+        TrainConfig(member_processes=-1)
