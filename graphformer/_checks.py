@@ -71,6 +71,10 @@ def check_num_nodes(value: object, name: str = "num_nodes") -> int:
             raise TypeError(f"'{name}' must be a whole number, got a {value.dtype} tensor of "
                             f"shape {list(value.shape)}")
         value = int(value)
+    if isinstance(value, torch.SymInt):  # a size traced by torch.export: kept symbolic
+        torch._check(value >= 0)
+        torch._check(value <= MAX_NODES)
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"'{name}' must be a whole number, got "
                         f"{type(value).__name__} {value!r}")

@@ -12,8 +12,12 @@ the batches `graphformer train` draws):
 - with --floor: the same model with its attention removed, the node-wise
   work that bounds what any attention implementation can reach;
 - with --compile: the same default model (each backend asked for) under
-  `torch.compile(model, dynamic=True)` (inductor, default mode) beside the
-  eager one; its warm-up (the compilation) is reported apart;
+  `torch.compile(model, dynamic=True)` (inductor, default mode, dynamo's
+  default settings) beside the eager one, on prepared batches
+  (`model.prepare(batch)`: the edge set computed outside the compiled
+  graph, which then has no graph break); the preparation runs inside the
+  timed step, so the step does all the eager one does; its warm-up (the
+  compilation) is reported apart;
 - with --cli: the wall time of `graphformer train` with its defaults (and of
   `--dataset NAME` for each of --cli-datasets), as a new user's first run;
 - with --chemprop (chemprop installed as a benchmark peer, never a
@@ -108,10 +112,8 @@ def _models(cfg: RunConfig, prepared, backends: List[str],
         torch.manual_seed(0)
         models[f"graphformer ({backend})"] = graphformer(backend)
         if compile:
-            # the edge set's size and its number of edge types are read off the
-            # data: captured, the step compiles as one graph (tests/nn/test_compile.py)
-            torch._dynamo.config.capture_scalar_outputs = True
-            torch._dynamo.config.capture_dynamic_output_shape_ops = True
+            # fed prepared batches (bench_steps): one graph, no break
+            # (tests/nn/test_compile.py)
             torch.manual_seed(0)
             models[f"graphformer ({backend}, compiled)"] = torch.compile(
                 graphformer(backend), dynamic=True)
@@ -139,11 +141,18 @@ def bench_steps(name: str, args: argparse.Namespace) -> List[Dict[str, Any]]:
     optims = {k: make_optimizer(m, 1e-4, cfg.train.weight_decay) for k, m in models.items()}
     task = prepared.bench.task
 
+    def batch_for(key: str) -> Callable[[Any], Any]:
+        """A compiled model takes prepared batches (timed with its step)."""
+        model = models[key]
+        if isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
+            return model.prepare
+        return lambda b: b
+
     def steps(key: str) -> Callable[[], int]:
         def run() -> int:
-            model = models[key].train()
+            model, batch = models[key].train(), batch_for(key)
             for b in batches:
-                train_step(model, b, optims[key], prepared.y_mean, prepared.y_std, task,
+                train_step(model, batch(b), optims[key], prepared.y_mean, prepared.y_std, task,
                            cfg.train.grad_clip)
             return sum(b.num_graphs for b in batches)
         return run
@@ -151,9 +160,9 @@ def bench_steps(name: str, args: argparse.Namespace) -> List[Dict[str, Any]]:
     def evals(key: str) -> Callable[[], int]:
         @torch.no_grad()
         def run() -> int:
-            model = models[key].eval()
+            model, batch = models[key].eval(), batch_for(key)
             for b in eval_batches:
-                model(b)
+                model(batch(b))
             return sum(b.num_graphs for b in eval_batches)
         return run
 
@@ -284,7 +293,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         "no attention implementation can go below")
     parser.add_argument("--compile", action="store_true",
                         help="also time each graphformer model under torch.compile(model, "
-                        "dynamic=True) (inductor, default mode); its warm-up includes the "
+                        "dynamic=True) (inductor, default mode) on prepared batches "
+                        "(model.prepare, timed with the step); its warm-up includes the "
                         "compilation")
     parser.add_argument("--batches", type=int, default=8, help="training batches per timing")
     parser.add_argument("--repeats", type=int, default=5)

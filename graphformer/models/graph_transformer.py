@@ -2,9 +2,10 @@
 a chosen edge set, a pooling readout and a prediction head."""
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Literal, Optional, Sequence, Tuple, get_args
+from typing import Any, Dict, Literal, NamedTuple, Optional, Sequence, Tuple, get_args
 
 import torch
 import torch.nn.functional as F
@@ -150,6 +151,36 @@ class GraphTransformerConfig:
         return d
 
 
+class PreparedEdges(NamedTuple):
+    """A batch's attention edge set, as :meth:`GraphTransformer.prepare`
+    computes it (no parameters involved): everything of the model whose size
+    depends on the data. It travels with the batch (``batch.prepared_edges``;
+    ``batch.to(device)`` moves it), so the model's compute graph takes it as
+    input: no data-dependent size inside, nothing for torch.compile to break
+    the graph on. Shapes: E attention edges, S edge sets (bonds, full, ...), R
+    edge types in the batch, N' nodes (atoms, and one virtual node per
+    graph with ``pooling="virtual"``).
+
+    Attributes:
+        edge_index: [2, E] the attention edges ``j -> i``, grouped by target.
+        member: [E, S] bool, each edge's membership in each edge set.
+        edge_type: [E] each edge's type, in ``0..R-1``.
+        types: [R] each type's code: its bond features (mixed radix, 0 for
+            "not a bond") plus the bond-code radix times its membership bits;
+            the model turns the codes into its edge-feature table.
+        ptr: [N' + 1] the CSR row pointer of ``edge_index`` (edges into
+            node ``i`` at ``ptr[i]:ptr[i + 1]``).
+        edge_set: which edge set it is (the patterns, k, the features), so
+            a model refuses a batch prepared by a model of another set.
+    """
+    edge_index: Tensor
+    member: Tensor
+    edge_type: Tensor
+    types: Tensor
+    ptr: Tensor
+    edge_set: str
+
+
 #: model-config keys of an older graphformer that are no longer hyper-parameters:
 #: the molecule features come from the data (arguments of
 #: :class:`GraphTransformer`, saved in a checkpoint beside its config), the
@@ -179,7 +210,11 @@ class GraphTransformer(torch.nn.Module):
     Shapes: a PyG ``Batch`` of B molecules with N atoms in all (``x``
     ``[N, 9]`` and ``edge_attr`` ``[E_b, 3]`` as from
     :func:`graphformer.data.from_smiles`; with ``mol_features = F``, also
-    ``mol_x`` ``[B, F]``) gives ``[B, num_tasks]``.
+    ``mol_x`` ``[B, F]``) gives ``[B, num_tasks]``. The batch may come
+    prepared by :meth:`prepare` (its attention edge set computed beforehand,
+    the same results to the bit): then the model's compute graph has no
+    data-dependent size, for ``torch.compile`` without graph breaks and
+    ``torch.export`` (:meth:`for_export`).
 
     Args:
         config: the hyper-parameters.
@@ -342,23 +377,119 @@ class GraphTransformer(torch.nn.Module):
         :math:`\mathrm{BondEnc}(\mathbf{b}_{ij})[j \sim i] + \mathbf{W}_m \mathbf{m}_{ij}`;
         a type is one combination of bond features and memberships present
         in the batch (a few dozen at most in molecules)."""
+        types, edge_type = self._type_codes(edge_attr, member, bond_pos)
+        return edge_type, self._type_table(types, dtype)
+
+    def _type_codes(self, edge_attr: Tensor, member: Tensor, bond_pos: Tensor
+                    ) -> Tuple[Tensor, Tensor]:
+        """``(types [R], edge_type [E])``: the code of every type present
+        (:attr:`PreparedEdges.types`) and every edge's type (data only)."""
         E = member.size(0)
         bond_code = member.new_zeros(E, dtype=torch.long)
         bond_code[bond_pos] = self._bond_codes(edge_attr)
         bits = torch.arange(member.size(1), device=member.device)
         member_code = (member.long() << bits).sum(1)
         radix = self._bond_radix
-        types, edge_type = _unique_small(member_code * radix + bond_code,
-                                         radix << member.size(1))
+        return _unique_small(member_code * radix + bond_code, radix << member.size(1))
+
+    def _type_table(self, types: Tensor, dtype: torch.dtype) -> Tensor:
+        """The edge features of every type ``[R, hidden]`` from its code
+        (:meth:`_type_codes`): the parameters' part, with no data-dependent
+        size (a non-bond type's row is that of code 1, all-zero features,
+        zeroed after the encoder)."""
+        radix = self._bond_radix
+        bits = torch.arange(len(self._set_names()), device=types.device)
         type_bond, type_member = types % radix, types // radix
         table = self.membership(((type_member.unsqueeze(1) >> bits) & 1).to(dtype)) \
             if self.membership is not None else None
         is_bond = type_bond > 0
-        bond_rows = type_bond.new_zeros(types.numel(), len(self._bond_dims))
-        bond_rows[is_bond] = self._bond_features(type_bond[is_bond])
+        bond_rows = self._bond_features(type_bond.clamp(min=1))
         bond = self.bond_encoder(bond_rows) * is_bond.unsqueeze(1).to(dtype)
-        table = bond if table is None else table + bond
-        return edge_type, table
+        return bond if table is None else table + bond
+
+    def _edge_set_name(self) -> str:
+        """What decides the edge set and its type codes, in words
+        (:attr:`PreparedEdges.edge_set`)."""
+        c = self.config
+        k = f", k={c.k}" if "k_hop" in c.patterns else ""
+        return f"{'+'.join(self._set_names())}{k}, features={c.features}"
+
+    def _node_layout(self, ptr: Tensor, graph: Tensor, num_atoms: int
+                     ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+        """``(ptr, virtual, atoms)`` of the nodes attention runs over: with
+        ``pooling="virtual"`` one virtual node is prepended to every graph
+        (``virtual`` [B] its place, ``atoms`` [N] where each atom moved,
+        ``ptr`` shifted); else ``ptr`` as given, no virtual node and
+        ``atoms`` None."""
+        if self.virtual is None:
+            return ptr, ptr.new_zeros(0), None
+        atoms = torch.arange(num_atoms, device=ptr.device) + graph + 1
+        ptr = ptr + torch.arange(ptr.numel(), device=ptr.device)
+        return ptr, ptr[:-1], atoms
+
+    def _prepare_edges(self, ptr: Tensor, bonds: Tensor, graph: Tensor, edge_attr: Tensor,
+                       num_atoms: int) -> PreparedEdges:
+        """The :class:`PreparedEdges` of a batch (its ``ptr``, ``edge_index``,
+        ``batch``, ``edge_attr`` and atom count)."""
+        ptr, virtual, atoms = self._node_layout(ptr, graph, num_atoms)
+        if atoms is not None:
+            bonds = atoms[bonds]
+        num_nodes = num_atoms + virtual.numel()
+        edge_index, member, bond_pos = self._attention_edges(bonds, ptr, num_nodes, virtual)
+        types, edge_type = self._type_codes(edge_attr, member, bond_pos)
+        return PreparedEdges(edge_index, member, edge_type, types,
+                             EdgeSet.row_pointer(edge_index[1], num_nodes),
+                             self._edge_set_name())
+
+    @torch.no_grad()
+    def prepare(self, batch: Batch) -> Batch:
+        """The batch with its attention edge set computed
+        (``batch.prepared_edges``, a :class:`PreparedEdges`): a shallow copy,
+        the given batch is left as it is.
+
+        ``model(batch)`` prepares the batch itself when it is not prepared,
+        with the same results to the bit; preparing it beforehand (once per
+        batch, in a data-loader worker, say) takes every data-dependent size
+        out of the model's compute graph: ``torch.compile(model,
+        dynamic=True)`` of a prepared batch has no graph break under default
+        settings, and :meth:`for_export` exports the model for inference.
+        The preparation holds no parameter (the model's config decides it),
+        so it stays valid while the model trains."""
+        out = copy.copy(batch)
+        out.prepared_edges = self._prepare_edges(batch.ptr, batch.edge_index, batch.batch,
+                                                 batch.edge_attr, batch.x.size(0))
+        return out
+
+    def _prepared_edges(self, batch: Batch, num_atoms: int) -> PreparedEdges:
+        """The batch's :class:`PreparedEdges`, checked against the batch
+        and this model's edge set in eager mode; computed when the batch
+        was not prepared."""
+        prepared = getattr(batch, "prepared_edges", None)
+        if prepared is None:
+            return self._prepare_edges(batch.ptr, batch.edge_index, batch.batch,
+                                       batch.edge_attr, num_atoms)
+        if torch.compiler.is_compiling():
+            return prepared
+        if not isinstance(prepared, PreparedEdges):
+            raise TypeError(f"'batch.prepared_edges' must be a PreparedEdges (from "
+                            f"model.prepare(batch)), got {type(prepared).__name__}")
+        name = self._edge_set_name()
+        if prepared.edge_set != name:
+            raise ValueError(f"the batch was prepared for the edge set {prepared.edge_set!r} "
+                             f"but this model's is {name!r}: prepare it with this model "
+                             f"(model.prepare(batch))")
+        num_nodes = num_atoms + (batch.ptr.numel() - 1 if self.virtual is not None else 0)
+        E = prepared.edge_index.size(1)
+        shapes = {"edge_index": (2, E), "member": (E, len(self._set_names())),
+                  "edge_type": (E,), "ptr": (num_nodes + 1,)}
+        for field, shape in shapes.items():
+            tensor = getattr(prepared, field)
+            if tuple(tensor.shape) != shape:
+                raise ValueError(f"'batch.prepared_edges.{field}' has shape "
+                                 f"{list(tensor.shape)} where the batch's {num_atoms} atoms "
+                                 f"need {list(shape)}: was the batch changed after "
+                                 f"model.prepare(batch)?")
+        return prepared
 
     def forward(self, batch: Batch, return_attention_weights: bool = False,
                 distribution: bool = False):
@@ -425,6 +556,7 @@ class GraphTransformer(torch.nn.Module):
         enter as ``mask_embedding`` ``[hidden]`` instead of their encoded
         features (masked-atom pre-training)."""
         c = self.config
+        prepared = self._prepared_edges(batch, batch.x.size(0))
         x = self.atom_encoder(batch.x)
         if atom_mask is not None:
             x = torch.where(atom_mask.unsqueeze(1), mask_embedding.to(x.dtype), x)
@@ -438,27 +570,25 @@ class GraphTransformer(torch.nn.Module):
             x = x + self.lap(pe)
         ptr, bonds, graph = batch.ptr, batch.edge_index, batch.batch
         num_graphs = ptr.numel() - 1
-        virtual = ptr.new_zeros(0)
-        atoms = None  # where the atoms sit among the nodes (all of them, without virtual ones)
-        if self.virtual is not None:  # prepend one virtual node to every graph
-            new_index = torch.arange(x.size(0), device=x.device) + graph + 1
-            ptr = ptr + torch.arange(num_graphs + 1, device=ptr.device)
-            virtual = ptr[:-1]
-            h = x.new_empty(x.size(0) + num_graphs, x.size(1))
-            h[new_index] = x
-            h[virtual] = self.virtual.to(x.dtype).expand(num_graphs, -1)
-            x, bonds, atoms = h, new_index[bonds], new_index
+        # atoms: where the atoms sit among the nodes (None: all of them, no virtual ones)
+        ptr, virtual, atoms = self._node_layout(ptr, graph, x.size(0))
+        if atoms is not None:  # one virtual node prepended to every graph
+            # index_copy / index_select, not h[atoms] = x: indexing broadcasts, so an
+            # exported program would assume more than one atom and graph
+            h = x.new_empty(x.size(0) + num_graphs, x.size(1)).index_copy(0, atoms, x)
+            h = h.index_copy(0, virtual, self.virtual.to(x.dtype).expand(num_graphs, -1))
+            x, bonds = h, atoms[bonds]
         num_nodes = x.size(0)
-        edge_index, member, bond_pos = self._attention_edges(bonds, ptr, num_nodes, virtual)
-        edge_type, table = self.edge_types(batch.edge_attr, member, bond_pos, x.dtype)
+        edge_index, member = prepared.edge_index, prepared.member
+        table = self._type_table(prepared.types, x.dtype)
         # graph of every node (virtual nodes included), for per-graph padding
         node_graph = ptr2index(ptr, num_nodes)
         if c.edge_update:   # edge states per edge, updated by every block
-            edges = EdgeSet(edge_index, num_nodes, batch=node_graph)
-            e, edge_type = table.index_select(0, edge_type), None
-        else:               # typed edges: one sorted edge set, edge terms per type
-            edges = EdgeSet(edge_index, num_nodes, batch=node_graph, edge_type=edge_type,
-                            num_types=table.size(0))
+            edges = EdgeSet.grouped(edge_index, num_nodes, prepared.ptr, batch=node_graph)
+            e = table.index_select(0, prepared.edge_type)
+        else:               # typed edges: one edge set, edge terms per type
+            edges = EdgeSet.grouped(edge_index, num_nodes, prepared.ptr, batch=node_graph,
+                                    edge_type=prepared.edge_type, num_types=table.size(0))
             e = table
         bond_states = self.bond_encoder(batch.edge_attr) if self.local is not None else None
         weights = []
@@ -470,11 +600,16 @@ class GraphTransformer(torch.nn.Module):
                 weights.append(alpha)
         x = self.final_norm(x)
         if c.pooling == "virtual":
-            g = x[virtual]
+            g = x.index_select(0, virtual)
         else:
             g = scatter(x, graph, dim=0, dim_size=num_graphs, reduce=c.pooling)
-        nodes = x if atoms is None else x[atoms]
+        nodes = x if atoms is None else x.index_select(0, atoms)
         return nodes, g, ((edge_index, member, weights) if return_attention_weights else None)
+
+    def for_export(self, distribution: bool = False) -> "ExportableGraphTransformer":
+        """This model as a function of tensors, for :func:`torch.export.export`
+        (inference): see :class:`ExportableGraphTransformer`."""
+        return ExportableGraphTransformer(self, distribution=distribution)
 
     def __repr__(self) -> str:
         c = self.config
@@ -482,6 +617,117 @@ class GraphTransformer(torch.nn.Module):
                 f"heads={c.heads}, patterns={list(c.patterns)}, pooling={c.pooling!r}, "
                 f"edge_update={c.edge_update}, local={c.local!r}, tasks={c.num_tasks} {c.task}"
                 f"{'' if c.output == 'mean' else f', output={c.output!r}'})")
+
+
+@dataclass
+class _BatchTensors:
+    """The parts of a prepared batch the model reads, as attributes (what
+    :class:`ExportableGraphTransformer` hands the model in place of a
+    ``Batch``)."""
+    x: Tensor
+    edge_attr: Tensor
+    edge_index: Tensor
+    ptr: Tensor
+    batch: Tensor
+    prepared_edges: PreparedEdges
+    rwse: Optional[Tensor] = None
+    lap_pe: Optional[Tensor] = None
+    mol_x: Optional[Tensor] = None
+
+
+#: the batch's tensors :class:`ExportableGraphTransformer` takes, in order,
+#: before the :class:`PreparedEdges` tensors (``rwse``, ``lap_pe`` and
+#: ``mol_x`` only where the model reads them)
+BATCH_INPUTS = ("x", "edge_attr", "edge_index", "ptr", "batch", "rwse", "lap_pe", "mol_x")
+#: the :class:`PreparedEdges` tensors it takes after them, as ``prepared_<name>``
+PREPARED_INPUTS = ("edge_index", "member", "edge_type", "types", "ptr")
+
+
+class ExportableGraphTransformer(torch.nn.Module):
+    """A :class:`GraphTransformer` as a function of tensors, for
+    :func:`torch.export.export`: ``forward(*inputs)`` takes the tensors of a
+    prepared batch (:meth:`inputs`, named by :meth:`input_names`) and gives
+    ``model(batch)`` (``[B, num_tasks]``; with ``distribution=True``,
+    ``model(batch, distribution=True)``).
+
+    Every size (atoms, bonds, graphs, attention edges, edge types) is
+    dynamic in :meth:`dynamic_shapes`, so one exported program serves
+    batches of any size. Export the model in eval mode (dropout off, no
+    random sign flips of ``lap_pe``).
+
+    Example::
+
+        >>> inference = model.eval().for_export()
+        >>> program = inference.export(batch)        # a torch.export.ExportedProgram
+        >>> program.module()(*inference.inputs(other_batch))   # == model(other_batch)
+    """
+
+    def __init__(self, model: GraphTransformer, distribution: bool = False) -> None:
+        super().__init__()
+        self.model = model
+        self.distribution = distribution
+        c = model.config
+        used = {"rwse": c.rwse_steps > 0, "lap_pe": c.lap_pe > 0,
+                "mol_x": model.mol_scaler is not None}
+        self._batch_inputs = tuple(n for n in BATCH_INPUTS if used.get(n, True))
+
+    def input_names(self) -> Tuple[str, ...]:
+        """The name of every positional input of :meth:`forward`, in order."""
+        return self._batch_inputs + tuple(f"prepared_{n}" for n in PREPARED_INPUTS)
+
+    def inputs(self, batch: Batch) -> Tuple[Tensor, ...]:
+        """The tensors :meth:`forward` takes, of ``batch`` (prepared by
+        :meth:`GraphTransformer.prepare` if it is not)."""
+        if getattr(batch, "prepared_edges", None) is None:
+            batch = self.model.prepare(batch)
+        missing = [n for n in self._batch_inputs if getattr(batch, n, None) is None]
+        if missing:
+            raise ValueError(f"the batch has no {missing}, which the model reads")
+        prepared = batch.prepared_edges
+        return tuple(getattr(batch, n) for n in self._batch_inputs) + \
+            tuple(getattr(prepared, n) for n in PREPARED_INPUTS)
+
+    def dynamic_shapes(self) -> Dict[str, Tuple[Dict[int, Any], ...]]:
+        """The ``dynamic_shapes`` argument of :func:`torch.export.export` for
+        :meth:`inputs`: every count of atoms, bonds, graphs, edges and types
+        dynamic (``torch.export.Dim.DYNAMIC``), feature widths fixed."""
+        dynamic = torch.export.Dim.DYNAMIC
+        counts = {"edge_index": {1: dynamic}, "prepared_edge_index": {1: dynamic}}
+        return {"inputs": tuple(counts.get(n, {0: dynamic}) for n in self.input_names())}
+
+    def export(self, batch: Batch) -> torch.export.ExportedProgram:
+        """:func:`torch.export.export` of this module on ``batch``'s
+        :meth:`inputs` with :meth:`dynamic_shapes`, without gradients. Every
+        count of the example batch must be 2 or more (two graphs, bonds,
+        edge types, ...): torch would fix a size of 0 or 1 in the program.
+        The program serves batches of any size, one molecule included."""
+        if self.model.training:
+            raise ValueError("export the model for inference: call model.eval() first")
+        inputs = self.inputs(batch)
+        for name, tensor, dims in zip(self.input_names(), inputs,
+                                      self.dynamic_shapes()["inputs"]):
+            offset = 1 if name.endswith("ptr") else 0    # a row pointer: count + 1
+            small = [d for d in dims if tensor.size(d) - offset < 2]
+            if small:
+                raise ValueError(f"export needs an example batch whose every count is 2 or "
+                                 f"more (torch fixes a count of 0 or 1 in the program): "
+                                 f"'{name}' has size {tensor.size(small[0])} in dim "
+                                 f"{small[0]}, a count of {tensor.size(small[0]) - offset}")
+        # sizes of 0 and 1 are not specialised: one program for a batch of one molecule
+        # too (the sizes are traced as >= 0 where the code allows it)
+        with torch.no_grad(), torch.fx.experimental._config.patch(backed_size_oblivious=True):
+            return torch.export.export(self, inputs, dynamic_shapes=self.dynamic_shapes())
+
+    def forward(self, *inputs: Tensor) -> Tensor:
+        names = self.input_names()
+        if len(inputs) != len(names):
+            raise TypeError(f"expected {len(names)} tensors {names}, got {len(inputs)}")
+        given = dict(zip(names, inputs))
+        prepared = PreparedEdges(*(given[f"prepared_{n}"] for n in PREPARED_INPUTS),
+                                 edge_set=self.model._edge_set_name())
+        batch = _BatchTensors(**{n: given[n] for n in self._batch_inputs},
+                              prepared_edges=prepared)
+        return self.model(batch, distribution=self.distribution)
 
 
 class _LocalGINE(torch.nn.Module):

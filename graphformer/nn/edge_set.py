@@ -9,6 +9,11 @@ every edge. Passing the same :class:`EdgeSet` to several layers
 (``layer(x, edges)`` in place of ``layer(x, edge_index)``) sorts, indexes and
 lays out the edges once instead of once per layer.
 
+:meth:`EdgeSet.grouped` builds one from edges already grouped by target and
+their CSR row pointer computed before (in a data-loader worker, say): then
+nothing of the data is read, and a compiled model takes the edge set as
+input tensors.
+
 Shapes: N_s source and N_t target nodes (N_s = N_t = N for self-attention),
 E edges, B graphs of at most T nodes, R edge types.
 """
@@ -57,6 +62,38 @@ class EdgeSet:
     def __init__(self, edge_index: Tensor, num_nodes: Union[int, Tuple[int, int]],
                  batch: Optional[Tensor] = None, edge_type: Optional[Tensor] = None,
                  num_types: Optional[int] = None) -> None:
+        self._build(edge_index, num_nodes, batch, edge_type, num_types, ptr=None)
+
+    @classmethod
+    def grouped(cls, edge_index: Tensor, num_nodes: Union[int, Tuple[int, int]], ptr: Tensor,
+                batch: Optional[Tensor] = None, edge_type: Optional[Tensor] = None,
+                num_types: Optional[int] = None) -> "EdgeSet":
+        """An edge set whose edges come grouped by target (``edge_index[1]``
+        non-decreasing), with its CSR row pointer computed before: ``ptr``
+        [N_t + 1], the edges into target ``i`` at ``ptr[i]:ptr[i + 1]``
+        (:meth:`row_pointer`). Other arguments as for the constructor.
+
+        The result equals ``EdgeSet(edge_index, ...)``, but its construction
+        reads nothing of the data under torch.compile or torch.export (no
+        sort, no search): a model that takes the edge set's CSR as input
+        builds it this way (see
+        :meth:`graphformer.models.GraphTransformer.prepare`). In eager mode
+        the edges are checked as by the constructor, and that they come
+        grouped by target (``ValueError`` otherwise)."""
+        edges = cls.__new__(cls)
+        edges._build(edge_index, num_nodes, batch, edge_type, num_types, ptr=ptr)
+        return edges
+
+    @staticmethod
+    def row_pointer(target: Tensor, num_dst: int) -> Tensor:
+        """The CSR row pointer [N_t + 1] of edges grouped by target, from
+        their targets ``target`` [E] (non-decreasing): what
+        :meth:`grouped` takes."""
+        return EdgeCSR.from_sorted(target, target, num_dst, num_dst).ptr   # (col unused)
+
+    def _build(self, edge_index: Tensor, num_nodes: Union[int, Tuple[int, int]],
+               batch: Optional[Tensor], edge_type: Optional[Tensor], num_types: Optional[int],
+               ptr: Optional[Tensor]) -> None:
         check_edge_index(edge_index)
         if isinstance(num_nodes, tuple):
             if len(num_nodes) != 2:
@@ -104,17 +141,35 @@ class EdgeSet:
 
         src, dst = edge_index[0], edge_index[1]
         perm = None
-        # whether the edges came grouped reads data: under torch.compile they are sorted
-        # anyway (a stable sort of grouped edges keeps their order: same values)
-        if torch.compiler.is_compiling() or (E > 1 and not bool((dst[1:] >= dst[:-1]).all())):
-            perm = torch.sort(dst, stable=True)[1]
-            src, dst = src.index_select(0, perm), dst.index_select(0, perm)
+        compiling = torch.compiler.is_compiling()
+        # (compiling first: E < 2 would fix E's range in a compiled graph)
+        grouped = compiling or E < 2 or bool((dst[1:] >= dst[:-1]).all())
+        if ptr is not None:
+            if not isinstance(ptr, Tensor) or ptr.dtype != torch.long \
+                    or ptr.shape != (num_dst + 1,):
+                raise ValueError(f"'ptr' must be a torch.long tensor [N_t + 1] = "
+                                 f"[{num_dst + 1}], got "
+                                 f"{getattr(ptr, 'dtype', type(ptr).__name__)} "
+                                 f"{list(getattr(ptr, 'shape', []))}")
+            if not grouped:
+                e = int((dst[1:] < dst[:-1]).nonzero()[0]) + 1
+                raise ValueError(f"EdgeSet.grouped: the edges are not grouped by target: "
+                                 f"edge {e} has target {int(dst[e])} after "
+                                 f"{int(dst[e - 1])}")
+            csr = EdgeCSR(ptr, src, num_src, row=dst)
+        else:
+            # whether the edges came grouped reads data: under torch.compile they are
+            # sorted anyway (a stable sort of grouped edges keeps their order: same values)
+            if compiling or not grouped:
+                perm = torch.sort(dst, stable=True)[1]
+                src, dst = src.index_select(0, perm), dst.index_select(0, perm)
+            csr = EdgeCSR.from_sorted(dst, src, num_dst, num_src)
         self.edge_index = edge_index
         self.num_src, self.num_dst = num_src, num_dst
         self.bipartite = bipartite
         #: ``sorted = given[perm]``; None when the edges came grouped by target
         self.perm = perm
-        self.csr = EdgeCSR.from_sorted(dst, src, num_dst, num_src)
+        self.csr = csr
         self.batch = None if bipartite or batch is None else batch.long().contiguous()
         self.edge_type = self.to_sorted(edge_type) if edge_type is not None else None
         self.num_types = num_types

@@ -76,45 +76,72 @@ def training_step(model, batch):
     return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
 
-#: what compiling the model needs: its edge set's size (the pairs of every
-#: graph) and its edge-type count are read off the data, as unbacked sizes
-DATA_DEPENDENT_SIZES = {"capture_scalar_outputs": True, "capture_dynamic_output_shape_ops": True}
+def other_molecules():
+    """A batch of other sizes and other edge types than :func:`molecules`."""
+    t = encodings(GraphTransformerConfig().rwse_steps)
+    return Batch.from_data_list([t(from_smiles(s))
+                                 for s in ["CC#N", "c1ccncc1", "ClCCBr", "O=S(=O)(O)O"]])
+
+
+def test_dynamo_runs_with_its_default_settings():
+    """The compile tests below run under torch's default dynamo settings:
+    data-dependent sizes are not captured (a prepared batch has none)."""
+    assert torch._dynamo.config.capture_scalar_outputs is False
+    assert torch._dynamo.config.capture_dynamic_output_shape_ops is False
 
 
 @pytest.mark.slow
-def test_default_molecule_model_training_step_compiles_whole_on_the_kernels():
+def test_default_molecule_model_training_step_on_prepared_batches_compiles_whole():
     """The default molecule model's training step (forward, loss, backward)
-    under torch.compile with dynamic shapes and data-dependent sizes
-    captured: no graph break at all (the input checks are eager-only, the
-    edge set's sizes are unbacked symbols), the attention runs the fused_cpu
-    custom ops inside the graph, and loss and gradients equal eager mode's;
-    another batch of other sizes and edge types compiles nothing new."""
+    on a prepared batch (model.prepare: the edge set computed outside the
+    model) under torch.compile with dynamic shapes and dynamo's default
+    settings: no graph break at all (the input checks are eager-only, every
+    size is an input's), the attention runs the fused_cpu custom ops inside
+    the graph, and loss and gradients equal eager mode's; another batch of
+    other sizes and edge types compiles nothing new."""
     torch.manual_seed(0)
     model = GraphTransformer(GraphTransformerConfig()).train()
+    batch = model.prepare(molecules())
+    explanation = torch._dynamo.explain(model)(batch)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert len(explanation.graphs) == 1
+    assert "graphformer.fused_attention" in ops_in(explanation.graphs)
+    ref_loss, ref_grads = training_step(model, batch)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled = torch.compile(model, backend="aot_eager", dynamic=True, fullgraph=True)
+    loss, grads = training_step(compiled, batch)
+    assert sum(torch._dynamo.utils.counters["graph_break"].values()) == 0
+    torch.testing.assert_close(loss, ref_loss)
+    assert len(grads) == len(ref_grads) > 0
+    for ours, ref in zip(grads, ref_grads):
+        torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-4)
+    # another batch (other sizes, other edge types): no recompilation
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    other = compiled.prepare(other_molecules())
+    other_loss, _ = training_step(compiled, other)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+    torch.testing.assert_close(other_loss, training_step(model, other)[0])
+    assert sum(torch._dynamo.utils.counters["graph_break"].values()) == 0
+
+
+@pytest.mark.slow
+def test_default_molecule_model_compiles_on_unprepared_batches_too():
+    """An unprepared batch (the model computes its edge set itself) still
+    compiles, with graph breaks around the data-dependent sizes of the edge
+    set, and gives eager mode's loss and gradients (a one-block model:
+    the breaks are before the blocks)."""
+    torch.manual_seed(0)
+    model = GraphTransformer(GraphTransformerConfig(hidden=16, layers=1, heads=2)).train()
     batch = molecules()
-    with torch._dynamo.config.patch(**DATA_DEPENDENT_SIZES):
-        explanation = torch._dynamo.explain(model)(batch)
-        assert explanation.graph_break_count == 0, explanation.break_reasons
-        assert len(explanation.graphs) == 1
-        assert "graphformer.fused_attention" in ops_in(explanation.graphs)
-        ref_loss, ref_grads = training_step(model, batch)
-        torch._dynamo.reset()
-        torch._dynamo.utils.counters.clear()
-        compiled = torch.compile(model, backend="aot_eager", dynamic=True, fullgraph=True)
-        loss, grads = training_step(compiled, batch)
-        assert sum(torch._dynamo.utils.counters["graph_break"].values()) == 0
-        torch.testing.assert_close(loss, ref_loss)
-        assert len(grads) == len(ref_grads) > 0
-        for ours, ref in zip(grads, ref_grads):
-            torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-4)
-        # another batch (other sizes, other edge types): no recompilation
-        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-        other = Batch.from_data_list([encodings(16)(from_smiles(s))
-                                      for s in ["CC#N", "c1ccncc1", "ClCCBr", "O=S(=O)(O)O"]])
-        other_loss, _ = training_step(compiled, other)
-        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
-        torch.testing.assert_close(other_loss, training_step(model, other)[0])
-        assert sum(torch._dynamo.utils.counters["graph_break"].values()) == 0
+    ref_loss, ref_grads = training_step(model, batch)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="aot_eager", dynamic=True)
+    loss, grads = training_step(compiled, batch)
+    torch.testing.assert_close(loss, ref_loss)
+    assert len(grads) == len(ref_grads) > 0
+    for ours, ref in zip(grads, ref_grads):
+        torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-4)
 
 
 class _TypedAttention(torch.nn.Module):
