@@ -412,35 +412,45 @@ INLINE void backward_source_row(
  * op 2: its backward, out = grad * keep * scale * gelu'(in), with
  *       gelu'(x) = Phi(x) + x exp(-x^2 / 2) / sqrt(2 pi) (as torch's GELU backward). */
 template <typename T>
+INLINE void dropout_chunks(int64_t first, int64_t last, int64_t n, int64_t op, const T* in,
+                           const T* grad, T* out, uint64_t seed, uint16_t thr, T s) {
+    const T beta = (T)0.39894228040143267794;   /* 1 / sqrt(2 pi) */
+    for (int64_t chunk = first; chunk < last; chunk++) {
+        uint64_t hashes[64];
+        uint16_t slices[256];
+        for (int64_t k = 0; k < 64; k++) hashes[k] = splitmix64(seed, (uint64_t)(chunk * 64 + k));
+        std::memcpy(slices, hashes, sizeof slices);
+        const int64_t x0 = chunk * 256, m = n - x0 < 256 ? n - x0 : 256;
+        const T* xs = in + x0;
+        T* o = out + x0;
+        if (op == 0)
+            for (int64_t r = 0; r < m; r++) o[r] = slices[r] >= thr ? xs[r] * s : (T)0;
+        else if (op == 1)
+            for (int64_t r = 0; r < m; r++) {
+                T g;
+                const T y = xs[r] * phi_t(xs[r], &g);
+                o[r] = slices[r] >= thr ? y * s : (T)0;
+            }
+        else
+            for (int64_t r = 0; r < m; r++) {
+                T g;
+                const T d = phi_t(xs[r], &g) + xs[r] * beta * g;
+                o[r] = slices[r] >= thr ? grad[x0 + r] * s * d : (T)0;
+            }
+    }
+}
+
+/* The chunks run in a function of their own, which takes every value as a
+ * parameter: read through a lambda's captures by reference, the scale could
+ * alias the output (as far as the compiler knows), which stops the loops
+ * vectorising. */
+template <typename T>
 void dropout_kernel(int64_t n, int64_t op, const T* in, const T* grad, T* out, uint64_t seed,
                     uint64_t threshold, double scale) {
-    const T s = (T)scale, beta = (T)0.39894228040143267794;   /* 1 / sqrt(2 pi) */
+    const T s = (T)scale;
     const uint16_t thr = (uint16_t)threshold;
     at::parallel_for(0, (n + 255) / 256, 256, [&](int64_t first, int64_t last) {
-        for (int64_t chunk = first; chunk < last; chunk++) {
-            uint64_t hashes[64];
-            uint16_t slices[256];
-            for (int64_t k = 0; k < 64; k++)
-                hashes[k] = splitmix64(seed, (uint64_t)(chunk * 64 + k));
-            std::memcpy(slices, hashes, sizeof slices);
-            const int64_t x0 = chunk * 256, m = n - x0 < 256 ? n - x0 : 256;
-            const T* xs = in + x0;
-            T* o = out + x0;
-            if (op == 0)
-                for (int64_t r = 0; r < m; r++) o[r] = slices[r] >= thr ? xs[r] * s : (T)0;
-            else if (op == 1)
-                for (int64_t r = 0; r < m; r++) {
-                    T g;
-                    const T y = xs[r] * phi_t(xs[r], &g);
-                    o[r] = slices[r] >= thr ? y * s : (T)0;
-                }
-            else
-                for (int64_t r = 0; r < m; r++) {
-                    T g;
-                    const T d = phi_t(xs[r], &g) + xs[r] * beta * g;
-                    o[r] = slices[r] >= thr ? grad[x0 + r] * s * d : (T)0;
-                }
-        }
+        dropout_chunks<T>(first, last, n, op, in, grad, out, seed, thr, s);
     });
 }
 
@@ -499,9 +509,13 @@ Tensor dropout_multiplier(int64_t seed, int64_t heads, int64_t num_edges, double
     by_dtype(out, "dtype", [&](auto zero) {
         using T = decltype(zero);
         T* o = out.data_ptr<T>();
-        at::parallel_for(0, heads * num_edges, 16384, [&](int64_t first, int64_t last) {
+        const T keep = (T)keep_mult;
+        const uint64_t thr = threshold;
+        /* by value: a store to o[x] could alias a captured reference */
+        at::parallel_for(0, heads * num_edges, 16384, [=](int64_t first, int64_t last) {
+            const T kept = keep;
             for (int64_t x = first; x < last; x++)
-                o[x] = keep_edge((uint64_t)seed, (uint64_t)x, threshold) ? (T)keep_mult : (T)0;
+                o[x] = keep_edge((uint64_t)seed, (uint64_t)x, thr) ? kept : (T)0;
         });
         return 0;
     });
