@@ -2,6 +2,7 @@
 a chosen edge set, a pooling readout and a prediction head."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from dataclasses import asdict, dataclass
@@ -691,7 +692,10 @@ class ExportableGraphTransformer(torch.nn.Module):
         """The ``dynamic_shapes`` argument of :func:`torch.export.export` for
         :meth:`inputs`: every count of atoms, bonds, graphs, edges and types
         dynamic (``torch.export.Dim.DYNAMIC``), feature widths fixed."""
-        dynamic = torch.export.Dim.DYNAMIC
+        dynamic = getattr(torch.export.Dim, "DYNAMIC", None)
+        if dynamic is None:
+            raise RuntimeError(f"exporting the model needs torch.export.Dim.DYNAMIC, which "
+                               f"torch {torch.__version__} lacks: upgrade torch")
         counts = {"edge_index": {1: dynamic}, "prepared_edge_index": {1: dynamic}}
         return {"inputs": tuple(counts.get(n, {0: dynamic}) for n in self.input_names())}
 
@@ -714,8 +718,12 @@ class ExportableGraphTransformer(torch.nn.Module):
                                  f"'{name}' has size {tensor.size(small[0])} in dim "
                                  f"{small[0]}, a count of {tensor.size(small[0]) - offset}")
         # sizes of 0 and 1 are not specialised: one program for a batch of one molecule
-        # too (the sizes are traced as >= 0 where the code allows it)
-        with torch.no_grad(), torch.fx.experimental._config.patch(backed_size_oblivious=True):
+        # too (the sizes are traced as >= 0 where the code allows it); a torch without
+        # the setting gives a program for counts of 2 or more
+        fx_config = torch.fx.experimental._config
+        oblivious = fx_config.patch(backed_size_oblivious=True) \
+            if hasattr(fx_config, "backed_size_oblivious") else contextlib.nullcontext()
+        with torch.no_grad(), oblivious:
             return torch.export.export(self, inputs, dynamic_shapes=self.dynamic_shapes())
 
     def forward(self, *inputs: Tensor) -> Tensor:
