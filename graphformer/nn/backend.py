@@ -19,9 +19,9 @@ function, where it runs, what it needs):
   (:mod:`graphformer.nn.fused_record`, written by ``scripts/gpu_check.py``);
   until then it runs when named.
 - ``"fused_cpu"`` (:func:`graphformer.nn.fused_cpu.fused_cpu_backend`): the
-  same idea on the CPU, as C kernels (:mod:`graphformer.nn.cpu_kernels`,
-  compiled on first use), with attention dropout (a counter-based hash) and
-  the typed edge terms read per edge from node-by-type tables; needs a C
+  same idea on the CPU, as C++ kernels (:mod:`graphformer.nn.cpu_kernels`,
+  built on first use), with attention dropout (a counter-based hash) and
+  the typed edge terms read per edge from node-by-type tables; needs a C++
   compiler (``GRAPHFORMER_CPU_KERNELS=0`` turns it off).
 - ``"propagate"``: the calling layer's PyG ``MessagePassing.propagate`` with
   per-edge messages (E×H×C tensors). Slowest; used in PyG's explain mode,
@@ -140,7 +140,7 @@ _BACKENDS: Dict[str, Backend] = {b.name: b for b in (
             "attention dropout in training; 'auto' picks it only once its tests have passed "
             "on a GPU (scripts/gpu_check.py)"),
     Backend("fused_cpu", fused_cpu_backend, fused_cpu_available,
-            "the CPU, float32 or float64, and the C kernels built (a C compiler with OpenMP; "
+            "the CPU, float32 or float64, and the C++ kernels built (a C++ compiler and ninja; "
             "GRAPHFORMER_CPU_KERNELS=0 turns them off)"),
     Backend("propagate", _message_passing, _anywhere,
             "any device; a message-passing layer (RelationalAttention)"),

@@ -1,4 +1,4 @@
-r"""Fused attention over an edge set on the CPU, as C kernels.
+r"""Fused attention over an edge set on the CPU, as C++ kernels.
 
 The CPU counterpart of :mod:`graphformer.nn.fused`: one pass over each
 target's incoming edges (CSR over targets: the edges into target :math:`i`
