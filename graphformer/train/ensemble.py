@@ -136,7 +136,8 @@ def train_ensemble(cfg: Optional[RunConfig], run_dir: Path, saved: Optional[RunC
 def side_by_side(cfg: RunConfig, world: int, members: int) -> Tuple[int, int]:
     """``(processes, threads of each)`` for training ``members`` members side
     by side (``train.member_processes``): more than one process only on the
-    CPU, where processes fork (Linux), outside torchrun. Its default (0)
+    CPU and on Linux (the processes fork: macOS's system libraries are not
+    safe to fork), outside torchrun. Its default (0)
     uses as many processes as the cores allow when ``train.threads`` is 0
     (torch's default, whose second thread barely speeds up a molecule
     batch), each on ``cores // processes`` threads; an explicit
@@ -145,8 +146,7 @@ def side_by_side(cfg: RunConfig, world: int, members: int) -> Tuple[int, int]:
     asked, threads = cfg.train.member_processes, cfg.train.threads
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
         else (os.cpu_count() or 1)
-    if asked == 1 or members < 2 or world > 1 or \
-            "fork" not in multiprocessing.get_all_start_methods() or \
+    if asked == 1 or members < 2 or world > 1 or not sys.platform.startswith("linux") or \
             resolve_device(cfg.train.device).type != "cpu":
         return 1, threads
     if asked == 0:
