@@ -4,7 +4,7 @@ The floors (DEVELOPERS.md, "Layout and floors"), lowest first:
 ``patterns`` / ``nn`` → ``data`` → ``datasets`` → ``models`` / ``rasp`` →
 ``train`` → ``cli``. A module imports only from its floor or the floors
 below it. The shared modules below every floor (``_checks``, ``errors``,
-``_files``, ``_settings``) import no floor. ``viz`` (pictures of molecules
+``_files``, ``_settings``, ``_process``) import no floor. ``viz`` (pictures of molecules
 and their attention, for ``graphformer explain``) sits beside ``models``.
 ``graphformer/__init__.py`` and ``__main__.py`` stand above every floor.
 
@@ -26,7 +26,7 @@ import graphformer
 PACKAGE = Path(graphformer.__file__).resolve().parent
 FLOORS = {"patterns": 0, "nn": 0, "data": 1, "datasets": 2, "models": 3, "rasp": 3,
           "viz": 3, "train": 4, "cli": 5}
-SHARED = {"_checks", "errors", "_files", "_settings"}
+SHARED = {"_checks", "errors", "_files", "_settings", "_process"}
 ABOVE = {"__init__", "__main__"}
 
 #: module name -> (file, whether it is a package's ``__init__``)

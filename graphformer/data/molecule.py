@@ -2,10 +2,7 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import multiprocessing
-import os
-import signal
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Union
@@ -16,6 +13,7 @@ from ogb.utils.features import atom_to_feature_vector, bond_to_feature_vector
 from rdkit import Chem, rdBase
 from torch_geometric.data import Data
 
+from .._process import end_with_parent, usable_cores
 from ..errors import DataError
 from .descriptors import molecule_features, set_values
 
@@ -163,16 +161,6 @@ def _set_features_of(job) -> Optional[List[float]]:
     return set_values(mol, sets)
 
 
-def _worker_start() -> None:
-    """In each worker: end with this process (Linux), so that a worker
-    never outlives a caller that was killed, holding its output open."""
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-
-
 #: Below this many molecules the descriptors are computed in-process (worker
 #: processes cost more to start than they save).
 PARALLEL_ABOVE = 256
@@ -210,14 +198,13 @@ def iter_molecule_set_features(smiles: Sequence[str], sets: Sequence[str],
     instead of leaving the caller waiting."""
     jobs = [(s, tuple(sets)) for s in smiles]
     if workers is None:
-        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-            else (os.cpu_count() or 1)
+        workers = usable_cores()
     if workers <= 1 or len(jobs) <= PARALLEL_ABOVE or not sets:
         yield map(_set_features_of, jobs)
         return
     method = "fork" if sys.platform.startswith("linux") else None
     executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
-                                   initializer=_worker_start)
+                                   initializer=end_with_parent)
     try:
         yield executor.map(_set_features_of, jobs, chunksize=16)
     finally:

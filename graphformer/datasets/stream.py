@@ -29,12 +29,9 @@ screening files larger than memory (``graphformer predict`` and
 from __future__ import annotations
 
 import collections
-import contextlib
 import csv
 import hashlib
-import ctypes
 import multiprocessing
-import signal
 import sys
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -46,6 +43,7 @@ import pandas as pd
 import torch
 from torch_geometric.data import Batch
 
+from .._process import end_with_parent
 from ..data.encodings import encodings
 from ..data.molecule import from_smiles
 from ..errors import DataError, UsageError
@@ -342,9 +340,7 @@ def _worker_start() -> None:
     """In each worker: one thread (the workers are the parallelism), and
     end with the caller (Linux ``PR_SET_PDEATHSIG``), never outliving it."""
     torch.set_num_threads(1)
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+    end_with_parent()
 
 
 def featurise(items: Iterable[Piece], featuriser: Featuriser, workers: int = 0

@@ -27,13 +27,10 @@ removes them (:mod:`graphformer.train.run_dir`).
 """
 from __future__ import annotations
 
-import ctypes
 import json
 import math
 import multiprocessing
-import os
 import pickle
-import signal
 import sys
 import traceback
 from dataclasses import replace
@@ -42,6 +39,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch.distributed as dist
 
+from .._process import end_with_parent, usable_cores
 from ..errors import DataError
 from ..models import Ensemble
 from . import loop  # each member is one model's run of loop.train_model
@@ -144,8 +142,7 @@ def side_by_side(cfg: RunConfig, world: int, members: int) -> Tuple[int, int]:
     ``train.threads`` keeps the members one after the other unless
     ``member_processes`` asks otherwise."""
     asked, threads = cfg.train.member_processes, cfg.train.threads
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-        else (os.cpu_count() or 1)
+    cores = usable_cores()
     if asked == 1 or members < 2 or world > 1 or not sys.platform.startswith("linux") or \
             resolve_device(cfg.train.device).type != "cpu":
         return 1, threads
@@ -185,10 +182,7 @@ def _member_process(job: _MemberJob, prepared: Optional[Prepared], progress: boo
                     results: Any) -> None:
     """The body of a member's process: its run, and how it ended, sent to
     the parent as ``(k, "done" | "interrupted" | "error", summary or error)``."""
-    try:   # ends with the parent (PR_SET_PDEATHSIG), as the descriptor workers do
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
+    end_with_parent()
     try:
         summary = job.run(prepared, progress, label=f"member {job.k}: ")
         results.put((job.k, "done", summary))

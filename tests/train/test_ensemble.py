@@ -194,12 +194,13 @@ def test_members_side_by_side_stop_together_and_resume(tmp_path, tiny_csv, monke
 
 
 def test_who_trains_side_by_side():
+    from graphformer._process import usable_cores
     from graphformer.train.ensemble import side_by_side
 
     def cfg(**train):
         return SimpleNamespace(train=TrainConfig(**{"device": "cpu", **train}))
 
-    cores = len(__import__("os").sched_getaffinity(0))
+    cores = usable_cores()
     if cores < 2:
         pytest.skip("one core")
     assert side_by_side(cfg(threads=0), 1, 2) == (2, cores // 2)
