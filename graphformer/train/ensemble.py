@@ -34,6 +34,7 @@ import pickle
 import sys
 import traceback
 from dataclasses import replace
+from multiprocessing import connection
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -109,7 +110,8 @@ def train_ensemble(cfg: Optional[RunConfig], run_dir: Path, saved: Optional[RunC
         jobs = [_MemberJob(k, member_config(cfg, k), member_dir(run_dir, k), resume)
                 for k in range(k_total)]
         processes_, threads = side_by_side(cfg, world, k_total)
-        todo = [job for job in jobs if job.finished() is None]
+        done = {job.k: summary for job in jobs if (summary := job.finished()) is not None}
+        todo = [job for job in jobs if job.k not in done]
         if processes_ > 1 and len(todo) > 1:
             for job in todo:
                 job.cfg = replace(job.cfg, train=replace(job.cfg.train, threads=threads))
@@ -117,15 +119,14 @@ def train_ensemble(cfg: Optional[RunConfig], run_dir: Path, saved: Optional[RunC
                 print(f"ensemble: {len(todo)} members side by side in {min(processes_, len(todo))}"
                       f" processes of {threads} thread(s) each (--member-processes 1: one after "
                       f"the other)", file=sys.stderr)
-            done = _train_side_by_side(todo, processes_, prepared, progress)
+            done.update(_train_side_by_side(todo, processes_, prepared, progress))
         else:
-            done = {}
             for job in todo:
                 if show:
                     print(f"ensemble member {job.k + 1}/{k_total} (seed {job.cfg.train.seed}) "
                           f"in {job.folder}", file=sys.stderr)
                 done[job.k] = job.run(prepared, progress)
-        members = [done[job.k] if job.k in done else job.finished() for job in jobs]
+        members = [done[job.k] for job in jobs]
         if world > 1:   # rank 0 has written the last member's best.pt before any rank reads it
             dist.barrier()
         return _finish(cfg, run_dir, members, writer, prepared)
@@ -179,34 +180,36 @@ class _MemberJob:
 
 
 def _member_process(job: _MemberJob, prepared: Optional[Prepared], progress: bool,
-                    results: Any) -> None:
+                    result: Any) -> None:
     """The body of a member's process: its run, and how it ended, sent to
-    the parent as ``(k, "done" | "interrupted" | "error", summary or error)``."""
+    the parent on the pipe ``result`` as ``("done" | "interrupted" |
+    "error", summary or error)``."""
     end_with_parent()
     try:
         summary = job.run(prepared, progress, label=f"member {job.k}: ")
-        results.put((job.k, "done", summary))
+        result.send(("done", summary))
     except KeyboardInterrupt:
-        results.put((job.k, "interrupted", None))
+        result.send(("interrupted", None))
     except BaseException as err:   # sent whole when it pickles, else as text
         try:
             pickle.dumps(err)
         except Exception:
             err = RuntimeError(f"ensemble member {job.k}: {type(err).__name__}: {err}\n"
                                f"{traceback.format_exc()}")
-        results.put((job.k, "error", err))
+        result.send(("error", err))
 
 
 def _train_side_by_side(jobs: List[_MemberJob], processes: int, prepared: Optional[Prepared],
                         progress: bool) -> Dict[int, Dict[str, Any]]:
     """Train ``jobs`` in at most ``processes`` forked processes at a time
     (each inherits the prepared data; nothing is pickled but the results).
-    Every member runs to its end; then the first error is raised, or
+    Every member runs to its end; then the first error is raised (a member
+    whose process died without a word, killed for memory say, is one), or
     KeyboardInterrupt when a member (or this process) was interrupted: each
     member's ``last.pt`` is where ``--resume`` continues it."""
     context = multiprocessing.get_context("fork")
-    results = context.SimpleQueue()
-    waiting, running = list(jobs), {}
+    waiting = list(jobs)
+    running: Dict[Any, Tuple[int, Any]] = {}   # result pipe -> (member, process)
     done: Dict[int, Dict[str, Any]] = {}
     failures: List[BaseException] = []
     interrupted = False
@@ -214,12 +217,23 @@ def _train_side_by_side(jobs: List[_MemberJob], processes: int, prepared: Option
         while waiting or running:
             while waiting and len(running) < processes:
                 job = waiting.pop(0)
+                reader, writer = context.Pipe(duplex=False)
                 proc = context.Process(target=_member_process,
-                                       args=(job, prepared, progress, results), daemon=False)
+                                       args=(job, prepared, progress, writer), daemon=False)
                 proc.start()
-                running[job.k] = proc
-            k, status, value = results.get()
-            running.pop(k).join()
+                writer.close()     # the member's copy is the only one: its end is EOF here
+                running[reader] = (job.k, proc)
+            reader = connection.wait(list(running))[0]
+            k, proc = running.pop(reader)
+            try:
+                status, value = reader.recv()
+            except EOFError:
+                proc.join()
+                status, value = "error", RuntimeError(
+                    f"ensemble member {k}: its process ended without a result (exit code "
+                    f"{proc.exitcode}; killed for memory?); --resume continues it")
+            reader.close()
+            proc.join()
             if status == "done":
                 done[k] = value
             elif status == "interrupted":
@@ -227,7 +241,7 @@ def _train_side_by_side(jobs: List[_MemberJob], processes: int, prepared: Option
             else:
                 failures.append(value)
     except KeyboardInterrupt:   # Ctrl-C reached the members too; let them stop
-        for proc in running.values():
+        for _, proc in running.values():
             proc.join(timeout=60)
             if proc.is_alive():
                 proc.terminate()

@@ -211,3 +211,25 @@ def test_who_trains_side_by_side():
     assert side_by_side(cfg(threads=0), 1, 1) == (1, 0)          # one model
     with pytest.raises(ConfigError, match="member_processes"):
         TrainConfig(member_processes=-1)
+
+
+def test_a_member_process_that_dies_is_an_error_not_a_hang(tmp_path, tiny_csv, monkeypatch):
+    """A member's process that ends without a word (killed for memory, say)
+    stops the ensemble with an error naming the member and its exit code,
+    once the other member has finished; nothing waits for it for ever."""
+    import os
+
+    cfg = tiny_config(tiny_csv, tmp_path / "cache", epochs=1, ensemble=2, member_processes=2)
+    real = loop.train_model
+
+    def member_1_dies(member_cfg, folder, **kwargs):
+        if folder.name == "member-1":
+            os._exit(7)
+        return real(member_cfg, folder, **kwargs)
+
+    monkeypatch.setattr(loop, "train_model", member_1_dies)
+    with pytest.raises(RuntimeError, match=r"ensemble member 1: its process ended without a "
+                                           r"result \(exit code 7"):
+        train(cfg, tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "member-0" / "best.pt").is_file()
+    assert not (tmp_path / "run" / "best.pt").exists()
