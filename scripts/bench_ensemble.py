@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -65,9 +64,8 @@ def measure(args: argparse.Namespace) -> Dict[str, Any]:
     sys.path.insert(0, str(HERE))
     from bench_training import machine_line
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {"dataset": args.dataset, "epochs": args.epochs, "repeats": args.repeats,
-            "cores": cores, "machine": machine_line(0).replace(", 0 threads", ""), "times": times,
+            "machine": machine_line(None), "times": times,
             "median": {name: statistics.median(t) for name, t in times.items()}}
 
 

@@ -67,7 +67,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from chemprop_peer import run_chemprop  # noqa: E402  (a sibling script module)
 
 
-def machine_line(threads: int) -> str:
+def machine_line(threads: Optional[int]) -> str:
+    """The CPU, its cores, torch, the threads (left out for None: runs that
+    differ in them) and Python, for a benchmark's table."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -77,7 +79,8 @@ def machine_line(threads: int) -> str:
     except OSError:
         pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (f"{cpu}, {cores} cores, torch {torch.__version__}, {threads} threads, "
+    threads_part = "" if threads is None else f"{threads} threads, "
+    return (f"{cpu}, {cores} cores, torch {torch.__version__}, {threads_part}"
             f"Python {platform.python_version()}")
 
 
