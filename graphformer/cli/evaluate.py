@@ -153,7 +153,7 @@ def _uncertainty(model: torch.nn.Module, prepared: Any, state: Dict[str, Any],
                "calibration existed, holds none)")
     coverage = args.interval if args.interval is not None else DEFAULT_COVERAGE
     out: Dict[str, Any] = {"spread": spread_of(model), "calibration": how,
-                           "zscale": calibration.zscale}
+                           "zscale": calibration.zscale, "floor": calibration.floor}
     for part, values in parts.items():
         out[part] = uncertainty_metrics(*values, calibration, coverage)
     return out

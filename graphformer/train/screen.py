@@ -98,15 +98,16 @@ class SpreadColumns:
     - ``<name>_std``: the predictive standard deviation in target units
       (:func:`~graphformer.train.uncertainty.predict_distribution`: an
       ensemble's population std over its members plus the members' own
-      variances), **calibrated**: times the ``calibration``'s z-scale, so a
-      Gaussian of that std fits the validation part's errors. Without a
+      variances), **calibrated**: ``sqrt((s * std)**2 + b**2)`` with the
+      ``calibration``'s scale and floor, so a Gaussian of that std fits the
+      validation part's errors. Without a
       ``calibration`` (a checkpoint written before calibration was saved) it
       is the model's raw, uncalibrated spread;
     - with ``coverage``: ``<name>_low`` and ``<name>_high``, the central
       interval of that coverage by ``method``
       (:func:`~graphformer.train.uncertainty.interval`): ``conformal``
       (split conformal on the validation part's normalised residuals:
-      ``mean -/+ q * raw std``), ``zscale`` (``mean -/+ z * <name>_std``, z
+      ``mean -/+ q * <name>_std``), ``zscale`` (``mean -/+ z * <name>_std``, z
       the standard normal's quantile) or ``gaussian`` (``mean -/+ z * raw
       std``, uncalibrated; the only one without a ``calibration``).
     """
@@ -130,8 +131,7 @@ class SpreadColumns:
     def columns(self, mean: Tensor, std: Tensor, names: Sequence[str]) -> Dict[str, Tensor]:
         """The columns of predictions ``mean`` with raw standard deviations
         ``std`` (``[B, T]``, target units), target by target."""
-        scaled = std if self.calibration is None else \
-            std * torch.tensor(self.calibration.zscale, dtype=std.dtype, device=std.device)
+        scaled = std if self.calibration is None else self.calibration.calibrated(std)
         parts = [mean, scaled]
         if self.coverage is not None:
             parts += list(interval(mean, std, self.calibration, self.coverage, self.method))

@@ -99,45 +99,55 @@ def predicted(ckpt, src, out, *flags):
 
 
 def zscale_and_q(ckpt, coverage):
-    """The saved calibration's z-scale and split conformal quantile of task 0."""
+    """The saved calibration's scale, floor and split conformal quantile of task 0."""
     calibration = Calibration.from_dict(load_checkpoint(ckpt)["calibration"])
     scores = calibration.scores[0]
     k = math.ceil((scores.numel() + 1) * coverage - 1e-9)
     assert k <= scores.numel()
-    return calibration.zscale[0], float(scores[k - 1])
+    return calibration.zscale[0], calibration.floor[0], float(scores[k - 1])
+
+
+def calibrated(sigma, s, b):
+    """The calibrated std of raw ``sigma``: sqrt((s sigma)^2 + b^2)."""
+    return np.sqrt((s * np.asarray(sigma)) ** 2 + b ** 2)
 
 
 # --------------------------------------------------------------------------- values
 
-def test_an_ensembles_std_is_its_members_population_std_times_the_zscale(ensemble, source,
-                                                                         tmp_path):
+def test_an_ensembles_std_is_its_members_population_std_calibrated(ensemble, source,
+                                                                   tmp_path):
     frame = predicted(ensemble, source, tmp_path / "p.csv", "--chunk-size", "7")
     assert list(frame.columns) == ["row", "smiles", "y", "y_std"]
     state, cfg, model = load_run(ensemble)
     with torch.no_grad():
         members = torch.stack([m(batch_of(cfg, SMILES[:30]))[:, 0] for m in model.members])
     members = members * state["y_std"] + state["y_mean"]
-    s, _ = zscale_and_q(ensemble, 0.9)
-    assert s != pytest.approx(1.0)                # the scaling is visible
+    s, b, _ = zscale_and_q(ensemble, 0.9)
+    assert s != pytest.approx(1.0) or b > 0       # the calibration is visible
     np.testing.assert_allclose(frame["y"], members.mean(0).numpy(), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(frame["y_std"], s * members.std(0, correction=0).numpy(),
+    np.testing.assert_allclose(frame["y_std"],
+                               calibrated(members.std(0, correction=0).numpy(), s, b),
                                rtol=1e-5, atol=1e-6)
     assert (frame["y_std"] > 0).all()
 
 
 def test_interval_columns_are_the_mean_plus_minus_q_sigma_of_each_method(ensemble, source,
                                                                          tmp_path):
-    s, q = zscale_and_q(ensemble, 0.9)
+    s, b, q = zscale_and_q(ensemble, 0.9)
     z = normal_quantile(0.95)
     plain = predicted(ensemble, source, tmp_path / "plain.csv")
-    for method, half in (("conformal", q / s), ("zscale", z), ("gaussian", z / s)):
+    std = plain["y_std"].to_numpy()                  # calibrated: sqrt((s sigma)^2 + b^2)
+    state, cfg, model = load_run(ensemble)
+    with torch.no_grad():
+        members = torch.stack([m(batch_of(cfg, SMILES[:30]))[:, 0] for m in model.members])
+    raw = (members * state["y_std"]).std(0, correction=0).numpy()
+    for method, width in (("conformal", q * std), ("zscale", z * std), ("gaussian", z * raw)):
         flags = ["--interval", "0.9"] + (["--interval-method", method]
                                          if method != "conformal" else [])
         frame = predicted(ensemble, source, tmp_path / f"{method}.csv", *flags)
         assert list(frame.columns) == ["row", "smiles", "y", "y_std", "y_low", "y_high"]
         # the prediction and its std do not depend on the interval
         assert frame[["row", "smiles", "y", "y_std"]].equals(plain)
-        width = half * frame["y_std"].to_numpy()     # the std column is z-scaled: s * sigma
         np.testing.assert_allclose(frame["y_high"] - frame["y"], width, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(frame["y"] - frame["y_low"], width, rtol=1e-5, atol=1e-5)
 
@@ -156,12 +166,12 @@ def test_the_conformal_interval_covers_the_validation_part(ensemble, tmp_path):
         inside = ((frame["y_low"] - slack <= y) & (y <= frame["y_high"] + slack)).mean()
         assert inside >= coverage
     # at 0.9 the quantile is the largest of the 12 validation molecules' scores
-    _, q = zscale_and_q(ensemble, 0.9)
+    _, _, q = zscale_and_q(ensemble, 0.9)
     assert q == float(Calibration.from_dict(state["calibration"]).scores[0][-1])
 
 
 def test_an_mve_models_std_is_the_root_of_its_predicted_variance_scaled(mve, source, tmp_path):
-    s, q = zscale_and_q(mve, 0.8)
+    s, b, q = zscale_and_q(mve, 0.8)
     frame = predicted(mve, source, tmp_path / "p.csv", "--interval", "0.8")
     state, cfg, model = load_run(mve)
     with torch.no_grad():
@@ -169,9 +179,9 @@ def test_an_mve_models_std_is_the_root_of_its_predicted_variance_scaled(mve, sou
     mean = params[:, 0] * state["y_std"] + state["y_mean"]
     sigma = params[:, 1].sqrt() * state["y_std"]
     np.testing.assert_allclose(frame["y"], mean.numpy(), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(frame["y_std"], s * sigma.numpy(), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(frame["y_high"], (mean + q * sigma).numpy(), rtol=1e-5,
-                               atol=1e-5)
+    std = calibrated(sigma.numpy(), s, b)
+    np.testing.assert_allclose(frame["y_std"], std, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(frame["y_high"], mean.numpy() + q * std, rtol=1e-5, atol=1e-5)
 
 
 # --------------------------------------------------------------------------- refused, unchanged
@@ -204,9 +214,10 @@ def test_a_checkpoint_without_calibration(old, ensemble, source, tmp_path):
                        "--interval-method", "gaussian")
     assert code == 0 and f"note: {old} holds no calibration" in err, err
     raw = pd.read_csv(out)
-    calibrated = predicted(ensemble, source, tmp_path / "c.csv")
-    s, _ = zscale_and_q(ensemble, 0.9)
-    np.testing.assert_allclose(raw["y_std"] * s, calibrated["y_std"], rtol=1e-5, atol=1e-6)
+    scaled = predicted(ensemble, source, tmp_path / "c.csv")
+    s, b, _ = zscale_and_q(ensemble, 0.9)
+    np.testing.assert_allclose(calibrated(raw["y_std"], s, b), scaled["y_std"], rtol=1e-5,
+                               atol=1e-6)
     np.testing.assert_allclose(raw["y_high"] - raw["y"], normal_quantile(0.95) * raw["y_std"],
                                rtol=1e-5, atol=1e-5)
 

@@ -126,6 +126,8 @@ def test_predict_distribution_of_a_loaded_checkpoint(runs):
     torch.testing.assert_close(mean, model(batch).detach() * state["y_std"] + state["y_mean"])
     low, high = interval(mean, std, calibration_of(state, runs["ensemble"]), 0.8)
     assert (low <= mean).all() and (mean <= high).all()
-    s = state["calibration"]["scores"][0]
-    torch.testing.assert_close((high - mean).double(), std.double() * s[5], rtol=1e-5,
+    cal = state["calibration"]
+    s = cal["scores"][0]
+    calibrated = torch.sqrt((std.double() * cal["zscale"][0]) ** 2 + cal["floor"][0] ** 2)
+    torch.testing.assert_close((high - mean).double(), calibrated * s[5], rtol=1e-5,
                                atol=1e-6)     # q = the 6th of 6 scores at 0.8

@@ -71,6 +71,7 @@ def test_chemprop_methods_scored_by_graphformers_functions(tmp_path, capsys, sta
         assert r["conformal_coverage"] == 0.0 and r["conformal_width"] == pytest.approx(1.0)
         assert r["zscale_coverage"] == 0.0 and r["spearman"] is None
         assert r["chemprop_zscaling_nll"] == pytest.approx(r["nll"])   # the check agrees
+        assert r["zscale_only_nll"] == pytest.approx(r["nll"]) and r["floor"] == [0.0]
     calls = [c.split() for c in stand_in.read_text().splitlines()]
     trains = [c for c in calls if c[0] == "train"]
     assert trains[0][trains[0].index("--ensemble-size") + 1] == "2"
@@ -86,7 +87,7 @@ def test_chemprop_methods_scored_by_graphformers_functions(tmp_path, capsys, sta
     assert compare.main(["--markdown-from", str(out)]) == 0
     table = capsys.readouterr().out
     assert f"| freesolv | mve | chemprop | 1.000 | {nll:.3f} |" in table
-    assert "with our z-scaling / with chemprop's own" in table
+    assert "with our z-scaling alone (no floor) / with chemprop's own" in table
     # compare_chemprop.py --uncertainty is this comparison, by the name the issue gave it
     assert load_script("compare_chemprop").main(["--uncertainty", "--markdown-from",
                                                  str(out)]) == 0

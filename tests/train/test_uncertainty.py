@@ -161,13 +161,21 @@ def test_conformal_intervals_cover_at_least_the_coverage():
 
 def test_intervals_by_hand():
     mean, std = col(1.0, 2.0), col(0.5, 2.0)
-    cal = unc.Calibration([2.0], [torch.tensor([0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0,
-                                                8.0], dtype=torch.float64)])
+    scores = torch.tensor([0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0],
+                          dtype=torch.float64)
+    cal = unc.Calibration([2.0], [scores])                 # no floor: z-scaling alone
     low, high = unc.interval(mean, std, cal, 0.9, "zscale")
     torch.testing.assert_close(high - mean, std * 2.0 * Z90)
     low, high = unc.interval(mean, std, cal, 0.8, "conformal")     # the 9th score: 7
-    torch.testing.assert_close(high, col(4.5, 16.0))
-    torch.testing.assert_close(low, col(-2.5, -12.0))
+    torch.testing.assert_close(high, col(1.0 + 7 * 1.0, 2.0 + 7 * 4.0))   # 7 * (2 * std)
+    torch.testing.assert_close(low, col(1.0 - 7.0, 2.0 - 28.0))
+    # scale 2 and floor 3: calibrated std sqrt((2 std)^2 + 9) = sqrt(10), 5
+    floored = unc.Calibration([2.0], [scores], floor=[3.0])
+    torch.testing.assert_close(floored.calibrated(std), col(math.sqrt(10.0), 5.0))
+    low, high = unc.interval(mean, std, floored, 0.9, "zscale")
+    torch.testing.assert_close(high - mean, col(math.sqrt(10.0), 5.0) * Z90)
+    low, high = unc.interval(mean, std, floored, 0.8, "conformal")
+    torch.testing.assert_close(high - mean, col(7 * math.sqrt(10.0), 35.0))
     low, high = unc.interval(mean, std, None, 0.9, "gaussian")
     torch.testing.assert_close(high, mean + Z90 * std)
     with pytest.raises(DataError, match="at least 19 labelled valid molecules"):
@@ -180,19 +188,77 @@ def test_intervals_by_hand():
         unc.interval(mean, std, cal, 0.9, "isotonic")
 
 
+def _nll(mean, std, y, s, b):
+    sig2 = (s * std) ** 2 + b ** 2
+    return float((0.5 * torch.log(2 * math.pi * sig2) + (y - mean) ** 2 / (2 * sig2)).mean())
+
+
+def test_scale_and_floor_are_the_minimiser_of_the_gaussian_nll():
+    g = torch.Generator().manual_seed(0)
+    n = 400                                   # a spread that misses a noise floor of 0.3
+    std = 0.02 + 0.3 * torch.rand(n, 1, generator=g, dtype=torch.float64)
+    y = torch.randn(n, 1, generator=g, dtype=torch.float64) * torch.sqrt((1.5 * std) ** 2 + 0.09)
+    mean = torch.zeros(n, 1, dtype=torch.float64)
+    s, b = unc.fit_scale_floor(mean, std, y)
+    found = optimize.minimize(lambda p: _nll(mean, std, y, math.exp(p[0]), math.exp(p[1])),
+                              x0=[0.0, math.log(0.1)], method="Nelder-Mead",
+                              options={"xatol": 1e-10, "fatol": 1e-14, "maxiter": 10000})
+    assert _nll(mean, std, y, s.item(), b.item()) <= found.fun + 1e-9
+    assert s.item() == pytest.approx(math.exp(found.x[0]), rel=1e-3)
+    assert b.item() == pytest.approx(math.exp(found.x[1]), rel=1e-3)
+    assert 1.2 < s.item() < 1.8 and 0.25 < b.item() < 0.35      # the planted 1.5 and 0.3
+    # never worse than z-scaling alone on the part it is fitted on
+    z = unc.fit_zscale(mean, std, y).item()
+    assert _nll(mean, std, y, s.item(), b.item()) < _nll(mean, std, y, z, 0.0) - 0.1
+    cal = unc.fit_calibration(mean, std, y)
+    assert cal.zscale == [pytest.approx(s.item())] and cal.floor == [pytest.approx(b.item())]
+    # the scores are in units of the calibrated std
+    expected = torch.sort((y / cal.calibrated(std)).abs().view(-1)).values
+    torch.testing.assert_close(cal.scores[0], expected)
+
+
+def test_floor_is_zero_when_z_scaling_fits_and_takes_in_a_zero_spread():
+    # a constant spread: a floor only restates the scale, so plain z-scaling wins the tie
+    std, y = torch.ones(6, 1, dtype=torch.float64), col(0.5, -0.5, 0.5, -0.5, 0.5, -0.5)
+    s, b = unc.fit_scale_floor(torch.zeros(6, 1, dtype=torch.float64), std, y)
+    assert s.item() == pytest.approx(0.5) and b.item() == 0.0
+    # errors that grow with the spread exactly: z-scaling alone is best
+    std = col(0.1, 0.2, 0.4, 0.8, 1.6, 3.2)
+    y = std * col(1.0, -1.0, 1.0, -1.0, 1.0, -1.0) * 2.0
+    s, b = unc.fit_scale_floor(torch.zeros_like(y), std, y)
+    assert s.item() == pytest.approx(2.0) and b.item() == 0.0
+    # two members that agree (std 0) no longer leave their molecule out: a floor takes it in
+    std = col(0.0, 0.5, 1.0, 2.0)
+    y = col(1.0, -1.0, 1.5, -2.0)
+    cal = unc.fit_calibration(torch.zeros_like(y), std, y)
+    assert cal.floor[0] > 0 and cal.scores[0].numel() == 4
+    # missing labels are left out; a task without any gets scale 1, floor 0
+    y2 = torch.cat([y, torch.full_like(y, float("nan"))], 1)
+    s2, b2 = unc.fit_scale_floor(torch.zeros_like(y2), torch.cat([std, std], 1), y2)
+    assert (s2[1].item(), b2[1].item()) == (1.0, 0.0)
+    assert (s2[0].item(), b2[0].item()) == (cal.zscale[0], cal.floor[0])
+
+
 def test_calibration_round_trips_and_refuses_bad_content():
     cal = unc.fit_calibration(col(0.0, 0.0, 0.0), col(1.0, 2.0, 1.0), col(3.0, -2.0, 0.5))
-    assert cal.zscale == [pytest.approx(math.sqrt((9 + 1 + 0.25) / 3))]
-    torch.testing.assert_close(cal.scores[0], torch.tensor([0.5, 1.0, 3.0], dtype=torch.float64))
     again = unc.Calibration.from_dict(cal.to_dict())
-    assert again.zscale == cal.zscale and again.part == "valid"
+    assert again.zscale == cal.zscale and again.floor == cal.floor and again.part == "valid"
     torch.testing.assert_close(again.scores[0], cal.scores[0])
-    assert cal.to_dict()["n"] == [3]
+    assert cal.to_dict()["n"] == [3] and cal.to_dict()["version"] == 2
+    # version 1 (z-scaling alone, scores in units of the raw std) gives the same intervals
+    v1 = unc.Calibration.from_dict({"version": 1, "zscale": [2.0], "part": "valid",
+                                    "scores": [torch.tensor([0.5, 1.0, 3.0, 4.0] * 3,
+                                                            dtype=torch.float64).sort().values]})
+    assert v1.floor == [0.0]
+    low, high = unc.interval(col(0.0), col(1.5), v1, 0.75, "conformal")   # 10th of 12: 4
+    assert high.item() == pytest.approx(4.0 * 1.5)
+    with pytest.raises(ValueError, match="floor of task 0"):
+        unc.Calibration([1.0], [torch.tensor([1.0])], floor=[-1.0])
     with pytest.raises(ValueError, match="sorted"):
         unc.Calibration([1.0], [torch.tensor([2.0, 1.0])])
     with pytest.raises(ValueError, match="> 0"):
         unc.Calibration([0.0], [torch.tensor([1.0])])
-    with pytest.raises(ValueError, match="one z-scale"):
+    with pytest.raises(ValueError, match="one z-scale, one floor"):
         unc.Calibration([1.0, 1.0], [torch.tensor([1.0])])
     state = {"calibration": {"version": 1, "zscale": [1.0], "scores": ["x"]},
              "y_mean": torch.zeros(1)}
@@ -420,7 +486,8 @@ def test_an_mve_run_saves_its_calibration_in_best_pt(tmp_path, tiny_csv):
     from graphformer.train.loop import distribution_split
 
     mean, std, y = distribution_split(model, prepared, "valid", 64, torch.device("cpu"))
-    assert cal.zscale[0] == pytest.approx(unc.fit_zscale(mean, std, y).item())
+    refit = unc.fit_calibration(mean, std, y)
+    assert (cal.zscale, cal.floor) == (refit.zscale, refit.floor)
     test = distribution_split(model, prepared, "test", 64, torch.device("cpu"))
     assert summary["uncertainty"]["test"]["nll"] == pytest.approx(
         unc.uncertainty_metrics(*test, cal)["nll"])
@@ -441,7 +508,8 @@ def test_an_ensemble_saves_the_calibration_of_its_spread(tmp_path, tiny_csv):
     from graphformer.train.loop import distribution_split
 
     mean, std, y = distribution_split(model, prepared, "valid", 64, torch.device("cpu"))
-    assert cal.zscale[0] == pytest.approx(unc.fit_zscale(mean, std, y).item())
+    refit = unc.fit_calibration(mean, std, y)
+    assert (cal.zscale, cal.floor) == (refit.zscale, refit.floor)
     assert set(summary["uncertainty"]) == {"valid", "test"}
     # a member (one MSE model) has none
     member = load_checkpoint(tmp_path / "ens" / "member-0" / "best.pt")
