@@ -27,7 +27,9 @@ For every set and seed, the same molecules go to every method:
 Every method is scored by the same function: RMSE over the test part and
 over its cliff molecules (``cliff_mol == 1``); graphformer's runs also
 record the RMSE of the validation part (``valid_rmse``), by which a default
-is chosen. Prints a line per run and the
+is chosen; with a fingerprint kernel member (``--set
+train.kernel_member=morgan``), whose weight is fitted on that part, also
+its cross-fitted score (``valid_rmse_crossfit``) and the weight. Prints a line per run and the
 table (per set and the mean over the sets, mean ± std over seeds), and
 writes every run as JSON lines (``--out``, appended as runs finish: an
 interrupted comparison continues with the same command, skipping the runs
@@ -165,10 +167,11 @@ def run_svm(frame: pd.DataFrame, seed: int) -> List[float]:
 
 
 def run_graphformer(frame: pd.DataFrame, seed: int, threads: int,
-                    sets: Dict[str, Dict[str, Any]], root: Path) -> Dict[str, List[float]]:
+                    sets: Dict[str, Dict[str, Any]], root: Path) -> Dict[str, Any]:
     """``graphformer train`` (defaults plus ``sets``) on the frame's split,
     in a fresh process, then ``graphformer predict`` of the validation and
-    test rows: ``{"val": [...], "test": [...]}``."""
+    test rows: ``{"val": [...], "test": [...]}``, and the run summary's
+    ``kernel_member`` (``--set train.kernel_member=morgan``) when it has one."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         data = tmp_path / "data.csv"
@@ -187,9 +190,13 @@ def run_graphformer(frame: pd.DataFrame, seed: int, threads: int,
         run_command([sys.executable, "-m", "graphformer", "predict", str(tmp_path / "run" / "best.pt"),
               str(test), "-o", str(tmp_path / "pred.csv"), "--threads", str(threads)])
         predicted = pd.read_csv(tmp_path / "pred.csv")
+        summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     values = predicted["y"].to_numpy()   # not y_std (an ensemble adds it)
     parts = held["split"].to_numpy()
-    return {part: values[parts == part].tolist() for part in ("val", "test")}
+    out: Dict[str, Any] = {part: values[parts == part].tolist() for part in ("val", "test")}
+    if "kernel_member" in summary:
+        out["kernel_member"] = summary["kernel_member"]
+    return out
 
 
 def run_chemprop(frame: pd.DataFrame, seed: int, executable: Optional[str] = None
@@ -318,6 +325,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                     predicted = both["test"]
                     valid = {"valid_rmse": scores(both["val"],
                                                   split[split["split"] == "val"])["test_rmse"]}
+                    if "kernel_member" in both:   # the weight was fitted on that part
+                        kernel = both["kernel_member"]
+                        valid.update(valid_rmse_crossfit=kernel["valid_rmse_crossfit"],
+                                     kernel_weight=kernel["weight"][0])
                 else:
                     predicted = run_chemprop(split, seed)
                     if predicted is None:

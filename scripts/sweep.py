@@ -8,6 +8,11 @@ metric, test metric at that epoch, best epoch, seconds) to ``--out``, so an
 interrupted sweep keeps what it measured and a later one adds to it. The
 table ranks variants by mean validation metric: choose on that column; the
 test column is reported, never used to choose.
+A variant with a fingerprint kernel member (``kernel_member=morgan``),
+whose weight is fitted on the validation part, is ranked by that blend's
+cross-fitted validation score (the summary's
+``kernel_member.valid_rmse_crossfit``), not by the score its own fit
+flatters (kept as ``valid_fitted``).
 
     python scripts/sweep.py --datasets esol freesolv --variants default local=gine \\
         dropout=0 batch_size=64 --seeds 0 1 2 --threads 1 --out sweep.jsonl
@@ -131,6 +136,9 @@ def run(dataset: str, variant: str, seed: int, threads: int,
     row = {"dataset": dataset, "variant": variant, "seed": seed, "metric": metric,
            "valid": summary[f"best_valid_{metric}"], "test": summary[f"test_{metric}_at_best"],
            "best_epoch": summary["best_epoch"], "seconds": time.perf_counter() - start}
+    if "kernel_member" in summary:   # its weight was fitted on the validation part
+        row.update(valid=summary["kernel_member"]["valid_rmse_crossfit"],
+                   valid_fitted=summary[f"best_valid_{metric}"])
     if fold is not None:
         row.update(fold=fold.index, valid_size=fold.valid_size)
     return row

@@ -18,7 +18,7 @@ from ._config_flags import add_config_flags, config_flags, settings
 
 #: the ``train`` settings that only ``graphformer train`` takes (not ``pretrain``)
 TRAIN_ONLY = ("init", "pretrained", "ema", "head_epochs", "ensemble", "member_processes",
-              "loss", "evidential_lambda")
+              "loss", "evidential_lambda", "kernel_member")
 # flag -> (section, key): every setting of the three config sections
 _FLAGS = {**config_flags(DataConfig, "data"), **config_flags(GraphTransformerConfig, "model"),
           **config_flags(TrainConfig, "train")}
@@ -216,7 +216,11 @@ def _run(args: argparse.Namespace) -> int:
     metric = summary["metric"]
     final = summary["final"]
     if "members" in summary:
-        print(f"test {metric} of the ensemble of {len(summary['members'])}: "
+        kernel = summary.get("kernel_member")
+        extra = "" if not kernel else (
+            f" and a fingerprint kernel member of weight "
+            f"{', '.join(f'{w:.2f}' for w in kernel['weight'])}")
+        print(f"test {metric} of the ensemble of {len(summary['members'])}{extra}: "
               f"{summary[f'test_{metric}_at_best']:.4f} (each member at its best validation "
               f"epoch: {', '.join(map(str, summary['best_epoch']))})")
     elif final:

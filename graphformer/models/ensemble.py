@@ -1,7 +1,7 @@
 """The mean prediction of several trained models (``graphformer train --ensemble K``)."""
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -21,12 +21,20 @@ class Ensemble(torch.nn.Module):
     the ensemble's logit is that of the mean probability (clamped to
     ``[1e-7, 1 - 1e-7]``), as ``predict`` and the metrics expect.
 
+    With ``weights`` ``[K, num_tasks]`` (regression only; each column
+    non-negative, summing to 1) the prediction is the weighted mean
+    :math:`\hat{y}_t = \sum_k w_{k,t} f_k(G)_t` instead: an ensemble with a
+    fingerprint kernel member (:class:`~graphformer.models.kernel.
+    MorganKernelRidge`) weighs it against the graph transformers by the
+    validation part (``graphformer train --kernel-member morgan``).
+
     Shapes: a PyG ``Batch`` of B graphs gives ``[B, num_tasks]``, like each
     member. ``config`` is the first member's (every member must have the
     same ``task`` and ``num_tasks``).
     """
 
-    def __init__(self, members: Sequence[torch.nn.Module]) -> None:
+    def __init__(self, members: Sequence[torch.nn.Module],
+                 weights: Optional[Tensor] = None) -> None:
         super().__init__()
         members = list(members)
         if not members:
@@ -37,12 +45,31 @@ class Ensemble(torch.nn.Module):
                              f"{sorted(kinds)}")
         self.members = torch.nn.ModuleList(members)
         self.config = members[0].config
+        self.register_buffer("weights", None)
+        if weights is not None:
+            if self.config.task != "regression":
+                raise ValueError("a weighted Ensemble is for regression")
+            weights = torch.as_tensor(weights, dtype=torch.float64)
+            if weights.shape != (len(members), self.config.num_tasks) or \
+                    not torch.isfinite(weights).all() or (weights < 0).any() or \
+                    not torch.allclose(weights.sum(0), torch.ones(weights.size(1),
+                                                                  dtype=torch.float64)):
+                raise ValueError(f"weights must be [{len(members)}, {self.config.num_tasks}], "
+                                 f">= 0, each column summing to 1; got "
+                                 f"{weights.tolist() if weights.numel() < 20 else weights.shape}")
+            self.register_buffer("weights", weights)
+
+    def _combine(self, out: Tensor) -> Tensor:
+        """The (weighted) mean over the members of ``out`` ``[K, B, T]``."""
+        if self.weights is None:
+            return out.mean(0)
+        return (out * self.weights.to(out.dtype)[:, None, :]).sum(0)
 
     def forward(self, batch) -> Tensor:
         out = torch.stack([member(batch) for member in self.members])
         if self.config.task == "classification":
             return torch.logit(torch.sigmoid(out).mean(0), eps=1e-7)
-        return out.mean(0)
+        return self._combine(out)
 
     def member_parameters(self, batch) -> Tensor:
         """Every member's distribution parameters, ``[K, B, P, num_tasks]``,
@@ -72,7 +99,8 @@ class Ensemble(torch.nn.Module):
         own variances (``mve`` / ``evidential``) are added by
         :func:`graphformer.train.uncertainty.predictive`. Regression only."""
         means = self.member_parameters(batch)[:, :, 0]
-        return means.mean(0), means.std(0, correction=0)
+        mean = self._combine(means)
+        return mean, self._combine((means - mean) ** 2).sqrt()
 
     def _require_regression(self) -> None:
         if self.config.task != "regression":
@@ -81,4 +109,9 @@ class Ensemble(torch.nn.Module):
                              "probabilities are averaged by forward)")
 
     def __repr__(self) -> str:
-        return f"{self.__class__.__name__}({len(self.members)} x {self.members[0]!r})"
+        others = [m for m in self.members if type(m) is not type(self.members[0])]
+        tail = "".join(f" + {m!r}" for m in others)
+        weights = "" if self.weights is None else \
+            f", weights={[round(w, 3) for w in self.weights[:, 0].tolist()]}"
+        return (f"{self.__class__.__name__}({len(self.members) - len(others)} x "
+                f"{self.members[0]!r}{tail}{weights})")

@@ -27,6 +27,7 @@ from .._files import atomic_write
 from ..data.descriptors import molecule_feature_names
 from ..errors import DataError
 from ..models import Ensemble, GraphTransformer
+from ..models.kernel import MorganKernelRidge
 from .config import RunConfig
 
 FORMAT = "graphformer-checkpoint"
@@ -237,10 +238,14 @@ def model_from_checkpoint(state: Dict[str, Any], path: Union[str, Path] = "check
                 f"{' (' + '; '.join(changed) + ')' if changed else ''}: was it written by "
                 f"another graphformer version?")
     k = cfg.train.ensemble
-    models: List[GraphTransformer] = [
+    models: List[torch.nn.Module] = [
         GraphTransformer(cfg.model, mol_feature_names=names, mol_features=width,
                          attention_backend=cfg.train.attention_backend) for _ in range(k)]
-    model = models[0] if k == 1 else Ensemble(models)
+    if getattr(cfg.train, "kernel_member", "none") != "none":
+        model = Ensemble([*models, _kernel_member(state, k, path)],
+                         weights=_kernel_weights(state, k, cfg.model.num_tasks, path))
+    else:
+        model = models[0] if k == 1 else Ensemble(models)
     try:
         model.load_state_dict(state["model"])
     except Exception as err:  # missing / unexpected keys, size mismatches, non-tensors
@@ -258,6 +263,28 @@ def model_from_checkpoint(state: Dict[str, Any], path: Union[str, Path] = "check
                                   f"task{', all > 0' if key == 'y_std' else ''}, got "
                                   f"{value.tolist()}")
     return model.eval()
+
+
+def _kernel_member(state: Dict[str, Any], k: int, path: Union[str, Path]
+                   ) -> MorganKernelRidge:
+    """An empty kernel member of the sizes ``state`` holds (member ``k``)."""
+    alpha = state["model"].get(f"members.{k}.alpha") if isinstance(state.get("model"), dict) \
+        else None
+    if not isinstance(alpha, torch.Tensor) or alpha.dim() != 2 or alpha.size(0) < 1:
+        raise CheckpointError(f"{path}: its config names a kernel member, but its weights "
+                              f"hold none (members.{k}.alpha)")
+    return MorganKernelRidge.empty(alpha.size(0), alpha.size(1))
+
+
+def _kernel_weights(state: Dict[str, Any], k: int, tasks: int, path: Union[str, Path]
+                    ) -> torch.Tensor:
+    """Placeholder weights of an ensemble with a kernel member (the
+    checkpoint's are loaded over them); the checkpoint must hold them."""
+    if "weights" not in state["model"]:
+        raise CheckpointError(f"{path}: its config names a kernel member, but its weights "
+                              f"hold no member weights ('weights')")
+    return torch.cat([torch.full((k, tasks), 0.0, dtype=torch.float64),
+                      torch.ones(1, tasks, dtype=torch.float64)])
 
 
 def load_run(path: Union[str, Path]

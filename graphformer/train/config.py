@@ -15,6 +15,7 @@ from ..datasets.molecules import TASKS, takes_molecule_features
 from ..errors import ConfigError, UsageError
 from ..models import GraphTransformerConfig
 from ..models.graph_transformer import MOVED_KEYS
+from ..models.kernel import KERNEL_MEMBERS
 from ..nn.backend import ATTENTION_BACKENDS
 from .uncertainty import DEFAULT_EVIDENTIAL_LAMBDA, LOSSES
 
@@ -285,6 +286,15 @@ class TrainConfig:
             evidential``; >= 0). Default 0.2, chemprop's ``EvidentialLoss``
             default and Soleimany et al.'s (2021) recommendation (chemprop's
             command line defaults to 0).
+        kernel_member: ``morgan`` adds a fingerprint member to the ensemble
+            (regression, ``loss: mse``, ``ensemble`` >= 2; SMILES data):
+            kernel ridge regression with the MinMax kernel on ECFP4 counts
+            of the training molecules
+            (:class:`~graphformer.models.kernel.MorganKernelRidge`), fitted
+            when the graph transformers have finished. Its weight against
+            their mean is the one that minimises the validation part's MSE,
+            per task in [0, 1] (:func:`graphformer.train.ensemble.
+            kernel_weight`). ``none`` (default): no such member.
 
     Values are converted by :func:`coerce` (a numeric string is a number), and
     every range error names its key.
@@ -336,6 +346,11 @@ class TrainConfig:
                                        help="weight of the evidence regulariser of --loss "
                                        "evidential (default 0.2, as chemprop's "
                                        "EvidentialLoss; >= 0)")
+    kernel_member: str = setting("none", choices=KERNEL_MEMBERS,
+                                 help="morgan: add a fingerprint member to the ensemble "
+                                 "(kernel ridge regression, MinMax kernel on ECFP4 counts), "
+                                 "weighted against the graph transformers by the validation "
+                                 "part (regression, --loss mse, --ensemble >= 2; default none)")
 
     @property
     def total_epochs(self) -> int:
@@ -347,7 +362,8 @@ class TrainConfig:
         the seed ``(seed + 1000003 k) mod 2**32`` (member 0 has ``seed``)."""
         if not 0 <= k < self.ensemble:
             raise ValueError(f"member {k} of an ensemble of {self.ensemble}")
-        return replace(self, ensemble=1, seed=(self.seed + 1_000_003 * k) % MAX_SEED)
+        return replace(self, ensemble=1, seed=(self.seed + 1_000_003 * k) % MAX_SEED,
+                       kernel_member="none")
 
     def __post_init__(self) -> None:
         coerce_fields(self, "train")
@@ -378,6 +394,14 @@ class TrainConfig:
         if self.evidential_lambda < 0:
             raise ConfigError("train", "evidential_lambda", f"must be >= 0, got "
                               f"{self.evidential_lambda}")
+        if self.kernel_member not in KERNEL_MEMBERS:
+            raise ConfigError("train", "kernel_member", f"must be one of "
+                              f"{list(KERNEL_MEMBERS)}, got {self.kernel_member!r}")
+        if self.kernel_member != "none" and (self.ensemble < 2 or self.loss != "mse"):
+            raise ConfigError("train", "kernel_member", f"{self.kernel_member!r} joins an "
+                              f"ensemble of graph transformers trained by MSE: it needs "
+                              f"ensemble >= 2 and loss 'mse', got ensemble {self.ensemble} "
+                              f"and loss {self.loss!r}")
 
 
 @dataclass

@@ -18,6 +18,14 @@ all have finished, the run directory gets
 - ``learning_curve.png``: every member's curves (a member draws none of
   its own), and the ensemble's metrics.
 
+With ``train.kernel_member: morgan`` the ensemble gets one more member once
+the graph transformers have finished: kernel ridge regression on the
+training molecules' ECFP4 counts
+(:class:`~graphformer.models.kernel.MorganKernelRidge`), weighted against
+the transformers' mean by the validation part (:func:`kernel_weight`); the
+summary's ``kernel_member`` holds its weight, its validation score alone
+and the blend's cross-fitted validation score (:func:`crossfit_blend`).
+
 ``resume`` skips the members that finished, resumes the one that was
 interrupted, and ends with the metrics of an uninterrupted run.
 
@@ -32,21 +40,25 @@ import math
 import multiprocessing
 import pickle
 import sys
+import time
 import traceback
 from dataclasses import replace
 from multiprocessing import connection
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+import torch
 import torch.distributed as dist
 
 from .._process import end_with_parent, usable_cores
 from ..errors import DataError
 from ..models import Ensemble
+from ..models.kernel import MorganKernelRidge, count_fingerprints
 from . import loop  # each member is one model's run of loop.train_model
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .config import RunConfig
 from .data_prep import EVAL_BATCH_GRAPHS, Prepared, prepare
+from .metrics import compute_metrics
 from .plots import plot_learning_curve
 from .run import Processes, open_run_directory, resolve_device, write_json
 from .run_dir import resume_config
@@ -129,7 +141,7 @@ def train_ensemble(cfg: Optional[RunConfig], run_dir: Path, saved: Optional[RunC
         members = [done[job.k] for job in jobs]
         if world > 1:   # rank 0 has written the last member's best.pt before any rank reads it
             dist.barrier()
-        return _finish(cfg, run_dir, members, writer, prepared)
+        return _finish(cfg, run_dir, members, writer, prepared, show)
 
 
 def side_by_side(cfg: RunConfig, world: int, members: int) -> Tuple[int, int]:
@@ -254,7 +266,7 @@ def _train_side_by_side(jobs: List[_MemberJob], processes: int, prepared: Option
 
 
 def _finish(cfg: RunConfig, run_dir: Path, members: List[Dict[str, Any]], writer: bool,
-            prepared: Optional[Prepared]) -> Dict[str, Any]:
+            prepared: Optional[Prepared], show: bool = False) -> Dict[str, Any]:
     """The ensemble of the members' best checkpoints: its checkpoint and summary."""
     paths = [member_dir(run_dir, k) / "best.pt" for k in range(len(members))]
     states = [load_checkpoint(p) for p in paths]
@@ -267,6 +279,9 @@ def _finish(cfg: RunConfig, run_dir: Path, members: List[Dict[str, Any]], writer
     model = model.to(device)
     metric = first["metric"]
     batch_size = max(cfg.train.batch_size, EVAL_BATCH_GRAPHS)
+    kernel: Dict[str, Any] = {}
+    if cfg.train.kernel_member != "none":
+        model, kernel = with_kernel_member(model, prepared, batch_size, device, show=show)
     scores = {part: loop.evaluate_split(model, prepared, part, batch_size, device)
               for part in ("valid", "test")}
     calibration, uncertainty = loop.calibrate(model, prepared, batch_size, device)
@@ -279,9 +294,12 @@ def _finish(cfg: RunConfig, run_dir: Path, members: List[Dict[str, Any]], writer
                "final": {}, "init": first.get("init"), "members": members}
     if uncertainty:
         summary["uncertainty"] = uncertainty
+    if kernel:
+        summary["kernel_member"] = kernel
     config = dict(first["config"], train=dict(first["config"]["train"],
                                               **{"ensemble": cfg.train.ensemble,
-                                                 "seed": cfg.train.seed}))
+                                                 "seed": cfg.train.seed,
+                                                 "kernel_member": cfg.train.kernel_member}))
     if writer:
         save_checkpoint({"config": config, "model": model.state_dict(),
                          "epoch": cfg.train.total_epochs, "history": [],
@@ -304,3 +322,98 @@ def _finish(cfg: RunConfig, run_dir: Path, members: List[Dict[str, Any]], writer
     if not math.isfinite(scores["valid"][metric]):
         raise DataError(f"the ensemble in {run_dir} has no finite validation {metric}")
     return summary
+
+
+#: the most training molecules a kernel member is fitted on: its n x n kernel
+#: (float64) and Cholesky factor take 2 * 8 * n**2 bytes, 3.6 GB here
+MAX_KERNEL_TRAIN = 15_000
+
+
+def kernel_weight(transformers: torch.Tensor, kernel: torch.Tensor, y: torch.Tensor
+                  ) -> torch.Tensor:
+    r"""The kernel member's weight per task ``[T]``: the :math:`w \in [0, 1]`
+    that minimises the mean squared error of :math:`(1 - w)\,g + w\,k` on the
+    labelled entries of ``y`` (``g``: the transformers' mean prediction,
+    ``k``: the kernel member's; all ``[n, T]``), in closed form
+    :math:`w = \mathrm{clip}\big(\sum (y - g)(k - g) / \sum (k - g)^2,
+    0, 1\big)` (0 when the two agree everywhere)."""
+    g, k, y = (t.detach().double() for t in (transformers, kernel, y))
+    out = []
+    for t in range(y.size(1)):
+        m = ~torch.isnan(y[:, t])
+        d = k[m, t] - g[m, t]
+        den = float((d * d).sum())
+        out.append(0.0 if den == 0.0 else
+                   min(1.0, max(0.0, float(((y[m, t] - g[m, t]) * d).sum()) / den)))
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def crossfit_blend(transformers: torch.Tensor, kernel: torch.Tensor, y: torch.Tensor
+                   ) -> torch.Tensor:
+    """The blend of :func:`kernel_weight` with each molecule's weight fitted
+    on the *other* half of the part (molecules at even and at odd positions),
+    ``[n, T]``: its RMSE is an honest validation score of the blend, which the
+    weight fitted on the whole part would flatter."""
+    n = y.size(0)
+    halves = [torch.arange(0, n, 2), torch.arange(1, n, 2)]
+    out = transformers.detach().double().clone()
+    for fit, score in (halves, halves[::-1]):
+        if fit.numel() == 0 or score.numel() == 0:
+            continue
+        w = kernel_weight(transformers[fit], kernel[fit], y[fit])
+        out[score] = (1 - w) * transformers[score].double() + w * kernel[score].double()
+    return out
+
+
+def with_kernel_member(model: Ensemble, prepared: Prepared, batch_size: int,
+                       device: torch.device, show: bool = False
+                       ) -> Tuple[Ensemble, Dict[str, Any]]:
+    """``model`` (the graph transformers) with a
+    :class:`~graphformer.models.kernel.MorganKernelRidge` fitted on the
+    training part (normalised targets) as one more member, weighted by
+    :func:`kernel_weight` on the validation part; and what the summary
+    records of it. A classifier, data without SMILES or a training part over
+    :data:`MAX_KERNEL_TRAIN` molecules is a :class:`DataError` saying so."""
+    bench = prepared.bench
+    if bench.task != "regression":
+        raise DataError(f"--kernel-member is for regression; {bench.name} is a "
+                        f"{bench.task} data set")
+    if bench.smiles is None:
+        raise DataError(f"--kernel-member needs each molecule's SMILES; {bench.name} has none")
+    train_idx = prepared.split["train"].tolist()
+    if len(train_idx) > MAX_KERNEL_TRAIN:
+        raise DataError(f"--kernel-member fits on at most {MAX_KERNEL_TRAIN:,} training "
+                        f"molecules (its kernel matrix is n x n); {bench.name} has "
+                        f"{len(train_idx):,}")
+    start = time.perf_counter()
+    y = torch.stack([bench.dataset[i].y.view(-1) for i in train_idx]).double()
+    y = (y - prepared.y_mean.double()) / prepared.y_std.double()
+    counts = count_fingerprints([bench.smiles[i] for i in train_idx])
+    member = MorganKernelRidge.fit(counts, y)
+    valid_g, valid_k, valid_y = [], [], []
+    with torch.no_grad():
+        for batch in prepared.eval_batches("valid", batch_size):
+            valid_g.append(model(batch.to(device)).cpu())
+            valid_k.append(member(batch))
+            valid_y.append(batch.y.view(valid_g[-1].shape).cpu())
+    g, k, yv = (torch.cat(x).double() for x in (valid_g, valid_k, valid_y))
+    w = kernel_weight(g, k, (yv - prepared.y_mean.double()) / prepared.y_std.double())
+    members = list(model.members)
+    weights = torch.cat([((1 - w) / len(members)).expand(len(members), -1), w[None]])
+    combined = Ensemble([*members, member], weights).to(device)
+
+    def rmse(pred: torch.Tensor) -> float:
+        scaled = pred * prepared.y_std.double() + prepared.y_mean.double()
+        return compute_metrics(yv.numpy(), scaled.numpy(), "regression")["rmse"]
+
+    info = {"kind": "morgan", "weight": w.tolist(), "train_molecules": len(train_idx),
+            "valid_rmse_alone": rmse(k), "valid_rmse_transformers": rmse(g),
+            "valid_rmse_crossfit": rmse(crossfit_blend(g, k, (yv - prepared.y_mean.double())
+                                                       / prepared.y_std.double())),
+            "seconds": time.perf_counter() - start}
+    if show:
+        print(f"kernel member: weight {', '.join(f'{v:.2f}' for v in w.tolist())} against the "
+              f"graph transformers (valid RMSE alone {info['valid_rmse_alone']:.4f}, "
+              f"transformers {info['valid_rmse_transformers']:.4f}; "
+              f"{info['seconds']:.1f} s)", file=sys.stderr)
+    return combined, info

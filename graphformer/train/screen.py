@@ -63,7 +63,7 @@ from torch import Tensor
 from .._files import atomic_write, write_text
 from ..datasets.stream import CSVChunks, Featurised, Featuriser, Position, featurise, pieces
 from ..errors import DataError, UsageError
-from ..models import Ensemble
+from ..models import Ensemble, GraphTransformer
 from .uncertainty import METHODS, Calibration, check_coverage, interval, predict_distribution
 
 try:
@@ -198,7 +198,8 @@ def fingerprint_columns(model: torch.nn.Module, batch: Any, *, members: Members 
     is then K = 1)."""
     if members not in MEMBERS:
         raise ValueError(f"members must be one of {MEMBERS}, got {members!r}")
-    models = list(model.members) if isinstance(model, Ensemble) else [model]
+    models = [m for m in model.members if isinstance(m, GraphTransformer)] \
+        if isinstance(model, Ensemble) else [model]   # a kernel member has no readout
     vectors = torch.stack([molecule_vectors(m, batch) for m in models], dim=1)
     return {"fingerprint": vectors.mean(1) if members == "mean" else vectors}
 

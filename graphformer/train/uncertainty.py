@@ -180,20 +180,33 @@ def evidential(gamma: Tensor, nu: Tensor, alpha: Tensor, beta: Tensor) -> Predic
     return Predictive(gamma, aleatoric, aleatoric / nu)
 
 
-def mixture(members: Sequence[Predictive]) -> Predictive:
+def mixture(members: Sequence[Predictive], weights: Optional[Tensor] = None) -> Predictive:
     """The equally weighted mixture of K members' distributions: the mean of
     the means; aleatoric, the mean of the aleatoric variances; epistemic,
     the mean of the epistemic variances plus the (population) variance of the
-    means. One member is itself."""
+    means. One member is itself. With ``weights`` ``[K, T]`` (columns
+    summing to 1; an :class:`~graphformer.models.Ensemble`'s ``weights``)
+    every mean above is the weighted one."""
     if not members:
         raise ValueError("a mixture needs at least one member")
     means = torch.stack([m.mean for m in members])
-    return Predictive(means.mean(0), torch.stack([m.aleatoric for m in members]).mean(0),
-                      torch.stack([m.epistemic for m in members]).mean(0)
-                      + means.var(0, correction=0))
+    if weights is None:
+        return Predictive(means.mean(0), torch.stack([m.aleatoric for m in members]).mean(0),
+                          torch.stack([m.epistemic for m in members]).mean(0)
+                          + means.var(0, correction=0))
+    w = weights.to(device=means.device, dtype=means.dtype)[:, None, :]
+
+    def avg(x: Tensor) -> Tensor:
+        return (x * w).sum(0)
+
+    mean = avg(means)
+    return Predictive(mean, avg(torch.stack([m.aleatoric for m in members])),
+                      avg(torch.stack([m.epistemic for m in members]))
+                      + avg((means - mean) ** 2))
 
 
-def from_parameters(params: Tensor, output: str) -> Predictive:
+def from_parameters(params: Tensor, output: str, weights: Optional[Tensor] = None
+                    ) -> Predictive:
     """The predictive distribution of K members' parameters ``[K, N, P, T]``
     (:meth:`graphformer.models.Ensemble.member_parameters`; ``K = 1`` for one
     model) of head ``output``: each member's distribution (:func:`point`,
@@ -208,7 +221,7 @@ def from_parameters(params: Tensor, output: str) -> Predictive:
             members.append(gaussian(p[:, 0], p[:, 1]))
         else:
             members.append(evidential(p[:, 0], p[:, 1], p[:, 2], p[:, 3]))
-    return mixture(members)
+    return mixture(members, weights)
 
 
 # ---------------------------------------------------------------- losses
@@ -696,7 +709,12 @@ def spread_of(model: torch.nn.Module) -> str:
         raise UsageError("one model trained with --loss mse predicts no spread: train an "
                          "ensemble (--ensemble K, K >= 2; the default is 2) or with --loss "
                          "mve / evidential")
-    return loss if members == 1 else f"ensemble of {members} ({loss})"
+    if members == 1:
+        return loss
+    kernels = sum(1 for m in model.members if type(m).__name__ == "MorganKernelRidge")
+    if kernels:
+        return f"ensemble of {members - kernels} ({loss}) and a fingerprint kernel member"
+    return f"ensemble of {members} ({loss})"
 
 
 def has_spread(model: torch.nn.Module) -> bool:
@@ -726,7 +744,8 @@ def predictive(model: torch.nn.Module, batch: Any) -> Predictive:
     the caller's to set); refuses a model without spread (:func:`spread_of`)."""
     spread_of(model)
     return from_parameters(member_parameters(model, batch),
-                           getattr(model.config, "output", "mean"))
+                           getattr(model.config, "output", "mean"),
+                           getattr(model, "weights", None))
 
 
 def predict_distribution(model: torch.nn.Module, batch: Any, state: Mapping[str, Any]

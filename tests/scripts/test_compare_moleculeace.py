@@ -107,12 +107,15 @@ def test_graphformer_is_trained_and_scored_on_the_same_molecules(mace, files, tm
     folder, frame = files
     out = tmp_path / "runs.jsonl"
     assert mace.main(["--data-dir", str(folder / "data"), "--datasets", "CHEMBL1862_Ki",
-                      "--methods", "graphformer", "--seeds", "0", "--set", "train.epochs=2",
-                      "--set", "train.ensemble=1", "--set", "data.molecule_features=morgan",
+                      "--methods", "graphformer", "--seeds", "0", "--set", "train.epochs=1",
+                      "--set", "train.kernel_member=morgan", "--set",
+                      "data.molecule_features=morgan", "--set", "train.member_processes=1",
                       "--label", "tiny", "--out", str(out), "--root", str(tmp_path / "c")]) == 0
     (row,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert row["method"] == "graphformer:tiny" and row["test_count"] == 20
-    assert row["settings"] == {"train": {"epochs": "2", "ensemble": "1"},
+    assert row["settings"] == {"train": {"epochs": "1", "kernel_member": "morgan",
+                                         "member_processes": "1"},
                                "data": {"molecule_features": ["morgan"]}}
     assert np.isfinite(row["test_rmse"]) and np.isfinite(row["cliff_rmse"])
-    assert np.isfinite(row["valid_rmse"])
+    assert np.isfinite(row["valid_rmse"]) and np.isfinite(row["valid_rmse_crossfit"])
+    assert 0.0 <= row["kernel_weight"] <= 1.0

@@ -1,0 +1,150 @@
+"""The fingerprint kernel member: the MinMax kernel by unary codes against
+the direct formula, kernel ridge against scikit-learn's, the weighted
+ensemble and its spread, and ``train --kernel-member morgan`` end to end."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.kernel_ridge import KernelRidge
+from torch_geometric.data import Batch
+
+from graphformer.data import from_smiles
+from graphformer.errors import ConfigError, DataError
+from graphformer.models import Ensemble
+from graphformer.models.kernel import MorganKernelRidge, count_fingerprints, minmax_kernel
+from graphformer.train import load_run, train
+from graphformer.train import uncertainty as unc
+from graphformer.train.config import TrainConfig
+from graphformer.train.ensemble import crossfit_blend, kernel_weight
+from tests.train.conftest import tiny_config
+
+SMILES = ["CCO", "c1ccccc1O", "CC(=O)Nc1ccc(O)cc1", "CCCCCCCCCC", "C", "CCN(CC)CC",
+          "c1ccc2ccccc2c1", "OCC(O)CO", "CC(C)Cc1ccc(C(C)C(=O)O)cc1", "ClC(Cl)Cl"]
+
+
+def test_minmax_kernel_by_hand_and_by_unary_codes():
+    a = torch.tensor([[2, 0, 1], [0, 0, 0]], dtype=torch.uint8)
+    b = torch.tensor([[1, 1, 1], [0, 0, 0]], dtype=torch.uint8)
+    k = minmax_kernel(a, b)
+    assert k[0, 0].item() == pytest.approx((1 + 0 + 1) / (2 + 1 + 1))
+    assert k[0, 1].item() == 0.0 and k[1, 1].item() == 1.0     # two empty ones: 1
+    fp = count_fingerprints(SMILES)
+    assert fp.dtype == torch.uint8 and fp.shape == (10, 2048) and fp.max() > 1   # counts
+    member = MorganKernelRidge.fit(fp[:6], torch.randn(6, 1, dtype=torch.float64))
+    torch.testing.assert_close(member.kernel(fp), minmax_kernel(fp, fp[:6]), rtol=0, atol=1e-12)
+    # on 0/1 vectors it is the Tanimoto similarity
+    bits = (fp > 0).to(torch.uint8)
+    both = bits.double() @ bits[:6].double().t()
+    tanimoto = both / (bits.double().sum(1)[:, None] + bits[:6].double().sum(1) - both)
+    torch.testing.assert_close(minmax_kernel(bits, bits[:6]), tanimoto)
+
+
+def test_kernel_ridge_equals_scikit_learns_per_task_on_labelled_molecules():
+    fp = count_fingerprints(SMILES)
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn(7, 2, generator=g, dtype=torch.float64)
+    y[2, 1] = float("nan")                                    # unlabelled in task 1
+    member = MorganKernelRidge.fit(fp[:7], y, ridge=0.05)
+    pred = member.predict_counts(fp[7:]).double()
+    for t in range(2):
+        keep = ~torch.isnan(y[:, t])
+        gram = minmax_kernel(fp[:7][keep], fp[:7][keep]).numpy()
+        ref = KernelRidge(alpha=0.05, kernel="precomputed").fit(gram, (y[keep, t] - y[keep, t]
+                                                                     .mean()).numpy())
+        expected = ref.predict(minmax_kernel(fp[7:], fp[:7][keep]).numpy()) + \
+            y[keep, t].mean().item()
+        np.testing.assert_allclose(pred[:, t].numpy(), expected, rtol=1e-5, atol=1e-5)
+    assert member.alpha[2, 1].item() == 0.0
+    # forward reads the batch's SMILES; the state round-trips
+    batch = Batch.from_data_list([from_smiles(s) for s in SMILES[7:]])
+    torch.testing.assert_close(member(batch), pred.float())
+    again = MorganKernelRidge.empty(7, 2)
+    again.load_state_dict(member.state_dict())
+    torch.testing.assert_close(again(batch), member(batch))
+    with pytest.raises(DataError, match="SMILES"):
+        member(Batch.from_data_list([from_smiles("CC")]).__class__())
+
+
+def test_kernel_weight_is_the_least_squares_blend_clipped_to_0_1():
+    g = torch.tensor([[0.0], [1.0], [2.0], [3.0]], dtype=torch.float64)
+    k = torch.tensor([[1.0], [1.0], [1.0], [1.0]], dtype=torch.float64)
+    y = 0.25 * k + 0.75 * g                                  # exactly w = 0.25
+    assert kernel_weight(g, k, y).tolist() == [pytest.approx(0.25)]
+    assert kernel_weight(g, k, k).tolist() == [pytest.approx(1.0)]
+    assert kernel_weight(g, k, 2 * g - k).tolist() == [0.0]  # would be -1: clipped
+    y2 = torch.cat([y, torch.full_like(y, float("nan"))], 1)
+    assert kernel_weight(torch.cat([g, g], 1), torch.cat([k, k], 1), y2).tolist() == \
+        [pytest.approx(0.25), 0.0]
+    # cross-fitted: each half scored with the weight of the other half
+    g4 = torch.tensor([[0.0], [0.0], [0.0], [0.0]], dtype=torch.float64)
+    k4 = torch.tensor([[1.0], [1.0], [1.0], [1.0]], dtype=torch.float64)
+    y4 = torch.tensor([[1.0], [0.0], [1.0], [0.0]], dtype=torch.float64)   # even: w 1, odd: 0
+    torch.testing.assert_close(crossfit_blend(g4, k4, y4), torch.tensor(
+        [[0.0], [1.0], [0.0], [1.0]], dtype=torch.float64))
+
+
+class _Const(torch.nn.Module):
+    def __init__(self, value):
+        super().__init__()
+        self.value = value
+        self.config = type("C", (), {"task": "regression", "num_tasks": 1, "output": "mean"})()
+
+    def forward(self, batch):
+        return torch.full((2, 1), self.value)
+
+
+def test_a_weighted_ensemble_and_its_spread():
+    members = [_Const(1.0), _Const(3.0), _Const(7.0)]
+    w = torch.tensor([[0.25], [0.25], [0.5]], dtype=torch.float64)
+    ens = Ensemble(members, w)
+    assert ens(None)[0, 0].item() == pytest.approx(0.25 + 0.75 + 3.5)
+    mean, std = ens.mean_std(None)
+    var = 0.25 * (1 - 4.5) ** 2 + 0.25 * (3 - 4.5) ** 2 + 0.5 * (7 - 4.5) ** 2
+    assert mean[0, 0].item() == pytest.approx(4.5) and std[0, 0].item() == pytest.approx(
+        math.sqrt(var))
+    dist = unc.predictive(ens, None)
+    assert dist.mean[0, 0].item() == pytest.approx(4.5)
+    assert dist.var[0, 0].item() == pytest.approx(var)
+    assert Ensemble(members)(None)[0, 0].item() == pytest.approx(11 / 3)   # unweighted
+    with pytest.raises(ValueError, match="summing to 1"):
+        Ensemble(members, torch.tensor([[0.5], [0.5], [0.5]]))
+
+
+def test_the_setting_is_checked():
+    with pytest.raises(ConfigError, match="ensemble >= 2 and loss 'mse'"):
+        TrainConfig(kernel_member="morgan", ensemble=1)
+    with pytest.raises(ConfigError, match="ensemble >= 2 and loss 'mse'"):
+        TrainConfig(kernel_member="morgan", loss="mve")
+    with pytest.raises(ConfigError, match="must be one of"):
+        TrainConfig(kernel_member="svm")
+    assert TrainConfig(kernel_member="morgan").member(0).kernel_member == "none"
+
+
+def test_train_with_a_kernel_member_end_to_end(tmp_path, tiny_csv):
+    cfg = tiny_config(tiny_csv, tmp_path / "cache", epochs=1, ensemble=2,
+                      kernel_member="morgan", member_processes=1)
+    summary = train(cfg, tmp_path / "run", progress=False)
+    info = summary["kernel_member"]
+    assert info["kind"] == "morgan" and info["train_molecules"] == 48
+    assert 0.0 <= info["weight"][0] <= 1.0 and info["valid_rmse_crossfit"] > 0
+    state, saved, model = load_run(tmp_path / "run" / "best.pt")
+    assert saved.train.kernel_member == "morgan"
+    assert isinstance(model, Ensemble) and isinstance(model.members[2], MorganKernelRidge)
+    w = info["weight"][0]
+    torch.testing.assert_close(model.weights[:, 0], torch.tensor(
+        [(1 - w) / 2, (1 - w) / 2, w], dtype=torch.float64))
+    # the loaded model predicts the weighted mean, and evaluate scores it as train did
+    from graphformer.train import prepare
+    from graphformer.train.loop import evaluate_split
+    from dataclasses import replace
+    prepared = replace(prepare(saved, log=False), y_mean=state["y_mean"], y_std=state["y_std"])
+    batch = next(iter(prepared.eval_batches("test", 64)))
+    with torch.no_grad():
+        parts = torch.stack([m(batch) for m in model.members])
+        torch.testing.assert_close(model(batch), (parts * model.weights.float()[:, None]).sum(0))
+    scores = evaluate_split(model, prepared, "test", 64, torch.device("cpu"))
+    assert scores["rmse"] == pytest.approx(summary["test"]["rmse"], rel=1e-5)
+    assert "calibration" in state and set(summary["uncertainty"]) == {"valid", "test"}
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["kernel_member"] == info
