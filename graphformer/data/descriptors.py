@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from rdkit import rdBase
 from rdkit.Chem import Descriptors, Mol
@@ -148,7 +149,13 @@ def morgan(mol: Mol) -> List[float]:
 def morgan_counts(mol: Mol) -> List[float]:
     """How many atom environments of ``mol`` hash to each of the
     :data:`MORGAN_BITS` bits of :func:`morgan`."""
-    return _morgan_generator().GetCountFingerprintAsNumPy(mol).astype(float).tolist()
+    return morgan_count_array(mol).astype(float).tolist()
+
+
+def morgan_count_array(mol: Mol) -> np.ndarray:
+    """:func:`morgan_counts` as RDKit gives it: a NumPy array of
+    :data:`MORGAN_BITS` unsigned integers (no list of floats in between)."""
+    return _morgan_generator().GetCountFingerprintAsNumPy(mol)
 
 
 MORGAN_NAMES = tuple(f"morgan_{i}" for i in range(MORGAN_BITS))

@@ -45,10 +45,11 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any, Optional, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from ..data.descriptors import MORGAN_BITS, morgan_counts
+from ..data.descriptors import MORGAN_BITS, morgan_count_array
 from ..data.molecule import parse_smiles
 from ..errors import DataError
 
@@ -67,10 +68,10 @@ def count_fingerprints(smiles: Sequence[str]) -> Tensor:
     """The ECFP4 count fingerprints ``[B, 2048]`` (uint8, counts capped at
     255) of ``smiles``; an unreadable SMILES is a
     :class:`~graphformer.errors.DataError` naming it."""
-    rows = [torch.tensor(morgan_counts(parse_smiles(s)), dtype=torch.float64) for s in smiles]
-    if not rows:
-        return torch.zeros(0, MORGAN_BITS, dtype=torch.uint8)
-    return torch.stack(rows).clamp_(max=MAX_COUNT).to(torch.uint8)
+    out = np.zeros((len(smiles), MORGAN_BITS), dtype=np.uint8)
+    for k, s in enumerate(smiles):
+        out[k] = np.minimum(morgan_count_array(parse_smiles(s)), MAX_COUNT)
+    return torch.from_numpy(out)
 
 
 def minmax_kernel(a: Tensor, b: Tensor) -> Tensor:
