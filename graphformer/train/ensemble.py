@@ -394,7 +394,7 @@ def with_kernel_member(model: Ensemble, prepared: Prepared, batch_size: int,
     with torch.no_grad():
         for batch in prepared.eval_batches("valid", batch_size):
             valid_g.append(model(batch.to(device)).cpu())
-            valid_k.append(member(batch))
+            valid_k.append(member(batch).cpu())
             valid_y.append(batch.y.view(valid_g[-1].shape).cpu())
     g, k, yv = (torch.cat(x).double() for x in (valid_g, valid_k, valid_y))
     w = kernel_weight(g, k, (yv - prepared.y_mean.double()) / prepared.y_std.double())
