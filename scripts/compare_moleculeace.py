@@ -29,7 +29,9 @@ over its cliff molecules (``cliff_mol == 1``); graphformer's runs also
 record the RMSE of the validation part (``valid_rmse``), by which a default
 is chosen; with a fingerprint kernel member (``--set
 train.kernel_member=morgan``), whose weight is fitted on that part, also
-its cross-fitted score (``valid_rmse_crossfit``) and the weight. Prints a line per run and the
+its cross-fitted score (``valid_rmse_crossfit``), the weight, and the
+score of its graph transformers alone (``valid_rmse_transformers``: the
+defaults', trained alike). Prints a line per run and the
 table (per set and the mean over the sets, mean ± std over seeds), and
 writes every run as JSON lines (``--out``, appended as runs finish: an
 interrupted comparison continues with the same command, skipping the runs
@@ -328,6 +330,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                     if "kernel_member" in both:   # the weight was fitted on that part
                         kernel = both["kernel_member"]
                         valid.update(valid_rmse_crossfit=kernel["valid_rmse_crossfit"],
+                                     valid_rmse_transformers=kernel["valid_rmse_transformers"],
                                      kernel_weight=kernel["weight"][0])
                 else:
                     predicted = run_chemprop(split, seed)

@@ -118,4 +118,4 @@ def test_graphformer_is_trained_and_scored_on_the_same_molecules(mace, files, tm
                                "data": {"molecule_features": ["morgan"]}}
     assert np.isfinite(row["test_rmse"]) and np.isfinite(row["cliff_rmse"])
     assert np.isfinite(row["valid_rmse"]) and np.isfinite(row["valid_rmse_crossfit"])
-    assert 0.0 <= row["kernel_weight"] <= 1.0
+    assert 0.0 <= row["kernel_weight"] <= 1.0 and np.isfinite(row["valid_rmse_transformers"])
