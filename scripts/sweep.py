@@ -12,7 +12,8 @@ A variant with a fingerprint kernel member (``kernel_member=morgan``),
 whose weight is fitted on the validation part, is ranked by that blend's
 cross-fitted validation score (the summary's
 ``kernel_member.valid_rmse_crossfit``), not by the score its own fit
-flatters (kept as ``valid_fitted``).
+flatters (kept as ``valid_fitted``); ``valid_transformers`` is its graph
+transformers' alone, which are trained as without the member.
 
     python scripts/sweep.py --datasets esol freesolv --variants default local=gine \\
         dropout=0 batch_size=64 --seeds 0 1 2 --threads 1 --out sweep.jsonl
@@ -138,7 +139,8 @@ def run(dataset: str, variant: str, seed: int, threads: int,
            "best_epoch": summary["best_epoch"], "seconds": time.perf_counter() - start}
     if "kernel_member" in summary:   # its weight was fitted on the validation part
         row.update(valid=summary["kernel_member"]["valid_rmse_crossfit"],
-                   valid_fitted=summary[f"best_valid_{metric}"])
+                   valid_fitted=summary[f"best_valid_{metric}"],
+                   valid_transformers=summary["kernel_member"]["valid_rmse_transformers"])
     if fold is not None:
         row.update(fold=fold.index, valid_size=fold.valid_size)
     return row

@@ -92,14 +92,20 @@ def test_a_run_is_appended(tmp_path, monkeypatch, one_thread, cv):
     sweep = load_script("sweep")
     out = tmp_path / "sweep.jsonl"
     variant = "hidden=8,heads=2,layers=1,epochs=1,ensemble=1"
+    if not cv:   # with a kernel member: ranked by its cross-fitted score
+        variant = "hidden=8,heads=2,layers=1,epochs=1,ensemble=2,kernel_member=morgan," \
+            "member_processes=1"
     folds = ["--cv", "5", "--folds", "3", "--cv-dir", str(tmp_path / "cv")] if cv else []
     assert sweep.main(["--datasets", "freesolv", "--variants", variant, "--seeds", "3",
                        "--out", str(out), *folds]) == 0
     (row,) = [json.loads(line) for line in out.read_text().splitlines()]
-    assert row["variant"] == variant and row["seed"] == 3 and row["best_epoch"] == 1
+    assert row["variant"] == variant and row["seed"] == 3
     assert row["metric"] == "rmse" and row["valid"] > 0 and row["test"] > 0
     if cv:
+        assert row["best_epoch"] == 1
         frame = pd.read_csv(tmp_path / "cv" / "freesolv-scaffold-cv5.csv")
         assert row["fold"] == 3 and row["valid_size"] == (frame["cv3"] == "val").sum() > 0
     else:
-        assert "fold" not in row
+        assert "fold" not in row and row["best_epoch"] == [1, 1]
+        assert row["valid_fitted"] <= row["valid_transformers"] + 1e-6   # w = 0 is a candidate
+        assert row["valid"] > 0
