@@ -148,3 +148,17 @@ def test_train_with_a_kernel_member_end_to_end(tmp_path, tiny_csv):
     assert scores["rmse"] == pytest.approx(summary["test"]["rmse"], rel=1e-5)
     assert "calibration" in state and set(summary["uncertainty"]) == {"valid", "test"}
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["kernel_member"] == info
+    # predict streams it as any checkpoint: worker processes give the same bytes
+    import pandas as pd
+    from tests.commands import cli
+    source = tmp_path / "q.csv"
+    pd.DataFrame({"smiles": SMILES}).to_csv(source, index=False)
+    outs = []
+    for flags in ([], ["--workers", "2"]):
+        outs.append(tmp_path / f"p{len(outs)}.csv")
+        code, _, err = cli("predict", tmp_path / "run" / "best.pt", source, "-o", outs[-1],
+                           "--chunk-size", "4", "--threads", "1", "--quiet", *flags)
+        assert code == 0, err
+    assert outs[0].read_bytes() == outs[1].read_bytes()
+    frame = pd.read_csv(outs[0])
+    assert list(frame.columns) == ["row", "smiles", "y", "y_std"] and len(frame) == 10
