@@ -32,6 +32,9 @@ and give its executable with ``--chemprop`` when it is not on ``PATH``.
 
     python scripts/compare_uncertainty.py --datasets esol --seeds 0 --json unc.json
     python scripts/compare_uncertainty.py --markdown-from unc.json
+
+With an existing ``--json`` file the comparison continues it: the runs it
+holds are kept and not made again (its settings must be the same).
 """
 from __future__ import annotations
 
@@ -300,10 +303,24 @@ def main(argv: Optional[List[str]] = None) -> int:
         "chemprop_epochs": args.chemprop_epochs, "ensemble": args.ensemble,
         "evidential_lambda": args.evidential_lambda, "interval": args.interval,
         "runs": [], "skipped": []}
+    done = set()
+    if args.json is not None and args.json.exists():   # continue an interrupted comparison
+        saved = json.loads(args.json.read_text())
+        keys = ("epochs", "chemprop_epochs", "ensemble", "evidential_lambda", "interval")
+        differ = [k for k in keys if saved.get(k) != results[k]]
+        if differ:
+            parser.error(f"{args.json} holds runs made with other settings "
+                         f"({', '.join(f'{k} {saved.get(k)!r}' for k in differ)}): give "
+                         f"another --json, or the same settings to continue it")
+        results["runs"] = saved.get("runs", [])
+        results["seeds"] = sorted(set(saved.get("seeds", [])) | set(args.seeds))
+        done = {(r["dataset"], r["seed"], r["method"], r["tool"]) for r in results["runs"]}
     prepared: Dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as root:
         for name, seed, method, tool in itertools.product(args.datasets, args.seeds,
                                                           args.methods, args.tools):
+            if (name, seed, method, tool) in done:
+                continue
             if tool == "graphformer":
                 result = run_graphformer(name, seed, method, args, Path(root))
             else:   # the split (scaffold: the same for every seed) as chemprop's files

@@ -101,3 +101,23 @@ def test_the_methods_flags():
         "--loss", "evidential", "--ensemble", "1", "--evidential-lambda", "0.1"]
     assert compare.chemprop_flags("evidential", 3, 0.1) == (
         ["--task-type", "regression-evidential", "--v-kl", "0.1"], "evidential-total")
+
+
+def test_an_existing_json_is_continued_not_redone(tmp_path, capsys, stand_in):
+    compare = load_script("compare_uncertainty")
+    out = tmp_path / "unc.json"
+    base = ["--datasets", "freesolv", "--tools", "chemprop", "--json", str(out)]
+    assert compare.main([*base, "--seeds", "3", "--methods", "mve"]) == 0
+    calls = len(stand_in.read_text().splitlines())
+    # seed 3's mve is kept and not run again; seed 4 and the other method are added
+    assert compare.main([*base, "--seeds", "3", "4", "--methods", "mve", "evidential"]) == 0
+    saved = json.loads(out.read_text())
+    assert [(r["seed"], r["method"]) for r in saved["runs"]] == [
+        (3, "mve"), (3, "evidential"), (4, "mve"), (4, "evidential")]
+    assert saved["seeds"] == [3, 4]
+    trains = [c for c in stand_in.read_text().splitlines()[calls:] if c.startswith("train")]
+    assert len(trains) == 3
+    with pytest.raises(SystemExit):     # other settings: refused, nothing run or written
+        compare.main([*base, "--seeds", "5", "--interval", "0.8"])
+    assert "other settings (interval 0.9)" in capsys.readouterr().err
+    assert json.loads(out.read_text()) == saved
