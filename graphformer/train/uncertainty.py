@@ -110,13 +110,14 @@ a target.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
 from ..errors import DataError, UsageError
+from ..models.kernel import MorganKernelRidge
 
 OUTPUTS = ("mean", "mve", "evidential")
 #: what ``--loss`` trains, and the head's ``output`` it needs
@@ -293,11 +294,11 @@ def _scores(mean: Tensor, std: Tensor, y: Tensor) -> List[Tensor]:
     """Per task, the normalised residuals |y - mean| / std of the labelled
     entries with std > 0, sorted (float64); ``std`` is the calibrated one
     when they are a calibration's scores."""
-    mean, std, y = (t.detach().double().cpu() for t in (mean, std, y))
     out = []
     for t in range(y.size(1)):
-        keep = _labelled(y[:, t]) & (std[:, t] > 0)
-        out.append(torch.sort((y[keep, t] - mean[keep, t]).abs() / std[keep, t]).values)
+        r, sig = _residuals(mean, std, y, t)
+        keep = sig > 0
+        out.append(torch.sort(r[keep].abs() / sig[keep]).values)
     return out
 
 
@@ -316,13 +317,8 @@ def fit_zscale(mean: Tensor, std: Tensor, y: Tensor) -> Tensor:
     r"""z-scaling's factor per task ``[T]`` alone (no floor): :math:`s =
     (\frac1n\sum z_i^2)^{1/2}` over the labelled entries with ``std`` > 0 (1
     for a task with none)."""
-    out = []
-    for t in range(y.size(1)):
-        r, sig = _residuals(mean, std, y, t)
-        keep = sig > 0
-        z2 = (r[keep] / sig[keep]).pow(2)
-        out.append(float(z2.mean().sqrt()) if z2.numel() and z2.sum() > 0 else 1.0)
-    return torch.tensor(out, dtype=torch.float64)
+    return torch.tensor([float(z.pow(2).mean().sqrt()) if z.sum() > 0 else 1.0
+                         for z in _scores(mean, std, y)], dtype=torch.float64)
 
 
 def _residuals(mean: Tensor, std: Tensor, y: Tensor, t: int) -> Tuple[Tensor, Tensor]:
@@ -372,8 +368,9 @@ def fit_scale_floor(mean: Tensor, std: Tensor, y: Tensor,
             else:
                 lo = a
         tau = math.exp((lo + hi) / 2.0)
-        best = min(_floor_nll(r2, var, tau), nlls[k])
-        tau = tau if best == _floor_nll(r2, var, tau) else taus[k]
+        best = _floor_nll(r2, var, tau)
+        if nlls[k] < best:                         # the refinement did not improve on the grid
+            tau, best = taus[k], nlls[k]
         if bool((var > 0).all()) and _floor_nll(r2, var, 0.0) <= best + 1e-12:
             tau = 0.0                              # plain z-scaling is as good: keep it
         scale = math.sqrt(float((r2 / (var + tau * tau)).mean()))
@@ -477,9 +474,8 @@ def fit_calibration(mean: Tensor, std: Tensor, y: Tensor, part: str = "valid") -
     ``y``, all ``[N, T]`` in target units."""
     scale, floor = fit_scale_floor(mean, std, y)
     fitted = Calibration(scale.tolist(), [torch.zeros(0, dtype=torch.float64)] * len(scale),
-                         part, floor.tolist())
-    fitted.scores = _scores(mean, fitted.calibrated(std.detach().double().cpu()), y)
-    return fitted
+                         part, floor.tolist())   # scores come from its calibrated std
+    return replace(fitted, scores=_scores(mean, fitted.calibrated(std.detach().double()), y))
 
 
 def half_width(std: Tensor, calibration: Optional[Calibration], coverage: float,
@@ -711,7 +707,7 @@ def spread_of(model: torch.nn.Module) -> str:
                          "mve / evidential")
     if members == 1:
         return loss
-    kernels = sum(1 for m in model.members if type(m).__name__ == "MorganKernelRidge")
+    kernels = sum(1 for m in model.members if isinstance(m, MorganKernelRidge))
     if kernels:
         return f"ensemble of {members - kernels} ({loss}) and a fingerprint kernel member"
     return f"ensemble of {members} ({loss})"
