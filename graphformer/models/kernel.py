@@ -89,8 +89,8 @@ class MorganKernelRidge(torch.nn.Module):
     r"""Kernel ridge regression with the MinMax kernel on ECFP4 counts (see
     the module docstring), as an ensemble member.
 
-    Build it with :meth:`fit`; a checkpoint's is rebuilt empty with
-    :meth:`empty` and filled by ``load_state_dict``.
+    Build it with :meth:`fit`; a checkpoint's is built empty, of its sizes,
+    and filled by ``load_state_dict``.
 
     Args:
         num_train: n, the training molecules.
@@ -121,11 +121,6 @@ class MorganKernelRidge(torch.nn.Module):
         self._codes: Optional[tuple] = None
 
     @classmethod
-    def empty(cls, num_train: int, num_tasks: int) -> "MorganKernelRidge":
-        """An unfitted member of these sizes, for ``load_state_dict``."""
-        return cls(num_train, num_tasks)
-
-    @classmethod
     def fit(cls, counts: Tensor, y: Tensor, ridge: float = DEFAULT_RIDGE) -> "MorganKernelRidge":
         """Fit on training fingerprints ``counts`` ``[n, 2048]`` (uint8, from
         :func:`count_fingerprints`) and targets ``y`` ``[n, T]`` (NaN:
@@ -153,18 +148,18 @@ class MorganKernelRidge(torch.nn.Module):
 
     def _train_codes(self) -> tuple:
         """The active code columns (bit, level) and the training molecules'
-        codes ``[n, D]`` and count sums ``[n]`` (cached; rebuilt when the
-        buffers change device)."""
-        counts = self.train_counts
-        if self._codes is not None and self._codes[-1] is counts:
+        codes ``[n, D]`` and count sums ``[n]`` (cached; dropped when the
+        buffers are moved, cast or loaded)."""
+        if self._codes is not None:
             return self._codes
+        counts = self.train_counts
         top = counts.max(0).values.long()                 # [2048] highest count per bit
         bits = torch.repeat_interleave(torch.arange(MORGAN_BITS, device=counts.device), top)
         starts = torch.cumsum(top, 0) - top
         levels = torch.arange(bits.numel(), device=counts.device) - starts[bits] + 1
         codes = self._unary(counts, bits, levels)
         sums = counts.double().sum(1)
-        self._codes = (bits, levels, codes, sums, counts)
+        self._codes = (bits, levels, codes, sums)
         return self._codes
 
     @staticmethod
@@ -175,7 +170,7 @@ class MorganKernelRidge(torch.nn.Module):
     def kernel(self, counts: Tensor) -> Tensor:
         """The MinMax kernel ``[B, n]`` of fingerprints ``counts`` ``[B,
         2048]`` (uint8) with the training molecules (float64)."""
-        bits, levels, codes, sums, _ = self._train_codes()
+        bits, levels, codes, sums = self._train_codes()
         counts = counts.to(self.train_counts.device)
         low = (self._unary(counts, bits, levels) @ codes.t()).double()  # sum of minima
         high = counts.double().sum(1)[:, None] + sums[None, :] - low  # sum of maxima

@@ -242,8 +242,7 @@ def model_from_checkpoint(state: Dict[str, Any], path: Union[str, Path] = "check
         GraphTransformer(cfg.model, mol_feature_names=names, mol_features=width,
                          attention_backend=cfg.train.attention_backend) for _ in range(k)]
     if getattr(cfg.train, "kernel_member", "none") != "none":
-        model = Ensemble([*models, _kernel_member(state, k, path)],
-                         weights=_kernel_weights(state, k, cfg.model.num_tasks, path))
+        model = _with_kernel_member(models, state, path)
     else:
         model = models[0] if k == 1 else Ensemble(models)
     try:
@@ -265,26 +264,22 @@ def model_from_checkpoint(state: Dict[str, Any], path: Union[str, Path] = "check
     return model.eval()
 
 
-def _kernel_member(state: Dict[str, Any], k: int, path: Union[str, Path]
-                   ) -> MorganKernelRidge:
-    """An empty kernel member of the sizes ``state`` holds (member ``k``)."""
-    alpha = state["model"].get(f"members.{k}.alpha") if isinstance(state.get("model"), dict) \
-        else None
-    if not isinstance(alpha, torch.Tensor) or alpha.dim() != 2 or alpha.size(0) < 1:
+def _with_kernel_member(models: List[torch.nn.Module], state: Dict[str, Any],
+                        path: Union[str, Path]) -> Ensemble:
+    """The ensemble of ``models`` and an empty kernel member of the sizes
+    ``state`` holds, with the member weights it holds (checked by
+    :class:`~graphformer.models.Ensemble`); its weights are loaded next."""
+    saved = state["model"] if isinstance(state.get("model"), dict) else {}
+    alpha, weights = saved.get(f"members.{len(models)}.alpha"), saved.get("weights")
+    if not isinstance(alpha, torch.Tensor) or alpha.dim() != 2 or alpha.size(0) < 1 or \
+            not isinstance(weights, torch.Tensor):
         raise CheckpointError(f"{path}: its config names a kernel member, but its weights "
-                              f"hold none (members.{k}.alpha)")
-    return MorganKernelRidge.empty(alpha.size(0), alpha.size(1))
-
-
-def _kernel_weights(state: Dict[str, Any], k: int, tasks: int, path: Union[str, Path]
-                    ) -> torch.Tensor:
-    """Placeholder weights of an ensemble with a kernel member (the
-    checkpoint's are loaded over them); the checkpoint must hold them."""
-    if "weights" not in state["model"]:
-        raise CheckpointError(f"{path}: its config names a kernel member, but its weights "
-                              f"hold no member weights ('weights')")
-    return torch.cat([torch.full((k, tasks), 0.0, dtype=torch.float64),
-                      torch.ones(1, tasks, dtype=torch.float64)])
+                              f"hold no such member (members.{len(models)}.alpha and "
+                              f"weights)")
+    try:
+        return Ensemble([*models, MorganKernelRidge(alpha.size(0), alpha.size(1))], weights)
+    except ValueError as err:
+        raise CheckpointError(f"{path}: its member weights are malformed ({err})") from None
 
 
 def load_run(path: Union[str, Path]

@@ -60,7 +60,7 @@ def test_kernel_ridge_equals_scikit_learns_per_task_on_labelled_molecules():
     # forward reads the batch's SMILES; the state round-trips
     batch = Batch.from_data_list([from_smiles(s) for s in SMILES[7:]])
     torch.testing.assert_close(member(batch), pred.float())
-    again = MorganKernelRidge.empty(7, 2)
+    again = MorganKernelRidge(7, 2)
     again.load_state_dict(member.state_dict())
     torch.testing.assert_close(again(batch), member(batch))
     with pytest.raises(DataError, match="SMILES"):
@@ -148,6 +148,14 @@ def test_train_with_a_kernel_member_end_to_end(tmp_path, tiny_csv):
     assert scores["rmse"] == pytest.approx(summary["test"]["rmse"], rel=1e-5)
     assert "calibration" in state and set(summary["uncertainty"]) == {"valid", "test"}
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["kernel_member"] == info
+    # member weights that do not sum to 1, or none, are a damaged checkpoint
+    from graphformer.train.checkpoint import CheckpointError, model_from_checkpoint
+    bad = {**state, "model": {**state["model"], "weights": state["model"]["weights"] * 2}}
+    with pytest.raises(CheckpointError, match="member weights are malformed.*summing to 1"):
+        model_from_checkpoint(bad, "ck.pt")
+    bad["model"].pop("weights")
+    with pytest.raises(CheckpointError, match="ck.pt: its config names a kernel member"):
+        model_from_checkpoint(bad, "ck.pt")
     # predict streams it as any checkpoint: worker processes give the same bytes
     import pandas as pd
     from tests.commands import cli
