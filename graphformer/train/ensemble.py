@@ -386,8 +386,8 @@ def with_kernel_member(model: Ensemble, prepared: Prepared, batch_size: int,
                         f"molecules (its kernel matrix is n x n); {bench.name} has "
                         f"{len(train_idx):,}")
     start = time.perf_counter()
-    y = torch.stack([bench.dataset[i].y.view(-1) for i in train_idx]).double()
-    y = (y - prepared.y_mean.double()) / prepared.y_std.double()
+    mu, sd = prepared.y_mean.double(), prepared.y_std.double()
+    y = (torch.stack([bench.dataset[i].y.view(-1) for i in train_idx]).double() - mu) / sd
     counts = count_fingerprints([bench.smiles[i] for i in train_idx])
     member = MorganKernelRidge.fit(counts, y)
     valid_g, valid_k, valid_y = [], [], []
@@ -397,19 +397,18 @@ def with_kernel_member(model: Ensemble, prepared: Prepared, batch_size: int,
             valid_k.append(member(batch).cpu())
             valid_y.append(batch.y.view(valid_g[-1].shape).cpu())
     g, k, yv = (torch.cat(x).double() for x in (valid_g, valid_k, valid_y))
-    w = kernel_weight(g, k, (yv - prepared.y_mean.double()) / prepared.y_std.double())
+    zv = (yv - mu) / sd                        # the validation targets, normalised
+    w = kernel_weight(g, k, zv)
     members = list(model.members)
     weights = torch.cat([((1 - w) / len(members)).expand(len(members), -1), w[None]])
     combined = Ensemble([*members, member], weights).to(device)
 
     def rmse(pred: torch.Tensor) -> float:
-        scaled = pred * prepared.y_std.double() + prepared.y_mean.double()
-        return compute_metrics(yv.numpy(), scaled.numpy(), "regression")["rmse"]
+        return compute_metrics(yv.numpy(), (pred * sd + mu).numpy(), "regression")["rmse"]
 
     info = {"kind": "morgan", "weight": w.tolist(), "train_molecules": len(train_idx),
             "valid_rmse_alone": rmse(k), "valid_rmse_transformers": rmse(g),
-            "valid_rmse_crossfit": rmse(crossfit_blend(g, k, (yv - prepared.y_mean.double())
-                                                       / prepared.y_std.double())),
+            "valid_rmse_crossfit": rmse(crossfit_blend(g, k, zv)),
             "seconds": time.perf_counter() - start}
     if show:
         print(f"kernel member: weight {', '.join(f'{v:.2f}' for v in w.tolist())} against the "
