@@ -292,9 +292,9 @@ class TrainConfig:
             of the training molecules
             (:class:`~graphformer.models.kernel.MorganKernelRidge`), fitted
             when the graph transformers have finished. Its weight against
-            their mean is the one that minimises the validation part's MSE,
-            per task in [0, 1] (:func:`graphformer.train.ensemble.
-            kernel_weight`). ``none`` (default): no such member.
+            their mean is the validation part's least-squares weight, shrunk
+            towards 0 by its standard error, per task in [0, 1]
+            (:func:`graphformer.train.ensemble.kernel_weight`). ``none`` (default): no such member.
 
     Values are converted by :func:`coerce` (a numeric string is a number), and
     every range error names its key.

@@ -331,20 +331,36 @@ MAX_KERNEL_TRAIN = 15_000
 
 def kernel_weight(transformers: torch.Tensor, kernel: torch.Tensor, y: torch.Tensor
                   ) -> torch.Tensor:
-    r"""The kernel member's weight per task ``[T]``: the :math:`w \in [0, 1]`
-    that minimises the mean squared error of :math:`(1 - w)\,g + w\,k` on the
-    labelled entries of ``y`` (``g``: the transformers' mean prediction,
-    ``k``: the kernel member's; all ``[n, T]``), in closed form
-    :math:`w = \mathrm{clip}\big(\sum (y - g)(k - g) / \sum (k - g)^2,
-    0, 1\big)` (0 when the two agree everywhere)."""
+    r"""The kernel member's weight per task ``[T]``, fitted on the labelled
+    entries of ``y`` (``g``: the transformers' mean prediction, ``k``: the
+    kernel member's; all ``[n, T]``) for the blend :math:`(1 - w)\,g + w\,k`.
+
+    The least-squares weight :math:`\hat w = \sum r d / \sum d^2`
+    (:math:`r = y - g`, :math:`d = k - g`) has the standard error
+    :math:`s^2 = \sum (r - \hat w d)^2 / ((n - 1) \sum d^2)`, which is large
+    when the part is small or the two predictions barely differ. The weight is
+    shrunk towards 0 (the transformers alone) by empirical Bayes, a normal
+    prior on :math:`w` whose variance is estimated as
+    :math:`\max(0, \hat w^2 - s^2)`, and clipped to ``[0, 1]``:
+
+    .. math::
+        w = \mathrm{clip}\Big(\hat w \, \max\big(0,
+            1 - s^2 / \hat w^2\big),\; 0,\; 1\Big)
+
+    0 when fewer than 3 entries are labelled or the two agree everywhere."""
     g, k, y = (t.detach().double() for t in (transformers, kernel, y))
     out = []
     for t in range(y.size(1)):
         m = ~torch.isnan(y[:, t])
-        d = k[m, t] - g[m, t]
-        den = float((d * d).sum())
-        out.append(0.0 if den == 0.0 else
-                   min(1.0, max(0.0, float(((y[m, t] - g[m, t]) * d).sum()) / den)))
+        d, r = k[m, t] - g[m, t], y[m, t] - g[m, t]
+        n, den = int(m.sum()), float((d * d).sum())
+        if n < 3 or den == 0.0:
+            out.append(0.0)
+            continue
+        w = float((r * d).sum()) / den
+        se2 = float(((r - w * d) ** 2).sum()) / ((n - 1) * den)
+        shrunk = 0.0 if w == 0.0 else w * max(0.0, 1.0 - se2 / (w * w))
+        out.append(min(1.0, max(0.0, shrunk)))
     return torch.tensor(out, dtype=torch.float64)
 
 

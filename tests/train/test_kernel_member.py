@@ -67,22 +67,49 @@ def test_kernel_ridge_equals_scikit_learns_per_task_on_labelled_molecules():
         member(Batch.from_data_list([from_smiles("CC")]).__class__())
 
 
-def test_kernel_weight_is_the_least_squares_blend_clipped_to_0_1():
+def _shrunk_weight_by_hand(g, k, y):
+    r, d = [float(v) for v in y - g], [float(v) for v in k - g]
+    n, sdd = len(r), sum(v * v for v in d)
+    w = sum(a * b for a, b in zip(r, d)) / sdd
+    se2 = sum((a - w * b) ** 2 for a, b in zip(r, d)) / ((n - 1) * sdd)
+    return min(1.0, max(0.0, w * max(0.0, 1 - se2 / w ** 2)))
+
+
+def test_kernel_weight_is_the_least_squares_blend_shrunk_by_its_error_and_clipped():
     g = torch.tensor([[0.0], [1.0], [2.0], [3.0]], dtype=torch.float64)
     k = torch.tensor([[1.0], [1.0], [1.0], [1.0]], dtype=torch.float64)
-    y = 0.25 * k + 0.75 * g                                  # exactly w = 0.25
+    y = 0.25 * k + 0.75 * g                       # exactly w = 0.25, no error: no shrinking
     assert kernel_weight(g, k, y).tolist() == [pytest.approx(0.25)]
     assert kernel_weight(g, k, k).tolist() == [pytest.approx(1.0)]
     assert kernel_weight(g, k, 2 * g - k).tolist() == [0.0]  # would be -1: clipped
     y2 = torch.cat([y, torch.full_like(y, float("nan"))], 1)
     assert kernel_weight(torch.cat([g, g], 1), torch.cat([k, k], 1), y2).tolist() == \
         [pytest.approx(0.25), 0.0]
+    # with noise: the least-squares weight 0.25 + ..., shrunk by its standard error
+    noise = torch.tensor([[0.3], [-0.2], [0.1], [-0.4]], dtype=torch.float64)
+    assert kernel_weight(g, k, y + noise).tolist() == \
+        [pytest.approx(_shrunk_weight_by_hand(g[:, 0], k[:, 0], (y + noise)[:, 0]))]
+    w_ls = float(((y + noise - g) * (k - g)).sum() / ((k - g) ** 2).sum())
+    assert 0.0 < kernel_weight(g, k, y + noise).item() < w_ls
+    # a weight smaller than its standard error is 0 (two points of pure noise here)
+    y_noise = g + torch.tensor([[0.5], [-0.5], [0.5], [-0.5]], dtype=torch.float64)
+    assert kernel_weight(g, k, y_noise).tolist() == [0.0]
+    # the same signal on more molecules is shrunk less
+    rng = torch.Generator().manual_seed(0)
+    g_big = torch.randn(400, 1, generator=rng, dtype=torch.float64)
+    k_big = torch.randn(400, 1, generator=rng, dtype=torch.float64)
+    y_big = 0.7 * g_big + 0.3 * k_big + 0.5 * torch.randn(400, 1, generator=rng, dtype=torch.float64)
+    small, big = kernel_weight(g_big[:20], k_big[:20], y_big[:20]), kernel_weight(g_big, k_big, y_big)
+    assert big.item() == pytest.approx(_shrunk_weight_by_hand(g_big[:, 0], k_big[:, 0], y_big[:, 0]))
+    assert abs(big.item() - 0.3) < 0.05 and small.item() == pytest.approx(
+        _shrunk_weight_by_hand(g_big[:20, 0], k_big[:20, 0], y_big[:20, 0]))
+    assert kernel_weight(g[:2], k[:2], y[:2]).tolist() == [0.0]   # fewer than 3 labels
     # cross-fitted: each half scored with the weight of the other half
-    g4 = torch.tensor([[0.0], [0.0], [0.0], [0.0]], dtype=torch.float64)
-    k4 = torch.tensor([[1.0], [1.0], [1.0], [1.0]], dtype=torch.float64)
-    y4 = torch.tensor([[1.0], [0.0], [1.0], [0.0]], dtype=torch.float64)   # even: w 1, odd: 0
-    torch.testing.assert_close(crossfit_blend(g4, k4, y4), torch.tensor(
-        [[0.0], [1.0], [0.0], [1.0]], dtype=torch.float64))
+    g4 = torch.zeros(6, 1, dtype=torch.float64)
+    k4 = torch.ones(6, 1, dtype=torch.float64)
+    y4 = torch.tensor([[1.0], [0.0], [1.0], [0.0], [1.0], [0.0]], dtype=torch.float64)
+    torch.testing.assert_close(crossfit_blend(g4, k4, y4), torch.tensor(   # even: w 1, odd: 0
+        [[0.0], [1.0], [0.0], [1.0], [0.0], [1.0]], dtype=torch.float64))
 
 
 class _Const(torch.nn.Module):
