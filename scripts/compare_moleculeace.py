@@ -30,8 +30,9 @@ record the RMSE of the validation part (``valid_rmse``), by which a default
 is chosen; with a fingerprint kernel member (``--set
 train.kernel_member=morgan``), whose weight is fitted on that part, also
 its cross-fitted score (``valid_rmse_crossfit``), the weight, and the
-score of its graph transformers alone (``valid_rmse_transformers``: the
-defaults', trained alike). Prints a line per run and the
+score of its graph transformers alone (``valid_rmse_transformers``,
+``test_rmse_transformers``, ``cliff_rmse_transformers``: the defaults',
+trained alike; the test ones from the members' own checkpoints). Prints a line per run and the
 table (per set and the mean over the sets, mean ± std over seeds), and
 writes every run as JSON lines (``--out``, appended as runs finish: an
 interrupted comparison continues with the same command, skipping the runs
@@ -189,15 +190,23 @@ def run_graphformer(frame: pd.DataFrame, seed: int, threads: int,
         path.write_text(json.dumps(config))
         run_command([sys.executable, "-m", "graphformer", "train", "--quiet", "--config", str(path),
               "--run-dir", str(tmp_path / "run"), "--root", str(root)])
-        run_command([sys.executable, "-m", "graphformer", "predict", str(tmp_path / "run" / "best.pt"),
-              str(test), "-o", str(tmp_path / "pred.csv"), "--threads", str(threads)])
-        predicted = pd.read_csv(tmp_path / "pred.csv")
         summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    values = predicted["y"].to_numpy()   # not y_std (an ensemble adds it)
+        # with a kernel member, also the graph transformers' own mean (the
+        # members' checkpoints share the run's target normalisation)
+        transformers = sorted((tmp_path / "run").glob("member-*/best.pt")) \
+            if "kernel_member" in summary else []
+        predicted = []
+        for k, checkpoint in enumerate([tmp_path / "run" / "best.pt", *transformers]):
+            run_command([sys.executable, "-m", "graphformer", "predict", str(checkpoint),
+                         str(test), "-o", str(tmp_path / f"pred{k}.csv"), "--threads", str(threads)])
+            # not y_std (an ensemble adds it)
+            predicted.append(pd.read_csv(tmp_path / f"pred{k}.csv")["y"].to_numpy())
     parts = held["split"].to_numpy()
-    out: Dict[str, Any] = {part: values[parts == part].tolist() for part in ("val", "test")}
+    out: Dict[str, Any] = {part: predicted[0][parts == part].tolist() for part in ("val", "test")}
     if "kernel_member" in summary:
         out["kernel_member"] = summary["kernel_member"]
+        mean = np.mean(predicted[1:], axis=0)
+        out["test_transformers"] = mean[parts == "test"].tolist()
     return out
 
 
@@ -329,8 +338,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                                                   split[split["split"] == "val"])["test_rmse"]}
                     if "kernel_member" in both:   # the weight was fitted on that part
                         kernel = both["kernel_member"]
+                        alone = scores(both["test_transformers"], test)
                         valid.update(valid_rmse_crossfit=kernel["valid_rmse_crossfit"],
                                      valid_rmse_transformers=kernel["valid_rmse_transformers"],
+                                     test_rmse_transformers=alone["test_rmse"],
+                                     cliff_rmse_transformers=alone["cliff_rmse"],
                                      kernel_weight=kernel["weight"][0])
                 else:
                     predicted = run_chemprop(split, seed)

@@ -1,7 +1,7 @@
 """The mean prediction of several trained models (``graphformer train --ensemble K``)."""
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -27,6 +27,24 @@ class Ensemble(torch.nn.Module):
     fingerprint kernel member (:class:`~graphformer.models.kernel.
     MorganKernelRidge`) weighs it against the graph transformers by the
     validation part (``graphformer train --kernel-member morgan``).
+
+    **Members with a reach.** A member that has ``forward_with_reach(batch)``
+    (returning its ``[B, T]`` prediction and a reach :math:`r(G) \in [0, 1]`
+    ``[B]``, e.g. the kernel member's similarity to its nearest training
+    molecule) keeps :math:`w_k\, r_k(G)` of its weight on each molecule and
+    gives the rest to the members without one, in proportion to their
+    weights (equally when those are all 0):
+
+    .. math::
+        w_{k}(G) = w_k\, r_k(G) \;(k \in R), \qquad
+        w_j(G) = w_j + u_j \sum_{k \in R} w_k\,(1 - r_k(G)) \;(j \notin R),
+        \qquad u_j = w_j \Big/ \sum_{i \notin R} w_i .
+
+    With graph transformers weighted :math:`(1 - w)/M` each and a kernel
+    member :math:`w`, the prediction is :math:`g + w\, r(G)\,(k - g)`, ``g``
+    the transformers' mean. :meth:`member_weights` gives the weights of a
+    batch; :meth:`mean_std` and :mod:`graphformer.train.uncertainty` use
+    them.
 
     Shapes: a PyG ``Batch`` of B graphs gives ``[B, num_tasks]``, like each
     member. ``config`` is the first member's (every member must have the
@@ -59,17 +77,69 @@ class Ensemble(torch.nn.Module):
                                  f"{weights.tolist() if weights.numel() < 20 else weights.shape}")
             self.register_buffer("weights", weights)
 
-    def _combine(self, out: Tensor) -> Tensor:
+    def _run(self, batch, distribution: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
+        """Every member's output stacked ``[K, B, ...]`` (with ``distribution``,
+        :meth:`member_parameters`' ``[K, B, P, T]``) and the weights of this
+        batch ``[K, B, T]`` (None: the plain mean)."""
+        outs, reach = [], {}
+        for k, member in enumerate(self.members):
+            if hasattr(member, "forward_with_reach"):
+                out, reach[k] = member.forward_with_reach(batch)
+                outs.append(out.unsqueeze(1) if distribution else out)
+            elif distribution:
+                out = member(batch, distribution=True) if \
+                    getattr(self.config, "output", "mean") != "mean" else member(batch).unsqueeze(1)
+                outs.append(out)
+            else:
+                outs.append(member(batch))
+        out = torch.stack(outs)
+        return out, self._batch_weights(reach, out.size(1), out.dtype)
+
+    def _batch_weights(self, reach: Dict[int, Tensor], size: int, dtype: torch.dtype
+                       ) -> Optional[Tensor]:
+        """The weights ``[K, B, T]`` of a batch of ``size`` molecules given the
+        reach ``[B]`` of the members that have one (see the class docstring)."""
+        if self.weights is None and not reach:
+            return None
+        K, T = len(self.members), self.config.num_tasks
+        base = self.weights if self.weights is not None else \
+            torch.full((K, T), 1.0 / K, dtype=torch.float64)
+        base = base.to(dtype)
+        weights = base[:, None, :].expand(K, size, T).clone()
+        if not reach:
+            return weights
+        others = [j for j in range(K) if j not in reach]
+        if not others:
+            raise ValueError("an Ensemble needs a member without a reach to give the rest of "
+                             "the weight to")
+        given_back = torch.zeros(size, T, dtype=dtype, device=weights.device)
+        for k, r in reach.items():
+            r = r.to(device=weights.device, dtype=dtype)[:, None]
+            given_back += base[k] * (1 - r)
+            weights[k] = base[k] * r
+        total = base[others].sum(0)
+        share = torch.where(total > 0, base[others] / total.clamp(min=1e-300),
+                            torch.full_like(base[others], 1.0 / len(others)))
+        weights[others] += share[:, None, :] * given_back[None]
+        return weights
+
+    @staticmethod
+    def _combine(out: Tensor, weights: Optional[Tensor]) -> Tensor:
         """The (weighted) mean over the members of ``out`` ``[K, B, T]``."""
-        if self.weights is None:
+        if weights is None:
             return out.mean(0)
-        return (out * self.weights.to(out.dtype)[:, None, :]).sum(0)
+        return (out * weights.to(out.dtype)).sum(0)
 
     def forward(self, batch) -> Tensor:
-        out = torch.stack([member(batch) for member in self.members])
         if self.config.task == "classification":
+            out = torch.stack([member(batch) for member in self.members])
             return torch.logit(torch.sigmoid(out).mean(0), eps=1e-7)
-        return self._combine(out)
+        return self._combine(*self._run(batch))
+
+    def member_weights(self, batch) -> Optional[Tensor]:
+        """The members' weights on each molecule of a batch ``[K, B, T]``
+        (each ``[:, b, t]`` summing to 1), or None for the plain mean."""
+        return self._run(batch)[1]
 
     def member_parameters(self, batch) -> Tensor:
         """Every member's distribution parameters, ``[K, B, P, num_tasks]``,
@@ -80,10 +150,14 @@ class Ensemble(torch.nn.Module):
         of another class (no ``distribution`` argument) must predict only
         the mean (``P = 1``). :mod:`graphformer.train.uncertainty` combines
         them into one predictive distribution per prediction. Regression only."""
+        return self.member_distribution(batch)[0]
+
+    def member_distribution(self, batch) -> Tuple[Tensor, Optional[Tensor]]:
+        """:meth:`member_parameters` ``[K, B, P, T]`` and the batch's
+        :meth:`member_weights` ``[K, B, T]`` (None: equal), from one pass of
+        each member. Regression only."""
         self._require_regression()
-        if getattr(self.config, "output", "mean") == "mean":
-            return torch.stack([member(batch) for member in self.members]).unsqueeze(2)
-        return torch.stack([member(batch, distribution=True) for member in self.members])
+        return self._run(batch, distribution=True)
 
     def mean_std(self, batch) -> Tuple[Tensor, Tensor]:
         r"""The mean of the members' mean predictions and their spread, both
@@ -98,9 +172,10 @@ class Ensemble(torch.nn.Module):
         estimator). This is the spread of the means alone; the members'
         own variances (``mve`` / ``evidential``) are added by
         :func:`graphformer.train.uncertainty.predictive`. Regression only."""
-        means = self.member_parameters(batch)[:, :, 0]
-        mean = self._combine(means)
-        return mean, self._combine((means - mean) ** 2).sqrt()
+        params, weights = self.member_distribution(batch)
+        means = params[:, :, 0]
+        mean = self._combine(means, weights)
+        return mean, self._combine((means - mean) ** 2, weights).sqrt()
 
     def _require_regression(self) -> None:
         if self.config.task != "regression":

@@ -43,7 +43,7 @@ member does.
 from __future__ import annotations
 
 from types import SimpleNamespace
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -102,7 +102,9 @@ class MorganKernelRidge(torch.nn.Module):
 
     ``forward(batch)`` reads the batch's SMILES (``batch.smiles``, a list of
     B strings, as :func:`graphformer.data.from_smiles` sets it) and returns
-    ``[B, T]``.
+    ``[B, T]``; ``forward_with_reach(batch)`` also returns each molecule's
+    similarity to its nearest training molecule ``[B]``
+    (:meth:`predict_with_reach`).
     """
 
     def __init__(self, num_train: int, num_tasks: int, ridge: float = DEFAULT_RIDGE) -> None:
@@ -178,9 +180,23 @@ class MorganKernelRidge(torch.nn.Module):
 
     def predict_counts(self, counts: Tensor) -> Tensor:
         """Predictions ``[B, T]`` (float32) for fingerprints ``counts``."""
-        return (self.kernel(counts) @ self.alpha + self.offset).float()
+        return self.predict_with_reach(counts)[0]
+
+    def predict_with_reach(self, counts: Tensor) -> Tuple[Tensor, Tensor]:
+        """Predictions ``[B, T]`` (float32) for fingerprints ``counts`` and
+        each molecule's *reach* ``[B]`` (float64): its MinMax similarity to
+        the nearest training molecule, in ``[0, 1]`` (1: a training molecule's
+        fingerprint). An :class:`~graphformer.models.Ensemble` scales this
+        member's weight on each molecule by it: far from every training
+        molecule, ridge regression falls back towards the mean."""
+        k = self.kernel(counts)
+        return (k @ self.alpha + self.offset).float(), k.max(1).values
 
     def forward(self, batch: Any) -> Tensor:
+        return self.forward_with_reach(batch)[0]
+
+    def forward_with_reach(self, batch: Any) -> Tuple[Tensor, Tensor]:
+        """:meth:`predict_with_reach` of the batch's SMILES."""
         smiles = getattr(batch, "smiles", None)
         if smiles is None:
             raise DataError("the fingerprint kernel member needs each molecule's SMILES "
@@ -188,7 +204,7 @@ class MorganKernelRidge(torch.nn.Module):
                             "has none")
         if isinstance(smiles, str):
             smiles = [smiles]
-        return self.predict_counts(count_fingerprints(list(smiles)))
+        return self.predict_with_reach(count_fingerprints(list(smiles)))
 
     def _apply(self, fn, recurse=True):
         self._codes = None

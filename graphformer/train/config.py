@@ -291,9 +291,11 @@ class TrainConfig:
             kernel ridge regression with the MinMax kernel on ECFP4 counts
             of the training molecules
             (:class:`~graphformer.models.kernel.MorganKernelRidge`), fitted
-            when the graph transformers have finished. Its weight against
-            their mean is the validation part's least-squares weight, shrunk
-            towards 0 by its standard error, per task in [0, 1]
+            when the graph transformers have finished. The prediction is
+            g + w·r·(k − g): g the transformers' mean, k the member's, r the
+            molecule's similarity to its nearest training molecule, and w
+            the validation part's least-squares weight, shrunk towards 0 by
+            its standard error, per task in [0, 1]
             (:func:`graphformer.train.ensemble.kernel_weight`). ``none`` (default): no such member.
 
     Values are converted by :func:`coerce` (a numeric string is a number), and

@@ -22,7 +22,10 @@ With ``train.kernel_member: morgan`` the ensemble gets one more member once
 the graph transformers have finished: kernel ridge regression on the
 training molecules' ECFP4 counts
 (:class:`~graphformer.models.kernel.MorganKernelRidge`), weighted against
-the transformers' mean by the validation part (:func:`kernel_weight`); the
+the transformers' mean by the validation part (:func:`kernel_weight`), its
+pull on each molecule scaled by the molecule's similarity to the nearest
+training molecule (the member's reach; see
+:class:`~graphformer.models.Ensemble`); the
 summary's ``kernel_member`` holds its weight, its validation score alone
 and the blend's cross-fitted validation score (:func:`crossfit_blend`).
 
@@ -406,15 +409,20 @@ def with_kernel_member(model: Ensemble, prepared: Prepared, batch_size: int,
     y = (torch.stack([bench.dataset[i].y.view(-1) for i in train_idx]).double() - mu) / sd
     counts = count_fingerprints([bench.smiles[i] for i in train_idx])
     member = MorganKernelRidge.fit(counts, y)
-    valid_g, valid_k, valid_y = [], [], []
+    valid_g, valid_k, valid_r, valid_y = [], [], [], []
     with torch.no_grad():
         for batch in prepared.eval_batches("valid", batch_size):
             valid_g.append(model(batch.to(device)).cpu())
-            valid_k.append(member(batch).cpu())
+            k, r = member.forward_with_reach(batch)
+            valid_k.append(k.cpu())
+            valid_r.append(r.cpu())
             valid_y.append(batch.y.view(valid_g[-1].shape).cpu())
     g, k, yv = (torch.cat(x).double() for x in (valid_g, valid_k, valid_y))
+    reach = torch.cat(valid_r).double()[:, None]
     zv = (yv - mu) / sd                        # the validation targets, normalised
-    w = kernel_weight(g, k, zv)
+    # what the ensemble predicts with weight w is (1 - w) g + w k_reach
+    k_reach = g + reach * (k - g)
+    w = kernel_weight(g, k_reach, zv)
     members = list(model.members)
     weights = torch.cat([((1 - w) / len(members)).expand(len(members), -1), w[None]])
     combined = Ensemble([*members, member], weights).to(device)
@@ -424,7 +432,8 @@ def with_kernel_member(model: Ensemble, prepared: Prepared, batch_size: int,
 
     info = {"kind": "morgan", "weight": w.tolist(), "train_molecules": len(train_idx),
             "valid_rmse_alone": rmse(k), "valid_rmse_transformers": rmse(g),
-            "valid_rmse_crossfit": rmse(crossfit_blend(g, k, zv)),
+            "valid_rmse_crossfit": rmse(crossfit_blend(g, k_reach, zv)),
+            "valid_reach_mean": float(reach.mean()),
             "seconds": time.perf_counter() - start}
     if show:
         print(f"kernel member: weight {', '.join(f'{v:.2f}' for v in w.tolist())} against the "

@@ -185,9 +185,10 @@ def mixture(members: Sequence[Predictive], weights: Optional[Tensor] = None) -> 
     """The equally weighted mixture of K members' distributions: the mean of
     the means; aleatoric, the mean of the aleatoric variances; epistemic,
     the mean of the epistemic variances plus the (population) variance of the
-    means. One member is itself. With ``weights`` ``[K, T]`` (columns
-    summing to 1; an :class:`~graphformer.models.Ensemble`'s ``weights``)
-    every mean above is the weighted one."""
+    means. One member is itself. With ``weights`` ``[K, T]`` or ``[K, N, T]``
+    (summing to 1 over the members; an :class:`~graphformer.models.
+    Ensemble`'s :meth:`~graphformer.models.Ensemble.member_weights`) every
+    mean above is the weighted one."""
     if not members:
         raise ValueError("a mixture needs at least one member")
     means = torch.stack([m.mean for m in members])
@@ -195,7 +196,9 @@ def mixture(members: Sequence[Predictive], weights: Optional[Tensor] = None) -> 
         return Predictive(means.mean(0), torch.stack([m.aleatoric for m in members]).mean(0),
                           torch.stack([m.epistemic for m in members]).mean(0)
                           + means.var(0, correction=0))
-    w = weights.to(device=means.device, dtype=means.dtype)[:, None, :]
+    w = weights.to(device=means.device, dtype=means.dtype)
+    if w.dim() == 2:
+        w = w[:, None, :]
 
     def avg(x: Tensor) -> Tensor:
         return (x * w).sum(0)
@@ -723,15 +726,16 @@ def has_spread(model: torch.nn.Module) -> bool:
     return True
 
 
-def member_parameters(model: torch.nn.Module, batch: Any) -> Tensor:
-    """``[K, B, P, T]`` distribution parameters in normalised units: an
-    ensemble's :meth:`~graphformer.models.Ensemble.member_parameters`, or one
-    model's ``forward(batch, distribution=True)`` as ``K = 1``."""
-    if hasattr(model, "member_parameters"):
-        return model.member_parameters(batch)
+def member_distribution(model: torch.nn.Module, batch: Any) -> Tuple[Tensor, Optional[Tensor]]:
+    """``[K, B, P, T]`` distribution parameters in normalised units and the
+    members' weights on the batch ``[K, B, T]`` (None: equal): an ensemble's
+    :meth:`~graphformer.models.Ensemble.member_distribution`, or one model's
+    ``forward(batch, distribution=True)`` as ``K = 1``."""
+    if hasattr(model, "member_distribution"):
+        return model.member_distribution(batch)
     if getattr(model.config, "output", "mean") == "mean":
-        return model(batch).unsqueeze(1).unsqueeze(0)
-    return model(batch, distribution=True).unsqueeze(0)
+        return model(batch).unsqueeze(1).unsqueeze(0), None
+    return model(batch, distribution=True).unsqueeze(0), None
 
 
 @torch.no_grad()
@@ -739,9 +743,8 @@ def predictive(model: torch.nn.Module, batch: Any) -> Predictive:
     """The :class:`Predictive` of a batch in normalised units (eval mode is
     the caller's to set); refuses a model without spread (:func:`spread_of`)."""
     spread_of(model)
-    return from_parameters(member_parameters(model, batch),
-                           getattr(model.config, "output", "mean"),
-                           getattr(model, "weights", None))
+    params, weights = member_distribution(model, batch)
+    return from_parameters(params, getattr(model.config, "output", "mean"), weights)
 
 
 def predict_distribution(model: torch.nn.Module, batch: Any, state: Mapping[str, Any]

@@ -119,3 +119,7 @@ def test_graphformer_is_trained_and_scored_on_the_same_molecules(mace, files, tm
     assert np.isfinite(row["test_rmse"]) and np.isfinite(row["cliff_rmse"])
     assert np.isfinite(row["valid_rmse"]) and np.isfinite(row["valid_rmse_crossfit"])
     assert 0.0 <= row["kernel_weight"] <= 1.0 and np.isfinite(row["valid_rmse_transformers"])
+    # the transformers alone: their test RMSE differs from the blend's unless w = 0
+    assert np.isfinite(row["test_rmse_transformers"]) and np.isfinite(row["cliff_rmse_transformers"])
+    if row["kernel_weight"] == 0.0:
+        assert row["test_rmse_transformers"] == pytest.approx(row["test_rmse"], rel=1e-5)

@@ -139,6 +139,66 @@ def test_a_weighted_ensemble_and_its_spread():
         Ensemble(members, torch.tensor([[0.5], [0.5], [0.5]]))
 
 
+class _Reaching(_Const):
+    """A member with a reach, as the kernel member: value on every molecule."""
+    def __init__(self, value, reach):
+        super().__init__(value)
+        self.reach = torch.tensor(reach, dtype=torch.float64)
+
+    def forward(self, batch):
+        return self.forward_with_reach(batch)[0]
+
+    def forward_with_reach(self, batch):
+        return torch.full((len(self.reach), 1), self.value), self.reach
+
+
+class _Const3(_Const):
+    def forward(self, batch):
+        return torch.full((3, 1), self.value)
+
+
+def test_a_member_with_a_reach_pulls_each_molecule_by_it():
+    reach = [1.0, 0.5, 0.0]
+    g = (1.0 + 3.0) / 2
+    for w in (0.5, 1.0):      # at 1 the transformers' weights are 0: the rest is shared equally
+        ens = Ensemble([_Const3(1.0), _Const3(3.0), _Reaching(7.0, reach)],
+                       torch.tensor([[(1 - w) / 2], [(1 - w) / 2], [w]], dtype=torch.float64))
+        # g + w r (k - g), molecule by molecule
+        expected = torch.tensor([[g + w * r * (7.0 - g)] for r in reach])
+        torch.testing.assert_close(ens(None), expected)
+        weights = ens.member_weights(None)[:, :, 0]                 # [K, B]
+        torch.testing.assert_close(weights.sum(0), torch.ones(3))
+        torch.testing.assert_close(weights[2], torch.tensor(reach) * w)
+        torch.testing.assert_close(weights[0], weights[1])
+        # the spread and the predictive distribution use the same weights
+        means = torch.tensor([1.0, 3.0, 7.0])[:, None]
+        var = (weights * (means - expected[:, 0]) ** 2).sum(0)
+        mean, std = ens.mean_std(None)
+        torch.testing.assert_close(mean, expected)
+        torch.testing.assert_close(std[:, 0] ** 2, var)
+        dist = unc.predictive(ens, None)
+        torch.testing.assert_close(dist.mean, expected)
+        torch.testing.assert_close(dist.var[:, 0], var)
+    # a reach of 1 everywhere is the weighted mean of the members
+    ens = Ensemble([_Const3(1.0), _Const3(3.0), _Reaching(7.0, [1.0] * 3)],
+                   torch.tensor([[0.25], [0.25], [0.5]], dtype=torch.float64))
+    torch.testing.assert_close(ens(None), torch.full((3, 1), 0.25 + 0.75 + 3.5))
+    with pytest.raises(ValueError, match="a member without a reach"):
+        Ensemble([_Reaching(1.0, reach), _Reaching(2.0, reach)])(None)
+
+
+def test_the_kernel_members_reach_is_its_nearest_training_molecules_similarity():
+    train_smiles = ["CCO", "c1ccccc1O", "CC(=O)Nc1ccc(O)cc1", "CCN(CC)CC"]
+    counts = count_fingerprints(train_smiles)
+    member = MorganKernelRidge.fit(counts, torch.tensor([[0.1], [0.4], [-0.3], [0.2]]))
+    query = count_fingerprints(["CCO", "c1ccccc1N", "CCCCCCCCCC"])
+    pred, reach = member.predict_with_reach(query)
+    direct = minmax_kernel(query, counts)
+    torch.testing.assert_close(reach, direct.max(1).values)
+    assert reach[0].item() == 1.0 and 0.0 < reach[1].item() < 1.0
+    torch.testing.assert_close(pred, member.predict_counts(query))
+
+
 def test_the_setting_is_checked():
     with pytest.raises(ConfigError, match="ensemble >= 2 and loss 'mse'"):
         TrainConfig(kernel_member="morgan", ensemble=1)
@@ -156,6 +216,7 @@ def test_train_with_a_kernel_member_end_to_end(tmp_path, tiny_csv):
     info = summary["kernel_member"]
     assert info["kind"] == "morgan" and info["train_molecules"] == 48
     assert 0.0 <= info["weight"][0] <= 1.0 and info["valid_rmse_crossfit"] > 0
+    assert 0.0 < info["valid_reach_mean"] <= 1.0
     state, saved, model = load_run(tmp_path / "run" / "best.pt")
     assert saved.train.kernel_member == "morgan"
     assert isinstance(model, Ensemble) and isinstance(model.members[2], MorganKernelRidge)
@@ -169,8 +230,9 @@ def test_train_with_a_kernel_member_end_to_end(tmp_path, tiny_csv):
     prepared = replace(prepare(saved, log=False), y_mean=state["y_mean"], y_std=state["y_std"])
     batch = next(iter(prepared.eval_batches("test", 64)))
     with torch.no_grad():
-        parts = torch.stack([m(batch) for m in model.members])
-        torch.testing.assert_close(model(batch), (parts * model.weights.float()[:, None]).sum(0))
+        g = torch.stack([m(batch) for m in model.members[:2]]).mean(0)
+        k, reach = model.members[2].forward_with_reach(batch)
+        torch.testing.assert_close(model(batch), g + w * reach.float()[:, None] * (k - g))
     scores = evaluate_split(model, prepared, "test", 64, torch.device("cpu"))
     assert scores["rmse"] == pytest.approx(summary["test"]["rmse"], rel=1e-5)
     assert "calibration" in state and set(summary["uncertainty"]) == {"valid", "test"}
