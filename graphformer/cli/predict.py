@@ -136,11 +136,14 @@ def screen_input(args: argparse.Namespace, cfg: RunConfig, mol_features: int) ->
     """The input of a checkpoint's screening run: the molecule features the
     model was trained with (``mol_features`` of them, 0 = none), computed as
     in training (its descriptor sets, and its feature columns read from the
-    input file), and its encodings."""
+    input file), its encodings, and the fingerprints of its kernel member."""
     mol = bool(mol_features)
     featuriser = Featuriser(str(args.input),
                             tuple(cfg.data.molecule_features) if mol else (),
-                            cfg.model.rwse_steps, cfg.model.lap_pe)
+                            cfg.model.rwse_steps, cfg.model.lap_pe,
+                            # fingerprint leaves the kernel member out
+                            ecfp_counts=cfg.train.kernel_member == "morgan"
+                            and args.command == "predict")
     return ScreenInput(args.input, featuriser, args.smiles_column,
                        tuple(cfg.data.feature_columns) if mol else (), args.chunk_size,
                        args.batch_size)

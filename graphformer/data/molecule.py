@@ -15,7 +15,7 @@ from torch_geometric.data import Data
 
 from .._process import end_with_parent, usable_cores
 from ..errors import DataError
-from .descriptors import molecule_features, set_values
+from .descriptors import MORGAN_BITS, molecule_features, morgan_count_array, set_values
 
 NUM_ATOM_FEATURES = 9
 NUM_BOND_FEATURES = 3
@@ -64,6 +64,23 @@ def parse_smiles(smiles: str, where: str = "") -> Chem.Mol:
     if mol.GetNumAtoms() == 0:
         raise DataError(f"SMILES {shown} has no atoms{suffix}")
     return mol
+
+
+#: ECFP4 counts are capped here (stored as bytes)
+MAX_COUNT = 255
+#: the batch attribute that carries :func:`count_fingerprints` of its molecules
+ECFP_COUNTS = "ecfp_counts"
+
+
+def count_fingerprints(smiles: Sequence[str]) -> torch.Tensor:
+    """The ECFP4 count fingerprints ``[B, 2048]`` (uint8, counts capped at
+    255) of ``smiles``, as the fingerprint kernel member reads them
+    (:class:`~graphformer.models.kernel.MorganKernelRidge`); an unreadable
+    SMILES is a :class:`~graphformer.errors.DataError` naming it."""
+    out = np.zeros((len(smiles), MORGAN_BITS), dtype=np.uint8)
+    for k, s in enumerate(smiles):
+        out[k] = np.minimum(morgan_count_array(parse_smiles(s)), MAX_COUNT)
+    return torch.from_numpy(out)
 
 
 def bonds_of(mol: Chem.Mol) -> List[Chem.Bond]:

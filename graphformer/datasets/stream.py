@@ -45,7 +45,7 @@ from torch_geometric.data import Batch
 
 from .._process import end_with_parent
 from ..data.encodings import encodings
-from ..data.molecule import from_smiles
+from ..data.molecule import ECFP_COUNTS, count_fingerprints, from_smiles
 from ..errors import DataError, UsageError
 from .molecules import check_columns, feature_rows
 
@@ -303,12 +303,17 @@ class Featuriser:
     :func:`~graphformer.data.from_smiles` (``where``: the file, for messages)
     with the descriptor ``molecule_feature_sets`` and the piece's feature
     values, then the model's encodings (``rwse_steps``, ``lap_pe``), collated
-    into one ``Batch``. A SMILES that does not parse (or is too large for the
-    descriptors) is set aside with its message."""
+    into one ``Batch``; with ``ecfp_counts`` (a model with a fingerprint
+    kernel member) also the molecules' ECFP4 counts as the batch's
+    ``ecfp_counts`` ``[B, 2048]`` (:func:`~graphformer.data.molecule.
+    count_fingerprints`), so that workers compute them. A SMILES that does
+    not parse (or is too large for the descriptors) is set aside with its
+    message."""
     where: str
     molecule_feature_sets: Tuple[str, ...] = ()
     rwse_steps: int = 0
     lap_pe: int = 0
+    ecfp_counts: bool = False
 
     def __post_init__(self) -> None:
         if self.rwse_steps < 0 or self.lap_pe < 0:
@@ -333,6 +338,8 @@ class Featuriser:
             rows.append(row)
             smiles.append(chunk.smiles[k])
         batch = Batch.from_data_list(graphs) if graphs else None
+        if batch is not None and self.ecfp_counts:
+            setattr(batch, ECFP_COUNTS, count_fingerprints(smiles))
         return Featurised(piece, rows, smiles, batch, invalid)
 
 

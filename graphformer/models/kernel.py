@@ -43,14 +43,13 @@ member does.
 from __future__ import annotations
 
 from types import SimpleNamespace
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Optional, Tuple
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from ..data.descriptors import MORGAN_BITS, morgan_count_array
-from ..data.molecule import parse_smiles
+from ..data.descriptors import MORGAN_BITS
+from ..data.molecule import ECFP_COUNTS, count_fingerprints
 from ..errors import DataError
 
 __all__ = ["MorganKernelRidge", "count_fingerprints", "minmax_kernel", "KERNEL_MEMBERS",
@@ -60,20 +59,6 @@ __all__ = ["MorganKernelRidge", "count_fingerprints", "minmax_kernel", "KERNEL_M
 KERNEL_MEMBERS = ("none", "morgan")
 #: the ridge :math:`\lambda` (the kernel's diagonal is 1)
 DEFAULT_RIDGE = 0.03
-#: counts are capped here (stored as bytes)
-MAX_COUNT = 255
-
-
-def count_fingerprints(smiles: Sequence[str]) -> Tensor:
-    """The ECFP4 count fingerprints ``[B, 2048]`` (uint8, counts capped at
-    255) of ``smiles``; an unreadable SMILES is a
-    :class:`~graphformer.errors.DataError` naming it."""
-    out = np.zeros((len(smiles), MORGAN_BITS), dtype=np.uint8)
-    for k, s in enumerate(smiles):
-        out[k] = np.minimum(morgan_count_array(parse_smiles(s)), MAX_COUNT)
-    return torch.from_numpy(out)
-
-
 def minmax_kernel(a: Tensor, b: Tensor) -> Tensor:
     """The MinMax kernel ``[A, B]`` of count vectors ``a`` ``[A, D]`` and ``b``
     ``[B, D]``, directly (``[A, B, D]`` in memory: the reference for tests
@@ -196,7 +181,13 @@ class MorganKernelRidge(torch.nn.Module):
         return self.forward_with_reach(batch)[0]
 
     def forward_with_reach(self, batch: Any) -> Tuple[Tensor, Tensor]:
-        """:meth:`predict_with_reach` of the batch's SMILES."""
+        """:meth:`predict_with_reach` of the batch's molecules: their
+        fingerprints ``batch.ecfp_counts`` where the batch carries them
+        (``graphformer predict`` computes them in its featurising workers),
+        else those of ``batch.smiles``."""
+        counts = getattr(batch, ECFP_COUNTS, None)
+        if counts is not None:
+            return self.predict_with_reach(counts)
         smiles = getattr(batch, "smiles", None)
         if smiles is None:
             raise DataError("the fingerprint kernel member needs each molecule's SMILES "

@@ -199,6 +199,25 @@ def test_the_kernel_members_reach_is_its_nearest_training_molecules_similarity()
     torch.testing.assert_close(pred, member.predict_counts(query))
 
 
+def test_workers_compute_the_members_fingerprints_and_the_member_reads_them(tmp_path):
+    from graphformer.datasets.stream import CSVChunks, Featuriser, pieces
+    smiles = ["CCO", "c1ccccc1O", "CC(=O)Nc1ccc(O)cc1", "CCN(CC)CC", "OCC(O)CO"]
+    source = tmp_path / "in.csv"
+    source.write_text("smiles\n" + "\n".join(smiles) + "\n")
+    (piece,) = list(pieces(CSVChunks(source, chunk_size=10), 10))
+    plain = Featuriser(str(source))(piece).batch
+    batch = Featuriser(str(source), ecfp_counts=True)(piece).batch
+    assert not hasattr(plain, "ecfp_counts")
+    assert torch.equal(batch.ecfp_counts, count_fingerprints(smiles))
+    member = MorganKernelRidge.fit(count_fingerprints(smiles[:3]),
+                                   torch.tensor([[0.1], [0.4], [-0.3]]))
+    want = member.predict_with_reach(count_fingerprints(smiles))
+    got = member.forward_with_reach(batch)
+    torch.testing.assert_close(got, want)
+    batch.smiles = ["C"] * len(smiles)       # the counts, not the SMILES, are read
+    torch.testing.assert_close(member.forward_with_reach(batch), want)
+
+
 def test_the_setting_is_checked():
     with pytest.raises(ConfigError, match="ensemble >= 2 and loss 'mse'"):
         TrainConfig(kernel_member="morgan", ensemble=1)
