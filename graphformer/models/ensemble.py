@@ -93,10 +93,10 @@ class Ensemble(torch.nn.Module):
             else:
                 outs.append(member(batch))
         out = torch.stack(outs)
-        return out, self._batch_weights(reach, out.size(1), out.dtype)
+        return out, self._batch_weights(reach, out.size(1), out.dtype, out.device)
 
-    def _batch_weights(self, reach: Dict[int, Tensor], size: int, dtype: torch.dtype
-                       ) -> Optional[Tensor]:
+    def _batch_weights(self, reach: Dict[int, Tensor], size: int, dtype: torch.dtype,
+                       device: torch.device) -> Optional[Tensor]:
         """The weights ``[K, B, T]`` of a batch of ``size`` molecules given the
         reach ``[B]`` of the members that have one (see the class docstring)."""
         if self.weights is None and not reach:
@@ -104,7 +104,7 @@ class Ensemble(torch.nn.Module):
         K, T = len(self.members), self.config.num_tasks
         base = self.weights if self.weights is not None else \
             torch.full((K, T), 1.0 / K, dtype=torch.float64)
-        base = base.to(dtype)
+        base = base.to(device=device, dtype=dtype)
         weights = base[:, None, :].expand(K, size, T).clone()
         if not reach:
             return weights
@@ -112,9 +112,9 @@ class Ensemble(torch.nn.Module):
         if not others:
             raise ValueError("an Ensemble needs a member without a reach to give the rest of "
                              "the weight to")
-        given_back = torch.zeros(size, T, dtype=dtype, device=weights.device)
+        given_back = torch.zeros(size, T, dtype=dtype, device=device)
         for k, r in reach.items():
-            r = r.to(device=weights.device, dtype=dtype)[:, None]
+            r = r.to(device=device, dtype=dtype)[:, None]
             given_back += base[k] * (1 - r)
             weights[k] = base[k] * r
         total = base[others].sum(0)
@@ -169,7 +169,8 @@ class Ensemble(torch.nn.Module):
             s = \Big(\frac{1}{K} \sum_k (\mu_k - \bar{\mu})^2\Big)^{1/2}
 
         (the population standard deviation, as chemprop's ensemble
-        estimator). This is the spread of the means alone; the members'
+        estimator; both means weighted by :meth:`member_weights` in an
+        ensemble with weights or a member with a reach). This is the spread of the means alone; the members'
         own variances (``mve`` / ``evidential``) are added by
         :func:`graphformer.train.uncertainty.predictive`. Regression only."""
         params, weights = self.member_distribution(batch)

@@ -413,9 +413,9 @@ def with_kernel_member(model: Ensemble, prepared: Prepared, batch_size: int,
     with torch.no_grad():
         for batch in prepared.eval_batches("valid", batch_size):
             valid_g.append(model(batch.to(device)).cpu())
-            k, r = member.forward_with_reach(batch)
-            valid_k.append(k.cpu())
-            valid_r.append(r.cpu())
+            kernel_pred, reach_pred = member.forward_with_reach(batch)
+            valid_k.append(kernel_pred.cpu())
+            valid_r.append(reach_pred.cpu())
             valid_y.append(batch.y.view(valid_g[-1].shape).cpu())
     g, k, yv = (torch.cat(x).double() for x in (valid_g, valid_k, valid_y))
     reach = torch.cat(valid_r).double()[:, None]
