@@ -2,7 +2,8 @@
 on the same split files and seeds, scored by the same functions.
 
 For every data set, seed and method (``ensemble``: K models trained by MSE,
-their spread; ``mve``: one model with a mean-variance head; ``evidential``:
+their spread (graph transformers alone: ``--kernel-member none``, as
+chemprop's ensemble is of its D-MPNNs alone); ``mve``: one model with a mean-variance head; ``evidential``:
 one model with an evidential head, regulariser weight ``--evidential-lambda``
 for both tools):
 
@@ -75,7 +76,8 @@ COLUMNS = (("test RMSE", "rmse"), ("NLL", "nll"), ("miscal. area", "miscalibrati
 def graphformer_flags(method: str, ensemble: int, lam: float) -> List[str]:
     """The ``graphformer train`` flags of a method."""
     if method == "ensemble":
-        return ["--loss", "mse", "--ensemble", str(ensemble)]
+        # graph transformers alone, as chemprop's ensemble is of D-MPNNs alone
+        return ["--loss", "mse", "--ensemble", str(ensemble), "--kernel-member", "none"]
     if method == "mve":
         return ["--loss", "mve", "--ensemble", "1"]
     return ["--loss", "evidential", "--ensemble", "1", "--evidential-lambda", str(lam)]

@@ -74,8 +74,10 @@ def test_main_job_runs_with_a_tiny_epoch_budget(tmp_path):
          "--root", str(tmp_path / "cache"), "--run-dir", str(tmp_path / "run")],
         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
-    # the default: an ensemble of two models, each a run of its own
-    assert re.search(r"^test rmse of the ensemble of 2: \d+\.\d{4} \(each member at its best "
+    # the default: an ensemble of two models, each a run of its own, and the
+    # fingerprint kernel member (regression on SMILES)
+    assert re.search(r"^test rmse of the ensemble of 2 and a fingerprint kernel member of "
+                     r"weight \d\.\d\d: \d+\.\d{4} \(each member at its best "
                      r"validation epoch: 1, 1\)", result.stdout, re.M)
     assert result.stderr.count("esol: 1128 graphs, split {'train': 902, 'valid': 113, "
                                "'test': 113}") == 2

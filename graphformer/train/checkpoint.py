@@ -241,7 +241,8 @@ def model_from_checkpoint(state: Dict[str, Any], path: Union[str, Path] = "check
     models: List[torch.nn.Module] = [
         GraphTransformer(cfg.model, mol_feature_names=names, mol_features=width,
                          attention_backend=cfg.train.attention_backend) for _ in range(k)]
-    if getattr(cfg.train, "kernel_member", "none") != "none":
+    # "auto" is resolved when an ensemble is put together (one model has none)
+    if getattr(cfg.train, "kernel_member", "none") == "morgan":
         model = _with_kernel_member(models, state, path)
     else:
         model = models[0] if k == 1 else Ensemble(models)

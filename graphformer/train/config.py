@@ -296,7 +296,12 @@ class TrainConfig:
             molecule's similarity to its nearest training molecule, and w
             the validation part's least-squares weight, shrunk towards 0 by
             its standard error, per task in [0, 1]
-            (:func:`graphformer.train.ensemble.kernel_weight`). ``none`` (default): no such member.
+            (:func:`graphformer.train.ensemble.kernel_weight`). ``auto``
+            (default): ``morgan`` where it can join (a regression ensemble
+            trained by MSE on SMILES, at most
+            :data:`~graphformer.train.ensemble.MAX_KERNEL_TRAIN` training
+            molecules), else ``none``; the checkpoint records which.
+            ``none``: no such member.
 
     Values are converted by :func:`coerce` (a numeric string is a number), and
     every range error names its key.
@@ -348,11 +353,12 @@ class TrainConfig:
                                        help="weight of the evidence regulariser of --loss "
                                        "evidential (default 0.2, as chemprop's "
                                        "EvidentialLoss; >= 0)")
-    kernel_member: str = setting("none", choices=KERNEL_MEMBERS,
+    kernel_member: str = setting("auto", choices=("auto",) + KERNEL_MEMBERS,
                                  help="morgan: add a fingerprint member to the ensemble "
                                  "(kernel ridge regression, MinMax kernel on ECFP4 counts), "
                                  "weighted against the graph transformers by the validation "
-                                 "part (regression, --loss mse, --ensemble >= 2; default none)")
+                                 "part (regression, --loss mse, --ensemble >= 2); default "
+                                 "auto: morgan where it can join, else none")
 
     @property
     def total_epochs(self) -> int:
@@ -396,10 +402,11 @@ class TrainConfig:
         if self.evidential_lambda < 0:
             raise ConfigError("train", "evidential_lambda", f"must be >= 0, got "
                               f"{self.evidential_lambda}")
-        if self.kernel_member not in KERNEL_MEMBERS:
+        if self.kernel_member not in ("auto",) + KERNEL_MEMBERS:
             raise ConfigError("train", "kernel_member", f"must be one of "
-                              f"{list(KERNEL_MEMBERS)}, got {self.kernel_member!r}")
-        if self.kernel_member != "none" and (self.ensemble < 2 or self.loss != "mse"):
+                              f"{['auto', *KERNEL_MEMBERS]}, got {self.kernel_member!r}")
+        if self.kernel_member not in ("auto", "none") and \
+                (self.ensemble < 2 or self.loss != "mse"):
             raise ConfigError("train", "kernel_member", f"{self.kernel_member!r} joins an "
                               f"ensemble of graph transformers trained by MSE: it needs "
                               f"ensemble >= 2 and loss 'mse', got ensemble {self.ensemble} "

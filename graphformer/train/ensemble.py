@@ -18,7 +18,8 @@ all have finished, the run directory gets
 - ``learning_curve.png``: every member's curves (a member draws none of
   its own), and the ensemble's metrics.
 
-With ``train.kernel_member: morgan`` the ensemble gets one more member once
+With ``train.kernel_member: morgan`` (and by default, ``auto``, where it can
+join: :func:`kernel_member_for`) the ensemble gets one more member once
 the graph transformers have finished: kernel ridge regression on the
 training molecules' ECFP4 counts
 (:class:`~graphformer.models.kernel.MorganKernelRidge`), weighted against
@@ -283,7 +284,8 @@ def _finish(cfg: RunConfig, run_dir: Path, members: List[Dict[str, Any]], writer
     metric = first["metric"]
     batch_size = max(cfg.train.batch_size, EVAL_BATCH_GRAPHS)
     kernel: Dict[str, Any] = {}
-    if cfg.train.kernel_member != "none":
+    kind = kernel_member_for(cfg, prepared)
+    if kind != "none":
         model, kernel = with_kernel_member(model, prepared, batch_size, device, show=show)
     scores = {part: loop.evaluate_split(model, prepared, part, batch_size, device)
               for part in ("valid", "test")}
@@ -302,7 +304,7 @@ def _finish(cfg: RunConfig, run_dir: Path, members: List[Dict[str, Any]], writer
     config = dict(first["config"], train=dict(first["config"]["train"],
                                               **{"ensemble": cfg.train.ensemble,
                                                  "seed": cfg.train.seed,
-                                                 "kernel_member": cfg.train.kernel_member}))
+                                                 "kernel_member": kind}))
     if writer:
         save_checkpoint({"config": config, "model": model.state_dict(),
                          "epoch": cfg.train.total_epochs, "history": [],
@@ -382,6 +384,20 @@ def crossfit_blend(transformers: torch.Tensor, kernel: torch.Tensor, y: torch.Te
         w = kernel_weight(transformers[fit], kernel[fit], y[fit])
         out[score] = (1 - w) * transformers[score].double() + w * kernel[score].double()
     return out
+
+
+def kernel_member_for(cfg: RunConfig, prepared: Prepared) -> str:
+    """The kernel member an ensemble run gets: ``train.kernel_member`` when
+    it names one, and for ``auto`` (the default) ``morgan`` where it can join
+    (a regression ensemble trained by MSE, every molecule with its SMILES,
+    at most :data:`MAX_KERNEL_TRAIN` training molecules), else ``none``."""
+    asked = cfg.train.kernel_member
+    if asked != "auto":
+        return asked
+    bench = prepared.bench
+    fits = (cfg.train.ensemble >= 2 and cfg.train.loss == "mse" and bench.task == "regression"
+            and bench.smiles is not None and len(prepared.split["train"]) <= MAX_KERNEL_TRAIN)
+    return "morgan" if fits else "none"
 
 
 def with_kernel_member(model: Ensemble, prepared: Prepared, batch_size: int,

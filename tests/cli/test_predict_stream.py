@@ -68,7 +68,10 @@ def checkpoint(work):
 
 @pytest.fixture(scope="module")
 def ensemble(work):
-    return train_tiny(work, "ensemble", "--ensemble", "2", "--molecule-features", "none")
+    # graph transformers alone: these tests read the members' own vectors and
+    # means (test_kernel_member.py streams a checkpoint with the kernel member)
+    return train_tiny(work, "ensemble", "--ensemble", "2", "--molecule-features", "none",
+                      "--kernel-member", "none")
 
 
 @pytest.fixture(scope="module")

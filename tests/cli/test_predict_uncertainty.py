@@ -35,7 +35,7 @@ FAST = ["--threads", "1", "--quiet"]
 
 
 #: the runs trained once for the module: run name -> (data file, its target, flags)
-RUNS = {"ensemble": ("data.csv", "y", ["--ensemble", "2"]),
+RUNS = {"ensemble": ("data.csv", "y", ["--ensemble", "2", "--kernel-member", "none"]),
         "mve": ("data.csv", "y", ["--ensemble", "1", "--loss", "mve"]),
         "single": ("data.csv", "y", ["--ensemble", "1"]),
         "classifier": ("classes.csv", "active", ["--ensemble", "2", "--task",

@@ -96,7 +96,8 @@ def test_chemprop_methods_scored_by_graphformers_functions(tmp_path, capsys, sta
 
 def test_the_methods_flags():
     compare = load_script("compare_uncertainty")
-    assert compare.graphformer_flags("ensemble", 3, 0.2) == ["--loss", "mse", "--ensemble", "3"]
+    assert compare.graphformer_flags("ensemble", 3, 0.2) == [
+        "--loss", "mse", "--ensemble", "3", "--kernel-member", "none"]
     assert compare.graphformer_flags("evidential", 3, 0.1) == [
         "--loss", "evidential", "--ensemble", "1", "--evidential-lambda", "0.1"]
     assert compare.chemprop_flags("evidential", 3, 0.1) == (

@@ -18,12 +18,15 @@ def tiny_csv(tmp_path_factory):
 
 
 def tiny_config(csv, root, **train):
-    """A model and run small enough for a unit test (random split 48/6/6)."""
+    """A model and run small enough for a unit test (random split 48/6/6):
+    one model, and an ensemble (``ensemble=K``) of graph transformers alone
+    unless ``kernel_member`` asks for the fingerprint member (the default,
+    ``auto``, is tested in ``test_kernel_member.py``)."""
     return RunConfig(
         data=DataConfig(dataset=str(csv), target_columns=["y"], split="random", root=str(root)),
         model=GraphTransformerConfig(hidden=16, layers=1, heads=2, rwse_steps=4, dropout=0.1),
         train=TrainConfig(**{"epochs": 3, "batch_size": 16, "warmup_epochs": 1, "threads": 1,
-                             "ensemble": 1,
+                             "ensemble": 1, "kernel_member": "none",
                              **train}),
     )
 

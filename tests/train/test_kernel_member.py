@@ -3,6 +3,7 @@ the direct formula, kernel ridge against scikit-learn's, the weighted
 ensemble and its spread, and ``train --kernel-member morgan`` end to end."""
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -228,6 +229,36 @@ def test_the_setting_is_checked():
     assert TrainConfig(kernel_member="morgan").member(0).kernel_member == "none"
 
 
+def test_by_default_an_mse_regression_ensemble_on_smiles_gets_the_member(tmp_path, tiny_csv):
+    from graphformer.train import prepare
+    from graphformer.train.ensemble import MAX_KERNEL_TRAIN, kernel_member_for
+    assert TrainConfig().kernel_member == "auto"
+    cfg = tiny_config(tiny_csv, tmp_path / "cache", epochs=1, ensemble=2,
+                      kernel_member="auto", member_processes=1)
+    prepared = prepare(cfg, log=False)
+    assert kernel_member_for(cfg, prepared) == "morgan"
+    for train_settings in ({"ensemble": 1}, {"loss": "mve"}, {"kernel_member": "none"}):
+        other = replace(cfg, train=replace(cfg.train, **train_settings))
+        assert kernel_member_for(other, prepared) == "none", train_settings
+    classifier = replace(prepared, bench=replace(prepared.bench, task="classification"))
+    assert kernel_member_for(cfg, classifier) == "none"
+    assert kernel_member_for(cfg, replace(prepared, bench=replace(prepared.bench,
+                                                                  smiles=None))) == "none"
+    big = replace(prepared, split={**prepared.split,
+                                   "train": torch.arange(MAX_KERNEL_TRAIN + 1)})
+    assert kernel_member_for(cfg, big) == "none"
+    # the run, its checkpoint (which records what auto chose) and the loaded model
+    summary = train(cfg, tmp_path / "run", progress=False)
+    assert summary["kernel_member"]["kind"] == "morgan"
+    state, saved, model = load_run(tmp_path / "run" / "best.pt")
+    assert saved.train.kernel_member == "morgan" and isinstance(model.members[2],
+                                                                MorganKernelRidge)
+    none = replace(cfg, train=replace(cfg.train, loss="mve"))
+    summary = train(none, tmp_path / "run-mve", progress=False)
+    assert "kernel_member" not in summary
+    assert load_run(tmp_path / "run-mve" / "best.pt")[1].train.kernel_member == "none"
+
+
 def test_train_with_a_kernel_member_end_to_end(tmp_path, tiny_csv):
     cfg = tiny_config(tiny_csv, tmp_path / "cache", epochs=1, ensemble=2,
                       kernel_member="morgan", member_processes=1)
@@ -245,7 +276,6 @@ def test_train_with_a_kernel_member_end_to_end(tmp_path, tiny_csv):
     # the loaded model predicts the weighted mean, and evaluate scores it as train did
     from graphformer.train import prepare
     from graphformer.train.loop import evaluate_split
-    from dataclasses import replace
     prepared = replace(prepare(saved, log=False), y_mean=state["y_mean"], y_std=state["y_std"])
     batch = next(iter(prepared.eval_batches("test", 64)))
     with torch.no_grad():
