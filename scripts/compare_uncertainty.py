@@ -3,7 +3,8 @@ on the same split files and seeds, scored by the same functions.
 
 For every data set, seed and method (``ensemble``: K models trained by MSE,
 their spread (graph transformers alone: ``--kernel-member none``, as
-chemprop's ensemble is of its D-MPNNs alone); ``mve``: one model with a mean-variance head; ``evidential``:
+chemprop's ensemble is of its D-MPNNs alone); ``mve``: one model with a
+mean-variance head; ``evidential``:
 one model with an evidential head, regulariser weight ``--evidential-lambda``
 for both tools):
 

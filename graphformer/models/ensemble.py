@@ -170,8 +170,9 @@ class Ensemble(torch.nn.Module):
 
         (the population standard deviation, as chemprop's ensemble
         estimator; both means weighted by :meth:`member_weights` in an
-        ensemble with weights or a member with a reach). This is the spread of the means alone; the members'
-        own variances (``mve`` / ``evidential``) are added by
+        ensemble with weights or a member with a reach). This is the spread
+        of the means alone; the members' own variances (``mve`` /
+        ``evidential``) are added by
         :func:`graphformer.train.uncertainty.predictive`. Regression only."""
         params, weights = self.member_distribution(batch)
         means = params[:, :, 0]

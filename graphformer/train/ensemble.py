@@ -386,6 +386,22 @@ def crossfit_blend(transformers: torch.Tensor, kernel: torch.Tensor, y: torch.Te
     return out
 
 
+def _kernel_member_obstacle(prepared: Prepared) -> Optional[str]:
+    """Why the data cannot have a kernel member (None: it can): a classifier,
+    molecules without SMILES, or over :data:`MAX_KERNEL_TRAIN` training
+    molecules."""
+    bench = prepared.bench
+    if bench.task != "regression":
+        return f"--kernel-member is for regression; {bench.name} is a {bench.task} data set"
+    if bench.smiles is None:
+        return f"--kernel-member needs each molecule's SMILES; {bench.name} has none"
+    n = len(prepared.split["train"])
+    if n > MAX_KERNEL_TRAIN:
+        return (f"--kernel-member fits on at most {MAX_KERNEL_TRAIN:,} training molecules "
+                f"(its kernel matrix is n x n); {bench.name} has {n:,}")
+    return None
+
+
 def kernel_member_for(cfg: RunConfig, prepared: Prepared) -> str:
     """The kernel member an ensemble run gets: ``train.kernel_member`` when
     it names one, and for ``auto`` (the default) ``morgan`` where it can join
@@ -394,9 +410,8 @@ def kernel_member_for(cfg: RunConfig, prepared: Prepared) -> str:
     asked = cfg.train.kernel_member
     if asked != "auto":
         return asked
-    bench = prepared.bench
-    fits = (cfg.train.ensemble >= 2 and cfg.train.loss == "mse" and bench.task == "regression"
-            and bench.smiles is not None and len(prepared.split["train"]) <= MAX_KERNEL_TRAIN)
+    fits = cfg.train.ensemble >= 2 and cfg.train.loss == "mse" and \
+        _kernel_member_obstacle(prepared) is None
     return "morgan" if fits else "none"
 
 
@@ -409,17 +424,11 @@ def with_kernel_member(model: Ensemble, prepared: Prepared, batch_size: int,
     :func:`kernel_weight` on the validation part; and what the summary
     records of it. A classifier, data without SMILES or a training part over
     :data:`MAX_KERNEL_TRAIN` molecules is a :class:`DataError` saying so."""
+    obstacle = _kernel_member_obstacle(prepared)
+    if obstacle is not None:
+        raise DataError(obstacle)
     bench = prepared.bench
-    if bench.task != "regression":
-        raise DataError(f"--kernel-member is for regression; {bench.name} is a "
-                        f"{bench.task} data set")
-    if bench.smiles is None:
-        raise DataError(f"--kernel-member needs each molecule's SMILES; {bench.name} has none")
     train_idx = prepared.split["train"].tolist()
-    if len(train_idx) > MAX_KERNEL_TRAIN:
-        raise DataError(f"--kernel-member fits on at most {MAX_KERNEL_TRAIN:,} training "
-                        f"molecules (its kernel matrix is n x n); {bench.name} has "
-                        f"{len(train_idx):,}")
     start = time.perf_counter()
     mu, sd = prepared.y_mean.double(), prepared.y_std.double()
     y = (torch.stack([bench.dataset[i].y.view(-1) for i in train_idx]).double() - mu) / sd

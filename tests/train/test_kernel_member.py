@@ -99,9 +99,12 @@ def test_kernel_weight_is_the_least_squares_blend_shrunk_by_its_error_and_clippe
     rng = torch.Generator().manual_seed(0)
     g_big = torch.randn(400, 1, generator=rng, dtype=torch.float64)
     k_big = torch.randn(400, 1, generator=rng, dtype=torch.float64)
-    y_big = 0.7 * g_big + 0.3 * k_big + 0.5 * torch.randn(400, 1, generator=rng, dtype=torch.float64)
-    small, big = kernel_weight(g_big[:20], k_big[:20], y_big[:20]), kernel_weight(g_big, k_big, y_big)
-    assert big.item() == pytest.approx(_shrunk_weight_by_hand(g_big[:, 0], k_big[:, 0], y_big[:, 0]))
+    noise_big = torch.randn(400, 1, generator=rng, dtype=torch.float64)
+    y_big = 0.7 * g_big + 0.3 * k_big + 0.5 * noise_big
+    small = kernel_weight(g_big[:20], k_big[:20], y_big[:20])
+    big = kernel_weight(g_big, k_big, y_big)
+    assert big.item() == pytest.approx(
+        _shrunk_weight_by_hand(g_big[:, 0], k_big[:, 0], y_big[:, 0]))
     assert abs(big.item() - 0.3) < 0.05 and small.item() == pytest.approx(
         _shrunk_weight_by_hand(g_big[:20, 0], k_big[:20, 0], y_big[:20, 0]))
     assert kernel_weight(g[:2], k[:2], y[:2]).tolist() == [0.0]   # fewer than 3 labels
@@ -247,6 +250,15 @@ def test_by_default_an_mse_regression_ensemble_on_smiles_gets_the_member(tmp_pat
     big = replace(prepared, split={**prepared.split,
                                    "train": torch.arange(MAX_KERNEL_TRAIN + 1)})
     assert kernel_member_for(cfg, big) == "none"
+    # asked for by name, the same obstacles are errors that say why
+    from graphformer.train.ensemble import with_kernel_member
+    no_smiles = replace(prepared, bench=replace(prepared.bench, smiles=None))
+    for data, message in ((classifier, "is for regression; .* is a classification data set"),
+                          (no_smiles, "needs each molecule's SMILES; .* has none"),
+                          (big, f"at most {MAX_KERNEL_TRAIN:,} training molecules .* has "
+                                f"{MAX_KERNEL_TRAIN + 1:,}")):
+        with pytest.raises(DataError, match=message):
+            with_kernel_member(None, data, 16, torch.device("cpu"))
     # the run, its checkpoint (which records what auto chose) and the loaded model
     summary = train(cfg, tmp_path / "run", progress=False)
     assert summary["kernel_member"]["kind"] == "morgan"
