@@ -60,6 +60,7 @@ def test_chemprop_methods_scored_by_graphformers_functions(tmp_path, capsys, sta
     assert compare.main(["--datasets", "freesolv", "--seeds", "3", "--tools", "chemprop",
                          "--json", str(out)]) == 0
     runs = json.loads(out.read_text())["runs"]
+    # every method chemprop has (not graphformer's `default`, which it has no counterpart of)
     assert [r["method"] for r in runs] == ["ensemble", "mve", "evidential"]
     # validation: errors 0.5, std 1 -> z-scale 0.5; test: errors 1, calibrated std 0.5
     nll = 0.5 * math.log(2 * math.pi * 0.25) + 2.0
@@ -102,6 +103,10 @@ def test_the_methods_flags():
         "--loss", "evidential", "--ensemble", "1", "--evidential-lambda", "0.1"]
     assert compare.chemprop_flags("evidential", 3, 0.1) == (
         ["--task-type", "regression-evidential", "--v-kl", "0.1"], "evidential-total")
+    # the defaults as a user trains them: the kernel member is left to `auto`
+    assert compare.graphformer_flags("default", 2, 0.2) == ["--loss", "mse", "--ensemble", "2"]
+    with pytest.raises(ValueError, match="no counterpart of the method 'default'"):
+        compare.chemprop_flags("default", 2, 0.2)
 
 
 def test_an_existing_json_is_continued_not_redone(tmp_path, capsys, stand_in):
