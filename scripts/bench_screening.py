@@ -13,8 +13,10 @@ predict`` on the same file of N SMILES, in one run.
    ``WORK`` and reused when there.
 3. Each measured command runs as a child process of its own, one after the
    other: ``graphformer predict`` with each of ``--workers`` (1: in process;
-   2: two featurising processes beside the model's), then ``chemprop
-   predict``. For each: wall time, molecules per second (the molecules it
+   2: two featurising processes beside the model's), then with each of
+   ``--graph-only-workers`` a second graphformer checkpoint trained with
+   ``--molecule-features none`` (the graph alone, as chemprop's default), then
+   ``chemprop predict``. For each: wall time, molecules per second (the molecules it
    wrote), the peak RSS of its largest process (``getrusage(RUSAGE_CHILDREN)``
    of a wrapper process around it) and the largest total RSS of its process
    tree (``/proc``, sampled every 0.2 s: the worker processes count). Both
@@ -33,6 +35,7 @@ Run it on an otherwise idle machine (see DEVELOPERS.md, "Benchmarks").
 
     pip download --no-deps molsets==0.3.1 -d /tmp/molsets
     python scripts/bench_screening.py -n 1000000 --threads 1 --json screening.json
+    python scripts/bench_screening.py -n 1000000 --workers 2 --graph-only-workers 2 --threads 1
     python scripts/bench_screening.py -n 2000 --peers none
 """
 from __future__ import annotations
@@ -53,6 +56,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 MOSES_WHEEL = "/tmp/molsets/molsets-0.3.1-py3-none-any.whl"
 PEERS = ("chemprop", "none")
+#: the tool column of the runs of ``--graph-only-workers``
+GRAPH_ONLY = "graphformer --molecule-features none"
 ESOL_TARGET = "measured log solubility in mols per litre"
 #: runs a command and prints the peak RSS (KiB) of its largest process: the
 #: wrapper's RUSAGE_CHILDREN covers the command and every process it waited for
@@ -219,6 +224,12 @@ def feature_floor(ckpt: Path, source: Path, count: int, threads: int) -> Dict[st
     return {"sets": out[0], "molecules": count, "mol_per_s": float(out[1])}
 
 
+def replace_features(args: argparse.Namespace, features: List[str]) -> argparse.Namespace:
+    """``args`` with other ``--molecule-features``."""
+    return argparse.Namespace(**{**vars(args), "molecule_features": features,
+                                 "checkpoint": None})
+
+
 def count_rows(path: Path) -> int:
     with open(path, newline="") as fh:
         return sum(1 for _ in csv.reader(fh)) - 1
@@ -234,13 +245,17 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     results: List[Dict[str, Any]] = []
     floor = feature_floor(ckpt, source, min(args.n, args.floor_sample), args.threads) \
         if args.floor_sample > 0 else None
-    for workers in args.workers:
-        out = work / f"graphformer-w{workers}.csv"
-        cmd = [sys.executable, "-m", "graphformer", "predict", str(ckpt), str(source), "-o",
+    runs = [("graphformer", ckpt, w) for w in args.workers]
+    if args.graph_only_workers:
+        graph_only = graphformer_checkpoint(replace_features(args, ["none"]), work).resolve()
+        runs += [(GRAPH_ONLY, graph_only, w) for w in args.graph_only_workers]
+    for tool, model, workers in runs:
+        name = f"graphformer{'-none' if tool == GRAPH_ONLY else ''}-w{workers}"
+        out = work / f"{name}.csv"
+        cmd = [sys.executable, "-m", "graphformer", "predict", str(model), str(source), "-o",
                str(out), "--workers", str(workers), "--threads", str(args.threads),
                "--batch-size", str(args.batch_size), "--quiet"]
-        row = {"tool": "graphformer", "workers": workers,
-               **measure(f"graphformer-w{workers}", cmd, work, args.threads)}
+        row = {"tool": tool, "workers": workers, **measure(name, cmd, work, args.threads)}
         row["molecules"] = count_rows(out)
         results.append(row)
     if args.peers == "chemprop":
@@ -308,6 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chemprop-epochs", type=int, default=5)
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2],
                    help="graphformer predict --workers values, one run each")
+    p.add_argument("--graph-only-workers", type=int, nargs="*", default=[],
+                   help="also predict, in the same run, with a checkpoint trained with "
+                   "--molecule-features none (the graph alone, as chemprop's default), once "
+                   "per value of --workers given here (default: not)")
     p.add_argument("--peers", choices=PEERS, default="chemprop")
     p.add_argument("--chemprop", help="the chemprop executable (default: on PATH)")
     p.add_argument("--threads", type=int, default=1)
@@ -323,7 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.n < 1 or args.threads < 1 or any(w < 0 for w in args.workers):
+    if args.n < 1 or args.threads < 1 or any(w < 0 for w in args.workers
+                                              + args.graph_only_workers):
         raise SystemExit("-n and --threads must be >= 1, --workers >= 0")
     report = run(args)
     print(table(report))
