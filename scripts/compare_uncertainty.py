@@ -239,7 +239,8 @@ def _cell(values: List[Optional[float]]) -> str:
 
 
 def markdown(results: Dict[str, Any]) -> str:
-    """The README table of a results JSON: per data set, method and tool, the
+    """The README table of a results JSON: per data set, method and tool (in
+    the order of :data:`METHODS` and :data:`TOOLS` within each data set), the
     mean (± population std over the seeds) of every column."""
     level = results["interval"]
     lines = [f"Machine: {results['machine']}. Scaffold split, seeds "
@@ -255,7 +256,11 @@ def markdown(results: Dict[str, Any]) -> str:
     groups: Dict[Tuple[str, str, str], List[Dict[str, Any]]] = {}
     for r in results["runs"]:
         groups.setdefault((r["dataset"], r["method"], r["tool"]), []).append(r)
-    for (name, method, tool), runs in groups.items():
+    datasets = list(dict.fromkeys(name for name, _, _ in groups))
+    order = sorted(groups, key=lambda g: (datasets.index(g[0]), METHODS.index(g[1]),
+                                          TOOLS.index(g[2])))
+    for name, method, tool in order:
+        runs = groups[(name, method, tool)]
         cells = [_cell([r.get(key) for r in runs]) for _, key in COLUMNS]
         seconds = statistics.mean(r["seconds"] for r in runs)
         lines.append(f"| {name} | {method} | {tool} | " + " | ".join(cells)
