@@ -1,7 +1,8 @@
 // Graphformer's CPU kernels: the fused attention over an edge set of
 // graphformer/nn/fused_cpu.py (its docstring has the equations), the hashed
-// dropout (alone, and fused with GELU) of graphformer/nn/functional.py, and
-// the counting sort that groups an edge set by source (csr.py).
+// dropout (alone, and fused with GELU) of graphformer/nn/functional.py, the
+// counting sort that groups an edge set by source (csr.py), and the quadratic
+// edge-feature score terms of graphformer/nn/edge_terms.py.
 //
 // One translation unit, built on first use by torch.utils.cpp_extension
 // (cpu_kernels.py). It registers the CPU implementations of the custom ops
@@ -454,6 +455,187 @@ void dropout_kernel(int64_t n, int64_t op, const T* in, const T* grad, T* out, u
     });
 }
 
+
+/* GCC / Clang vector types of 64 bytes (one AVX-512 register, two AVX2
+ * ones): the lanes of the edge-blocked kernel below, one edge per lane. */
+template <typename T>
+struct Lanes;
+template <>
+struct Lanes<float> {
+    typedef float V __attribute__((vector_size(64)));
+    static constexpr int64_t L = 16;
+};
+template <>
+struct Lanes<double> {
+    typedef double V __attribute__((vector_size(64)));
+    static constexpr int64_t L = 8;
+};
+
+/* Runs block(i0, n, xt, more) for the blocks of L edges of x [E, D] (the
+ * last n <= L) on PyTorch's threads: xt [D] vectors hold the block's
+ * features transposed (lane l is edge i0 + l, zero past n) and more
+ * [extra * D] vectors are the thread's scratch. */
+template <typename T, typename Block>
+void for_edge_blocks(int64_t E, int64_t D, const T* x, int64_t extra, const Block& block) {
+    using V = typename Lanes<T>::V;
+    constexpr int64_t L = Lanes<T>::L;
+    const int64_t blocks = (E + L - 1) / L;
+    at::parallel_for(0, blocks, 4, [&, E, D](int64_t b0, int64_t b1) {
+        Scratch<T> scratch((1 + extra) * std::max<int64_t>(D, 1) * L);
+        V* xt = reinterpret_cast<V*>(scratch.ptr);
+        for (int64_t blk = b0; blk < b1; blk++) {
+            const int64_t i0 = blk * L, n = std::min<int64_t>(L, E - i0);
+            for (int64_t a = 0; a < D; a++) {
+                V t = {};
+                for (int64_t l = 0; l < n; l++) t[l] = x[(i0 + l) * D + a];
+                xt[a] = t;
+            }
+            block(i0, n, xt, xt + D);
+        }
+    });
+}
+
+/* The quadratic edge terms out[e, h] = sum over a <= b of x[e, a] x[e, b]
+ * c[t(a, b), h], t the row-major index of the upper triangle (diagonal
+ * included; T = D (D + 1) / 2 rows of c [T, Hp], Hp = heads rounded up to
+ * HB, the padding zero). Blocks of L edges at once: lane l of a vector is
+ * edge i0 + l (x transposed into xt [D][L]), so each product x_a x_b is one
+ * vector multiply and each coefficient one broadcast FMA into HB
+ * accumulators (registers) — half the multiply-adds of the two projections
+ * W_qe e, W_ke e (the symmetric form has D (D + 1) / 2 terms, not D^2) and
+ * nothing per edge written to memory. Every edge is computed by the same
+ * code in the same order whatever the threads, so results do not depend on
+ * them. */
+template <typename T, int64_t HB>
+void edge_quadratic_kernel(int64_t E, int64_t D, int64_t H, int64_t Hp, const T* x,
+                           const T* c, T* out) {
+    using V = typename Lanes<T>::V;
+    for_edge_blocks<T>(E, D, x, 0, [=](int64_t i0, int64_t n, const V* xt, V*) {
+        for (int64_t h0 = 0; h0 < H; h0 += HB) {
+            V acc[HB];
+            for (int64_t h = 0; h < HB; h++) acc[h] = V{};
+            const T* cr = c + h0;
+            for (int64_t a = 0; a < D; a++) {
+                const V xa = xt[a];
+                for (int64_t b = a; b < D; b++, cr += Hp) {
+                    const V m = xa * xt[b];
+#pragma GCC unroll 8
+                    for (int64_t h = 0; h < HB; h++) acc[h] += m * cr[h];
+                }
+            }
+            const int64_t hn = std::min<int64_t>(HB, H - h0);
+            for (int64_t l = 0; l < n; l++)
+                for (int64_t h = 0; h < hn; h++) out[(i0 + l) * H + h0 + h] = acc[h][l];
+        }
+    });
+}
+
+/* The gradient of edge_quadratic_kernel's terms with respect to x:
+ * dx[e, a] = sum_h grad[e, h] (sum over b >= a of c[t(a, b), h] x[e, b] +
+ * sum over b <= a of c[t(b, a), h] x[e, b]) (the diagonal twice), blocked
+ * over edges as the forward: per pair a <= b, w = sum_h grad_h c[t(a, b), h]
+ * (one vector per block of edges), then dx_a += w x_b and dx_b += w x_a. */
+template <typename T, int64_t HB>
+void edge_quadratic_dx_kernel(int64_t E, int64_t D, int64_t H, int64_t Hp, const T* x,
+                              const T* c, const T* grad, T* dx) {
+    using V = typename Lanes<T>::V;
+    for_edge_blocks<T>(E, D, x, 1, [=](int64_t i0, int64_t n, const V* xt, V* dxt) {
+        for (int64_t a = 0; a < D; a++) dxt[a] = V{};
+        for (int64_t h0 = 0; h0 < H; h0 += HB) {
+            V g[HB];
+            for (int64_t h = 0; h < HB; h++) {
+                g[h] = V{};
+                if (h0 + h < H)
+                    for (int64_t l = 0; l < n; l++) g[h][l] = grad[(i0 + l) * H + h0 + h];
+            }
+            const T* cr = c + h0;
+            for (int64_t a = 0; a < D; a++) {
+                const V xa = xt[a];
+                V da = {};
+                for (int64_t b = a; b < D; b++, cr += Hp) {
+                    V w = g[0] * cr[0];
+#pragma GCC unroll 8
+                    for (int64_t h = 1; h < HB; h++) w += g[h] * cr[h];
+                    da += w * xt[b];
+                    dxt[b] += w * xa;
+                }
+                dxt[a] += da;
+            }
+        }
+        for (int64_t l = 0; l < n; l++)
+            for (int64_t a = 0; a < D; a++) dx[(i0 + l) * D + a] = dxt[a][l];
+    });
+}
+
+/* The cross edge terms out[e, h] = (p[h, i] + r[h, j]) . x[e] of the edges
+ * e = (j -> i) of a CSR by target (ptr [N + 1], col [E]), with p [H, N, D],
+ * r [H, Ns, D], x [E, D]: the regrouped q_i . W_ke e + W_qe e . k_j. */
+template <typename T>
+void edge_cross_kernel(int64_t N, int64_t Ns, int64_t H, int64_t D, const int64_t* ptr,
+                       const int64_t* col, const T* p, const T* r, const T* x, T* out) {
+    for_rows_with_scratch<T>(N, 1, [&](int64_t i, T*) {
+        for (int64_t e = ptr[i]; e < ptr[i + 1]; e++) {
+            const T* xe = x + e * D;
+            for (int64_t h = 0; h < H; h++) {
+                const T* pi = p + (h * N + i) * D;
+                const T* rj = r + (h * Ns + col[e]) * D;
+                T sum = 0;
+                for (int64_t d = 0; d < D; d++) sum += (pi[d] + rj[d]) * xe[d];
+                out[e * H + h] = sum;
+            }
+        }
+    });
+}
+
+/* The gradients of edge_cross_kernel's terms (grad [E, H]): dp[h, i] =
+ * sum over the edges e into i of grad[e, h] x[e] and dx[e] = sum_h grad[e, h]
+ * (p[h, i] + r[h, j]), by target rows; dr[h, j] = the sum over the edges out
+ * of j, by source (the transpose's ptr sptr [Ns + 1] and edge ids perm [E]).
+ * Each output row is written by one thread: no atomics. Null outputs are
+ * skipped. */
+template <typename T>
+void edge_cross_backward_kernel(int64_t N, int64_t Ns, int64_t H, int64_t D, const int64_t* ptr,
+                                const int64_t* col, const int64_t* sptr, const int64_t* perm,
+                                const T* p, const T* r, const T* x, const T* grad, T* dp, T* dr,
+                                T* dx) {
+    if (dp != nullptr || dx != nullptr)
+        for_rows_with_scratch<T>(N, 1, [&](int64_t i, T*) {
+            if (dp != nullptr)
+                for (int64_t h = 0; h < H; h++)
+                    std::fill_n(dp + (h * N + i) * D, D, T(0));
+            for (int64_t e = ptr[i]; e < ptr[i + 1]; e++) {
+                const T* xe = x + e * D;
+                const T* ge = grad + e * H;
+                T* dxe = dx != nullptr ? dx + e * D : nullptr;
+                if (dxe != nullptr) std::fill_n(dxe, D, T(0));
+                for (int64_t h = 0; h < H; h++) {
+                    if (dp != nullptr) {
+                        T* dpi = dp + (h * N + i) * D;
+                        for (int64_t d = 0; d < D; d++) dpi[d] += ge[h] * xe[d];
+                    }
+                    if (dxe != nullptr) {
+                        const T* pi = p + (h * N + i) * D;
+                        const T* rj = r + (h * Ns + col[e]) * D;
+                        for (int64_t d = 0; d < D; d++) dxe[d] += ge[h] * (pi[d] + rj[d]);
+                    }
+                }
+            }
+        });
+    if (dr != nullptr)
+        for_rows_with_scratch<T>(Ns, 1, [&](int64_t j, T*) {
+            for (int64_t h = 0; h < H; h++) std::fill_n(dr + (h * Ns + j) * D, D, T(0));
+            for (int64_t q = sptr[j]; q < sptr[j + 1]; q++) {
+                const int64_t e = perm[q];
+                const T* xe = x + e * D;
+                const T* ge = grad + e * H;
+                for (int64_t h = 0; h < H; h++) {
+                    T* drj = dr + (h * Ns + j) * D;
+                    for (int64_t d = 0; d < D; d++) drj[d] += ge[h] * xe[d];
+                }
+            }
+        });
+}
+
 // --------------------------------------------------------------------- ops
 
 std::tuple<Tensor, Tensor> group_by_source(const Tensor& col_in, int64_t num_cols) {
@@ -661,10 +843,142 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_attenti
     return {dq, dk, dv, ds, dtq, dtk, wsum_rows};
 }
 
+
+/* The quadratic edge terms (edge_quadratic_kernel) of x [E, D] and the
+ * coefficients c [D (D + 1) / 2, H] of every pair a <= b of features. */
+/* The heads the quadratic kernels compute at once (HB): 4 for up to 4 heads,
+ * else 8; checks x [E, D] and c [D (D + 1) / 2, H] for the op `op`. */
+int64_t quadratic_head_block(const char* op, const Tensor& x, const Tensor& c) {
+    TORCH_CHECK_VALUE(x.dim() == 2 && c.dim() == 2, op, ": 'x' [E, D] and 'c' [D (D + 1) / 2, H]",
+                      " must be 2-D, got shapes ", x.sizes(), " and ", c.sizes());
+    const int64_t D = x.size(1);
+    TORCH_CHECK_VALUE(c.size(0) == D * (D + 1) / 2, op, ": 'c' must have D (D + 1) / 2 = ",
+                      D * (D + 1) / 2, " rows (one per pair a <= b of the ", D,
+                      " edge features), got ", c.size(0));
+    return c.size(1) <= 4 ? 4 : 8;
+}
+
+/* c [T, H], contiguous, with zero heads appended up to a multiple of HB: the
+ * kernels then read whole vectors of heads. */
+Tensor pad_heads(const Tensor& c, int64_t HB) {
+    const int64_t H = c.size(1), Hp = (H + HB - 1) / HB * HB;
+    if (Hp == H) return c.contiguous();
+    Tensor padded = at::zeros({c.size(0), Hp}, c.options());
+    padded.narrow(1, 0, H).copy_(c);
+    return padded;
+}
+
+Tensor edge_quadratic(const Tensor& x_in, const Tensor& c_in) {
+    const int64_t HB = quadratic_head_block("edge_quadratic", x_in, c_in);
+    const int64_t E = x_in.size(0), D = x_in.size(1), H = c_in.size(1);
+    const Tensor x = x_in.contiguous(), c = pad_heads(c_in, HB);
+    const int64_t Hp = c.size(1);
+    return by_dtype(x, "x", [&](auto zero) {
+        using T = decltype(zero);
+        const T* xp = data<const T>(x, "x", x.scalar_type(), E * D);
+        const T* cp = data<const T>(c, "c", x.scalar_type());
+        Tensor out = at::empty({E, H}, x.options());
+        if (HB == 4)
+            edge_quadratic_kernel<T, 4>(E, D, H, Hp, xp, cp, out.data_ptr<T>());
+        else
+            edge_quadratic_kernel<T, 8>(E, D, H, Hp, xp, cp, out.data_ptr<T>());
+        return out;
+    });
+}
+
+/* The gradient of edge_quadratic with respect to x, for grad [E, H]. */
+Tensor edge_quadratic_backward_x(const Tensor& grad_in, const Tensor& x_in, const Tensor& c_in) {
+    const int64_t HB = quadratic_head_block("edge_quadratic_backward_x", x_in, c_in);
+    const int64_t E = x_in.size(0), D = x_in.size(1), H = c_in.size(1);
+    const Tensor x = x_in.contiguous(), grad = grad_in.contiguous(), c = pad_heads(c_in, HB);
+    const int64_t Hp = c.size(1);
+    return by_dtype(x, "x", [&](auto zero) {
+        using T = decltype(zero);
+        const auto f = x.scalar_type();
+        const T* xp = data<const T>(x, "x", f, E * D);
+        const T* cp = data<const T>(c, "c", f);
+        const T* gp = data<const T>(grad, "grad", f, E * H);
+        Tensor dx = at::empty({E, D}, x.options());
+        if (HB == 4)
+            edge_quadratic_dx_kernel<T, 4>(E, D, H, Hp, xp, cp, gp, dx.data_ptr<T>());
+        else
+            edge_quadratic_dx_kernel<T, 8>(E, D, H, Hp, xp, cp, gp, dx.data_ptr<T>());
+        return dx;
+    });
+}
+
+/* The shapes of the cross terms' arrays, checked: p [H, N, D], r [H, Ns,
+ * D], x [E, D], ptr [N + 1], col [E]. */
+struct CrossSizes {
+    int64_t N, Ns, H, D, E;
+};
+
+CrossSizes cross_sizes(const char* op, const Tensor& p, const Tensor& r, const Tensor& x,
+                       const Tensor& ptr, const Tensor& col) {
+    TORCH_CHECK_VALUE(p.dim() == 3 && r.dim() == 3 && x.dim() == 2, op, ": 'p' [H, N, D], 'r' ",
+                      "[H, Ns, D] and 'x' [E, D] expected, got shapes ", p.sizes(), ", ",
+                      r.sizes(), " and ", x.sizes());
+    const CrossSizes n{p.size(1), r.size(1), p.size(0), p.size(2), x.size(0)};
+    TORCH_CHECK_VALUE(r.size(0) == n.H && r.size(2) == n.D && x.size(1) == n.D, op,
+                      ": 'p' ", p.sizes(), ", 'r' ", r.sizes(), " and 'x' ", x.sizes(),
+                      " disagree on H or D");
+    TORCH_CHECK_VALUE(ptr.numel() == n.N + 1 && col.numel() == n.E, op, ": 'ptr' must have N + 1",
+                      " = ", n.N + 1, " and 'col' E = ", n.E, " entries, got ", ptr.numel(),
+                      " and ", col.numel());
+    return n;
+}
+
+/* The cross terms (edge_cross_kernel). sptr and perm, the grouping by source,
+ * are its backward's (edge_cross_backward): inputs here so that autograd
+ * keeps them. */
+Tensor edge_cross(const Tensor& p_in, const Tensor& r_in, const Tensor& x_in, const Tensor& ptr,
+                  const Tensor& col, const Tensor&, const Tensor&) {
+    const Tensor p = p_in.contiguous(), r = r_in.contiguous(), x = x_in.contiguous();
+    const CrossSizes n = cross_sizes("edge_cross", p, r, x, ptr, col);
+    return by_dtype(p, "p", [&](auto zero) {
+        using T = decltype(zero);
+        const auto f = p.scalar_type();
+        Tensor out = at::empty({n.E, n.H}, p.options());
+        edge_cross_kernel<T>(n.N, n.Ns, n.H, n.D, data<const int64_t>(ptr, "ptr", at::kLong),
+                             data<const int64_t>(col, "col", at::kLong),
+                             data<const T>(p, "p", f), data<const T>(r, "r", f),
+                             data<const T>(x, "x", f), out.data_ptr<T>());
+        return out;
+    });
+}
+
+std::tuple<Tensor, Tensor, Tensor> edge_cross_backward(
+    const Tensor& grad_in, const Tensor& p_in, const Tensor& r_in, const Tensor& x_in,
+    const Tensor& ptr, const Tensor& col, const Tensor& sptr, const Tensor& perm,
+    bool need_p, bool need_r, bool need_x) {
+    const Tensor p = p_in.contiguous(), r = r_in.contiguous(), x = x_in.contiguous();
+    const Tensor grad = grad_in.contiguous();
+    const CrossSizes n = cross_sizes("edge_cross_backward", p, r, x, ptr, col);
+    TORCH_CHECK_VALUE(sptr.numel() == n.Ns + 1 && perm.numel() == n.E, "edge_cross_backward: ",
+                      "'sptr' must have Ns + 1 = ", n.Ns + 1, " and 'perm' E = ", n.E,
+                      " entries, got ", sptr.numel(), " and ", perm.numel());
+    return by_dtype(p, "p", [&](auto zero) {
+        using T = decltype(zero);
+        const auto f = p.scalar_type();
+        Tensor dp = need_p ? at::empty(p.sizes(), p.options()) : at::empty({0}, p.options());
+        Tensor dr = need_r ? at::empty(r.sizes(), r.options()) : at::empty({0}, r.options());
+        Tensor dx = need_x ? at::empty(x.sizes(), x.options()) : at::empty({0}, x.options());
+        edge_cross_backward_kernel<T>(
+            n.N, n.Ns, n.H, n.D, data<const int64_t>(ptr, "ptr", at::kLong),
+            data<const int64_t>(col, "col", at::kLong), data<const int64_t>(sptr, "sptr", at::kLong),
+            data<const int64_t>(perm, "perm", at::kLong), data<const T>(p, "p", f),
+            data<const T>(r, "r", f), data<const T>(x, "x", f),
+            data<const T>(grad, "grad", f, n.E * n.H), need_p ? dp.data_ptr<T>() : nullptr,
+            need_r ? dr.data_ptr<T>() : nullptr, need_x ? dx.data_ptr<T>() : nullptr);
+        return std::make_tuple(dp, dr, dx);
+    });
+}
+
 }  // namespace
 
 // The schemas are defined in Python (graphformer/nn/fused_cpu.py,
-// functional.py, csr.py), with the fake implementations and autograd formulas.
+// functional.py, csr.py, edge_terms.py), with the fake implementations and
+// autograd formulas.
 TORCH_LIBRARY_IMPL(graphformer, CPU, m) {
     m.impl("group_by_source", &group_by_source);
     m.impl("hashed_dropout", &hashed_dropout);
@@ -672,6 +986,10 @@ TORCH_LIBRARY_IMPL(graphformer, CPU, m) {
     m.impl("gelu_dropout_backward", &gelu_dropout_backward);
     m.impl("fused_attention", &fused_attention);
     m.impl("fused_attention_backward", &fused_attention_backward);
+    m.impl("edge_quadratic", &edge_quadratic);
+    m.impl("edge_quadratic_backward_x", &edge_quadratic_backward_x);
+    m.impl("edge_cross", &edge_cross);
+    m.impl("edge_cross_backward", &edge_cross_backward);
 }
 
 // No tensor argument: no backend key to dispatch on, so it is the op's

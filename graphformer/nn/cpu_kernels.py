@@ -4,13 +4,16 @@ r"""Graphformer's C++ kernels for the CPU: built on first use with
 ``cpu_kernels.cpp`` (beside this module) holds the fused attention of
 :mod:`graphformer.nn.fused_cpu`, the hashed dropout of
 :func:`graphformer.nn.functional.dropout` (alone and fused with GELU,
-:func:`~graphformer.nn.functional.gelu_dropout`) and the counting sort of
-:meth:`graphformer.nn.csr.EdgeCSR.transpose`, as the CPU implementations of
+:func:`~graphformer.nn.functional.gelu_dropout`), the counting sort of
+:meth:`graphformer.nn.csr.EdgeCSR.transpose` and the regrouped edge-feature
+score terms of :mod:`graphformer.nn.edge_terms`, as the CPU implementations of
 the custom ops ``torch.ops.graphformer.fused_attention`` and
 ``fused_attention_backward``, ``dropout_multiplier``
 (:mod:`graphformer.nn.fused_cpu`), ``hashed_dropout``, ``gelu_dropout`` and
 ``gelu_dropout_backward`` (:mod:`graphformer.nn.functional`),
-``group_by_source`` (:mod:`graphformer.nn.csr`). Those modules define each
+``group_by_source`` (:mod:`graphformer.nn.csr`), ``edge_quadratic``,
+``edge_quadratic_backward_x``, ``edge_cross`` and ``edge_cross_backward``
+(:mod:`graphformer.nn.edge_terms`). Those modules define each
 op's schema (:func:`define_op`), fake (meta) implementation and, where
 differentiable, autograd formula, so that :func:`torch.compile` and
 :func:`torch.export.export` trace them. Random decisions take their seed as

@@ -15,8 +15,14 @@ unscaled, edges grouped by target) and :meth:`values` (``[N_t, H, C]`` from the
 weights ``[H, E]``).
 
 - :class:`PerEdgeTerms`: features per edge ``edge_attr [E, D]``; the value
-  term is regrouped through a sparse product, the score terms computed in
-  chunks of edges (:class:`ChunkedEdgeScores`).
+  term is regrouped through a sparse product. On the CPU (with the C++
+  kernels) the score terms are regrouped too: the two cross terms as
+  node-by-feature tables met per edge, :math:`\mathbf{q}^h_i\cdot
+  \mathbf{W}^h_{ke}\mathbf{e} = (\mathbf{W}^{h\top}_{ke}\mathbf{q}^h_i)\cdot
+  \mathbf{e}`, and the term of the edge with itself as a symmetric quadratic
+  form (:func:`edge_quadratic`, half the multiply-adds of the two
+  projections and nothing per edge kept); elsewhere all three are computed
+  from the projections in chunks of edges (:class:`ChunkedEdgeScores`).
 - :class:`TypedEdgeTerms`: features per edge type, ``table [R, D]`` and
   ``edge_type [E]`` (bond types, relation ids, pattern membership). The
   projections are taken of the R rows only, the query and key terms are
@@ -46,6 +52,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from .cpu_kernels import define_op, kernels_available
 from .csr import EdgeCSR, GatherDot, Grouping, ScatterSum
 
 #: Edges per chunk are chosen so that one chunk's per-edge projections stay
@@ -128,26 +135,195 @@ class ChunkedEdgeScores(torch.autograd.Function):
         return dq, dk, de, dw, None, None
 
 
+# -- the quadratic term ------------------------------------------------------------------------
+
+#: ``torch.ops.graphformer.edge_quadratic(x, c)``: :func:`edge_quadratic`'s
+#: C++ kernel (float32 / float64 on the CPU). Backward: :func:`_quadratic_backward`.
+_EDGE_QUADRATIC = define_op("edge_quadratic", "(Tensor x, Tensor c) -> Tensor")
+
+
+@torch.library.register_fake(_EDGE_QUADRATIC)
+def _(x: Tensor, c: Tensor) -> Tensor:
+    return x.new_empty(x.size(0), c.size(1))
+
+
+def _triangle(D: int, device: torch.device) -> Tuple[Tensor, Tensor]:
+    """Rows and columns of the upper triangle of a D × D matrix, diagonal
+    included, in row-major order: the pair of coefficient ``t``."""
+    rows, cols = torch.triu_indices(D, D, device=device)
+    return rows, cols
+
+
+def quadratic_coefficients(w_eq: Tensor, w_ek: Tensor, heads: int) -> Tensor:
+    r"""The coefficients ``c [D (D + 1) / 2, H]`` of
+    :math:`(\mathbf{W}^h_{qe}\mathbf{e})\cdot(\mathbf{W}^h_{ke}\mathbf{e}) =
+    \mathbf{e}^\top M_h \mathbf{e} = \sum_{a \le b} c_{ab,h}\, e_a e_b` with
+    :math:`M_h = \mathbf{W}^{h\top}_{qe}\mathbf{W}^h_{ke}` (``w_eq``, ``w_ek``
+    ``[H·C, D]``): :math:`c_{aa,h} = (M_h)_{aa}` and :math:`c_{ab,h} =
+    (M_h)_{ab} + (M_h)_{ba}` for :math:`a < b`. Differentiable."""
+    D = w_eq.size(1)
+    m = torch.einsum("hcd,hce->hde", w_eq.view(heads, -1, D), w_ek.view(heads, -1, D))
+    rows, cols = _triangle(D, w_eq.device)
+    c = m[:, rows, cols] + m[:, cols, rows]                    # the diagonal twice
+    c = c * torch.where(rows == cols, 0.5, 1.0).to(c.dtype)
+    return c.t().contiguous()
+
+
+def _quadratic_backward(grad: Tensor, x: Tensor, c: Tensor, need_x: bool, need_c: bool
+                        ) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+    r"""The gradients of :func:`edge_quadratic` (``grad [E, H]``), in chunks of
+    edges through two products each: with :math:`u_e = \mathbf{e}\otimes
+    g_e` (``[E, D·H]``), :math:`\partial\mathbf{e} = u_e\,\tilde S^\top`
+    (:math:`\tilde S = S + S^\top`, S the coefficients as an upper-triangular
+    ``[D, D, H]``) and :math:`\partial c_{ab,h} = \sum_e e_a e_b g_{e,h}`, the
+    upper triangle of :math:`\sum_e \mathbf{e}\, u_e^\top`."""
+    E, D = x.shape
+    H = c.size(1)
+    rows, cols = _triangle(D, x.device)
+    grad = grad.contiguous()
+    dx = x.new_empty(E, D) if need_x else None
+    dfull = x.new_zeros(D, D * H) if need_c else None
+    sym = None
+    if need_x:
+        upper = x.new_zeros(D, D, H)
+        upper[rows, cols] = c
+        sym = (upper + upper.transpose(0, 1)).reshape(D, D * H)   # [a, b·H + h]
+    step = max(1, min(E, CHUNK_ELEMENTS // (D * H)))
+    u = x.new_empty(min(step, E), D, H)
+    for s in range(0, E, step):
+        n = min(step, E - s)
+        x_c = x[s:s + n]
+        u_c = torch.mul(x_c.unsqueeze(2), grad[s:s + n].unsqueeze(1), out=u[:n]).view(n, D * H)
+        if need_x:
+            torch.mm(u_c, sym.t(), out=dx[s:s + n])
+        if need_c:
+            dfull.addmm_(x_c.t(), u_c)
+    dc = dfull.view(D, D, H)[rows, cols] if need_c else None
+    return dx, dc
+
+
+#: ``torch.ops.graphformer.edge_quadratic_backward_x(grad, x, c)``: the
+#: gradient of ``edge_quadratic`` with respect to ``x``, blocked over edges as
+#: its forward.
+_EDGE_QUADRATIC_BACKWARD_X = define_op("edge_quadratic_backward_x",
+                                       "(Tensor grad, Tensor x, Tensor c) -> Tensor")
+
+
+@torch.library.register_fake(_EDGE_QUADRATIC_BACKWARD_X)
+def _(grad: Tensor, x: Tensor, c: Tensor) -> Tensor:
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _save_inputs(ctx, inputs, output) -> None:
+    ctx.save_for_backward(*inputs)
+
+
+def _edge_quadratic_backward(ctx, grad: Tensor):
+    x, c = ctx.saved_tensors
+    need_x, need_c = ctx.needs_input_grad[:2]
+    dx = torch.ops.graphformer.edge_quadratic_backward_x(grad, x, c) if need_x else None
+    return dx, _quadratic_backward(grad, x, c, False, need_c)[1]
+
+
+torch.library.register_autograd(_EDGE_QUADRATIC, _edge_quadratic_backward,
+                                setup_context=_save_inputs)
+
+
+def edge_quadratic(x: Tensor, c: Tensor) -> Tensor:
+    r"""The quadratic forms :math:`\sum_{a \le b} c_{ab,h}\, x_{e,a} x_{e,b}`,
+    ``[E, H]``, of the edge features ``x [E, D]`` with the coefficients ``c
+    [D (D + 1) / 2, H]`` (pairs ``a <= b`` in row-major order, as
+    :func:`quadratic_coefficients` gives them); differentiable in both. On
+    the CPU with the C++ kernels one pass over blocks of edges (nothing per
+    edge and coefficient kept); elsewhere, and where the kernels are
+    unavailable, PyTorch products (the same values to float rounding)."""
+    if x.device.type == "cpu" and kernels_available():
+        return torch.ops.graphformer.edge_quadratic(x, c)
+    E, D = x.shape
+    rows, cols = _triangle(D, x.device)
+    upper = c.new_zeros(D, D, c.size(1)).index_put((rows, cols), c)
+    sym = (upper + upper.transpose(0, 1)) / 2                     # S_aa = c_aa, S_ab = c_ab / 2
+    y = (x @ sym.reshape(D, -1)).view(E, D, -1)                   # [e, a, h] = sum_b x_b S_ba
+    return (y * x.unsqueeze(2)).sum(1)
+
+
+# -- the cross terms ---------------------------------------------------------------------------
+
+#: ``torch.ops.graphformer.edge_cross(p, r, x, ptr, col, sptr, perm)``: the
+#: cross terms ``(p[h, i] + r[h, j]) · x[e]`` of the edges ``e = (j -> i)``
+#: of a CSR by target (``ptr``, ``col``); ``sptr``, ``perm`` (the grouping by
+#: source) are for its backward, ``edge_cross_backward``.
+_EDGE_CROSS = define_op("edge_cross", "(Tensor p, Tensor r, Tensor x, Tensor ptr, Tensor col, "
+                        "Tensor sptr, Tensor perm) -> Tensor")
+_EDGE_CROSS_BACKWARD = define_op(
+    "edge_cross_backward", "(Tensor grad, Tensor p, Tensor r, Tensor x, Tensor ptr, Tensor col, "
+    "Tensor sptr, Tensor perm, bool need_p, bool need_r, bool need_x) -> (Tensor, Tensor, Tensor)")
+
+
+@torch.library.register_fake(_EDGE_CROSS)
+def _(p: Tensor, r: Tensor, x: Tensor, ptr: Tensor, col: Tensor, sptr: Tensor,
+      perm: Tensor) -> Tensor:
+    return p.new_empty(x.size(0), p.size(0))
+
+
+@torch.library.register_fake(_EDGE_CROSS_BACKWARD)
+def _(grad: Tensor, p: Tensor, r: Tensor, x: Tensor, ptr: Tensor, col: Tensor, sptr: Tensor,
+      perm: Tensor, need_p: bool, need_r: bool, need_x: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    def like(t: Tensor, needed: bool) -> Tensor:
+        return t.new_empty(t.shape if needed else (0,))
+    return like(p, need_p), like(r, need_r), like(x, need_x)
+
+
+def _edge_cross_backward(ctx, grad: Tensor):
+    need = ctx.needs_input_grad[:3]
+    dp, dr, dx = torch.ops.graphformer.edge_cross_backward(grad, *ctx.saved_tensors, *need)
+    return (dp if need[0] else None, dr if need[1] else None, dx if need[2] else None,
+            None, None, None, None)
+
+
+torch.library.register_autograd(_EDGE_CROSS, _edge_cross_backward, setup_context=_save_inputs)
+
+
+def edge_cross(p: Tensor, r: Tensor, x: Tensor, csr: EdgeCSR) -> Tensor:
+    r"""The cross terms :math:`(\mathbf{p}^h_i + \mathbf{r}^h_j)\cdot
+    \mathbf{x}_e`, ``[E, H]``, of the edges ``e = (j -> i)`` of ``csr`` (grouped
+    by target; ``x [E, D]`` in that order), ``p [H, N_t, D]``, ``r [H, N_s,
+    D]``; differentiable in the three. One C++ pass over the edges by target
+    (CPU, with the kernels); its backward sums ``r``'s gradient by source."""
+    sources = Grouping.sources(csr)
+    return torch.ops.graphformer.edge_cross(p, r, x, csr.ptr, csr.col, sources.ptr,
+                                            sources.members)
+
+
 def edge_scores(q: Tensor, k: Tensor, edge_attr: Tensor, w_eq: Optional[Tensor],
                 w_ek: Optional[Tensor], csr: EdgeCSR) -> Tensor:
     r"""The edge-feature part of :math:`\mathbf{q}_{ij}\cdot\mathbf{k}_{ij}`,
     [E, H] (unscaled); ``q`` [N_t, H, C], ``k`` [N_s, H, C].
 
-    With both projections the per-edge terms :math:`\mathbf{W}_{qe}\mathbf{e}`,
-    :math:`\mathbf{W}_{ke}\mathbf{e}` are needed anyway (their product has no
-    cheaper form), so all terms are computed together in chunks of edges
-    (:class:`ChunkedEdgeScores`); above :data:`RECOMPUTE_ABOVE` elements only the
-    [E, H] result is kept and backward recomputes the chunks. With one projection the
-    term is regrouped, :math:`\mathbf{q}_i\cdot\mathbf{W}_{ke}\mathbf{e} =
-    (\mathbf{W}_{ke}^\top\mathbf{q}_i)\cdot\mathbf{e}`, and meets the edges
-    through a sampled product (no per-edge projection at all)."""
+    Each cross term is regrouped, :math:`\mathbf{q}_i\cdot\mathbf{W}_{ke}
+    \mathbf{e} = (\mathbf{W}_{ke}^\top\mathbf{q}_i)\cdot\mathbf{e}`, and
+    meets the edges through a sampled product (no per-edge projection at all);
+    with both projections the edge's term with itself is the symmetric
+    quadratic form :func:`edge_quadratic` of
+    :func:`quadratic_coefficients`. Where that runs as PyTorch products (not
+    on the CPU, or without the C++ kernels) the per-edge projections
+    :math:`\mathbf{W}_{qe}\mathbf{e}`, :math:`\mathbf{W}_{ke}\mathbf{e}` are
+    cheaper: all terms are then computed from them in chunks of edges
+    (:class:`ChunkedEdgeScores`); above :data:`RECOMPUTE_ABOVE` elements only
+    the [E, H] result is kept and backward recomputes the chunks."""
     H, C = q.size(1), q.size(2)
     D = edge_attr.size(1)
-    if w_eq is not None and w_ek is not None:
-        # Measured (scripts/bench_attention.py shapes): regrouping the cross
-        # terms here too is slower, at 2.2 and at 6 edges per node.
+    both = w_eq is not None and w_ek is not None
+    if both and not (edge_attr.device.type == "cpu" and kernels_available()):
         w_qk = torch.cat([w_eq, w_ek], dim=0)
         return ChunkedEdgeScores.apply(q, k, edge_attr, w_qk, csr.col, csr.row)
+    if both:
+        # q_i · (W_ke e) + (W_qe e) · k_j = (W_ke^T q_i + W_qe^T k_j) · e, and
+        # (W_qe e) · (W_ke e) = e^T M e, the symmetric form
+        qd = torch.einsum("nhc,hcd->hnd", q, w_ek.view(H, C, D))
+        kd = torch.einsum("nhc,hcd->hnd", k, w_eq.view(H, C, D))
+        return edge_cross(qd, kd, edge_attr, csr) + edge_quadratic(
+            edge_attr, quadratic_coefficients(w_eq, w_ek, H))
     if w_ek is not None:     # q_i · (W_ke e) = (W_ke^T q_i) · e
         qd = torch.einsum("nhc,hcd->hnd", q, w_ek.view(H, C, D))
         return GatherDot.apply(qd, edge_attr, Grouping.targets(csr))

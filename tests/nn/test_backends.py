@@ -14,6 +14,7 @@ from graphformer import patterns as P
 from graphformer.nn import EdgeSet, RelationalAttention, estimate
 from graphformer.nn.backend import (DENSE_MAX_SCORES, PROPAGATE_BELOW, REGISTRY,
                                      choose_backend, padded_density)
+from graphformer.nn.cpu_kernels import kernels_available
 from graphformer.nn.fused import fused_available
 from graphformer.nn.fused_cpu import fused_cpu_available, fused_cpu_unavailable
 from tests.helpers import ptr_of
@@ -349,10 +350,12 @@ def test_bad_backend_name():
 
 
 def test_edge_terms_in_many_recomputed_chunks_equal_propagate(monkeypatch):
-    """Large edge sets take the chunked, recomputing path of the edge terms:
+    """Large edge sets take the chunked, recomputing path of the edge terms
+    where the regrouped terms' kernels do not run (CUDA, no compiler):
     force it on a small one (chunks of 1024 edges, nothing kept)."""
     import graphformer.nn.edge_terms as S
 
+    monkeypatch.setattr(S, "kernels_available", lambda: False)
     monkeypatch.setattr(S, "RECOMPUTE_ABOVE", 0)
     monkeypatch.setattr(S, "CHUNK_ELEMENTS", 1)
     ptr = ptr_of([40, 30])
@@ -368,6 +371,32 @@ def test_edge_terms_in_many_recomputed_chunks_equal_propagate(monkeypatch):
     torch.testing.assert_close(out, out_ref)
     torch.testing.assert_close(alpha, alpha_ref)
     for ours, theirs in zip(grads, grads_ref):
+        torch.testing.assert_close(ours, theirs)
+
+
+@pytest.mark.skipif(not kernels_available(), reason="needs the CPU kernels")
+@pytest.mark.parametrize("backend", ["sparse", "fused_cpu"])
+def test_regrouped_edge_terms_equal_the_chunked_projections(monkeypatch, backend):
+    """With the CPU kernels the edge-feature score terms are regrouped (cross
+    terms through node tables, the edge's term with itself as a symmetric
+    quadratic form); without them they come from the per-edge projections in
+    chunks. Same layer, float64, a graph with nodes that have no incoming and
+    no outgoing edges: the same outputs, attention and gradients (of x, the
+    edge features and every weight)."""
+    import graphformer.nn.edge_terms as S
+
+    torch.manual_seed(0)
+    ei = torch.tensor([[0, 2, 3, 3, 5, 1, 0, 2, 6, 6],
+                       [1, 1, 1, 2, 2, 4, 4, 5, 5, 0]])      # 3 and 6 receive nothing
+    x = torch.randn(8, IN, dtype=torch.float64, requires_grad=True)   # 7 has no edge at all
+    e = torch.randn(ei.size(1), 5, dtype=torch.float64, requires_grad=True)
+    layer = RelationalAttention(IN, OUT, heads=H, edge_dim=5, backend=backend).double()
+    g = torch.randn(8, OUT, dtype=torch.float64)
+
+    regrouped = _run(layer, x, ei, e, None, None, g)
+    monkeypatch.setattr(S, "kernels_available", lambda: False)
+    chunked = _run(layer, x, ei, e, None, None, g)
+    for ours, theirs in zip([*regrouped[:2], *regrouped[2]], [*chunked[:2], *chunked[2]]):
         torch.testing.assert_close(ours, theirs)
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from graphformer.nn import csr as csr_module  # noqa: F401  (registers group_by_source)
+from graphformer.nn import edge_terms  # registers the edge-term ops
 from graphformer.nn import functional  # noqa: F401  (registers the dropout ops)
 from graphformer.nn import fused_cpu  # noqa: F401  (registers the attention ops)
 from graphformer.nn.cpu_kernels import (ENV_SWITCH, kernels_available, kernels_unavailable,
@@ -20,7 +21,8 @@ pytestmark = pytest.mark.skipif(
     not kernels_available(), reason=f"the CPU kernels are unavailable: {kernels_unavailable()}")
 
 OPS = ("group_by_source", "hashed_dropout", "gelu_dropout", "gelu_dropout_backward",
-       "dropout_multiplier", "fused_attention", "fused_attention_backward")
+       "dropout_multiplier", "fused_attention", "fused_attention_backward", "edge_quadratic",
+       "edge_quadratic_backward_x", "edge_cross", "edge_cross_backward")
 DTYPES = [torch.float32, torch.float64]
 
 
@@ -68,6 +70,81 @@ def test_dropout_multiplier(dtype):
     assert m.dtype == dtype and m.shape == (2, 50)
     assert set(m.unique().tolist()) <= {0.0, 2.0}
     torch.library.opcheck(torch.ops.graphformer.dropout_multiplier.default, (7, 2, 50, 0.5, dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("heads,features", [(1, 1), (3, 2), (4, 7), (5, 16), (8, 5), (16, 3)])
+def test_edge_quadratic(dtype, heads, features):
+    """(W_qe e)·(W_ke e) per head as the symmetric form of the coefficients,
+    for every padding of the heads (4 or 8 a vector) and a tail of edges
+    (37: not a multiple of the 8 or 16 lanes); gradients of e and both
+    weights against the projections'."""
+    torch.manual_seed(heads * 31 + features)
+    E, C = 37, 3
+    x = torch.randn(E, features, dtype=dtype, requires_grad=True)
+    w_eq = torch.randn(heads * C, features, dtype=dtype, requires_grad=True)
+    w_ek = torch.randn(heads * C, features, dtype=dtype, requires_grad=True)
+    ref = ((x @ w_eq.t()).view(E, heads, C) * (x @ w_ek.t()).view(E, heads, C)).sum(-1)
+    c = edge_terms.quadratic_coefficients(w_eq, w_ek, heads)
+    assert c.shape == (features * (features + 1) // 2, heads)
+    out = edge_terms.edge_quadratic(x, c)
+    tol = dict(atol=2e-5, rtol=1e-4) if dtype == torch.float32 else {}
+    torch.testing.assert_close(out, ref, **tol)
+    g = torch.randn_like(ref)
+    for ours, theirs in zip(torch.autograd.grad(out, (x, w_eq, w_ek), g),
+                            torch.autograd.grad(ref, (x, w_eq, w_ek), g)):
+        torch.testing.assert_close(ours, theirs, **tol)
+    torch.library.opcheck(torch.ops.graphformer.edge_quadratic.default, (x, c))
+    torch.library.opcheck(torch.ops.graphformer.edge_quadratic_backward_x.default,
+                          (g, x.detach(), c.detach()))
+
+
+def test_edge_quadratic_without_the_kernel_is_the_same(monkeypatch):
+    x = torch.randn(20, 6, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(21, 3, dtype=torch.float64, requires_grad=True)
+    out = edge_terms.edge_quadratic(x, c)
+    grads = torch.autograd.grad(out.sin().sum(), (x, c))
+    monkeypatch.setattr(edge_terms, "kernels_available", lambda: False)
+    plain = edge_terms.edge_quadratic(x, c)
+    torch.testing.assert_close(out, plain)
+    for ours, theirs in zip(grads, torch.autograd.grad(plain.sin().sum(), (x, c))):
+        torch.testing.assert_close(ours, theirs)
+    assert torch.autograd.gradcheck(edge_terms.edge_quadratic, (x[:4], c))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_edge_cross(dtype):
+    """(p[h, i] + r[h, j])·x_e over a CSR by target, with a target without
+    edges (3) and sources without edges (4 and 5): their gradients are 0."""
+    torch.manual_seed(0)
+    H, D, N, Ns = 3, 4, 5, 6
+    src = torch.tensor([1, 2, 0, 3, 1, 0, 2])
+    dst = torch.tensor([0, 0, 1, 1, 2, 4, 4])            # grouped by target
+    ptr = torch.tensor([0, 2, 4, 5, 5, 7])
+    sptr, perm = torch.ops.graphformer.group_by_source(src, Ns)
+    p = torch.randn(H, N, D, dtype=dtype, requires_grad=True)
+    r = torch.randn(H, Ns, D, dtype=dtype, requires_grad=True)
+    x = torch.randn(src.numel(), D, dtype=dtype, requires_grad=True)
+    out = torch.ops.graphformer.edge_cross(p, r, x, ptr, src, sptr, perm)
+    ref = ((p[:, dst] + r[:, src]) * x).sum(-1).t()
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else {}
+    torch.testing.assert_close(out, ref, **tol)
+    g = torch.randn_like(ref)
+    grads = torch.autograd.grad(out, (p, r, x), g)
+    for ours, theirs in zip(grads, torch.autograd.grad(ref, (p, r, x), g)):
+        torch.testing.assert_close(ours, theirs, **tol)
+    assert grads[1][:, 4:].abs().sum() == 0 and grads[0][:, 3].abs().sum() == 0
+    torch.library.opcheck(torch.ops.graphformer.edge_cross.default,
+                          (p, r, x, ptr, src, sptr, perm))
+    torch.library.opcheck(torch.ops.graphformer.edge_cross_backward.default,
+                          (g, p.detach(), r.detach(), x.detach(), ptr, src, sptr, perm,
+                           True, False, True))
+    with pytest.raises(ValueError, match="'ptr' must have N \\+ 1 = 6"):
+        torch.ops.graphformer.edge_cross(p, r, x, ptr[:-1], src, sptr, perm)
+    with pytest.raises(ValueError, match="disagree on H or D"):
+        torch.ops.graphformer.edge_cross(p, r[:2], x, ptr, src, sptr, perm)
+    with pytest.raises(ValueError, match="'c' must have D \\(D \\+ 1\\) / 2 = 10 rows"):
+        torch.ops.graphformer.edge_quadratic(x, torch.randn(9, 2, dtype=dtype))
 
 
 def _attention_args(dtype, *, typed, bias, dropout):
