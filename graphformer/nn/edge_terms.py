@@ -138,7 +138,8 @@ class ChunkedEdgeScores(torch.autograd.Function):
 # -- the quadratic term ------------------------------------------------------------------------
 
 #: ``torch.ops.graphformer.edge_quadratic(x, c)``: :func:`edge_quadratic`'s
-#: C++ kernel (float32 / float64 on the CPU). Backward: :func:`_quadratic_backward`.
+#: C++ kernel (float32 / float64 on the CPU). Its gradients:
+#: ``edge_quadratic_backward_x`` and :func:`_quadratic_backward_c`.
 _EDGE_QUADRATIC = define_op("edge_quadratic", "(Tensor x, Tensor c) -> Tensor")
 
 
@@ -150,7 +151,7 @@ def _(x: Tensor, c: Tensor) -> Tensor:
 def _triangle(D: int, device: torch.device) -> Tuple[Tensor, Tensor]:
     """Rows and columns of the upper triangle of a D × D matrix, diagonal
     included, in row-major order: the pair of coefficient ``t``."""
-    rows, cols = torch.triu_indices(D, D, device=device)
+    rows, cols = torch.triu_indices(D, D, device=device).unbind()
     return rows, cols
 
 
