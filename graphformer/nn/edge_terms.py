@@ -290,35 +290,34 @@ def edge_scores(q: Tensor, k: Tensor, edge_attr: Tensor, w_eq: Optional[Tensor],
     [E, H] (unscaled); ``q`` [N_t, H, C], ``k`` [N_s, H, C].
 
     Each cross term is regrouped, :math:`\mathbf{q}_i\cdot\mathbf{W}_{ke}
-    \mathbf{e} = (\mathbf{W}_{ke}^\top\mathbf{q}_i)\cdot\mathbf{e}`, and
-    meets the edges through a sampled product (no per-edge projection at all);
-    with both projections the edge's term with itself is the symmetric
-    quadratic form :func:`edge_quadratic` of
-    :func:`quadratic_coefficients`. Where that runs as PyTorch products (not
-    on the CPU, or without the C++ kernels) the per-edge projections
-    :math:`\mathbf{W}_{qe}\mathbf{e}`, :math:`\mathbf{W}_{ke}\mathbf{e}` are
-    cheaper: all terms are then computed from them in chunks of edges
-    (:class:`ChunkedEdgeScores`); above :data:`RECOMPUTE_ABOVE` elements only
-    the [E, H] result is kept and backward recomputes the chunks."""
+    \mathbf{e} = (\mathbf{W}_{ke}^\top\mathbf{q}_i)\cdot\mathbf{e}`, a node
+    table met per edge (no per-edge projection at all): alone through a
+    sampled product, both together in one C++ pass (:func:`edge_cross`), and
+    then the edge's term with itself is the symmetric quadratic form
+    :func:`edge_quadratic` of :func:`quadratic_coefficients`. Where that runs
+    as PyTorch products (not on the CPU, or without the C++ kernels) the
+    per-edge projections :math:`\mathbf{W}_{qe}\mathbf{e}`,
+    :math:`\mathbf{W}_{ke}\mathbf{e}` are cheaper: with both, all terms are
+    then computed from them in chunks of edges (:class:`ChunkedEdgeScores`);
+    above :data:`RECOMPUTE_ABOVE` elements only the [E, H] result is kept and
+    backward recomputes the chunks."""
     H, C = q.size(1), q.size(2)
     D = edge_attr.size(1)
-    both = w_eq is not None and w_ek is not None
-    if both and not (edge_attr.device.type == "cpu" and kernels_available()):
+    if w_eq is not None and w_ek is not None and not (
+            edge_attr.device.type == "cpu" and kernels_available()):
         w_qk = torch.cat([w_eq, w_ek], dim=0)
         return ChunkedEdgeScores.apply(q, k, edge_attr, w_qk, csr.col, csr.row)
-    if both:
-        # q_i · (W_ke e) + (W_qe e) · k_j = (W_ke^T q_i + W_qe^T k_j) · e, and
-        # (W_qe e) · (W_ke e) = e^T M e, the symmetric form
-        qd = torch.einsum("nhc,hcd->hnd", q, w_ek.view(H, C, D))
-        kd = torch.einsum("nhc,hcd->hnd", k, w_eq.view(H, C, D))
-        return edge_cross(qd, kd, edge_attr, csr) + edge_quadratic(
-            edge_attr, quadratic_coefficients(w_eq, w_ek, H))
-    if w_ek is not None:     # q_i · (W_ke e) = (W_ke^T q_i) · e
-        qd = torch.einsum("nhc,hcd->hnd", q, w_ek.view(H, C, D))
+    # q_i · (W_ke e) = (W_ke^T q_i) · e and (W_qe e) · k_j = (W_qe^T k_j) · e
+    qd = None if w_ek is None else torch.einsum("nhc,hcd->hnd", q, w_ek.view(H, C, D))
+    kd = None if w_eq is None else torch.einsum("nhc,hcd->hnd", k, w_eq.view(H, C, D))
+    assert qd is not None or kd is not None, "edge_scores needs an edge projection"
+    if kd is None:
         return GatherDot.apply(qd, edge_attr, Grouping.targets(csr))
-    assert w_eq is not None  # (W_qe e) · k_j = (W_qe^T k_j) · e
-    kd = torch.einsum("nhc,hcd->hnd", k, w_eq.view(H, C, D))
-    return GatherDot.apply(kd, edge_attr, Grouping.sources(csr))
+    if qd is None:
+        return GatherDot.apply(kd, edge_attr, Grouping.sources(csr))
+    # both: (W_qe e) · (W_ke e) = e^T M e, the symmetric form, beside the cross terms
+    return edge_cross(qd, kd, edge_attr, csr) + edge_quadratic(
+        edge_attr, quadratic_coefficients(w_eq, w_ek, H))
 
 
 class PerEdgeTerms:
