@@ -6,7 +6,11 @@ chunks of ``chunk_size`` records, pieces of ``batch_size`` molecules, in
 ``workers`` processes); every batch goes through the model, and its output
 columns (:func:`prediction_columns`, :func:`fingerprint_columns`: one function
 from a batch to named tensors) are appended to the output as they come. Memory
-is bounded by a chunk and the pieces in flight, never by the file.
+is bounded by a chunk and the pieces in flight, never by the file: the loop
+gives the C heap's free pages back to the system after every chunk
+(:func:`~graphformer._process.release_free_memory`; without it, glibc's heap
+crept up by a few hundred bytes a molecule, 683 MB after 20,000 molecules
+and 909 MB after a million).
 
 **Partial output and ``--resume``.** Nothing is written at the output path
 until the end: the rows go into a hidden folder beside it,
@@ -61,6 +65,7 @@ import torch
 from torch import Tensor
 
 from .._files import atomic_write, write_text
+from .._process import release_free_memory
 from ..datasets.stream import CSVChunks, Featurised, Featuriser, Position, featurise, pieces
 from ..errors import DataError, UsageError
 from ..models import Ensemble, GraphTransformer
@@ -789,6 +794,7 @@ def _consume(results: Iterator[Featurised], columns: Columns, partial: PartialOu
         done.skipped += len(invalid)
         partial.commit(done)
         invalid, rows, molecules = [], 0, 0
+        release_free_memory()   # else glibc's heap creeps up chunk after chunk
 
 
 __all__ = ["prediction_columns", "SpreadColumns", "molecule_vectors", "fingerprint_columns",

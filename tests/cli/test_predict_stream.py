@@ -122,6 +122,18 @@ def test_chunks_batches_and_workers_give_the_in_memory_predictions(checkpoint, s
     assert not list(tmp_path.glob(".*"))   # no partial output, no temporary left
 
 
+def test_the_model_process_gives_freed_memory_back_after_every_chunk(checkpoint, source,
+                                                                     tmp_path, monkeypatch):
+    # glibc's heap otherwise creeps up with the molecules done (909 MB at a
+    # million SMILES against 683 MB at 20,000; docs/screening.md)
+    calls = []
+    monkeypatch.setattr(screen_module, "release_free_memory", lambda: calls.append(1) or True)
+    code, _, err = cli("predict", checkpoint, source, "-o", tmp_path / "p.csv", *FAST,
+                       "--chunk-size", "7")
+    assert code == 0, err
+    assert len(calls) == 6   # 40 molecules (42 rows): 6 chunks of up to 7 rows
+
+
 def test_an_ensemble_predicts_its_members_mean(ensemble, source, tmp_path):
     out = tmp_path / "p.csv"
     assert cli("predict", ensemble, source, "-o", out, *FAST, "--chunk-size", "16")[0] == 0
