@@ -573,24 +573,30 @@ void edge_quadratic_dx_kernel(int64_t E, int64_t D, int64_t H, int64_t Hp, const
 template <typename T>
 void edge_cross_kernel(int64_t N, int64_t Ns, int64_t H, int64_t D, const int64_t* ptr,
                        const int64_t* col, const T* p, const T* r, const T* x, T* out) {
-    for_rows_with_scratch<T>(N, 1, [&](int64_t i, T*) {
-        for (int64_t e = ptr[i]; e < ptr[i + 1]; e++) {
-            const T* xe = x + e * D;
-            for (int64_t h = 0; h < H; h++) {
-                const T* pi = p + (h * N + i) * D;
-                const T* rj = r + (h * Ns + col[e]) * D;
-                T sum = 0;
-                for (int64_t d = 0; d < D; d++) sum += (pi[d] + rj[d]) * xe[d];
-                out[e * H + h] = sum;
+    dispatch_c<T>(D, [&](auto D_) {
+        const int64_t DD = D_;   /* a compile-time constant for float's common D */
+        for_rows_with_scratch<T>(N, 1, [&](int64_t i, T*) {
+            for (int64_t e = ptr[i]; e < ptr[i + 1]; e++) {
+                const T* xe = x + e * DD;
+                for (int64_t h = 0; h < H; h++) {
+                    const T* pi = p + (h * N + i) * DD;
+                    const T* rj = r + (h * Ns + col[e]) * DD;
+                    T sum = 0;
+                    for (int64_t d = 0; d < DD; d++) sum += (pi[d] + rj[d]) * xe[d];
+                    out[e * H + h] = sum;
+                }
             }
-        }
+        });
     });
 }
 
 /* The gradients of edge_cross_kernel's terms (grad [E, H]): dp[h, i] =
- * sum over the edges e into i of grad[e, h] x[e] and dx[e] = sum_h grad[e, h]
- * (p[h, i] + r[h, j]), by target rows; dr[h, j] = the sum over the edges out
- * of j, by source (the transpose's ptr sptr [Ns + 1] and edge ids perm [E]).
+ * sum over the edges e into i of grad[e, h] x[e], by target rows; dx[e] =
+ * sum_h grad[e, h] (p[h, i] + r[h, j]), by edges (grouped by target, so that
+ * p[., i] stays in cache), accumulated in registers over the heads; dr[h, j]
+ * = the sum over the edges out of j, by source (the transpose's ptr sptr
+ * [Ns + 1] and edge ids perm [E]). Three passes, one per output: together in
+ * one pass they ran slower than apart (their working sets evict each other).
  * Each output row is written by one thread: no atomics. Null outputs are
  * skipped. */
 template <typename T>
@@ -598,28 +604,36 @@ void edge_cross_backward_kernel(int64_t N, int64_t Ns, int64_t H, int64_t D, con
                                 const int64_t* col, const int64_t* sptr, const int64_t* perm,
                                 const T* p, const T* r, const T* x, const T* grad, T* dp, T* dr,
                                 T* dx) {
-    if (dp != nullptr || dx != nullptr)
+    if (dp != nullptr)
         for_rows_with_scratch<T>(N, 1, [&](int64_t i, T*) {
-            if (dp != nullptr)
-                for (int64_t h = 0; h < H; h++)
-                    std::fill_n(dp + (h * N + i) * D, D, T(0));
+            for (int64_t h = 0; h < H; h++) std::fill_n(dp + (h * N + i) * D, D, T(0));
             for (int64_t e = ptr[i]; e < ptr[i + 1]; e++) {
                 const T* xe = x + e * D;
                 const T* ge = grad + e * H;
-                T* dxe = dx != nullptr ? dx + e * D : nullptr;
-                if (dxe != nullptr) std::fill_n(dxe, D, T(0));
                 for (int64_t h = 0; h < H; h++) {
-                    if (dp != nullptr) {
-                        T* dpi = dp + (h * N + i) * D;
-                        for (int64_t d = 0; d < D; d++) dpi[d] += ge[h] * xe[d];
-                    }
-                    if (dxe != nullptr) {
-                        const T* pi = p + (h * N + i) * D;
-                        const T* rj = r + (h * Ns + col[e]) * D;
-                        for (int64_t d = 0; d < D; d++) dxe[d] += ge[h] * (pi[d] + rj[d]);
-                    }
+                    T* dpi = dp + (h * N + i) * D;
+                    for (int64_t d = 0; d < D; d++) dpi[d] += ge[h] * xe[d];
                 }
             }
+        });
+    if (dx != nullptr)
+        dispatch_c<T>(D, [&](auto D_) {
+            const int64_t DD = D_;   /* a compile-time constant for float's common D */
+            for_rows_with_scratch<T>(N, DD, [&](int64_t i, T* __restrict__ acc) {
+                for (int64_t e = ptr[i]; e < ptr[i + 1]; e++) {
+                    const T* ge = grad + e * H;
+                    const int64_t j = col[e];
+                    for (int64_t d = 0; d < DD; d++) acc[d] = 0;
+                    for (int64_t h = 0; h < H; h++) {
+                        const T g = ge[h];
+                        const T* __restrict__ pi = p + (h * N + i) * DD;
+                        const T* __restrict__ rj = r + (h * Ns + j) * DD;
+                        for (int64_t d = 0; d < DD; d++) acc[d] += g * (pi[d] + rj[d]);
+                    }
+                    T* __restrict__ dxe = dx + e * DD;
+                    for (int64_t d = 0; d < DD; d++) dxe[d] = acc[d];
+                }
+            });
         });
     if (dr != nullptr)
         for_rows_with_scratch<T>(Ns, 1, [&](int64_t j, T*) {

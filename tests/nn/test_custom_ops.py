@@ -112,12 +112,13 @@ def test_edge_quadratic_without_the_kernel_is_the_same(monkeypatch):
     assert torch.autograd.gradcheck(edge_terms.edge_quadratic, (x[:4], c))
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_edge_cross(dtype):
+@pytest.mark.parametrize("D", [4, 13, 16])   # the tail alone, 8-wide sums and a tail,
+@pytest.mark.parametrize("dtype", DTYPES)   # and D a compile-time constant (float)
+def test_edge_cross(dtype, D):
     """(p[h, i] + r[h, j])·x_e over a CSR by target, with a target without
     edges (3) and sources without edges (4 and 5): their gradients are 0."""
     torch.manual_seed(0)
-    H, D, N, Ns = 3, 4, 5, 6
+    H, N, Ns = 3, 5, 6
     src = torch.tensor([1, 2, 0, 3, 1, 0, 2])
     dst = torch.tensor([0, 0, 1, 1, 2, 4, 4])            # grouped by target
     ptr = torch.tensor([0, 2, 4, 5, 5, 7])
@@ -143,7 +144,8 @@ def test_edge_cross(dtype):
         torch.ops.graphformer.edge_cross(p, r, x, ptr[:-1], src, sptr, perm)
     with pytest.raises(ValueError, match="disagree on H or D"):
         torch.ops.graphformer.edge_cross(p, r[:2], x, ptr, src, sptr, perm)
-    with pytest.raises(ValueError, match="'c' must have D \\(D \\+ 1\\) / 2 = 10 rows"):
+    with pytest.raises(ValueError, match=f"'c' must have D \\(D \\+ 1\\) / 2 = {D * (D + 1) // 2} "
+                                         f"rows"):
         torch.ops.graphformer.edge_quadratic(x, torch.randn(9, 2, dtype=dtype))
 
 
