@@ -593,7 +593,7 @@ void edge_cross_kernel(int64_t N, int64_t Ns, int64_t H, int64_t D, const int64_
 /* The gradients of edge_cross_kernel's terms (grad [E, H]): dp[h, i] =
  * sum over the edges e into i of grad[e, h] x[e], by target rows; dx[e] =
  * sum_h grad[e, h] (p[h, i] + r[h, j]), by edges (grouped by target, so that
- * p[., i] stays in cache), accumulated in registers over the heads; dr[h, j]
+ * p[., i] stays in cache), summed over the heads in per-thread scratch; dr[h, j]
  * = the sum over the edges out of j, by source (the transpose's ptr sptr
  * [Ns + 1] and edge ids perm [E]). Three passes, one per output: together in
  * one pass they ran slower than apart (their working sets evict each other).
