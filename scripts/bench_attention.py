@@ -70,7 +70,6 @@ faults, keep freed memory in the process:
 from __future__ import annotations
 
 import argparse
-import ctypes
 import copy
 import gc
 import itertools
@@ -92,6 +91,7 @@ from torch_geometric.utils import to_dense_batch
 from torch_geometric.utils.sparse import ptr2index
 
 from graphformer import patterns as P
+from graphformer._process import release_free_memory
 from graphformer.nn import RelationalAttention
 from graphformer.nn.backend import DENSE_CROSSOVER, choose_backend, estimate, padded_density
 from graphformer.nn.fused import fused_available
@@ -451,13 +451,6 @@ def _proc_status_kb(field_name: str) -> int:
     raise OSError(f"no {field_name} in /proc/self/status")
 
 
-def _malloc_trim() -> None:
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 def peak_bytes(fn: Callable[[], None], device: torch.device) -> Optional[int]:
     """Peak memory ``fn`` adds to what is allocated before it (None when it
     cannot be measured: no /proc on CPU)."""
@@ -469,7 +462,7 @@ def peak_bytes(fn: Callable[[], None], device: torch.device) -> Optional[int]:
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device) - base
     try:
-        _malloc_trim()
+        release_free_memory()
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")                # VmHWM := VmRSS
         base = _proc_status_kb("VmRSS")
