@@ -112,8 +112,8 @@ def test_edge_quadratic_without_the_kernel_is_the_same(monkeypatch):
     assert torch.autograd.gradcheck(edge_terms.edge_quadratic, (x[:4], c))
 
 
-@pytest.mark.parametrize("D", [4, 13, 16])   # the tail alone, 8-wide sums and a tail,
-@pytest.mark.parametrize("dtype", DTYPES)   # and D a compile-time constant (float)
+@pytest.mark.parametrize("D", [4, 13, 16])   # 16: a compile-time constant for float,
+@pytest.mark.parametrize("dtype", DTYPES)   # 4 and 13 the kernels' loop over any D
 def test_edge_cross(dtype, D):
     """(p[h, i] + r[h, j])·x_e over a CSR by target, with a target without
     edges (3) and sources without edges (4 and 5): their gradients are 0."""
