@@ -24,6 +24,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -471,17 +472,16 @@ struct Lanes<double> {
     static constexpr int64_t L = 8;
 };
 
-/* Runs block(i0, n, xt, more) for the blocks of L edges of x [E, D] (the
- * last n <= L) on PyTorch's threads: xt [D] vectors hold the block's
- * features transposed (lane l is edge i0 + l, zero past n) and more
- * [extra * D] vectors are the thread's scratch. */
+/* Runs block(i0, n, xt) for the blocks of L edges of x [E, D] (the last
+ * n <= L) on PyTorch's threads: xt [D] vectors hold the block's features
+ * transposed (lane l is edge i0 + l, zero past n). */
 template <typename T, typename Block>
-void for_edge_blocks(int64_t E, int64_t D, const T* x, int64_t extra, const Block& block) {
+void for_edge_blocks(int64_t E, int64_t D, const T* x, const Block& block) {
     using V = typename Lanes<T>::V;
     constexpr int64_t L = Lanes<T>::L;
     const int64_t blocks = (E + L - 1) / L;
     at::parallel_for(0, blocks, 4, [&, E, D](int64_t b0, int64_t b1) {
-        Scratch<T> scratch((1 + extra) * std::max<int64_t>(D, 1) * L);
+        Scratch<T> scratch(std::max<int64_t>(D, 1) * L);
         V* xt = reinterpret_cast<V*>(scratch.ptr);
         for (int64_t blk = b0; blk < b1; blk++) {
             const int64_t i0 = blk * L, n = std::min<int64_t>(L, E - i0);
@@ -490,7 +490,7 @@ void for_edge_blocks(int64_t E, int64_t D, const T* x, int64_t extra, const Bloc
                 for (int64_t l = 0; l < n; l++) t[l] = x[(i0 + l) * D + a];
                 xt[a] = t;
             }
-            block(i0, n, xt, xt + D);
+            block(i0, n, xt);
         }
     });
 }
@@ -510,7 +510,7 @@ template <typename T, int64_t HB>
 void edge_quadratic_kernel(int64_t E, int64_t D, int64_t H, int64_t Hp, const T* x,
                            const T* c, T* out) {
     using V = typename Lanes<T>::V;
-    for_edge_blocks<T>(E, D, x, 0, [=](int64_t i0, int64_t n, const V* xt, V*) {
+    for_edge_blocks<T>(E, D, x, [=](int64_t i0, int64_t n, const V* xt) {
         for (int64_t h0 = 0; h0 < H; h0 += HB) {
             V acc[HB];
             for (int64_t h = 0; h < HB; h++) acc[h] = V{};
@@ -530,41 +530,57 @@ void edge_quadratic_kernel(int64_t E, int64_t D, int64_t H, int64_t Hp, const T*
     });
 }
 
-/* The gradient of edge_quadratic_kernel's terms with respect to x:
- * dx[e, a] = sum_h grad[e, h] (sum over b >= a of c[t(a, b), h] x[e, b] +
- * sum over b <= a of c[t(b, a), h] x[e, b]) (the diagonal twice), blocked
- * over edges as the forward: per pair a <= b, w = sum_h grad_h c[t(a, b), h]
- * (one vector per block of edges), then dx_a += w x_b and dx_b += w x_a. */
-template <typename T, int64_t HB>
-void edge_quadratic_dx_kernel(int64_t E, int64_t D, int64_t H, int64_t Hp, const T* x,
-                              const T* c, const T* grad, T* dx) {
-    using V = typename Lanes<T>::V;
-    for_edge_blocks<T>(E, D, x, 1, [=](int64_t i0, int64_t n, const V* xt, V* dxt) {
-        for (int64_t a = 0; a < D; a++) dxt[a] = V{};
-        for (int64_t h0 = 0; h0 < H; h0 += HB) {
-            V g[HB];
-            for (int64_t h = 0; h < HB; h++) {
-                g[h] = V{};
-                if (h0 + h < H)
-                    for (int64_t l = 0; l < n; l++) g[h][l] = grad[(i0 + l) * H + h0 + h];
-            }
-            const T* cr = c + h0;
-            for (int64_t a = 0; a < D; a++) {
-                const V xa = xt[a];
-                V da = {};
-                for (int64_t b = a; b < D; b++, cr += Hp) {
-                    V w = g[0] * cr[0];
-#pragma GCC unroll 8
-                    for (int64_t h = 1; h < HB; h++) w += g[h] * cr[h];
-                    da += w * xt[b];
-                    dxt[b] += w * xa;
+/* The gradients of edge_quadratic_kernel's terms for grad [E, H], through
+ * u[e, h, b] = grad[e, h] x[e, b], made for a block of QB edges at a time in
+ * scratch (so that it stays in cache) and used by two products:
+ * dx[e, a] = sum over h, b of u[e, h, b] s2[(h, b), a], with s2 [H D, D]
+ * twice the symmetric matrix of every head (2 S_h, S_aa = c_aa, S_ab = S_ba
+ * = c_ab / 2), and dfull [D, H D] += x^T u, whose entry (a, (h, b)), a <= b,
+ * is dc[t(a, b), h] = sum_e grad[e, h] x[e, a] x[e, b]. Both are products of
+ * PyTorch's BLAS (single-threaded inside the parallel loop), D^2 H
+ * multiply-adds per edge each: faster than the register-blocked loops of the
+ * forward for the gradient of x, and than one product over chunks of edges
+ * for the coefficients (threads split the edges, not each product). The
+ * blocks are split into at most QG groups whatever the threads, each summing
+ * its own dfull, then added in order: results do not depend on the threads.
+ * dx or dfull null: skipped. */
+constexpr int64_t QB = 256, QG = 16;
+
+template <typename T>
+void edge_quadratic_backward_kernel(const Tensor& grad, const Tensor& x, const Tensor& s2,
+                                    Tensor* dx, Tensor* dfull) {
+    const int64_t E = x.size(0), D = x.size(1), H = grad.size(1);
+    const T* g = grad.data_ptr<T>();
+    const T* xp = x.data_ptr<T>();
+    const int64_t blocks = (E + QB - 1) / QB, groups = std::min(blocks, QG);
+    Tensor partial = dfull ? at::zeros({groups, D, H * D}, x.options()) : Tensor();
+    at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
+        Tensor u = at::empty({QB, H * D}, x.options());
+        T* up = u.data_ptr<T>();
+        for (int64_t grp = g0; grp < g1; grp++) {
+            Tensor acc = dfull ? partial.select(0, grp) : Tensor();
+            for (int64_t blk = blocks * grp / groups; blk < blocks * (grp + 1) / groups; blk++) {
+                const int64_t i0 = blk * QB, n = std::min(QB, E - i0);
+                for (int64_t e = 0; e < n; e++)
+                    for (int64_t h = 0; h < H; h++) {
+                        const T ge = g[(i0 + e) * H + h];
+                        const T* xe = xp + (i0 + e) * D;
+                        T* ue = up + (e * H + h) * D;
+                        for (int64_t b = 0; b < D; b++) ue[b] = ge * xe[b];
+                    }
+                const Tensor ub = u.narrow(0, 0, n);
+                if (dx) {
+                    Tensor out = dx->narrow(0, i0, n);
+                    at::mm_out(out, ub, s2);
                 }
-                dxt[a] += da;
+                if (dfull) acc.addmm_(x.narrow(0, i0, n).t(), ub);
             }
         }
-        for (int64_t l = 0; l < n; l++)
-            for (int64_t a = 0; a < D; a++) dx[(i0 + l) * D + a] = dxt[a][l];
     });
+    if (dfull) {
+        dfull->copy_(partial.select(0, 0));
+        for (int64_t grp = 1; grp < groups; grp++) dfull->add_(partial.select(0, grp));
+    }
 }
 
 /* The cross edge terms out[e, h] = (p[h, i] + r[h, j]) . x[e] of the edges
@@ -900,24 +916,43 @@ Tensor edge_quadratic(const Tensor& x_in, const Tensor& c_in) {
     });
 }
 
-/* The gradient of edge_quadratic with respect to x, for grad [E, H]. */
-Tensor edge_quadratic_backward_x(const Tensor& grad_in, const Tensor& x_in, const Tensor& c_in) {
-    const int64_t HB = quadratic_head_block("edge_quadratic_backward_x", x_in, c_in);
+/* The gradients of edge_quadratic (edge_quadratic_backward_kernel) for grad
+ * [E, H]: dx [E, D] and dc [D (D + 1) / 2, H], each empty where not needed. */
+std::tuple<Tensor, Tensor> edge_quadratic_backward(const Tensor& grad_in, const Tensor& x_in,
+                                                   const Tensor& c_in, bool need_x, bool need_c) {
+    quadratic_head_block("edge_quadratic_backward", x_in, c_in);
     const int64_t E = x_in.size(0), D = x_in.size(1), H = c_in.size(1);
-    const Tensor x = x_in.contiguous(), grad = grad_in.contiguous(), c = pad_heads(c_in, HB);
-    const int64_t Hp = c.size(1);
+    const Tensor x = x_in.contiguous(), grad = grad_in.contiguous(), c = c_in.contiguous();
     return by_dtype(x, "x", [&](auto zero) {
         using T = decltype(zero);
         const auto f = x.scalar_type();
-        const T* xp = data<const T>(x, "x", f, E * D);
+        data<const T>(x, "x", f, E * D);
+        data<const T>(grad, "grad", f, E * H);
         const T* cp = data<const T>(c, "c", f);
-        const T* gp = data<const T>(grad, "grad", f, E * H);
-        Tensor dx = at::empty({E, D}, x.options());
-        if (HB == 4)
-            edge_quadratic_dx_kernel<T, 4>(E, D, H, Hp, xp, cp, gp, dx.data_ptr<T>());
-        else
-            edge_quadratic_dx_kernel<T, 8>(E, D, H, Hp, xp, cp, gp, dx.data_ptr<T>());
-        return dx;
+        Tensor s2 = at::empty({H * D, D}, x.options());      /* [(h, b), a] = 2 S_h[b, a] */
+        T* sp = s2.data_ptr<T>();
+        for (int64_t a = 0; a < D; a++)
+            for (int64_t b = a; b < D; b++) {
+                const int64_t t = a * D - a * (a - 1) / 2 + (b - a);
+                for (int64_t h = 0; h < H; h++) {
+                    const T v = a == b ? 2 * cp[t * H + h] : cp[t * H + h];
+                    sp[(h * D + b) * D + a] = v;
+                    sp[(h * D + a) * D + b] = v;
+                }
+            }
+        Tensor dx = at::empty(need_x ? x.sizes() : at::IntArrayRef{0}, x.options());
+        Tensor dfull = need_c ? at::empty({D, H * D}, x.options()) : Tensor();
+        edge_quadratic_backward_kernel<T>(grad, x, s2, need_x ? &dx : nullptr,
+                                          need_c ? &dfull : nullptr);
+        Tensor dc = at::empty({need_c ? D * (D + 1) / 2 : 0, H}, x.options());
+        if (need_c) {
+            const T* fp = dfull.data_ptr<T>();
+            T* dp = dc.data_ptr<T>();
+            for (int64_t a = 0, t = 0; a < D; a++)
+                for (int64_t b = a; b < D; b++, t++)
+                    for (int64_t h = 0; h < H; h++) dp[t * H + h] = fp[a * H * D + h * D + b];
+        }
+        return std::make_tuple(dx, dc);
     });
 }
 
@@ -1001,7 +1036,7 @@ TORCH_LIBRARY_IMPL(graphformer, CPU, m) {
     m.impl("fused_attention", &fused_attention);
     m.impl("fused_attention_backward", &fused_attention_backward);
     m.impl("edge_quadratic", &edge_quadratic);
-    m.impl("edge_quadratic_backward_x", &edge_quadratic_backward_x);
+    m.impl("edge_quadratic_backward", &edge_quadratic_backward);
     m.impl("edge_cross", &edge_cross);
     m.impl("edge_cross_backward", &edge_cross_backward);
 }

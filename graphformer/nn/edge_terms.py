@@ -139,7 +139,7 @@ class ChunkedEdgeScores(torch.autograd.Function):
 
 #: ``torch.ops.graphformer.edge_quadratic(x, c)``: :func:`edge_quadratic`'s
 #: C++ kernel (float32 / float64 on the CPU). Its gradients:
-#: ``edge_quadratic_backward_x`` and :func:`_quadratic_backward_c`.
+#: ``edge_quadratic_backward``.
 _EDGE_QUADRATIC = define_op("edge_quadratic", "(Tensor x, Tensor c) -> Tensor")
 
 
@@ -170,37 +170,18 @@ def quadratic_coefficients(w_eq: Tensor, w_ek: Tensor, heads: int) -> Tensor:
     return c.t().contiguous()
 
 
-def _quadratic_backward_c(grad: Tensor, x: Tensor) -> Tensor:
-    r"""The gradient of :func:`edge_quadratic` with respect to its
-    coefficients (``grad [E, H]``): :math:`\partial c_{ab,h} = \sum_e e_a e_b
-    g_{e,h}`, the upper triangle of :math:`\sum_e \mathbf{e}\,(\mathbf{e}
-    \otimes g_e)^\top`, in chunks of edges through one product each (faster
-    here than a C++ loop that sums over the edges per pair and head)."""
-    E, D = x.shape
-    H = grad.size(1)
-    grad = grad.contiguous()
-    dfull = x.new_zeros(D, D * H)
-    step = max(1, min(E, CHUNK_ELEMENTS // (D * H)))
-    u = x.new_empty(min(step, E), D, H)
-    for s in range(0, E, step):
-        n = min(step, E - s)
-        x_c = x[s:s + n]
-        dfull.addmm_(x_c.t(), torch.mul(x_c.unsqueeze(2), grad[s:s + n].unsqueeze(1),
-                                        out=u[:n]).view(n, D * H))
-    rows, cols = _triangle(D, x.device)
-    return dfull.view(D, D, H)[rows, cols]
+#: ``torch.ops.graphformer.edge_quadratic_backward(grad, x, c, need_x, need_c)``:
+#: the gradients of ``edge_quadratic`` with respect to ``x`` and ``c`` (each
+#: empty where not needed), from one pass over blocks of edges.
+_EDGE_QUADRATIC_BACKWARD = define_op(
+    "edge_quadratic_backward",
+    "(Tensor grad, Tensor x, Tensor c, bool need_x, bool need_c) -> (Tensor, Tensor)")
 
 
-#: ``torch.ops.graphformer.edge_quadratic_backward_x(grad, x, c)``: the
-#: gradient of ``edge_quadratic`` with respect to ``x``, blocked over edges as
-#: its forward.
-_EDGE_QUADRATIC_BACKWARD_X = define_op("edge_quadratic_backward_x",
-                                       "(Tensor grad, Tensor x, Tensor c) -> Tensor")
-
-
-@torch.library.register_fake(_EDGE_QUADRATIC_BACKWARD_X)
-def _(grad: Tensor, x: Tensor, c: Tensor) -> Tensor:
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
+@torch.library.register_fake(_EDGE_QUADRATIC_BACKWARD)
+def _(grad: Tensor, x: Tensor, c: Tensor, need_x: bool, need_c: bool) -> Tuple[Tensor, Tensor]:
+    return (x.new_empty(x.shape if need_x else (0,)),
+            c.new_empty(c.shape if need_c else (0, c.size(1))))
 
 
 def _save_inputs(ctx, inputs, output) -> None:
@@ -210,8 +191,8 @@ def _save_inputs(ctx, inputs, output) -> None:
 def _edge_quadratic_backward(ctx, grad: Tensor):
     x, c = ctx.saved_tensors
     need_x, need_c = ctx.needs_input_grad[:2]
-    return (torch.ops.graphformer.edge_quadratic_backward_x(grad, x, c) if need_x else None,
-            _quadratic_backward_c(grad, x) if need_c else None)
+    dx, dc = torch.ops.graphformer.edge_quadratic_backward(grad, x, c, need_x, need_c)
+    return dx if need_x else None, dc if need_c else None
 
 
 torch.library.register_autograd(_EDGE_QUADRATIC, _edge_quadratic_backward,
