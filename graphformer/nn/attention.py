@@ -202,8 +202,6 @@ class RelationalAttention(MessagePassing):
             q, k, v = q.float(), k.float(), v.float()
         if edges is not None:
             ei = edges.sorted_edge_index if backend == "propagate" else edges.edge_index
-            if edge_type is None:
-                edge_attr = edges.to_sorted(edge_attr)
             head_mask = edges.to_sorted(head_mask)
         else:
             ei = edge_index
@@ -238,7 +236,8 @@ class RelationalAttention(MessagePassing):
             cached = edges is not None and not is_compiling()
             slots = edges.type_slots(edge_attr.size(0)) if cached else None
             return TypedEdgeTerms(edge_attr, edge_type, *weights, csr, self.heads, slots)
-        return PerEdgeTerms(edge_attr, *weights, csr)
+        # per edge: in the caller's order, read through the edge set's permutation
+        return PerEdgeTerms(edge_attr, *weights, csr, edges.perm if edges is not None else None)
 
     def _propagate(self, call: AttentionCall) -> Tuple[Tensor, Tensor]:
         """The ``"propagate"`` backend: PyG message passing with per-edge messages."""

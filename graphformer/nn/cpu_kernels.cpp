@@ -1,8 +1,9 @@
 // Graphformer's CPU kernels: the fused attention over an edge set of
 // graphformer/nn/fused_cpu.py (its docstring has the equations), the hashed
 // dropout (alone, and fused with GELU) of graphformer/nn/functional.py, the
-// counting sort that groups an edge set by source (csr.py), and the quadratic
-// edge-feature score terms of graphformer/nn/edge_terms.py.
+// counting sort that groups an edge set by source (csr.py), and the per-edge
+// feature terms of graphformer/nn/edge_terms.py (the quadratic form, the cross
+// terms and the value sums).
 //
 // One translation unit, built on first use by torch.utils.cpp_extension
 // (cpu_kernels.py). It registers the CPU implementations of the custom ops
@@ -583,87 +584,97 @@ void edge_quadratic_backward_kernel(const Tensor& grad, const Tensor& x, const T
     }
 }
 
-/* The cross edge terms out[e, h] = (p[h, i] + r[h, j]) . x[e] of the edges
- * e = (j -> i) of a CSR by target (ptr [N + 1], col [E]), with p [H, N, D],
- * r [H, Ns, D], x [E, D]: the regrouped q_i . W_ke e + W_qe e . k_j. */
+/* The per-edge node-table products of the edge-feature terms, over a CSR by
+ * target (ptr [N + 1], col [E]) with tables p [H, N, D] (by target) and r
+ * [H, Ns, D] (by source; null: none) and edge features x [E, D] in the
+ * caller's order: edge e (CSR position) is row xrow(e) = order[e] of x (order
+ * null: e), so features never need to be copied into CSR order. Per-edge
+ * [E, H] arrays g are read as g[e * ge + h * gh] and written likewise (edge-
+ * or head-major, whichever the caller holds, without a transposed copy).
+ *
+ * edge_dot:    out[e, h] = (p[h, i] + r[h, j]) . x[xrow(e)]      (by target)
+ * edge_gather: dx[xrow(e)] = sum_h g[e, h] (p[h, i] + r[h, j])  (by target)
+ * edge_scatter: out[h, n] = sum over the edges e of group n of g[e, h] x[xrow(e)]
+ *              (groups by gptr [G + 1]; the edge at position q of the
+ *              grouping is members[q], or q when members is null)
+ *
+ * The cross terms (q_i . W_ke e + W_qe e . k_j) are edge_dot, their
+ * gradients edge_scatter by target (p), by source (r) and edge_gather (x);
+ * the value term sum_e w[h, e] x[e] is edge_scatter by target, its
+ * gradients edge_dot (w) and edge_gather (x) with r null. Each output row is
+ * written by one thread: no atomics. */
+struct EdgeRows {
+    const int64_t *ptr, *col, *order;
+    inline __attribute__((always_inline)) int64_t xrow(int64_t e) const {
+        return order ? order[e] : e;
+    }
+};
+
 template <typename T>
-void edge_cross_kernel(int64_t N, int64_t Ns, int64_t H, int64_t D, const int64_t* ptr,
-                       const int64_t* col, const T* p, const T* r, const T* x, T* out) {
+void edge_dot_kernel(int64_t N, int64_t Ns, int64_t H, int64_t D, EdgeRows rows, const T* p,
+                     const T* r, const T* x, T* out, int64_t oe, int64_t oh) {
     dispatch_c<T>(D, [&](auto D_) {
         const int64_t DD = D_;   /* a compile-time constant for float's common D */
         for_rows_with_scratch<T>(N, 1, [&](int64_t i, T*) {
-            for (int64_t e = ptr[i]; e < ptr[i + 1]; e++) {
-                const T* xe = x + e * DD;
+            for (int64_t e = rows.ptr[i]; e < rows.ptr[i + 1]; e++) {
+                const T* xe = x + rows.xrow(e) * DD;
                 for (int64_t h = 0; h < H; h++) {
                     const T* pi = p + (h * N + i) * DD;
-                    const T* rj = r + (h * Ns + col[e]) * DD;
                     T sum = 0;
-                    for (int64_t d = 0; d < DD; d++) sum += (pi[d] + rj[d]) * xe[d];
-                    out[e * H + h] = sum;
+                    if (r) {
+                        const T* rj = r + (h * Ns + rows.col[e]) * DD;
+                        for (int64_t d = 0; d < DD; d++) sum += (pi[d] + rj[d]) * xe[d];
+                    } else {
+                        for (int64_t d = 0; d < DD; d++) sum += pi[d] * xe[d];
+                    }
+                    out[e * oe + h * oh] = sum;
                 }
             }
         });
     });
 }
 
-/* The gradients of edge_cross_kernel's terms (grad [E, H]): dp[h, i] =
- * sum over the edges e into i of grad[e, h] x[e], by target rows; dx[e] =
- * sum_h grad[e, h] (p[h, i] + r[h, j]), by edges (grouped by target, so that
- * p[., i] stays in cache), summed over the heads in per-thread scratch; dr[h, j]
- * = the sum over the edges out of j, by source (the transpose's ptr sptr
- * [Ns + 1] and edge ids perm [E]). Three passes, one per output: together in
- * one pass they ran slower than apart (their working sets evict each other).
- * Each output row is written by one thread: no atomics. Null outputs are
- * skipped. */
 template <typename T>
-void edge_cross_backward_kernel(int64_t N, int64_t Ns, int64_t H, int64_t D, const int64_t* ptr,
-                                const int64_t* col, const int64_t* sptr, const int64_t* perm,
-                                const T* p, const T* r, const T* x, const T* grad, T* dp, T* dr,
-                                T* dx) {
-    if (dp != nullptr)
-        for_rows_with_scratch<T>(N, 1, [&](int64_t i, T*) {
-            for (int64_t h = 0; h < H; h++) std::fill_n(dp + (h * N + i) * D, D, T(0));
-            for (int64_t e = ptr[i]; e < ptr[i + 1]; e++) {
-                const T* xe = x + e * D;
-                const T* ge = grad + e * H;
+void edge_gather_kernel(int64_t N, int64_t Ns, int64_t H, int64_t D, EdgeRows rows, const T* p,
+                        const T* r, const T* g, int64_t ge, int64_t gh, T* dx) {
+    dispatch_c<T>(D, [&](auto D_) {
+        const int64_t DD = D_;   /* a compile-time constant for float's common D */
+        for_rows_with_scratch<T>(N, DD, [&](int64_t i, T* __restrict__ acc) {
+            for (int64_t e = rows.ptr[i]; e < rows.ptr[i + 1]; e++) {
+                for (int64_t d = 0; d < DD; d++) acc[d] = 0;
                 for (int64_t h = 0; h < H; h++) {
-                    T* dpi = dp + (h * N + i) * D;
-                    for (int64_t d = 0; d < D; d++) dpi[d] += ge[h] * xe[d];
-                }
-            }
-        });
-    if (dx != nullptr)
-        dispatch_c<T>(D, [&](auto D_) {
-            const int64_t DD = D_;   /* a compile-time constant for float's common D */
-            for_rows_with_scratch<T>(N, DD, [&](int64_t i, T* __restrict__ acc) {
-                for (int64_t e = ptr[i]; e < ptr[i + 1]; e++) {
-                    const T* ge = grad + e * H;
-                    const int64_t j = col[e];
-                    for (int64_t d = 0; d < DD; d++) acc[d] = 0;
-                    for (int64_t h = 0; h < H; h++) {
-                        const T g = ge[h];
-                        const T* __restrict__ pi = p + (h * N + i) * DD;
-                        const T* __restrict__ rj = r + (h * Ns + j) * DD;
-                        for (int64_t d = 0; d < DD; d++) acc[d] += g * (pi[d] + rj[d]);
+                    const T w = g[e * ge + h * gh];
+                    const T* __restrict__ pi = p + (h * N + i) * DD;
+                    if (r) {
+                        const T* __restrict__ rj = r + (h * Ns + rows.col[e]) * DD;
+                        for (int64_t d = 0; d < DD; d++) acc[d] += w * (pi[d] + rj[d]);
+                    } else {
+                        for (int64_t d = 0; d < DD; d++) acc[d] += w * pi[d];
                     }
-                    T* __restrict__ dxe = dx + e * DD;
-                    for (int64_t d = 0; d < DD; d++) dxe[d] = acc[d];
                 }
-            });
-        });
-    if (dr != nullptr)
-        for_rows_with_scratch<T>(Ns, 1, [&](int64_t j, T*) {
-            for (int64_t h = 0; h < H; h++) std::fill_n(dr + (h * Ns + j) * D, D, T(0));
-            for (int64_t q = sptr[j]; q < sptr[j + 1]; q++) {
-                const int64_t e = perm[q];
-                const T* xe = x + e * D;
-                const T* ge = grad + e * H;
-                for (int64_t h = 0; h < H; h++) {
-                    T* drj = dr + (h * Ns + j) * D;
-                    for (int64_t d = 0; d < D; d++) drj[d] += ge[h] * xe[d];
-                }
+                T* __restrict__ dxe = dx + rows.xrow(e) * DD;
+                for (int64_t d = 0; d < DD; d++) dxe[d] = acc[d];
             }
         });
+    });
+}
+
+template <typename T>
+void edge_scatter_kernel(int64_t G, int64_t H, int64_t D, const int64_t* gptr,
+                         const int64_t* members, const int64_t* order, const T* g, int64_t ge,
+                         int64_t gh, const T* x, T* out) {
+    for_rows_with_scratch<T>(G, 1, [&](int64_t n, T*) {
+        for (int64_t h = 0; h < H; h++) std::fill_n(out + (h * G + n) * D, D, T(0));
+        for (int64_t q = gptr[n]; q < gptr[n + 1]; q++) {
+            const int64_t e = members ? members[q] : q;
+            const T* xe = x + (order ? order[e] : e) * D;
+            for (int64_t h = 0; h < H; h++) {
+                const T w = g[e * ge + h * gh];
+                T* o = out + (h * G + n) * D;
+                for (int64_t d = 0; d < D; d++) o[d] += w * xe[d];
+            }
+        }
+    });
 }
 
 // --------------------------------------------------------------------- ops
@@ -956,70 +967,138 @@ std::tuple<Tensor, Tensor> edge_quadratic_backward(const Tensor& grad_in, const 
     });
 }
 
-/* The shapes of the cross terms' arrays, checked: p [H, N, D], r [H, Ns,
- * D], x [E, D], ptr [N + 1], col [E]. */
-struct CrossSizes {
+/* The shapes of the edge tables' arrays, checked for the op `op`: p [H, N,
+ * D], r [H, Ns, D] (absent: Ns = 0), x [E, D], ptr [N + 1], col [E], order
+ * [E] (absent: x in CSR order). */
+struct TableSizes {
     int64_t N, Ns, H, D, E;
 };
 
-CrossSizes cross_sizes(const char* op, const Tensor& p, const Tensor& r, const Tensor& x,
-                       const Tensor& ptr, const Tensor& col) {
-    TORCH_CHECK_VALUE(p.dim() == 3 && r.dim() == 3 && x.dim() == 2, op, ": 'p' [H, N, D], 'r' ",
-                      "[H, Ns, D] and 'x' [E, D] expected, got shapes ", p.sizes(), ", ",
-                      r.sizes(), " and ", x.sizes());
-    const CrossSizes n{p.size(1), r.size(1), p.size(0), p.size(2), x.size(0)};
-    TORCH_CHECK_VALUE(r.size(0) == n.H && r.size(2) == n.D && x.size(1) == n.D, op,
-                      ": 'p' ", p.sizes(), ", 'r' ", r.sizes(), " and 'x' ", x.sizes(),
-                      " disagree on H or D");
+TableSizes table_sizes(const char* op, const Tensor& p, const OptTensor& r, const Tensor& x,
+                       const Tensor& ptr, const Tensor& col, const OptTensor& order) {
+    TORCH_CHECK_VALUE(p.dim() == 3 && x.dim() == 2 && (!r || r->dim() == 3), op, ": 'p' [H, N, ",
+                      "D], 'r' [H, Ns, D] and 'x' [E, D] expected, got shapes ", p.sizes(),
+                      ", ", r ? r->sizes() : at::IntArrayRef{}, " and ", x.sizes());
+    const TableSizes n{p.size(1), r ? r->size(1) : 0, p.size(0), p.size(2), x.size(0)};
+    TORCH_CHECK_VALUE((!r || (r->size(0) == n.H && r->size(2) == n.D)) && x.size(1) == n.D, op,
+                      ": 'p' ", p.sizes(), ", 'r' and 'x' ", x.sizes(), " disagree on H or D");
     TORCH_CHECK_VALUE(ptr.numel() == n.N + 1 && col.numel() == n.E, op, ": 'ptr' must have N + 1",
                       " = ", n.N + 1, " and 'col' E = ", n.E, " entries, got ", ptr.numel(),
                       " and ", col.numel());
+    TORCH_CHECK_VALUE(!order || order->numel() == n.E, op, ": 'order' must have E = ", n.E,
+                      " entries, got ", order ? order->numel() : 0);
     return n;
 }
 
-/* The cross terms (edge_cross_kernel). sptr and perm, the grouping by source,
- * are its backward's (edge_cross_backward): inputs here so that autograd
- * keeps them. */
+EdgeRows edge_rows(const Tensor& ptr, const Tensor& col, const OptTensor& order) {
+    return {data<const int64_t>(ptr, "ptr", at::kLong), data<const int64_t>(col, "col", at::kLong),
+            data<const int64_t>(order, "order", at::kLong)};
+}
+
+/* The cross terms out[e, h] = (p[h, i] + r[h, j]) . x[order[e]] (edge_dot),
+ * [E, H]. sptr and perm, the grouping by source, are its backward's
+ * (edge_cross_backward): inputs here so that autograd keeps them. */
 Tensor edge_cross(const Tensor& p_in, const Tensor& r_in, const Tensor& x_in, const Tensor& ptr,
-                  const Tensor& col, const Tensor&, const Tensor&) {
+                  const Tensor& col, const Tensor&, const Tensor&, const OptTensor& order) {
     const Tensor p = p_in.contiguous(), r = r_in.contiguous(), x = x_in.contiguous();
-    const CrossSizes n = cross_sizes("edge_cross", p, r, x, ptr, col);
+    const TableSizes n = table_sizes("edge_cross", p, r, x, ptr, col, order);
     return by_dtype(p, "p", [&](auto zero) {
         using T = decltype(zero);
         const auto f = p.scalar_type();
         Tensor out = at::empty({n.E, n.H}, p.options());
-        edge_cross_kernel<T>(n.N, n.Ns, n.H, n.D, data<const int64_t>(ptr, "ptr", at::kLong),
-                             data<const int64_t>(col, "col", at::kLong),
-                             data<const T>(p, "p", f), data<const T>(r, "r", f),
-                             data<const T>(x, "x", f), out.data_ptr<T>());
+        edge_dot_kernel<T>(n.N, n.Ns, n.H, n.D, edge_rows(ptr, col, order),
+                           data<const T>(p, "p", f), data<const T>(r, "r", f),
+                           data<const T>(x, "x", f), out.data_ptr<T>(), n.H, 1);
         return out;
     });
 }
 
+/* The gradients of edge_cross for grad [E, H]: dp by target and dr by source
+ * (edge_scatter), dx (edge_gather, in x's order); each empty where not needed. */
 std::tuple<Tensor, Tensor, Tensor> edge_cross_backward(
     const Tensor& grad_in, const Tensor& p_in, const Tensor& r_in, const Tensor& x_in,
     const Tensor& ptr, const Tensor& col, const Tensor& sptr, const Tensor& perm,
-    bool need_p, bool need_r, bool need_x) {
+    const OptTensor& order, bool need_p, bool need_r, bool need_x) {
     const Tensor p = p_in.contiguous(), r = r_in.contiguous(), x = x_in.contiguous();
     const Tensor grad = grad_in.contiguous();
-    const CrossSizes n = cross_sizes("edge_cross_backward", p, r, x, ptr, col);
+    const TableSizes n = table_sizes("edge_cross_backward", p, r, x, ptr, col, order);
     TORCH_CHECK_VALUE(sptr.numel() == n.Ns + 1 && perm.numel() == n.E, "edge_cross_backward: ",
                       "'sptr' must have Ns + 1 = ", n.Ns + 1, " and 'perm' E = ", n.E,
                       " entries, got ", sptr.numel(), " and ", perm.numel());
     return by_dtype(p, "p", [&](auto zero) {
         using T = decltype(zero);
         const auto f = p.scalar_type();
-        Tensor dp = need_p ? at::empty(p.sizes(), p.options()) : at::empty({0}, p.options());
-        Tensor dr = need_r ? at::empty(r.sizes(), r.options()) : at::empty({0}, r.options());
-        Tensor dx = need_x ? at::empty(x.sizes(), x.options()) : at::empty({0}, x.options());
-        edge_cross_backward_kernel<T>(
-            n.N, n.Ns, n.H, n.D, data<const int64_t>(ptr, "ptr", at::kLong),
-            data<const int64_t>(col, "col", at::kLong), data<const int64_t>(sptr, "sptr", at::kLong),
-            data<const int64_t>(perm, "perm", at::kLong), data<const T>(p, "p", f),
-            data<const T>(r, "r", f), data<const T>(x, "x", f),
-            data<const T>(grad, "grad", f, n.E * n.H), need_p ? dp.data_ptr<T>() : nullptr,
-            need_r ? dr.data_ptr<T>() : nullptr, need_x ? dx.data_ptr<T>() : nullptr);
+        const EdgeRows rows = edge_rows(ptr, col, order);
+        const T* xp = data<const T>(x, "x", f);
+        const T* gp = data<const T>(grad, "grad", f, n.E * n.H);
+        Tensor dp = at::empty(need_p ? p.sizes() : at::IntArrayRef{0}, p.options());
+        Tensor dr = at::empty(need_r ? r.sizes() : at::IntArrayRef{0}, r.options());
+        Tensor dx = at::empty(need_x ? x.sizes() : at::IntArrayRef{0}, x.options());
+        if (need_p)
+            edge_scatter_kernel<T>(n.N, n.H, n.D, rows.ptr, nullptr, rows.order, gp, n.H, 1, xp,
+                                   dp.data_ptr<T>());
+        if (need_r)
+            edge_scatter_kernel<T>(n.Ns, n.H, n.D, data<const int64_t>(sptr, "sptr", at::kLong),
+                                   data<const int64_t>(perm, "perm", at::kLong), rows.order, gp,
+                                   n.H, 1, xp, dr.data_ptr<T>());
+        if (need_x)
+            edge_gather_kernel<T>(n.N, n.Ns, n.H, n.D, rows, data<const T>(p, "p", f),
+                                  data<const T>(r, "r", f), gp, n.H, 1, dx.data_ptr<T>());
         return std::make_tuple(dp, dr, dx);
+    });
+}
+
+/* The edge value sums out[h, i] = sum over the edges e into i of w[h, e]
+ * x[order[e]] (edge_scatter by target), [H, N, D], of the weights w [H, E];
+ * col is its backward's (edge_value_sum_backward), an input so that autograd
+ * keeps it. */
+Tensor edge_value_sum(const Tensor& w_in, const Tensor& x_in, const Tensor& ptr, const Tensor&,
+                      const OptTensor& order) {
+    const Tensor w = w_in.contiguous(), x = x_in.contiguous();
+    TORCH_CHECK_VALUE(w.dim() == 2 && x.dim() == 2 && w.size(1) == x.size(0), "edge_value_sum: ",
+                      "'w' [H, E] and 'x' [E, D] expected, got shapes ", w.sizes(), " and ",
+                      x.sizes());
+    const int64_t H = w.size(0), E = w.size(1), D = x.size(1), N = ptr.numel() - 1;
+    TORCH_CHECK_VALUE(N >= 0 && (!order || order->numel() == E), "edge_value_sum: 'ptr' [N + 1]",
+                      " and 'order' [E] expected, got ", ptr.numel(), " and ",
+                      order ? order->numel() : 0, " entries");
+    return by_dtype(w, "w", [&](auto zero) {
+        using T = decltype(zero);
+        const auto f = w.scalar_type();
+        Tensor out = at::empty({H, N, D}, w.options());
+        edge_scatter_kernel<T>(N, H, D, data<const int64_t>(ptr, "ptr", at::kLong), nullptr,
+                               data<const int64_t>(order, "order", at::kLong),
+                               data<const T>(w, "w", f, H * E), 1, E, data<const T>(x, "x", f),
+                               out.data_ptr<T>());
+        return out;
+    });
+}
+
+/* The gradients of edge_value_sum for grad [H, N, D]: dw [H, E] (edge_dot)
+ * and dx (edge_gather, in x's order); each empty where not needed. */
+std::tuple<Tensor, Tensor> edge_value_sum_backward(
+    const Tensor& grad_in, const Tensor& w_in, const Tensor& x_in, const Tensor& ptr,
+    const Tensor& col, const OptTensor& order, bool need_w, bool need_x) {
+    const Tensor grad = grad_in.contiguous(), w = w_in.contiguous(), x = x_in.contiguous();
+    const TableSizes n = table_sizes("edge_value_sum_backward", grad, std::nullopt, x, ptr, col,
+                                     order);
+    TORCH_CHECK_VALUE(w.dim() == 2 && w.size(0) == n.H && w.size(1) == n.E,
+                      "edge_value_sum_backward: 'w' must be [H, E] = [", n.H, ", ", n.E,
+                      "], got ", w.sizes());
+    return by_dtype(grad, "grad", [&](auto zero) {
+        using T = decltype(zero);
+        const auto f = grad.scalar_type();
+        const EdgeRows rows = edge_rows(ptr, col, order);
+        const T* gp = data<const T>(grad, "grad", f);
+        Tensor dw = at::empty(need_w ? w.sizes() : at::IntArrayRef{0}, w.options());
+        Tensor dx = at::empty(need_x ? x.sizes() : at::IntArrayRef{0}, x.options());
+        if (need_w)
+            edge_dot_kernel<T>(n.N, 0, n.H, n.D, rows, gp, nullptr, data<const T>(x, "x", f),
+                               dw.data_ptr<T>(), 1, n.E);
+        if (need_x)
+            edge_gather_kernel<T>(n.N, 0, n.H, n.D, rows, gp, nullptr, data<const T>(w, "w", f),
+                                  1, n.E, dx.data_ptr<T>());
+        return std::make_tuple(dw, dx);
     });
 }
 
@@ -1039,6 +1118,8 @@ TORCH_LIBRARY_IMPL(graphformer, CPU, m) {
     m.impl("edge_quadratic_backward", &edge_quadratic_backward);
     m.impl("edge_cross", &edge_cross);
     m.impl("edge_cross_backward", &edge_cross_backward);
+    m.impl("edge_value_sum", &edge_value_sum);
+    m.impl("edge_value_sum_backward", &edge_value_sum_backward);
 }
 
 // No tensor argument: no backend key to dispatch on, so it is the op's

@@ -15,9 +15,12 @@ unscaled, edges grouped by target) and :meth:`values` (``[N_t, H, C]`` from the
 weights ``[H, E]``).
 
 - :class:`PerEdgeTerms`: features per edge ``edge_attr [E, D]``; the value
-  term is regrouped through a sparse product. On the CPU (with the C++
-  kernels) the score terms are regrouped too: the two cross terms as
-  node-by-feature tables met per edge, :math:`\mathbf{q}^h_i\cdot
+  term is regrouped, :math:`\sum_j \alpha_{ij} \mathbf{e}_{ij}` per target
+  and head (``torch.ops.graphformer.edge_value_sum``, a C++ pass by target,
+  on the CPU; elsewhere a sparse product). On the CPU (with the C++
+  kernels) the features stay in the caller's order (the kernels read them
+  through the edge set's permutation) and the score terms are regrouped
+  too: the two cross terms as node-by-feature tables met per edge, :math:`\mathbf{q}^h_i\cdot
   \mathbf{W}^h_{ke}\mathbf{e} = (\mathbf{W}^{h\top}_{ke}\mathbf{q}^h_i)\cdot
   \mathbf{e}`, and the term of the edge with itself as a symmetric quadratic
   form (:func:`edge_quadratic`, half the multiply-adds of the two
@@ -217,58 +220,107 @@ def edge_quadratic(x: Tensor, c: Tensor) -> Tensor:
     return (y * x.unsqueeze(2)).sum(1)
 
 
-# -- the cross terms ---------------------------------------------------------------------------
+# -- the cross terms and the value term ---------------------------------------------------------
 
-#: ``torch.ops.graphformer.edge_cross(p, r, x, ptr, col, sptr, perm)``: the
-#: cross terms ``(p[h, i] + r[h, j]) · x[e]`` of the edges ``e = (j -> i)``
-#: of a CSR by target (``ptr``, ``col``); ``sptr``, ``perm`` (the grouping by
-#: source) are for its backward, ``edge_cross_backward``.
+#: ``torch.ops.graphformer.edge_cross(p, r, x, ptr, col, sptr, perm, order)``:
+#: the cross terms ``(p[h, i] + r[h, j]) · x[order[e]]`` of the edges ``e = (j
+#: -> i)`` of a CSR by target (``ptr``, ``col``); ``x`` in the caller's order
+#: (``order`` [E], CSR position -> row of ``x``; None: CSR order). ``sptr``,
+#: ``perm`` (the grouping by source) are for its backward,
+#: ``edge_cross_backward``.
 _EDGE_CROSS = define_op("edge_cross", "(Tensor p, Tensor r, Tensor x, Tensor ptr, Tensor col, "
-                        "Tensor sptr, Tensor perm) -> Tensor")
+                        "Tensor sptr, Tensor perm, Tensor? order) -> Tensor")
 _EDGE_CROSS_BACKWARD = define_op(
     "edge_cross_backward", "(Tensor grad, Tensor p, Tensor r, Tensor x, Tensor ptr, Tensor col, "
-    "Tensor sptr, Tensor perm, bool need_p, bool need_r, bool need_x) -> (Tensor, Tensor, Tensor)")
+    "Tensor sptr, Tensor perm, Tensor? order, bool need_p, bool need_r, bool need_x) "
+    "-> (Tensor, Tensor, Tensor)")
+
+
+def _like(t: Tensor, needed: bool) -> Tensor:
+    return t.new_empty(t.shape if needed else (0,))
 
 
 @torch.library.register_fake(_EDGE_CROSS)
 def _(p: Tensor, r: Tensor, x: Tensor, ptr: Tensor, col: Tensor, sptr: Tensor,
-      perm: Tensor) -> Tensor:
+      perm: Tensor, order: Optional[Tensor]) -> Tensor:
     return p.new_empty(x.size(0), p.size(0))
 
 
 @torch.library.register_fake(_EDGE_CROSS_BACKWARD)
 def _(grad: Tensor, p: Tensor, r: Tensor, x: Tensor, ptr: Tensor, col: Tensor, sptr: Tensor,
-      perm: Tensor, need_p: bool, need_r: bool, need_x: bool) -> Tuple[Tensor, Tensor, Tensor]:
-    def like(t: Tensor, needed: bool) -> Tensor:
-        return t.new_empty(t.shape if needed else (0,))
-    return like(p, need_p), like(r, need_r), like(x, need_x)
+      perm: Tensor, order: Optional[Tensor], need_p: bool, need_r: bool,
+      need_x: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    return _like(p, need_p), _like(r, need_r), _like(x, need_x)
 
 
 def _edge_cross_backward(ctx, grad: Tensor):
     need = ctx.needs_input_grad[:3]
     dp, dr, dx = torch.ops.graphformer.edge_cross_backward(grad, *ctx.saved_tensors, *need)
     return (dp if need[0] else None, dr if need[1] else None, dx if need[2] else None,
-            None, None, None, None)
+            None, None, None, None, None)
 
 
 torch.library.register_autograd(_EDGE_CROSS, _edge_cross_backward, setup_context=_save_inputs)
 
 
-def edge_cross(p: Tensor, r: Tensor, x: Tensor, csr: EdgeCSR) -> Tensor:
+def edge_cross(p: Tensor, r: Tensor, x: Tensor, csr: EdgeCSR,
+               order: Optional[Tensor] = None) -> Tensor:
     r"""The cross terms :math:`(\mathbf{p}^h_i + \mathbf{r}^h_j)\cdot
-    \mathbf{x}_e`, ``[E, H]``, of the edges ``e = (j -> i)`` of ``csr`` (grouped
-    by target; ``x [E, D]`` in that order), ``p [H, N_t, D]``, ``r [H, N_s,
-    D]``; differentiable in the three. One C++ pass over the edges by target
-    (CPU, with the kernels); its backward sums ``r``'s gradient by source."""
+    \mathbf{x}_e`, ``[E, H]`` in CSR order, of the edges ``e = (j -> i)`` of
+    ``csr`` (grouped by target), ``p [H, N_t, D]``, ``r [H, N_s, D]``, ``x [E,
+    D]`` in CSR order or, with ``order`` (CSR position -> row of ``x``), in the
+    caller's; differentiable in the three. One C++ pass over the edges by
+    target (CPU, with the kernels); its backward sums ``r``'s gradient by
+    source and writes ``x``'s in ``x``'s order."""
     sources = Grouping.sources(csr)
     return torch.ops.graphformer.edge_cross(p, r, x, csr.ptr, csr.col, sources.ptr,
-                                            sources.members)
+                                            sources.members, order)
+
+
+#: ``torch.ops.graphformer.edge_value_sum(w, x, ptr, order)``: the sums
+#: ``out[h, i] = Σ_{e -> i} w[h, e] x[order[e]]``, [H, N, D], of the weights
+#: ``w [H, E]`` (CSR by target ``ptr``); gradients by
+#: ``edge_value_sum_backward(grad, w, x, ptr, col, order, need_w, need_x)``.
+_EDGE_VALUE_SUM = define_op("edge_value_sum",
+                            "(Tensor w, Tensor x, Tensor ptr, Tensor col, Tensor? order) -> Tensor")
+_EDGE_VALUE_SUM_BACKWARD = define_op(
+    "edge_value_sum_backward", "(Tensor grad, Tensor w, Tensor x, Tensor ptr, Tensor col, "
+    "Tensor? order, bool need_w, bool need_x) -> (Tensor, Tensor)")
+
+
+@torch.library.register_fake(_EDGE_VALUE_SUM)
+def _(w: Tensor, x: Tensor, ptr: Tensor, col: Tensor, order: Optional[Tensor]) -> Tensor:
+    return w.new_empty(w.size(0), ptr.size(0) - 1, x.size(1))
+
+
+@torch.library.register_fake(_EDGE_VALUE_SUM_BACKWARD)
+def _(grad: Tensor, w: Tensor, x: Tensor, ptr: Tensor, col: Tensor, order: Optional[Tensor],
+      need_w: bool, need_x: bool) -> Tuple[Tensor, Tensor]:
+    return _like(w, need_w), _like(x, need_x)
+
+
+def _edge_value_sum_backward(ctx, grad: Tensor):
+    need_w, need_x = ctx.needs_input_grad[:2]
+    dw, dx = torch.ops.graphformer.edge_value_sum_backward(grad, *ctx.saved_tensors, need_w,
+                                                           need_x)
+    return dw if need_w else None, dx if need_x else None, None, None, None
+
+
+torch.library.register_autograd(_EDGE_VALUE_SUM, _edge_value_sum_backward,
+                                setup_context=_save_inputs)
+
+
+def _kernels_for(t: Tensor) -> bool:
+    """Whether the C++ kernels can take ``t``: on the CPU, with the kernels built."""
+    return t.device.type == "cpu" and kernels_available()
 
 
 def edge_scores(q: Tensor, k: Tensor, edge_attr: Tensor, w_eq: Optional[Tensor],
-                w_ek: Optional[Tensor], csr: EdgeCSR) -> Tensor:
+                w_ek: Optional[Tensor], csr: EdgeCSR, order: Optional[Tensor] = None) -> Tensor:
     r"""The edge-feature part of :math:`\mathbf{q}_{ij}\cdot\mathbf{k}_{ij}`,
-    [E, H] (unscaled); ``q`` [N_t, H, C], ``k`` [N_s, H, C].
+    [E, H] in CSR order (unscaled); ``q`` [N_t, H, C], ``k`` [N_s, H, C];
+    ``edge_attr`` [E, D] in CSR order or, with ``order`` (CSR position -> row
+    of ``edge_attr``), in the caller's.
 
     Each cross term is regrouped, :math:`\mathbf{q}_i\cdot\mathbf{W}_{ke}
     \mathbf{e} = (\mathbf{W}_{ke}^\top\mathbf{q}_i)\cdot\mathbf{e}`, a node
@@ -281,11 +333,18 @@ def edge_scores(q: Tensor, k: Tensor, edge_attr: Tensor, w_eq: Optional[Tensor],
     :math:`\mathbf{W}_{ke}\mathbf{e}` are cheaper: with both, all terms are
     then computed from them in chunks of edges (:class:`ChunkedEdgeScores`);
     above :data:`RECOMPUTE_ABOVE` elements only the [E, H] result is kept and
-    backward recomputes the chunks."""
+    backward recomputes the chunks.
+
+    With both and the kernels, ``edge_attr`` is read in the caller's order
+    (the cross terms through ``order``, the quadratic form, which is per
+    edge, in that order and then its [E, H] result put in CSR order);
+    everywhere else it is first put in CSR order."""
     H, C = q.size(1), q.size(2)
     D = edge_attr.size(1)
-    if w_eq is not None and w_ek is not None and not (
-            edge_attr.device.type == "cpu" and kernels_available()):
+    both = w_eq is not None and w_ek is not None
+    if order is not None and not (both and _kernels_for(edge_attr)):
+        edge_attr, order = edge_attr.index_select(0, order), None
+    if both and not _kernels_for(edge_attr):
         w_qk = torch.cat([w_eq, w_ek], dim=0)
         return ChunkedEdgeScores.apply(q, k, edge_attr, w_qk, csr.col, csr.row)
     # q_i · (W_ke e) = (W_ke^T q_i) · e and (W_qe e) · k_j = (W_qe^T k_j) · e
@@ -297,29 +356,40 @@ def edge_scores(q: Tensor, k: Tensor, edge_attr: Tensor, w_eq: Optional[Tensor],
     if qd is None:
         return GatherDot.apply(kd, edge_attr, Grouping.sources(csr))
     # both: (W_qe e) · (W_ke e) = e^T M e, the symmetric form, beside the cross terms
-    return edge_cross(qd, kd, edge_attr, csr) + edge_quadratic(
-        edge_attr, quadratic_coefficients(w_eq, w_ek, H))
+    quadratic = edge_quadratic(edge_attr, quadratic_coefficients(w_eq, w_ek, H))
+    if order is not None:
+        quadratic = quadratic.index_select(0, order)
+    return edge_cross(qd, kd, edge_attr, csr, order) + quadratic
 
 
 class PerEdgeTerms:
     """Edge terms from features per edge.
 
     Args:
-        edge_attr (Tensor [E, D]): edge features, grouped by target.
+        edge_attr (Tensor [E, D]): edge features, grouped by target, or in
+            the caller's order with ``order``.
         w_eq, w_ek, w_ev (Tensor [H·C, D] or None): the edge projections.
         csr (EdgeCSR): the edges.
+        order (LongTensor [E], optional): the row of ``edge_attr`` of each
+            edge of ``csr`` (CSR position -> row; the edge set's
+            :attr:`~graphformer.nn.EdgeSet.perm`). The C++ kernels read the
+            features through it, so that they are never copied into CSR
+            order (nor their gradient back); other paths copy them once
+            (:meth:`per_edge`).
     """
 
     def __init__(self, edge_attr: Tensor, w_eq: Optional[Tensor], w_ek: Optional[Tensor],
-                 w_ev: Optional[Tensor], csr: EdgeCSR) -> None:
-        self.edge_attr, self.csr = edge_attr, csr
+                 w_ev: Optional[Tensor], csr: EdgeCSR, order: Optional[Tensor] = None) -> None:
+        self.edge_attr, self.csr, self.order = edge_attr, csr, order
         self.w_eq, self.w_ek, self.w_ev = w_eq, w_ek, w_ev
+        self._sorted: Optional[Tensor] = None
 
     def scores(self, q: Tensor, k: Tensor) -> Optional[Tensor]:
         """The edge score terms [H, E] (unscaled), or None."""
         if self.w_eq is None and self.w_ek is None:
             return None
-        return edge_scores(q, k, self.edge_attr, self.w_eq, self.w_ek, self.csr).t()
+        return edge_scores(q, k, self.edge_attr, self.w_eq, self.w_ek, self.csr,
+                           self.order).t()
 
     def values(self, weights: Tensor) -> Optional[Tensor]:
         """The edge value term [N_t, H, C] of the weights [H, E], or None."""
@@ -327,12 +397,20 @@ class PerEdgeTerms:
             return None
         H = weights.size(0)
         D = self.edge_attr.size(1)
-        agg = ScatterSum.apply(weights, self.edge_attr, Grouping.targets(self.csr))  # [H, N, D]
+        if _kernels_for(self.edge_attr):                                           # [H, N, D]
+            agg = torch.ops.graphformer.edge_value_sum(weights, self.edge_attr, self.csr.ptr,
+                                                       self.csr.col, self.order)
+        else:
+            agg = ScatterSum.apply(weights, self.per_edge(), Grouping.targets(self.csr))
         return torch.einsum("hnd,hcd->nhc", agg, self.w_ev.view(H, -1, D))
 
     def per_edge(self) -> Tensor:
-        """The features of every edge, [E, D]."""
-        return self.edge_attr
+        """The features of every edge, [E, D], in CSR order."""
+        if self.order is None:
+            return self.edge_attr
+        if self._sorted is None:
+            self._sorted = self.edge_attr.index_select(0, self.order)
+        return self._sorted
 
 
 class TypedEdgeTerms:

@@ -252,6 +252,12 @@ def test_permuting_nodes_permutes_outputs_and_edge_order_is_irrelevant(backend):
     _, alpha = layer(x, ei, e, return_attention_weights=True)
     torch.testing.assert_close(out_r, out, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(alpha_r, alpha[order])
+    # the edge features' gradient comes back in the order they were given
+    g = torch.randn_like(out)
+    given, reordered = e.clone().requires_grad_(), e[order].clone().requires_grad_()
+    (grad,) = torch.autograd.grad((layer(x, ei, given) * g).sum(), given)
+    (grad_r,) = torch.autograd.grad((layer(x, ei[:, order], reordered) * g).sum(), reordered)
+    torch.testing.assert_close(grad_r, grad[order], atol=1e-6, rtol=1e-5)
 
 
 def test_node_without_incoming_edges_gets_bias_not_nan(backend):

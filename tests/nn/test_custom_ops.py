@@ -22,7 +22,8 @@ pytestmark = pytest.mark.skipif(
 
 OPS = ("group_by_source", "hashed_dropout", "gelu_dropout", "gelu_dropout_backward",
        "dropout_multiplier", "fused_attention", "fused_attention_backward", "edge_quadratic",
-       "edge_quadratic_backward", "edge_cross", "edge_cross_backward")
+       "edge_quadratic_backward", "edge_cross", "edge_cross_backward",
+       "edge_value_sum", "edge_value_sum_backward")
 DTYPES = [torch.float32, torch.float64]
 
 
@@ -142,22 +143,27 @@ def test_edge_quadratic_without_the_kernel_is_the_same(monkeypatch):
     assert torch.autograd.gradcheck(edge_terms.edge_quadratic, (x[:4], c))
 
 
+@pytest.mark.parametrize("ordered", [False, True])
 @pytest.mark.parametrize("D", [4, 13, 16])   # 16: a compile-time constant for float,
 @pytest.mark.parametrize("dtype", DTYPES)   # 4 and 13 the kernels' loop over any D
-def test_edge_cross(dtype, D):
+def test_edge_cross(dtype, D, ordered):
     """(p[h, i] + r[h, j])·x_e over a CSR by target, with a target without
-    edges (3) and sources without edges (4 and 5): their gradients are 0."""
+    edges (3) and sources without edges (4 and 5): their gradients are 0.
+    ``ordered``: x in another order than the CSR's, read through ``order``
+    (CSR position -> row of x); x's gradient comes back in x's order."""
     torch.manual_seed(0)
     H, N, Ns = 3, 5, 6
     src = torch.tensor([1, 2, 0, 3, 1, 0, 2])
     dst = torch.tensor([0, 0, 1, 1, 2, 4, 4])            # grouped by target
     ptr = torch.tensor([0, 2, 4, 5, 5, 7])
     sptr, perm = torch.ops.graphformer.group_by_source(src, Ns)
+    order = torch.tensor([3, 0, 6, 1, 5, 2, 4]) if ordered else None
     p = torch.randn(H, N, D, dtype=dtype, requires_grad=True)
     r = torch.randn(H, Ns, D, dtype=dtype, requires_grad=True)
     x = torch.randn(src.numel(), D, dtype=dtype, requires_grad=True)
-    out = torch.ops.graphformer.edge_cross(p, r, x, ptr, src, sptr, perm)
-    ref = ((p[:, dst] + r[:, src]) * x).sum(-1).t()
+    out = torch.ops.graphformer.edge_cross(p, r, x, ptr, src, sptr, perm, order)
+    x_csr = x if order is None else x[order]
+    ref = ((p[:, dst] + r[:, src]) * x_csr).sum(-1).t()
     tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else {}
     torch.testing.assert_close(out, ref, **tol)
     g = torch.randn_like(ref)
@@ -166,17 +172,55 @@ def test_edge_cross(dtype, D):
         torch.testing.assert_close(ours, theirs, **tol)
     assert grads[1][:, 4:].abs().sum() == 0 and grads[0][:, 3].abs().sum() == 0
     torch.library.opcheck(torch.ops.graphformer.edge_cross.default,
-                          (p, r, x, ptr, src, sptr, perm))
+                          (p, r, x, ptr, src, sptr, perm, order))
     torch.library.opcheck(torch.ops.graphformer.edge_cross_backward.default,
-                          (g, p.detach(), r.detach(), x.detach(), ptr, src, sptr, perm,
+                          (g, p.detach(), r.detach(), x.detach(), ptr, src, sptr, perm, order,
                            True, False, True))
     with pytest.raises(ValueError, match="'ptr' must have N \\+ 1 = 6"):
-        torch.ops.graphformer.edge_cross(p, r, x, ptr[:-1], src, sptr, perm)
+        torch.ops.graphformer.edge_cross(p, r, x, ptr[:-1], src, sptr, perm, order)
     with pytest.raises(ValueError, match="disagree on H or D"):
-        torch.ops.graphformer.edge_cross(p, r[:2], x, ptr, src, sptr, perm)
-    with pytest.raises(ValueError, match=f"'c' must have D \\(D \\+ 1\\) / 2 = {D * (D + 1) // 2} "
-                                         f"rows"):
-        torch.ops.graphformer.edge_quadratic(x, torch.randn(9, 2, dtype=dtype))
+        torch.ops.graphformer.edge_cross(p, r[:2], x, ptr, src, sptr, perm, order)
+    with pytest.raises(ValueError, match="'order' must have E = 7 entries, got 6"):
+        torch.ops.graphformer.edge_cross(p, r, x, ptr, src, sptr, perm, perm[:6])
+
+
+@pytest.mark.parametrize("ordered", [False, True])
+@pytest.mark.parametrize("D", [4, 16])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_edge_value_sum(dtype, D, ordered):
+    """sum over the edges e into i of w[h, e] x_e, [H, N, D], with a target
+    without edges (3); gradients of w [H, E] and x (in x's order with
+    ``order``) against index_add."""
+    torch.manual_seed(1)
+    H, N = 3, 5
+    src = torch.tensor([1, 2, 0, 3, 1, 0, 2])
+    dst = torch.tensor([0, 0, 1, 1, 2, 4, 4])
+    ptr = torch.tensor([0, 2, 4, 5, 5, 7])
+    order = torch.tensor([3, 0, 6, 1, 5, 2, 4]) if ordered else None
+    w = torch.randn(H, src.numel(), dtype=dtype, requires_grad=True)
+    x = torch.randn(src.numel(), D, dtype=dtype, requires_grad=True)
+    out = torch.ops.graphformer.edge_value_sum(w, x, ptr, src, order)
+    x_csr = x if order is None else x[order]
+    ref = torch.zeros(H, N, D, dtype=dtype).index_add(1, dst, w.unsqueeze(-1) * x_csr)
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else {}
+    torch.testing.assert_close(out, ref, **tol)
+    assert out[:, 3].abs().sum() == 0
+    g = torch.randn_like(ref)
+    for ours, theirs in zip(torch.autograd.grad(out, (w, x), g),
+                            torch.autograd.grad(ref, (w, x), g)):
+        torch.testing.assert_close(ours, theirs, **tol)
+    torch.library.opcheck(torch.ops.graphformer.edge_value_sum.default, (w, x, ptr, src, order))
+    for need_w, need_x in ((True, True), (True, False), (False, True)):
+        torch.library.opcheck(torch.ops.graphformer.edge_value_sum_backward.default,
+                              (g, w.detach(), x.detach(), ptr, src, order, need_w, need_x))
+    with pytest.raises(ValueError, match="'w' \\[H, E\\] and 'x' \\[E, D\\] expected"):
+        torch.ops.graphformer.edge_value_sum(w[:, :6], x, ptr, src, order)
+
+
+def test_edge_quadratic_refuses_the_wrong_number_of_coefficients():
+    x = torch.randn(7, 4)
+    with pytest.raises(ValueError, match="'c' must have D \\(D \\+ 1\\) / 2 = 10 rows"):
+        torch.ops.graphformer.edge_quadratic(x, torch.randn(9, 2))
 
 
 def _attention_args(dtype, *, typed, bias, dropout):
