@@ -23,6 +23,7 @@
 //
 // Every kernel is a template instantiated for float and double.
 #include <ATen/Parallel.h>
+#include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
@@ -533,54 +534,87 @@ void edge_quadratic_kernel(int64_t E, int64_t D, int64_t H, int64_t Hp, const T*
 
 /* The gradients of edge_quadratic_kernel's terms for grad [E, H], through
  * u[e, h, b] = grad[e, h] x[e, b], made for a block of QB edges at a time in
- * scratch (so that it stays in cache) and used by two products:
+ * scratch (so that it stays in cache) and used by two products of PyTorch's
+ * BLAS (single-threaded inside the parallel loop; threads split the edges,
+ * not each product):
+ *
  * dx[e, a] = sum over h, b of u[e, h, b] s2[(h, b), a], with s2 [H D, D]
  * twice the symmetric matrix of every head (2 S_h, S_aa = c_aa, S_ab = S_ba
- * = c_ab / 2), and dfull [D, H D] += x^T u, whose entry (a, (h, b)), a <= b,
- * is dc[t(a, b), h] = sum_e grad[e, h] x[e, a] x[e, b]. Both are products of
- * PyTorch's BLAS (single-threaded inside the parallel loop), D^2 H
- * multiply-adds per edge each: faster than the register-blocked loops of the
- * forward for the gradient of x, and than one product over chunks of edges
- * for the coefficients (threads split the edges, not each product). The
- * blocks are split into at most QG groups whatever the threads, each summing
- * its own dfull, then added in order: results do not depend on the threads.
- * dx or dfull null: skipped. */
+ * = c_ab / 2): D^2 H multiply-adds per edge;
+ *
+ * dc[t(a, b), h] = sum_e grad[e, h] x[e, a] x[e, b], a <= b: the upper
+ * triangle of x^T u. The features split in halves A = [0, D1) and B = [D1,
+ * D), u's columns are laid out half by half ((h, b) at quad_column), so that
+ * the two products x_A^T u (rows a in A, every b) and x_B^T u_B (a, b in B)
+ * cover the triangle: 3/4 of the D^2 H multiply-adds of the whole product.
+ *
+ * The blocks are split into at most QG groups whatever the threads, each
+ * summing its own partial products, then added in order: results do not
+ * depend on the threads. dx or dc null: skipped. */
 constexpr int64_t QB = 256, QG = 16;
+
+INLINE int64_t quad_column(int64_t h, int64_t b, int64_t H, int64_t D) {
+    const int64_t D1 = (D + 1) / 2;
+    return b < D1 ? h * D1 + b : H * D1 + h * (D - D1) + (b - D1);
+}
 
 template <typename T>
 void edge_quadratic_backward_kernel(const Tensor& grad, const Tensor& x, const Tensor& s2,
-                                    Tensor* dx, Tensor* dfull) {
+                                    Tensor* dx, Tensor* dc) {
     const int64_t E = x.size(0), D = x.size(1), H = grad.size(1);
+    const int64_t D1 = (D + 1) / 2, D2 = D - D1, HD = H * D;
     const T* g = grad.data_ptr<T>();
     const T* xp = x.data_ptr<T>();
     const int64_t blocks = (E + QB - 1) / QB, groups = std::min(blocks, QG);
-    Tensor partial = dfull ? at::zeros({groups, D, H * D}, x.options()) : Tensor();
+    /* per group: rows A [D1, H D] (every column), then rows B [D2, H D2] */
+    const int64_t part = D1 * HD + D2 * H * D2;
+    Tensor partial = dc ? at::zeros({groups, part}, x.options()) : Tensor();
     at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
-        Tensor u = at::empty({QB, H * D}, x.options());
+        /* PyTorch's worker threads do not inherit the caller's exclusion of
+         * autograd: the products below must not see it (x may require grad) */
+        at::AutoDispatchBelowADInplaceOrView below_autograd;
+        Tensor u = at::empty({QB, HD}, x.options());
         T* up = u.data_ptr<T>();
         for (int64_t grp = g0; grp < g1; grp++) {
-            Tensor acc = dfull ? partial.select(0, grp) : Tensor();
+            Tensor acc_a, acc_b;
+            if (dc) {
+                acc_a = partial.select(0, grp).narrow(0, 0, D1 * HD).view({D1, HD});
+                acc_b = partial.select(0, grp).narrow(0, D1 * HD, D2 * H * D2).view({D2, H * D2});
+            }
             for (int64_t blk = blocks * grp / groups; blk < blocks * (grp + 1) / groups; blk++) {
                 const int64_t i0 = blk * QB, n = std::min(QB, E - i0);
-                for (int64_t e = 0; e < n; e++)
+                for (int64_t e = 0; e < n; e++) {
+                    const T* xe = xp + (i0 + e) * D;
+                    T* ue = up + e * HD;
                     for (int64_t h = 0; h < H; h++) {
                         const T ge = g[(i0 + e) * H + h];
-                        const T* xe = xp + (i0 + e) * D;
-                        T* ue = up + (e * H + h) * D;
-                        for (int64_t b = 0; b < D; b++) ue[b] = ge * xe[b];
+                        for (int64_t b = 0; b < D1; b++) ue[h * D1 + b] = ge * xe[b];
+                        for (int64_t b = 0; b < D2; b++) ue[H * D1 + h * D2 + b] = ge * xe[D1 + b];
                     }
+                }
                 const Tensor ub = u.narrow(0, 0, n);
                 if (dx) {
                     Tensor out = dx->narrow(0, i0, n);
                     at::mm_out(out, ub, s2);
                 }
-                if (dfull) acc.addmm_(x.narrow(0, i0, n).t(), ub);
+                if (dc) {
+                    const Tensor xb = x.narrow(0, i0, n);
+                    acc_a.addmm_(xb.narrow(1, 0, D1).t(), ub);
+                    if (D2 > 0) acc_b.addmm_(xb.narrow(1, D1, D2).t(), ub.narrow(1, H * D1, H * D2));
+                }
             }
         }
     });
-    if (dfull) {
-        dfull->copy_(partial.select(0, 0));
-        for (int64_t grp = 1; grp < groups; grp++) dfull->add_(partial.select(0, grp));
+    if (dc) {
+        Tensor total = partial.select(0, 0).clone();
+        for (int64_t grp = 1; grp < groups; grp++) total.add_(partial.select(0, grp));
+        const T* tp = total.data_ptr<T>();
+        T* dp = dc->data_ptr<T>();
+        for (int64_t a = 0, t = 0; a < D; a++)
+            for (int64_t b = a; b < D; b++, t++)
+                for (int64_t h = 0; h < H; h++)
+                    dp[t * H + h] = a < D1 ? tp[a * HD + quad_column(h, b, H, D)]
+                                           : tp[D1 * HD + (a - D1) * H * D2 + h * D2 + (b - D1)];
     }
 }
 
@@ -940,29 +974,22 @@ std::tuple<Tensor, Tensor> edge_quadratic_backward(const Tensor& grad_in, const 
         data<const T>(x, "x", f, E * D);
         data<const T>(grad, "grad", f, E * H);
         const T* cp = data<const T>(c, "c", f);
-        Tensor s2 = at::empty({H * D, D}, x.options());      /* [(h, b), a] = 2 S_h[b, a] */
+        /* s2 [quad_column(h, b), a] = 2 S_h[b, a] */
+        Tensor s2 = at::empty({H * D, D}, x.options());
         T* sp = s2.data_ptr<T>();
         for (int64_t a = 0; a < D; a++)
             for (int64_t b = a; b < D; b++) {
                 const int64_t t = a * D - a * (a - 1) / 2 + (b - a);
                 for (int64_t h = 0; h < H; h++) {
                     const T v = a == b ? 2 * cp[t * H + h] : cp[t * H + h];
-                    sp[(h * D + b) * D + a] = v;
-                    sp[(h * D + a) * D + b] = v;
+                    sp[quad_column(h, b, H, D) * D + a] = v;
+                    sp[quad_column(h, a, H, D) * D + b] = v;
                 }
             }
         Tensor dx = at::empty(need_x ? x.sizes() : at::IntArrayRef{0}, x.options());
-        Tensor dfull = need_c ? at::empty({D, H * D}, x.options()) : Tensor();
-        edge_quadratic_backward_kernel<T>(grad, x, s2, need_x ? &dx : nullptr,
-                                          need_c ? &dfull : nullptr);
         Tensor dc = at::empty({need_c ? D * (D + 1) / 2 : 0, H}, x.options());
-        if (need_c) {
-            const T* fp = dfull.data_ptr<T>();
-            T* dp = dc.data_ptr<T>();
-            for (int64_t a = 0, t = 0; a < D; a++)
-                for (int64_t b = a; b < D; b++, t++)
-                    for (int64_t h = 0; h < H; h++) dp[t * H + h] = fp[a * H * D + h * D + b];
-        }
+        edge_quadratic_backward_kernel<T>(grad, x, s2, need_x ? &dx : nullptr,
+                                          need_c ? &dc : nullptr);
         return std::make_tuple(dx, dc);
     });
 }
