@@ -12,7 +12,9 @@ Every layer is fp32 with 8 heads x 32 channels, 256 input and output channels,
 (``x`` and ``edge_attr`` require grad, as activations inside a model do, and so
 do the parameters); ``fwd+bwd`` adds ``out.backward(grad)`` with a fixed random
 ``grad``. Edge sets, masks and block masks are built once, outside the timed
-region. Each time is the median (and min) over ``--repeats`` runs after warm-up.
+region. Each time is the median (and min) over ``--repeats`` runs after warm-up;
+the methods of a case are timed in interleaved rounds (every method once per
+round), so that a drift in the machine's speed slows them alike.
 
 Cases (full sizes; ``--quick`` scales them down):
 
@@ -507,34 +509,57 @@ def clear_grads(leaves: Sequence[Tensor]) -> None:
         t.grad = None
 
 
-def measure(method: Method, work: Workload, timing: Timing) -> Row:
-    """fwd and fwd+bwd times, then the peak memory of one fwd+bwd."""
-    leaves = grad_leaves(method, work)
-
-    def fwd() -> None:
-        method.call()
-
-    def fwd_bwd() -> None:
-        method.call().backward(work.grad_out)
-
-    gc.collect()
-    fwd_times = time_runs(fwd, lambda: clear_grads(leaves), timing)
-    gc.collect()
-    fb_times = time_runs(fwd_bwd, lambda: clear_grads(leaves), timing)
+def timed_once(fn: Callable[[], None], leaves: Sequence[Tensor], timing: Timing) -> float:
+    """The wall time in ms of one ``fn()``, gradients cleared before it."""
     clear_grads(leaves)
     gc.collect()
-    peak = peak_bytes(fwd_bwd, timing.device)
-    clear_grads(leaves)
-    gc.collect()
-    row = Row(method.name, method.backend, method.role, method.auto,
-              statistics.median(fwd_times), min(fwd_times),
-              statistics.median(fb_times), min(fb_times), fwd_times, fb_times, peak)
-    if method.cost is not None:
-        row.estimate_peak_bytes = method.cost.peak_bytes
-        row.estimate_flops = method.cost.flops
-        if peak:
-            row.estimate_over_measured = method.cost.peak_bytes / peak
-    return row
+    timing.sync()
+    start = time.perf_counter()
+    fn()
+    timing.sync()
+    return (time.perf_counter() - start) * 1e3
+
+
+def measure_group(methods: Sequence[Method], work: Workload, timing: Timing) -> List[Row]:
+    """fwd and fwd+bwd times of every method, interleaved, then the peak
+    memory of one fwd+bwd of each. Each round times every method once (all
+    fwd, then all fwd+bwd), starting one method later than the round before:
+    on a machine whose speed drifts (shared cores, a host's other guests) a
+    slow stretch then slows every method alike, instead of whichever was
+    being timed, and the ratios of one run stay comparable."""
+    leaves = [grad_leaves(m, work) for m in methods]
+    fwd = [lambda m=m: m.call() for m in methods]
+    fwd_bwd = [lambda m=m: m.call().backward(work.grad_out) for m in methods]
+    for _ in range(timing.warmup):
+        for i in range(len(methods)):
+            timed_once(fwd[i], leaves[i], timing)
+            timed_once(fwd_bwd[i], leaves[i], timing)
+    fwd_times: List[List[float]] = [[] for _ in methods]
+    fb_times: List[List[float]] = [[] for _ in methods]
+    for r in range(timing.repeats):
+        turn = [(r + s) % len(methods) for s in range(len(methods))]
+        for i in turn:
+            fwd_times[i].append(timed_once(fwd[i], leaves[i], timing))
+        for i in turn:
+            fb_times[i].append(timed_once(fwd_bwd[i], leaves[i], timing))
+    rows = []
+    for i, method in enumerate(methods):
+        clear_grads(leaves[i])
+        gc.collect()
+        peak = peak_bytes(fwd_bwd[i], timing.device)
+        clear_grads(leaves[i])
+        gc.collect()
+        row = Row(method.name, method.backend, method.role, method.auto,
+                  statistics.median(fwd_times[i]), min(fwd_times[i]),
+                  statistics.median(fb_times[i]), min(fb_times[i]), fwd_times[i],
+                  fb_times[i], peak)
+        if method.cost is not None:
+            row.estimate_peak_bytes = method.cost.peak_bytes
+            row.estimate_flops = method.cost.flops
+            if peak:
+                row.estimate_over_measured = method.cost.peak_bytes / peak
+        rows.append(row)
+    return rows
 
 
 def fwd_bwd_median(method: Method, work: Workload, timing: Timing) -> float:
@@ -554,6 +579,9 @@ def ratios(row: Row, peer: Row) -> Dict[str, Optional[float]]:
         memory = row.peak_bytes / peer.peak_bytes
     return {"speedup_fwd": peer.fwd_ms / row.fwd_ms,
             "speedup_fwd_bwd": peer.fwd_bwd_ms / row.fwd_bwd_ms,
+            # round by round (the times of one round were taken side by side)
+            "speedup_fwd_bwd_rounds": [p / g for p, g in zip(peer.fwd_bwd_ms_all,
+                                                              row.fwd_bwd_ms_all)],
             "memory_ratio": memory}
 
 
@@ -582,12 +610,10 @@ def run_group(tag: str, description: str, work: Workload, methods: List[Method],
               timing: Timing) -> Dict[str, Any]:
     """Check, measure every method, and relate graphformer rows to the peers."""
     check = check_outputs(methods, tag)
-    rows = []
-    for m in methods:
-        row = measure(m, work, timing)
+    rows = measure_group(methods, work, timing)
+    for row in rows:
         say(f"  [{tag}] {row.label}: fwd {row.fwd_ms:.2f} ms, fwd+bwd {row.fwd_bwd_ms:.2f} ms, "
             f"peak {fmt_mb(row.peak_bytes)} MB")
-        rows.append(row)
     peers = [r for r in rows if r.role == "peer"]
     for row in rows:
         if row.role == "graphformer":

@@ -106,6 +106,8 @@ def test_ratios_follow_from_the_times(run):
                 assert vs["speedup_fwd"] == pytest.approx(peer["fwd_ms"] / row["fwd_ms"])
                 assert vs["speedup_fwd_bwd"] == pytest.approx(
                     peer["fwd_bwd_ms"] / row["fwd_bwd_ms"])
+                assert vs["speedup_fwd_bwd_rounds"] == pytest.approx(
+                    [p / g for p, g in zip(peer["fwd_bwd_ms_all"], row["fwd_bwd_ms_all"])])
                 if row["peak_bytes"] is None or not peer["peak_bytes"]:
                     assert vs["memory_ratio"] is None
                 else:
@@ -176,3 +178,28 @@ def test_markdown_table_has_every_row(run):
             assert any(line.startswith(f"| {group['name']} | {r['method']} | {r['backend']}")
                        for line in lines)
     assert "crossover at density" in table
+
+
+def test_methods_are_timed_in_interleaved_rounds():
+    """Each round times every method once, fwd then fwd+bwd, starting one
+    method later than the round before; warm-up runs come first."""
+    torch = pytest.importorskip("torch")
+    bench = load_script("bench_attention")
+    calls = []
+
+    def method(name):
+        lin = torch.nn.Linear(2, 2)
+
+        def call():
+            calls.append(name)
+            return lin(work.x)
+        return bench.Method(name, "-", "peer", lin, call)
+
+    work = bench.Workload(torch.randn(3, 2, requires_grad=True),
+                          torch.zeros(2, 0, dtype=torch.long), torch.tensor([0, 3]),
+                          torch.randn(3, 2))
+    timing = bench.Timing(torch.device("cpu"), warmup=1, repeats=3)
+    rows = bench.measure_group([method("a"), method("b"), method("c")], work, timing)
+    assert [len(r.fwd_bwd_ms_all) for r in rows] == [3, 3, 3]
+    timed = calls[6:6 + 18]                     # after 1 warm-up fwd and fwd+bwd per method
+    assert timed == list("abcabc" "bcabca" "cabcab")
