@@ -600,7 +600,8 @@ void edge_quadratic_backward_kernel(const Tensor& grad, const Tensor& x, const T
                 if (dc) {
                     const Tensor xb = x.narrow(0, i0, n);
                     acc_a.addmm_(xb.narrow(1, 0, D1).t(), ub);
-                    if (D2 > 0) acc_b.addmm_(xb.narrow(1, D1, D2).t(), ub.narrow(1, H * D1, H * D2));
+                    if (D2 > 0)
+                        acc_b.addmm_(xb.narrow(1, D1, D2).t(), ub.narrow(1, H * D1, H * D2));
                 }
             }
         }
