@@ -538,9 +538,9 @@ void edge_quadratic_kernel(int64_t E, int64_t D, int64_t H, int64_t Hp, const T*
  * BLAS (single-threaded inside the parallel loop; threads split the edges,
  * not each product):
  *
- * dx[e, a] = sum over h, b of u[e, h, b] s2[(h, b), a], with s2 [H D, D]
- * twice the symmetric matrix of every head (2 S_h, S_aa = c_aa, S_ab = S_ba
- * = c_ab / 2): D^2 H multiply-adds per edge;
+ * dx[e, a] = sum over h, b of u[e, h, b] s2[(h, b), a] (row quad_column(h,
+ * b) of s2 [H D, D]), s2 twice the symmetric matrix of every head (2 S_h,
+ * S_aa = c_aa, S_ab = S_ba = c_ab / 2): D^2 H multiply-adds per edge;
  *
  * dc[t(a, b), h] = sum_e grad[e, h] x[e, a] x[e, b], a <= b: the upper
  * triangle of x^T u. The features split in halves A = [0, D1) and B = [D1,
@@ -606,7 +606,9 @@ void edge_quadratic_backward_kernel(const Tensor& grad, const Tensor& x, const T
             }
         }
     });
-    if (dc) {
+    if (dc && groups == 0) {   /* no edges */
+        dc->zero_();
+    } else if (dc) {
         Tensor total = partial.select(0, 0).clone();
         for (int64_t grp = 1; grp < groups; grp++) total.add_(partial.select(0, grp));
         const T* tp = total.data_ptr<T>();

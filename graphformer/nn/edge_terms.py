@@ -20,12 +20,13 @@ weights ``[H, E]``).
   on the CPU; elsewhere a sparse product). On the CPU (with the C++
   kernels) the features stay in the caller's order (the kernels read them
   through the edge set's permutation) and the score terms are regrouped
-  too: the two cross terms as node-by-feature tables met per edge, :math:`\mathbf{q}^h_i\cdot
-  \mathbf{W}^h_{ke}\mathbf{e} = (\mathbf{W}^{h\top}_{ke}\mathbf{q}^h_i)\cdot
-  \mathbf{e}`, and the term of the edge with itself as a symmetric quadratic
-  form (:func:`edge_quadratic`, half the multiply-adds of the two
-  projections and nothing per edge kept); elsewhere all three are computed
-  from the projections in chunks of edges (:class:`ChunkedEdgeScores`).
+  too: the two cross terms as node-by-feature tables met per edge,
+  :math:`\mathbf{q}^h_i\cdot\mathbf{W}^h_{ke}\mathbf{e} =
+  (\mathbf{W}^{h\top}_{ke}\mathbf{q}^h_i)\cdot\mathbf{e}`, and the term
+  of the edge with itself as a symmetric quadratic form
+  (:func:`edge_quadratic`, half the multiply-adds of the two projections
+  and nothing per edge kept); elsewhere all three are computed from the
+  projections in chunks of edges (:class:`ChunkedEdgeScores`).
 - :class:`TypedEdgeTerms`: features per edge type, ``table [R, D]`` and
   ``edge_type [E]`` (bond types, relation ids, pattern membership). The
   projections are taken of the R rows only, the query and key terms are

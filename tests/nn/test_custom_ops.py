@@ -217,6 +217,15 @@ def test_edge_value_sum(dtype, D, ordered):
         torch.ops.graphformer.edge_value_sum(w[:, :6], x, ptr, src, order)
 
 
+def test_edge_quadratic_without_edges():
+    x = torch.randn(0, 5, requires_grad=True)
+    c = torch.randn(15, 3, requires_grad=True)
+    out = edge_terms.edge_quadratic(x, c)
+    assert out.shape == (0, 3)
+    dx, dc = torch.autograd.grad(out.sum(), (x, c))
+    assert dx.shape == (0, 5) and torch.equal(dc, torch.zeros(15, 3))
+
+
 def test_edge_quadratic_refuses_the_wrong_number_of_coefficients():
     x = torch.randn(7, 4)
     with pytest.raises(ValueError, match="'c' must have D \\(D \\+ 1\\) / 2 = 10 rows"):
