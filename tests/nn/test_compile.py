@@ -13,7 +13,7 @@ from torch_geometric.data import Batch
 from graphformer.data import from_smiles
 from graphformer.data.encodings import encodings
 from graphformer.models import GraphTransformer, GraphTransformerConfig
-from graphformer.nn import EdgeSet, TransformerLayer
+from graphformer.nn import EdgeSet, RelationalAttention, TransformerLayer
 from graphformer.nn.cpu_kernels import kernels_available, kernels_unavailable
 
 pytestmark = pytest.mark.skipif(
@@ -61,6 +61,30 @@ def test_transformer_layer_with_dropout_compiles_whole_on_the_kernels():
     torch.testing.assert_close(ours, ref)
     torch.testing.assert_close(g_ours, g_ref)
     assert (ours != 0).any()
+
+
+def test_per_edge_features_compile_whole_on_the_kernels():
+    """Per-edge features on edges not grouped by target: the cross terms, the
+    quadratic form and the value sums read them through the edge set's
+    permutation; one graph, no break, and the compiled layer equals the eager
+    one, forward and both gradients."""
+    torch.manual_seed(0)
+    layer = RelationalAttention(16, 16, heads=2, edge_dim=5, backend="fused_cpu")
+    edges = EdgeSet(torch.tensor([[0, 1, 2, 3, 1, 4, 2, 0], [1, 0, 0, 2, 3, 3, 4, 4]]), 5)
+    assert edges.perm is not None
+    x = torch.randn(5, 16, requires_grad=True)
+    e = torch.randn(8, 5, requires_grad=True)
+    explanation = torch._dynamo.explain(layer)(x, edges, e)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert {"graphformer.edge_cross", "graphformer.edge_quadratic",
+            "graphformer.edge_value_sum"} <= ops_in(explanation.graphs)
+    compiled = torch.compile(layer, backend="aot_eager", dynamic=True, fullgraph=True)
+    ours = compiled(x, edges, e)
+    ref = layer(x, edges, e)
+    torch.testing.assert_close(ours, ref)
+    for g_ours, g_ref in zip(torch.autograd.grad(ours.pow(2).sum(), (x, e)),
+                             torch.autograd.grad(ref.pow(2).sum(), (x, e))):
+        torch.testing.assert_close(g_ours, g_ref)
 
 
 def molecules():
