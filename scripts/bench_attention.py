@@ -426,23 +426,23 @@ class Timing:
             torch.cuda.synchronize(self.device)
 
 
-def time_runs(fn: Callable[[], None], prepare: Callable[[], None], timing: Timing
-              ) -> List[float]:
-    """Wall times in ms of ``fn`` after ``timing.warmup`` untimed runs;
-    ``prepare`` runs before each, outside the timed region."""
+def timed_once(fn: Callable[[], None], leaves: Sequence[Tensor], timing: Timing) -> float:
+    """The wall time in ms of one ``fn()``, gradients cleared before it."""
+    clear_grads(leaves)
+    gc.collect()
+    timing.sync()
+    start = time.perf_counter()
+    fn()
+    timing.sync()
+    return (time.perf_counter() - start) * 1e3
+
+
+def time_runs(fn: Callable[[], None], leaves: Sequence[Tensor], timing: Timing) -> List[float]:
+    """Wall times in ms of ``fn`` (:func:`timed_once`) after ``timing.warmup``
+    untimed runs."""
     for _ in range(timing.warmup):
-        prepare()
-        fn()
-    times = []
-    for _ in range(timing.repeats):
-        prepare()
-        gc.collect()
-        timing.sync()
-        start = time.perf_counter()
-        fn()
-        timing.sync()
-        times.append((time.perf_counter() - start) * 1e3)
-    return times
+        timed_once(fn, leaves, timing)
+    return [timed_once(fn, leaves, timing) for _ in range(timing.repeats)]
 
 
 def _proc_status_kb(field_name: str) -> int:
@@ -509,17 +509,6 @@ def clear_grads(leaves: Sequence[Tensor]) -> None:
         t.grad = None
 
 
-def timed_once(fn: Callable[[], None], leaves: Sequence[Tensor], timing: Timing) -> float:
-    """The wall time in ms of one ``fn()``, gradients cleared before it."""
-    clear_grads(leaves)
-    gc.collect()
-    timing.sync()
-    start = time.perf_counter()
-    fn()
-    timing.sync()
-    return (time.perf_counter() - start) * 1e3
-
-
 def measure_group(methods: Sequence[Method], work: Workload, timing: Timing) -> List[Row]:
     """fwd and fwd+bwd times of every method, interleaved, then the peak
     memory of one fwd+bwd of each. Each round times every method once (all
@@ -565,9 +554,7 @@ def measure_group(methods: Sequence[Method], work: Workload, timing: Timing) -> 
 def fwd_bwd_median(method: Method, work: Workload, timing: Timing) -> float:
     """Median fwd+bwd time in ms (the sweep's measurement)."""
     leaves = grad_leaves(method, work)
-    gc.collect()
-    times = time_runs(lambda: method.call().backward(work.grad_out),
-                      lambda: clear_grads(leaves), timing)
+    times = time_runs(lambda: method.call().backward(work.grad_out), leaves, timing)
     clear_grads(leaves)
     return statistics.median(times)
 
