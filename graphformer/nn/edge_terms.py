@@ -152,6 +152,11 @@ def _(x: Tensor, c: Tensor) -> Tensor:
     return x.new_empty(x.size(0), c.size(1))
 
 
+def _kernels_for(t: Tensor) -> bool:
+    """Whether the C++ kernels can take ``t``: on the CPU, with the kernels built."""
+    return t.device.type == "cpu" and kernels_available()
+
+
 def _triangle(D: int, device: torch.device) -> Tuple[Tensor, Tensor]:
     """Rows and columns of the upper triangle of a D × D matrix, diagonal
     included, in row-major order: the pair of coefficient ``t``."""
@@ -211,7 +216,7 @@ def edge_quadratic(x: Tensor, c: Tensor) -> Tensor:
     the CPU with the C++ kernels one pass over blocks of edges (nothing per
     edge and coefficient kept); elsewhere, and where the kernels are
     unavailable, PyTorch products (the same values to float rounding)."""
-    if x.device.type == "cpu" and kernels_available():
+    if _kernels_for(x):
         return torch.ops.graphformer.edge_quadratic(x, c)
     E, D = x.shape
     rows, cols = _triangle(D, x.device)
@@ -309,11 +314,6 @@ def _edge_value_sum_backward(ctx, grad: Tensor):
 
 torch.library.register_autograd(_EDGE_VALUE_SUM, _edge_value_sum_backward,
                                 setup_context=_save_inputs)
-
-
-def _kernels_for(t: Tensor) -> bool:
-    """Whether the C++ kernels can take ``t``: on the CPU, with the kernels built."""
-    return t.device.type == "cpu" and kernels_available()
 
 
 def edge_scores(q: Tensor, k: Tensor, edge_attr: Tensor, w_eq: Optional[Tensor],
