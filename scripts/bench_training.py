@@ -10,7 +10,12 @@ the batches `graphformer train` draws):
   with the same encoders and head);
 - molecules per second of evaluation (forward only, no gradients);
 - with --floor: the same model with its attention removed, the node-wise
-  work that bounds what any attention implementation can reach;
+  work that bounds what any attention implementation can reach; and the
+  same model with only its attention's four projections left (queries,
+  keys, values and output, through the layer's own `Linear` modules, the
+  attention between them replaced by a sum): the floor of any
+  implementation that keeps the layer's projections, which the floor row
+  does not count;
 - with --compile: the same default model (each backend asked for) under
   `torch.compile(model, dynamic=True)` (inductor, default mode, dynamo's
   default settings) beside the eager one, on prepared batches
@@ -102,6 +107,20 @@ class _NoAttention(torch.nn.Module):
         return torch.zeros_like(x)
 
 
+class _ProjectionsOnly(torch.nn.Module):
+    """Stands in for a block's attention: its own four projections, with
+    ``q + k + v`` where the attention between them would be (two additions
+    of [N, H C]: the projections' row)."""
+
+    def __init__(self, attention: torch.nn.Module) -> None:
+        super().__init__()
+        self.attention = attention
+
+    def forward(self, x, *args, **kwargs):
+        a = self.attention
+        return a.lin_out(a.lin_q(x) + a.lin_k(x) + a.lin_v(x))
+
+
 def _models(cfg: RunConfig, prepared, backends: List[str],
             floor: bool, compile: bool = False) -> Dict[str, torch.nn.Module]:
     model_cfg = model_config_for(cfg, prepared.bench)
@@ -126,6 +145,11 @@ def _models(cfg: RunConfig, prepared, backends: List[str],
         for block in model.blocks:
             block.attn = _NoAttention()
         models["graphformer, attention removed (floor)"] = model
+        torch.manual_seed(0)
+        model = model_for(cfg, prepared.bench)
+        for block in model.blocks:
+            block.attn = _ProjectionsOnly(block.attn)
+        models["graphformer, attention's projections only"] = model
     torch.manual_seed(0)
     models["GIN"] = GINBaseline(model_cfg)
     return models

@@ -18,7 +18,8 @@ def test_bench_training_smoke(tmp_path, capsys, monkeypatch, one_thread):
     results = json.loads(out.read_text())
     models = [r["model"] for r in results["steps"]]
     assert models == ["graphformer (auto)", "graphformer (propagate)",
-                      "graphformer, attention removed (floor)", "GIN"]
+                      "graphformer, attention removed (floor)",
+                      "graphformer, attention's projections only", "GIN"]
     for row in results["steps"]:
         assert row["train_mol_s"] > 0 and row["eval_mol_s"] > 0 and row["batch_size"] == 32
     assert "torch" in results["machine"] and "1 threads" in results["machine"]
