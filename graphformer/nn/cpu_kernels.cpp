@@ -250,22 +250,28 @@ INLINE void forward_row(
         T* out, T* alpha, T* __restrict__ acc, T* __restrict__ wsum) {
     const int64_t start = ptr[i], end = ptr[i + 1];
     for (int64_t h = 0; h < H; h++) {
-        const T* qi = q + (i * H + h) * C;
-        T* al = alpha + h * E;
+        const T* qrow = q + (i * H + h) * C;
+        T* __restrict__ al = alpha + h * E;
+        const T* bh = bias ? bias + h * E : nullptr;
+        const T* tqr = tq ? tq + (h * N + i) * R : nullptr;
+        const T* tkh = tk ? tk + h * Ns * R : nullptr;
+        const T* kh = k + h * C;
+        const T* vh = v + h * C;
+        const int64_t kstride = H * C;
         T m = -std::numeric_limits<T>::infinity();
         int nan_score = 0;
         for (int64_t e = start; e < end; e++) {
             const int64_t j = col[e];
-            const T* kj = k + (j * H + h) * C;
+            const T* kj = kh + j * kstride;
             T s = 0;
-            for (int64_t c = 0; c < C; c++) s += qi[c] * kj[c];
-            if (bias) s += bias[h * E + e];
-            if (tq) s += tq[(h * N + i) * R + etype[e]];
-            if (tk) s += tk[(h * Ns + j) * R + etype[e]];
+            for (int64_t c = 0; c < C; c++) s += qrow[c] * kj[c];
+            if (bh) s += bh[e];
+            if (tqr) s += tqr[etype[e]];
+            if (tkh) s += tkh[j * R + etype[e]];
             s *= scale;
             al[e] = s;
-            if (s > m) m = s;
-            else if (std::isnan(s)) nan_score = 1;
+            m = s > m ? s : m;
+            nan_score |= s != s;
         }
         /* a NaN score makes the row NaN (as the softmax of NaN is), never an
          * "every score masked" row of zeros */
@@ -298,7 +304,7 @@ INLINE void forward_row(
                 if (!kept) continue;
                 w = a * keep_mult;
             }
-            const T* vj = v + (col[e] * H + h) * C;
+            const T* vj = vh + col[e] * kstride;
             for (int64_t c = 0; c < C; c++) acc[c] += w * vj[c];
             if (vt) wsum[etype[e]] += w;
         }
@@ -326,10 +332,13 @@ INLINE void backward_target_row(
         const uint8_t* keep, T keep_mult, T* dq, T* ds, T* dtq, T* wsum_rows, T* g_edge,
         T* __restrict__ acc, T* __restrict__ vdot) {
     const int64_t start = ptr[i], end = ptr[i + 1];
+    const int64_t kstride = H * C;
     for (int64_t h = 0; h < H; h++) {
         const T* doi = dout + (i * H + h) * C;
+        const T* kh = k + h * C;
+        const T* vh = v + h * C;
         const T* al = alpha + h * E;
-        T* dsh = ds + h * E;
+        T* __restrict__ dsh = ds + h * E;
         T* ws = vt ? wsum_rows + (i * H + h) * R : nullptr;
         if (vt)
             for (int64_t r = 0; r < R; r++) {
@@ -345,7 +354,7 @@ INLINE void backward_target_row(
             T g = dalpha ? dalpha[h * E + e] : (T)0;
             const T mult = (keep && !keep[h * E + e]) ? (T)0 : keep_mult;
             if (mult != 0) {
-                const T* vj = v + (col[e] * H + h) * C;
+                const T* vj = vh + col[e] * kstride;
                 T gv = 0;
                 for (int64_t c = 0; c < C; c++) gv += doi[c] * vj[c];
                 if (vt) {
@@ -361,7 +370,7 @@ INLINE void backward_target_row(
         for (int64_t e = start; e < end; e++) {
             const T d = al[e] * (dsh[e] - dot) * scale;
             dsh[e] = d;
-            const T* kj = k + (col[e] * H + h) * C;
+            const T* kj = kh + col[e] * kstride;
             for (int64_t c = 0; c < C; c++) acc[c] += d * kj[c];
             if (dtq) dtq[(h * N + i) * R + etype[e]] += d;
             /* edge-major copies of ds and of the kept weight for the pass by source */
