@@ -709,17 +709,23 @@ template <typename T>
 void edge_scatter_kernel(int64_t G, int64_t H, int64_t D, const int64_t* gptr,
                          const int64_t* members, const int64_t* order, const T* g, int64_t ge,
                          int64_t gh, const T* x, T* out) {
-    for_rows_with_scratch<T>(G, 1, [&](int64_t n, T*) {
-        for (int64_t h = 0; h < H; h++) std::fill_n(out + (h * G + n) * D, D, T(0));
-        for (int64_t q = gptr[n]; q < gptr[n + 1]; q++) {
-            const int64_t e = members ? members[q] : q;
-            const T* xe = x + (order ? order[e] : e) * D;
-            for (int64_t h = 0; h < H; h++) {
-                const T w = g[e * ge + h * gh];
-                T* o = out + (h * G + n) * D;
-                for (int64_t d = 0; d < D; d++) o[d] += w * xe[d];
+    dispatch_c<T>(D, [&](auto D_) {
+        const int64_t DD = D_;   /* a compile-time constant for float's common D */
+        /* the group's sums of every head in scratch acc [H D], written out once */
+        for_rows_with_scratch<T>(G, H * DD, [&](int64_t n, T* __restrict__ acc) {
+            std::fill_n(acc, H * DD, T(0));
+            for (int64_t q = gptr[n]; q < gptr[n + 1]; q++) {
+                const int64_t e = members ? members[q] : q;
+                const T* __restrict__ xe = x + (order ? order[e] : e) * DD;
+                for (int64_t h = 0; h < H; h++) {
+                    const T w = g[e * ge + h * gh];
+                    T* __restrict__ a = acc + h * DD;
+                    for (int64_t d = 0; d < DD; d++) a[d] += w * xe[d];
+                }
             }
-        }
+            for (int64_t h = 0; h < H; h++)
+                std::copy_n(acc + h * DD, DD, out + (h * G + n) * DD);
+        });
     });
 }
 
