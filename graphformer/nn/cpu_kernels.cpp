@@ -569,7 +569,7 @@ INLINE int64_t quad_column(int64_t h, int64_t b, int64_t H, int64_t D) {
 
 template <typename T>
 void edge_quadratic_backward_kernel(const Tensor& grad, const Tensor& x, const Tensor& s2,
-                                    Tensor* dx, Tensor* dc) {
+                                    Tensor* dx, bool accumulate, Tensor* dc) {
     const int64_t E = x.size(0), D = x.size(1), H = grad.size(1);
     const int64_t D1 = (D + 1) / 2, D2 = D - D1, HD = H * D;
     const T* g = grad.data_ptr<T>();
@@ -604,7 +604,10 @@ void edge_quadratic_backward_kernel(const Tensor& grad, const Tensor& x, const T
                 const Tensor ub = u.narrow(0, 0, n);
                 if (dx) {
                     Tensor out = dx->narrow(0, i0, n);
-                    at::mm_out(out, ub, s2);
+                    if (accumulate)
+                        out.addmm_(ub, s2);
+                    else
+                        at::mm_out(out, ub, s2);
                 }
                 if (dc) {
                     const Tensor xb = x.narrow(0, i0, n);
@@ -979,14 +982,15 @@ Tensor edge_quadratic(const Tensor& x_in, const Tensor& c_in) {
     });
 }
 
-/* The gradients of edge_quadratic (edge_quadratic_backward_kernel) for grad
- * [E, H]: dx [E, D] and dc [D (D + 1) / 2, H], each empty where not needed. */
-std::tuple<Tensor, Tensor> edge_quadratic_backward(const Tensor& grad_in, const Tensor& x_in,
-                                                   const Tensor& c_in, bool need_x, bool need_c) {
-    quadratic_head_block("edge_quadratic_backward", x_in, c_in);
+/* The gradients of the quadratic form for grad [E, H] (rows of x's order),
+ * by edge_quadratic_backward_kernel: into dx [E, D] (added to it when
+ * `accumulate`, else written) and dc [D (D + 1) / 2, H], each skipped when
+ * null. */
+void quadratic_gradients(const Tensor& grad_in, const Tensor& x_in, const Tensor& c_in,
+                         Tensor* dx, bool accumulate, Tensor* dc) {
     const int64_t E = x_in.size(0), D = x_in.size(1), H = c_in.size(1);
     const Tensor x = x_in.contiguous(), grad = grad_in.contiguous(), c = c_in.contiguous();
-    return by_dtype(x, "x", [&](auto zero) {
+    by_dtype(x, "x", [&](auto zero) {
         using T = decltype(zero);
         const auto f = x.scalar_type();
         data<const T>(x, "x", f, E * D);
@@ -1004,12 +1008,21 @@ std::tuple<Tensor, Tensor> edge_quadratic_backward(const Tensor& grad_in, const 
                     sp[quad_column(h, a, H, D) * D + b] = v;
                 }
             }
-        Tensor dx = at::empty(need_x ? x.sizes() : at::IntArrayRef{0}, x.options());
-        Tensor dc = at::empty({need_c ? D * (D + 1) / 2 : 0, H}, x.options());
-        edge_quadratic_backward_kernel<T>(grad, x, s2, need_x ? &dx : nullptr,
-                                          need_c ? &dc : nullptr);
-        return std::make_tuple(dx, dc);
+        edge_quadratic_backward_kernel<T>(grad, x, s2, dx, accumulate, dc);
+        return 0;
     });
+}
+
+/* The gradients of edge_quadratic for grad [E, H]: dx [E, D] and dc [D (D +
+ * 1) / 2, H], each empty where not needed. */
+std::tuple<Tensor, Tensor> edge_quadratic_backward(const Tensor& grad, const Tensor& x,
+                                                   const Tensor& c, bool need_x, bool need_c) {
+    quadratic_head_block("edge_quadratic_backward", x, c);
+    const int64_t D = x.size(1), H = c.size(1);
+    Tensor dx = at::empty(need_x ? x.sizes() : at::IntArrayRef{0}, x.options());
+    Tensor dc = at::empty({need_c ? D * (D + 1) / 2 : 0, H}, x.options());
+    quadratic_gradients(grad, x, c, need_x ? &dx : nullptr, false, need_c ? &dc : nullptr);
+    return std::make_tuple(dx, dc);
 }
 
 /* The shapes of the edge tables' arrays, checked for the op `op`: p [H, N,
@@ -1040,36 +1053,64 @@ EdgeRows edge_rows(const Tensor& ptr, const Tensor& col, const OptTensor& order)
             data<const int64_t>(order, "order", at::kLong)};
 }
 
+/* Checks the quadratic coefficients c [D (D + 1) / 2, H] of edge_cross. */
+void check_cross_quadratic(const char* op, const TableSizes& n, const Tensor& x,
+                           const OptTensor& c) {
+    if (!c) return;
+    TORCH_CHECK_VALUE(c->dim() == 2 && c->size(1) == n.H && c->scalar_type() ==
+                      x.scalar_type(), op, ": 'c' must be [D (D + 1) / 2, H] = [",
+                      n.D * (n.D + 1) / 2, ", ", n.H, "] of x's dtype, got ", c->sizes());
+    quadratic_head_block(op, x, *c);
+}
+
 /* The cross terms out[e, h] = (p[h, i] + r[h, j]) . x[order[e]] (edge_dot),
- * [E, H]. sptr and perm, the grouping by source, are its backward's
- * (edge_cross_backward): inputs here so that autograd keeps them. */
+ * [E, H], plus with coefficients c the quadratic form of x[order[e]]
+ * (edge_quadratic, computed in x's order and added through order). sptr and
+ * perm, the grouping by source, are its backward's (edge_cross_backward):
+ * inputs here so that autograd keeps them. */
 Tensor edge_cross(const Tensor& p_in, const Tensor& r_in, const Tensor& x_in, const Tensor& ptr,
-                  const Tensor& col, const Tensor&, const Tensor&, const OptTensor& order) {
+                  const Tensor& col, const Tensor&, const Tensor&, const OptTensor& order,
+                  const OptTensor& c) {
     const Tensor p = p_in.contiguous(), r = r_in.contiguous(), x = x_in.contiguous();
     const TableSizes n = table_sizes("edge_cross", p, r, x, ptr, col, order);
+    check_cross_quadratic("edge_cross", n, x, c);
     return by_dtype(p, "p", [&](auto zero) {
         using T = decltype(zero);
         const auto f = p.scalar_type();
         Tensor out = at::empty({n.E, n.H}, p.options());
-        edge_dot_kernel<T>(n.N, n.Ns, n.H, n.D, edge_rows(ptr, col, order),
-                           data<const T>(p, "p", f), data<const T>(r, "r", f),
-                           data<const T>(x, "x", f), out.data_ptr<T>(), n.H, 1);
+        const EdgeRows rows = edge_rows(ptr, col, order);
+        edge_dot_kernel<T>(n.N, n.Ns, n.H, n.D, rows, data<const T>(p, "p", f),
+                           data<const T>(r, "r", f), data<const T>(x, "x", f),
+                           out.data_ptr<T>(), n.H, 1);
+        if (c) {
+            const Tensor quad = edge_quadratic(x, *c);                  /* [E, H], x's order */
+            const T* qp = quad.data_ptr<T>();
+            T* op = out.data_ptr<T>();
+            const int64_t H = n.H;
+            at::parallel_for(0, n.E, 4096, [&](int64_t e0, int64_t e1) {
+                for (int64_t e = e0; e < e1; e++)
+                    for (int64_t h = 0; h < H; h++) op[e * H + h] += qp[rows.xrow(e) * H + h];
+            });
+        }
         return out;
     });
 }
 
 /* The gradients of edge_cross for grad [E, H]: dp by target and dr by source
  * (edge_scatter), dx (edge_gather, in x's order); each empty where not needed. */
-std::tuple<Tensor, Tensor, Tensor> edge_cross_backward(
+std::tuple<Tensor, Tensor, Tensor, Tensor> edge_cross_backward(
     const Tensor& grad_in, const Tensor& p_in, const Tensor& r_in, const Tensor& x_in,
     const Tensor& ptr, const Tensor& col, const Tensor& sptr, const Tensor& perm,
-    const OptTensor& order, bool need_p, bool need_r, bool need_x) {
+    const OptTensor& order, const OptTensor& c, bool need_p, bool need_r, bool need_x,
+    bool need_c) {
     const Tensor p = p_in.contiguous(), r = r_in.contiguous(), x = x_in.contiguous();
     const Tensor grad = grad_in.contiguous();
     const TableSizes n = table_sizes("edge_cross_backward", p, r, x, ptr, col, order);
     TORCH_CHECK_VALUE(sptr.numel() == n.Ns + 1 && perm.numel() == n.E, "edge_cross_backward: ",
                       "'sptr' must have Ns + 1 = ", n.Ns + 1, " and 'perm' E = ", n.E,
                       " entries, got ", sptr.numel(), " and ", perm.numel());
+    check_cross_quadratic("edge_cross_backward", n, x, c);
+    need_c = need_c && c;
     return by_dtype(p, "p", [&](auto zero) {
         using T = decltype(zero);
         const auto f = p.scalar_type();
@@ -1079,6 +1120,7 @@ std::tuple<Tensor, Tensor, Tensor> edge_cross_backward(
         Tensor dp = at::empty(need_p ? p.sizes() : at::IntArrayRef{0}, p.options());
         Tensor dr = at::empty(need_r ? r.sizes() : at::IntArrayRef{0}, r.options());
         Tensor dx = at::empty(need_x ? x.sizes() : at::IntArrayRef{0}, x.options());
+        Tensor dc = at::empty({need_c ? n.D * (n.D + 1) / 2 : 0, n.H}, x.options());
         if (need_p)
             edge_scatter_kernel<T>(n.N, n.H, n.D, rows.ptr, nullptr, rows.order, gp, n.H, 1, xp,
                                    dp.data_ptr<T>());
@@ -1089,7 +1131,20 @@ std::tuple<Tensor, Tensor, Tensor> edge_cross_backward(
         if (need_x)
             edge_gather_kernel<T>(n.N, n.Ns, n.H, n.D, rows, data<const T>(p, "p", f),
                                   data<const T>(r, "r", f), gp, n.H, 1, dx.data_ptr<T>());
-        return std::make_tuple(dp, dr, dx);
+        if (c && (need_x || need_c)) {
+            /* the quadratic form's gradients, from grad put in x's order; its
+             * gradient of x added into the cross terms' (one [E, D] buffer) */
+            Tensor gx = at::empty({n.E, n.H}, grad.options());
+            T* gxp = gx.data_ptr<T>();
+            const int64_t H = n.H;
+            at::parallel_for(0, n.E, 4096, [&](int64_t e0, int64_t e1) {
+                for (int64_t e = e0; e < e1; e++)
+                    for (int64_t h = 0; h < H; h++) gxp[rows.xrow(e) * H + h] = gp[e * H + h];
+            });
+            quadratic_gradients(gx, x, *c, need_x ? &dx : nullptr, true,
+                                need_c ? &dc : nullptr);
+        }
+        return std::make_tuple(dp, dr, dx, dc);
     });
 }
 

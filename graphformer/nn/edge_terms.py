@@ -228,18 +228,20 @@ def edge_quadratic(x: Tensor, c: Tensor) -> Tensor:
 
 # -- the cross terms and the value term ---------------------------------------------------------
 
-#: ``torch.ops.graphformer.edge_cross(p, r, x, ptr, col, sptr, perm, order)``:
+#: ``torch.ops.graphformer.edge_cross(p, r, x, ptr, col, sptr, perm, order, c)``:
 #: the cross terms ``(p[h, i] + r[h, j]) · x[order[e]]`` of the edges ``e = (j
 #: -> i)`` of a CSR by target (``ptr``, ``col``); ``x`` in the caller's order
-#: (``order`` [E], CSR position -> row of ``x``; None: CSR order). ``sptr``,
-#: ``perm`` (the grouping by source) are for its backward,
-#: ``edge_cross_backward``.
+#: (``order`` [E], CSR position -> row of ``x``; None: CSR order); with the
+#: coefficients ``c`` [D (D + 1) / 2, H], plus the quadratic form of
+#: ``x[order[e]]`` (:func:`edge_quadratic`). ``sptr``, ``perm`` (the grouping
+#: by source) are for its backward, ``edge_cross_backward``, which adds both
+#: terms' gradients of ``x`` into one buffer.
 _EDGE_CROSS = define_op("edge_cross", "(Tensor p, Tensor r, Tensor x, Tensor ptr, Tensor col, "
-                        "Tensor sptr, Tensor perm, Tensor? order) -> Tensor")
+                        "Tensor sptr, Tensor perm, Tensor? order, Tensor? c=None) -> Tensor")
 _EDGE_CROSS_BACKWARD = define_op(
     "edge_cross_backward", "(Tensor grad, Tensor p, Tensor r, Tensor x, Tensor ptr, Tensor col, "
-    "Tensor sptr, Tensor perm, Tensor? order, bool need_p, bool need_r, bool need_x) "
-    "-> (Tensor, Tensor, Tensor)")
+    "Tensor sptr, Tensor perm, Tensor? order, Tensor? c, bool need_p, bool need_r, "
+    "bool need_x, bool need_c) -> (Tensor, Tensor, Tensor, Tensor)")
 
 
 def _like(t: Tensor, needed: bool) -> Tensor:
@@ -248,39 +250,45 @@ def _like(t: Tensor, needed: bool) -> Tensor:
 
 @torch.library.register_fake(_EDGE_CROSS)
 def _(p: Tensor, r: Tensor, x: Tensor, ptr: Tensor, col: Tensor, sptr: Tensor,
-      perm: Tensor, order: Optional[Tensor]) -> Tensor:
+      perm: Tensor, order: Optional[Tensor], c: Optional[Tensor] = None) -> Tensor:
     return p.new_empty(x.size(0), p.size(0))
 
 
 @torch.library.register_fake(_EDGE_CROSS_BACKWARD)
 def _(grad: Tensor, p: Tensor, r: Tensor, x: Tensor, ptr: Tensor, col: Tensor, sptr: Tensor,
-      perm: Tensor, order: Optional[Tensor], need_p: bool, need_r: bool,
-      need_x: bool) -> Tuple[Tensor, Tensor, Tensor]:
-    return _like(p, need_p), _like(r, need_r), _like(x, need_x)
+      perm: Tensor, order: Optional[Tensor], c: Optional[Tensor], need_p: bool, need_r: bool,
+      need_x: bool, need_c: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    dc = x.new_empty((c.size(0) if need_c and c is not None else 0, p.size(0)))
+    return _like(p, need_p), _like(r, need_r), _like(x, need_x), dc
 
 
 def _edge_cross_backward(ctx, grad: Tensor):
-    need = ctx.needs_input_grad[:3]
-    dp, dr, dx = torch.ops.graphformer.edge_cross_backward(grad, *ctx.saved_tensors, *need)
+    need = ctx.needs_input_grad
+    need_c = len(need) > 8 and need[8]
+    dp, dr, dx, dc = torch.ops.graphformer.edge_cross_backward(
+        grad, *ctx.saved_tensors, need[0], need[1], need[2], need_c)
     return (dp if need[0] else None, dr if need[1] else None, dx if need[2] else None,
-            None, None, None, None, None)
+            None, None, None, None, None, dc if need_c else None)
 
 
 torch.library.register_autograd(_EDGE_CROSS, _edge_cross_backward, setup_context=_save_inputs)
 
 
 def edge_cross(p: Tensor, r: Tensor, x: Tensor, csr: EdgeCSR,
-               order: Optional[Tensor] = None) -> Tensor:
+               order: Optional[Tensor] = None, c: Optional[Tensor] = None) -> Tensor:
     r"""The cross terms :math:`(\mathbf{p}^h_i + \mathbf{r}^h_j)\cdot
     \mathbf{x}_e`, ``[E, H]`` in CSR order, of the edges ``e = (j -> i)`` of
     ``csr`` (grouped by target), ``p [H, N_t, D]``, ``r [H, N_s, D]``, ``x [E,
     D]`` in CSR order or, with ``order`` (CSR position -> row of ``x``), in the
-    caller's; differentiable in the three. One C++ pass over the edges by
-    target (CPU, with the kernels); its backward sums ``r``'s gradient by
-    source and writes ``x``'s in ``x``'s order."""
+    caller's; with ``c [D (D + 1) / 2, H]``, plus the quadratic form
+    :func:`edge_quadratic` of every edge's features. Differentiable in all
+    of them. One C++ pass over the edges by target (CPU, with the kernels);
+    its backward sums ``r``'s gradient by source and writes ``x``'s in
+    ``x``'s order, the quadratic form's added into the same buffer (``x``
+    feeds one op, so autograd adds no [E, D] gradients for the two)."""
     sources = Grouping.sources(csr)
     return torch.ops.graphformer.edge_cross(p, r, x, csr.ptr, csr.col, sources.ptr,
-                                            sources.members, order)
+                                            sources.members, order, c)
 
 
 #: ``torch.ops.graphformer.edge_value_sum(w, x, ptr, order)``: the sums
@@ -337,8 +345,8 @@ def edge_scores(q: Tensor, k: Tensor, edge_attr: Tensor, w_eq: Optional[Tensor],
     backward recomputes the chunks.
 
     With both and the kernels, ``edge_attr`` is read in the caller's order
-    (the cross terms through ``order``, the quadratic form, which is per
-    edge, in that order and then its [E, H] result put in CSR order);
+    by one op (the cross terms through ``order``, the quadratic form, which
+    is per edge, in that order and then its [E, H] result put in CSR order);
     everywhere else it is first put in CSR order."""
     H, C = q.size(1), q.size(2)
     D = edge_attr.size(1)
@@ -356,11 +364,10 @@ def edge_scores(q: Tensor, k: Tensor, edge_attr: Tensor, w_eq: Optional[Tensor],
         return GatherDot.apply(qd, edge_attr, Grouping.targets(csr))
     if qd is None:
         return GatherDot.apply(kd, edge_attr, Grouping.sources(csr))
-    # both: (W_qe e) · (W_ke e) = e^T M e, the symmetric form, beside the cross terms
-    quadratic = edge_quadratic(edge_attr, quadratic_coefficients(w_eq, w_ek, H))
-    if order is not None:
-        quadratic = quadratic.index_select(0, order)
-    return edge_cross(qd, kd, edge_attr, csr, order) + quadratic
+    # both: (W_qe e) · (W_ke e) = e^T M e, the symmetric form, in the same op as
+    # the cross terms
+    return edge_cross(qd, kd, edge_attr, csr, order,
+                      quadratic_coefficients(w_eq, w_ek, H))
 
 
 class PerEdgeTerms:

@@ -143,14 +143,23 @@ def test_edge_quadratic_without_the_kernel_is_the_same(monkeypatch):
     assert torch.autograd.gradcheck(edge_terms.edge_quadratic, (x[:4], c))
 
 
+def _quadratic_reference(x, c):
+    """sum_{a <= b} c[ab, h] x_a x_b per row of x, by the triangle's indices."""
+    rows, cols = torch.triu_indices(x.size(1), x.size(1))
+    return (x[:, rows] * x[:, cols]) @ c
+
+
+@pytest.mark.parametrize("quadratic", [False, True], ids=["cross", "cross+quadratic"])
 @pytest.mark.parametrize("ordered", [False, True])
 @pytest.mark.parametrize("D", [4, 13, 16])   # 16: a compile-time constant for float,
 @pytest.mark.parametrize("dtype", DTYPES)   # 4 and 13 the kernels' loop over any D
-def test_edge_cross(dtype, D, ordered):
+def test_edge_cross(dtype, D, ordered, quadratic):
     """(p[h, i] + r[h, j])·x_e over a CSR by target, with a target without
     edges (3) and sources without edges (4 and 5): their gradients are 0.
     ``ordered``: x in another order than the CSR's, read through ``order``
-    (CSR position -> row of x); x's gradient comes back in x's order."""
+    (CSR position -> row of x); x's gradient comes back in x's order.
+    ``quadratic``: plus the quadratic form of x_e with coefficients c, whose
+    gradient of x the op adds to the cross terms' in one buffer."""
     torch.manual_seed(0)
     H, N, Ns = 3, 5, 6
     src = torch.tensor([1, 2, 0, 3, 1, 0, 2])
@@ -161,27 +170,35 @@ def test_edge_cross(dtype, D, ordered):
     p = torch.randn(H, N, D, dtype=dtype, requires_grad=True)
     r = torch.randn(H, Ns, D, dtype=dtype, requires_grad=True)
     x = torch.randn(src.numel(), D, dtype=dtype, requires_grad=True)
-    out = torch.ops.graphformer.edge_cross(p, r, x, ptr, src, sptr, perm, order)
+    c = (torch.randn(D * (D + 1) // 2, H, dtype=dtype, requires_grad=True) if quadratic
+         else None)
+    out = torch.ops.graphformer.edge_cross(p, r, x, ptr, src, sptr, perm, order, c)
     x_csr = x if order is None else x[order]
     ref = ((p[:, dst] + r[:, src]) * x_csr).sum(-1).t()
+    if quadratic:
+        ref = ref + _quadratic_reference(x_csr, c)
     tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else {}
     torch.testing.assert_close(out, ref, **tol)
     g = torch.randn_like(ref)
-    grads = torch.autograd.grad(out, (p, r, x), g)
-    for ours, theirs in zip(grads, torch.autograd.grad(ref, (p, r, x), g)):
+    inputs = (p, r, x, c) if quadratic else (p, r, x)
+    grads = torch.autograd.grad(out, inputs, g)
+    for ours, theirs in zip(grads, torch.autograd.grad(ref, inputs, g)):
         torch.testing.assert_close(ours, theirs, **tol)
     assert grads[1][:, 4:].abs().sum() == 0 and grads[0][:, 3].abs().sum() == 0
     torch.library.opcheck(torch.ops.graphformer.edge_cross.default,
-                          (p, r, x, ptr, src, sptr, perm, order))
+                          (p, r, x, ptr, src, sptr, perm, order, c))
     torch.library.opcheck(torch.ops.graphformer.edge_cross_backward.default,
                           (g, p.detach(), r.detach(), x.detach(), ptr, src, sptr, perm, order,
-                           True, False, True))
+                           None if c is None else c.detach(), True, False, True, quadratic))
     with pytest.raises(ValueError, match="'ptr' must have N \\+ 1 = 6"):
         torch.ops.graphformer.edge_cross(p, r, x, ptr[:-1], src, sptr, perm, order)
     with pytest.raises(ValueError, match="disagree on H or D"):
         torch.ops.graphformer.edge_cross(p, r[:2], x, ptr, src, sptr, perm, order)
     with pytest.raises(ValueError, match="'order' must have E = 7 entries, got 6"):
         torch.ops.graphformer.edge_cross(p, r, x, ptr, src, sptr, perm, perm[:6])
+    with pytest.raises(ValueError, match="'c' must be \\[D \\(D \\+ 1\\) / 2, H\\]"):
+        torch.ops.graphformer.edge_cross(p, r, x, ptr, src, sptr, perm, order,
+                                         torch.randn(D * (D + 1) // 2, H + 1, dtype=dtype))
 
 
 @pytest.mark.parametrize("ordered", [False, True])
