@@ -1097,7 +1097,9 @@ Tensor edge_cross(const Tensor& p_in, const Tensor& r_in, const Tensor& x_in, co
 }
 
 /* The gradients of edge_cross for grad [E, H]: dp by target and dr by source
- * (edge_scatter), dx (edge_gather, in x's order); each empty where not needed. */
+ * (edge_scatter), dx (edge_gather, in x's order) and, with coefficients c,
+ * dc, the quadratic form's gradient of x added into dx
+ * (quadratic_gradients); each empty where not needed. */
 std::tuple<Tensor, Tensor, Tensor, Tensor> edge_cross_backward(
     const Tensor& grad_in, const Tensor& p_in, const Tensor& r_in, const Tensor& x_in,
     const Tensor& ptr, const Tensor& col, const Tensor& sptr, const Tensor& perm,
