@@ -157,6 +157,14 @@ def _kernels_for(t: Tensor) -> bool:
     return t.device.type == "cpu" and kernels_available()
 
 
+def _scores_read_through_order(edge_attr: Tensor, w_eq: Optional[Tensor],
+                               w_ek: Optional[Tensor]) -> bool:
+    """Whether :func:`edge_scores` reads ``edge_attr`` in the caller's order
+    (both projections, on the C++ kernels); elsewhere it needs them in CSR
+    order."""
+    return w_eq is not None and w_ek is not None and _kernels_for(edge_attr)
+
+
 def _triangle(D: int, device: torch.device) -> Tuple[Tensor, Tensor]:
     """Rows and columns of the upper triangle of a D × D matrix, diagonal
     included, in row-major order: the pair of coefficient ``t``."""
@@ -351,7 +359,7 @@ def edge_scores(q: Tensor, k: Tensor, edge_attr: Tensor, w_eq: Optional[Tensor],
     H, C = q.size(1), q.size(2)
     D = edge_attr.size(1)
     both = w_eq is not None and w_ek is not None
-    if order is not None and not (both and _kernels_for(edge_attr)):
+    if order is not None and not _scores_read_through_order(edge_attr, w_eq, w_ek):
         edge_attr, order = edge_attr.index_select(0, order), None
     if both and not _kernels_for(edge_attr):
         w_qk = torch.cat([w_eq, w_ek], dim=0)
@@ -396,8 +404,11 @@ class PerEdgeTerms:
         """The edge score terms [H, E] (unscaled), or None."""
         if self.w_eq is None and self.w_ek is None:
             return None
-        return edge_scores(q, k, self.edge_attr, self.w_eq, self.w_ek, self.csr,
-                           self.order).t()
+        if _scores_read_through_order(self.edge_attr, self.w_eq, self.w_ek):
+            edge_attr, order = self.edge_attr, self.order
+        else:   # the copy in CSR order, made once and shared with values()
+            edge_attr, order = self.per_edge(), None
+        return edge_scores(q, k, edge_attr, self.w_eq, self.w_ek, self.csr, order).t()
 
     def values(self, weights: Tensor) -> Optional[Tensor]:
         """The edge value term [N_t, H, C] of the weights [H, E], or None."""
