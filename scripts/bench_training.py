@@ -139,17 +139,15 @@ def _models(cfg: RunConfig, prepared, backends: List[str],
             torch.manual_seed(0)
             models[f"graphformer ({backend}, compiled)"] = torch.compile(
                 graphformer(backend), dynamic=True)
-    if floor:
-        torch.manual_seed(0)
-        model = model_for(cfg, prepared.bench)
-        for block in model.blocks:
-            block.attn = _NoAttention()
-        models["graphformer, attention removed (floor)"] = model
-        torch.manual_seed(0)
-        model = model_for(cfg, prepared.bench)
-        for block in model.blocks:
-            block.attn = _ProjectionsOnly(block.attn)
-        models["graphformer, attention's projections only"] = model
+    if floor:   # the default model with each block's attention stood in for
+        stand_ins = {"graphformer, attention removed (floor)": lambda attn: _NoAttention(),
+                     "graphformer, attention's projections only": _ProjectionsOnly}
+        for name, stand_in in stand_ins.items():
+            torch.manual_seed(0)
+            model = model_for(cfg, prepared.bench)
+            for block in model.blocks:
+                block.attn = stand_in(block.attn)
+            models[name] = model
     torch.manual_seed(0)
     models["GIN"] = GINBaseline(model_cfg)
     return models
