@@ -57,11 +57,15 @@ model (:func:`choose_backend`), in order:
    the dense backend's explicit softmax over padded blocks is slower;
 5. ``"dense"`` when it is applicable (self-attention, graphs contiguous in
    ``batch``, no duplicate edges when edge features are used), the padded
-   density :math:`\rho = E / (B T^2)` is at least the measured crossover of the
-   device (:data:`DENSE_CROSSOVER`: below it the sparse backend is faster, see
+   density :math:`\rho = E / (B T^2)` is at least the measured crossover
+   (:func:`dense_crossover`: below it the backend of rule 6 is faster, see
    ``scripts/bench_attention.py``), and the dense score tensor stays under
    :data:`DENSE_MAX_SCORES` entries;
-6. otherwise ``"sparse"``.
+6. otherwise, on CPU, ``"fused_cpu"`` when its kernels are built (1.1-2.1×
+   the sparse backend's forward and backward on every case of
+   ``scripts/bench_attention.py``: molecules, token batches, windows of 4 to
+   1024 keys over 8,192 tokens, random graphs of 200k and 1M edges, with
+   and without edge features); else ``"sparse"``.
 
 An explicitly named backend runs as asked, unchecked: one that cannot run on
 the tensors' device raises its own reason (``"fused"``: no CUDA or Triton;
@@ -73,6 +77,7 @@ and backend; ``scripts/bench_attention.py`` checks it against measurements.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Callable, Dict, Literal, Mapping, Optional, Sequence, Tuple
@@ -91,8 +96,8 @@ if TYPE_CHECKING:  # imported for annotations only
 
 __all__ = ["AttentionCall", "Backend", "REGISTRY", "ATTENTION_BACKENDS", "AttentionBackend",
            "get_backend", "available_backends", "resolve_backend", "choose_backend",
-           "estimate", "AttentionCost", "DENSE_CROSSOVER", "PROPAGATE_BELOW",
-           "DENSE_MAX_SCORES"]
+           "estimate", "AttentionCost", "DENSE_CROSSOVER", "FUSED_CPU_CROSSOVER",
+           "dense_crossover", "PROPAGATE_BELOW", "DENSE_MAX_SCORES"]
 
 
 @dataclass(frozen=True)
@@ -180,6 +185,35 @@ def available_backends(device: torch.device) -> Tuple[str, ...]:
 #: not yet measured (no GPU was available).
 DENSE_CROSSOVER = {"cpu": 0.08, "cuda": 0.05}
 
+#: On the CPU with the C++ kernels: the padded density above which the dense
+#: backend is faster than ``"fused_cpu"``, by the padded graph size T, as
+#: ``(T, density)`` pairs measured by ``scripts/bench_attention.py``'s dense
+#: sweep (fwd+bwd, 8 heads x 32 channels, causal windows; 2-core Xeon). The
+#: kernels cost about the same per edge at any T while the dense products
+#: get cheaper per padded cell as T grows, so the crossover falls with T.
+FUSED_CPU_CROSSOVER: Tuple[Tuple[int, float], ...] = (
+    (25, 1.0), (64, 0.6), (128, 0.38), (512, 0.22), (2048, 0.18), (4096, 0.14))
+
+
+def dense_crossover(device: torch.device, max_nodes: int, fused_cpu: bool = False) -> float:
+    """The padded density at and above which ``"auto"`` picks the dense
+    backend: against ``"fused_cpu"`` (``fused_cpu``: on the CPU with the
+    kernels built) :data:`FUSED_CPU_CROSSOVER` interpolated linearly in
+    log T (held at its ends beyond them); otherwise :data:`DENSE_CROSSOVER`
+    of the device type."""
+    if not (fused_cpu and device.type == "cpu"):
+        return DENSE_CROSSOVER.get(device.type, DENSE_CROSSOVER["cuda"])
+    points = FUSED_CPU_CROSSOVER
+    T = max(int(max_nodes), 1)
+    if T <= points[0][0]:
+        return points[0][1]
+    for (t0, d0), (t1, d1) in zip(points, points[1:]):
+        if T <= t1:
+            w = math.log(T / t0) / math.log(t1 / t0)
+            return d0 + w * (d1 - d0)
+    return points[-1][1]
+
+
 #: With edge features on CPU, message passing (``"propagate"``) is fastest up
 #: to this many elements of one per-edge message tensor (E·H·C).
 PROPAGATE_BELOW = 1 << 22
@@ -216,15 +250,16 @@ def choose_backend(*, num_edges: int, num_graphs: int, max_nodes: int, heads: in
     if prefers_propagate(num_edges=num_edges, channels=channels, device=device,
                          edge_features=edge_features):
         return "propagate"
+    fused_cpu = fused_cpu_ok and device.type == "cpu"
     if typed_edges and device.type == "cpu":
-        return "fused_cpu" if fused_cpu_ok else "sparse"
+        return "fused_cpu" if fused_cpu else "sparse"
     if dense_ok:
-        crossover = DENSE_CROSSOVER.get(device.type, DENSE_CROSSOVER["cuda"])
+        crossover = dense_crossover(device, max_nodes, fused_cpu)
         scores = num_graphs * heads * max_nodes * max_nodes
         if (scores <= DENSE_MAX_SCORES
                 and padded_density(num_edges, num_graphs, max_nodes) >= crossover):
             return "dense"
-    return "sparse"
+    return "fused_cpu" if fused_cpu else "sparse"
 
 
 def resolve_backend(requested: str, edges: Optional["EdgeSet"], *, heads: int, channels: int,
@@ -287,8 +322,8 @@ def estimate(layer: torch.nn.Module, *, num_nodes: int, num_edges: int,
         num_nodes (int): N. num_edges (int): E.
         graph_sizes (sequence of int, optional): nodes per graph (default: one
             graph of N nodes); the dense backend pads to the largest.
-        backend (str): ``"sparse"``, ``"dense"``, ``"fused"``, ``"propagate"``
-            or ``"auto"`` (the choice of :func:`choose_backend` for this shape,
+        backend (str): ``"sparse"``, ``"dense"``, ``"fused"``, ``"fused_cpu"``,
+            ``"propagate"`` or ``"auto"`` (the choice of :func:`choose_backend` for this shape,
             without torch.compile).
         training (bool): forward and backward (True) or forward only.
 
@@ -311,7 +346,9 @@ def estimate(layer: torch.nn.Module, *, num_nodes: int, num_edges: int,
         backend = choose_backend(num_edges=E, num_graphs=B, max_nodes=T, heads=H,
                                  device=torch.device(device), dense_ok=True,
                                  fused_ok=(device != "cpu"), dropout_active=False,
-                                 edge_features=bool(D), channels=HC)
+                                 edge_features=bool(D), channels=HC,
+                                 fused_cpu_ok=get_backend("fused_cpu").available(
+                                     torch.device(device)))
     mult = 3 if training else 1         # backward costs about twice the forward
     proj_flops = 2 * N * in_ch * 3 * HC + 2 * N * HC * out_ch
     edge_flops = 0
@@ -336,14 +373,18 @@ def estimate(layer: torch.nn.Module, *, num_nodes: int, num_edges: int,
         attn_flops = 2 * 2 * E * HC
         keep = 5 * E * HC * s + 4 * E * H * s
         transient = 2 * E * HC * s
-    else:                                                 # sparse, fused
+    else:                                                 # sparse, fused, fused_cpu
         attn_flops = 2 * 2 * E * HC
+        transient = 3 * N * HC * s
         if backend == "sparse":   # scores, softmax terms; transposed CSR, head blocks
             keep = 10 * E * H * s
             index_bytes += 2 * E * 8 + 4 * H * E * 4
+        elif backend == "fused_cpu":   # weights; grouping by source; ds, g_edge [E, 2, H]
+            keep = 2 * E * H * s
+            index_bytes += 2 * E * 8
+            transient += 3 * E * H * s
         else:
             keep = 2 * E * H * s
-        transient = 3 * N * HC * s
     if D and backend != "propagate":
         # per-edge projections of the bilinear term: kept whole when small,
         # else one chunk at a time (graphformer.nn.edge_terms.ChunkedEdgeScores)

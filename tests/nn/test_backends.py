@@ -12,7 +12,8 @@ import torch
 
 from graphformer import patterns as P
 from graphformer.nn import EdgeSet, RelationalAttention, estimate
-from graphformer.nn.backend import (DENSE_MAX_SCORES, PROPAGATE_BELOW, REGISTRY,
+from graphformer.nn.backend import (DENSE_CROSSOVER, DENSE_MAX_SCORES, FUSED_CPU_CROSSOVER,
+                                     PROPAGATE_BELOW, REGISTRY, dense_crossover,
                                      choose_backend, padded_density)
 from graphformer.nn.cpu_kernels import kernels_available
 from graphformer.nn.fused import fused_available
@@ -256,6 +257,46 @@ def test_auto_follows_the_cost_model():
     assert choose_backend(num_edges=7040, num_graphs=128, max_nodes=25, dense_ok=True,
                           **dict(gpu, dropout_active=False, edge_features=True,
                                  channels=256)) == "fused"
+    # on CPU with the C++ kernels built: fused_cpu wherever dense does not
+    # win, dense above a crossover that falls with the padded size T
+    kernels = dict(kw, fused_cpu_ok=True)
+    assert choose_backend(num_edges=128 * 40, num_graphs=128, max_nodes=25, dense_ok=True,
+                          **kernels) == "fused_cpu"
+    assert choose_backend(num_edges=8192 * 64, num_graphs=1, max_nodes=8192, dense_ok=True,
+                          **kernels) == "fused_cpu"
+    assert choose_backend(num_edges=100, num_graphs=1, max_nodes=10, dense_ok=False,
+                          **kernels) == "fused_cpu"
+    assert choose_backend(num_edges=128 * 25 * 25, num_graphs=128, max_nodes=25,
+                          dense_ok=True, **kernels) == "dense"
+    # 32 sequences of 128 tokens: causal (density 0.5) dense, a window of 32 keys
+    # (density 0.22) fused_cpu
+    assert choose_backend(num_edges=32 * 128 * 129 // 2, num_graphs=32, max_nodes=128,
+                          dense_ok=True, **kernels) == "dense"
+    assert choose_backend(num_edges=32 * 128 * 32, num_graphs=32, max_nodes=128,
+                          dense_ok=True, **kernels) == "fused_cpu"
+    assert choose_backend(num_edges=7040, num_graphs=128, max_nodes=25, dense_ok=True,
+                          **dict(kernels, edge_features=True, channels=256)) == "propagate"
+    assert choose_backend(num_edges=200_000, num_graphs=1, max_nodes=10_000, dense_ok=True,
+                          **dict(kernels, edge_features=True, channels=256)) == "fused_cpu"
+    # the kernels' availability means nothing on a GPU
+    assert choose_backend(num_edges=10, num_graphs=1, max_nodes=5, dense_ok=False,
+                          **dict(kernels, device=torch.device("cuda"))) == "sparse"
+
+
+def test_dense_crossover_interpolates_the_measured_points():
+    cpu = torch.device("cpu")
+    assert dense_crossover(cpu, 1000) == DENSE_CROSSOVER["cpu"]         # no kernels
+    assert dense_crossover(torch.device("cuda"), 1000, True) == DENSE_CROSSOVER["cuda"]
+    for T, density in FUSED_CPU_CROSSOVER:
+        assert dense_crossover(cpu, T, True) == pytest.approx(density)
+    (t0, d0), (t1, d1) = FUSED_CPU_CROSSOVER[:2]
+    middle = int(round(math.sqrt(t0 * t1)))                             # halfway in log T
+    assert dense_crossover(cpu, middle, True) == pytest.approx(
+        d0 + (d1 - d0) * math.log(middle / t0) / math.log(t1 / t0))
+    assert dense_crossover(cpu, 1, True) == FUSED_CPU_CROSSOVER[0][1]    # held at the ends
+    assert dense_crossover(cpu, 10 ** 6, True) == FUSED_CPU_CROSSOVER[-1][1]
+    values = [dense_crossover(cpu, T, True) for T in range(1, 5000, 7)]
+    assert all(a >= b for a, b in zip(values, values[1:]))              # falls with T
 
 
 def test_auto_picks_dense_for_full_molecules_and_sparse_for_bonds(monkeypatch):
@@ -264,7 +305,7 @@ def test_auto_picks_dense_for_full_molecules_and_sparse_for_bonds(monkeypatch):
 
     seen = []
     spied = dict(REGISTRY)
-    for name in ("sparse", "dense"):
+    for name in ("sparse", "dense", "fused_cpu"):
         real = spied[name]
         spied[name] = replace(real, run=lambda call, _real=real: seen.append(_real.name)
                               or _real.run(call))
@@ -276,7 +317,8 @@ def test_auto_picks_dense_for_full_molecules_and_sparse_for_bonds(monkeypatch):
     layer(x, P.full(ptr), batch=batch)
     layer(x, P.graph(_ring(ptr)), batch=batch)
     layer((x, x), P.full(ptr))                     # bipartite: dense does not apply
-    assert seen == ["dense", "sparse", "sparse"]
+    other = "fused_cpu" if fused_cpu_available() else "sparse"
+    assert seen == ["dense", other, other]
 
 
 def test_one_registry_names_every_backend_and_where_it_runs(monkeypatch):
