@@ -36,7 +36,12 @@ Cases (full sizes; ``--quick`` scales them down):
   pattern ``patterns.strided(T, 64)`` (``head_mask`` over the union of both);
   peer dense masked SDPA with the equivalent [1, H, T, T] mask. Then a sweep
   of window sizes: sparse graphformer against dense masked SDPA (fwd+bwd) and
-  the density E / T^2 where their times cross.
+  the density E / T^2 where their times cross. Then the dense sweep: batches
+  of B sequences of T tokens (T from 64 to 2,048) with causal windows,
+  graphformer's dense backend against the one ``auto`` runs below the
+  crossover (``fused_cpu`` on the CPU with the C++ kernels, else
+  ``sparse``), and per T the padded density E / (B T^2) where they cross,
+  beside the cost model's (``graphformer.nn.backend.dense_crossover``).
 
 Peers: "dense masked SDPA" has the same four linears as the graphformer layer
 (weights copied, so it computes the same function without edge features; the
@@ -95,8 +100,10 @@ from torch_geometric.utils.sparse import ptr2index
 from graphformer import patterns as P
 from graphformer._process import release_free_memory
 from graphformer.nn import RelationalAttention
-from graphformer.nn.backend import DENSE_CROSSOVER, choose_backend, estimate, padded_density
+from graphformer.nn.backend import (DENSE_CROSSOVER, choose_backend, dense_crossover, estimate,
+                                    padded_density)
 from graphformer.nn.fused import fused_available
+from graphformer.nn.fused_cpu import fused_cpu_available
 from graphformer.nn.fused_record import fused_verified
 
 CASES = ("molecules", "medium", "large", "tokens", "long")
@@ -121,11 +128,16 @@ class Sizes:
     long_window: int = 64
     long_stride: int = 64
     sweep_windows: Tuple[int, ...] = (16, 64, 256, 1024, 2048)
+    # the dense sweep: (T, B) batches of B sequences of T tokens, and the
+    # padded densities of their causal windows
+    dense_sizes: Tuple[Tuple[int, int], ...] = ((64, 64), (128, 32), (512, 8), (2048, 2))
+    dense_densities: Tuple[float, ...] = (0.06, 0.12, 0.22, 0.38, 0.6)
 
 
 FULL = Sizes()
 QUICK = Sizes(mol_graphs=16, medium_nodes=500, medium_edges=5000, large_nodes=2000, large_edges=20_000, tok_batch=4, tok_len=64,
-              long_len=1024, long_window=64, long_stride=32, sweep_windows=(16, 64, 256))
+              long_len=1024, long_window=64, long_stride=32, sweep_windows=(16, 64, 256),
+              dense_sizes=((32, 8), (128, 2)), dense_densities=(0.1, 0.6))
 
 
 # --------------------------------------------------------------------------
@@ -333,7 +345,8 @@ def auto_backend(work: Workload, device: torch.device, one_graph: bool) -> str:
                           fused_ok=fused_verified() and fused_available(device),
                           dropout_active=False,
                           edge_features=work.edge_attr is not None,
-                          channels=HEADS * HEAD_CHANNELS)
+                          channels=HEADS * HEAD_CHANNELS,
+                          fused_cpu_ok=fused_cpu_available(device))
 
 
 def graphformer_rows(work: Workload, backends: Sequence[str], edge_dim: Optional[int],
@@ -742,7 +755,8 @@ def case_long(s: Sizes, device: torch.device, timing: Timing) -> Dict[str, Any]:
         groups.append(run_group(tag, desc, work, methods, timing))
         del work, methods
         gc.collect()
-    return {"groups": groups, "sweep": crossover_sweep(s, x, grad, device, timing)}
+    return {"groups": groups, "sweep": crossover_sweep(s, x, grad, device, timing),
+            "dense_sweep": dense_sweep(s, device, timing)}
 
 
 def crossover_sweep(s: Sizes, x: Tensor, grad: Tensor, device: torch.device,
@@ -773,13 +787,55 @@ def crossover_sweep(s: Sizes, x: Tensor, grad: Tensor, device: torch.device,
             "cost_model_crossover": DENSE_CROSSOVER.get(device.type)}
 
 
-def crossover_density(points: Sequence[Dict[str, Any]]) -> Optional[float]:
-    """Density where sparse and SDPA fwd+bwd times are equal: log(time ratio)
-    interpolated linearly in log(density) between the bracketing points;
-    None when the sign never changes over the range."""
+def below_crossover_backend(device: torch.device) -> str:
+    """The backend ``auto`` runs where dense is not faster (rule 6 of
+    :mod:`graphformer.nn.backend`): fused_cpu on the CPU with the kernels."""
+    return "fused_cpu" if device.type == "cpu" and fused_cpu_available(device) else "sparse"
+
+
+def dense_sweep(s: Sizes, device: torch.device, timing: Timing) -> Dict[str, Any]:
+    """fwd+bwd of graphformer's dense backend and of the backend below the
+    crossover, over batches of B sequences of T tokens with causal windows
+    (padded densities ``s.dense_densities``); per T the crossover density."""
+    gen = torch.Generator().manual_seed(4)
+    below = below_crossover_backend(device)
+    curves = []
+    for T, B in s.dense_sizes:
+        ptr = torch.arange(B + 1) * T
+        x, grad = node_tensors(B * T, gen, device)
+        points = []
+        for target in s.dense_densities:
+            window = max(1, min(T, round(target * T)))
+            work = Workload(x, P.window(ptr, window - 1).to(device), ptr.to(device), grad,
+                            batch=ptr2index(ptr).to(device))
+            methods = [m for m in graphformer_rows(work, ["dense", below], None, device,
+                                                   use_batch=True)
+                       if m.backend in ("dense", below)]
+            times = {m.backend: fwd_bwd_median(m, work, timing) for m in methods}
+            density = padded_density(work.num_edges, B, T)
+            points.append({"window": window, "num_edges": work.num_edges, "density": density,
+                           "dense_fwd_bwd_ms": times["dense"], "other_fwd_bwd_ms": times[below]})
+            say(f"  [dense sweep T={T} B={B} w={window}] density {density:.3f}: dense "
+                f"{times['dense']:.2f} ms, {below} {times[below]:.2f} ms")
+            del work, methods
+            gc.collect()
+        curves.append({"seq_len": T, "num_graphs": B, "points": points,
+                       "crossover_density": crossover_density(points, "other_fwd_bwd_ms",
+                                                              "dense_fwd_bwd_ms"),
+                       "cost_model_crossover": dense_crossover(device, T, below == "fused_cpu")})
+    return {"other_backend": below, "curves": curves}
+
+
+def crossover_density(points: Sequence[Dict[str, Any]],
+                      low: str = "graphformer_sparse_fwd_bwd_ms",
+                      high: str = "sdpa_fwd_bwd_ms") -> Optional[float]:
+    """Density where two fwd+bwd times are equal (the keys ``low`` and
+    ``high`` of each point: the method faster at low density and the one
+    faster at high density; by default sparse and SDPA):
+    log(time ratio) interpolated linearly in log(density) between the
+    bracketing points; None when the sign never changes over the range."""
     pts = sorted(points, key=lambda p: p["density"])
-    logs = [(math.log(p["density"]),
-             math.log(p["graphformer_sparse_fwd_bwd_ms"] / p["sdpa_fwd_bwd_ms"])) for p in pts]
+    logs = [(math.log(p["density"]), math.log(p[low] / p[high])) for p in pts]
     for (d0, r0), (d1, r1) in itertools.pairwise(logs):
         if r0 == 0.0:
             return math.exp(d0)
@@ -872,6 +928,24 @@ def sweep_table(sweep: Dict[str, Any]) -> str:
         text.append(f"crossover: sparse and SDPA equal at density E/T^2 = {cross:.4f} "
                     f"(log-linear interpolation); cost model uses {sweep['cost_model_crossover']}")
     return "\n".join(text)
+
+
+def dense_sweep_table(sweep: Dict[str, Any]) -> str:
+    other = sweep["other_backend"]
+    body = []
+    for curve in sweep["curves"]:
+        cross = curve["crossover_density"]
+        for p in curve["points"]:
+            body.append([str(curve["seq_len"]), str(curve["num_graphs"]), str(p["window"]),
+                         f"{p['density']:.3f}", f"{p['dense_fwd_bwd_ms']:.2f}",
+                         f"{p['other_fwd_bwd_ms']:.2f}",
+                         f"{p['other_fwd_bwd_ms'] / p['dense_fwd_bwd_ms']:.2f}",
+                         "none in range" if cross is None else f"{cross:.3f}",
+                         f"{curve['cost_model_crossover']:.3f}"])
+    return "\n".join([f"dense sweep: B sequences of T tokens, causal windows, fwd+bwd, "
+                      f"graphformer dense vs {other}",
+                      table(["T", "B", "window", "density", "dense ms", f"{other} ms",
+                             f"{other} / dense", "crossover", "cost model"], body)])
 
 
 def cpu_model() -> str:
@@ -984,6 +1058,8 @@ def run(args: argparse.Namespace, device: torch.device, threads: int) -> None:
             say(group_table(group) + "\n")
         if "sweep" in results[case]:
             say(sweep_table(results[case]["sweep"]))
+        if "dense_sweep" in results[case]:
+            say(dense_sweep_table(results[case]["dense_sweep"]))
         gc.collect()
     say(f"\n{machine_line(info)}")
     say(f"total {time.perf_counter() - started:.1f} s")
@@ -1004,7 +1080,7 @@ def markdown(results: Dict[str, Any]) -> str:
            "| case | method | backend | fwd ms | fwd+bwd ms | peak MB | speed-up fwd+bwd "
            "| memory vs peer |",
            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
-    crossover = None
+    crossover = dense = None
     for case in results["cases"].values():
         for group in case.get("groups", []):
             peer = next(r["method"] for r in group["rows"] if r["role"] == "peer")
@@ -1018,6 +1094,7 @@ def markdown(results: Dict[str, Any]) -> str:
                     fmt(vs and vs["memory_ratio"], ".2f") if vs else ""))
         if case.get("sweep"):
             crossover = case["sweep"]
+        dense = case.get("dense_sweep") or dense
     if crossover is not None:
         pts = ", ".join(f"{p['density']:.4f}: {p['speedup_fwd_bwd']:.2f}×"
                         for p in crossover["points"])
@@ -1025,6 +1102,12 @@ def markdown(results: Dict[str, Any]) -> str:
         out += ["", f"Sparse vs dense masked SDPA, T = {crossover['seq_len']}, speed-up by "
                 f"density E/T²: {pts}; crossover at density "
                 f"{'none in range' if cd is None else format(cd, '.3f')}."]
+    if dense is not None:
+        per_t = "; ".join(
+            f"T = {c['seq_len']}: {'none in range' if c['crossover_density'] is None else format(c['crossover_density'], '.3f')}"
+            f" (cost model {c['cost_model_crossover']:.3f})" for c in dense["curves"])
+        out += ["", f"Dense vs {dense['other_backend']} (graphformer backends), crossover "
+                f"density E/(B T²) by T: {per_t}."]
     return "\n".join(out) + "\n"
 
 

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.helpers import load_script
 
@@ -166,6 +167,32 @@ def test_sweep_and_crossover(run):
         assert sweep["crossover_density"] is None
     else:
         assert sweep["crossover_density"] == pytest.approx(expected)
+
+
+def test_dense_sweep_crosses_per_sequence_length(run):
+    """The dense backend against the one auto runs below the crossover, per
+    T: the measured crossover from the points, beside the cost model's."""
+    from graphformer.nn.backend import dense_crossover
+    from graphformer.nn.fused_cpu import fused_cpu_available
+
+    stdout, result, table = run
+    sweep = result["cases"]["long"]["dense_sweep"]
+    assert sweep["other_backend"] == ("fused_cpu" if fused_cpu_available() else "sparse")
+    bench = load_script("bench_attention")
+    assert [(c["seq_len"], c["num_graphs"]) for c in sweep["curves"]] == \
+        [tuple(t) for t in bench.QUICK.dense_sizes]
+    for curve in sweep["curves"]:
+        T, B = curve["seq_len"], curve["num_graphs"]
+        assert len(curve["points"]) == len(bench.QUICK.dense_densities)
+        for p in curve["points"]:
+            assert _positive(p["dense_fwd_bwd_ms"]) and _positive(p["other_fwd_bwd_ms"])
+            assert p["density"] == pytest.approx(p["num_edges"] / (B * T * T))
+        assert curve["crossover_density"] == bench.crossover_density(
+            curve["points"], "other_fwd_bwd_ms", "dense_fwd_bwd_ms")
+        assert curve["cost_model_crossover"] == pytest.approx(
+            dense_crossover(torch.device("cpu"), T, sweep["other_backend"] == "fused_cpu"))
+        assert f"T = {T}: " in table
+    assert "dense sweep: B sequences of T tokens" in stdout
 
 
 def test_markdown_table_has_every_row(run):
