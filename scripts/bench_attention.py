@@ -36,8 +36,10 @@ Cases (full sizes; ``--quick`` scales them down):
   pattern ``patterns.strided(T, 64)`` (``head_mask`` over the union of both);
   peer dense masked SDPA with the equivalent [1, H, T, T] mask. Then a sweep
   of window sizes: sparse graphformer against dense masked SDPA (fwd+bwd) and
-  the density E / T^2 where their times cross. Then the dense sweep: batches
-  of B sequences of T tokens (T from 64 to 2,048) with causal windows,
+  the density E / T^2 where their times cross.
+- ``crossover``: batches of B sequences of T tokens (T from 64 to 2,048),
+  each token attending to the tokens within a distance r (``patterns.window(ptr,
+  r, causal=False)``, r chosen for padded densities from 0.06 to 0.9):
   graphformer's dense backend against the one ``auto`` runs below the
   crossover (``fused_cpu`` on the CPU with the C++ kernels, else
   ``sparse``), and per T the padded density E / (B T^2) where they cross,
@@ -106,7 +108,7 @@ from graphformer.nn.fused import fused_available
 from graphformer.nn.fused_cpu import fused_cpu_available
 from graphformer.nn.fused_record import fused_verified
 
-CASES = ("molecules", "medium", "large", "tokens", "long")
+CASES = ("molecules", "medium", "large", "tokens", "long", "crossover")
 IN_CHANNELS, HEADS, HEAD_CHANNELS, EDGE_DIM = 256, 8, 32, 64
 ATOL = 1e-4
 MB = 1 << 20
@@ -128,10 +130,10 @@ class Sizes:
     long_window: int = 64
     long_stride: int = 64
     sweep_windows: Tuple[int, ...] = (16, 64, 256, 1024, 2048)
-    # the dense sweep: (T, B) batches of B sequences of T tokens, and the
-    # padded densities of their causal windows
+    # the crossover case: (T, B) batches of B sequences of T tokens, and the
+    # padded densities of their windows
     dense_sizes: Tuple[Tuple[int, int], ...] = ((64, 64), (128, 32), (512, 8), (2048, 2))
-    dense_densities: Tuple[float, ...] = (0.06, 0.12, 0.22, 0.38, 0.6)
+    dense_densities: Tuple[float, ...] = (0.06, 0.12, 0.25, 0.45, 0.65, 0.9)
 
 
 FULL = Sizes()
@@ -755,8 +757,7 @@ def case_long(s: Sizes, device: torch.device, timing: Timing) -> Dict[str, Any]:
         groups.append(run_group(tag, desc, work, methods, timing))
         del work, methods
         gc.collect()
-    return {"groups": groups, "sweep": crossover_sweep(s, x, grad, device, timing),
-            "dense_sweep": dense_sweep(s, device, timing)}
+    return {"groups": groups, "sweep": crossover_sweep(s, x, grad, device, timing)}
 
 
 def crossover_sweep(s: Sizes, x: Tensor, grad: Tensor, device: torch.device,
@@ -793,10 +794,17 @@ def below_crossover_backend(device: torch.device) -> str:
     return "fused_cpu" if device.type == "cpu" and fused_cpu_available(device) else "sparse"
 
 
-def dense_sweep(s: Sizes, device: torch.device, timing: Timing) -> Dict[str, Any]:
+def window_radius(T: int, density: float) -> int:
+    """The radius r whose two-sided window over T tokens (``|i - j| <= r``:
+    T + 2 r T - r (r + 1) edges) comes nearest to ``density`` E / T^2."""
+    return min(range(T), key=lambda r: abs((T + 2 * r * T - r * (r + 1)) / T**2 - density))
+
+
+def case_crossover(s: Sizes, device: torch.device, timing: Timing) -> Dict[str, Any]:
     """fwd+bwd of graphformer's dense backend and of the backend below the
-    crossover, over batches of B sequences of T tokens with causal windows
-    (padded densities ``s.dense_densities``); per T the crossover density."""
+    crossover, over batches of B sequences of T tokens with two-sided
+    windows (padded densities ``s.dense_densities``); per T the crossover
+    density."""
     gen = torch.Generator().manual_seed(4)
     below = below_crossover_backend(device)
     curves = []
@@ -805,17 +813,17 @@ def dense_sweep(s: Sizes, device: torch.device, timing: Timing) -> Dict[str, Any
         x, grad = node_tensors(B * T, gen, device)
         points = []
         for target in s.dense_densities:
-            window = max(1, min(T, round(target * T)))
-            work = Workload(x, P.window(ptr, window - 1).to(device), ptr.to(device), grad,
-                            batch=ptr2index(ptr).to(device))
+            radius = window_radius(T, target)
+            work = Workload(x, P.window(ptr, radius, causal=False).to(device), ptr.to(device),
+                            grad, batch=ptr2index(ptr).to(device))
             methods = [m for m in graphformer_rows(work, ["dense", below], None, device,
                                                    use_batch=True)
                        if m.backend in ("dense", below)]
             times = {m.backend: fwd_bwd_median(m, work, timing) for m in methods}
             density = padded_density(work.num_edges, B, T)
-            points.append({"window": window, "num_edges": work.num_edges, "density": density,
+            points.append({"radius": radius, "num_edges": work.num_edges, "density": density,
                            "dense_fwd_bwd_ms": times["dense"], "other_fwd_bwd_ms": times[below]})
-            say(f"  [dense sweep T={T} B={B} w={window}] density {density:.3f}: dense "
+            say(f"  [crossover T={T} B={B} r={radius}] density {density:.3f}: dense "
                 f"{times['dense']:.2f} ms, {below} {times[below]:.2f} ms")
             del work, methods
             gc.collect()
@@ -823,7 +831,7 @@ def dense_sweep(s: Sizes, device: torch.device, timing: Timing) -> Dict[str, Any
                        "crossover_density": crossover_density(points, "other_fwd_bwd_ms",
                                                               "dense_fwd_bwd_ms"),
                        "cost_model_crossover": dense_crossover(device, T, below == "fused_cpu")})
-    return {"other_backend": below, "curves": curves}
+    return {"groups": [], "dense_sweep": {"other_backend": below, "curves": curves}}
 
 
 def crossover_density(points: Sequence[Dict[str, Any]],
@@ -936,15 +944,15 @@ def dense_sweep_table(sweep: Dict[str, Any]) -> str:
     for curve in sweep["curves"]:
         cross = curve["crossover_density"]
         for p in curve["points"]:
-            body.append([str(curve["seq_len"]), str(curve["num_graphs"]), str(p["window"]),
+            body.append([str(curve["seq_len"]), str(curve["num_graphs"]), str(p["radius"]),
                          f"{p['density']:.3f}", f"{p['dense_fwd_bwd_ms']:.2f}",
                          f"{p['other_fwd_bwd_ms']:.2f}",
                          f"{p['other_fwd_bwd_ms'] / p['dense_fwd_bwd_ms']:.2f}",
                          "none in range" if cross is None else f"{cross:.3f}",
                          f"{curve['cost_model_crossover']:.3f}"])
-    return "\n".join([f"dense sweep: B sequences of T tokens, causal windows, fwd+bwd, "
-                      f"graphformer dense vs {other}",
-                      table(["T", "B", "window", "density", "dense ms", f"{other} ms",
+    return "\n".join([f"crossover: B sequences of T tokens, two-sided windows of radius r, "
+                      f"fwd+bwd, graphformer dense vs {other}",
+                      table(["T", "B", "r", "density", "dense ms", f"{other} ms",
                              f"{other} / dense", "crossover", "cost model"], body)])
 
 
@@ -1011,8 +1019,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         help="torch threads (default: all cores)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--sweep-windows", type=int, nargs="+", default=None,
-                        help="window sizes of the crossover sweep (default 16 64 256 1024 "
-                             "2048; 16 64 256 with --quick)")
+                        help="window sizes of the long case's sparse vs SDPA sweep (default "
+                             "16 64 256 1024 2048; 16 64 256 with --quick)")
     parser.add_argument("--json", metavar="PATH", help="write every result to PATH")
     parser.add_argument("--markdown-from", metavar="JSON",
                         help="print the README table of a --json result and exit")
@@ -1043,8 +1051,7 @@ def run(args: argparse.Namespace, device: torch.device, threads: int) -> None:
     say(f"fp32, {HEADS} heads x {HEAD_CHANNELS} channels, input {IN_CHANNELS}, edge_dim "
         f"{EDGE_DIM} where edge features apply{', quick sizes' if args.quick else ''}")
     runners = {"molecules": case_molecules, "medium": case_medium, "large": case_large,
-               "tokens": case_tokens,
-               "long": case_long}
+               "tokens": case_tokens, "long": case_long, "crossover": case_crossover}
     results: Dict[str, Any] = {}
     started = time.perf_counter()
     for case in [c for c in CASES if c in args.cases]:

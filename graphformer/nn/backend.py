@@ -187,12 +187,14 @@ DENSE_CROSSOVER = {"cpu": 0.08, "cuda": 0.05}
 
 #: On the CPU with the C++ kernels: the padded density above which the dense
 #: backend is faster than ``"fused_cpu"``, by the padded graph size T, as
-#: ``(T, density)`` pairs measured by ``scripts/bench_attention.py``'s dense
-#: sweep (fwd+bwd, 8 heads x 32 channels, causal windows; 2-core Xeon). The
+#: ``(T, density)`` pairs measured with 8 heads x 32 channels, fwd+bwd, on a
+#: 2-core Xeon: T = 64 to 2,048 by ``scripts/bench_attention.py --cases
+#: crossover``; T = 25 (molecules with all pairs: no crossover below full
+#: density) and T = 4,096 (one sequence, causal windows) by hand. The
 #: kernels cost about the same per edge at any T while the dense products
 #: get cheaper per padded cell as T grows, so the crossover falls with T.
 FUSED_CPU_CROSSOVER: Tuple[Tuple[int, float], ...] = (
-    (25, 1.0), (64, 0.6), (128, 0.38), (512, 0.22), (2048, 0.18), (4096, 0.14))
+    (25, 1.0), (64, 0.66), (128, 0.47), (512, 0.28), (2048, 0.2), (4096, 0.14))
 
 
 def dense_crossover(device: torch.device, max_nodes: int, fused_cpu: bool = False) -> float:

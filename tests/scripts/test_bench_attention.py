@@ -18,7 +18,8 @@ from tests.helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "bench_attention.py"
-CASES = ("molecules", "medium", "large", "tokens", "long")
+CASES = ("molecules", "medium", "large", "tokens", "long", "crossover")
+GROUPED = CASES[:-1]                     # "crossover" is a sweep only
 TIME_FIELDS = ("fwd_ms", "fwd_ms_min", "fwd_bwd_ms", "fwd_bwd_ms_min")
 
 pytestmark = pytest.mark.slow
@@ -42,7 +43,7 @@ def run(tmp_path_factory):
 
 
 def _groups(result):
-    for case in CASES:
+    for case in GROUPED:
         for group in result["cases"][case]["groups"]:
             yield case, group
 
@@ -54,7 +55,7 @@ def _positive(value):
 def test_every_case_and_machine_line(run):
     stdout, result, _ = run
     assert set(result["cases"]) == set(CASES)
-    for case in CASES:
+    for case in GROUPED:
         assert result["cases"][case]["groups"], case
     assert re.search(r"^machine: CPU .+ \| \d+ cores \| torch \S+ \| threads 1 \| device cpu",
                      stdout, re.MULTILINE), stdout
@@ -176,7 +177,7 @@ def test_dense_sweep_crosses_per_sequence_length(run):
     from graphformer.nn.fused_cpu import fused_cpu_available
 
     stdout, result, table = run
-    sweep = result["cases"]["long"]["dense_sweep"]
+    sweep = result["cases"]["crossover"]["dense_sweep"]
     assert sweep["other_backend"] == ("fused_cpu" if fused_cpu_available() else "sparse")
     bench = load_script("bench_attention")
     assert [(c["seq_len"], c["num_graphs"]) for c in sweep["curves"]] == \
@@ -192,7 +193,7 @@ def test_dense_sweep_crosses_per_sequence_length(run):
         assert curve["cost_model_crossover"] == pytest.approx(
             dense_crossover(torch.device("cpu"), T, sweep["other_backend"] == "fused_cpu"))
         assert f"T = {T}: " in table
-    assert "dense sweep: B sequences of T tokens" in stdout
+    assert "crossover: B sequences of T tokens" in stdout
 
 
 def test_markdown_table_has_every_row(run):
