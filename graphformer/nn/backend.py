@@ -61,11 +61,11 @@ model (:func:`choose_backend`), in order:
    (:func:`dense_crossover`: below it the backend of rule 6 is faster, see
    ``scripts/bench_attention.py``), and the dense score tensor stays under
    :data:`DENSE_MAX_SCORES` entries;
-6. otherwise, on CPU, ``"fused_cpu"`` when its kernels are built (1.1-2.1×
-   the sparse backend's forward and backward on every case of
-   ``scripts/bench_attention.py``: molecules, token batches, windows of 4 to
-   1024 keys over 8,192 tokens, random graphs of 200k and 1M edges, with
-   and without edge features); else ``"sparse"``.
+6. otherwise, on CPU, ``"fused_cpu"`` when its kernels are built (1.05-1.9×
+   the sparse backend's forward and backward in ``scripts/bench_attention.py``:
+   random graphs of 200k and 1M edges with and without edge features, a
+   window and strided heads over 8,192 tokens; level with it at 1M edges with
+   edge features when freed memory is kept); else ``"sparse"``.
 
 An explicitly named backend runs as asked, unchecked: one that cannot run on
 the tensors' device raises its own reason (``"fused"``: no CUDA or Triton;
