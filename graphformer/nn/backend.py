@@ -325,8 +325,10 @@ def estimate(layer: torch.nn.Module, *, num_nodes: int, num_edges: int,
         graph_sizes (sequence of int, optional): nodes per graph (default: one
             graph of N nodes); the dense backend pads to the largest.
         backend (str): ``"sparse"``, ``"dense"``, ``"fused"``, ``"fused_cpu"``,
-            ``"propagate"`` or ``"auto"`` (the choice of :func:`choose_backend` for this shape,
-            without torch.compile).
+            ``"propagate"`` or ``"auto"`` (the choice of :func:`choose_backend`
+            for this shape, without torch.compile; on the CPU it asks whether
+            the C++ kernels are built, which builds them on first use, as the
+            layer's first call would).
         training (bool): forward and backward (True) or forward only.
 
     The model counts the matrix products of the projections and of the

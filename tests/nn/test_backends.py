@@ -379,6 +379,12 @@ def test_estimate_is_consistent():
     auto = estimate(plain, num_nodes=3200, num_edges=128 * 625, graph_sizes=[25] * 128)
     assert auto.backend == "dense"
     assert estimate(layer, num_nodes=3200, num_edges=7040).backend == "propagate"
+    # beyond that, the fused CPU kernels where they are built; they keep less
+    # than the sparse backend (no softmax terms, no head blocks)
+    large = estimate(layer, num_nodes=50_000, num_edges=1_000_000)
+    assert large.backend == ("fused_cpu" if fused_cpu_available() else "sparse")
+    fused = estimate(layer, num_nodes=50_000, num_edges=1_000_000, backend="fused_cpu")
+    assert fused.flops == sparse.flops and fused.peak_bytes < sparse.peak_bytes
     # the attention products are counted exactly: 2 products of E×H×C multiply-adds
     no_proj = RelationalAttention(8, 8, heads=1)
     a = estimate(no_proj, num_nodes=10, num_edges=100, backend="sparse", training=False)
