@@ -116,7 +116,7 @@ MB = 1 << 20
 
 @dataclass(frozen=True)
 class Sizes:
-    """Problem sizes of the four cases."""
+    """Problem sizes of the cases."""
     mol_graphs: int = 128
     mol_atoms: int = 25
     mol_bonds_per_atom: float = 2.2
@@ -132,14 +132,14 @@ class Sizes:
     sweep_windows: Tuple[int, ...] = (16, 64, 256, 1024, 2048)
     # the crossover case: (T, B) batches of B sequences of T tokens, and the
     # padded densities of their windows
-    dense_sizes: Tuple[Tuple[int, int], ...] = ((64, 64), (128, 32), (512, 8), (2048, 2))
-    dense_densities: Tuple[float, ...] = (0.06, 0.12, 0.25, 0.45, 0.65, 0.9)
+    crossover_sizes: Tuple[Tuple[int, int], ...] = ((64, 64), (128, 32), (512, 8), (2048, 2))
+    crossover_densities: Tuple[float, ...] = (0.06, 0.12, 0.25, 0.45, 0.65, 0.9)
 
 
 FULL = Sizes()
 QUICK = Sizes(mol_graphs=16, medium_nodes=500, medium_edges=5000, large_nodes=2000, large_edges=20_000, tok_batch=4, tok_len=64,
               long_len=1024, long_window=64, long_stride=32, sweep_windows=(16, 64, 256),
-              dense_sizes=((32, 8), (128, 2)), dense_densities=(0.1, 0.6))
+              crossover_sizes=((32, 8), (128, 2)), crossover_densities=(0.1, 0.6))
 
 
 # --------------------------------------------------------------------------
@@ -803,16 +803,16 @@ def window_radius(T: int, density: float) -> int:
 def case_crossover(s: Sizes, device: torch.device, timing: Timing) -> Dict[str, Any]:
     """fwd+bwd of graphformer's dense backend and of the backend below the
     crossover, over batches of B sequences of T tokens with two-sided
-    windows (padded densities ``s.dense_densities``); per T the crossover
+    windows (padded densities ``s.crossover_densities``); per T the crossover
     density."""
     gen = torch.Generator().manual_seed(4)
     below = below_crossover_backend(device)
     curves = []
-    for T, B in s.dense_sizes:
+    for T, B in s.crossover_sizes:
         ptr = torch.arange(B + 1) * T
         x, grad = node_tensors(B * T, gen, device)
         points = []
-        for target in s.dense_densities:
+        for target in s.crossover_densities:
             radius = window_radius(T, target)
             work = Workload(x, P.window(ptr, radius, causal=False).to(device), ptr.to(device),
                             grad, batch=ptr2index(ptr).to(device))
@@ -938,7 +938,12 @@ def sweep_table(sweep: Dict[str, Any]) -> str:
     return "\n".join(text)
 
 
-def dense_sweep_table(sweep: Dict[str, Any]) -> str:
+def density_text(density: Optional[float]) -> str:
+    """A crossover density for the tables: three decimals, or that there is none."""
+    return "none in range" if density is None else f"{density:.3f}"
+
+
+def crossover_table(sweep: Dict[str, Any]) -> str:
     other = sweep["other_backend"]
     body = []
     for curve in sweep["curves"]:
@@ -948,8 +953,7 @@ def dense_sweep_table(sweep: Dict[str, Any]) -> str:
                          f"{p['density']:.3f}", f"{p['dense_fwd_bwd_ms']:.2f}",
                          f"{p['other_fwd_bwd_ms']:.2f}",
                          f"{p['other_fwd_bwd_ms'] / p['dense_fwd_bwd_ms']:.2f}",
-                         "none in range" if cross is None else f"{cross:.3f}",
-                         f"{curve['cost_model_crossover']:.3f}"])
+                         density_text(cross), f"{curve['cost_model_crossover']:.3f}"])
     return "\n".join([f"crossover: B sequences of T tokens, two-sided windows of radius r, "
                       f"fwd+bwd, graphformer dense vs {other}",
                       table(["T", "B", "r", "density", "dense ms", f"{other} ms",
@@ -1066,7 +1070,7 @@ def run(args: argparse.Namespace, device: torch.device, threads: int) -> None:
         if "sweep" in results[case]:
             say(sweep_table(results[case]["sweep"]))
         if "dense_sweep" in results[case]:
-            say(dense_sweep_table(results[case]["dense_sweep"]))
+            say(crossover_table(results[case]["dense_sweep"]))
         gc.collect()
     say(f"\n{machine_line(info)}")
     say(f"total {time.perf_counter() - started:.1f} s")
@@ -1107,12 +1111,10 @@ def markdown(results: Dict[str, Any]) -> str:
                         for p in crossover["points"])
         cd = crossover["crossover_density"]
         out += ["", f"Sparse vs dense masked SDPA, T = {crossover['seq_len']}, speed-up by "
-                f"density E/T²: {pts}; crossover at density "
-                f"{'none in range' if cd is None else format(cd, '.3f')}."]
+                f"density E/T²: {pts}; crossover at density {density_text(cd)}."]
     if dense is not None:
-        per_t = "; ".join(
-            f"T = {c['seq_len']}: {'none in range' if c['crossover_density'] is None else format(c['crossover_density'], '.3f')}"
-            f" (cost model {c['cost_model_crossover']:.3f})" for c in dense["curves"])
+        per_t = "; ".join(f"T = {c['seq_len']}: {density_text(c['crossover_density'])} (cost "
+                          f"model {c['cost_model_crossover']:.3f})" for c in dense["curves"])
         out += ["", f"Dense vs {dense['other_backend']} (graphformer backends), crossover "
                 f"density E/(B T²) by T: {per_t}."]
     return "\n".join(out) + "\n"

@@ -181,10 +181,10 @@ def test_dense_sweep_crosses_per_sequence_length(run):
     assert sweep["other_backend"] == ("fused_cpu" if fused_cpu_available() else "sparse")
     bench = load_script("bench_attention")
     assert [(c["seq_len"], c["num_graphs"]) for c in sweep["curves"]] == \
-        [tuple(t) for t in bench.QUICK.dense_sizes]
+        [tuple(t) for t in bench.QUICK.crossover_sizes]
     for curve in sweep["curves"]:
         T, B = curve["seq_len"], curve["num_graphs"]
-        assert len(curve["points"]) == len(bench.QUICK.dense_densities)
+        assert len(curve["points"]) == len(bench.QUICK.crossover_densities)
         for p in curve["points"]:
             assert _positive(p["dense_fwd_bwd_ms"]) and _positive(p["other_fwd_bwd_ms"])
             assert p["density"] == pytest.approx(p["num_edges"] / (B * T * T))
