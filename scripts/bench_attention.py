@@ -338,12 +338,15 @@ class Method:
         return f"{self.name} {self.backend}{' (auto)' if self.auto else ''}".strip()
 
 
-def auto_backend(work: Workload, device: torch.device, one_graph: bool) -> str:
+def auto_backend(work: Workload, device: torch.device, one_graph: bool,
+                 dense_ok: bool = True) -> str:
     """What ``backend="auto"`` picks for this input: :func:`choose_backend` with
-    the workload's facts (every edge set here is coalesced and inside graphs)."""
+    the workload's facts (every edge set here is coalesced and inside graphs);
+    with ``dense_ok=False`` what it picks where the dense backend is ruled out
+    (below the crossover)."""
     sizes = [work.num_nodes] if one_graph else work.graph_sizes
     return choose_backend(num_edges=work.num_edges, num_graphs=len(sizes),
-                          max_nodes=max(sizes), heads=HEADS, device=device, dense_ok=True,
+                          max_nodes=max(sizes), heads=HEADS, device=device, dense_ok=dense_ok,
                           fused_ok=fused_verified() and fused_available(device),
                           dropout_active=False,
                           edge_features=work.edge_attr is not None,
@@ -788,12 +791,6 @@ def crossover_sweep(s: Sizes, x: Tensor, grad: Tensor, device: torch.device,
             "cost_model_crossover": DENSE_CROSSOVER.get(device.type)}
 
 
-def below_crossover_backend(device: torch.device) -> str:
-    """The backend ``auto`` runs where dense is not faster (rule 6 of
-    :mod:`graphformer.nn.backend`): fused_cpu on the CPU with the kernels."""
-    return "fused_cpu" if device.type == "cpu" and fused_cpu_available(device) else "sparse"
-
-
 def window_radius(T: int, density: float) -> int:
     """The radius r whose two-sided window over T tokens (``|i - j| <= r``:
     T + 2 r T - r (r + 1) edges) comes nearest to ``density`` E / T^2."""
@@ -806,8 +803,7 @@ def case_crossover(s: Sizes, device: torch.device, timing: Timing) -> Dict[str, 
     windows (padded densities ``s.crossover_densities``); per T the crossover
     density."""
     gen = torch.Generator().manual_seed(4)
-    below = below_crossover_backend(device)
-    curves = []
+    curves, others = [], set()
     for T, B in s.crossover_sizes:
         ptr = torch.arange(B + 1) * T
         x, grad = node_tensors(B * T, gen, device)
@@ -816,6 +812,8 @@ def case_crossover(s: Sizes, device: torch.device, timing: Timing) -> Dict[str, 
             radius = window_radius(T, target)
             work = Workload(x, P.window(ptr, radius, causal=False).to(device), ptr.to(device),
                             grad, batch=ptr2index(ptr).to(device))
+            below = auto_backend(work, device, one_graph=False, dense_ok=False)
+            others.add(below)
             methods = [m for m in graphformer_rows(work, ["dense", below], None, device,
                                                    use_batch=True)
                        if m.backend in ("dense", below)]
@@ -831,7 +829,8 @@ def case_crossover(s: Sizes, device: torch.device, timing: Timing) -> Dict[str, 
                        "crossover_density": crossover_density(points, "other_fwd_bwd_ms",
                                                               "dense_fwd_bwd_ms"),
                        "cost_model_crossover": dense_crossover(device, T, below == "fused_cpu")})
-    return {"groups": [], "dense_sweep": {"other_backend": below, "curves": curves}}
+    (other,) = others   # no edge features, no dropout: one backend below the crossover
+    return {"groups": [], "dense_sweep": {"other_backend": other, "curves": curves}}
 
 
 def crossover_density(points: Sequence[Dict[str, Any]],
