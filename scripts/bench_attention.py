@@ -396,7 +396,9 @@ def transformer_conv_row(work: Workload, edge_dim: Optional[int],
 class Projections(nn.Module):
     """The four node projections of an attention layer (q, k, v, out) and
     nothing else: a floor that graphformer and TransformerConv (q, k, v, skip)
-    both pay, whatever their attention costs."""
+    both pay, whatever their attention costs. Called like the layer (the
+    inputs after ``x``, its edges and their features, are ignored), it also
+    stands in for a model's attention (``bench_training.py --floor``)."""
 
     def __init__(self, layer: nn.Module) -> None:
         super().__init__()
@@ -404,7 +406,7 @@ class Projections(nn.Module):
                                             (layer.lin_q, layer.lin_k, layer.lin_v,
                                              layer.lin_out))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         return self.out(self.q(x) + self.k(x) + self.v(x))
 
 

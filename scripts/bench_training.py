@@ -12,7 +12,7 @@ the batches `graphformer train` draws):
 - with --floor: the same model with its attention removed, the node-wise
   work that bounds what any attention implementation can reach; and the
   same model with only its attention's four projections left (queries,
-  keys, values and output, through the layer's own `Linear` modules, the
+  keys, values and output, copies of the layer's own `Linear` modules, the
   attention between them replaced by a sum): the floor of any
   implementation that keeps the layer's projections, which the floor row
   does not count;
@@ -69,7 +69,8 @@ from graphformer.train.loop import train_step
 from graphformer.train.optim import make_optimizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from chemprop_peer import run_chemprop  # noqa: E402  (a sibling script module)
+from bench_attention import Projections  # noqa: E402  (sibling script modules)
+from chemprop_peer import run_chemprop  # noqa: E402
 
 
 def machine_line(threads: Optional[int]) -> str:
@@ -107,20 +108,6 @@ class _NoAttention(torch.nn.Module):
         return torch.zeros_like(x)
 
 
-class _ProjectionsOnly(torch.nn.Module):
-    """Stands in for a block's attention: its own four projections, with
-    ``q + k + v`` where the attention between them would be (two additions
-    of [N, H C]: the projections' row)."""
-
-    def __init__(self, attention: torch.nn.Module) -> None:
-        super().__init__()
-        self.attention = attention
-
-    def forward(self, x, *args, **kwargs):
-        a = self.attention
-        return a.lin_out(a.lin_q(x) + a.lin_k(x) + a.lin_v(x))
-
-
 def _models(cfg: RunConfig, prepared, backends: List[str],
             floor: bool, compile: bool = False) -> Dict[str, torch.nn.Module]:
     model_cfg = model_config_for(cfg, prepared.bench)
@@ -141,7 +128,8 @@ def _models(cfg: RunConfig, prepared, backends: List[str],
                 graphformer(backend), dynamic=True)
     if floor:   # the default model with each block's attention stood in for
         stand_ins = {"graphformer, attention removed (floor)": lambda attn: _NoAttention(),
-                     "graphformer, attention's projections only": _ProjectionsOnly}
+                     # its own four projections, q + k + v where the attention would be
+                     "graphformer, attention's projections only": Projections}
         for name, stand_in in stand_ins.items():
             torch.manual_seed(0)
             model = model_for(cfg, prepared.bench)
