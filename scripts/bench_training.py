@@ -16,13 +16,16 @@ the batches `graphformer train` draws):
   attention between them replaced by a sum): the floor of any
   implementation that keeps the layer's projections, which the floor row
   does not count;
-- with --compile: the same default model (each backend asked for) under
-  `torch.compile(model, dynamic=True)` (inductor, default mode, dynamo's
-  default settings) beside the eager one, on prepared batches
+- with --compile: the same default model (each backend asked for)
+  compiled as `graphformer train --compile` compiles it
+  (`graphformer.train.compiled`: `torch.compile(model, dynamic=True)`,
+  inductor with its C++ wrapper) beside the eager one, on prepared batches
   (`model.prepare(batch)`: the edge set computed outside the compiled
   graph, which then has no graph break); the preparation runs inside the
   timed step, so the step does all the eager one does; its warm-up (the
-  compilation) is reported apart;
+  compilation) is reported apart. With --floor, the attention-removed floor
+  is compiled too (a row of its own): the table gives every row's rates as
+  a fraction of each floor;
 - with --cli: the wall time of `graphformer train` with its defaults (and of
   `--dataset NAME` for each of --cli-datasets), as a new user's first run;
 - with --chemprop (chemprop installed as a benchmark peer, never a
@@ -63,6 +66,7 @@ from torch_geometric.loader import DataLoader
 
 from graphformer.models import GINBaseline, GraphTransformer
 from graphformer.train import RunConfig, prepare
+from graphformer.train.compiled import compile_model, model_input
 from graphformer.train.config import DataConfig, TrainConfig
 from graphformer.train.data_prep import model_config_for, model_for
 from graphformer.train.loop import train_step
@@ -101,6 +105,10 @@ def _median_rate(fn: Callable[[], int], repeats: int) -> float:
     return statistics.median(rates)
 
 
+#: the row of the default model with its attention removed
+FLOOR = "graphformer, attention removed (floor)"
+
+
 class _NoAttention(torch.nn.Module):
     """Stands in for a block's attention: zeros, at no cost (the floor row)."""
 
@@ -121,13 +129,12 @@ def _models(cfg: RunConfig, prepared, backends: List[str],
         torch.manual_seed(0)
         models[f"graphformer ({backend})"] = graphformer(backend)
         if compile:
-            # fed prepared batches (bench_steps): one graph, no break
-            # (tests/nn/test_compile.py)
+            # as `graphformer train --compile` compiles it, fed prepared
+            # batches (bench_steps): one graph, no break (tests/nn/test_compile.py)
             torch.manual_seed(0)
-            models[f"graphformer ({backend}, compiled)"] = torch.compile(
-                graphformer(backend), dynamic=True)
+            models[f"graphformer ({backend}, compiled)"] = compile_model(graphformer(backend))
     if floor:   # the default model with each block's attention stood in for
-        stand_ins = {"graphformer, attention removed (floor)": lambda attn: _NoAttention(),
+        stand_ins = {FLOOR: lambda attn: _NoAttention(),
                      # its own four projections, q + k + v where the attention would be
                      "graphformer, attention's projections only": Projections}
         for name, stand_in in stand_ins.items():
@@ -136,6 +143,12 @@ def _models(cfg: RunConfig, prepared, backends: List[str],
             for block in model.blocks:
                 block.attn = stand_in(block.attn)
             models[name] = model
+        if compile:   # the floor of a compiled model: the floor compiled alike
+            torch.manual_seed(0)
+            model = model_for(cfg, prepared.bench)
+            for block in model.blocks:
+                block.attn = _NoAttention()
+            models[f"{FLOOR}, compiled"] = compile_model(model)
     torch.manual_seed(0)
     models["GIN"] = GINBaseline(model_cfg)
     return models
@@ -158,7 +171,7 @@ def bench_steps(name: str, args: argparse.Namespace) -> List[Dict[str, Any]]:
         """A compiled model takes prepared batches (timed with its step)."""
         model = models[key]
         if isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
-            return model.prepare
+            return lambda b: model_input(model._orig_mod, b)
         return lambda b: b
 
     def steps(key: str) -> Callable[[], int]:
@@ -256,16 +269,26 @@ def _seconds(runs: List[Dict[str, Any]]) -> str:
 
 def markdown(results: Dict[str, Any]) -> str:
     lines = [f"Machine: {results['machine']}."]
+    # the floors timed (--floor; compiled too with --compile): a column each,
+    # every row's rates as a fraction of the floor's (training / evaluation)
+    floors = [f for f in (FLOOR, f"{FLOOR}, compiled")
+              if any(r["model"] == f for r in results["steps"])]
     if results["datasets"]:
+        heads = ["of the floor" if f == FLOOR else "of the compiled floor" for f in floors]
         lines += ["", "| data set | model | training step, mol/s | evaluation, mol/s | "
-                  "vs GIN (train) |", "| --- | --- | ---: | ---: | ---: |"]
+                  "vs GIN (train) |" + "".join(f" {h} (train / eval) |" for h in heads),
+                  "| --- | --- | ---: | ---: | ---: |" + " ---: |" * len(floors)]
     for name in results["datasets"]:
         rows = [r for r in results["steps"] if r["dataset"] == name]
-        gin = next(r for r in rows if r["model"] == "GIN")
+        by_model = {r["model"]: r for r in rows}
+        gin = by_model["GIN"]
         for r in rows:
             ratio = r["train_mol_s"] / gin["train_mol_s"]
+            cells = "".join(f" {r['train_mol_s'] / by_model[f]['train_mol_s']:.2f}× / "
+                            f"{r['eval_mol_s'] / by_model[f]['eval_mol_s']:.2f}× |"
+                            for f in floors)
             lines.append(f"| {name} | {r['model']} | {r['train_mol_s']:.0f} | "
-                         f"{r['eval_mol_s']:.0f} | {ratio:.2f}× |")
+                         f"{r['eval_mol_s']:.0f} | {ratio:.2f}× |{cells}")
     cli, peers = results.get("cli", []), [c for c in results.get("chemprop", []) if c]
     if cli:
         lines += ["", "| command | wall time (each run) | chemprop defaults, same split | "
@@ -305,10 +328,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                         "node-wise work (encoders, feed-forward, norms, head, optimiser) that "
                         "no attention implementation can go below")
     parser.add_argument("--compile", action="store_true",
-                        help="also time each graphformer model under torch.compile(model, "
-                        "dynamic=True) (inductor, default mode) on prepared batches "
-                        "(model.prepare, timed with the step); its warm-up includes the "
-                        "compilation")
+                        help="also time each graphformer model compiled as `graphformer "
+                        "train --compile` compiles it (torch.compile, dynamic shapes, "
+                        "inductor's C++ wrapper) on prepared batches (model.prepare, timed "
+                        "with the step), and with --floor the floor compiled too; the "
+                        "warm-up includes the compilation")
     parser.add_argument("--batches", type=int, default=8, help="training batches per timing")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="0 = torch's default")

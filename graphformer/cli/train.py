@@ -18,7 +18,7 @@ from ._config_flags import add_config_flags, config_flags, settings
 
 #: the ``train`` settings that only ``graphformer train`` takes (not ``pretrain``)
 TRAIN_ONLY = ("init", "pretrained", "ema", "head_epochs", "ensemble", "member_processes",
-              "loss", "evidential_lambda", "kernel_member")
+              "loss", "evidential_lambda", "kernel_member", "compile")
 # flag -> (section, key): every setting of the three config sections
 _FLAGS = {**config_flags(DataConfig, "data"), **config_flags(GraphTransformerConfig, "model"),
           **config_flags(TrainConfig, "train")}
@@ -26,7 +26,7 @@ _FLAGS = {**config_flags(DataConfig, "data"), **config_flags(GraphTransformerCon
 _BOOLEAN_FLAGS = {f.name for cls in (DataConfig, GraphTransformerConfig, TrainConfig)
                   for f in settings(cls) if typing.get_type_hints(cls)[f.name] is bool}
 # Flags a resumed run accepts: where it runs, not what it computes.
-RUNTIME_FLAGS = ("device", "threads", "attention_backend", "member_processes", "root")
+RUNTIME_FLAGS = ("device", "threads", "attention_backend", "compile", "member_processes", "root")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -49,8 +49,8 @@ def add_run_arguments(p: argparse.ArgumentParser, default_dir: str) -> None:
                    f"{default_dir})")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR",
                    help="continue the run in RUN_DIR from its last checkpoint, with its saved "
-                   "settings (only --device, --threads, --attention-backend, --member-processes and "
-                   "--root may be given with it)")
+                   "settings (only --device, --threads, --attention-backend, --compile, "
+                   "--member-processes and --root may be given with it)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run already in --run-dir (the files graphformer wrote "
                    "for it are removed once the new run's settings and data are checked; "

@@ -246,6 +246,13 @@ class TrainConfig:
             (as ``device`` and ``threads``). A config of an older graphformer
             had it as ``model.attention_backend``; that key is still read
             and moved here (:func:`move_old_keys`).
+        compile: run the training step through ``torch.compile`` (inductor
+            with its C++ wrapper, dynamic shapes; the batches prepared
+            outside the compiled code, see
+            :mod:`graphformer.train.compiled`): faster steps after a compile
+            that takes tens of seconds, so for long runs. Like
+            ``attention_backend``, speed and not results (beyond float
+            rounding): a resumed run may change it.
         init: a checkpoint of ``graphformer pretrain`` (or ``train``) whose
             trunk the model starts from (the head starts fresh); the trunk
             keys of the model config must match it.
@@ -318,6 +325,9 @@ class TrainConfig:
     attention_backend: str = setting("auto", choices=ATTENTION_BACKENDS,
                                      help="how attention is computed (default auto: by a "
                                      "cost model); speed and memory, not results")
+    compile: bool = setting(False, help="compile the training step with torch.compile "
+                            "(inductor, C++ wrapper): faster steps after a compile of tens of "
+                            "seconds, for long runs; speed, not results (default: off)")
     init: Optional[str] = setting(None, metavar="CKPT",
                                   help="start the model's trunk from this checkpoint of "
                                   "'graphformer pretrain' (best.pt of its run); the model "

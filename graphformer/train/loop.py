@@ -52,6 +52,7 @@ from ..models import GraphTransformer, masked_loss
 from .average import WeightAverage
 from .checkpoint import RESUME_FIELDS, RUN_FIELDS, check_fields, load_checkpoint, \
     run_config, save_checkpoint
+from .compiled import compile_model, model_input
 from .config import RunConfig
 from .data_checks import changed_parts
 from .data_prep import EVAL_BATCH_GRAPHS, Prepared, model_config_for, model_for, prepare
@@ -218,6 +219,9 @@ class _Run(EpochRun):
                 check_fields(state, run_dir / "last.pt", ({"training_model": dict},))
         if cfg is None:
             raise ValueError("train() needs a RunConfig unless it resumes a run")
+        if cfg.train.compile and self.world > 1:
+            raise UsageError("--compile (train.compile) is not supported under torchrun yet: "
+                             "run without it")
         self.cfg = cfg
         self.setup(cfg.train)
         self.prepared = self._prepare(prepared, state)
@@ -258,6 +262,8 @@ class _Run(EpochRun):
             self.model.fit_mol_features(prepared.train_mol_x)  # train part only
         self.net, self.sampler, self.loader, self.optimizer, self.scheduler = make_training(
             self.model, prepared.subset("train"), cfg.train, self.rank, self.world, device)
+        if cfg.train.compile:
+            self.net = compile_model(self.net)
         # the weights evaluated, selected and saved: the model's, or their average
         self.average = WeightAverage(self.model, cfg.train.ema, flat_parameter(self.optimizer)) \
             if cfg.train.ema > 0 else None
@@ -277,6 +283,9 @@ class _Run(EpochRun):
             if self.init is not None:
                 print(f"{self.label}trunk from {self.init['path']} "
                       f"(sha256 {self.init['sha256'][:12]}...)", file=sys.stderr)
+            if cfg.train.compile:
+                print(f"{self.label}--compile: the training step compiles on the first batch "
+                      f"(tens of seconds)", file=sys.stderr)
 
     def begin_epoch(self, epoch: int) -> None:
         self.frozen = self._phase(epoch)
@@ -285,6 +294,8 @@ class _Run(EpochRun):
 
     def step(self, batch: Any) -> Dict[str, Tensor]:
         cfg = self.cfg.train
+        if cfg.compile:
+            batch = model_input(self.model, batch)
         loss = train_step(self.net, batch, self.optimizer, self.y_mean, self.y_std,
                           self.model_cfg.task, cfg.grad_clip, self.frozen,
                           output=self.model_cfg.output, evidential_lambda=cfg.evidential_lambda)

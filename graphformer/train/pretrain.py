@@ -157,6 +157,9 @@ class PretrainConfig:
         if self.train.loss != "mse":
             raise ConfigError("train", "loss", f"is not used by pretrain (its objectives "
                               f"have their own losses), got {self.train.loss!r}")
+        if self.train.compile:
+            raise ConfigError("train", "compile", "is not used by pretrain yet (graphformer "
+                              "train compiles its training step; pretrain runs eagerly)")
         if self.train.ensemble != 1:
             raise ConfigError("train", "ensemble", f"must be 1 for pretrain (one trunk is "
                               f"pre-trained; TrainConfig's default, {self.train.ensemble}, is "

@@ -62,7 +62,7 @@ CONFIG_SECTIONS = {"data", "model", "objective", "train"}
 MEMBER = re.compile(r"member-\d+")
 # (section, key) that a resumed run may change: where it runs, not what it computes.
 RUNTIME_KEYS = {("train", "device"), ("train", "threads"), ("train", "attention_backend"),
-                ("train", "member_processes"), ("data", "root")}
+                ("train", "compile"), ("train", "member_processes"), ("data", "root")}
 # Set from the data set, not by the user: not compared when resuming.
 DERIVED_KEYS = {("model", "num_tasks"), ("model", "task"), ("model", "features")}
 
@@ -309,5 +309,6 @@ def resume_config(saved: RunConfig, given: Optional[RunConfig]) -> RunConfig:
                          f"start a new run to change them")
     return replace(saved, train=replace(saved.train, device=given.train.device,
                                         threads=given.train.threads,
-                                        attention_backend=given.train.attention_backend),
+                                        attention_backend=given.train.attention_backend,
+                                        compile=given.train.compile),
                    data=replace(saved.data, root=given.data.root))

@@ -28,6 +28,10 @@ def test_bench_training_smoke(tmp_path, capsys, monkeypatch, one_thread):
     table = capsys.readouterr().out
     assert "| esol | GIN |" in table and "| esol | graphformer (auto) |" in table
     assert "1.00× |" in table   # GIN against itself
+    assert "of the floor (train / eval) |" in table
+    floor = next(line for line in table.splitlines()
+                 if line.startswith("| esol | graphformer, attention removed (floor) |"))
+    assert floor.endswith("| 1.00× / 1.00× |")   # the floor against itself
 
 
 def test_cli_runs_pair_with_chemprop_alternating(tmp_path, capsys, monkeypatch):
@@ -66,3 +70,23 @@ def test_cli_runs_pair_with_chemprop_alternating(tmp_path, capsys, monkeypatch):
     assert "| `graphformer train` | 40 / 45 s | 50 / 30 s | 0.80 / 1.50; **1.15×** |" in table
     assert "| `graphformer train --dataset freesolv` | 20 / 11 s | 10 / 12 s | " \
            "2.00 / 0.92; **1.46×** |" in table
+
+
+def test_markdown_gives_each_row_against_each_floor():
+    """With the floor compiled too (--floor --compile), every row's rates
+    are given against the eager floor and against the compiled one."""
+    bench = load_script("bench_training")
+
+    def row(model, train, evaluation):
+        return {"dataset": "esol", "model": model, "train_mol_s": train, "eval_mol_s": evaluation}
+
+    results = {"machine": "m", "datasets": ["esol"], "steps": [
+        row("graphformer (auto)", 1500, 3000),
+        row("graphformer (auto, compiled)", 2400, 4000),
+        row(bench.FLOOR, 3000, 5000),
+        row(f"{bench.FLOOR}, compiled", 4000, 8000),
+        row("GIN", 6000, 10000)]}
+    table = bench.markdown(results)
+    assert "| of the floor (train / eval) | of the compiled floor (train / eval) |" in table
+    assert "| esol | graphformer (auto, compiled) | 2400 | 4000 | 0.40× | 0.80× / 0.80× | " \
+           "0.60× / 0.50× |" in table
