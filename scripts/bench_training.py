@@ -124,6 +124,14 @@ def _models(cfg: RunConfig, prepared, backends: List[str],
         return model_for(replace(cfg, train=replace(cfg.train, attention_backend=backend)),
                          prepared.bench)
 
+    def stood_in(stand_in: Callable[[torch.nn.Module], torch.nn.Module]) -> GraphTransformer:
+        """The default model with each block's attention stood in for."""
+        torch.manual_seed(0)
+        model = model_for(cfg, prepared.bench)
+        for block in model.blocks:
+            block.attn = stand_in(block.attn)
+        return model
+
     models: Dict[str, torch.nn.Module] = {}
     for backend in backends:
         torch.manual_seed(0)
@@ -133,22 +141,12 @@ def _models(cfg: RunConfig, prepared, backends: List[str],
             # batches (bench_steps): one graph, no break (tests/nn/test_compile.py)
             torch.manual_seed(0)
             models[f"graphformer ({backend}, compiled)"] = compile_model(graphformer(backend))
-    if floor:   # the default model with each block's attention stood in for
-        stand_ins = {FLOOR: lambda attn: _NoAttention(),
-                     # its own four projections, q + k + v where the attention would be
-                     "graphformer, attention's projections only": Projections}
-        for name, stand_in in stand_ins.items():
-            torch.manual_seed(0)
-            model = model_for(cfg, prepared.bench)
-            for block in model.blocks:
-                block.attn = stand_in(block.attn)
-            models[name] = model
+    if floor:
+        models[FLOOR] = stood_in(lambda attn: _NoAttention())
+        # its own four projections, q + k + v where the attention would be
+        models["graphformer, attention's projections only"] = stood_in(Projections)
         if compile:   # the floor of a compiled model: the floor compiled alike
-            torch.manual_seed(0)
-            model = model_for(cfg, prepared.bench)
-            for block in model.blocks:
-                block.attn = _NoAttention()
-            models[f"{FLOOR}, compiled"] = compile_model(model)
+            models[f"{FLOOR}, compiled"] = compile_model(stood_in(lambda attn: _NoAttention()))
     torch.manual_seed(0)
     models["GIN"] = GINBaseline(model_cfg)
     return models

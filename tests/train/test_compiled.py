@@ -6,7 +6,6 @@ import pytest
 import torch
 
 import graphformer.train.loop as loop
-from graphformer.cli import main
 from graphformer.errors import UsageError
 from graphformer.train import load_checkpoint, resume, train
 from graphformer.train.compiled import compile_model, model_input
@@ -68,19 +67,18 @@ def test_a_resumed_run_may_turn_compile_on_or_off(tmp_path, tiny_csv, monkeypatc
     assert load_checkpoint(run_dir / "last.pt")["config"]["train"]["compile"] is True
 
 
-def test_compile_flag_reaches_the_config(tmp_path, tiny_csv):
-    """``--compile`` on the command line is ``train.compile`` in the run's
-    config.json; ``--resume`` accepts it (a runtime flag)."""
-    from graphformer.cli.train import RUNTIME_FLAGS, TRAIN_ONLY
+def test_compile_flag_reaches_the_config():
+    """``--compile`` on the command line is ``train.compile`` (off without
+    it); ``--resume`` accepts it (a runtime flag) and pretrain has no such
+    flag."""
+    from graphformer.cli.commands import build_parser
+    from graphformer.cli.train import RUNTIME_FLAGS, TRAIN_ONLY, config_from_args
+    parser = build_parser()
+    assert config_from_args(parser.parse_args(["train", "--compile"])).train.compile is True
+    assert config_from_args(parser.parse_args(["train"])).train.compile is False
     assert "compile" in RUNTIME_FLAGS and "compile" in TRAIN_ONLY
-    run_dir = tmp_path / "run"
-    assert main(["train", "--dataset", str(tiny_csv), "--target-columns", "y",
-                 "--smiles-column", "smiles", "--split", "random", "--root",
-                 str(tmp_path / "root"), "--hidden", "16", "--layers", "1", "--heads", "2",
-                 "--rwse-steps", "4", "--epochs", "1", "--batch-size", "16", "--threads", "1",
-                 "--ensemble", "1", "--kernel-member", "none", "--compile", "--quiet",
-                 "--run-dir", str(run_dir)]) == 0
-    assert json.loads((run_dir / "config.json").read_text())["train"]["compile"] is True
+    with pytest.raises(SystemExit):
+        parser.parse_args(["pretrain", "--compile"])
 
 
 def test_model_input_prepares_graph_transformer_batches_only():
