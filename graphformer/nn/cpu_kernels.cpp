@@ -1057,10 +1057,10 @@ EdgeRows edge_rows(const Tensor& ptr, const Tensor& col, const OptTensor& order)
 void check_cross_quadratic(const char* op, const TableSizes& n, const Tensor& x,
                            const OptTensor& c) {
     if (!c) return;
-    TORCH_CHECK_VALUE(c->dim() == 2 && c->size(1) == n.H && c->scalar_type() ==
-                      x.scalar_type(), op, ": 'c' must be [D (D + 1) / 2, H] = [",
-                      n.D * (n.D + 1) / 2, ", ", n.H, "] of x's dtype, got ", c->sizes());
-    quadratic_head_block(op, x, *c);
+    quadratic_head_block(op, x, *c);   /* 2-D, one row per pair of features */
+    TORCH_CHECK_VALUE(c->size(1) == n.H && c->scalar_type() == x.scalar_type(), op,
+                      ": 'c' must be [D (D + 1) / 2, H] = [", n.D * (n.D + 1) / 2, ", ", n.H,
+                      "] of x's dtype, got ", c->sizes());
 }
 
 /* The cross terms out[e, h] = (p[h, i] + r[h, j]) . x[order[e]] (edge_dot),
@@ -1134,15 +1134,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> edge_cross_backward(
             edge_gather_kernel<T>(n.N, n.Ns, n.H, n.D, rows, data<const T>(p, "p", f),
                                   data<const T>(r, "r", f), gp, n.H, 1, dx.data_ptr<T>());
         if (c && (need_x || need_c)) {
-            /* the quadratic form's gradients, from grad put in x's order; its
-             * gradient of x added into the cross terms' (one [E, D] buffer) */
-            Tensor gx = at::empty({n.E, n.H}, grad.options());
-            T* gxp = gx.data_ptr<T>();
-            const int64_t H = n.H;
-            at::parallel_for(0, n.E, 4096, [&](int64_t e0, int64_t e1) {
-                for (int64_t e = e0; e < e1; e++)
-                    for (int64_t h = 0; h < H; h++) gxp[rows.xrow(e) * H + h] = gp[e * H + h];
-            });
+            /* the quadratic form's gradients, from grad in x's order (put
+             * there when x is read through order); its gradient of x added
+             * into the cross terms' (one [E, D] buffer) */
+            Tensor gx = grad;
+            if (rows.order) {
+                gx = at::empty({n.E, n.H}, grad.options());
+                T* gxp = gx.data_ptr<T>();
+                const int64_t H = n.H;
+                const int64_t* order = rows.order;
+                at::parallel_for(0, n.E, 4096, [&](int64_t e0, int64_t e1) {
+                    for (int64_t e = e0; e < e1; e++)
+                        for (int64_t h = 0; h < H; h++) gxp[order[e] * H + h] = gp[e * H + h];
+                });
+            }
             quadratic_gradients(gx, x, *c, need_x ? &dx : nullptr, true,
                                 need_c ? &dc : nullptr);
         }
