@@ -34,7 +34,7 @@ import socket
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
@@ -307,8 +307,8 @@ def resume_config(saved: RunConfig, given: Optional[RunConfig]) -> RunConfig:
         listed = "; ".join(f"{k}: saved {a!r}, given {b!r}" for k, a, b in diff)
         raise UsageError(f"a resumed run keeps its saved settings, but these differ: {listed}; "
                          f"start a new run to change them")
-    return replace(saved, train=replace(saved.train, device=given.train.device,
-                                        threads=given.train.threads,
-                                        attention_backend=given.train.attention_backend,
-                                        compile=given.train.compile),
-                   data=replace(saved.data, root=given.data.root))
+    runtime: Dict[str, Dict[str, object]] = {}
+    for section, key in RUNTIME_KEYS:
+        runtime.setdefault(section, {})[key] = getattr(getattr(given, section), key)
+    return replace(saved, **{section: replace(getattr(saved, section), **values)
+                             for section, values in runtime.items()})

@@ -58,6 +58,30 @@ def test_a_resumed_run_may_change_the_attention_backend(tmp_path):
     assert resume_config(saved, given).train.attention_backend == "dense"
 
 
+def test_a_resumed_run_takes_every_runtime_setting_given():
+    """Each of RUNTIME_KEYS given with --resume is the resumed run's (each
+    was listed by hand before, and --member-processes was accepted but
+    dropped); the other settings stay the saved ones."""
+    from graphformer.train.pretrain import PretrainConfig
+    from graphformer.train.run_dir import RUNTIME_KEYS
+
+    values = {"device": "cpu", "threads": 3, "attention_backend": "sparse", "compile": True,
+              "member_processes": 1, "root": "elsewhere"}
+    assert {key for _, key in RUNTIME_KEYS} == set(values)
+    # pretrain refuses the train-only settings (compile, member_processes)
+    for kind, train_only in ((RunConfig, ()), (PretrainConfig, ("compile", "member_processes"))):
+        train = {k: values[k] for s, k in RUNTIME_KEYS if s == "train" and k not in train_only}
+        saved = kind.from_dict({"model": {"hidden": 16, "heads": 2}, "train": {"ensemble": 1}})
+        given = kind.from_dict({"model": {"hidden": 16, "heads": 2},
+                                "train": {"ensemble": 1, **train},
+                                "data": {"root": values["root"]}})
+        resumed = resume_config(saved, given)
+        for section, key in RUNTIME_KEYS:
+            expected = values[key] if key not in train_only else getattr(saved.train, key)
+            assert getattr(getattr(resumed, section), key) == expected, (kind, key)
+        assert resumed.model == saved.model and resumed.train.seed == saved.train.seed
+
+
 def test_the_backend_is_set_on_every_block_and_changes_no_prediction():
     from torch_geometric.data import Batch
 
