@@ -14,6 +14,7 @@ from ..train import RunConfig, read_config_file, resume, train
 from ..train.config import DataConfig, TrainConfig
 from ..train.checkpoint import load_checkpoint, run_config
 from ..train.ensemble import saved_ensemble
+from ..train.run_dir import RUNTIME_KEYS
 from ._config_flags import add_config_flags, config_flags, settings
 
 #: the ``train`` settings that only ``graphformer train`` takes (not ``pretrain``)
@@ -25,8 +26,9 @@ _FLAGS = {**config_flags(DataConfig, "data"), **config_flags(GraphTransformerCon
 #: the flags written --x/--no-x
 _BOOLEAN_FLAGS = {f.name for cls in (DataConfig, GraphTransformerConfig, TrainConfig)
                   for f in settings(cls) if typing.get_type_hints(cls)[f.name] is bool}
-# Flags a resumed run accepts: where it runs, not what it computes.
-RUNTIME_FLAGS = ("device", "threads", "attention_backend", "compile", "member_processes", "root")
+# Flags a resumed run accepts: where it runs, not what it computes (the
+# settings of RUNTIME_KEYS, each flag named as its key).
+RUNTIME_FLAGS = tuple(sorted(key for _, key in RUNTIME_KEYS))
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -62,7 +62,6 @@ def test_a_resumed_run_takes_every_runtime_setting_given():
     """Each of RUNTIME_KEYS given with --resume is the resumed run's (each
     was listed by hand before, and --member-processes was accepted but
     dropped); the other settings stay the saved ones."""
-    from graphformer.train.pretrain import PretrainConfig
     from graphformer.train.run_dir import RUNTIME_KEYS
 
     values = {"device": "cpu", "threads": 3, "attention_backend": "sparse", "compile": True,
@@ -80,6 +79,12 @@ def test_a_resumed_run_takes_every_runtime_setting_given():
             expected = values[key] if key not in train_only else getattr(saved.train, key)
             assert getattr(getattr(resumed, section), key) == expected, (kind, key)
         assert resumed.model == saved.model and resumed.train.seed == saved.train.seed
+    # each is a flag --resume accepts, the flag of that very setting
+    for section, key in RUNTIME_KEYS:
+        assert _FLAGS[key] == (section, key)
+    args = build_parser().parse_args(["train", "--resume", "run", "--member-processes", "1",
+                                      "--compile", "--threads", "3"])
+    check_resume_flags(args, _FLAGS)     # not refused
 
 
 def test_the_backend_is_set_on_every_block_and_changes_no_prediction():
