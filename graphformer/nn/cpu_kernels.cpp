@@ -23,10 +23,8 @@
 //
 // Every kernel is a template instantiated for float and double.
 #include <ATen/Parallel.h>
-#include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -226,6 +224,23 @@ INLINE void dispatch_c(int64_t C, const F& f) {
 
 // ----------------------------------------------------------------- kernels
 
+/* Passes over the edges grouped by source read rows by target (or the
+ * edges' own rows) in a random order: they ask for the rows of the edge
+ * PREFETCH positions ahead to be brought to the cache. At 200,000 random
+ * edges (10,000 nodes, 8 heads, 2 threads): edge_scatter_kernel by source
+ * (64 features) 14 ms against 23 ms without, the fused attention's backward
+ * 33-34 ms against 36-37 ms. Asking the same in the passes by target (the
+ * tables' rows by source in edge_dot and edge_gather, the keys and values in
+ * backward_target_row) made them no faster or slower: not done. */
+constexpr int64_t PREFETCH = 8;
+
+template <typename T>
+INLINE void prefetch_row(const T* row, int64_t D) {
+    const char* bytes = reinterpret_cast<const char*>(row);
+    for (int64_t o = 0; o < D * (int64_t)sizeof(T); o += 64) __builtin_prefetch(bytes + o);
+}
+
+
 /* Groups an edge set by source with a stable counting sort: writes the
  * transpose's row pointer ptr [S + 1] and perm [E], where position p of the
  * transpose is edge perm[p] (edges of one source keep their order, as a
@@ -391,10 +406,16 @@ INLINE void backward_source_row(
         const int64_t* tptr, const int64_t* trow, const int64_t* perm, const int64_t* etype,
         const T* dout, const T* g_edge, T* dk, T* dv, T* dtk, T* __restrict__ acc_k,
         T* __restrict__ acc_v) {
-    const int64_t start = tptr[j], end = tptr[j + 1];
+    const int64_t start = tptr[j], end = tptr[j + 1], end_all = tptr[Ns];
     for (int64_t x = 0; x < H * C; x++) { acc_k[x] = 0; acc_v[x] = 0; }
     for (int64_t p = start; p < end; p++) {
         const int64_t e = perm[p], i = trow[p];
+        if (p + PREFETCH < end_all) {
+            const int64_t fi = trow[p + PREFETCH];
+            prefetch_row(q + fi * H * C, H * C);
+            prefetch_row(dout + fi * H * C, H * C);
+            prefetch_row(g_edge + perm[p + PREFETCH] * 2 * H, 2 * H);
+        }
         const T* ge = g_edge + e * 2 * H;
         const T* qi = q + i * H * C;
         const T* doi = dout + i * H * C;
@@ -469,39 +490,44 @@ void dropout_kernel(int64_t n, int64_t op, const T* in, const T* grad, T* out, u
 
 
 /* GCC / Clang vector types of 64 bytes (one AVX-512 register, two AVX2
- * ones): the lanes of the edge-blocked kernel below, one edge per lane. */
+ * ones): the lanes of the edge-blocked kernels below, one edge per lane.
+ * may_alias (as the compilers' own __m512): scratch written element by
+ * element is read as vectors. */
 template <typename T>
 struct Lanes;
 template <>
 struct Lanes<float> {
-    typedef float V __attribute__((vector_size(64)));
+    typedef float V __attribute__((vector_size(64), __may_alias__));
     static constexpr int64_t L = 16;
 };
 template <>
 struct Lanes<double> {
-    typedef double V __attribute__((vector_size(64)));
+    typedef double V __attribute__((vector_size(64), __may_alias__));
     static constexpr int64_t L = 8;
 };
 
-/* Runs block(i0, n, xt) for the blocks of L edges of x [E, D] (the last
- * n <= L) on PyTorch's threads: xt [D] vectors hold the block's features
- * transposed (lane l is edge i0 + l, zero past n). */
+/* Runs block(i0, n, xt, more) for the blocks of L edges of x [E, D] (the
+ * last n <= L) on PyTorch's threads: xt [D] vectors hold the block's features
+ * transposed (lane l is edge i0 + l, zero past n); more, `extra` vectors of
+ * the thread's own scratch for the block's use. */
 template <typename T, typename Block>
-void for_edge_blocks(int64_t E, int64_t D, const T* x, const Block& block) {
+void for_edge_blocks(int64_t E, int64_t D, const T* x, int64_t extra, const Block& block) {
     using V = typename Lanes<T>::V;
     constexpr int64_t L = Lanes<T>::L;
     const int64_t blocks = (E + L - 1) / L;
     at::parallel_for(0, blocks, 4, [&, E, D](int64_t b0, int64_t b1) {
-        Scratch<T> scratch(std::max<int64_t>(D, 1) * L);
-        V* xt = reinterpret_cast<V*>(scratch.ptr);
+        Scratch<T> scratch((std::max<int64_t>(D, 1) + extra) * L);
+        T* xs = scratch.ptr;
+        V* xt = reinterpret_cast<V*>(xs);
         for (int64_t blk = b0; blk < b1; blk++) {
             const int64_t i0 = blk * L, n = std::min<int64_t>(L, E - i0);
-            for (int64_t a = 0; a < D; a++) {
-                V t = {};
-                for (int64_t l = 0; l < n; l++) t[l] = x[(i0 + l) * D + a];
-                xt[a] = t;
+            /* row by row (contiguous reads), element stores into the lanes */
+            if (n < L) std::fill_n(xs, D * L, T(0));
+            for (int64_t l = 0; l < n; l++) {
+                const T* row = x + (i0 + l) * D;
+                for (int64_t a = 0; a < D; a++) xs[a * L + l] = row[a];
             }
-            block(i0, n, xt);
+            block(i0, n, xt, xt + std::max<int64_t>(D, 1));
         }
     });
 }
@@ -521,7 +547,7 @@ template <typename T, int64_t HB>
 void edge_quadratic_kernel(int64_t E, int64_t D, int64_t H, int64_t Hp, const T* x,
                            const T* c, T* out) {
     using V = typename Lanes<T>::V;
-    for_edge_blocks<T>(E, D, x, [=](int64_t i0, int64_t n, const V* xt) {
+    for_edge_blocks<T>(E, D, x, 0, [=](int64_t i0, int64_t n, const V* xt, V*) {
         for (int64_t h0 = 0; h0 < H; h0 += HB) {
             V acc[HB];
             for (int64_t h = 0; h < HB; h++) acc[h] = V{};
@@ -541,97 +567,158 @@ void edge_quadratic_kernel(int64_t E, int64_t D, int64_t H, int64_t Hp, const T*
     });
 }
 
-/* The gradients of edge_quadratic_kernel's terms for grad [E, H], through
- * u[e, h, b] = grad[e, h] x[e, b], made for a block of QB edges at a time in
- * scratch (so that it stays in cache) and used by two products of PyTorch's
- * BLAS (single-threaded inside the parallel loop; threads split the edges,
- * not each product):
- *
- * dx[e, a] = sum over h, b of u[e, h, b] s2[(h, b), a] (row quad_column(h,
- * b) of s2 [H D, D]), s2 twice the symmetric matrix of every head (2 S_h,
- * S_aa = c_aa, S_ab = S_ba = c_ab / 2): D^2 H multiply-adds per edge;
- *
- * dc[t(a, b), h] = sum_e grad[e, h] x[e, a] x[e, b], a <= b: the upper
- * triangle of x^T u. The features split in halves A = [0, D1) and B = [D1,
- * D), u's columns are laid out half by half ((h, b) at quad_column), so that
- * the two products x_A^T u (rows a in A, every b) and x_B^T u_B (a, b in B)
- * cover the triangle: 3/4 of the D^2 H multiply-adds of the whole product.
- *
- * The blocks are split into at most QG groups whatever the threads, each
- * summing its own partial products, then added in order: results do not
- * depend on the threads. dx or dc null: skipped. */
-constexpr int64_t QB = 256, QG = 16;
-
-INLINE int64_t quad_column(int64_t h, int64_t b, int64_t H, int64_t D) {
-    const int64_t D1 = (D + 1) / 2;
-    return b < D1 ? h * D1 + b : H * D1 + h * (D - D1) + (b - D1);
+/* The gradient in x of edge_quadratic_kernel's terms for grad [E, H] (rows
+ * of x's order), written into dx [E, D] (added to it when `accumulate`):
+ * for each pair a <= b the coefficient weighted by the edge's gradients, w =
+ * sum over h of grad[e, h] c[t(a, b), h], then dx_a += w x_b and dx_b += w
+ * x_a (the diagonal: dx_a += 2 w x_a). Blocks of L edges at once as in the
+ * forward (lanes are edges; a head block's gradients in registers, the
+ * block's dx in scratch): D (D + 1) / 2 (Hp + 2) multiply-adds per edge,
+ * where the product with every head's symmetric matrix takes D^2 H. Each
+ * edge is computed by the same code in the same order whatever the threads. */
+template <typename T, int64_t HB>
+void edge_quadratic_dx_kernel(int64_t E, int64_t D, int64_t H, int64_t Hp, const T* x,
+                              const T* g, const T* c, T* dx, bool accumulate) {
+    using V = typename Lanes<T>::V;
+    for_edge_blocks<T>(E, D, x, D, [=](int64_t i0, int64_t n, const V* xt, V* dt) {
+        for (int64_t a = 0; a < D; a++) dt[a] = V{};
+        for (int64_t h0 = 0; h0 < Hp; h0 += HB) {
+            V gt[HB];
+            for (int64_t h = 0; h < HB; h++) {
+                V t = {};
+                if (h0 + h < H)
+                    for (int64_t l = 0; l < n; l++) t[l] = g[(i0 + l) * H + h0 + h];
+                gt[h] = t;
+            }
+            /* w of the pair at cr: two chains of multiply-adds */
+            const auto weight = [&](const T* cr) {
+                V w0 = gt[0] * cr[0], w1 = gt[1] * cr[1];
+#pragma GCC unroll 4
+                for (int64_t h = 2; h < HB; h += 2) {
+                    w0 += gt[h] * cr[h];
+                    w1 += gt[h + 1] * cr[h + 1];
+                }
+                return w0 + w1;
+            };
+            const T* cr = c + h0;
+            for (int64_t a = 0; a < D; a++) {
+                const V xa = xt[a];
+                const V wd = weight(cr);
+                cr += Hp;
+                V acc = (wd + wd) * xa;
+                for (int64_t b = a + 1; b < D; b++, cr += Hp) {
+                    const V w = weight(cr);
+                    acc += w * xt[b];
+                    dt[b] += w * xa;
+                }
+                dt[a] += acc;
+            }
+        }
+        for (int64_t l = 0; l < n; l++) {
+            T* out = dx + (i0 + l) * D;
+            if (accumulate)
+                for (int64_t a = 0; a < D; a++) out[a] += dt[a][l];
+            else
+                for (int64_t a = 0; a < D; a++) out[a] = dt[a][l];
+        }
+    });
 }
 
-template <typename T>
-void edge_quadratic_backward_kernel(const Tensor& grad, const Tensor& x, const Tensor& s2,
-                                    Tensor* dx, bool accumulate, Tensor* dc) {
-    const int64_t E = x.size(0), D = x.size(1), H = grad.size(1);
-    const int64_t D1 = (D + 1) / 2, D2 = D - D1, HD = H * D;
-    const T* g = grad.data_ptr<T>();
-    const T* xp = x.data_ptr<T>();
-    const int64_t blocks = (E + QB - 1) / QB, groups = std::min(blocks, QG);
-    /* per group: rows A [D1, H D] (every column), then rows B [D2, H D2] */
-    const int64_t part = D1 * HD + D2 * H * D2;
-    Tensor partial = dc ? at::zeros({groups, part}, x.options()) : Tensor();
+/* The gradient of edge_quadratic_kernel's coefficients for grad [E, H]:
+ * dc[t(a, b), h] = sum over e of grad[e, h] x[e, a] x[e, b], a <= b, into dc
+ * [D (D + 1) / 2, H]. Lanes are edges, as in the forward: chunks of QK
+ * blocks of L edges are transposed into scratch (features xt, gradients gt
+ * of Hp heads, zero past the edges and heads), and for three pairs (a, b..b
+ * + 2) and HB heads at a time the sums over the chunk's blocks stay in
+ * registers (each block: three products x_a x_b and 3 HB multiply-adds),
+ * then are added to the group's per-lane sums acc [pairs, Hp] in scratch:
+ * D (D + 1) / 2 (H + 1) multiply-adds per edge, the triangle exactly.
+ *
+ * The blocks are split into at most QG groups whatever the threads, each
+ * summing its lanes in order into its own partial sums, then added in
+ * order: results do not depend on the threads. */
+constexpr int64_t QG = 16, QK = 64;
+
+template <typename T, int64_t HB>
+void edge_quadratic_dc_kernel(int64_t E, int64_t D, int64_t H, int64_t Hp, const T* x,
+                              const T* g, T* dc) {
+    using V = typename Lanes<T>::V;
+    constexpr int64_t L = Lanes<T>::L;
+    const int64_t pairs = D * (D + 1) / 2, blocks = (E + L - 1) / L;
+    /* at least a chunk of blocks per group: each group zeroes and sums its own acc */
+    const int64_t groups = std::min((blocks + QK - 1) / QK, QG);
+    std::vector<T> partial(groups * pairs * Hp, T(0));
     at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
-        /* PyTorch's worker threads do not inherit the caller's exclusion of
-         * autograd: the products below must not see it (x may require grad) */
-        at::AutoDispatchBelowADInplaceOrView below_autograd;
-        Tensor u = at::empty({QB, HD}, x.options());
-        T* up = u.data_ptr<T>();
-        for (int64_t grp = g0; grp < g1; grp++) {
-            Tensor acc_a, acc_b;
-            if (dc) {
-                acc_a = partial.select(0, grp).narrow(0, 0, D1 * HD).view({D1, HD});
-                acc_b = partial.select(0, grp).narrow(0, D1 * HD, D2 * H * D2).view({D2, H * D2});
+        Scratch<T> xs(QK * D * L), gs(QK * Hp * L), as(pairs * Hp * L);
+        T* xsp = xs.ptr;
+        T* gsp = gs.ptr;
+        const V* xt = reinterpret_cast<const V*>(xsp);
+        const V* gt = reinterpret_cast<const V*>(gsp);
+        V* acc = reinterpret_cast<V*>(as.ptr);
+        /* P pairs (a, b..b + P - 1), pair index t, heads h0..h0 + HB, over the K blocks */
+        const auto sums = [&](auto P_, int64_t K, int64_t a, int64_t b, int64_t t, int64_t h0) {
+            constexpr int64_t P = decltype(P_)::value;
+            V r[P][HB];
+            for (int64_t p = 0; p < P; p++)
+                for (int64_t h = 0; h < HB; h++) r[p][h] = V{};
+            for (int64_t k = 0; k < K; k++) {
+                const V* xk = xt + k * D;
+                const V* gk = gt + k * Hp + h0;
+                const V xa = xk[a];
+#pragma GCC unroll 3
+                for (int64_t p = 0; p < P; p++) {
+                    const V m = xa * xk[b + p];
+#pragma GCC unroll 8
+                    for (int64_t h = 0; h < HB; h++) r[p][h] += m * gk[h];
+                }
             }
-            for (int64_t blk = blocks * grp / groups; blk < blocks * (grp + 1) / groups; blk++) {
-                const int64_t i0 = blk * QB, n = std::min(QB, E - i0);
-                for (int64_t e = 0; e < n; e++) {
-                    const T* xe = xp + (i0 + e) * D;
-                    T* ue = up + e * HD;
-                    for (int64_t h = 0; h < H; h++) {
-                        const T ge = g[(i0 + e) * H + h];
-                        for (int64_t b = 0; b < D1; b++) ue[h * D1 + b] = ge * xe[b];
-                        for (int64_t b = 0; b < D2; b++) ue[H * D1 + h * D2 + b] = ge * xe[D1 + b];
+            for (int64_t p = 0; p < P; p++)
+                for (int64_t h = 0; h < HB; h++) acc[(t + p) * Hp + h0 + h] += r[p][h];
+        };
+        for (int64_t grp = g0; grp < g1; grp++) {
+            std::fill_n(as.ptr, pairs * Hp * L, T(0));
+            const int64_t first = blocks * grp / groups, last = blocks * (grp + 1) / groups;
+            for (int64_t cb = first; cb < last; cb += QK) {
+                const int64_t K = std::min(QK, last - cb);
+                for (int64_t k = 0; k < K; k++) {
+                    const int64_t i0 = (cb + k) * L, n = std::min<int64_t>(L, E - i0);
+                    if (n < L || Hp > H) {   /* lanes past the edges, heads past H: zero */
+                        std::fill_n(xsp + k * D * L, D * L, T(0));
+                        std::fill_n(gsp + k * Hp * L, Hp * L, T(0));
+                    }
+                    for (int64_t l = 0; l < n; l++) {
+                        const T* row = x + (i0 + l) * D;
+                        for (int64_t a = 0; a < D; a++) xsp[(k * D + a) * L + l] = row[a];
+                        const T* gr = g + (i0 + l) * H;
+                        for (int64_t h = 0; h < H; h++) gsp[(k * Hp + h) * L + l] = gr[h];
                     }
                 }
-                const Tensor ub = u.narrow(0, 0, n);
-                if (dx) {
-                    Tensor out = dx->narrow(0, i0, n);
-                    if (accumulate)
-                        out.addmm_(ub, s2);
-                    else
-                        at::mm_out(out, ub, s2);
-                }
-                if (dc) {
-                    const Tensor xb = x.narrow(0, i0, n);
-                    acc_a.addmm_(xb.narrow(1, 0, D1).t(), ub);
-                    if (D2 > 0)
-                        acc_b.addmm_(xb.narrow(1, D1, D2).t(), ub.narrow(1, H * D1, H * D2));
-                }
+                for (int64_t h0 = 0; h0 < Hp; h0 += HB)
+                    for (int64_t a = 0, t = 0; a < D; a++) {
+                        int64_t b = a;
+                        for (; b + 3 <= D; b += 3, t += 3)
+                            sums(std::integral_constant<int64_t, 3>{}, K, a, b, t, h0);
+                        for (; b < D; b++, t++)
+                            sums(std::integral_constant<int64_t, 1>{}, K, a, b, t, h0);
+                    }
+            }
+            T* part = partial.data() + grp * pairs * Hp;
+            for (int64_t i = 0; i < pairs * Hp; i++) {
+                T s = 0;
+                for (int64_t l = 0; l < L; l++) s += acc[i][l];
+                part[i] = s;
             }
         }
     });
-    if (dc && groups == 0) {   /* no edges */
-        dc->zero_();
-    } else if (dc) {
-        Tensor total = partial.select(0, 0).clone();
-        for (int64_t grp = 1; grp < groups; grp++) total.add_(partial.select(0, grp));
-        const T* tp = total.data_ptr<T>();
-        T* dp = dc->data_ptr<T>();
-        for (int64_t a = 0, t = 0; a < D; a++)
-            for (int64_t b = a; b < D; b++, t++)
-                for (int64_t h = 0; h < H; h++)
-                    dp[t * H + h] = a < D1 ? tp[a * HD + quad_column(h, b, H, D)]
-                                           : tp[D1 * HD + (a - D1) * H * D2 + h * D2 + (b - D1)];
-    }
+    for (int64_t t = 0; t < pairs; t++)
+        for (int64_t h = 0; h < H; h++) {
+            T s = 0;
+            for (int64_t grp = 0; grp < groups; grp++) s += partial[(grp * pairs + t) * Hp + h];
+            dc[t * H + h] = s;
+        }
 }
+
+
 
 /* The per-edge node-table products of the edge-feature terms, over a CSR by
  * target (ptr [N + 1], col [E]) with tables p [H, N, D] (by target) and r
@@ -720,6 +807,10 @@ void edge_scatter_kernel(int64_t G, int64_t H, int64_t D, const int64_t* gptr,
             for (int64_t q = gptr[n]; q < gptr[n + 1]; q++) {
                 const int64_t e = members ? members[q] : q;
                 const T* __restrict__ xe = x + (order ? order[e] : e) * DD;
+                if (members && q + PREFETCH < gptr[G]) {
+                    const int64_t ef = members[q + PREFETCH];
+                    prefetch_row(x + (order ? order[ef] : ef) * DD, DD);
+                }
                 for (int64_t h = 0; h < H; h++) {
                     const T w = g[e * ge + h * gh];
                     T* __restrict__ a = acc + h * DD;
@@ -982,33 +1073,32 @@ Tensor edge_quadratic(const Tensor& x_in, const Tensor& c_in) {
     });
 }
 
-/* The gradients of the quadratic form for grad [E, H] (rows of x's order),
- * by edge_quadratic_backward_kernel: into dx [E, D] (added to it when
- * `accumulate`, else written) and dc [D (D + 1) / 2, H], each skipped when
- * null. */
-void quadratic_gradients(const Tensor& grad_in, const Tensor& x_in, const Tensor& c_in,
-                         Tensor* dx, bool accumulate, Tensor* dc) {
+/* The gradients of the quadratic form for grad [E, H] (rows of x's order):
+ * dx [E, D] by edge_quadratic_dx_kernel (added to it when `accumulate`, else
+ * written) and dc [D (D + 1) / 2, H] by edge_quadratic_dc_kernel, each
+ * skipped when null. `op` names the caller in the checks' messages. */
+void quadratic_gradients(const char* op, const Tensor& grad_in, const Tensor& x_in,
+                         const Tensor& c_in, Tensor* dx, bool accumulate, Tensor* dc) {
+    const int64_t HB = quadratic_head_block(op, x_in, c_in);
     const int64_t E = x_in.size(0), D = x_in.size(1), H = c_in.size(1);
-    const Tensor x = x_in.contiguous(), grad = grad_in.contiguous(), c = c_in.contiguous();
+    const Tensor x = x_in.contiguous(), grad = grad_in.contiguous(), c = pad_heads(c_in, HB);
+    const int64_t Hp = c.size(1);
     by_dtype(x, "x", [&](auto zero) {
         using T = decltype(zero);
         const auto f = x.scalar_type();
-        data<const T>(x, "x", f, E * D);
-        data<const T>(grad, "grad", f, E * H);
+        const T* xp = data<const T>(x, "x", f, E * D);
+        const T* gp = data<const T>(grad, "grad", f, E * H);
         const T* cp = data<const T>(c, "c", f);
-        /* s2 [quad_column(h, b), a] = 2 S_h[b, a] */
-        Tensor s2 = at::empty({H * D, D}, x.options());
-        T* sp = s2.data_ptr<T>();
-        for (int64_t a = 0; a < D; a++)
-            for (int64_t b = a; b < D; b++) {
-                const int64_t t = a * D - a * (a - 1) / 2 + (b - a);
-                for (int64_t h = 0; h < H; h++) {
-                    const T v = a == b ? 2 * cp[t * H + h] : cp[t * H + h];
-                    sp[quad_column(h, b, H, D) * D + a] = v;
-                    sp[quad_column(h, a, H, D) * D + b] = v;
-                }
-            }
-        edge_quadratic_backward_kernel<T>(grad, x, s2, dx, accumulate, dc);
+        const auto run = [&](auto HB_) {
+            constexpr int64_t B = decltype(HB_)::value;
+            if (dx) edge_quadratic_dx_kernel<T, B>(E, D, H, Hp, xp, gp, cp, dx->data_ptr<T>(),
+                                                   accumulate);
+            if (dc) edge_quadratic_dc_kernel<T, B>(E, D, H, Hp, xp, gp, dc->data_ptr<T>());
+        };
+        if (HB == 4)
+            run(std::integral_constant<int64_t, 4>{});
+        else
+            run(std::integral_constant<int64_t, 8>{});
         return 0;
     });
 }
@@ -1017,11 +1107,11 @@ void quadratic_gradients(const Tensor& grad_in, const Tensor& x_in, const Tensor
  * 1) / 2, H], each empty where not needed. */
 std::tuple<Tensor, Tensor> edge_quadratic_backward(const Tensor& grad, const Tensor& x,
                                                    const Tensor& c, bool need_x, bool need_c) {
-    quadratic_head_block("edge_quadratic_backward", x, c);
     const int64_t D = x.size(1), H = c.size(1);
     Tensor dx = at::empty(need_x ? x.sizes() : at::IntArrayRef{0}, x.options());
     Tensor dc = at::empty({need_c ? D * (D + 1) / 2 : 0, H}, x.options());
-    quadratic_gradients(grad, x, c, need_x ? &dx : nullptr, false, need_c ? &dc : nullptr);
+    quadratic_gradients("edge_quadratic_backward", grad, x, c, need_x ? &dx : nullptr, false,
+                        need_c ? &dc : nullptr);
     return std::make_tuple(dx, dc);
 }
 
@@ -1148,7 +1238,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> edge_cross_backward(
                         for (int64_t h = 0; h < H; h++) gxp[order[e] * H + h] = gp[e * H + h];
                 });
             }
-            quadratic_gradients(gx, x, *c, need_x ? &dx : nullptr, true,
+            quadratic_gradients("edge_cross_backward", gx, x, *c, need_x ? &dx : nullptr, true,
                                 need_c ? &dc : nullptr);
         }
         return std::make_tuple(dp, dr, dx, dc);

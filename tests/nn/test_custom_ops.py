@@ -103,11 +103,13 @@ def test_edge_quadratic(dtype, heads, features):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_edge_quadratic_gradients_over_many_blocks_do_not_depend_on_threads(dtype):
-    """The backward works on blocks of 256 edges in at most 16 groups: 5,000
-    edges span both (and a tail). Gradients match the projections' and are
-    bitwise the same with 1 and 2 threads."""
+    """The coefficients' gradient sums chunks of 64 blocks of 16 (float) or 8
+    (double) edges in at most 16 groups, the features' gradient blocks of
+    edges: 20,000 edges fill the 16 groups, several chunks each, and a tail.
+    Gradients match the projections' and are bitwise the same with 1 and 2
+    threads."""
     torch.manual_seed(5)
-    E, H, C, D = 5000, 3, 4, 6
+    E, H, C, D = 20_003, 3, 4, 6
     x = torch.randn(E, D, dtype=dtype, requires_grad=True)
     w_eq = torch.randn(H * C, D, dtype=dtype, requires_grad=True)
     w_ek = torch.randn(H * C, D, dtype=dtype, requires_grad=True)
