@@ -242,8 +242,9 @@ def edge_quadratic(x: Tensor, c: Tensor) -> Tensor:
 #: (``order`` [E], CSR position -> row of ``x``; None: CSR order); with the
 #: coefficients ``c`` [D (D + 1) / 2, H], plus the quadratic form of
 #: ``x[order[e]]`` (:func:`edge_quadratic`). ``sptr``, ``perm`` (the grouping
-#: by source) are for its backward, ``edge_cross_backward``, which adds both
-#: terms' gradients of ``x`` into one buffer.
+#: by source): ``r``'s share is summed by source, forward and backward (a
+#: source's rows of ``r`` read once). Its backward, ``edge_cross_backward``,
+#: adds both terms' gradients of ``x`` into one buffer.
 _EDGE_CROSS = define_op("edge_cross", "(Tensor p, Tensor r, Tensor x, Tensor ptr, Tensor col, "
                         "Tensor sptr, Tensor perm, Tensor? order, Tensor? c=None) -> Tensor")
 _EDGE_CROSS_BACKWARD = define_op(
