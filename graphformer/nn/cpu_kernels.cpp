@@ -794,6 +794,36 @@ void edge_gather_kernel(int64_t N, int64_t H, int64_t D, EdgeRows rows, const T*
     });
 }
 
+/* edge_dot and edge_gather of one table in one pass by target (the value
+ * sums' gradients): out[e, h] = p[h, i] . x[xrow(e)] and dx[xrow(e)] =
+ * sum_h g[e, h] p[h, i], each edge's row of x read once. */
+template <typename T>
+void edge_dot_gather_kernel(int64_t N, int64_t H, int64_t D, EdgeRows rows, const T* p,
+                            const T* x, T* out, int64_t oe, int64_t oh, const T* g, int64_t ge,
+                            int64_t gh, T* dx) {
+    dispatch_c<T>(D, [&](auto D_) {
+        const int64_t DD = D_;   /* a compile-time constant for float's common D */
+        for_rows_with_scratch<T>(N, DD, [&](int64_t i, T* __restrict__ acc) {
+            for (int64_t e = rows.ptr[i]; e < rows.ptr[i + 1]; e++) {
+                const T* __restrict__ xe = x + rows.xrow(e) * DD;
+                for (int64_t d = 0; d < DD; d++) acc[d] = 0;
+                for (int64_t h = 0; h < H; h++) {
+                    const T* __restrict__ pi = p + (h * N + i) * DD;
+                    const T w = g[e * ge + h * gh];
+                    T sum = 0;
+                    for (int64_t d = 0; d < DD; d++) {
+                        sum += pi[d] * xe[d];
+                        acc[d] += w * pi[d];
+                    }
+                    out[e * oe + h * oh] = sum;
+                }
+                T* __restrict__ dxe = dx + rows.xrow(e) * DD;
+                for (int64_t d = 0; d < DD; d++) dxe[d] = acc[d];
+            }
+        });
+    });
+}
+
 template <typename T>
 void edge_dot_by_source_kernel(int64_t Ns, int64_t H, int64_t D, const int64_t* sptr,
                                const int64_t* perm, const int64_t* order, const T* r, const T* x,
@@ -1356,10 +1386,14 @@ std::tuple<Tensor, Tensor> edge_value_sum_backward(
         const T* gp = data<const T>(grad, "grad", f);
         Tensor dw = at::empty(need_w ? w.sizes() : at::IntArrayRef{0}, w.options());
         Tensor dx = at::empty(need_x ? x.sizes() : at::IntArrayRef{0}, x.options());
-        if (need_w)
+        if (need_w && need_x)
+            edge_dot_gather_kernel<T>(n.N, n.H, n.D, rows, gp, data<const T>(x, "x", f),
+                                      dw.data_ptr<T>(), 1, n.E, data<const T>(w, "w", f), 1,
+                                      n.E, dx.data_ptr<T>());
+        else if (need_w)
             edge_dot_kernel<T>(n.N, n.H, n.D, rows, gp, data<const T>(x, "x", f),
                                dw.data_ptr<T>(), 1, n.E);
-        if (need_x)
+        else if (need_x)
             edge_gather_kernel<T>(n.N, n.H, n.D, rows, gp, data<const T>(w, "w", f),
                                   1, n.E, dx.data_ptr<T>());
         return std::make_tuple(dw, dx);
