@@ -230,8 +230,9 @@ INLINE void dispatch_c(int64_t C, const F& f) {
  * edges (10,000 nodes, 8 heads, 2 threads): edge_scatter_kernel by source
  * (64 features) 14 ms against 23 ms without, the fused attention's backward
  * 33-34 ms against 36-37 ms. Asking the same in the passes by target (the
- * tables' rows by source in edge_dot and edge_gather, the keys and values in
- * backward_target_row) made them no faster or slower: not done. */
+ * tables' rows by source in the dot and gather by target, the keys and
+ * values in backward_target_row) was not faster, and slower for the tables:
+ * not done. */
 constexpr int64_t PREFETCH = 8;
 
 template <typename T>
@@ -239,7 +240,6 @@ INLINE void prefetch_row(const T* row, int64_t D) {
     const char* bytes = reinterpret_cast<const char*>(row);
     for (int64_t o = 0; o < D * (int64_t)sizeof(T); o += 64) __builtin_prefetch(bytes + o);
 }
-
 
 /* Groups an edge set by source with a stable counting sort: writes the
  * transpose's row pointer ptr [S + 1] and perm [E], where position p of the
@@ -718,8 +718,6 @@ void edge_quadratic_dc_kernel(int64_t E, int64_t D, int64_t H, int64_t Hp, const
         }
 }
 
-
-
 /* The per-edge node-table products of the edge-feature terms, over a CSR by
  * target (ptr [N + 1], col [E]) with tables p [H, N, D] (by target) and r
  * [H, Ns, D] (by source) and edge features x [E, D] in the caller's order:
@@ -728,26 +726,28 @@ void edge_quadratic_dc_kernel(int64_t E, int64_t D, int64_t H, int64_t Hp, const
  * are read as g[e * ge + h * gh] and written likewise (edge- or head-major,
  * whichever the caller holds, without a transposed copy).
  *
- * edge_dot:     out[e, h] = p[h, i] . x[xrow(e)]              (by target)
- * edge_gather:  dx[xrow(e)] = sum_h g[e, h] p[h, i]            (by target)
- * edge_dot_by_source:    out[e, h] += r[h, j] . x[xrow(e)]
- * edge_gather_by_source: dx[xrow(e)] += sum_h g[e, h] r[h, j]
- * edge_scatter: out[h, n] = sum over the edges e of group n of g[e, h] x[xrow(e)]
- *              (groups by gptr [G + 1]; the edge at position q of the
- *              grouping is members[q], or q when members is null)
+ * edge_dot_gather: out[e, h] = p[h, i] . x[xrow(e)] (the dot, where out is
+ *                  not null) and dx[xrow(e)] = sum_h g[e, h] p[h, i] (the
+ *                  gather, where dx is not null), by target, one pass for both
+ * edge_dot_gather_by_source: out[e, h] += r[h, j] . x[xrow(e)] and
+ *                  dx[xrow(e)] += sum_h g[e, h] r[h, j], by source
+ * edge_scatter:    out[h, n] = sum over the edges e of group n of g[e, h]
+ *                  x[xrow(e)] (groups by gptr [G + 1]; the edge at position q
+ *                  of the grouping is members[q], or q when members is null)
  *
- * The *_by_source passes walk the grouping by source (sptr [Ns + 1], members
+ * The passes by source walk the grouping by source (sptr [Ns + 1], members
  * perm), so that a source's rows of r are read once for all its edges, not
  * once per edge in a random order (at 200,000 random edges, 8 heads, D =
- * 64: 14-15 ms against 16-17 ms for the cross terms, 29 against 31-32 ms
+ * 64: 13-15 ms against 16-18 ms for the cross terms, 27-29 against 31-35 ms
  * for their gradient of x); they read and write the edges' own rows in a
  * random order instead, prefetched.
  *
- * The cross terms (q_i . W_ke e + W_qe e . k_j) are edge_dot and
- * edge_dot_by_source, their gradients edge_scatter by target (p), by source
- * (r), edge_gather and edge_gather_by_source (x); the value term sum_e w[h,
- * e] x[e] is edge_scatter by target, its gradients edge_dot (w) and
- * edge_gather (x). Each output row is written by one thread: no atomics. */
+ * The cross terms (q_i . W_ke e + W_qe e . k_j) are the dots by target (p)
+ * and by source (r), their gradients edge_scatter by target (p), by source
+ * (r) and the gathers by target and by source (x); the value term sum_e w[h,
+ * e] x[e] is edge_scatter by target, its gradients the dot (w) and the
+ * gather (x) by target. Each output row is written by one thread: no
+ * atomics. */
 struct EdgeRows {
     const int64_t *ptr, *col, *order;
     inline __attribute__((always_inline)) int64_t xrow(int64_t e) const {
@@ -755,124 +755,92 @@ struct EdgeRows {
     }
 };
 
-template <typename T>
-void edge_dot_kernel(int64_t N, int64_t H, int64_t D, EdgeRows rows, const T* p, const T* x,
-                     T* out, int64_t oe, int64_t oh) {
-    dispatch_c<T>(D, [&](auto D_) {
-        const int64_t DD = D_;   /* a compile-time constant for float's common D */
-        for_rows_with_scratch<T>(N, 1, [&](int64_t i, T*) {
-            for (int64_t e = rows.ptr[i]; e < rows.ptr[i + 1]; e++) {
-                const T* xe = x + rows.xrow(e) * DD;
-                for (int64_t h = 0; h < H; h++) {
-                    const T* pi = p + (h * N + i) * DD;
-                    T sum = 0;
-                    for (int64_t d = 0; d < DD; d++) sum += pi[d] * xe[d];
-                    out[e * oe + h * oh] = sum;
-                }
-            }
-        });
-    });
+/* Calls f with the compile-time flags (out != null, dx != null). */
+template <typename T, typename F>
+INLINE void dot_gather_flags(const T* out, const T* dx, const F& f) {
+    if (out && dx)
+        f(std::true_type{}, std::true_type{});
+    else if (out)
+        f(std::true_type{}, std::false_type{});
+    else if (dx)
+        f(std::false_type{}, std::true_type{});
 }
 
-template <typename T>
-void edge_gather_kernel(int64_t N, int64_t H, int64_t D, EdgeRows rows, const T* p, const T* g,
-                        int64_t ge, int64_t gh, T* dx) {
-    dispatch_c<T>(D, [&](auto D_) {
-        const int64_t DD = D_;   /* a compile-time constant for float's common D */
-        for_rows_with_scratch<T>(N, DD, [&](int64_t i, T* __restrict__ acc) {
-            for (int64_t e = rows.ptr[i]; e < rows.ptr[i + 1]; e++) {
-                for (int64_t d = 0; d < DD; d++) acc[d] = 0;
-                for (int64_t h = 0; h < H; h++) {
-                    const T w = g[e * ge + h * gh];
-                    const T* __restrict__ pi = p + (h * N + i) * DD;
-                    for (int64_t d = 0; d < DD; d++) acc[d] += w * pi[d];
-                }
-                T* __restrict__ dxe = dx + rows.xrow(e) * DD;
-                for (int64_t d = 0; d < DD; d++) dxe[d] = acc[d];
-            }
-        });
-    });
-}
-
-/* edge_dot and edge_gather of one table in one pass by target (the value
- * sums' gradients): out[e, h] = p[h, i] . x[xrow(e)] and dx[xrow(e)] =
- * sum_h g[e, h] p[h, i], each edge's row of x read once. */
 template <typename T>
 void edge_dot_gather_kernel(int64_t N, int64_t H, int64_t D, EdgeRows rows, const T* p,
                             const T* x, T* out, int64_t oe, int64_t oh, const T* g, int64_t ge,
                             int64_t gh, T* dx) {
     dispatch_c<T>(D, [&](auto D_) {
         const int64_t DD = D_;   /* a compile-time constant for float's common D */
-        for_rows_with_scratch<T>(N, DD, [&](int64_t i, T* __restrict__ acc) {
-            for (int64_t e = rows.ptr[i]; e < rows.ptr[i + 1]; e++) {
-                const T* __restrict__ xe = x + rows.xrow(e) * DD;
-                for (int64_t d = 0; d < DD; d++) acc[d] = 0;
-                for (int64_t h = 0; h < H; h++) {
-                    const T* __restrict__ pi = p + (h * N + i) * DD;
-                    const T w = g[e * ge + h * gh];
-                    T sum = 0;
-                    for (int64_t d = 0; d < DD; d++) {
-                        sum += pi[d] * xe[d];
-                        acc[d] += w * pi[d];
+        dot_gather_flags<T>(out, dx, [&](auto dot_, auto gather_) {
+            constexpr bool DOT = decltype(dot_)::value, GATHER = decltype(gather_)::value;
+            for_rows_with_scratch<T>(N, DD, [&](int64_t i, T* __restrict__ acc) {
+                for (int64_t e = rows.ptr[i]; e < rows.ptr[i + 1]; e++) {
+                    const T* __restrict__ xe = DOT ? x + rows.xrow(e) * DD : nullptr;
+                    if constexpr (GATHER)
+                        for (int64_t d = 0; d < DD; d++) acc[d] = 0;
+                    for (int64_t h = 0; h < H; h++) {
+                        const T* __restrict__ pi = p + (h * N + i) * DD;
+                        if constexpr (DOT) {
+                            T sum = 0;
+                            for (int64_t d = 0; d < DD; d++) sum += pi[d] * xe[d];
+                            out[e * oe + h * oh] = sum;
+                        }
+                        if constexpr (GATHER) {
+                            const T w = g[e * ge + h * gh];
+                            for (int64_t d = 0; d < DD; d++) acc[d] += w * pi[d];
+                        }
                     }
-                    out[e * oe + h * oh] = sum;
+                    if constexpr (GATHER) {
+                        T* __restrict__ dxe = dx + rows.xrow(e) * DD;
+                        for (int64_t d = 0; d < DD; d++) dxe[d] = acc[d];
+                    }
                 }
-                T* __restrict__ dxe = dx + rows.xrow(e) * DD;
-                for (int64_t d = 0; d < DD; d++) dxe[d] = acc[d];
-            }
+            });
         });
     });
 }
 
 template <typename T>
-void edge_dot_by_source_kernel(int64_t Ns, int64_t H, int64_t D, const int64_t* sptr,
-                               const int64_t* perm, const int64_t* order, const T* r, const T* x,
-                               T* out, int64_t oe, int64_t oh) {
+void edge_dot_gather_by_source_kernel(int64_t Ns, int64_t H, int64_t D, const int64_t* sptr,
+                                      const int64_t* perm, const int64_t* order, const T* r,
+                                      const T* x, T* out, int64_t oe, int64_t oh, const T* g,
+                                      int64_t ge, int64_t gh, T* dx) {
     const int64_t E = sptr[Ns];
     dispatch_c<T>(D, [&](auto D_) {
         const int64_t DD = D_;   /* a compile-time constant for float's common D */
-        for_rows_with_scratch<T>(Ns, 1, [&](int64_t j, T*) {
-            for (int64_t q = sptr[j]; q < sptr[j + 1]; q++) {
-                if (q + PREFETCH < E) {
-                    const int64_t ef = perm[q + PREFETCH];
-                    prefetch_row(x + (order ? order[ef] : ef) * DD, DD);
+        dot_gather_flags<T>(out, dx, [&](auto dot_, auto gather_) {
+            constexpr bool DOT = decltype(dot_)::value, GATHER = decltype(gather_)::value;
+            for_rows_with_scratch<T>(Ns, DD, [&](int64_t j, T* __restrict__ acc) {
+                for (int64_t q = sptr[j]; q < sptr[j + 1]; q++) {
+                    if (q + PREFETCH < E) {   /* the rows of the edge PREFETCH ahead */
+                        const int64_t ef = perm[q + PREFETCH];
+                        const int64_t rf = order ? order[ef] : ef;
+                        if constexpr (DOT) prefetch_row(x + rf * DD, DD);
+                        if constexpr (GATHER) prefetch_row(dx + rf * DD, DD);
+                    }
+                    const int64_t e = perm[q], row = order ? order[e] : e;
+                    const T* __restrict__ xe = DOT ? x + row * DD : nullptr;
+                    if constexpr (GATHER)
+                        for (int64_t d = 0; d < DD; d++) acc[d] = 0;
+                    for (int64_t h = 0; h < H; h++) {
+                        const T* __restrict__ rj = r + (h * Ns + j) * DD;
+                        if constexpr (DOT) {
+                            T sum = 0;
+                            for (int64_t d = 0; d < DD; d++) sum += rj[d] * xe[d];
+                            out[e * oe + h * oh] += sum;
+                        }
+                        if constexpr (GATHER) {
+                            const T w = g[e * ge + h * gh];
+                            for (int64_t d = 0; d < DD; d++) acc[d] += w * rj[d];
+                        }
+                    }
+                    if constexpr (GATHER) {
+                        T* __restrict__ dxe = dx + row * DD;
+                        for (int64_t d = 0; d < DD; d++) dxe[d] += acc[d];
+                    }
                 }
-                const int64_t e = perm[q];
-                const T* xe = x + (order ? order[e] : e) * DD;
-                for (int64_t h = 0; h < H; h++) {
-                    const T* rj = r + (h * Ns + j) * DD;
-                    T sum = 0;
-                    for (int64_t d = 0; d < DD; d++) sum += rj[d] * xe[d];
-                    out[e * oe + h * oh] += sum;
-                }
-            }
-        });
-    });
-}
-
-template <typename T>
-void edge_gather_by_source_kernel(int64_t Ns, int64_t H, int64_t D, const int64_t* sptr,
-                                  const int64_t* perm, const int64_t* order, const T* r,
-                                  const T* g, int64_t ge, int64_t gh, T* dx) {
-    const int64_t E = sptr[Ns];
-    dispatch_c<T>(D, [&](auto D_) {
-        const int64_t DD = D_;   /* a compile-time constant for float's common D */
-        for_rows_with_scratch<T>(Ns, DD, [&](int64_t j, T* __restrict__ acc) {
-            for (int64_t q = sptr[j]; q < sptr[j + 1]; q++) {
-                if (q + PREFETCH < E) {
-                    const int64_t ef = perm[q + PREFETCH];
-                    prefetch_row(dx + (order ? order[ef] : ef) * DD, DD);
-                }
-                const int64_t e = perm[q];
-                for (int64_t d = 0; d < DD; d++) acc[d] = 0;
-                for (int64_t h = 0; h < H; h++) {
-                    const T w = g[e * ge + h * gh];
-                    const T* __restrict__ rj = r + (h * Ns + j) * DD;
-                    for (int64_t d = 0; d < DD; d++) acc[d] += w * rj[d];
-                }
-                T* __restrict__ dxe = dx + (order ? order[e] : e) * DD;
-                for (int64_t d = 0; d < DD; d++) dxe[d] += acc[d];
-            }
+            });
         });
     });
 }
@@ -1243,9 +1211,8 @@ void check_cross_quadratic(const char* op, const TableSizes& n, const Tensor& x,
                       "] of x's dtype, got ", c->sizes());
 }
 
-/* The cross terms out[e, h] = (p[h, i] + r[h, j]) . x[order[e]] (edge_dot
- * by target, then edge_dot_by_source over sptr and perm, the grouping by
- * source), [E, H], plus with coefficients c the quadratic form of
+/* The cross terms out[e, h] = (p[h, i] + r[h, j]) . x[order[e]] (the dot
+ * by target, then by source over sptr and perm, the grouping by source), [E, H], plus with coefficients c the quadratic form of
  * x[order[e]] (edge_quadratic, computed in x's order and added through
  * order). */
 Tensor edge_cross(const Tensor& p_in, const Tensor& r_in, const Tensor& x_in, const Tensor& ptr,
@@ -1260,16 +1227,17 @@ Tensor edge_cross(const Tensor& p_in, const Tensor& r_in, const Tensor& x_in, co
         const auto f = p.scalar_type();
         Tensor out = at::empty({n.E, n.H}, p.options());
         const EdgeRows rows = edge_rows(ptr, col, order);
-        edge_dot_kernel<T>(n.N, n.H, n.D, rows, data<const T>(p, "p", f),
-                           data<const T>(x, "x", f), out.data_ptr<T>(), n.H, 1);
-        edge_dot_by_source_kernel<T>(n.Ns, n.H, n.D, data<const int64_t>(sptr, "sptr", at::kLong),
-                                     data<const int64_t>(perm, "perm", at::kLong), rows.order,
-                                     data<const T>(r, "r", f), data<const T>(x, "x", f),
-                                     out.data_ptr<T>(), n.H, 1);
+        const T* xp = data<const T>(x, "x", f);
+        T* op = out.data_ptr<T>();
+        edge_dot_gather_kernel<T>(n.N, n.H, n.D, rows, data<const T>(p, "p", f), xp, op, n.H, 1,
+                                  nullptr, 0, 0, nullptr);
+        edge_dot_gather_by_source_kernel<T>(
+            n.Ns, n.H, n.D, data<const int64_t>(sptr, "sptr", at::kLong),
+            data<const int64_t>(perm, "perm", at::kLong), rows.order, data<const T>(r, "r", f), xp,
+            op, n.H, 1, nullptr, 0, 0, nullptr);
         if (c) {
             const Tensor quad = edge_quadratic(x, *c);                  /* [E, H], x's order */
             const T* qp = quad.data_ptr<T>();
-            T* op = out.data_ptr<T>();
             const int64_t H = n.H;
             at::parallel_for(0, n.E, 4096, [&](int64_t e0, int64_t e1) {
                 for (int64_t e = e0; e < e1; e++)
@@ -1281,9 +1249,9 @@ Tensor edge_cross(const Tensor& p_in, const Tensor& r_in, const Tensor& x_in, co
 }
 
 /* The gradients of edge_cross for grad [E, H]: dp by target and dr by source
- * (edge_scatter), dx (edge_gather, in x's order) and, with coefficients c,
- * dc, the quadratic form's gradient of x added into dx
- * (quadratic_gradients); each empty where not needed. */
+ * (edge_scatter), dx (the gathers by target and by source, in x's order)
+ * and, with coefficients c, dc, the quadratic form's gradient of x added
+ * into dx (quadratic_gradients); each empty where not needed. */
 std::tuple<Tensor, Tensor, Tensor, Tensor> edge_cross_backward(
     const Tensor& grad_in, const Tensor& p_in, const Tensor& r_in, const Tensor& x_in,
     const Tensor& ptr, const Tensor& col, const Tensor& sptr, const Tensor& perm,
@@ -1314,11 +1282,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> edge_cross_backward(
             edge_scatter_kernel<T>(n.Ns, n.H, n.D, sp, members, rows.order, gp, n.H, 1, xp,
                                    dr.data_ptr<T>());
         if (need_x) {
-            edge_gather_kernel<T>(n.N, n.H, n.D, rows, data<const T>(p, "p", f), gp, n.H, 1,
-                                  dx.data_ptr<T>());
-            edge_gather_by_source_kernel<T>(n.Ns, n.H, n.D, sp, members, rows.order,
-                                            data<const T>(r, "r", f), gp, n.H, 1,
-                                            dx.data_ptr<T>());
+            edge_dot_gather_kernel<T>(n.N, n.H, n.D, rows, data<const T>(p, "p", f), nullptr,
+                                      nullptr, 0, 0, gp, n.H, 1, dx.data_ptr<T>());
+            edge_dot_gather_by_source_kernel<T>(n.Ns, n.H, n.D, sp, members, rows.order,
+                                                data<const T>(r, "r", f), nullptr, nullptr, 0,
+                                                0, gp, n.H, 1, dx.data_ptr<T>());
         }
         if (c && (need_x || need_c)) {
             /* the quadratic form's gradients, from grad in x's order (put
@@ -1368,8 +1336,9 @@ Tensor edge_value_sum(const Tensor& w_in, const Tensor& x_in, const Tensor& ptr,
     });
 }
 
-/* The gradients of edge_value_sum for grad [H, N, D]: dw [H, E] (edge_dot)
- * and dx (edge_gather, in x's order); each empty where not needed. */
+/* The gradients of edge_value_sum for grad [H, N, D]: dw [H, E] (the dot)
+ * and dx (the gather, in x's order), in one pass by target; each empty where
+ * not needed. */
 std::tuple<Tensor, Tensor> edge_value_sum_backward(
     const Tensor& grad_in, const Tensor& w_in, const Tensor& x_in, const Tensor& ptr,
     const Tensor& col, const OptTensor& order, bool need_w, bool need_x) {
@@ -1386,16 +1355,11 @@ std::tuple<Tensor, Tensor> edge_value_sum_backward(
         const T* gp = data<const T>(grad, "grad", f);
         Tensor dw = at::empty(need_w ? w.sizes() : at::IntArrayRef{0}, w.options());
         Tensor dx = at::empty(need_x ? x.sizes() : at::IntArrayRef{0}, x.options());
-        if (need_w && need_x)
-            edge_dot_gather_kernel<T>(n.N, n.H, n.D, rows, gp, data<const T>(x, "x", f),
-                                      dw.data_ptr<T>(), 1, n.E, data<const T>(w, "w", f), 1,
-                                      n.E, dx.data_ptr<T>());
-        else if (need_w)
-            edge_dot_kernel<T>(n.N, n.H, n.D, rows, gp, data<const T>(x, "x", f),
-                               dw.data_ptr<T>(), 1, n.E);
-        else if (need_x)
-            edge_gather_kernel<T>(n.N, n.H, n.D, rows, gp, data<const T>(w, "w", f),
-                                  1, n.E, dx.data_ptr<T>());
+        /* one pass for both (each edge's row of x read once) */
+        edge_dot_gather_kernel<T>(n.N, n.H, n.D, rows, gp, data<const T>(x, "x", f),
+                                  need_w ? dw.data_ptr<T>() : nullptr, 1, n.E,
+                                  data<const T>(w, "w", f), 1, n.E,
+                                  need_x ? dx.data_ptr<T>() : nullptr);
         return std::make_tuple(dw, dx);
     });
 }
