@@ -766,6 +766,38 @@ INLINE void dot_gather_flags(const T* out, const T* dx, const F& f) {
         f(std::false_type{}, std::true_type{});
 }
 
+/* One edge e of a dot / gather pass over the rows of node `node` of a table
+ * t [H, n, D]: the dot t[h, node] . xe into out[e * oe + h * oh] and the
+ * gather sum_h g[e * ge + h * gh] t[h, node] into dxe (each added to when
+ * ADD, else written); acc [D] scratch. */
+template <bool DOT, bool GATHER, bool ADD, typename T>
+INLINE void dot_gather_edge(int64_t e, int64_t H, int64_t n, int64_t node, int64_t DD,
+                            const T* t, const T* __restrict__ xe, T* out, int64_t oe,
+                            int64_t oh, const T* g, int64_t ge, int64_t gh, T* __restrict__ dxe,
+                            T* __restrict__ acc) {
+    if constexpr (GATHER)
+        for (int64_t d = 0; d < DD; d++) acc[d] = 0;
+    for (int64_t h = 0; h < H; h++) {
+        const T* __restrict__ row = t + (h * n + node) * DD;
+        T sum = 0;
+        const T w = GATHER ? g[e * ge + h * gh] : T(0);
+        for (int64_t d = 0; d < DD; d++) {   /* one loop for both: row read once */
+            if constexpr (DOT) sum += row[d] * xe[d];
+            if constexpr (GATHER) acc[d] += w * row[d];
+        }
+        if constexpr (DOT && ADD)
+            out[e * oe + h * oh] += sum;
+        else if constexpr (DOT)
+            out[e * oe + h * oh] = sum;
+    }
+    if constexpr (GATHER) {
+        if constexpr (ADD)
+            for (int64_t d = 0; d < DD; d++) dxe[d] += acc[d];
+        else
+            for (int64_t d = 0; d < DD; d++) dxe[d] = acc[d];
+    }
+}
+
 template <typename T>
 void edge_dot_gather_kernel(int64_t N, int64_t H, int64_t D, EdgeRows rows, const T* p,
                             const T* x, T* out, int64_t oe, int64_t oh, const T* g, int64_t ge,
@@ -776,25 +808,10 @@ void edge_dot_gather_kernel(int64_t N, int64_t H, int64_t D, EdgeRows rows, cons
             constexpr bool DOT = decltype(dot_)::value, GATHER = decltype(gather_)::value;
             for_rows_with_scratch<T>(N, DD, [&](int64_t i, T* __restrict__ acc) {
                 for (int64_t e = rows.ptr[i]; e < rows.ptr[i + 1]; e++) {
-                    const T* __restrict__ xe = DOT ? x + rows.xrow(e) * DD : nullptr;
-                    if constexpr (GATHER)
-                        for (int64_t d = 0; d < DD; d++) acc[d] = 0;
-                    for (int64_t h = 0; h < H; h++) {
-                        const T* __restrict__ pi = p + (h * N + i) * DD;
-                        if constexpr (DOT) {
-                            T sum = 0;
-                            for (int64_t d = 0; d < DD; d++) sum += pi[d] * xe[d];
-                            out[e * oe + h * oh] = sum;
-                        }
-                        if constexpr (GATHER) {
-                            const T w = g[e * ge + h * gh];
-                            for (int64_t d = 0; d < DD; d++) acc[d] += w * pi[d];
-                        }
-                    }
-                    if constexpr (GATHER) {
-                        T* __restrict__ dxe = dx + rows.xrow(e) * DD;
-                        for (int64_t d = 0; d < DD; d++) dxe[d] = acc[d];
-                    }
+                    const int64_t xr = rows.xrow(e);
+                    dot_gather_edge<DOT, GATHER, false, T>(
+                        e, H, N, i, DD, p, DOT ? x + xr * DD : nullptr, out, oe, oh, g, ge, gh,
+                        GATHER ? dx + xr * DD : nullptr, acc);
                 }
             });
         });
@@ -819,26 +836,10 @@ void edge_dot_gather_by_source_kernel(int64_t Ns, int64_t H, int64_t D, const in
                         if constexpr (DOT) prefetch_row(x + rf * DD, DD);
                         if constexpr (GATHER) prefetch_row(dx + rf * DD, DD);
                     }
-                    const int64_t e = perm[q], row = order ? order[e] : e;
-                    const T* __restrict__ xe = DOT ? x + row * DD : nullptr;
-                    if constexpr (GATHER)
-                        for (int64_t d = 0; d < DD; d++) acc[d] = 0;
-                    for (int64_t h = 0; h < H; h++) {
-                        const T* __restrict__ rj = r + (h * Ns + j) * DD;
-                        if constexpr (DOT) {
-                            T sum = 0;
-                            for (int64_t d = 0; d < DD; d++) sum += rj[d] * xe[d];
-                            out[e * oe + h * oh] += sum;
-                        }
-                        if constexpr (GATHER) {
-                            const T w = g[e * ge + h * gh];
-                            for (int64_t d = 0; d < DD; d++) acc[d] += w * rj[d];
-                        }
-                    }
-                    if constexpr (GATHER) {
-                        T* __restrict__ dxe = dx + row * DD;
-                        for (int64_t d = 0; d < DD; d++) dxe[d] += acc[d];
-                    }
+                    const int64_t e = perm[q], xr = order ? order[e] : e;
+                    dot_gather_edge<DOT, GATHER, true, T>(
+                        e, H, Ns, j, DD, r, DOT ? x + xr * DD : nullptr, out, oe, oh, g, ge, gh,
+                        GATHER ? dx + xr * DD : nullptr, acc);
                 }
             });
         });
