@@ -57,7 +57,7 @@ from .checkpoint import CheckpointError, load_checkpoint, require_kind
 from .config import coerce_fields
 from .plots import plot_learning_curve
 from .run import RunFiles, resolve_device, seed_everything
-from .run_dir import RunDirectory
+from .run_dir import RunDirectory, resume_config
 
 KIND = "node-classification"
 #: settings a resumed run may change: where it runs, not what it computes
@@ -435,15 +435,7 @@ def check_resume(saved: Any, given: Optional[Any]) -> Any:
     if given is None:
         return saved
     given = replace(given, data=given.data.with_absolute_paths())
-    a, b = saved.to_dict(), given.to_dict()
-    diff = [f"{s}.{k}: saved {v!r}, given {b[s].get(k)!r}" for s in ("data", "model", "train")
-            for k, v in a[s].items()
-            if (s, k) not in RUNTIME_KEYS | DERIVED_KEYS and b[s].get(k) != v]
-    if diff:
-        raise UsageError(f"a resumed run keeps its saved settings, but these differ: "
-                         f"{'; '.join(diff)}; start a new run to change them")
-    return replace(saved, train=replace(saved.train, device=given.train.device,
-                                        threads=given.train.threads))
+    return resume_config(saved, given, RUNTIME_KEYS, DERIVED_KEYS)
 
 
 def start_config(cfg: Optional[Any], run_dir: Path, resume: bool,

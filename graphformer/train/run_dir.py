@@ -34,14 +34,13 @@ import socket
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple, TypeVar
 
 import torch
 
 from .._files import remove_stale_temporaries, write_text
 from ..errors import UsageError
 from .checkpoint import FORMAT
-from .config import RunConfig
 
 try:
     import fcntl
@@ -65,6 +64,8 @@ RUNTIME_KEYS = {("train", "device"), ("train", "threads"), ("train", "attention_
                 ("train", "compile"), ("train", "member_processes"), ("data", "root")}
 # Set from the data set, not by the user: not compared when resuming.
 DERIVED_KEYS = {("model", "num_tasks"), ("model", "task"), ("model", "features")}
+#: a run config (molecule, node or link run)
+C = TypeVar("C")
 
 
 def read_manifest(run_dir: Path) -> Optional[List[str]]:
@@ -282,33 +283,39 @@ class RunDirectory:
         (self.path / MANIFEST).unlink(missing_ok=True)
 
 
-def differences(saved: RunConfig, given: RunConfig) -> List[Tuple[str, object, object]]:
-    """``(section.key, saved value, given value)`` for every setting that a
-    resumed run may not change but ``given`` does."""
+def differences(saved: Any, given: Any, exempt: Set[Tuple[str, str]]
+                ) -> List[Tuple[str, object, object]]:
+    """``(section.key, saved value, given value)`` for every setting of the
+    configs' sections (the dicts of their ``to_dict()``) that a resumed run
+    may not change (not in ``exempt``) but ``given`` does."""
     a, b = saved.to_dict(), given.to_dict()
     out = []
     for section, values in a.items():
+        if not isinstance(values, dict):      # e.g. a node run's "kind"
+            continue
         for key, value in values.items():
-            if (section, key) in RUNTIME_KEYS | DERIVED_KEYS:
-                continue
-            if b[section][key] != value:
-                out.append((f"{section}.{key}", value, b[section][key]))
+            if (section, key) not in exempt and b[section].get(key) != value:
+                out.append((f"{section}.{key}", value, b[section].get(key)))
     return out
 
 
-def resume_config(saved: RunConfig, given: Optional[RunConfig]) -> RunConfig:
-    """The config of a resumed run: the saved one, with the runtime settings
-    of ``given`` (when given). Any other difference is refused by name: the
-    resumed run must compute what the interrupted one would have."""
+def resume_config(saved: C, given: Optional[C],
+                  runtime: Set[Tuple[str, str]] = RUNTIME_KEYS,
+                  derived: Set[Tuple[str, str]] = DERIVED_KEYS) -> C:
+    """The config of a resumed run: the saved one, with the ``runtime``
+    settings of ``given`` (when given). Any other difference, but for the
+    ``derived`` settings, is refused by name: the resumed run must compute
+    what the interrupted one would have. The defaults are a molecule run's
+    sets; node and link runs pass their own."""
     if given is None:
         return saved
-    diff = differences(saved, given)
+    diff = differences(saved, given, runtime | derived)
     if diff:
         listed = "; ".join(f"{k}: saved {a!r}, given {b!r}" for k, a, b in diff)
         raise UsageError(f"a resumed run keeps its saved settings, but these differ: {listed}; "
                          f"start a new run to change them")
-    runtime: Dict[str, Dict[str, object]] = {}
-    for section, key in RUNTIME_KEYS:
-        runtime.setdefault(section, {})[key] = getattr(getattr(given, section), key)
-    return replace(saved, **{section: replace(getattr(saved, section), **values)
-                             for section, values in runtime.items()})
+    values: Dict[str, Dict[str, object]] = {}
+    for section, key in runtime:
+        values.setdefault(section, {})[key] = getattr(getattr(given, section), key)
+    return replace(saved, **{section: replace(getattr(saved, section), **settings)
+                             for section, settings in values.items()})

@@ -236,3 +236,27 @@ def test_a_converted_graph_trains_as_the_files_do(graph_files, tmp_path):
     assert code == 0, err
     assert {r["node"] for r in csv.DictReader((tmp_path / "p.csv").open())} == \
         {f"v{i}" for i in range(N)}
+
+
+def test_a_resumed_node_run_may_change_only_where_it_runs(graph_files):
+    """check_resume (node and link runs) goes through run_dir.resume_config
+    with the node run's keys: device and threads taken from the given
+    config, the derived sizes not compared, any other difference refused
+    by name."""
+    from dataclasses import replace
+
+    from graphformer.errors import UsageError
+    from graphformer.train.node import check_resume
+
+    folder, _ = graph_files
+    data = NodeDataConfig(edges=str(folder / "edges.txt"), node_labels=str(folder / "y.csv"))
+    model = NodeTransformerConfig(in_channels=4, num_classes=3, hidden=8, layers=1, heads=2)
+    saved = NodeRunConfig(data, model, NodeTrainConfig(lr=0.005))
+    given = NodeRunConfig(data, replace(model, in_channels=7, num_classes=2),
+                          NodeTrainConfig(lr=0.005, device="cpu", threads=3))
+    resumed = check_resume(saved, given)
+    assert (resumed.train.device, resumed.train.threads) == ("cpu", 3)
+    assert resumed.model == saved.model and resumed.data == saved.data
+    assert check_resume(saved, None) is saved
+    with pytest.raises(UsageError, match=r"train\.lr: saved 0\.005, given 0\.1; start a new run"):
+        check_resume(saved, replace(given, train=replace(given.train, lr=0.1)))
