@@ -13,8 +13,8 @@ from ..train.pretrain import CorpusConfig, ObjectiveConfig, PretrainConfig, load
     pretrain
 from ._config_flags import add_config_flags, config_flags
 from .train import RUNTIME_FLAGS, TRAIN_ONLY, add_model_arguments, add_run_arguments, \
-    add_training_arguments, check_resume_flags, config_from_args, init_distributed, \
-    section_flags
+    add_training_arguments, check_resume_flags, config_from_args, given_flags, \
+    init_distributed, section_flags
 
 # flag -> (section, key)
 _PRETRAIN_FLAGS = {
@@ -43,7 +43,7 @@ def _resume_config(args: argparse.Namespace) -> Optional[PretrainConfig]:
     any other flag is refused by name."""
     check_resume_flags(args, _PRETRAIN_FLAGS)
     last = Path(args.resume) / "last.pt"
-    if not any(getattr(args, f, None) is not None for f in RUNTIME_FLAGS) or not last.is_file():
+    if not given_flags(args, RUNTIME_FLAGS) or not last.is_file():
         return None
     return config_from_args(args, base=load_pretrain_run(Path(args.resume))["config"],
                             flags_table=_PRETRAIN_FLAGS, build=PretrainConfig.from_dict)

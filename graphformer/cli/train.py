@@ -87,7 +87,8 @@ def flag_text(name: str) -> str:
     return f"{flag}/--no-{flag[2:]}" if name in _BOOLEAN_FLAGS else flag
 
 
-def _given(args: argparse.Namespace, names) -> List[str]:
+def given_flags(args: argparse.Namespace, names) -> List[str]:
+    """The flags of ``names`` that were given (not left at ``None``)."""
     return [name for name in names if getattr(args, name, None) is not None]
 
 
@@ -162,7 +163,7 @@ def _resume_config(args: argparse.Namespace) -> Optional[RunConfig]:
     computes are refused by name: the resumed run must end with exactly the
     metrics of an uninterrupted one."""
     check_resume_flags(args, _FLAGS)
-    if not _given(args, RUNTIME_FLAGS):
+    if not given_flags(args, RUNTIME_FLAGS):
         return None
     run_dir = Path(args.resume)
     last = run_dir / "last.pt"
