@@ -798,10 +798,21 @@ INLINE void dot_gather_edge(int64_t e, int64_t H, int64_t n, int64_t node, int64
     }
 }
 
+/* A second table t [H, N, D] that a gather by target adds into dx in the
+ * same pass, weighted by g[e * ge + h * gh] (t null: none): the value sums'
+ * gradient of x, gathered with the cross terms' in edge_cross_backward, so
+ * that x has one gradient buffer, written once. */
+template <typename T>
+struct SecondGather {
+    const T* t = nullptr;
+    const T* g = nullptr;
+    int64_t ge = 0, gh = 0;
+};
+
 template <typename T>
 void edge_dot_gather_kernel(int64_t N, int64_t H, int64_t D, EdgeRows rows, const T* p,
                             const T* x, T* out, int64_t oe, int64_t oh, const T* g, int64_t ge,
-                            int64_t gh, T* dx) {
+                            int64_t gh, T* dx, SecondGather<T> second = {}) {
     dispatch_c<T>(D, [&](auto D_) {
         const int64_t DD = D_;   /* a compile-time constant for float's common D */
         dot_gather_flags<T>(out, dx, [&](auto dot_, auto gather_) {
@@ -812,6 +823,11 @@ void edge_dot_gather_kernel(int64_t N, int64_t H, int64_t D, EdgeRows rows, cons
                     dot_gather_edge<DOT, GATHER, false, T>(
                         e, H, N, i, DD, p, DOT ? x + xr * DD : nullptr, out, oe, oh, g, ge, gh,
                         GATHER ? dx + xr * DD : nullptr, acc);
+                    if constexpr (GATHER)   /* the row just written, still in the cache */
+                        if (second.t)
+                            dot_gather_edge<false, true, true, T>(
+                                e, H, N, i, DD, second.t, nullptr, nullptr, 0, 0, second.g,
+                                second.ge, second.gh, dx + xr * DD, acc);
                 }
             });
         });
@@ -1252,17 +1268,28 @@ Tensor edge_cross(const Tensor& p_in, const Tensor& r_in, const Tensor& x_in, co
 /* The gradients of edge_cross for grad [E, H]: dp by target and dr by source
  * (edge_scatter), dx (the gathers by target and by source, in x's order)
  * and, with coefficients c, dc, the quadratic form's gradient of x added
- * into dx (quadratic_gradients); each empty where not needed. */
+ * into dx (quadratic_gradients); each empty where not needed. With vw [H, E]
+ * and vg [H, N, D], the gradient of x of edge_value_sum(vw, x) for its
+ * gradient vg is added into dx too (in the gather by target). */
 std::tuple<Tensor, Tensor, Tensor, Tensor> edge_cross_backward(
     const Tensor& grad_in, const Tensor& p_in, const Tensor& r_in, const Tensor& x_in,
     const Tensor& ptr, const Tensor& col, const Tensor& sptr, const Tensor& perm,
     const OptTensor& order, const OptTensor& c, bool need_p, bool need_r, bool need_x,
-    bool need_c) {
+    bool need_c, const OptTensor& vw_in, const OptTensor& vg_in) {
     const Tensor p = p_in.contiguous(), r = r_in.contiguous(), x = x_in.contiguous();
     const Tensor grad = grad_in.contiguous();
     const TableSizes n = table_sizes("edge_cross_backward", p, r, x, ptr, col, order);
     check_source_grouping("edge_cross_backward", n, sptr, perm);
     check_cross_quadratic("edge_cross_backward", n, x, c);
+    TORCH_CHECK_VALUE(vw_in.has_value() == vg_in.has_value(), "edge_cross_backward: 'vw' and ",
+                      "'vg' come together");
+    const OptTensor vw = vw_in ? OptTensor(vw_in->contiguous()) : std::nullopt;
+    const OptTensor vg = vg_in ? OptTensor(vg_in->contiguous()) : std::nullopt;
+    TORCH_CHECK_VALUE(!vw || (vw->sizes() == at::IntArrayRef{n.H, n.E} &&
+                              vg->sizes() == p.sizes()),
+                      "edge_cross_backward: 'vw' must be [H, E] = [", n.H, ", ", n.E, "] and ",
+                      "'vg' [H, N, D] = ", p.sizes(), ", got ", vw ? vw->sizes() : x.sizes(),
+                      " and ", vg ? vg->sizes() : x.sizes());
     need_c = need_c && c;
     return by_dtype(p, "p", [&](auto zero) {
         using T = decltype(zero);
@@ -1283,8 +1310,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> edge_cross_backward(
             edge_scatter_kernel<T>(n.Ns, n.H, n.D, sp, members, rows.order, gp, n.H, 1, xp,
                                    dr.data_ptr<T>());
         if (need_x) {
+            const SecondGather<T> values{data<const T>(vg, "vg", f),
+                                         data<const T>(vw, "vw", f), 1, n.E};
             edge_dot_gather_kernel<T>(n.N, n.H, n.D, rows, data<const T>(p, "p", f), nullptr,
-                                      nullptr, 0, 0, gp, n.H, 1, dx.data_ptr<T>());
+                                      nullptr, 0, 0, gp, n.H, 1, dx.data_ptr<T>(), values);
             edge_dot_gather_by_source_kernel<T>(n.Ns, n.H, n.D, sp, members, rows.order,
                                                 data<const T>(r, "r", f), nullptr, nullptr, 0,
                                                 0, gp, n.H, 1, dx.data_ptr<T>());

@@ -244,13 +244,17 @@ def edge_quadratic(x: Tensor, c: Tensor) -> Tensor:
 #: ``x[order[e]]`` (:func:`edge_quadratic`). ``sptr``, ``perm`` (the grouping
 #: by source): ``r``'s share is summed by source, forward and backward (a
 #: source's rows of ``r`` read once). Its backward, ``edge_cross_backward``,
-#: adds both terms' gradients of ``x`` into one buffer.
+#: adds both terms' gradients of ``x`` into one buffer, and with ``vw`` [H,
+#: E] and ``vg`` [H, N, D] also the gradient of ``x`` of
+#: ``edge_value_sum(vw, x)`` whose gradient is ``vg`` (so that one op over a
+#: whole attention block gives ``x`` one gradient).
 _EDGE_CROSS = define_op("edge_cross", "(Tensor p, Tensor r, Tensor x, Tensor ptr, Tensor col, "
                         "Tensor sptr, Tensor perm, Tensor? order, Tensor? c=None) -> Tensor")
 _EDGE_CROSS_BACKWARD = define_op(
     "edge_cross_backward", "(Tensor grad, Tensor p, Tensor r, Tensor x, Tensor ptr, Tensor col, "
     "Tensor sptr, Tensor perm, Tensor? order, Tensor? c, bool need_p, bool need_r, "
-    "bool need_x, bool need_c) -> (Tensor, Tensor, Tensor, Tensor)")
+    "bool need_x, bool need_c, Tensor? vw=None, Tensor? vg=None) "
+    "-> (Tensor, Tensor, Tensor, Tensor)")
 
 
 def _like(t: Tensor, needed: bool) -> Tensor:
@@ -266,7 +270,8 @@ def _(p: Tensor, r: Tensor, x: Tensor, ptr: Tensor, col: Tensor, sptr: Tensor,
 @torch.library.register_fake(_EDGE_CROSS_BACKWARD)
 def _(grad: Tensor, p: Tensor, r: Tensor, x: Tensor, ptr: Tensor, col: Tensor, sptr: Tensor,
       perm: Tensor, order: Optional[Tensor], c: Optional[Tensor], need_p: bool, need_r: bool,
-      need_x: bool, need_c: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+      need_x: bool, need_c: bool, vw: Optional[Tensor] = None,
+      vg: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     dc = x.new_empty((c.size(0) if need_c and c is not None else 0, p.size(0)))
     return _like(p, need_p), _like(r, need_r), _like(x, need_x), dc
 
@@ -333,6 +338,20 @@ torch.library.register_autograd(_EDGE_VALUE_SUM, _edge_value_sum_backward,
                                 setup_context=_save_inputs)
 
 
+def cross_tables(q: Tensor, k: Tensor, w_eq: Optional[Tensor], w_ek: Optional[Tensor]
+                 ) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+    r"""The cross terms' node tables ``(W_ke^T q [H, N_t, D], W_qe^T k [H,
+    N_s, D])``, :math:`\mathbf{q}^h_i\cdot\mathbf{W}^h_{ke}\mathbf{e} =
+    (\mathbf{W}^{h\top}_{ke}\mathbf{q}^h_i)\cdot\mathbf{e}` and
+    :math:`\mathbf{W}^h_{qe}\mathbf{e}\cdot\mathbf{k}^h_j =
+    (\mathbf{W}^{h\top}_{qe}\mathbf{k}^h_j)\cdot\mathbf{e}`; each None
+    where its projection is."""
+    H, C = q.size(1), q.size(2)
+    qd = None if w_ek is None else torch.einsum("nhc,hcd->hnd", q, w_ek.view(H, C, -1))
+    kd = None if w_eq is None else torch.einsum("nhc,hcd->hnd", k, w_eq.view(H, C, -1))
+    return qd, kd
+
+
 def edge_scores(q: Tensor, k: Tensor, edge_attr: Tensor, w_eq: Optional[Tensor],
                 w_ek: Optional[Tensor], csr: EdgeCSR, order: Optional[Tensor] = None) -> Tensor:
     r"""The edge-feature part of :math:`\mathbf{q}_{ij}\cdot\mathbf{k}_{ij}`,
@@ -357,17 +376,13 @@ def edge_scores(q: Tensor, k: Tensor, edge_attr: Tensor, w_eq: Optional[Tensor],
     by one op (the cross terms through ``order``, the quadratic form, which
     is per edge, in that order and then its [E, H] result put in CSR order);
     everywhere else it is first put in CSR order."""
-    H, C = q.size(1), q.size(2)
-    D = edge_attr.size(1)
     both = w_eq is not None and w_ek is not None
     if order is not None and not _scores_read_through_order(edge_attr, w_eq, w_ek):
         edge_attr, order = edge_attr.index_select(0, order), None
     if both and not _kernels_for(edge_attr):
         w_qk = torch.cat([w_eq, w_ek], dim=0)
         return ChunkedEdgeScores.apply(q, k, edge_attr, w_qk, csr.col, csr.row)
-    # q_i · (W_ke e) = (W_ke^T q_i) · e and (W_qe e) · k_j = (W_qe^T k_j) · e
-    qd = None if w_ek is None else torch.einsum("nhc,hcd->hnd", q, w_ek.view(H, C, D))
-    kd = None if w_eq is None else torch.einsum("nhc,hcd->hnd", k, w_eq.view(H, C, D))
+    qd, kd = cross_tables(q, k, w_eq, w_ek)
     assert qd is not None or kd is not None, "edge_scores needs an edge projection"
     if kd is None:
         return GatherDot.apply(qd, edge_attr, Grouping.targets(csr))
@@ -376,7 +391,7 @@ def edge_scores(q: Tensor, k: Tensor, edge_attr: Tensor, w_eq: Optional[Tensor],
     # both: (W_qe e) · (W_ke e) = e^T M e, the symmetric form, in the same op as
     # the cross terms
     return edge_cross(qd, kd, edge_attr, csr, order,
-                      quadratic_coefficients(w_eq, w_ek, H))
+                      quadratic_coefficients(w_eq, w_ek, q.size(1)))
 
 
 class PerEdgeTerms:
@@ -415,14 +430,33 @@ class PerEdgeTerms:
         """The edge value term [N_t, H, C] of the weights [H, E], or None."""
         if self.w_ev is None:
             return None
-        H = weights.size(0)
-        D = self.edge_attr.size(1)
         if _kernels_for(self.edge_attr):                                           # [H, N, D]
             agg = torch.ops.graphformer.edge_value_sum(weights, self.edge_attr, self.csr.ptr,
                                                        self.csr.col, self.order)
         else:
             agg = ScatterSum.apply(weights, self.per_edge(), Grouping.targets(self.csr))
-        return torch.einsum("hnd,hcd->nhc", agg, self.w_ev.view(H, -1, D))
+        return self.project_values(agg)
+
+    def project_values(self, sums: Tensor) -> Tensor:
+        r"""The value term [N_t, H, C] of the weighted sums of features
+        :math:`\sum_j \alpha^h_{ij}\mathbf{e}_{ij}` ``[H, N_t, D]``: their
+        projection by :math:`\mathbf{W}^h_{ve}`."""
+        H, D = sums.size(0), sums.size(2)
+        return torch.einsum("hnd,hcd->nhc", sums, self.w_ev.view(H, -1, D))
+
+    def block_tables(self, q: Tensor, k: Tensor) -> Optional[Tuple[Tensor, Tensor, Tensor]]:
+        """What one op over the whole attention block (the ``fused_cpu``
+        backend's ``edge_feature_attention``) takes of these terms: the
+        cross terms' tables and the quadratic coefficients ``(W_ke^T q [H,
+        N_t, D], W_qe^T k [H, N_s, D], c [D (D + 1) / 2, H])``, when all three
+        edge projections are present and the C++ kernels take the features;
+        else None (the terms then go through :meth:`scores` and
+        :meth:`values`)."""
+        if self.w_ev is None or not _scores_read_through_order(self.edge_attr, self.w_eq,
+                                                               self.w_ek):
+            return None
+        qd, kd = cross_tables(q, k, self.w_eq, self.w_ek)
+        return qd, kd, quadratic_coefficients(self.w_eq, self.w_ek, q.size(1))
 
     def per_edge(self) -> Tensor:
         """The features of every edge, [E, D], in CSR order."""

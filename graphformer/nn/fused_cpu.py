@@ -81,7 +81,7 @@ from .call import AttentionCall
 from .cpu_kernels import (define_op, dropout_threshold, kernels_available, kernels_unavailable,
                           seed_tensor)
 from .csr import EdgeCSR
-from .edge_terms import TypedEdgeTerms
+from .edge_terms import PerEdgeTerms, TypedEdgeTerms
 
 __all__ = ["fused_cpu_available", "fused_cpu_unavailable", "fused_cpu_attention",
            "fused_cpu_backend", "dropout_multiplier"]
@@ -207,6 +207,94 @@ def _fused_backward(ctx, dout, dalpha, _dkeep):
 
 
 torch.library.register_autograd(_FUSED_ATTENTION, _fused_backward, setup_context=_setup_fused)
+
+
+@torch.library.custom_op("graphformer::edge_feature_attention", mutates_args=(),
+                         device_types="cpu")
+def _edge_feature_attention(q: Tensor, k: Tensor, v: Tensor, p: Tensor, r: Tensor, x: Tensor,
+                            c: Tensor, ptr: Tensor, col: Tensor, ptr_t: Tensor, row_t: Tensor,
+                            perm: Tensor, order: Optional[Tensor], masked: Optional[Tensor],
+                            seed: Tensor, scale: float, dropout: float
+                            ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The attention block with per-edge features in one op: the cross terms
+    and quadratic form of the features (``edge_cross``, tables ``p``, ``r``,
+    coefficients ``c``) as the bias (``-inf`` where ``masked`` [H, E]), the
+    fused attention, and the sums of the features weighted by the kept
+    weights (``edge_value_sum``). Returns ``(out [N_t, H, C], alpha [H, E],
+    keep, sums [H, N_t, D])``. One autograd node for all three, so that the
+    features ``x`` get one gradient (``edge_cross_backward`` gathers the value
+    sums' share with its own, written once) instead of two [E, D] gradients
+    for autograd to add."""
+    ops = torch.ops.graphformer
+    bias = ops.edge_cross(p, r, x, ptr, col, ptr_t, perm, order, c).t()
+    if masked is not None:
+        bias = bias.masked_fill(masked, float("-inf"))
+    out, alpha, keep = ops.fused_attention(q, k, v, ptr, col, ptr_t, row_t, perm,
+                                           bias.contiguous(), None, None, None, None, seed,
+                                           scale, dropout)
+    sums = ops.edge_value_sum(_kept_weights(alpha, keep, dropout), x, ptr, col, order)
+    return out, alpha, keep, sums
+
+
+def _kept_weights(alpha: Tensor, keep: Tensor, dropout: float) -> Tensor:
+    """The weights the values are summed with: ``alpha`` times the dropout
+    multipliers the forward applied (none when ``keep`` is empty)."""
+    return alpha * _multipliers(keep, dropout, alpha.dtype) if keep.numel() else alpha
+
+
+def _multipliers(keep: Tensor, dropout: float, dtype: torch.dtype) -> Tensor:
+    """The dropout multipliers [H, E] of the decisions ``keep`` [H, E] (bytes,
+    1 = kept) the forward applied: ``1 / (1 - p)`` where kept, 0 elsewhere."""
+    return keep.to(dtype).mul_(dropout_threshold(dropout, DROPOUT_BITS)[1])
+
+
+@_edge_feature_attention.register_fake
+def _(q, k, v, p, r, x, c, ptr, col, ptr_t, row_t, perm, order, masked, seed, scale, dropout):
+    N, H, C = q.shape
+    E = col.shape[0]
+    keep = q.new_empty((H, E) if dropout > 0.0 else (0,), dtype=torch.uint8)
+    return q.new_empty(N, H, C), q.new_empty(H, E), keep, q.new_empty(H, N, x.shape[1])
+
+
+def _setup_edge_feature_attention(ctx, inputs, output) -> None:
+    (q, k, v, p, r, x, c, ptr, col, ptr_t, row_t, perm, order, masked, seed, scale,
+     dropout) = inputs
+    _, alpha, keep, _ = output
+    ctx.save_for_backward(q, k, v, p, r, x, c, ptr, col, ptr_t, row_t, perm, order, masked,
+                          alpha, keep)
+    ctx.consts = (scale, dropout)
+
+
+def _edge_feature_attention_backward(ctx, dout, dalpha, _dkeep, dsums):
+    (q, k, v, p, r, x, c, ptr, col, ptr_t, row_t, perm, order, masked, alpha,
+     keep) = ctx.saved_tensors
+    scale, dropout = ctx.consts
+    need_q, need_k, need_v, need_p, need_r, need_x, need_c = ctx.needs_input_grad[:7]
+    ops = torch.ops.graphformer
+    weights = _kept_weights(alpha, keep, dropout)
+    if dsums is not None:   # the value sums' gradient of the weights, then of alpha
+        dw, _ = ops.edge_value_sum_backward(dsums, weights, x, ptr, col, order, True, False)
+        if keep.numel():
+            dw = dw * _multipliers(keep, dropout, dw.dtype)
+        dalpha = dw if dalpha is None else dalpha + dw
+    if dout is None:
+        dout = torch.zeros_like(q)
+    dq, dk, dv, ds, _, _, _ = ops.fused_attention_backward(
+        dout, dalpha, q, k, v, ptr, col, ptr_t, row_t, perm, None, None, alpha, keep, 0, False,
+        False, scale, dropout)
+    if masked is not None:   # the masked scores' gradient (0 already: their alpha is 0)
+        ds = ds.masked_fill(masked, 0.0)
+    values = dsums is not None and need_x
+    dp, dr, dx, dc = ops.edge_cross_backward(
+        ds.t(), p, r, x, ptr, col, ptr_t, perm, order, c, need_p, need_r, need_x, need_c,
+        weights if values else None, dsums if values else None)
+    return (dq if need_q else None, dk if need_k else None, dv if need_v else None,
+            dp if need_p else None, dr if need_r else None, dx if need_x else None,
+            dc if need_c else None, *(None,) * 10)
+
+
+_edge_feature_attention.register_autograd(_edge_feature_attention_backward,
+                                          setup_context=_setup_edge_feature_attention)
 
 
 def _types(tq: Optional[Tensor], tk: Optional[Tensor], vt: Optional[Tensor]) -> int:
@@ -358,6 +446,9 @@ def fused_cpu_backend(call: AttentionCall) -> Tuple[Tensor, Optional[Tensor]]:
     q, k, v, csr, terms = call.q, call.k, call.v, call.edges.csr, call.terms
     H = q.size(1)
     p = call.dropout if call.training else 0.0
+    block = terms.block_tables(q, k) if isinstance(terms, PerEdgeTerms) else None
+    if block is not None:
+        return _attend_with_edge_features(call, block, p)
     tables: Tuple[Optional[Tensor], Optional[Tensor]] = (None, None)
     bias = type_values = edge_type = None
     if isinstance(terms, TypedEdgeTerms):
@@ -376,8 +467,29 @@ def fused_cpu_backend(call: AttentionCall) -> Tuple[Tensor, Optional[Tensor]]:
     if terms is not None and not isinstance(terms, TypedEdgeTerms):
         weights = alpha
         if keep is not None:   # the decisions the kernel applied, as multipliers
-            weights = alpha * keep.to(alpha.dtype).mul_(dropout_threshold(p, DROPOUT_BITS)[1])
+            weights = alpha * _multipliers(keep, p, alpha.dtype)
         edge_values = terms.values(weights)
         if edge_values is not None:
             out = out + edge_values
     return out, alpha.t()
+
+
+def _attend_with_edge_features(call: AttentionCall, block: Tuple[Tensor, Tensor, Tensor],
+                               dropout: float) -> Tuple[Tensor, Optional[Tensor]]:
+    """:func:`fused_cpu_backend` for per-edge features with all three edge
+    projections: the whole block as one op (``edge_feature_attention``, from
+    the terms' :meth:`~graphformer.nn.edge_terms.PerEdgeTerms.block_tables`),
+    then the value sums projected."""
+    q, k, v, csr, terms = call.q, call.k, call.v, call.edges.csr, call.terms
+    if not 0.0 <= dropout <= 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1], got {dropout}")
+    transposed, perm = csr.transpose()          # built once per edge set
+    masked = None if call.head_mask is None else ~call.head_mask.t()
+    C = q.size(2)
+    p, r, c = block
+    out, alpha, _, sums = torch.ops.graphformer.edge_feature_attention(
+        q.contiguous(), k.contiguous(), v.contiguous(), p, r, terms.edge_attr.contiguous(), c,
+        csr.ptr, csr.col, transposed.ptr, transposed.col, perm, terms.order, masked,
+        seed_tensor(None if dropout > 0.0 else 0), 1.0 / math.sqrt(C) if C else 1.0,
+        float(dropout))
+    return out + terms.project_values(sums), alpha.t()

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(
 OPS = ("group_by_source", "hashed_dropout", "gelu_dropout", "gelu_dropout_backward",
        "dropout_multiplier", "fused_attention", "fused_attention_backward", "edge_quadratic",
        "edge_quadratic_backward", "edge_cross", "edge_cross_backward",
-       "edge_value_sum", "edge_value_sum_backward")
+       "edge_value_sum", "edge_value_sum_backward", "edge_feature_attention")
 DTYPES = [torch.float32, torch.float64]
 
 
@@ -234,6 +234,75 @@ def test_edge_value_sum(dtype, D, ordered):
                               (g, w.detach(), x.detach(), ptr, src, order, need_w, need_x))
     with pytest.raises(ValueError, match="'w' \\[H, E\\] and 'x' \\[E, D\\] expected"):
         torch.ops.graphformer.edge_value_sum(w[:, :6], x, ptr, src, order)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.4])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("ordered", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_edge_feature_attention_is_its_three_ops(dtype, ordered, masked, dropout):
+    """The attention block with per-edge features as one op (one autograd
+    node: the features' gradient gathered in one buffer) equals the three
+    ops it runs composed by autograd (the cross terms with the quadratic form
+    as the bias, the fused attention, the sums of the features with the kept
+    weights): values and every gradient, also with gradients reaching the
+    weights and the value sums, with a target without edges (3), ``x`` in
+    another order than the CSR's, a head mask and dropout (same seed)."""
+    torch.manual_seed(2)
+    H, N, C, D = 2, 5, 4, 3
+    ops = torch.ops.graphformer
+    src = torch.tensor([1, 2, 0, 3, 4, 1, 0, 2])
+    ptr = torch.tensor([0, 2, 5, 6, 6, 8])
+    E = src.numel()
+    ptr_t, perm = ops.group_by_source(src, N)
+    row_t = torch.repeat_interleave(torch.arange(N), ptr.diff()).index_select(0, perm)
+    order = torch.tensor([3, 0, 6, 1, 5, 7, 2, 4]) if ordered else None
+    mask = torch.rand(H, E) < 0.3 if masked else None
+
+    def rand(*shape):
+        return torch.randn(*shape, dtype=dtype, requires_grad=True)
+
+    inputs = (rand(N, H, C), rand(N, H, C), rand(N, H, C), rand(H, N, D), rand(H, N, D),
+              rand(E, D), rand(D * (D + 1) // 2, H))
+    q, k, v, p, r, x, c = inputs
+    seed = seed_tensor(7)
+    out, alpha, keep, sums = ops.edge_feature_attention(
+        q, k, v, p, r, x, c, ptr, src, ptr_t, row_t, perm, order, mask, seed, 0.5, dropout)
+    bias = ops.edge_cross(p, r, x, ptr, src, ptr_t, perm, order, c).t()
+    if mask is not None:
+        bias = bias.masked_fill(mask, float("-inf"))
+    ref_out, ref_alpha, ref_keep = ops.fused_attention(q, k, v, ptr, src, ptr_t, row_t, perm,
+                                                       bias.contiguous(), None, None, None, None, seed, 0.5,
+                                                       dropout)
+    weights = ref_alpha
+    if dropout:
+        weights = ref_alpha * fused_cpu.dropout_multiplier(7, H, E, dropout, dtype)
+    ref_sums = ops.edge_value_sum(weights, x, ptr, src, order)
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=1e-12, rtol=1e-10)
+    for ours, theirs in ((out, ref_out), (alpha, ref_alpha), (sums, ref_sums)):
+        torch.testing.assert_close(ours, theirs, **tol)
+    assert torch.equal(keep, ref_keep) and sums[:, 3].abs().sum() == 0
+    assert (keep == 0).any() if dropout else keep.numel() == 0
+    grads = [torch.randn_like(t) for t in (out, alpha, sums)]
+    ours = torch.autograd.grad((out, alpha, sums), inputs, grads, retain_graph=True)
+    theirs = torch.autograd.grad((ref_out, ref_alpha, ref_sums), inputs, grads,
+                                 retain_graph=True)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, **tol)
+    # only the output's gradient (None for alpha and the sums)
+    ours = torch.autograd.grad(out, inputs, grads[0])
+    for a, b in zip(ours, torch.autograd.grad(ref_out, inputs, grads[0])):
+        torch.testing.assert_close(a, b, **tol)
+    torch.library.opcheck(ops.edge_feature_attention.default,
+                          (q, k, v, p, r, x, c, ptr, src, ptr_t, row_t, perm, order, mask, seed,
+                           0.5, dropout))
+    vw, vg = weights.detach(), grads[2]
+    torch.library.opcheck(ops.edge_cross_backward.default,
+                          (grads[1].t(), p.detach(), r.detach(), x.detach(), ptr, src, ptr_t,
+                           perm, order, c.detach(), True, True, True, True, vw, vg))
+    with pytest.raises(ValueError, match="'vw' must be \\[H, E\\] = \\[2, 8\\]"):
+        ops.edge_cross_backward(grads[1].t(), p, r, x, ptr, src, ptr_t, perm, order, c, True,
+                                True, True, True, vw[:, :7], vg)
 
 
 def test_edge_quadratic_without_edges():
