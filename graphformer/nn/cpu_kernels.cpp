@@ -154,6 +154,20 @@ P* data(const OptTensor& t, const char* name, at::ScalarType dtype, int64_t nume
     return t.has_value() ? data<P>(*t, name, dtype, numel) : nullptr;
 }
 
+/* The data of an [n0, n1] tensor `t` that a kernel reads through its strides
+ * (any layout, expanded ones too): refuses one of another shape, dtype or
+ * device, naming `name`. */
+template <typename P>
+P* strided_data(const Tensor& t, const char* name, at::ScalarType dtype, int64_t n0,
+                int64_t n1) {
+    TORCH_CHECK_VALUE(t.device().is_cpu() && t.scalar_type() == dtype, "the CPU kernels read '",
+                      name, "' as ", dtype, " on the CPU, got ", t.scalar_type(), " on ",
+                      t.device());
+    TORCH_CHECK_VALUE(t.dim() == 2 && t.size(0) == n0 && t.size(1) == n1, "the CPU kernels read '",
+                      name, "' as [", n0, ", ", n1, "], got shape ", t.sizes());
+    return static_cast<P*>(t.data_ptr());
+}
+
 /* The seed of the hashed decisions: int64 [1], read back as unsigned. */
 uint64_t read_seed(const Tensor& seed) {
     return (uint64_t)*data<const int64_t>(seed, "seed", at::kLong, 1);
@@ -255,19 +269,26 @@ void group_by_source_kernel(int64_t E, int64_t S, const int64_t* col, int64_t* p
     for (int64_t e = 0; e < E; e++) perm[next[col[e]]++] = e;
 }
 
+/* The strides of an [H, E] array: entry (h, e) at h * Strides::h + e *
+ * Strides::e (head-major: E, 1; edge-major, an [E, H] array's transpose:
+ * 1, H). */
+struct Strides {
+    int64_t h, e;
+};
+
 /* Target i: scores, softmax (alpha, before dropout), output. */
 template <typename T>
 INLINE void forward_row(
         int64_t i, int64_t N, int64_t H, const int64_t C, int64_t E, int64_t R, int64_t Ns,
         const T* q, const T* k, const T* v, const int64_t* ptr, const int64_t* col,
-        const T* bias, const int64_t* etype, const T* tq, const T* tk, const T* vt,
+        const T* bias, Strides bs, const int64_t* etype, const T* tq, const T* tk, const T* vt,
         T scale, uint64_t seed, uint64_t threshold, T keep_mult, uint8_t* keep,
         T* out, T* alpha, T* __restrict__ acc, T* __restrict__ wsum) {
     const int64_t start = ptr[i], end = ptr[i + 1];
     for (int64_t h = 0; h < H; h++) {
         const T* qrow = q + (i * H + h) * C;
         T* __restrict__ al = alpha + h * E;
-        const T* bh = bias ? bias + h * E : nullptr;
+        const T* bh = bias ? bias + h * bs.h : nullptr;
         const T* tqr = tq ? tq + (h * N + i) * R : nullptr;
         const T* tkh = tk ? tk + h * Ns * R : nullptr;
         const T* kh = k + h * C;
@@ -280,7 +301,7 @@ INLINE void forward_row(
             const T* kj = kh + j * kstride;
             T s = 0;
             for (int64_t c = 0; c < C; c++) s += qrow[c] * kj[c];
-            if (bh) s += bh[e];
+            if (bh) s += bh[e * bs.e];
             if (tqr) s += tqr[etype[e]];
             if (tkh) s += tkh[j * R + etype[e]];
             s *= scale;
@@ -344,7 +365,8 @@ INLINE void backward_target_row(
         int64_t i, int64_t N, int64_t H, const int64_t C, int64_t E, int64_t R,
         const T* k, const T* v, const int64_t* ptr, const int64_t* col, const int64_t* etype,
         const T* vt, const T* alpha, const T* dout, const T* dalpha, T scale,
-        const uint8_t* keep, T keep_mult, T* dq, T* ds, T* dtq, T* wsum_rows, T* g_edge,
+        const uint8_t* keep, T keep_mult, T* dq, T* ds, Strides dss, T* dtq, T* wsum_rows,
+        T* g_edge,
         T* __restrict__ acc, T* __restrict__ vdot) {
     const int64_t start = ptr[i], end = ptr[i + 1];
     const int64_t kstride = H * C;
@@ -353,7 +375,7 @@ INLINE void backward_target_row(
         const T* kh = k + h * C;
         const T* vh = v + h * C;
         const T* al = alpha + h * E;
-        T* __restrict__ dsh = ds + h * E;
+        T* __restrict__ dsh = ds + h * dss.h;
         T* ws = vt ? wsum_rows + (i * H + h) * R : nullptr;
         if (vt)
             for (int64_t r = 0; r < R; r++) {
@@ -378,13 +400,13 @@ INLINE void backward_target_row(
                 }
                 g += mult * gv;
             }
-            dsh[e] = g;
+            dsh[e * dss.e] = g;
             dot += a * g;
         }
         for (int64_t c = 0; c < C; c++) acc[c] = 0;
         for (int64_t e = start; e < end; e++) {
-            const T d = al[e] * (dsh[e] - dot) * scale;
-            dsh[e] = d;
+            const T d = al[e] * (dsh[e * dss.e] - dot) * scale;
+            dsh[e * dss.e] = d;
             const T* kj = kh + col[e] * kstride;
             for (int64_t c = 0; c < C; c++) acc[c] += d * kj[c];
             if (dtq) dtq[(h * N + i) * R + etype[e]] += d;
@@ -1015,7 +1037,9 @@ std::tuple<Tensor, Tensor, Tensor> fused_attention(
         using T = decltype(zero);
         const auto f = q.scalar_type();
         const Inputs<T> in = attention_inputs<T>(n, q, k, v, ptr, col);
-        const T* bp = data<const T>(bias, "bias", f, H * E);
+        /* the bias in any layout (edge_cross gives it edge-major) */
+        const T* bp = bias ? strided_data<const T>(*bias, "bias", f, H, E) : nullptr;
+        const Strides bs = bias ? Strides{bias->stride(0), bias->stride(1)} : Strides{0, 0};
         const int64_t* ep = data<const int64_t>(edge_type, "edge_type", at::kLong, E);
         const T* tq = data<const T>(target_table, "target_table", f, H * N * R);
         const T* tk = data<const T>(source_table, "source_table", f, H * Ns * R);
@@ -1026,9 +1050,9 @@ std::tuple<Tensor, Tensor, Tensor> fused_attention(
         /* scratch: acc [C], then wsum [R] (on the heap: R, the edge types, may be large) */
         for_rows_with_scratch<T>(N, C + R + 1, [&](int64_t i, T* work) {
             dispatch_c<T>(C, [&](auto CC) {
-                forward_row<T>(i, N, H, CC, E, R, Ns, in.q, in.k, in.v, in.ptr, in.col, bp, ep,
-                               tq, tk, vt, (T)scale, s, threshold, (T)keep_mult, kp8, op, ap,
-                               work, work + C);
+                forward_row<T>(i, N, H, CC, E, R, Ns, in.q, in.k, in.v, in.ptr, in.col, bp, bs,
+                               ep, tq, tk, vt, (T)scale, s, threshold, (T)keep_mult, kp8, op,
+                               ap, work, work + C);
             });
         });
         return 0;
@@ -1041,7 +1065,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_attenti
         const Tensor& v, const Tensor& ptr, const Tensor& col, const Tensor& ptr_t,
         const Tensor& row_t, const Tensor& perm, const OptTensor& edge_type,
         const OptTensor& type_values, const Tensor& alpha, const Tensor& keep, int64_t R,
-        bool target_table_grad, bool source_table_grad, double scale, double dropout) {
+        bool target_table_grad, bool source_table_grad, double scale, double dropout,
+        bool ds_by_edge) {
     const Sizes n = attention_sizes("fused_attention_backward", q, k, col);
     const int64_t N = n.N, H = n.H, C = n.C, Ns = n.Ns, E = n.E;
     TORCH_CHECK_VALUE(!(target_table_grad || source_table_grad || type_values) || edge_type,
@@ -1053,7 +1078,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_attenti
     const OptTensor dalpha = dalpha_in ? OptTensor(dalpha_in->contiguous()) : std::nullopt;
     const auto opts = q.options();
     Tensor dq = at::empty(q.sizes(), opts), dk = at::empty(k.sizes(), opts);
-    Tensor dv = at::empty(k.sizes(), opts), ds = at::empty({H, E}, opts);
+    Tensor dv = at::empty(k.sizes(), opts);
+    Tensor ds = ds_by_edge ? at::empty({E, H}, opts) : at::empty({H, E}, opts);
+    const Strides dss = ds_by_edge ? Strides{1, H} : Strides{E, 1};
     Tensor dtq = target_table_grad ? at::zeros({H, N, R}, opts) : at::zeros({0}, opts);
     Tensor dtk = source_table_grad ? at::zeros({H, Ns, R}, opts) : at::zeros({0}, opts);
     Tensor wsum_rows = at::empty(typed_values ? std::vector<int64_t>{N, H, R}
@@ -1081,7 +1108,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_attenti
         for_rows_with_scratch<T>(N, C + R + 1, [&](int64_t i, T* work) {
             dispatch_c<T>(C, [&](auto CC) {
                 backward_target_row<T>(i, N, H, CC, E, R, in.k, in.v, in.ptr, in.col, ep, vt,
-                                       ap, dop, dap, (T)scale, kp8, (T)keep_mult, dqp, dsp,
+                                       ap, dop, dap, (T)scale, kp8, (T)keep_mult, dqp, dsp, dss,
                                        dtqp, wsp, gp, work, work + C);
             });
         });

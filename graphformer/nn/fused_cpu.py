@@ -158,25 +158,27 @@ def _(q, k, v, ptr, col, ptr_t, row_t, perm, bias, edge_type, target_table, sour
 #: target_table_grad, source_table_grad, scale, dropout)``: the two backward
 #: kernels (by target, then by source). Returns ``(dq, dk, dv, ds [H, E],
 #: dtarget_table [H, N_t, R], dsource_table [H, N_s, R], wsum [N_t, H, R])``
-#: (``ds``: the gradient of the bias; ``wsum``: the kept weight per target,
-#: head and type, from which the gradient of the type values follows); the
-#: tables' gradients and ``wsum`` are empty [0] where not asked for
-#: (``*_grad``; no ``type_values``).
+#: (``ds``: the gradient of the bias, [E, H] with ``ds_by_edge``; ``wsum``:
+#: the kept weight per target, head and type, from which the gradient of the
+#: type values follows); the tables' gradients and ``wsum`` are empty [0]
+#: where not asked for (``*_grad``; no ``type_values``). The forward reads
+#: the bias [H, E] in any layout (through its strides).
 _FUSED_ATTENTION_BACKWARD = define_op(
     "fused_attention_backward",
     "(Tensor dout, Tensor? dalpha, Tensor q, Tensor k, Tensor v, Tensor ptr, Tensor col, "
     "Tensor ptr_t, Tensor row_t, Tensor perm, Tensor? edge_type, Tensor? type_values, "
     "Tensor alpha, Tensor keep, SymInt num_types, bool target_table_grad, "
-    "bool source_table_grad, float scale, float dropout) "
+    "bool source_table_grad, float scale, float dropout, bool ds_by_edge=False) "
     "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
 
 
 @torch.library.register_fake(_FUSED_ATTENTION_BACKWARD)
 def _(dout, dalpha, q, k, v, ptr, col, ptr_t, row_t, perm, edge_type, type_values, alpha,
-      keep, num_types, target_table_grad, source_table_grad, scale, dropout):
+      keep, num_types, target_table_grad, source_table_grad, scale, dropout, ds_by_edge=False):
     N, H, C = q.shape
     E, Ns, R = col.shape[0], k.shape[0], num_types
-    return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), q.new_empty(H, E),
+    return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v),
+            q.new_empty((E, H) if ds_by_edge else (H, E)),
             q.new_empty((H, N, R) if target_table_grad else (0,)),
             q.new_empty((H, Ns, R) if source_table_grad else (0,)),
             q.new_empty((N, H, R) if type_values is not None else (0,)))
@@ -229,9 +231,8 @@ def _edge_feature_attention(q: Tensor, k: Tensor, v: Tensor, p: Tensor, r: Tenso
     bias = ops.edge_cross(p, r, x, ptr, col, ptr_t, perm, order, c).t()
     if masked is not None:
         bias = bias.masked_fill(masked, float("-inf"))
-    out, alpha, keep = ops.fused_attention(q, k, v, ptr, col, ptr_t, row_t, perm,
-                                           bias.contiguous(), None, None, None, None, seed,
-                                           scale, dropout)
+    out, alpha, keep = ops.fused_attention(q, k, v, ptr, col, ptr_t, row_t, perm, bias, None,
+                                           None, None, None, seed, scale, dropout)
     sums = ops.edge_value_sum(_kept_weights(alpha, keep, dropout), x, ptr, col, order)
     return out, alpha, keep, sums
 
@@ -281,12 +282,12 @@ def _edge_feature_attention_backward(ctx, dout, dalpha, _dkeep, dsums):
         dout = torch.zeros_like(q)
     dq, dk, dv, ds, _, _, _ = ops.fused_attention_backward(
         dout, dalpha, q, k, v, ptr, col, ptr_t, row_t, perm, None, None, alpha, keep, 0, False,
-        False, scale, dropout)
+        False, scale, dropout, True)                  # ds [E, H], as edge_cross gave the bias
     if masked is not None:   # the masked scores' gradient (0 already: their alpha is 0)
-        ds = ds.masked_fill(masked, 0.0)
+        ds = ds.masked_fill(masked.t(), 0.0)
     values = dsums is not None and need_x
     dp, dr, dx, dc = ops.edge_cross_backward(
-        ds.t(), p, r, x, ptr, col, ptr_t, perm, order, c, need_p, need_r, need_x, need_c,
+        ds, p, r, x, ptr, col, ptr_t, perm, order, c, need_p, need_r, need_x, need_c,
         weights if values else None, dsums if values else None)
     return (dq if need_q else None, dk if need_k else None, dv if need_v else None,
             dp if need_p else None, dr if need_r else None, dx if need_x else None,
@@ -377,7 +378,7 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, csr: EdgeCSR, bias: Optional[Tensor
         ptr_t, row_t = transposed.ptr, transposed.col
     else:
         ptr_t = row_t = perm = csr.ptr.new_empty(0)
-    q, k, v, bias, target_table, source_table, type_values = (
+    q, k, v, _, target_table, source_table, type_values = (   # the bias in any layout
         t.contiguous() if t is not None else None for t in tensors)
     out, alpha, keep = torch.ops.graphformer.fused_attention(
         q, k, v, csr.ptr, csr.col, ptr_t, row_t, perm, bias,

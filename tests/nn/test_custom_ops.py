@@ -372,9 +372,18 @@ def test_fused_attention_backward(dtype):
     q, k, v, ptr, col, ptr_t, row_t, perm, _, etype, _, _, vt = (
         a.detach() if isinstance(a, torch.Tensor) else a for a in args[:13])
     dout, dalpha = torch.randn_like(out), torch.randn_like(alpha)
+    args = (dout, dalpha, q, k, v, ptr, col, ptr_t, row_t, perm, etype, vt, alpha.detach(),
+            keep, 3, True, True, 0.5, 0.4)
+    torch.library.opcheck(torch.ops.graphformer.fused_attention_backward.default, args)
+    # ds_by_edge: the bias's gradient [E, H] (the layout edge_cross gives the bias in)
     torch.library.opcheck(torch.ops.graphformer.fused_attention_backward.default,
-            (dout, dalpha, q, k, v, ptr, col, ptr_t, row_t, perm, etype, vt, alpha.detach(),
-             keep, 3, True, True, 0.5, 0.4))
+                          (*args, True))
+    by_head = torch.ops.graphformer.fused_attention_backward(*args)
+    by_edge = torch.ops.graphformer.fused_attention_backward(*args, True)
+    assert by_edge[3].shape == (col.numel(), 2) and by_edge[3].is_contiguous()
+    torch.testing.assert_close(by_edge[3], by_head[3].t(), atol=0, rtol=0)
+    for a, b in zip(by_edge[:3] + by_edge[4:], by_head[:3] + by_head[4:]):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
 def test_the_ops_refuse_arrays_they_cannot_read():

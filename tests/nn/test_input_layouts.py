@@ -195,6 +195,22 @@ def test_fused_cpu_attention_takes_strided_arguments():
                                             wide_ptr, wide_col)
     torch.testing.assert_close(out_s, out, atol=0, rtol=0)
     torch.testing.assert_close(alpha_s, alpha, atol=0, rtol=0)
+    # the bias [H, E] in any layout: the kernel reads it through its strides
+    # (edge-major, as the cross terms give it; a row expanded over the heads)
+    E = col.numel()
+    bias = torch.randn(Hh, E, generator=gen, dtype=torch.float64)
+    bias[1, ::3] = float("-inf")
+    out_b, alpha_b, _ = fused_cpu_attention(q, k, v, ptr, col, bias=bias)
+    for layout in (bias.t().contiguous().t(), torch.stack([bias, bias], 2)[..., 1]):
+        assert not layout.is_contiguous()
+        out_l, alpha_l, _ = fused_cpu_attention(q, k, v, ptr, col, bias=layout)
+        torch.testing.assert_close(out_l, out_b, atol=0, rtol=0)
+        torch.testing.assert_close(alpha_l, alpha_b, atol=0, rtol=0)
+    row = bias[0].clone()
+    out_e, _, _ = fused_cpu_attention(q, k, v, ptr, col, bias=row.expand(Hh, E))
+    out_r, _, _ = fused_cpu_attention(q, k, v, ptr, col, bias=row.repeat(Hh, 1))
+    torch.testing.assert_close(out_e, out_r, atol=0, rtol=0)
+    assert not torch.equal(out_b, out)
 
 
 # -- typed edges: non-finite rows, and tables that are not per type ------------------------
