@@ -26,7 +26,10 @@ weights ``[H, E]``).
   of the edge with itself as a symmetric quadratic form
   (:func:`edge_quadratic`, half the multiply-adds of the two projections
   and nothing per edge kept); elsewhere all three are computed from the
-  projections in chunks of edges (:class:`ChunkedEdgeScores`).
+  projections in chunks of edges (:class:`ChunkedEdgeScores`). With all
+  three projections the ``fused_cpu`` backend takes the cross terms' tables
+  instead (:meth:`PerEdgeTerms.block_tables`) and runs scores, attention and
+  value sums as one op.
 - :class:`TypedEdgeTerms`: features per edge type, ``table [R, D]`` and
   ``edge_type [E]`` (bond types, relation ids, pattern membership). The
   projections are taken of the R rows only, the query and key terms are

@@ -64,7 +64,11 @@ the CPU implementations of PyTorch custom ops
 (``torch.ops.graphformer.fused_attention``, its ``fused_attention_backward``
 as the registered autograd formula, ``dropout_multiplier``), each with a fake
 implementation: :func:`torch.compile` and :func:`torch.export.export` trace
-them without a graph break. Where they cannot be built
+them without a graph break. With per-edge features and all three edge
+projections the backend runs the whole block as one op,
+``edge_feature_attention`` (the cross terms of
+:mod:`~graphformer.nn.edge_terms` as the bias, this kernel, the value sums;
+one autograd node, so that the features get one gradient). Where they cannot be built
 :func:`fused_cpu_available` is False, :func:`fused_cpu_unavailable` says why,
 ``"auto"`` picks another backend and an explicit ``backend="fused_cpu"``
 raises that reason.
