@@ -366,8 +366,7 @@ INLINE void backward_target_row(
         const T* k, const T* v, const int64_t* ptr, const int64_t* col, const int64_t* etype,
         const T* vt, const T* alpha, const T* dout, const T* dalpha, T scale,
         const uint8_t* keep, T keep_mult, T* dq, T* ds, Strides dss, T* dtq, T* wsum_rows,
-        T* g_edge,
-        T* __restrict__ acc, T* __restrict__ vdot) {
+        T* g_edge, T* __restrict__ acc, T* __restrict__ vdot) {
     const int64_t start = ptr[i], end = ptr[i + 1];
     const int64_t kstride = H * C;
     for (int64_t h = 0; h < H; h++) {
@@ -1256,9 +1255,9 @@ void check_cross_quadratic(const char* op, const TableSizes& n, const Tensor& x,
 }
 
 /* The cross terms out[e, h] = (p[h, i] + r[h, j]) . x[order[e]] (the dot
- * by target, then by source over sptr and perm, the grouping by source), [E, H], plus with coefficients c the quadratic form of
- * x[order[e]] (edge_quadratic, computed in x's order and added through
- * order). */
+ * by target, then by source over sptr and perm, the grouping by source),
+ * [E, H], plus with coefficients c the quadratic form of x[order[e]]
+ * (edge_quadratic, computed in x's order and added through order). */
 Tensor edge_cross(const Tensor& p_in, const Tensor& r_in, const Tensor& x_in, const Tensor& ptr,
                   const Tensor& col, const Tensor& sptr, const Tensor& perm,
                   const OptTensor& order, const OptTensor& c) {
@@ -1315,8 +1314,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> edge_cross_backward(
     TORCH_CHECK_VALUE(!vw || (vw->sizes() == at::IntArrayRef{n.H, n.E} &&
                               vg->sizes() == p.sizes()),
                       "edge_cross_backward: 'vw' must be [H, E] = [", n.H, ", ", n.E, "] and ",
-                      "'vg' [H, N, D] = ", p.sizes(), ", got ", vw ? vw->sizes() : x.sizes(),
-                      " and ", vg ? vg->sizes() : x.sizes());
+                      "'vg' [H, N, D] = ", p.sizes(), ", got ", vw->sizes(), " and ",
+                      vg->sizes());   /* only raised when they are given */
     need_c = need_c && c;
     return by_dtype(p, "p", [&](auto zero) {
         using T = decltype(zero);

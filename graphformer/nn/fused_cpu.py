@@ -276,11 +276,13 @@ def _edge_feature_attention_backward(ctx, dout, dalpha, _dkeep, dsums):
     scale, dropout = ctx.consts
     need_q, need_k, need_v, need_p, need_r, need_x, need_c = ctx.needs_input_grad[:7]
     ops = torch.ops.graphformer
-    weights = _kept_weights(alpha, keep, dropout)
+    weights = None
     if dsums is not None:   # the value sums' gradient of the weights, then of alpha
+        mult = _multipliers(keep, dropout, alpha.dtype) if keep.numel() else None
+        weights = alpha if mult is None else alpha * mult
         dw, _ = ops.edge_value_sum_backward(dsums, weights, x, ptr, col, order, True, False)
-        if keep.numel():
-            dw = dw * _multipliers(keep, dropout, dw.dtype)
+        if mult is not None:
+            dw = dw * mult
         dalpha = dw if dalpha is None else dalpha + dw
     if dout is None:
         dout = torch.zeros_like(q)
@@ -370,12 +372,7 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, csr: EdgeCSR, bias: Optional[Tensor
     decisions (uint8 [H, E], 1 = kept; None without dropout)."""
     if not kernels_available():
         raise RuntimeError(f"the fused_cpu backend is unavailable: {kernels_unavailable()}")
-    if not 0.0 <= dropout <= 1.0:
-        raise ValueError(f"dropout probability must be in [0, 1], got {dropout}")
-    C = q.size(2)
-    if scale is None:
-        scale = 1.0 / math.sqrt(C) if C else 1.0
-    seed_t = seed_tensor(seed if seed is not None or dropout > 0.0 else 0)
+    scale, seed_t = _scale_and_seed(q.size(2), dropout, scale, seed)
     tensors = [q, k, v, bias, target_table, source_table, type_values]
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         transposed, perm = csr.transpose()     # for backward; built once per edge set
@@ -387,8 +384,19 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, csr: EdgeCSR, bias: Optional[Tensor
     out, alpha, keep = torch.ops.graphformer.fused_attention(
         q, k, v, csr.ptr, csr.col, ptr_t, row_t, perm, bias,
         edge_type.contiguous() if edge_type is not None else None, target_table, source_table,
-        type_values, seed_t, float(scale), float(dropout))
+        type_values, seed_t, scale, float(dropout))
     return out, alpha, seed_t, keep if dropout > 0.0 else None
+
+
+def _scale_and_seed(C: int, dropout: float, scale: Optional[float], seed: Optional[int]
+                    ) -> Tuple[float, Tensor]:
+    """The kernels' scale (default :math:`1/\\sqrt{C}`) and seed tensor (drawn
+    when ``seed`` is None and there is dropout), for a checked ``dropout``."""
+    if not 0.0 <= dropout <= 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1], got {dropout}")
+    if scale is None:
+        scale = 1.0 / math.sqrt(C) if C else 1.0
+    return float(scale), seed_tensor(seed if seed is not None or dropout > 0.0 else 0)
 
 
 def _check(q, k, v, ptr, col, bias, edge_type, tq, tk, vt) -> None:
@@ -470,10 +478,8 @@ def fused_cpu_backend(call: AttentionCall) -> Tuple[Tensor, Optional[Tensor]]:
     out, alpha, _, keep = _attend(q, k, v, csr, bias, edge_type, tables[0], tables[1],
                                   type_values, p, None, None)
     if terms is not None and not isinstance(terms, TypedEdgeTerms):
-        weights = alpha
-        if keep is not None:   # the decisions the kernel applied, as multipliers
-            weights = alpha * _multipliers(keep, p, alpha.dtype)
-        edge_values = terms.values(weights)
+        # the weights times the dropout decisions the kernel applied
+        edge_values = terms.values(alpha if keep is None else _kept_weights(alpha, keep, p))
         if edge_values is not None:
             out = out + edge_values
     return out, alpha.t()
@@ -486,15 +492,12 @@ def _attend_with_edge_features(call: AttentionCall, block: Tuple[Tensor, Tensor,
     the terms' :meth:`~graphformer.nn.edge_terms.PerEdgeTerms.block_tables`),
     then the value sums projected."""
     q, k, v, csr, terms = call.q, call.k, call.v, call.edges.csr, call.terms
-    if not 0.0 <= dropout <= 1.0:
-        raise ValueError(f"dropout probability must be in [0, 1], got {dropout}")
+    scale, seed_t = _scale_and_seed(q.size(2), dropout, None, None)
     transposed, perm = csr.transpose()          # built once per edge set
     masked = None if call.head_mask is None else ~call.head_mask.t()
-    C = q.size(2)
     p, r, c = block
     out, alpha, _, sums = torch.ops.graphformer.edge_feature_attention(
         q.contiguous(), k.contiguous(), v.contiguous(), p, r, terms.edge_attr.contiguous(), c,
-        csr.ptr, csr.col, transposed.ptr, transposed.col, perm, terms.order, masked,
-        seed_tensor(None if dropout > 0.0 else 0), 1.0 / math.sqrt(C) if C else 1.0,
-        float(dropout))
+        csr.ptr, csr.col, transposed.ptr, transposed.col, perm, terms.order, masked, seed_t,
+        scale, float(dropout))
     return out + terms.project_values(sums), alpha.t()

@@ -271,9 +271,9 @@ def test_edge_feature_attention_is_its_three_ops(dtype, ordered, masked, dropout
     bias = ops.edge_cross(p, r, x, ptr, src, ptr_t, perm, order, c).t()
     if mask is not None:
         bias = bias.masked_fill(mask, float("-inf"))
-    ref_out, ref_alpha, ref_keep = ops.fused_attention(q, k, v, ptr, src, ptr_t, row_t, perm,
-                                                       bias.contiguous(), None, None, None, None, seed, 0.5,
-                                                       dropout)
+    ref_out, ref_alpha, ref_keep = ops.fused_attention(
+        q, k, v, ptr, src, ptr_t, row_t, perm, bias.contiguous(), None, None, None, None, seed,
+        0.5, dropout)
     weights = ref_alpha
     if dropout:
         weights = ref_alpha * fused_cpu.dropout_multiplier(7, H, E, dropout, dtype)
