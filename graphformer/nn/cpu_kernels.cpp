@@ -744,35 +744,28 @@ void edge_quadratic_dc_kernel(int64_t E, int64_t D, int64_t H, int64_t Hp, const
 }
 
 /* The per-edge node-table products of the edge-feature terms, over a CSR by
- * target (ptr [N + 1], col [E]) with tables p [H, N, D] (by target) and r
- * [H, Ns, D] (by source) and edge features x [E, D] in the caller's order:
- * edge e (CSR position) is row xrow(e) = order[e] of x (order null: e), so
- * features never need to be copied into CSR order. Per-edge [E, H] arrays g
- * are read as g[e * ge + h * gh] and written likewise (edge- or head-major,
- * whichever the caller holds, without a transposed copy).
+ * target (ptr [N + 1], col [E]) with a table p [H, N, D] and edge features x
+ * [E, D] in the caller's order: edge e (CSR position) is row xrow(e) =
+ * order[e] of x (order null: e), so features never need to be copied into
+ * CSR order. Per-edge [E, H] arrays g are read as g[e * ge + h * gh] and
+ * written likewise (edge- or head-major, whichever the caller holds, without
+ * a transposed copy).
  *
  * edge_dot_gather: out[e, h] = p[h, i] . x[xrow(e)] (the dot, where out is
  *                  not null) and dx[xrow(e)] = sum_h g[e, h] p[h, i] (the
  *                  gather, where dx is not null), by target, one pass for both
- * edge_dot_gather_by_source: out[e, h] += r[h, j] . x[xrow(e)] and
- *                  dx[xrow(e)] += sum_h g[e, h] r[h, j], by source
  * edge_scatter:    out[h, n] = sum over the edges e of group n of g[e, h]
  *                  x[xrow(e)] (groups by gptr [G + 1]; the edge at position q
  *                  of the grouping is members[q], or q when members is null)
  *
- * The passes by source walk the grouping by source (sptr [Ns + 1], members
- * perm), so that a source's rows of r are read once for all its edges, not
- * once per edge in a random order (at 200,000 random edges, 8 heads, D =
- * 64: 13-15 ms against 16-18 ms for the cross terms, 27-29 against 31-35 ms
- * for their gradient of x); they read and write the edges' own rows in a
- * random order instead, prefetched.
- *
- * The cross terms (q_i . W_ke e + W_qe e . k_j) are the dots by target (p)
- * and by source (r), their gradients edge_scatter by target (p), by source
- * (r) and the gathers by target and by source (x); the value term sum_e w[h,
- * e] x[e] is edge_scatter by target, its gradients the dot (w) and the
- * gather (x) by target. Each output row is written by one thread: no
- * atomics. */
+ * The value term sum_e w[h, e] x[e] is edge_scatter by target, its gradients
+ * the dot (w) and the gather (x) by target. The cross terms (q_i . W_ke e +
+ * W_qe e . k_j) make their tables' rows themselves (cross_dot_kernel,
+ * cross_grad_kernel, below): a pass by target and one by source over the
+ * grouping by source (sptr [Ns + 1], perm), so that a source's row is made
+ * once for all its edges; those passes read and write the edges' own rows in
+ * a random order instead, prefetched. Each output row is written by one
+ * thread: no atomics. */
 struct EdgeRows {
     const int64_t *ptr, *col, *order;
     inline __attribute__((always_inline)) int64_t xrow(int64_t e) const {
@@ -837,7 +830,7 @@ struct SecondGather {
 template <typename T>
 void edge_dot_gather_kernel(int64_t N, int64_t H, int64_t D, EdgeRows rows, const T* p,
                             const T* x, T* out, int64_t oe, int64_t oh, const T* g, int64_t ge,
-                            int64_t gh, T* dx, SecondGather<T> second = {}) {
+                            int64_t gh, T* dx) {
     dispatch_c<T>(D, [&](auto D_) {
         const int64_t DD = D_;   /* a compile-time constant for float's common D */
         dot_gather_flags<T>(out, dx, [&](auto dot_, auto gather_) {
@@ -853,39 +846,6 @@ void edge_dot_gather_kernel(int64_t N, int64_t H, int64_t D, EdgeRows rows, cons
                     const int64_t xr = rows.xrow(e);
                     dot_gather_edge<DOT, GATHER, false, T>(
                         e, H, N, i, DD, p, DOT ? x + xr * DD : nullptr, out, oe, oh, g, ge, gh,
-                        GATHER ? dx + xr * DD : nullptr, acc);
-                    if constexpr (GATHER)   /* the row just written, still in the cache */
-                        if (second.t)
-                            dot_gather_edge<false, true, true, T>(
-                                e, H, N, i, DD, second.t, nullptr, nullptr, 0, 0, second.g,
-                                second.ge, second.gh, dx + xr * DD, acc);
-                }
-            });
-        });
-    });
-}
-
-template <typename T>
-void edge_dot_gather_by_source_kernel(int64_t Ns, int64_t H, int64_t D, const int64_t* sptr,
-                                      const int64_t* perm, const int64_t* order, const T* r,
-                                      const T* x, T* out, int64_t oe, int64_t oh, const T* g,
-                                      int64_t ge, int64_t gh, T* dx) {
-    const int64_t E = sptr[Ns];
-    dispatch_c<T>(D, [&](auto D_) {
-        const int64_t DD = D_;   /* a compile-time constant for float's common D */
-        dot_gather_flags<T>(out, dx, [&](auto dot_, auto gather_) {
-            constexpr bool DOT = decltype(dot_)::value, GATHER = decltype(gather_)::value;
-            for_rows_with_scratch<T>(Ns, DD, [&](int64_t j, T* __restrict__ acc) {
-                for (int64_t q = sptr[j]; q < sptr[j + 1]; q++) {
-                    if (q + PREFETCH < E) {   /* the rows of the edge PREFETCH ahead */
-                        const int64_t ef = perm[q + PREFETCH];
-                        const int64_t rf = order ? order[ef] : ef;
-                        if constexpr (DOT) prefetch_row(x + rf * DD, DD);
-                        if constexpr (GATHER) prefetch_row(dx + rf * DD, DD);
-                    }
-                    const int64_t e = perm[q], xr = order ? order[e] : e;
-                    dot_gather_edge<DOT, GATHER, true, T>(
-                        e, H, Ns, j, DD, r, DOT ? x + xr * DD : nullptr, out, oe, oh, g, ge, gh,
                         GATHER ? dx + xr * DD : nullptr, acc);
                 }
             });
@@ -919,6 +879,251 @@ void edge_scatter_kernel(int64_t G, int64_t H, int64_t D, const int64_t* gptr,
                 std::copy_n(acc + h * DD, DD, out + (h * G + n) * DD);
         });
     });
+}
+
+/* The cross terms from the node rows themselves. The table row of node n,
+ * t[h] = W_h^T y[n, h] ([H, D], from y [G, H, C] and the weights w [H C, D],
+ * W_h its rows h C..h C + C - 1), is computed into scratch where a pass meets
+ * the node, once per pass, and never written out: no [H, N, D] table, nor
+ * its gradient, goes through memory (the batched products that made them
+ * were memory-bound, and their fresh outputs page faults). The passes take
+ * NB consecutive nodes at a time, so that these small products with W_h
+ * (the rows, their gradient W_h acc and the weights' share y acc^T) run in
+ * register blocks of NB nodes by one vector V of L features or channels,
+ * reading each row of W once for NB nodes; V is the vector type where D and
+ * C are multiples of its lanes, else T itself (L = 1). */
+constexpr int64_t NB = 8;
+
+template <typename V, typename T>
+INLINE V load_v(const T* p) {
+    V v;
+    std::memcpy(&v, p, sizeof(V));
+    return v;
+}
+
+template <typename V, typename T>
+INLINE void store_v(T* p, const V& v) {
+    std::memcpy(p, &v, sizeof(V));
+}
+
+/* out[j, h] = in[j, h] M_h for NB nodes (in [NB, H, K], M [H, K, O], out
+ * [NB, H, O]; O a multiple of L): the table rows t[j, h] = W_h^T y[j, h]
+ * (K = C, O = D, M = w) and their gradient dy[j, h] = W_h acc[j, h] (K = D,
+ * O = C, M = wt, w transposed [H, D, C]). */
+template <typename T, typename V, int64_t L>
+INLINE void rows_times_block(int64_t H, int64_t K, int64_t O, const T* __restrict__ m,
+                             const T* __restrict__ in, T* __restrict__ out) {
+    for (int64_t h = 0; h < H; h++)
+        for (int64_t o0 = 0; o0 < O; o0 += L) {
+            V acc[NB];
+            for (int64_t j = 0; j < NB; j++) acc[j] = V{};
+            for (int64_t k = 0; k < K; k++) {
+                const V mv = load_v<V>(m + (h * K + k) * O + o0);
+                for (int64_t j = 0; j < NB; j++) acc[j] += in[(j * H + h) * K + k] * mv;
+            }
+            for (int64_t j = 0; j < NB; j++) store_v(out + (j * H + h) * O + o0, acc[j]);
+        }
+}
+
+/* part[h, c] += sum over j of y[j, h, c] acc[j, h] (the NB nodes' share of
+ * dw, part [H, C, DD]), the nodes in order. */
+template <typename T, typename V, int64_t L>
+INLINE void weight_grads_block(int64_t H, int64_t C, int64_t DD, const T* __restrict__ y,
+                               const T* __restrict__ acc, T* __restrict__ part) {
+    for (int64_t h = 0; h < H; h++)
+        for (int64_t d0 = 0; d0 < DD; d0 += L) {
+            V a[NB];
+            for (int64_t j = 0; j < NB; j++) a[j] = load_v<V>(acc + (j * H + h) * DD + d0);
+            for (int64_t c = 0; c < C; c++) {
+                T* pr = part + (h * C + c) * DD + d0;
+                V p = load_v<V>(pr);
+                for (int64_t j = 0; j < NB; j++) p += y[(j * H + h) * C + c] * a[j];
+                store_v(pr, p);
+            }
+        }
+}
+
+/* Calls f(V, L) with the vector type where DD and C are multiples of its
+ * lanes, else with T (L = 1). */
+template <typename T, typename F>
+INLINE void dispatch_lanes(int64_t DD, int64_t C, const F& f) {
+    constexpr int64_t L = Lanes<T>::L;
+    if (DD % L == 0 && C % L == 0)
+        f(typename Lanes<T>::V{}, std::integral_constant<int64_t, L>{});
+    else
+        f(T{}, std::integral_constant<int64_t, 1>{});
+}
+
+/* The node rows y[n0 .. n0 + nb) [nb, H, C], or where nb < NB, a copy padded
+ * with zero rows to NB in pad. */
+template <typename T>
+INLINE const T* node_block(const T* y, int64_t n0, int64_t nb, int64_t HC, T* pad) {
+    if (nb == NB) return y + n0 * HC;
+    std::copy_n(y + n0 * HC, nb * HC, pad);
+    std::fill_n(pad + nb * HC, (NB - nb) * HC, T(0));
+    return pad;
+}
+
+/* A grouping of the edges by node: node n's edges sit at positions gptr[n]
+ * .. gptr[n + 1] - 1, the edge at position q is members[q] (null: q, the
+ * CSR by target itself), and its row of x is order[e] (null: e). */
+struct Grouped {
+    int64_t G;
+    const int64_t *gptr, *members, *order;
+    inline __attribute__((always_inline)) int64_t edge(int64_t q) const {
+        return members ? members[q] : q;
+    }
+    inline __attribute__((always_inline)) int64_t xrow(int64_t e) const {
+        return order ? order[e] : e;
+    }
+    /* whether the rows of x are met in another order than their own */
+    inline __attribute__((always_inline)) bool scattered() const {
+        return members || order;
+    }
+};
+
+/* out[e, h] = t_n[h] . x[xrow(e)] for every edge e of node n (added to out
+ * when `add`), t_n the node's table row from y and w, made for NB nodes at
+ * a time (rows_times_block). */
+template <typename T>
+void cross_dot_kernel(Grouped g, int64_t H, int64_t C, int64_t D, const T* y, const T* w,
+                      const T* x, T* out, bool add) {
+    dispatch_c<T>(D, [&](auto D_) {
+        const int64_t DD = D_;   /* a compile-time constant for float's common D */
+        dispatch_lanes<T>(DD, C, [&](auto v_, auto L_) {
+            using V = decltype(v_);
+            constexpr int64_t L = decltype(L_)::value;
+            const int64_t E = g.gptr[g.G], blocks = (g.G + NB - 1) / NB, HC = H * C;
+            for_rows_with_scratch<T>(blocks, NB * (H * DD + HC), [&, H, C, add](
+                                         int64_t blk, T* __restrict__ t) {
+                const int64_t n0 = blk * NB, nb = std::min(NB, g.G - n0);
+                if (g.gptr[n0] == g.gptr[n0 + nb]) return;
+                const T* yb = node_block(y, n0, nb, HC, t + NB * H * DD);
+                rows_times_block<T, V, L>(H, C, DD, w, yb, t);
+                for (int64_t j = 0; j < nb; j++)
+                    for (int64_t q = g.gptr[n0 + j]; q < g.gptr[n0 + j + 1]; q++) {
+                        if (g.scattered() && q + PREFETCH < E)
+                            prefetch_row(x + g.xrow(g.edge(q + PREFETCH)) * DD, DD);
+                        const int64_t e = g.edge(q);
+                        const T* __restrict__ xe = x + g.xrow(e) * DD;
+                        for (int64_t h = 0; h < H; h++) {
+                            const T* __restrict__ th = t + (j * H + h) * DD;
+                            T sum = 0;
+                            for (int64_t d = 0; d < DD; d++) sum += th[d] * xe[d];
+                            out[e * H + h] = add ? out[e * H + h] + sum : sum;
+                        }
+                    }
+            });
+        });
+    });
+}
+
+/* What cross_grad_kernel writes, each skipped where null: the gather dx
+ * [E, D] (rows of x's order; written, or added to when add_dx), plus the
+ * second table's gather (by target: the value sums' gradient of x); the
+ * node rows' gradient dy [G, H, C]; the weights' gradient dw [H C, D]. */
+template <typename T>
+struct CrossGrads {
+    T* dx = nullptr;
+    bool add_dx = false;
+    SecondGather<T> second = {};
+    T* dy = nullptr;
+    T* dw = nullptr;
+};
+
+/* The gradients of cross_dot_kernel's terms for grad [E, H], one pass over
+ * a grouping: per node n, acc[h] = sum over its edges of grad[e, h] x[e]
+ * ([H, D] in scratch), then dy[n, h] = W_h acc[h] and dw_h += y[n, h]
+ * acc[h]^T; per edge, dx[e] = sum_h grad[e, h] t_n[h] (t_n recomputed);
+ * the products with W for NB nodes at a time (wt [H, D, C] is w
+ * transposed). Each node's and edge's rows are written by one thread. The
+ * nodes are split into at most XG groups whatever the threads, each summing
+ * dw into its own partial sums, then added in order: results do not depend
+ * on the threads. */
+constexpr int64_t XG = 16;
+
+template <typename T>
+void cross_grad_kernel(Grouped g, int64_t H, int64_t C, int64_t D, const T* y, const T* w,
+                       const T* wt, const T* x, const T* grad, CrossGrads<T> o) {
+    const int64_t HC = H * C, HCD = H * C * D;
+    const int64_t groups = std::max<int64_t>(1, std::min(XG, (g.G + 15) / 16));
+    std::vector<T> partial(o.dw ? groups * HCD : 0, T(0));
+    dispatch_c<T>(D, [&](auto D_) {
+        const int64_t DD = D_;   /* a compile-time constant for float's common D */
+        dispatch_lanes<T>(DD, C, [&](auto v_, auto L_) {
+            using V = decltype(v_);
+            constexpr int64_t L = decltype(L_)::value;
+            const int64_t E = g.gptr[g.G];
+            const bool sums = o.dy || o.dw;
+            at::parallel_for(0, groups, 1, [&, H, C, sums](int64_t g0, int64_t g1) {
+                Scratch<T> scratch(2 * NB * H * DD + 2 * NB * HC + 2 * DD);
+                T* __restrict__ t = scratch.ptr;             /* [NB, H, D] table rows */
+                T* __restrict__ acc = t + NB * H * DD;       /* [NB, H, D] sums */
+                T* __restrict__ pad = acc + NB * H * DD;     /* [NB, H, C] padded rows */
+                T* __restrict__ dys = pad + NB * HC;         /* [NB, H, C] dy */
+                T* __restrict__ gx = dys + NB * HC;          /* [D] an edge's gather */
+                T* __restrict__ gs = gx + DD;                /* [D] the second table's */
+                for (int64_t grp = g0; grp < g1; grp++) {
+                    T* part = o.dw ? partial.data() + grp * HCD : nullptr;
+                    const int64_t first = g.G * grp / groups, last = g.G * (grp + 1) / groups;
+                    for (int64_t n0 = first; n0 < last; n0 += NB) {
+                        const int64_t nb = std::min(NB, last - n0);
+                        const T* yb = node_block(y, n0, nb, HC, pad);
+                        if (o.dx) rows_times_block<T, V, L>(H, C, DD, w, yb, t);
+                        if (sums) std::fill_n(acc, NB * H * DD, T(0));
+                        for (int64_t j = 0; j < nb; j++) {
+                            const int64_t n = n0 + j;
+                            const T* tn = t + j * H * DD;
+                            T* an = acc + j * H * DD;
+                            for (int64_t q = g.gptr[n]; q < g.gptr[n + 1]; q++) {
+                                if (g.scattered() && q + PREFETCH < E) {
+                                    const int64_t rf = g.xrow(g.edge(q + PREFETCH));
+                                    prefetch_row(x + rf * DD, DD);
+                                    if (o.dx) prefetch_row(o.dx + rf * DD, DD);
+                                }
+                                const int64_t e = g.edge(q), xr = g.xrow(e);
+                                const T* __restrict__ xe = x + xr * DD;
+                                const T* __restrict__ ge = grad + e * H;
+                                if (sums)
+                                    for (int64_t h = 0; h < H; h++) {
+                                        const T gh = ge[h];
+                                        T* __restrict__ a = an + h * DD;
+                                        for (int64_t d = 0; d < DD; d++) a[d] += gh * xe[d];
+                                    }
+                                if (!o.dx) continue;
+                                for (int64_t d = 0; d < DD; d++) gx[d] = 0;
+                                for (int64_t h = 0; h < H; h++) {
+                                    const T gh = ge[h];
+                                    const T* __restrict__ th = tn + h * DD;
+                                    for (int64_t d = 0; d < DD; d++) gx[d] += gh * th[d];
+                                }
+                                if (o.second.t)
+                                    dot_gather_edge<false, true, true, T>(
+                                        e, H, g.G, n, DD, o.second.t, nullptr, nullptr, 0, 0,
+                                        o.second.g, o.second.ge, o.second.gh, gx, gs);
+                                T* __restrict__ dxe = o.dx + xr * DD;
+                                if (o.add_dx)
+                                    for (int64_t d = 0; d < DD; d++) dxe[d] += gx[d];
+                                else
+                                    for (int64_t d = 0; d < DD; d++) dxe[d] = gx[d];
+                            }
+                        }
+                        if (o.dy) {
+                            rows_times_block<T, V, L>(H, DD, C, wt, acc, dys);
+                            std::copy_n(dys, nb * HC, o.dy + n0 * HC);
+                        }
+                        if (part) weight_grads_block<T, V, L>(H, C, DD, yb, acc, part);
+                    }
+                }
+            });
+        });
+    });
+    if (o.dw)
+        for (int64_t i = 0; i < HCD; i++) {
+            T sum = 0;
+            for (int64_t grp = 0; grp < groups; grp++) sum += partial[grp * HCD + i];
+            o.dw[i] = sum;
+        }
 }
 
 // --------------------------------------------------------------------- ops
@@ -1264,57 +1469,94 @@ void check_cross_quadratic(const char* op, const TableSizes& n, const Tensor& x,
                       "] of x's dtype, got ", c->sizes());
 }
 
-/* The cross terms out[e, h] = (p[h, i] + r[h, j]) . x[order[e]] (the dot
- * by target, then by source over sptr and perm, the grouping by source),
- * [E, H], plus with coefficients c the quadratic form of x[order[e]]
- * (edge_quadratic, computed in x's order and added through order). */
-Tensor edge_cross(const Tensor& p_in, const Tensor& r_in, const Tensor& x_in, const Tensor& ptr,
-                  const Tensor& col, const Tensor& sptr, const Tensor& perm,
-                  const OptTensor& order, const OptTensor& c) {
-    const Tensor p = p_in.contiguous(), r = r_in.contiguous(), x = x_in.contiguous();
-    const TableSizes n = table_sizes("edge_cross", p, r, x, ptr, col, order);
+/* The shapes of edge_cross's node rows a [N, H, C], b [Ns, H, C], weights wa,
+ * wb [H C, D], features x [E, D], ptr [N + 1], col [E], order [E] (absent:
+ * x in CSR order), checked for the op `op`. */
+TableSizes cross_sizes(const char* op, const Tensor& a, const Tensor& b, const Tensor& wa,
+                       const Tensor& wb, const Tensor& x, const Tensor& ptr, const Tensor& col,
+                       const OptTensor& order, int64_t* C) {
+    TORCH_CHECK_VALUE(a.dim() == 3 && b.dim() == 3 && x.dim() == 2, op, ": 'a' [N, H, C], 'b' ",
+                      "[Ns, H, C] and 'x' [E, D] expected, got shapes ", a.sizes(), ", ",
+                      b.sizes(), " and ", x.sizes());
+    const TableSizes n{a.size(0), b.size(0), a.size(1), x.size(1), x.size(0)};
+    *C = a.size(2);
+    TORCH_CHECK_VALUE(b.size(1) == n.H && b.size(2) == *C, op, ": 'a' ", a.sizes(), " and 'b' ",
+                      b.sizes(), " disagree on H or C");
+    for (const auto& [w, name] : {std::pair<const Tensor&, const char*>{wa, "wa"}, {wb, "wb"}})
+        TORCH_CHECK_VALUE(w.dim() == 2 && w.size(0) == n.H * *C && w.size(1) == n.D, op, ": '",
+                          name, "' must be [H C, D] = [", n.H * *C, ", ", n.D, "], got ",
+                          w.sizes());
+    TORCH_CHECK_VALUE(ptr.numel() == n.N + 1 && col.numel() == n.E, op, ": 'ptr' must have N + 1",
+                      " = ", n.N + 1, " and 'col' E = ", n.E, " entries, got ", ptr.numel(),
+                      " and ", col.numel());
+    TORCH_CHECK_VALUE(!order || order->numel() == n.E, op, ": 'order' must have E = ", n.E,
+                      " entries, got ", order ? order->numel() : 0);
+    return n;
+}
+
+/* The cross terms out[e, h] = (wa_h^T a[i, h] + wb_h^T b[j, h]) . x[order[e]]
+ * of the edges e = (j -> i), [E, H]: a pass by target (the CSR), then one by
+ * source over sptr and perm (the grouping by source), each computing its
+ * nodes' table rows as it meets them (cross_dot_kernel); with coefficients
+ * c, plus the quadratic form of x[order[e]] (edge_quadratic, computed in x's
+ * order and added through order). */
+Tensor edge_cross(const Tensor& a_in, const Tensor& b_in, const Tensor& wa_in,
+                  const Tensor& wb_in, const Tensor& x_in, const Tensor& ptr, const Tensor& col,
+                  const Tensor& sptr, const Tensor& perm, const OptTensor& order,
+                  const OptTensor& c) {
+    const Tensor a = a_in.contiguous(), b = b_in.contiguous(), x = x_in.contiguous();
+    const Tensor wa = wa_in.contiguous(), wb = wb_in.contiguous();
+    int64_t C = 0;
+    const TableSizes n = cross_sizes("edge_cross", a, b, wa, wb, x, ptr, col, order, &C);
     check_source_grouping("edge_cross", n, sptr, perm);
     check_cross_quadratic("edge_cross", n, x, c);
-    return by_dtype(p, "p", [&](auto zero) {
+    return by_dtype(a, "a", [&](auto zero) {
         using T = decltype(zero);
-        const auto f = p.scalar_type();
-        Tensor out = at::empty({n.E, n.H}, p.options());
-        const EdgeRows rows = edge_rows(ptr, col, order);
+        const auto f = a.scalar_type();
+        Tensor out = at::empty({n.E, n.H}, a.options());
+        const int64_t* ord = data<const int64_t>(order, "order", at::kLong);
         const T* xp = data<const T>(x, "x", f);
         T* op = out.data_ptr<T>();
-        edge_dot_gather_kernel<T>(n.N, n.H, n.D, rows, data<const T>(p, "p", f), xp, op, n.H, 1,
-                                  nullptr, 0, 0, nullptr);
-        edge_dot_gather_by_source_kernel<T>(
-            n.Ns, n.H, n.D, data<const int64_t>(sptr, "sptr", at::kLong),
-            data<const int64_t>(perm, "perm", at::kLong), rows.order, data<const T>(r, "r", f), xp,
-            op, n.H, 1, nullptr, 0, 0, nullptr);
+        cross_dot_kernel<T>({n.N, data<const int64_t>(ptr, "ptr", at::kLong), nullptr, ord}, n.H,
+                            C, n.D, data<const T>(a, "a", f), data<const T>(wa, "wa", f), xp, op,
+                            false);
+        cross_dot_kernel<T>({n.Ns, data<const int64_t>(sptr, "sptr", at::kLong),
+                             data<const int64_t>(perm, "perm", at::kLong), ord},
+                            n.H, C, n.D, data<const T>(b, "b", f), data<const T>(wb, "wb", f), xp,
+                            op, true);
         if (c) {
             const Tensor quad = edge_quadratic(x, *c);                  /* [E, H], x's order */
             const T* qp = quad.data_ptr<T>();
             const int64_t H = n.H;
             at::parallel_for(0, n.E, 4096, [&](int64_t e0, int64_t e1) {
-                for (int64_t e = e0; e < e1; e++)
-                    for (int64_t h = 0; h < H; h++) op[e * H + h] += qp[rows.xrow(e) * H + h];
+                for (int64_t e = e0; e < e1; e++) {
+                    const int64_t xr = ord ? ord[e] : e;
+                    for (int64_t h = 0; h < H; h++) op[e * H + h] += qp[xr * H + h];
+                }
             });
         }
         return out;
     });
 }
 
-/* The gradients of edge_cross for grad [E, H]: dp by target and dr by source
- * (edge_scatter), dx (the gathers by target and by source, in x's order)
- * and, with coefficients c, dc, the quadratic form's gradient of x added
- * into dx (quadratic_gradients); each empty where not needed. With vw [H, E]
- * and vg [H, N, D], the gradient of x of edge_value_sum(vw, x) for its
- * gradient vg is added into dx too (in the gather by target). */
-std::tuple<Tensor, Tensor, Tensor, Tensor> edge_cross_backward(
-    const Tensor& grad_in, const Tensor& p_in, const Tensor& r_in, const Tensor& x_in,
-    const Tensor& ptr, const Tensor& col, const Tensor& sptr, const Tensor& perm,
-    const OptTensor& order, const OptTensor& c, bool need_p, bool need_r, bool need_x,
-    bool need_c, const OptTensor& vw_in, const OptTensor& vg_in) {
-    const Tensor p = p_in.contiguous(), r = r_in.contiguous(), x = x_in.contiguous();
-    const Tensor grad = grad_in.contiguous();
-    const TableSizes n = table_sizes("edge_cross_backward", p, r, x, ptr, col, order);
+/* The gradients of edge_cross for grad [E, H]: da, dwa and dx's share by
+ * target in one pass over the CSR, db, dwb and dx's share by source in one
+ * over the grouping by source (cross_grad_kernel), and with coefficients c,
+ * dc and the quadratic form's gradient of x added into dx
+ * (quadratic_gradients); each empty where not needed. With vw [H, E] and vg
+ * [H, N, D], the gradient of x of edge_value_sum(vw, x) for its gradient vg
+ * is added into dx too (in the pass by target). */
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> edge_cross_backward(
+    const Tensor& grad_in, const Tensor& a_in, const Tensor& b_in, const Tensor& wa_in,
+    const Tensor& wb_in, const Tensor& x_in, const Tensor& ptr, const Tensor& col,
+    const Tensor& sptr, const Tensor& perm, const OptTensor& order, const OptTensor& c,
+    bool need_a, bool need_b, bool need_wa, bool need_wb, bool need_x, bool need_c,
+    const OptTensor& vw_in, const OptTensor& vg_in) {
+    const Tensor a = a_in.contiguous(), b = b_in.contiguous(), x = x_in.contiguous();
+    const Tensor wa = wa_in.contiguous(), wb = wb_in.contiguous(), grad = grad_in.contiguous();
+    int64_t C = 0;
+    const TableSizes n =
+        cross_sizes("edge_cross_backward", a, b, wa, wb, x, ptr, col, order, &C);
     check_source_grouping("edge_cross_backward", n, sptr, perm);
     check_cross_quadratic("edge_cross_backward", n, x, c);
     TORCH_CHECK_VALUE(vw_in.has_value() == vg_in.has_value(), "edge_cross_backward: 'vw' and ",
@@ -1322,57 +1564,60 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> edge_cross_backward(
     const OptTensor vw = vw_in ? OptTensor(vw_in->contiguous()) : std::nullopt;
     const OptTensor vg = vg_in ? OptTensor(vg_in->contiguous()) : std::nullopt;
     TORCH_CHECK_VALUE(!vw || (vw->sizes() == at::IntArrayRef{n.H, n.E} &&
-                              vg->sizes() == p.sizes()),
+                              vg->sizes() == at::IntArrayRef{n.H, n.N, n.D}),
                       "edge_cross_backward: 'vw' must be [H, E] = [", n.H, ", ", n.E, "] and ",
-                      "'vg' [H, N, D] = ", p.sizes(), ", got ", vw->sizes(), " and ",
-                      vg->sizes());   /* only raised when they are given */
+                      "'vg' [H, N, D] = [", n.H, ", ", n.N, ", ", n.D, "], got ", vw->sizes(),
+                      " and ", vg->sizes());   /* only raised when they are given */
     need_c = need_c && c;
-    return by_dtype(p, "p", [&](auto zero) {
+    return by_dtype(a, "a", [&](auto zero) {
         using T = decltype(zero);
-        const auto f = p.scalar_type();
-        const EdgeRows rows = edge_rows(ptr, col, order);
-        const int64_t* sp = data<const int64_t>(sptr, "sptr", at::kLong);
-        const int64_t* members = data<const int64_t>(perm, "perm", at::kLong);
+        const auto f = a.scalar_type();
+        const int64_t* ord = data<const int64_t>(order, "order", at::kLong);
         const T* xp = data<const T>(x, "x", f);
         const T* gp = data<const T>(grad, "grad", f, n.E * n.H);
-        Tensor dp = at::empty(need_p ? p.sizes() : at::IntArrayRef{0}, p.options());
-        Tensor dr = at::empty(need_r ? r.sizes() : at::IntArrayRef{0}, r.options());
-        Tensor dx = at::empty(need_x ? x.sizes() : at::IntArrayRef{0}, x.options());
+        const auto empty = [&](bool needed, const Tensor& like) {
+            return at::empty(needed ? like.sizes() : at::IntArrayRef{0}, like.options());
+        };
+        Tensor da = empty(need_a, a), db = empty(need_b, b), dx = empty(need_x, x);
+        Tensor dwa = empty(need_wa, wa), dwb = empty(need_wb, wb);
         Tensor dc = at::empty({need_c ? n.D * (n.D + 1) / 2 : 0, n.H}, x.options());
-        if (need_p)
-            edge_scatter_kernel<T>(n.N, n.H, n.D, rows.ptr, nullptr, rows.order, gp, n.H, 1, xp,
-                                   dp.data_ptr<T>());
-        if (need_r)
-            edge_scatter_kernel<T>(n.Ns, n.H, n.D, sp, members, rows.order, gp, n.H, 1, xp,
-                                   dr.data_ptr<T>());
-        if (need_x) {
-            const SecondGather<T> values{data<const T>(vg, "vg", f),
-                                         data<const T>(vw, "vw", f), 1, n.E};
-            edge_dot_gather_kernel<T>(n.N, n.H, n.D, rows, data<const T>(p, "p", f), nullptr,
-                                      nullptr, 0, 0, gp, n.H, 1, dx.data_ptr<T>(), values);
-            edge_dot_gather_by_source_kernel<T>(n.Ns, n.H, n.D, sp, members, rows.order,
-                                                data<const T>(r, "r", f), nullptr, nullptr, 0,
-                                                0, gp, n.H, 1, dx.data_ptr<T>());
-        }
+        const auto out = [](bool needed, Tensor& t) { return needed ? t.data_ptr<T>() : nullptr; };
+        /* the weights transposed, [H, D, C], for the rows' gradients */
+        const Tensor wta = wa.view({n.H, C, n.D}).transpose(1, 2).contiguous();
+        const Tensor wtb = wb.view({n.H, C, n.D}).transpose(1, 2).contiguous();
+        CrossGrads<T> by_target{out(need_x, dx), false,
+                                {data<const T>(vg, "vg", f), data<const T>(vw, "vw", f), 1, n.E},
+                                out(need_a, da), out(need_wa, dwa)};
+        if (need_x || need_a || need_wa)
+            cross_grad_kernel<T>({n.N, data<const int64_t>(ptr, "ptr", at::kLong), nullptr, ord},
+                                 n.H, C, n.D, data<const T>(a, "a", f),
+                                 data<const T>(wa, "wa", f), wta.data_ptr<T>(), xp, gp,
+                                 by_target);
+        CrossGrads<T> by_source{out(need_x, dx), true, {}, out(need_b, db), out(need_wb, dwb)};
+        if (need_x || need_b || need_wb)
+            cross_grad_kernel<T>({n.Ns, data<const int64_t>(sptr, "sptr", at::kLong),
+                                  data<const int64_t>(perm, "perm", at::kLong), ord},
+                                 n.H, C, n.D, data<const T>(b, "b", f),
+                                 data<const T>(wb, "wb", f), wtb.data_ptr<T>(), xp, gp,
+                                 by_source);
         if (c && (need_x || need_c)) {
             /* the quadratic form's gradients, from grad in x's order (put
              * there when x is read through order); its gradient of x added
              * into the cross terms' (one [E, D] buffer) */
             Tensor gx = grad;
-            if (rows.order) {
+            if (ord) {
                 gx = at::empty({n.E, n.H}, grad.options());
                 T* gxp = gx.data_ptr<T>();
                 const int64_t H = n.H;
-                const int64_t* order = rows.order;
                 at::parallel_for(0, n.E, 4096, [&](int64_t e0, int64_t e1) {
                     for (int64_t e = e0; e < e1; e++)
-                        for (int64_t h = 0; h < H; h++) gxp[order[e] * H + h] = gp[e * H + h];
+                        for (int64_t h = 0; h < H; h++) gxp[ord[e] * H + h] = gp[e * H + h];
                 });
             }
             quadratic_gradients("edge_cross_backward", gx, x, *c, need_x ? &dx : nullptr, true,
                                 need_c ? &dc : nullptr);
         }
-        return std::make_tuple(dp, dr, dx, dc);
+        return std::make_tuple(da, db, dwa, dwb, dx, dc);
     });
 }
 

@@ -28,7 +28,7 @@ weights ``[H, E]``).
   and nothing per edge kept); elsewhere all three are computed from the
   projections in chunks of edges (:class:`ChunkedEdgeScores`). With all
   three projections the ``fused_cpu`` backend takes the cross terms' tables
-  instead (:meth:`PerEdgeTerms.block_tables`) and runs scores, attention and
+  instead (:meth:`PerEdgeTerms.block_terms`) and runs scores, attention and
   value sums as one op.
 - :class:`TypedEdgeTerms`: features per edge type, ``table [R, D]`` and
   ``edge_type [E]`` (bond types, relation ids, pattern membership). The
@@ -239,25 +239,30 @@ def edge_quadratic(x: Tensor, c: Tensor) -> Tensor:
 
 # -- the cross terms and the value term ---------------------------------------------------------
 
-#: ``torch.ops.graphformer.edge_cross(p, r, x, ptr, col, sptr, perm, order, c)``:
-#: the cross terms ``(p[h, i] + r[h, j]) · x[order[e]]`` of the edges ``e = (j
-#: -> i)`` of a CSR by target (``ptr``, ``col``); ``x`` in the caller's order
-#: (``order`` [E], CSR position -> row of ``x``; None: CSR order); with the
-#: coefficients ``c`` [D (D + 1) / 2, H], plus the quadratic form of
-#: ``x[order[e]]`` (:func:`edge_quadratic`). ``sptr``, ``perm`` (the grouping
-#: by source): ``r``'s share is summed by source, forward and backward (a
-#: source's rows of ``r`` read once). Its backward, ``edge_cross_backward``,
-#: adds both terms' gradients of ``x`` into one buffer, and with ``vw`` [H,
-#: E] and ``vg`` [H, N, D] also the gradient of ``x`` of
-#: ``edge_value_sum(vw, x)`` whose gradient is ``vg`` (so that one op over a
-#: whole attention block gives ``x`` one gradient).
-_EDGE_CROSS = define_op("edge_cross", "(Tensor p, Tensor r, Tensor x, Tensor ptr, Tensor col, "
-                        "Tensor sptr, Tensor perm, Tensor? order, Tensor? c=None) -> Tensor")
+#: ``torch.ops.graphformer.edge_cross(a, b, wa, wb, x, ptr, col, sptr, perm, order,
+#: c)``: the cross terms ``(wa_h^T a[i, h] + wb_h^T b[j, h]) · x[order[e]]``,
+#: [E, H], of the edges ``e = (j -> i)`` of a CSR by target (``ptr``, ``col``),
+#: from the node rows ``a [N, H, C]``, ``b [N_s, H, C]`` and the weights ``wa``,
+#: ``wb [H·C, D]`` (``wa_h``: rows ``h·C .. h·C + C - 1``); ``x`` in the
+#: caller's order (``order`` [E], CSR position -> row of ``x``; None: CSR
+#: order); with the coefficients ``c`` [D (D + 1) / 2, H], plus the quadratic
+#: form of ``x[order[e]]`` (:func:`edge_quadratic`). ``sptr``, ``perm`` (the
+#: grouping by source): ``b``'s share is a pass by source. Each pass computes a
+#: node's table row ``wa_h^T a[i, h]`` (``[H, D]``) when it meets the node,
+#: never an [H, N, D] table. Its backward, ``edge_cross_backward``, gives
+#: ``(da, db, dwa, dwb, dx, dc)`` (each empty where not needed), adds both
+#: terms' gradients of ``x`` into one buffer, and with ``vw`` [H, E] and
+#: ``vg`` [H, N, D] also the gradient of ``x`` of ``edge_value_sum(vw, x)``
+#: whose gradient is ``vg`` (so that one op over a whole attention block
+#: gives ``x`` one gradient).
+_EDGE_CROSS = define_op("edge_cross", "(Tensor a, Tensor b, Tensor wa, Tensor wb, Tensor x, "
+                        "Tensor ptr, Tensor col, Tensor sptr, Tensor perm, Tensor? order, "
+                        "Tensor? c=None) -> Tensor")
 _EDGE_CROSS_BACKWARD = define_op(
-    "edge_cross_backward", "(Tensor grad, Tensor p, Tensor r, Tensor x, Tensor ptr, Tensor col, "
-    "Tensor sptr, Tensor perm, Tensor? order, Tensor? c, bool need_p, bool need_r, "
-    "bool need_x, bool need_c, Tensor? vw=None, Tensor? vg=None) "
-    "-> (Tensor, Tensor, Tensor, Tensor)")
+    "edge_cross_backward", "(Tensor grad, Tensor a, Tensor b, Tensor wa, Tensor wb, Tensor x, "
+    "Tensor ptr, Tensor col, Tensor sptr, Tensor perm, Tensor? order, Tensor? c, bool need_a, "
+    "bool need_b, bool need_wa, bool need_wb, bool need_x, bool need_c, Tensor? vw=None, "
+    "Tensor? vg=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
 
 
 def _like(t: Tensor, needed: bool) -> Tensor:
@@ -265,46 +270,52 @@ def _like(t: Tensor, needed: bool) -> Tensor:
 
 
 @torch.library.register_fake(_EDGE_CROSS)
-def _(p: Tensor, r: Tensor, x: Tensor, ptr: Tensor, col: Tensor, sptr: Tensor,
-      perm: Tensor, order: Optional[Tensor], c: Optional[Tensor] = None) -> Tensor:
-    return p.new_empty(x.size(0), p.size(0))
+def _(a: Tensor, b: Tensor, wa: Tensor, wb: Tensor, x: Tensor, ptr: Tensor, col: Tensor,
+      sptr: Tensor, perm: Tensor, order: Optional[Tensor], c: Optional[Tensor] = None) -> Tensor:
+    return a.new_empty(x.size(0), a.size(1))
 
 
 @torch.library.register_fake(_EDGE_CROSS_BACKWARD)
-def _(grad: Tensor, p: Tensor, r: Tensor, x: Tensor, ptr: Tensor, col: Tensor, sptr: Tensor,
-      perm: Tensor, order: Optional[Tensor], c: Optional[Tensor], need_p: bool, need_r: bool,
-      need_x: bool, need_c: bool, vw: Optional[Tensor] = None,
-      vg: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    dc = x.new_empty((c.size(0) if need_c and c is not None else 0, p.size(0)))
-    return _like(p, need_p), _like(r, need_r), _like(x, need_x), dc
+def _(grad: Tensor, a: Tensor, b: Tensor, wa: Tensor, wb: Tensor, x: Tensor, ptr: Tensor,
+      col: Tensor, sptr: Tensor, perm: Tensor, order: Optional[Tensor], c: Optional[Tensor],
+      need_a: bool, need_b: bool, need_wa: bool, need_wb: bool, need_x: bool, need_c: bool,
+      vw: Optional[Tensor] = None, vg: Optional[Tensor] = None
+      ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    dc = x.new_empty((c.size(0) if need_c and c is not None else 0, a.size(1)))
+    return (_like(a, need_a), _like(b, need_b), _like(wa, need_wa), _like(wb, need_wb),
+            _like(x, need_x), dc)
 
 
 def _edge_cross_backward(ctx, grad: Tensor):
     need = ctx.needs_input_grad
-    need_c = len(need) > 8 and need[8]
-    dp, dr, dx, dc = torch.ops.graphformer.edge_cross_backward(
-        grad, *ctx.saved_tensors, need[0], need[1], need[2], need_c)
-    return (dp if need[0] else None, dr if need[1] else None, dx if need[2] else None,
-            None, None, None, None, None, dc if need_c else None)
+    need_c = len(need) > 10 and need[10]
+    da, db, dwa, dwb, dx, dc = torch.ops.graphformer.edge_cross_backward(
+        grad, *ctx.saved_tensors, *need[:5], need_c)
+    grads = (da, db, dwa, dwb, dx)
+    return (*(g if n else None for g, n in zip(grads, need[:5])), None, None, None, None, None,
+            dc if need_c else None)
 
 
 torch.library.register_autograd(_EDGE_CROSS, _edge_cross_backward, setup_context=_save_inputs)
 
 
-def edge_cross(p: Tensor, r: Tensor, x: Tensor, csr: EdgeCSR,
+def edge_cross(a: Tensor, b: Tensor, wa: Tensor, wb: Tensor, x: Tensor, csr: EdgeCSR,
                order: Optional[Tensor] = None, c: Optional[Tensor] = None) -> Tensor:
-    r"""The cross terms :math:`(\mathbf{p}^h_i + \mathbf{r}^h_j)\cdot
-    \mathbf{x}_e`, ``[E, H]`` in CSR order, of the edges ``e = (j -> i)`` of
-    ``csr`` (grouped by target), ``p [H, N_t, D]``, ``r [H, N_s, D]``, ``x [E,
-    D]`` in CSR order or, with ``order`` (CSR position -> row of ``x``), in the
+    r"""The cross terms :math:`(\mathbf{W}^{h\top}_a\mathbf{a}^h_i +
+    \mathbf{W}^{h\top}_b\mathbf{b}^h_j)\cdot\mathbf{x}_e`, ``[E, H]`` in CSR
+    order, of the edges ``e = (j -> i)`` of ``csr`` (grouped by target), ``a
+    [N_t, H, C]``, ``b [N_s, H, C]``, ``wa``, ``wb [H·C, D]``, ``x [E, D]`` in
+    CSR order or, with ``order`` (CSR position -> row of ``x``), in the
     caller's; with ``c [D (D + 1) / 2, H]``, plus the quadratic form
-    :func:`edge_quadratic` of every edge's features. Differentiable in all
-    of them. One C++ pass over the edges by target (CPU, with the kernels);
-    its backward sums ``r``'s gradient by source and writes ``x``'s in
-    ``x``'s order, the quadratic form's added into the same buffer (``x``
-    feeds one op, so autograd adds no [E, D] gradients for the two)."""
+    :func:`edge_quadratic` of every edge's features. Differentiable in all of
+    them. One C++ pass over the edges by target and one by source (CPU, with
+    the kernels), each computing a node's :math:`[H, D]` table row when it
+    meets the node (never an [H, N, D] table); its backward sums ``a``'s and
+    ``wa``'s gradients by target, ``b``'s and ``wb``'s by source, and writes
+    ``x``'s in ``x``'s order, the quadratic form's added into the same buffer
+    (``x`` feeds one op, so autograd adds no [E, D] gradients for the two)."""
     sources = Grouping.sources(csr)
-    return torch.ops.graphformer.edge_cross(p, r, x, csr.ptr, csr.col, sources.ptr,
+    return torch.ops.graphformer.edge_cross(a, b, wa, wb, x, csr.ptr, csr.col, sources.ptr,
                                             sources.members, order, c)
 
 
@@ -365,9 +376,11 @@ def edge_scores(q: Tensor, k: Tensor, edge_attr: Tensor, w_eq: Optional[Tensor],
     Each cross term is regrouped, :math:`\mathbf{q}_i\cdot\mathbf{W}_{ke}
     \mathbf{e} = (\mathbf{W}_{ke}^\top\mathbf{q}_i)\cdot\mathbf{e}`, a node
     table met per edge (no per-edge projection at all): alone through a
-    sampled product, both together in one C++ pass (:func:`edge_cross`), and
-    then the edge's term with itself is the symmetric quadratic form
-    :func:`edge_quadratic` of :func:`quadratic_coefficients`. Where that runs
+    sampled product of the table, both together in one C++ op
+    (:func:`edge_cross`, whose passes make each node's table row when they
+    meet the node, no table in memory), and then the edge's term with
+    itself is the symmetric quadratic form :func:`edge_quadratic` of
+    :func:`quadratic_coefficients`. Where that runs
     as PyTorch products (not on the CPU, or without the C++ kernels) the
     per-edge projections :math:`\mathbf{W}_{qe}\mathbf{e}`,
     :math:`\mathbf{W}_{ke}\mathbf{e}` are cheaper: with both, all terms are
@@ -379,21 +392,22 @@ def edge_scores(q: Tensor, k: Tensor, edge_attr: Tensor, w_eq: Optional[Tensor],
     by one op (the cross terms through ``order``, the quadratic form, which
     is per edge, in that order and then its [E, H] result put in CSR order);
     everywhere else it is first put in CSR order."""
+    assert w_eq is not None or w_ek is not None, "edge_scores needs an edge projection"
     both = w_eq is not None and w_ek is not None
     if order is not None and not _scores_read_through_order(edge_attr, w_eq, w_ek):
         edge_attr, order = edge_attr.index_select(0, order), None
     if both and not _kernels_for(edge_attr):
         w_qk = torch.cat([w_eq, w_ek], dim=0)
         return ChunkedEdgeScores.apply(q, k, edge_attr, w_qk, csr.col, csr.row)
-    qd, kd = cross_tables(q, k, w_eq, w_ek)
-    assert qd is not None or kd is not None, "edge_scores needs an edge projection"
-    if kd is None:
-        return GatherDot.apply(qd, edge_attr, Grouping.targets(csr))
-    if qd is None:
+    if not both:
+        qd, kd = cross_tables(q, k, w_eq, w_ek)
+        if kd is None:
+            return GatherDot.apply(qd, edge_attr, Grouping.targets(csr))
         return GatherDot.apply(kd, edge_attr, Grouping.sources(csr))
-    # both: (W_qe e) · (W_ke e) = e^T M e, the symmetric form, in the same op as
-    # the cross terms
-    return edge_cross(qd, kd, edge_attr, csr, order,
+    # both: q_i · W_ke e = (W_ke^T q_i) · e and W_qe e · k_j = (W_qe^T k_j) · e
+    # with the table rows made in the kernels' passes, plus (W_qe e) · (W_ke e) =
+    # e^T M e, the symmetric form, in the same op
+    return edge_cross(q, k, w_ek, w_eq, edge_attr, csr, order,
                       quadratic_coefficients(w_eq, w_ek, q.size(1)))
 
 
@@ -447,19 +461,19 @@ class PerEdgeTerms:
         H, D = sums.size(0), sums.size(2)
         return torch.einsum("hnd,hcd->nhc", sums, self.w_ev.view(H, -1, D))
 
-    def block_tables(self, q: Tensor, k: Tensor) -> Optional[Tuple[Tensor, Tensor, Tensor]]:
+    def block_terms(self, heads: int) -> Optional[Tuple[Tensor, Tensor, Tensor]]:
         """What one op over the whole attention block (the ``fused_cpu``
-        backend's ``edge_feature_attention``) takes of these terms: the
-        cross terms' tables and the quadratic coefficients ``(W_ke^T q [H,
-        N_t, D], W_qe^T k [H, N_s, D], c [D (D + 1) / 2, H])``, when all three
-        edge projections are present and the C++ kernels take the features;
-        else None (the terms then go through :meth:`scores` and
-        :meth:`values`)."""
+        backend's ``edge_feature_attention``) takes of these terms besides
+        the queries and keys: the cross terms' weights and the quadratic
+        coefficients ``(W_ke [H·C, D], W_qe [H·C, D], c [D (D + 1) / 2,
+        H])`` (the op's passes make the node tables' rows ``W_ke^T q_i``,
+        ``W_qe^T k_j`` as they meet the nodes), when all three edge
+        projections are present and the C++ kernels take the features; else
+        None (the terms then go through :meth:`scores` and :meth:`values`)."""
         if self.w_ev is None or not _scores_read_through_order(self.edge_attr, self.w_eq,
                                                                self.w_ek):
             return None
-        qd, kd = cross_tables(q, k, self.w_eq, self.w_ek)
-        return qd, kd, quadratic_coefficients(self.w_eq, self.w_ek, q.size(1))
+        return self.w_ek, self.w_eq, quadratic_coefficients(self.w_eq, self.w_ek, heads)
 
     def per_edge(self) -> Tensor:
         """The features of every edge, [E, D], in CSR order."""

@@ -217,22 +217,22 @@ torch.library.register_autograd(_FUSED_ATTENTION, _fused_backward, setup_context
 
 @torch.library.custom_op("graphformer::edge_feature_attention", mutates_args=(),
                          device_types="cpu")
-def _edge_feature_attention(q: Tensor, k: Tensor, v: Tensor, p: Tensor, r: Tensor, x: Tensor,
-                            c: Tensor, ptr: Tensor, col: Tensor, ptr_t: Tensor, row_t: Tensor,
-                            perm: Tensor, order: Optional[Tensor], masked: Optional[Tensor],
-                            seed: Tensor, scale: float, dropout: float
+def _edge_feature_attention(q: Tensor, k: Tensor, v: Tensor, wa: Tensor, wb: Tensor,
+                            x: Tensor, c: Tensor, ptr: Tensor, col: Tensor, ptr_t: Tensor,
+                            row_t: Tensor, perm: Tensor, order: Optional[Tensor],
+                            masked: Optional[Tensor], seed: Tensor, scale: float, dropout: float
                             ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """The attention block with per-edge features in one op: the cross terms
-    and quadratic form of the features (``edge_cross``, tables ``p``, ``r``,
-    coefficients ``c``) as the bias (``-inf`` where ``masked`` [H, E]), the
-    fused attention, and the sums of the features weighted by the kept
-    weights (``edge_value_sum``). Returns ``(out [N_t, H, C], alpha [H, E],
-    keep, sums [H, N_t, D])``. One autograd node for all three, so that the
-    features ``x`` get one gradient (``edge_cross_backward`` gathers the value
+    and quadratic form of the features (``edge_cross`` of ``q`` and ``k``
+    with the weights ``wa``, ``wb``, coefficients ``c``) as the bias
+    (``-inf`` where ``masked`` [H, E]), the fused attention, and the sums
+    of the features weighted by the kept weights (``edge_value_sum``).
+    Returns ``(out [N_t, H, C], alpha [H, E], keep, sums [H, N_t, D])``. One
+    autograd node for all three, so that the features ``x`` get one gradient (``edge_cross_backward`` gathers the value
     sums' share with its own, written once) instead of two [E, D] gradients
     for autograd to add."""
     ops = torch.ops.graphformer
-    bias = ops.edge_cross(p, r, x, ptr, col, ptr_t, perm, order, c).t()
+    bias = ops.edge_cross(q, k, wa, wb, x, ptr, col, ptr_t, perm, order, c).t()
     if masked is not None:
         bias = bias.masked_fill(masked, float("-inf"))
     out, alpha, keep = ops.fused_attention(q, k, v, ptr, col, ptr_t, row_t, perm, bias, None,
@@ -254,7 +254,7 @@ def _multipliers(keep: Tensor, dropout: float, dtype: torch.dtype) -> Tensor:
 
 
 @_edge_feature_attention.register_fake
-def _(q, k, v, p, r, x, c, ptr, col, ptr_t, row_t, perm, order, masked, seed, scale, dropout):
+def _(q, k, v, wa, wb, x, c, ptr, col, ptr_t, row_t, perm, order, masked, seed, scale, dropout):
     N, H, C = q.shape
     E = col.shape[0]
     keep = q.new_empty((H, E) if dropout > 0.0 else (0,), dtype=torch.uint8)
@@ -262,19 +262,19 @@ def _(q, k, v, p, r, x, c, ptr, col, ptr_t, row_t, perm, order, masked, seed, sc
 
 
 def _setup_edge_feature_attention(ctx, inputs, output) -> None:
-    (q, k, v, p, r, x, c, ptr, col, ptr_t, row_t, perm, order, masked, seed, scale,
+    (q, k, v, wa, wb, x, c, ptr, col, ptr_t, row_t, perm, order, masked, seed, scale,
      dropout) = inputs
     _, alpha, keep, _ = output
-    ctx.save_for_backward(q, k, v, p, r, x, c, ptr, col, ptr_t, row_t, perm, order, masked,
+    ctx.save_for_backward(q, k, v, wa, wb, x, c, ptr, col, ptr_t, row_t, perm, order, masked,
                           alpha, keep)
     ctx.consts = (scale, dropout)
 
 
 def _edge_feature_attention_backward(ctx, dout, dalpha, _dkeep, dsums):
-    (q, k, v, p, r, x, c, ptr, col, ptr_t, row_t, perm, order, masked, alpha,
+    (q, k, v, wa, wb, x, c, ptr, col, ptr_t, row_t, perm, order, masked, alpha,
      keep) = ctx.saved_tensors
     scale, dropout = ctx.consts
-    need_q, need_k, need_v, need_p, need_r, need_x, need_c = ctx.needs_input_grad[:7]
+    need_q, need_k, need_v, need_wa, need_wb, need_x, need_c = ctx.needs_input_grad[:7]
     ops = torch.ops.graphformer
     weights = None
     if dsums is not None:   # the value sums' gradient of the weights, then of alpha
@@ -292,12 +292,12 @@ def _edge_feature_attention_backward(ctx, dout, dalpha, _dkeep, dsums):
     if masked is not None:   # the masked scores' gradient (0 already: their alpha is 0)
         ds = ds.masked_fill(masked.t(), 0.0)
     values = dsums is not None and need_x
-    dp, dr, dx, dc = ops.edge_cross_backward(
-        ds, p, r, x, ptr, col, ptr_t, perm, order, c, need_p, need_r, need_x, need_c,
-        weights if values else None, dsums if values else None)
-    return (dq if need_q else None, dk if need_k else None, dv if need_v else None,
-            dp if need_p else None, dr if need_r else None, dx if need_x else None,
-            dc if need_c else None, *(None,) * 10)
+    da, db, dwa, dwb, dx, dc = ops.edge_cross_backward(
+        ds, q, k, wa, wb, x, ptr, col, ptr_t, perm, order, c, need_q, need_k, need_wa, need_wb,
+        need_x, need_c, weights if values else None, dsums if values else None)
+    return (dq.add_(da) if need_q else None, dk.add_(db) if need_k else None,
+            dv if need_v else None, dwa if need_wa else None, dwb if need_wb else None,
+            dx if need_x else None, dc if need_c else None, *(None,) * 10)
 
 
 _edge_feature_attention.register_autograd(_edge_feature_attention_backward,
@@ -459,7 +459,7 @@ def fused_cpu_backend(call: AttentionCall) -> Tuple[Tensor, Optional[Tensor]]:
     q, k, v, csr, terms = call.q, call.k, call.v, call.edges.csr, call.terms
     H = q.size(1)
     p = call.dropout if call.training else 0.0
-    block = terms.block_tables(q, k) if isinstance(terms, PerEdgeTerms) else None
+    block = terms.block_terms(H) if isinstance(terms, PerEdgeTerms) else None
     if block is not None:
         return _attend_with_edge_features(call, block, p)
     tables: Tuple[Optional[Tensor], Optional[Tensor]] = (None, None)
@@ -489,15 +489,15 @@ def _attend_with_edge_features(call: AttentionCall, block: Tuple[Tensor, Tensor,
                                dropout: float) -> Tuple[Tensor, Optional[Tensor]]:
     """:func:`fused_cpu_backend` for per-edge features with all three edge
     projections: the whole block as one op (``edge_feature_attention``, from
-    the terms' :meth:`~graphformer.nn.edge_terms.PerEdgeTerms.block_tables`),
+    the terms' :meth:`~graphformer.nn.edge_terms.PerEdgeTerms.block_terms`),
     then the value sums projected."""
     q, k, v, csr, terms = call.q, call.k, call.v, call.edges.csr, call.terms
     scale, seed_t = _scale_and_seed(q.size(2), dropout, None, None)
     transposed, perm = csr.transpose()          # built once per edge set
     masked = None if call.head_mask is None else ~call.head_mask.t()
-    p, r, c = block
+    wa, wb, c = block
     out, alpha, _, sums = torch.ops.graphformer.edge_feature_attention(
-        q.contiguous(), k.contiguous(), v.contiguous(), p, r, terms.edge_attr.contiguous(), c,
+        q.contiguous(), k.contiguous(), v.contiguous(), wa, wb, terms.edge_attr.contiguous(), c,
         csr.ptr, csr.col, transposed.ptr, transposed.col, perm, terms.order, masked, seed_t,
         scale, float(dropout))
     return out + terms.project_values(sums), alpha.t()

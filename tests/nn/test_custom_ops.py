@@ -151,17 +151,25 @@ def _quadratic_reference(x, c):
     return (x[:, rows] * x[:, cols]) @ c
 
 
+def _tables(y, w):
+    """The node tables W_h^T y[n, h], [H, N, D], of y [N, H, C] and w [H C, D]."""
+    H, C = y.size(1), y.size(2)
+    return torch.einsum("nhc,hcd->hnd", y, w.view(H, C, -1))
+
+
 @pytest.mark.parametrize("quadratic", [False, True], ids=["cross", "cross+quadratic"])
 @pytest.mark.parametrize("ordered", [False, True])
+@pytest.mark.parametrize("C", [5, 16])      # with D = 16: the node blocks in vector lanes
 @pytest.mark.parametrize("D", [4, 13, 16])   # 16: a compile-time constant for float,
 @pytest.mark.parametrize("dtype", DTYPES)   # 4 and 13 the kernels' loop over any D
-def test_edge_cross(dtype, D, ordered, quadratic):
-    """(p[h, i] + r[h, j])·x_e over a CSR by target, with a target without
-    edges (3) and sources without edges (4 and 5): their gradients are 0.
-    ``ordered``: x in another order than the CSR's, read through ``order``
-    (CSR position -> row of x); x's gradient comes back in x's order.
-    ``quadratic``: plus the quadratic form of x_e with coefficients c, whose
-    gradient of x the op adds to the cross terms' in one buffer."""
+def test_edge_cross(dtype, D, C, ordered, quadratic):
+    """(wa_h^T a[i, h] + wb_h^T b[j, h])·x_e over a CSR by target, against the
+    node tables made by einsum, with a target without edges (3) and sources
+    without edges (4 and 5): their gradients are 0. ``ordered``: x in
+    another order than the CSR's, read through ``order`` (CSR position ->
+    row of x); x's gradient comes back in x's order. ``quadratic``: plus the
+    quadratic form of x_e with coefficients c, whose gradient of x the op
+    adds to the cross terms' in one buffer."""
     torch.manual_seed(0)
     H, N, Ns = 3, 5, 6
     src = torch.tensor([1, 2, 0, 3, 1, 0, 2])
@@ -169,37 +177,43 @@ def test_edge_cross(dtype, D, ordered, quadratic):
     ptr = torch.tensor([0, 2, 4, 5, 5, 7])
     sptr, perm = torch.ops.graphformer.group_by_source(src, Ns)
     order = torch.tensor([3, 0, 6, 1, 5, 2, 4]) if ordered else None
-    p = torch.randn(H, N, D, dtype=dtype, requires_grad=True)
-    r = torch.randn(H, Ns, D, dtype=dtype, requires_grad=True)
-    x = torch.randn(src.numel(), D, dtype=dtype, requires_grad=True)
-    c = (torch.randn(D * (D + 1) // 2, H, dtype=dtype, requires_grad=True) if quadratic
-         else None)
-    out = torch.ops.graphformer.edge_cross(p, r, x, ptr, src, sptr, perm, order, c)
+
+    def rand(*shape):
+        return torch.randn(*shape, dtype=dtype, requires_grad=True)
+
+    a, b, wa, wb = rand(N, H, C), rand(Ns, H, C), rand(H * C, D), rand(H * C, D)
+    x = rand(src.numel(), D)
+    c = rand(D * (D + 1) // 2, H) if quadratic else None
+    out = torch.ops.graphformer.edge_cross(a, b, wa, wb, x, ptr, src, sptr, perm, order, c)
     x_csr = x if order is None else x[order]
-    ref = ((p[:, dst] + r[:, src]) * x_csr).sum(-1).t()
+    ref = ((_tables(a, wa)[:, dst] + _tables(b, wb)[:, src]) * x_csr).sum(-1).t()
     if quadratic:
         ref = ref + _quadratic_reference(x_csr, c)
     tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else {}
     torch.testing.assert_close(out, ref, **tol)
     g = torch.randn_like(ref)
-    inputs = (p, r, x, c) if quadratic else (p, r, x)
+    inputs = (a, b, wa, wb, x) + ((c,) if quadratic else ())
     grads = torch.autograd.grad(out, inputs, g)
     for ours, theirs in zip(grads, torch.autograd.grad(ref, inputs, g)):
         torch.testing.assert_close(ours, theirs, **tol)
-    assert grads[1][:, 4:].abs().sum() == 0 and grads[0][:, 3].abs().sum() == 0
+    assert grads[1][4:].abs().sum() == 0 and grads[0][3].abs().sum() == 0
     torch.library.opcheck(torch.ops.graphformer.edge_cross.default,
-                          (p, r, x, ptr, src, sptr, perm, order, c))
-    torch.library.opcheck(torch.ops.graphformer.edge_cross_backward.default,
-                          (g, p.detach(), r.detach(), x.detach(), ptr, src, sptr, perm, order,
-                           None if c is None else c.detach(), True, False, True, quadratic))
+                          (a, b, wa, wb, x, ptr, src, sptr, perm, order, c))
+    detached = [t.detach() for t in (a, b, wa, wb, x)]
+    for need in ((True, False, True, False, True), (False, True, False, True, False)):
+        torch.library.opcheck(torch.ops.graphformer.edge_cross_backward.default,
+                              (g, *detached, ptr, src, sptr, perm, order,
+                               None if c is None else c.detach(), *need, quadratic))
     with pytest.raises(ValueError, match="'ptr' must have N \\+ 1 = 6"):
-        torch.ops.graphformer.edge_cross(p, r, x, ptr[:-1], src, sptr, perm, order)
-    with pytest.raises(ValueError, match="disagree on H or D"):
-        torch.ops.graphformer.edge_cross(p, r[:2], x, ptr, src, sptr, perm, order)
+        torch.ops.graphformer.edge_cross(a, b, wa, wb, x, ptr[:-1], src, sptr, perm, order)
+    with pytest.raises(ValueError, match="disagree on H or C"):
+        torch.ops.graphformer.edge_cross(a, b[:, :2], wa, wb, x, ptr, src, sptr, perm, order)
+    with pytest.raises(ValueError, match=f"'wb' must be \\[H C, D\\] = \\[{H * C}, {D}\\]"):
+        torch.ops.graphformer.edge_cross(a, b, wa, wb[:, 1:], x, ptr, src, sptr, perm, order)
     with pytest.raises(ValueError, match="'order' must have E = 7 entries, got 6"):
-        torch.ops.graphformer.edge_cross(p, r, x, ptr, src, sptr, perm, perm[:6])
+        torch.ops.graphformer.edge_cross(a, b, wa, wb, x, ptr, src, sptr, perm, perm[:6])
     with pytest.raises(ValueError, match="'c' must be \\[D \\(D \\+ 1\\) / 2, H\\]"):
-        torch.ops.graphformer.edge_cross(p, r, x, ptr, src, sptr, perm, order,
+        torch.ops.graphformer.edge_cross(a, b, wa, wb, x, ptr, src, sptr, perm, order,
                                          torch.randn(D * (D + 1) // 2, H + 1, dtype=dtype))
 
 
@@ -262,13 +276,13 @@ def test_edge_feature_attention_is_its_three_ops(dtype, ordered, masked, dropout
     def rand(*shape):
         return torch.randn(*shape, dtype=dtype, requires_grad=True)
 
-    inputs = (rand(N, H, C), rand(N, H, C), rand(N, H, C), rand(H, N, D), rand(H, N, D),
+    inputs = (rand(N, H, C), rand(N, H, C), rand(N, H, C), rand(H * C, D), rand(H * C, D),
               rand(E, D), rand(D * (D + 1) // 2, H))
-    q, k, v, p, r, x, c = inputs
+    q, k, v, wa, wb, x, c = inputs
     seed = seed_tensor(7)
     out, alpha, keep, sums = ops.edge_feature_attention(
-        q, k, v, p, r, x, c, ptr, src, ptr_t, row_t, perm, order, mask, seed, 0.5, dropout)
-    bias = ops.edge_cross(p, r, x, ptr, src, ptr_t, perm, order, c).t()
+        q, k, v, wa, wb, x, c, ptr, src, ptr_t, row_t, perm, order, mask, seed, 0.5, dropout)
+    bias = ops.edge_cross(q, k, wa, wb, x, ptr, src, ptr_t, perm, order, c).t()
     if mask is not None:
         bias = bias.masked_fill(mask, float("-inf"))
     ref_out, ref_alpha, ref_keep = ops.fused_attention(
@@ -294,15 +308,16 @@ def test_edge_feature_attention_is_its_three_ops(dtype, ordered, masked, dropout
     for a, b in zip(ours, torch.autograd.grad(ref_out, inputs, grads[0])):
         torch.testing.assert_close(a, b, **tol)
     torch.library.opcheck(ops.edge_feature_attention.default,
-                          (q, k, v, p, r, x, c, ptr, src, ptr_t, row_t, perm, order, mask, seed,
-                           0.5, dropout))
+                          (q, k, v, wa, wb, x, c, ptr, src, ptr_t, row_t, perm, order, mask,
+                           seed, 0.5, dropout))
     vw, vg = weights.detach(), grads[2]
+    detached = [t.detach() for t in (q, k, wa, wb, x)]
     torch.library.opcheck(ops.edge_cross_backward.default,
-                          (grads[1].t(), p.detach(), r.detach(), x.detach(), ptr, src, ptr_t,
-                           perm, order, c.detach(), True, True, True, True, vw, vg))
+                          (grads[1].t(), *detached, ptr, src, ptr_t, perm, order, c.detach(),
+                           *(True,) * 6, vw, vg))
     with pytest.raises(ValueError, match="'vw' must be \\[H, E\\] = \\[2, 8\\]"):
-        ops.edge_cross_backward(grads[1].t(), p, r, x, ptr, src, ptr_t, perm, order, c, True,
-                                True, True, True, vw[:, :7], vg)
+        ops.edge_cross_backward(grads[1].t(), *detached, ptr, src, ptr_t, perm, order, c,
+                                *(True,) * 6, vw[:, :7], vg)
 
 
 def test_edge_quadratic_without_edges():
