@@ -46,6 +46,11 @@ Cases (full sizes; ``--quick`` scales them down):
   crossover (``fused_cpu`` on the CPU with the C++ kernels, else
   ``sparse``), and per T the padded density E / (B T^2) where they cross,
   beside the cost model's (``graphformer.nn.backend.dense_crossover``).
+- ``edge-crossover``: batches of B molecules as in ``molecules`` (B from 4
+  to 128), 64 edge features: graphformer's ``propagate`` backend against
+  ``fused_cpu`` (CPU with the C++ kernels), and the size of the per-edge
+  messages E·H·C where they cross, beside the cost model's
+  (``graphformer.nn.backend.PROPAGATE_BELOW_FUSED_CPU``).
 
 Peers: "dense masked SDPA" has the same four linears as the graphformer layer
 (weights copied, so it computes the same function without edge features; the
@@ -105,13 +110,13 @@ from torch_geometric.utils.sparse import ptr2index
 from graphformer import patterns as P
 from graphformer._process import release_free_memory
 from graphformer.nn import RelationalAttention
-from graphformer.nn.backend import (DENSE_CROSSOVER, choose_backend, dense_crossover, estimate,
-                                    padded_density)
+from graphformer.nn.backend import (DENSE_CROSSOVER, PROPAGATE_BELOW_FUSED_CPU, choose_backend,
+                                     dense_crossover, estimate, padded_density)
 from graphformer.nn.fused import fused_available
 from graphformer.nn.fused_cpu import fused_cpu_available
 from graphformer.nn.fused_record import fused_verified
 
-CASES = ("molecules", "medium", "large", "tokens", "long", "crossover")
+CASES = ("molecules", "medium", "large", "tokens", "long", "crossover", "edge-crossover")
 IN_CHANNELS, HEADS, HEAD_CHANNELS, EDGE_DIM = 256, 8, 32, 64
 ATOL = 1e-4
 MB = 1 << 20
@@ -137,12 +142,15 @@ class Sizes:
     # padded densities of their windows
     crossover_sizes: Tuple[Tuple[int, int], ...] = ((64, 64), (128, 32), (512, 8), (2048, 2))
     crossover_densities: Tuple[float, ...] = (0.06, 0.12, 0.25, 0.45, 0.65, 0.9)
+    # the edge-crossover case: batches of B molecules (mol_atoms atoms each)
+    edge_crossover_graphs: Tuple[int, ...] = (4, 8, 16, 24, 32, 64, 128)
 
 
 FULL = Sizes()
 QUICK = Sizes(mol_graphs=16, medium_nodes=500, medium_edges=5000, large_nodes=2000, large_edges=20_000, tok_batch=4, tok_len=64,
               long_len=1024, long_window=64, long_stride=32, sweep_windows=(16, 64, 256),
-              crossover_sizes=((32, 8), (128, 2)), crossover_densities=(0.1, 0.6))
+              crossover_sizes=((32, 8), (128, 2)), crossover_densities=(0.1, 0.6),
+              edge_crossover_graphs=(2, 8))
 
 
 # --------------------------------------------------------------------------
@@ -862,14 +870,14 @@ def case_crossover(s: Sizes, device: torch.device, timing: Timing) -> Dict[str, 
 
 def crossover_density(points: Sequence[Dict[str, Any]],
                       low: str = "graphformer_sparse_fwd_bwd_ms",
-                      high: str = "sdpa_fwd_bwd_ms") -> Optional[float]:
-    """Density where two fwd+bwd times are equal (the keys ``low`` and
-    ``high`` of each point: the method faster at low density and the one
-    faster at high density; by default sparse and SDPA):
-    log(time ratio) interpolated linearly in log(density) between the
+                      high: str = "sdpa_fwd_bwd_ms", at: str = "density") -> Optional[float]:
+    """Density (or the key ``at`` of each point) where two fwd+bwd times are
+    equal (the keys ``low`` and ``high`` of each point: the method faster at
+    low density and the one faster at high density; by default sparse and
+    SDPA): log(time ratio) interpolated linearly in log(density) between the
     bracketing points; None when the sign never changes over the range."""
-    pts = sorted(points, key=lambda p: p["density"])
-    logs = [(math.log(p["density"]), math.log(p[low] / p[high])) for p in pts]
+    pts = sorted(points, key=lambda p: p[at])
+    logs = [(math.log(p[at]), math.log(p[low] / p[high])) for p in pts]
     for (d0, r0), (d1, r1) in itertools.pairwise(logs):
         if r0 == 0.0:
             return math.exp(d0)
@@ -878,6 +886,59 @@ def crossover_density(points: Sequence[Dict[str, Any]],
     if logs and logs[-1][1] == 0.0:
         return math.exp(logs[-1][0])
     return None
+
+
+def case_edge_crossover(s: Sizes, device: torch.device, timing: Timing) -> Dict[str, Any]:
+    """fwd+bwd of graphformer's ``propagate`` and ``fused_cpu`` backends with
+    per-edge features over batches of B molecules (``s.edge_crossover_graphs``,
+    timed in interleaved rounds, at least 11), and the size of the per-edge
+    messages E·H·C where they cross, beside the cost model's."""
+    if device.type != "cpu" or not fused_cpu_available(device):
+        say("  [edge-crossover] skipped: it compares backends of the CPU with the C++ kernels")
+        return {"groups": []}
+    gen = torch.Generator().manual_seed(5)
+    timing = replace(timing, repeats=max(timing.repeats, 11))
+    points = []
+    for B in s.edge_crossover_graphs:
+        ptr = torch.arange(B + 1) * s.mol_atoms
+        bonds = molecule_bonds(B, s.mol_atoms, s.mol_bonds_per_atom, gen)
+        x, grad = node_tensors(B * s.mol_atoms, gen, device)
+        work = Workload(x, bonds.to(device), ptr.to(device), grad,
+                        edge_attr=edge_features(bonds.size(1), gen, device),
+                        batch=ptr2index(ptr).to(device))
+        methods = [m for m in graphformer_rows(work, ["propagate", "fused_cpu"], EDGE_DIM,
+                                               device, use_batch=True)
+                   if m.backend in ("propagate", "fused_cpu")]
+        times = interleaved_medians(methods, work, timing)
+        messages = work.num_edges * HEADS * HEAD_CHANNELS
+        points.append({"num_graphs": B, "num_edges": work.num_edges, "messages": messages,
+                       "propagate_fwd_bwd_ms": times["propagate"],
+                       "fused_cpu_fwd_bwd_ms": times["fused_cpu"]})
+        say(f"  [edge-crossover B={B}] {work.num_edges} edges, E·H·C {messages}: propagate "
+            f"{times['propagate']:.2f} ms, fused_cpu {times['fused_cpu']:.2f} ms")
+        del work, methods
+        gc.collect()
+    cross = crossover_density(points, "propagate_fwd_bwd_ms", "fused_cpu_fwd_bwd_ms",
+                              at="messages")
+    return {"groups": [], "edge_sweep": {"points": points, "crossover_messages": cross,
+                                         "cost_model": PROPAGATE_BELOW_FUSED_CPU}}
+
+
+def interleaved_medians(methods: Sequence[Method], work: Workload,
+                        timing: Timing) -> Dict[str, float]:
+    """Median fwd+bwd ms of each method, by backend, timed in interleaved
+    rounds (every method once per round) after the warm-up."""
+    leaves = [grad_leaves(m, work) for m in methods]
+    runs = [lambda m=m: m.call().backward(work.grad_out) for m in methods]
+    times: List[List[float]] = [[] for _ in methods]
+    for r in range(timing.warmup + timing.repeats):
+        for i, (run, lv) in enumerate(zip(runs, leaves)):
+            ms = timed_once(run, lv, timing)
+            if r >= timing.warmup:
+                times[i].append(ms)
+    for lv in leaves:
+        clear_grads(lv)
+    return {m.backend: statistics.median(t) for m, t in zip(methods, times)}
 
 
 # --------------------------------------------------------------------------
@@ -986,6 +1047,20 @@ def crossover_table(sweep: Dict[str, Any]) -> str:
                              f"{other} / dense", "crossover", "cost model"], body)])
 
 
+def edge_crossover_table(sweep: Dict[str, Any]) -> str:
+    body = [[str(p["num_graphs"]), str(p["num_edges"]), str(p["messages"]),
+             f"{p['propagate_fwd_bwd_ms']:.2f}", f"{p['fused_cpu_fwd_bwd_ms']:.2f}",
+             f"{p['propagate_fwd_bwd_ms'] / p['fused_cpu_fwd_bwd_ms']:.2f}"]
+            for p in sweep["points"]]
+    cross = sweep["crossover_messages"]
+    return "\n".join(["edge-crossover: batches of B molecules, 64 edge features, fwd+bwd, "
+                      "graphformer propagate vs fused_cpu",
+                      table(["B", "E", "E·H·C", "propagate ms", "fused_cpu ms",
+                             "propagate / fused_cpu"], body),
+                      f"crossover at E·H·C = {'none in range' if cross is None else f'{cross:.0f}'}"
+                      f"; cost model {sweep['cost_model']}"])
+
+
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as fh:
@@ -1081,7 +1156,8 @@ def run(args: argparse.Namespace, device: torch.device, threads: int) -> None:
     say(f"fp32, {HEADS} heads x {HEAD_CHANNELS} channels, input {IN_CHANNELS}, edge_dim "
         f"{EDGE_DIM} where edge features apply{', quick sizes' if args.quick else ''}")
     runners = {"molecules": case_molecules, "medium": case_medium, "large": case_large,
-               "tokens": case_tokens, "long": case_long, "crossover": case_crossover}
+               "tokens": case_tokens, "long": case_long, "crossover": case_crossover,
+               "edge-crossover": case_edge_crossover}
     results: Dict[str, Any] = {}
     started = time.perf_counter()
     for case in [c for c in CASES if c in args.cases]:
@@ -1097,6 +1173,8 @@ def run(args: argparse.Namespace, device: torch.device, threads: int) -> None:
             say(sweep_table(results[case]["sweep"]))
         if "dense_sweep" in results[case]:
             say(crossover_table(results[case]["dense_sweep"]))
+        if "edge_sweep" in results[case]:
+            say(edge_crossover_table(results[case]["edge_sweep"]))
         gc.collect()
     say(f"\n{machine_line(info)}")
     say(f"total {time.perf_counter() - started:.1f} s")
@@ -1117,7 +1195,7 @@ def markdown(results: Dict[str, Any]) -> str:
            "| case | method | backend | fwd ms | fwd+bwd ms | peak MB | speed-up fwd+bwd "
            "| memory vs peer |",
            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
-    crossover = dense = None
+    crossover = dense = edges = None
     for case in results["cases"].values():
         for group in case.get("groups", []):
             peer = next(r["method"] for r in group["rows"] if r["role"] == "peer")
@@ -1132,6 +1210,7 @@ def markdown(results: Dict[str, Any]) -> str:
         if case.get("sweep"):
             crossover = case["sweep"]
         dense = case.get("dense_sweep") or dense
+        edges = case.get("edge_sweep") or edges
     if crossover is not None:
         pts = ", ".join(f"{p['density']:.4f}: {p['speedup_fwd_bwd']:.2f}×"
                         for p in crossover["points"])
@@ -1143,6 +1222,14 @@ def markdown(results: Dict[str, Any]) -> str:
                           f"model {c['cost_model_crossover']:.3f})" for c in dense["curves"])
         out += ["", f"Dense vs {dense['other_backend']} (graphformer backends), crossover "
                 f"density E/(B T²) by T: {per_t}."]
+    if edges is not None:
+        pts = ", ".join(
+            f"{p['messages']}: {p['propagate_fwd_bwd_ms'] / p['fused_cpu_fwd_bwd_ms']:.2f}×"
+            for p in edges["points"])
+        cross = edges["crossover_messages"]
+        out += ["", f"fused_cpu vs propagate with per-edge features, speed-up by E·H·C: {pts}; "
+                f"crossover at {'none in range' if cross is None else f'{cross:.0f}'} (cost "
+                f"model {edges['cost_model']})."]
     return "\n".join(out) + "\n"
 
 

@@ -46,9 +46,10 @@ model (:func:`choose_backend`), in order:
    (:func:`~graphformer.nn.fused_record.fused_verified`): ``"fused"``;
 3. with per-edge features (not typed edges: their terms cost no per-edge
    projection) on CPU, when the per-edge messages are small
-   (E·H·C ≤ :data:`PROPAGATE_BELOW`): ``"propagate"`` — at that size the
-   sparse and dense backends' extra steps cost more than the E×H×C tensors
-   they avoid (``scripts/bench_attention.py``, molecule case);
+   (E·H·C ≤ :data:`PROPAGATE_BELOW`, or :data:`PROPAGATE_BELOW_FUSED_CPU`
+   where the C++ kernels are built): ``"propagate"`` — at that size the
+   other backends' extra steps cost more than the E×H×C tensors they avoid
+   (``scripts/bench_attention.py``, molecule and edge-crossover cases);
 4. with typed edges on CPU: ``"fused_cpu"`` when its kernels are built
    (1.0-1.3× the sparse backend's whole training step on Lipophilicity
    batches and 1.3× on ESOL's, and 1.5× for one layer's attention,
@@ -97,7 +98,8 @@ if TYPE_CHECKING:  # imported for annotations only
 __all__ = ["AttentionCall", "Backend", "REGISTRY", "ATTENTION_BACKENDS", "AttentionBackend",
            "get_backend", "available_backends", "resolve_backend", "choose_backend",
            "estimate", "AttentionCost", "DENSE_CROSSOVER", "FUSED_CPU_CROSSOVER",
-           "dense_crossover", "PROPAGATE_BELOW", "DENSE_MAX_SCORES"]
+           "dense_crossover", "PROPAGATE_BELOW", "PROPAGATE_BELOW_FUSED_CPU",
+           "DENSE_MAX_SCORES"]
 
 
 @dataclass(frozen=True)
@@ -217,8 +219,16 @@ def dense_crossover(device: torch.device, max_nodes: int, fused_cpu: bool = Fals
 
 
 #: With edge features on CPU, message passing (``"propagate"``) is fastest up
-#: to this many elements of one per-edge message tensor (E·H·C).
+#: to this many elements of one per-edge message tensor (E·H·C), where the
+#: C++ kernels are not built.
 PROPAGATE_BELOW = 1 << 22
+
+#: The same where they are: ``"fused_cpu"`` runs the block with per-edge
+#: features as one op, faster than message passing from about 400,000
+#: elements (molecule batches of 25 atoms, 256 channels, 64 features: equal
+#: between 1,320 and 1,760 edges; ``scripts/bench_attention.py --cases
+#: edge-crossover``).
+PROPAGATE_BELOW_FUSED_CPU = 3 << 17
 
 #: The dense backend is not chosen automatically when its [B, H, T, T] score
 #: tensor would have more entries than this (2^27: 512 MiB in float32).
@@ -232,9 +242,11 @@ def padded_density(num_edges: int, num_graphs: int, max_nodes: int) -> float:
 
 
 def prefers_propagate(*, num_edges: int, channels: int, device: torch.device,
-                      edge_features: bool) -> bool:
-    """Rule 3 of the cost model: small per-edge messages with edge features on CPU."""
-    return edge_features and device.type == "cpu" and num_edges * channels <= PROPAGATE_BELOW
+                      edge_features: bool, fused_cpu: bool = False) -> bool:
+    """Rule 3 of the cost model: small per-edge messages with edge features
+    on CPU (smaller where ``fused_cpu``, the C++ kernels, can run)."""
+    below = PROPAGATE_BELOW_FUSED_CPU if fused_cpu else PROPAGATE_BELOW
+    return edge_features and device.type == "cpu" and num_edges * channels <= below
 
 
 def choose_backend(*, num_edges: int, num_graphs: int, max_nodes: int, heads: int,
@@ -249,10 +261,10 @@ def choose_backend(*, num_edges: int, num_graphs: int, max_nodes: int, heads: in
     that the CPU kernels are built."""
     if fused_ok and device.type == "cuda" and not dropout_active:
         return "fused"
-    if prefers_propagate(num_edges=num_edges, channels=channels, device=device,
-                         edge_features=edge_features):
-        return "propagate"
     fused_cpu = fused_cpu_ok and device.type == "cpu"
+    if prefers_propagate(num_edges=num_edges, channels=channels, device=device,
+                         edge_features=edge_features, fused_cpu=fused_cpu):
+        return "propagate"
     if typed_edges and device.type == "cpu":
         return "fused_cpu" if fused_cpu else "sparse"
     if dense_ok:

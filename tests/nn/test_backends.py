@@ -13,8 +13,8 @@ import torch
 from graphformer import patterns as P
 from graphformer.nn import EdgeSet, RelationalAttention, estimate
 from graphformer.nn.backend import (DENSE_CROSSOVER, DENSE_MAX_SCORES, FUSED_CPU_CROSSOVER,
-                                     PROPAGATE_BELOW, REGISTRY, dense_crossover,
-                                     choose_backend, padded_density)
+                                     PROPAGATE_BELOW, PROPAGATE_BELOW_FUSED_CPU, REGISTRY,
+                                     choose_backend, dense_crossover, padded_density)
 from graphformer.nn.cpu_kernels import kernels_available
 from graphformer.nn.fused import fused_available
 from graphformer.nn.fused_cpu import fused_cpu_available, fused_cpu_unavailable
@@ -262,6 +262,12 @@ def test_auto_follows_the_cost_model():
     kernels = dict(kw, fused_cpu_ok=True)
     assert choose_backend(num_edges=128 * 40, num_graphs=128, max_nodes=25, dense_ok=True,
                           **kernels) == "fused_cpu"
+    # with edge features too, above a smaller size (the block as one op)
+    with_kernels = dict(edges, fused_cpu_ok=True)
+    assert choose_backend(num_edges=7040, num_graphs=128, max_nodes=25, dense_ok=True,
+                          **with_kernels) == "fused_cpu"
+    assert choose_backend(num_edges=PROPAGATE_BELOW_FUSED_CPU // 256, num_graphs=16,
+                          max_nodes=25, dense_ok=True, **with_kernels) == "propagate"
     assert choose_backend(num_edges=8192 * 64, num_graphs=1, max_nodes=8192, dense_ok=True,
                           **kernels) == "fused_cpu"
     assert choose_backend(num_edges=100, num_graphs=1, max_nodes=10, dense_ok=False,
@@ -274,8 +280,6 @@ def test_auto_follows_the_cost_model():
                           dense_ok=True, **kernels) == "dense"
     assert choose_backend(num_edges=32 * 128 * 32, num_graphs=32, max_nodes=128,
                           dense_ok=True, **kernels) == "fused_cpu"
-    assert choose_backend(num_edges=7040, num_graphs=128, max_nodes=25, dense_ok=True,
-                          **dict(kernels, edge_features=True, channels=256)) == "propagate"
     assert choose_backend(num_edges=200_000, num_graphs=1, max_nodes=10_000, dense_ok=True,
                           **dict(kernels, edge_features=True, channels=256)) == "fused_cpu"
     # the kernels' availability means nothing on a GPU
@@ -378,7 +382,10 @@ def test_estimate_is_consistent():
     assert d2.flops == d1.flops
     auto = estimate(plain, num_nodes=3200, num_edges=128 * 625, graph_sizes=[25] * 128)
     assert auto.backend == "dense"
-    assert estimate(layer, num_nodes=3200, num_edges=7040).backend == "propagate"
+    assert estimate(layer, num_nodes=3200, num_edges=1000).backend == "propagate"
+    # a batch of 128 molecules: the fused CPU kernels' block where they are built
+    assert estimate(layer, num_nodes=3200, num_edges=7040).backend == (
+        "fused_cpu" if fused_cpu_available() else "propagate")
     # beyond that, the fused CPU kernels where they are built; they keep less
     # than the sparse backend (no softmax terms, no head blocks)
     large = estimate(layer, num_nodes=50_000, num_edges=1_000_000)

@@ -18,8 +18,8 @@ from tests.helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "bench_attention.py"
-CASES = ("molecules", "medium", "large", "tokens", "long", "crossover")
-GROUPED = CASES[:-1]                     # "crossover" is a sweep only
+CASES = ("molecules", "medium", "large", "tokens", "long", "crossover", "edge-crossover")
+GROUPED = CASES[:-2]                     # the crossovers are sweeps only
 TIME_FIELDS = ("fwd_ms", "fwd_ms_min", "fwd_bwd_ms", "fwd_bwd_ms_min")
 
 pytestmark = pytest.mark.slow
@@ -194,6 +194,31 @@ def test_dense_sweep_crosses_per_sequence_length(run):
             dense_crossover(torch.device("cpu"), T, sweep["other_backend"] == "fused_cpu"))
         assert f"T = {T}: " in table
     assert "crossover: B sequences of T tokens" in stdout
+
+
+def test_edge_sweep_crosses_by_message_size(run):
+    """propagate against fused_cpu with per-edge features over batches of
+    molecules: the measured crossover in E·H·C from the points, beside the
+    cost model's (only where the C++ kernels run)."""
+    from graphformer.nn.backend import PROPAGATE_BELOW_FUSED_CPU
+    from graphformer.nn.fused_cpu import fused_cpu_available
+
+    stdout, result, table = run
+    case = result["cases"]["edge-crossover"]
+    if not fused_cpu_available():
+        assert "edge_sweep" not in case and "[edge-crossover] skipped" in stdout
+        return
+    sweep = case["edge_sweep"]
+    bench = load_script("bench_attention")
+    assert [p["num_graphs"] for p in sweep["points"]] == list(bench.QUICK.edge_crossover_graphs)
+    for p in sweep["points"]:
+        assert _positive(p["propagate_fwd_bwd_ms"]) and _positive(p["fused_cpu_fwd_bwd_ms"])
+        assert p["messages"] == p["num_edges"] * bench.HEADS * bench.HEAD_CHANNELS
+    assert sweep["crossover_messages"] == bench.crossover_density(
+        sweep["points"], "propagate_fwd_bwd_ms", "fused_cpu_fwd_bwd_ms", at="messages")
+    assert sweep["cost_model"] == PROPAGATE_BELOW_FUSED_CPU
+    assert "edge-crossover: batches of B molecules" in stdout
+    assert "fused_cpu vs propagate with per-edge features" in table
 
 
 def test_markdown_table_has_every_row(run):
