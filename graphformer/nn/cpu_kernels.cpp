@@ -35,6 +35,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <optional>
 #include <tuple>
 #include <type_traits>
@@ -1021,13 +1022,16 @@ void cross_dot_kernel(Grouped g, int64_t H, int64_t C, int64_t D, const T* y, co
 /* What cross_grad_kernel writes, each skipped where null: the gather dx
  * [E, D] (rows of x's order; written, or added to when add_dx), plus the
  * second table's gather (by target: the value sums' gradient of x); the
- * node rows' gradient dy [G, H, C]; the weights' gradient dw [H C, D]. */
+ * node rows' gradient dy [G, H, C] (written, or added to when add_dy: into
+ * a gradient the caller already holds, no fresh buffer); the weights'
+ * gradient dw [H C, D]. */
 template <typename T>
 struct CrossGrads {
     T* dx = nullptr;
     bool add_dx = false;
     SecondGather<T> second = {};
     T* dy = nullptr;
+    bool add_dy = false;
     T* dw = nullptr;
 };
 
@@ -1047,7 +1051,8 @@ void cross_grad_kernel(Grouped g, int64_t H, int64_t C, int64_t D, const T* y, c
                        const T* wt, const T* x, const T* grad, CrossGrads<T> o) {
     const int64_t HC = H * C, HCD = H * C * D;
     const int64_t groups = std::max<int64_t>(1, std::min(XG, (g.G + 15) / 16));
-    std::vector<T> partial(o.dw ? groups * HCD : 0, T(0));
+    /* each group zeroes its own partial sums, on its thread */
+    std::unique_ptr<T[]> partial(o.dw ? new T[groups * HCD] : nullptr);
     dispatch_c<T>(D, [&](auto D_) {
         const int64_t DD = D_;   /* a compile-time constant for float's common D */
         dispatch_lanes<T>(DD, C, [&](auto v_, auto L_) {
@@ -1064,7 +1069,8 @@ void cross_grad_kernel(Grouped g, int64_t H, int64_t C, int64_t D, const T* y, c
                 T* __restrict__ gx = dys + NB * HC;          /* [D] an edge's gather */
                 T* __restrict__ gs = gx + DD;                /* [D] the second table's */
                 for (int64_t grp = g0; grp < g1; grp++) {
-                    T* part = o.dw ? partial.data() + grp * HCD : nullptr;
+                    T* part = o.dw ? partial.get() + grp * HCD : nullptr;
+                    if (part) std::fill_n(part, HCD, T(0));
                     const int64_t first = g.G * grp / groups, last = g.G * (grp + 1) / groups;
                     for (int64_t n0 = first; n0 < last; n0 += NB) {
                         const int64_t nb = std::min(NB, last - n0);
@@ -1110,7 +1116,11 @@ void cross_grad_kernel(Grouped g, int64_t H, int64_t C, int64_t D, const T* y, c
                         }
                         if (o.dy) {
                             rows_times_block<T, V, L>(H, DD, C, wt, acc, dys);
-                            std::copy_n(dys, nb * HC, o.dy + n0 * HC);
+                            T* dyb = o.dy + n0 * HC;
+                            if (o.add_dy)
+                                for (int64_t i = 0; i < nb * HC; i++) dyb[i] += dys[i];
+                            else
+                                std::copy_n(dys, nb * HC, dyb);
                         }
                         if (part) weight_grads_block<T, V, L>(H, C, DD, yb, acc, part);
                     }
@@ -1118,12 +1128,15 @@ void cross_grad_kernel(Grouped g, int64_t H, int64_t C, int64_t D, const T* y, c
             });
         });
     });
-    if (o.dw)
-        for (int64_t i = 0; i < HCD; i++) {
-            T sum = 0;
-            for (int64_t grp = 0; grp < groups; grp++) sum += partial[grp * HCD + i];
-            o.dw[i] = sum;
-        }
+    if (o.dw)   /* every entry summed over the groups in order */
+        at::parallel_for(0, HCD, 4096, [&](int64_t i0, int64_t i1) {
+            const T* p = partial.get();
+            for (int64_t i = i0; i < i1; i++) {
+                T sum = 0;
+                for (int64_t grp = 0; grp < groups; grp++) sum += p[grp * HCD + i];
+                o.dw[i] = sum;
+            }
+        });
 }
 
 // --------------------------------------------------------------------- ops
@@ -1551,7 +1564,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> edge_cross_backward(
     const Tensor& wb_in, const Tensor& x_in, const Tensor& ptr, const Tensor& col,
     const Tensor& sptr, const Tensor& perm, const OptTensor& order, const OptTensor& c,
     bool need_a, bool need_b, bool need_wa, bool need_wb, bool need_x, bool need_c,
-    const OptTensor& vw_in, const OptTensor& vg_in) {
+    const OptTensor& vw_in, const OptTensor& vg_in, const OptTensor& da_into,
+    const OptTensor& db_into) {
     const Tensor a = a_in.contiguous(), b = b_in.contiguous(), x = x_in.contiguous();
     const Tensor wa = wa_in.contiguous(), wb = wb_in.contiguous(), grad = grad_in.contiguous();
     int64_t C = 0;
@@ -1569,6 +1583,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> edge_cross_backward(
                       "'vg' [H, N, D] = [", n.H, ", ", n.N, ", ", n.D, "], got ", vw->sizes(),
                       " and ", vg->sizes());   /* only raised when they are given */
     need_c = need_c && c;
+    for (const auto& [into, like, name] :
+         {std::tuple<const OptTensor&, const Tensor&, const char*>{da_into, a, "da_into"},
+          {db_into, b, "db_into"}})
+        TORCH_CHECK_VALUE(!into || (into->sizes() == like.sizes() && into->is_contiguous()),
+                          "edge_cross_backward: '", name, "' must be contiguous and of shape ",
+                          like.sizes(), ", got ", into->sizes());
     return by_dtype(a, "a", [&](auto zero) {
         using T = decltype(zero);
         const auto f = a.scalar_type();
@@ -1578,7 +1598,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> edge_cross_backward(
         const auto empty = [&](bool needed, const Tensor& like) {
             return at::empty(needed ? like.sizes() : at::IntArrayRef{0}, like.options());
         };
-        Tensor da = empty(need_a, a), db = empty(need_b, b), dx = empty(need_x, x);
+        /* the node rows' gradients: added into da_into / db_into where given */
+        Tensor da = empty(need_a && !da_into, a), db = empty(need_b && !db_into, b);
+        Tensor dx = empty(need_x, x);
+        const auto rows_out = [&](bool needed, const OptTensor& into, Tensor& own,
+                                  const char* name) -> T* {
+            if (!needed) return nullptr;
+            return into ? data<T>(*into, name, f) : own.data_ptr<T>();
+        };
         Tensor dwa = empty(need_wa, wa), dwb = empty(need_wb, wb);
         Tensor dc = at::empty({need_c ? n.D * (n.D + 1) / 2 : 0, n.H}, x.options());
         const auto out = [](bool needed, Tensor& t) { return needed ? t.data_ptr<T>() : nullptr; };
@@ -1587,13 +1614,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> edge_cross_backward(
         const Tensor wtb = wb.view({n.H, C, n.D}).transpose(1, 2).contiguous();
         CrossGrads<T> by_target{out(need_x, dx), false,
                                 {data<const T>(vg, "vg", f), data<const T>(vw, "vw", f), 1, n.E},
-                                out(need_a, da), out(need_wa, dwa)};
+                                rows_out(need_a, da_into, da, "da_into"), da_into.has_value(),
+                                out(need_wa, dwa)};
         if (need_x || need_a || need_wa)
             cross_grad_kernel<T>({n.N, data<const int64_t>(ptr, "ptr", at::kLong), nullptr, ord},
                                  n.H, C, n.D, data<const T>(a, "a", f),
                                  data<const T>(wa, "wa", f), wta.data_ptr<T>(), xp, gp,
                                  by_target);
-        CrossGrads<T> by_source{out(need_x, dx), true, {}, out(need_b, db), out(need_wb, dwb)};
+        CrossGrads<T> by_source{out(need_x, dx), true, {}, rows_out(need_b, db_into, db, "db_into"),
+                                db_into.has_value(), out(need_wb, dwb)};
         if (need_x || need_b || need_wb)
             cross_grad_kernel<T>({n.Ns, data<const int64_t>(sptr, "sptr", at::kLong),
                                   data<const int64_t>(perm, "perm", at::kLong), ord},

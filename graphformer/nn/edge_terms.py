@@ -254,7 +254,9 @@ def edge_quadratic(x: Tensor, c: Tensor) -> Tensor:
 #: terms' gradients of ``x`` into one buffer, and with ``vw`` [H, E] and
 #: ``vg`` [H, N, D] also the gradient of ``x`` of ``edge_value_sum(vw, x)``
 #: whose gradient is ``vg`` (so that one op over a whole attention block
-#: gives ``x`` one gradient).
+#: gives ``x`` one gradient); with ``da_into`` (``db_into``) it adds ``a``'s
+#: (``b``'s) gradient into that tensor, a gradient the caller already holds,
+#: and returns an empty ``da`` (``db``): no fresh buffer to fault in.
 _EDGE_CROSS = define_op("edge_cross", "(Tensor a, Tensor b, Tensor wa, Tensor wb, Tensor x, "
                         "Tensor ptr, Tensor col, Tensor sptr, Tensor perm, Tensor? order, "
                         "Tensor? c=None) -> Tensor")
@@ -262,7 +264,8 @@ _EDGE_CROSS_BACKWARD = define_op(
     "edge_cross_backward", "(Tensor grad, Tensor a, Tensor b, Tensor wa, Tensor wb, Tensor x, "
     "Tensor ptr, Tensor col, Tensor sptr, Tensor perm, Tensor? order, Tensor? c, bool need_a, "
     "bool need_b, bool need_wa, bool need_wb, bool need_x, bool need_c, Tensor? vw=None, "
-    "Tensor? vg=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
+    "Tensor? vg=None, Tensor(a!)? da_into=None, Tensor(b!)? db_into=None) "
+    "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
 
 
 def _like(t: Tensor, needed: bool) -> Tensor:
@@ -279,11 +282,12 @@ def _(a: Tensor, b: Tensor, wa: Tensor, wb: Tensor, x: Tensor, ptr: Tensor, col:
 def _(grad: Tensor, a: Tensor, b: Tensor, wa: Tensor, wb: Tensor, x: Tensor, ptr: Tensor,
       col: Tensor, sptr: Tensor, perm: Tensor, order: Optional[Tensor], c: Optional[Tensor],
       need_a: bool, need_b: bool, need_wa: bool, need_wb: bool, need_x: bool, need_c: bool,
-      vw: Optional[Tensor] = None, vg: Optional[Tensor] = None
+      vw: Optional[Tensor] = None, vg: Optional[Tensor] = None,
+      da_into: Optional[Tensor] = None, db_into: Optional[Tensor] = None
       ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     dc = x.new_empty((c.size(0) if need_c and c is not None else 0, a.size(1)))
-    return (_like(a, need_a), _like(b, need_b), _like(wa, need_wa), _like(wb, need_wb),
-            _like(x, need_x), dc)
+    return (_like(a, need_a and da_into is None), _like(b, need_b and db_into is None),
+            _like(wa, need_wa), _like(wb, need_wb), _like(x, need_x), dc)
 
 
 def _edge_cross_backward(ctx, grad: Tensor):

@@ -292,10 +292,11 @@ def _edge_feature_attention_backward(ctx, dout, dalpha, _dkeep, dsums):
     if masked is not None:   # the masked scores' gradient (0 already: their alpha is 0)
         ds = ds.masked_fill(masked.t(), 0.0)
     values = dsums is not None and need_x
-    da, db, dwa, dwb, dx, dc = ops.edge_cross_backward(
+    # the cross terms' gradients of q and k added into the attention's (fresh, ours)
+    _, _, dwa, dwb, dx, dc = ops.edge_cross_backward(
         ds, q, k, wa, wb, x, ptr, col, ptr_t, perm, order, c, need_q, need_k, need_wa, need_wb,
-        need_x, need_c, weights if values else None, dsums if values else None)
-    return (dq.add_(da) if need_q else None, dk.add_(db) if need_k else None,
+        need_x, need_c, weights if values else None, dsums if values else None, dq, dk)
+    return (dq if need_q else None, dk if need_k else None,
             dv if need_v else None, dwa if need_wa else None, dwb if need_wb else None,
             dx if need_x else None, dc if need_c else None, *(None,) * 10)
 

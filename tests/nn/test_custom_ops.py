@@ -204,6 +204,20 @@ def test_edge_cross(dtype, D, C, ordered, quadratic):
         torch.library.opcheck(torch.ops.graphformer.edge_cross_backward.default,
                               (g, *detached, ptr, src, sptr, perm, order,
                                None if c is None else c.detach(), *need, quadratic))
+    # the rows' gradients added into tensors the caller holds (none returned)
+    bases = (torch.randn_like(a), torch.randn_like(b))
+    into = [t.detach().clone() for t in bases]
+    c_det = None if c is None else c.detach()
+    backward = (g, *detached, ptr, src, sptr, perm, order, c_det, True, True, False, False,
+                False, False, None, None)
+    da, db, *_ = torch.ops.graphformer.edge_cross_backward(*backward, *into)
+    assert da.numel() == 0 and db.numel() == 0
+    for got, base, grad in zip(into, bases, grads[:2]):
+        torch.testing.assert_close(got, base + grad, **tol)
+    torch.library.opcheck(torch.ops.graphformer.edge_cross_backward.default,
+                          (*backward, *[t.clone() for t in bases]))
+    with pytest.raises(ValueError, match="'db_into' must be contiguous and of shape"):
+        torch.ops.graphformer.edge_cross_backward(*backward, into[0], into[1][:2])
     with pytest.raises(ValueError, match="'ptr' must have N \\+ 1 = 6"):
         torch.ops.graphformer.edge_cross(a, b, wa, wb, x, ptr[:-1], src, sptr, perm, order)
     with pytest.raises(ValueError, match="disagree on H or C"):
