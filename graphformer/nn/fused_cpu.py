@@ -228,9 +228,9 @@ def _edge_feature_attention(q: Tensor, k: Tensor, v: Tensor, wa: Tensor, wb: Ten
     (``-inf`` where ``masked`` [H, E]), the fused attention, and the sums
     of the features weighted by the kept weights (``edge_value_sum``).
     Returns ``(out [N_t, H, C], alpha [H, E], keep, sums [H, N_t, D])``. One
-    autograd node for all three, so that the features ``x`` get one gradient (``edge_cross_backward`` gathers the value
-    sums' share with its own, written once) instead of two [E, D] gradients
-    for autograd to add."""
+    autograd node for all three, so that the features ``x`` get one gradient
+    (``edge_cross_backward`` gathers the value sums' share with its own,
+    written once) instead of two [E, D] gradients for autograd to add."""
     ops = torch.ops.graphformer
     bias = ops.edge_cross(q, k, wa, wb, x, ptr, col, ptr_t, perm, order, c).t()
     if masked is not None:
