@@ -104,12 +104,12 @@ def test_edge_quadratic(dtype, heads, features):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_edge_quadratic_gradients_over_many_blocks_do_not_depend_on_threads(dtype):
     """The coefficients' gradient sums chunks of 64 blocks of 16 (float) or 8
-    (double) edges in at most 16 groups, the features' gradient blocks of
-    edges: 20,000 edges fill the 16 groups, several chunks each, and a tail.
-    Gradients match the projections' and are bitwise the same with 1 and 2
-    threads."""
+    (double) edges in at most 16 groups of at least two chunks, the
+    features' gradient blocks of edges: 40,000 edges fill the 16 groups,
+    several chunks each, and a tail. Gradients match the projections' and
+    are bitwise the same with 1 and 2 threads."""
     torch.manual_seed(5)
-    E, H, C, D = 20_003, 3, 4, 6
+    E, H, C, D = 40_003, 3, 4, 6
     x = torch.randn(E, D, dtype=dtype, requires_grad=True)
     w_eq = torch.randn(H * C, D, dtype=dtype, requires_grad=True)
     w_ek = torch.randn(H * C, D, dtype=dtype, requires_grad=True)
@@ -229,6 +229,49 @@ def test_edge_cross(dtype, D, C, ordered, quadratic):
     with pytest.raises(ValueError, match="'c' must be \\[D \\(D \\+ 1\\) / 2, H\\]"):
         torch.ops.graphformer.edge_cross(a, b, wa, wb, x, ptr, src, sptr, perm, order,
                                          torch.randn(D * (D + 1) // 2, H + 1, dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_edge_cross_over_many_nodes_does_not_depend_on_threads(dtype):
+    """The passes take blocks of 8 nodes and sum the weights' gradients in at
+    most 16 fixed groups of nodes: 1,203 nodes (every group, a block's tail)
+    with random edges, features in another order: every gradient matches the
+    einsum tables' and is bitwise the same with 1 and 2 threads."""
+    torch.manual_seed(6)
+    N, E, H, C, D = 1_203, 9_000, 2, 16, 16
+    ops = torch.ops.graphformer
+    src, dst = torch.randint(0, N, (2, E))
+    dst, sort = dst.sort(stable=True)
+    src = src[sort]
+    ptr = torch.zeros(N + 1, dtype=torch.long)
+    ptr[1:] = torch.bincount(dst, minlength=N).cumsum(0)
+    sptr, perm = ops.group_by_source(src, N)
+    order = torch.randperm(E)
+
+    def rand(*shape):
+        return torch.randn(*shape, dtype=dtype, requires_grad=True)
+
+    inputs = (rand(N, H, C), rand(N, H, C), rand(H * C, D), rand(H * C, D), rand(E, D))
+    a, b, wa, wb, x = inputs
+    g = torch.randn(E, H, dtype=dtype)
+    x_csr = x[order]
+    ref = ((_tables(a, wa)[:, dst] + _tables(b, wb)[:, src]) * x_csr).sum(-1).t()
+    expected = torch.autograd.grad(ref, inputs, g)
+    threads = torch.get_num_threads()
+    got = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            out = ops.edge_cross(a, b, wa, wb, x, ptr, src, sptr, perm, order)
+            got.append((out, *torch.autograd.grad(out, inputs, g)))
+    finally:
+        torch.set_num_threads(threads)
+    tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else {}
+    torch.testing.assert_close(got[0][0], ref, **tol)
+    for ours, theirs in zip(got[0][1:], expected):
+        torch.testing.assert_close(ours, theirs, **tol)
+    for one, two in zip(*got):
+        assert torch.equal(one, two)
 
 
 @pytest.mark.parametrize("ordered", [False, True])
