@@ -27,9 +27,10 @@ weights ``[H, E]``).
   (:func:`edge_quadratic`, half the multiply-adds of the two projections
   and nothing per edge kept); elsewhere all three are computed from the
   projections in chunks of edges (:class:`ChunkedEdgeScores`). With all
-  three projections the ``fused_cpu`` backend takes the cross terms' tables
+  three projections the ``fused_cpu`` backend takes the cross terms' weights
   instead (:meth:`PerEdgeTerms.block_terms`) and runs scores, attention and
-  value sums as one op.
+  value sums as one op. (The kernels make the tables' rows as their passes
+  meet the nodes: no [H, N, D] table is kept.)
 - :class:`TypedEdgeTerms`: features per edge type, ``table [R, D]`` and
   ``edge_type [E]`` (bond types, relation ids, pattern membership). The
   projections are taken of the R rows only, the query and key terms are
