@@ -242,8 +242,9 @@ INLINE void dispatch_c(int64_t C, const F& f) {
 /* Passes over the edges grouped by source read rows by target (or the
  * edges' own rows) in a random order: they ask for the rows of the edge
  * PREFETCH positions ahead to be brought to the cache. At 200,000 random
- * edges (10,000 nodes, 8 heads, 2 threads): edge_scatter_kernel by source
- * (64 features) 14 ms against 23 ms without, the fused attention's backward
+ * edges (10,000 nodes, 8 heads, 2 threads): the features' sums by source
+ * (then a scatter kernel; now the cross terms' backward pass by source, 64
+ * features) 14 ms against 23 ms without, the fused attention's backward
  * 33-34 ms against 36-37 ms. Asking the same in the passes by target (the
  * tables' rows by source in the dot and gather by target, the keys and
  * values in backward_target_row) was not faster, and slower for the tables:
@@ -756,9 +757,8 @@ void edge_quadratic_dc_kernel(int64_t E, int64_t D, int64_t H, int64_t Hp, const
  * edge_dot_gather: out[e, h] = p[h, i] . x[xrow(e)] (the dot, where out is
  *                  not null) and dx[xrow(e)] = sum_h g[e, h] p[h, i] (the
  *                  gather, where dx is not null), by target, one pass for both
- * edge_scatter:    out[h, n] = sum over the edges e of group n of g[e, h]
- *                  x[xrow(e)] (groups by gptr [G + 1]; the edge at position q
- *                  of the grouping is members[q], or q when members is null)
+ * edge_scatter:    out[h, n] = sum over the edges e into n of g[e, h]
+ *                  x[xrow(e)], by target (gptr [G + 1])
  *
  * The value term sum_e w[h, e] x[e] is edge_scatter by target, its gradients
  * the dot (w) and the gather (x) by target. The cross terms (q_i . W_ke e +
@@ -857,20 +857,17 @@ void edge_dot_gather_kernel(int64_t N, int64_t H, int64_t D, EdgeRows rows, cons
 
 template <typename T>
 void edge_scatter_kernel(int64_t G, int64_t H, int64_t D, const int64_t* gptr,
-                         const int64_t* members, const int64_t* order, const T* g, int64_t ge,
-                         int64_t gh, const T* x, T* out) {
+                         const int64_t* order, const T* g, int64_t ge, int64_t gh, const T* x,
+                         T* out) {
     dispatch_c<T>(D, [&](auto D_) {
         const int64_t DD = D_;   /* a compile-time constant for float's common D */
         /* the group's sums of every head in scratch acc [H D], written out once */
         for_rows_with_scratch<T>(G, H * DD, [&](int64_t n, T* __restrict__ acc) {
             std::fill_n(acc, H * DD, T(0));
-            for (int64_t q = gptr[n]; q < gptr[n + 1]; q++) {
-                const int64_t e = members ? members[q] : q;
+            for (int64_t e = gptr[n]; e < gptr[n + 1]; e++) {
                 const T* __restrict__ xe = x + (order ? order[e] : e) * DD;
-                if ((members || order) && q + PREFETCH < gptr[G]) {
-                    const int64_t ef = members ? members[q + PREFETCH] : q + PREFETCH;
-                    prefetch_row(x + (order ? order[ef] : ef) * DD, DD);
-                }
+                if (order && e + PREFETCH < gptr[G])   /* x's rows in another order */
+                    prefetch_row(x + order[e + PREFETCH] * DD, DD);
                 for (int64_t h = 0; h < H; h++) {
                     const T w = g[e * ge + h * gh];
                     T* __restrict__ a = acc + h * DD;
@@ -1669,7 +1666,7 @@ Tensor edge_value_sum(const Tensor& w_in, const Tensor& x_in, const Tensor& ptr,
         using T = decltype(zero);
         const auto f = w.scalar_type();
         Tensor out = at::empty({H, N, D}, w.options());
-        edge_scatter_kernel<T>(N, H, D, data<const int64_t>(ptr, "ptr", at::kLong), nullptr,
+        edge_scatter_kernel<T>(N, H, D, data<const int64_t>(ptr, "ptr", at::kLong),
                                data<const int64_t>(order, "order", at::kLong),
                                data<const T>(w, "w", f, H * E), 1, E, data<const T>(x, "x", f),
                                out.data_ptr<T>());

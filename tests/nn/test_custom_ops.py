@@ -159,9 +159,10 @@ def _tables(y, w):
 
 @pytest.mark.parametrize("quadratic", [False, True], ids=["cross", "cross+quadratic"])
 @pytest.mark.parametrize("ordered", [False, True])
-@pytest.mark.parametrize("C", [5, 16])      # with D = 16: the node blocks in vector lanes
-@pytest.mark.parametrize("D", [4, 13, 16])   # 16: a compile-time constant for float,
-@pytest.mark.parametrize("dtype", DTYPES)   # 4 and 13 the kernels' loop over any D
+# D = 16: a compile-time constant for float, 4 and 13 the kernels' loop over any
+# D; C = D = 16: the node blocks in vector lanes
+@pytest.mark.parametrize("D, C", [(4, 5), (13, 5), (16, 5), (16, 16)])
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_edge_cross(dtype, D, C, ordered, quadratic):
     """(wa_h^T a[i, h] + wb_h^T b[j, h])·x_e over a CSR by target, against the
     node tables made by einsum, with a target without edges (3) and sources
