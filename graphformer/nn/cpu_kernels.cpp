@@ -1607,9 +1607,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> edge_cross_backward(
         Tensor dwa = empty(need_wa, wa), dwb = empty(need_wb, wb);
         Tensor dc = at::empty({need_c ? n.D * (n.D + 1) / 2 : 0, n.H}, x.options());
         const auto out = [](bool needed, Tensor& t) { return needed ? t.data_ptr<T>() : nullptr; };
-        /* the weights transposed, [H, D, C], for the rows' gradients */
-        const Tensor wta = wa.view({n.H, C, n.D}).transpose(1, 2).contiguous();
-        const Tensor wtb = wb.view({n.H, C, n.D}).transpose(1, 2).contiguous();
+        /* the weights transposed, [H, D, C], for the rows' gradients (when asked) */
+        const auto transposed = [&](bool needed, const Tensor& w) {
+            return needed ? w.view({n.H, C, n.D}).transpose(1, 2).contiguous() : w;
+        };
+        const Tensor wta = transposed(need_a, wa), wtb = transposed(need_b, wb);
         CrossGrads<T> by_target{out(need_x, dx), false,
                                 {data<const T>(vg, "vg", f), data<const T>(vw, "vw", f), 1, n.E},
                                 rows_out(need_a, da_into, da, "da_into"), da_into.has_value(),

@@ -357,18 +357,14 @@ torch.library.register_autograd(_EDGE_VALUE_SUM, _edge_value_sum_backward,
                                 setup_context=_save_inputs)
 
 
-def cross_tables(q: Tensor, k: Tensor, w_eq: Optional[Tensor], w_ek: Optional[Tensor]
-                 ) -> Tuple[Optional[Tensor], Optional[Tensor]]:
-    r"""The cross terms' node tables ``(W_ke^T q [H, N_t, D], W_qe^T k [H,
-    N_s, D])``, :math:`\mathbf{q}^h_i\cdot\mathbf{W}^h_{ke}\mathbf{e} =
-    (\mathbf{W}^{h\top}_{ke}\mathbf{q}^h_i)\cdot\mathbf{e}` and
-    :math:`\mathbf{W}^h_{qe}\mathbf{e}\cdot\mathbf{k}^h_j =
-    (\mathbf{W}^{h\top}_{qe}\mathbf{k}^h_j)\cdot\mathbf{e}`; each None
-    where its projection is."""
-    H, C = q.size(1), q.size(2)
-    qd = None if w_ek is None else torch.einsum("nhc,hcd->hnd", q, w_ek.view(H, C, -1))
-    kd = None if w_eq is None else torch.einsum("nhc,hcd->hnd", k, w_eq.view(H, C, -1))
-    return qd, kd
+def node_table(y: Tensor, w: Tensor) -> Tensor:
+    r"""The node table :math:`\mathbf{W}^{h\top}\mathbf{y}^h_n`, ``[H, N, D]``,
+    of the rows ``y [N, H, C]`` and an edge projection ``w [H·C, D]``: one
+    cross term, :math:`\mathbf{q}^h_i\cdot\mathbf{W}^h_{ke}\mathbf{e} =
+    (\mathbf{W}^{h\top}_{ke}\mathbf{q}^h_i)\cdot\mathbf{e}` (or ``k`` with
+    ``W_qe``), met per edge."""
+    H, C = y.size(1), y.size(2)
+    return torch.einsum("nhc,hcd->hnd", y, w.view(H, C, -1))
 
 
 def edge_scores(q: Tensor, k: Tensor, edge_attr: Tensor, w_eq: Optional[Tensor],
@@ -404,11 +400,10 @@ def edge_scores(q: Tensor, k: Tensor, edge_attr: Tensor, w_eq: Optional[Tensor],
     if both and not _kernels_for(edge_attr):
         w_qk = torch.cat([w_eq, w_ek], dim=0)
         return ChunkedEdgeScores.apply(q, k, edge_attr, w_qk, csr.col, csr.row)
-    if not both:
-        qd, kd = cross_tables(q, k, w_eq, w_ek)
-        if kd is None:
-            return GatherDot.apply(qd, edge_attr, Grouping.targets(csr))
-        return GatherDot.apply(kd, edge_attr, Grouping.sources(csr))
+    if not both:   # one cross term: its node table, met per edge by a sampled product
+        if w_ek is not None:
+            return GatherDot.apply(node_table(q, w_ek), edge_attr, Grouping.targets(csr))
+        return GatherDot.apply(node_table(k, w_eq), edge_attr, Grouping.sources(csr))
     # both: q_i · W_ke e = (W_ke^T q_i) · e and W_qe e · k_j = (W_qe^T k_j) · e
     # with the table rows made in the kernels' passes, plus (W_qe e) · (W_ke e) =
     # e^T M e, the symmetric form, in the same op
