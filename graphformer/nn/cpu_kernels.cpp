@@ -746,139 +746,16 @@ void edge_quadratic_dc_kernel(int64_t E, int64_t D, int64_t H, int64_t Hp, const
         }
 }
 
-/* The per-edge node-table products of the edge-feature terms, over a CSR by
- * target (ptr [N + 1], col [E]) with a table p [H, N, D] and edge features x
- * [E, D] in the caller's order: edge e (CSR position) is row xrow(e) =
- * order[e] of x (order null: e), so features never need to be copied into
- * CSR order. Per-edge [E, H] arrays g are read as g[e * ge + h * gh] and
- * written likewise (edge- or head-major, whichever the caller holds, without
- * a transposed copy).
- *
- * edge_dot_gather: out[e, h] = p[h, i] . x[xrow(e)] (the dot, where out is
- *                  not null) and dx[xrow(e)] = sum_h g[e, h] p[h, i] (the
- *                  gather, where dx is not null), by target, one pass for both
- * edge_scatter:    out[h, n] = sum over the edges e into n of g[e, h]
- *                  x[xrow(e)], by target (gptr [G + 1])
- *
- * The value term sum_e w[h, e] x[e] is edge_scatter by target, its gradients
- * the dot (w) and the gather (x) by target. The cross terms (q_i . W_ke e +
- * W_qe e . k_j) make their tables' rows themselves (cross_dot_kernel,
- * cross_grad_kernel, below): a pass by target and one by source over the
- * grouping by source (sptr [Ns + 1], perm), so that a source's row is made
- * once for all its edges; those passes read and write the edges' own rows in
- * a random order instead, prefetched. Each output row is written by one
- * thread: no atomics. */
-struct EdgeRows {
-    const int64_t *ptr, *col, *order;
-    inline __attribute__((always_inline)) int64_t xrow(int64_t e) const {
-        return order ? order[e] : e;
-    }
-};
-
-/* Calls f with the compile-time flags (out != null, dx != null). */
-template <typename T, typename F>
-INLINE void dot_gather_flags(const T* out, const T* dx, const F& f) {
-    if (out && dx)
-        f(std::true_type{}, std::true_type{});
-    else if (out)
-        f(std::true_type{}, std::false_type{});
-    else if (dx)
-        f(std::false_type{}, std::true_type{});
-}
-
-/* One edge e of a dot / gather pass over the rows of node `node` of a table
- * t [H, n, D]: the dot t[h, node] . xe into out[e * oe + h * oh] and the
- * gather sum_h g[e * ge + h * gh] t[h, node] into dxe (each added to when
- * ADD, else written); acc [D] scratch. */
-template <bool DOT, bool GATHER, bool ADD, typename T>
-INLINE void dot_gather_edge(int64_t e, int64_t H, int64_t n, int64_t node, int64_t DD,
-                            const T* t, const T* __restrict__ xe, T* out, int64_t oe,
-                            int64_t oh, const T* g, int64_t ge, int64_t gh, T* __restrict__ dxe,
-                            T* __restrict__ acc) {
-    if constexpr (GATHER)
-        for (int64_t d = 0; d < DD; d++) acc[d] = 0;
-    for (int64_t h = 0; h < H; h++) {
-        const T* __restrict__ row = t + (h * n + node) * DD;
-        T sum = 0;
-        const T w = GATHER ? g[e * ge + h * gh] : T(0);
-        for (int64_t d = 0; d < DD; d++) {   /* one loop for both: row read once */
-            if constexpr (DOT) sum += row[d] * xe[d];
-            if constexpr (GATHER) acc[d] += w * row[d];
-        }
-        if constexpr (DOT && ADD)
-            out[e * oe + h * oh] += sum;
-        else if constexpr (DOT)
-            out[e * oe + h * oh] = sum;
-    }
-    if constexpr (GATHER) {
-        if constexpr (ADD)
-            for (int64_t d = 0; d < DD; d++) dxe[d] += acc[d];
-        else
-            for (int64_t d = 0; d < DD; d++) dxe[d] = acc[d];
-    }
-}
-
-/* A second table t [H, N, D] that a gather by target adds into dx in the
- * same pass, weighted by g[e * ge + h * gh] (t null: none): the value sums'
- * gradient of x, gathered with the cross terms' in edge_cross_backward, so
- * that x has one gradient buffer, written once. */
-template <typename T>
-struct SecondGather {
-    const T* t = nullptr;
-    const T* g = nullptr;
-    int64_t ge = 0, gh = 0;
-};
-
-template <typename T>
-void edge_dot_gather_kernel(int64_t N, int64_t H, int64_t D, EdgeRows rows, const T* p,
-                            const T* x, T* out, int64_t oe, int64_t oh, const T* g, int64_t ge,
-                            int64_t gh, T* dx) {
-    dispatch_c<T>(D, [&](auto D_) {
-        const int64_t DD = D_;   /* a compile-time constant for float's common D */
-        dot_gather_flags<T>(out, dx, [&](auto dot_, auto gather_) {
-            constexpr bool DOT = decltype(dot_)::value, GATHER = decltype(gather_)::value;
-            const int64_t E = rows.ptr[N];
-            for_rows_with_scratch<T>(N, DD, [&](int64_t i, T* __restrict__ acc) {
-                for (int64_t e = rows.ptr[i]; e < rows.ptr[i + 1]; e++) {
-                    if (rows.order && e + PREFETCH < E) {   /* x's rows in another order */
-                        const int64_t rf = rows.order[e + PREFETCH];
-                        if constexpr (DOT) prefetch_row(x + rf * DD, DD);
-                        if constexpr (GATHER) prefetch_row(dx + rf * DD, DD);
-                    }
-                    const int64_t xr = rows.xrow(e);
-                    dot_gather_edge<DOT, GATHER, false, T>(
-                        e, H, N, i, DD, p, DOT ? x + xr * DD : nullptr, out, oe, oh, g, ge, gh,
-                        GATHER ? dx + xr * DD : nullptr, acc);
-                }
-            });
-        });
-    });
-}
-
-template <typename T>
-void edge_scatter_kernel(int64_t G, int64_t H, int64_t D, const int64_t* gptr,
-                         const int64_t* order, const T* g, int64_t ge, int64_t gh, const T* x,
-                         T* out) {
-    dispatch_c<T>(D, [&](auto D_) {
-        const int64_t DD = D_;   /* a compile-time constant for float's common D */
-        /* the group's sums of every head in scratch acc [H D], written out once */
-        for_rows_with_scratch<T>(G, H * DD, [&](int64_t n, T* __restrict__ acc) {
-            std::fill_n(acc, H * DD, T(0));
-            for (int64_t e = gptr[n]; e < gptr[n + 1]; e++) {
-                const T* __restrict__ xe = x + (order ? order[e] : e) * DD;
-                if (order && e + PREFETCH < gptr[G])   /* x's rows in another order */
-                    prefetch_row(x + order[e + PREFETCH] * DD, DD);
-                for (int64_t h = 0; h < H; h++) {
-                    const T w = g[e * ge + h * gh];
-                    T* __restrict__ a = acc + h * DD;
-                    for (int64_t d = 0; d < DD; d++) a[d] += w * xe[d];
-                }
-            }
-            for (int64_t h = 0; h < H; h++)
-                std::copy_n(acc + h * DD, DD, out + (h * G + n) * DD);
-        });
-    });
-}
+/* The edge-feature terms read each edge's features x [E, D] in the caller's
+ * order: edge e (CSR position) is row xrow(e) = order[e] of x (order null:
+ * e), so features never need to be copied into CSR order. The cross terms
+ * (q_i . W_ke e + W_qe e . k_j) and the value term (W_ve sum_j a_ij e_ij)
+ * make their node tables' rows themselves (cross_dot_kernel,
+ * cross_grad_kernel, below): a pass by target and, for the cross terms, one
+ * by source over the grouping by source (sptr [Ns + 1], perm), so that a
+ * source's row is made once for all its edges; those passes read and write
+ * the edges' own rows in a random order instead, prefetched. Each output
+ * row is written by one thread: no atomics. */
 
 /* The cross terms from the node rows themselves. The table row of node n,
  * t[h] = W_h^T y[n, h] ([H, D], from y [G, H, C] and the weights w [H C, D],
@@ -908,12 +785,32 @@ INLINE void store_v(T* p, const V& v) {
 /* out[j, h] = in[j, h] M_h for NB nodes (in [NB, H, K], M [H, K, O], out
  * [NB, H, O]; O a multiple of L): the table rows t[j, h] = W_h^T y[j, h]
  * (K = C, O = D, M = w) and their gradient dy[j, h] = W_h acc[j, h] (K = D,
- * O = C, M = wt, w transposed [H, D, C]). */
+ * O = C, M = wt, w transposed [H, D, C]). Two vectors of M's row at a time
+ * where O allows (16 accumulators: each broadcast input serves two
+ * multiply-adds). */
 template <typename T, typename V, int64_t L>
 INLINE void rows_times_block(int64_t H, int64_t K, int64_t O, const T* __restrict__ m,
                              const T* __restrict__ in, T* __restrict__ out) {
-    for (int64_t h = 0; h < H; h++)
-        for (int64_t o0 = 0; o0 < O; o0 += L) {
+    const int64_t O2 = L > 1 ? O / (2 * L) * (2 * L) : 0;   /* the part in pairs of vectors */
+    for (int64_t h = 0; h < H; h++) {
+        for (int64_t o0 = 0; o0 < O2; o0 += 2 * L) {
+            V acc[NB], acc2[NB];
+            for (int64_t j = 0; j < NB; j++) acc[j] = acc2[j] = V{};
+            for (int64_t k = 0; k < K; k++) {
+                const T* mr = m + (h * K + k) * O + o0;
+                const V mv = load_v<V>(mr), mv2 = load_v<V>(mr + L);
+                for (int64_t j = 0; j < NB; j++) {
+                    const T b = in[(j * H + h) * K + k];
+                    acc[j] += b * mv;
+                    acc2[j] += b * mv2;
+                }
+            }
+            for (int64_t j = 0; j < NB; j++) {
+                store_v(out + (j * H + h) * O + o0, acc[j]);
+                store_v(out + (j * H + h) * O + o0 + L, acc2[j]);
+            }
+        }
+        for (int64_t o0 = O2; o0 < O; o0 += L) {
             V acc[NB];
             for (int64_t j = 0; j < NB; j++) acc[j] = V{};
             for (int64_t k = 0; k < K; k++) {
@@ -922,15 +819,36 @@ INLINE void rows_times_block(int64_t H, int64_t K, int64_t O, const T* __restric
             }
             for (int64_t j = 0; j < NB; j++) store_v(out + (j * H + h) * O + o0, acc[j]);
         }
+    }
 }
 
 /* part[h, c] += sum over j of y[j, h, c] acc[j, h] (the NB nodes' share of
- * dw, part [H, C, DD]), the nodes in order. */
+ * dw, part [H, C, DD]), the nodes in order; two vectors of features at a
+ * time where DD allows (each broadcast y serves two multiply-adds). */
 template <typename T, typename V, int64_t L>
 INLINE void weight_grads_block(int64_t H, int64_t C, int64_t DD, const T* __restrict__ y,
                                const T* __restrict__ acc, T* __restrict__ part) {
-    for (int64_t h = 0; h < H; h++)
-        for (int64_t d0 = 0; d0 < DD; d0 += L) {
+    const int64_t D2 = L > 1 ? DD / (2 * L) * (2 * L) : 0;
+    for (int64_t h = 0; h < H; h++) {
+        for (int64_t d0 = 0; d0 < D2; d0 += 2 * L) {
+            V a[NB], a2[NB];
+            for (int64_t j = 0; j < NB; j++) {
+                a[j] = load_v<V>(acc + (j * H + h) * DD + d0);
+                a2[j] = load_v<V>(acc + (j * H + h) * DD + d0 + L);
+            }
+            for (int64_t c = 0; c < C; c++) {
+                T* pr = part + (h * C + c) * DD + d0;
+                V p = load_v<V>(pr), p2 = load_v<V>(pr + L);
+                for (int64_t j = 0; j < NB; j++) {
+                    const T b = y[(j * H + h) * C + c];
+                    p += b * a[j];
+                    p2 += b * a2[j];
+                }
+                store_v(pr, p);
+                store_v(pr + L, p2);
+            }
+        }
+        for (int64_t d0 = D2; d0 < DD; d0 += L) {
             V a[NB];
             for (int64_t j = 0; j < NB; j++) a[j] = load_v<V>(acc + (j * H + h) * DD + d0);
             for (int64_t c = 0; c < C; c++) {
@@ -940,6 +858,7 @@ INLINE void weight_grads_block(int64_t H, int64_t C, int64_t DD, const T* __rest
                 store_v(pr, p);
             }
         }
+    }
 }
 
 /* Calls f(V, L) with the vector type where DD and C are multiples of its
@@ -981,19 +900,20 @@ struct Grouped {
     }
 };
 
-/* out[e, h] = t_n[h] . x[xrow(e)] for every edge e of node n (added to out
- * when `add`), t_n the node's table row from y and w, made for NB nodes at
- * a time (rows_times_block). */
+/* out[e * oe + h * oh] = t_n[h] . x[xrow(e)] for every edge e of node n
+ * (added to out when `add`; [E, H] with oe = H, oh = 1, or [H, E]), t_n the
+ * node's table row from y and w, made for NB nodes at a time
+ * (rows_times_block). */
 template <typename T>
 void cross_dot_kernel(Grouped g, int64_t H, int64_t C, int64_t D, const T* y, const T* w,
-                      const T* x, T* out, bool add) {
+                      const T* x, T* out, int64_t oe, int64_t oh, bool add) {
     dispatch_c<T>(D, [&](auto D_) {
         const int64_t DD = D_;   /* a compile-time constant for float's common D */
         dispatch_lanes<T>(DD, C, [&](auto v_, auto L_) {
             using V = decltype(v_);
             constexpr int64_t L = decltype(L_)::value;
             const int64_t E = g.gptr[g.G], blocks = (g.G + NB - 1) / NB, HC = H * C;
-            for_rows_with_scratch<T>(blocks, NB * (H * DD + HC), [&, H, C, add](
+            for_rows_with_scratch<T>(blocks, NB * (H * DD + HC), [&, H, C, oe, oh, add](
                                          int64_t blk, T* __restrict__ t) {
                 const int64_t n0 = blk * NB, nb = std::min(NB, g.G - n0);
                 if (g.gptr[n0] == g.gptr[n0 + nb]) return;
@@ -1009,7 +929,8 @@ void cross_dot_kernel(Grouped g, int64_t H, int64_t C, int64_t D, const T* y, co
                             const T* __restrict__ th = t + (j * H + h) * DD;
                             T sum = 0;
                             for (int64_t d = 0; d < DD; d++) sum += th[d] * xe[d];
-                            out[e * H + h] = add ? out[e * H + h] + sum : sum;
+                            T& o = out[e * oe + h * oh];
+                            o = add ? o + sum : sum;
                         }
                     }
             });
@@ -1018,35 +939,42 @@ void cross_dot_kernel(Grouped g, int64_t H, int64_t C, int64_t D, const T* y, co
 }
 
 /* What cross_grad_kernel writes, each skipped where null: the gather dx
- * [E, D] (rows of x's order; written, or added to when add_dx), plus the
- * second table's gather (by target: the value sums' gradient of x); the
- * node rows' gradient dy [G, H, C] (written, or added to when add_dy: into
- * a gradient the caller already holds, no fresh buffer); the weights'
- * gradient dw [H C, D]. */
+ * [E, D] (rows of x's order; written, or added to when add_dx); the node
+ * rows' gradient dy [G, H, C] (written, or added to when add_dy: into a
+ * gradient the caller already holds, no fresh buffer); the weights'
+ * gradient dw [H C, D]; the cross term itself, dot[e * de + h * dh] =
+ * t_n[h] . x[e] (cross_dot_kernel's, from the rows the gather makes anyway:
+ * the value term's gradient of its weights). */
 template <typename T>
 struct CrossGrads {
     T* dx = nullptr;
     bool add_dx = false;
-    SecondGather<T> second = {};
     T* dy = nullptr;
     bool add_dy = false;
     T* dw = nullptr;
+    T* dot = nullptr;
+    int64_t de = 0, dh = 0;
 };
 
-/* The gradients of cross_dot_kernel's terms for grad [E, H], one pass over
- * a grouping: per node n, acc[h] = sum over its edges of grad[e, h] x[e]
- * ([H, D] in scratch), then dy[n, h] = W_h acc[h] and dw_h += y[n, h]
- * acc[h]^T; per edge, dx[e] = sum_h grad[e, h] t_n[h] (t_n recomputed);
- * the products with W for NB nodes at a time (wt [H, D, C] is w
- * transposed). Each node's and edge's rows are written by one thread. The
- * nodes are split into at most XG groups whatever the threads, each summing
- * dw into its own partial sums, then added in order: results do not depend
- * on the threads. */
+/* The gradients of cross_dot_kernel's terms for grad (grad[e * ge + h * gh]:
+ * [E, H] or [H, E]), one pass over a grouping: per node n, acc[h] = sum over
+ * its edges of grad[e, h] x[e] ([H, D] in scratch), then dy[n, h] = W_h
+ * acc[h] and dw_h += y[n, h] acc[h]^T; per edge, dx[e] = sum_h grad[e, h]
+ * t_n[h] (t_n recomputed); the products with W for NB nodes at a time (wt
+ * [H, D, C] is w transposed; y is read only for dx and dw). Each node's and
+ * edge's rows are written by one thread. The nodes are split into at most
+ * XG groups whatever the threads, each summing dw into its own partial
+ * sums, then added in order: results do not depend on the threads.
+ *
+ * The value term is this pass's dy: W_ve sum_e a[e, h] x[e] by target, for
+ * the weights a as grad (edge_values); its gradients are a cross term's,
+ * with the output's gradient as the node rows y and W_ve as w. */
 constexpr int64_t XG = 16;
 
 template <typename T>
 void cross_grad_kernel(Grouped g, int64_t H, int64_t C, int64_t D, const T* y, const T* w,
-                       const T* wt, const T* x, const T* grad, CrossGrads<T> o) {
+                       const T* wt, const T* x, const T* grad, int64_t ge, int64_t gh,
+                       CrossGrads<T> o) {
     const int64_t HC = H * C, HCD = H * C * D;
     const int64_t groups = std::max<int64_t>(1, std::min(XG, (g.G + 15) / 16));
     /* each group zeroes its own partial sums, on its thread */
@@ -1057,23 +985,23 @@ void cross_grad_kernel(Grouped g, int64_t H, int64_t C, int64_t D, const T* y, c
             using V = decltype(v_);
             constexpr int64_t L = decltype(L_)::value;
             const int64_t E = g.gptr[g.G];
-            const bool sums = o.dy || o.dw;
-            at::parallel_for(0, groups, 1, [&, H, C, sums](int64_t g0, int64_t g1) {
-                Scratch<T> scratch(2 * NB * H * DD + 2 * NB * HC + 2 * DD);
+            const bool sums = o.dy || o.dw, rows = o.dx || o.dot;
+            at::parallel_for(0, groups, 1, [&, H, C, ge, gh, sums, rows](int64_t g0,
+                                                                         int64_t g1) {
+                Scratch<T> scratch(2 * NB * H * DD + 2 * NB * HC + DD);
                 T* __restrict__ t = scratch.ptr;             /* [NB, H, D] table rows */
                 T* __restrict__ acc = t + NB * H * DD;       /* [NB, H, D] sums */
                 T* __restrict__ pad = acc + NB * H * DD;     /* [NB, H, C] padded rows */
                 T* __restrict__ dys = pad + NB * HC;         /* [NB, H, C] dy */
                 T* __restrict__ gx = dys + NB * HC;          /* [D] an edge's gather */
-                T* __restrict__ gs = gx + DD;                /* [D] the second table's */
                 for (int64_t grp = g0; grp < g1; grp++) {
                     T* part = o.dw ? partial.get() + grp * HCD : nullptr;
                     if (part) std::fill_n(part, HCD, T(0));
                     const int64_t first = g.G * grp / groups, last = g.G * (grp + 1) / groups;
                     for (int64_t n0 = first; n0 < last; n0 += NB) {
                         const int64_t nb = std::min(NB, last - n0);
-                        const T* yb = node_block(y, n0, nb, HC, pad);
-                        if (o.dx) rows_times_block<T, V, L>(H, C, DD, w, yb, t);
+                        const T* yb = rows || part ? node_block(y, n0, nb, HC, pad) : nullptr;
+                        if (rows) rows_times_block<T, V, L>(H, C, DD, w, yb, t);
                         if (sums) std::fill_n(acc, NB * H * DD, T(0));
                         for (int64_t j = 0; j < nb; j++) {
                             const int64_t n = n0 + j;
@@ -1087,24 +1015,27 @@ void cross_grad_kernel(Grouped g, int64_t H, int64_t C, int64_t D, const T* y, c
                                 }
                                 const int64_t e = g.edge(q), xr = g.xrow(e);
                                 const T* __restrict__ xe = x + xr * DD;
-                                const T* __restrict__ ge = grad + e * H;
+                                const T* __restrict__ gr = grad + e * ge;
                                 if (sums)
                                     for (int64_t h = 0; h < H; h++) {
-                                        const T gh = ge[h];
+                                        const T w = gr[h * gh];
                                         T* __restrict__ a = an + h * DD;
-                                        for (int64_t d = 0; d < DD; d++) a[d] += gh * xe[d];
+                                        for (int64_t d = 0; d < DD; d++) a[d] += w * xe[d];
+                                    }
+                                if (o.dot)
+                                    for (int64_t h = 0; h < H; h++) {
+                                        const T* __restrict__ th = tn + h * DD;
+                                        T sum = 0;
+                                        for (int64_t d = 0; d < DD; d++) sum += th[d] * xe[d];
+                                        o.dot[e * o.de + h * o.dh] = sum;
                                     }
                                 if (!o.dx) continue;
                                 for (int64_t d = 0; d < DD; d++) gx[d] = 0;
                                 for (int64_t h = 0; h < H; h++) {
-                                    const T gh = ge[h];
+                                    const T w = gr[h * gh];
                                     const T* __restrict__ th = tn + h * DD;
-                                    for (int64_t d = 0; d < DD; d++) gx[d] += gh * th[d];
+                                    for (int64_t d = 0; d < DD; d++) gx[d] += w * th[d];
                                 }
-                                if (o.second.t)
-                                    dot_gather_edge<false, true, true, T>(
-                                        e, H, g.G, n, DD, o.second.t, nullptr, nullptr, 0, 0,
-                                        o.second.g, o.second.ge, o.second.gh, gx, gs);
                                 T* __restrict__ dxe = o.dx + xr * DD;
                                 if (o.add_dx)
                                     for (int64_t d = 0; d < DD; d++) dxe[d] += gx[d];
@@ -1434,33 +1365,11 @@ std::tuple<Tensor, Tensor> edge_quadratic_backward(const Tensor& grad, const Ten
     return std::make_tuple(dx, dc);
 }
 
-/* The shapes of the edge tables' arrays, checked for the op `op`: p [H, N,
- * D], r [H, Ns, D] (absent: Ns = 0), x [E, D], ptr [N + 1], col [E], order
- * [E] (absent: x in CSR order). */
+/* The sizes of the edge-feature ops' arrays: N targets, Ns sources, H heads,
+ * D features, E edges. */
 struct TableSizes {
     int64_t N, Ns, H, D, E;
 };
-
-TableSizes table_sizes(const char* op, const Tensor& p, const OptTensor& r, const Tensor& x,
-                       const Tensor& ptr, const Tensor& col, const OptTensor& order) {
-    TORCH_CHECK_VALUE(p.dim() == 3 && x.dim() == 2 && (!r || r->dim() == 3), op, ": 'p' [H, N, ",
-                      "D], 'r' [H, Ns, D] and 'x' [E, D] expected, got shapes ", p.sizes(),
-                      ", ", r ? r->sizes() : at::IntArrayRef{}, " and ", x.sizes());
-    const TableSizes n{p.size(1), r ? r->size(1) : 0, p.size(0), p.size(2), x.size(0)};
-    TORCH_CHECK_VALUE((!r || (r->size(0) == n.H && r->size(2) == n.D)) && x.size(1) == n.D, op,
-                      ": 'p' ", p.sizes(), ", 'r' and 'x' ", x.sizes(), " disagree on H or D");
-    TORCH_CHECK_VALUE(ptr.numel() == n.N + 1 && col.numel() == n.E, op, ": 'ptr' must have N + 1",
-                      " = ", n.N + 1, " and 'col' E = ", n.E, " entries, got ", ptr.numel(),
-                      " and ", col.numel());
-    TORCH_CHECK_VALUE(!order || order->numel() == n.E, op, ": 'order' must have E = ", n.E,
-                      " entries, got ", order ? order->numel() : 0);
-    return n;
-}
-
-EdgeRows edge_rows(const Tensor& ptr, const Tensor& col, const OptTensor& order) {
-    return {data<const int64_t>(ptr, "ptr", at::kLong), data<const int64_t>(col, "col", at::kLong),
-            data<const int64_t>(order, "order", at::kLong)};
-}
 
 /* Checks the grouping by source of edge_cross: sptr [Ns + 1], perm [E]. */
 void check_source_grouping(const char* op, const TableSizes& n, const Tensor& sptr,
@@ -1530,11 +1439,11 @@ Tensor edge_cross(const Tensor& a_in, const Tensor& b_in, const Tensor& wa_in,
         T* op = out.data_ptr<T>();
         cross_dot_kernel<T>({n.N, data<const int64_t>(ptr, "ptr", at::kLong), nullptr, ord}, n.H,
                             C, n.D, data<const T>(a, "a", f), data<const T>(wa, "wa", f), xp, op,
-                            false);
+                            n.H, 1, false);
         cross_dot_kernel<T>({n.Ns, data<const int64_t>(sptr, "sptr", at::kLong),
                              data<const int64_t>(perm, "perm", at::kLong), ord},
                             n.H, C, n.D, data<const T>(b, "b", f), data<const T>(wb, "wb", f), xp,
-                            op, true);
+                            op, n.H, 1, true);
         if (c) {
             const Tensor quad = edge_quadratic(x, *c);                  /* [E, H], x's order */
             const T* qp = quad.data_ptr<T>();
@@ -1554,16 +1463,13 @@ Tensor edge_cross(const Tensor& a_in, const Tensor& b_in, const Tensor& wa_in,
  * target in one pass over the CSR, db, dwb and dx's share by source in one
  * over the grouping by source (cross_grad_kernel), and with coefficients c,
  * dc and the quadratic form's gradient of x added into dx
- * (quadratic_gradients); each empty where not needed. With vw [H, E] and vg
- * [H, N, D], the gradient of x of edge_value_sum(vw, x) for its gradient vg
- * is added into dx too (in the pass by target). */
+ * (quadratic_gradients); each empty where not needed. */
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> edge_cross_backward(
     const Tensor& grad_in, const Tensor& a_in, const Tensor& b_in, const Tensor& wa_in,
     const Tensor& wb_in, const Tensor& x_in, const Tensor& ptr, const Tensor& col,
     const Tensor& sptr, const Tensor& perm, const OptTensor& order, const OptTensor& c,
     bool need_a, bool need_b, bool need_wa, bool need_wb, bool need_x, bool need_c,
-    const OptTensor& vw_in, const OptTensor& vg_in, const OptTensor& da_into,
-    const OptTensor& db_into) {
+    const OptTensor& da_into, const OptTensor& db_into, const OptTensor& dx_into) {
     const Tensor a = a_in.contiguous(), b = b_in.contiguous(), x = x_in.contiguous();
     const Tensor wa = wa_in.contiguous(), wb = wb_in.contiguous(), grad = grad_in.contiguous();
     int64_t C = 0;
@@ -1571,19 +1477,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> edge_cross_backward(
         cross_sizes("edge_cross_backward", a, b, wa, wb, x, ptr, col, order, &C);
     check_source_grouping("edge_cross_backward", n, sptr, perm);
     check_cross_quadratic("edge_cross_backward", n, x, c);
-    TORCH_CHECK_VALUE(vw_in.has_value() == vg_in.has_value(), "edge_cross_backward: 'vw' and ",
-                      "'vg' come together");
-    const OptTensor vw = vw_in ? OptTensor(vw_in->contiguous()) : std::nullopt;
-    const OptTensor vg = vg_in ? OptTensor(vg_in->contiguous()) : std::nullopt;
-    TORCH_CHECK_VALUE(!vw || (vw->sizes() == at::IntArrayRef{n.H, n.E} &&
-                              vg->sizes() == at::IntArrayRef{n.H, n.N, n.D}),
-                      "edge_cross_backward: 'vw' must be [H, E] = [", n.H, ", ", n.E, "] and ",
-                      "'vg' [H, N, D] = [", n.H, ", ", n.N, ", ", n.D, "], got ", vw->sizes(),
-                      " and ", vg->sizes());   /* only raised when they are given */
     need_c = need_c && c;
     for (const auto& [into, like, name] :
          {std::tuple<const OptTensor&, const Tensor&, const char*>{da_into, a, "da_into"},
-          {db_into, b, "db_into"}})
+          {db_into, b, "db_into"}, {dx_into, x, "dx_into"}})
         TORCH_CHECK_VALUE(!into || (into->sizes() == like.sizes() && into->is_contiguous()),
                           "edge_cross_backward: '", name, "' must be contiguous and of shape ",
                           like.sizes(), ", got ", into->sizes());
@@ -1598,7 +1495,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> edge_cross_backward(
         };
         /* the node rows' gradients: added into da_into / db_into where given */
         Tensor da = empty(need_a && !da_into, a), db = empty(need_b && !db_into, b);
-        Tensor dx = empty(need_x, x);
+        Tensor dx = empty(need_x && !dx_into, x);
         const auto rows_out = [&](bool needed, const OptTensor& into, Tensor& own,
                                   const char* name) -> T* {
             if (!needed) return nullptr;
@@ -1612,23 +1509,23 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> edge_cross_backward(
             return needed ? w.view({n.H, C, n.D}).transpose(1, 2).contiguous() : w;
         };
         const Tensor wta = transposed(need_a, wa), wtb = transposed(need_b, wb);
-        CrossGrads<T> by_target{out(need_x, dx), false,
-                                {data<const T>(vg, "vg", f), data<const T>(vw, "vw", f), 1, n.E},
+        T* dxp = rows_out(need_x, dx_into, dx, "dx_into");
+        CrossGrads<T> by_target{dxp, dx_into.has_value(),
                                 rows_out(need_a, da_into, da, "da_into"), da_into.has_value(),
                                 out(need_wa, dwa)};
         if (need_x || need_a || need_wa)
             cross_grad_kernel<T>({n.N, data<const int64_t>(ptr, "ptr", at::kLong), nullptr, ord},
                                  n.H, C, n.D, data<const T>(a, "a", f),
-                                 data<const T>(wa, "wa", f), wta.data_ptr<T>(), xp, gp,
-                                 by_target);
-        CrossGrads<T> by_source{out(need_x, dx), true, {}, rows_out(need_b, db_into, db, "db_into"),
+                                 data<const T>(wa, "wa", f), wta.data_ptr<T>(), xp, gp, n.H,
+                                 1, by_target);
+        CrossGrads<T> by_source{dxp, true, rows_out(need_b, db_into, db, "db_into"),
                                 db_into.has_value(), out(need_wb, dwb)};
         if (need_x || need_b || need_wb)
             cross_grad_kernel<T>({n.Ns, data<const int64_t>(sptr, "sptr", at::kLong),
                                   data<const int64_t>(perm, "perm", at::kLong), ord},
                                  n.H, C, n.D, data<const T>(b, "b", f),
-                                 data<const T>(wb, "wb", f), wtb.data_ptr<T>(), xp, gp,
-                                 by_source);
+                                 data<const T>(wb, "wb", f), wtb.data_ptr<T>(), xp, gp, n.H,
+                                 1, by_source);
         if (c && (need_x || need_c)) {
             /* the quadratic form's gradients, from grad in x's order (put
              * there when x is read through order); its gradient of x added
@@ -1643,64 +1540,111 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> edge_cross_backward(
                         for (int64_t h = 0; h < H; h++) gxp[ord[e] * H + h] = gp[e * H + h];
                 });
             }
-            quadratic_gradients("edge_cross_backward", gx, x, *c, need_x ? &dx : nullptr, true,
-                                need_c ? &dc : nullptr);
+            Tensor dx_all = dx_into ? *dx_into : dx;   /* the buffer the passes wrote */
+            quadratic_gradients("edge_cross_backward", gx, x, *c, need_x ? &dx_all : nullptr,
+                                true, need_c ? &dc : nullptr);
         }
         return std::make_tuple(da, db, dwa, dwb, dx, dc);
     });
 }
 
-/* The edge value sums out[h, i] = sum over the edges e into i of w[h, e]
- * x[order[e]] (edge_scatter by target), [H, N, D], of the weights w [H, E];
- * col is its backward's (edge_value_sum_backward), an input so that autograd
- * keeps it. */
-Tensor edge_value_sum(const Tensor& w_in, const Tensor& x_in, const Tensor& ptr, const Tensor&,
-                      const OptTensor& order) {
-    const Tensor w = w_in.contiguous(), x = x_in.contiguous();
-    TORCH_CHECK_VALUE(w.dim() == 2 && x.dim() == 2 && w.size(1) == x.size(0), "edge_value_sum: ",
-                      "'w' [H, E] and 'x' [E, D] expected, got shapes ", w.sizes(), " and ",
-                      x.sizes());
-    const int64_t H = w.size(0), E = w.size(1), D = x.size(1), N = ptr.numel() - 1;
-    TORCH_CHECK_VALUE(N >= 0 && (!order || order->numel() == E), "edge_value_sum: 'ptr' [N + 1]",
-                      " and 'order' [E] expected, got ", ptr.numel(), " and ",
-                      order ? order->numel() : 0, " entries");
-    return by_dtype(w, "w", [&](auto zero) {
+/* The shapes of the value term's weights w [H, E], projection wv [H C, D],
+ * features x [E, D], ptr [N + 1] and order [E] (absent: x in CSR order),
+ * checked for the op `op`; C in *C. */
+TableSizes value_sizes(const char* op, const Tensor& w, const Tensor& wv, const Tensor& x,
+                       const Tensor& ptr, const OptTensor& order, int64_t* C) {
+    TORCH_CHECK_VALUE(w.dim() == 2 && wv.dim() == 2 && x.dim() == 2, op, ": 'w' [H, E], 'wv' ",
+                      "[H C, D] and 'x' [E, D] expected, got shapes ", w.sizes(), ", ",
+                      wv.sizes(), " and ", x.sizes());
+    const TableSizes n{ptr.numel() - 1, 0, w.size(0), x.size(1), x.size(0)};
+    TORCH_CHECK_VALUE(n.N >= 0 && w.size(1) == n.E && n.H > 0 && wv.size(0) % n.H == 0 &&
+                          wv.size(1) == n.D,
+                      op, ": 'w' ", w.sizes(), ", 'wv' ", wv.sizes(), " and 'x' ", x.sizes(),
+                      " disagree on H, E or D (wv: H C rows, D columns)");
+    TORCH_CHECK_VALUE(!order || order->numel() == n.E, op, ": 'order' must have E = ", n.E,
+                      " entries, got ", order ? order->numel() : 0);
+    *C = wv.size(0) / n.H;
+    return n;
+}
+
+/* The value term out[i, h] = W_h sum over the edges e into i of w[h, e]
+ * x[order[e]], [N, H, C] (W_h the rows h C..h C + C - 1 of wv), written into
+ * out (added to it when `add`): one pass by target (cross_grad_kernel's
+ * sums and dy), no [H, N, D] sums through memory. */
+void edge_values_impl(const char* op, const Tensor& w_in, const Tensor& wv_in,
+                      const Tensor& x_in, const Tensor& ptr, const OptTensor& order,
+                      const Tensor& out, bool add) {
+    const Tensor w = w_in.contiguous(), wv = wv_in.contiguous(), x = x_in.contiguous();
+    int64_t C = 0;
+    const TableSizes n = value_sizes(op, w, wv, x, ptr, order, &C);
+    TORCH_CHECK_VALUE((out.sizes() == at::IntArrayRef({n.N, n.H, C})), op, ": 'out' must be ",
+                      "[N, H, C] = [", n.N, ", ", n.H, ", ", C, "], got ", out.sizes());
+    by_dtype(w, "w", [&](auto zero) {
         using T = decltype(zero);
         const auto f = w.scalar_type();
-        Tensor out = at::empty({H, N, D}, w.options());
-        edge_scatter_kernel<T>(N, H, D, data<const int64_t>(ptr, "ptr", at::kLong),
-                               data<const int64_t>(order, "order", at::kLong),
-                               data<const T>(w, "w", f, H * E), 1, E, data<const T>(x, "x", f),
-                               out.data_ptr<T>());
-        return out;
+        const Tensor wt = wv.view({n.H, C, n.D}).transpose(1, 2).contiguous();
+        CrossGrads<T> o{nullptr, false, data<T>(out, "out", f), add, nullptr};
+        cross_grad_kernel<T>({n.N, data<const int64_t>(ptr, "ptr", at::kLong), nullptr,
+                              data<const int64_t>(order, "order", at::kLong)},
+                             n.H, C, n.D, nullptr, data<const T>(wv, "wv", f),
+                             data<const T>(wt, "wv", f), data<const T>(x, "x", f),
+                             data<const T>(w, "w", f), 1, n.E, o);
     });
 }
 
-/* The gradients of edge_value_sum for grad [H, N, D]: dw [H, E] (the dot)
- * and dx (the gather, in x's order), in one pass by target; each empty where
- * not needed. */
-std::tuple<Tensor, Tensor> edge_value_sum_backward(
-    const Tensor& grad_in, const Tensor& w_in, const Tensor& x_in, const Tensor& ptr,
-    const Tensor& col, const OptTensor& order, bool need_w, bool need_x) {
-    const Tensor grad = grad_in.contiguous(), w = w_in.contiguous(), x = x_in.contiguous();
-    const TableSizes n = table_sizes("edge_value_sum_backward", grad, std::nullopt, x, ptr, col,
-                                     order);
-    TORCH_CHECK_VALUE(w.dim() == 2 && w.size(0) == n.H && w.size(1) == n.E,
-                      "edge_value_sum_backward: 'w' must be [H, E] = [", n.H, ", ", n.E,
-                      "], got ", w.sizes());
-    return by_dtype(grad, "grad", [&](auto zero) {
+Tensor edge_values(const Tensor& w, const Tensor& wv, const Tensor& x, const Tensor& ptr,
+                   const OptTensor& order) {
+    TORCH_CHECK_VALUE(w.dim() == 2 && wv.dim() == 2 && w.size(0) > 0, "edge_values: 'w' [H, E] ",
+                      "and 'wv' [H C, D] expected, got shapes ", w.sizes(), " and ", wv.sizes());
+    Tensor out = at::empty({ptr.numel() - 1, w.size(0), wv.size(0) / w.size(0)}, w.options());
+    edge_values_impl("edge_values", w, wv, x, ptr, order, out, false);
+    return out;
+}
+
+void edge_values_into(const Tensor& out, const Tensor& w, const Tensor& wv, const Tensor& x,
+                      const Tensor& ptr, const OptTensor& order) {
+    edge_values_impl("edge_values_into", w, wv, x, ptr, order, out, true);
+}
+
+/* The gradients of edge_values for dout [N, H, C], those of a cross term
+ * whose node rows are dout and weights wv, in one pass by target
+ * (cross_grad_kernel): dw [H, E], dw[h, e] = (W_h^T dout[i, h]) .
+ * x[order[e]], dx (in x's order; added into dx_into when given, and then
+ * returned empty) and dwv [H C, D]; each empty where not needed. */
+std::tuple<Tensor, Tensor, Tensor> edge_values_backward(
+    const Tensor& dout_in, const Tensor& w_in, const Tensor& wv_in, const Tensor& x_in,
+    const Tensor& ptr, const OptTensor& order, bool need_w, bool need_x, bool need_wv,
+    const OptTensor& dx_into) {
+    const Tensor dout = dout_in.contiguous(), w = w_in.contiguous(), wv = wv_in.contiguous();
+    const Tensor x = x_in.contiguous();
+    int64_t C = 0;
+    const TableSizes n = value_sizes("edge_values_backward", w, wv, x, ptr, order, &C);
+    TORCH_CHECK_VALUE((dout.sizes() == at::IntArrayRef({n.N, n.H, C})),
+                      "edge_values_backward: ",
+                      "'dout' must be [N, H, C] = [", n.N, ", ", n.H, ", ", C, "], got ",
+                      dout.sizes());
+    TORCH_CHECK_VALUE(!dx_into || (dx_into->sizes() == x.sizes() && dx_into->is_contiguous()),
+                      "edge_values_backward: 'dx_into' must be contiguous and of shape ",
+                      x.sizes(), ", got ", dx_into->sizes());
+    return by_dtype(w, "w", [&](auto zero) {
         using T = decltype(zero);
-        const auto f = grad.scalar_type();
-        const EdgeRows rows = edge_rows(ptr, col, order);
-        const T* gp = data<const T>(grad, "grad", f);
+        const auto f = w.scalar_type();
+        const Grouped by_target{n.N, data<const int64_t>(ptr, "ptr", at::kLong), nullptr,
+                                data<const int64_t>(order, "order", at::kLong)};
+        const T *dp = data<const T>(dout, "dout", f), *wvp = data<const T>(wv, "wv", f);
+        const T* xp = data<const T>(x, "x", f);
         Tensor dw = at::empty(need_w ? w.sizes() : at::IntArrayRef{0}, w.options());
-        Tensor dx = at::empty(need_x ? x.sizes() : at::IntArrayRef{0}, x.options());
-        /* one pass for both (each edge's row of x read once) */
-        edge_dot_gather_kernel<T>(n.N, n.H, n.D, rows, gp, data<const T>(x, "x", f),
-                                  need_w ? dw.data_ptr<T>() : nullptr, 1, n.E,
-                                  data<const T>(w, "w", f), 1, n.E,
-                                  need_x ? dx.data_ptr<T>() : nullptr);
-        return std::make_tuple(dw, dx);
+        Tensor dx = at::empty(need_x && !dx_into ? x.sizes() : at::IntArrayRef{0}, x.options());
+        Tensor dwv = at::empty(need_wv ? wv.sizes() : at::IntArrayRef{0}, wv.options());
+        T* dxp = !need_x ? nullptr : dx_into ? data<T>(*dx_into, "dx_into", f)
+                                             : dx.data_ptr<T>();
+        CrossGrads<T> o{dxp, dx_into.has_value(), nullptr, false,
+                        need_wv ? dwv.data_ptr<T>() : nullptr,
+                        need_w ? dw.data_ptr<T>() : nullptr, 1, n.E};
+        if (need_w || need_x || need_wv)
+            cross_grad_kernel<T>(by_target, n.H, C, n.D, dp, wvp, nullptr, xp,
+                                 data<const T>(w, "w", f), 1, n.E, o);
+        return std::make_tuple(dw, dx, dwv);
     });
 }
 
@@ -1720,8 +1664,9 @@ TORCH_LIBRARY_IMPL(graphformer, CPU, m) {
     m.impl("edge_quadratic_backward", &edge_quadratic_backward);
     m.impl("edge_cross", &edge_cross);
     m.impl("edge_cross_backward", &edge_cross_backward);
-    m.impl("edge_value_sum", &edge_value_sum);
-    m.impl("edge_value_sum_backward", &edge_value_sum_backward);
+    m.impl("edge_values", &edge_values);
+    m.impl("edge_values_into", &edge_values_into);
+    m.impl("edge_values_backward", &edge_values_backward);
 }
 
 // No tensor argument: no backend key to dispatch on, so it is the op's

@@ -13,7 +13,8 @@ the custom ops ``torch.ops.graphformer.fused_attention`` and
 ``gelu_dropout_backward`` (:mod:`graphformer.nn.functional`),
 ``group_by_source`` (:mod:`graphformer.nn.csr`), ``edge_quadratic``,
 ``edge_quadratic_backward``, ``edge_cross``, ``edge_cross_backward``,
-``edge_value_sum`` and ``edge_value_sum_backward`` (:mod:`graphformer.nn.edge_terms`). Those modules define each
+``edge_values``, ``edge_values_into`` and ``edge_values_backward``
+(:mod:`graphformer.nn.edge_terms`). Those modules define each
 op's schema (:func:`define_op`), fake (meta) implementation and, where
 differentiable, autograd formula, so that :func:`torch.compile` and
 :func:`torch.export.export` trace them. Random decisions take their seed as

@@ -16,9 +16,10 @@ weights ``[H, E]``).
 
 - :class:`PerEdgeTerms`: features per edge ``edge_attr [E, D]``; the value
   term is regrouped, :math:`\sum_j \alpha_{ij} \mathbf{e}_{ij}` per target
-  and head (``torch.ops.graphformer.edge_value_sum``, a C++ pass by target,
-  on the CPU; elsewhere a sparse product). On the CPU (with the C++
-  kernels) the features stay in the caller's order (the kernels read them
+  and head, then projected (``torch.ops.graphformer.edge_values``, one C++
+  pass by target that projects each node's sums as it makes them, on the
+  CPU; elsewhere a sparse product, then the projection). On the CPU (with
+  the C++ kernels) the features stay in the caller's order (the kernels read them
   through the edge set's permutation) and the score terms are regrouped
   too: the two cross terms as node-by-feature tables met per edge,
   :math:`\mathbf{q}^h_i\cdot\mathbf{W}^h_{ke}\mathbf{e} =
@@ -29,8 +30,9 @@ weights ``[H, E]``).
   projections in chunks of edges (:class:`ChunkedEdgeScores`). With all
   three projections the ``fused_cpu`` backend takes the cross terms' weights
   instead (:meth:`PerEdgeTerms.block_terms`) and runs scores, attention and
-  value sums as one op. (The kernels make the tables' rows as their passes
-  meet the nodes: no [H, N, D] table is kept.)
+  the value term as one op. (The kernels make the tables' rows as their
+  passes meet the nodes, and project the value sums likewise: no [H, N, D]
+  array is kept.)
 - :class:`TypedEdgeTerms`: features per edge type, ``table [R, D]`` and
   ``edge_type [E]`` (bond types, relation ids, pattern membership). The
   projections are taken of the R rows only, the query and key terms are
@@ -176,6 +178,48 @@ def _triangle(D: int, device: torch.device) -> Tuple[Tensor, Tensor]:
     return rows, cols
 
 
+def _pair_of_entries(D: int, device: torch.device) -> Tensor:
+    """The coefficient of every entry ``(a, b)`` of a D × D matrix, ``[D·D]``
+    row-major: the row of the pair ``(min(a, b), max(a, b))`` in
+    :func:`_triangle`'s order."""
+    ar = torch.arange(D, device=device)
+    lo, hi = torch.minimum(ar[:, None], ar[None, :]), torch.maximum(ar[:, None], ar[None, :])
+    return (lo * D - lo * (lo - 1) // 2 + hi - lo).flatten()
+
+
+class _QuadraticCoefficients(torch.autograd.Function):
+    """:func:`quadratic_coefficients` with its gradient as two batched
+    products: the form's gradient of M_h is the symmetric matrix of the
+    coefficients' gradient (``dM_ab = dc_{min(a,b) max(a,b)}``), so
+    ``dW_qe^h = W_ke^h dM_h`` and ``dW_ke^h = W_qe^h dM_h`` (the index
+    operations autograd would record cost several times the products at
+    these sizes). Differentiable twice: the backward is made of
+    differentiable operations."""
+
+    @staticmethod
+    def forward(ctx, w_eq: Tensor, w_ek: Tensor, heads: int) -> Tensor:
+        D = w_eq.size(1)
+        a, b = w_eq.view(heads, -1, D), w_ek.view(heads, -1, D)
+        m = torch.bmm(a.transpose(1, 2), b)                       # M_h = W_qe^hT W_ke^h
+        rows, cols = _triangle(D, w_eq.device)
+        # c_ab = M_ab + M_ba (a < b), c_aa = M_aa
+        c = (m + m.transpose(1, 2)).view(heads, D * D).index_select(1, rows * D + cols)
+        c = c * torch.where(rows == cols, 0.5, 1.0).to(c.dtype)
+        ctx.save_for_backward(w_eq, w_ek)
+        ctx.heads = heads
+        return c.t().contiguous()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        w_eq, w_ek = ctx.saved_tensors
+        H, D = ctx.heads, w_eq.size(1)
+        a, b = w_eq.view(H, -1, D), w_ek.view(H, -1, D)
+        d_m = grad.t().index_select(1, _pair_of_entries(D, grad.device)).view(H, D, D)
+        d_eq = torch.bmm(b, d_m).view(-1, D) if ctx.needs_input_grad[0] else None
+        d_ek = torch.bmm(a, d_m).view(-1, D) if ctx.needs_input_grad[1] else None
+        return d_eq, d_ek, None
+
+
 def quadratic_coefficients(w_eq: Tensor, w_ek: Tensor, heads: int) -> Tensor:
     r"""The coefficients ``c [D (D + 1) / 2, H]`` of
     :math:`(\mathbf{W}^h_{qe}\mathbf{e})\cdot(\mathbf{W}^h_{ke}\mathbf{e}) =
@@ -183,12 +227,7 @@ def quadratic_coefficients(w_eq: Tensor, w_ek: Tensor, heads: int) -> Tensor:
     :math:`M_h = \mathbf{W}^{h\top}_{qe}\mathbf{W}^h_{ke}` (``w_eq``, ``w_ek``
     ``[H·C, D]``): :math:`c_{aa,h} = (M_h)_{aa}` and :math:`c_{ab,h} =
     (M_h)_{ab} + (M_h)_{ba}` for :math:`a < b`. Differentiable."""
-    D = w_eq.size(1)
-    m = torch.einsum("hcd,hce->hde", w_eq.view(heads, -1, D), w_ek.view(heads, -1, D))
-    rows, cols = _triangle(D, w_eq.device)
-    c = m[:, rows, cols] + m[:, cols, rows]                    # the diagonal twice
-    c = c * torch.where(rows == cols, 0.5, 1.0).to(c.dtype)
-    return c.t().contiguous()
+    return _QuadraticCoefficients.apply(w_eq, w_ek, heads)
 
 
 #: ``torch.ops.graphformer.edge_quadratic_backward(grad, x, c, need_x, need_c)``:
@@ -252,20 +291,18 @@ def edge_quadratic(x: Tensor, c: Tensor) -> Tensor:
 #: node's table row ``wa_h^T a[i, h]`` (``[H, D]``) when it meets the node,
 #: never an [H, N, D] table. Its backward, ``edge_cross_backward``, gives
 #: ``(da, db, dwa, dwb, dx, dc)`` (each empty where not needed), adds both
-#: terms' gradients of ``x`` into one buffer, and with ``vw`` [H, E] and
-#: ``vg`` [H, N, D] also the gradient of ``x`` of ``edge_value_sum(vw, x)``
-#: whose gradient is ``vg`` (so that one op over a whole attention block
-#: gives ``x`` one gradient); with ``da_into`` (``db_into``) it adds ``a``'s
-#: (``b``'s) gradient into that tensor, a gradient the caller already holds,
-#: and returns an empty ``da`` (``db``): no fresh buffer to fault in.
+#: terms' gradients of ``x`` into one buffer; with ``da_into`` (``db_into``,
+#: ``dx_into``) it adds ``a``'s (``b``'s, ``x``'s) gradient into that tensor,
+#: a gradient the caller already holds, and returns an empty ``da`` (``db``,
+#: ``dx``): no fresh buffer to fault in.
 _EDGE_CROSS = define_op("edge_cross", "(Tensor a, Tensor b, Tensor wa, Tensor wb, Tensor x, "
                         "Tensor ptr, Tensor col, Tensor sptr, Tensor perm, Tensor? order, "
                         "Tensor? c=None) -> Tensor")
 _EDGE_CROSS_BACKWARD = define_op(
     "edge_cross_backward", "(Tensor grad, Tensor a, Tensor b, Tensor wa, Tensor wb, Tensor x, "
     "Tensor ptr, Tensor col, Tensor sptr, Tensor perm, Tensor? order, Tensor? c, bool need_a, "
-    "bool need_b, bool need_wa, bool need_wb, bool need_x, bool need_c, Tensor? vw=None, "
-    "Tensor? vg=None, Tensor(a!)? da_into=None, Tensor(b!)? db_into=None) "
+    "bool need_b, bool need_wa, bool need_wb, bool need_x, bool need_c, "
+    "Tensor(a!)? da_into=None, Tensor(b!)? db_into=None, Tensor(c!)? dx_into=None) "
     "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
 
 
@@ -283,12 +320,11 @@ def _(a: Tensor, b: Tensor, wa: Tensor, wb: Tensor, x: Tensor, ptr: Tensor, col:
 def _(grad: Tensor, a: Tensor, b: Tensor, wa: Tensor, wb: Tensor, x: Tensor, ptr: Tensor,
       col: Tensor, sptr: Tensor, perm: Tensor, order: Optional[Tensor], c: Optional[Tensor],
       need_a: bool, need_b: bool, need_wa: bool, need_wb: bool, need_x: bool, need_c: bool,
-      vw: Optional[Tensor] = None, vg: Optional[Tensor] = None,
-      da_into: Optional[Tensor] = None, db_into: Optional[Tensor] = None
-      ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+      da_into: Optional[Tensor] = None, db_into: Optional[Tensor] = None,
+      dx_into: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     dc = x.new_empty((c.size(0) if need_c and c is not None else 0, a.size(1)))
     return (_like(a, need_a and da_into is None), _like(b, need_b and db_into is None),
-            _like(wa, need_wa), _like(wb, need_wb), _like(x, need_x), dc)
+            _like(wa, need_wa), _like(wb, need_wb), _like(x, need_x and dx_into is None), dc)
 
 
 def _edge_cross_backward(ctx, grad: Tensor):
@@ -324,37 +360,58 @@ def edge_cross(a: Tensor, b: Tensor, wa: Tensor, wb: Tensor, x: Tensor, csr: Edg
                                             sources.members, order, c)
 
 
-#: ``torch.ops.graphformer.edge_value_sum(w, x, ptr, order)``: the sums
-#: ``out[h, i] = Σ_{e -> i} w[h, e] x[order[e]]``, [H, N, D], of the weights
-#: ``w [H, E]`` (CSR by target ``ptr``); gradients by
-#: ``edge_value_sum_backward(grad, w, x, ptr, col, order, need_w, need_x)``.
-_EDGE_VALUE_SUM = define_op("edge_value_sum",
-                            "(Tensor w, Tensor x, Tensor ptr, Tensor col, Tensor? order) -> Tensor")
-_EDGE_VALUE_SUM_BACKWARD = define_op(
-    "edge_value_sum_backward", "(Tensor grad, Tensor w, Tensor x, Tensor ptr, Tensor col, "
-    "Tensor? order, bool need_w, bool need_x) -> (Tensor, Tensor)")
+#: ``torch.ops.graphformer.edge_values(w, wv, x, ptr, order)``: the value
+#: term ``out[i, h] = W_h Σ_{e -> i} w[h, e] x[order[e]]``, [N, H, C], of the
+#: weights ``w [H, E]`` (CSR by target ``ptr``; ``order`` as for
+#: ``edge_cross``) and the projection ``wv [H·C, D]`` (``W_h``: rows ``h·C ..
+#: h·C + C - 1``): one pass by target that sums each node's features in
+#: scratch and projects them for blocks of 8 nodes, never an [H, N, D]
+#: array. ``edge_values_into(out, ...)`` adds the same into ``out``, a tensor
+#: the caller owns (no autograd: for ops that hold their own formula). The
+#: gradients: ``edge_values_backward(dout, w, wv, x, ptr, order, need_w,
+#: need_x, need_wv, dx_into)`` gives ``(dw [H, E], dx, dwv)``, those of a
+#: cross term whose node rows are ``dout`` (``dw`` the ``edge_cross`` of
+#: ``dout`` and ``wv``, ``dx`` and ``dwv`` its backward's), each empty where
+#: not needed; with ``dx_into`` it adds ``x``'s gradient into that tensor
+#: and returns an empty ``dx``.
+_EDGE_VALUES = define_op("edge_values",
+                         "(Tensor w, Tensor wv, Tensor x, Tensor ptr, Tensor? order) -> Tensor")
+_EDGE_VALUES_INTO = define_op("edge_values_into", "(Tensor(a!) out, Tensor w, Tensor wv, "
+                              "Tensor x, Tensor ptr, Tensor? order) -> ()")
+_EDGE_VALUES_BACKWARD = define_op(
+    "edge_values_backward", "(Tensor dout, Tensor w, Tensor wv, Tensor x, Tensor ptr, "
+    "Tensor? order, bool need_w, bool need_x, bool need_wv, Tensor(a!)? dx_into=None) "
+    "-> (Tensor, Tensor, Tensor)")
 
 
-@torch.library.register_fake(_EDGE_VALUE_SUM)
-def _(w: Tensor, x: Tensor, ptr: Tensor, col: Tensor, order: Optional[Tensor]) -> Tensor:
-    return w.new_empty(w.size(0), ptr.size(0) - 1, x.size(1))
+@torch.library.register_fake(_EDGE_VALUES)
+def _(w: Tensor, wv: Tensor, x: Tensor, ptr: Tensor, order: Optional[Tensor]) -> Tensor:
+    H = w.size(0)
+    return w.new_empty(ptr.size(0) - 1, H, wv.size(0) // H)
 
 
-@torch.library.register_fake(_EDGE_VALUE_SUM_BACKWARD)
-def _(grad: Tensor, w: Tensor, x: Tensor, ptr: Tensor, col: Tensor, order: Optional[Tensor],
-      need_w: bool, need_x: bool) -> Tuple[Tensor, Tensor]:
-    return _like(w, need_w), _like(x, need_x)
+@torch.library.register_fake(_EDGE_VALUES_INTO)
+def _(out: Tensor, w: Tensor, wv: Tensor, x: Tensor, ptr: Tensor,
+      order: Optional[Tensor]) -> None:
+    return None
 
 
-def _edge_value_sum_backward(ctx, grad: Tensor):
-    need_w, need_x = ctx.needs_input_grad[:2]
-    dw, dx = torch.ops.graphformer.edge_value_sum_backward(grad, *ctx.saved_tensors, need_w,
-                                                           need_x)
-    return dw if need_w else None, dx if need_x else None, None, None, None
+@torch.library.register_fake(_EDGE_VALUES_BACKWARD)
+def _(dout: Tensor, w: Tensor, wv: Tensor, x: Tensor, ptr: Tensor, order: Optional[Tensor],
+      need_w: bool, need_x: bool, need_wv: bool, dx_into: Optional[Tensor] = None
+      ) -> Tuple[Tensor, Tensor, Tensor]:
+    return _like(w, need_w), _like(x, need_x and dx_into is None), _like(wv, need_wv)
 
 
-torch.library.register_autograd(_EDGE_VALUE_SUM, _edge_value_sum_backward,
-                                setup_context=_save_inputs)
+def _edge_values_backward(ctx, dout: Tensor):
+    need_w, need_wv, need_x = ctx.needs_input_grad[:3]
+    dw, dx, dwv = torch.ops.graphformer.edge_values_backward(dout, *ctx.saved_tensors, need_w,
+                                                             need_x, need_wv)
+    return (dw if need_w else None, dwv if need_wv else None, dx if need_x else None, None,
+            None)
+
+
+torch.library.register_autograd(_EDGE_VALUES, _edge_values_backward, setup_context=_save_inputs)
 
 
 def node_table(y: Tensor, w: Tensor) -> Tensor:
@@ -444,36 +501,36 @@ class PerEdgeTerms:
         return edge_scores(q, k, edge_attr, self.w_eq, self.w_ek, self.csr, order).t()
 
     def values(self, weights: Tensor) -> Optional[Tensor]:
-        """The edge value term [N_t, H, C] of the weights [H, E], or None."""
+        r"""The edge value term [N_t, H, C] of the weights [H, E], or None:
+        :math:`\mathbf{W}^h_{ve}\sum_j w^h_{ij}\mathbf{e}_{ij}`, the sums
+        projected in the same pass on the CPU with the C++ kernels
+        (``torch.ops.graphformer.edge_values``), elsewhere a sparse product
+        ``[H, N_t, D]`` then the projection."""
         if self.w_ev is None:
             return None
-        if _kernels_for(self.edge_attr):                                           # [H, N, D]
-            agg = torch.ops.graphformer.edge_value_sum(weights, self.edge_attr, self.csr.ptr,
-                                                       self.csr.col, self.order)
-        else:
-            agg = ScatterSum.apply(weights, self.per_edge(), Grouping.targets(self.csr))
-        return self.project_values(agg)
-
-    def project_values(self, sums: Tensor) -> Tensor:
-        r"""The value term [N_t, H, C] of the weighted sums of features
-        :math:`\sum_j \alpha^h_{ij}\mathbf{e}_{ij}` ``[H, N_t, D]``: their
-        projection by :math:`\mathbf{W}^h_{ve}`."""
+        if _kernels_for(self.edge_attr):
+            return torch.ops.graphformer.edge_values(weights, self.w_ev, self.edge_attr,
+                                                     self.csr.ptr, self.order)
+        sums = ScatterSum.apply(weights, self.per_edge(), Grouping.targets(self.csr))
         H, D = sums.size(0), sums.size(2)
         return torch.einsum("hnd,hcd->nhc", sums, self.w_ev.view(H, -1, D))
 
-    def block_terms(self, heads: int) -> Optional[Tuple[Tensor, Tensor, Tensor]]:
+    def block_terms(self, heads: int) -> Optional[Tuple[Tensor, Tensor, Tensor, Tensor]]:
         """What one op over the whole attention block (the ``fused_cpu``
         backend's ``edge_feature_attention``) takes of these terms besides
-        the queries and keys: the cross terms' weights and the quadratic
-        coefficients ``(W_ke [H·C, D], W_qe [H·C, D], c [D (D + 1) / 2,
-        H])`` (the op's passes make the node tables' rows ``W_ke^T q_i``,
-        ``W_qe^T k_j`` as they meet the nodes), when all three edge
-        projections are present and the C++ kernels take the features; else
-        None (the terms then go through :meth:`scores` and :meth:`values`)."""
+        the queries and keys: the cross terms' weights, the quadratic
+        coefficients and the value projection ``(W_ke [H·C, D], W_qe [H·C,
+        D], c [D (D + 1) / 2, H], W_ve [H·C, D])`` (the op's passes make the
+        node tables' rows ``W_ke^T q_i``, ``W_qe^T k_j`` as they meet the
+        nodes, and project the value sums as they make them), when all three
+        edge projections are present and the C++ kernels take the features;
+        else None (the terms then go through :meth:`scores` and
+        :meth:`values`)."""
         if self.w_ev is None or not _scores_read_through_order(self.edge_attr, self.w_eq,
                                                                self.w_ek):
             return None
-        return self.w_ek, self.w_eq, quadratic_coefficients(self.w_eq, self.w_ek, heads)
+        return (self.w_ek, self.w_eq, quadratic_coefficients(self.w_eq, self.w_ek, heads),
+                self.w_ev)
 
     def per_edge(self) -> Tensor:
         """The features of every edge, [E, D], in CSR order."""

@@ -218,27 +218,28 @@ torch.library.register_autograd(_FUSED_ATTENTION, _fused_backward, setup_context
 @torch.library.custom_op("graphformer::edge_feature_attention", mutates_args=(),
                          device_types="cpu")
 def _edge_feature_attention(q: Tensor, k: Tensor, v: Tensor, wa: Tensor, wb: Tensor,
-                            x: Tensor, c: Tensor, ptr: Tensor, col: Tensor, ptr_t: Tensor,
-                            row_t: Tensor, perm: Tensor, order: Optional[Tensor],
+                            x: Tensor, c: Tensor, wv: Tensor, ptr: Tensor, col: Tensor,
+                            ptr_t: Tensor, row_t: Tensor, perm: Tensor, order: Optional[Tensor],
                             masked: Optional[Tensor], seed: Tensor, scale: float, dropout: float
-                            ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+                            ) -> Tuple[Tensor, Tensor, Tensor]:
     """The attention block with per-edge features in one op: the cross terms
     and quadratic form of the features (``edge_cross`` of ``q`` and ``k``
     with the weights ``wa``, ``wb``, coefficients ``c``) as the bias
-    (``-inf`` where ``masked`` [H, E]), the fused attention, and the sums
-    of the features weighted by the kept weights (``edge_value_sum``).
-    Returns ``(out [N_t, H, C], alpha [H, E], keep, sums [H, N_t, D])``. One
-    autograd node for all three, so that the features ``x`` get one gradient
-    (``edge_cross_backward`` gathers the value sums' share with its own,
-    written once) instead of two [E, D] gradients for autograd to add."""
+    (``-inf`` where ``masked`` [H, E]), the fused attention, and the value
+    term of the features, their sums weighted by the kept weights and
+    projected by ``wv`` (``edge_values_into``, added into the attention's
+    fresh output). Returns ``(out [N_t, H, C], alpha [H, E], keep)``. One
+    autograd node for all three, so that the features ``x`` get one
+    gradient (the value term's added into ``edge_cross_backward``'s, one
+    buffer) instead of two [E, D] gradients for autograd to add."""
     ops = torch.ops.graphformer
     bias = ops.edge_cross(q, k, wa, wb, x, ptr, col, ptr_t, perm, order, c).t()
     if masked is not None:
         bias = bias.masked_fill(masked, float("-inf"))
     out, alpha, keep = ops.fused_attention(q, k, v, ptr, col, ptr_t, row_t, perm, bias, None,
                                            None, None, None, seed, scale, dropout)
-    sums = ops.edge_value_sum(_kept_weights(alpha, keep, dropout), x, ptr, col, order)
-    return out, alpha, keep, sums
+    ops.edge_values_into(out, _kept_weights(alpha, keep, dropout), wv, x, ptr, order)
+    return out, alpha, keep
 
 
 def _kept_weights(alpha: Tensor, keep: Tensor, dropout: float) -> Tensor:
@@ -254,51 +255,53 @@ def _multipliers(keep: Tensor, dropout: float, dtype: torch.dtype) -> Tensor:
 
 
 @_edge_feature_attention.register_fake
-def _(q, k, v, wa, wb, x, c, ptr, col, ptr_t, row_t, perm, order, masked, seed, scale, dropout):
+def _(q, k, v, wa, wb, x, c, wv, ptr, col, ptr_t, row_t, perm, order, masked, seed, scale,
+      dropout):
     N, H, C = q.shape
     E = col.shape[0]
     keep = q.new_empty((H, E) if dropout > 0.0 else (0,), dtype=torch.uint8)
-    return q.new_empty(N, H, C), q.new_empty(H, E), keep, q.new_empty(H, N, x.shape[1])
+    return q.new_empty(N, H, C), q.new_empty(H, E), keep
 
 
 def _setup_edge_feature_attention(ctx, inputs, output) -> None:
-    (q, k, v, wa, wb, x, c, ptr, col, ptr_t, row_t, perm, order, masked, seed, scale,
+    (q, k, v, wa, wb, x, c, wv, ptr, col, ptr_t, row_t, perm, order, masked, seed, scale,
      dropout) = inputs
-    _, alpha, keep, _ = output
-    ctx.save_for_backward(q, k, v, wa, wb, x, c, ptr, col, ptr_t, row_t, perm, order, masked,
-                          alpha, keep)
+    _, alpha, keep = output
+    ctx.save_for_backward(q, k, v, wa, wb, x, c, wv, ptr, col, ptr_t, row_t, perm, order,
+                          masked, alpha, keep)
     ctx.consts = (scale, dropout)
 
 
-def _edge_feature_attention_backward(ctx, dout, dalpha, _dkeep, dsums):
-    (q, k, v, wa, wb, x, c, ptr, col, ptr_t, row_t, perm, order, masked, alpha,
+def _edge_feature_attention_backward(ctx, dout, dalpha, _dkeep):
+    (q, k, v, wa, wb, x, c, wv, ptr, col, ptr_t, row_t, perm, order, masked, alpha,
      keep) = ctx.saved_tensors
     scale, dropout = ctx.consts
-    need_q, need_k, need_v, need_wa, need_wb, need_x, need_c = ctx.needs_input_grad[:7]
+    need_q, need_k, need_v, need_wa, need_wb, need_x, need_c, need_wv = ctx.needs_input_grad[:8]
     ops = torch.ops.graphformer
-    weights = None
-    if dsums is not None:   # the value sums' gradient of the weights, then of alpha
-        mult = _multipliers(keep, dropout, alpha.dtype) if keep.numel() else None
-        weights = alpha if mult is None else alpha * mult
-        dw, _ = ops.edge_value_sum_backward(dsums, weights, x, ptr, col, order, True, False)
-        if mult is not None:
-            dw = dw * mult
-        dalpha = dw if dalpha is None else dalpha + dw
     if dout is None:
         dout = torch.zeros_like(q)
+    # the value term's gradients: of the weights (then of alpha), of the
+    # projection, and x's, into which the cross terms' are then added
+    mult = _multipliers(keep, dropout, alpha.dtype) if keep.numel() else None
+    weights = alpha if mult is None else alpha * mult
+    dw, dx, dwv = ops.edge_values_backward(dout, weights, wv, x, ptr, order, True, need_x,
+                                           need_wv)
+    if mult is not None:
+        dw = dw * mult
+    dalpha = dw if dalpha is None else dalpha + dw
     dq, dk, dv, ds, _, _, _ = ops.fused_attention_backward(
         dout, dalpha, q, k, v, ptr, col, ptr_t, row_t, perm, None, None, alpha, keep, 0, False,
         False, scale, dropout, True)                  # ds [E, H], as edge_cross gave the bias
     if masked is not None:   # the masked scores' gradient (0 already: their alpha is 0)
         ds = ds.masked_fill(masked.t(), 0.0)
-    values = dsums is not None and need_x
-    # the cross terms' gradients of q and k added into the attention's (fresh, ours)
-    _, _, dwa, dwb, dx, dc = ops.edge_cross_backward(
+    # the cross terms' gradients of q, k and x added into those we hold (fresh, ours)
+    _, _, dwa, dwb, _, dc = ops.edge_cross_backward(
         ds, q, k, wa, wb, x, ptr, col, ptr_t, perm, order, c, need_q, need_k, need_wa, need_wb,
-        need_x, need_c, weights if values else None, dsums if values else None, dq, dk)
+        need_x, need_c, dq, dk, dx if need_x else None)
     return (dq if need_q else None, dk if need_k else None,
             dv if need_v else None, dwa if need_wa else None, dwb if need_wb else None,
-            dx if need_x else None, dc if need_c else None, *(None,) * 10)
+            dx if need_x else None, dc if need_c else None, dwv if need_wv else None,
+            *(None,) * 10)
 
 
 _edge_feature_attention.register_autograd(_edge_feature_attention_backward,
@@ -486,19 +489,20 @@ def fused_cpu_backend(call: AttentionCall) -> Tuple[Tensor, Optional[Tensor]]:
     return out, alpha.t()
 
 
-def _attend_with_edge_features(call: AttentionCall, block: Tuple[Tensor, Tensor, Tensor],
+def _attend_with_edge_features(call: AttentionCall,
+                               block: Tuple[Tensor, Tensor, Tensor, Tensor],
                                dropout: float) -> Tuple[Tensor, Optional[Tensor]]:
     """:func:`fused_cpu_backend` for per-edge features with all three edge
     projections: the whole block as one op (``edge_feature_attention``, from
     the terms' :meth:`~graphformer.nn.edge_terms.PerEdgeTerms.block_terms`),
-    then the value sums projected."""
+    the value term included."""
     q, k, v, csr, terms = call.q, call.k, call.v, call.edges.csr, call.terms
     scale, seed_t = _scale_and_seed(q.size(2), dropout, None, None)
     transposed, perm = csr.transpose()          # built once per edge set
     masked = None if call.head_mask is None else ~call.head_mask.t()
-    wa, wb, c = block
-    out, alpha, _, sums = torch.ops.graphformer.edge_feature_attention(
+    wa, wb, c, wv = block
+    out, alpha, _ = torch.ops.graphformer.edge_feature_attention(
         q.contiguous(), k.contiguous(), v.contiguous(), wa, wb, terms.edge_attr.contiguous(), c,
-        csr.ptr, csr.col, transposed.ptr, transposed.col, perm, terms.order, masked, seed_t,
+        wv, csr.ptr, csr.col, transposed.ptr, transposed.col, perm, terms.order, masked, seed_t,
         scale, float(dropout))
-    return out + terms.project_values(sums), alpha.t()
+    return out, alpha.t()

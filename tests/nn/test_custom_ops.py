@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(
 OPS = ("group_by_source", "hashed_dropout", "gelu_dropout", "gelu_dropout_backward",
        "dropout_multiplier", "fused_attention", "fused_attention_backward", "edge_quadratic",
        "edge_quadratic_backward", "edge_cross", "edge_cross_backward",
-       "edge_value_sum", "edge_value_sum_backward", "edge_feature_attention")
+       "edge_values", "edge_values_into", "edge_values_backward", "edge_feature_attention")
 DTYPES = [torch.float32, torch.float64]
 
 
@@ -205,20 +205,20 @@ def test_edge_cross(dtype, D, C, ordered, quadratic):
         torch.library.opcheck(torch.ops.graphformer.edge_cross_backward.default,
                               (g, *detached, ptr, src, sptr, perm, order,
                                None if c is None else c.detach(), *need, quadratic))
-    # the rows' gradients added into tensors the caller holds (none returned)
-    bases = (torch.randn_like(a), torch.randn_like(b))
+    # the rows' and x's gradients added into tensors the caller holds (none returned)
+    bases = (torch.randn_like(a), torch.randn_like(b), torch.randn_like(x))
     into = [t.detach().clone() for t in bases]
     c_det = None if c is None else c.detach()
     backward = (g, *detached, ptr, src, sptr, perm, order, c_det, True, True, False, False,
-                False, False, None, None)
-    da, db, *_ = torch.ops.graphformer.edge_cross_backward(*backward, *into)
-    assert da.numel() == 0 and db.numel() == 0
-    for got, base, grad in zip(into, bases, grads[:2]):
+                True, False)
+    da, db, _, _, dx, _ = torch.ops.graphformer.edge_cross_backward(*backward, *into)
+    assert da.numel() == 0 and db.numel() == 0 and dx.numel() == 0
+    for got, base, grad in zip(into, bases, (grads[0], grads[1], grads[4])):
         torch.testing.assert_close(got, base + grad, **tol)
     torch.library.opcheck(torch.ops.graphformer.edge_cross_backward.default,
                           (*backward, *[t.clone() for t in bases]))
     with pytest.raises(ValueError, match="'db_into' must be contiguous and of shape"):
-        torch.ops.graphformer.edge_cross_backward(*backward, into[0], into[1][:2])
+        torch.ops.graphformer.edge_cross_backward(*backward, into[0], into[1][:2], into[2])
     with pytest.raises(ValueError, match="'ptr' must have N \\+ 1 = 6"):
         torch.ops.graphformer.edge_cross(a, b, wa, wb, x, ptr[:-1], src, sptr, perm, order)
     with pytest.raises(ValueError, match="disagree on H or C"):
@@ -275,37 +275,99 @@ def test_edge_cross_over_many_nodes_does_not_depend_on_threads(dtype):
         assert torch.equal(one, two)
 
 
-@pytest.mark.parametrize("ordered", [False, True])
-@pytest.mark.parametrize("D", [4, 16])
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_edge_value_sum(dtype, D, ordered):
-    """sum over the edges e into i of w[h, e] x_e, [H, N, D], with a target
-    without edges (3); gradients of w [H, E] and x (in x's order with
-    ``order``) against index_add."""
-    torch.manual_seed(1)
-    H, N = 3, 5
-    src = torch.tensor([1, 2, 0, 3, 1, 0, 2])
-    dst = torch.tensor([0, 0, 1, 1, 2, 4, 4])
-    ptr = torch.tensor([0, 2, 4, 5, 5, 7])
-    order = torch.tensor([3, 0, 6, 1, 5, 2, 4]) if ordered else None
-    w = torch.randn(H, src.numel(), dtype=dtype, requires_grad=True)
-    x = torch.randn(src.numel(), D, dtype=dtype, requires_grad=True)
-    out = torch.ops.graphformer.edge_value_sum(w, x, ptr, src, order)
+def _value_term_reference(w, wv, x, dst, N, order):
+    """W_h sum over the edges e into i of w[h, e] x_e, [N, H, C], by index_add
+    and einsum."""
+    H, D = w.size(0), x.size(1)
     x_csr = x if order is None else x[order]
-    ref = torch.zeros(H, N, D, dtype=dtype).index_add(1, dst, w.unsqueeze(-1) * x_csr)
+    sums = torch.zeros(H, N, D, dtype=x.dtype).index_add(1, dst, w.unsqueeze(-1) * x_csr)
+    return torch.einsum("hnd,hcd->nhc", sums, wv.view(H, -1, D))
+
+
+@pytest.mark.parametrize("ordered", [False, True])
+@pytest.mark.parametrize("D,C", [(4, 5), (16, 16)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_edge_values(dtype, D, C, ordered):
+    """The value term W_h sum over the edges e into i of w[h, e] x_e, [N, H,
+    C], with a target without edges (3) and 11 targets (a block of 8 and a
+    tail), in scalar and (C = D = 16) vector blocks: values, the in-place
+    form (added into a tensor), and the gradients of w [H, E], wv and x (in
+    x's order with ``order``) against index_add and einsum."""
+    torch.manual_seed(1)
+    H, N = 3, 11
+    src = torch.tensor([1, 2, 0, 3, 1, 0, 2, 9, 10, 4, 7, 7])
+    dst = torch.tensor([0, 0, 1, 1, 2, 4, 4, 5, 8, 9, 10, 10])
+    ptr = torch.cat([torch.zeros(1, dtype=torch.long), torch.bincount(dst, minlength=N).cumsum(0)])
+    E = src.numel()
+    order = torch.randperm(E) if ordered else None
+    w = torch.randn(H, E, dtype=dtype, requires_grad=True)
+    wv = torch.randn(H * C, D, dtype=dtype, requires_grad=True)
+    x = torch.randn(E, D, dtype=dtype, requires_grad=True)
+    ops = torch.ops.graphformer
+    out = ops.edge_values(w, wv, x, ptr, order)
+    ref = _value_term_reference(w, wv, x, dst, N, order)
     tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else {}
     torch.testing.assert_close(out, ref, **tol)
-    assert out[:, 3].abs().sum() == 0
+    assert out[3].abs().sum() == 0
+    base = torch.randn(N, H, C, dtype=dtype)
+    into = base.clone()
+    ops.edge_values_into(into, w.detach(), wv.detach(), x.detach(), ptr, order)
+    torch.testing.assert_close(into, base + ref.detach(), **tol)
     g = torch.randn_like(ref)
-    for ours, theirs in zip(torch.autograd.grad(out, (w, x), g),
-                            torch.autograd.grad(ref, (w, x), g)):
+    expected = torch.autograd.grad(ref, (w, wv, x), g)
+    for ours, theirs in zip(torch.autograd.grad(out, (w, wv, x), g), expected):
         torch.testing.assert_close(ours, theirs, **tol)
-    torch.library.opcheck(torch.ops.graphformer.edge_value_sum.default, (w, x, ptr, src, order))
-    for need_w, need_x in ((True, True), (True, False), (False, True)):
-        torch.library.opcheck(torch.ops.graphformer.edge_value_sum_backward.default,
-                              (g, w.detach(), x.detach(), ptr, src, order, need_w, need_x))
-    with pytest.raises(ValueError, match="'w' \\[H, E\\] and 'x' \\[E, D\\] expected"):
-        torch.ops.graphformer.edge_value_sum(w[:, :6], x, ptr, src, order)
+    # x's gradient added into one the caller holds
+    dx_ref = expected[2]
+    held = torch.randn(E, D, dtype=dtype)
+    into_dx = held.clone()
+    _, dx, _ = ops.edge_values_backward(g, w.detach(), wv.detach(), x.detach(), ptr, order,
+                                        False, True, False, into_dx)
+    assert dx.numel() == 0
+    torch.testing.assert_close(into_dx, held + dx_ref, **tol)
+    detached = (w.detach(), wv.detach(), x.detach())
+    torch.library.opcheck(ops.edge_values.default, (w, wv, x, ptr, order))
+    torch.library.opcheck(ops.edge_values_into.default, (base.clone(), *detached, ptr, order))
+    for need in ((True, True, True), (True, False, False), (False, True, True),
+                 (False, False, True)):
+        torch.library.opcheck(ops.edge_values_backward.default,
+                              (g, *detached, ptr, order, *need))
+    torch.library.opcheck(ops.edge_values_backward.default,
+                          (g, *detached, ptr, order, False, True, True, held.clone()))
+    with pytest.raises(ValueError, match="'w' .* disagree on H, E or D"):
+        ops.edge_values(w[:, :6], wv, x, ptr, order)
+    with pytest.raises(ValueError, match="'out' must be \\[N, H, C\\]"):
+        ops.edge_values_into(base[:, :2].contiguous(), *detached, ptr, order)
+    with pytest.raises(ValueError, match="'dx_into' must be contiguous and of shape"):
+        ops.edge_values_backward(g, *detached, ptr, order, False, True, False, held[:5])
+
+
+def test_edge_values_over_many_nodes_do_not_depend_on_threads():
+    """The projection's gradient is summed over at most 16 fixed groups of
+    nodes: 1,203 targets fill them; values and gradients bitwise the same with
+    1 and 2 threads."""
+    torch.manual_seed(3)
+    N, E, H, C, D = 1_203, 6_000, 4, 16, 16
+    dst = torch.randint(0, N, (E,)).sort().values
+    ptr = torch.cat([torch.zeros(1, dtype=torch.long), torch.bincount(dst, minlength=N).cumsum(0)])
+    order = torch.randperm(E)
+    w = torch.rand(H, E, requires_grad=True)
+    wv = torch.randn(H * C, D, requires_grad=True)
+    x = torch.randn(E, D, requires_grad=True)
+    g = torch.randn(N, H, C)
+    threads = torch.get_num_threads()
+    got = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            out = torch.ops.graphformer.edge_values(w, wv, x, ptr, order)
+            got.append((out, *torch.autograd.grad(out, (w, wv, x), g)))
+    finally:
+        torch.set_num_threads(threads)
+    ref = _value_term_reference(w, wv, x, dst, N, order)
+    torch.testing.assert_close(got[0][0], ref, atol=1e-4, rtol=1e-4)
+    for one, two in zip(*got):
+        assert torch.equal(one, two)
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.4])
@@ -316,10 +378,10 @@ def test_edge_feature_attention_is_its_three_ops(dtype, ordered, masked, dropout
     """The attention block with per-edge features as one op (one autograd
     node: the features' gradient gathered in one buffer) equals the three
     ops it runs composed by autograd (the cross terms with the quadratic form
-    as the bias, the fused attention, the sums of the features with the kept
-    weights): values and every gradient, also with gradients reaching the
-    weights and the value sums, with a target without edges (3), ``x`` in
-    another order than the CSR's, a head mask and dropout (same seed)."""
+    as the bias, the fused attention, the value term of the features with
+    the kept weights): values and every gradient, also with gradients
+    reaching the weights, with a target without edges (3), ``x`` in another
+    order than the CSR's, a head mask and dropout (same seed)."""
     torch.manual_seed(2)
     H, N, C, D = 2, 5, 4, 3
     ops = torch.ops.graphformer
@@ -335,11 +397,11 @@ def test_edge_feature_attention_is_its_three_ops(dtype, ordered, masked, dropout
         return torch.randn(*shape, dtype=dtype, requires_grad=True)
 
     inputs = (rand(N, H, C), rand(N, H, C), rand(N, H, C), rand(H * C, D), rand(H * C, D),
-              rand(E, D), rand(D * (D + 1) // 2, H))
-    q, k, v, wa, wb, x, c = inputs
+              rand(E, D), rand(D * (D + 1) // 2, H), rand(H * C, D))
+    q, k, v, wa, wb, x, c, wv = inputs
     seed = seed_tensor(7)
-    out, alpha, keep, sums = ops.edge_feature_attention(
-        q, k, v, wa, wb, x, c, ptr, src, ptr_t, row_t, perm, order, mask, seed, 0.5, dropout)
+    out, alpha, keep = ops.edge_feature_attention(
+        q, k, v, wa, wb, x, c, wv, ptr, src, ptr_t, row_t, perm, order, mask, seed, 0.5, dropout)
     bias = ops.edge_cross(q, k, wa, wb, x, ptr, src, ptr_t, perm, order, c).t()
     if mask is not None:
         bias = bias.masked_fill(mask, float("-inf"))
@@ -349,33 +411,28 @@ def test_edge_feature_attention_is_its_three_ops(dtype, ordered, masked, dropout
     weights = ref_alpha
     if dropout:
         weights = ref_alpha * fused_cpu.dropout_multiplier(7, H, E, dropout, dtype)
-    ref_sums = ops.edge_value_sum(weights, x, ptr, src, order)
+    ref_out = ref_out + ops.edge_values(weights, wv, x, ptr, order)
     tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=1e-12, rtol=1e-10)
-    for ours, theirs in ((out, ref_out), (alpha, ref_alpha), (sums, ref_sums)):
+    for ours, theirs in ((out, ref_out), (alpha, ref_alpha)):
         torch.testing.assert_close(ours, theirs, **tol)
-    assert torch.equal(keep, ref_keep) and sums[:, 3].abs().sum() == 0
+    assert torch.equal(keep, ref_keep)
     assert (keep == 0).any() if dropout else keep.numel() == 0
-    grads = [torch.randn_like(t) for t in (out, alpha, sums)]
-    ours = torch.autograd.grad((out, alpha, sums), inputs, grads, retain_graph=True)
-    theirs = torch.autograd.grad((ref_out, ref_alpha, ref_sums), inputs, grads,
-                                 retain_graph=True)
+    grads = [torch.randn_like(t) for t in (out, alpha)]
+    ours = torch.autograd.grad((out, alpha), inputs, grads, retain_graph=True)
+    theirs = torch.autograd.grad((ref_out, ref_alpha), inputs, grads, retain_graph=True)
     for a, b in zip(ours, theirs):
         torch.testing.assert_close(a, b, **tol)
-    # only the output's gradient (None for alpha and the sums)
+    # only the output's gradient (None for alpha)
     ours = torch.autograd.grad(out, inputs, grads[0])
     for a, b in zip(ours, torch.autograd.grad(ref_out, inputs, grads[0])):
         torch.testing.assert_close(a, b, **tol)
     torch.library.opcheck(ops.edge_feature_attention.default,
-                          (q, k, v, wa, wb, x, c, ptr, src, ptr_t, row_t, perm, order, mask,
+                          (q, k, v, wa, wb, x, c, wv, ptr, src, ptr_t, row_t, perm, order, mask,
                            seed, 0.5, dropout))
-    vw, vg = weights.detach(), grads[2]
     detached = [t.detach() for t in (q, k, wa, wb, x)]
     torch.library.opcheck(ops.edge_cross_backward.default,
                           (grads[1].t(), *detached, ptr, src, ptr_t, perm, order, c.detach(),
-                           *(True,) * 6, vw, vg))
-    with pytest.raises(ValueError, match="'vw' must be \\[H, E\\] = \\[2, 8\\]"):
-        ops.edge_cross_backward(grads[1].t(), *detached, ptr, src, ptr_t, perm, order, c,
-                                *(True,) * 6, vw[:, :7], vg)
+                           *(True,) * 6))
 
 
 def test_edge_quadratic_without_edges():
