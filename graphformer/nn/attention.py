@@ -6,7 +6,7 @@ from typing import Any, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
-from torch.nn.parameter import UninitializedParameter
+from torch.nn.parameter import UninitializedParameter, is_lazy
 from torch_geometric import is_compiling
 from torch_geometric.nn import Linear
 from torch_geometric.nn.conv import MessagePassing
@@ -18,7 +18,7 @@ from .backend import (ATTENTION_BACKENDS, AttentionBackend, AttentionCall, get_b
                       resolve_backend)
 from .edge_set import EdgeSet
 from .edge_terms import PerEdgeTerms, TypedEdgeTerms
-from .functional import dropout, segment_softmax
+from .functional import dropout, linears_of_one_input, segment_softmax
 
 
 class RelationalAttention(MessagePassing):
@@ -185,9 +185,7 @@ class RelationalAttention(MessagePassing):
         if self.lin_edge_q is None:
             edge_attr = None
         H, C = self.heads, self.head_channels
-        q = self.lin_q(x_dst).view(-1, H, C)
-        k = self.lin_k(x_src).view(-1, H, C)
-        v = self.lin_v(x_src).view(-1, H, C)
+        q, k, v = (t.view(-1, H, C) for t in self._project(x_src, x_dst))
         dropout_active = self.training and self.dropout > 0
         backend = resolve_backend(
             self.backend, edges, heads=H, channels=H * C, device=q.device,
@@ -217,6 +215,25 @@ class RelationalAttention(MessagePassing):
         if return_attention_weights:
             return out, alpha
         return out
+
+    def _project(self, x_src: Tensor, x_dst: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """The queries, keys and values ``[N, H·C]``: the projections of one
+        input in one autograd node (:func:`linears_of_one_input`: the input's
+        gradient accumulated in one buffer), the keys' and values' of the
+        sources likewise when the targets differ; the modules themselves
+        under :func:`torch.compile` (whose graph sums the gradients in place
+        anyway), under autocast, before lazy weights are initialised, and for
+        inputs that are not [N, F]."""
+        lins = (self.lin_q, self.lin_k, self.lin_v)
+        if (is_compiling() or x_src.dim() != 2 or any(is_lazy(lin.weight) for lin in lins)
+                or torch.is_autocast_enabled(x_src.device.type)):
+            return self.lin_q(x_dst), self.lin_k(x_src), self.lin_v(x_src)
+        if x_src is x_dst:
+            return linears_of_one_input(x_src, [lin.weight for lin in lins],
+                                        [lin.bias for lin in lins])
+        k, v = linears_of_one_input(x_src, [self.lin_k.weight, self.lin_v.weight],
+                                    [self.lin_k.bias, self.lin_v.bias])
+        return self.lin_q(x_dst), k, v
 
     def _edge_terms(self, edge_attr: OptTensor, edge_type: OptTensor, edges: Optional[EdgeSet],
                     q: Tensor) -> Optional[Union[PerEdgeTerms, TypedEdgeTerms]]:

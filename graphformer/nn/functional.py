@@ -21,7 +21,7 @@ weights: what the ``"sparse"`` attention backend uses.
 from __future__ import annotations
 
 import importlib.util
-from typing import Literal, Optional
+from typing import Literal, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -290,3 +290,51 @@ def gelu_dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
         if threshold < 1 << DROPOUT_BITS:  # else p rounds to 1: dropout below zeroes all
             return torch.ops.graphformer.gelu_dropout(x, seed_tensor(), threshold, scale)
     return dropout(torch.nn.functional.gelu(x), p, training)
+
+
+class _LinearsOfOneInput(torch.autograd.Function):
+    """:func:`linears_of_one_input`: the products as ``F.linear``; backward
+    adds the input's gradients into one buffer (``addmm_``) instead of
+    autograd's out-of-place sums of one product per output. Differentiable
+    twice (the backward is made of differentiable operations)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, *params: Optional[Tensor]):
+        weights, biases = params[0::2], params[1::2]
+        ctx.save_for_backward(x, *weights)
+        ctx.biased = tuple(b is not None for b in biases)
+        return tuple(torch.nn.functional.linear(x, w, b) for w, b in zip(weights, biases))
+
+    @staticmethod
+    def backward(ctx, *grads: Optional[Tensor]):
+        x, *weights = ctx.saved_tensors
+        dx = None
+        if ctx.needs_input_grad[0]:
+            for g, w in zip(grads, weights):
+                if g is not None:
+                    dx = g.mm(w) if dx is None else dx.addmm_(g, w)
+        out = [dx]
+        for i, (g, biased) in enumerate(zip(grads, ctx.biased)):
+            need_w, need_b = ctx.needs_input_grad[1 + 2 * i:3 + 2 * i]
+            out.append(g.t().mm(x) if g is not None and need_w else None)
+            out.append(g.sum(0) if g is not None and biased and need_b else None)
+        return tuple(out)
+
+
+def linears_of_one_input(x: Tensor, weights: Sequence[Tensor],
+                         biases: Sequence[Optional[Tensor]]) -> Tuple[Tensor, ...]:
+    r"""The products :math:`\mathbf{y}_i = \mathbf{x}\mathbf{W}_i^\top +
+    \mathbf{b}_i` of one input ``x [N, F]`` with several weights ``W_i [F_i,
+    F]`` (biases ``b_i [F_i]`` or None): what ``Linear`` modules applied to
+    the same ``x`` give, with one difference in backward, where the input's
+    gradient :math:`\sum_i \partial\mathbf{y}_i\,\mathbf{W}_i` is accumulated
+    in one buffer instead of one product per output and out-of-place sums
+    (an attention layer's queries, keys and values from the same nodes:
+    two [N, F] additions and their fresh buffers fewer). Outside autocast
+    only (its casts belong to each product); there, apply the modules."""
+    if x.dim() != 2 or len(weights) != len(biases):
+        raise ValueError(f"linears_of_one_input takes x [N, F] and one bias (or None) per "
+                         f"weight, got x of shape {list(x.shape)}, {len(weights)} weights "
+                         f"and {len(biases)} biases")
+    params = [p for pair in zip(weights, biases) for p in pair]
+    return _LinearsOfOneInput.apply(x, *params)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from graphformer.nn.functional import segment_softmax, softmax_implementation
+from graphformer.nn.functional import linears_of_one_input, segment_softmax, softmax_implementation
 
 
 def dense_reference(src, index, num_nodes):
@@ -110,3 +110,31 @@ def test_grouped_by_target_any_edge_dim_and_without_index(layout):
     half = segment_softmax(src.half(), row, ptr=ptr, dim=dim)
     assert half.dtype == torch.float16
     torch.testing.assert_close(half.double(), ref, atol=2e-3, rtol=2e-3)
+
+
+def test_linears_of_one_input_are_the_linear_modules_and_twice_differentiable():
+    """Three projections of one input (one without a bias) in one autograd
+    node: the same outputs and gradients as ``Linear`` modules applied one by
+    one (the input's gradient summed in one buffer), in float64 also second
+    derivatives (gradgradcheck), and a gradient asked of some outputs only."""
+    torch.manual_seed(0)
+    lins = [torch.nn.Linear(4, 3, bias=b).double() for b in (True, False, True)]
+    x = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    ours = linears_of_one_input(x, [m.weight for m in lins], [m.bias for m in lins])
+    theirs = [m(x) for m in lins]
+    params = [x] + [p for m in lins for p in m.parameters()]
+    grads = [torch.randn_like(t) for t in theirs]
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b)
+    for a, b in zip(torch.autograd.grad(ours, params, grads, retain_graph=True),
+                    torch.autograd.grad(theirs, params, grads)):
+        torch.testing.assert_close(a, b)
+    (dx,) = torch.autograd.grad(ours[1], x, grads[1])
+    torch.testing.assert_close(dx, grads[1] @ lins[1].weight)
+
+    def f(x, w0, b0, w1, w2, b2):
+        return linears_of_one_input(x, [w0, w1, w2], [b0, None, b2])
+
+    assert torch.autograd.gradgradcheck(f, tuple(params))
+    with pytest.raises(ValueError, match="x \\[N, F\\] and one bias"):
+        linears_of_one_input(x[None], [lins[0].weight], [None])
