@@ -533,28 +533,30 @@ struct Lanes<double> {
     static constexpr int64_t L = 8;
 };
 
-/* Runs block(i0, n, xt, more) for the blocks of L edges of x [E, D] (the
- * last n <= L) on PyTorch's threads: xt [D] vectors hold the block's features
- * transposed (lane l is edge i0 + l, zero past n); more, `extra` vectors of
- * the thread's own scratch for the block's use. */
-template <typename T, typename Block>
+/* Runs block(i0, n, xt, more) for the blocks of W L edges of x [E, D] (the
+ * last n <= W L) on PyTorch's threads: xt [D][W] vectors hold the block's
+ * features transposed (lane l of vector xt[a W + k] is edge i0 + k L + l,
+ * zero past n); more, `extra` vectors of the thread's own scratch for the
+ * block's use. */
+template <typename T, int64_t W = 1, typename Block>
 void for_edge_blocks(int64_t E, int64_t D, const T* x, int64_t extra, const Block& block) {
     using V = typename Lanes<T>::V;
-    constexpr int64_t L = Lanes<T>::L;
-    const int64_t blocks = (E + L - 1) / L;
+    constexpr int64_t L = Lanes<T>::L, WL = W * L;
+    const int64_t blocks = (E + WL - 1) / WL;
     at::parallel_for(0, blocks, 4, [&, E, D](int64_t b0, int64_t b1) {
-        Scratch<T> scratch((std::max<int64_t>(D, 1) + extra) * L);
+        Scratch<T> scratch((std::max<int64_t>(D, 1) * W + extra) * L);
         T* xs = scratch.ptr;
         V* xt = reinterpret_cast<V*>(xs);
         for (int64_t blk = b0; blk < b1; blk++) {
-            const int64_t i0 = blk * L, n = std::min<int64_t>(L, E - i0);
+            const int64_t i0 = blk * WL, n = std::min<int64_t>(WL, E - i0);
             /* row by row (contiguous reads), element stores into the lanes */
-            if (n < L) std::fill_n(xs, D * L, T(0));
-            for (int64_t l = 0; l < n; l++) {
-                const T* row = x + (i0 + l) * D;
-                for (int64_t a = 0; a < D; a++) xs[a * L + l] = row[a];
+            if (n < WL) std::fill_n(xs, D * WL, T(0));
+            for (int64_t e = 0; e < n; e++) {
+                const T* row = x + (i0 + e) * D;
+                T* lane = xs + (e / L) * L + e % L;
+                for (int64_t a = 0; a < D; a++) lane[a * WL] = row[a];
             }
-            block(i0, n, xt, xt + std::max<int64_t>(D, 1));
+            block(i0, n, xt, xt + std::max<int64_t>(D, 1) * W);
         }
     });
 }
@@ -574,22 +576,29 @@ template <typename T, int64_t HB>
 void edge_quadratic_kernel(int64_t E, int64_t D, int64_t H, int64_t Hp, const T* x,
                            const T* c, T* out) {
     using V = typename Lanes<T>::V;
-    for_edge_blocks<T>(E, D, x, 0, [=](int64_t i0, int64_t n, const V* xt, V*) {
+    constexpr int64_t L = Lanes<T>::L;
+    /* two blocks of L edges at once: each coefficient's broadcast serves two
+     * multiply-adds, and 2 HB chains hide their latency */
+    for_edge_blocks<T, 2>(E, D, x, 0, [=](int64_t i0, int64_t n, const V* xt, V*) {
         for (int64_t h0 = 0; h0 < H; h0 += HB) {
-            V acc[HB];
-            for (int64_t h = 0; h < HB; h++) acc[h] = V{};
+            V acc[HB], acc2[HB];
+            for (int64_t h = 0; h < HB; h++) acc[h] = acc2[h] = V{};
             const T* cr = c + h0;
             for (int64_t a = 0; a < D; a++) {
-                const V xa = xt[a];
+                const V xa = xt[2 * a], xa2 = xt[2 * a + 1];
                 for (int64_t b = a; b < D; b++, cr += Hp) {
-                    const V m = xa * xt[b];
+                    const V m = xa * xt[2 * b], m2 = xa2 * xt[2 * b + 1];
 #pragma GCC unroll 8
-                    for (int64_t h = 0; h < HB; h++) acc[h] += m * cr[h];
+                    for (int64_t h = 0; h < HB; h++) {
+                        acc[h] += m * cr[h];
+                        acc2[h] += m2 * cr[h];
+                    }
                 }
             }
             const int64_t hn = std::min<int64_t>(HB, H - h0);
-            for (int64_t l = 0; l < n; l++)
-                for (int64_t h = 0; h < hn; h++) out[(i0 + l) * H + h0 + h] = acc[h][l];
+            for (int64_t e = 0; e < n; e++)
+                for (int64_t h = 0; h < hn; h++)
+                    out[(i0 + e) * H + h0 + h] = e < L ? acc[h][e] : acc2[h][e - L];
         }
     });
 }
