@@ -224,11 +224,12 @@ def dense_crossover(device: torch.device, max_nodes: int, fused_cpu: bool = Fals
 PROPAGATE_BELOW = 1 << 22
 
 #: The same where they are: ``"fused_cpu"`` runs the block with per-edge
-#: features as one op, faster than message passing from about 400,000
+#: features as one op, faster than message passing from about 220,000
 #: elements (molecule batches of 25 atoms, 256 channels, 64 features: equal
-#: between 1,320 and 1,760 edges; ``scripts/bench_attention.py --cases
-#: edge-crossover``).
-PROPAGATE_BELOW_FUSED_CPU = 3 << 17
+#: at about 880 edges; ``scripts/bench_attention.py --cases edge-crossover``
+#: measured 220,758 at commit ff97ea8, 385,628 before the value term moved
+#: into the kernels' pass).
+PROPAGATE_BELOW_FUSED_CPU = 7 << 15
 
 #: The dense backend is not chosen automatically when its [B, H, T, T] score
 #: tensor would have more entries than this (2^27: 512 MiB in float32).

@@ -382,7 +382,7 @@ def test_estimate_is_consistent():
     assert d2.flops == d1.flops
     auto = estimate(plain, num_nodes=3200, num_edges=128 * 625, graph_sizes=[25] * 128)
     assert auto.backend == "dense"
-    assert estimate(layer, num_nodes=3200, num_edges=1000).backend == "propagate"
+    assert estimate(layer, num_nodes=3200, num_edges=800).backend == "propagate"
     # a batch of 128 molecules: the fused CPU kernels' block where they are built
     assert estimate(layer, num_nodes=3200, num_edges=7040).backend == (
         "fused_cpu" if fused_cpu_available() else "propagate")
