@@ -403,10 +403,10 @@ def estimate(layer: torch.nn.Module, *, num_nodes: int, num_edges: int,
         else:
             keep = 2 * E * H * s
     if D and backend == "fused_cpu":
-        # the block as one op (C++ kernels, node tables made in their passes):
-        # the value sums [H, N, D] and their gradient; the bias, its gradient and
-        # the quadratic form's gradient in the features' order [E, H]
-        transient += 2 * H * N * D * s + 3 * E * H * s
+        # the block as one op (C++ kernels, node tables and the value sums
+        # made and projected in their passes): the bias, its gradient and the
+        # quadratic form's gradient in the features' order [E, H]
+        transient += 3 * E * H * s
     elif D and backend != "propagate":
         # per-edge projections of the bilinear term: kept whole when small,
         # else one chunk at a time (graphformer.nn.edge_terms.ChunkedEdgeScores)
