@@ -791,83 +791,81 @@ INLINE void store_v(T* p, const V& v) {
     std::memcpy(p, &v, sizeof(V));
 }
 
+/* out[j, h, o0 .. o0 + NV L) = in[j, h] M_h there, for NB nodes: NV NB
+ * accumulators, each broadcast input serving NV multiply-adds. */
+template <int64_t NV, typename T, typename V, int64_t L>
+INLINE void rows_times_vectors(int64_t h, int64_t H, int64_t K, int64_t O, int64_t o0,
+                               const T* __restrict__ m, const T* __restrict__ in,
+                               T* __restrict__ out) {
+    V acc[NV][NB];
+    for (int64_t u = 0; u < NV; u++)
+        for (int64_t j = 0; j < NB; j++) acc[u][j] = V{};
+    for (int64_t k = 0; k < K; k++) {
+        const T* mr = m + (h * K + k) * O + o0;
+        V mv[NV];
+        for (int64_t u = 0; u < NV; u++) mv[u] = load_v<V>(mr + u * L);
+        for (int64_t j = 0; j < NB; j++) {
+            const T b = in[(j * H + h) * K + k];
+            for (int64_t u = 0; u < NV; u++) acc[u][j] += b * mv[u];
+        }
+    }
+    for (int64_t j = 0; j < NB; j++)
+        for (int64_t u = 0; u < NV; u++) store_v(out + (j * H + h) * O + o0 + u * L, acc[u][j]);
+}
+
+/* Calls f(h, o0, NV) for every head h and every run of NV = 2 vectors of L
+ * lanes from o0 in [0, O), then NV = 1 for the rest (O a multiple of L). */
+template <int64_t L, typename F>
+INLINE void by_vector_pairs(int64_t H, int64_t O, const F& f) {
+    const int64_t O2 = L > 1 ? O / (2 * L) * (2 * L) : 0;   /* the part in pairs of vectors */
+    for (int64_t h = 0; h < H; h++) {
+        for (int64_t o0 = 0; o0 < O2; o0 += 2 * L) f(h, o0, std::integral_constant<int64_t, 2>{});
+        for (int64_t o0 = O2; o0 < O; o0 += L) f(h, o0, std::integral_constant<int64_t, 1>{});
+    }
+}
+
 /* out[j, h] = in[j, h] M_h for NB nodes (in [NB, H, K], M [H, K, O], out
  * [NB, H, O]; O a multiple of L): the table rows t[j, h] = W_h^T y[j, h]
  * (K = C, O = D, M = w) and their gradient dy[j, h] = W_h acc[j, h] (K = D,
- * O = C, M = wt, w transposed [H, D, C]). Two vectors of M's row at a time
- * where O allows (16 accumulators: each broadcast input serves two
- * multiply-adds). */
+ * O = C, M = wt, w transposed [H, D, C]); two vectors of M's row at a time
+ * where O allows. */
 template <typename T, typename V, int64_t L>
 INLINE void rows_times_block(int64_t H, int64_t K, int64_t O, const T* __restrict__ m,
                              const T* __restrict__ in, T* __restrict__ out) {
-    const int64_t O2 = L > 1 ? O / (2 * L) * (2 * L) : 0;   /* the part in pairs of vectors */
-    for (int64_t h = 0; h < H; h++) {
-        for (int64_t o0 = 0; o0 < O2; o0 += 2 * L) {
-            V acc[NB], acc2[NB];
-            for (int64_t j = 0; j < NB; j++) acc[j] = acc2[j] = V{};
-            for (int64_t k = 0; k < K; k++) {
-                const T* mr = m + (h * K + k) * O + o0;
-                const V mv = load_v<V>(mr), mv2 = load_v<V>(mr + L);
-                for (int64_t j = 0; j < NB; j++) {
-                    const T b = in[(j * H + h) * K + k];
-                    acc[j] += b * mv;
-                    acc2[j] += b * mv2;
-                }
-            }
-            for (int64_t j = 0; j < NB; j++) {
-                store_v(out + (j * H + h) * O + o0, acc[j]);
-                store_v(out + (j * H + h) * O + o0 + L, acc2[j]);
-            }
+    by_vector_pairs<L>(H, O, [&](int64_t h, int64_t o0, auto nv) {
+        rows_times_vectors<decltype(nv)::value, T, V, L>(h, H, K, O, o0, m, in, out);
+    });
+}
+
+/* part[h, c, d0 .. d0 + NV L) += sum over j of y[j, h, c] acc[j, h] there,
+ * the nodes in order: each broadcast y serves NV multiply-adds. */
+template <int64_t NV, typename T, typename V, int64_t L>
+INLINE void weight_grads_vectors(int64_t h, int64_t H, int64_t C, int64_t DD, int64_t d0,
+                                 const T* __restrict__ y, const T* __restrict__ acc,
+                                 T* __restrict__ part) {
+    V a[NV][NB];
+    for (int64_t j = 0; j < NB; j++)
+        for (int64_t u = 0; u < NV; u++) a[u][j] = load_v<V>(acc + (j * H + h) * DD + d0 + u * L);
+    for (int64_t c = 0; c < C; c++) {
+        T* pr = part + (h * C + c) * DD + d0;
+        V p[NV];
+        for (int64_t u = 0; u < NV; u++) p[u] = load_v<V>(pr + u * L);
+        for (int64_t j = 0; j < NB; j++) {
+            const T b = y[(j * H + h) * C + c];
+            for (int64_t u = 0; u < NV; u++) p[u] += b * a[u][j];
         }
-        for (int64_t o0 = O2; o0 < O; o0 += L) {
-            V acc[NB];
-            for (int64_t j = 0; j < NB; j++) acc[j] = V{};
-            for (int64_t k = 0; k < K; k++) {
-                const V mv = load_v<V>(m + (h * K + k) * O + o0);
-                for (int64_t j = 0; j < NB; j++) acc[j] += in[(j * H + h) * K + k] * mv;
-            }
-            for (int64_t j = 0; j < NB; j++) store_v(out + (j * H + h) * O + o0, acc[j]);
-        }
+        for (int64_t u = 0; u < NV; u++) store_v(pr + u * L, p[u]);
     }
 }
 
 /* part[h, c] += sum over j of y[j, h, c] acc[j, h] (the NB nodes' share of
- * dw, part [H, C, DD]), the nodes in order; two vectors of features at a
- * time where DD allows (each broadcast y serves two multiply-adds). */
+ * dw, part [H, C, DD]); two vectors of features at a time where DD allows. */
 template <typename T, typename V, int64_t L>
 INLINE void weight_grads_block(int64_t H, int64_t C, int64_t DD, const T* __restrict__ y,
                                const T* __restrict__ acc, T* __restrict__ part) {
-    const int64_t D2 = L > 1 ? DD / (2 * L) * (2 * L) : 0;
-    for (int64_t h = 0; h < H; h++) {
-        for (int64_t d0 = 0; d0 < D2; d0 += 2 * L) {
-            V a[NB], a2[NB];
-            for (int64_t j = 0; j < NB; j++) {
-                a[j] = load_v<V>(acc + (j * H + h) * DD + d0);
-                a2[j] = load_v<V>(acc + (j * H + h) * DD + d0 + L);
-            }
-            for (int64_t c = 0; c < C; c++) {
-                T* pr = part + (h * C + c) * DD + d0;
-                V p = load_v<V>(pr), p2 = load_v<V>(pr + L);
-                for (int64_t j = 0; j < NB; j++) {
-                    const T b = y[(j * H + h) * C + c];
-                    p += b * a[j];
-                    p2 += b * a2[j];
-                }
-                store_v(pr, p);
-                store_v(pr + L, p2);
-            }
-        }
-        for (int64_t d0 = D2; d0 < DD; d0 += L) {
-            V a[NB];
-            for (int64_t j = 0; j < NB; j++) a[j] = load_v<V>(acc + (j * H + h) * DD + d0);
-            for (int64_t c = 0; c < C; c++) {
-                T* pr = part + (h * C + c) * DD + d0;
-                V p = load_v<V>(pr);
-                for (int64_t j = 0; j < NB; j++) p += y[(j * H + h) * C + c] * a[j];
-                store_v(pr, p);
-            }
-        }
-    }
+    by_vector_pairs<L>(H, DD, [&](int64_t h, int64_t d0, auto nv) {
+        weight_grads_vectors<decltype(nv)::value, T, V, L>(h, H, C, DD, d0, y, acc, part);
+    });
 }
 
 /* Calls f(V, L) with the vector type where DD and C are multiples of its
