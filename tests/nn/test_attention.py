@@ -352,3 +352,37 @@ def test_removed_softmax_backend_argument_says_what_replaced_it(make):
     with pytest.raises(TypeError, match=r"softmax_backend=\.\.\.\) was removed: "
                                         r"graphformer\.nn\.functional chooses"):
         make()
+
+
+@pytest.mark.parametrize("bipartite", [False, True], ids=["one input", "sources and targets"])
+def test_projections_of_one_input_are_the_modules_applied_one_by_one(bipartite):
+    """The queries, keys and values of one input go through one autograd node
+    (their input's gradient summed in one buffer): the layer gives the same
+    output and the same gradients of the inputs and of every weight as the
+    same layer applying its ``Linear`` modules one by one, float64, with one
+    input and with sources and targets apart (keys and values share theirs)."""
+    torch.manual_seed(0)
+
+    class ModulesOneByOne(RelationalAttention):
+        def _project(self, x_src, x_dst):
+            return self.lin_q(x_dst), self.lin_k(x_src), self.lin_v(x_src)
+
+    channels = (5, 7) if bipartite else 6
+    ours = RelationalAttention(channels, 8, heads=2, edge_dim=3).double()
+    ref = ModulesOneByOne(channels, 8, heads=2, edge_dim=3).double()
+    ref.load_state_dict(ours.state_dict())
+    ei = torch.tensor([[0, 1, 2, 3, 1, 0], [1, 0, 0, 2, 3, 3]])
+    e = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    if bipartite:
+        x = (torch.randn(4, 5, dtype=torch.float64, requires_grad=True),
+             torch.randn(4, 7, dtype=torch.float64, requires_grad=True))
+        leaves = [*x, e]
+    else:
+        x = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+        leaves = [x, e]
+    out, expected = ours(x, ei, e), ref(x, ei, e)
+    torch.testing.assert_close(out, expected)
+    g = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, leaves + list(ours.parameters()), g),
+                    torch.autograd.grad(expected, leaves + list(ref.parameters()), g)):
+        torch.testing.assert_close(a, b)
