@@ -907,20 +907,33 @@ struct Grouped {
     }
 };
 
-/* out[e * oe + h * oh] = t_n[h] . x[xrow(e)] for every edge e of node n
- * (added to out when `add`; [E, H] with oe = H, oh = 1, or [H, E]), t_n the
- * node's table row from y and w, made for NB nodes at a time
- * (rows_times_block). */
+/* out[h * oh] = t[h] . xe for the H rows of a node's table row t [H, DD]
+ * (added to out when `add`): one edge's cross terms. */
+template <typename T>
+INLINE void edge_dots(int64_t H, int64_t DD, const T* __restrict__ t, const T* __restrict__ xe,
+                      T* out, int64_t oh, bool add) {
+    for (int64_t h = 0; h < H; h++) {
+        const T* __restrict__ th = t + h * DD;
+        T sum = 0;
+        for (int64_t d = 0; d < DD; d++) sum += th[d] * xe[d];
+        T& o = out[h * oh];
+        o = add ? o + sum : sum;
+    }
+}
+
+/* out[e, h] = t_n[h] . x[xrow(e)] for every edge e of node n, [E, H] (added
+ * to out when `add`), t_n the node's table row from y and w, made for NB
+ * nodes at a time (rows_times_block). */
 template <typename T>
 void cross_dot_kernel(Grouped g, int64_t H, int64_t C, int64_t D, const T* y, const T* w,
-                      const T* x, T* out, int64_t oe, int64_t oh, bool add) {
+                      const T* x, T* out, bool add) {
     dispatch_c<T>(D, [&](auto D_) {
         const int64_t DD = D_;   /* a compile-time constant for float's common D */
         dispatch_lanes<T>(DD, C, [&](auto v_, auto L_) {
             using V = decltype(v_);
             constexpr int64_t L = decltype(L_)::value;
             const int64_t E = g.gptr[g.G], blocks = (g.G + NB - 1) / NB, HC = H * C;
-            for_rows_with_scratch<T>(blocks, NB * (H * DD + HC), [&, H, C, oe, oh, add](
+            for_rows_with_scratch<T>(blocks, NB * (H * DD + HC), [&, H, C, add](
                                          int64_t blk, T* __restrict__ t) {
                 const int64_t n0 = blk * NB, nb = std::min(NB, g.G - n0);
                 if (g.gptr[n0] == g.gptr[n0 + nb]) return;
@@ -931,14 +944,8 @@ void cross_dot_kernel(Grouped g, int64_t H, int64_t C, int64_t D, const T* y, co
                         if (g.scattered() && q + PREFETCH < E)
                             prefetch_row(x + g.xrow(g.edge(q + PREFETCH)) * DD, DD);
                         const int64_t e = g.edge(q);
-                        const T* __restrict__ xe = x + g.xrow(e) * DD;
-                        for (int64_t h = 0; h < H; h++) {
-                            const T* __restrict__ th = t + (j * H + h) * DD;
-                            T sum = 0;
-                            for (int64_t d = 0; d < DD; d++) sum += th[d] * xe[d];
-                            T& o = out[e * oe + h * oh];
-                            o = add ? o + sum : sum;
-                        }
+                        edge_dots(H, DD, t + j * H * DD, x + g.xrow(e) * DD, out + e * H, 1,
+                                  add);
                     }
             });
         });
@@ -1029,13 +1036,7 @@ void cross_grad_kernel(Grouped g, int64_t H, int64_t C, int64_t D, const T* y, c
                                         T* __restrict__ a = an + h * DD;
                                         for (int64_t d = 0; d < DD; d++) a[d] += w * xe[d];
                                     }
-                                if (o.dot)
-                                    for (int64_t h = 0; h < H; h++) {
-                                        const T* __restrict__ th = tn + h * DD;
-                                        T sum = 0;
-                                        for (int64_t d = 0; d < DD; d++) sum += th[d] * xe[d];
-                                        o.dot[e * o.de + h * o.dh] = sum;
-                                    }
+                                if (o.dot) edge_dots(H, DD, tn, xe, o.dot + e * o.de, o.dh, false);
                                 if (!o.dx) continue;
                                 for (int64_t d = 0; d < DD; d++) gx[d] = 0;
                                 for (int64_t h = 0; h < H; h++) {
@@ -1360,12 +1361,34 @@ void quadratic_gradients(const char* op, const Tensor& grad_in, const Tensor& x_
     });
 }
 
+/* A gradient of `like`'s shape where needed, else an empty tensor (the ops
+ * return one per input, empty where not asked for). */
+Tensor grad_buffer(bool needed, const Tensor& like) {
+    return at::empty(needed ? like.sizes() : at::IntArrayRef{0}, like.options());
+}
+
+/* Checks `into` (the op's argument `name`), a gradient the caller holds and
+ * the op adds into: contiguous and of `like`'s shape. */
+void check_into(const char* op, const OptTensor& into, const Tensor& like, const char* name) {
+    TORCH_CHECK_VALUE(!into || (into->sizes() == like.sizes() && into->is_contiguous()), op,
+                      ": '", name, "' must be contiguous and of shape ", like.sizes(), ", got ",
+                      into->sizes());
+}
+
+/* Where a gradient goes: into `into` when the caller gave it, else into the
+ * op's own buffer `own`; null when not needed. */
+template <typename T>
+T* grad_target(bool needed, const OptTensor& into, Tensor& own, const char* name) {
+    if (!needed) return nullptr;
+    return into ? data<T>(*into, name, own.scalar_type()) : own.data_ptr<T>();
+}
+
 /* The gradients of edge_quadratic for grad [E, H]: dx [E, D] and dc [D (D +
  * 1) / 2, H], each empty where not needed. */
 std::tuple<Tensor, Tensor> edge_quadratic_backward(const Tensor& grad, const Tensor& x,
                                                    const Tensor& c, bool need_x, bool need_c) {
     const int64_t D = x.size(1), H = c.size(1);
-    Tensor dx = at::empty(need_x ? x.sizes() : at::IntArrayRef{0}, x.options());
+    Tensor dx = grad_buffer(need_x, x);
     Tensor dc = at::empty({need_c ? D * (D + 1) / 2 : 0, H}, x.options());
     quadratic_gradients("edge_quadratic_backward", grad, x, c, need_x ? &dx : nullptr, false,
                         need_c ? &dc : nullptr);
@@ -1446,11 +1469,11 @@ Tensor edge_cross(const Tensor& a_in, const Tensor& b_in, const Tensor& wa_in,
         T* op = out.data_ptr<T>();
         cross_dot_kernel<T>({n.N, data<const int64_t>(ptr, "ptr", at::kLong), nullptr, ord}, n.H,
                             C, n.D, data<const T>(a, "a", f), data<const T>(wa, "wa", f), xp, op,
-                            n.H, 1, false);
+                            false);
         cross_dot_kernel<T>({n.Ns, data<const int64_t>(sptr, "sptr", at::kLong),
                              data<const int64_t>(perm, "perm", at::kLong), ord},
                             n.H, C, n.D, data<const T>(b, "b", f), data<const T>(wb, "wb", f), xp,
-                            op, n.H, 1, true);
+                            op, true);
         if (c) {
             const Tensor quad = edge_quadratic(x, *c);                  /* [E, H], x's order */
             const T* qp = quad.data_ptr<T>();
@@ -1485,30 +1508,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> edge_cross_backward(
     check_source_grouping("edge_cross_backward", n, sptr, perm);
     check_cross_quadratic("edge_cross_backward", n, x, c);
     need_c = need_c && c;
-    for (const auto& [into, like, name] :
-         {std::tuple<const OptTensor&, const Tensor&, const char*>{da_into, a, "da_into"},
-          {db_into, b, "db_into"}, {dx_into, x, "dx_into"}})
-        TORCH_CHECK_VALUE(!into || (into->sizes() == like.sizes() && into->is_contiguous()),
-                          "edge_cross_backward: '", name, "' must be contiguous and of shape ",
-                          like.sizes(), ", got ", into->sizes());
+    check_into("edge_cross_backward", da_into, a, "da_into");
+    check_into("edge_cross_backward", db_into, b, "db_into");
+    check_into("edge_cross_backward", dx_into, x, "dx_into");
     return by_dtype(a, "a", [&](auto zero) {
         using T = decltype(zero);
         const auto f = a.scalar_type();
         const int64_t* ord = data<const int64_t>(order, "order", at::kLong);
         const T* xp = data<const T>(x, "x", f);
         const T* gp = data<const T>(grad, "grad", f, n.E * n.H);
-        const auto empty = [&](bool needed, const Tensor& like) {
-            return at::empty(needed ? like.sizes() : at::IntArrayRef{0}, like.options());
-        };
-        /* the node rows' gradients: added into da_into / db_into where given */
-        Tensor da = empty(need_a && !da_into, a), db = empty(need_b && !db_into, b);
-        Tensor dx = empty(need_x && !dx_into, x);
-        const auto rows_out = [&](bool needed, const OptTensor& into, Tensor& own,
-                                  const char* name) -> T* {
-            if (!needed) return nullptr;
-            return into ? data<T>(*into, name, f) : own.data_ptr<T>();
-        };
-        Tensor dwa = empty(need_wa, wa), dwb = empty(need_wb, wb);
+        /* the node rows' and x's gradients: added into da_into / db_into / dx_into
+         * where given */
+        Tensor da = grad_buffer(need_a && !da_into, a), db = grad_buffer(need_b && !db_into, b);
+        Tensor dx = grad_buffer(need_x && !dx_into, x);
+        Tensor dwa = grad_buffer(need_wa, wa), dwb = grad_buffer(need_wb, wb);
         Tensor dc = at::empty({need_c ? n.D * (n.D + 1) / 2 : 0, n.H}, x.options());
         const auto out = [](bool needed, Tensor& t) { return needed ? t.data_ptr<T>() : nullptr; };
         /* the weights transposed, [H, D, C], for the rows' gradients (when asked) */
@@ -1516,16 +1529,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> edge_cross_backward(
             return needed ? w.view({n.H, C, n.D}).transpose(1, 2).contiguous() : w;
         };
         const Tensor wta = transposed(need_a, wa), wtb = transposed(need_b, wb);
-        T* dxp = rows_out(need_x, dx_into, dx, "dx_into");
+        T* dxp = grad_target<T>(need_x, dx_into, dx, "dx_into");
         CrossGrads<T> by_target{dxp, dx_into.has_value(),
-                                rows_out(need_a, da_into, da, "da_into"), da_into.has_value(),
-                                out(need_wa, dwa)};
+                                grad_target<T>(need_a, da_into, da, "da_into"),
+                                da_into.has_value(), out(need_wa, dwa)};
         if (need_x || need_a || need_wa)
             cross_grad_kernel<T>({n.N, data<const int64_t>(ptr, "ptr", at::kLong), nullptr, ord},
                                  n.H, C, n.D, data<const T>(a, "a", f),
                                  data<const T>(wa, "wa", f), wta.data_ptr<T>(), xp, gp, n.H,
                                  1, by_target);
-        CrossGrads<T> by_source{dxp, true, rows_out(need_b, db_into, db, "db_into"),
+        CrossGrads<T> by_source{dxp, true, grad_target<T>(need_b, db_into, db, "db_into"),
                                 db_into.has_value(), out(need_wb, dwb)};
         if (need_x || need_b || need_wb)
             cross_grad_kernel<T>({n.Ns, data<const int64_t>(sptr, "sptr", at::kLong),
@@ -1630,9 +1643,7 @@ std::tuple<Tensor, Tensor, Tensor> edge_values_backward(
                       "edge_values_backward: ",
                       "'dout' must be [N, H, C] = [", n.N, ", ", n.H, ", ", C, "], got ",
                       dout.sizes());
-    TORCH_CHECK_VALUE(!dx_into || (dx_into->sizes() == x.sizes() && dx_into->is_contiguous()),
-                      "edge_values_backward: 'dx_into' must be contiguous and of shape ",
-                      x.sizes(), ", got ", dx_into->sizes());
+    check_into("edge_values_backward", dx_into, x, "dx_into");
     return by_dtype(w, "w", [&](auto zero) {
         using T = decltype(zero);
         const auto f = w.scalar_type();
@@ -1640,12 +1651,10 @@ std::tuple<Tensor, Tensor, Tensor> edge_values_backward(
                                 data<const int64_t>(order, "order", at::kLong)};
         const T *dp = data<const T>(dout, "dout", f), *wvp = data<const T>(wv, "wv", f);
         const T* xp = data<const T>(x, "x", f);
-        Tensor dw = at::empty(need_w ? w.sizes() : at::IntArrayRef{0}, w.options());
-        Tensor dx = at::empty(need_x && !dx_into ? x.sizes() : at::IntArrayRef{0}, x.options());
-        Tensor dwv = at::empty(need_wv ? wv.sizes() : at::IntArrayRef{0}, wv.options());
-        T* dxp = !need_x ? nullptr : dx_into ? data<T>(*dx_into, "dx_into", f)
-                                             : dx.data_ptr<T>();
-        CrossGrads<T> o{dxp, dx_into.has_value(), nullptr, false,
+        Tensor dw = grad_buffer(need_w, w), dx = grad_buffer(need_x && !dx_into, x);
+        Tensor dwv = grad_buffer(need_wv, wv);
+        CrossGrads<T> o{grad_target<T>(need_x, dx_into, dx, "dx_into"), dx_into.has_value(),
+                        nullptr, false,
                         need_wv ? dwv.data_ptr<T>() : nullptr,
                         need_w ? dw.data_ptr<T>() : nullptr, 1, n.E};
         if (need_w || need_x || need_wv)
