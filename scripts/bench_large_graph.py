@@ -49,7 +49,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 HERE = Path(__file__).resolve().parent
 MODELS = ("graphformer", "graphformer-khop", "graphsage", "sgformer")

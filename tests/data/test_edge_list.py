@@ -613,8 +613,8 @@ def test_fast_path_agrees_with_careful_pass():
             path.write_bytes(text.encode("utf-8"))
             kwargs = dict(delimiter=sep, header=False, weight=2, features=[3], dtype=dtype)
             outcomes = []
-            for careful in (False, True):
-                with careful_only() if careful else contextlib.nullcontext():
+            for careful_path in (False, True):
+                with careful_only() if careful_path else contextlib.nullcontext():
                     try:
                         outcomes.append(read_edge_list(path, **kwargs))
                     except ValueError as err:
