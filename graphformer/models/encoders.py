@@ -94,7 +94,13 @@ class _FeatureEncoder(torch.nn.Module):
         tables = getattr(self, self._name)
         weight = torch.cat([tables[f].weight for f in range(F)])
         # every row one bag: the sum of its F rows of the stacked tables
-        return _SumOfRows.apply(x + self._offsets[:F], weight)
+        index = x + self._offsets[:F]
+        if torch.compiler.is_compiling():
+            # compiled, the gather and sum (inductor makes each direction one
+            # loop): a graph with an autograd.Function in it stays out of
+            # AOTAutograd's cache, and every process would trace it again
+            return weight[index].sum(1)
+        return _SumOfRows.apply(index, weight)
 
     def extra_repr(self) -> str:
         return f"dims={list(self.dims)}, emb_dim={getattr(self, self._name)[0].embedding_dim}"

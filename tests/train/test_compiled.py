@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from torch._dynamo.utils import compilation_time_metrics, counters
 
 import graphformer.train.loop as loop
 from graphformer.errors import UsageError
@@ -22,7 +23,10 @@ def _metrics(run_dir):
 def test_compiled_training_computes_the_eager_run(tmp_path, tiny_csv, monkeypatch):
     """The same seed trains the same model compiled as eager, to float
     rounding (fused kernels reorder sums), each step through the compiled
-    module on a prepared batch; the checkpoint holds the model's own keys."""
+    module on a prepared batch; the checkpoint holds the model's own keys.
+    The compile analyses the step once (its floats specialised up front,
+    no second attempt) into a graph AOTAutograd's cache takes (no
+    autograd.Function in it), so that a later process compiles it faster."""
     calls = []
     real_step = loop.train_step
 
@@ -33,9 +37,14 @@ def test_compiled_training_computes_the_eager_run(tmp_path, tiny_csv, monkeypatc
     eager_dir, compiled_dir = tmp_path / "eager", tmp_path / "compiled"
     train(tiny_config(tiny_csv, tmp_path / "root", epochs=2), eager_dir, progress=False)
     monkeypatch.setattr(loop, "train_step", spy)
+    bypassed = counters["aot_autograd"]["autograd_cache_bypass"]
+    compilation_time_metrics.clear()
     train(tiny_config(tiny_csv, tmp_path / "root", epochs=2, compile=True), compiled_dir,
           progress=False)
     assert calls and set(calls) == {("OptimizedModule", True)}, set(calls)
+    attempts = sorted(k for k in compilation_time_metrics if k.startswith("compile_attempt_"))
+    assert attempts == ["compile_attempt_0"], attempts
+    assert counters["aot_autograd"]["autograd_cache_bypass"] == bypassed
     eager, compiled = _metrics(eager_dir), _metrics(compiled_dir)
     assert len(eager) == len(compiled) == 2
     for a, b in zip(eager, compiled):
@@ -98,6 +107,39 @@ def test_model_input_prepares_graph_transformer_batches_only():
     other = torch.nn.Linear(2, 2)
     assert model_input(other, batch) is batch
     assert isinstance(compile_model(other), torch._dynamo.eval_frame.OptimizedModule)
+
+
+def test_a_batch_with_as_many_edge_types_as_atom_features_compiles_one_graph():
+    """The first batch has 9 edge types, as many as an atom has features;
+    with the batch's feature widths static (``model_input``), dynamo does
+    not tie the two sizes together (duck shaping) and specialise the number
+    of types to 9: batches with 8 and 5 types run the same graph."""
+    from torch_geometric.data import Batch
+
+    from graphformer.data import from_smiles
+    from graphformer.models import GraphTransformer, GraphTransformerConfig
+    from graphformer.train.compiled import DYNAMO_CONFIG
+
+    graphs = []
+
+    def backend(gm, example_inputs):    # dynamo's graphs, run as they are
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = GraphTransformer(GraphTransformerConfig(hidden=16, layers=1, heads=2,
+                                                    rwse_steps=0)).train()
+    compiled = torch.compile(model, dynamic=True, backend=backend)
+    chain = ["c1ccccc1", "C=CC#N", "C/C=C/C", "F/C=C\\F"]
+    types = []
+    with torch._dynamo.config.patch(**DYNAMO_CONFIG):
+        for smiles in (chain + ["CC=O"], chain, ["CCO", "C=CC#N"]):
+            batch = model_input(model, Batch.from_data_list([from_smiles(s) for s in smiles]))
+            types.append(batch.prepared_edges.types.size(0))
+            compiled(batch).sum().backward()
+    assert types == [batch.x.size(1), 8, 5] == [9, 8, 5]
+    assert len(graphs) == 1
 
 
 def test_compile_under_torchrun_is_refused(tmp_path, tiny_csv, monkeypatch):
