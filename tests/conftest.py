@@ -15,8 +15,15 @@ settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
 
-from graphformer.nn import functional
+from graphformer.nn import cpu_kernels, functional
 from graphformer.nn.functional import HAS_TORCH_SCATTER
+
+# Tests that keep a data cache of their own set XDG_CACHE_HOME to a fresh
+# directory; the programs they start (graphformer train, the scripts) would
+# then build the C++ kernels again (about 20 s each). They find the kernels
+# this run already has; a test of the build itself sets
+# GRAPHFORMER_KERNEL_CACHE to a directory of its own.
+os.environ.setdefault("GRAPHFORMER_KERNEL_CACHE", str(cpu_kernels._cache_dir()))
 
 
 def force_softmax(monkeypatch, name):
