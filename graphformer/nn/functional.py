@@ -70,6 +70,7 @@ def _reduce_native(src: Tensor, index: Tensor, num_nodes: int, reduce: str) -> T
 def _reduce_scatter(src: Tensor, index: Tensor, num_nodes: int, reduce: str) -> Tensor:
     import torch_scatter
 
+    index = index.long()      # torch-scatter takes int64 indices only
     if reduce == "max":
         # torch-scatter fills empty segments with 0; those rows are never read.
         return torch_scatter.scatter_max(src, index, dim=0, dim_size=num_nodes)[0]

@@ -23,6 +23,17 @@ def test_matches_per_group_softmax(backend):
     assert (sums[[1, 4]] == 0).all()  # nodes without incoming edges
 
 
+def test_an_int32_index_gives_what_an_int64_one_gives(backend):
+    index = torch.tensor([2, 0, 2, 2, 0, 3, 3, 3, 3])
+    src = torch.randn(index.numel(), 4, dtype=torch.double, requires_grad=True)
+    out = segment_softmax(src, index.int(), num_nodes=5, backend=backend)
+    torch.testing.assert_close(out, segment_softmax(src, index, num_nodes=5, backend=backend),
+                               rtol=0, atol=0)
+    torch.testing.assert_close(out, dense_reference(src.detach(), index, 5))
+    assert torch.autograd.gradcheck(
+        lambda s: segment_softmax(s, index.int(), 5, backend=backend), src)
+
+
 def test_masked_scores_get_zero_weight_and_no_nan(backend):
     index = torch.tensor([0, 0, 1, 1])
     src = torch.tensor([[1.0], [float("-inf")], [float("-inf")], [float("-inf")]])
