@@ -138,6 +138,11 @@ class EdgeCSR:
 def _sddmm(csr: EdgeCSR, a: Tensor, b: Tensor, scale: float = 1.0) -> Tensor:
     """``s[h, e] = scale · a[h, row_e] · b[h, col_e]`` for a [H, R, K] and b [H, S, K]."""
     H, R, K = a.shape
+    if H * csr.num_edges > H * R * H * csr.num_cols:
+        # more entries than the block-diagonal matrix has cells (duplicate
+        # edges): sampled_addmm refuses such a pattern; gather the rows instead
+        rows, cols = csr.row, csr.col
+        return scale * (a.index_select(1, rows) * b.index_select(1, cols)).sum(-1)
     pattern = csr.pattern(H, a.dtype)
     out = torch.sparse.sampled_addmm(pattern, a.reshape(H * R, K), b.reshape(-1, K).t(),
                                      beta=0.0, alpha=scale)

@@ -157,6 +157,27 @@ def test_duplicate_edges_count_twice(backend):
             layer_e(x, ei, torch.randn(5, 2, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("backend", ["sparse", "dense", "fused_cpu"])
+@pytest.mark.parametrize("heads,nodes,edges", [(1, 1, 3), (2, 2, 9)])
+def test_more_duplicate_edges_than_node_pairs(backend, heads, nodes, edges):
+    """Duplicates may outnumber the node pairs (the sparse backend's sampled
+    products have fewer cells than edges then): the same output and
+    gradients as message passing."""
+    _skip_unavailable(backend)
+    torch.manual_seed(0)
+    ei = torch.randint(0, nodes, (2, edges))
+    ei[:, :2] = 0                                          # at least one duplicate
+    x = torch.randn(nodes, IN, dtype=torch.float64, requires_grad=True)
+    ref = RelationalAttention(IN, 2 * heads, heads=heads, backend="propagate").double()
+    layer = RelationalAttention(IN, 2 * heads, heads=heads, backend=backend).double()
+    layer.load_state_dict(ref.state_dict())
+    out, out_ref = layer(x, ei), ref(x, ei)
+    torch.testing.assert_close(out, out_ref)
+    g = torch.randn_like(out)
+    torch.testing.assert_close(torch.autograd.grad(out, x, g)[0],
+                               torch.autograd.grad(out_ref, x, g)[0])
+
+
 def test_dense_refuses_edges_between_graphs():
     layer = RelationalAttention(IN, OUT, heads=H, backend="dense")
     batch = torch.tensor([0, 0, 1, 1])
