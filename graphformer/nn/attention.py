@@ -173,6 +173,9 @@ class RelationalAttention(MessagePassing):
             if edges is not None and edge_type is not None:
                 raise ValueError("'edge_type' is given with an EdgeSet: build the EdgeSet "
                                  "with it instead (EdgeSet(..., edge_type=...))")
+        if edges is not None and self._explain:
+            # PyG's explainers mask the edges in the order the caller gave them
+            edge_index, edge_type, edges = edges.edge_index, edges.edge_type_given, None
         if edges is None and not traced:
             # EdgeSet checks edge_index, the node range, batch and edge_type
             sizes = x_src.size(0) if isinstance(x, Tensor) else (x_src.size(0), x_dst.size(0))

@@ -25,8 +25,9 @@ function, where it runs, what it needs):
   compiler (``GRAPHFORMER_CPU_KERNELS=0`` turns it off).
 - ``"propagate"``: the calling layer's PyG ``MessagePassing.propagate`` with
   per-edge messages (E×H×C tensors). Slowest; used in PyG's explain mode,
-  which hooks into message passing, and under :func:`torch.compile` where
-  ``"fused_cpu"`` does not apply.
+  which hooks into message passing (whatever backend the layer names: the
+  explainer's edge mask applies there only, in the caller's edge order),
+  and under :func:`torch.compile` where ``"fused_cpu"`` does not apply.
 
 Every backend has one signature: it takes an :class:`AttentionCall` (the
 projected queries, keys and values, the :class:`~graphformer.nn.EdgeSet`, its
@@ -283,11 +284,15 @@ def resolve_backend(requested: str, edges: Optional["EdgeSet"], *, heads: int, c
     """The backend a layer call runs: ``requested`` unless it is ``"auto"``,
     then the cost model's choice (:func:`choose_backend`) among the backends
     :data:`REGISTRY` says are available on ``device``. ``traced`` is true in
-    PyG's explain mode, which hooks into message passing; ``compiling`` under
-    :func:`torch.compile`; ``edges`` may be None only in one of the two."""
+    PyG's explain mode, which hooks into message passing (its edge mask
+    applies there only): ``"propagate"`` whatever was requested, as every
+    backend gives the same result. ``compiling`` under :func:`torch.compile`;
+    ``edges`` may be None only in one of the two."""
+    if traced:
+        return "propagate"
     if requested != "auto":
         return get_backend(requested).name
-    if traced or edges is None:
+    if edges is None:
         return "propagate"
     typed_edges = has_terms and not per_edge_features
     if compiling:

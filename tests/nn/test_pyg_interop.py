@@ -108,3 +108,61 @@ def test_transformer_layer_compiles_whole():
     torch.testing.assert_close(ours.x, ref.x)
     torch.testing.assert_close(ours.edge_attr, ref.edge_attr)
     assert ours.attention is None and ref.attention is None
+
+
+@pytest.mark.parametrize("backend", ["auto", "sparse", "dense", "fused_cpu", "propagate"])
+@pytest.mark.parametrize("as_edge_set", [False, True], ids=["edge_index", "EdgeSet"])
+def test_explain_mode_masks_the_edges_in_the_order_given(backend, as_edge_set):
+    """PyG's explainers (``set_masks``) weigh each edge's message by its mask,
+    in the order the caller gave the edges: whatever backend the layer names
+    and whether the edges come as an ``edge_index`` or an ``EdgeSet`` (which
+    keeps them grouped by target), the output is the masked sum of the
+    unmasked layer's weights times the values (float64, edges shuffled)."""
+    from torch_geometric.explain.algorithm.utils import clear_masks, set_masks
+
+    from graphformer.nn import EdgeSet
+
+    torch.manual_seed(8)
+    ptr, batch = batch_of([4, 3])
+    ei = P.union(P.full(ptr), P.window(ptr, 1))[0]
+    ei = ei[:, torch.randperm(ei.size(1))]
+    x = torch.randn(int(ptr[-1]), 4, dtype=torch.float64)
+    layer = RelationalAttention(4, 4, heads=2, backend=backend).double().eval()
+    _, alpha = layer(x, ei, return_attention_weights=True)          # [E, H], given order
+    mask = (torch.rand(ei.size(1)) > 0.5).double()
+    v = layer.lin_v(x).view(-1, 2, 2)
+    agg = torch.zeros_like(v).index_add_(0, ei[1], (mask[:, None] * alpha)[..., None]
+                                         * v.index_select(0, ei[0]))
+    expected = layer.lin_out(agg.reshape(-1, 4))
+    set_masks(layer, mask, ei, apply_sigmoid=False)
+    try:
+        edges = EdgeSet(ei, x.size(0), batch=batch) if as_edge_set else ei
+        out = layer(x, edges)
+    finally:
+        clear_masks(layer)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_a_pyg_explainer_explains_a_model_of_relational_attention():
+    """PyG's ``Explainer`` with ``GNNExplainer`` runs on a model whose layer
+    names a backend other than ``"propagate"``: an edge mask per edge,
+    finite, in [0, 1]."""
+    from torch_geometric.explain import Explainer, GNNExplainer
+
+    torch.manual_seed(0)
+    model = Sequential("x, edge_index", [
+        (RelationalAttention(4, 8, heads=2, backend="sparse"), "x, edge_index -> x"),
+        torch.nn.ReLU(),
+        (torch.nn.Linear(8, 3), "x -> x"),
+    ])
+    ptr, _ = batch_of([5, 4])
+    ei = P.window(ptr, 1, causal=False)
+    x = torch.randn(int(ptr[-1]), 4)
+    explainer = Explainer(model, GNNExplainer(epochs=3), explanation_type="model",
+                          node_mask_type=None, edge_mask_type="object",
+                          model_config=dict(mode="multiclass_classification",
+                                            task_level="node", return_type="raw"))
+    explanation = explainer(x, ei, index=2)
+    assert explanation.edge_mask.shape == (ei.size(1),)
+    assert torch.isfinite(explanation.edge_mask).all()
+    assert ((explanation.edge_mask >= 0) & (explanation.edge_mask <= 1)).all()
