@@ -124,6 +124,30 @@ def check_node_features(x: object, name: str, channels: Optional[int],
                         f"one to the other (x.to({dtype}) or layer.to({x.dtype}))")
 
 
+#: PyG ``MessagePassing`` options an attention layer takes, with the values
+#: its equations fix: each target sums its incoming messages weighted by
+#: their softmax, on every backend.
+ATTENTION_MESSAGE_PASSING = {"aggr": ("add", "sum"), "flow": ("source_to_target",)}
+
+
+def refuse_message_passing_options(where: str, kwargs: Dict[str, object]) -> None:
+    """An attention layer passes no option to PyG's ``MessagePassing``: only
+    the ``"propagate"`` backend would obey another aggregation or flow, so
+    the result would change with the backend. Fixed values are accepted;
+    anything else is an error naming the argument."""
+    for name, value in kwargs.items():
+        allowed = ATTENTION_MESSAGE_PASSING.get(name)
+        if allowed is None:
+            raise TypeError(f"{where}() got an unexpected keyword argument {name!r}")
+        if value not in allowed:
+            raise ValueError(
+                f"{where}({name}={value!r}): the attention sums each target's incoming "
+                f"messages weighted by their softmax, on every backend; {name} must be "
+                f"{' or '.join(repr(a) for a in allowed)}"
+                + (" (for the other direction pass edge_index.flip(0))" if name == "flow"
+                   else ""))
+
+
 def refuse_softmax_backend(where: str, kwargs: Dict[str, object]) -> None:
     """``softmax_backend`` was a constructor argument until graphformer 0.1:
     say what replaced it instead of an unknown-argument error."""

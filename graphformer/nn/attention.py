@@ -13,7 +13,7 @@ from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.typing import OptTensor, PairTensor
 
 from .._checks import (check_edge_index, check_node_features, check_node_range,
-                       refuse_softmax_backend)
+                       refuse_message_passing_options, refuse_softmax_backend)
 from .backend import (ATTENTION_BACKENDS, AttentionBackend, AttentionCall, get_backend,
                       resolve_backend)
 from .edge_set import EdgeSet
@@ -103,8 +103,8 @@ class RelationalAttention(MessagePassing):
         **kwargs,
     ) -> None:
         refuse_softmax_backend(type(self).__name__, kwargs)
-        kwargs.setdefault("aggr", "add")
-        super().__init__(node_dim=0, **kwargs)
+        refuse_message_passing_options(type(self).__name__, kwargs)
+        super().__init__(aggr="add", node_dim=0)
         if heads < 1:
             raise ValueError(f"'heads' must be >= 1, got {heads}")
         if out_channels < 1:

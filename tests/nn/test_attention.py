@@ -340,6 +340,24 @@ def test_bad_construction():
         RelationalAttention.from_torch(torch.nn.MultiheadAttention(4, 2, add_bias_kv=True))
 
 
+def test_message_passing_options_the_equations_fix_are_the_only_ones_taken():
+    """``aggr`` and ``flow`` would change the result of the ``"propagate"``
+    backend only: the values the equations fix are accepted (the same layer),
+    others refused by name, and no other ``MessagePassing`` option passes."""
+    torch.manual_seed(0)
+    ref = RelationalAttention(4, 4, heads=2)
+    torch.manual_seed(0)
+    same = RelationalAttention(4, 4, heads=2, aggr="sum", flow="source_to_target")
+    x, ei = torch.randn(5, 4), P.full(5)
+    torch.testing.assert_close(same(x, ei), ref(x, ei), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"RelationalAttention\(aggr='mean'\).*'add' or 'sum'"):
+        RelationalAttention(4, 4, heads=2, aggr="mean")
+    with pytest.raises(ValueError, match=r"flow='target_to_source'.*edge_index\.flip\(0\)"):
+        RelationalAttention(4, 4, heads=2, flow="target_to_source")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'decomposed_layers'"):
+        RelationalAttention(4, 4, heads=2, decomposed_layers=2)
+
+
 @pytest.mark.parametrize("make", [
     lambda: RelationalAttention(4, 4, softmax_backend="native"),
     lambda: RelationalAttention.from_torch(torch.nn.MultiheadAttention(4, 2),
