@@ -58,7 +58,16 @@ class RelationalAttention(MessagePassing):
             cost model of :mod:`graphformer.nn.backend`), ``"sparse"``,
             ``"dense"``, ``"fused"``, ``"fused_cpu"`` or ``"propagate"`` (the
             names of :data:`graphformer.nn.backend.REGISTRY`). All give the
-            same result to float tolerance, forward and backward.
+            same result to float tolerance, forward and backward. Second
+            derivatives (``create_graph=True``, then a derivative of the
+            gradient) come from ``"propagate"`` on every input, and from the
+            others where they run PyTorch operations (``"sparse"`` without
+            per-edge features, typed edges included); elsewhere (the C++ and
+            Triton kernels' backward, PyTorch's CPU flash attention under
+            ``"dense"``) they raise an error, never a wrong value.
+        **kwargs: PyG ``MessagePassing`` options, only at the values the
+            equations fix (``aggr="add"``, ``flow="source_to_target"``);
+            others are refused (only ``"propagate"`` would obey them).
 
     Typed edges (bond types, relation ids, pattern membership): pass
     ``edge_type`` :math:`(E)` and the features of each type as ``edge_attr``

@@ -156,7 +156,8 @@ def _spmm(csr: EdgeCSR, w: Tensor, b: Tensor) -> Tensor:
 
 
 class SDDMM(torch.autograd.Function):
-    """Edge scores ``s[h, e] = scale · a[h, target] · b[h, source]`` (differentiable)."""
+    """Edge scores ``s[h, e] = scale · a[h, target] · b[h, source]``
+    (differentiable, twice: the backward is made of :class:`SpMM`)."""
 
     @staticmethod
     def forward(ctx, a: Tensor, b: Tensor, csr: EdgeCSR, scale: float = 1.0) -> Tensor:
@@ -171,19 +172,21 @@ class SDDMM(torch.autograd.Function):
         grad = grad.contiguous()
         da = db = None
         if ctx.needs_input_grad[0]:
-            da = _spmm(csr, grad, b.contiguous())
+            da = SpMM.apply(grad, b, csr)
             if ctx.scale != 1.0:
-                da.mul_(ctx.scale)
+                da = da * ctx.scale
         if ctx.needs_input_grad[1]:
             t, perm = csr.transpose()
-            db = _spmm(t, grad.index_select(1, perm), a.contiguous())
+            db = SpMM.apply(grad.index_select(1, perm), a, t)
             if ctx.scale != 1.0:
-                db.mul_(ctx.scale)
+                db = db * ctx.scale
         return da, db, None, None
 
 
 class SpMM(torch.autograd.Function):
-    """Weighted sums over incoming edges ``o[h, i] = Σ_e w[h, e] b[h, source_e]``."""
+    """Weighted sums over incoming edges ``o[h, i] = Σ_e w[h, e] b[h, source_e]``
+    (differentiable, twice: the backward is made of :class:`SDDMM` and
+    :class:`SpMM`)."""
 
     @staticmethod
     def forward(ctx, w: Tensor, b: Tensor, csr: EdgeCSR) -> Tensor:
@@ -198,10 +201,10 @@ class SpMM(torch.autograd.Function):
         grad = grad.contiguous()
         dw = db = None
         if ctx.needs_input_grad[0]:
-            dw = _sddmm(csr, grad, b.contiguous())
+            dw = SDDMM.apply(grad, b, csr)
         if ctx.needs_input_grad[1]:
             t, perm = csr.transpose()
-            db = _spmm(t, w.index_select(1, perm), grad)
+            db = SpMM.apply(w.index_select(1, perm), grad, t)
         return dw, db, None
 
 
@@ -287,7 +290,9 @@ def _scatter_sum(group: Grouping, w: Tensor, edge_attr: Tensor) -> Tensor:
 
 
 class GatherDot(torch.autograd.Function):
-    """Differentiable :func:`_gather_dot` (mat [H, n, D], edge_attr [E, D] -> [E, H])."""
+    """Differentiable :func:`_gather_dot` (mat [H, n, D], edge_attr [E, D] -> [E, H]).
+    :class:`GatherDot`, :class:`GatherSum` and :class:`ScatterSum` are each
+    other's gradients, so all three are differentiable twice."""
 
     @staticmethod
     def forward(ctx, mat: Tensor, edge_attr: Tensor, group: Grouping) -> Tensor:
@@ -301,10 +306,30 @@ class GatherDot(torch.autograd.Function):
         grad = grad.contiguous()
         dmat = dea = None
         if ctx.needs_input_grad[0]:
-            dmat = _scatter_sum(ctx.group, grad.t().contiguous(), edge_attr.contiguous())
+            dmat = ScatterSum.apply(grad.t(), edge_attr, ctx.group)
         if ctx.needs_input_grad[1]:
-            dea = _gather_sum(ctx.group, grad, mat.contiguous())
+            dea = GatherSum.apply(grad, mat, ctx.group)
         return dmat, dea, None
+
+
+class GatherSum(torch.autograd.Function):
+    """Differentiable :func:`_gather_sum` (w [E, H], mat [H, n, D] -> [E, D])."""
+
+    @staticmethod
+    def forward(ctx, w: Tensor, mat: Tensor, group: Grouping) -> Tensor:
+        ctx.save_for_backward(w, mat)
+        ctx.group = group
+        return _gather_sum(group, w.contiguous(), mat.contiguous())
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        w, mat = ctx.saved_tensors
+        dw = dmat = None
+        if ctx.needs_input_grad[0]:      # dw[e, h] = mat[h, index_e] · grad[e]
+            dw = GatherDot.apply(mat, grad, ctx.group)
+        if ctx.needs_input_grad[1]:      # dmat[h, i] = Σ_{e: index_e = i} w[e, h] grad[e]
+            dmat = ScatterSum.apply(w.t(), grad, ctx.group)
+        return dw, dmat, None
 
 
 class ScatterSum(torch.autograd.Function):
@@ -322,7 +347,7 @@ class ScatterSum(torch.autograd.Function):
         grad = grad.contiguous()
         dw = dea = None
         if ctx.needs_input_grad[0]:
-            dw = _gather_dot(ctx.group, grad, edge_attr.contiguous()).t()
+            dw = GatherDot.apply(grad, edge_attr, ctx.group).t()
         if ctx.needs_input_grad[1]:
-            dea = _gather_sum(ctx.group, w.t().contiguous(), grad)
+            dea = GatherSum.apply(w.t(), grad, ctx.group)
         return dw, dea, None

@@ -64,6 +64,7 @@ from torch import Tensor
 
 from .cpu_kernels import define_op, kernels_available
 from .csr import EdgeCSR, GatherDot, Grouping, ScatterSum
+from .first_order import first_order
 
 #: Edges per chunk are chosen so that one chunk's per-edge projections stay
 #: near this many elements (4 MB in float32: 1024 edges of 8 heads × 32
@@ -110,6 +111,7 @@ class ChunkedEdgeScores(torch.autograd.Function):
         return out
 
     @staticmethod
+    @first_order("ChunkedEdgeScores")
     def backward(ctx, grad: Tensor):
         q, k, edge_attr, w_qk, src, dst, kept = ctx.saved_tensors
         H, C = q.size(1), q.size(2)
@@ -248,6 +250,7 @@ def _save_inputs(ctx, inputs, output) -> None:
     ctx.save_for_backward(*inputs)
 
 
+@first_order(_EDGE_QUADRATIC)
 def _edge_quadratic_backward(ctx, grad: Tensor):
     x, c = ctx.saved_tensors
     need_x, need_c = ctx.needs_input_grad[:2]
@@ -327,6 +330,7 @@ def _(grad: Tensor, a: Tensor, b: Tensor, wa: Tensor, wb: Tensor, x: Tensor, ptr
             _like(wa, need_wa), _like(wb, need_wb), _like(x, need_x and dx_into is None), dc)
 
 
+@first_order(_EDGE_CROSS)
 def _edge_cross_backward(ctx, grad: Tensor):
     need = ctx.needs_input_grad
     need_c = len(need) > 10 and need[10]
@@ -403,6 +407,7 @@ def _(dout: Tensor, w: Tensor, wv: Tensor, x: Tensor, ptr: Tensor, order: Option
     return _like(w, need_w), _like(x, need_x and dx_into is None), _like(wv, need_wv)
 
 
+@first_order(_EDGE_VALUES)
 def _edge_values_backward(ctx, dout: Tensor):
     need_w, need_wv, need_x = ctx.needs_input_grad[:3]
     dw, dx, dwv = torch.ops.graphformer.edge_values_backward(dout, *ctx.saved_tensors, need_w,

@@ -21,6 +21,7 @@ weights: what the ``"sparse"`` attention backend uses.
 from __future__ import annotations
 
 import importlib.util
+import math
 from typing import Literal, Optional, Sequence, Tuple
 
 import torch
@@ -139,7 +140,9 @@ def segment_softmax(src: Tensor, index: Optional[Tensor] = None,
 
 class _CSRSoftmax(torch.autograd.Function):
     """:func:`segment_softmax` of edges grouped by target (``ptr``) along
-    ``axis``, with a backward that needs only the weights."""
+    ``axis``, with a backward that needs only the weights. Differentiable
+    twice: under ``create_graph=True`` the backward is made of
+    differentiable operations (in place otherwise)."""
 
     @staticmethod
     def forward(ctx, scores: Tensor, ptr: Tensor, row: Tensor, axis: int) -> Tensor:
@@ -156,7 +159,6 @@ class _CSRSoftmax(torch.autograd.Function):
         return out
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
         alpha, ptr, row = ctx.saved_tensors
         axis = ctx.axis
@@ -164,6 +166,8 @@ class _CSRSoftmax(torch.autograd.Function):
         out = grad * alpha
         dot = torch.segment_reduce(out, "sum", offsets=ptr.expand(*alpha.shape[:axis], -1),
                                    axis=axis)
+        if torch.is_grad_enabled():     # create_graph: α and g may be part of a graph
+            return out - dot.index_select(axis, row) * alpha, None, None, None
         out.sub_(dot.index_select(axis, row).mul_(alpha))
         return out, None, None, None
 
@@ -228,6 +232,13 @@ def _(grad: Tensor, x: Tensor, seed: Tensor, threshold: int, scale: float) -> Te
 
 def _gelu_dropout_backward(ctx, grad: Tensor):
     x, seed = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        # create_graph: GELU's derivative Φ(x) + x φ(x) in differentiable
+        # operations, times the same decisions (hashed_dropout, differentiable)
+        cdf = 0.5 * (1.0 + torch.erf(x * 0.5 ** 0.5))
+        pdf = torch.exp(-0.5 * x * x) * (2.0 * math.pi) ** -0.5
+        return (torch.ops.graphformer.hashed_dropout(grad, seed, *ctx.consts) * (cdf + x * pdf),
+                None, None, None)
     dx = torch.ops.graphformer.gelu_dropout_backward(grad, x, seed, *ctx.consts)
     return dx, None, None, None
 

@@ -65,10 +65,10 @@ from typing import Any, Optional, Tuple
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from .call import AttentionCall
 from .csr import SDDMM
+from .first_order import first_order
 
 try:
     import triton
@@ -361,7 +361,7 @@ class _FusedAttention(torch.autograd.Function):
         return out, lse, edge_out
 
     @staticmethod
-    @once_differentiable
+    @first_order("the fused Triton attention")
     def backward(ctx: Any, dout: Optional[Tensor], dlse: Optional[Tensor],
                  dedge_out: Optional[Tensor]) -> Tuple[Optional[Tensor], ...]:
         q, k, v, ptr, col, bias, edge_values, out, lse, edge_out = ctx.saved_tensors

@@ -86,6 +86,7 @@ from .cpu_kernels import (define_op, dropout_threshold, kernels_available, kerne
                           seed_tensor)
 from .csr import EdgeCSR
 from .edge_terms import PerEdgeTerms, TypedEdgeTerms
+from .first_order import first_order
 
 __all__ = ["fused_cpu_available", "fused_cpu_unavailable", "fused_cpu_attention",
            "fused_cpu_backend", "dropout_multiplier"]
@@ -197,6 +198,7 @@ def _setup_fused(ctx, inputs, output) -> None:
                   bias is not None)
 
 
+@first_order(_FUSED_ATTENTION)
 def _fused_backward(ctx, dout, dalpha, _dkeep):
     q, k, v, ptr, col, ptr_t, row_t, perm, edge_type, vt, alpha, keep = ctx.saved_tensors
     R, has_tq, has_tk, scale, dropout, has_bias = ctx.consts
@@ -272,6 +274,7 @@ def _setup_edge_feature_attention(ctx, inputs, output) -> None:
     ctx.consts = (scale, dropout)
 
 
+@first_order("graphformer::edge_feature_attention")
 def _edge_feature_attention_backward(ctx, dout, dalpha, _dkeep):
     (q, k, v, wa, wb, x, c, wv, ptr, col, ptr_t, row_t, perm, order, masked, alpha,
      keep) = ctx.saved_tensors
