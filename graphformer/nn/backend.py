@@ -10,8 +10,10 @@ function, where it runs, what it needs):
   set, any device.
 - ``"dense"`` (:func:`graphformer.nn.dense.dense_attention`): graphs padded to
   T nodes, the edge set a mask; time :math:`O(B H T^2 C)` whatever E.
-  Self-attention within graphs (``batch`` given, or one graph); elsewhere it
-  runs the sparse backend.
+  Self-attention within graphs (``batch`` given, or one graph); named for
+  other input (bipartite, an unsorted ``batch``, an edge joining two
+  graphs, duplicate edges with edge features) it raises ``ValueError``
+  saying why (``"auto"`` does not pick it there).
 - ``"fused"`` (:func:`graphformer.nn.fused.fused_backend`): a Triton kernel
   streaming each target's edges with an online softmax; CUDA only (or the
   Triton interpreter for testing); no attention dropout. ``"auto"`` picks
