@@ -260,9 +260,10 @@ class TransformerLayer(MessagePassing):
         (post- or pre-norm, relu or gelu)."""
         refuse_softmax_backend(f"{cls.__name__}.from_torch", removed)
         kind = getattr(layer, "activation_relu_or_gelu", 0)
-        if kind not in (1, 2):
-            raise ValueError("only relu and gelu activations can be converted, got "
-                             f"{layer.activation!r}")
+        # PyTorch's flag says gelu for any nn.GELU, its tanh approximation too
+        if kind not in (1, 2) or getattr(layer.activation, "approximate", "none") != "none":
+            raise ValueError("only relu and gelu (exact, approximate='none') activations can "
+                             f"be converted, got {layer.activation!r}")
         mha = layer.self_attn
         new = cls(
             mha.embed_dim, heads=mha.num_heads, ff_channels=layer.linear1.out_features,

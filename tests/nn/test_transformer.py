@@ -40,6 +40,18 @@ def test_equals_transformer_encoder_layer(backend, norm_first, activation, patte
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
 
 
+def test_only_activations_it_computes_convert():
+    """PyTorch flags every ``nn.GELU`` as gelu, its tanh approximation too:
+    that one (and any other activation) is refused, not computed exactly."""
+    for act in (torch.nn.GELU(approximate="tanh"), torch.nn.SiLU()):
+        ref_layer = torch.nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, activation=act)
+        with pytest.raises(ValueError, match="only relu and gelu"):
+            TransformerLayer.from_torch(ref_layer)
+    exact = torch.nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0,
+                                             activation=torch.nn.GELU())
+    assert TransformerLayer.from_torch(exact).activation == "gelu"
+
+
 def test_eval_mode_fast_path_too():
     # In eval mode PyTorch may take its fused "fast path"; the result is the same.
     ptr, batch = batch_of(SIZES)
