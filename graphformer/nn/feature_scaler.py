@@ -42,9 +42,11 @@ class FeatureScaler(torch.nn.Module):
         -b, b\Big), \qquad \tilde x_f = x_f \text{ if finite, else } m_f
 
     in float64. A missing or non-finite value becomes the training median
-    (0 out); an extreme one (RDKit's descriptors reach 1e30) cannot move the
-    median or the interquartile range, however few the training rows, and
-    is clipped; the output is at most ``bound`` (:math:`b`, 5) in magnitude
+    (0 out); an extreme one (RDKit's descriptors reach 1e30) is clipped, and
+    cannot move the median or the interquartile range once a column has
+    enough finite training values (quantiles interpolate between rows: with
+    fewer than 5, or with a quarter of them extreme, an extreme value enters
+    the interquartile range and the column's other values scale to ~0); the output is at most ``bound`` (:math:`b`, 5) in magnitude
     whatever the input. A constant training column gives 0, and so does a
     column with no finite training value (:math:`m_f = l_f = h_f = 0`,
     :math:`s_f = 1`).
@@ -86,6 +88,8 @@ class FeatureScaler(torch.nn.Module):
         """Set the statistics from the training rows ``x`` ``[N, F]`` (any
         values, NaN and ``±inf`` included); returns ``self``."""
         self._check(x, "the training features")
+        if x.size(0) == 0:
+            raise ValueError("FeatureScaler.fit needs at least one training row, got 0 rows")
         v = x.detach().to(device=self.median.device, dtype=torch.float64)
         finite = torch.isfinite(v)
         v = torch.where(finite, v, torch.full_like(v, math.nan))

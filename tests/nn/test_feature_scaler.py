@@ -94,3 +94,5 @@ def test_wrong_widths_and_settings_are_named():
         FeatureScaler(3, quantile=0.5)
     with pytest.raises(ValueError, match="'num_features'"):
         FeatureScaler(0)
+    with pytest.raises(ValueError, match="at least one training row, got 0"):
+        FeatureScaler(3).fit(torch.zeros(0, 3))
