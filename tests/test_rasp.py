@@ -199,6 +199,10 @@ def test_aggregate_categorical_semantics():
 
 
 def test_errors():
+    with pytest.raises(ValueError, match=r"token 2\.5 \(sequence 1, position 1\) is not an "
+                                         "integer token id"):
+        rasp.Context.from_sequences([[1, 2], [3, 2.5]])
+    assert rasp.Context.from_sequences([[1.0, 2]]).tokens.tolist() == [1, 2]
     a = rasp.Context.from_sequences([[1, 2], [3]])
     b = rasp.Context.from_sequences([[1, 2, 3]])
     with pytest.raises(ValueError, match="different batches"):

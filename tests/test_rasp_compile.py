@@ -195,6 +195,8 @@ def test_input_errors():
         rasp.compile(rasp.make_hist, 3, [])
     with pytest.raises(ValueError, match="repeated"):
         rasp.compile(rasp.make_hist, 3, [1, 1])
+    with pytest.raises(ValueError, match=r"not integers: \[1\.5\]"):   # not cast to 1
+        rasp.compile(rasp.make_reverse, 3, [1, 1.5, 2])
     with pytest.raises(TypeError, match="must return an SOp"):
         rasp.compile(lambda t: rasp.select(t, t, rasp.EQ), 3, (0, 1))
 

@@ -94,7 +94,14 @@ class Context:
         lengths = [len(s) for s in sequences]
         flat = [t for s in sequences for t in s]
         ptr = torch.tensor([0] + lengths, dtype=torch.long).cumsum(0)
-        return cls(torch.tensor(flat, dtype=torch.long), ptr)
+        values = torch.tensor(flat) if flat else torch.zeros(0, dtype=torch.long)
+        bad = (values != values.round()).nonzero() if values.is_floating_point() else []
+        if len(bad):   # a cast to int64 would truncate it
+            at = int(bad[0])
+            b = int(torch.searchsorted(ptr, at, right=True)) - 1
+            raise ValueError(f"token {flat[at]!r} (sequence {b}, position {at - int(ptr[b])}) "
+                             "is not an integer token id")
+        return cls(values.long(), ptr)
 
     @property
     def num_nodes(self) -> int:

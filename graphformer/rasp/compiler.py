@@ -848,7 +848,7 @@ def compile(program: Union[SOp, Callable[[SOp], SOp]], max_len: int,
             ``lambda t: make_sort(t, t)``), or an output s-op already built on
             some batch (only its recorded computation graph is used).
         max_len (int): the longest input sequence the model must handle.
-        vocab: the token ids (numbers) inputs are drawn from.
+        vocab: the token ids (integers) inputs are drawn from.
         max_values (int): refuse value sets larger than this.
 
     Returns:
@@ -864,6 +864,9 @@ def compile(program: Union[SOp, Callable[[SOp], SOp]], max_len: int,
     if not vocab_list:
         raise ValueError("'vocab' is empty")
     voc = torch.unique(values_tensor(vocab_list, torch.device("cpu")))
+    if voc.is_floating_point() and bool((voc != voc.round()).any()):
+        raise ValueError(f"'vocab' holds token ids that are not integers: "
+                         f"{voc[voc != voc.round()].tolist()!r}")
     if voc.numel() != len(vocab_list):
         raise ValueError(f"'vocab' has repeated token ids: {vocab_list!r}")
     if isinstance(program, SOp):
