@@ -10,6 +10,7 @@ from typing import List, Optional
 
 import numpy as np
 import torch
+from torch import Tensor
 from torch_geometric.data import Data
 from torch_geometric.transforms import (AddLaplacianEigenvectorPE, AddRandomWalkPE,
                                         BaseTransform, Compose)
@@ -63,18 +64,37 @@ class RandomWalkSE(BaseTransform):
                 f"attr_name={self.attr_name!r})")
 
 
+def canonical_signs(vectors: Tensor) -> Tensor:
+    """The columns of ``vectors`` ``[n, k]`` (eigenvectors, each defined up to
+    its sign), each times the sign of its entry of largest magnitude (the
+    first such entry): the same columns whatever signs they came with. A zero
+    column stays zero."""
+    if vectors.numel() == 0:
+        return vectors
+    top = vectors.abs().argmax(0, keepdim=True)                 # first maximum
+    sign = torch.sign(vectors.gather(0, top))
+    return vectors * torch.where(sign == 0, torch.ones_like(sign), sign)
+
+
 class LaplacianPE(BaseTransform):
     """PyG's :class:`~torch_geometric.transforms.AddLaplacianEigenvectorPE`
     (``k`` smallest non-trivial eigenvectors of the normalised Laplacian),
     made total: a graph with ``n <= k`` nodes gets its ``n - 1`` eigenvectors
     padded with zero columns, so every molecule (single atoms included) has
-    ``lap_pe`` of width ``k`` and graphs batch together."""
+    ``lap_pe`` of width ``k`` and graphs batch together; and deterministic:
+    PyG flips each eigenvector's sign at random (from the global random
+    state), here each is turned so that its entry of largest magnitude (the
+    first of them) is positive, so that the same molecule gets the same
+    encoding in every run (``predict`` as in training; the model flips signs
+    at random itself while training)."""
 
     def __init__(self, k: int, attr_name: str = "lap_pe") -> None:
         if k < 1:
             raise ValueError(f"'k' must be >= 1, got {k}")
         self.k = k
         self.attr_name = attr_name
+        # part of the data caches' key: caches of random signs are not reused
+        self.signs = "largest-entry-positive"
 
     def forward(self, data: Data) -> Data:
         n = data.num_nodes
@@ -87,6 +107,7 @@ class LaplacianPE(BaseTransform):
                                                   is_undirected=True)(data.clone())
                 pe[:, : n - 1] = small[self.attr_name]
             data[self.attr_name] = pe
+        data[self.attr_name] = canonical_signs(data[self.attr_name])
         return data
 
     def __repr__(self) -> str:

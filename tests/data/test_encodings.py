@@ -56,3 +56,33 @@ def test_bad_length_and_repr():
         RandomWalkSE(0)
     assert repr(RandomWalkSE(16)) == "RandomWalkSE(walk_length=16, attr_name='rwse')"
     assert isinstance(encodings(8), RandomWalkSE)
+
+
+@pytest.mark.parametrize("smiles", ["c1ccccc1CCO", "CC(=O)Nc1ccc(O)cc1", "CCO", "C"])
+def test_laplacian_encoding_is_the_same_in_every_run(smiles):
+    """PyG draws each eigenvector's sign from the global random state; the
+    encoding is the same whatever that state (so ``predict`` gives the same
+    numbers in every run), and each column is still an eigenvector of the
+    normalised Laplacian: PyG's up to its sign, where PyG computes it."""
+    from torch_geometric.transforms import AddLaplacianEigenvectorPE
+
+    from graphformer.data.encodings import LaplacianPE
+
+    graph = from_smiles(smiles)
+    k = 3
+    outs = []
+    for seed in range(4):
+        torch.manual_seed(seed)
+        outs.append(LaplacianPE(k)(graph.clone()).lap_pe)
+    for out in outs[1:]:
+        assert torch.equal(out, outs[0])
+    assert outs[0].shape == (graph.num_nodes, k)
+    if graph.num_nodes > k + 1:
+        torch.manual_seed(0)
+        pyg = AddLaplacianEigenvectorPE(k, attr_name="pe")(graph.clone()).pe
+        for c in range(k):
+            same = torch.allclose(outs[0][:, c], pyg[:, c], atol=1e-5)
+            flipped = torch.allclose(outs[0][:, c], -pyg[:, c], atol=1e-5)
+            assert same or flipped
+        top = outs[0].abs().argmax(0)
+        assert (outs[0][top, torch.arange(k)] > 0).all()
