@@ -487,6 +487,22 @@ def test_floats_round_trip_exactly(tmp_path, dtype):
     assert torch.equal(back.node_ids, data.node_ids)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.bool])
+@pytest.mark.parametrize("columns", [1, 3])
+def test_half_precision_and_bool_edge_features_round_trip(tmp_path, dtype, columns):
+    """Half-precision features are written as the float64 repr of each value
+    (one per column), bools as 1 / 0: the file reads back to the same values."""
+    torch.manual_seed(0)
+    edge_index = torch.tensor([[0, 1, 2], [1, 2, 0]])
+    attr = (torch.randn(3, columns) > 0).to(dtype) if dtype == torch.bool \
+        else (torch.randn(3, columns) * 100).to(dtype)
+    data = Data(edge_index=edge_index, num_nodes=3, edge_attr=attr)
+    write_edge_list(data, tmp_path / "h.csv")
+    names = [f"feature_{c}" for c in range(columns)]
+    back = read_edge_list(tmp_path / "h.csv", features=names, dtype=torch.float64)
+    assert torch.equal(back.edge_attr, attr.double())
+
+
 def test_write_format(tmp_path):
     data = read_edge_list(put(tmp_path, "e.txt", "a b 0.1\nb c 2\n"), weight=2)
     write_edge_list(data, tmp_path / "o.csv")

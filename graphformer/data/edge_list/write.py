@@ -28,6 +28,8 @@ def _format_floats(values: Tensor) -> np.ndarray:
     """Decimal strings that read back to exactly ``values``: the shortest
     round-tripping repr for float32/float64, the exact float64 repr else."""
     values = values.detach().cpu()
+    if values.dtype == torch.bool:          # 1 / 0: the format's numbers
+        values = values.to(torch.uint8)
     if not values.dtype.is_floating_point:
         return values.numpy().astype(str)
     if values.dtype in (torch.float32, torch.float64):
@@ -38,7 +40,8 @@ def _format_floats(values: Tensor) -> np.ndarray:
             text = text.astype(object)
             text[wrong] = [repr(float(v)) for v in array[wrong]]
         return text.astype(str)
-    return np.array([repr(v) for v in values.double().tolist()], dtype=str).reshape(values.shape)
+    return np.array([repr(v) for v in values.double().reshape(-1).tolist()],
+                    dtype=str).reshape(values.shape)
 
 
 def _writer_delimiter(name: str, delimiter: Optional[str]) -> str:
