@@ -251,6 +251,18 @@ def test_bad_weight(tmp_path, value, problem):
         read_edge_list(path, weight=2)
 
 
+@pytest.mark.parametrize("comment", [False, True], ids=["vectorised", "line by line"])
+def test_boolean_words_are_not_numbers(tmp_path, comment):
+    """pandas reads a float column of only True / False words as 1 / 0; the
+    file is refused, naming the line, whichever parse reads it."""
+    text = "0 1 True\n" + ("# c\n" if comment else "") + "1 2 false\n2 3 TRUE\n"
+    path = put(tmp_path, "e.txt", text)
+    with pytest.raises(ValueError, match=at(path, 1) + ".*non-numeric weight 'True'"):
+        read_edge_list(path, weight=2)
+    ids = put(tmp_path, "ids.txt", "true false 1.5\nfalse x 2\n")   # ids may be such words
+    assert read_edge_list(ids, weight=2).edge_weight.tolist() == [1.5, 2.0]
+
+
 def test_bad_feature(tmp_path):
     path = put(tmp_path, "e.txt", "1 2 0.5 1\n2 3 0.5 one\n")
     with pytest.raises(ValueError, match=at(path, 2) + ".*non-numeric feature 'one' in column 3"):

@@ -22,6 +22,9 @@ import torch
 from .formats import INT, WHITESPACE, Head, Layout, Table, cast
 
 _PANDAS_SPECIAL = (b"\x00", b"\x0b", b"\x0c")  # bytes pandas' C parser treats unlike ours
+#: words pandas reads as the numbers 1 and 0 in a float column (the format has
+#: decimals only: the careful pass refuses them, naming the line)
+_BOOLEAN_WORD = re.compile(rb"true|false", re.IGNORECASE)
 
 
 def _fast_parsable(head: Head, body: bytes, rows: int) -> bool:
@@ -97,6 +100,8 @@ def parse_fast(head: Head, layout: Layout, dtype: torch.dtype,
     if not _fast_parsable(head, body, rows):
         return None
     tokens = [c for c, _ in layout.ids + layout.texts]
+    if layout.nums and _BOOLEAN_WORD.search(body):
+        return None
     if any(not INT.fullmatch(head.first_row[c]) for c, _ in layout.ids):
         ids_as_text = True  # known from the first row: spare pandas the integer attempt
     df = None if ids_as_text else _pandas_rows(head, body, layout, rows, text=False)
