@@ -193,9 +193,12 @@ def _read_indices(path: Union[str, Path]) -> list:
             if not text:
                 continue
             try:
-                out.append(int(text))
+                index = int(text)
             except ValueError:
                 raise DataError(f"{path}, line {line_no}: {text!r} is not a row index") from None
+            if index < 0:   # Python's -1 would be the last row, unchecked against the others
+                raise DataError(f"{path}, line {line_no}: row index {index} is negative")
+            out.append(index)
     return out
 
 

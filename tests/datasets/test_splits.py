@@ -131,6 +131,10 @@ def test_index_split_from_ogb_style_files(tmp_path):
         index_split(tmp_path / "valid.csv.gz", tmp_path / "valid.csv.gz", tmp_path / "test.csv.gz")
     with pytest.raises(ValueError, match="train index 3 is out of range for 3 rows"):
         index_split(*(tmp_path / f"{n}.csv.gz" for n in ("train", "valid", "test")), num=3)
+    # -1 would be the last row (the test part's 2 here) in Python's indexing
+    (tmp_path / "neg.txt").write_text("0\n-1\n")
+    with pytest.raises(ValueError, match=r"neg.txt, line 2: row index -1 is negative"):
+        index_split(tmp_path / "neg.txt", tmp_path / "valid.csv.gz", tmp_path / "test.csv.gz")
 
 
 def test_stratified_split_keeps_each_class_and_is_seeded():
