@@ -91,7 +91,16 @@ def read_csv(path: Union[str, Path]) -> pd.DataFrame:
     except UnicodeDecodeError as err:
         raise DataError(f"{path} is not a UTF-8 text file ({err.reason} at byte "
                         f"{err.start})") from None
-    frame.index = pd.Index(_row_numbers(path, len(frame)), name="row")
+    rows = _row_numbers(path, len(frame))
+    if not isinstance(frame.index, pd.RangeIndex):
+        # every data row has more fields than the header: pandas made the
+        # first ones an index and shifted the columns (a trailing comma)
+        width = len(frame.columns)
+        extra = frame.index.nlevels
+        raise DataError(f"{path}, row {rows[0]}: {width + extra} fields, but the header names "
+                        f"{width} columns (a trailing delimiter, or a field holding a comma "
+                        f"without double quotes)")
+    frame.index = pd.Index(rows, name="row")
     return frame
 
 

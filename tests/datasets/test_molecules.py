@@ -61,6 +61,9 @@ def test_classification_targets(tmp_path):
     ("smiles,y\nCCO,1\nCCN,abc\n", r"bad.csv, row 2, column 'y': target 'abc' is not a number"),
     ("smi,y\nCCO,1\n", r"bad.csv: no column 'smiles'; the columns are \['smi', 'y'\]"),
     ("smiles,y\nCCO,1\n,2\n", r"empty SMILES '' \(.*bad.csv, row 2\)"),
+    # every row one field longer (a trailing comma): pandas would make the
+    # SMILES an index and read the targets as SMILES
+    ("smiles,y\nCCO,0.5,\nC,1.5,\n", r"bad.csv, row 1: 3 fields, but the header names 2"),
 ])
 def test_bad_rows_are_named(tmp_path, text, match):
     csv = write(tmp_path / "bad.csv", text)
