@@ -515,6 +515,20 @@ def test_half_precision_and_bool_edge_features_round_trip(tmp_path, dtype, colum
     assert torch.equal(back.edge_attr, attr.double())
 
 
+def test_a_first_edge_that_reads_as_the_header_needs_the_header(tmp_path):
+    """Without a header line, a first edge between nodes named 'source' and
+    'target' would be read back as the header (and the edge lost): refused;
+    with the header (the default) it round-trips."""
+    data = Data(edge_index=torch.tensor([[0, 1], [1, 2]]), num_nodes=3,
+                node_ids=["source", "target", "x"])
+    with pytest.raises(ValueError, match="'source' -> 'target', would be read back as the "
+                                         "header line"):
+        write_edge_list(data, tmp_path / "h.tsv", header=False)
+    write_edge_list(data, tmp_path / "h.tsv")
+    back = read_edge_list(tmp_path / "h.tsv")
+    assert back.edge_index.size(1) == 2 and list(back.node_ids) == ["source", "target", "x"]
+
+
 def test_write_format(tmp_path):
     data = read_edge_list(put(tmp_path, "e.txt", "a b 0.1\nb c 2\n"), weight=2)
     write_edge_list(data, tmp_path / "o.csv")

@@ -183,14 +183,15 @@ def header_names(weight: bool, num_features: int) -> List[str]:
             + [f"feature_{k}" for k in range(num_features)])
 
 
-def _is_written_header(fields: List[str]) -> bool:
+def is_written_header(fields: List[str]) -> bool:
+    """Whether ``fields`` are the header :func:`write_edge_list` writes."""
     weight = len(fields) > 2 and fields[2] == "weight"
     return fields == header_names(weight, len(fields) - 2 - weight)
 
 
 def _is_header(first: List[str], second: Optional[List[str]]) -> bool:
     """Header auto-detection (``header=None``) on the first two rows."""
-    if _is_written_header(first):
+    if is_written_header(first):
         return True
     if second is None or any(NUMBER.fullmatch(f) for f in first):
         return False
