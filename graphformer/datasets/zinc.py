@@ -32,6 +32,8 @@ from typing import Callable, List, Optional, Tuple, Union
 from torch_geometric.data import Data
 from torch_geometric.datasets import ZINC
 
+from ..errors import DataError
+
 __all__ = ["ZINC_ATOM_TYPES", "ZINC_BOND_TYPES", "ZINC_SPLITS", "OfflineZINC",
            "load_zinc", "parse_zinc_atom_type"]
 
@@ -106,6 +108,18 @@ class OfflineZINC(ZINC):
                    if not osp.isfile(osp.join(raw_dir, f))]
         if missing:
             raise _zinc_missing_error(raw_dir, missing)
+        if subset:
+            for name in (f"{s}.index" for s in ZINC_SPLITS):
+                path = osp.join(raw_dir, name)
+                with open(path, "rb") as fh:
+                    fh.seek(0, os.SEEK_END)
+                    if fh.tell() > 0:
+                        fh.seek(-1, os.SEEK_END)
+                    if fh.read(1) != b"\n":
+                        raise DataError(
+                            f"{path} does not end with a line break: PyG's ZINC reader drops "
+                            f"the file's last character, which would cut a digit off its last "
+                            f"index; end the line as the downloaded file does")
         super().__init__(root, subset=subset, split=split, transform=transform,
                          pre_transform=pre_transform, pre_filter=pre_filter,
                          force_reload=force_reload)

@@ -147,6 +147,17 @@ def test_one_missing_index_file(tmp_path):
     assert str(tmp_path / "raw" / "train.pickle") not in str(err.value)
 
 
+def test_an_index_file_without_its_line_break_is_refused(tmp_path):
+    """PyG's reader drops an .index file's last character (its line break):
+    without one, the last index would lose a digit and pick another molecule."""
+    smiles, targets = esol(12)
+    lay = write_zinc(tmp_path, smiles, targets)
+    path = lay.root / "raw" / "test.index"
+    path.write_text(path.read_text().rstrip("\n"))
+    with pytest.raises(ValueError, match=r"test.index does not end with a line break"):
+        load_zinc(tmp_path, subset=True, split="train")
+
+
 def test_bad_split_and_atom_type_names():
     with pytest.raises(ValueError, match="split"):
         load_zinc("unused", split="valid")
