@@ -388,7 +388,8 @@ class RelationalAttention(MessagePassing):
 
         Batch-first or not, the weights are the same. ``add_bias_kv`` and
         ``add_zero_attn`` have no edge-set meaning and are refused. The result
-        is on the device and of the dtype of ``mha``.
+        is on the device and of the dtype of ``mha``, in its mode (training or
+        evaluation).
         """
         refuse_softmax_backend(f"{cls.__name__}.from_torch", removed)
         if mha.bias_k is not None or mha.bias_v is not None:
@@ -418,7 +419,7 @@ class RelationalAttention(MessagePassing):
                                   mha.in_proj_bias.chunk(3)):
                     lin.bias.copy_(b)
                 layer.lin_out.bias.copy_(mha.out_proj.bias)
-        return layer
+        return layer.train(mha.training)
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}, "

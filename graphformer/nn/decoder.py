@@ -175,7 +175,8 @@ class TransformerDecoderLayer(MessagePassing):
     @classmethod
     def from_torch(cls, layer: torch.nn.TransformerDecoderLayer) -> "TransformerDecoderLayer":
         """The block with the weights of a :class:`torch.nn.TransformerDecoderLayer`
-        (post- or pre-norm, relu or gelu), on its device and of its dtype."""
+        (post- or pre-norm, relu or gelu), on its device, of its dtype and in
+        its mode (training or evaluation)."""
         act = layer.activation
         if act is F.relu or isinstance(act, torch.nn.ReLU):
             activation = "relu"
@@ -194,7 +195,8 @@ class TransformerDecoderLayer(MessagePassing):
         new.cross_attn = RelationalAttention.from_torch(ca)
         for name in ("linear1", "linear2", "norm1", "norm2", "norm3"):
             getattr(new, name).load_state_dict(getattr(layer, name).state_dict())
-        return new.to(device=layer.linear1.weight.device, dtype=layer.linear1.weight.dtype)
+        new = new.to(device=layer.linear1.weight.device, dtype=layer.linear1.weight.dtype)
+        return new.train(layer.training)
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}({self.channels}, heads={self.heads}, "

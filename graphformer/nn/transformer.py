@@ -257,7 +257,8 @@ class TransformerLayer(MessagePassing):
     def from_torch(cls, layer: torch.nn.TransformerEncoderLayer,
                    backend: AttentionBackend = "auto", **removed: Any) -> "TransformerLayer":
         """The block with the weights of a :class:`torch.nn.TransformerEncoderLayer`
-        (post- or pre-norm, relu or gelu)."""
+        (post- or pre-norm, relu or exact gelu), on its device, of its dtype and
+        in its mode (training or evaluation)."""
         refuse_softmax_backend(f"{cls.__name__}.from_torch", removed)
         kind = getattr(layer, "activation_relu_or_gelu", 0)
         # PyTorch's flag says gelu for any nn.GELU, its tanh approximation too
@@ -274,7 +275,8 @@ class TransformerLayer(MessagePassing):
         new.attn = RelationalAttention.from_torch(mha, backend=backend)
         for name in ("linear1", "linear2", "norm1", "norm2"):
             getattr(new, name).load_state_dict(getattr(layer, name).state_dict())
-        return new.to(device=layer.linear1.weight.device, dtype=layer.linear1.weight.dtype)
+        new = new.to(device=layer.linear1.weight.device, dtype=layer.linear1.weight.dtype)
+        return new.train(layer.training)
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}({self.channels}, heads={self.heads}, "

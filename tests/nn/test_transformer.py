@@ -133,3 +133,17 @@ def test_a_pair_updates_only_the_targets_as_the_whole_layer_does(norm_first):
     updating = TransformerLayer(8, heads=2, edge_dim=3, edge_update=True)
     with pytest.raises(ValueError, match="give 'x' as one tensor, not a pair"):
         updating((x.float(), x[:4].float()), EdgeSet(ei, (10, 4)), e.float())
+
+
+def test_from_torch_keeps_the_modules_mode():
+    """A converted module is in its source's mode: an evaluation-mode source
+    gives an evaluation-mode layer (no dropout), a training one a training one."""
+    from graphformer.nn import RelationalAttention, TransformerDecoderLayer
+
+    sources = [(RelationalAttention, torch.nn.MultiheadAttention(8, 2, dropout=0.5)),
+               (TransformerLayer, torch.nn.TransformerEncoderLayer(8, 2, 16)),
+               (TransformerDecoderLayer, torch.nn.TransformerDecoderLayer(8, 2, 16))]
+    for cls, src in sources:
+        for training in (False, True):
+            new = cls.from_torch(src.train(training))
+            assert all(m.training == training for m in new.modules()), (cls, training)
