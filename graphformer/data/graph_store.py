@@ -184,7 +184,13 @@ class OnDiskGraph:
         elif id_type == "int64":
             self.node_ids = torch.from_numpy(np.load(self.path / "node_ids.npy"))
         else:
-            text = (self.path / "node_ids.txt").read_text(encoding="utf-8").split("\n")[:-1]
+            # one id a line; an id may hold a lone "\r" (text), so no newline translation
+            with open(self.path / "node_ids.txt", encoding="utf-8", newline="") as fh:
+                text = fh.read().split("\n")[:-1]
+            if len(text) != self.num_nodes:
+                raise DataError(f"{self.path / 'node_ids.txt'} holds {len(text)} node ids for "
+                                f"{self.num_nodes} nodes: the converted graph is damaged; "
+                                f"convert the edge list again")
             self.node_ids = text if id_type == "str" else [int(t) for t in text]
         self.feature_store = OnDiskFeatureStore(self)
         self.graph_store = OnDiskGraphStore(self)

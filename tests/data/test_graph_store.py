@@ -194,6 +194,23 @@ def test_out_dir_rules(tmp_path):
                              overwrite=True).num_edges == 2
 
 
+def test_text_ids_with_a_carriage_return_keep_their_nodes(tmp_path):
+    """A lone CR is text inside an id: the converted graph has the ids
+    read_edge_list gives, one per node (the file was read back with CR as a
+    line break: one id more, every later node named after its neighbour)."""
+    edges = tmp_path / "e.txt"
+    edges.write_bytes(b"a\rb c\n" + b"".join(b"c n%d\nn%d a\rb\n" % (i, i) for i in range(3)))
+    expected = read_edge_list(edges).node_ids
+    assert "a\rb" in list(expected)
+    graph = convert_edge_list(edges, tmp_path / "g")
+    assert list(graph.node_ids) == list(expected) and len(graph.node_ids) == graph.num_nodes
+    assert list(load_graph(tmp_path / "g").node_ids) == list(expected)
+    ids = tmp_path / "g" / "node_ids.txt"
+    ids.write_text("a\nb\n")
+    with pytest.raises(DataError, match="holds 2 node ids for 5 nodes"):
+        load_graph(tmp_path / "g")
+
+
 def test_load_graph_refuses_damaged_folders_by_name(tmp_path):
     edges = put(tmp_path, "e.txt", "1 2\n2 3\n")
     folder = tmp_path / "g"

@@ -655,7 +655,7 @@ def _convert(folder: Path, o: dict, text_ids: bool, report) -> dict:
         else:
             meta["node_id_type"] = "range"
     else:
-        with atomic_write(folder / "node_ids.txt") as fh:
+        with atomic_write(folder / "node_ids.txt", newline="\n") as fh:
             for a in range(0, num_nodes, chunk):
                 fh.write("".join(f"{v}\n" for v in uniques[a:a + chunk].tolist()))
     meta["files"] = {}
