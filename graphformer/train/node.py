@@ -256,6 +256,16 @@ class NodeGraph:
         return self._samplers[key]
 
 
+def check_class_labels(y: Tensor, task: str, source: object, node_ids: object) -> None:
+    """Integer class labels must be >= 0 (a negative one would leave its node
+    out of every part of the split): a :class:`DataError` naming ``source``
+    and the first such node."""
+    if task != "regression" and y.numel() and int(y.min()) < 0:
+        bad = int((y < 0).nonzero()[0])
+        raise DataError(f"{source}: integer labels must be >= 0, node "
+                        f"{node_name(node_ids, bad)} has {int(y[bad])}")
+
+
 def load_node_graph(cfg: NodeDataConfig) -> NodeGraph:
     """The graph of ``cfg``: read into memory, or opened memory-mapped."""
     if cfg.graph is not None:
@@ -274,6 +284,7 @@ def load_node_graph(cfg: NodeDataConfig) -> NodeGraph:
                    "classes: regression needs numeric labels (convert the edge list again "
                    "with --label-type value)"))
         y = torch.from_numpy(np.array(graph.y_array))       # N labels: read once, O(N)
+        check_class_labels(y, cfg.task, cfg.graph, graph.node_ids)
         return NodeGraph(graph.data, graph.num_nodes, graph.num_edges, y, graph.num_features,
                          graph.label_names, graph.node_ids, task=cfg.task)
     regression = cfg.task == "regression"
@@ -282,10 +293,7 @@ def load_node_graph(cfg: NodeDataConfig) -> NodeGraph:
                           node_labels=cfg.node_labels, node_header=cfg.node_header,
                           label_type="value" if regression else "class")
     y = data.y
-    if not regression and int(y.min()) < 0:
-        bad = int((y < 0).nonzero()[0])
-        raise DataError(f"{cfg.node_labels}: integer labels must be >= 0, node "
-                        f"{node_name(getattr(data, 'node_ids', None), bad)} has {int(y[bad])}")
+    check_class_labels(y, cfg.task, cfg.node_labels, getattr(data, "node_ids", None))
     x = getattr(data, "x", None)
     source = Data(x=x, y=y, edge_index=data.edge_index, num_nodes=data.num_nodes)
     return NodeGraph(source, int(data.num_nodes), int(data.edge_index.size(1)), y,

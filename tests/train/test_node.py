@@ -260,3 +260,20 @@ def test_a_resumed_node_run_may_change_only_where_it_runs(graph_files):
     assert check_resume(saved, None) is saved
     with pytest.raises(UsageError, match=r"train\.lr: saved 0\.005, given 0\.1; start a new run"):
         check_resume(saved, replace(given, train=replace(given.train, lr=0.1)))
+
+
+def test_negative_class_labels_are_refused_from_edges_and_from_a_converted_graph(tmp_path):
+    """A negative integer label would leave its node out of every part of the
+    split: refused, naming the node, whether the labels come with the edge
+    list or in a converted graph."""
+    from graphformer.data import convert_edge_list
+    from graphformer.errors import DataError
+
+    (tmp_path / "edges.txt").write_text("".join(f"{i} {(i + 1) % 6}\n" for i in range(6)))
+    (tmp_path / "y.csv").write_text("".join(f"{i},{-1 if i == 3 else i % 2}\n" for i in range(6)))
+    convert_edge_list(tmp_path / "edges.txt", tmp_path / "g", node_labels=tmp_path / "y.csv")
+    for data in (NodeDataConfig(edges=str(tmp_path / "edges.txt"),
+                                node_labels=str(tmp_path / "y.csv")),
+                 NodeDataConfig(graph=str(tmp_path / "g"))):
+        with pytest.raises(DataError, match="integer labels must be >= 0, node 3 has -1"):
+            load_node_graph(data)
