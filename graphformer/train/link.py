@@ -85,6 +85,7 @@ from torch_geometric.sampler import NegativeSampling
 
 from .._files import atomic_write, write_text
 from ..data.edge_list import read_edge_list
+from ..data.edge_list.formats import INT
 from ..data.graph_store import shared_tensor
 from ..data.sampling import neighbor_sampler
 from ..errors import ConfigError, DataError
@@ -606,19 +607,23 @@ class NodeIndex:
             self._sorted = ids[self._order]
         elif node_ids is not None:
             self._dict = {str(v): i for i, v in enumerate(node_ids)}
+            #: text ids are compared as text; integer ids (beyond int64) by value
+            self._text = any(isinstance(v, str) for v in node_ids)
 
     def find(self, token: str) -> Optional[int]:
-        """The node of id ``token``, or ``None``."""
+        """The node of id ``token``, or ``None``: text ids by their exact
+        text, integer ids by value, written as the edge-list format writes
+        integers (ASCII digits, an optional sign: not ``1_0`` or other
+        scripts' digits, which Python's ``int`` would take)."""
         if self._dict is not None:
             if token in self._dict:
                 return self._dict[token]
-            if re.fullmatch(r"[+-]?\d+", token):      # an int written another way
+            if not self._text and INT.fullmatch(token):   # an int written another way
                 return self._dict.get(str(int(token)))
             return None
-        try:
-            value = int(token)
-        except ValueError:
+        if not INT.fullmatch(token):
             return None
+        value = int(token)
         if self._sorted is None:
             return value if 0 <= value < self.num_nodes else None
         k = int(np.searchsorted(self._sorted, value))

@@ -138,6 +138,23 @@ def test_predict_writes_the_listed_links_by_their_ids(trained, graph_files, tmp_
     assert np.mean(scores[:40]) > np.mean(scores[40:])
 
 
+def test_node_index_reads_ids_as_the_edge_list_format_does():
+    """Integer ids are ASCII digits with an optional sign (Python's int would
+    take '1_0' as 10 and other scripts' digits); text ids match their exact
+    text ('007' is not node '7'); integer ids beyond int64 compare by value."""
+    from graphformer.train.link import NodeIndex
+
+    by_range = NodeIndex(None, 40)
+    assert [by_range.find(t) for t in ("10", "+10", "010", "1_0", "\u0663" "0", "40")] == \
+        [10, 10, 10, None, None, None]
+    by_value = NodeIndex(torch.tensor([5, -3, 70]), 3)
+    assert [by_value.find(t) for t in ("-3", "070", "7_0", "x")] == [1, 2, None, None]
+    by_text = NodeIndex(["7", "a", "0x"], 3)
+    assert [by_text.find(t) for t in ("7", "007", "+7", "a", "0x")] == [0, None, None, 1, 2]
+    huge = NodeIndex([2 ** 70, 3], 2)
+    assert [huge.find(t) for t in (str(2 ** 70), "+3", "0003", "3_")] == [0, 1, 1, None]
+
+
 def test_predict_refuses_an_unknown_id_naming_its_line(trained, tmp_path):
     run_dir, _ = trained
     (tmp_path / "links.txt").write_text("v1 v2\n\nv3 nobody\n")
