@@ -143,7 +143,9 @@ class CSVChunks:
         self._last_line = ""
         self._digest = hashlib.sha256()
         try:
-            self._records = csv.reader(self._lines())
+            # strict: a quote left open at the end of the file is an error, not
+            # a last field that swallowed every line after it
+            self._records = csv.reader(self._lines(), strict=True)
             self.header = self._read_header()
             check_columns(pd.DataFrame(columns=self.header), self.path,
                           [smiles_column, *self.feature_columns])
@@ -182,8 +184,11 @@ class CSVChunks:
             try:
                 record = next(self._records, None)
             except csv.Error as err:
-                raise DataError(f"{self.path}, line {self._line}: not a valid CSV record "
-                                f"({err})") from None
+                where = f"line {first}" + (f" (to line {self._line})" if self._line > first
+                                           else "")
+                raise DataError(f"{self.path}, {where}: not a valid CSV record ({err}; a "
+                                f"double quote opens a field that runs to the next double "
+                                f"quote)") from None
             if record is None:
                 return None
             if record and (self._line > first or self._last_line.strip()):

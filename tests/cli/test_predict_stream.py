@@ -202,6 +202,9 @@ def test_no_valid_row_and_no_row_are_data_errors_leaving_nothing(checkpoint, tmp
     (b"smiles,name\nCCO,a\nCCN,b\nCC\xff,b\nCCO,c\n", 1,
      ["in.csv is not a UTF-8 text file", "line 4"]),
     (b"name\nCCO\n", 2, ["in.csv: no column 'smiles'"]),
+    # a quote never closed: the field would swallow every row after it
+    (b"smiles,name\nCCO,a\nCCN,b\n\"CCC,b\nCCO,c\n", 1,
+     ["in.csv, line 4 (to line 5): not a valid CSV record", "double quote"]),
 ])
 def test_a_bad_record_is_one_line_naming_file_and_row(checkpoint, tmp_path, content, code,
                                                       names):
