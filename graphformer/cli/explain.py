@@ -13,7 +13,7 @@ from torch_geometric.data import Batch
 from ..data import from_smiles
 from ..data.encodings import encodings
 from ..errors import UsageError
-from ..models import Ensemble
+from ..models import Ensemble, GraphTransformer
 from ..train import predict
 from ..train.checkpoint import load_run
 from ..viz import MAX_PICTURE_SIDE, molecule_attention
@@ -53,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
     output_path(args.output, {"the checkpoint": args.checkpoint}, "attention.png")
     state, cfg, model = load_run(args.checkpoint)
     if isinstance(model, Ensemble):   # K models, K attention maps: draw one of them
-        raise UsageError(f"{args.checkpoint} is an ensemble of {len(model.members)} models, "
+        attending = sum(isinstance(m, GraphTransformer) for m in model.members)
+        raise UsageError(f"{args.checkpoint} is an ensemble of {attending} graph transformers, "
                          f"each with its own attention; explain one of them: "
                          f"{Path(args.checkpoint).parent / 'member-0' / 'best.pt'}")
     mol = bool(model.mol_features)

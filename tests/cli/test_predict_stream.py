@@ -152,6 +152,14 @@ def test_an_ensemble_predicts_its_members_mean(ensemble, source, tmp_path):
 
 # --------------------------------------------------------------------------- invalid rows
 
+def test_explain_names_a_member_of_an_ensemble(ensemble, tmp_path):
+    """Each member has its own attention: explain asks for one member's
+    checkpoint, counting the graph transformers."""
+    assert_error(cli("explain", ensemble, "--smiles", "CCO", "-o", tmp_path / "a.png"), 2,
+                 "is an ensemble of 2 graph transformers",
+                 str(ensemble.parent / "member-0" / "best.pt"))
+
+
 def test_an_invalid_chunk_fails_naming_its_rows_and_skip_invalid_resume_continues(
         checkpoint, tmp_path):
     smiles = SMILES[:12]
