@@ -544,8 +544,11 @@ def read_config_file(path: Union[str, Path]) -> Dict[str, Any]:
 
         try:
             values = yaml.safe_load(text) or {}
-        except yaml.YAMLError as err:
-            raise UsageError(f"{path}: not valid YAML: {err}") from None
+        except yaml.YAMLError as err:   # one line: the place and PyYAML's reason
+            mark = getattr(err, "problem_mark", None)
+            where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            reason = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise UsageError(f"{path}{where}: not valid YAML: {reason}") from None
     else:
         import json
 

@@ -122,3 +122,16 @@ def test_torchrun_two_processes(tmp_path, tiny_csv):  # noqa: F811
     assert result.returncode == 0, result.stderr[-8000:]
     assert result.stdout.count("test rmse: ") == 1  # rank 0 alone reports
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["final"]["epoch"] == 1
+
+
+def test_a_config_file_that_is_not_yaml_is_one_line_naming_its_place(tmp_path):
+    from graphformer.errors import UsageError
+    from graphformer.train import read_config_file
+
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  epochs: {3\n")
+    with pytest.raises(UsageError) as err:
+        read_config_file(path)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"{path}, line ")
+    assert "not valid YAML" in message
