@@ -19,6 +19,10 @@ from ..models.kernel import KERNEL_MEMBERS
 from ..nn.backend import ATTENTION_BACKENDS
 from .uncertainty import DEFAULT_EVIDENTIAL_LAMBDA, LOSSES
 
+#: The columns predict writes beside a target ``t`` with uncertainty:
+#: ``t_std``, and with an interval ``t_low``, ``t_high``.
+UNCERTAINTY_SUFFIXES = ("_std", "_low", "_high")
+
 DEVICES = ("auto", "cpu", "cuda")
 SPLITS = ("scaffold", "random", "official")
 MAX_SEED = 2**32
@@ -192,6 +196,13 @@ class DataConfig:
         if taken:
             raise ConfigError("data", "feature_columns", f"must not hold the SMILES or a "
                               f"target column, got {taken[0]!r}")
+        clash = [(t, u) for t in self.target_columns for u in self.target_columns
+                 if any(u == t + suffix for suffix in UNCERTAINTY_SUFFIXES)]
+        if clash:
+            raise ConfigError("data", "target_columns", f"{clash[0][1]!r} would be the "
+                              f"uncertainty column of target {clash[0][0]!r} in predict's "
+                              f"output: "
+                              f"rename one of the two targets, got {self.target_columns}")
         if self.split_seed is not None and not 0 <= self.split_seed < MAX_SEED:
             raise ConfigError("data", "split_seed", f"must be in [0, 2**32), got "
                               f"{self.split_seed}")

@@ -69,6 +69,7 @@ from .._process import release_free_memory
 from ..datasets.stream import CSVChunks, Featurised, Featuriser, Position, featurise, pieces
 from ..errors import DataError, UsageError
 from ..models import Ensemble, GraphTransformer
+from .config import UNCERTAINTY_SUFFIXES
 from .uncertainty import METHODS, Calibration, check_coverage, interval, predict_distribution
 
 try:
@@ -130,8 +131,8 @@ class SpreadColumns:
 
     def names(self, name: str) -> List[str]:
         """The columns of target ``name``, in output order."""
-        return [name, f"{name}_std",
-                *([f"{name}_low", f"{name}_high"] if self.coverage is not None else [])]
+        std, low, high = (name + suffix for suffix in UNCERTAINTY_SUFFIXES)
+        return [name, std, *([low, high] if self.coverage is not None else [])]
 
     def columns(self, mean: Tensor, std: Tensor, names: Sequence[str]) -> Dict[str, Tensor]:
         """The columns of predictions ``mean`` with raw standard deviations

@@ -535,3 +535,15 @@ def test_pretraining_refuses_a_distribution_loss():
 
     with pytest.raises(ConfigError, match="train.loss.*is not used by pretrain.*'mve'"):
         PretrainConfig(train=TrainConfig(loss="mve", ensemble=1))
+
+
+@pytest.mark.parametrize("suffix", ["_std", "_low", "_high"])
+def test_target_names_that_are_another_targets_uncertainty_columns_are_refused(suffix):
+    """predict writes ``y_std`` (and ``y_low``, ``y_high``) beside target ``y``:
+    targets named so are refused before training, not by every predict."""
+    from graphformer.train.config import DataConfig
+
+    with pytest.raises(ConfigError, match=rf"data.target_columns.*'y{suffix}' would be the "
+                                          r"uncertainty column of target 'y'"):
+        DataConfig(dataset="x.csv", target_columns=["y", f"y{suffix}"])
+    DataConfig(dataset="x.csv", target_columns=["y", "std_y", "z"])
