@@ -169,7 +169,6 @@ class SDDMM(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         a, b = ctx.saved_tensors
         csr: EdgeCSR = ctx.csr
-        grad = grad.contiguous()
         da = db = None
         if ctx.needs_input_grad[0]:
             da = SpMM.apply(grad, b, csr)
@@ -198,7 +197,6 @@ class SpMM(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         w, b = ctx.saved_tensors
         csr: EdgeCSR = ctx.csr
-        grad = grad.contiguous()
         dw = db = None
         if ctx.needs_input_grad[0]:
             dw = SDDMM.apply(grad, b, csr)
@@ -303,7 +301,6 @@ class GatherDot(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         mat, edge_attr = ctx.saved_tensors
-        grad = grad.contiguous()
         dmat = dea = None
         if ctx.needs_input_grad[0]:
             dmat = ScatterSum.apply(grad.t(), edge_attr, ctx.group)
@@ -344,7 +341,6 @@ class ScatterSum(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         w, edge_attr = ctx.saved_tensors
-        grad = grad.contiguous()
         dw = dea = None
         if ctx.needs_input_grad[0]:
             dw = GatherDot.apply(grad, edge_attr, ctx.group).t()
