@@ -21,7 +21,6 @@ weights: what the ``"sparse"`` attention backend uses.
 from __future__ import annotations
 
 import importlib.util
-import math
 from typing import Literal, Optional, Sequence, Tuple
 
 import torch
@@ -233,12 +232,10 @@ def _(grad: Tensor, x: Tensor, seed: Tensor, threshold: int, scale: float) -> Te
 def _gelu_dropout_backward(ctx, grad: Tensor):
     x, seed = ctx.saved_tensors
     if torch.is_grad_enabled():
-        # create_graph: GELU's derivative Φ(x) + x φ(x) in differentiable
-        # operations, times the same decisions (hashed_dropout, differentiable)
-        cdf = 0.5 * (1.0 + torch.erf(x * 0.5 ** 0.5))
-        pdf = torch.exp(-0.5 * x * x) * (2.0 * math.pi) ** -0.5
-        return (torch.ops.graphformer.hashed_dropout(grad, seed, *ctx.consts) * (cdf + x * pdf),
-                None, None, None)
+        # create_graph: the same decisions (hashed_dropout) through PyTorch's
+        # GELU gradient, both differentiable
+        kept = torch.ops.graphformer.hashed_dropout(grad, seed, *ctx.consts)
+        return torch.ops.aten.gelu_backward(kept, x), None, None, None
     dx = torch.ops.graphformer.gelu_dropout_backward(grad, x, seed, *ctx.consts)
     return dx, None, None, None
 
