@@ -212,12 +212,12 @@ def write_edge_list(data: Data, path: PathLike, *, delimiter: Optional[str] = No
     sep = " " if delim == WHITESPACE else delim
     rows = [sep.join(header_names(weights is not None,
                                    0 if attrs is None else attrs.size(1)))] if header else []
-    body = [list(fields) for fields in zip(*(c.tolist() for c in columns))]
-    if not header and body and is_written_header(body[0]):
-        raise ValueError(f"the first edge, {body[0][0]!r} -> {body[0][1]!r}, would be read back "
-                         f"as the header line {sep.join(body[0])!r}: write the header "
+    first = [str(c[0]) for c in columns] if len(columns[0]) else []
+    if not header and first and is_written_header(first):
+        raise ValueError(f"the first edge, {first[0]!r} -> {first[1]!r}, would be read back "
+                         f"as the header line {sep.join(first)!r}: write the header "
                          f"(header=True)")
-    rows += map(sep.join, body)
+    rows += map(sep.join, zip(*(c.tolist() for c in columns)))
     text = "".join(row + "\n" for row in rows).encode("utf-8")
     opener = gzip.open if name.lower().endswith(".gz") else open
     with opener(path, "wb") as handle:
