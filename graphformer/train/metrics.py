@@ -1,8 +1,11 @@
 """Metrics with missing labels masked out, JSON-serialisable (Python floats).
 
 For OGB data sets the metric comes from ogb's own ``Evaluator``; elsewhere the
-same definitions are computed here (RMSE / MAE for regression, ROC-AUC / AP
-averaged over the tasks that have both classes, as OGB does).
+same definitions are computed here, each task scored on its labelled rows and
+the scores averaged over the tasks, as OGB does: RMSE / MAE for regression
+(over the tasks with a label), ROC-AUC / AP for classification (over the
+tasks that have both classes). A task whose predictions include a NaN or an
+infinity (a diverged model) scores NaN.
 """
 from __future__ import annotations
 
@@ -13,16 +16,27 @@ import numpy as np
 LOWER_IS_BETTER = {"rmse", "mae", "loss"}
 
 
-def _per_task(y_true: np.ndarray, y_pred: np.ndarray, fn) -> float:
+def _per_task(y_true: np.ndarray, y_pred: np.ndarray, fn, classes: bool) -> float:
+    """The mean over tasks of ``fn(labels, predictions)`` on each task's
+    labelled rows; with ``classes``, over the tasks that have both classes."""
     scores = []
     for t in range(y_true.shape[1]):
         mask = ~np.isnan(y_true[:, t])
-        labels = y_true[mask, t]
-        if labels.size and 0 < labels.sum() < labels.size:  # both classes present
-            scores.append(fn(labels, y_pred[mask, t]))
+        labels, pred = y_true[mask, t], y_pred[mask, t]
+        if not labels.size or (classes and not 0 < labels.sum() < labels.size):
+            continue
+        scores.append(fn(labels, pred) if np.isfinite(pred).all() else float("nan"))
     if not scores:
         return float("nan")
     return float(np.mean(scores))
+
+
+def _rmse(y: np.ndarray, p: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((p - y) ** 2)))
+
+
+def _mae(y: np.ndarray, p: np.ndarray) -> float:
+    return float(np.mean(np.abs(p - y)))
 
 
 def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, task: str,
@@ -34,14 +48,12 @@ def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, task: str,
     if task == "classification":
         from sklearn.metrics import average_precision_score, roc_auc_score  # 1 s to import
 
-        out = {"rocauc": _per_task(y_true, y_pred, roc_auc_score),
-               "ap": _per_task(y_true, y_pred, average_precision_score)}
+        out = {"rocauc": _per_task(y_true, y_pred, roc_auc_score, classes=True),
+               "ap": _per_task(y_true, y_pred, average_precision_score, classes=True)}
     else:
-        mask = ~np.isnan(y_true)
-        err = (y_pred - y_true)[mask]
-        out = {"rmse": float(np.sqrt(np.mean(err ** 2))) if err.size else float("nan"),
-               "mae": float(np.mean(np.abs(err))) if err.size else float("nan")}
-    if ogb_name is not None and ogb_name.startswith("ogbg-"):
+        out = {"rmse": _per_task(y_true, y_pred, _rmse, classes=False),
+               "mae": _per_task(y_true, y_pred, _mae, classes=False)}
+    if ogb_name is not None and ogb_name.startswith("ogbg-") and np.isfinite(y_pred).all():
         from ogb.graphproppred import Evaluator
 
         evaluator = Evaluator(ogb_name)
