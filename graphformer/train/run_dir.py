@@ -242,10 +242,12 @@ class RunDirectory:
         return old
 
     def _refuse_foreign(self, old: List[str]) -> None:
-        """Refuse run files in the directory that graphformer did not write
-        (not among ``old``)."""
+        """Refuse run files, or a TensorBoard folder, in the directory that
+        graphformer did not write (not among ``old``): the run would list them
+        as its own, and a later ``--overwrite`` remove them."""
         run_dir = self.path
-        foreign = [n for n in RUN_FILES if (run_dir / n).exists() and n not in old]
+        foreign = [n for n in (*RUN_FILES, TENSORBOARD)
+                   if ((run_dir / n).exists() or (run_dir / n).is_symlink()) and n not in old]
         if foreign:
             them = "it" if len(foreign) == 1 else "them"
             raise UsageError(

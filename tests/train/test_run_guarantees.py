@@ -130,6 +130,21 @@ def test_a_folder_with_someone_elses_config_is_not_a_run(runs, tmp_path, tiny_cs
     assert [p.name for p in folder.iterdir()] == ["config.json"]  # no lock file left there
 
 
+def test_a_tensorboard_folder_graphformer_did_not_write_is_never_removed(runs, tmp_path,
+                                                                          tiny_csv):  # noqa: F811
+    """A user's own ``tensorboard/`` in a run directory is refused like their
+    own ``config.json``: it was listed as the run's and ``--overwrite`` then
+    deleted it."""
+    folder = tmp_path / "project"
+    (folder / "tensorboard").mkdir(parents=True)
+    (folder / "tensorboard" / "notes.txt").write_text("my own logs\n")
+    for more in ([], ["--overwrite"]):
+        refused(cli(*train_args(tiny_csv, folder, runs / "cache", *more, epochs=1)), 2,
+                folder, "holds tensorboard, which graphformer did not write")
+    assert (folder / "tensorboard" / "notes.txt").read_text() == "my own logs\n"
+    assert sorted(p.name for p in folder.iterdir()) == ["tensorboard"]
+
+
 def test_overwriting_an_ensemble_with_one_model_removes_its_members(runs, tmp_path,
                                                                     tiny_csv):  # noqa: F811
     ens = copy(runs, "ens", tmp_path)
