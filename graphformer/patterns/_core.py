@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch_geometric.utils.sparse import ptr2index
 
-from .._checks import check_edge_index
+from .._checks import check_edge_index, check_num_nodes
 
 PtrLike = Union[Tensor, int]
 
@@ -99,6 +99,7 @@ def infer_num_nodes(*edge_sets: Tensor, num_nodes: Optional[int] = None) -> int:
             found = max(found, int(ei.max()) + 1)
     if num_nodes is None:
         return found
+    num_nodes = check_num_nodes(num_nodes)
     if num_nodes < found:
         raise ValueError(f"'num_nodes' is {num_nodes} but an edge set uses node index "
                          f"{found - 1}")
@@ -106,7 +107,9 @@ def infer_num_nodes(*edge_sets: Tensor, num_nodes: Optional[int] = None) -> int:
 
 
 def edge_keys(edge_index: Tensor, num_nodes: int) -> Tensor:
-    """The sort key ``i * N + j`` of every edge (target-major order)."""
+    """The sort key ``i * N + j`` of every edge (target-major order), int64
+    whatever the index dtype (an int32 product overflows past 46,340 nodes)."""
+    edge_index = edge_index.long()
     return edge_index[1] * max(num_nodes, 1) + edge_index[0]
 
 

@@ -71,3 +71,28 @@ def test_errors():
         P.k_hop(torch.tensor([[0], [-1]]), 2)
     with pytest.raises(ValueError, match=r"shape \[2, E\]"):
         P.graph(torch.zeros(3, 4, dtype=torch.long))
+
+
+def test_edge_keys_of_int32_edges_past_46340_nodes_do_not_overflow():
+    """``i * N + j`` in int32 wrapped round past 46,340 nodes (and a model
+    placing its bonds by these keys put them at wrong positions)."""
+    n = 50_001
+    ei = torch.tensor([[1, 49_999], [50_000, 50_000]], dtype=torch.int32)
+    keys = P.edge_keys(ei, n)
+    assert keys.dtype == torch.long and keys.tolist() == [50_000 * n + 1, 50_000 * n + 49_999]
+    assert torch.equal(P.keys_to_edges(keys, n), ei.long())
+
+
+@pytest.mark.parametrize("build", [
+    lambda ei, n: P.graph(ei, num_nodes=n), lambda ei, n: P.graph(ei, self_loops=True, num_nodes=n),
+    lambda ei, n: P.k_hop(ei, 2, num_nodes=n), lambda ei, n: P.union(ei, num_nodes=n)[0],
+    lambda ei, n: P.coalesce(ei, num_nodes=n)])
+def test_a_float_node_count_is_refused_by_name(build):
+    """``num_nodes=5000.0`` made float32 edges (4001 read back as 4000) or
+    failed inside torch: now refused as everywhere else."""
+    ei = torch.tensor([[4001, 4998], [4999, 4999]])
+    with pytest.raises(TypeError, match="'num_nodes' must be a whole number, got float"):
+        build(ei, 5000.0)
+    with pytest.raises(ValueError, match="'num_nodes' must be in"):
+        build(ei[:, :0], -1)
+    assert build(ei, 5000).dtype == torch.long
