@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .._checks import check_edge_index, check_node_range
+from .._checks import check_edge_index, check_node_range, check_num_nodes
 from ._core import PtrLike, as_ptr, node_info
 
 
@@ -66,6 +66,7 @@ def to_mask(edge_index: Tensor, ptr: PtrLike, max_num_nodes: Optional[int] = Non
     sizes = ptr.diff()
     t = int(sizes.max()) if num_graphs > 0 else 0
     if max_num_nodes is not None:
+        max_num_nodes = check_num_nodes(max_num_nodes, "max_num_nodes")
         if max_num_nodes < t:
             raise ValueError(f"'max_num_nodes' = {max_num_nodes} but a graph has {t} nodes")
         t = max_num_nodes

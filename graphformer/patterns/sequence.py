@@ -81,6 +81,8 @@ def global_tokens(ptr: PtrLike, index: Tensor) -> Tensor:
         others: union it with a local pattern to get the usual sparse mask.
     """
     ptr = as_ptr(ptr)
+    if isinstance(index, (list, tuple)) and not index:      # no global tokens
+        index = torch.zeros(0, dtype=torch.long)
     index = torch.as_tensor(index, device=ptr.device)
     if index.dtype.is_floating_point or index.dtype == torch.bool or index.dim() > 1:
         raise TypeError(f"'index' must be a 1-D integer tensor of node ids, got "

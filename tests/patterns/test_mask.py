@@ -56,3 +56,10 @@ def test_errors_name_the_entry():
         P.to_mask(torch.tensor([[0, 0], [1, 3]]), ptr_of([3, 2]))
     with pytest.raises(IndexError, match=r"edge_index\[1, 0\] = 9"):
         P.to_mask(torch.tensor([[0], [9]]), ptr_of([3, 2]))
+
+
+def test_to_mask_refuses_a_float_size_by_name():
+    ei = torch.tensor([[0, 1], [1, 2]])
+    with pytest.raises(TypeError, match="'max_num_nodes' must be a whole number"):
+        P.to_mask(ei, torch.tensor([0, 3, 5]), max_num_nodes=4.0)
+    assert P.to_mask(ei, torch.tensor([0, 3, 5]), max_num_nodes=4).shape == (2, 4, 4)

@@ -140,3 +140,10 @@ def test_sparse_patterns_scale_with_their_output(build, expected_edges):
 def test_bad_input_is_named(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_no_global_tokens_is_an_empty_set_however_given():
+    ptr = torch.tensor([0, 3, 5])
+    for none in ([], (), torch.zeros(0, dtype=torch.long)):
+        out = P.global_tokens(ptr, none)
+        assert out.dtype == torch.long and out.shape == (2, 0)
