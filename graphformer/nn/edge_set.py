@@ -88,7 +88,28 @@ class EdgeSet:
     def row_pointer(target: Tensor, num_dst: int) -> Tensor:
         """The CSR row pointer [N_t + 1] of edges grouped by target, from
         their targets ``target`` [E] (non-decreasing): what
-        :meth:`grouped` takes."""
+        :meth:`grouped` takes. In eager mode the targets are checked (in
+        ``[0, num_dst)`` and non-decreasing: ``IndexError`` / ``ValueError``
+        naming the first that is not)."""
+        num_dst = check_num_nodes(num_dst, "num_dst")
+        if not isinstance(target, Tensor) or target.dim() != 1 \
+                or target.dtype.is_floating_point or target.dtype == torch.bool:
+            raise TypeError(f"'target' must be a 1-D integer tensor [E], got "
+                            f"{getattr(target, 'dtype', type(target).__name__)} "
+                            f"{list(getattr(target, 'shape', []))}")
+        target = target.long()
+        if not torch.compiler.is_compiling() and target.numel():
+            bad = (target < 0) | (target >= num_dst)
+            if bool(bad.any()):
+                e = int(bad.nonzero()[0])
+                raise IndexError(f"'target[{e}]' = {int(target[e])} is not a node in "
+                                 f"[0, num_dst = {num_dst})")
+            down = target[1:] < target[:-1]
+            if bool(down.any()):
+                e = int(down.nonzero()[0]) + 1
+                raise ValueError(f"'target' must be non-decreasing (edges grouped by "
+                                 f"target): target[{e}] = {int(target[e])} follows "
+                                 f"{int(target[e - 1])}")
         return EdgeCSR.from_sorted(target, target, num_dst, num_dst).ptr   # (col unused)
 
     def _build(self, edge_index: Tensor, num_nodes: Union[int, Tuple[int, int]],
@@ -156,6 +177,14 @@ class EdgeSet:
                 raise ValueError(f"EdgeSet.grouped: the edges are not grouped by target: "
                                  f"edge {e} has target {int(dst[e])} after "
                                  f"{int(dst[e - 1])}")
+            if not compiling:
+                given = EdgeCSR.from_sorted(dst, src, num_dst, num_src).ptr
+                if not torch.equal(given, ptr):
+                    i = int((given != ptr).nonzero()[0])
+                    raise ValueError(f"EdgeSet.grouped: 'ptr' does not match the edges' "
+                                     f"targets: ptr[{i}] = {int(ptr[i])}, but "
+                                     f"{int(given[i])} edges have a target below {i} "
+                                     f"(EdgeSet.row_pointer(edge_index[1], {num_dst}))")
             csr = EdgeCSR(ptr, src, num_src, row=dst)
         else:
             # whether the edges came grouped reads data: under torch.compile they are
@@ -258,8 +287,9 @@ class EdgeSet:
             return None, "got an unsorted 'batch' (graphs are not contiguous)"
         layout = DenseLayout(ptr, self.csr)
         if layout.crossing is not None:
-            e = layout.crossing
-            return None, (f"edge {e} ({int(self.csr.col[e])} -> {int(self.csr.row[e])}) "
+            e = layout.crossing                     # in target order; named as given
+            given = e if self.perm is None else int(self.perm[e])
+            return None, (f"edge {given} ({int(self.csr.col[e])} -> {int(self.csr.row[e])}) "
                           f"joins two graphs")
         return layout, ""
 

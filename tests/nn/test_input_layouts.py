@@ -365,6 +365,43 @@ def test_edge_set_batch_is_checked_by_name(batch, error, match):
         RelationalAttention(4, 4)(torch.randn(3, 4), P.full(3), batch=batch)
 
 
+@pytest.mark.parametrize("ptr", [[0, 1, 2, 3], [0, 0, 1, 100_000], [0, 0, 2, 2]])
+def test_a_row_pointer_that_contradicts_the_edges_is_refused(ptr):
+    """``EdgeSet.grouped`` took any pointer of the right shape: the layer then
+    attended along other edges on two backends (off by 2.2) and the fused
+    kernel read past its arrays (a crash)."""
+    ei = torch.tensor([[0, 1, 2], [1, 2, 2]])
+    with pytest.raises(ValueError, match=r"'ptr' does not match the edges' targets: ptr\[\d\]"):
+        EdgeSet.grouped(ei, 3, torch.tensor(ptr))
+    good = EdgeSet.grouped(ei, 3, EdgeSet.row_pointer(ei[1], 3))
+    layer = RelationalAttention(4, 4, heads=1).double().eval()
+    x = torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(layer(x, good), layer(x, ei), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("target, error, match", [
+    ([0, 5], IndexError, r"'target\[1\]' = 5 is not a node in \[0, num_dst = 3\)"),
+    ([0, 100_000], IndexError, r"'target\[1\]' = 100000"),
+    ([-1, 0], IndexError, r"'target\[0\]' = -1"),
+    ([2, 1], ValueError, r"non-decreasing .* target\[1\] = 1 follows 2"),
+])
+def test_row_pointer_checks_its_targets(target, error, match):
+    """Out-of-range targets returned a wrong pointer or corrupted memory."""
+    with pytest.raises(error, match=match):
+        EdgeSet.row_pointer(torch.tensor(target), 3)
+    with pytest.raises(TypeError, match="'num_dst' must be a whole number"):
+        EdgeSet.row_pointer(torch.tensor([0, 1]), 3.0)
+    assert EdgeSet.row_pointer(torch.tensor([0, 2, 2], dtype=torch.int32), 3).tolist() == \
+        [0, 1, 1, 3]
+
+
+def test_the_dense_error_names_the_crossing_edge_as_given():
+    ei = torch.tensor([[0, 1, 2], [1, 0, 0]])       # edge 2 joins graph 1 to graph 0
+    layer = RelationalAttention(4, 4, heads=1, backend="dense")
+    with pytest.raises(ValueError, match=r"edge 2 \(2 -> 0\) joins two graphs"):
+        layer(torch.randn(3, 4), ei, batch=torch.tensor([0, 0, 1]))
+
+
 @pytest.mark.parametrize("backend", ["auto", "dense", "sparse"])
 def test_a_strided_batch_lays_out_the_same_graphs(backend):
     """``batch`` is read by ``index2ptr`` for the dense layout: a strided or
