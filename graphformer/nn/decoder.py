@@ -193,9 +193,11 @@ class TransformerDecoderLayer(MessagePassing):
         )
         new.self_attn = RelationalAttention.from_torch(sa)
         new.cross_attn = RelationalAttention.from_torch(ca)
+        # in the source's dtype before the copy: a float64 weight copied into a
+        # float32 layer would be rounded
+        new = new.to(device=layer.linear1.weight.device, dtype=layer.linear1.weight.dtype)
         for name in ("linear1", "linear2", "norm1", "norm2", "norm3"):
             getattr(new, name).load_state_dict(getattr(layer, name).state_dict())
-        new = new.to(device=layer.linear1.weight.device, dtype=layer.linear1.weight.dtype)
         return new.train(layer.training)
 
     def __repr__(self) -> str:

@@ -273,9 +273,11 @@ class TransformerLayer(MessagePassing):
             bias=layer.linear1.bias is not None, backend=backend,
         )
         new.attn = RelationalAttention.from_torch(mha, backend=backend)
+        # in the source's dtype before the copy: a float64 weight copied into a
+        # float32 layer would be rounded
+        new = new.to(device=layer.linear1.weight.device, dtype=layer.linear1.weight.dtype)
         for name in ("linear1", "linear2", "norm1", "norm2"):
             getattr(new, name).load_state_dict(getattr(layer, name).state_dict())
-        new = new.to(device=layer.linear1.weight.device, dtype=layer.linear1.weight.dtype)
         return new.train(layer.training)
 
     def __repr__(self) -> str:

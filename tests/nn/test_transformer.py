@@ -147,3 +147,30 @@ def test_from_torch_keeps_the_modules_mode():
         for training in (False, True):
             new = cls.from_torch(src.train(training))
             assert all(m.training == training for m in new.modules()), (cls, training)
+
+
+def test_from_torch_of_a_float64_module_copies_every_weight_exactly():
+    """A float64 source (built in float64, so its weights are not float32
+    values) converts exactly: the feed-forward and norm weights were copied
+    into float32 modules first, rounded (outputs off by 1e-8, not 1e-16)."""
+    from graphformer.nn import RelationalAttention, TransformerDecoderLayer
+
+    torch.manual_seed(0)
+    kw = dict(dim_feedforward=16, dropout=0.0, dtype=torch.float64, batch_first=True)
+    sources = [(RelationalAttention, torch.nn.MultiheadAttention(8, 2, dtype=torch.float64)),
+               (TransformerLayer, torch.nn.TransformerEncoderLayer(8, 2, **kw)),
+               (TransformerDecoderLayer, torch.nn.TransformerDecoderLayer(8, 2, **kw))]
+    for cls, src in sources:
+        with torch.no_grad():
+            for p in src.parameters():      # norms start at 1 and 0: make them float64 values
+                p.add_(torch.randn_like(p) * 0.1)
+        new = cls.from_torch(src.eval())
+        theirs = dict(src.named_parameters())
+        for name, mine in new.named_parameters():
+            assert mine.dtype == torch.float64, (cls, name)
+            if name.split(".")[0] in ("linear1", "linear2", "norm1", "norm2", "norm3"):
+                assert torch.equal(mine, theirs[name]), (cls, name)
+    x = torch.randn(5, 8, dtype=torch.float64)
+    layer = TransformerLayer.from_torch(sources[1][1]).eval()
+    torch.testing.assert_close(layer(x, P.full(5)).x, sources[1][1](x[None])[0],
+                               rtol=0, atol=1e-13)
