@@ -281,3 +281,33 @@ def test_evaluate_rocauc_and_pcqm_mae():
     out = evaluate("pcqm4mv2", torch.tensor([[1.0], [2.0], [4.0]]), torch.tensor([1.5, 2.0, 3.0]))
     assert out == {"mae": pytest.approx(0.5)} and type(out["mae"]) is float
     json.dumps(out)
+
+
+def test_encoded_graphs_follow_a_data_set_processed_again(tmp_path, molecules, monkeypatch):
+    """With encodings the graphs are cached per transform: a data set replaced
+    by another release of the same size (OGB's advice: delete the folder,
+    unpack the new one) served the old labels from that cache."""
+    import shutil
+
+    from graphformer.data.encodings import encodings
+    from graphformer.datasets import load_dataset
+    from graphformer.datasets.encoded import EncodedDataset
+
+    smiles, targets = molecules
+    enc = encodings(rwse_steps=4)
+    write_ogbg_mol(tmp_path / "ogb", smiles, targets)
+    first = load_dataset("ogbg-molesol", tmp_path, pre_transform=enc, log=False).dataset
+    assert first[0].y.item() == pytest.approx(targets[0])
+
+    def no_encoding(self):
+        raise AssertionError("encoded again")
+
+    with monkeypatch.context() as m:                      # the same data: the cache
+        m.setattr(EncodedDataset, "process", no_encoding)
+        again = load_dataset("ogbg-molesol", tmp_path, pre_transform=enc, log=False).dataset
+        assert torch.equal(again[0].rwse, first[0].rwse)
+    shutil.rmtree(tmp_path / "ogb" / "ogbg_molesol")
+    write_ogbg_mol(tmp_path / "ogb", smiles, [t + 100 for t in targets])
+    new = load_dataset("ogbg-molesol", tmp_path, pre_transform=enc, log=False).dataset
+    assert [round(new[k].y.item() - 100, 4) for k in (0, N - 1)] == \
+        [round(targets[k], 4) for k in (0, N - 1)]
