@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import random
+from fractions import Fraction
 from collections import defaultdict
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -42,7 +43,8 @@ def random_split(num: int, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: i
     are 3 rows or more; train takes the rest)."""
     f = _check_fractions(fractions)
     perm = torch.randperm(num, generator=torch.Generator().manual_seed(seed)).tolist()
-    n_valid, n_test = (max(int(frac * num), 1 if frac > 0 and num >= 3 else 0)
+    # rounded down exactly: 0.29 * 100 is 28.999999999999996 in floats
+    n_valid, n_test = (max(int(Fraction(repr(frac)) * num), 1 if frac > 0 and num >= 3 else 0)
                        for frac in f[1:])
     n_valid = min(n_valid, num)
     n_test = min(n_test, num - n_valid)
@@ -189,9 +191,13 @@ def _read_indices(path: Union[str, Path]) -> list:
     out = []
     with opener(path, "rt") as fh:
         for line_no, line in enumerate(fh, start=1):
-            text = line.strip().split(",")[0].strip()
-            if not text:
+            fields = [f.strip() for f in line.split(",") if f.strip()]
+            if not fields:
                 continue
+            text = fields[0]
+            if len(fields) > 1:     # e.g. ZINC's one-line .index files: not this layout
+                raise DataError(f"{path}, line {line_no}: {len(fields)} comma-separated "
+                                f"fields; an index file holds one row index per line")
             try:
                 index = int(text)
             except ValueError:

@@ -166,3 +166,25 @@ def test_config_lists_of_whole_numbers_follow_the_int_rule():
     assert coerce("train", "num_neighbors", 7, List[int]) == [7]
     with pytest.raises(ConfigError, match=r"'train.num_neighbors' must be a whole number"):
         coerce("train", "num_neighbors", [10, 2.5], List[int])
+
+
+def test_an_index_file_with_several_indices_on_a_line_is_refused(tmp_path):
+    """A line ``0,1,...,7`` (ZINC's one-line ``.index`` layout) kept its first
+    index and dropped the rest without a word."""
+    (tmp_path / "train.txt").write_text("0,1,2,3,4,5,6,7\n")
+    (tmp_path / "valid.txt").write_text("8\n")
+    (tmp_path / "test.txt").write_text("9,\n")                 # a trailing comma is one field
+    with pytest.raises(ValueError, match=r"train.txt, line 1: 8 comma-separated fields; an "
+                                         r"index file holds one row index per line"):
+        index_split(*(tmp_path / f"{n}.txt" for n in ("train", "valid", "test")))
+    (tmp_path / "train.txt").write_text("\n".join(map(str, range(8))) + "\n")
+    split = index_split(*(tmp_path / f"{n}.txt" for n in ("train", "valid", "test")), num=10)
+    assert as_sets(split) == {"train": set(range(8)), "valid": {8}, "test": {9}}
+
+
+@pytest.mark.parametrize("num", [100, 200, 400, 800])
+def test_random_split_sizes_are_exact_floors(num):
+    """0.29 of 100 rows is 29 (floats say 28.999999999999996, which made 28)."""
+    split = random_split(num, (0.42, 0.29, 0.29))
+    assert [len(split[p]) for p in ("valid", "test")] == [29 * num // 100] * 2
+    assert sum(len(v) for v in split.values()) == num
