@@ -188,3 +188,21 @@ def test_random_split_sizes_are_exact_floors(num):
     split = random_split(num, (0.42, 0.29, 0.29))
     assert [len(split[p]) for p in ("valid", "test")] == [29 * num // 100] * 2
     assert sum(len(v) for v in split.values()) == num
+
+
+def test_scaffold_split_with_chirality_is_ogbs_and_without_moves_33_lipophilicity_rows(tmp_path):
+    """OGB's rule compares scaffolds with their stereochemistry; the default,
+    as chemprop, without: the docs give the difference on Lipophilicity."""
+    from tests.datasets.layouts import scaffold_split as ogb_scaffold_split
+
+    import pandas as pd
+
+    from graphformer.datasets.molecules import bundled_dir
+
+    smiles = pd.read_csv(bundled_dir() / "Lipophilicity.csv")["smiles"].tolist()
+    ogb = ogb_scaffold_split(smiles)
+    ours = scaffold_split(smiles, include_chirality=True)
+    assert {k: v.tolist() for k, v in ours.items()} == {k: sorted(v) for k, v in ogb.items()}
+    default = scaffold_split(smiles)
+    part = {i: k for k, v in ogb.items() for i in v}
+    assert sum(part[i] != k for k, v in default.items() for i in v.tolist()) == 33
