@@ -400,3 +400,30 @@ def test_attention_match_partial():
         rasp.attention_match(alpha, full, [diag])
     with pytest.raises(ValueError, match=r"\[E, H\]"):
         rasp.attention_match(alpha[:3], full, diag)
+
+
+def test_arithmetic_with_a_float_constant_is_float64():
+    """A Python float was made a float32 tensor: ``t * 0.1`` gave 0.10000000149."""
+    t = rasp.numerical(rasp.tokens(rasp.Context.from_sequences([[1, 2, 3]])))
+    assert (t * 0.1).to_lists() == [[1 * 0.1, 2 * 0.1, 3 * 0.1]]
+    assert (t + 0.1).to_lists() == [[1.1, 2.1, 3.1]]
+    assert (t / 0.1).to_lists() == [[1 / 0.1, 2 / 0.1, 3 / 0.1]]
+    assert (0.1 - t).to_lists() == [[0.1 - 1, 0.1 - 2, 0.1 - 3]]
+    y = t + 0.5 - 0.1                                          # 1.4 exactly as Python has it
+    assert rasp.selector_width(rasp.select(y, 1.5 - 0.1, rasp.EQ)).to_lists() == [[1, 1, 1]]
+
+
+def test_arithmetic_on_flags_counts_them_as_python_does():
+    """``+ - *`` and unary ``-`` on bool s-ops followed torch's bool rules (a
+    logical or) or raised; Python (and tracr) count True as 1."""
+    t = rasp.tokens(rasp.Context.from_sequences([[1, 0, 1, 3]]))
+    one = rasp.map(lambda v: v == 1, t)                        # T F T F
+    odd = rasp.map(lambda v: v % 2 == 1, t)                    # T F T T
+    a, b = [True, False, True, False], [True, False, True, True]
+    assert (one + odd).to_lists() == [[x + y for x, y in zip(a, b)]]
+    assert (odd - one).to_lists() == [[y - x for x, y in zip(a, b)]]
+    assert (one * odd).to_lists() == [[x * y for x, y in zip(a, b)]]
+    assert (-one).to_lists() == [[-x for x in a]]
+    assert (one + True).to_lists() == [[x + True for x in a]]
+    assert (one + odd).to_lists() == \
+        rasp.sequence_map(lambda x, y: x + y, one, odd).to_lists()

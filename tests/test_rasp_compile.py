@@ -268,3 +268,36 @@ def test_programs_without_attention():
     assert model.run([[0, 1, 1], [1]]) == [[10, 21, 22], [20]]
     identity = rasp.compile(lambda t: t, 3, (4, 2))
     assert identity.run([[2, 4, 4]]) == [[2, 4, 4]]
+
+
+def test_s_ops_that_differ_in_kind_or_constant_type_are_not_merged():
+    """The compiler took two s-ops of one op, parameters and inputs as one,
+    whatever their kind (a categorical and a numerical map of one function)
+    or their constant's type (``t + 1`` and ``t + 1.0``, since 1 == 1.0): it
+    crashed, or returned another s-op's values."""
+    def is_one(v):
+        return v == 1
+
+    def kinds(t):
+        idx = rasp.indices(t)
+        ones = rasp.selector_width(rasp.select(rasp.map(is_one, t), True, rasp.EQ)
+                                   & rasp.select(idx, idx, rasp.LEQ))
+        share = rasp.aggregate(rasp.select(idx, idx, rasp.LEQ),
+                               rasp.map(is_one, t, kind=rasp.NUMERICAL))
+        return rasp.sequence_map(lambda a, b: a + b, ones, share)
+
+    def constants(t):
+        idx = rasp.indices(t)
+        up = rasp.select(idx, idx, rasp.LEQ)
+        return rasp.sequence_map(lambda a, b: a + b,
+                                 rasp.aggregate(up, t + 1, on_conflict="default"),
+                                 rasp.aggregate(up, t + 1.0, on_conflict="default"))
+
+    def flags(t):
+        one, odd = rasp.map(is_one, t), rasp.map(lambda v: v % 2 == 1, t)
+        return rasp.numerical(one + odd - (-one)) * 0.1
+
+    seqs = all_sequences([0, 1, 3], 3)
+    for program in (kinds, constants, flags):
+        compiled = rasp.compile(program, max_len=3, vocab=[0, 1, 3])
+        assert compiled.run(seqs) == evaluate(program, seqs), program.__name__

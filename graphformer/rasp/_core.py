@@ -170,7 +170,10 @@ class Node:
     def _signature(self, memo: Dict[int, Any]) -> Any:
         key = id(self)
         if key not in memo:
-            memo[key] = (self.op, self.params,
+            # the kind and each parameter's type too: a categorical and a numerical
+            # map of one function differ, and so do `t + 1` and `t + 1.0` (1 == 1.0)
+            memo[key] = (self.op, getattr(self, "kind", None),
+                         tuple((type(p), p) for p in self.params),
                          tuple(n._signature(memo) for n in self.inputs))
         return memo[key]
 
@@ -179,6 +182,35 @@ class Node:
         """True for the ops a transformer computes with an attention head:
         :func:`aggregate` and :func:`selector_width`."""
         return self.op in ("aggregate", "selector_width")
+
+
+#: ``+ - * /`` on s-op values (``/`` is true division, in float64)
+ARITH: Dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "+": torch.add, "-": torch.sub, "*": torch.mul, "/": lambda a, b: a.double() / b,
+}
+
+
+def _operand(value: Any, device: torch.device) -> Tensor:
+    """A value of an arithmetic op as Python computes with it: a flag (bool)
+    counts as 0 or 1, a Python float is a float64 (not torch's float32)."""
+    if isinstance(value, Tensor):
+        return value.long() if value.dtype == torch.bool else value
+    if isinstance(value, float):
+        return torch.tensor(value, dtype=torch.float64, device=device)
+    return torch.tensor(int(value), device=device)
+
+
+def arith(sym: str, a: Any, b: Any) -> Tensor:
+    """``a sym b`` elementwise, one of them a tensor, with Python's rules
+    (:func:`_operand`): what :class:`SOp` arithmetic and the compiler's value
+    tables compute."""
+    device = a.device if isinstance(a, Tensor) else b.device
+    return ARITH[sym](_operand(a, device), _operand(b, device))
+
+
+def negate(values: Tensor) -> Tensor:
+    """``-values`` with Python's rules (a flag negates to 0 or -1)."""
+    return -_operand(values, values.device)
 
 
 class SOp(Node):
@@ -190,8 +222,9 @@ class SOp(Node):
         depth (int): attention layers on the longest chain that produced it.
 
     Arithmetic (``+ - * /``, unary ``-``) with s-ops or Python numbers is an
-    elementwise map (no attention); the result is numerical when an operand is
-    numerical or the op is ``/``, else categorical.
+    elementwise map (no attention) computed as Python computes it (a flag
+    counts as 0 or 1, a float constant is a float64); the result is numerical
+    when an operand is numerical or the op is ``/``, else categorical.
     """
 
     def __init__(self, values: Tensor, kind: str, context: Context, op: str,
@@ -222,50 +255,48 @@ class SOp(Node):
         return [vals[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
     # arithmetic -----------------------------------------------------------
-    def _arith(self, other: Any, fn: Callable[[Tensor, Tensor], Tensor], sym: str,
-               reverse: bool = False, force_numerical: bool = False) -> "SOp":
+    def _arith(self, other: Any, sym: str, reverse: bool = False) -> "SOp":
+        force_numerical = sym == "/"
         if isinstance(other, SOp):
             ctx = common_context(self, other, op=f"'{sym}'")
             a, b = (other, self) if reverse else (self, other)
             numeric = force_numerical or NUMERICAL in (a.kind, b.kind)
-            vals = fn(a.values, b.values)
+            vals = arith(sym, a.values, b.values)
             return SOp(vals, NUMERICAL if numeric else CATEGORICAL, ctx, "sequence_map",
                        (a, b), (sym,))
         if isinstance(other, (bool, int, float)):
-            const = torch.tensor(other, device=self.values.device)
-            vals = fn(const, self.values) if reverse else fn(self.values, const)
+            vals = arith(sym, other, self.values) if reverse else arith(sym, self.values, other)
             numeric = force_numerical or self.kind == NUMERICAL or isinstance(other, float)
             return SOp(vals, NUMERICAL if numeric else CATEGORICAL, self.context, "map",
                        (self,), (sym, other, reverse))
         return NotImplemented
 
     def __add__(self, o: Any) -> "SOp":
-        return self._arith(o, torch.add, "+")
+        return self._arith(o, "+")
 
     def __radd__(self, o: Any) -> "SOp":
-        return self._arith(o, torch.add, "+", reverse=True)
+        return self._arith(o, "+", reverse=True)
 
     def __sub__(self, o: Any) -> "SOp":
-        return self._arith(o, torch.sub, "-")
+        return self._arith(o, "-")
 
     def __rsub__(self, o: Any) -> "SOp":
-        return self._arith(o, torch.sub, "-", reverse=True)
+        return self._arith(o, "-", reverse=True)
 
     def __mul__(self, o: Any) -> "SOp":
-        return self._arith(o, torch.mul, "*")
+        return self._arith(o, "*")
 
     def __rmul__(self, o: Any) -> "SOp":
-        return self._arith(o, torch.mul, "*", reverse=True)
+        return self._arith(o, "*", reverse=True)
 
     def __truediv__(self, o: Any) -> "SOp":
-        return self._arith(o, lambda a, b: a.double() / b, "/", force_numerical=True)
+        return self._arith(o, "/")
 
     def __rtruediv__(self, o: Any) -> "SOp":
-        return self._arith(o, lambda a, b: a.double() / b, "/", reverse=True,
-                           force_numerical=True)
+        return self._arith(o, "/", reverse=True)
 
     def __neg__(self) -> "SOp":
-        return SOp(-self.values, self.kind, self.context, "map", (self,), ("neg",))
+        return SOp(negate(self.values), self.kind, self.context, "map", (self,), ("neg",))
 
     def __bool__(self) -> bool:
         raise TypeError("an s-op has no truth value; use map() for elementwise conditions")

@@ -105,18 +105,13 @@ from torch import Tensor, nn
 from .. import patterns
 from ..nn.attention import RelationalAttention
 from ..patterns import as_ptr, node_info
-from ._core import (CATEGORICAL, COMPARE, NUMERICAL, Comparison, Context, Node, Selector, SOp,
-                    apply_binary, apply_unary, values_tensor)
+from ._core import (ARITH, CATEGORICAL, COMPARE, NUMERICAL, Comparison, Context, Node, Selector,
+                    SOp, apply_binary, apply_unary, arith, negate, values_tensor)
 from ._core import tokens as rasp_tokens
 from .shape import ProgramShape, heads_per_layer
 
 #: the default cap on the size of an enumerated value set
 MAX_VALUES = 4096
-
-_ARITH: Dict[str, Callable[[Tensor, Tensor], Tensor]] = {
-    "+": torch.add, "-": torch.sub, "*": torch.mul, "/": lambda a, b: a.double() / b,
-}
-
 
 def _positions(values: Tensor, items: Tensor) -> Tensor:
     """Index of every entry of ``items`` in the value set ``values``."""
@@ -455,10 +450,9 @@ class _Compiler:
                 if tag == "numerical" or tag == "categorical":
                     out = a.clone()
                 elif tag == "neg":
-                    out = -a
-                elif isinstance(tag, str) and tag in _ARITH and len(params) == 3:
-                    const = torch.tensor(params[1], device=a.device)
-                    out = _ARITH[tag](const, a) if params[2] else _ARITH[tag](a, const)
+                    out = negate(a)
+                elif isinstance(tag, str) and tag in ARITH and len(params) == 3:
+                    out = arith(tag, params[1], a) if params[2] else arith(tag, a, params[1])
                 elif callable(tag):
                     out = apply_unary(tag, a, vectorized=False)
                 else:
@@ -468,8 +462,8 @@ class _Compiler:
                 ia = torch.arange(a.numel()).repeat_interleave(b.numel())
                 ib = torch.arange(b.numel()).repeat(a.numel())
                 tag = params[0] if params else None
-                if isinstance(tag, str) and tag in _ARITH:
-                    out = _ARITH[tag](a[ia], b[ib])
+                if isinstance(tag, str) and tag in ARITH:
+                    out = arith(tag, a[ia], b[ib])
                 elif callable(tag):
                     out = apply_binary(tag, a[ia], b[ib], vectorized=False)
                 else:
