@@ -64,7 +64,7 @@ def train(cfg: Optional[RunConfig], run_dir: Union[str, Path], resume: bool = Fa
     """
     run_dir = Path(run_dir)
     if cfg is not None:   # stored absolute: its checkpoints evaluate from any directory
-        cfg = replace(cfg, data=cfg.data.with_absolute_paths(dataset=not resume))
+        cfg = replace(cfg, data=cfg.data.with_absolute_paths())
     saved = saved_ensemble(run_dir) if resume else None
     if saved is not None or not resume and cfg is not None and cfg.train.ensemble > 1:
         if model is not None:

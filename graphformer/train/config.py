@@ -219,12 +219,14 @@ class DataConfig:
             raise ConfigError("data", "target_columns", f"must name the target column(s) of "
                               f"the CSV data set {self.dataset} (--target-columns)")
 
-    def with_absolute_paths(self, dataset: bool = True) -> "DataConfig":
-        """This config with ``root`` and (when ``dataset``) the path of a CSV
-        data set made absolute, against the current directory. A run stores
-        them so: its checkpoints are then evaluated from any directory."""
+    def with_absolute_paths(self) -> "DataConfig":
+        """This config with ``root`` and the path of a CSV data set made
+        absolute, against the current directory. A run stores them so: its
+        checkpoints are then evaluated from any directory (and a resumed run
+        given the config it started with, relative paths and all, from the
+        same directory is given the saved one)."""
         changes: Dict[str, Any] = {}
-        if dataset and self.dataset.lower().endswith(".csv"):
+        if self.dataset.lower().endswith(".csv"):
             changes["dataset"] = str(Path(self.dataset).absolute())
         if self.root is not None:
             changes["root"] = str(Path(self.root).absolute())

@@ -187,7 +187,7 @@ def train_model(cfg: Optional[RunConfig], run_dir: Union[str, Path], resume: boo
     progress bar off): ensemble members trained side by side."""
     run_dir = Path(run_dir)
     if cfg is not None:   # stored absolute: its checkpoints evaluate from any directory
-        cfg = replace(cfg, data=cfg.data.with_absolute_paths(dataset=not resume))
+        cfg = replace(cfg, data=cfg.data.with_absolute_paths())
     with open_run_directory(run_dir, resume, overwrite) as directory:
         return _Run(cfg, directory, progress, prepared, model, curve, label).run_epochs()
 

@@ -62,8 +62,10 @@ MEMBER = re.compile(r"member-\d+")
 # (section, key) that a resumed run may change: where it runs, not what it computes.
 RUNTIME_KEYS = {("train", "device"), ("train", "threads"), ("train", "attention_backend"),
                 ("train", "compile"), ("train", "member_processes"), ("data", "root")}
-# Set from the data set, not by the user: not compared when resuming.
-DERIVED_KEYS = {("model", "num_tasks"), ("model", "task"), ("model", "features")}
+# Set from the data set (or, the head's output, from train.loss), not by the
+# user: not compared when resuming.
+DERIVED_KEYS = {("model", "num_tasks"), ("model", "task"), ("model", "features"),
+                ("model", "output")}
 #: a run config (molecule, node or link run)
 C = TypeVar("C")
 

@@ -107,3 +107,24 @@ def test_corrupt_truncated_or_foreign_checkpoints_are_refused(tmp_path):
         load_checkpoint(tmp_path / "code.pt")  # weights_only: no arbitrary objects
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_resume_takes_the_very_config_the_run_started_with(tmp_path, tiny_csv, monkeypatch):
+    """``resume(run_dir, cfg)`` with the config given to ``train``: a relative
+    CSV path (stored absolute) and a distribution loss (the head's output
+    filled in from it) were refused as changed settings."""
+    import shutil
+    from dataclasses import replace
+
+    from graphformer.train import resume, train
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(tiny_csv, tmp_path / "tiny.csv")
+    cfg = tiny_config("tiny.csv", tmp_path / "root", epochs=2, loss="mve")
+    whole = train(cfg, tmp_path / "whole", progress=False)
+    train_until_crash(cfg, tmp_path / "run", monkeypatch, evaluation=3)   # in epoch 2
+    resumed = resume(tmp_path / "run", cfg, progress=False)
+    assert resumed["test_rmse_at_best"] == pytest.approx(whole["test_rmse_at_best"], rel=1e-6)
+    other = replace(cfg, train=replace(cfg.train, lr=0.1))
+    with pytest.raises(ValueError, match=r"train.lr: saved 0.001, given 0.1"):
+        resume(tmp_path / "run", other, progress=False)
