@@ -30,6 +30,7 @@ import json
 import random
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
@@ -208,6 +209,11 @@ def make_training(model: torch.nn.Module, train_set: Dataset, cfg: TrainConfig, 
     total_steps = cfg.total_epochs * steps_per_epoch
     warmup = cfg.warmup_epochs * steps_per_epoch
     head = cfg.head_epochs * steps_per_epoch
+    if cfg.warmup_epochs >= cfg.epochs:
+        warnings.warn(f"warm-up of {cfg.warmup_epochs} epochs (--warmup-epochs) in a run of "
+                      f"{cfg.epochs} (--epochs): the learning rate rises through the whole run, "
+                      f"to {cfg.epochs / cfg.warmup_epochs:.2g}x --lr, and never decays",
+                      UserWarning, stacklevel=2)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, warmup, total_steps, head))
     return net, sampler, loader, optimizer, scheduler
@@ -313,11 +319,13 @@ class EpochRun:
         self.begin_epoch(epoch)
         sums = [0.0] * len(self.loss_names)   # each loss times the graphs of its batch
         seen = 0
+        rate = self.optimizer.param_groups[0]["lr"]
         bar = tqdm(self.loader, desc=f"epoch {epoch}/{cfg.total_epochs}", unit="batch",
                    disable=not self.show or bool(self.label), leave=False, file=sys.stderr)
         for batch in bar:
             batch = batch.to(self.device)
             losses = self.step(batch)
+            rate = self.optimizer.param_groups[0]["lr"]       # the rate this step used
             self.scheduler.step()
             n = batch.num_graphs
             values = [losses[name].item() for name in self.loss_names]
@@ -335,7 +343,7 @@ class EpochRun:
         row: Dict[str, float] = {"epoch": epoch}
         row.update({f"train_{name}": total / graphs
                     for name, total in zip(self.loss_names, totals)})
-        row["lr"] = self.optimizer.param_groups[0]["lr"]
+        row["lr"] = rate        # of the epoch's last step (not the next epoch's first)
         return row
 
     def evaluate(self) -> Dict[str, float]:

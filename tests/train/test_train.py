@@ -128,3 +128,30 @@ def test_resume_takes_the_very_config_the_run_started_with(tmp_path, tiny_csv, m
     other = replace(cfg, train=replace(cfg.train, lr=0.1))
     with pytest.raises(ValueError, match=r"train.lr: saved 0.001, given 0.1"):
         resume(tmp_path / "run", other, progress=False)
+
+
+def test_the_lr_column_is_a_rate_the_epoch_used(tmp_path, tiny_csv):
+    """``metrics.csv``'s ``lr`` was the next epoch's first rate (0 in the last
+    row of a run: a rate never used); it is the epoch's last step's."""
+    import math
+
+    from graphformer.train import train
+    from graphformer.train.optim import lr_factor
+
+    cfg = tiny_config(tiny_csv, tmp_path / "root", epochs=3, warmup_epochs=1)
+    train(cfg, tmp_path / "run", progress=False)
+    rows = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    steps = math.ceil(48 / 16)                             # 48 training molecules
+    used = [1e-3 * lr_factor(epoch * steps - 1, steps, 3 * steps) for epoch in (1, 2, 3)]
+    assert [r["lr"] for r in rows] == pytest.approx(used, rel=1e-9)
+    assert rows[-1]["lr"] > 0
+
+
+def test_a_warm_up_as_long_as_the_run_is_warned_of(tmp_path, tiny_csv):
+    from graphformer.train import train
+
+    cfg = tiny_config(tiny_csv, tmp_path / "root", epochs=2, warmup_epochs=5)
+    with pytest.warns(UserWarning, match=r"warm-up of 5 epochs \(--warmup-epochs\) in a run of "
+                                         r"2 \(--epochs\): the learning rate rises through the "
+                                         r"whole run, to 0.4x --lr, and never decays"):
+        train(cfg, tmp_path / "run", progress=False)
