@@ -97,6 +97,9 @@ def from_token_batch(sequences: Sequence[Tokens], vocab: Optional[Dict[Hashable,
     global numbering (no per-sequence loop).
     """
     datas: List[Data] = [from_tokens(seq, vocab, None, unk) for seq in sequences]
+    if not datas:      # PyG's from_data_list fails on an empty list with an IndexError
+        raise ValueError("from_token_batch needs at least one sequence (an empty sequence, "
+                         "[], is one), got none")
     batch = Batch.from_data_list(datas)
     if pattern is not None:
         batch.edge_index = pattern(batch.ptr)

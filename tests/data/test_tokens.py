@@ -85,3 +85,9 @@ def test_build_vocab_minimum_frequency():
     assert list(build_vocab(seqs)) == ["<pad>", "<unk>", "b", "a", "c", "d"]
     with pytest.raises(ValueError, match="'min_freq' must be an int >= 1, got 0"):
         build_vocab(seqs, min_freq=0)
+
+
+def test_a_batch_of_no_sequences_is_refused_clearly():
+    with pytest.raises(ValueError, match="at least one sequence"):
+        from_token_batch([])
+    assert from_token_batch([[]]).num_nodes == 0
