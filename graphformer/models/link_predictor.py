@@ -120,7 +120,14 @@ class LinkPredictor(torch.nn.Module):
     def score_triplets(self, h: Tensor, src: Tensor, dst_pos: Tensor,
                        dst_neg: Tensor) -> Tuple[Tensor, Tensor]:
         """The logits of the positive links ``(src, dst_pos)`` ``[B]`` and of
-        the negatives sharing their source ``(src, dst_neg)`` ``[B, K]``."""
+        the negatives sharing their source ``(src, dst_neg)`` ``[B, K]``.
+        ``dst_neg`` is ``[B, K]``, or ``[B]`` for one negative a link (what
+        PyG's triplet sampling gives then: it squeezes ``K = 1``)."""
+        if dst_neg.dim() != 2:
+            if dst_neg.dim() != 1 or dst_neg.numel() != src.numel():
+                raise ValueError(f"'dst_neg' must be [B, K] or [B] with B = {src.numel()} "
+                                 f"links, got shape {list(dst_neg.shape)}")
+            dst_neg = dst_neg.unsqueeze(1)
         h_src = h[src]
         return self.score(h_src, h[dst_pos]), self.score(h_src.unsqueeze(1), h[dst_neg])
 

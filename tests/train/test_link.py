@@ -116,6 +116,48 @@ def test_evaluate_repeats_the_runs_best_scores(trained):
         assert f"{key}: {summary[key]:.4f}" in out, (key, out)
 
 
+def test_one_negative_a_link_is_ranked_against_its_own(graph_files, tmp_path, monkeypatch):
+    """With ``--eval-negatives 1`` PyG's triplet sampling gives the negatives
+    as ``[B]``, not ``[B, 1]``: each positive was ranked against the negatives
+    of its whole evaluation batch ([B, B] scores; Hits@1 0 whatever the
+    model)."""
+    from graphformer.models.link_predictor import LinkPredictor, LinkPredictorConfig
+    from graphformer.models.node_transformer import NodeTransformerConfig
+
+    folder, _ = graph_files
+    enc = NodeTransformerConfig(in_channels=1, num_classes=1, hidden=8, layers=1, heads=1,
+                                dropout=0.0)
+    cfg = link_mod.LinkRunConfig(
+        LinkDataConfig(edges=str(folder / "edges.txt"), node_features=str(folder / "x.csv")),
+        LinkPredictorConfig(enc, "dot"),
+        link_mod.LinkTrainConfig(epochs=1, batch_size=64, eval_batch_size=16, eval_negatives=1,
+                                 num_neighbors=[5], device="cpu"))
+    graph = load_link_graph(cfg.data)
+    cfg = link_mod.replace(cfg, model=link_mod._model_config(cfg, graph))
+    torch.manual_seed(0)
+    model = link_mod._build(cfg, graph, torch.device("cpu"))
+    shapes = []
+
+    def spy(pos, neg):
+        shapes.append((pos.numel(), tuple(neg.shape)))
+        return ranks(pos, neg)
+
+    monkeypatch.setattr(link_mod, "ranks", spy)
+    scores = link_mod.evaluate_parts(model, graph, cfg, torch.device("cpu"), parts=("valid",))
+    assert shapes and all(neg == (b, 1) for b, neg in shapes), shapes
+    assert max(b for b, _ in shapes) == 16
+    assert scores["valid_hits@1"] > 0
+    # the scorer itself: [B] negatives are one a link
+    predictor = LinkPredictor(LinkPredictorConfig(enc, "dot"), num_nodes=6)
+    h = torch.randn(6, 8)
+    src, pos, neg = torch.tensor([0, 1, 2]), torch.tensor([3, 4, 5]), torch.tensor([5, 3, 4])
+    flat = predictor.score_triplets(h, src, pos, neg)[1]
+    assert flat.shape == (3, 1)
+    assert torch.equal(flat, predictor.score_triplets(h, src, pos, neg[:, None])[1])
+    with pytest.raises(ValueError, match=r"'dst_neg' must be \[B, K\] or \[B\] with B = 3"):
+        predictor.score_triplets(h, src, pos, neg[:2])
+
+
 def test_predict_writes_the_listed_links_by_their_ids(trained, graph_files, tmp_path):
     run_dir, _ = trained
     _, labels = graph_files
