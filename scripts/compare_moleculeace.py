@@ -318,6 +318,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.out is not None and args.out.exists():
         rows = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()]
         done = {(r["dataset"], r["method"], r["seed"]) for r in rows}
+        ours = f"graphformer:{label}" if label else "graphformer"
+        same = json.loads(json.dumps(sets))           # as the file holds them
+        other = next((r for r in rows if r["method"] == ours and r.get("settings") != same),
+                     None)
+        if "graphformer" in args.methods and other is not None:
+            parser.error(f"{args.out} holds runs of {ours} with other settings "
+                         f"({other.get('settings')}; these: {same}): they would be skipped as "
+                         f"done and their scores shown as this variant's; name this one with "
+                         f"--label, or give another --out")
     for name in args.datasets:
         frame = read_set(name, args.wheel, args.data_dir)
         for seed in args.seeds:

@@ -90,6 +90,30 @@ def test_the_svm_run_is_tabled_and_resumed(mace, files, tmp_path, capsys):
     assert capsys.readouterr().out.startswith("| set | svm test | svm cliff |")
 
 
+def test_a_variant_of_other_settings_under_the_same_label_is_refused(mace, files, tmp_path,
+                                                                    capsys):
+    """Runs were matched by set, method label and seed only: a second
+    ``--set`` variant without ``--label`` was skipped as done and shown with
+    the first one's scores."""
+    folder, _ = files
+    out = tmp_path / "runs.jsonl"
+    first = {"dataset": "CHEMBL1862_Ki", "method": "graphformer:custom", "seed": 0,
+             "seconds": 1.0, "settings": {"model": {"dropout": "0.1"}}, "test_rmse": 0.5,
+             "cliff_rmse": 0.6}
+    out.write_text(json.dumps(first) + "\n")
+    argv = ["--data-dir", str(folder / "data"), "--datasets", "CHEMBL1862_Ki", "--methods",
+            "graphformer", "--seeds", "0", "--out", str(out)]
+    with pytest.raises(SystemExit) as exit_info:
+        mace.main([*argv, "--set", "model.dropout=0.3"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "holds runs of graphformer:custom with other settings ({'model': {'dropout': " \
+           "'0.1'}}; these: {'model': {'dropout': '0.3'}})" in err and "--label" in err
+    assert out.read_text() == json.dumps(first) + "\n"
+    assert mace.main([*argv, "--set", "model.dropout=0.1"]) == 0    # the same: done
+    assert "0.500" in capsys.readouterr().out
+
+
 def test_held_out_sets_are_refused(mace, files, capsys):
     folder, _ = files
     with pytest.raises(SystemExit) as exit_info:
