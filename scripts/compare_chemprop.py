@@ -45,6 +45,7 @@ from graphformer.train import RunConfig, prepare, train
 from graphformer.errors import UsageError
 from graphformer.train.config import DataConfig, TrainConfig, parse_overrides
 from graphformer.train.data_prep import model_config_for
+from graphformer.train.metrics import LOWER_IS_BETTER
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_training import machine_line  # noqa: E402  (sibling script modules)
@@ -126,7 +127,8 @@ def summarise(runs: List[Dict[str, Any]], score: str = "test"
     for r in runs:
         if r.get(score) is None:
             continue
-        table.setdefault(r["dataset"], {}).setdefault(r["peer"], {"values": [], "seconds": []})
+        table.setdefault(r["dataset"], {}).setdefault(
+            r["peer"], {"values": [], "seconds": [], "metric": r.get("metric", "rmse")})
         cell = table[r["dataset"]][r["peer"]]
         cell["values"].append(r[score])
         cell["seconds"].append(r["seconds"])
@@ -137,19 +139,25 @@ def summarise(runs: List[Dict[str, Any]], score: str = "test"
     return table
 
 
+#: how the tables name each metric
+METRIC_NAMES = {"rmse": "RMSE", "mae": "MAE", "rocauc": "ROC-AUC", "ap": "AP"}
+
+
 def markdown(results: Dict[str, Any]) -> str:
     """The README tables of a results JSON: test RMSE at the best validation
     epoch, then the validation RMSE there (the score defaults are chosen by)."""
     seen = list(dict.fromkeys(r["peer"] for r in results["runs"]))   # run order
     peers = [p for p in PEERS if p in seen] + [p for p in seen if p not in PEERS]
+    metric = " / ".join(dict.fromkeys(METRIC_NAMES.get(r.get("metric", "rmse"), r["metric"])
+                                      for r in results["runs"]))
     lines = [f"Machine: {results['machine']}. Scaffold split, seeds "
-             f"{' '.join(map(str, results['seeds']))}; test RMSE at the best validation "
+             f"{' '.join(map(str, results['seeds']))}; test {metric} at the best validation "
              f"epoch, mean ± std (each seed), seconds per run.", ""]
     lines += _table(summarise(results["runs"]), peers)
     valid = summarise(results["runs"], "valid")
     if valid:
-        lines += ["", "Validation RMSE at the best validation epoch, mean ± std (each seed):",
-                  ""]
+        lines += ["", f"Validation {metric} at the best validation epoch, mean ± std (each "
+                  f"seed):", ""]
         lines += _table(valid, [p for p in peers if any(p in row for row in valid.values())],
                         seconds=False)
     if results.get("set"):
@@ -164,7 +172,9 @@ def _table(table: Dict[str, Dict[str, Dict[str, Any]]], peers: List[str],
     lines = ["| data set | " + " | ".join(names.get(p, p) for p in peers) + " |",
              "| --- |" + " --- |" * len(peers)]
     for name, row in table.items():
-        best = min(row[p]["mean"] for p in peers if p in row)
+        means = [row[p]["mean"] for p in peers if p in row]
+        lower = next(iter(row.values()))["metric"] in LOWER_IS_BETTER
+        best = min(means) if lower else max(means)      # in bold
         cells = []
         for p in peers:
             if p not in row:

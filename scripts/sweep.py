@@ -51,6 +51,7 @@ from graphformer.datasets import BUNDLED, bundled_dir, scaffold_folds, scaffold_
 from graphformer.models import GraphTransformerConfig
 from graphformer.train import RunConfig, train
 from graphformer.train.config import TrainConfig, parse_overrides
+from graphformer.train.metrics import LOWER_IS_BETTER
 
 
 MODEL_KEYS = {f.name for f in fields(GraphTransformerConfig)}
@@ -156,14 +157,17 @@ def by_dataset_and_variant(rows: List[Dict[str, Any]]
 
 
 def markdown(rows: List[Dict[str, Any]]) -> str:
-    """Variants per data set, best mean validation metric first."""
+    """Variants per data set, best mean validation metric first (the lowest
+    RMSE / MAE, the highest ROC-AUC / AP)."""
     groups = by_dataset_and_variant(rows)
     lines = ["| data set | variant | seeds | validation (mean ± std) | test (mean ± std) | "
              "s/run |", "| --- | --- | --- | ---: | ---: | ---: |"]
     for dataset, variants in groups.items():
-        def mean_valid(item):
-            return statistics.mean(r["valid"] for r in item[1])
-        for variant, runs in sorted(variants.items(), key=mean_valid):
+        def worse_first(item):           # sorted ascending: the best first
+            runs = item[1]
+            sign = 1 if runs[0].get("metric", "rmse") in LOWER_IS_BETTER else -1
+            return sign * statistics.mean(r["valid"] for r in runs)
+        for variant, runs in sorted(variants.items(), key=worse_first):
             valid = [r["valid"] for r in runs]
             test = [r["test"] for r in runs]
             seeds = " ".join(str(r["seed"]) for r in runs)
@@ -233,7 +237,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.markdown_from:
         rows = [json.loads(line) for line in args.markdown_from.read_text().splitlines() if line]
-        print(cv_markdown(rows) if any("fold" in r for r in rows) else markdown(rows))
+        plain, folds = ([r for r in rows if ("fold" in r) == cv] for cv in (False, True))
+        print("\n\n".join(table(part) for table, part in ((markdown, plain),
+                                                          (cv_markdown, folds)) if part))
         return 0
     if args.cv is not None and args.cv < 2:
         parser.error(f"--cv must be at least 2, got {args.cv}")

@@ -175,3 +175,15 @@ def test_set_reads_each_value_by_its_fields_type():
     # compare_moleculeace.py reads --set the same way (it split any comma before)
     assert load_script("compare_moleculeace").overrides(["model.patterns=bonds"]) == {
         "model": {"patterns": ["bonds"]}}
+
+
+def test_the_table_bolds_the_highest_roc_auc_and_names_the_metric():
+    """The lowest mean was bold whatever the metric, and the text said RMSE."""
+    compare = load_script("compare_chemprop")
+    runs = [{"dataset": "ogbg-molbace", "peer": p, "seed": 0, "test": t, "valid": t,
+             "seconds": 1.0, "metric": "rocauc"} for p, t in (("graphformer", 0.85),
+                                                              ("gin", 0.70))]
+    text = compare.markdown({"machine": "m", "seeds": [0], "runs": runs})
+    assert "test ROC-AUC at the best validation epoch" in text and "RMSE" not in text
+    assert "| ogbg-molbace | **0.850** ± 0.000 (0.850), 1 s | 0.700 ± 0.000 (0.700), 1 s |" \
+        in text

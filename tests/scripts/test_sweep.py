@@ -39,6 +39,35 @@ def test_table_ranks_by_validation_not_test(tmp_path, capsys):
     assert lines[3] == "| esol | a | 0 1 | 0.800 ± 0.100 | 0.500 ± 0.000 | 10 |"
 
 
+def test_table_ranks_a_higher_is_better_metric_highest_first(tmp_path, capsys):
+    """ROC-AUC was ranked as RMSE is, lowest first: the worst variant on top."""
+    sweep = load_script("sweep")
+    rows = [{"dataset": "ogbg-molbace", "variant": v, "seed": 0, "metric": "rocauc",
+             "valid": val, "test": 0.8, "seconds": 10.0}
+            for v, val in [("dropout=0.1", 0.70), ("default", 0.85)]]
+    out = tmp_path / "sweep.jsonl"
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert sweep.main(["--markdown-from", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(" | ")[1] for line in lines[2:]] == ["default", "dropout=0.1"]
+
+
+def test_a_file_of_plain_and_cv_runs_prints_both_tables(tmp_path, capsys):
+    """Both modes append to the same default --out: a file of both crashed
+    (KeyError 'fold')."""
+    sweep = load_script("sweep")
+    rows = [{"dataset": "esol", "variant": "default", "seed": 0, "metric": "rmse",
+             "valid": 1.0, "test": 1.1, "seconds": 10.0},
+            {"dataset": "esol", "variant": "default", "seed": 0, "metric": "rmse", "fold": 0,
+             "valid_size": 10, "valid": 2.0, "test": 1.2, "seconds": 10.0}]
+    out = tmp_path / "sweep.jsonl"
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert sweep.main(["--markdown-from", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| esol | default | 0 | 1.000 ± 0.000 | 1.100 ± 0.000 | 10 |" in text
+    assert "| esol | default | 0 | 0 | 2.000 ± 0.000 |" in text
+
+
 def test_cv_table_ranks_by_out_of_fold_rmse(tmp_path, capsys):
     sweep = load_script("sweep")
     # variant a: folds of 10 and 30 molecules at RMSE 1 and 3, then 2 and 2
