@@ -162,7 +162,7 @@ class PretrainConfig:
                               "train compiles its training step; pretrain runs eagerly)")
         if self.train.ensemble != 1:
             raise ConfigError("train", "ensemble", f"must be 1 for pretrain (one trunk is "
-                              f"pre-trained; TrainConfig's default, {self.train.ensemble}, is "
+                              f"pre-trained; TrainConfig's default, {TrainConfig.ensemble}, is "
                               f"for fine-tuning), got {self.train.ensemble}")
 
     def to_dict(self) -> Dict[str, Any]:

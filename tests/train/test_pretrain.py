@@ -253,3 +253,14 @@ def test_the_shipped_checkpoint_starts_only_a_matching_model_and_only_when_asked
     assert init_module.resolve_init("x.pt", False, small) == Path("x.pt")
     monkeypatch.setattr(init_module, "DEFAULT_CHECKPOINT", Path("/no/such.pt"))
     assert init_module.resolve_init(None, True, default) is None
+
+
+def test_an_ensemble_is_refused_naming_the_real_default():
+    """The message put the given count where TrainConfig's default (2) goes."""
+    from graphformer.errors import ConfigError
+    from graphformer.train.config import TrainConfig
+    from graphformer.train.pretrain import PretrainConfig
+
+    with pytest.raises(ConfigError, match=r"TrainConfig's default, 2, is for fine-tuning\), "
+                                          r"got 3"):
+        PretrainConfig(train=TrainConfig(ensemble=3))
