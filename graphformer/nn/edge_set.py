@@ -19,8 +19,7 @@ E edges, B graphs of at most T nodes, R edge types.
 """
 from __future__ import annotations
 
-from functools import cached_property
-from typing import Optional, Tuple, Union
+from typing import Any, Callable, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -29,6 +28,26 @@ from torch_geometric.utils.sparse import index2ptr, ptr2index
 from .._checks import check_batch, check_edge_index, check_node_range, check_num_nodes
 from .csr import EdgeCSR
 
+
+class cached:
+    """``functools.cached_property`` without its lock: computed once, kept in
+    the instance's ``__dict__``. Python 3.11's takes a lock that dynamo cannot
+    trace, so a fresh ``EdgeSet`` broke the graph of a compiled layer (and
+    ``fullgraph=True`` failed)."""
+
+    def __init__(self, func: Callable[[Any], Any]) -> None:
+        self.func, self.name, self.__doc__ = func, func.__name__, func.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: Optional[type] = None) -> Any:
+        if obj is None:
+            return self
+        values = obj.__dict__
+        if self.name not in values:
+            values[self.name] = self.func(obj)
+        return values[self.name]
 
 class EdgeSet:
     r"""An edge set prepared for attention.
@@ -212,7 +231,7 @@ class EdgeSet:
     def typed(self) -> bool:
         return self.edge_type is not None
 
-    @cached_property
+    @cached
     def sorted_edge_index(self) -> Tensor:
         """The edges grouped by target, [2, E]."""
         return torch.stack([self.csr.col, self.csr.row])
@@ -244,7 +263,7 @@ class EdgeSet:
             return t
         return torch.empty_like(t).index_copy_(0, self.perm, t)
 
-    @cached_property
+    @cached
     def coalesced(self) -> bool:
         """No pair ``j -> i`` occurs twice."""
         if self.num_edges < 2:
@@ -257,7 +276,7 @@ class EdgeSet:
             key = torch.sort(key)[0]
         return bool((key[1:] > key[:-1]).all())
 
-    @cached_property
+    @cached
     def graph_ptr(self) -> Optional[Tensor]:
         """Node offsets of the graphs ([B + 1]; one graph when ``batch`` is
         None); None for bipartite sets or an unsorted ``batch``."""
@@ -272,13 +291,13 @@ class EdgeSet:
         num_graphs = int(b[-1]) + 1 if b.numel() > 0 else 1
         return index2ptr(b, num_graphs)
 
-    @cached_property
+    @cached
     def layout(self) -> Optional["DenseLayout"]:
         """The padded per-graph layout (None where the dense backend cannot
         apply: bipartite, unsorted ``batch`` or an edge joining two graphs)."""
         return self._layout_or_reason[0]
 
-    @cached_property
+    @cached
     def _layout_or_reason(self) -> Tuple[Optional["DenseLayout"], str]:
         if self.bipartite:
             return None, "got bipartite input (cross-attention)"
@@ -333,7 +352,7 @@ class DenseLayout:
         self._csr = csr
         self._masks: dict = {}
 
-    @cached_property
+    @cached
     def edge_flat(self) -> Tensor:
         """Index of every edge in a [B, T, T] tensor, [E] (built when the dense
         backend runs, not when ``auto`` only inspects the layout)."""
@@ -341,7 +360,7 @@ class DenseLayout:
         i, j = self.pos.index_select(0, csr.row), self.pos.index_select(0, csr.col)
         return (self.edge_graph * T + i) * T + j
 
-    @cached_property
+    @cached
     def slots(self) -> Tensor:
         """Padded slot of every node in a [B·T] tensor, [N]."""
         return self.batch * self.max_nodes + self.pos
