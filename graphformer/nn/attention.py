@@ -185,7 +185,10 @@ class RelationalAttention(MessagePassing):
         if edges is not None and self._explain:
             # PyG's explainers mask the edges in the order the caller gave them
             edge_index, edge_type, edges = edges.edge_index, edges.edge_type_given, None
-        if edges is None and not traced:
+        # compiled, a named backend other than message passing needs the edge set too
+        # (built by a sort there): 'auto' and 'propagate' run on edge_index as given
+        named = self.backend not in ("auto", "propagate")
+        if edges is None and (not traced or (named and not self._explain)):
             # EdgeSet checks edge_index, the node range, batch and edge_type
             sizes = x_src.size(0) if isinstance(x, Tensor) else (x_src.size(0), x_dst.size(0))
             edges = EdgeSet(edge_index, sizes, batch=batch, edge_type=edge_type)

@@ -280,6 +280,11 @@ def choose_backend(*, num_edges: int, num_graphs: int, max_nodes: int, heads: in
     return "fused_cpu" if fused_cpu else "sparse"
 
 
+#: the backends that cannot be traced by torch.compile, and why
+NOT_COMPILABLE = {"sparse": "dynamo cannot trace PyTorch's sparse CSR products (sparse CSR "
+                            "tensors have no strides)"}
+
+
 def resolve_backend(requested: str, edges: Optional["EdgeSet"], *, heads: int, channels: int,
                     device: torch.device, per_edge_features: bool, has_terms: bool,
                     dropout_active: bool, traced: bool, compiling: bool = False) -> str:
@@ -293,7 +298,12 @@ def resolve_backend(requested: str, edges: Optional["EdgeSet"], *, heads: int, c
     if traced:
         return "propagate"
     if requested != "auto":
-        return get_backend(requested).name
+        name = get_backend(requested).name
+        if compiling and name in NOT_COMPILABLE:
+            raise RuntimeError(f"backend={name!r} does not run under torch.compile: "
+                               f"{NOT_COMPILABLE[name]}; compile with backend 'auto', "
+                               f"'fused_cpu' or 'propagate'")
+        return name
     if edges is None:
         return "propagate"
     typed_edges = has_terms and not per_edge_features

@@ -588,6 +588,9 @@ def fused_backend(call: AttentionCall) -> Tuple[Tensor, Optional[Tensor]]:
         raise ValueError("the fused backend has no attention dropout; use "
                          "backend='sparse' or 'dense' to train with dropout > 0")
     q, k, v, csr, terms = call.q, call.k, call.v, call.edges.csr, call.terms
+    if q.dtype not in _FLOAT_DTYPES:     # before the edge terms, which would fail otherwise
+        raise ValueError(f"the fused backend computes in float32, float16 or bfloat16, got "
+                         f"{q.dtype} inputs; use backend='sparse' or 'propagate' for {q.dtype}")
     H, C = q.size(1), q.size(2)
     scale = 1.0 / math.sqrt(C)
     bias = edge_values = None

@@ -16,7 +16,7 @@ from ..errors import ConfigError, UsageError
 from ..models import GraphTransformerConfig
 from ..models.graph_transformer import MOVED_KEYS
 from ..models.kernel import KERNEL_MEMBERS
-from ..nn.backend import ATTENTION_BACKENDS
+from ..nn.backend import ATTENTION_BACKENDS, NOT_COMPILABLE
 from .uncertainty import DEFAULT_EVIDENTIAL_LAMBDA, LOSSES
 
 #: The columns predict writes beside a target ``t`` with uncertainty:
@@ -419,6 +419,11 @@ class TrainConfig:
         if self.attention_backend not in ATTENTION_BACKENDS:
             raise ConfigError("train", "attention_backend", f"must be one of "
                               f"{list(ATTENTION_BACKENDS)}, got {self.attention_backend!r}")
+        if self.compile and self.attention_backend in NOT_COMPILABLE:
+            raise ConfigError("train", "attention_backend", f"{self.attention_backend!r} does "
+                              f"not run under compile (train.compile, --compile): "
+                              f"{NOT_COMPILABLE[self.attention_backend]}; use 'auto', "
+                              f"'fused_cpu' or 'propagate'")
         if self.loss not in LOSSES:
             raise ConfigError("train", "loss", f"must be one of {list(LOSSES)}, got "
                               f"{self.loss!r}")

@@ -208,3 +208,57 @@ def test_the_fused_attention_op_exports_for_inference_with_dynamic_shapes():
     args = (torch.randn(6, 8), other.csr.ptr, other.csr.col, other.edge_type)
     with torch.no_grad():
         torch.testing.assert_close(program.module()(*args), module(*args))
+
+
+@pytest.mark.parametrize("make", ["layer", "transformer"])
+def test_a_fresh_untyped_edge_set_compiles_whole(make):
+    """The edge set's cached properties took a lock (Python 3.11's
+    ``functools.cached_property``) that dynamo cannot trace: a fresh
+    ``EdgeSet`` broke the graph on message passing, and fullgraph failed."""
+    torch.manual_seed(0)
+    ei = torch.tensor([[0, 1, 2, 3, 4, 1], [1, 2, 3, 4, 0, 3]])
+    x, e = torch.randn(5, 8, dtype=torch.float64), torch.randn(6, 3, dtype=torch.float64)
+    layer = (RelationalAttention(8, 8, heads=2, edge_dim=3) if make == "layer" else
+             TransformerLayer(8, heads=2, edge_dim=3, dropout=0.0)).double().eval()
+
+    def run(module, edges):
+        out = module(x, edges, e)
+        return out if isinstance(out, torch.Tensor) else out.x
+
+    explanation = torch._dynamo.explain(layer)(x, EdgeSet(ei, 5), e)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(run(compiled, EdgeSet(ei, 5)), run(layer, ei), rtol=0,
+                               atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["dense", "fused_cpu", "propagate"])
+def test_a_named_backend_compiles_on_a_plain_edge_index(backend):
+    """A named backend but message passing needs the edge set, which was not
+    built under compile from a plain ``edge_index``: AttributeError. (The
+    dense layout's sizes are read off the data: graph breaks there.)"""
+    if backend == "fused_cpu" and not kernels_available():
+        pytest.skip(kernels_unavailable())
+    torch.manual_seed(0)
+    ei = torch.tensor([[0, 1, 2, 3, 4], [1, 2, 3, 4, 0]])
+    x = torch.randn(5, 8, dtype=torch.float64)
+    layer = RelationalAttention(8, 8, heads=2, backend=backend).double()
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=backend != "dense")
+    torch.testing.assert_close(compiled(x, ei), layer(x, ei), rtol=0, atol=1e-12)
+
+
+def test_the_sparse_backend_is_refused_under_compile_by_name():
+    """``sparse`` cannot be traced (sparse CSR products): an error naming the
+    backends that compile, and a config refusing the pair before the 47 s a
+    compile took to fail."""
+    from graphformer.errors import ConfigError
+    from graphformer.train.config import TrainConfig
+
+    layer = RelationalAttention(8, 8, heads=2, backend="sparse")
+    compiled = torch.compile(layer, backend="eager")
+    with pytest.raises(Exception, match=r"backend='sparse' does not run under torch.compile.*"
+                                        r"'auto', 'fused_cpu' or 'propagate'"):
+        compiled(torch.randn(5, 8), torch.tensor([[0, 1], [1, 2]]))
+    with pytest.raises(ConfigError, match=r"train.attention_backend.*'sparse' does not run "
+                                          r"under compile"):
+        TrainConfig(compile=True, attention_backend="sparse")
