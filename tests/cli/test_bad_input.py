@@ -8,6 +8,7 @@ destroyed file. Data are tiny (a dozen molecules, one epoch, hidden 8, one
 layer), so each training example costs well under a second.
 """
 import contextlib
+import errno
 import io
 import json
 import math
@@ -591,6 +592,34 @@ def test_atomic_write_keeps_the_old_file_and_respects_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "g.bin").stat().st_mode) == 0o640
+
+
+def test_atomic_write_writes_through_a_link_keeps_a_files_mode_and_names_the_file(
+        tmp_path, monkeypatch):
+    """As ``open(path, "w")``: a symbolic link was replaced by a plain file
+    (the file it named kept the old content) and an existing file's mode
+    reset; a file-system error named the hidden temporary, or nothing."""
+    (tmp_path / "shared").mkdir()
+    real, link = tmp_path / "shared" / "p.csv", tmp_path / "p.csv"
+    real.write_text("old")
+    real.chmod(0o600)
+    link.symlink_to(real)
+    with atomic_write(link) as fh:
+        fh.write("new")
+    assert link.is_symlink() and real.read_text() == "new"
+    assert stat.S_IMODE(real.stat().st_mode) == 0o600
+    with pytest.raises(DataError, match=r"cannot write .*missing/x.csv: No such file"):
+        with atomic_write(tmp_path / "missing" / "x.csv") as fh:
+            fh.write("x")
+
+    def failing_sync(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", failing_sync)
+    with pytest.raises(DataError, match=r"cannot write .*y.csv: Input/output error"):
+        with atomic_write(tmp_path / "y.csv") as fh:
+            fh.write("y")
+    assert not list(tmp_path.glob(".*.tmp")) and not (tmp_path / "y.csv").exists()
 
 
 # --------------------------------------------------------------------------- checkpoints
