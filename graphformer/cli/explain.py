@@ -15,7 +15,7 @@ from ..data.encodings import encodings
 from ..errors import UsageError
 from ..models import Ensemble, GraphTransformer
 from ..train import predict
-from ..train.checkpoint import load_run
+from ..train.checkpoint import check_reads_smiles, load_run
 from ..viz import MAX_PICTURE_SIDE, molecule_attention
 from ._args import output_path
 
@@ -52,6 +52,7 @@ def picture_side(text: str) -> int:
 def run(args: argparse.Namespace) -> int:
     output_path(args.output, {"the checkpoint": args.checkpoint}, "attention.png")
     state, cfg, model = load_run(args.checkpoint)
+    check_reads_smiles(cfg, args.checkpoint, "explain")
     if isinstance(model, Ensemble):   # K models, K attention maps: draw one of them
         attending = sum(isinstance(m, GraphTransformer) for m in model.members)
         raise UsageError(f"{args.checkpoint} is an ensemble of {attending} graph transformers, "

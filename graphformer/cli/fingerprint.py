@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import UsageError
-from ..train.checkpoint import load_run, mol_features_of
+from ..train.checkpoint import check_reads_smiles, load_run, mol_features_of
 from ..train.screen import MEMBERS, CSVSink, NPZSink, fingerprint_columns
 from ._args import output_path, set_threads
 from .predict import add_screen_arguments, run_screen
@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"-o {output}: the output must end in .npz (NumPy arrays) or .csv")
     set_threads(args.threads)
     state, cfg, model = load_run(args.checkpoint)
+    check_reads_smiles(cfg, args.checkpoint, "fingerprint")
 
     def columns(batch):
         return fingerprint_columns(model, batch, members=args.members)

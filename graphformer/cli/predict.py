@@ -19,7 +19,7 @@ from .._files import remove_stale_temporaries
 from ..datasets.molecules import file_digest
 from ..datasets.stream import CHUNK_SIZE, Featuriser, csv_file
 from ..errors import DataError, UsageError
-from ..train.checkpoint import load_run, mol_features_of
+from ..train.checkpoint import check_reads_smiles, load_run, mol_features_of
 from ..train.config import RunConfig
 from ..train.screen import (CSVSink, Columns, Identity, PartialOutput, ScreenInput, ScreenResult,
                             SpreadColumns, input_identity, prediction_columns, screen)
@@ -171,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
                                        "the checkpoint": args.checkpoint}, "predictions.csv")
     set_threads(args.threads)
     state, cfg, model = load_run(args.checkpoint)
+    check_reads_smiles(cfg, args.checkpoint, "predict")
     names = cfg.data.target_columns or [f"{state['dataset']}_target"]
     if len(names) != cfg.model.num_tasks:
         names = [f"target_{k}" for k in range(cfg.model.num_tasks)]

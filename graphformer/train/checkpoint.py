@@ -25,7 +25,7 @@ import torch
 
 from .._files import atomic_write
 from ..data.descriptors import molecule_feature_names
-from ..errors import DataError
+from ..errors import DataError, UsageError
 from ..models import Ensemble, GraphTransformer
 from ..models.kernel import MorganKernelRidge
 from .config import RunConfig
@@ -281,6 +281,18 @@ def _with_kernel_member(models: List[torch.nn.Module], state: Dict[str, Any],
         return Ensemble([*models, MorganKernelRidge(alpha.size(0), alpha.size(1))], weights)
     except ValueError as err:
         raise CheckpointError(f"{path}: its member weights are malformed ({err})") from None
+
+
+def check_reads_smiles(cfg: RunConfig, path: Union[str, Path], command: str) -> None:
+    """Refuse (``UsageError``) a model whose atom and bond features are not
+    the ones SMILES are read into (OGB's: ``model.features == "ogb"``): a
+    ZINC model reads ZINC's atom types, which ``command`` cannot make from a
+    SMILES."""
+    if cfg.model.features != "ogb":
+        raise UsageError(f"{path}: its model reads {cfg.model.features!r} atom features (it "
+                         f"was trained on {cfg.data.dataset}), not the OGB features SMILES are "
+                         f"read into: graphformer {command} takes models of SMILES data sets "
+                         f"(a CSV file, the bundled sets, OGB's ogbg-mol*)")
 
 
 def load_run(path: Union[str, Path]

@@ -577,6 +577,30 @@ def test_explain_refuses_a_directory_and_a_bad_smiles(run, tmp_path):
                      tmp_path / "a.png"), 2, "--layer 5")
 
 
+def test_a_zinc_feature_model_is_refused_by_the_smiles_commands(run, data, tmp_path):
+    """A model of ZINC's atom types was given OGB features made from the
+    SMILES: a traceback (a shape error) from predict, fingerprint, explain."""
+    import copy
+
+    from graphformer.models import GraphTransformer
+    from graphformer.models.graph_transformer import GraphTransformerConfig
+
+    state = copy.deepcopy(load_checkpoint(run / "best.pt"))
+    state["config"]["model"]["features"] = "zinc"
+    state["config"]["data"].update(dataset="zinc", molecule_features=[], target_columns=[],
+                                   feature_columns=[])
+    state.update(dataset="zinc", metric="mae", mol_feature_names=[])
+    state["model"] = GraphTransformer(GraphTransformerConfig(**state["config"]["model"])
+                                      ).state_dict()
+    save_checkpoint(state, tmp_path / "zinc.pt")
+    said = "its model reads 'zinc' atom features (it was trained on zinc), not the OGB features"
+    for command in (["predict", tmp_path / "zinc.pt", data, "-o", tmp_path / "p.csv"],
+                    ["fingerprint", tmp_path / "zinc.pt", data, "-o", tmp_path / "f.npz"],
+                    ["explain", tmp_path / "zinc.pt", "--smiles", "CCO", "-o",
+                     tmp_path / "a.png"]):
+        assert_error(cli(*command), 2, said, f"graphformer {command[0]} takes models of SMILES")
+
+
 def test_atomic_write_keeps_the_old_file_and_respects_the_umask(tmp_path):
     path = tmp_path / "f.txt"
     path.write_text("old")
