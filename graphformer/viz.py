@@ -128,6 +128,9 @@ def attention_heatmap(edge_index: Tensor, weights: Union[Tensor, Sequence[Tensor
                                                         for k in range(len(layers))]
     else:
         names = list(layer_name)
+        if len(names) != len(layers):    # zip() would draw only the named layers
+            raise ValueError(f"'layer_name' names {len(names)} layers, but {len(layers)} "
+                             f"layers of weights are given: one name per layer, or one string")
     dense = [dense_attention(edge_index, w, ptr, graph) for w in layers]
     t = dense[0].shape[1]
     if tokens is not None and len(tokens) != t:

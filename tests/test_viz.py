@@ -152,3 +152,13 @@ def test_pattern_mass_from_a_model_with_virtual_tokens():
         w = weights[0].sum(1)
         expected.append([float(w[member[:, k]].sum() / w.sum()) for k in range(3)])
     assert list(shares.values()) == pytest.approx(np.mean(expected, axis=0).tolist(), abs=1e-5)
+
+
+def test_a_heatmap_names_every_layer_or_is_refused():
+    """Fewer names than layers drew only the named layers, without a word."""
+    ei = torch.tensor([[0, 1, 0, 1], [0, 0, 1, 1]])
+    w = [torch.full((4, 2), 0.5), torch.full((4, 2), 0.5)]          # 2 layers x 2 heads
+    with pytest.raises(ValueError, match="'layer_name' names 1 layers, but 2 layers"):
+        attention_heatmap(ei, w, layer_name=["first"])
+    fig = attention_heatmap(ei, w, layer_name=["first", "second"])
+    assert sum(1 for a in fig.axes if a.images) == 4
