@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Tuple
 
@@ -11,7 +10,7 @@ from ..data.edge_list import delimiter_from_name
 from ..errors import ConfigError, UsageError
 from ..models.node_transformer import NODE_PATTERNS, NodeTransformerConfig
 from ._args import add_threads_argument, positive_int, threads_count
-from .train import init_distributed
+from .train import default_run_dir, init_distributed
 
 #: flags a resumed run takes: where it runs, not what it computes
 RESUME_FLAGS = ("help", "resume", "quiet", "device", "threads")
@@ -154,7 +153,7 @@ def train_command(args: argparse.Namespace, train: Callable[..., Any],
                   runtime={"device": args.device, "threads": args.threads})
             return 0
         cfg = make_config(args)
-        run_dir = args.run_dir or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = args.run_dir or default_run_dir(name)
         train(cfg, run_dir, overwrite=args.overwrite, progress=progress)
         if not dist.is_initialized() or dist.get_rank() == 0:    # rank 0 names the run
             print(f"run directory: {run_dir}")

@@ -194,6 +194,22 @@ def check_resume_flags(args: argparse.Namespace, flags_table: Dict[str, Tuple[st
                          f"start a new run with another --run-dir)")
 
 
+def default_run_dir(prefix: str) -> Path:
+    """``runs/<prefix>-<date>-<time>``, the time rank 0's under ``torchrun``:
+    the ranks must name one folder (an ensemble's ranks read its members'
+    checkpoints), and a second may pass between their clocks' readings."""
+    import torch
+    import torch.distributed as dist
+
+    stamp = [time.strftime("%Y%m%d-%H%M%S")]
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        nccl = dist.get_backend() == "nccl"
+        device = torch.device("cuda", dist.get_rank() % torch.cuda.device_count()) if nccl \
+            else None                               # the device run.device gives the rank
+        dist.broadcast_object_list(stamp, src=0, device=device)
+    return Path("runs") / f"{prefix}-{stamp[0]}"
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.resume is not None:
         run_dir = args.resume
@@ -204,9 +220,7 @@ def _run(args: argparse.Namespace) -> int:
             raise
     else:
         cfg = config_from_args(args)
-        name = Path(cfg.data.dataset).stem.lower()
-        # Only rank 0 writes files, so the ranks need not agree on this name.
-        run_dir = args.run_dir or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = args.run_dir or default_run_dir(Path(cfg.data.dataset).stem.lower())
         try:
             summary = train(cfg, run_dir, progress=not args.quiet, overwrite=args.overwrite)
         except KeyboardInterrupt:
