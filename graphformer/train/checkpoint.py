@@ -283,6 +283,21 @@ def _with_kernel_member(models: List[torch.nn.Module], state: Dict[str, Any],
         raise CheckpointError(f"{path}: its member weights are malformed ({err})") from None
 
 
+def check_processes(state: Dict[str, Any], world: int, path: Union[str, Path]) -> None:
+    """Refuse (``UsageError``) to resume a checkpoint under another number of
+    processes than wrote it (``state["processes"]``; not checked for a
+    checkpoint of an older graphformer, which did not record it): the batch
+    size is per process, so the steps per epoch, the learning-rate schedule
+    and every batch would change, and the run would not end as the
+    uninterrupted one."""
+    saved = state.get("processes")
+    if saved is not None and saved != world:
+        raise UsageError(f"{path} was written by a run of {saved} process(es), and this one "
+                         f"has {world}: the batch size is per process, so the resumed run would "
+                         f"not compute the interrupted one; resume it with {saved} process(es) "
+                         f"(torchrun --nproc-per-node ...), or start a new run")
+
+
 def check_reads_smiles(cfg: RunConfig, path: Union[str, Path], command: str) -> None:
     """Refuse (``UsageError``) a model whose atom and bond features are not
     the ones SMILES are read into (OGB's: ``model.features == "ogb"``): a

@@ -94,7 +94,8 @@ from .checkpoint import CheckpointError, load_checkpoint, require_kind
 from .plots import plot_learning_curve
 from .run import RunFiles, seed_everything
 from .node import (GraphSourceConfig, NodeTrainConfig, epoch_seed, process_group, progress_bar,
-                   rank_seeds, start_config, start_training, sum_over_processes)
+                   rank_seeds, share_weights, start_config, start_training,
+                   sum_over_processes)
 from .run_dir import RunDirectory
 
 KIND = "link-prediction"
@@ -504,7 +505,8 @@ def train_links(cfg: Optional[LinkRunConfig], run_dir: Union[str, Path], *,
         cfg = replace(cfg, model=_model_config(cfg, graph))
         seed_everything(cfg.train.seed)
         model = _build(cfg, graph, device)
-        optimizer, history, best, start = start_training(model, cfg.train, state, "valid_mrr")
+        optimizer, history, best, start = start_training(model, cfg.train, state, "valid_mrr",
+                                                         world=world, path=run_dir / "last.pt")
         directory.start()
         files = RunFiles(run_dir, rank == 0)
         files.config(cfg.to_dict())
@@ -525,12 +527,13 @@ def train_links(cfg: Optional[LinkRunConfig], run_dir: Union[str, Path], *,
             loader = training_loader(graph, mine, cfg.train, seed)
             loss_sum, seen, started = 0.0, 0, time.perf_counter()
             bar = progress_bar(loader, f"epoch {epoch}" if progress else None)
-            for batch in bar:
+            for batch, weight in zip(bar, share_weights(num_train, cfg.train.batch_size, rank,
+                                                        world)):
                 batch = batch.to(device)
                 logits = net(batch, generator=generator)
                 loss = F.binary_cross_entropy_with_logits(logits, batch.edge_label.float())
                 optimizer.zero_grad()
-                loss.backward()
+                (loss * weight).backward()
                 optimizer.step()
                 loss_sum += float(loss.detach()) * logits.numel()
                 seen += logits.numel()
@@ -550,7 +553,7 @@ def train_links(cfg: Optional[LinkRunConfig], run_dir: Union[str, Path], *,
             files.end_epoch(history, {
                 "kind": KIND, "config": cfg.to_dict(), "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "epoch": epoch, "history": history,
-                "best": best}, improved)
+                "best": best, "processes": world}, improved)
             log(f"epoch {epoch:3d}  loss {row['train_loss']:.4f}  valid MRR "
                 f"{row['valid_mrr']:.4f}  hits@10 {row['valid_hits@10']:.4f}  test MRR "
                 f"{row['test_mrr']:.4f}  ({row['links_per_s']:.0f} links/s)")

@@ -271,7 +271,8 @@ class _Run(EpochRun):
         self.best = {"epoch": None, "valid": None}
         if state is not None:
             self.history, self.best, self.start_epoch = restore_training(
-                state, self.model, self.optimizer, self.scheduler, self.average)
+                state, self.model, self.optimizer, self.scheduler, self.average,
+                world=self.world, path=self.dir / "last.pt")
         self.full_cfg = RunConfig(cfg.data, self.model_cfg, cfg.train).to_dict()
         self.open_files(self.full_cfg)  # config, data and start checked: an old run goes now
         if self.show and self.start_epoch == 1:
@@ -346,7 +347,7 @@ class _Run(EpochRun):
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "epoch": epoch, "history": self.history, "best": self.best,
-                "y_mean": prepared.y_mean, "y_std": prepared.y_std,
+                "processes": self.world, "y_mean": prepared.y_mean, "y_std": prepared.y_std,
                 "dataset": prepared.bench.name, "metric": self.metric,
                 "task": prepared.bench.task, "data": prepared.fingerprint, "init": self.init,
                 "mol_feature_names": list(prepared.bench.feature_names)}

@@ -53,7 +53,7 @@ from ..data.sampling import neighbor_sampler
 from ..datasets.splits import PARTS, stratified_split
 from ..errors import ConfigError, DataError, UsageError
 from ..models.node_transformer import NodeClassifier, NodeTransformerConfig
-from .checkpoint import CheckpointError, load_checkpoint, require_kind
+from .checkpoint import CheckpointError, check_processes, load_checkpoint, require_kind
 from .config import coerce_fields
 from .plots import plot_learning_curve
 from .run import RunFiles, resolve_device, seed_everything
@@ -471,16 +471,19 @@ def start_config(cfg: Optional[Any], run_dir: Path, resume: bool,
 
 def start_training(model: torch.nn.Module, train: NodeTrainConfig,
                    state: Optional[Dict[str, Any]], best_key: str,
-                   higher_is_better: bool = True
+                   higher_is_better: bool = True, world: int = 1,
+                   path: Union[str, Path] = "last.pt"
                    ) -> Tuple[torch.optim.Optimizer, List[Dict[str, float]], Dict[str, Any], int]:
     """``(optimizer, history, best, first epoch)`` of a run: AdamW, and for a
-    resumed run (``state``) the weights, optimiser state and history it
-    saved; ``best[best_key]`` is the score to beat."""
+    resumed run (``state``, of ``world`` processes: another count is refused)
+    the weights, optimiser state and history it saved; ``best[best_key]`` is
+    the score to beat."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr,
                                   weight_decay=train.weight_decay)
     if state is None:
         return optimizer, [], {"epoch": 0, best_key: -1.0 if higher_is_better
                                else float("inf")}, 1
+    check_processes(state, world, path)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     return optimizer, state["history"], state["best"], state["epoch"] + 1
@@ -532,7 +535,7 @@ def train_nodes(cfg: Optional[NodeRunConfig], run_dir: Union[str, Path], *,
         seed_everything(cfg.train.seed)
         model = _build(cfg, graph, device)
         optimizer, history, best, start = start_training(model, cfg.train, state, best_key,
-                                                         higher)
+                                                         higher, world, run_dir / "last.pt")
         directory.start()
         files = RunFiles(run_dir, rank == 0)
         files.config(cfg.to_dict())
@@ -552,13 +555,16 @@ def train_nodes(cfg: Optional[NodeRunConfig], run_dir: Union[str, Path], *,
             model.train()
             losses: List[float] = []
 
+            weights = iter(share_weights(split["train"].numel(), cfg.train.batch_size, rank,
+                                         world))
+
             def step(logits: Tensor, y: Tensor) -> None:
                 optimizer.zero_grad()
                 if graph.task == "regression":
                     loss = F.mse_loss(logits[:, 0], scale.normalise(y).to(logits.dtype))
                 else:
                     loss = F.cross_entropy(logits, y)
-                loss.backward()
+                (loss * next(weights)).backward()
                 optimizer.step()
                 losses.append(float(loss.detach()) * y.numel())
 
@@ -587,6 +593,7 @@ def train_nodes(cfg: Optional[NodeRunConfig], run_dir: Union[str, Path], *,
             files.end_epoch(history, {
                 "kind": KIND, "config": cfg.to_dict(), "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "epoch": epoch, "history": history,
+                "processes": world,
                 "best": best, "label_names": graph.label_names,
                 "target_scale": asdict(scale) if graph.task == "regression" else None},
                 improved)
@@ -635,7 +642,9 @@ def rank_seeds(nodes: Tensor, batch_size: int, seed: int, rank: int = 0,
     share; a remainder smaller than ``world`` is dropped so that every
     process takes the same number of steps). With ``world`` processes of
     batch ``B`` each step is, together, the step of one process with batch
-    ``world · B``: DDP averages the slices' gradients."""
+    ``world · B``: DDP averages the slices' gradients, each slice's loss
+    weighted by :func:`share_weights` (the last slices are uneven)."""
+
     order = nodes[torch.randperm(nodes.numel(), generator=torch.Generator().manual_seed(seed))]
     if world == 1:
         return order
@@ -646,6 +655,22 @@ def rank_seeds(nodes: Tensor, batch_size: int, seed: int, rank: int = 0,
     if rest.numel() >= world:
         mine = torch.cat([mine, rest.tensor_split(world)[rank]])
     return mine
+
+
+def share_weights(num: int, batch_size: int, rank: int = 0, world: int = 1) -> List[float]:
+    """The factor of each of this process's steps' mean loss (seeds of
+    :func:`rank_seeds`), so that DDP's mean of the processes' gradients is
+    the gradient of the mean over the global batch: 1 for a full global
+    batch, ``world · n_r / n`` for the last, shorter one (its ``n`` seeds in
+    slices of ``n_r``, which differ by one between processes)."""
+    size = batch_size * world
+    steps = [1.0] * (num // size)
+    rest = num % size
+    if world > 1 and rest >= world:
+        steps.append(world * (rest // world + (rank < rest % world)) / rest)
+    elif world == 1 and rest:
+        steps.append(1.0)
+    return steps
 
 
 def _restore(path: Union[str, Path], threads: int = 1

@@ -320,7 +320,8 @@ class _Pretraining(EpochRun):
         self.best = {"epoch": None, "valid_loss": None}
         if state is not None:
             self.history, self.best, self.start_epoch = restore_training(
-                state, self.model, self.optimizer, self.scheduler)
+                state, self.model, self.optimizer, self.scheduler, world=self.world,
+                path=self.dir / "last.pt")
         self.open_files(cfg.to_dict())  # corpus and config checked: an old run goes now
         if self.show and self.start_epoch == 1:
             print(f"pretrain: {len(self.split['train'])} molecules to train on, "
@@ -373,7 +374,7 @@ class _Pretraining(EpochRun):
         return {"kind": PRETRAIN_KIND, "config": self.cfg.to_dict(),
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "epoch": epoch,
-                "history": self.history, "best": self.best,
+                "history": self.history, "best": self.best, "processes": self.world,
                 "desc_mean": self.desc_mean, "desc_std": self.desc_std,
                 "descriptors": list(descriptor_names()),
                 "corpus": {"key": corpus.key, "source": corpus.source.name,

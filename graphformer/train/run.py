@@ -33,7 +33,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
+from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, Union
 
 import numpy as np
 import torch
@@ -47,7 +47,7 @@ from .._files import atomic_write, write_text
 from ..errors import DataError, UsageError
 from .average import WeightAverage
 from .batches import batch_loader
-from .checkpoint import save_checkpoint
+from .checkpoint import check_processes, save_checkpoint
 from .config import TrainConfig
 from .optim import load_optimizer_state, lr_factor, make_optimizer
 from .run_dir import RunDirectory
@@ -221,12 +221,15 @@ def make_training(model: torch.nn.Module, train_set: Dataset, cfg: TrainConfig, 
 
 def restore_training(state: Dict[str, Any], model: torch.nn.Module,
                      optimizer: torch.optim.Optimizer, scheduler: Any,
-                     average: Optional[WeightAverage] = None
+                     average: Optional[WeightAverage] = None, *, world: int = 1,
+                     path: Union[str, Path] = "last.pt"
                      ) -> Tuple[List[Dict[str, float]], Dict[str, Any], int]:
     """Load a checkpoint's model, optimiser and schedule states (and the
     weight average's: the checkpoint's ``model`` then, the trained weights
     in ``training_model``); returns its history, its best epoch record and
-    the epoch to continue at."""
+    the epoch to continue at. A checkpoint of another number of processes
+    than ``world`` is refused (:func:`~graphformer.train.checkpoint.check_processes`)."""
+    check_processes(state, world, path)
     if average is not None:
         average.load_state_dict(state["model"])
         model.load_state_dict(state["training_model"])

@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 from graphformer.datasets import stratified_split
 from graphformer.models.node_transformer import NodeTransformerConfig
 from graphformer.train.node import (NodeDataConfig, NodeRunConfig, NodeTrainConfig,
-                                    load_node_graph, rank_seeds, train_nodes)
+                                    load_node_graph, rank_seeds, share_weights, train_nodes)
 from tests.train.test_node import write_planted_graph
 
 
@@ -49,13 +49,20 @@ def test_each_process_takes_its_slice_of_every_global_batch():
         assert torch.equal(together, one[10 * k:10 * k + 10])
     assert torch.equal(torch.cat([parts[0][20:], parts[1][20:]]), one[40:])   # 7 left: 4 + 3
     assert rank_seeds(torch.arange(21), 5, 0, 1, 2).numel() == 10  # 1 left over: dropped
+    assert share_weights(47, 5, 0, 2) == [1.0] * 4 + [2 * 4 / 7]
+    assert share_weights(47, 5, 1, 2) == [1.0] * 4 + [2 * 3 / 7]
+    assert share_weights(21, 5, 1, 2) == [1.0] * 2 and share_weights(47, 10) == [1.0] * 5
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_process_with_the_combined_batch(tmp_path):
-    write_planted_graph(tmp_path, n=161)   # 80 training nodes
+@pytest.mark.parametrize("n", [161, 173])
+def test_two_processes_match_one_process_with_the_combined_batch(tmp_path, n):
+    """80 training nodes: every global batch of 20 splits evenly; 87: the last,
+    7 seeds, splits 4 + 3, each process's loss weighted by its share (DDP's
+    plain average of the two means weighed a seed 1/8 or 1/6, not 1/7)."""
+    write_planted_graph(tmp_path, n=n)
     train = stratified_split(load_node_graph(_config(tmp_path, 20).data).y, 0.5, 0.25)["train"]
-    assert train.numel() % 20 == 0, train.numel()      # every global batch splits evenly
+    assert train.numel() % 20 == {161: 0, 173: 7}[n], train.numel()
     train_nodes(_config(tmp_path, 20), tmp_path / "single", progress=False, log=lambda l: None)
     mp.spawn(_worker, args=(2, str(tmp_path / "store"), tmp_path, tmp_path / "ddp"),
              nprocs=2, join=True)

@@ -155,3 +155,25 @@ def test_a_warm_up_as_long_as_the_run_is_warned_of(tmp_path, tiny_csv):
                                          r"2 \(--epochs\): the learning rate rises through the "
                                          r"whole run, to 0.4x --lr, and never decays"):
         train(cfg, tmp_path / "run", progress=False)
+
+
+def test_a_run_resumes_only_under_the_process_count_that_wrote_it(tmp_path, tiny_csv,
+                                                                  monkeypatch):
+    """The batch size is per process: a run of two processes resumed in one
+    ran other batches and a longer schedule, and did not end as the
+    uninterrupted run. Checkpoints record the count; another is refused."""
+    from graphformer.errors import UsageError
+    from graphformer.train import resume
+    from graphformer.train.checkpoint import check_processes, save_checkpoint
+
+    cfg = tiny_config(tiny_csv, tmp_path / "root", epochs=2)
+    train_until_crash(cfg, tmp_path / "run", monkeypatch, evaluation=3)   # in epoch 2
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["processes"] == 1
+    state["processes"] = 2
+    save_checkpoint(state, tmp_path / "run" / "last.pt")
+    with pytest.raises(UsageError, match=r"last.pt was written by a run of 2 process\(es\), and "
+                                         r"this one has 1: the batch size is per process"):
+        resume(tmp_path / "run", progress=False)
+    del state["processes"]                 # an older graphformer's checkpoint: not checked
+    check_processes(state, 1, "old.pt")
