@@ -56,9 +56,10 @@ def test_the_trunk_keeps_its_weights_exactly_until_the_head_epochs_end(tmp_path,
 
     rows = history(tmp_path / "run")
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
-    # a row's rate is the next step's: the head's epochs at the full rate,
-    # then warm-up over 1 epoch of 3 steps and cosine decay to 0
-    assert [r["lr"] / cfg.train.lr for r in rows] == pytest.approx([1, 1 / 3, 1, 0])
+    # a row's rate is its epoch's last step's: the head's epochs at the full
+    # rate, then warm-up over 1 epoch of 3 steps (1/3, 2/3, 1) and cosine decay
+    # to 0 over the next 3 (1, 3/4, 1/4)
+    assert [r["lr"] / cfg.train.lr for r in rows] == pytest.approx([1, 1, 1, 1 / 4])
     # fine-tuning started with fresh AdamW moments: 2 epochs of 3 steps counted
     state = load_checkpoint(tmp_path / "run" / "last.pt")["optimizer"]["state"]
     assert {float(s["step"]) for s in state.values()} == {6.0}
