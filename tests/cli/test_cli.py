@@ -124,29 +124,31 @@ def test_torchrun_two_processes(tmp_path, tiny_csv):  # noqa: F811
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["final"]["epoch"] == 1
 
 
-def test_under_torchrun_every_rank_names_rank_0s_default_run_directory(tmp_path):
+def test_under_torchrun_every_rank_names_rank_0s_default_run_directory(monkeypatch):
     """Each rank read its own clock: across a second boundary the ranks of a
-    default ensemble named two folders and rank 1 found no member checkpoint."""
-    import os
+    default ensemble named two folders and rank 1 found no member checkpoint.
+    (Here rank 1 of two, its clock a second on, rank 0's time broadcast.)"""
+    import time
 
-    script = tmp_path / "names.py"
-    script.write_text(
-        "import time\n"
-        "import torch.distributed as dist\n"
-        "from graphformer.cli.train import default_run_dir\n"
-        "dist.init_process_group('gloo')\n"
-        "if dist.get_rank() == 1:   # a clock a second on\n"
-        "    time.strftime = lambda fmt: '20991231-235959'\n"
-        "print(dist.get_rank(), default_run_dir('esol'), flush=True)\n"
-        "dist.destroy_process_group()\n")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node",
-                             "2", "--standalone", str(script)],
-                            capture_output=True, text=True, timeout=120, env=env)
-    assert result.returncode == 0, result.stderr[-4000:]
-    names = dict(line.split() for line in result.stdout.splitlines() if line[:1] in "01")
-    assert names["0"] == names["1"] and names["0"].startswith("runs/esol-")
-    assert "2099" not in names["0"]
+    import torch.distributed as dist
+
+    from graphformer.cli.train import default_run_dir
+
+    sent = []
+
+    def broadcast(objects, src, device=None):
+        sent.append((list(objects), src, device))
+        objects[0] = "20261208-045959"              # what rank 0 read
+
+    monkeypatch.setattr(time, "strftime", lambda fmt: "20261208-050000")
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(dist, "get_backend", lambda: "gloo")
+    monkeypatch.setattr(dist, "broadcast_object_list", broadcast)
+    assert str(default_run_dir("esol")) == "runs/esol-20261208-045959"
+    assert sent == [(["20261208-050000"], 0, None)]
+    monkeypatch.setattr(dist, "get_world_size", lambda: 1)
+    assert str(default_run_dir("esol")) == "runs/esol-20261208-050000"
 
 
 def test_a_config_file_that_is_not_yaml_is_one_line_naming_its_place(tmp_path):

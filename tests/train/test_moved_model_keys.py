@@ -64,7 +64,7 @@ def test_a_resumed_run_takes_every_runtime_setting_given():
     dropped); the other settings stay the saved ones."""
     from graphformer.train.run_dir import RUNTIME_KEYS
 
-    values = {"device": "cpu", "threads": 3, "attention_backend": "sparse", "compile": True,
+    values = {"device": "cpu", "threads": 3, "attention_backend": "propagate", "compile": True,
               "member_processes": 1, "root": "elsewhere"}
     assert {key for _, key in RUNTIME_KEYS} == set(values)
     # pretrain refuses the train-only settings (compile, member_processes)
