@@ -22,7 +22,7 @@ CASES = ("molecules", "medium", "large", "tokens", "long", "crossover", "edge-cr
 GROUPED = CASES[:-2]                     # the crossovers are sweeps only
 TIME_FIELDS = ("fwd_ms", "fwd_ms_min", "fwd_bwd_ms", "fwd_bwd_ms_min")
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.bench]
 
 
 @pytest.fixture(scope="module")

@@ -51,6 +51,7 @@ def test_render_formats_numbers_as_python_does():
         lines == ["5,0.000,0.000,-1.250", "6,12.346,0.001,-1.000"]
 
 
+@pytest.mark.bench
 def test_bench_large_graph_smoke(tmp_path, capsys):
     bench = load_script("bench_large_graph")
     out = tmp_path / "bench.json"

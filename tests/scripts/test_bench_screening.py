@@ -11,6 +11,7 @@ from tests.helpers import load_script
 
 
 @pytest.mark.slow
+@pytest.mark.bench
 def test_the_benchmark_measures_each_run_and_they_agree(tmp_path, capsys, monkeypatch):
     ckpt = train_tiny(tmp_path, "model", "--ensemble", "1")
     smiles = tmp_path / "corpus.csv"

@@ -8,6 +8,7 @@ from tests.helpers import load_script
 
 
 @pytest.mark.slow
+@pytest.mark.bench
 def test_bench_training_smoke(tmp_path, capsys, monkeypatch, one_thread):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     bench = load_script("bench_training")
