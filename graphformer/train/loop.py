@@ -164,7 +164,13 @@ def train_step(net: torch.nn.Module, batch: Any, optimizer: torch.optim.Optimize
     ``"evidential"`` it is the negative log-likelihood of
     ``net(batch, distribution=True)``
     (:func:`~graphformer.train.uncertainty.distribution_loss`, with
-    ``evidential_lambda``)."""
+    ``evidential_lambda``).
+
+    Under ``torchrun`` the loss, a mean over this process's labelled
+    targets, is weighted by its share of all processes' labelled targets
+    (:func:`label_share`), so that DDP's average of the gradients weighs
+    every labelled target alike, as one process with the combined batch
+    does (with missing labels the processes' counts differ)."""
     num_tasks = y_mean.numel()
     target = (batch.y.view(-1, num_tasks).float() - y_mean) / y_std
     if output == "mean":
@@ -172,8 +178,24 @@ def train_step(net: torch.nn.Module, batch: Any, optimizer: torch.optim.Optimize
     else:
         loss = distribution_loss(net(batch, distribution=True), target, output,
                                  evidential_lambda)
-    optimizer_step(net, loss, optimizer, grad_clip, frozen)
+    optimizer_step(net, loss * label_share(target), optimizer, grad_clip, frozen)
     return loss.detach()
+
+
+def label_share(target: Tensor) -> float:
+    """``W · n / N``: this process's labelled targets ``n`` (not NaN) against
+    all ``W`` processes' ``N`` (one all-reduce); 1 in one process, and 1
+    exactly when every process holds as many."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return 1.0
+    count = (~torch.isnan(target)).sum().to(torch.float64).view(1)
+    total = count.clone()
+    dist.all_reduce(total)
+    if float(total) == 0:
+        return 1.0
+    return dist.get_world_size() * float(count) / float(total)
 
 
 def train_model(cfg: Optional[RunConfig], run_dir: Union[str, Path], resume: bool = False,
