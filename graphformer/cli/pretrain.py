@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -14,7 +13,7 @@ from ..train.pretrain import CorpusConfig, ObjectiveConfig, PretrainConfig, load
 from ._config_flags import add_config_flags, config_flags
 from .train import RUNTIME_FLAGS, TRAIN_ONLY, add_model_arguments, add_run_arguments, \
     add_training_arguments, check_resume_flags, config_from_args, given_flags, \
-    init_distributed, section_flags
+    default_run_dir, init_distributed, section_flags
 
 # flag -> (section, key)
 _PRETRAIN_FLAGS = {
@@ -52,9 +51,8 @@ def _resume_config(args: argparse.Namespace) -> Optional[PretrainConfig]:
 def run(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
-    run_dir = args.resume or args.run_dir or \
-        Path("runs") / f"pretrain-{time.strftime('%Y%m%d-%H%M%S')}"
     started = init_distributed(args.device or "auto")
+    run_dir = args.resume or args.run_dir or default_run_dir("pretrain")
     try:
         if args.resume is not None:
             summary = pretrain(_resume_config(args), run_dir, resume=True,
@@ -65,7 +63,6 @@ def run(args: argparse.Namespace) -> int:
                                  "wheel or 'moses'), or --resume RUN_DIR")
             cfg = config_from_args(args, flags_table=_PRETRAIN_FLAGS,
                                    build=PretrainConfig.from_dict)
-            # Only rank 0 writes files, so the ranks need not agree on the default name.
             summary = pretrain(cfg, run_dir, progress=not args.quiet, overwrite=args.overwrite)
     except KeyboardInterrupt:
         if (Path(run_dir) / "last.pt").is_file():

@@ -198,14 +198,14 @@ def default_run_dir(prefix: str) -> Path:
     """``runs/<prefix>-<date>-<time>``, the time rank 0's under ``torchrun``:
     the ranks must name one folder (an ensemble's ranks read its members'
     checkpoints), and a second may pass between their clocks' readings."""
-    import torch
     import torch.distributed as dist
+
+    from ..train.run import resolve_device
 
     stamp = [time.strftime("%Y%m%d-%H%M%S")]
     if dist.is_initialized() and dist.get_world_size() > 1:
-        nccl = dist.get_backend() == "nccl"
-        device = torch.device("cuda", dist.get_rank() % torch.cuda.device_count()) if nccl \
-            else None                               # the device run.device gives the rank
+        # NCCL broadcasts from the rank's GPU (gloo: on the CPU)
+        device = resolve_device("cuda") if dist.get_backend() == "nccl" else None
         dist.broadcast_object_list(stamp, src=0, device=device)
     return Path("runs") / f"{prefix}-{stamp[0]}"
 
