@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import gzip
 import random
-from fractions import Fraction
 from collections import defaultdict
+from fractions import Fraction
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 

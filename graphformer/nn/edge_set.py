@@ -49,6 +49,7 @@ class cached:
             values[self.name] = self.func(obj)
         return values[self.name]
 
+
 class EdgeSet:
     r"""An edge set prepared for attention.
 

@@ -113,6 +113,7 @@ from .shape import ProgramShape, heads_per_layer
 #: the default cap on the size of an enumerated value set
 MAX_VALUES = 4096
 
+
 def _positions(values: Tensor, items: Tensor) -> Tensor:
     """Index of every entry of ``items`` in the value set ``values``."""
     match = items.reshape(-1, 1) == values.reshape(1, -1)

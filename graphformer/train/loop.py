@@ -186,16 +186,17 @@ def label_share(target: Tensor) -> float:
     """``W · n / N``: this process's labelled targets ``n`` (not NaN) against
     all ``W`` processes' ``N`` (one all-reduce); 1 in one process, and 1
     exactly when every process holds as many."""
-    import torch.distributed as dist
+    import torch.distributed as dist     # (in this module `dist` also names distributions)
 
-    if not dist.is_initialized() or dist.get_world_size() == 1:
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if world == 1:
         return 1.0
     count = (~torch.isnan(target)).sum().to(torch.float64).view(1)
     total = count.clone()
     dist.all_reduce(total)
     if float(total) == 0:
         return 1.0
-    return dist.get_world_size() * float(count) / float(total)
+    return world * float(count) / float(total)
 
 
 def train_model(cfg: Optional[RunConfig], run_dir: Union[str, Path], resume: bool = False,
